@@ -1,0 +1,329 @@
+//! Checkpoint weights: memory-mapped safetensors (one file or shards), key dialects, dtype casts,
+//! and errors that name the key, the shapes and the file.
+//!
+//! A [`WeightFiles`] is a set of mmapped safetensors files with a key → file index. A network
+//! reads it through a candle [`VarBuilder`] made by [`WeightFiles::var_builder`], whose prefixes
+//! are spelled as the canonical checkpoint keys; a [`KeyMap`] maps a canonical key to the name
+//! used by the file (another dialect, a prefix).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use safetensors::tensor::{Metadata, SafeTensors};
+
+/// Errors raised while opening or reading checkpoint files.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a valid safetensors file ({reason}); it may be truncated or of another format")]
+    NotSafetensors { path: PathBuf, reason: String },
+
+    #[error("bad shard index {path}: {reason}")]
+    BadIndex { path: PathBuf, reason: String },
+
+    #[error("no safetensors weights found in {dir} (looked for *.safetensors and *.safetensors.index.json)")]
+    NoWeights { dir: PathBuf },
+
+    #[error("missing tensor `{key}` (expected shape {expected:?}) in {files}")]
+    MissingTensor {
+        key: String,
+        expected: Option<Vec<usize>>,
+        files: String,
+    },
+
+    #[error("tensor `{key}` in {file} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        file: PathBuf,
+    },
+
+    #[error("tensor `{key}` in {file} has unsupported dtype {dtype}")]
+    UnsupportedDtype {
+        key: String,
+        dtype: String,
+        file: PathBuf,
+    },
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, WeightsError>;
+
+/// One mmapped safetensors file with its parsed header.
+struct MappedFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    header_len: usize,
+    metadata: Metadata,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let io = |source| WeightsError::Io { path: path.to_path_buf(), source };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the file is opened read-only; like every mmap-based loader we rely on it not being
+        // modified while the process runs.
+        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| WeightsError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self { path: path.to_path_buf(), mmap, header_len, metadata })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.metadata.tensors().into_keys().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.metadata.info(name).map(|i| i.shape.clone())
+    }
+
+    /// Reads tensor `name` onto the CPU in its stored dtype.
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let info = self.metadata.info(name).ok_or_else(|| WeightsError::MissingTensor {
+            key: name.to_string(),
+            expected: None,
+            files: self.path.display().to_string(),
+        })?;
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F64 => DType::F64,
+            safetensors::Dtype::I64 => DType::I64,
+            safetensors::Dtype::U32 => DType::U32,
+            safetensors::Dtype::U8 => DType::U8,
+            other => {
+                return Err(WeightsError::UnsupportedDtype {
+                    key: name.to_string(),
+                    dtype: format!("{other:?}"),
+                    file: self.path.clone(),
+                })
+            }
+        };
+        let start = 8 + self.header_len + info.data_offsets.0;
+        let end = 8 + self.header_len + info.data_offsets.1;
+        let bytes = &self.mmap[start..end];
+        Ok(Tensor::from_raw_buffer(bytes, dtype, &info.shape, &Device::Cpu)?)
+    }
+}
+
+/// A checkpoint: one or more safetensors files and the index of which file holds which key.
+pub struct WeightFiles {
+    files: Vec<MappedFile>,
+    key_to_file: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for WeightFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightFiles").field("files", &self.paths()).finish()
+    }
+}
+
+impl WeightFiles {
+    /// Opens a checkpoint from a path that is a `.safetensors` file, a `*.safetensors.index.json`
+    /// shard index, or a directory holding either (an index wins over single files).
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::open_dir(path);
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".index.json") {
+            return Self::open_index(path);
+        }
+        Self::open_files(&[path.to_path_buf()])
+    }
+
+    fn open_dir(dir: &Path) -> Result<Self> {
+        let io = |source| WeightsError::Io { path: dir.to_path_buf(), source };
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        let is_named = |p: &PathBuf, suffix: &str| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suffix))
+        };
+        if let Some(index) = entries.iter().find(|p| is_named(p, ".safetensors.index.json")) {
+            return Self::open_index(index);
+        }
+        let files: Vec<PathBuf> =
+            entries.into_iter().filter(|p| is_named(p, ".safetensors")).collect();
+        if files.is_empty() {
+            return Err(WeightsError::NoWeights { dir: dir.to_path_buf() });
+        }
+        Self::open_files(&files)
+    }
+
+    /// Opens the shards listed by a `*.safetensors.index.json` (`{"weight_map": {key: file}}`).
+    pub fn open_index(index_path: &Path) -> Result<Self> {
+        let bad = |reason: String| WeightsError::BadIndex { path: index_path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(index_path)
+            .map_err(|source| WeightsError::Io { path: index_path.to_path_buf(), source })?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut shard_names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        shard_names.sort_unstable();
+        shard_names.dedup();
+        let shards: Vec<PathBuf> = shard_names.iter().map(|n| dir.join(n)).collect();
+        Self::open_files(&shards)
+    }
+
+    /// Opens a list of safetensors files as one checkpoint.
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let files = paths.iter().map(|p| MappedFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let mut key_to_file = HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            for name in file.names() {
+                key_to_file.insert(name, i);
+            }
+        }
+        Ok(Self { files, key_to_file })
+    }
+
+    pub fn paths(&self) -> Vec<&Path> {
+        self.files.iter().map(|f| f.path.as_path()).collect()
+    }
+
+    /// Every key stored in the checkpoint, sorted.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.key_to_file.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.key_to_file.contains_key(key)
+    }
+
+    /// The stored shape of `key`, if present.
+    pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        let file = &self.files[*self.key_to_file.get(key)?];
+        file.shape(key)
+    }
+
+    fn files_description(&self) -> String {
+        let paths: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();
+        paths.join(", ")
+    }
+
+    /// Loads `key` (a file key, after any renaming), checks its shape, casts and moves it.
+    pub fn load(
+        &self,
+        key: &str,
+        expected: Option<&Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let Some(&file_idx) = self.key_to_file.get(key) else {
+            return Err(WeightsError::MissingTensor {
+                key: key.to_string(),
+                expected: expected.map(|s| s.dims().to_vec()),
+                files: self.files_description(),
+            });
+        };
+        let file = &self.files[file_idx];
+        let tensor = file.load(key)?;
+        if let Some(expected) = expected {
+            if tensor.dims() != expected.dims() {
+                return Err(WeightsError::ShapeMismatch {
+                    key: key.to_string(),
+                    expected: expected.dims().to_vec(),
+                    found: tensor.dims().to_vec(),
+                    file: file.path.clone(),
+                });
+            }
+        }
+        Ok(tensor.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// A VarBuilder over these files. `key_map` turns the canonical key a network asks for
+    /// into the key stored in the file (use [`KeyMap::identity`] when they agree).
+    pub fn var_builder(
+        self: &Arc<Self>,
+        key_map: KeyMap,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        let backend = Backend { files: self.clone(), key_map };
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+    }
+}
+
+/// Maps a canonical key (as the network's VarBuilder spells it) to the key stored in a file.
+#[derive(Clone)]
+pub struct KeyMap(Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl KeyMap {
+    pub fn identity() -> Self {
+        Self(Arc::new(|k: &str| k.to_string()))
+    }
+
+    pub fn new(f: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Prepends `prefix` to every key (e.g. ComfyUI's `model.diffusion_model.`), after `self`.
+    pub fn with_prefix(self, prefix: &str) -> Self {
+        let prefix = prefix.to_string();
+        Self(Arc::new(move |k: &str| format!("{prefix}{}", (self.0)(k))))
+    }
+
+    pub fn map(&self, key: &str) -> String {
+        (self.0)(key)
+    }
+}
+
+impl std::fmt::Debug for KeyMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMap")
+    }
+}
+
+struct Backend {
+    files: Arc<WeightFiles>,
+    key_map: KeyMap,
+}
+
+impl SimpleBackend for Backend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let key = self.key_map.map(name);
+        self.files.load(&key, Some(&s), dtype, dev).map_err(candle_core::Error::wrap)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let key = self.key_map.map(name);
+        self.files.load(&key, None, dtype, dev).map_err(candle_core::Error::wrap)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.files.contains(&self.key_map.map(name))
+    }
+}

@@ -1,0 +1,65 @@
+//! RainFusion: mask-predicted block-sparse self-attention for video diffusion transformers.
+//!
+//! The crate knows nothing of any particular model. It sees q, k, v of shape
+//! `[batch, heads, tokens, head_dim]` and a [`VideoLayout`] that says how the tokens tile a
+//! video (frames × height × width in tokens, row-major, then text tokens if any).
+//!
+//! The entry point a model calls is the [`SelfAttention`] trait: one call per layer per step.
+//! [`DenseAttention`] is plain softmax attention, computed in query chunks so that the full
+//! L×L score matrix of all heads is never materialised.
+
+mod dense;
+mod error;
+
+pub use dense::{dense_attention, DenseAttention};
+pub use error::{Error, Result};
+
+use candle_core::Tensor;
+
+/// How the video tokens of one sample are arranged: `frames × height × width` tokens in
+/// row-major (f, h, w) order, followed by `text_tokens` text tokens (0 for Wan's self-attention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VideoLayout {
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub text_tokens: usize,
+}
+
+impl VideoLayout {
+    pub fn new(frames: usize, height: usize, width: usize) -> Self {
+        Self { frames, height, width, text_tokens: 0 }
+    }
+
+    /// Tokens per frame (height × width).
+    pub fn frame_tokens(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// Video tokens (frames × height × width).
+    pub fn video_tokens(&self) -> usize {
+        self.frames * self.frame_tokens()
+    }
+
+    /// Every token of the sequence: video then text.
+    pub fn total_tokens(&self) -> usize {
+        self.video_tokens() + self.text_tokens
+    }
+}
+
+/// The self-attention a transformer delegates to, once per layer per forward pass.
+///
+/// Implementations may keep state across calls (a mask cache for reuse across steps,
+/// statistics of the density actually computed), hence `&mut self`.
+pub trait SelfAttention {
+    /// q, k, v: `[batch, heads, tokens, head_dim]`, tokens ordered as `layout` says.
+    /// Returns `[batch, heads, tokens, head_dim]` in the same token order and dtype as `q`.
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+    ) -> Result<Tensor>;
+}
