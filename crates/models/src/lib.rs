@@ -1,5 +1,13 @@
 //! vdit-models: the networks of vdit and the loading of their checkpoints.
 //!
 //! - [`weights`]: safetensors (single file or shards), key dialects, dtype casts, clear errors.
+//! - [`wan`]: the Wan2.1 diffusion transformer and the Wan VAE.
+//! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
 
+pub mod error;
+pub mod tokenizer;
+pub mod umt5;
+pub mod wan;
 pub mod weights;
+
+pub use error::{ModelError, Result};

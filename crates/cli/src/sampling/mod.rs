@@ -1,0 +1,1 @@
+//! Flow-matching sampling: schedules, solvers, guidance.

@@ -1,0 +1,22 @@
+use crate::weights::WeightsError;
+
+/// Errors of vdit-models: bad checkpoints, bad configs, bad inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Attention(#[from] rainfusion::Error),
+
+    #[error("config {path}: {reason}")]
+    Config { path: String, reason: String },
+
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
