@@ -10,9 +10,11 @@
 
 mod dense;
 mod error;
+pub mod mask;
 
 pub use dense::{dense_attention, DenseAttention};
 pub use error::{Error, Result};
+pub use mask::BlockMask;
 
 use candle_core::Tensor;
 
@@ -62,4 +64,14 @@ pub trait SelfAttention {
         v: &Tensor,
         layout: &VideoLayout,
     ) -> Result<Tensor>;
+
+    /// Called by the sampler before each denoising step (0-based, of `num_steps`), so a policy
+    /// can switch between dense warm-up and sparse steps and decide when to refresh its masks.
+    fn begin_step(&mut self, _step: usize, _num_steps: usize) {}
+
+    /// Fraction of attention blocks actually computed so far (1.0 for dense), averaged over
+    /// layers, heads and steps; recorded in the output sidecar.
+    fn effective_density(&self) -> f64 {
+        1.0
+    }
 }
