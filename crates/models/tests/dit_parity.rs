@@ -22,7 +22,9 @@ const BF16_TOLERANCE: f64 = 2e-2;
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
 fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dit").join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/dit")
+        .join(case)
 }
 
 fn io(case: &str) -> HashMap<String, Tensor> {
@@ -34,16 +36,31 @@ fn relative_error(out: &Tensor, reference: &Tensor) -> f64 {
     assert_eq!(out.dims(), reference.dims());
     let out = out.to_dtype(DType::F64).unwrap();
     let reference = reference.to_dtype(DType::F64).unwrap();
-    let diff = (out - &reference).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let norm = reference.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let diff = (out - &reference)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let norm = reference
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     (diff / norm).sqrt()
 }
 
 /// Copies a safetensors file with renamed keys and every tensor cast to `dtype`.
 fn rewrite(src: &Path, dst: &Path, rename: impl Fn(&str) -> String, dtype: DType) {
     let tensors = candle_core::safetensors::load(src, &Device::Cpu).unwrap();
-    let renamed: HashMap<String, Tensor> =
-        tensors.iter().map(|(k, t)| (rename(k), t.to_dtype(dtype).unwrap())).collect();
+    let renamed: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| (rename(k), t.to_dtype(dtype).unwrap()))
+        .collect();
     candle_core::safetensors::save(&renamed, dst).unwrap();
 }
 
@@ -88,7 +105,12 @@ fn run(case: &str, dialect: Dialect, file_dtype: DType, run_dtype: DType) -> f64
         Dialect::Diffusers => {
             let path = tmp.path().join(WEIGHTS);
             rewrite(&dir.join(WEIGHTS), &path, |k| k.to_string(), file_dtype);
-            (path, WanConfig::from_json_file(&dir.join("config.json")).unwrap(), KeyDialect::Diffusers, "")
+            (
+                path,
+                WanConfig::from_json_file(&dir.join("config.json")).unwrap(),
+                KeyDialect::Diffusers,
+                "",
+            )
         }
         Dialect::Original => {
             let map = original_keys(case);
@@ -101,26 +123,43 @@ fn run(case: &str, dialect: Dialect, file_dtype: DType, run_dtype: DType) -> f64
             let map = original_keys(case);
             let path = tmp.path().join("wan2.1_t2v_tiny.safetensors");
             let prefix = "model.diffusion_model.";
-            rewrite(&dir.join(WEIGHTS), &path, |k| format!("{prefix}{}", map[k]), file_dtype);
+            rewrite(
+                &dir.join(WEIGHTS),
+                &path,
+                |k| format!("{prefix}{}", map[k]),
+                file_dtype,
+            );
             let cfg = WanConfig::from_json_file(&dir.join("config.json")).unwrap();
             (path, cfg, KeyDialect::Original, prefix)
         }
     };
     let files = Arc::new(WeightFiles::open(&weights).unwrap());
     let keys = CheckpointKeys::detect(&files).unwrap();
-    assert_eq!((keys.dialect, keys.prefix.as_str()), (expected_dialect, prefix));
+    assert_eq!(
+        (keys.dialect, keys.prefix.as_str()),
+        (expected_dialect, prefix)
+    );
     let model = WanTransformer::load(&files, &cfg, run_dtype, &Device::Cpu).unwrap();
 
     let io = io(case);
     let mut attention = Recording::default();
-    let out = model.forward(&io["latents"], &io["timesteps"], &io["context"], &mut attention).unwrap();
+    let out = model
+        .forward(
+            &io["latents"],
+            &io["timesteps"],
+            &io["context"],
+            &mut attention,
+        )
+        .unwrap();
     assert_eq!(out.dtype(), DType::F32);
 
     // One self-attention call per layer, in order, with [B, heads, L, head_dim] and the token grid.
     let (_, _, f, h, w) = io["latents"].dims5().unwrap();
     let layout = VideoLayout::new(f, h / 2, w / 2);
     let shape = vec![2, cfg.num_heads, layout.video_tokens(), cfg.head_dim];
-    let expected: Vec<_> = (0..cfg.num_layers).map(|i| (i, shape.clone(), layout)).collect();
+    let expected: Vec<_> = (0..cfg.num_layers)
+        .map(|i| (i, shape.clone(), layout))
+        .collect();
     assert_eq!(attention.calls, expected);
 
     let err = relative_error(&out, &io["velocity"]);
@@ -130,7 +169,10 @@ fn run(case: &str, dialect: Dialect, file_dtype: DType, run_dtype: DType) -> f64
 
 fn check(case: &str, dialect: Dialect, file_dtype: DType) {
     let err = run(case, dialect, file_dtype, DType::F32);
-    assert!(err <= F32_TOLERANCE, "{case} {dialect:?}: relative error {err:.3e} > {F32_TOLERANCE:e}");
+    assert!(
+        err <= F32_TOLERANCE,
+        "{case} {dialect:?}: relative error {err:.3e} > {F32_TOLERANCE:e}"
+    );
 }
 
 // heads2x32: 2 heads × 32, grid 3×6×10 (tokens 3×3×5), weights stored f32.
@@ -169,20 +211,27 @@ fn heads2x64_comfyui_f16_file_f32_run() {
 #[test]
 fn heads2x64_bf16_run() {
     let err = run("heads2x64", Dialect::Diffusers, DType::BF16, DType::BF16);
-    assert!(err <= BF16_TOLERANCE, "bf16 run: relative error {err:.3e} > {BF16_TOLERANCE:e}");
+    assert!(
+        err <= BF16_TOLERANCE,
+        "bf16 run: relative error {err:.3e} > {BF16_TOLERANCE:e}"
+    );
 }
 
 #[test]
 fn heads2x32_bf16_run_from_f32_file() {
     let err = run("heads2x32", Dialect::Original, DType::F32, DType::BF16);
-    assert!(err <= BF16_TOLERANCE, "bf16 run: relative error {err:.3e} > {BF16_TOLERANCE:e}");
+    assert!(
+        err <= BF16_TOLERANCE,
+        "bf16 run: relative error {err:.3e} > {BF16_TOLERANCE:e}"
+    );
 }
 
 #[test]
 fn both_config_dialects_describe_the_same_model() {
     for case in ["heads2x32", "heads2x64"] {
         let diffusers = WanConfig::from_json_file(&fixture(case).join("config.json")).unwrap();
-        let original = WanConfig::from_json_file(&fixture(case).join("config_original.json")).unwrap();
+        let original =
+            WanConfig::from_json_file(&fixture(case).join("config_original.json")).unwrap();
         assert_eq!(diffusers, original, "{case}");
     }
 }
@@ -192,20 +241,31 @@ fn open_reads_a_diffusers_directory_with_its_config() {
     let model = WanTransformer::open(&fixture("heads2x32"), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config().head_dim, 32);
     let io = io("heads2x32");
-    let out = model.forward(&io["latents"], &io["timesteps"], &io["context"], &mut DenseAttention).unwrap();
+    let out = model
+        .forward(
+            &io["latents"],
+            &io["timesteps"],
+            &io["context"],
+            &mut DenseAttention,
+        )
+        .unwrap();
     assert!(relative_error(&out, &io["velocity"]) <= F32_TOLERANCE);
 }
 
 #[test]
 fn tiny_pipeline_transformer_loads_and_runs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline");
-    let model = WanTransformer::open(&dir.join("model/transformer"), DType::F32, &Device::Cpu).unwrap();
+    let model =
+        WanTransformer::open(&dir.join("model/transformer"), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config().text_dim, 32);
-    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     let noise = &reference["noise"]; // [1, 16, 3, 4, 6]
     let context = &reference["prompt_embeds"]; // [1, 512, 32]
     let t = Tensor::new(&[999f32], &Device::Cpu).unwrap();
-    let out = model.forward(noise, &t, context, &mut DenseAttention).unwrap();
+    let out = model
+        .forward(noise, &t, context, &mut DenseAttention)
+        .unwrap();
     assert_eq!(out.dims(), noise.dims());
     let values: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
     assert!(values.iter().all(|v| v.is_finite()));

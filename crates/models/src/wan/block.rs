@@ -43,7 +43,9 @@ impl AttentionLayer {
     /// [B, L, dim] → [B, heads, L, head_dim]
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        Ok(x.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        Ok(x.reshape((b, l, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// [B, heads, L, head_dim] → output projection → [B, L, dim] in the run dtype.
@@ -89,11 +91,21 @@ pub(crate) struct WanBlock {
 }
 
 impl WanBlock {
-    pub(crate) fn load(src: &WeightSource, index: usize, cfg: &WanConfig, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        src: &WeightSource,
+        index: usize,
+        cfg: &WanConfig,
+        dtype: DType,
+    ) -> Result<Self> {
         let p = format!("blocks.{index}");
         let dim = cfg.dim();
         let cross_norm = if cfg.cross_attn_norm {
-            Some(AffineLayerNorm::load(src, &format!("{p}.norm2"), dim, cfg.eps)?)
+            Some(AffineLayerNorm::load(
+                src,
+                &format!("{p}.norm2"),
+                dim,
+                cfg.eps,
+            )?)
         } else {
             None
         };
@@ -128,7 +140,10 @@ impl WanBlock {
         let q = WanRope::apply(&q, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
         let k = WanRope::apply(&k, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
         let y = attention.attend(self.index, &q, &k, &v, &ctx.layout)?; // [B, heads, L, head_dim]
-        let y = self.self_attn.merge_heads_and_project(&y)?.to_dtype(DType::F32)?;
+        let y = self
+            .self_attn
+            .merge_heads_and_project(&y)?
+            .to_dtype(DType::F32)?;
         let x = (x + y.broadcast_mul(&gate_sa)?)?;
 
         // Cross-attention to every text row: no mask, no RoPE, no modulation, no gate.
@@ -140,12 +155,18 @@ impl WanBlock {
         let (q, k, v) = self.cross_attn.qkv(&h, ctx.text)?;
         let (q, k) = (q.to_dtype(self.dtype)?, k.to_dtype(self.dtype)?);
         let y = dense_attention(&q, &k, &v, 1.0 / (self.cross_attn.head_dim as f64).sqrt())?;
-        let y = self.cross_attn.merge_heads_and_project(&y)?.to_dtype(DType::F32)?;
+        let y = self
+            .cross_attn
+            .merge_heads_and_project(&y)?
+            .to_dtype(DType::F32)?;
         let x = (x + y)?;
 
         // Feed-forward network.
         let h = modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(self.dtype)?;
-        let y = self.ffn_out.forward(&self.ffn_in.forward(&h)?.gelu()?)?.to_dtype(DType::F32)?;
+        let y = self
+            .ffn_out
+            .forward(&self.ffn_in.forward(&h)?.gelu()?)?
+            .to_dtype(DType::F32)?;
         Ok((x + y.broadcast_mul(&gate_ff)?)?)
     }
 }

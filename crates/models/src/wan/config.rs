@@ -41,12 +41,22 @@ pub struct WanConfig {
 impl WanConfig {
     /// Wan2.1 T2V 1.3B: 30 layers, 12 heads of 128.
     pub fn t2v_1_3b() -> Self {
-        Self { num_heads: 12, ffn_dim: 8960, num_layers: 30, ..Self::t2v_base() }
+        Self {
+            num_heads: 12,
+            ffn_dim: 8960,
+            num_layers: 30,
+            ..Self::t2v_base()
+        }
     }
 
     /// Wan2.1 T2V 14B: 40 layers, 40 heads of 128.
     pub fn t2v_14b() -> Self {
-        Self { num_heads: 40, ffn_dim: 13824, num_layers: 40, ..Self::t2v_base() }
+        Self {
+            num_heads: 40,
+            ffn_dim: 13824,
+            num_layers: 40,
+            ..Self::t2v_base()
+        }
     }
 
     fn t2v_base() -> Self {
@@ -112,9 +122,16 @@ impl WanConfig {
     /// Infers the configuration from a checkpoint's tensor shapes (for single-file checkpoints that
     /// come without a config.json). Heads cannot be read from shapes; every released Wan2.1 model
     /// uses `head_dim = 128`, which is assumed. `key_prefix` and `original_keys` describe the dialect.
-    pub(crate) fn infer(files: &WeightFiles, key_prefix: &str, original_keys: bool) -> Result<Self> {
+    pub(crate) fn infer(
+        files: &WeightFiles,
+        key_prefix: &str,
+        original_keys: bool,
+    ) -> Result<Self> {
         let shape = |diffusers: &str, original: &str| -> Result<Vec<usize>> {
-            let key = format!("{key_prefix}{}", if original_keys { original } else { diffusers });
+            let key = format!(
+                "{key_prefix}{}",
+                if original_keys { original } else { diffusers }
+            );
             files.shape(&key).ok_or_else(|| {
                 ModelError::InvalidInput(format!(
                     "cannot infer the Wan config: tensor `{key}` is missing from {:?}",
@@ -133,7 +150,12 @@ impl WanConfig {
         )?; // [D, freq_dim]
         let ffn = shape("blocks.0.ffn.net.0.proj.weight", "blocks.0.ffn.0.weight")?; // [ffn, D]
         let head = shape("proj_out.weight", "head.head.weight")?; // [out * pt*ph*pw, D]
-        if patch.len() != 5 || text.len() != 2 || time.len() != 2 || ffn.len() != 2 || head.len() != 2 {
+        if patch.len() != 5
+            || text.len() != 2
+            || time.len() != 2
+            || ffn.len() != 2
+            || head.len() != 2
+        {
             return Err(ModelError::InvalidInput(format!(
                 "cannot infer the Wan config from {:?}: unexpected tensor ranks",
                 files.paths()
@@ -146,7 +168,13 @@ impl WanConfig {
         let num_layers = files
             .keys()
             .iter()
-            .filter_map(|k| k.strip_prefix(&block_prefix)?.split('.').next()?.parse::<usize>().ok())
+            .filter_map(|k| {
+                k.strip_prefix(&block_prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
             .max()
             .map_or(0, |last| last + 1);
         const HEAD_DIM: usize = 128;
@@ -189,19 +217,28 @@ impl WanConfig {
         if self.patch_size.contains(&0) {
             return Err(format!("patch_size {:?} has a zero", self.patch_size));
         }
-        if self.head_dim % 2 != 0 || self.head_dim < 6 {
+        if self.head_dim % 2 == 1 || self.head_dim < 6 {
             // RoPE rotates channel pairs, split three ways (frames, height, width).
-            return Err(format!("head_dim {} must be even and at least 6", self.head_dim));
+            return Err(format!(
+                "head_dim {} must be even and at least 6",
+                self.head_dim
+            ));
         }
-        if self.freq_dim == 0 || self.freq_dim % 2 != 0 {
-            return Err(format!("freq_dim {} must be even and positive", self.freq_dim));
+        if self.freq_dim == 0 || self.freq_dim % 2 == 1 {
+            return Err(format!(
+                "freq_dim {} must be even and positive",
+                self.freq_dim
+            ));
         }
         Ok(())
     }
 }
 
 fn config_error(path: &Path, reason: String) -> ModelError {
-    ModelError::Config { path: path.display().to_string(), reason }
+    ModelError::Config {
+        path: path.display().to_string(),
+        reason,
+    }
 }
 
 /// diffusers `transformer/config.json` of `WanTransformer3DModel`.
@@ -233,11 +270,18 @@ struct DiffusersConfig {
 impl DiffusersConfig {
     fn into_config(self) -> std::result::Result<WanConfig, String> {
         if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() {
-            return Err("image-to-video transformers (image_dim / added_kv_proj_dim) are not supported".into());
+            return Err(
+                "image-to-video transformers (image_dim / added_kv_proj_dim) are not supported"
+                    .into(),
+            );
         }
         match self.qk_norm.as_deref() {
             Some("rms_norm_across_heads") => {}
-            other => return Err(format!("qk_norm {other:?} is not supported (expected \"rms_norm_across_heads\")")),
+            other => {
+                return Err(format!(
+                    "qk_norm {other:?} is not supported (expected \"rms_norm_across_heads\")"
+                ))
+            }
         }
         let patch_size = three(&self.patch_size)?;
         Ok(WanConfig {
@@ -290,13 +334,19 @@ struct OriginalConfig {
 impl OriginalConfig {
     fn into_config(self) -> std::result::Result<WanConfig, String> {
         if self.model_type != "t2v" {
-            return Err(format!("model_type {:?} is not supported (only \"t2v\")", self.model_type));
+            return Err(format!(
+                "model_type {:?} is not supported (only \"t2v\")",
+                self.model_type
+            ));
         }
         if !self.qk_norm {
             return Err("qk_norm = false is not supported".into());
         }
-        if self.num_heads == 0 || self.dim % self.num_heads != 0 {
-            return Err(format!("dim {} is not divisible by num_heads {}", self.dim, self.num_heads));
+        if self.num_heads == 0 || !self.dim.is_multiple_of(self.num_heads) {
+            return Err(format!(
+                "dim {} is not divisible by num_heads {}",
+                self.dim, self.num_heads
+            ));
         }
         Ok(WanConfig {
             patch_size: three(&self.patch_size)?,
@@ -369,10 +419,19 @@ mod tests {
         let original = r#"{"_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": 5120,
             "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256, "in_dim": 16, "model_type": "t2v",
             "num_heads": 40, "num_layers": 40, "out_dim": 16, "text_len": 512}"#;
-        assert_eq!(WanConfig::from_json_str(diffusers).unwrap(), WanConfig::t2v_1_3b());
-        assert_eq!(WanConfig::from_json_str(original).unwrap(), WanConfig::t2v_14b());
+        assert_eq!(
+            WanConfig::from_json_str(diffusers).unwrap(),
+            WanConfig::t2v_1_3b()
+        );
+        assert_eq!(
+            WanConfig::from_json_str(original).unwrap(),
+            WanConfig::t2v_14b()
+        );
         let own = serde_json::to_string(&WanConfig::t2v_14b()).unwrap();
-        assert_eq!(WanConfig::from_json_str(&own).unwrap(), WanConfig::t2v_14b());
+        assert_eq!(
+            WanConfig::from_json_str(&own).unwrap(),
+            WanConfig::t2v_14b()
+        );
     }
 
     #[test]
@@ -380,7 +439,11 @@ mod tests {
         let i2v = r#"{"dim": 5120, "num_heads": 40, "ffn_dim": 13824, "num_layers": 40, "model_type": "i2v"}"#;
         assert!(WanConfig::from_json_str(i2v).unwrap_err().contains("i2v"));
         let vae = r#"{"_class_name": "AutoencoderKLWan", "base_dim": 96}"#;
-        assert!(WanConfig::from_json_str(vae).unwrap_err().contains("not a Wan transformer config"));
-        assert!(WanConfig::from_json_str("{").unwrap_err().contains("invalid JSON"));
+        assert!(WanConfig::from_json_str(vae)
+            .unwrap_err()
+            .contains("not a Wan transformer config"));
+        assert!(WanConfig::from_json_str("{")
+            .unwrap_err()
+            .contains("invalid JSON"));
     }
 }

@@ -61,9 +61,17 @@ impl CheckpointKeys {
                  nor `{prefix}{ORIGINAL_MARKER}` (original Wan); not a Wan2.1 transformer"
             )));
         };
-        let image_keys = [format!("{prefix}img_emb."), format!("{prefix}condition_embedder.image_embedder.")];
-        if keys.iter().any(|k| image_keys.iter().any(|p| k.starts_with(p.as_str()))) {
-            return Err(unsupported("image-to-video transformers are not supported".into()));
+        let image_keys = [
+            format!("{prefix}img_emb."),
+            format!("{prefix}condition_embedder.image_embedder."),
+        ];
+        if keys
+            .iter()
+            .any(|k| image_keys.iter().any(|p| k.starts_with(p.as_str())))
+        {
+            return Err(unsupported(
+                "image-to-video transformers are not supported".into(),
+            ));
         }
         Ok(Self { dialect, prefix })
     }
@@ -83,17 +91,33 @@ impl CheckpointKeys {
 }
 
 fn describe(files: &WeightFiles) -> String {
-    let paths: Vec<String> = files.paths().iter().map(|p| p.display().to_string()).collect();
+    let paths: Vec<String> = files
+        .paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     paths.join(", ")
 }
 
 /// Top-level modules whose names differ (diffusers prefix → original prefix).
 const TOP_LEVEL: [(&str, &str); 6] = [
-    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
-    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+    (
+        "condition_embedder.time_embedder.linear_1.",
+        "time_embedding.0.",
+    ),
+    (
+        "condition_embedder.time_embedder.linear_2.",
+        "time_embedding.2.",
+    ),
     ("condition_embedder.time_proj.", "time_projection.1."),
-    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
-    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+    (
+        "condition_embedder.text_embedder.linear_1.",
+        "text_embedding.0.",
+    ),
+    (
+        "condition_embedder.text_embedder.linear_2.",
+        "text_embedding.2.",
+    ),
     ("proj_out.", "head.head."),
 ];
 
@@ -122,8 +146,9 @@ pub fn original_key(diffusers_key: &str) -> String {
             return format!("{original}{rest}");
         }
     }
-    let Some((index, mut rest)) =
-        diffusers_key.strip_prefix("blocks.").and_then(|r| r.split_once('.'))
+    let Some((index, mut rest)) = diffusers_key
+        .strip_prefix("blocks.")
+        .and_then(|r| r.split_once('.'))
     else {
         return diffusers_key.into(); // patch_embedding.* is spelled the same
     };
@@ -151,15 +176,27 @@ mod tests {
     fn renames_follow_the_spec_table() {
         let cases = [
             ("patch_embedding.weight", "patch_embedding.weight"),
-            ("condition_embedder.time_embedder.linear_1.bias", "time_embedding.0.bias"),
-            ("condition_embedder.time_proj.weight", "time_projection.1.weight"),
-            ("condition_embedder.text_embedder.linear_2.weight", "text_embedding.2.weight"),
+            (
+                "condition_embedder.time_embedder.linear_1.bias",
+                "time_embedding.0.bias",
+            ),
+            (
+                "condition_embedder.time_proj.weight",
+                "time_projection.1.weight",
+            ),
+            (
+                "condition_embedder.text_embedder.linear_2.weight",
+                "text_embedding.2.weight",
+            ),
             ("scale_shift_table", "head.modulation"),
             ("proj_out.bias", "head.head.bias"),
             ("blocks.12.scale_shift_table", "blocks.12.modulation"),
             ("blocks.0.attn1.to_q.weight", "blocks.0.self_attn.q.weight"),
             ("blocks.3.attn2.to_out.0.bias", "blocks.3.cross_attn.o.bias"),
-            ("blocks.3.attn2.norm_k.weight", "blocks.3.cross_attn.norm_k.weight"),
+            (
+                "blocks.3.attn2.norm_k.weight",
+                "blocks.3.cross_attn.norm_k.weight",
+            ),
             ("blocks.7.norm2.bias", "blocks.7.norm3.bias"),
             ("blocks.7.ffn.net.0.proj.weight", "blocks.7.ffn.0.weight"),
             ("blocks.7.ffn.net.2.bias", "blocks.7.ffn.2.bias"),

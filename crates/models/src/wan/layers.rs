@@ -17,18 +17,30 @@ pub(crate) struct WeightSource {
 
 impl WeightSource {
     pub(crate) fn new(files: Arc<WeightFiles>, keys: KeyMap, device: Device) -> Self {
-        Self { files, keys, device }
+        Self {
+            files,
+            keys,
+            device,
+        }
     }
 
     /// Loads `key` (canonical name) with the given shape, cast to `dtype`. Errors name the key
     /// as stored in the file, both shapes and the file (see `WeightFiles::load`).
     pub(crate) fn get(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let stored_key = self.keys.map(key);
-        Ok(self.files.load(&stored_key, Some(&Shape::from(shape)), dtype, &self.device)?)
+        Ok(self
+            .files
+            .load(&stored_key, Some(&Shape::from(shape)), dtype, &self.device)?)
     }
 
     /// A linear layer `prefix.weight` [out, in] + `prefix.bias` [out], computing in `dtype`.
-    pub(crate) fn linear(&self, prefix: &str, input: usize, output: usize, dtype: DType) -> Result<Linear> {
+    pub(crate) fn linear(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        dtype: DType,
+    ) -> Result<Linear> {
         Ok(Linear {
             weight: self.get(&format!("{prefix}.weight"), &[output, input], dtype)?,
             bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
@@ -54,7 +66,10 @@ impl Linear {
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
         // One 2-D matmul over all leading axes: a single large GEMM instead of a batched one.
-        let x2 = x.to_dtype(self.weight.dtype())?.contiguous()?.reshape((rows, input))?;
+        let x2 = x
+            .to_dtype(self.weight.dtype())?
+            .contiguous()?
+            .reshape((rows, input))?;
         let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("x has at least one axis") = self.weight.dim(0)?;
@@ -90,7 +105,9 @@ impl AffineLayerNorm {
 
     /// x: [..., dim] → [..., dim] f32.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(layer_norm(x, self.eps)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        Ok(layer_norm(x, self.eps)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?)
     }
 }
 
@@ -102,7 +119,10 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     pub(crate) fn load(src: &WeightSource, key: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: src.get(key, &[dim], DType::F32)?, eps })
+        Ok(Self {
+            weight: src.get(key, &[dim], DType::F32)?,
+            eps,
+        })
     }
 
     /// x: [..., dim] → [..., dim] f32.
@@ -124,11 +144,24 @@ mod tests {
     #[test]
     fn layer_norm_keeps_precision_under_a_large_offset() {
         // Values 1e3 + small wiggles: E[x²] − E[x]² in f32 would cancel to noise here.
-        let wiggle: Vec<f32> = (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01).collect();
+        let wiggle: Vec<f32> = (0..64)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+            .collect();
         let shifted: Vec<f32> = wiggle.iter().map(|v| v + 1.0e3).collect();
         let a = layer_norm(&Tensor::new(wiggle.as_slice(), &Device::Cpu).unwrap(), 1e-6).unwrap();
-        let b = layer_norm(&Tensor::new(shifted.as_slice(), &Device::Cpu).unwrap(), 1e-6).unwrap();
-        let diff = (a - b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let b = layer_norm(
+            &Tensor::new(shifted.as_slice(), &Device::Cpu).unwrap(),
+            1e-6,
+        )
+        .unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-2, "max difference {diff}");
     }
 }

@@ -21,9 +21,14 @@ impl WanRope {
         let spatial = 2 * (head_dim / 6);
         let frames = head_dim - 2 * spatial;
         let inv = |channels: usize| -> Vec<f64> {
-            (0..channels / 2).map(|j| theta.powf(-((2 * j) as f64) / channels as f64)).collect()
+            (0..channels / 2)
+                .map(|j| theta.powf(-((2 * j) as f64) / channels as f64))
+                .collect()
         };
-        Self { head_dim, inv_freq: [inv(frames), inv(spatial), inv(spatial)] }
+        Self {
+            head_dim,
+            inv_freq: [inv(frames), inv(spatial), inv(spatial)],
+        }
     }
 
     /// Channels rotated with the frame, height and width index.
@@ -94,7 +99,15 @@ mod tests {
         let x = Tensor::new(&[1f32, 0., 1., 0., 0., 1.], &Device::Cpu).unwrap();
         let xs = x.broadcast_as((1, 1, 6, 6)).unwrap().contiguous().unwrap();
         let y = WanRope::apply(&xs, &cos, &sin).unwrap();
-        let y: Vec<f32> = y.get(0).unwrap().get(0).unwrap().get(token).unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = y
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(token)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let (c1, s1, c2, s2) = (1f32.cos(), 1f32.sin(), 2f32.cos(), 2f32.sin());
         let expected = [1., 0., c1, s1, -s2, c2];
         for (a, b) in y.iter().zip(expected) {

@@ -54,7 +54,12 @@ impl WanTransformer {
     /// Loads the transformer from a checkpoint in any of the three key dialects (diffusers,
     /// original Wan, ComfyUI-prefixed), detected from the key names. Stored f32/bf16/f16 weights
     /// are cast: matmul weights to `dtype`, norms, tables and the time path and head to f32.
-    pub fn load(files: &Arc<WeightFiles>, cfg: &WanConfig, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        files: &Arc<WeightFiles>,
+        cfg: &WanConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::InvalidInput(format!(
                 "run dtype {dtype:?} is not supported (use f32, bf16 or f16)"
@@ -67,7 +72,11 @@ impl WanTransformer {
 
         let [pt, ph, pw] = cfg.patch_size;
         let patch_weight = src
-            .get("patch_embedding.weight", &[dim, cfg.in_channels, pt, ph, pw], dtype)?
+            .get(
+                "patch_embedding.weight",
+                &[dim, cfg.in_channels, pt, ph, pw],
+                dtype,
+            )?
             .reshape((dim, cfg.patch_in_features()))?;
         let patch_bias = src.get("patch_embedding.bias", &[dim], dtype)?;
 
@@ -79,11 +88,31 @@ impl WanTransformer {
             dtype,
             device: device.clone(),
             patch_embedding: Linear::from_parts(patch_weight, patch_bias),
-            time_linear_1: src.linear("condition_embedder.time_embedder.linear_1", cfg.freq_dim, dim, f32)?,
-            time_linear_2: src.linear("condition_embedder.time_embedder.linear_2", dim, dim, f32)?,
+            time_linear_1: src.linear(
+                "condition_embedder.time_embedder.linear_1",
+                cfg.freq_dim,
+                dim,
+                f32,
+            )?,
+            time_linear_2: src.linear(
+                "condition_embedder.time_embedder.linear_2",
+                dim,
+                dim,
+                f32,
+            )?,
             time_proj: src.linear("condition_embedder.time_proj", dim, 6 * dim, f32)?,
-            text_linear_1: src.linear("condition_embedder.text_embedder.linear_1", cfg.text_dim, dim, dtype)?,
-            text_linear_2: src.linear("condition_embedder.text_embedder.linear_2", dim, dim, dtype)?,
+            text_linear_1: src.linear(
+                "condition_embedder.text_embedder.linear_1",
+                cfg.text_dim,
+                dim,
+                dtype,
+            )?,
+            text_linear_2: src.linear(
+                "condition_embedder.text_embedder.linear_2",
+                dim,
+                dim,
+                dtype,
+            )?,
             blocks,
             head_modulation: src.get("scale_shift_table", &[1, 2, dim], f32)?,
             head: src.linear("proj_out", dim, cfg.patch_out_features(), f32)?,
@@ -96,7 +125,11 @@ impl WanTransformer {
     /// usable config.json the config is inferred from the tensor shapes (head_dim 128 assumed).
     pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let files = Arc::new(WeightFiles::open(path)?);
-        let config_path = if path.is_dir() { Some(path.join("config.json")) } else { path.parent().map(|d| d.join("config.json")) };
+        let config_path = if path.is_dir() {
+            Some(path.join("config.json"))
+        } else {
+            path.parent().map(|d| d.join("config.json"))
+        };
         let from_file = match config_path.filter(|p| p.is_file()) {
             // Next to a single file the config may belong to something else: only use it if it is ours.
             Some(p) if path.is_dir() => Some(WanConfig::from_json_file(&p)?),
@@ -143,15 +176,25 @@ impl WanTransformer {
 
         // Patch embedding: [B, C, F, H, W] → [B, L, dim] f32.
         let patches = self.patchify(&latents.to_dtype(self.dtype)?, grid)?;
-        let x = self.patch_embedding.forward(&patches)?.to_dtype(DType::F32)?;
+        let x = self
+            .patch_embedding
+            .forward(&patches)?
+            .to_dtype(DType::F32)?;
 
         // Time path, all f32: e [B, dim] for the head, e0 [B, 6, dim] for the blocks.
         let sinusoid = self.timestep_sinusoid(timesteps, batch)?;
-        let e = self.time_linear_2.forward(&self.time_linear_1.forward(&sinusoid)?.silu()?)?;
-        let e0 = self.time_proj.forward(&e.silu()?)?.reshape((batch, 6, self.cfg.dim()))?;
+        let e = self
+            .time_linear_2
+            .forward(&self.time_linear_1.forward(&sinusoid)?.silu()?)?;
+        let e0 = self
+            .time_proj
+            .forward(&e.silu()?)?
+            .reshape((batch, 6, self.cfg.dim()))?;
 
         // Text: [B, Lt, text_dim] → [B, Lt, dim] in the run dtype.
-        let text = self.text_linear_2.forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
+        let text = self
+            .text_linear_2
+            .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
 
         let (rope_cos, rope_sin) = self.rope.tables(f, h, w, &self.device)?;
         let ctx = BlockContext {
@@ -175,32 +218,67 @@ impl WanTransformer {
     }
 
     /// Checks shapes; returns the batch size and the token grid (frames, height, width).
-    fn check_inputs(&self, latents: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<(usize, [usize; 3])> {
+    fn check_inputs(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+    ) -> Result<(usize, [usize; 3])> {
         let bad = |msg: String| Err(ModelError::InvalidInput(msg));
         let cfg = &self.cfg;
         let Ok((b, c, frames, height, width)) = latents.dims5() else {
-            return bad(format!("latents must be [B, {}, F, H, W], got {:?}", cfg.in_channels, latents.dims()));
+            return bad(format!(
+                "latents must be [B, {}, F, H, W], got {:?}",
+                cfg.in_channels,
+                latents.dims()
+            ));
         };
         if c != cfg.in_channels {
-            return bad(format!("latents have {c} channels, the model expects {}", cfg.in_channels));
+            return bad(format!(
+                "latents have {c} channels, the model expects {}",
+                cfg.in_channels
+            ));
         }
         let [pt, ph, pw] = cfg.patch_size;
-        if b == 0 || frames == 0 || height == 0 || width == 0 || frames % pt != 0 || height % ph != 0 || width % pw != 0 {
+        if b == 0
+            || frames == 0
+            || height == 0
+            || width == 0
+            || frames % pt != 0
+            || height % ph != 0
+            || width % pw != 0
+        {
             return bad(format!(
                 "latent grid {frames}×{height}×{width} (batch {b}) must be non-empty multiples of the patch size {:?}",
                 cfg.patch_size
             ));
         }
         if timesteps.rank() != 1 || !(timesteps.dim(0)? == b || timesteps.dim(0)? == 1) {
-            return bad(format!("timesteps must be [{b}] or [1], got {:?}", timesteps.dims()));
+            return bad(format!(
+                "timesteps must be [{b}] or [1], got {:?}",
+                timesteps.dims()
+            ));
         }
         match context.dims3() {
             Ok((cb, lt, td)) if cb == b && lt > 0 && td == cfg.text_dim => {}
-            _ => return bad(format!("context must be [{b}, Lt, {}], got {:?}", cfg.text_dim, context.dims())),
+            _ => {
+                return bad(format!(
+                    "context must be [{b}, Lt, {}], got {:?}",
+                    cfg.text_dim,
+                    context.dims()
+                ))
+            }
         }
-        for (name, t) in [("latents", latents), ("timesteps", timesteps), ("context", context)] {
+        for (name, t) in [
+            ("latents", latents),
+            ("timesteps", timesteps),
+            ("context", context),
+        ] {
             if !t.dtype().is_float() {
-                return bad(format!("{name} must be a float tensor, got {:?}", t.dtype()));
+                return bad(format!(
+                    "{name} must be a float tensor, got {:?}",
+                    t.dtype()
+                ));
             }
         }
         Ok((b, [frames / pt, height / ph, width / pw]))
@@ -211,7 +289,9 @@ impl WanTransformer {
     fn timestep_sinusoid(&self, timesteps: &Tensor, batch: usize) -> Result<Tensor> {
         let half = self.cfg.freq_dim / 2;
         let log_base = -(10_000f32.ln());
-        let freqs: Vec<f32> = (0..half).map(|i| (log_base * i as f32 / half as f32).exp()).collect();
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (log_base * i as f32 / half as f32).exp())
+            .collect();
         let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.to_vec1()?;
         let mut out = Vec::with_capacity(batch * 2 * half);
         for b in 0..batch {
