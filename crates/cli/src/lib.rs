@@ -1,6 +1,7 @@
 //! The vdit pipeline library: model resolution, sampling, guidance, video output.
 
 pub mod hub;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod sampling;
