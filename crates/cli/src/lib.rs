@@ -1,5 +1,6 @@
 //! The vdit pipeline library: model resolution, sampling, guidance, video output.
 
+pub mod eval;
 pub mod hub;
 pub mod metrics;
 pub mod pipeline;
