@@ -388,3 +388,59 @@ fn bad_settings_and_frames_are_errors() {
     };
     assert!(score("a red circle moving left", &broken).is_err());
 }
+
+/// 3x3 box blur of every frame, like the soft edges of a generated clip.
+fn blurred(clip: &VideoFrames) -> VideoFrames {
+    let (w, h) = (clip.width as usize, clip.height as usize);
+    let frames = clip
+        .frames
+        .iter()
+        .map(|f| {
+            let mut out = f.clone();
+            for y in 1..h - 1 {
+                for x in 1..w - 1 {
+                    for c in 0..3 {
+                        let mut sum = 0u32;
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                sum += u32::from(f[((y + dy - 1) * w + x + dx - 1) * 3 + c]);
+                            }
+                        }
+                        out[(y * w + x) * 3 + c] = (sum / 9) as u8;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    VideoFrames::new(clip.width, clip.height, frames).unwrap()
+}
+
+#[test]
+fn blur_and_h264_compression_do_not_change_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    for (colour, motion, backdrop) in [
+        (
+            PaletteColour::Orange,
+            Motion::Left,
+            Backdrop::Stripes(MUTED_A, MUTED_B),
+        ),
+        (
+            PaletteColour::Black,
+            Motion::Growing,
+            Backdrop::Plain(PaletteColour::Yellow.rgb()),
+        ),
+        (
+            PaletteColour::White,
+            Motion::Up,
+            Backdrop::Checker(MUTED_A, MUTED_B),
+        ),
+    ] {
+        let clip = blurred(&render(&[moving(colour, motion)], backdrop, 8));
+        let path = dir.path().join("clip.mp4");
+        vdit::video::write_video(&path, &clip, 16).unwrap();
+        let decoded = vdit::video::read_video(&path).unwrap().video;
+        let caption = format!("a {colour} circle {motion}");
+        assert_eq!(score(&caption, &decoded).unwrap(), ALL_OK, "{caption}");
+    }
+}

@@ -304,3 +304,51 @@ fn frames_from_tensor_maps_minus_one_one_to_bytes() {
     let err = frames_from_tensor(&wrong).unwrap_err();
     assert!(err.to_string().contains("expected [3, T, H, W]"), "{err}");
 }
+
+/// Independent check with a real ffmpeg: it must demux and decode our mp4 without a single error and
+/// see the size, frame rate and frame count we wrote. Needs an ffmpeg binary, so it is ignored by
+/// default: `FFMPEG=/path/to/ffmpeg cargo test --workspace --release --test video_io -- --ignored`.
+#[test]
+#[ignore = "needs an ffmpeg binary in $FFMPEG"]
+fn ffmpeg_decodes_our_mp4() {
+    let ffmpeg = std::env::var("FFMPEG").expect("set FFMPEG to an ffmpeg binary");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    let clip = test_clip(96, 64, 33);
+    write_video(&path, &clip, 16).unwrap();
+    let probe = std::process::Command::new(&ffmpeg)
+        .args(["-hide_banner", "-i"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&probe.stderr);
+    assert!(
+        info.contains("h264") && info.contains("96x64") && info.contains("16 fps"),
+        "{info}"
+    );
+    let decode = std::process::Command::new(&ffmpeg)
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decode.status.success() && decode.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decode.stderr)
+    );
+    assert_eq!(decode.stdout.len(), 33 * 96 * 64 * 3);
+    let decoded = VideoFrames::new(
+        96,
+        64,
+        decode
+            .stdout
+            .chunks_exact(96 * 64 * 3)
+            .map(<[u8]>::to_vec)
+            .collect(),
+    )
+    .unwrap();
+    let psnr = psnr_on_overlap(&clip, &decoded);
+    eprintln!("ffmpeg-decoded PSNR {psnr:.2} dB");
+    assert!(psnr > 28.0, "PSNR {psnr}");
+}
