@@ -1,6 +1,8 @@
 //! The vdit pipeline library: model resolution, sampling, guidance, video output.
 
+pub mod eval;
 pub mod hub;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod sampling;
