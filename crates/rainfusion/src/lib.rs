@@ -13,6 +13,7 @@ mod error;
 pub mod generic;
 pub mod layout;
 pub mod mask;
+pub mod policy;
 pub mod predict;
 pub mod reference;
 mod sparse;
@@ -22,6 +23,7 @@ pub use dense::{dense_attention, DenseAttention};
 pub use error::{Error, Result};
 pub use layout::{TokenPermutation, Window};
 pub use mask::BlockMask;
+pub use policy::{DenseSteps, RainFusionAttention, RainFusionConfig};
 pub use predict::predict_block_mask;
 pub use sparse::block_sparse_attention;
 
