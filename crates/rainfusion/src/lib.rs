@@ -18,6 +18,7 @@ pub mod predict;
 pub mod reference;
 mod sparse;
 pub mod sparse_cpu;
+pub mod v1;
 
 pub use dense::{dense_attention, DenseAttention};
 pub use error::{Error, Result};
@@ -26,6 +27,7 @@ pub use mask::BlockMask;
 pub use policy::{DenseSteps, RainFusionAttention, RainFusionConfig};
 pub use predict::predict_block_mask;
 pub use sparse::block_sparse_attention;
+pub use v1::{HeadPattern, RainFusionV1Attention, RainFusionV1Config};
 
 use candle_core::Tensor;
 
