@@ -1,7 +1,10 @@
 //! The vdit pipeline library: model resolution, sampling, guidance, video output.
 
+pub mod error;
 pub mod hub;
 pub mod pipeline;
 pub mod registry;
 pub mod sampling;
 pub mod video;
+
+pub use error::{Result, VditError};
