@@ -253,6 +253,57 @@ fn open_reads_a_diffusers_directory_with_its_config() {
 }
 
 #[test]
+fn sharded_original_checkpoint_directory_opens_through_its_index() {
+    // The layout of the original 14B release: shards, an index, and the WanModel config.json.
+    let dir = tempfile::tempdir().unwrap();
+    let map = original_keys("heads2x32");
+    let tensors =
+        candle_core::safetensors::load(fixture("heads2x32").join(WEIGHTS), &Device::Cpu).unwrap();
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    let names = [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ];
+    let mut weight_map = serde_json::Map::new();
+    for (shard, chunk) in keys.chunks(keys.len().div_ceil(2)).enumerate() {
+        let part: HashMap<String, Tensor> = chunk
+            .iter()
+            .map(|k| (map[*k].clone(), tensors[*k].clone()))
+            .collect();
+        candle_core::safetensors::save(&part, dir.path().join(names[shard])).unwrap();
+        for k in chunk {
+            weight_map.insert(map[*k].clone(), names[shard].into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path()
+            .join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("heads2x32").join("config_original.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+
+    let model = WanTransformer::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let io = io("heads2x32");
+    let out = model
+        .forward(
+            &io["latents"],
+            &io["timesteps"],
+            &io["context"],
+            &mut DenseAttention,
+        )
+        .unwrap();
+    let err = relative_error(&out, &io["velocity"]);
+    assert!(err <= F32_TOLERANCE, "sharded: relative error {err:.3e}");
+}
+
+#[test]
 fn tiny_pipeline_transformer_loads_and_runs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline");
     let model =
