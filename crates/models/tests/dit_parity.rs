@@ -304,6 +304,29 @@ fn sharded_original_checkpoint_directory_opens_through_its_index() {
 }
 
 #[test]
+fn single_comfyui_file_without_config_gets_its_config_from_the_shapes() {
+    // heads2x64 is 128 wide; inference assumes the released head_dim 128, so it reads 1 head × 128.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wan2.1_t2v_tiny_fp16.safetensors");
+    let map = original_keys("heads2x64");
+    let rename = |k: &str| format!("model.diffusion_model.{}", map[k]);
+    rewrite(
+        &fixture("heads2x64").join(WEIGHTS),
+        &path,
+        rename,
+        DType::F16,
+    );
+    let model = WanTransformer::open(&path, DType::F32, &Device::Cpu).unwrap();
+    let stated = WanConfig::from_json_file(&fixture("heads2x64").join("config.json")).unwrap();
+    let expected = WanConfig {
+        num_heads: 1,
+        head_dim: 128,
+        ..stated
+    };
+    assert_eq!(model.config(), &expected);
+}
+
+#[test]
 fn tiny_pipeline_transformer_loads_and_runs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline");
     let model =
