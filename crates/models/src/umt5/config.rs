@@ -95,7 +95,7 @@ impl Umt5Config {
         }
         // Bidirectional buckets: half for each sign, and of each half, half exact and half log-spaced.
         let buckets = self.relative_attention_num_buckets;
-        if buckets < 4 || buckets % 4 != 0 {
+        if buckets < 4 || !buckets.is_multiple_of(4) {
             return Err(format!(
                 "`relative_attention_num_buckets` = {buckets}: expected a positive multiple of 4"
             ));
@@ -107,7 +107,7 @@ impl Umt5Config {
                 buckets / 4
             ));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err("`layer_norm_epsilon` must be positive".to_string());
         }
         if self.feed_forward_proj != "gated-gelu" {
