@@ -109,6 +109,22 @@ fn frame_count_is_one_plus_four_per_later_latent_frame() {
 }
 
 #[test]
+fn batch_decodes_each_sample_like_alone() {
+    let (vae, latents, _) = vae_fixture("diffusion_pytorch_model.safetensors", DType::F32);
+    let first = latents.narrow(2, 0, 2).unwrap();
+    let second = latents.narrow(2, 2, 2).unwrap();
+    let batch = vae
+        .decode(&Tensor::cat(&[&first, &second], 0).unwrap(), None)
+        .unwrap();
+    assert_eq!(batch.dims(), &[2, 3, 5, 40, 56]);
+    for (i, sample) in [first, second].iter().enumerate() {
+        let alone = vae.decode(sample, None).unwrap();
+        let err = relative_error(&batch.narrow(0, i, 1).unwrap(), &alone);
+        assert!(err <= 1e-6, "sample {i}: relative error {err:.3e}");
+    }
+}
+
+#[test]
 fn tiled_decode_is_close_to_whole_frame_decode() {
     let (vae, latents, _) = vae_fixture("diffusion_pytorch_model.safetensors", DType::F32);
     let whole = vae.decode(&latents, None).unwrap();
