@@ -135,7 +135,7 @@ impl WanVaeConfig {
             ));
         }
         if self.decoder_dim() < 2
-            || self.decoder_dim() % 2 != 0
+            || self.decoder_dim() & 1 != 0
             || self.z_dim == 0
             || self.out_channels == 0
         {

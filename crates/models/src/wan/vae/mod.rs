@@ -115,7 +115,7 @@ impl WanVaeDecoder {
     pub fn decode_unclamped(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
         let z_dim = self.config.z_dim;
         let dims = latents.dims();
-        if dims.len() != 5 || dims[1] != z_dim || dims.iter().any(|d| *d == 0) {
+        if dims.len() != 5 || dims[1] != z_dim || dims.contains(&0) {
             return Err(ModelError::InvalidInput(format!(
                 "VAE latents must be [batch, {z_dim}, frames, height, width] with no empty axis, got {dims:?}"
             )));
