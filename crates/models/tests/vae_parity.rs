@@ -81,6 +81,30 @@ fn original_keys_match_diffusers_decode() {
 }
 
 #[test]
+fn prefixed_original_keys_are_detected() {
+    // e.g. a whole-pipeline checkpoint that stores the VAE under `first_stage_model.`
+    let dir = fixtures().join("vae");
+    let tensors = load_reference(&dir.join("wan_2.1_vae_original.safetensors"));
+    let prefixed: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (format!("first_stage_model.{k}"), v))
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("vae.safetensors");
+    candle_core::safetensors::save(&prefixed, &path).unwrap();
+    let cfg = WanVaeConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let files = Arc::new(WeightFiles::open(&path).unwrap());
+    let vae = WanVaeDecoder::load(&files, &cfg, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(vae.dialect(), VaeKeyDialect::Original);
+    let reference = load_reference(&dir.join("reference.safetensors"));
+    let video = vae
+        .decode(&reference["latents"].narrow(2, 0, 2).unwrap(), None)
+        .unwrap();
+    let err = relative_error(&video, &reference["video"].narrow(2, 0, 5).unwrap());
+    assert!(err <= 1e-4, "relative error {err:.3e}");
+}
+
+#[test]
 fn bf16_decode_is_close() {
     let (vae, latents, expected) = vae_fixture("diffusion_pytorch_model.safetensors", DType::BF16);
     let video = vae.decode(&latents, None).unwrap();
