@@ -84,8 +84,14 @@ fn mp4_round_trip_keeps_count_size_fps_and_pixels() {
     let psnr = psnr_on_overlap(&clip, &back.video);
     eprintln!("mp4 round trip PSNR {psnr:.2} dB, {} bytes", bytes.len());
     assert!(psnr > 30.0, "PSNR {psnr}");
-    // No temporary file is left behind next to the output.
+    // No temporary file is left behind next to the output, and the file is not private.
     assert_eq!(files_in(dir.path()), vec!["clip.mp4"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "mode {mode:o}");
+    }
 }
 
 #[test]
