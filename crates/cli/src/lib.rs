@@ -1,5 +1,6 @@
 //! The vdit pipeline library: model resolution, sampling, guidance, video output.
 
+pub mod error;
 pub mod eval;
 pub mod hub;
 pub mod metrics;
@@ -7,3 +8,5 @@ pub mod pipeline;
 pub mod registry;
 pub mod sampling;
 pub mod video;
+
+pub use error::{Result, VditError};
