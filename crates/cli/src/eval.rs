@@ -532,7 +532,7 @@ fn connected_blobs(frame: &[u8], mask: &[bool], w: usize, h: usize, min_area: us
             });
         }
     }
-    blobs.sort_by(|a, b| b.area.cmp(&a.area));
+    blobs.sort_by_key(|b| std::cmp::Reverse(b.area));
     blobs
 }
 
