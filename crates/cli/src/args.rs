@@ -21,6 +21,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate a video from a text prompt.
+    // A repeated flag overrides the earlier one (handy with shell aliases); negative numbers are
+    // values, so `--sparsity -0.1` reaches the range check instead of looking like a flag.
+    #[command(args_override_self = true, allow_negative_numbers = true)]
     Generate(Box<GenerateArgs>),
     /// List the models of the registry (models/*.toml) and their defaults.
     Models,
