@@ -2,7 +2,9 @@
 
 pub mod args;
 pub mod error;
+pub mod eval;
 pub mod hub;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod sampling;

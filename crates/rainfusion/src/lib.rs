@@ -10,11 +10,24 @@
 
 mod dense;
 mod error;
+pub mod generic;
+pub mod layout;
 pub mod mask;
+pub mod policy;
+pub mod predict;
+pub mod reference;
+mod sparse;
+pub mod sparse_cpu;
+pub mod v1;
 
 pub use dense::{dense_attention, DenseAttention};
 pub use error::{Error, Result};
+pub use layout::{TokenPermutation, Window};
 pub use mask::BlockMask;
+pub use policy::{DenseSteps, RainFusionAttention, RainFusionConfig};
+pub use predict::predict_block_mask;
+pub use sparse::block_sparse_attention;
+pub use v1::{HeadPattern, RainFusionV1Attention, RainFusionV1Config};
 
 use candle_core::Tensor;
 
@@ -30,7 +43,12 @@ pub struct VideoLayout {
 
 impl VideoLayout {
     pub fn new(frames: usize, height: usize, width: usize) -> Self {
-        Self { frames, height, width, text_tokens: 0 }
+        Self {
+            frames,
+            height,
+            width,
+            text_tokens: 0,
+        }
     }
 
     /// Tokens per frame (height × width).
