@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use rainfusion::DenseSteps;
+
 use crate::sampling::SamplerKind;
 
 /// vdit: text-to-video inference (Wan2.1) with RainFusion sparse attention, on candle.
@@ -72,23 +74,6 @@ pub enum WindowArg {
     Tile,
     /// 2×8×8 windows spanning two frames.
     Spatiotemporal,
-}
-
-/// `--dense-steps`: a step count, or a fraction of the steps.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub enum DenseSteps {
-    Count(usize),
-    Fraction(f64),
-}
-
-impl DenseSteps {
-    /// Dense steps out of `steps`: a fraction rounds down (a quarter of 50 is 12).
-    pub fn resolve(self, steps: usize) -> usize {
-        match self {
-            DenseSteps::Count(n) => n,
-            DenseSteps::Fraction(f) => (f * steps as f64).floor() as usize,
-        }
-    }
 }
 
 /// Arguments of `vdit generate`. Settings left out come from the model's registry entry, else
@@ -213,7 +198,7 @@ pub struct GenerateArgs {
     pub sparsity: f64,
 
     /// Steps run dense before sparse attention starts: a count (12) or a fraction of the steps
-    /// (0.25). Default: a quarter of the steps.
+    /// (0.25, rounded up). Default: a quarter of the steps.
     #[arg(long, value_parser = parse_dense_steps, value_name = "N|FRACTION", help_heading = "Sparse attention")]
     pub dense_steps: Option<DenseSteps>,
 
@@ -343,19 +328,9 @@ fn parse_block_size(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
-/// `12` → 12 steps; `0.25` → a quarter of the steps.
+/// `12` → 12 steps; `0.25` → a quarter of the steps (rounded up, as rainfusion resolves it).
 fn parse_dense_steps(s: &str) -> Result<DenseSteps, String> {
-    if let Ok(n) = s.trim().parse::<usize>() {
-        return Ok(DenseSteps::Count(n));
-    }
-    let f: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is neither a step count nor a fraction"))?;
-    if !(0.0..=1.0).contains(&f) {
-        return Err(format!("fraction {f} is outside [0, 1]"));
-    }
-    Ok(DenseSteps::Fraction(f))
+    s.parse().map_err(|e: rainfusion::Error| e.to_string())
 }
 
 #[cfg(test)]
@@ -381,7 +356,6 @@ mod tests {
         assert_eq!(parse_dense_steps("12"), Ok(DenseSteps::Count(12)));
         assert_eq!(parse_dense_steps("0.25"), Ok(DenseSteps::Fraction(0.25)));
         assert!(parse_dense_steps("1.5").is_err());
-        assert_eq!(DenseSteps::Fraction(0.25).resolve(50), 12);
         assert!(parse_sparsity("1").is_err());
         assert!(parse_sparsity("0").is_ok());
         assert!(parse_block_size("96").is_err());

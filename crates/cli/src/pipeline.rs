@@ -12,10 +12,13 @@
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use rainfusion::{DenseAttention, SelfAttention};
+use rainfusion::{
+    DenseAttention, RainFusionAttention, RainFusionConfig, RainFusionV1Attention,
+    RainFusionV1Config, SelfAttention, Window,
+};
 use serde::Serialize;
 
-use crate::args::AttentionMode;
+use crate::args::{AttentionMode, WindowArg};
 use crate::error::{Result, VditError};
 use crate::sampling::{guide_batched, FlowSolver};
 use crate::settings::{AttentionSettings, GenerateSettings};
@@ -117,18 +120,50 @@ pub fn denoise(
     Ok(latents)
 }
 
-/// The self-attention policy the flags ask for.
-pub fn build_attention(settings: &AttentionSettings) -> Result<Box<dyn SelfAttention>> {
+/// The self-attention policy the flags ask for, for a transformer of `num_layers` layers
+/// sampled in `num_steps` steps. Out-of-range settings give rainfusion's error.
+pub fn build_attention(
+    settings: &AttentionSettings,
+    num_layers: usize,
+    num_steps: usize,
+) -> Result<Box<dyn SelfAttention>> {
+    let invalid = |e: rainfusion::Error| VditError::InvalidSetting(format!("--attention: {e}"));
     match settings.mode {
         AttentionMode::Dense => Ok(Box::new(DenseAttention)),
-        // Wired when the rainfusion crate's RainFusionAttention / RainFusionV1Attention land.
-        mode => Err(VditError::InvalidSetting(format!(
-            "--attention {}: not available in this build yet (use --attention dense)",
-            match mode {
-                AttentionMode::RainfusionV1 => "rainfusion-v1",
-                _ => "rainfusion",
-            }
-        ))),
+        AttentionMode::Rainfusion => {
+            let config = RainFusionConfig {
+                sparsity: settings.sparsity,
+                block_size: settings.block_size,
+                window: match settings.window {
+                    WindowArg::Tile => Window::Tile,
+                    WindowArg::Spatiotemporal => Window::Spatiotemporal,
+                },
+                dense_steps: settings.dense_steps,
+                mask_refresh: settings.mask_refresh,
+                dense_layers: settings.dense_layers,
+                first_frame_sink: true,
+            };
+            config
+                .validate_for_run(num_steps, num_layers)
+                .map_err(invalid)?;
+            Ok(Box::new(
+                RainFusionAttention::new(config, num_layers).map_err(invalid)?,
+            ))
+        }
+        AttentionMode::RainfusionV1 => {
+            let config = RainFusionV1Config {
+                sparsity: settings.sparsity,
+                block_size: settings.block_size,
+                dense_steps: settings.dense_steps,
+                mask_refresh: settings.mask_refresh,
+                dense_layers: settings.dense_layers,
+                ..RainFusionV1Config::default()
+            };
+            config.validate().map_err(invalid)?;
+            Ok(Box::new(
+                RainFusionV1Attention::new(config, num_layers).map_err(invalid)?,
+            ))
+        }
     }
 }
 

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::args::{AttentionMode, DTypeArg, DenseSteps, DeviceArg, GenerateArgs, WindowArg};
+use crate::args::{AttentionMode, DTypeArg, DeviceArg, GenerateArgs, WindowArg};
 use crate::error::{Result, VditError};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
 use crate::registry::{ModelDefaults, Registry};
 use crate::sampling::SamplerKind;
+use crate::video::VideoFormat;
+use rainfusion::DenseSteps;
 
 /// Wan2.1's official default negative prompt (its `sample_neg_prompt`), used when neither the
 /// user nor the model's registry entry gives one.
@@ -26,39 +28,22 @@ pub mod wan_defaults {
     pub const GUIDANCE_SCALE: f64 = 5.0;
     pub const SHIFT: f64 = 5.0;
     pub const FPS: u32 = 16;
-    /// RainFusion's dense warm-up when `--dense-steps` is absent: a quarter of the steps.
-    pub const DENSE_STEP_FRACTION: f64 = 0.25;
 }
 
-/// Output container, chosen by the `-o` extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    Mp4,
-    Gif,
-    Png,
-}
-
-impl OutputFormat {
-    pub fn from_path(path: &Path) -> std::result::Result<Self, String> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        match ext.as_deref() {
-            Some("mp4") => Ok(OutputFormat::Mp4),
-            Some("gif") => Ok(OutputFormat::Gif),
-            Some("png") => Ok(OutputFormat::Png),
-            Some(other) => Err(format!(
-                "-o {}: unknown extension .{other} (use .mp4, .gif or .png)",
-                path.display()
-            )),
-            None => Err(format!(
-                "-o {}: no extension to choose the format from (use .mp4, .gif or .png)",
-                path.display()
-            )),
-        }
+/// `VideoFormat` as a name for printing and the sidecar.
+pub fn format_name(format: VideoFormat) -> &'static str {
+    match format {
+        VideoFormat::Mp4 => "mp4",
+        VideoFormat::Gif => "gif",
+        VideoFormat::PngSequence => "png",
     }
+}
+
+fn serialize_format<S: serde::Serializer>(
+    format: &VideoFormat,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(format_name(*format))
 }
 
 /// Where the networks run, resolved.
@@ -94,8 +79,11 @@ pub fn dtype_name(dtype: DType) -> &'static str {
 pub struct AttentionSettings {
     pub mode: AttentionMode,
     pub sparsity: f64,
-    /// Steps run dense before sparse attention starts.
-    pub dense_steps: usize,
+    /// Dense warm-up as given (count or fraction of the steps).
+    #[serde(serialize_with = "serialize_dense_steps")]
+    pub dense_steps: DenseSteps,
+    /// The same, resolved against the step count.
+    pub dense_step_count: usize,
     pub mask_refresh: usize,
     pub block_size: usize,
     pub window: WindowArg,
@@ -128,7 +116,8 @@ pub struct GenerateSettings {
     pub seed_was_random: bool,
     pub fps: u32,
     pub output: PathBuf,
-    pub format: OutputFormat,
+    #[serde(serialize_with = "serialize_format")]
+    pub format: VideoFormat,
     pub device: DeviceKind,
     #[serde(serialize_with = "serialize_dtype")]
     pub dtype: DType,
@@ -143,6 +132,16 @@ pub struct GenerateSettings {
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
     pub attention: AttentionSettings,
+}
+
+fn serialize_dense_steps<S: serde::Serializer>(
+    dense: &DenseSteps,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match dense {
+        DenseSteps::Count(n) => s.serialize_u64(*n as u64),
+        DenseSteps::Fraction(f) => s.serialize_f64(*f),
+    }
 }
 
 fn serialize_dtype<S: serde::Serializer>(
@@ -186,13 +185,13 @@ impl GenerateSettings {
             format!("prompt       {:?}", self.prompt),
             format!("negative     {:?}", abbreviate(&self.negative_prompt, 60)),
             format!(
-                "video        {}x{}, {} frames at {} fps → {} ({:?})",
+                "video        {}x{}, {} frames at {} fps → {} ({})",
                 self.width,
                 self.height,
                 self.frames,
                 self.fps,
                 self.output.display(),
-                self.format
+                format_name(self.format)
             ),
             format!(
                 "sampling     {} steps, {}, shift {}, guidance {}",
@@ -227,7 +226,7 @@ impl GenerateSettings {
             AttentionMode::Dense => "attention    dense".to_string(),
             mode => format!(
                 "attention    {mode:?}: sparsity {}, {} dense steps, mask refresh {}, block {}, window {:?}, {} dense layers",
-                a.sparsity, a.dense_steps, a.mask_refresh, a.block_size, a.window, a.dense_layers
+                a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window, a.dense_layers
             ),
         });
         if let Some(noise) = &self.noise {
@@ -421,16 +420,14 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("vdit-{seed}.mp4")));
-    let format = match OutputFormat::from_path(&output) {
+    // Checked before any model loads: extension, directory, permission to create files.
+    let format = match crate::video::check_writable(&output) {
         Ok(f) => Some(f),
         Err(e) => {
-            problems.push(e);
+            problems.push(format!("-o {e}"));
             None
         }
     };
-    if let Err(e) = check_writable_dir("-o", &output) {
-        problems.push(e);
-    }
     if let Some(latents) = &args.latents_out {
         if let Err(e) = check_writable_dir("--latents-out", latents) {
             problems.push(e);
@@ -454,10 +451,7 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
         }
     }
 
-    let dense_steps = args
-        .dense_steps
-        .unwrap_or(DenseSteps::Fraction(wan_defaults::DENSE_STEP_FRACTION))
-        .resolve(steps);
+    let dense_steps = args.dense_steps.unwrap_or_default();
     if let Some(DenseSteps::Count(n)) = args.dense_steps {
         if n > steps {
             problems.push(format!(
@@ -512,6 +506,7 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
             mode: args.attention,
             sparsity: args.sparsity,
             dense_steps,
+            dense_step_count: dense_steps.resolve(steps),
             mask_refresh: args.mask_refresh,
             block_size: args.block_size,
             window: args.window,

@@ -130,9 +130,9 @@ fn sparse_attention_values_are_checked() {
 fn output_paths_are_checked_before_any_work() {
     assert_rejected(
         &["-o", "clip.avi"],
-        &["unknown extension .avi", ".mp4, .gif or .png"],
+        &["clip.avi", "unknown video extension", ".mp4, .gif or .png"],
     );
-    assert_rejected(&["-o", "clip"], &["no extension"]);
+    assert_rejected(&["-o", "clip"], &["unknown video extension"]);
     assert_rejected(
         &["-o", "/nonexistent-vdit-dir/clip.mp4"],
         &["/nonexistent-vdit-dir", "does not exist"],
