@@ -1,35 +1,16 @@
-//! Command-line arguments of the `vdit` binary (clap derive). Values that are wrong on their own
+//! Command-line arguments of `vdit generate` (clap derive; the subcommands are in main.rs). Values that are wrong on their own
 //! (frames not 4n+1, sparsity ≥ 1, ...) are rejected while parsing, each with one clear line;
 //! checks that need several values or the model (dense steps ≤ steps, output directory, model
 //! defaults) happen in [`crate::settings`].
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use rainfusion::DenseSteps;
 
 use crate::sampling::SamplerKind;
-
-/// vdit: text-to-video inference (Wan2.1) with RainFusion sparse attention, on candle.
-#[derive(Debug, Parser)]
-#[command(name = "vdit", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Generate a video from a text prompt.
-    // A repeated flag overrides the earlier one (handy with shell aliases); negative numbers are
-    // values, so `--sparsity -0.1` reaches the range check instead of looking like a flag.
-    #[command(args_override_self = true, allow_negative_numbers = true)]
-    Generate(Box<GenerateArgs>),
-    /// List the models of the registry (models/*.toml) and their defaults.
-    Models,
-}
 
 /// Where the networks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -336,11 +317,17 @@ fn parse_dense_steps(s: &str) -> Result<DenseSteps, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Generate {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
 
     #[test]
     fn the_command_line_definition_is_consistent() {
-        Cli::command().debug_assert();
+        Generate::command().debug_assert();
     }
 
     #[test]

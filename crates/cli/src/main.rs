@@ -3,10 +3,29 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use vdit::args::{Cli, Command, GenerateArgs};
+use clap::{Parser, Subcommand};
+use vdit::args::GenerateArgs;
 use vdit::registry::{EntrySource, Registry};
 use vdit::{pipeline, settings, VditError};
+
+/// vdit: text-to-video inference (Wan2.1) with RainFusion sparse attention, on candle.
+#[derive(Debug, Parser)]
+#[command(name = "vdit", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a video from a text prompt.
+    // A repeated flag overrides the earlier one (handy with shell aliases); negative numbers are
+    // values, so `--sparsity -0.1` reaches the range check instead of looking like a flag.
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Generate(Box<GenerateArgs>),
+    /// List the models of the registry (models/*.toml) and their defaults.
+    Models,
+}
 
 /// Exit status for bad flags or settings (clap uses the same).
 const EXIT_USAGE: u8 = 2;
@@ -42,6 +61,17 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("generating {}", settings.output.display()))?;
     eprintln!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
 
 fn list_models() -> anyhow::Result<()> {

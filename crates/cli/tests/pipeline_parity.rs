@@ -7,7 +7,7 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use vdit::args::{Cli, Command as VditCommand};
+use vdit::args::GenerateArgs;
 use vdit::pipeline::{decode_latents, encode_prompts, sample_latents};
 use vdit::registry::Registry;
 use vdit::settings::resolve;
@@ -80,11 +80,15 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn every_stage_matches_diffusers_in_f32() {
     let dir = tempfile::tempdir().unwrap();
-    let mut argv = vec!["vdit".to_string()];
-    argv.extend(reference_flags(&dir.path().join("out.mp4")));
-    let VditCommand::Generate(args) = Cli::try_parse_from(&argv).unwrap().command else {
-        panic!("not a generate command");
-    };
+    // The flags after `generate`, parsed by the same clap definition the binary uses.
+    #[derive(Parser)]
+    struct Generate {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+    let mut argv = reference_flags(&dir.path().join("out.mp4"));
+    argv[0] = "vdit-generate".into();
+    let args = Generate::try_parse_from(&argv).unwrap().args;
     let (settings, files) = resolve(&args, &Registry::embedded()).unwrap();
     let reference = reference();
     let device = Device::Cpu;
