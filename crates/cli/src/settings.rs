@@ -373,7 +373,7 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
         .or(defaults.height)
         .unwrap_or(wan_defaults::HEIGHT);
     for (name, v) in [("width", width), ("height", height)] {
-        if v == 0 || v % 16 != 0 {
+        if v == 0 || !v.is_multiple_of(16) {
             problems.push(format!("{name} {v} is not a positive multiple of 16"));
         }
     }
@@ -381,7 +381,7 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
         .frames
         .or(defaults.frames)
         .unwrap_or(wan_defaults::FRAMES);
-    if frames == 0 || (frames - 1) % 4 != 0 {
+    if frames == 0 || !(frames - 1).is_multiple_of(4) {
         problems.push(format!("--frames {frames} is not 4n+1"));
     }
     let steps = args.steps.or(defaults.steps).unwrap_or(wan_defaults::STEPS);

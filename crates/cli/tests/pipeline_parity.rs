@@ -157,7 +157,7 @@ fn vdit_generate_writes_mp4_gif_png_and_latents_matching_diffusers() {
         let sidecar: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
                 .unwrap();
-        assert_eq!(sidecar["settings"]["seed"].as_u64().is_some(), true);
+        assert!(sidecar["settings"]["seed"].as_u64().is_some());
         assert_eq!(sidecar["settings"]["steps"], 4);
         assert_eq!(sidecar["effective_density"], 1.0);
         for stage in [
