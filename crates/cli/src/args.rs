@@ -70,6 +70,13 @@ pub struct GenerateArgs {
     #[arg(short = 'n', long)]
     pub negative_prompt: Option<String>,
 
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Every setting of a generation except the prompt (shared by `generate`, `compare`, `eval`).
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Video size WIDTHxHEIGHT (also WIDTH*HEIGHT), each a multiple of 16. Default: the model's
     /// (832x480 for Wan2.1 1.3B).
     #[arg(long, value_parser = parse_size, value_name = "WxH")]

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod error;
 pub mod eval;
+pub mod experiments;
 pub mod hub;
 pub mod metrics;
 pub mod pipeline;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vdit::args::GenerateArgs;
+use vdit::experiments::{self, CompareArgs, EvalArgs};
 use vdit::registry::{EntrySource, Registry};
 use vdit::{pipeline, settings, VditError};
 
@@ -23,6 +24,13 @@ enum Command {
     // values, so `--sparsity -0.1` reaches the range check instead of looking like a flag.
     #[command(args_override_self = true, allow_negative_numbers = true)]
     Generate(Box<GenerateArgs>),
+    /// Dense against sparse attention from the same seed: PSNR, SSIM, latent cosine, prompt
+    /// faithfulness, density and speedup, plus side-by-side videos (dense | sparse).
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Compare(Box<CompareArgs>),
+    /// Prompt faithfulness of generated clips over a list of captions (colour, motion, count).
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Eval(Box<EvalArgs>),
     /// List the models of the registry (models/*.toml) and their defaults.
     Models,
 }
@@ -34,6 +42,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(&args),
+        Command::Compare(args) => compare(&args),
+        Command::Eval(args) => evaluate(&args),
         Command::Models => list_models(),
     };
     match result {
@@ -60,6 +70,24 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let report = pipeline::generate(&settings, &files)
         .with_context(|| format!("generating {}", settings.output.display()))?;
     eprintln!("{report}");
+    Ok(())
+}
+
+fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    let rows = experiments::compare(args)?;
+    println!("{}", experiments::compare_table(&rows));
+    Ok(())
+}
+
+fn evaluate(args: &EvalArgs) -> anyhow::Result<()> {
+    let (_, summary) = experiments::evaluate(args)?;
+    println!(
+        "{} clips: colour {:.1}%, motion {:.1}%, count {:.1}%",
+        summary.clips,
+        100.0 * summary.colour,
+        100.0 * summary.motion,
+        100.0 * summary.count
+    );
     Ok(())
 }
 

@@ -261,3 +261,98 @@ fn rainfusion_runs_end_to_end_and_sparsity_zero_equals_dense() {
         "sparsity 0 must give exactly the dense output"
     );
 }
+
+/// `vdit compare` and `vdit eval` on the tiny model: they run, write what they say, and report
+/// numbers consistent with their definitions (random weights: faithfulness itself means nothing).
+#[test]
+fn compare_and_eval_run_on_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture().join("model").display().to_string();
+    let common = [
+        "--model", &model, "--size", "64x64", "--frames", "17", "--steps", "4", "--seed", "3",
+        "--device", "cpu",
+    ];
+    let out = dir.path().join("cmp.gif").display().to_string();
+    let json = dir.path().join("cmp.json").display().to_string();
+    let mut args: Vec<String> = [
+        "compare",
+        "-p",
+        "a red circle moving right",
+        "--sparsities",
+        "0,0.8",
+    ]
+    .iter()
+    .chain(&common)
+    .chain(&[
+        "--block-size",
+        "16",
+        "--dense-steps",
+        "1",
+        "-o",
+        &out,
+        "--json",
+        &json,
+    ])
+    .map(|s| s.to_string())
+    .collect();
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert!(table.contains("| attention | sparsity |"), "{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    // Sparsity 0 is exactly dense: identical latents (cosine 1, PSNR infinite → null in JSON).
+    assert!((rows[1]["latent_cosine"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+    assert!(rows[1]["psnr_db"].is_null());
+    assert!(rows[2]["effective_density"].as_f64().unwrap() < 1.0);
+    assert!(rows[2]["psnr_db"].as_f64().unwrap().is_finite());
+    for row in rows {
+        assert!(Path::new(row["video"].as_str().unwrap()).is_file(), "{row}");
+        assert!(row["colour_ok"].is_boolean());
+    }
+    // The side-by-side clip is twice as wide plus the divider.
+    let pair = read_video(Path::new(rows[2]["video"].as_str().unwrap())).unwrap();
+    assert_eq!(pair.video.width, 2 * 64 + vdit::metrics::DIVIDER_WIDTH);
+
+    let json = dir.path().join("eval.json").display().to_string();
+    let out = dir.path().join("eval.gif").display().to_string();
+    args = [
+        "eval",
+        "-p",
+        "a red circle moving right",
+        "-p",
+        "a blue square growing",
+    ]
+    .iter()
+    .chain(&common)
+    .chain(&["-o", &out, "--save-videos", "--json", &json])
+    .map(|s| s.to_string())
+    .collect();
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["summary"]["clips"], 2);
+    assert_eq!(report["clips"].as_array().unwrap().len(), 2);
+    assert!(dir.path().join("eval-001.gif").is_file());
+
+    // A caption outside the analyser's grammar is refused before any work.
+    args = ["eval", "-p", "a dog running"]
+        .iter()
+        .chain(&common)
+        .map(|s| s.to_string())
+        .collect();
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("a dog running"));
+}
