@@ -243,19 +243,22 @@ fn tiled_decode_blends_independently_decoded_tiles() {
     println!("tiled vs blended tiles: relative error {err:.3e}");
     assert!(err <= 1e-6, "relative error {err:.3e}");
     // and decode() is the clamped version of the same
+    let mut calls = Vec::new();
+    let tiling = Some(VaeTiling {
+        tile: (4, 4),
+        overlap: 1,
+    });
     let clamped = vae
-        .decode(
-            &latents,
-            Some(VaeTiling {
-                tile: (4, 4),
-                overlap: 1,
-            }),
-        )
+        .decode_with_progress(&latents, tiling, &mut |done, total| {
+            calls.push((done, total))
+        })
         .unwrap();
     assert_eq!(
         relative_error(&clamped, &tiled.clamp(-1f32, 1f32).unwrap()),
         0.0
     );
+    // progress after every latent frame of every tile: 4 tiles × 4 frames
+    assert_eq!(calls, (1..=16).map(|i| (i, 16)).collect::<Vec<_>>());
 }
 
 #[test]

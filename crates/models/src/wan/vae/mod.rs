@@ -108,11 +108,33 @@ impl WanVaeDecoder {
     /// latents as sampled (normalised) `[B, z, F, H, W]` → video `[B, 3, 1+4(F−1), 8H, 8W]` f32 in
     /// [−1, 1]. Un-normalises first (z·std + mean). `tiling` None decodes whole frames.
     pub fn decode(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
-        Ok(self.decode_unclamped(latents, tiling)?.clamp(-1f32, 1f32)?)
+        self.decode_with_progress(latents, tiling, &mut |_, _| {})
+    }
+
+    /// [`decode`](Self::decode), calling `progress(done, total)` after each latent frame of each
+    /// tile (the decode of a 720p video takes a while).
+    pub fn decode_with_progress(
+        &self,
+        latents: &Tensor,
+        tiling: Option<VaeTiling>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        Ok(self
+            .decode_raw(latents, tiling, progress)?
+            .clamp(-1f32, 1f32)?)
     }
 
     /// [`decode`](Self::decode) without the final clamp to [−1, 1] (for analysis and tests).
     pub fn decode_unclamped(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
+        self.decode_raw(latents, tiling, &mut |_, _| {})
+    }
+
+    fn decode_raw(
+        &self,
+        latents: &Tensor,
+        tiling: Option<VaeTiling>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
         let z_dim = self.config.z_dim;
         let dims = latents.dims();
         if dims.len() != 5 || dims[1] != z_dim || dims.contains(&0) {
@@ -137,16 +159,19 @@ impl WanVaeDecoder {
             .forward(&z, &mut FeatureCache::new(0))?;
         let (_, _, _, h, w) = z.dims5()?;
         let video = match tiling {
-            Some(t) if t.tile.0 < h || t.tile.1 < w => self.decode_tiled(&z, t)?,
-            _ => self.decode_stream(&z)?,
+            Some(t) if t.tile.0 < h || t.tile.1 < w => self.decode_tiled(&z, t, progress)?,
+            _ => {
+                let frames = z.dim(1)?;
+                self.decode_stream(&z, &mut |i| progress(i, frames))?
+            }
         };
         // [B, T, 3, H, W] → [B, 3, T, H, W]
         Ok(video.permute((0, 2, 1, 3, 4))?.contiguous()?)
     }
 
     /// All latent frames of one region, one at a time through a fresh cache:
-    /// `[B, F, z, h, w]` → `[B, T, 3, 8h, 8w]` f32.
-    fn decode_stream(&self, z: &Tensor) -> Result<Tensor> {
+    /// `[B, F, z, h, w]` → `[B, T, 3, 8h, 8w]` f32. `frame_done(i)` after i latent frames.
+    fn decode_stream(&self, z: &Tensor, frame_done: &mut dyn FnMut(usize)) -> Result<Tensor> {
         let mut cache = self.decoder.new_cache();
         let frames = z.dim(1)?;
         let mut chunks = Vec::with_capacity(frames);
@@ -155,12 +180,18 @@ impl WanVaeDecoder {
                 .decoder
                 .forward_chunk(&z.narrow(1, i, 1)?, &mut cache)?;
             chunks.push(out.to_dtype(DType::F32)?);
+            frame_done(i + 1);
         }
         Ok(Tensor::cat(&chunks, 1)?)
     }
 
     /// Overlapping spatial tiles, each decoded through all frames, blended linearly.
-    fn decode_tiled(&self, z: &Tensor, tiling: VaeTiling) -> Result<Tensor> {
+    fn decode_tiled(
+        &self,
+        z: &Tensor,
+        tiling: VaeTiling,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
         let (b, frames, _, h, w) = z.dims5()?;
         let scale = self.config.spatial_scale();
         let rows = tiling::axis_tiles(h, tiling.tile.0, tiling.overlap, scale);
@@ -172,10 +203,15 @@ impl WanVaeDecoder {
             DType::F32,
             &self.device,
         )?;
+        let total = rows.spans.len() * cols.spans.len() * frames;
+        let mut tiles_done = 0;
         for (&(y0, th), wy) in rows.spans.iter().zip(&rows.weights) {
             for (&(x0, tw), wx) in cols.spans.iter().zip(&cols.weights) {
                 let tile = z.narrow(3, y0, th)?.narrow(4, x0, tw)?.contiguous()?;
-                let decoded = self.decode_stream(&tile)?; // [B, T, 3, th·8, tw·8]
+                let decoded =
+                    self.decode_stream(&tile, &mut |i| progress(tiles_done * frames + i, total))?;
+                tiles_done += 1;
+                // decoded: [B, T, 3, th·8, tw·8]
                 let wy = Tensor::from_slice(wy, (th * scale, 1), &self.device)?;
                 let wx = Tensor::from_slice(wx, (1, tw * scale), &self.device)?;
                 let weight = wy.broadcast_mul(&wx)?; // [th·8, tw·8]
