@@ -12,9 +12,11 @@ pub mod keys;
 mod layers;
 pub mod tiling;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 pub use config::WanVaeConfig;
 pub use keys::VaeKeyDialect;
@@ -24,6 +26,18 @@ use crate::error::{ModelError, Result};
 use crate::weights::{WeightFiles, WeightsError};
 use decoder::Decoder3d;
 use layers::{CausalConv3d, FeatureCache, SlotCounter};
+
+/// The error for a checkpoint that has no Wan VAE decoder in either key dialect.
+fn not_a_vae(files: String) -> ModelError {
+    WeightsError::MissingTensor {
+        key: "decoder.conv_in.weight (diffusers) or decoder.conv1.weight (Wan2.1_VAE); \
+              is this a Wan VAE checkpoint?"
+            .into(),
+        expected: None,
+        files,
+    }
+    .into()
+}
 
 /// The Wan VAE decoder with its latent un-normalisation.
 #[derive(Debug, Clone)]
@@ -40,11 +54,62 @@ pub struct WanVaeDecoder {
 }
 
 impl WanVaeDecoder {
-    /// Builds the decoder from a checkpoint in diffusers or original (Wan2.1_VAE / ComfyUI) key
-    /// names, detected from the file. Encoder weights, if present, are not read.
+    /// Builds the decoder from a safetensors checkpoint in diffusers or original (Wan2.1_VAE /
+    /// ComfyUI) key names, detected from the file. Encoder weights, if present, are not read.
     pub fn load(
         files: &Arc<WeightFiles>,
         cfg: &WanVaeConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let files_list = || {
+            let names: Vec<String> = files
+                .paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            names.join(", ")
+        };
+        let (dialect, prefix) =
+            keys::detect_dialect(files.keys()).ok_or_else(|| not_a_vae(files_list()))?;
+        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks);
+        Self::build(
+            files.var_builder(key_map, dtype, device),
+            cfg,
+            dialect,
+            dtype,
+            device,
+        )
+    }
+
+    /// Builds the decoder from Wan's own `Wan2.1_VAE.pth` (a PyTorch state_dict; read without
+    /// Python, through candle's pickle reader). Either key dialect is accepted.
+    pub fn load_pth(
+        path: &Path,
+        cfg: &WanVaeConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors = candle_core::pickle::PthTensors::new(path, None).map_err(|e| {
+            ModelError::InvalidInput(format!(
+                "cannot read {} as a PyTorch checkpoint: {e}",
+                path.display()
+            ))
+        })?;
+        let names: Vec<&str> = tensors.tensor_infos().keys().map(String::as_str).collect();
+        let (dialect, prefix) =
+            keys::detect_dialect(names).ok_or_else(|| not_a_vae(path.display().to_string()))?;
+        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks);
+        let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone())
+            .rename_f(move |k: &str| key_map.map(k));
+        Self::build(vb, cfg, dialect, dtype, device)
+    }
+
+    /// `vb` answers diffusers names (`post_quant_conv.*`, `decoder.*`).
+    fn build(
+        vb: VarBuilder,
+        cfg: &WanVaeConfig,
+        dialect: VaeKeyDialect,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
@@ -52,25 +117,6 @@ impl WanVaeDecoder {
             path: "WanVaeConfig".into(),
             reason,
         })?;
-        let (dialect, prefix) = keys::detect_dialect(files).ok_or_else(|| {
-            let names: Vec<String> = files
-                .paths()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            WeightsError::MissingTensor {
-                key: "decoder.conv_in.weight (diffusers) or decoder.conv1.weight (Wan2.1_VAE); \
-                      is this a Wan VAE checkpoint?"
-                    .into(),
-                expected: None,
-                files: names.join(", "),
-            }
-        })?;
-        let vb = files.var_builder(
-            keys::key_map(dialect, &prefix, cfg.num_res_blocks),
-            dtype,
-            device,
-        );
         let mut no_slots = SlotCounter::default();
         let post_quant_conv = CausalConv3d::new(
             vb.pp("post_quant_conv"),
