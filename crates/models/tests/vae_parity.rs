@@ -389,3 +389,30 @@ fn config_reads_diffusers_json_and_rejects_wan22() {
     let err = WanVaeConfig::from_json_file(&path).unwrap_err();
     assert!(format!("{err}").contains("Wan2.2"), "{err}");
 }
+
+/// Real Wan2.1_VAE widths (base 96) with random weights, on a small latent. The data is too large to
+/// commit: make it with scripts/reference/gen_vae_real_config_check.py, then run with
+/// `VDIT_VAE_REAL_DIR=/tmp/vdit_vae_real cargo test --workspace --release --test vae_parity -- --ignored`.
+#[test]
+#[ignore = "needs VDIT_VAE_REAL_DIR from scripts/reference/gen_vae_real_config_check.py"]
+fn real_config_matches_diffusers_decode() {
+    let dir = PathBuf::from(
+        std::env::var("VDIT_VAE_REAL_DIR")
+            .expect("set VDIT_VAE_REAL_DIR (see scripts/reference/gen_vae_real_config_check.py)"),
+    );
+    let cfg = WanVaeConfig::from_json_file(&dir.join("vae/config.json")).unwrap();
+    assert_eq!(cfg, WanVaeConfig::wan2_1());
+    let files = Arc::new(WeightFiles::open(&dir.join("vae")).unwrap());
+    let vae = WanVaeDecoder::load(&files, &cfg, DType::F32, &Device::Cpu).unwrap();
+    let reference = load_reference(&dir.join("reference.safetensors"));
+    let start = std::time::Instant::now();
+    let video = vae.decode(&reference["latents"], None).unwrap();
+    println!(
+        "real config: decode {:?} in {:.1?}",
+        video.dims(),
+        start.elapsed()
+    );
+    let err = relative_error(&video, &reference["video"]);
+    println!("real config: relative error {err:.3e}");
+    assert!(err <= 1e-4, "relative error {err:.3e}");
+}
