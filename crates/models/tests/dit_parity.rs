@@ -250,6 +250,27 @@ fn open_reads_a_diffusers_directory_with_its_config() {
         )
         .unwrap();
     assert!(relative_error(&out, &io["velocity"]) <= F32_TOLERANCE);
+
+    // Another grid in between (one frame, narrower) must not leave stale position tables behind.
+    let cropped = io["latents"]
+        .narrow(2, 0, 1)
+        .unwrap()
+        .narrow(4, 0, 6)
+        .unwrap();
+    let small = model.forward(
+        &cropped,
+        &io["timesteps"],
+        &io["context"],
+        &mut DenseAttention,
+    );
+    assert_eq!(small.unwrap().dims(), &[2, 16, 1, 6, 6]);
+    let again = model.forward(
+        &io["latents"],
+        &io["timesteps"],
+        &io["context"],
+        &mut DenseAttention,
+    );
+    assert!(relative_error(&again.unwrap(), &out) == 0.0);
 }
 
 #[test]
