@@ -21,6 +21,16 @@ pub enum ModelError {
 
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    #[error("{files}: not a recognised {model} checkpoint (looked for {expected})")]
+    UnrecognizedCheckpoint {
+        model: &'static str,
+        files: String,
+        expected: String,
+    },
+
+    #[error("tokenizer {path}: {reason}")]
+    Tokenizer { path: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
