@@ -126,6 +126,26 @@ fn wan_original_keys_f32_match_transformers() {
 }
 
 #[test]
+fn open_reads_a_directory_or_a_bare_file() {
+    let from_dir = Umt5Encoder::open(&umt5_dir().join("hf"), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(from_dir.config(), &hf_config());
+    // A bare HF-keyed file (as ComfyUI ships it) has no config: sizes come from the shapes.
+    let from_file = Umt5Encoder::open(
+        &umt5_dir().join("hf/model.safetensors"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(from_file.config(), &hf_config());
+    let err = batch_error(&from_file);
+    assert!(err <= 1e-4, "relative error {err:.3e}");
+    let msg = Umt5Encoder::open(&umt5_dir().join("missing"), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("missing"), "{msg}");
+}
+
+#[test]
 fn bf16_weights_match_within_bf16_tolerance() {
     let files = open(&umt5_dir().join("hf"));
     let encoder = Umt5Encoder::load(&files, &hf_config(), DType::BF16, &Device::Cpu).unwrap();
