@@ -145,6 +145,28 @@ fn open_reads_a_directory_or_a_bare_file() {
     assert!(msg.contains("missing"), "{msg}");
 }
 
+/// Some exports store the embedding only under the encoder's name.
+#[test]
+fn embedding_under_encoder_embed_tokens_loads() {
+    let mut tensors =
+        candle_core::safetensors::load(umt5_dir().join("hf/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let embedding = tensors.remove("shared.weight").unwrap();
+    tensors.insert("encoder.embed_tokens.weight".to_string(), embedding);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("embed_tokens.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let encoder = Umt5Encoder::load(&open(&path), &hf_config(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        encoder.dialect(),
+        &Umt5Dialect::HuggingFace {
+            embedding_key: "encoder.embed_tokens.weight".to_string()
+        }
+    );
+    let err = batch_error(&encoder);
+    assert!(err <= 1e-4, "relative error {err:.3e}");
+}
+
 #[test]
 fn bf16_weights_match_within_bf16_tolerance() {
     let files = open(&umt5_dir().join("hf"));
