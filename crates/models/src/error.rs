@@ -15,6 +15,10 @@ pub enum ModelError {
     #[error("config {path}: {reason}")]
     Config { path: String, reason: String },
 
+    /// The checkpoint is readable but is not (or not a supported kind of) the expected model.
+    #[error("unsupported checkpoint {files}: {reason}")]
+    UnsupportedCheckpoint { files: String, reason: String },
+
     #[error("invalid input: {0}")]
     InvalidInput(String),
 

@@ -20,17 +20,34 @@ pub struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, slots: &mut SlotCounter) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        slots: &mut SlotCounter,
+    ) -> Result<Self> {
         let norm1 = ChannelRmsNorm::new(vb.pp("norm1"), in_dim, false)?;
         let conv1 = CausalConv3d::new(vb.pp("conv1"), in_dim, out_dim, (3, 3), slots)?;
         let norm2 = ChannelRmsNorm::new(vb.pp("norm2"), out_dim, false)?;
         let conv2 = CausalConv3d::new(vb.pp("conv2"), out_dim, out_dim, (3, 3), slots)?;
         let shortcut = if in_dim != out_dim {
-            Some(CausalConv3d::new(vb.pp("conv_shortcut"), in_dim, out_dim, (1, 1), slots)?)
+            Some(CausalConv3d::new(
+                vb.pp("conv_shortcut"),
+                in_dim,
+                out_dim,
+                (1, 1),
+                slots,
+            )?)
         } else {
             None
         };
-        Ok(Self { norm1, conv1, norm2, conv2, shortcut })
+        Ok(Self {
+            norm1,
+            conv1,
+            norm2,
+            conv2,
+            shortcut,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
@@ -71,9 +88,15 @@ impl AttentionBlock {
         let qkv = self.to_qkv.forward(&self.norm.forward(&frames)?)?; // [N, 3C, H, W]
         let qkv = qkv.reshape((b * t, 3 * c, h * w))?.to_dtype(DType::F32)?;
         // q, k, v are the channel thirds; tokens are pixels: [N, H·W, C]
-        let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(1, i * self.dim, self.dim)?.transpose(1, 2)?) };
+        let part = |i: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(1, i * self.dim, self.dim)?.transpose(1, 2)?)
+        };
         let attended = single_head_attention(&part(0)?, &part(1)?, &part(2)?)?; // [N, H·W, C]
-        let attended = attended.transpose(1, 2)?.contiguous()?.reshape((b * t, c, h, w))?.to_dtype(x.dtype())?;
+        let attended = attended
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * t, c, h, w))?
+            .to_dtype(x.dtype())?;
         let out = self.proj.forward(&attended)?.reshape((b, t, c, h, w))?;
         Ok((out + x)?)
     }
@@ -90,7 +113,12 @@ pub struct Upsample {
 
 impl Upsample {
     /// `temporal`: upsample3d (true) or upsample2d (false). Output channels are `dim / 2`.
-    pub fn new(vb: VarBuilder, dim: usize, temporal: bool, slots: &mut SlotCounter) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        dim: usize,
+        temporal: bool,
+        slots: &mut SlotCounter,
+    ) -> Result<Self> {
         let (time_conv, time_slot) = if temporal {
             // the conv's own history slot doubles as the "first chunk seen" marker
             let slot_before = slots.count();
@@ -100,7 +128,11 @@ impl Upsample {
             (None, None)
         };
         let conv = Conv2d::new(vb.pp("resample.1"), dim, dim / 2, 3, 1)?;
-        Ok(Self { time_conv, time_slot, conv })
+        Ok(Self {
+            time_conv,
+            time_slot,
+            conv,
+        })
     }
 
     /// `[B, T, C, H, W]` → `[B, T', C/2, 2H, 2W]` with T' = 2T, or T on the first chunk and for upsample2d.
@@ -114,8 +146,10 @@ impl Upsample {
             } else {
                 let (b, t, c, h, w) = x.dims5()?;
                 let doubled = time_conv.forward(&x, cache)?; // [B, T, 2C, H, W]
-                // channel halves [0:C] and [C:2C] become frames 2k and 2k+1
-                x = doubled.reshape((b, t, 2, c, h, w))?.reshape((b, 2 * t, c, h, w))?;
+                                                             // channel halves [0:C] and [C:2C] become frames 2k and 2k+1
+                x = doubled
+                    .reshape((b, t, 2, c, h, w))?
+                    .reshape((b, 2 * t, c, h, w))?;
             }
         }
         let (b, t, c, h, w) = x.dims5()?;

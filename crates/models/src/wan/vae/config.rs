@@ -62,14 +62,14 @@ fn default_out_channels() -> usize {
 }
 fn default_latents_mean() -> Vec<f64> {
     vec![
-        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
-        -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
+        0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
     ]
 }
 fn default_latents_std() -> Vec<f64> {
     vec![
-        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
-        1.6382, 1.1253, 2.8251, 1.9160,
+        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
+        1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
     ]
 }
 
@@ -100,7 +100,10 @@ impl WanVaeConfig {
 
     /// Reads a diffusers `vae/config.json` and checks that vdit can build it.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let err = |reason: String| ModelError::Config { path: path.display().to_string(), reason };
+        let err = |reason: String| ModelError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         cfg.validate().map_err(err)?;
@@ -113,10 +116,15 @@ impl WanVaeConfig {
             return Err("this is a Wan2.2-style VAE (is_residual / patch_size); only Wan2.1_VAE is supported".into());
         }
         if !self.attn_scales.is_empty() {
-            return Err("attn_scales must be empty (Wan2.1_VAE has attention only in the mid block)".into());
+            return Err(
+                "attn_scales must be empty (Wan2.1_VAE has attention only in the mid block)".into(),
+            );
         }
         if self.dim_mult.is_empty() || self.dim_mult.contains(&0) {
-            return Err(format!("dim_mult must be non-empty and positive, got {:?}", self.dim_mult));
+            return Err(format!(
+                "dim_mult must be non-empty and positive, got {:?}",
+                self.dim_mult
+            ));
         }
         if self.temperal_downsample.len() + 1 != self.dim_mult.len() {
             return Err(format!(
@@ -126,8 +134,15 @@ impl WanVaeConfig {
                 self.dim_mult
             ));
         }
-        if self.decoder_dim() < 2 || self.decoder_dim() % 2 != 0 || self.z_dim == 0 || self.out_channels == 0 {
-            return Err("decoder base dim must be even and positive; z_dim and out_channels positive".into());
+        if self.decoder_dim() < 2
+            || self.decoder_dim() & 1 != 0
+            || self.z_dim == 0
+            || self.out_channels == 0
+        {
+            return Err(
+                "decoder base dim must be even and positive; z_dim and out_channels positive"
+                    .into(),
+            );
         }
         if self.latents_mean.len() != self.z_dim || self.latents_std.len() != self.z_dim {
             return Err(format!(

@@ -55,11 +55,21 @@ impl Decoder3d {
             let out_dim = dims[i + 1];
             let mut resnets = Vec::with_capacity(cfg.num_res_blocks + 1);
             for r in 0..=cfg.num_res_blocks {
-                resnets.push(ResidualBlock::new(vb_up.pp(format!("resnets.{r}")), in_dim, out_dim, &mut slots)?);
+                resnets.push(ResidualBlock::new(
+                    vb_up.pp(format!("resnets.{r}")),
+                    in_dim,
+                    out_dim,
+                    &mut slots,
+                )?);
                 in_dim = out_dim;
             }
             let upsample = if i + 1 < mult.len() {
-                Some(Upsample::new(vb_up.pp("upsamplers.0"), out_dim, temporal[i], &mut slots)?)
+                Some(Upsample::new(
+                    vb_up.pp("upsamplers.0"),
+                    out_dim,
+                    temporal[i],
+                    &mut slots,
+                )?)
             } else {
                 None
             };
@@ -67,7 +77,13 @@ impl Decoder3d {
         }
         let out_dim = dims[mult.len()];
         let norm_out = ChannelRmsNorm::new(vb.pp("norm_out"), out_dim, false)?;
-        let conv_out = CausalConv3d::new(vb.pp("conv_out"), out_dim, cfg.out_channels, (3, 3), &mut slots)?;
+        let conv_out = CausalConv3d::new(
+            vb.pp("conv_out"),
+            out_dim,
+            cfg.out_channels,
+            (3, 3),
+            &mut slots,
+        )?;
         Ok(Self {
             conv_in,
             mid_resnets,

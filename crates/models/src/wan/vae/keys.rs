@@ -67,8 +67,11 @@ pub fn original_key(key: &str, num_res_blocks: usize) -> String {
             format!("decoder.middle.{flat}.{}", residual_key(rest))
         }
         // up block b holds num_res_blocks + 1 resnets then one resample, flattened in order
-        ["decoder", "up_blocks", b, "resnets", r, rest @ ..] if index(b).is_some() && index(r).is_some() => {
-            let flat = index(b).unwrap_or_default() * (num_res_blocks + 2) + index(r).unwrap_or_default();
+        ["decoder", "up_blocks", b, "resnets", r, rest @ ..]
+            if index(b).is_some() && index(r).is_some() =>
+        {
+            let flat =
+                index(b).unwrap_or_default() * (num_res_blocks + 2) + index(r).unwrap_or_default();
             format!("decoder.upsamples.{flat}.{}", residual_key(rest))
         }
         ["decoder", "up_blocks", b, "upsamplers", "0", rest @ ..] if index(b).is_some() => {
@@ -104,19 +107,43 @@ mod tests {
         let cases = [
             ("post_quant_conv.weight", "conv2.weight"),
             ("decoder.conv_in.bias", "decoder.conv1.bias"),
-            ("decoder.mid_block.resnets.1.norm2.gamma", "decoder.middle.2.residual.3.gamma"),
-            ("decoder.mid_block.attentions.0.to_qkv.weight", "decoder.middle.1.to_qkv.weight"),
-            ("decoder.up_blocks.1.resnets.0.conv_shortcut.weight", "decoder.upsamples.4.shortcut.weight"),
-            ("decoder.up_blocks.2.resnets.2.conv2.bias", "decoder.upsamples.10.residual.6.bias"),
-            ("decoder.up_blocks.1.upsamplers.0.time_conv.weight", "decoder.upsamples.7.time_conv.weight"),
-            ("decoder.up_blocks.2.upsamplers.0.resample.1.bias", "decoder.upsamples.11.resample.1.bias"),
-            ("decoder.up_blocks.3.resnets.0.norm1.gamma", "decoder.upsamples.12.residual.0.gamma"),
+            (
+                "decoder.mid_block.resnets.1.norm2.gamma",
+                "decoder.middle.2.residual.3.gamma",
+            ),
+            (
+                "decoder.mid_block.attentions.0.to_qkv.weight",
+                "decoder.middle.1.to_qkv.weight",
+            ),
+            (
+                "decoder.up_blocks.1.resnets.0.conv_shortcut.weight",
+                "decoder.upsamples.4.shortcut.weight",
+            ),
+            (
+                "decoder.up_blocks.2.resnets.2.conv2.bias",
+                "decoder.upsamples.10.residual.6.bias",
+            ),
+            (
+                "decoder.up_blocks.1.upsamplers.0.time_conv.weight",
+                "decoder.upsamples.7.time_conv.weight",
+            ),
+            (
+                "decoder.up_blocks.2.upsamplers.0.resample.1.bias",
+                "decoder.upsamples.11.resample.1.bias",
+            ),
+            (
+                "decoder.up_blocks.3.resnets.0.norm1.gamma",
+                "decoder.upsamples.12.residual.0.gamma",
+            ),
             ("decoder.norm_out.gamma", "decoder.head.0.gamma"),
             ("decoder.conv_out.weight", "decoder.head.2.weight"),
         ];
         for (diffusers, original) in cases {
             assert_eq!(original_key(diffusers, 2), original, "{diffusers}");
         }
-        assert_eq!(original_key("decoder.up_blocks.1.resnets.1.conv1.weight", 1), "decoder.upsamples.4.residual.2.weight");
+        assert_eq!(
+            original_key("decoder.up_blocks.1.resnets.1.conv1.weight", 1),
+            "decoder.upsamples.4.residual.2.weight"
+        );
     }
 }

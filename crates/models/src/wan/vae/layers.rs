@@ -31,7 +31,9 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     pub fn new(num_slots: usize) -> Self {
-        Self { slots: vec![CacheSlot::Fresh; num_slots] }
+        Self {
+            slots: vec![CacheSlot::Fresh; num_slots],
+        }
     }
 
     pub fn is_fresh(&self, slot: usize) -> bool {
@@ -69,23 +71,39 @@ impl SlotCounter {
 const IM2COL_BUDGET: usize = 1 << 27;
 
 /// conv2d over `[N, C, H, W]` in groups of frames, so that the im2col buffer stays bounded at
-/// video sizes. `kernel` is `[O, C, k, k]`; `padding` symmetric.
+/// video sizes. `kernel` is `[O, C, k, k]`; `padding` symmetric. The result is in x's dtype or f32.
 fn conv2d_grouped(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (_, _, kh, kw) = kernel.dims4()?;
     let per_frame = (c * kh * kw * h * w).max(1);
     let group = (IM2COL_BUDGET / per_frame).clamp(1, n.max(1));
     if group >= n || kh * kw == 1 {
-        return Ok(x.conv2d(kernel, padding, 1, 1, 1)?);
+        return conv2d_any_dtype(x, kernel, padding);
     }
     let mut parts = Vec::with_capacity(n.div_ceil(group));
     let mut start = 0;
     while start < n {
         let len = group.min(n - start);
-        parts.push(x.narrow(0, start, len)?.conv2d(kernel, padding, 1, 1, 1)?);
+        parts.push(conv2d_any_dtype(
+            &x.narrow(0, start, len)?,
+            kernel,
+            padding,
+        )?);
         start += len;
     }
     Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// candle's CPU backend has no bf16 matmul (and so no bf16 conv): there the conv runs in f32 and
+/// its f32 result is returned (callers round once, after adding the bias and summing taps).
+fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::BF16 {
+        let y = x
+            .to_dtype(DType::F32)?
+            .conv2d(&kernel.to_dtype(DType::F32)?, padding, 1, 1, 1)?;
+        return Ok(y);
+    }
+    Ok(x.conv2d(kernel, padding, 1, 1, 1)?)
 }
 
 /// A Conv2d with bias and symmetric padding, applied to `[N, C, H, W]`.
@@ -97,15 +115,26 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, kernel: usize, padding: usize) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        kernel: usize,
+        padding: usize,
+    ) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim, kernel, kernel), "weight")?;
         let bias = vb.get(out_dim, "bias")?.reshape((1, out_dim, 1, 1))?;
-        Ok(Self { weight, bias, padding })
+        Ok(Self {
+            weight,
+            bias,
+            padding,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv2d_grouped(x, &self.weight, self.padding)?;
-        Ok(y.broadcast_add(&self.bias)?)
+        Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
+            .to_dtype(x.dtype())?)
     }
 }
 
@@ -141,7 +170,13 @@ impl CausalConv3d {
             .map(|j| Ok(weight.narrow(2, j, 1)?.squeeze(2)?.contiguous()?))
             .collect::<Result<Vec<_>>>()?;
         let slot = (kt > 1).then(|| slots.next());
-        Ok(Self { taps, bias, spatial_padding: (ks - 1) / 2, out_dim, slot })
+        Ok(Self {
+            taps,
+            bias,
+            spatial_padding: (ks - 1) / 2,
+            out_dim,
+            slot,
+        })
     }
 
     /// x `[B, T, C, H, W]` → `[B, T, O, H, W]`, reading and updating this conv's cache slot.
@@ -149,8 +184,14 @@ impl CausalConv3d {
         let (b, t, c, h, w) = x.dims5()?;
         let history = self.taps.len() - 1;
         let Some(slot) = self.slot else {
-            let y = conv2d_grouped(&x.reshape((b * t, c, h, w))?, &self.taps[0], self.spatial_padding)?;
-            let y = y.broadcast_add(&self.bias)?;
+            let y = conv2d_grouped(
+                &x.reshape((b * t, c, h, w))?,
+                &self.taps[0],
+                self.spatial_padding,
+            )?;
+            let y = y
+                .broadcast_add(&self.bias.to_dtype(y.dtype())?)?
+                .to_dtype(x.dtype())?;
             return Ok(y.reshape((b, t, self.out_dim, h, w))?);
         };
         // The stream so far: cached frames, then this chunk; zero frames fill the rest of the history.
@@ -162,21 +203,33 @@ impl CausalConv3d {
         let take = stream_len.min(t + history);
         let padded = stream.narrow(1, stream_len - take, take)?;
         let missing = t + history - take;
-        let padded = if missing > 0 { padded.pad_with_zeros(1, missing, 0)? } else { padded };
+        let padded = if missing > 0 {
+            padded.pad_with_zeros(1, missing, 0)?
+        } else {
+            padded
+        };
         let keep = history.min(stream_len);
-        cache.slots[slot] = CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.contiguous()?);
+        cache.slots[slot] =
+            CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.contiguous()?);
 
-        let mut sum: Option<Tensor> = None;
+        // Taps are summed in f32 for half-precision inputs, as a fused Conv3d accumulates; rounding
+        // each tap separately would add error that the reference does not have.
+        let dtype = x.dtype();
+        let accumulate = if matches!(dtype, DType::F16 | DType::BF16) {
+            DType::F32
+        } else {
+            dtype
+        };
+        let mut sum = self.bias.to_dtype(accumulate)?;
         for (j, tap) in self.taps.iter().enumerate() {
-            let frames = padded.narrow(1, j, t)?.contiguous()?.reshape((b * t, c, h, w))?;
+            let frames = padded
+                .narrow(1, j, t)?
+                .contiguous()?
+                .reshape((b * t, c, h, w))?;
             let y = conv2d_grouped(&frames, tap, self.spatial_padding)?;
-            sum = Some(match sum {
-                Some(s) => (s + y)?,
-                None => y,
-            });
+            sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
         }
-        let y = sum.expect("a temporal conv has at least two taps").broadcast_add(&self.bias)?;
-        Ok(y.reshape((b, t, self.out_dim, h, w))?)
+        Ok(sum.to_dtype(dtype)?.reshape((b, t, self.out_dim, h, w))?)
     }
 }
 
@@ -193,18 +246,34 @@ impl ChannelRmsNorm {
     /// `images`: γ stored as `[C, 1, 1]` (2D attention) instead of `[C, 1, 1, 1]` (3D blocks).
     pub fn new(vb: VarBuilder, dim: usize, images: bool) -> Result<Self> {
         let get = |name: &str| -> Result<Tensor> {
-            let t = if images { vb.get((dim, 1, 1), name)? } else { vb.get((dim, 1, 1, 1), name)? };
+            let t = if images {
+                vb.get((dim, 1, 1), name)?
+            } else {
+                vb.get((dim, 1, 1, 1), name)?
+            };
             Ok(t.reshape((1, dim, 1, 1))?)
         };
         let gamma = get("gamma")?;
-        let bias = if vb.contains_tensor("bias") { Some(get("bias")?) } else { None };
-        Ok(Self { gamma, bias, scale: (dim as f64).sqrt() })
+        let bias = if vb.contains_tensor("bias") {
+            Some(get("bias")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            gamma,
+            bias,
+            scale: (dim as f64).sqrt(),
+        })
     }
 
     /// x `[N, C, H, W]` → same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let xf = if matches!(dtype, DType::F16 | DType::BF16) { x.to_dtype(DType::F32)? } else { x.clone() };
+        let xf = if matches!(dtype, DType::F16 | DType::BF16) {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
         let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
         let normalized = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
         let y = (normalized * self.scale)?.broadcast_mul(&self.gamma)?;
@@ -217,7 +286,9 @@ impl ChannelRmsNorm {
     /// The same on frames-major video `[B, T, C, H, W]`.
     pub fn forward_video(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        Ok(self.forward(&x.reshape((b * t, c, h, w))?)?.reshape((b, t, c, h, w))?)
+        Ok(self
+            .forward(&x.reshape((b * t, c, h, w))?)?
+            .reshape((b, t, c, h, w))?)
     }
 }
 

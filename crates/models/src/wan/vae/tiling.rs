@@ -15,7 +15,10 @@ pub struct VaeTiling {
 impl Default for VaeTiling {
     /// 256×256-pixel tiles with 64 pixels of overlap (diffusers' AutoencoderKLWan defaults).
     fn default() -> Self {
-        Self { tile: (32, 32), overlap: 8 }
+        Self {
+            tile: (32, 32),
+            overlap: 8,
+        }
     }
 }
 
@@ -46,25 +49,45 @@ pub struct AxisTiles {
 /// `overlap`; `scale` is the latent → video pixel factor.
 pub fn axis_tiles(size: usize, tile: usize, overlap: usize, scale: usize) -> AxisTiles {
     if tile >= size {
-        return AxisTiles { spans: vec![(0, size)], weights: vec![vec![1.0; size * scale]] };
+        return AxisTiles {
+            spans: vec![(0, size)],
+            weights: vec![vec![1.0; size * scale]],
+        };
     }
     let stride = tile - overlap;
     let count = (size - tile).div_ceil(stride) + 1;
     // spread the tiles evenly so every overlap is about the same (and at least `overlap`)
-    let starts: Vec<usize> =
-        (0..count).map(|k| ((k * (size - tile)) as f64 / (count - 1) as f64).round() as usize).collect();
+    let starts: Vec<usize> = (0..count)
+        .map(|k| ((k * (size - tile)) as f64 / (count - 1) as f64).round() as usize)
+        .collect();
     let mut weights = Vec::with_capacity(count);
     for (k, &start) in starts.iter().enumerate() {
-        let ramp_in = if k > 0 { (starts[k - 1] + tile - start) * scale } else { 0 };
-        let ramp_out = if k + 1 < count { (start + tile - starts[k + 1]) * scale } else { 0 };
+        let ramp_in = if k > 0 {
+            (starts[k - 1] + tile - start) * scale
+        } else {
+            0
+        };
+        let ramp_out = if k + 1 < count {
+            (start + tile - starts[k + 1]) * scale
+        } else {
+            0
+        };
         let len = tile * scale;
         let w: Vec<f32> = (0..len)
             .map(|i| {
                 // linear cross-fade: (i+1)/(L+1) rising over the overlap with the previous tile,
                 // mirrored over the overlap with the next; the two sum to 1 in a shared overlap
-                let rise = if i < ramp_in { (i + 1) as f32 / (ramp_in + 1) as f32 } else { 1.0 };
+                let rise = if i < ramp_in {
+                    (i + 1) as f32 / (ramp_in + 1) as f32
+                } else {
+                    1.0
+                };
                 let from_end = len - i;
-                let fall = if from_end <= ramp_out { from_end as f32 / (ramp_out + 1) as f32 } else { 1.0 };
+                let fall = if from_end <= ramp_out {
+                    from_end as f32 / (ramp_out + 1) as f32
+                } else {
+                    1.0
+                };
                 rise * fall
             })
             .collect();
@@ -82,7 +105,10 @@ pub fn axis_tiles(size: usize, tile: usize, overlap: usize, scale: usize) -> Axi
             *v /= total[start * scale + i];
         }
     }
-    AxisTiles { spans: starts.into_iter().map(|s| (s, tile)).collect(), weights }
+    AxisTiles {
+        spans: starts.into_iter().map(|s| (s, tile)).collect(),
+        weights,
+    }
 }
 
 #[cfg(test)]
@@ -91,7 +117,14 @@ mod tests {
 
     #[test]
     fn tiles_cover_the_axis_and_weights_sum_to_one() {
-        for (size, tile, overlap) in [(5, 4, 2), (7, 4, 2), (60, 32, 8), (104, 32, 8), (90, 16, 4), (3, 8, 2)] {
+        for (size, tile, overlap) in [
+            (5, 4, 2),
+            (7, 4, 2),
+            (60, 32, 8),
+            (104, 32, 8),
+            (90, 16, 4),
+            (3, 8, 2),
+        ] {
             let tiles = axis_tiles(size, tile, overlap, 8);
             let mut total = vec![0f32; size * 8];
             for (&(start, len), w) in tiles.spans.iter().zip(&tiles.weights) {
@@ -101,9 +134,15 @@ mod tests {
                     total[start * 8 + i] += v;
                 }
             }
-            assert!(total.iter().all(|t| (t - 1.0).abs() < 1e-6), "{size} {tile} {overlap}");
+            assert!(
+                total.iter().all(|t| (t - 1.0).abs() < 1e-6),
+                "{size} {tile} {overlap}"
+            );
             for pair in tiles.spans.windows(2) {
-                assert!(pair[0].0 + pair[0].1 >= pair[1].0 + overlap.min(tile), "overlap too small: {pair:?}");
+                assert!(
+                    pair[0].0 + pair[0].1 >= pair[1].0 + overlap.min(tile),
+                    "overlap too small: {pair:?}"
+                );
             }
         }
     }
