@@ -9,9 +9,11 @@
 //! The step loop ([`denoise`]) is written against [`VelocityModel`], so it is tested with toy
 //! models and serves any flow-matching transformer.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
 use rainfusion::{
     DenseAttention, RainFusionAttention, RainFusionConfig, RainFusionV1Attention,
     RainFusionV1Config, SelfAttention, Window,
@@ -20,8 +22,17 @@ use serde::Serialize;
 
 use crate::args::{AttentionMode, WindowArg};
 use crate::error::{Result, VditError};
-use crate::sampling::{guide_batched, FlowSolver};
+use vdit_models::tokenizer::PromptTokenizer;
+use vdit_models::umt5::{Umt5Config, Umt5Encoder};
+use vdit_models::wan::config::WanConfig;
+use vdit_models::wan::transformer::WanTransformer;
+use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
+use vdit_models::weights::WeightFiles;
+
+use crate::hub::ModelFiles;
+use crate::sampling::{guide_batched, load_noise, seeded_noise, FlowSolver};
 use crate::settings::{AttentionSettings, GenerateSettings};
+use crate::video::{frames_from_tensor, write_video};
 
 /// A flow-matching network: predicts the velocity (noise − clean) of a sample.
 pub trait VelocityModel {
@@ -202,6 +213,21 @@ pub fn write_json_atomic(path: &std::path::Path, value: &impl Serialize) -> Resu
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
     serde_json::to_writer_pretty(&mut tmp, value).map_err(|e| io(std::io::Error::other(e)))?;
     tmp.persist(path).map_err(|e| io(e.error))?;
+    make_readable(path)
+}
+
+/// Temp files are created private (0600); give the finished file the usual 0644.
+fn make_readable(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(
+            |source| VditError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+    }
     Ok(())
 }
 
@@ -223,7 +249,7 @@ pub fn save_latents(path: &std::path::Path, latents: &Tensor) -> Result<()> {
         std::collections::HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]);
     candle_core::safetensors::save(&tensors, tmp.path())?;
     tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    make_readable(path)
 }
 
 /// What a finished run reports (printed at the end).
@@ -237,31 +263,232 @@ pub struct RunReport {
 
 impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = &self.timings;
         write!(
             f,
-            "wrote {} (settings in {})\nencode {:.1} s, denoise {:.1} s ({:.2} s/step), decode {:.1} s, write {:.1} s; attention density {:.3}",
+            "wrote {} (settings, timings and seed in {})",
             self.output.display(),
-            self.sidecar.display(),
-            t.encode_s,
-            t.denoise_s,
-            t.seconds_per_step,
-            t.decode_s,
-            t.write_s,
-            self.effective_density
+            self.sidecar.display()
         )
     }
 }
 
 /// Runs the three stages for `settings` with the model `files` and writes the video and sidecar.
-pub fn generate(settings: &GenerateSettings, files: &crate::hub::ModelFiles) -> Result<RunReport> {
-    let _ = files;
-    // The concrete networks (umT5, Wan transformer, Wan VAE) are wired here once vdit-models
-    // provides them; until then generation stops with a clear message.
-    Err(VditError::Sampling(format!(
-        "the networks for {} are not available in this build yet",
-        settings.model
-    )))
+pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunReport> {
+    let device = settings.device.device()?;
+    let mut timings = StageTimings::default();
+
+    let start = Instant::now();
+    let text = encode_prompts(settings, files, &device)?;
+    timings.encode_s = start.elapsed().as_secs_f64();
+    eprintln!("encode       {:.1} s", timings.encode_s);
+
+    let start = Instant::now();
+    let sampled = sample_latents(settings, files, &device, &text)?;
+    timings.denoise_s = start.elapsed().as_secs_f64();
+    timings.seconds_per_step = sampled.seconds_per_step;
+    eprintln!(
+        "denoise      {:.1} s ({:.2} s/step, attention density {:.3})",
+        timings.denoise_s, sampled.seconds_per_step, sampled.effective_density
+    );
+    let mut written = Vec::new();
+    if let Some(path) = &settings.latents_out {
+        save_latents(path, &sampled.latents)?;
+        written.push(path.display().to_string());
+    }
+
+    let start = Instant::now();
+    let video = decode_latents(settings, files, &device, &sampled.latents)?;
+    timings.decode_s = start.elapsed().as_secs_f64();
+    eprintln!("decode       {:.1} s", timings.decode_s);
+
+    let start = Instant::now();
+    let frames = frames_from_tensor(&video).map_err(video_error)?;
+    let files_written =
+        write_video(&settings.output, &frames, settings.fps).map_err(video_error)?;
+    timings.write_s = start.elapsed().as_secs_f64();
+    written.extend(files_written.iter().map(|p| p.display().to_string()));
+
+    let sidecar_path = settings.sidecar_path();
+    let sidecar = Sidecar {
+        vdit_version: env!("CARGO_PKG_VERSION"),
+        settings,
+        timings: &timings,
+        effective_density: sampled.effective_density,
+        files: written,
+    };
+    write_json_atomic(&sidecar_path, &sidecar)?;
+    Ok(RunReport {
+        output: settings.output.clone(),
+        sidecar: sidecar_path,
+        timings,
+        effective_density: sampled.effective_density,
+    })
+}
+
+fn video_error(e: crate::video::VideoError) -> VditError {
+    VditError::Sampling(format!("video output: {e}"))
+}
+
+/// Text length the transformer's cross-attention sees: Wan2.1 pads every prompt to 512 tokens.
+pub const TEXT_LEN: usize = 512;
+
+/// Prompt and negative-prompt embeddings, `[1, TEXT_LEN, d_model]` f32 on the run device.
+pub struct TextConditioning {
+    pub cond: Tensor,
+    /// Absent when guidance is off (scale 1).
+    pub uncond: Option<Tensor>,
+}
+
+/// Stage 1: tokenizer and umT5 encoder; the encoder is freed when this returns.
+pub fn encode_prompts(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<TextConditioning> {
+    let tokenizer_path = match &settings.overrides.tokenizer {
+        Some(path) => path.clone(),
+        None => files.file("tokenizer/tokenizer.json")?,
+    };
+    let tokenizer = PromptTokenizer::from_file(&tokenizer_path)?;
+    let component = files.component("text_encoder", settings.overrides.text_encoder.as_deref())?;
+    let weights = Arc::new(WeightFiles::open(&component.weights)?);
+    let config = match &component.config {
+        Some(path) => Umt5Config::from_json_file(path)?,
+        None => Umt5Config::from_weights(&weights)?,
+    };
+    // --t5-cpu keeps the big encoder off the GPU; umT5 overflows in f16, so f16 runs use bf16.
+    let encoder_device = if settings.t5_cpu {
+        Device::Cpu
+    } else {
+        device.clone()
+    };
+    let encoder_dtype = match settings.dtype {
+        DType::F16 => DType::BF16,
+        other => other,
+    };
+    let encoder = Umt5Encoder::load(&weights, &config, encoder_dtype, &encoder_device)?;
+    let encode = |prompt: &str| -> Result<Tensor> {
+        let ids = tokenizer.encode(prompt, TEXT_LEN)?;
+        Ok(encoder.encode_padded(&ids, TEXT_LEN)?.to_device(device)?)
+    };
+    let cond = encode(&settings.prompt)?;
+    let uncond = if settings.uses_guidance() {
+        Some(encode(&settings.negative_prompt)?)
+    } else {
+        None
+    };
+    Ok(TextConditioning { cond, uncond })
+}
+
+/// The Wan transformer as the step loop's velocity model.
+impl VelocityModel for WanTransformer {
+    fn velocity(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        Ok(self.forward(latents, timesteps, context, attention)?)
+    }
+}
+
+/// What stage 2 produces.
+pub struct SampledLatents {
+    /// `[1, 16, F', H/8, W/8]` f32.
+    pub latents: Tensor,
+    pub seconds_per_step: f64,
+    pub effective_density: f64,
+}
+
+/// Loads the transformer named by the model (or `--dit`).
+pub fn load_transformer(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<WanTransformer> {
+    let component = files.component("transformer", settings.overrides.dit.as_deref())?;
+    Ok(match &component.config {
+        Some(config) => {
+            let config = WanConfig::from_json_file(config)?;
+            let weights = Arc::new(WeightFiles::open(&component.weights)?);
+            WanTransformer::load(&weights, &config, settings.dtype, device)?
+        }
+        // No config anywhere: the transformer infers its sizes from the tensor shapes.
+        None => WanTransformer::open(&component.weights, settings.dtype, device)?,
+    })
+}
+
+/// Stage 2: noise, then the solver's steps on the transformer; the transformer is freed when
+/// this returns.
+pub fn sample_latents(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    text: &TextConditioning,
+) -> Result<SampledLatents> {
+    let transformer = load_transformer(settings, files, device)?;
+    let config = transformer.config();
+    let (b, _, f, h, w) = settings.latent_shape(config.in_channels);
+    let shape = [b, config.in_channels, f, h, w];
+    let noise = match &settings.noise {
+        Some(path) => load_noise(path, &shape, device)?,
+        None => seeded_noise(settings.seed, &shape, device)?,
+    };
+    let mut attention = build_attention(&settings.attention, config.num_layers, settings.steps)?;
+    let mut solver = settings.sampler.solver(settings.steps, settings.shift);
+    let progress = ProgressBar::new(settings.steps as u64);
+    progress.set_style(
+        ProgressStyle::with_template("sampling     [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut total_seconds = 0.0;
+    let latents = denoise(
+        &transformer,
+        solver.as_mut(),
+        &noise,
+        &Conditioning {
+            cond: &text.cond,
+            uncond: text.uncond.as_ref(),
+            guidance_scale: settings.guidance_scale,
+        },
+        attention.as_mut(),
+        &mut |report| {
+            total_seconds += report.seconds;
+            progress.set_message(format!(
+                "{:.2} s/step (t = {})",
+                total_seconds / (report.step + 1) as f64,
+                report.timestep
+            ));
+            progress.inc(1);
+        },
+    );
+    progress.finish_and_clear();
+    let latents = latents?;
+    Ok(SampledLatents {
+        latents,
+        seconds_per_step: total_seconds / settings.steps.max(1) as f64,
+        effective_density: attention.effective_density(),
+    })
+}
+
+/// Stage 3: the Wan VAE decodes the latents to `[1, 3, F, H, W]` in [-1, 1]; freed on return.
+pub fn decode_latents(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    latents: &Tensor,
+) -> Result<Tensor> {
+    let component = files.component("vae", settings.overrides.vae.as_deref())?;
+    let config = match &component.config {
+        Some(path) => WanVaeConfig::from_json_file(path)?,
+        None => WanVaeConfig::wan2_1(),
+    };
+    let weights = Arc::new(WeightFiles::open(&component.weights)?);
+    let vae = WanVaeDecoder::load(&weights, &config, settings.dtype, device)?;
+    let tiling = settings.vae_tiling.then(VaeTiling::default);
+    Ok(vae.decode(latents, tiling)?)
 }
 
 #[cfg(test)]
