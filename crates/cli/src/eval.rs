@@ -218,10 +218,12 @@ fn parse_object(words: &[&str]) -> std::result::Result<CaptionObject, String> {
         ["growing"] => Motion::Growing,
         ["shrinking"] => Motion::Shrinking,
         ["standing", "still"] => Motion::Still,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "unknown motion '{}' (moving left|right|up|down, growing, shrinking, standing still)",
             rest.join(" ")
-        )),
+        ))
+        }
     };
     Ok(CaptionObject {
         colour,
@@ -532,7 +534,7 @@ fn connected_blobs(frame: &[u8], mask: &[bool], w: usize, h: usize, min_area: us
             });
         }
     }
-    blobs.sort_by(|a, b| b.area.cmp(&a.area));
+    blobs.sort_by_key(|b| std::cmp::Reverse(b.area));
     blobs
 }
 

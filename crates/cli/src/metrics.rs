@@ -191,6 +191,23 @@ fn ssim_plane(x: &[f64], y: &[f64], w: usize, h: usize, kernel: &[f64; SSIM_WIND
     total / n as f64
 }
 
+/// Frame-level agreement of a clip with a reference clip (`vdit compare`: sparse against dense).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameQuality {
+    /// [`psnr`] in dB (+inf when identical).
+    pub psnr_db: f64,
+    /// [`ssim`], mean over frames.
+    pub ssim: f64,
+}
+
+/// PSNR and SSIM of `test` against `reference` (same size and frame count).
+pub fn frame_quality(reference: &VideoFrames, test: &VideoFrames) -> Result<FrameQuality> {
+    Ok(FrameQuality {
+        psnr_db: psnr(reference, test)?,
+        ssim: ssim(reference, test)?,
+    })
+}
+
 /// Cosine similarity of two tensors of the same shape (e.g. final latents `[B,16,F,H,W]`).
 pub fn cosine_similarity(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.dims() != b.dims() {

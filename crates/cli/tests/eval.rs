@@ -444,3 +444,64 @@ fn blur_and_h264_compression_do_not_change_the_verdict() {
         assert_eq!(score(&caption, &decoded).unwrap(), ALL_OK, "{caption}");
     }
 }
+
+#[derive(serde::Deserialize)]
+struct WorldClip {
+    file: String,
+    caption: String,
+    frames: usize,
+    size: usize,
+}
+
+/// Reads a PNG strip of `frames` square frames stacked vertically.
+fn read_strip(path: &std::path::Path, frames: usize, size: usize) -> VideoFrames {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(
+        (info.width as usize, info.height as usize),
+        (size, size * frames)
+    );
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let frames = buf[..info.buffer_size()]
+        .chunks_exact(size * size * 3)
+        .map(<[u8]>::to_vec)
+        .collect();
+    VideoFrames::new(size as u32, size as u32, frames).unwrap()
+}
+
+/// Clips rendered by the training world itself (scripts/train/world.py through
+/// scripts/reference/gen_eval_world_fixtures.py): ground truth, so every check must pass.
+#[test]
+fn training_world_clips_score_perfectly() {
+    let dir = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/eval_world"
+    ));
+    let clips: Vec<WorldClip> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("captions.json")).unwrap()).unwrap();
+    assert!(clips.len() >= 60);
+    let mut failures = Vec::new();
+    let mut scores = Vec::new();
+    for clip in &clips {
+        let video = read_strip(&dir.join(&clip.file), clip.frames, clip.size);
+        let got = score(&clip.caption, &video).unwrap();
+        if got != ALL_OK {
+            let analysis = analyse(&video, &AnalyserConfig::default()).unwrap();
+            failures.push(format!(
+                "{} {:?}: {got:?} {:?}",
+                clip.file, clip.caption, analysis.objects
+            ));
+        }
+        scores.push(got);
+    }
+    let acc = accuracy(&scores);
+    eprintln!("training-world clips: {acc:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -2,8 +2,8 @@
 
 use candle_core::{Device, Tensor};
 use vdit::metrics::{
-    cosine_similarity, luma, psnr, psnr_per_frame, side_by_side, ssim, ssim_per_frame,
-    MetricsError, DIVIDER_WIDTH,
+    cosine_similarity, frame_quality, luma, psnr, psnr_per_frame, side_by_side, ssim,
+    ssim_per_frame, MetricsError, DIVIDER_WIDTH,
 };
 use vdit::video::VideoFrames;
 
@@ -141,6 +141,8 @@ fn metrics_match_the_numpy_reference() {
         assert!(rel_close(*got, *want, 1e-9), "{got} vs {want}");
     }
     let got_ssim = ssim(&a, &b).unwrap();
+    let both = frame_quality(&a, &b).unwrap();
+    assert_eq!((both.psnr_db, both.ssim), (got_psnr, got_ssim));
     eprintln!(
         "psnr {got_psnr:.6} (ref {:.6}), ssim {got_ssim:.8} (ref {:.8})",
         r.psnr, r.ssim

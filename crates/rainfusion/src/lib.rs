@@ -5,8 +5,16 @@
 //! video (frames × height × width in tokens, row-major, then text tokens if any).
 //!
 //! The entry point a model calls is the [`SelfAttention`] trait: one call per layer per step.
-//! [`DenseAttention`] is plain softmax attention, computed in query chunks so that the full
-//! L×L score matrix of all heads is never materialised.
+//! - [`DenseAttention`]: plain softmax attention (never materialises the L×L scores of all heads).
+//! - [`RainFusionAttention`] (RainFusion 2.0): tokens permuted into compact windows
+//!   ([`layout`]), one block mask per (batch, head) predicted from pooled q and k ([`predict`]),
+//!   block-sparse attention over the kept blocks ([`block_sparse_attention`]), order restored;
+//!   dense warm-up steps, dense layers and mask reuse across steps are its step policy ([`policy`]).
+//! - [`RainFusionV1Attention`] (RainFusion 1.0): spatial / temporal / textural head patterns,
+//!   picked per head online ([`v1`]).
+//!
+//! Kernels: [`sparse_cpu`] (flash-style CPU loop over kept blocks), [`generic`] (candle ops, any
+//! device), and [`reference`] (slow masked softmax every fast path is tested against).
 
 mod dense;
 mod error;
@@ -20,7 +28,7 @@ mod sparse;
 pub mod sparse_cpu;
 pub mod v1;
 
-pub use dense::{dense_attention, DenseAttention};
+pub use dense::{dense_attention, dense_self_attention, DenseAttention};
 pub use error::{Error, Result};
 pub use layout::{TokenPermutation, Window};
 pub use mask::BlockMask;

@@ -142,26 +142,35 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
     let mut row_sum = vec![0f32; rows];
     out.fill(0.0);
     let blocks_per_tile = (MAX_KEYS_PER_TILE / kv.block_size).max(1);
-    let mut next = 0;
-    while next < kept.len() {
-        // Merge a run of consecutive kept blocks into one key tile.
-        let first = kept[next] as usize;
-        let mut run = 1;
-        while next + run < kept.len()
-            && kept[next + run] as usize == first + run
-            && run < blocks_per_tile
-        {
-            run += 1;
-        }
-        next += run;
-        let key_start = first * kv.block_size;
-        let key_end = ((first + run) * kv.block_size).min(tokens);
-        let keys = key_end - key_start;
+    // Kept blocks that are not adjacent are copied side by side here, so every tile has up to
+    // MAX_KEYS_PER_TILE keys whatever the mask looks like (sparse rows cost the same per kept
+    // block as dense ones).
+    let mut gathered_keys = Vec::new();
+    let mut gathered_values = Vec::new();
+    for group in kept.chunks(blocks_per_tile) {
+        let first = group[0] as usize;
+        let adjacent = group.windows(2).all(|w| w[1] == w[0] + 1);
+        let block_rows =
+            |kb: u32| kb as usize * kv.block_size..((kb as usize + 1) * kv.block_size).min(tokens);
+        let (keys_tile, values_tile) = if adjacent {
+            let rows_range = first * kv.block_size * d..block_rows(group[group.len() - 1]).end * d;
+            (&kv.keys[rows_range.clone()], &kv.values[rows_range])
+        } else {
+            gathered_keys.clear();
+            gathered_values.clear();
+            for &kb in group {
+                let range = block_rows(kb);
+                gathered_keys.extend_from_slice(&kv.keys[range.start * d..range.end * d]);
+                gathered_values.extend_from_slice(&kv.values[range.start * d..range.end * d]);
+            }
+            (&gathered_keys[..], &gathered_values[..])
+        };
+        let keys = keys_tile.len() / d;
         let tile_scores = &mut scores[..rows * keys];
         // tile_scores[r, j] = scale · q_r · k_j   ([rows, keys], row stride `keys`)
-        // SAFETY: lhs is `rows × d` row-major inside `queries`; rhs reads key rows
-        // key_start..key_end (each `d` long) of `kv.keys` as a `d × keys` matrix with column
-        // stride `d`; dst is `rows × keys` row-major inside `tile_scores`. All in bounds.
+        // SAFETY: lhs is `rows × d` row-major inside `queries`; rhs reads `keys_tile`
+        // (`keys × d` row-major) as a `d × keys` matrix with column stride `d`; dst is
+        // `rows × keys` row-major inside `tile_scores`. All in bounds.
         unsafe {
             gemm::gemm(
                 rows,
@@ -174,7 +183,7 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
                 queries.as_ptr(),
                 1,
                 d as isize,
-                kv.keys[key_start * d..].as_ptr(),
+                keys_tile.as_ptr(),
                 d as isize,
                 1,
                 0.0f32,
@@ -200,8 +209,8 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
             }
         }
         // out += P · V_tile   ([rows, keys] · [keys, d])
-        // SAFETY: lhs is the `rows × keys` probabilities just written; rhs is value rows
-        // key_start..key_end of `kv.values` (row-major, stride d); dst is `out`, `rows × d`.
+        // SAFETY: lhs is the `rows × keys` probabilities just written; rhs is `values_tile`
+        // (`keys × d` row-major); dst is `out`, `rows × d`.
         unsafe {
             gemm::gemm(
                 rows,
@@ -214,7 +223,7 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
                 tile_scores.as_ptr(),
                 1,
                 keys as isize,
-                kv.values[key_start * d..].as_ptr(),
+                values_tile.as_ptr(),
                 1,
                 d as isize,
                 1.0f32,

@@ -9,11 +9,13 @@
 
 pub mod euler;
 pub mod guidance;
+pub mod noise;
 pub mod schedule;
 pub mod unipc;
 
 pub use euler::EulerSolver;
 pub use guidance::{guide, guide_batched};
+pub use noise::{load_noise, seeded_noise};
 pub use schedule::{euler_flow_schedule, shift_sigma, unipc_flow_schedule, FlowSchedule};
 pub use unipc::UniPcSolver;
 

@@ -183,7 +183,7 @@ fn length_prefixed_to_annexb(sample: &[u8], out: &mut Vec<u8>) -> std::result::R
 
 /// `frame` itself when the size is even, else a copy padded by repeating the last column and row.
 fn pad_to_even<'a>(frame: &'a [u8], width: usize, height: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
-    if width % 2 == 0 && height % 2 == 0 {
+    if (width | height) & 1 == 0 {
         return frame;
     }
     let (pw, ph) = (width.next_multiple_of(2), height.next_multiple_of(2));
