@@ -15,6 +15,10 @@ Case `heads2x32` stores f32 weights. Case `heads2x64` stores bf16 weights whose 
 before the reference runs, so the f32 reference is exact for that file: it serves the f32 parity test (loaded
 and cast to f32) and the bf16 run. The Rust tests write the original-key and ComfyUI-prefixed files from these.
 
+It also runs the transformer of the tiny end-to-end pipeline (tests/fixtures/tiny_pipeline, made by
+gen_tiny_pipeline.py) as diffusers loads it from disk, on that fixture's noise and prompt embeddings, and
+stores the velocity in tests/fixtures/dit/tiny_pipeline_velocity.safetensors.
+
 Run from the repository root:  python3 scripts/reference/gen_dit_fixtures.py
 """
 import json
@@ -24,7 +28,7 @@ import sys
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 OUT = os.path.join("tests", "fixtures", "dit")
 TEXT_LEN = 7  # deliberately not 512
@@ -148,5 +152,20 @@ def main():
               file=sys.stderr)
 
 
+def tiny_pipeline_velocity():
+    """Batch 2: (noise, prompt, t=999) and (noise/2, negative prompt, t=750), on the saved tiny transformer."""
+    base = os.path.join("tests", "fixtures", "tiny_pipeline")
+    model = WanTransformer3DModel.from_pretrained(os.path.join(base, "model", "transformer")).eval()
+    ref = load_file(os.path.join(base, "reference.safetensors"))
+    latents = torch.cat([ref["noise"], 0.5 * ref["noise"]])
+    context = torch.cat([ref["prompt_embeds"], ref["negative_prompt_embeds"]])
+    timesteps = torch.tensor([999.0, 750.0])
+    with torch.no_grad():
+        velocity = model(latents, timesteps, context, return_dict=False)[0].float()
+    save_file({"timesteps": timesteps, "velocity": velocity.contiguous()},
+              os.path.join(OUT, "tiny_pipeline_velocity.safetensors"))
+
+
 if __name__ == "__main__":
     main()
+    tiny_pipeline_velocity()

@@ -9,13 +9,15 @@ Writes tests/fixtures/umt5/:
                                           encoder's last hidden state [B, L, d_model] (eager attention, f32),
                                           and the relative-position buckets of rel = -600..600
   tokenizer.json                          prompts, their cleaned text (diffusers' prompt_clean with ftfy) and
-                                          transformers' ids for the tiny_pipeline tokenizer, at two max lengths
+                                          transformers' ids for the tiny_pipeline tokenizer, at two max lengths;
+                                          and random strings of tricky pieces with their cleaned text
 
 Requires ftfy (diffusers uses it when installed; Wan2.1 always does):  pip install ftfy
 Run from the repository root:  python3 scripts/reference/gen_umt5_fixtures.py
 """
 import json
 import os
+import random
 import sys
 
 import torch
@@ -47,6 +49,17 @@ PROMPTS = [
     "a blue square shrinking, static, blurry, " * 6,
 ]
 MAX_LENS = [512, 8]
+# Pieces of random strings for a broad comparison of the cleaning: whitespace of all kinds, HTML
+# references (complete, legacy, uppercase, numeric, broken), markup, quotes, C1 controls,
+# width forms, ligatures, CJK, emoji, combining marks, controls and terminal escapes.
+RANDOM_PIECES = [
+    "a", "b", "Z", "0", "7", " ", "  ", "\t", "\n", "\r\n", "\r", "&", ";", "#", "x", "&amp;", "&amp", "&lt;",
+    "&gt;", "&#39;", "&#x27;", "&#65", "&#0;", "&#150;", "&nbsp;", "&NTILDE;", "&notin", "&acE;", "&eacute;", "<",
+    ">", "\u201c", "\u201d", "\u2018", "\u2019", "\u02bc", "\x85", "\x93", "\x94", "\x80", "\x9d", "\uff21",
+    "\uff41", "\uff07", "\u3000", "\uffe0", "\uff61", "\ufb01", "\u0149", "\u01c4", "\u4e2d", "\u6587",
+    "\U0001f600", "e\u0301", "\u00e9", "\u00a0", "\u2003", "\u200b", "\ufeff", "\x07", "\x1b[31m", "\x1b[0m",
+    "\x1b", "\x1f", "\x7f", "\u2028", "\u2029", "\u206a", "\ufffc", "\u00c3", "\u00a9",
+]
 
 
 def randomize_(module, gen):
@@ -130,7 +143,20 @@ def tokenizer_fixture():
                for m in MAX_LENS}
         cases.append({"prompt": prompt, "cleaned": cleaned, "ids": ids})
     return {"tokenizer": TOKENIZER_DIR, "clean": "diffusers.pipelines.wan.pipeline_wan.prompt_clean",
-            "ftfy": ftfy.__version__, "cases": cases}
+            "ftfy": ftfy.__version__, "cases": cases, "random_clean": random_clean_cases(300)}
+
+
+def random_clean_cases(count):
+    """[input, prompt_clean(input)] for random strings. vdit does not implement ftfy's mojibake repair
+    (fix_encoding), so strings whose cleaning that step changes are left out (about 6% of draws)."""
+    rng = random.Random(7)
+    cases = []
+    while len(cases) < count:
+        text = "".join(rng.choice(RANDOM_PIECES) for _ in range(rng.randint(1, 30)))
+        if ftfy.fix_text(text, fix_encoding=False) != ftfy.fix_text(text):
+            continue
+        cases.append([text, pipeline_wan.prompt_clean(text)])
+    return cases
 
 
 def main():

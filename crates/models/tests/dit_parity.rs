@@ -250,6 +250,27 @@ fn open_reads_a_diffusers_directory_with_its_config() {
         )
         .unwrap();
     assert!(relative_error(&out, &io["velocity"]) <= F32_TOLERANCE);
+
+    // Another grid in between (one frame, narrower) must not leave stale position tables behind.
+    let cropped = io["latents"]
+        .narrow(2, 0, 1)
+        .unwrap()
+        .narrow(4, 0, 6)
+        .unwrap();
+    let small = model.forward(
+        &cropped,
+        &io["timesteps"],
+        &io["context"],
+        &mut DenseAttention,
+    );
+    assert_eq!(small.unwrap().dims(), &[2, 16, 1, 6, 6]);
+    let again = model.forward(
+        &io["latents"],
+        &io["timesteps"],
+        &io["context"],
+        &mut DenseAttention,
+    );
+    assert!(relative_error(&again.unwrap(), &out) == 0.0);
 }
 
 #[test]
@@ -326,24 +347,38 @@ fn single_comfyui_file_without_config_gets_its_config_from_the_shapes() {
     assert_eq!(model.config(), &expected);
 }
 
+/// The transformer of the tiny end-to-end pipeline fixture, opened from its diffusers directory
+/// (config.json with freq_dim 64, text_dim 32, head_dim 16), on that fixture's noise and 512-row
+/// prompt embeddings, against diffusers' velocity for the same batch.
 #[test]
-fn tiny_pipeline_transformer_loads_and_runs() {
+fn tiny_pipeline_transformer_matches_diffusers() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline");
     let model =
         WanTransformer::open(&dir.join("model/transformer"), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config().text_dim, 32);
-    let reference =
+    let inputs =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let noise = &reference["noise"]; // [1, 16, 3, 4, 6]
-    let context = &reference["prompt_embeds"]; // [1, 512, 32]
-    let t = Tensor::new(&[999f32], &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixture("tiny_pipeline_velocity.safetensors"), &Device::Cpu)
+            .unwrap();
+    let noise = &inputs["noise"]; // [1, 16, 3, 4, 6]
+    let latents = Tensor::cat(&[noise, &(noise * 0.5).unwrap()], 0).unwrap();
+    let context = Tensor::cat(
+        &[&inputs["prompt_embeds"], &inputs["negative_prompt_embeds"]],
+        0,
+    )
+    .unwrap();
     let out = model
-        .forward(noise, &t, context, &mut DenseAttention)
+        .forward(
+            &latents,
+            &expected["timesteps"],
+            &context,
+            &mut DenseAttention,
+        )
         .unwrap();
-    assert_eq!(out.dims(), noise.dims());
-    let values: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
-    assert!(values.iter().all(|v| v.is_finite()));
-    assert!(values.iter().any(|v| *v != 0.0));
+    let err = relative_error(&out, &expected["velocity"]);
+    eprintln!("tiny pipeline transformer: relative error {err:.3e}");
+    assert!(err <= F32_TOLERANCE, "relative error {err:.3e}");
 }
 
 #[test]

@@ -35,6 +35,20 @@ fn clean_prompt_matches_diffusers_prompt_clean() {
     }
 }
 
+/// Random strings of tricky pieces (see the generator): whitespace, references, markup, quotes,
+/// controls, width forms, ligatures, escapes.
+#[test]
+fn clean_prompt_matches_diffusers_on_random_strings() {
+    let text = std::fs::read_to_string(fixtures().join("umt5/tokenizer.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = json["random_clean"].as_array().unwrap();
+    assert!(cases.len() >= 300);
+    for case in cases {
+        let (input, expected) = (case[0].as_str().unwrap(), case[1].as_str().unwrap());
+        assert_eq!(clean_prompt(input), expected, "input {input:?}");
+    }
+}
+
 #[test]
 fn ids_match_transformers_tokenizer() {
     let tokenizer = tiny_tokenizer();

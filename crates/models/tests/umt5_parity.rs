@@ -126,6 +126,48 @@ fn wan_original_keys_f32_match_transformers() {
 }
 
 #[test]
+fn open_reads_a_directory_or_a_bare_file() {
+    let from_dir = Umt5Encoder::open(&umt5_dir().join("hf"), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(from_dir.config(), &hf_config());
+    // A bare HF-keyed file (as ComfyUI ships it) has no config: sizes come from the shapes.
+    let from_file = Umt5Encoder::open(
+        &umt5_dir().join("hf/model.safetensors"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(from_file.config(), &hf_config());
+    let err = batch_error(&from_file);
+    assert!(err <= 1e-4, "relative error {err:.3e}");
+    let msg = Umt5Encoder::open(&umt5_dir().join("missing"), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("missing"), "{msg}");
+}
+
+/// Some exports store the embedding only under the encoder's name.
+#[test]
+fn embedding_under_encoder_embed_tokens_loads() {
+    let mut tensors =
+        candle_core::safetensors::load(umt5_dir().join("hf/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let embedding = tensors.remove("shared.weight").unwrap();
+    tensors.insert("encoder.embed_tokens.weight".to_string(), embedding);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("embed_tokens.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let encoder = Umt5Encoder::load(&open(&path), &hf_config(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        encoder.dialect(),
+        &Umt5Dialect::HuggingFace {
+            embedding_key: "encoder.embed_tokens.weight".to_string()
+        }
+    );
+    let err = batch_error(&encoder);
+    assert!(err <= 1e-4, "relative error {err:.3e}");
+}
+
+#[test]
 fn bf16_weights_match_within_bf16_tolerance() {
     let files = open(&umt5_dir().join("hf"));
     let encoder = Umt5Encoder::load(&files, &hf_config(), DType::BF16, &Device::Cpu).unwrap();

@@ -64,15 +64,11 @@ fn fix_segment(segment: &str, unescape_html: bool) -> String {
             text = html::unescape_strict(&text);
         }
         // (fix_encoding, mojibake repair, would run here; not implemented.)
-        text = text
-            .chars()
-            .flat_map(|c| {
-                let mut replacement = String::new();
-                push_fixed_char(c, &mut replacement);
-                replacement.chars().collect::<Vec<_>>()
-            })
-            .collect();
-        text = fix_line_breaks(&text);
+        let mut fixed = String::with_capacity(text.len());
+        for c in text.chars() {
+            push_fixed_char(c, &mut fixed);
+        }
+        text = fix_line_breaks(&fixed);
         text = remove_terminal_escapes(&text);
         text = text.chars().filter(|c| !is_removed_control(*c)).collect();
         let mut normalized = NormalizedString::from(text.as_str());
@@ -85,8 +81,9 @@ fn fix_segment(segment: &str, unescape_html: bool) -> String {
 }
 
 /// The per-character fixers, in ftfy's order: C1 controls as Windows-1252, Latin ligatures,
-/// halfwidth/fullwidth forms, curly quotes. Each maps a character to characters that no later
-/// one of them changes, so applying them per character equals applying them in sequence.
+/// halfwidth/fullwidth forms, curly quotes. Each is a context-free map of single characters, so
+/// feeding each one's output to the later ones, character by character, equals running them
+/// over the whole text one after another.
 fn push_fixed_char(c: char, out: &mut String) {
     let code = c as u32;
     // fix_c1_controls

@@ -12,6 +12,7 @@ pub mod config;
 pub mod keys;
 pub mod layers;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -79,6 +80,21 @@ impl Umt5Encoder {
             dialect,
             device: device.clone(),
         })
+    }
+
+    /// Opens an encoder from a path: a directory (diffusers `text_encoder/`: its `config.json`
+    /// when present, sizes inferred from the weights otherwise), or a single `.safetensors` /
+    /// `*.safetensors.index.json` (Wan's converted original, ComfyUI's `umt5_xxl_*`), whose sizes
+    /// are inferred from the weights.
+    pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let files = Arc::new(WeightFiles::open(path)?);
+        let config_path = path.join("config.json");
+        let cfg = if path.is_dir() && config_path.is_file() {
+            Umt5Config::from_json_file(&config_path)?
+        } else {
+            Umt5Config::from_weights(&files)?
+        };
+        Self::load(&files, &cfg, dtype, device)
     }
 
     pub fn config(&self) -> &Umt5Config {

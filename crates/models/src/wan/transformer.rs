@@ -9,7 +9,7 @@
 //! ```
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use rainfusion::{SelfAttention, VideoLayout};
@@ -38,7 +38,12 @@ pub struct WanTransformer {
     head_modulation: Tensor,
     head: Linear, // f32, dim → out·pt·ph·pw
     rope: WanRope,
+    /// RoPE tables of the last token grid: the sampler calls forward ~100 times on one grid.
+    rope_cache: Mutex<Option<RopeTables>>,
 }
+
+/// cos and sin tables ([L, head_dim/2] f32 each) for one token grid (frames, height, width).
+type RopeTables = ([usize; 3], Tensor, Tensor);
 
 impl std::fmt::Debug for WanTransformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +122,7 @@ impl WanTransformer {
             head_modulation: src.get("scale_shift_table", &[1, 2, dim], f32)?,
             head: src.linear("proj_out", dim, cfg.patch_out_features(), f32)?,
             rope: WanRope::new(cfg.head_dim, cfg.rope_theta),
+            rope_cache: Mutex::new(None),
         })
     }
 
@@ -196,7 +202,7 @@ impl WanTransformer {
             .text_linear_2
             .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
 
-        let (rope_cos, rope_sin) = self.rope.tables(f, h, w, &self.device)?;
+        let (rope_cos, rope_sin) = self.rope_tables(grid)?;
         let ctx = BlockContext {
             time_modulation: &e0,
             text: &text,
@@ -215,6 +221,21 @@ impl WanTransformer {
         let x = modulate(&layer_norm(&x, self.cfg.eps)?, &shift, &scale)?;
         let out = self.head.forward(&x)?; // [B, L, out·pt·ph·pw] f32
         self.unpatchify(&out, grid)
+    }
+
+    /// RoPE tables for `grid`, from the cache when the grid is the last one seen.
+    fn rope_tables(&self, grid: [usize; 3]) -> Result<(Tensor, Tensor)> {
+        // A poisoned lock only means another thread panicked mid-update; the cache is rebuilt.
+        let mut cache = self.rope_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, cos, sin)) = cache.as_ref() {
+            if *cached == grid {
+                return Ok((cos.clone(), sin.clone()));
+            }
+        }
+        let [f, h, w] = grid;
+        let (cos, sin) = self.rope.tables(f, h, w, &self.device)?;
+        *cache = Some((grid, cos.clone(), sin.clone()));
+        Ok((cos, sin))
     }
 
     /// Checks shapes; returns the batch size and the token grid (frames, height, width).
