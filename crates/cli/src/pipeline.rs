@@ -138,7 +138,8 @@ pub fn build_attention(
     num_layers: usize,
     num_steps: usize,
 ) -> Result<Box<dyn SelfAttention>> {
-    let invalid = |e: rainfusion::Error| VditError::InvalidSetting(format!("--attention: {e}"));
+    let invalid =
+        |e: rainfusion::Error| VditError::InvalidSetting(format!("sparse attention flags: {e}"));
     match settings.mode {
         AttentionMode::Dense => Ok(Box::new(DenseAttention)),
         AttentionMode::Rainfusion => {
