@@ -356,3 +356,46 @@ fn compare_and_eval_run_on_the_tiny_model() {
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("a dog running"));
 }
+
+#[test]
+fn bf16_run_stays_within_bf16_tolerance_of_diffusers_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let latents_path = dir.path().join("bf16.safetensors");
+    let mut args = reference_flags(&dir.path().join("bf16.gif"));
+    // Later flags override earlier ones.
+    args.extend(["--dtype", "bf16", "--latents-out"].map(String::from));
+    args.push(latents_path.display().to_string());
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let latents = candle_core::safetensors::load(&latents_path, &Device::Cpu).unwrap();
+    let err = relative_error(&latents["latents"], &reference()["final_latents"]);
+    println!("bf16 final latents: rel err {err:.2e}");
+    assert!(err <= 2e-2, "bf16 latents rel err {err}");
+    // And it is a bf16 run, not a silent f32 one.
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bf16.json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["settings"]["dtype"], "bf16");
+    assert!(err > 1e-5, "suspiciously exact for bf16: {err}");
+}
+
+#[test]
+fn noise_of_the_wrong_shape_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = reference_flags(&dir.path().join("x.gif"));
+    args.extend(["--width", "64", "--height", "64"].map(String::from));
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--noise")
+            && stderr.contains("[1, 16, 3, 4, 6]")
+            && stderr.contains("[1, 16, 3, 8, 8]"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("x.gif").exists());
+}
