@@ -17,7 +17,7 @@ use crate::error::{Result, VditError};
 use crate::eval::{accuracy, parse_caption, score, Score};
 use crate::metrics::{cosine_similarity, frame_quality, side_by_side};
 use crate::pipeline::{
-    decode_with, load_transformer, load_vae, sample_with, video_frames, write_frames,
+    decode_with, load_transformer, load_vae, preflight, sample_with, video_frames, write_frames,
     write_json_atomic, PromptEncoder, SampledLatents,
 };
 use crate::registry::Registry;
@@ -150,6 +150,7 @@ pub fn compare(args: &CompareArgs) -> Result<Vec<CompareRow>> {
         crate::settings::check_writable_dir("--json", json).map_err(VditError::InvalidSetting)?;
     }
     eprintln!("{}", settings.summary());
+    preflight(&settings, &files)?;
     let sparse_mode = match settings.attention.mode {
         AttentionMode::Dense => AttentionMode::Rainfusion,
         mode => mode,
@@ -347,6 +348,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<(Vec<EvalRow>, EvalSummary)> {
     }
     eprintln!("{}", settings.summary());
     eprintln!("captions     {}", captions.len());
+    preflight(&settings, &files)?;
     let device = settings.device.device()?;
     let per_caption = |caption: &str| {
         let mut s = settings.clone();

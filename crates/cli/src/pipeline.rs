@@ -277,6 +277,7 @@ impl std::fmt::Display for RunReport {
 pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunReport> {
     let device = settings.device.device()?;
     let mut timings = StageTimings::default();
+    preflight(settings, files)?;
 
     let start = Instant::now();
     let text = encode_prompts(settings, files, &device)?;
@@ -448,6 +449,33 @@ pub struct SampledLatents {
     pub latents: Tensor,
     pub seconds_per_step: f64,
     pub effective_density: f64,
+}
+
+/// Finds (or downloads) every file of the run in stage order and checks the attention flags
+/// against the transformer's depth, so a missing VAE or a bad flag fails before minutes of work.
+pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
+    if settings.overrides.tokenizer.is_none() {
+        files.file("tokenizer/tokenizer.json")?;
+    }
+    files.component("text_encoder", settings.overrides.text_encoder.as_deref())?;
+    let config = transformer_config(settings, files)?;
+    files.component("vae", settings.overrides.vae.as_deref())?;
+    if let Some(config) = config {
+        build_attention(&settings.attention, config.num_layers, settings.steps)?;
+    }
+    Ok(())
+}
+
+/// The transformer's config.json, when there is one (without, sizes come from the weights).
+pub fn transformer_config(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+) -> Result<Option<WanConfig>> {
+    let component = files.component("transformer", settings.overrides.dit.as_deref())?;
+    Ok(match &component.config {
+        Some(path) => Some(WanConfig::from_json_file(path)?),
+        None => None,
+    })
 }
 
 /// Loads the transformer named by the model (or `--dit`).

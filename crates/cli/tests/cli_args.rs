@@ -378,3 +378,24 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn dense_layers_beyond_the_model_depth_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = generate_args(
+        dir.path(),
+        &["--attention", "rainfusion", "--dense-layers", "5"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("5 dense layers") && stderr.contains("2 layers"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("encode "),
+        "the text encoder ran first:\n{stderr}"
+    );
+}
