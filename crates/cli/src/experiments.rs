@@ -172,6 +172,12 @@ pub fn compare(args: &CompareArgs) -> Result<Vec<CompareRow>> {
     let mut sampled: Vec<(SampledLatents, f64)> = Vec::new();
     {
         let transformer = load_transformer(&settings, &files, &device)?;
+        // One untimed dense step first, so one-off costs (allocations, cached RoPE tables, GPU
+        // kernel loading) do not inflate the dense time and with it every speedup.
+        let mut warm_up = settings.clone();
+        warm_up.steps = 1;
+        warm_up.attention.dense_steps = rainfusion::DenseSteps::Count(1);
+        sample_with(&transformer, &warm_up, &device, &text)?;
         for run in &runs {
             let start = Instant::now();
             let result = sample_with(&transformer, run, &device, &text)?;
