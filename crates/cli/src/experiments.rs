@@ -155,7 +155,10 @@ pub fn compare(args: &CompareArgs) -> Result<Vec<CompareRow>> {
         AttentionMode::Dense => AttentionMode::Rainfusion,
         mode => mode,
     };
-    let mut runs = vec![settings.clone()];
+    // The reference run is dense whatever --attention says.
+    let mut dense = settings.clone();
+    dense.attention.mode = AttentionMode::Dense;
+    let mut runs = vec![dense.clone()];
     for &sparsity in &args.sparsities {
         let mut sparse = settings.clone();
         sparse.attention.mode = sparse_mode;
@@ -174,7 +177,7 @@ pub fn compare(args: &CompareArgs) -> Result<Vec<CompareRow>> {
         let transformer = load_transformer(&settings, &files, &device)?;
         // One untimed dense step first, so one-off costs (allocations, cached RoPE tables, GPU
         // kernel loading) do not inflate the dense time and with it every speedup.
-        let mut warm_up = settings.clone();
+        let mut warm_up = dense.clone();
         warm_up.steps = 1;
         warm_up.attention.dense_steps = rainfusion::DenseSteps::Count(1);
         sample_with(&transformer, &warm_up, &device, &text)?;

@@ -284,6 +284,9 @@ fn compare_and_eval_run_on_the_tiny_model() {
     .iter()
     .chain(&common)
     .chain(&[
+        // The sparse mode; the reference row must still be dense.
+        "--attention",
+        "rainfusion",
         "--block-size",
         "16",
         "--dense-steps",
@@ -307,6 +310,9 @@ fn compare_and_eval_run_on_the_tiny_model() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["attention"], "dense");
+    assert_eq!(rows[0]["effective_density"], 1.0);
+    assert_eq!(rows[2]["attention"], "rainfusion");
     // Sparsity 0 is exactly dense: identical latents (cosine 1, PSNR infinite → null in JSON).
     assert!((rows[1]["latent_cosine"].as_f64().unwrap() - 1.0).abs() < 1e-12);
     assert!(rows[1]["psnr_db"].is_null());
