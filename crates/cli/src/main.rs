@@ -1,4 +1,4 @@
-//! The `vdit` command line: `vdit generate`, `vdit models`.
+//! The `vdit` command line: `generate`, `compare`, `eval`, `models`.
 
 use std::process::ExitCode;
 
