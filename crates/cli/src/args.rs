@@ -47,6 +47,17 @@ pub enum AttentionMode {
     RainfusionV1,
 }
 
+impl AttentionMode {
+    /// The flag value (`dense`, `rainfusion`, `rainfusion-v1`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionMode::Dense => "dense",
+            AttentionMode::Rainfusion => "rainfusion",
+            AttentionMode::RainfusionV1 => "rainfusion-v1",
+        }
+    }
+}
+
 /// How RainFusion groups tokens into blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +66,15 @@ pub enum WindowArg {
     Tile,
     /// 2×8×8 windows spanning two frames.
     Spatiotemporal,
+}
+
+impl WindowArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowArg::Tile => "tile",
+            WindowArg::Spatiotemporal => "spatiotemporal",
+        }
+    }
 }
 
 /// Arguments of `vdit generate`. Settings left out come from the model's registry entry, else

@@ -187,7 +187,7 @@ pub fn compare(args: &CompareArgs) -> Result<Vec<CompareRow>> {
             let seconds = start.elapsed().as_secs_f64();
             let label = match run.attention.mode {
                 AttentionMode::Dense => "dense".to_string(),
-                mode => format!("{mode:?} sparsity {:.2}", run.attention.sparsity),
+                mode => format!("{} sparsity {:.2}", mode.name(), run.attention.sparsity),
             };
             eprintln!(
                 "{label:<26} {seconds:.1} s, density {:.3}",
@@ -265,8 +265,8 @@ pub fn compare_table(rows: &[CompareRow]) -> String {
     );
     for r in rows {
         out.push_str(&format!(
-            "| {:?} | {:.2} | {:.3} | {} | {:.4} | {:.5} | {} | {} | {} | {:.2} | {:.2}× |\n",
-            r.attention,
+            "| {} | {:.2} | {:.3} | {} | {:.4} | {:.5} | {} | {} | {} | {:.2} | {:.2}× |\n",
+            r.attention.name(),
             r.sparsity,
             r.effective_density,
             if r.psnr_db.is_finite() {

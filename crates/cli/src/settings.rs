@@ -56,6 +56,14 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+        }
+    }
+
     pub fn device(self) -> Result<Device> {
         Ok(match self {
             DeviceKind::Cpu => Device::Cpu,
@@ -210,8 +218,8 @@ impl GenerateSettings {
                 }
             ),
             format!(
-                "device       {:?}, {}{}{}",
-                self.device,
+                "device       {}, {}{}{}",
+                self.device.name(),
                 dtype_name(self.dtype),
                 if self.t5_cpu {
                     ", text encoder on CPU"
@@ -225,8 +233,9 @@ impl GenerateSettings {
         lines.push(match a.mode {
             AttentionMode::Dense => "attention    dense".to_string(),
             mode => format!(
-                "attention    {mode:?}: sparsity {}, {} dense steps, mask refresh {}, block {}, window {:?}, {} dense layers",
-                a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window, a.dense_layers
+                "attention    {}: sparsity {}, {} dense steps, mask refresh {}, block {}, window {}, {} dense layers",
+                mode.name(),
+                a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window.name(), a.dense_layers
             ),
         });
         if let Some(noise) = &self.noise {
