@@ -27,6 +27,14 @@ pub enum Command {
     // values, so `--sparsity -0.1` reaches the range check instead of looking like a flag.
     #[command(args_override_self = true, allow_negative_numbers = true)]
     Generate(Box<GenerateArgs>),
+    /// Dense against sparse attention from the same seed: PSNR, SSIM, latent cosine, density,
+    /// speedup and prompt-faithfulness per sparsity, and a side-by-side video.
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Compare(Box<crate::compare::CompareArgs>),
+    /// Prompt-faithfulness of a model over a fixed list of prompts of the synthetic world
+    /// (colour, motion and object-count accuracy).
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Eval(Box<crate::eval_cmd::EvalArgs>),
     /// List the models of the registry (models/*.toml) and their defaults.
     Models,
 }
@@ -310,7 +318,7 @@ fn parse_fps(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
-fn parse_sparsity(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_sparsity(s: &str) -> Result<f64, String> {
     let v: f64 = parse_number(s)?;
     if !(0.0..1.0).contains(&v) {
         return Err(format!(

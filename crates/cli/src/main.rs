@@ -1,4 +1,4 @@
-//! The `vdit` command line: `vdit generate`, `vdit models`.
+//! The `vdit` command line: `vdit generate`, `vdit compare`, `vdit eval`, `vdit models`.
 
 use std::process::ExitCode;
 
@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use vdit::args::{Cli, Command, GenerateArgs};
 use vdit::registry::{EntrySource, Registry};
-use vdit::{pipeline, settings, VditError};
+use vdit::{compare, eval_cmd, pipeline, settings, VditError};
 
 /// Exit status for bad flags or settings (clap uses the same).
 const EXIT_USAGE: u8 = 2;
@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(&args),
+        Command::Compare(args) => run_compare(*args),
+        Command::Eval(args) => run_eval(*args),
         Command::Models => list_models(),
     };
     match result {
@@ -41,6 +43,18 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let report = pipeline::generate(&settings, &files)
         .with_context(|| format!("generating {}", settings.output.display()))?;
     eprintln!("{report}");
+    Ok(())
+}
+
+fn run_compare(args: compare::CompareArgs) -> anyhow::Result<()> {
+    let report = compare::run(args, &Registry::discover()?).context("vdit compare")?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+fn run_eval(args: eval_cmd::EvalArgs) -> anyhow::Result<()> {
+    let report = eval_cmd::run(args, &Registry::discover()?).context("vdit eval")?;
+    println!("{}", report.markdown());
     Ok(())
 }
 

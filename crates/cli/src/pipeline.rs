@@ -428,6 +428,17 @@ pub fn sample_latents(
     text: &TextConditioning,
 ) -> Result<SampledLatents> {
     let transformer = load_transformer(settings, files, device)?;
+    sample_latents_with(&transformer, settings, device, text)
+}
+
+/// Stage 2 on an already loaded transformer (`vdit compare` and `vdit eval` load it once for
+/// many runs).
+pub fn sample_latents_with(
+    transformer: &WanTransformer,
+    settings: &GenerateSettings,
+    device: &Device,
+    text: &TextConditioning,
+) -> Result<SampledLatents> {
     let config = transformer.config();
     let (b, _, f, h, w) = settings.latent_shape(config.in_channels);
     let shape = [b, config.in_channels, f, h, w];
@@ -445,7 +456,7 @@ pub fn sample_latents(
     );
     let mut total_seconds = 0.0;
     let latents = denoise(
-        &transformer,
+        transformer,
         solver.as_mut(),
         &noise,
         &Conditioning {
