@@ -294,7 +294,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     let (first, files) = resolve(&args, registry)?;
     eprintln!("{}", first.summary());
     eprintln!(
-        "eval         {} prompts from {prompt_source}, seeds {base_seed}..",
+        "eval         {} prompts from {prompt_source}, seeds from {base_seed}",
         prompts.len()
     );
 
@@ -390,7 +390,7 @@ impl EvalReport {
         let _ = writeln!(md, "# vdit eval\n");
         let _ = writeln!(
             md,
-            "Model {}, {}x{}, {} frames, {} steps ({}), guidance {}, attention {attention}, prompts from {}, seeds {}..{}.\n",
+            "Model {}, {}x{}, {} frames, {} steps ({}), guidance {}, attention {attention}, prompts from {}, seeds {} to {}.\n",
             s.model,
             s.width,
             s.height,
@@ -438,5 +438,62 @@ impl EvalReport {
             );
         }
         md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::PaletteColour;
+
+    #[test]
+    fn every_builtin_prompt_is_a_caption_of_the_grammar() {
+        for prompt in BUILTIN_PROMPTS {
+            let caption = parse_caption(prompt).unwrap();
+            assert!(!caption.objects.is_empty(), "{prompt}");
+        }
+        let two_objects = BUILTIN_PROMPTS
+            .iter()
+            .filter(|p| parse_caption(p).unwrap().objects.len() == 2)
+            .count();
+        assert_eq!(two_objects, 2);
+    }
+
+    /// A `size`² clip of a square of `colour` (half side 6) whose centre moves from x = 16 to
+    /// x = 48 on a blue background, over 9 frames.
+    fn square_moving_right(colour: PaletteColour, size: usize) -> VideoFrames {
+        let background = PaletteColour::Blue.rgb();
+        let frames = (0..9)
+            .map(|t| {
+                let centre_x = 16 + 4 * t as i64;
+                let centre_y = size as i64 / 2;
+                let mut rgb = Vec::with_capacity(size * size * 3);
+                for y in 0..size as i64 {
+                    for x in 0..size as i64 {
+                        let inside = (x - centre_x).abs() <= 6 && (y - centre_y).abs() <= 6;
+                        rgb.extend(if inside { colour.rgb() } else { background });
+                    }
+                }
+                rgb
+            })
+            .collect();
+        VideoFrames::new(size as u32, size as u32, frames).unwrap()
+    }
+
+    #[test]
+    fn faithfulness_reports_what_the_analyser_saw() {
+        let clip = square_moving_right(PaletteColour::Red, 64);
+        let right = parse_caption("a red square moving right on a blue background").unwrap();
+        let f = Faithfulness::measure(&right, &clip).unwrap();
+        assert!(f.colour_ok && f.motion_ok && f.count_ok, "{f:?}");
+        assert_eq!(f.objects_found, 1);
+        assert_eq!(f.found[0].colour, "red");
+        assert_eq!(f.found[0].motion, "moving right");
+
+        let wrong = parse_caption("a green square moving up and a red circle growing").unwrap();
+        let f = Faithfulness::measure(&wrong, &clip).unwrap();
+        assert!(!f.colour_ok && !f.motion_ok && !f.count_ok, "{f:?}");
+        let s = f.score();
+        assert!(!s.colour_ok && !s.motion_ok && !s.count_ok);
     }
 }
