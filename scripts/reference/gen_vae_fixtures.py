@@ -4,7 +4,9 @@
 Writes tests/fixtures/vae/:
   config.json                          diffusers AutoencoderKLWan config (random latents_mean / latents_std)
   diffusion_pytorch_model.safetensors  decoder weights (+ post_quant_conv, quant_conv) under diffusers keys
-  wan_2.1_vae_original.safetensors     the same weights under the original Wan2.1_VAE.pth key names
+  Wan2.1_VAE.pth                       the same weights under the original key names, saved with
+                                       torch.save like Wan's own Wan2.1_VAE.pth (tests also rewrite it
+                                       as safetensors, the layout of ComfyUI's wan_2.1_vae.safetensors)
   reference.safetensors                `latents` [1,16,4,5,7] as sampled (normalised) and `video`
                                        [1,3,13,40,56]: diffusers' vae.decode(latents * std + mean), clamped
 
@@ -112,7 +114,10 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     vae.save_config(OUT)
     save_file(state, os.path.join(OUT, "diffusion_pytorch_model.safetensors"))
-    save_file(original, os.path.join(OUT, "wan_2.1_vae_original.safetensors"))
+    torch.save(original, os.path.join(OUT, "Wan2.1_VAE.pth"))
+    stale = os.path.join(OUT, "wan_2.1_vae_original.safetensors")
+    if os.path.exists(stale):
+        os.remove(stale)
     save_file({"latents": latents.contiguous(), "video": video.contiguous()},
               os.path.join(OUT, "reference.safetensors"))
     with open(os.path.join(OUT, "config.json")) as f:

@@ -5,7 +5,7 @@
 //! (`decoder.upsamples.4.residual.2.weight`); [`original_key`] translates. A common prefix in front of
 //! every key (`vae.`, `first_stage_model.`) is detected and kept.
 
-use crate::weights::{KeyMap, WeightFiles};
+use crate::weights::KeyMap;
 
 /// Which naming a VAE checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,9 +16,11 @@ pub enum VaeKeyDialect {
     Original,
 }
 
-/// The dialect and key prefix of a VAE checkpoint, found from its decoder input conv.
-pub fn detect_dialect(files: &WeightFiles) -> Option<(VaeKeyDialect, String)> {
-    for key in files.keys() {
+/// The dialect and key prefix of a VAE checkpoint, found among its keys from the decoder's input conv.
+pub fn detect_dialect<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Option<(VaeKeyDialect, String)> {
+    for key in keys {
         for (suffix, dialect) in [
             ("decoder.conv_in.weight", VaeKeyDialect::Diffusers),
             ("decoder.conv1.weight", VaeKeyDialect::Original),
