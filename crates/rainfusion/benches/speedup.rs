@@ -132,6 +132,23 @@ fn main() {
         // Whole attend calls in original token order.
         let original = |x: &Tensor| permutation.restore(x).unwrap();
         let (qo, ko, vo) = (original(&q), original(&k), original(&v));
+        let permute = median(
+            (0..5)
+                .map(|_| {
+                    seconds(|| {
+                        let moved: Vec<Tensor> = [&qo, &ko, &vo]
+                            .iter()
+                            .map(|x| permutation.apply(x).unwrap())
+                            .collect();
+                        drop(permutation.restore(&moved[2]).unwrap());
+                    })
+                })
+                .collect(),
+        );
+        println!(
+            "d{head_dim}: permuting q, k, v and restoring the output: {:.2} ms",
+            permute * 1e3
+        );
         let config = RainFusionConfig {
             sparsity: 0.8,
             dense_steps: DenseSteps::Count(0),
