@@ -269,7 +269,11 @@ fn sampled_block_mass_candle(
     let (b, h, l, _) = q.dims4()?;
     let samples = positions.len();
     let index = Tensor::from_slice(positions, samples, q.device())?;
-    let queries = (q.index_select(&index, 2)?.to_dtype(DType::F32)? * scale)?; // [B,H,S,D]
+    let queries = (q
+        .contiguous()?
+        .index_select(&index, 2)?
+        .to_dtype(DType::F32)?
+        * scale)?; // [B,H,S,D]
     let keys_t = k.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?; // [B,H,D,L]
     let padded = patterns.blocks * patterns.block_size;
     let heads_per_chunk = (MAX_SAMPLE_SCORES / (samples * padded).max(1)).clamp(1, h);
