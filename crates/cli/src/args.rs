@@ -1,16 +1,43 @@
-//! Command-line arguments of `vdit generate` (clap derive; the subcommands are in main.rs). Values that are wrong on their own
+//! Command-line arguments of the `vdit` binary (clap derive). Values that are wrong on their own
 //! (frames not 4n+1, sparsity ≥ 1, ...) are rejected while parsing, each with one clear line;
 //! checks that need several values or the model (dense steps ≤ steps, output directory, model
 //! defaults) happen in [`crate::settings`].
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use rainfusion::DenseSteps;
 
 use crate::sampling::SamplerKind;
+
+/// vdit: text-to-video inference (Wan2.1) with RainFusion sparse attention, on candle.
+#[derive(Debug, Parser)]
+#[command(name = "vdit", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a video from a text prompt.
+    // A repeated flag overrides the earlier one (handy with shell aliases); negative numbers are
+    // values, so `--sparsity -0.1` reaches the range check instead of looking like a flag.
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Generate(Box<GenerateArgs>),
+    /// Dense against sparse attention from the same seed: PSNR, SSIM, latent cosine, density,
+    /// speedup and prompt-faithfulness per sparsity, and a side-by-side video.
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Compare(Box<crate::compare::CompareArgs>),
+    /// Prompt-faithfulness of a model over a fixed list of prompts of the synthetic world
+    /// (colour, motion and object-count accuracy).
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Eval(Box<crate::eval_cmd::EvalArgs>),
+    /// List the models of the registry (models/*.toml) and their defaults.
+    Models,
+}
 
 /// Where the networks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -90,13 +117,6 @@ pub struct GenerateArgs {
     #[arg(short = 'n', long)]
     pub negative_prompt: Option<String>,
 
-    #[command(flatten)]
-    pub run: RunArgs,
-}
-
-/// Every setting of a generation except the prompt (shared by `generate`, `compare`, `eval`).
-#[derive(Debug, Args)]
-pub struct RunArgs {
     /// Video size WIDTHxHEIGHT (also WIDTH*HEIGHT), each a multiple of 16. Default: the model's
     /// (832x480 for Wan2.1 1.3B).
     #[arg(long, value_parser = parse_size, value_name = "WxH")]
@@ -318,7 +338,7 @@ fn parse_fps(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
-fn parse_sparsity(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_sparsity(s: &str) -> Result<f64, String> {
     let v: f64 = parse_number(s)?;
     if !(0.0..1.0).contains(&v) {
         return Err(format!(
@@ -344,17 +364,11 @@ fn parse_dense_steps(s: &str) -> Result<DenseSteps, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, Parser};
-
-    #[derive(Parser)]
-    struct Generate {
-        #[command(flatten)]
-        args: GenerateArgs,
-    }
+    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_definition_is_consistent() {
-        Generate::command().debug_assert();
+        Cli::command().debug_assert();
     }
 
     #[test]

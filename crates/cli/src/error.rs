@@ -45,6 +45,15 @@ pub enum VditError {
 
     #[error("sampling: {0}")]
     Sampling(String),
+
+    #[error(transparent)]
+    Video(#[from] crate::video::VideoError),
+
+    #[error("quality metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+
+    #[error("prompt-faithfulness analyser: {0}")]
+    Eval(#[from] crate::eval::EvalError),
 }
 
 pub type Result<T> = std::result::Result<T, VditError>;

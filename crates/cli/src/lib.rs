@@ -1,9 +1,10 @@
 //! The vdit pipeline library: model resolution, sampling, guidance, video output.
 
 pub mod args;
+pub mod compare;
 pub mod error;
 pub mod eval;
-pub mod experiments;
+pub mod eval_cmd;
 pub mod hub;
 pub mod metrics;
 pub mod pipeline;

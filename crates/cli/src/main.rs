@@ -1,39 +1,12 @@
-//! The `vdit` command line: `generate`, `compare`, `eval`, `models`.
+//! The `vdit` command line: `vdit generate`, `vdit compare`, `vdit eval`, `vdit models`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use vdit::args::GenerateArgs;
-use vdit::experiments::{self, CompareArgs, EvalArgs};
+use clap::Parser;
+use vdit::args::{Cli, Command, GenerateArgs};
 use vdit::registry::{EntrySource, Registry};
-use vdit::{pipeline, settings, VditError};
-
-/// vdit: text-to-video inference (Wan2.1) with RainFusion sparse attention, on candle.
-#[derive(Debug, Parser)]
-#[command(name = "vdit", version, about, long_about = None, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Generate a video from a text prompt.
-    // A repeated flag overrides the earlier one (handy with shell aliases); negative numbers are
-    // values, so `--sparsity -0.1` reaches the range check instead of looking like a flag.
-    #[command(args_override_self = true, allow_negative_numbers = true)]
-    Generate(Box<GenerateArgs>),
-    /// Dense against sparse attention from the same seed: PSNR, SSIM, latent cosine, prompt
-    /// faithfulness, density and speedup, plus side-by-side videos (dense | sparse).
-    #[command(args_override_self = true, allow_negative_numbers = true)]
-    Compare(Box<CompareArgs>),
-    /// Prompt faithfulness of generated clips over a list of captions (colour, motion, count).
-    #[command(args_override_self = true, allow_negative_numbers = true)]
-    Eval(Box<EvalArgs>),
-    /// List the models of the registry (models/*.toml) and their defaults.
-    Models,
-}
+use vdit::{compare, eval_cmd, pipeline, settings, VditError};
 
 /// Exit status for bad flags or settings (clap uses the same).
 const EXIT_USAGE: u8 = 2;
@@ -42,8 +15,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(&args),
-        Command::Compare(args) => compare(&args),
-        Command::Eval(args) => evaluate(&args),
+        Command::Compare(args) => run_compare(*args),
+        Command::Eval(args) => run_eval(*args),
         Command::Models => list_models(),
     };
     match result {
@@ -73,21 +46,15 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn compare(args: &CompareArgs) -> anyhow::Result<()> {
-    let rows = experiments::compare(args)?;
-    println!("{}", experiments::compare_table(&rows));
+fn run_compare(args: compare::CompareArgs) -> anyhow::Result<()> {
+    let report = compare::run(args, &Registry::discover()?).context("vdit compare")?;
+    println!("{}", report.markdown());
     Ok(())
 }
 
-fn evaluate(args: &EvalArgs) -> anyhow::Result<()> {
-    let (_, summary) = experiments::evaluate(args)?;
-    println!(
-        "{} clips: colour {:.1}%, motion {:.1}%, count {:.1}%",
-        summary.clips,
-        100.0 * summary.colour,
-        100.0 * summary.motion,
-        100.0 * summary.count
-    );
+fn run_eval(args: eval_cmd::EvalArgs) -> anyhow::Result<()> {
+    let report = eval_cmd::run(args, &Registry::discover()?).context("vdit eval")?;
+    println!("{}", report.markdown());
     Ok(())
 }
 
@@ -137,15 +104,4 @@ fn list_models() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn the_command_line_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
 }

@@ -504,7 +504,7 @@ pub fn sample_latents(
     text: &TextConditioning,
 ) -> Result<SampledLatents> {
     let transformer = load_transformer(settings, files, device)?;
-    sample_with(&transformer, settings, device, text)
+    sample_latents_with(&transformer, settings, device, text)
 }
 
 /// The initial noise of `settings`: the `--noise` file, else seeded.
@@ -521,8 +521,9 @@ pub fn initial_noise(
     }
 }
 
-/// The whole schedule on a loaded transformer, with a progress bar (steps, s/step).
-pub fn sample_with(
+/// Stage 2 on an already loaded transformer (`vdit compare` and `vdit eval` load it once for
+/// many runs): the whole schedule, with a progress bar (steps, s/step).
+pub fn sample_latents_with(
     transformer: &WanTransformer,
     settings: &GenerateSettings,
     device: &Device,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::args::{AttentionMode, DTypeArg, DeviceArg, GenerateArgs, RunArgs, WindowArg};
+use crate::args::{AttentionMode, DTypeArg, DeviceArg, GenerateArgs, WindowArg};
 use crate::error::{Result, VditError};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
 use crate::registry::{ModelDefaults, Registry};
@@ -353,21 +353,6 @@ fn random_seed() -> u64 {
 /// Fills in and checks the settings of `vdit generate`. Returns the settings and the resolver
 /// of the model's files, or every problem found (one line each).
 pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSettings, ModelFiles)> {
-    resolve_run(
-        &args.prompt,
-        args.negative_prompt.as_deref(),
-        &args.run,
-        registry,
-    )
-}
-
-/// [`resolve`] for a prompt given apart from the other settings (`vdit eval` runs many).
-pub fn resolve_run(
-    prompt: &str,
-    negative_prompt: Option<&str>,
-    args: &RunArgs,
-    registry: &Registry,
-) -> Result<(GenerateSettings, ModelFiles)> {
     let mut problems: Vec<String> = Vec::new();
 
     let model = match (&args.model, registry.default_model()) {
@@ -429,8 +414,9 @@ pub fn resolve_run(
         .or(defaults.sampler)
         .unwrap_or(SamplerKind::Unipc);
     let fps = args.fps.or(defaults.fps).unwrap_or(wan_defaults::FPS);
-    let negative_prompt = negative_prompt
-        .map(str::to_string)
+    let negative_prompt = args
+        .negative_prompt
+        .clone()
         .or_else(|| defaults.negative_prompt.clone())
         .unwrap_or_else(|| WAN_NEGATIVE_PROMPT.to_string());
 
@@ -496,7 +482,7 @@ pub fn resolve_run(
         return Err(VditError::InvalidSetting(problems.join("\n")));
     }
     let settings = GenerateSettings {
-        prompt: prompt.to_string(),
+        prompt: args.prompt.clone(),
         negative_prompt,
         width,
         height,
