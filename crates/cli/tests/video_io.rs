@@ -402,3 +402,28 @@ fn reads_an_mp4_muxed_by_ffmpeg() {
     let psnr = psnr_on_overlap(&reference, &ours.video);
     assert!(psnr > 40.0, "PSNR {psnr}");
 }
+
+/// The demuxer is pure Rust and must turn any damaged file into an error, never a panic.
+#[test]
+fn damaged_mp4_files_never_panic_the_demuxer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    write_video(&path, &test_clip(32, 32, 4), 16).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    assert!(vdit::video::mp4::demux(&good).is_ok());
+    let mut rejected = 0;
+    for cut in (0..good.len()).step_by(7) {
+        rejected += vdit::video::mp4::demux(&good[..cut]).is_err() as usize;
+    }
+    // Every cut loses samples or boxes: all truncations must be rejected.
+    assert_eq!(rejected, good.len().div_ceil(7));
+    // Corrupt every byte of the boxes (before the media data) in turn, with a few patterns.
+    let mdat = good.windows(4).position(|w| w == b"mdat").unwrap();
+    for i in 0..mdat {
+        for value in [0x00, 0xff, 0x7f, good[i] ^ 0x01] {
+            let mut bad = good.clone();
+            bad[i] = value;
+            let _ = vdit::video::mp4::demux(&bad);
+        }
+    }
+}

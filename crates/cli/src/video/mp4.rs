@@ -51,6 +51,19 @@ pub fn mux(stream: &H264Stream, fps: u32) -> Result<Vec<u8>> {
     if stream.samples.is_empty() {
         return Err(VideoError::InvalidFrames("no frames".into()));
     }
+    if stream.sps.len() < 4
+        || stream.pps.is_empty()
+        || stream.sps.len() > 0xffff
+        || stream.pps.len() > 0xffff
+    {
+        return Err(VideoError::Codec("missing or oversized SPS/PPS".into()));
+    }
+    if stream.width > 0xffff || stream.height > 0xffff {
+        return Err(VideoError::InvalidFrames(format!(
+            "{}x{} is too large",
+            stream.width, stream.height
+        )));
+    }
     let media_bytes: u64 = stream.samples.iter().map(|s| s.data.len() as u64).sum();
     if media_bytes + (1 << 20) > u64::from(u32::MAX) {
         return Err(VideoError::InvalidFrames(format!(
@@ -329,7 +342,8 @@ fn children(data: &[u8]) -> Parse<Vec<([u8; 4], &[u8])>> {
             n => u64::from(n),
         };
         let header = (c.pos - start) as u64;
-        if size < header || start as u64 + size > data.len() as u64 {
+        let end = (start as u64).checked_add(size);
+        if size < header || end.is_none_or(|end| end > data.len() as u64) {
             return Err(format!(
                 "box '{}' has a bad size {size}",
                 String::from_utf8_lossy(&kind)
@@ -532,7 +546,7 @@ fn sample_offsets(sizes: &[u32], chunks: &[u64], stsc: &[(u32, u32, u32)]) -> Pa
                 break;
             };
             offsets.push(offset);
-            offset += u64::from(size);
+            offset = offset.saturating_add(u64::from(size));
         }
     }
     if offsets.len() != sizes.len() {
