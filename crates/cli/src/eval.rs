@@ -218,10 +218,12 @@ fn parse_object(words: &[&str]) -> std::result::Result<CaptionObject, String> {
         ["growing"] => Motion::Growing,
         ["shrinking"] => Motion::Shrinking,
         ["standing", "still"] => Motion::Still,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "unknown motion '{}' (moving left|right|up|down, growing, shrinking, standing still)",
             rest.join(" ")
-        )),
+        ))
+        }
     };
     Ok(CaptionObject {
         colour,
