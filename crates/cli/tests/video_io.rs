@@ -246,6 +246,11 @@ fn invalid_frames_and_files_give_errors_not_panics() {
     };
     assert!(write_video(&dir.path().join("a.gif"), &empty, 16).is_err());
     assert!(write_video(&dir.path().join("a.gif"), &test_clip(8, 8, 1), 0).is_err());
+    let err = write_video(&dir.path().join("a.mp4"), &test_clip(8, 8, 1), 1001).unwrap_err();
+    assert!(
+        err.to_string().contains("fps 1001 is outside 1..=1000"),
+        "{err}"
+    );
 
     let bad = dir.path().join("bad.mp4");
     std::fs::write(&bad, b"\0\0\0\x10ftypisom\0\0\0\0garbage").unwrap();
