@@ -7,7 +7,7 @@
 //! boxes (several chunks, `co64`, several `stts` entries), which is what the tests need.
 
 use super::h264::H264Stream;
-use super::{Result, VideoError};
+use super::{Result, VideoError, MAX_FPS};
 
 /// Time units per second of the movie header (durations in milliseconds).
 const MOVIE_TIMESCALE: u32 = 1000;
