@@ -43,9 +43,9 @@ impl Mp4Track {
 
 /// Muxes `stream` as an MP4 at a constant `fps`.
 pub fn mux(stream: &H264Stream, fps: u32) -> Result<Vec<u8>> {
-    if fps == 0 || fps > 1000 {
+    if !(1..=MAX_FPS).contains(&fps) {
         return Err(VideoError::InvalidFrames(format!(
-            "fps {fps} is outside 1..=1000"
+            "fps {fps} is outside 1..={MAX_FPS}"
         )));
     }
     if stream.samples.is_empty() {
