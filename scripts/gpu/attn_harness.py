@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -25,18 +26,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# name suffix -> (head_dim, warps, row fragments, key tile)
-VARIANTS = {
-    "d128_w4m2n64": (128, 4, 2, 64),
-    "d128_w8m1n64q": (128, 8, 1, 64),
-    "d128_w4m1n64q": (128, 4, 1, 64),
-    "d128_w8m1n128q": (128, 8, 1, 128),
-    "d128_w4m2n32": (128, 4, 2, 32),
-    "d64_w4m2n64": (64, 4, 2, 64),
-    "d64_w8m1n64q": (64, 8, 1, 64),
-    "d64_w4m1n64q": (64, 4, 1, 64),
-    "d64_w4m2n128": (64, 4, 2, 128),
-}
+# Kernel variants compiled into the module; the suffix spells the tiling:
+# d<head_dim>_w<warps>m<row fragments of 16>n<key tile>[q: Q in registers]s<K/V stages>.
+VARIANT_NAMES = [
+    "d128_w4m2n64s1", "d128_w4m2n64s2", "d128_w4m2n32s2", "d128_w8m1n128qs1", "d128_w8m1n64qs2",
+    "d128_w4m1n64qs2", "d64_w4m2n64s1", "d64_w4m2n64s2", "d64_w4m2n128s2", "d64_w4m1n64qs2",
+]
+
+
+def parse_variant(suffix):
+    m = re.fullmatch(r"d(\d+)_w(\d+)m(\d+)n(\d+)(q?)s(\d+)", suffix)
+    d, nw, mf, bn, _, stages = m.groups()
+    return int(d), int(nw), int(mf), int(bn), int(stages)
+
+
+VARIANTS = {name: parse_variant(name) for name in VARIANT_NAMES}
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
 LOG2E = 1.4426950408889634
 
@@ -49,10 +53,10 @@ class Kernels:
     def get(self, dtype_name, suffix):
         key = (dtype_name, suffix)
         if key not in self.cache:
-            d, nw, mf, bn = VARIANTS[suffix]
+            d, nw, mf, bn, stages = VARIANTS[suffix]
             bm = nw * mf * 16
             fn = self.module.get_function(f"rf_attention_fwd_{dtype_name}_{suffix}")
-            smem = (bm + 2 * bn) * d * 2
+            smem = (bm + 2 * bn * stages) * d * 2
             fn.max_dynamic_shared_size_bytes = smem
             self.cache[key] = (fn, bm, bn, nw, smem)
         return self.cache[key]
@@ -116,7 +120,7 @@ def reference(q, k, v, block_dense, block_size, scale):
 
 
 def check_variant(kern, dtype_name, suffix, gen, log):
-    d, nw, mf, bn = VARIANTS[suffix]
+    d, nw, mf, bn, _ = VARIANTS[suffix]
     bm = nw * mf * 16
     dt = DTYPES[dtype_name]
     results = []
@@ -183,6 +187,7 @@ def main():
     ap.add_argument("--ptx80", default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--passes", type=int, default=1, help="time our kernels this many times (spread)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
     variants = args.variants.split(",")
@@ -220,13 +225,14 @@ def main():
     densities = {name: m[1].numel() / (b * h * qb * qb) for name, m in masks.items()}
 
     d128 = [s for s in variants if VARIANTS[s][0] == 128]
-    for suffix in d128:
-        for name, (offsets, indices, _) in masks.items():
-            ms = time_fn(lambda: launch(kern, "bf16", suffix, q, k, v, o, offsets, indices, bs, scale))
-            add(f"ours {suffix} {name}", ms, densities[name])
+    for rep in range(args.passes):
+        for suffix in d128:
+            for name, (offsets, indices, _) in masks.items():
+                ms = time_fn(lambda: launch(kern, "bf16", suffix, q, k, v, o, offsets, indices, bs, scale))
+                add(f"ours {suffix} {name}" + (f" (pass {rep + 1})" if args.passes > 1 else ""), ms, densities[name])
     if args.ptx80:
         kern80 = Kernels(args.ptx80)
-        for suffix in d128[:2]:
+        for suffix in d128[:1]:
             offsets, indices, _ = masks["dense"]
             ms = time_fn(lambda: launch(kern80, "bf16", suffix, q, k, v, o, offsets, indices, bs, scale))
             add(f"ours {suffix} dense (sm80 PTX, JIT)", ms, 1.0)

@@ -100,22 +100,25 @@ __device__ __forceinline__ int swz(int row, int chunk) {
 }
 
 // Copies `ROWS` rows of D elements starting at token `row0` into a swizzled tile; rows at or
-// past `seq_len` are zero-filled.
+// past `seq_len` are zero-filled. Thread `tid` copies chunk tid % (D/8) of rows
+// tid / (D/8) + i·STEP: every row it touches has the same low 3 bits (STEP is a multiple of 8),
+// so its swizzled destination is one per-thread offset plus compile-time steps.
 template <typename T, int D, int ROWS, int NTHREADS>
-__device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t token_stride, int row0,
-                                          int seq_len, int tid) {
+__device__ __forceinline__ void load_tile(uint32_t tile_addr, const T* base, int64_t token_stride,
+                                          int row0, int seq_len, int tid) {
   constexpr int CHUNKS_PER_ROW = D / 8;
-  constexpr int CHUNKS = ROWS * CHUNKS_PER_ROW;
-  static_assert(CHUNKS % NTHREADS == 0, "tile chunks must divide evenly among threads");
+  constexpr int STEP = NTHREADS / CHUNKS_PER_ROW;
+  static_assert(NTHREADS % CHUNKS_PER_ROW == 0 && STEP % 8 == 0 && ROWS % STEP == 0,
+                "tile rows must divide evenly among threads in steps of 8 rows");
+  const int first_row = tid / CHUNKS_PER_ROW;
+  const int chunk = tid % CHUNKS_PER_ROW;
+  const uint32_t dst = tile_addr + 2 * swz<D>(first_row, chunk);
+  const T* src = base + (int64_t)(row0 + first_row) * token_stride + chunk * 8;
 #pragma unroll
-  for (int i = 0; i < CHUNKS / NTHREADS; ++i) {
-    int idx = tid + i * NTHREADS;
-    int row = idx / CHUNKS_PER_ROW;
-    int chunk = idx % CHUNKS_PER_ROW;
-    int token = row0 + row;
-    bool valid = token < seq_len;
-    const T* src = base + (valid ? (int64_t)token * token_stride + chunk * 8 : 0);
-    cp_async_16(smem_addr(tile + swz<D>(row, chunk)), src, valid ? 16 : 0);
+  for (int i = 0; i < ROWS / STEP; ++i) {
+    const bool valid = row0 + first_row + i * STEP < seq_len;
+    cp_async_16(dst + 2 * i * STEP * D, valid ? src + (int64_t)i * STEP * token_stride : base,
+                valid ? 16 : 0);
   }
 }
 
@@ -126,7 +129,7 @@ __device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t token_
 // Q_IN_REGS: keep Q's A-fragments in registers for the whole kernel (cheap for MFRAG = 1),
 // otherwise re-read them from shared memory for every key tile (FlashAttention-2's choice
 // for MFRAG = 2, where the registers are needed for the larger accumulators).
-template <typename T, int D, int NWARPS, int MFRAG, int BN, bool Q_IN_REGS>
+template <typename T, int D, int NWARPS, int MFRAG, int BN, bool Q_IN_REGS, int STAGES>
 __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* __restrict__ k,
                                               const T* __restrict__ v, T* __restrict__ o,
                                               const uint32_t* __restrict__ offsets,
@@ -143,9 +146,10 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
   constexpr int KN = BN / 16;  // k16 steps over keys in P·V
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* s_q = reinterpret_cast<T*>(smem_raw);  // [BM][D]
-  T* s_k = s_q + BM * D;                    // [BN][D]
-  T* s_v = s_k + BN * D;                    // [BN][D]
+  // Shared memory: Q [BM][D], then STAGES × (K [BN][D], V [BN][D]).
+  constexpr uint32_t KV_STAGE_BYTES = 2 * BN * D * 2;
+  const uint32_t s_q_addr = smem_addr(smem_raw);
+  const uint32_t s_kv_addr = s_q_addr + BM * D * 2;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -155,9 +159,10 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
   const int batch = blockIdx.z;
   const int q_start = q_tile * BM;
 
-  const T* q_base = q + batch * in_sb + head * in_sh;
-  const T* k_base = k + batch * in_sb + head * in_sh;
-  const T* v_base = v + batch * in_sb + head * in_sh;
+  const int64_t in_offset = batch * in_sb + head * in_sh;
+  const T* q_base = q + in_offset;
+  const T* k_base = k + in_offset;
+  const T* v_base = v + in_offset;
 
   // CSR row of this query tile (BM never exceeds block_size, so one tile lies in one block).
   const int row = (batch * heads + head) * query_blocks + q_start / block_size;
@@ -166,14 +171,31 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
   const int tiles_per_block = block_size / BN;
   const int n_tiles = kept_blocks * tiles_per_block;
 
-  auto tile_key_start = [&](int j) {
-    int blk = static_cast<int>(indices[row_begin + j / tiles_per_block]);
-    return blk * block_size + (j % tiles_per_block) * BN;
+  // Cursor over the key tiles of the kept blocks, in order (no division per tile).
+  const uint32_t* next_block = indices + row_begin;
+  int sub_tile = 0;
+  int block_start = 0;
+  auto next_key_start = [&]() {
+    if (sub_tile == 0) block_start = static_cast<int>(*next_block++) * block_size;
+    const int start = block_start + sub_tile * BN;
+    if (++sub_tile == tiles_per_block) sub_tile = 0;
+    return start;
+  };
+  auto load_k = [&](int stage, int key_start) {
+    load_tile<T, D, BN, NTHREADS>(s_kv_addr + stage * KV_STAGE_BYTES, k_base, in_sl, key_start,
+                                  seq_len, tid);
+  };
+  auto load_v = [&](int stage, int key_start) {
+    load_tile<T, D, BN, NTHREADS>(s_kv_addr + stage * KV_STAGE_BYTES + BN * D * 2, v_base, in_sl,
+                                  key_start, seq_len, tid);
   };
 
-  load_tile<T, D, BM, NTHREADS>(s_q, q_base, in_sl, q_start, seq_len, tid);
-  int key_start = n_tiles > 0 ? tile_key_start(0) : 0;
-  if (n_tiles > 0) load_tile<T, D, BN, NTHREADS>(s_k, k_base, in_sl, key_start, seq_len, tid);
+  load_tile<T, D, BM, NTHREADS>(s_q_addr, q_base, in_sl, q_start, seq_len, tid);
+  int key_start = n_tiles > 0 ? next_key_start() : 0;
+  if (n_tiles > 0) {
+    load_k(0, key_start);
+    if (STAGES == 2) load_v(0, key_start);
+  }
   cp_async_commit();
 
   float acc[MFRAG][DT][4];
@@ -203,19 +225,17 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
   const int a_chunk = lane >> 4;
   const int kb_row = (lane & 7) + (lane >> 4) * 8;
   const int kb_chunk = (lane >> 3) & 1;
-  const int vb_row = (lane & 7) + ((lane >> 3) & 1) * 8;
-  const int vb_chunk = lane >> 4;
+  // B (V) uses the same rows/chunks as A (Q): vb_off = a_off.
 
   // Every row a thread reads has the same low 3 bits (lane & 7: the tiles step in 8s and 16s),
   // so its swizzled chunk for logical chunk 2·s + c is 8·(s / 4) + ((2·(s % 4) + c) ^ (lane & 7)):
   // four per-thread byte offsets, the rest compile-time immediates. Without this the compiler
   // keeps one address register per (row step, chunk) pair and runs out of registers.
-  uint32_t a_off[4], kb_off[4], vb_off[4];
+  uint32_t a_off[4], kb_off[4];
 #pragma unroll
   for (int s4 = 0; s4 < 4; ++s4) {
     a_off[s4] = 2 * (a_row * D + (((2 * s4 + a_chunk) ^ (lane & 7)) << 3));
     kb_off[s4] = 2 * (kb_row * D + (((2 * s4 + kb_chunk) ^ (lane & 7)) << 3));
-    vb_off[s4] = 2 * (vb_row * D + (((2 * s4 + vb_chunk) ^ (lane & 7)) << 3));
   }
   // Byte address of chunk pair `step` (16 elements of head_dim) of tile row `row16` (multiple
   // of 16) for a per-thread offset table.
@@ -223,14 +243,23 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
     return base + off[step & 3] + 2 * (row16 * D + (step >> 2) * 64);
   };
 
-  const uint32_t s_q_addr = smem_addr(s_q);
-  const uint32_t s_k_addr = smem_addr(s_k);
-  const uint32_t s_v_addr = smem_addr(s_v);
-
   for (int j = 0; j < n_tiles; ++j) {
+    const int stage = STAGES == 2 ? (j & 1) : 0;
+    const uint32_t s_k_addr = s_kv_addr + stage * KV_STAGE_BYTES;
+    const uint32_t s_v_addr = s_k_addr + BN * D * 2;
+    const int this_key_start = key_start;
     cp_async_wait_all();
-    __syncthreads();  // K_j (and Q) landed; every warp is done with V_{j-1}
-    load_tile<T, D, BN, NTHREADS>(s_v, v_base, in_sl, key_start, seq_len, tid);
+    // STAGES 1: K_j (and Q) landed; every warp is done with V_{j-1}, so V_j may overwrite it.
+    // STAGES 2: K_j and V_j landed; every warp is done with tile j-1, whose buffers now take
+    //           tile j+1, loading during all of tile j's work.
+    __syncthreads();
+    if (STAGES == 1) {
+      load_v(0, key_start);
+    } else if (j + 1 < n_tiles) {
+      key_start = next_key_start();
+      load_k(stage ^ 1, key_start);
+      load_v(stage ^ 1, key_start);
+    }
     cp_async_commit();
 
     if (Q_IN_REGS && j == 0) {
@@ -277,14 +306,15 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
       }
     }
 
-    cp_async_wait_all();
-    __syncthreads();  // V_j landed; every warp is done with K_j
-    const int this_key_start = key_start;
-    if (j + 1 < n_tiles) {
-      key_start = tile_key_start(j + 1);
-      load_tile<T, D, BN, NTHREADS>(s_k, k_base, in_sl, key_start, seq_len, tid);
+    if (STAGES == 1) {
+      cp_async_wait_all();
+      __syncthreads();  // V_j landed; every warp is done with K_j
+      if (j + 1 < n_tiles) {
+        key_start = next_key_start();
+        load_k(0, key_start);
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
 
     // Ragged last block: keys past the sequence end score -inf.
     if (this_key_start + BN > seq_len) {
@@ -343,7 +373,7 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
 #pragma unroll
       for (int dp = 0; dp < DT / 2; ++dp) {
         uint32_t b0, b1, b2, b3;
-        ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr(s_v_addr, vb_off, kn * 16, dp));
+        ldmatrix_x4_trans(b0, b1, b2, b3, frag_addr(s_v_addr, a_off, kn * 16, dp));
 #pragma unroll
         for (int mf = 0; mf < MFRAG; ++mf) {
           Mma<T>::run(acc[mf][2 * dp], p[mf], b0, b1);
@@ -384,29 +414,31 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
 // block NWARPS·32 threads, dynamic shared memory (BM + 2·BN)·D·2 bytes,
 // BM = 16·warps·fragments, which must not exceed block_size; BN must divide block_size.
 
-#define RF_ATTENTION_ENTRY(NAME, T, D, NW, MF, BN, QREG, MINB)                                   \
+#define RF_ATTENTION_ENTRY(NAME, T, D, NW, MF, BN, QREG, ST, MINB)                                   \
   extern "C" __global__ void __launch_bounds__(NW * 32, MINB)                                   \
       NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* offsets,                   \
            const uint32_t* indices, int64_t in_sb, int64_t in_sh, int64_t in_sl, int64_t out_sb, \
            int64_t out_sh, int64_t out_sl, int heads, int seq_len, int block_size,               \
            int query_blocks, float scale_log2) {                                                 \
-    rf::attention_fwd<T, D, NW, MF, BN, QREG>(q, k, v, o, offsets, indices, in_sb, in_sh, in_sl, \
+    rf::attention_fwd<T, D, NW, MF, BN, QREG, ST>(q, k, v, o, offsets, indices, in_sb, in_sh, in_sl, \
                                               out_sb, out_sh, out_sl, heads, seq_len,            \
                                               block_size, query_blocks, scale_log2);             \
   }
 
-#define RF_ATTENTION_DTYPES(SUFFIX, D, NW, MF, BN, QREG, MINB)                                 \
-  RF_ATTENTION_ENTRY(rf_attention_fwd_bf16_##SUFFIX, __nv_bfloat16, D, NW, MF, BN, QREG, MINB) \
-  RF_ATTENTION_ENTRY(rf_attention_fwd_f16_##SUFFIX, __half, D, NW, MF, BN, QREG, MINB)
+#define RF_ATTENTION_DTYPES(SUFFIX, D, NW, MF, BN, QREG, ST, MINB)                                 \
+  RF_ATTENTION_ENTRY(rf_attention_fwd_bf16_##SUFFIX, __nv_bfloat16, D, NW, MF, BN, QREG, ST, MINB) \
+  RF_ATTENTION_ENTRY(rf_attention_fwd_f16_##SUFFIX, __half, D, NW, MF, BN, QREG, ST, MINB)
 
+// Suffix: d<head_dim>_w<warps>m<row fragments>n<key tile>[q: Q in registers]s<K/V stages>.
 // head_dim 128
-RF_ATTENTION_DTYPES(d128_w4m2n64, 128, 4, 2, 64, false, 1)
-RF_ATTENTION_DTYPES(d128_w8m1n64q, 128, 8, 1, 64, true, 1)
-RF_ATTENTION_DTYPES(d128_w4m1n64q, 128, 4, 1, 64, true, 2)
-RF_ATTENTION_DTYPES(d128_w8m1n128q, 128, 8, 1, 128, true, 1)
-RF_ATTENTION_DTYPES(d128_w4m2n32, 128, 4, 2, 32, false, 2)
+RF_ATTENTION_DTYPES(d128_w4m2n64s1, 128, 4, 2, 64, false, 1, 2)
+RF_ATTENTION_DTYPES(d128_w4m2n64s2, 128, 4, 2, 64, false, 2, 2)
+RF_ATTENTION_DTYPES(d128_w4m2n32s2, 128, 4, 2, 32, false, 2, 2)
+RF_ATTENTION_DTYPES(d128_w8m1n128qs1, 128, 8, 1, 128, true, 1, 1)
+RF_ATTENTION_DTYPES(d128_w8m1n64qs2, 128, 8, 1, 64, true, 2, 1)
+RF_ATTENTION_DTYPES(d128_w4m1n64qs2, 128, 4, 1, 64, true, 2, 2)
 // head_dim 64
-RF_ATTENTION_DTYPES(d64_w4m2n64, 64, 4, 2, 64, false, 2)
-RF_ATTENTION_DTYPES(d64_w8m1n64q, 64, 8, 1, 64, true, 2)
-RF_ATTENTION_DTYPES(d64_w4m1n64q, 64, 4, 1, 64, true, 3)
-RF_ATTENTION_DTYPES(d64_w4m2n128, 64, 4, 2, 128, false, 1)
+RF_ATTENTION_DTYPES(d64_w4m2n64s1, 64, 4, 2, 64, false, 1, 2)
+RF_ATTENTION_DTYPES(d64_w4m2n64s2, 64, 4, 2, 64, false, 2, 2)
+RF_ATTENTION_DTYPES(d64_w4m2n128s2, 64, 4, 2, 128, false, 2, 2)
+RF_ATTENTION_DTYPES(d64_w4m1n64qs2, 64, 4, 1, 64, true, 2, 3)
