@@ -72,7 +72,8 @@ def launch(kern, dtype_name, suffix, q, k, v, o, offsets, indices, block_size, s
     grid = ((l + bm - 1) // bm, h, b)
     args = (
         np.uint64(q.data_ptr()), np.uint64(k.data_ptr()), np.uint64(v.data_ptr()), np.uint64(o.data_ptr()),
-        np.uint64(offsets.data_ptr()), np.uint64(indices.data_ptr()),
+        np.uint64(0 if offsets is None else offsets.data_ptr()),
+        np.uint64(0 if indices is None else indices.data_ptr()),
         np.int64(q.stride(0)), np.int64(q.stride(1)), np.int64(q.stride(2)),
         np.int64(o.stride(0)), np.int64(o.stride(1)), np.int64(o.stride(2)),
         np.int32(h), np.int32(l), np.int32(block_size), np.int32(query_blocks),
@@ -127,6 +128,7 @@ def check_variant(kern, dtype_name, suffix, gen, log):
     cases = [
         # (batch, heads, L, block, mask kind, strided)
         (2, 3, 1000, 128, "dense", False),
+        (2, 3, 1000, 128, "nocsr", True),
         (2, 3, 1000, 128, "sparse", True),
         (1, 2, 777, 128, "sparse", False),
     ]
@@ -141,8 +143,8 @@ def check_variant(kern, dtype_name, suffix, gen, log):
         else:
             q, k, v = (torch.randn(b, h, l, d, device="cuda", generator=gen).to(dt) for _ in range(3))
             o = torch.empty(b, h, l, d, device="cuda", dtype=dt)
-        if kind == "dense":
-            offsets, indices = dense_csr(b, h, qb, qb)
+        if kind in ("dense", "nocsr"):
+            offsets, indices = dense_csr(b, h, qb, qb) if kind == "dense" else (None, None)
             block_dense = torch.ones(b, h, qb, qb, dtype=torch.bool, device="cuda")
         else:
             offsets, indices, block_dense = random_mask(b, h, qb, qb, 0.4, gen, empty_rows=2)
@@ -219,10 +221,10 @@ def main():
         table.append((name, ms, tf))
         print(f"  {name:48s} {ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
 
-    masks = {"dense": dense_csr(b, h, qb, qb) + (None,)}
+    masks = {"dense": dense_csr(b, h, qb, qb) + (None,), "dense, no CSR": (None, None, None)}
     for frac in (0.5, 0.25, 0.2, 0.1):
         masks[f"{int(frac * 100)}%"] = random_mask(b, h, qb, qb, frac, gen)
-    densities = {name: m[1].numel() / (b * h * qb * qb) for name, m in masks.items()}
+    densities = {name: 1.0 if m[1] is None else m[1].numel() / (b * h * qb * qb) for name, m in masks.items()}
 
     d128 = [s for s in variants if VARIANTS[s][0] == 128]
     for rep in range(args.passes):
@@ -278,6 +280,8 @@ def main():
             qf, kf, vf = (torch.randn(b, h, lf, d, device="cuda", generator=gen).to(dt) for _ in range(3))
             flex = torch.compile(flex_attention, dynamic=False)
             for name in masks:
+                if name == "dense, no CSR":
+                    continue
                 if name == "dense":
                     kept = torch.ones(b, h, qbf, qbf, dtype=torch.bool, device="cuda")
                 else:

@@ -7,8 +7,9 @@
 //   q, k, v : [batch, heads, tokens, head_dim] with arbitrary batch/head/token strides (in
 //             elements) shared by the three inputs; head_dim is contiguous.
 //   o       : same logical shape, with its own strides (lets the caller write [B, L, H, D]).
-//   offsets : batch*heads*query_blocks + 1 row starts into `indices` (u32).
-//   indices : kept key blocks per row, each covering `block_size` tokens.
+//   offsets : batch*heads*query_blocks + 1 row starts into `indices` (u32), or null for dense
+//             attention (every key block kept; `indices` is then unused).
+//   indices : kept key blocks per row, each covering `block_size` tokens, ascending.
 //
 // Arithmetic: mma.sync m16n8k16 (bf16 or f16 operands, f32 accumulators), ldmatrix from
 // XOR-swizzled shared memory, cp.async global->shared copies overlapped with the matrix work
@@ -165,18 +166,25 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
   const T* v_base = v + in_offset;
 
   // CSR row of this query tile (BM never exceeds block_size, so one tile lies in one block).
+  // Dense attention passes no CSR (offsets == nullptr): every key block, in order.
+  const bool dense = offsets == nullptr;
   const int row = (batch * heads + head) * query_blocks + q_start / block_size;
-  const uint32_t row_begin = offsets[row];
-  const int kept_blocks = static_cast<int>(offsets[row + 1] - row_begin);
+  const uint32_t row_begin = dense ? 0u : offsets[row];
+  const int kept_blocks =
+      dense ? query_blocks : static_cast<int>(offsets[row + 1] - row_begin);
   const int tiles_per_block = block_size / BN;
   const int n_tiles = kept_blocks * tiles_per_block;
 
   // Cursor over the key tiles of the kept blocks, in order (no division per tile).
-  const uint32_t* next_block = indices + row_begin;
+  const uint32_t* next_block = dense ? nullptr : indices + row_begin;
+  int block_counter = 0;
   int sub_tile = 0;
   int block_start = 0;
   auto next_key_start = [&]() {
-    if (sub_tile == 0) block_start = static_cast<int>(*next_block++) * block_size;
+    if (sub_tile == 0) {
+      block_start = (dense ? block_counter : static_cast<int>(next_block[block_counter])) * block_size;
+      ++block_counter;
+    }
     const int start = block_start + sub_tile * BN;
     if (++sub_tile == tiles_per_block) sub_tile = 0;
     return start;
@@ -430,15 +438,18 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
   RF_ATTENTION_ENTRY(rf_attention_fwd_f16_##SUFFIX, __half, D, NW, MF, BN, QREG, ST, MINB)
 
 // Suffix: d<head_dim>_w<warps>m<row fragments>n<key tile>[q: Q in registers]s<K/V stages>.
-// head_dim 128
-RF_ATTENTION_DTYPES(d128_w4m2n64s1, 128, 4, 2, 64, false, 1, 2)
+// The library (build.rs) compiles only the variants the Rust side dispatches to: the fastest
+// measured per head_dim with a 128-row query tile (block_size a multiple of 128) and one with a
+// 64-row tile (block_size 64). The harness (scripts/gpu) compiles every variant.
 RF_ATTENTION_DTYPES(d128_w4m2n64s2, 128, 4, 2, 64, false, 2, 2)
+RF_ATTENTION_DTYPES(d128_w4m1n64qs2, 128, 4, 1, 64, true, 2, 2)
+RF_ATTENTION_DTYPES(d64_w4m2n128s2, 64, 4, 2, 128, false, 2, 2)
+RF_ATTENTION_DTYPES(d64_w4m1n64qs2, 64, 4, 1, 64, true, 2, 3)
+#ifndef RF_ATTENTION_LIBRARY_ONLY
+RF_ATTENTION_DTYPES(d128_w4m2n64s1, 128, 4, 2, 64, false, 1, 2)
 RF_ATTENTION_DTYPES(d128_w4m2n32s2, 128, 4, 2, 32, false, 2, 2)
 RF_ATTENTION_DTYPES(d128_w8m1n128qs1, 128, 8, 1, 128, true, 1, 1)
 RF_ATTENTION_DTYPES(d128_w8m1n64qs2, 128, 8, 1, 64, true, 2, 1)
-RF_ATTENTION_DTYPES(d128_w4m1n64qs2, 128, 4, 1, 64, true, 2, 2)
-// head_dim 64
 RF_ATTENTION_DTYPES(d64_w4m2n64s1, 64, 4, 2, 64, false, 1, 2)
 RF_ATTENTION_DTYPES(d64_w4m2n64s2, 64, 4, 2, 64, false, 2, 2)
-RF_ATTENTION_DTYPES(d64_w4m2n128s2, 64, 4, 2, 128, false, 2, 2)
-RF_ATTENTION_DTYPES(d64_w4m1n64qs2, 64, 4, 1, 64, true, 2, 3)
+#endif

@@ -11,6 +11,8 @@
 mod dense;
 mod error;
 pub mod mask;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 pub use dense::{dense_attention, DenseAttention};
 pub use error::{Error, Result};
