@@ -82,6 +82,70 @@ def launch(kern, dtype_name, suffix, q, k, v, o, offsets, indices, block_size, s
     fn(grid, (nw * 32,), args, shared_mem=smem)
 
 
+class WgmmaKernels:
+    """The sm_90a wgmma variant (head_dim 128, BM 128, BN 64, 256 threads); its V descriptor's
+    byte offsets are arguments so that both readings of the MN-major layout can be tried."""
+
+    SMEM = (128 * 128 + 4 * 64 * 128) * 2 + 1024
+
+    def __init__(self, path):
+        self.module = cp.RawModule(path=path)
+        self.fns = {}
+        for name in DTYPES:
+            fn = self.module.get_function(f"rf_attention_fwd_wgmma_{name}_d128")
+            fn.max_dynamic_shared_size_bytes = self.SMEM
+            self.fns[name] = fn
+
+    def launch(self, dtype_name, q, k, v, o, offsets, indices, block_size, scale, lbo, sbo):
+        b, h, l, d = q.shape
+        assert d == 128 and block_size % 128 == 0
+        args = (
+            np.uint64(q.data_ptr()), np.uint64(k.data_ptr()), np.uint64(v.data_ptr()), np.uint64(o.data_ptr()),
+            np.uint64(0 if offsets is None else offsets.data_ptr()),
+            np.uint64(0 if indices is None else indices.data_ptr()),
+            np.int64(q.stride(0)), np.int64(q.stride(1)), np.int64(q.stride(2)),
+            np.int64(o.stride(0)), np.int64(o.stride(1)), np.int64(o.stride(2)),
+            np.int32(h), np.int32(l), np.int32(block_size), np.int32((l + block_size - 1) // block_size),
+            np.float32(scale * LOG2E), np.uint32(lbo), np.uint32(sbo),
+        )
+        self.fns[dtype_name](((l + 127) // 128, h, b), (256,), args, shared_mem=self.SMEM)
+
+
+def check_wgmma(wk, gen, log):
+    """Returns the (lbo, sbo) pairs that pass every check."""
+    good = []
+    for lbo, sbo in ((8192, 1024), (1024, 8192), (16, 1024), (8192, 16)):
+        ok_all = True
+        for dtype_name, dt in DTYPES.items():
+            for b, h, l, kind in ((2, 3, 1000, "dense"), (1, 2, 777, "sparse"), (2, 2, 640, "nocsr")):
+                d, bs = 128, 128
+                qb = (l + bs - 1) // bs
+                q, k, v = (torch.randn(b, h, l, d, device="cuda", generator=gen).to(dt) for _ in range(3))
+                o = torch.empty_like(q)
+                if kind == "sparse":
+                    offsets, indices, block_dense = random_mask(b, h, qb, qb, 0.4, gen, empty_rows=2)
+                else:
+                    offsets, indices = dense_csr(b, h, qb, qb) if kind == "dense" else (None, None)
+                    block_dense = torch.ones(b, h, qb, qb, dtype=torch.bool, device="cuda")
+                ref = reference(q, k, v, block_dense, bs, 1 / math.sqrt(d))
+                outs = []
+                for _ in range(2):
+                    o.fill_(float("nan"))
+                    wk.launch(dtype_name, q, k, v, o, offsets, indices, bs, 1 / math.sqrt(d), lbo, sbo)
+                    torch.cuda.synchronize()
+                    outs.append(o.clone())
+                finite = bool(torch.isfinite(outs[0]).all())
+                err = ((outs[0].double() - ref).norm() / ref.norm()).item()
+                ok = finite and torch.equal(outs[0], outs[1]) and err <= 1e-2
+                ok_all &= ok
+                line = f"check wgmma lbo={lbo} sbo={sbo} {dtype_name} B{b} H{h} L{l} {kind}: rel_err {err:.2e} finite {finite} -> {'ok' if ok else 'FAIL'}"
+                print(line)
+                log.write(line + "\n")
+        if ok_all:
+            good.append((lbo, sbo))
+    return good
+
+
 def random_mask(b, h, qb, kb, keep, gen, empty_rows=0):
     """Random kept key-block lists: `keep` blocks per row (fraction if < 1), sorted. Returns
     (offsets int32 [rows+1], indices int32, dense bool [b,h,qb,kb])."""
@@ -187,6 +251,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True)
     ap.add_argument("--ptx80", default=None)
+    ap.add_argument("--wgmma", default=None, help="sm_90a cubin holding the wgmma variant")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--passes", type=int, default=1, help="time our kernels this many times (spread)")
@@ -204,6 +269,11 @@ def main():
             ok, worst = check_variant(kern, dtype_name, suffix, gen, log)
             all_ok &= ok
     print("ALL CHECKS", "PASS" if all_ok else "FAIL")
+    wk, wgmma_good = None, []
+    if args.wgmma:
+        wk = WgmmaKernels(args.wgmma)
+        wgmma_good = check_wgmma(wk, gen, log)
+        print("WGMMA passing (lbo, sbo):", wgmma_good)
 
     # ---- speed
     b, h, l, d = 1, 12, 32760, 128
@@ -232,6 +302,12 @@ def main():
             for name, (offsets, indices, _) in masks.items():
                 ms = time_fn(lambda: launch(kern, "bf16", suffix, q, k, v, o, offsets, indices, bs, scale))
                 add(f"ours {suffix} {name}" + (f" (pass {rep + 1})" if args.passes > 1 else ""), ms, densities[name])
+    if wk is not None:
+        combos = wgmma_good or [(8192, 1024)]
+        for lbo, sbo in combos[:1]:
+            for name, (offsets, indices, _) in masks.items():
+                ms = time_fn(lambda: wk.launch("bf16", q, k, v, o, offsets, indices, bs, scale, lbo, sbo))
+                add(f"ours wgmma{'' if wgmma_good else ' (FAILED CHECKS)'} {name}", ms, densities[name])
     if args.ptx80:
         kern80 = Kernels(args.ptx80)
         for suffix in d128[:1]:

@@ -348,3 +348,90 @@ fn unsupported_inputs_are_errors_not_panics() {
         "CPU tensors"
     );
 }
+
+/// Timings through candle at one Wan2.1-1.3B self-attention (480p × 81 frames): run with
+/// `--ignored --nocapture` on the GPU machine. Median of 10 after 3 warm-ups, device synchronised.
+#[test]
+#[ignore]
+fn bench_full_size_through_candle() {
+    let dev = gpu();
+    let (b, h, l, d) = (1, 12, 32_760, 128);
+    // Fresh random values per tensor (the device generator advances on every call).
+    let up = |_seed: u64| {
+        Tensor::randn(0f32, 1.0, (b, h, l, d), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+    };
+    let (q, k, v) = (up(1), up(2), up(3));
+    let scale = 1.0 / (d as f64).sqrt();
+    let time = |name: &str, flops: f64, f: &mut dyn FnMut()| {
+        for _ in 0..3 {
+            f();
+        }
+        dev.synchronize().unwrap();
+        let mut times: Vec<f64> = (0..10)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f();
+                dev.synchronize().unwrap();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let ms = times[5];
+        let tflops = if flops > 0.0 {
+            format!("{:7.1} TFLOP/s", flops / (ms * 1e-3) / 1e12)
+        } else {
+            String::new()
+        };
+        println!("candle {name:48} {ms:8.3} ms {tflops}");
+    };
+    let dense_flops = 4.0 * (l * l * d * h * b) as f64;
+    time("flash_attention dense", dense_flops, &mut || {
+        cuda::flash_attention(&q, &k, &v, scale).unwrap();
+    });
+    time(
+        "predict_block_mask (sparsity 0.8, tail 1560)",
+        0.0,
+        &mut || {
+            cuda::predict_block_mask(&q, &k, 128, 0.8, 1560).unwrap();
+        },
+    );
+    let mask = cuda::predict_block_mask(&q, &k, 128, 0.8, 1560).unwrap();
+    let density = mask.density().unwrap();
+    time(
+        &format!(
+            "block_sparse_attention_device ({:.1}% kept)",
+            density * 100.0
+        ),
+        dense_flops * density,
+        &mut || {
+            cuda::block_sparse_attention_device(&q, &k, &v, &mask, scale).unwrap();
+        },
+    );
+    let host_mask = mask.to_host().unwrap();
+    time(
+        "block_sparse_attention (host mask, uploads CSR)",
+        dense_flops * density,
+        &mut || {
+            cuda::block_sparse_attention(&q, &k, &v, &host_mask, scale).unwrap();
+        },
+    );
+    let strided = |t: &Tensor| {
+        t.transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+    };
+    let (qs, ks, vs) = (strided(&q), strided(&k), strided(&v));
+    time(
+        "flash_attention dense, [B,L,H,D] memory",
+        dense_flops,
+        &mut || {
+            cuda::flash_attention(&qs, &ks, &vs, scale).unwrap();
+        },
+    );
+}

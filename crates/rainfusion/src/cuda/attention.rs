@@ -69,6 +69,16 @@ pub fn block_sparse_attention_device(
     Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
 }
 
+/// Whether the CUDA kernels handle this query tensor with masks of `block_size` tokens: a CUDA
+/// tensor, bf16 or f16, head_dim 64 or 128, blocks of 64 or a multiple of 128. Dispatchers call
+/// this and fall back to the generic path otherwise.
+pub fn is_supported(q: &Tensor, block_size: usize) -> bool {
+    q.device().is_cuda()
+        && matches!(q.dtype(), DType::BF16 | DType::F16)
+        && q.dims4()
+            .is_ok_and(|(_, _, _, d)| variant(d, block_size).is_ok())
+}
+
 /// `[B, H, L, D]` of q, after checking that k and v match and the kernel supports the case.
 fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize, usize)> {
     let dims = q.dims4()?;

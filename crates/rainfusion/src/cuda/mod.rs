@@ -15,5 +15,7 @@ mod attention;
 mod mask;
 mod module;
 
-pub use attention::{block_sparse_attention, block_sparse_attention_device, flash_attention};
+pub use attention::{
+    block_sparse_attention, block_sparse_attention_device, flash_attention, is_supported,
+};
 pub use mask::{block_means, predict_block_mask, DeviceBlockMask};
