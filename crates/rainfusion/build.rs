@@ -3,14 +3,15 @@
 //! The default (CPU) build, and CI, never run nvcc. With `cuda`, nvcc is taken from `$NVCC`,
 //! else `$CUDA_ROOT/bin/nvcc` (or `CUDA_PATH`, `CUDA_HOME`), else `nvcc` on the PATH. Two PTX
 //! files per kernel source: `compute_80` (Ampere and anything newer, JIT-compiled by the driver)
-//! and `compute_90` (Hopper); `src/cuda` picks one by the device's compute capability.
+//! and `compute_90`; the attention kernels also get `compute_90a` (Hopper's wgmma, which only
+//! sm_90 itself runs). `src/cuda` picks one by the device's compute capability.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KERNELS: &[&str] = &["attention", "mask"];
-const ARCHES: &[&str] = &["80", "90"];
+/// Kernel sources and the virtual architectures each is compiled for.
+const KERNELS: &[(&str, &[&str])] = &[("attention", &["80", "90", "90a"]), ("mask", &["80", "90"])];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -22,10 +23,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_ROOT");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = find_nvcc();
-    for kernel in KERNELS {
+    for (kernel, arches) in KERNELS {
         let source = Path::new("kernels").join(format!("{kernel}.cu"));
         println!("cargo:rerun-if-changed={}", source.display());
-        for arch in ARCHES {
+        for arch in arches.iter() {
             let ptx = out_dir.join(format!("{kernel}_sm{arch}.ptx"));
             let status = Command::new(&nvcc)
                 .args(["-O3", "-std=c++17", "--ptx", "-DRF_ATTENTION_LIBRARY_ONLY"])

@@ -86,13 +86,14 @@ class WgmmaKernels:
     """The sm_90a wgmma variant (head_dim 128, BM 128, BN 64, 256 threads); its V descriptor's
     byte offsets are arguments so that both readings of the MN-major layout can be tried."""
 
-    SMEM = (128 * 128 + 4 * 64 * 128) * 2 + 1024
-
-    def __init__(self, path):
+    def __init__(self, path, prefix="wgmma"):
+        stages = 3 if prefix == "wgmmapipe" else 2
+        self.SMEM = (128 * 128 + 2 * stages * 64 * 128) * 2 + 1024
+        self.prefix = prefix
         self.module = cp.RawModule(path=path)
         self.fns = {}
         for name in DTYPES:
-            fn = self.module.get_function(f"rf_attention_fwd_wgmma_{name}_d128")
+            fn = self.module.get_function(f"rf_attention_fwd_{prefix}_{name}_d128")
             fn.max_dynamic_shared_size_bytes = self.SMEM
             self.fns[name] = fn
 
@@ -111,10 +112,10 @@ class WgmmaKernels:
         self.fns[dtype_name](((l + 127) // 128, h, b), (256,), args, shared_mem=self.SMEM)
 
 
-def check_wgmma(wk, gen, log):
+def check_wgmma(wk, gen, log, combos=((8192, 1024),)):
     """Returns the (lbo, sbo) pairs that pass every check."""
     good = []
-    for lbo, sbo in ((8192, 1024), (1024, 8192), (16, 1024), (8192, 16)):
+    for lbo, sbo in combos:
         ok_all = True
         for dtype_name, dt in DTYPES.items():
             for b, h, l, kind in ((2, 3, 1000, "dense"), (1, 2, 777, "sparse"), (2, 2, 640, "nocsr")):
@@ -138,7 +139,7 @@ def check_wgmma(wk, gen, log):
                 err = ((outs[0].double() - ref).norm() / ref.norm()).item()
                 ok = finite and torch.equal(outs[0], outs[1]) and err <= 1e-2
                 ok_all &= ok
-                line = f"check wgmma lbo={lbo} sbo={sbo} {dtype_name} B{b} H{h} L{l} {kind}: rel_err {err:.2e} finite {finite} -> {'ok' if ok else 'FAIL'}"
+                line = f"check {wk.prefix} lbo={lbo} sbo={sbo} {dtype_name} B{b} H{h} L{l} {kind}: rel_err {err:.2e} finite {finite} -> {'ok' if ok else 'FAIL'}"
                 print(line)
                 log.write(line + "\n")
         if ok_all:
@@ -251,7 +252,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True)
     ap.add_argument("--ptx80", default=None)
-    ap.add_argument("--wgmma", default=None, help="sm_90a cubin holding the wgmma variant")
+    ap.add_argument("--wgmma", default=None, help="sm_90a cubin holding the wgmma variants")
+    ap.add_argument("--wgmma-kernels", default="wgmma,wgmma1,wgmmapipe")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--passes", type=int, default=1, help="time our kernels this many times (spread)")
@@ -269,11 +271,13 @@ def main():
             ok, worst = check_variant(kern, dtype_name, suffix, gen, log)
             all_ok &= ok
     print("ALL CHECKS", "PASS" if all_ok else "FAIL")
-    wk, wgmma_good = None, []
+    hopper = []  # (kernels, passed checks)
     if args.wgmma:
-        wk = WgmmaKernels(args.wgmma)
-        wgmma_good = check_wgmma(wk, gen, log)
-        print("WGMMA passing (lbo, sbo):", wgmma_good)
+        for prefix in args.wgmma_kernels.split(","):
+            wk = WgmmaKernels(args.wgmma, prefix)
+            good = check_wgmma(wk, gen, log)
+            print(f"{prefix} checks:", "PASS" if good else "FAIL")
+            hopper.append((wk, bool(good)))
 
     # ---- speed
     b, h, l, d = 1, 12, 32760, 128
@@ -302,12 +306,12 @@ def main():
             for name, (offsets, indices, _) in masks.items():
                 ms = time_fn(lambda: launch(kern, "bf16", suffix, q, k, v, o, offsets, indices, bs, scale))
                 add(f"ours {suffix} {name}" + (f" (pass {rep + 1})" if args.passes > 1 else ""), ms, densities[name])
-    if wk is not None:
-        combos = wgmma_good or [(8192, 1024)]
-        for lbo, sbo in combos[:1]:
+    for rep in range(args.passes):
+        for wk, ok in hopper:
             for name, (offsets, indices, _) in masks.items():
-                ms = time_fn(lambda: wk.launch("bf16", q, k, v, o, offsets, indices, bs, scale, lbo, sbo))
-                add(f"ours wgmma{'' if wgmma_good else ' (FAILED CHECKS)'} {name}", ms, densities[name])
+                ms = time_fn(lambda: wk.launch("bf16", q, k, v, o, offsets, indices, bs, scale, 8192, 1024))
+                label = f"ours {wk.prefix}{'' if ok else ' (FAILED CHECKS)'} {name}"
+                add(label + (f" (pass {rep + 1})" if args.passes > 1 else ""), ms, densities[name])
     if args.ptx80:
         kern80 = Kernels(args.ptx80)
         for suffix in d128[:1]:
@@ -345,6 +349,12 @@ def main():
         torch.cuda.synchronize()
         err = ((o.float() - ref.float()).norm() / ref.float().norm()).item()
         print(f"  full-size dense {suffix} vs cuDNN: rel_err {err:.2e} finite {bool(torch.isfinite(o).all())}")
+    for wk, _ in hopper:
+        o.fill_(float("nan"))
+        wk.launch("bf16", q, k, v, o, None, None, bs, scale, 8192, 1024)
+        torch.cuda.synchronize()
+        err = ((o.float() - ref.float()).norm() / ref.float().norm()).item()
+        print(f"  full-size dense {wk.prefix} vs cuDNN: rel_err {err:.2e} finite {bool(torch.isfinite(o).all())}")
     del ref
 
     if not args.no_flex:

@@ -134,10 +134,7 @@ fn kernel_layout(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, 
 
 /// Kernel tiling for a head_dim and mask block size: (entry suffix, query rows per CTA, keys per
 /// inner tile, warps, K/V stages). Numbers from scripts/gpu/NOTES.md (fastest measured on H100).
-fn variant(
-    head_dim: usize,
-    block_size: usize,
-) -> Result<(&'static str, usize, usize, usize, usize)> {
+fn variant(head_dim: usize, block_size: usize) -> Result<(&'static str, usize, usize, usize, usize)> {
     Ok(match (head_dim, block_size) {
         (128, bs) if bs > 0 && bs % 128 == 0 => ("d128_w4m2n64s2", 128, 64, 4, 2),
         (128, 64) => ("d128_w4m1n64qs2", 64, 64, 4, 2),
@@ -150,6 +147,22 @@ fn variant(
             )))
         }
     })
+}
+
+/// The Hopper (wgmma) kernel's fixed tiling: 128 query rows, 64-key tiles, 2 warpgroups; its
+/// dynamic shared memory = Q + 2 stages of K and V + 1 KiB to align the tiles to 1024 bytes.
+const WGMMA_BM: usize = 128;
+const WGMMA_THREADS: u32 = 256;
+const WGMMA_SMEM: u32 = ((128 * 128 + 4 * 64 * 128) * 2 + 1024) as u32;
+/// V's descriptor byte offsets (MN-major operand): between the two 64-wide halves of head_dim
+/// (64 keys × 128 bytes), and between 8-key row groups. Found on the device (NOTES.md, v3).
+const WGMMA_V_LBO: u32 = 64 * 128;
+const WGMMA_V_SBO: u32 = 1024;
+
+/// Whether the wgmma kernel serves this case: compute capability 9.0, head_dim 128, blocks a
+/// multiple of 128 tokens.
+fn use_wgmma(major: i32, head_dim: usize, block_size: usize) -> bool {
+    major == 9 && head_dim == 128 && block_size % 128 == 0
 }
 
 struct AttentionOp {
@@ -213,17 +226,19 @@ impl AttentionOp {
     {
         let (b, h, l, d) = q_layout.shape().dims4()?;
         debug_assert_eq!(l, self.tokens);
-        let (suffix, bm, bn, warps, stages) =
-            variant(d, self.block_size).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let smem = ((bm + 2 * bn * stages) * d * 2) as u32;
         let dev = q.device().clone();
-        let func = module::load(
-            &dev,
-            &ATTENTION,
-            &format!("rf_attention_fwd_{dtype_name}_{suffix}"),
-            smem,
-        )
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let major = module::compute_major(&dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let wgmma = use_wgmma(major, d, self.block_size);
+        let (name, bm, threads, smem) = if wgmma {
+            (format!("rf_attention_fwd_wgmma_{dtype_name}_d128"), WGMMA_BM, WGMMA_THREADS, WGMMA_SMEM)
+        } else {
+            let (suffix, bm, bn, warps, stages) =
+                variant(d, self.block_size).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let smem = ((bm + 2 * bn * stages) * d * 2) as u32;
+            (format!("rf_attention_fwd_{dtype_name}_{suffix}"), bm, (warps * 32) as u32, smem)
+        };
+        let func = module::load(&dev, &ATTENTION, &name, smem)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
 
         let q_slice = q.as_cuda_slice::<T>()?.slice(q_layout.start_offset()..);
         let k_slice = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
@@ -284,9 +299,13 @@ impl AttentionOp {
             .arg(&block_size)
             .arg(&query_blocks)
             .arg(&scale_log2);
+        let (v_lbo, v_sbo) = (WGMMA_V_LBO, WGMMA_V_SBO);
+        if wgmma {
+            builder.arg(&v_lbo).arg(&v_sbo);
+        }
         let cfg = LaunchConfig {
             grid_dim: (l.div_ceil(bm) as u32, h as u32, b as u32),
-            block_dim: ((warps * 32) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: smem,
         };
         // SAFETY: argument list matches the kernel signature in kernels/attention.cu; the grid

@@ -157,7 +157,8 @@ pub fn predict_block_mask(
         block_size,
         query_blocks: blocks,
         key_blocks: blocks,
-        offsets: csr.narrow(0, 0, rows + 1)?,
+        // Own storage for the offsets, so that the attention op never read-locks one tensor twice.
+        offsets: csr.narrow(0, 0, rows + 1)?.copy()?,
         indices: csr.narrow(0, rows + 1, rows * blocks)?,
     })
 }

@@ -7,27 +7,31 @@ use candle_core::cuda_backend::{CudaDevice, CudaFunc, WrapErr};
 
 use crate::Result;
 
-/// One compiled kernel source (`kernels/<name>.cu`), as PTX for two virtual architectures.
+/// One compiled kernel source (`kernels/<name>.cu`), as PTX for several virtual architectures.
 pub(crate) struct PtxModule {
     pub name: &'static str,
     pub sm80: &'static str,
     pub sm90: &'static str,
+    /// Hopper-only build (wgmma); `None` when the source has no sm_90a code.
+    pub sm90a: Option<&'static str>,
 }
 
 pub(crate) const ATTENTION: PtxModule = PtxModule {
     name: "rainfusion_attention",
     sm80: include_str!(concat!(env!("OUT_DIR"), "/attention_sm80.ptx")),
     sm90: include_str!(concat!(env!("OUT_DIR"), "/attention_sm90.ptx")),
+    sm90a: Some(include_str!(concat!(env!("OUT_DIR"), "/attention_sm90a.ptx"))),
 };
 
 pub(crate) const MASK: PtxModule = PtxModule {
     name: "rainfusion_mask",
     sm80: include_str!(concat!(env!("OUT_DIR"), "/mask_sm80.ptx")),
     sm90: include_str!(concat!(env!("OUT_DIR"), "/mask_sm90.ptx")),
+    sm90a: None,
 };
 
 /// Compute capability major of the device (8 for Ampere/Ada, 9 for Hopper).
-fn compute_major(dev: &CudaDevice) -> Result<i32> {
+pub(crate) fn compute_major(dev: &CudaDevice) -> Result<i32> {
     let ctx = dev.cuda_stream().context().clone();
     Ok(ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
