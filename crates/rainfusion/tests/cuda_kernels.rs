@@ -194,6 +194,34 @@ fn block_sparse_attention_matches_cpu_reference() {
     }
 }
 
+/// On Hopper the d128 / block-128 case runs the wgmma kernel; the portable mma.sync kernel must
+/// agree with it (both within rounding of the reference; bit equality is not expected).
+#[test]
+fn hopper_and_portable_kernels_agree() {
+    let dev = gpu();
+    let up = |seed| {
+        random((2, 3, 1000, 128), seed)
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap()
+    };
+    let (q, k, v) = (up(24), up(25), up(26));
+    let mask = random_mask(2, 3, 128, 8, 4, 27);
+    let default_path = cuda::block_sparse_attention(&q, &k, &v, &mask, 0.088).unwrap();
+    std::env::set_var(cuda::NO_WGMMA_ENV, "1");
+    let portable = cuda::block_sparse_attention(&q, &k, &v, &mask, 0.088);
+    let portable_dense = cuda::flash_attention(&q, &k, &v, 0.088);
+    std::env::remove_var(cuda::NO_WGMMA_ENV);
+    let err = rel_err(&default_path, &portable.unwrap());
+    assert!(err < 1e-2, "wgmma vs mma.sync: {err}");
+    let err = rel_err(
+        &cuda::flash_attention(&q, &k, &v, 0.088).unwrap(),
+        &portable_dense.unwrap(),
+    );
+    assert!(err < 1e-2, "dense wgmma vs mma.sync: {err}");
+}
+
 #[test]
 fn dense_mask_equals_no_mask() {
     let dev = gpu();
@@ -391,6 +419,15 @@ fn bench_full_size_through_candle() {
     time("flash_attention dense", dense_flops, &mut || {
         cuda::flash_attention(&q, &k, &v, scale).unwrap();
     });
+    std::env::set_var(cuda::NO_WGMMA_ENV, "1");
+    time(
+        "flash_attention dense, mma.sync kernel",
+        dense_flops,
+        &mut || {
+            cuda::flash_attention(&q, &k, &v, scale).unwrap();
+        },
+    );
+    std::env::remove_var(cuda::NO_WGMMA_ENV);
     time(
         "predict_block_mask (sparsity 0.8, tail 1560)",
         0.0,

@@ -134,7 +134,10 @@ fn kernel_layout(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, 
 
 /// Kernel tiling for a head_dim and mask block size: (entry suffix, query rows per CTA, keys per
 /// inner tile, warps, K/V stages). Numbers from scripts/gpu/NOTES.md (fastest measured on H100).
-fn variant(head_dim: usize, block_size: usize) -> Result<(&'static str, usize, usize, usize, usize)> {
+fn variant(
+    head_dim: usize,
+    block_size: usize,
+) -> Result<(&'static str, usize, usize, usize, usize)> {
     Ok(match (head_dim, block_size) {
         (128, bs) if bs > 0 && bs % 128 == 0 => ("d128_w4m2n64s2", 128, 64, 4, 2),
         (128, 64) => ("d128_w4m1n64qs2", 64, 64, 4, 2),
@@ -159,10 +162,17 @@ const WGMMA_SMEM: u32 = ((128 * 128 + 4 * 64 * 128) * 2 + 1024) as u32;
 const WGMMA_V_LBO: u32 = 64 * 128;
 const WGMMA_V_SBO: u32 = 1024;
 
+/// Environment variable that turns the Hopper kernel off (the portable mma.sync kernel runs
+/// instead): for comparisons, and as a way around a driver that rejects sm_90a PTX.
+pub const NO_WGMMA_ENV: &str = "RAINFUSION_CUDA_NO_WGMMA";
+
 /// Whether the wgmma kernel serves this case: compute capability 9.0, head_dim 128, blocks a
-/// multiple of 128 tokens.
+/// multiple of 128 tokens, not turned off by [`NO_WGMMA_ENV`].
 fn use_wgmma(major: i32, head_dim: usize, block_size: usize) -> bool {
-    major == 9 && head_dim == 128 && block_size % 128 == 0
+    major == 9
+        && head_dim == 128
+        && block_size % 128 == 0
+        && std::env::var_os(NO_WGMMA_ENV).is_none()
 }
 
 struct AttentionOp {
@@ -227,15 +237,26 @@ impl AttentionOp {
         let (b, h, l, d) = q_layout.shape().dims4()?;
         debug_assert_eq!(l, self.tokens);
         let dev = q.device().clone();
-        let major = module::compute_major(&dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let major =
+            module::compute_major(&dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let wgmma = use_wgmma(major, d, self.block_size);
         let (name, bm, threads, smem) = if wgmma {
-            (format!("rf_attention_fwd_wgmma_{dtype_name}_d128"), WGMMA_BM, WGMMA_THREADS, WGMMA_SMEM)
+            (
+                format!("rf_attention_fwd_wgmma_{dtype_name}_d128"),
+                WGMMA_BM,
+                WGMMA_THREADS,
+                WGMMA_SMEM,
+            )
         } else {
             let (suffix, bm, bn, warps, stages) =
                 variant(d, self.block_size).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let smem = ((bm + 2 * bn * stages) * d * 2) as u32;
-            (format!("rf_attention_fwd_{dtype_name}_{suffix}"), bm, (warps * 32) as u32, smem)
+            (
+                format!("rf_attention_fwd_{dtype_name}_{suffix}"),
+                bm,
+                (warps * 32) as u32,
+                smem,
+            )
         };
         let func = module::load(&dev, &ATTENTION, &name, smem)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;

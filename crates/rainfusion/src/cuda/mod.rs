@@ -17,5 +17,6 @@ mod module;
 
 pub use attention::{
     block_sparse_attention, block_sparse_attention_device, flash_attention, is_supported,
+    NO_WGMMA_ENV,
 };
 pub use mask::{block_means, predict_block_mask, DeviceBlockMask};

@@ -20,7 +20,10 @@ pub(crate) const ATTENTION: PtxModule = PtxModule {
     name: "rainfusion_attention",
     sm80: include_str!(concat!(env!("OUT_DIR"), "/attention_sm80.ptx")),
     sm90: include_str!(concat!(env!("OUT_DIR"), "/attention_sm90.ptx")),
-    sm90a: Some(include_str!(concat!(env!("OUT_DIR"), "/attention_sm90a.ptx"))),
+    sm90a: Some(include_str!(concat!(
+        env!("OUT_DIR"),
+        "/attention_sm90a.ptx"
+    ))),
 };
 
 pub(crate) const MASK: PtxModule = PtxModule {
