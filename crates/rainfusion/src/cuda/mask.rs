@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use half::{bf16, f16};
 
 use super::module::{self, MASK};
+use crate::predict::{forced_from_block, kept_per_row};
 use crate::{BlockMask, Error, Result};
 
 /// Most key blocks one row may have (the top-k kernel sorts a row in shared memory).
@@ -161,22 +162,6 @@ pub fn predict_block_mask(
         offsets: csr.narrow(0, 0, rows + 1)?.copy()?,
         indices: csr.narrow(0, rows + 1, rows * blocks)?,
     })
-}
-
-/// Key blocks a query row keeps at `sparsity` (the CPU predictor's rule, with its tolerance
-/// against float noise such as `10·(1 − 0.7) = 3.0000000000000004`).
-fn kept_per_row(key_blocks: usize, sparsity: f64) -> usize {
-    let exact = key_blocks as f64 * (1.0 - sparsity);
-    ((exact - 1e-9).ceil().max(1.0) as usize).min(key_blocks)
-}
-
-/// First block that overlaps the dense tail (`blocks` when there is none).
-fn forced_from_block(tokens: usize, block_size: usize, dense_tail_tokens: usize) -> usize {
-    if dense_tail_tokens == 0 {
-        tokens.div_ceil(block_size.max(1))
-    } else {
-        tokens.saturating_sub(dense_tail_tokens) / block_size.max(1)
-    }
 }
 
 fn msg(e: Error) -> candle_core::Error {
