@@ -147,6 +147,66 @@ def check_wgmma(wk, gen, log, combos=((8192, 1024),)):
     return good
 
 
+def predict_mask_gpu(mod, q, k, block_size, keep, first_forced):
+    """RainFusion mask on the device with kernels/mask.cu: block means, cuBLAS scores, top-k,
+    offsets scan, compaction. Returns (offsets int32 [rows+1], indices int32, means q, means k)."""
+    b, h, l, d = q.shape
+    nb = (l + block_size - 1) // block_size
+    means = []
+    for x in (q, k):
+        out = torch.empty(b, h, nb, d, device="cuda", dtype=torch.float32)
+        name = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}[x.dtype]
+        mod.get_function(f"rf_block_means_{name}")(
+            (nb, h, b), (min(d, 256),),
+            (np.uint64(x.data_ptr()), np.uint64(out.data_ptr()), np.int64(x.stride(0)), np.int64(x.stride(1)),
+             np.int64(x.stride(2)), np.int32(h), np.int32(l), np.int32(block_size), np.int32(nb), np.int32(d)))
+        means.append(out)
+    scores = (means[0] @ means[1].transpose(-1, -2) / math.sqrt(d)).reshape(b * h * nb, nb).contiguous()
+    rows = b * h * nb
+    counts = torch.empty(rows, device="cuda", dtype=torch.int32)
+    padded = torch.empty(rows * nb, device="cuda", dtype=torch.int32)
+    csr = torch.empty(rows + 1 + rows * nb, device="cuda", dtype=torch.int32)
+    mod.get_function("rf_block_topk")((rows,), (512,), (np.uint64(scores.data_ptr()), np.uint64(counts.data_ptr()),
+                                                         np.uint64(padded.data_ptr()), np.int32(nb), np.int32(keep), np.int32(first_forced)))
+    mod.get_function("rf_counts_to_offsets")((1,), (512,), (np.uint64(counts.data_ptr()), np.uint64(csr.data_ptr()), np.int32(rows)))
+    mod.get_function("rf_compact_rows")((rows,), (128,), (np.uint64(padded.data_ptr()), np.uint64(csr.data_ptr()),
+                                                           np.uint64(csr.data_ptr() + 4 * (rows + 1)), np.int32(nb)))
+    return csr[: rows + 1], csr[rows + 1:], means, scores
+
+
+def check_mask_kernels(mod, gen):
+    ok_all = True
+    for (b, h, l, d, bs, sparsity, tail) in ((2, 3, 2000, 64, 128, 0.75, 0), (1, 4, 3000, 128, 128, 0.8, 300),
+                                             (2, 2, 777, 128, 64, 0.0, 0), (1, 2, 32760, 128, 128, 0.8, 1560)):
+        q, k = (torch.randn(b, h, l, d, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+        nb = (l + bs - 1) // bs
+        keep = min(nb, max(1, math.ceil(nb * (1 - sparsity) - 1e-9)))
+        first_forced = nb if tail == 0 else (l - tail) // bs
+        offsets, indices, (qm, km), scores = predict_mask_gpu(mod, q, k, bs, keep, first_forced)
+        # block means against torch (trailing partial block over its real tokens)
+        pad = nb * bs - l
+        qf = torch.nn.functional.pad(q.float(), (0, 0, 0, pad)).reshape(b, h, nb, bs, d).sum(3)
+        lens = torch.full((nb,), bs, device="cuda", dtype=torch.float32)
+        lens[-1] = l - (nb - 1) * bs
+        mean_err = ((qm - qf / lens[:, None]).norm() / qm.norm()).item()
+        # selection on the host side of torch, from the same scores
+        thr = scores.topk(keep, dim=1).values[:, keep - 1:keep]
+        rowq = torch.arange(scores.shape[0], device="cuda") % nb
+        colk = torch.arange(nb, device="cuda")[None, :]
+        want = (scores >= thr) | (colk >= first_forced) | (rowq[:, None] >= first_forced)
+        counts = offsets[1:] - offsets[:-1]
+        got = torch.zeros_like(want)
+        row_ids = torch.repeat_interleave(torch.arange(want.shape[0], device="cuda"), counts.long())
+        used = int(offsets[-1].item())
+        got[row_ids, indices[:used].long()] = True
+        sorted_ok = bool(((indices[1:used] > indices[: used - 1]) | (row_ids[1:] != row_ids[:-1])).all())
+        ok = mean_err < 1e-5 and bool(torch.equal(got, want)) and sorted_ok and int(counts.sum()) == used
+        ok_all &= ok
+        print(f"check mask B{b} H{h} L{l} d{d} block{bs} sparsity {sparsity} tail {tail}: mean rel err {mean_err:.1e}, "
+              f"density {used / want.numel():.3f}, masks equal {bool(torch.equal(got, want))}, sorted {sorted_ok} -> {'ok' if ok else 'FAIL'}")
+    return ok_all
+
+
 def random_mask(b, h, qb, kb, keep, gen, empty_rows=0):
     """Random kept key-block lists: `keep` blocks per row (fraction if < 1), sorted. Returns
     (offsets int32 [rows+1], indices int32, dense bool [b,h,qb,kb])."""
@@ -252,6 +312,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True)
     ap.add_argument("--ptx80", default=None)
+    ap.add_argument("--mask-module", default=None, help="compiled kernels/mask.cu")
     ap.add_argument("--wgmma", default=None, help="sm_90a cubin holding the wgmma variants")
     ap.add_argument("--wgmma-kernels", default="wgmma,wgmma1,wgmmapipe")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -271,6 +332,12 @@ def main():
             ok, worst = check_variant(kern, dtype_name, suffix, gen, log)
             all_ok &= ok
     print("ALL CHECKS", "PASS" if all_ok else "FAIL")
+    mask_mod = None
+    if args.mask_module:
+        mask_mod = cp.RawModule(path=args.mask_module)
+        mask_ok = check_mask_kernels(mask_mod, gen)
+        print("MASK CHECKS", "PASS" if mask_ok else "FAIL")
+        all_ok &= mask_ok
     hopper = []  # (kernels, passed checks)
     if args.wgmma:
         for prefix in args.wgmma_kernels.split(","):
@@ -312,6 +379,11 @@ def main():
                 ms = time_fn(lambda: wk.launch("bf16", q, k, v, o, offsets, indices, bs, scale, 8192, 1024))
                 label = f"ours {wk.prefix}{'' if ok else ' (FAILED CHECKS)'} {name}"
                 add(label + (f" (pass {rep + 1})" if args.passes > 1 else ""), ms, densities[name])
+    if mask_mod is not None:
+        keep = math.ceil(qb * 0.2 - 1e-9)
+        ms = time_fn(lambda: predict_mask_gpu(mask_mod, q, k, bs, keep, (l - 1560) // bs))
+        table.append(("mask prediction on GPU (pool, cuBLAS scores, top-k, CSR), sparsity 0.8", ms, 0.0))
+        print(f"  mask prediction on GPU: {ms:.3f} ms")
     if args.ptx80:
         kern80 = Kernels(args.ptx80)
         for suffix in d128[:1]:
