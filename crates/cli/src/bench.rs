@@ -504,7 +504,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
     // Wan's VAE compresses 4× in time (plus the first frame) and 8× in space.
     let grid = [(t.frames - 1) / 4 + 1, height / 8, width / 8];
     let [pt, ph, pw] = cfg.patch_size;
-    if grid[0] % pt != 0 || grid[1] % ph != 0 || grid[2] % pw != 0 {
+    if !grid[0].is_multiple_of(pt) || !grid[1].is_multiple_of(ph) || !grid[2].is_multiple_of(pw) {
         return Err(VditError::InvalidSetting(format!(
             "--size/--frames: latent grid {grid:?} is not a multiple of the patch size {:?}",
             cfg.patch_size
