@@ -228,8 +228,12 @@ pub struct BenchRow {
     pub tflops: Option<f64>,
     /// Fraction of attention blocks computed (1 = dense), where it applies.
     pub density: Option<f64>,
-    /// Peak resident memory of the process, bytes (CPU only: the kernel's high-water mark).
+    /// Peak resident memory of the process so far, bytes (CPU runs: the kernel's high-water mark).
     pub peak_host_bytes: Option<u64>,
+    /// Peak device memory in use during the timed iterations, bytes (CUDA runs: the device's
+    /// used memory sampled every 0.2 ms on a side thread, so a peak shorter than that can be missed;
+    /// includes the context and anything else on the device).
+    pub peak_device_bytes: Option<u64>,
 }
 
 /// The whole run: settings and one row per case.
@@ -250,12 +254,12 @@ impl BenchReport {
             "vdit bench on {} ({}), median of {} after {} warm-up\n\n",
             self.device, self.dtype, self.iters, self.warmup
         );
-        out.push_str("| bench | case | shape | median | min | TFLOP/s | density |\n");
-        out.push_str("|---|---|---|---|---|---|---|\n");
+        out.push_str("| bench | case | shape | median | min | TFLOP/s | density | peak memory |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|\n");
         for row in &self.rows {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.bench,
                 row.case,
                 row.shape,
@@ -263,13 +267,11 @@ impl BenchReport {
                 format_seconds(row.min_s),
                 row.tflops.map_or("-".into(), format_tflops),
                 row.density.map_or("-".into(), |d| format!("{d:.3}")),
-            );
-        }
-        if let Some(peak) = self.rows.iter().filter_map(|r| r.peak_host_bytes).max() {
-            let _ = writeln!(
-                out,
-                "\npeak host memory {:.2} GiB",
-                peak as f64 / (1u64 << 30) as f64
+                match (row.peak_device_bytes, row.peak_host_bytes) {
+                    (Some(bytes), _) => format!("{} device", format_gib(bytes)),
+                    (None, Some(bytes)) => format!("{} host", format_gib(bytes)),
+                    (None, None) => "-".into(),
+                },
             );
         }
         out
@@ -328,6 +330,7 @@ struct Timer {
 
 struct Timing {
     samples: Vec<f64>,
+    peak_device_bytes: Option<u64>,
 }
 
 impl Timing {
@@ -354,6 +357,7 @@ impl Timer {
             self.device.synchronize()?;
         }
         let mut samples = Vec::with_capacity(self.iters);
+        let sampler = DeviceMemorySampler::start(&self.device);
         for _ in 0..self.iters {
             // Queued work from before must not be charged to this iteration.
             self.device.synchronize()?;
@@ -362,7 +366,10 @@ impl Timer {
             self.device.synchronize()?;
             samples.push(start.elapsed().as_secs_f64());
         }
-        Ok(Timing { samples })
+        Ok(Timing {
+            samples,
+            peak_device_bytes: sampler.and_then(DeviceMemorySampler::stop),
+        })
     }
 
     fn row(&self, bench: &str, case: String, shape: String, timing: &Timing) -> BenchRow {
@@ -376,6 +383,7 @@ impl Timer {
             tflops: None,
             density: None,
             peak_host_bytes: self.device.is_cpu().then(peak_resident_bytes).flatten(),
+            peak_device_bytes: timing.peak_device_bytes,
         }
     }
 }
@@ -586,6 +594,52 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     Ok(timer.row("vae", case.into(), shape, &timing))
 }
 
+/// Samples the device's used memory (total − free) on a side thread until stopped, keeping the
+/// maximum: candle has no allocator statistics, and the driver's figure is what an out-of-memory
+/// error would be about.
+struct DeviceMemorySampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl DeviceMemorySampler {
+    /// Starts sampling on CUDA devices; `None` elsewhere.
+    fn start(device: &Device) -> Option<Self> {
+        #[cfg(feature = "cuda")]
+        if let Ok(cuda) = device.as_cuda_device() {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let context = cuda.cuda_stream().context().clone();
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let stopped = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let mut peak = None;
+                loop {
+                    if let Ok((free, total)) = context.mem_get_info() {
+                        peak = peak.max(Some((total - free) as u64));
+                    }
+                    if stopped.load(Ordering::Relaxed) {
+                        return peak;
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            });
+            return Some(Self { stop, thread });
+        }
+        let _ = device;
+        None
+    }
+
+    /// Stops sampling and returns the peak seen, if any sample succeeded.
+    fn stop(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
+}
+
+fn format_gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 /// The process's peak resident set (VmHWM), where the OS reports it.
 fn peak_resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -684,10 +738,12 @@ mod tests {
     fn medians_of_odd_and_even_counts() {
         let odd = Timing {
             samples: vec![3.0, 1.0, 2.0],
+            peak_device_bytes: None,
         };
         assert_eq!((odd.median(), odd.min()), (2.0, 1.0));
         let even = Timing {
             samples: vec![4.0, 1.0, 2.0, 3.0],
+            peak_device_bytes: None,
         };
         assert_eq!(even.median(), 2.5);
     }
