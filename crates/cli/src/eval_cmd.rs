@@ -63,15 +63,11 @@ pub struct EvalArgs {
 
 /// The flags `vdit eval` adds to those of `vdit generate`.
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
 struct EvalOnlyArgs {
     /// File of prompts, one per line (blank lines and lines starting with # are skipped), each a
     /// caption of the synthetic world's grammar ("a red circle moving left on a blue background").
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "builtin",
-        conflicts_with = "builtin"
-    )]
+    #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
 
     /// Use the built-in list of held-out prompts (18 captions).
