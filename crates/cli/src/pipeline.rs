@@ -345,6 +345,18 @@ pub fn encode_prompts(
     files: &ModelFiles,
     device: &Device,
 ) -> Result<TextConditioning> {
+    let mut text = encode_prompt_list(settings, files, device, &[&settings.prompt])?;
+    Ok(text.remove(0))
+}
+
+/// Stage 1 for many prompts with one encoder load (`vdit eval`): each prompt's conditioning,
+/// all sharing the negative prompt's embedding.
+pub fn encode_prompt_list(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    prompts: &[&str],
+) -> Result<Vec<TextConditioning>> {
     let tokenizer_path = match &settings.overrides.tokenizer {
         Some(path) => path.clone(),
         None => files.file("tokenizer/tokenizer.json")?,
@@ -371,13 +383,20 @@ pub fn encode_prompts(
         let ids = tokenizer.encode(prompt, TEXT_LEN)?;
         Ok(encoder.encode_padded(&ids, TEXT_LEN)?.to_device(device)?)
     };
-    let cond = encode(&settings.prompt)?;
     let uncond = if settings.uses_guidance() {
         Some(encode(&settings.negative_prompt)?)
     } else {
         None
     };
-    Ok(TextConditioning { cond, uncond })
+    prompts
+        .iter()
+        .map(|prompt| {
+            Ok(TextConditioning {
+                cond: encode(prompt)?,
+                uncond: uncond.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The Wan transformer as the step loop's velocity model.
