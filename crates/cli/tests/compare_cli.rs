@@ -220,6 +220,7 @@ fn bad_flags_are_rejected_with_a_clear_message() {
     assert_rejected(&["--sparsity", "0.8"], &["--sparsities"]);
     assert_rejected(&["--sparsities", "0.5,1.0"], &["[0, 1)"]);
     assert_rejected(&["--sparsities", "0.5,x"], &["not a number"]);
+    assert_rejected(&["--sparsities", "0.5,0.8,0.5"], &["0.5 is listed twice"]);
     assert_rejected(&["--attention", "dense"], &["--attention dense"]);
     assert_rejected(&["--latents-out", "l.safetensors"], &["--latents-out"]);
     assert_rejected(&["--dense-steps", "9"], &["--dense-steps 9"]);
