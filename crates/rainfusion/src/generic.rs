@@ -25,6 +25,19 @@ pub fn block_sparse_attention_generic(
     mask: &BlockMask,
     scale: f64,
 ) -> Result<Tensor> {
+    block_sparse_attention_generic_chunked(q, k, v, mask, scale, MAX_CHUNK_ELEMENTS)
+}
+
+/// [`block_sparse_attention_generic`] with a chosen chunk bound (tests use small bounds to run
+/// many chunks on small inputs).
+pub(crate) fn block_sparse_attention_generic_chunked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    scale: f64,
+    max_chunk_elements: usize,
+) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
     crate::sparse::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
@@ -70,7 +83,7 @@ pub fn block_sparse_attention_generic(
         let mut end = start + 1;
         while end < rows {
             let widest = mask.row_at(order[end]).len();
-            if (end + 1 - start) * widest * bs * bs.max(d) > MAX_CHUNK_ELEMENTS {
+            if (end + 1 - start) * widest * bs * bs.max(d) > max_chunk_elements {
                 break;
             }
             end += 1;

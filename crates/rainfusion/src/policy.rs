@@ -551,6 +551,25 @@ mod tests {
     }
 
     #[test]
+    fn masks_that_keep_everything_are_bitwise_dense() {
+        // One frame: the whole video is the first-frame sink, so every block is forced dense.
+        let layout = VideoLayout {
+            frames: 1,
+            height: 12,
+            width: 12,
+            text_tokens: 0,
+        };
+        let (q, k, v) = qkv(&layout, 3);
+        let mut rf = RainFusionAttention::new(config(0.9), 1).unwrap();
+        let sparse = rf.attend(0, &q, &k, &v, &layout).unwrap();
+        let dense = DenseAttention.attend(0, &q, &k, &v, &layout).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&sparse), flat(&dense));
+        assert_eq!(rf.mask_predictions(), 1);
+        assert_eq!(rf.effective_density(), 1.0);
+    }
+
+    #[test]
     fn sparse_call_matches_reference_in_original_order() {
         // The permutation must be undone: compare with masked attention on permuted tensors,
         // mapped back by hand.

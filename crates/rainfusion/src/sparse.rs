@@ -124,6 +124,50 @@ mod tests {
     }
 
     #[test]
+    fn narrow_tiles_and_small_chunks_match_the_reference() {
+        // 16-token blocks, 32-key tiles: rows span many tiles (online-softmax rescaling), both
+        // adjacent and gathered; a 20k-element chunk bound splits the generic kernel's rows.
+        let (l, d) = (203, 8);
+        let (q, k, v) = (
+            random((2, 2, l, d), 21),
+            random((2, 2, l, d), 22),
+            random((2, 2, l, d), 23),
+        );
+        let mask = random_mask(2, 2, 16, 13, 24);
+        let want = masked_attention_reference(&q, &k, &v, &mask, 0.3).unwrap();
+        let cpu = crate::sparse_cpu::block_sparse_attention_cpu_tiled(&q, &k, &v, &mask, 0.3, 32)
+            .unwrap();
+        let generic =
+            crate::generic::block_sparse_attention_generic_chunked(&q, &k, &v, &mask, 0.3, 20_000)
+                .unwrap();
+        assert!(rel_err(&cpu, &want) <= 1e-5, "cpu {}", rel_err(&cpu, &want));
+        assert!(
+            rel_err(&generic, &want) <= 1e-5,
+            "generic {}",
+            rel_err(&generic, &want)
+        );
+    }
+
+    #[test]
+    fn long_dense_rows_span_several_full_tiles() {
+        // 1100 tokens at block 64 = 18 blocks: dense rows cross three 512-key tiles.
+        let (q, k, v) = (
+            random((1, 1, 1100, 8), 25),
+            random((1, 1, 1100, 8), 26),
+            random((1, 1, 1100, 8), 27),
+        );
+        let plain = dense_attention(&q, &k, &v, 0.4).unwrap();
+        let mask = BlockMask::dense(1, 1, 64, 18, 18);
+        assert!(
+            rel_err(
+                &block_sparse_attention_cpu(&q, &k, &v, &mask, 0.4).unwrap(),
+                &plain
+            ) <= 1e-6
+        );
+        assert!(rel_err(&dense_attention_cpu(&q, &k, &v, 0.4).unwrap(), &plain) <= 1e-6);
+    }
+
+    #[test]
     fn empty_rows_give_zeros() {
         let (q, k, v) = (
             random((1, 1, 48, 4), 5),

@@ -32,8 +32,24 @@ pub fn block_sparse_attention_cpu(
     let (b, h, l, _) = q.dims4()?;
     crate::sparse::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
+    block_sparse_attention_cpu_tiled(q, k, v, mask, scale, MAX_KEYS_PER_TILE)
+}
+
+/// [`block_sparse_attention_cpu`] with a chosen tile width (tests use narrow tiles to exercise
+/// the online-softmax rescaling across tiles on small inputs).
+pub(crate) fn block_sparse_attention_cpu_tiled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    scale: f64,
+    keys_per_tile: usize,
+) -> Result<Tensor> {
+    let (b, h, l, _) = q.dims4()?;
+    crate::sparse::check_self_attention(q, k, v)?;
+    mask.check_covers(b, h, l)?;
     let query_blocks = mask.query_blocks;
-    run(q, k, v, mask.block_size, scale, |bh, qb| {
+    run(q, k, v, mask.block_size, scale, keys_per_tile, |bh, qb| {
         mask.row_at(bh * query_blocks + qb)
     })
 }
@@ -45,7 +61,15 @@ pub fn dense_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Re
     crate::sparse::check_self_attention(q, k, v)?;
     let blocks = q.dim(2)?.div_ceil(DENSE_QUERY_ROWS);
     let all: Vec<u32> = (0..blocks as u32).collect();
-    run(q, k, v, DENSE_QUERY_ROWS, scale, |_, _| &all[..])
+    run(
+        q,
+        k,
+        v,
+        DENSE_QUERY_ROWS,
+        scale,
+        MAX_KEYS_PER_TILE,
+        |_, _| &all[..],
+    )
 }
 
 /// Shared driver: borrows f32 views of q, k, v and runs one task per (batch·head, query block).
@@ -55,6 +79,7 @@ fn run<'m>(
     v: &Tensor,
     block_size: usize,
     scale: f64,
+    keys_per_tile: usize,
     kept_blocks: impl Fn(usize, usize) -> &'m [u32] + Sync,
 ) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
@@ -100,6 +125,7 @@ fn run<'m>(
                             values: v_head,
                             head_dim: d,
                             block_size,
+                            keys_per_tile,
                         };
                         attend_tile(q_tile, &tile, kept_blocks(bh, qb), scale, out_tile);
                     });
@@ -112,7 +138,7 @@ fn as_f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?.contiguous()?)
 }
 
-fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
+pub(crate) fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
     let Storage::Cpu(cpu) = storage else {
         return Err(Error::InvalidConfig(
             "the CPU attention kernel needs CPU tensors".into(),
@@ -130,6 +156,8 @@ struct KeyValues<'a> {
     values: &'a [f32],
     head_dim: usize,
     block_size: usize,
+    /// Keys scored at once (whole blocks; at least one block).
+    keys_per_tile: usize,
 }
 
 /// Attention of one query tile (`rows × D`, row-major) over the kept key blocks → `out` (`rows × D`).
@@ -137,11 +165,11 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
     let d = kv.head_dim;
     let rows = queries.len() / d;
     let tokens = kv.keys.len() / d;
-    let mut scores = vec![0f32; rows * MAX_KEYS_PER_TILE.max(kv.block_size)];
+    let mut scores = vec![0f32; rows * kv.keys_per_tile.max(kv.block_size)];
     let mut row_max = vec![f32::NEG_INFINITY; rows];
     let mut row_sum = vec![0f32; rows];
     out.fill(0.0);
-    let blocks_per_tile = (MAX_KEYS_PER_TILE / kv.block_size).max(1);
+    let blocks_per_tile = (kv.keys_per_tile / kv.block_size).max(1);
     // Kept blocks that are not adjacent are copied side by side here, so every tile has up to
     // MAX_KEYS_PER_TILE keys whatever the mask looks like (sparse rows cost the same per kept
     // block as dense ones).
@@ -246,7 +274,7 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
 }
 
 /// Largest element (8 independent lanes so the loop vectorises).
-fn max_of(xs: &[f32]) -> f32 {
+pub(crate) fn max_of(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = xs.chunks_exact(8);
     let rest = chunks.remainder();
@@ -261,7 +289,7 @@ fn max_of(xs: &[f32]) -> f32 {
 }
 
 /// `x ← exp(x − shift)` for every element; returns the sum of the results.
-fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
+pub(crate) fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
     for x in xs.iter_mut() {
         *x = exp_nonpositive(*x - shift);
     }
@@ -295,7 +323,7 @@ fn exp_nonpositive(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let exp_r = p * r * r + r + 1.0;
     let two_to_n = f32::from_bits(((n as i32 + 127) << 23) as u32);
     if x < -87.0 {

@@ -225,13 +225,59 @@ pub fn recognise_head_patterns(
     let positions: Vec<u32> = (0..samples)
         .map(|i| ((2 * i + 1) * sparse_rows / (2 * samples)) as u32)
         .collect();
-    let index = Tensor::from_slice(&positions, samples, q.device())?;
-    let queries = (q.index_select(&index, 2)?.to_dtype(DType::F32)? * scale)?; // [B,H,S,D]
+    // Attention mass per key block of each sampled query: [B·H][S][blocks].
+    let mass = if q.device().is_cpu() {
+        sampled_block_mass_cpu(q, k, &positions, patterns, scale)?
+    } else {
+        sampled_block_mass_candle(q, k, &positions, patterns, scale)?
+    };
+    Ok(mass
+        .iter()
+        .map(|head_mass| {
+            let mut recall = [0f64; 3];
+            for (s, row_mass) in head_mass.iter().enumerate() {
+                let qb = positions[s] as usize / patterns.block_size;
+                for pattern in HeadPattern::ALL {
+                    recall[pattern.index()] += patterns
+                        .row(pattern, qb)
+                        .iter()
+                        .map(|&kb| row_mass[kb as usize] as f64)
+                        .sum::<f64>();
+                }
+            }
+            HeadPattern::ALL
+                .into_iter()
+                .fold(HeadPattern::Spatial, |best, p| {
+                    if recall[p.index()] > recall[best.index()] {
+                        p
+                    } else {
+                        best
+                    }
+                })
+        })
+        .collect())
+}
+
+/// Exact attention rows of the sampled queries, summed per key block, with candle ops.
+fn sampled_block_mass_candle(
+    q: &Tensor,
+    k: &Tensor,
+    positions: &[u32],
+    patterns: &PatternMasks,
+    scale: f64,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let (b, h, l, _) = q.dims4()?;
+    let samples = positions.len();
+    let index = Tensor::from_slice(positions, samples, q.device())?;
+    let queries = (q
+        .contiguous()?
+        .index_select(&index, 2)?
+        .to_dtype(DType::F32)?
+        * scale)?; // [B,H,S,D]
     let keys_t = k.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?; // [B,H,D,L]
     let padded = patterns.blocks * patterns.block_size;
     let heads_per_chunk = (MAX_SAMPLE_SCORES / (samples * padded).max(1)).clamp(1, h);
-
-    let mut choices = Vec::with_capacity(b * h);
+    let mut mass = Vec::with_capacity(b * h);
     for batch in 0..b {
         let mut start = 0;
         while start < h {
@@ -246,38 +292,84 @@ pub fn recognise_head_patterns(
                 let pad = Tensor::zeros((1, n, samples, padded - l), DType::F32, q.device())?;
                 probs = Tensor::cat(&[&probs, &pad], 3)?;
             }
-            // Attention mass per key block: [n, S, blocks]
-            let mass = probs
-                .reshape((n, samples, patterns.blocks, patterns.block_size))?
-                .sum(3)?
-                .to_vec3::<f32>()?;
-            for head_mass in &mass {
-                let mut recall = [0f64; 3];
-                for (s, row_mass) in head_mass.iter().enumerate() {
-                    let qb = positions[s] as usize / patterns.block_size;
-                    for pattern in HeadPattern::ALL {
-                        recall[pattern.index()] += patterns
-                            .row(pattern, qb)
-                            .iter()
-                            .map(|&kb| row_mass[kb as usize] as f64)
-                            .sum::<f64>();
-                    }
-                }
-                let best = HeadPattern::ALL
-                    .into_iter()
-                    .fold(HeadPattern::Spatial, |best, p| {
-                        if recall[p.index()] > recall[best.index()] {
-                            p
-                        } else {
-                            best
-                        }
-                    });
-                choices.push(best);
-            }
+            let blocks = (n, samples, patterns.blocks, patterns.block_size);
+            mass.extend(probs.reshape(blocks)?.sum(3)?.to_vec3::<f32>()?);
             start += n;
         }
     }
-    Ok(choices)
+    Ok(mass)
+}
+
+/// The same on the CPU: one gemm per (batch, head) for the sampled score rows, then softmax
+/// and block sums in place, rayon across heads.
+fn sampled_block_mass_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    positions: &[u32],
+    patterns: &PatternMasks,
+    scale: f64,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    use crate::sparse_cpu::{cpu_f32, exp_shifted_in_place, max_of};
+    use rayon::prelude::*;
+    let (b, h, l, d) = q.dims4()?;
+    let (q, k) = (
+        q.to_dtype(DType::F32)?.contiguous()?,
+        k.to_dtype(DType::F32)?.contiguous()?,
+    );
+    let (q_guard, q_layout) = q.storage_and_layout();
+    let (k_guard, k_layout) = k.storage_and_layout();
+    let (qs, ks) = (cpu_f32(&q_guard, q_layout)?, cpu_f32(&k_guard, k_layout)?);
+    let samples = positions.len();
+    let bs = patterns.block_size;
+    let mass = (0..b * h)
+        .into_par_iter()
+        .map(|bh| {
+            let head = bh * l * d..(bh + 1) * l * d;
+            let (q_head, k_head) = (&qs[head.clone()], &ks[head]);
+            let sampled: Vec<f32> = positions
+                .iter()
+                .flat_map(|&p| &q_head[p as usize * d..(p as usize + 1) * d])
+                .copied()
+                .collect();
+            let mut scores = vec![0f32; samples * l];
+            // scores[s, j] = scale · q_s · k_j
+            // SAFETY: lhs is `samples × d` row-major (`sampled`); rhs reads `k_head` (`l × d`
+            // row-major) as `d × l` with column stride d; dst is `samples × l` row-major.
+            unsafe {
+                gemm::gemm(
+                    samples,
+                    l,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    l as isize,
+                    false,
+                    sampled.as_ptr(),
+                    1,
+                    d as isize,
+                    k_head.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0f32,
+                    scale as f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            scores
+                .chunks_exact_mut(l.max(1))
+                .map(|row| {
+                    let total = exp_shifted_in_place(row, max_of(row));
+                    row.chunks(bs)
+                        .map(|block| block.iter().sum::<f32>() / total)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    Ok(mass)
 }
 
 /// Settings of RainFusion 1.0 attention.
@@ -607,6 +699,27 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn cpu_and_candle_sampled_mass_agree() {
+        let (perm, masks) = patterns();
+        let q = perm.apply(&featured(|f, _, _| f, 1.0, 6)).unwrap();
+        let k = perm.apply(&featured(|_, y, _| y % 16, 1.0, 7)).unwrap();
+        let positions = [3u32, 100, 517, 1000];
+        let cpu = sampled_block_mass_cpu(&q, &k, &positions, &masks, 0.25).unwrap();
+        let candle = sampled_block_mass_candle(&q, &k, &positions, &masks, 0.25).unwrap();
+        assert_eq!((cpu.len(), cpu[0].len(), cpu[0][0].len()), (2, 4, 20));
+        for (a, b) in cpu
+            .iter()
+            .flatten()
+            .flatten()
+            .zip(candle.iter().flatten().flatten())
+        {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let total: f32 = cpu[1][2].iter().sum();
+        assert!((total - 1.0).abs() < 1e-5);
     }
 
     #[test]
