@@ -403,8 +403,27 @@ impl Default for RainFusionV1Config {
 }
 
 impl RainFusionV1Config {
+    /// Checks the settings against a run of `num_steps` steps on a model of `num_layers` layers
+    /// (dense steps and dense layers in range), on top of [`validate`](Self::validate).
+    pub fn validate_for_run(&self, num_steps: usize, num_layers: usize) -> Result<()> {
+        self.validate()?;
+        self.as_v2().validate_for_run(num_steps, num_layers)
+    }
+
+    /// Checks every field is in range.
     pub fn validate(&self) -> Result<()> {
-        let as_v2 = crate::RainFusionConfig {
+        self.as_v2().validate()?;
+        if self.samples == 0 {
+            return Err(Error::InvalidConfig(
+                "the pattern recogniser needs at least 1 sampled query".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shared settings, in RainFusion 2.0's config (whose checks they share).
+    fn as_v2(&self) -> crate::RainFusionConfig {
+        crate::RainFusionConfig {
             sparsity: self.sparsity,
             block_size: self.block_size,
             window: Window::Tile,
@@ -412,14 +431,7 @@ impl RainFusionV1Config {
             mask_refresh: self.mask_refresh,
             dense_layers: self.dense_layers,
             first_frame_sink: self.first_frame_sink,
-        };
-        as_v2.validate()?;
-        if self.samples == 0 {
-            return Err(Error::InvalidConfig(
-                "the pattern recogniser needs at least 1 sampled query".into(),
-            ));
         }
-        Ok(())
     }
 }
 
@@ -720,6 +732,21 @@ mod tests {
         }
         let total: f32 = cpu[1][2].iter().sum();
         assert!((total - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn v1_config_is_validated_against_the_run() {
+        let cfg = RainFusionV1Config {
+            dense_steps: DenseSteps::Count(11),
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_ok());
+        assert!(cfg
+            .validate_for_run(10, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("11 dense steps"));
+        assert!(cfg.validate_for_run(20, 4).is_ok());
     }
 
     #[test]
