@@ -714,6 +714,40 @@ mod tests {
     }
 
     #[test]
+    fn recogniser_picks_textural_for_heads_that_attend_to_global_anchors() {
+        // Built directly in permuted order: every query matches the keys of the textural
+        // pattern's anchor blocks (every 4th block before the sink), wherever the query is.
+        let (_, masks) = patterns();
+        let anchors: Vec<u32> = (0..16)
+            .filter(|kb| masks.row(HeadPattern::Textural, 1).contains(kb))
+            .collect();
+        assert_eq!(
+            anchors,
+            [0, 1, 4, 8, 12],
+            "anchors every 4th block, plus the query's own"
+        );
+        let l = LAYOUT.total_tokens();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut noise = || rng.random_range(-0.1f32..0.1);
+        let (mut q, mut k) = (vec![0f32; l * 16], vec![0f32; l * 16]);
+        for t in 0..l {
+            for c in 0..16 {
+                q[t * 16 + c] = noise();
+                k[t * 16 + c] = noise();
+            }
+            q[t * 16 + 15] += 3.0;
+            let block = t / BLOCK;
+            if block < 16 && block % 4 == 0 {
+                k[t * 16 + 15] += 3.0;
+            }
+        }
+        let q = Tensor::from_vec(q, (1, 1, l, 16), &Device::Cpu).unwrap();
+        let k = Tensor::from_vec(k, (1, 1, l, 16), &Device::Cpu).unwrap();
+        let got = recognise_head_patterns(&q, &k, &masks, 32, 0.25).unwrap();
+        assert_eq!(got, vec![HeadPattern::Textural]);
+    }
+
+    #[test]
     fn cpu_and_candle_sampled_mass_agree() {
         let (perm, masks) = patterns();
         let q = perm.apply(&featured(|f, _, _| f, 1.0, 6)).unwrap();
