@@ -74,6 +74,17 @@ pub enum AttentionMode {
     RainfusionV1,
 }
 
+impl AttentionMode {
+    /// The flag value (`dense`, `rainfusion`, `rainfusion-v1`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionMode::Dense => "dense",
+            AttentionMode::Rainfusion => "rainfusion",
+            AttentionMode::RainfusionV1 => "rainfusion-v1",
+        }
+    }
+}
+
 /// How RainFusion groups tokens into blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +93,15 @@ pub enum WindowArg {
     Tile,
     /// 2×8×8 windows spanning two frames.
     Spatiotemporal,
+}
+
+impl WindowArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowArg::Tile => "tile",
+            WindowArg::Spatiotemporal => "spatiotemporal",
+        }
+    }
 }
 
 /// Arguments of `vdit generate`. Settings left out come from the model's registry entry, else
@@ -248,7 +268,7 @@ fn parse_number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 
 fn parse_dimension(s: &str) -> Result<u32, String> {
     let v: u32 = parse_number(s)?;
-    if v == 0 || v % 16 != 0 {
+    if v == 0 || !v.is_multiple_of(16) {
         return Err(format!(
             "{v} is not a positive multiple of 16 (the VAE and the 2×2 patches need it)"
         ));
@@ -268,7 +288,7 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
 
 fn parse_frames(s: &str) -> Result<u32, String> {
     let v: u32 = parse_number(s)?;
-    if v == 0 || (v - 1) % 4 != 0 {
+    if v == 0 || !(v - 1).is_multiple_of(4) {
         let below = if v == 0 { 1 } else { (v - 1) / 4 * 4 + 1 };
         return Err(format!(
             "{v} frames is not 4n+1 (try {below} or {})",

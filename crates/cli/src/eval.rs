@@ -11,7 +11,9 @@
 //!    threshold is [`AnalyserConfig::min_foreground_distance`], raised to 1.5× the spread of the border
 //!    pixels around their background colour plus 10, so noisy backgrounds do not leak in.
 //! 3. Objects: 8-connected foreground components of at least `max(min_area_pixels,
-//!    min_area_fraction · W · H)` pixels; colour = the palette entry nearest to the component's mean RGB.
+//!    min_area_fraction · W · H)` pixels; colour = the palette entry nearest to the mean RGB of the
+//!    component's core, the half of its pixels farthest from the background (edge pixels are mixed
+//!    with the background, more so in soft generated clips).
 //!
 //! Over the clip: the object count is the most frequent per-frame count (ties: the smaller). Objects
 //! are tracked from the first frame showing that count, forwards and backwards, by palette colour and
@@ -411,11 +413,12 @@ pub fn analyse(video: &VideoFrames, cfg: &AnalyserConfig) -> Result<ClipAnalysis
         if t == 0 {
             background = model.colours.clone();
         }
-        let mask: Vec<bool> = frame
+        let distance: Vec<f64> = frame
             .chunks_exact(3)
-            .map(|p| model.is_foreground(rgb_f64(p)))
+            .map(|p| model.distance(rgb_f64(p)))
             .collect();
-        blobs_per_frame.push(connected_blobs(frame, &mask, w, h, min_area));
+        let mask: Vec<bool> = distance.iter().map(|&d| d > model.threshold).collect();
+        blobs_per_frame.push(connected_blobs(frame, &mask, &distance, w, h, min_area));
     }
 
     let object_count = modal_count(&blobs_per_frame);
@@ -488,31 +491,33 @@ impl BackgroundModel {
             .map(|&c| colour_distance(p, c))
             .fold(f64::INFINITY, f64::min)
     }
-
-    fn is_foreground(&self, p: [f64; 3]) -> bool {
-        self.distance(p) > self.threshold
-    }
 }
 
-/// 8-connected components of `mask` with at least `min_area` pixels, largest first.
-fn connected_blobs(frame: &[u8], mask: &[bool], w: usize, h: usize, min_area: usize) -> Vec<Blob> {
+/// 8-connected components of `mask` with at least `min_area` pixels, largest first. `distance` is each
+/// pixel's distance from the background; the colour is measured on the component's core (see
+/// [`core_mean_colour`]).
+fn connected_blobs(
+    frame: &[u8],
+    mask: &[bool],
+    distance: &[f64],
+    w: usize,
+    h: usize,
+    min_area: usize,
+) -> Vec<Blob> {
     let mut seen = vec![false; mask.len()];
     let mut blobs = Vec::new();
     let mut stack = Vec::new();
+    let mut members = Vec::new();
     for start in 0..mask.len() {
         if !mask[start] || seen[start] {
             continue;
         }
         seen[start] = true;
         stack.push(start);
-        let (mut area, mut sx, mut sy, mut rgb) = (0usize, 0.0, 0.0, [0.0f64; 3]);
+        members.clear();
         while let Some(i) = stack.pop() {
+            members.push(i);
             let (x, y) = (i % w, i / w);
-            area += 1;
-            sx += x as f64;
-            sy += y as f64;
-            let p = rgb_f64(&frame[i * 3..][..3]);
-            (0..3).for_each(|c| rgb[c] += p[c]);
             for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
                 for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
                     let j = ny * w + nx;
@@ -523,19 +528,36 @@ fn connected_blobs(frame: &[u8], mask: &[bool], w: usize, h: usize, min_area: us
                 }
             }
         }
-        if area >= min_area {
-            let n = area as f64;
-            let mean_rgb = rgb.map(|v| v / n);
-            blobs.push(Blob {
-                area,
-                centroid: (sx / n, sy / n),
-                mean_rgb,
-                colour: PaletteColour::nearest(mean_rgb),
-            });
+        if members.len() < min_area {
+            continue;
         }
+        let n = members.len() as f64;
+        let sx: f64 = members.iter().map(|&i| (i % w) as f64).sum();
+        let sy: f64 = members.iter().map(|&i| (i / w) as f64).sum();
+        let mean_rgb = core_mean_colour(frame, &mut members, distance);
+        blobs.push(Blob {
+            area: members.len(),
+            centroid: (sx / n, sy / n),
+            mean_rgb,
+            colour: PaletteColour::nearest(mean_rgb),
+        });
     }
     blobs.sort_by_key(|b| std::cmp::Reverse(b.area));
     blobs
+}
+
+/// Mean RGB of the half of the component farthest from the background. Edge pixels (anti-aliasing,
+/// blur in generated clips) are mixtures with the background and would pull the mean towards it,
+/// enough to turn yellow into orange or blue into purple on a soft clip.
+fn core_mean_colour(frame: &[u8], members: &mut [usize], distance: &[f64]) -> [f64; 3] {
+    members.sort_by(|&a, &b| distance[b].total_cmp(&distance[a]).then(a.cmp(&b)));
+    let core = &members[..members.len().div_ceil(2)];
+    let mut rgb = [0.0f64; 3];
+    for &i in core {
+        let p = rgb_f64(&frame[i * 3..][..3]);
+        (0..3).for_each(|c| rgb[c] += p[c]);
+    }
+    rgb.map(|v| v / core.len() as f64)
 }
 
 /// Most frequent number of objects per frame; ties go to the smaller count.

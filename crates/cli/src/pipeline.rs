@@ -32,7 +32,7 @@ use vdit_models::weights::WeightFiles;
 use crate::hub::ModelFiles;
 use crate::sampling::{guide_batched, load_noise, seeded_noise, FlowSolver};
 use crate::settings::{AttentionSettings, GenerateSettings};
-use crate::video::{frames_from_tensor, write_video};
+use crate::video::{frames_from_tensor, write_video, VideoFrames};
 
 /// A flow-matching network: predicts the velocity (noise − clean) of a sample.
 pub trait VelocityModel {
@@ -138,7 +138,8 @@ pub fn build_attention(
     num_layers: usize,
     num_steps: usize,
 ) -> Result<Box<dyn SelfAttention>> {
-    let invalid = |e: rainfusion::Error| VditError::InvalidSetting(format!("--attention: {e}"));
+    let invalid =
+        |e: rainfusion::Error| VditError::InvalidSetting(format!("sparse attention flags: {e}"));
     match settings.mode {
         AttentionMode::Dense => Ok(Box::new(DenseAttention)),
         AttentionMode::Rainfusion => {
@@ -276,6 +277,7 @@ impl std::fmt::Display for RunReport {
 pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunReport> {
     let device = settings.device.device()?;
     let mut timings = StageTimings::default();
+    preflight(settings, files)?;
 
     let start = Instant::now();
     let text = encode_prompts(settings, files, &device)?;
@@ -302,11 +304,9 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     eprintln!("decode       {:.1} s", timings.decode_s);
 
     let start = Instant::now();
-    let frames = frames_from_tensor(&video).map_err(video_error)?;
-    let files_written =
-        write_video(&settings.output, &frames, settings.fps).map_err(video_error)?;
+    let frames = video_frames(&video)?;
+    written.extend(write_frames(&settings.output, &frames, settings.fps)?);
     timings.write_s = start.elapsed().as_secs_f64();
-    written.extend(files_written.iter().map(|p| p.display().to_string()));
 
     let sidecar_path = settings.sidecar_path();
     let sidecar = Sidecar {
@@ -329,6 +329,17 @@ fn video_error(e: crate::video::VideoError) -> VditError {
     VditError::Sampling(format!("video output: {e}"))
 }
 
+/// The decoder's `[1, 3, F, H, W]` in [-1, 1] as RGB24 frames.
+pub fn video_frames(video: &Tensor) -> Result<VideoFrames> {
+    frames_from_tensor(video).map_err(video_error)
+}
+
+/// Writes frames in the format `path`'s extension names; returns the files written.
+pub fn write_frames(path: &std::path::Path, frames: &VideoFrames, fps: u32) -> Result<Vec<String>> {
+    let written = write_video(path, frames, fps).map_err(video_error)?;
+    Ok(written.iter().map(|p| p.display().to_string()).collect())
+}
+
 /// Text length the transformer's cross-attention sees: Wan2.1 pads every prompt to 512 tokens.
 pub const TEXT_LEN: usize = 512;
 
@@ -339,45 +350,84 @@ pub struct TextConditioning {
     pub uncond: Option<Tensor>,
 }
 
+/// The tokenizer and umT5 encoder of a model, loaded once for any number of prompts.
+pub struct PromptEncoder {
+    tokenizer: PromptTokenizer,
+    encoder: Umt5Encoder,
+    /// Where the embeddings go (the transformer's device).
+    output_device: Device,
+}
+
+impl PromptEncoder {
+    /// Loads the model's tokenizer and text encoder (or the overrides). With `--t5-cpu` the
+    /// encoder runs on the CPU; umT5 overflows in f16, so f16 runs encode in bf16.
+    pub fn load(settings: &GenerateSettings, files: &ModelFiles, device: &Device) -> Result<Self> {
+        let tokenizer_path = match &settings.overrides.tokenizer {
+            Some(path) => path.clone(),
+            None => files.file("tokenizer/tokenizer.json")?,
+        };
+        let tokenizer = PromptTokenizer::from_file(&tokenizer_path)?;
+        let component =
+            files.component("text_encoder", settings.overrides.text_encoder.as_deref())?;
+        let weights = Arc::new(WeightFiles::open(&component.weights)?);
+        let config = match &component.config {
+            Some(path) => Umt5Config::from_json_file(path)?,
+            None => Umt5Config::from_weights(&weights)?,
+        };
+        let encoder_device = if settings.t5_cpu {
+            Device::Cpu
+        } else {
+            device.clone()
+        };
+        let encoder_dtype = match settings.dtype {
+            DType::F16 => DType::BF16,
+            other => other,
+        };
+        let encoder = Umt5Encoder::load(&weights, &config, encoder_dtype, &encoder_device)?;
+        Ok(Self {
+            tokenizer,
+            encoder,
+            output_device: device.clone(),
+        })
+    }
+
+    /// One prompt → `[1, TEXT_LEN, d_model]` f32 (real tokens encoded, then zero rows).
+    pub fn encode(&self, prompt: &str) -> Result<Tensor> {
+        let ids = self.tokenizer.encode(prompt, TEXT_LEN)?;
+        Ok(self
+            .encoder
+            .encode_padded(&ids, TEXT_LEN)?
+            .to_device(&self.output_device)?)
+    }
+
+    /// The prompt, and the negative prompt when guidance is on.
+    pub fn conditioning(
+        &self,
+        prompt: &str,
+        negative_prompt: &str,
+        guided: bool,
+    ) -> Result<TextConditioning> {
+        let cond = self.encode(prompt)?;
+        let uncond = if guided {
+            Some(self.encode(negative_prompt)?)
+        } else {
+            None
+        };
+        Ok(TextConditioning { cond, uncond })
+    }
+}
+
 /// Stage 1: tokenizer and umT5 encoder; the encoder is freed when this returns.
 pub fn encode_prompts(
     settings: &GenerateSettings,
     files: &ModelFiles,
     device: &Device,
 ) -> Result<TextConditioning> {
-    let tokenizer_path = match &settings.overrides.tokenizer {
-        Some(path) => path.clone(),
-        None => files.file("tokenizer/tokenizer.json")?,
-    };
-    let tokenizer = PromptTokenizer::from_file(&tokenizer_path)?;
-    let component = files.component("text_encoder", settings.overrides.text_encoder.as_deref())?;
-    let weights = Arc::new(WeightFiles::open(&component.weights)?);
-    let config = match &component.config {
-        Some(path) => Umt5Config::from_json_file(path)?,
-        None => Umt5Config::from_weights(&weights)?,
-    };
-    // --t5-cpu keeps the big encoder off the GPU; umT5 overflows in f16, so f16 runs use bf16.
-    let encoder_device = if settings.t5_cpu {
-        Device::Cpu
-    } else {
-        device.clone()
-    };
-    let encoder_dtype = match settings.dtype {
-        DType::F16 => DType::BF16,
-        other => other,
-    };
-    let encoder = Umt5Encoder::load(&weights, &config, encoder_dtype, &encoder_device)?;
-    let encode = |prompt: &str| -> Result<Tensor> {
-        let ids = tokenizer.encode(prompt, TEXT_LEN)?;
-        Ok(encoder.encode_padded(&ids, TEXT_LEN)?.to_device(device)?)
-    };
-    let cond = encode(&settings.prompt)?;
-    let uncond = if settings.uses_guidance() {
-        Some(encode(&settings.negative_prompt)?)
-    } else {
-        None
-    };
-    Ok(TextConditioning { cond, uncond })
+    PromptEncoder::load(settings, files, device)?.conditioning(
+        &settings.prompt,
+        &settings.negative_prompt,
+        settings.uses_guidance(),
+    )
 }
 
 /// The Wan transformer as the step loop's velocity model.
@@ -401,6 +451,33 @@ pub struct SampledLatents {
     pub effective_density: f64,
 }
 
+/// Finds (or downloads) every file of the run in stage order and checks the attention flags
+/// against the transformer's depth, so a missing VAE or a bad flag fails before minutes of work.
+pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
+    if settings.overrides.tokenizer.is_none() {
+        files.file("tokenizer/tokenizer.json")?;
+    }
+    files.component("text_encoder", settings.overrides.text_encoder.as_deref())?;
+    let config = transformer_config(settings, files)?;
+    files.component("vae", settings.overrides.vae.as_deref())?;
+    if let Some(config) = config {
+        build_attention(&settings.attention, config.num_layers, settings.steps)?;
+    }
+    Ok(())
+}
+
+/// The transformer's config.json, when there is one (without, sizes come from the weights).
+pub fn transformer_config(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+) -> Result<Option<WanConfig>> {
+    let component = files.component("transformer", settings.overrides.dit.as_deref())?;
+    Ok(match &component.config {
+        Some(path) => Some(WanConfig::from_json_file(path)?),
+        None => None,
+    })
+}
+
 /// Loads the transformer named by the model (or `--dit`).
 pub fn load_transformer(
     settings: &GenerateSettings,
@@ -419,8 +496,7 @@ pub fn load_transformer(
     })
 }
 
-/// Stage 2: noise, then the solver's steps on the transformer; the transformer is freed when
-/// this returns.
+/// Stage 2: loads the transformer, samples, frees it.
 pub fn sample_latents(
     settings: &GenerateSettings,
     files: &ModelFiles,
@@ -431,8 +507,22 @@ pub fn sample_latents(
     sample_latents_with(&transformer, settings, device, text)
 }
 
+/// The initial noise of `settings`: the `--noise` file, else seeded.
+pub fn initial_noise(
+    settings: &GenerateSettings,
+    channels: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let (b, _, f, h, w) = settings.latent_shape(channels);
+    let shape = [b, channels, f, h, w];
+    match &settings.noise {
+        Some(path) => load_noise(path, &shape, device),
+        None => seeded_noise(settings.seed, &shape, device),
+    }
+}
+
 /// Stage 2 on an already loaded transformer (`vdit compare` and `vdit eval` load it once for
-/// many runs).
+/// many runs): the whole schedule, with a progress bar (steps, s/step).
 pub fn sample_latents_with(
     transformer: &WanTransformer,
     settings: &GenerateSettings,
@@ -440,12 +530,7 @@ pub fn sample_latents_with(
     text: &TextConditioning,
 ) -> Result<SampledLatents> {
     let config = transformer.config();
-    let (b, _, f, h, w) = settings.latent_shape(config.in_channels);
-    let shape = [b, config.in_channels, f, h, w];
-    let noise = match &settings.noise {
-        Some(path) => load_noise(path, &shape, device)?,
-        None => seeded_noise(settings.seed, &shape, device)?,
-    };
+    let noise = initial_noise(settings, config.in_channels, device)?;
     let mut attention = build_attention(&settings.attention, config.num_layers, settings.steps)?;
     let mut solver = settings.sampler.solver(settings.steps, settings.shift);
     let progress = ProgressBar::new(settings.steps as u64);
@@ -484,22 +569,44 @@ pub fn sample_latents_with(
     })
 }
 
-/// Stage 3: the Wan VAE decodes the latents to `[1, 3, F, H, W]` in [-1, 1]; freed on return.
-pub fn decode_latents(
+/// Loads the model's VAE decoder (or `--vae`).
+pub fn load_vae(
     settings: &GenerateSettings,
     files: &ModelFiles,
     device: &Device,
-    latents: &Tensor,
-) -> Result<Tensor> {
+) -> Result<WanVaeDecoder> {
     let component = files.component("vae", settings.overrides.vae.as_deref())?;
     let config = match &component.config {
         Some(path) => WanVaeConfig::from_json_file(path)?,
         None => WanVaeConfig::wan2_1(),
     };
     let weights = Arc::new(WeightFiles::open(&component.weights)?);
-    let vae = WanVaeDecoder::load(&weights, &config, settings.dtype, device)?;
+    Ok(WanVaeDecoder::load(
+        &weights,
+        &config,
+        settings.dtype,
+        device,
+    )?)
+}
+
+/// Decodes with a loaded VAE: `[1, 16, F', H', W']` → `[1, 3, F, H, W]` in [-1, 1].
+pub fn decode_with(
+    vae: &WanVaeDecoder,
+    settings: &GenerateSettings,
+    latents: &Tensor,
+) -> Result<Tensor> {
     let tiling = settings.vae_tiling.then(VaeTiling::default);
     Ok(vae.decode(latents, tiling)?)
+}
+
+/// Stage 3: loads the VAE, decodes, frees it.
+pub fn decode_latents(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    latents: &Tensor,
+) -> Result<Tensor> {
+    decode_with(&load_vae(settings, files, device)?, settings, latents)
 }
 
 #[cfg(test)]

@@ -289,6 +289,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_model_becomes_the_default_once_present() {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, text) in EMBEDDED {
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("vdit-tiny.toml"),
+            "name = \"vdit-tiny\"\npath = \"vdit-tiny\"\n",
+        )
+        .unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        assert_eq!(registry.default_model().unwrap().name, "wan2.1-t2v-1.3b");
+        std::fs::create_dir_all(dir.path().join("vdit-tiny")).unwrap();
+        std::fs::write(dir.path().join("vdit-tiny/model_index.json"), "{}").unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        assert_eq!(registry.default_model().unwrap().name, "vdit-tiny");
+    }
+
+    #[test]
     fn local_entries_resolve_against_their_directory_and_bad_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

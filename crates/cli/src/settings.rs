@@ -56,6 +56,14 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+        }
+    }
+
     pub fn device(self) -> Result<Device> {
         Ok(match self {
             DeviceKind::Cpu => Device::Cpu,
@@ -210,8 +218,8 @@ impl GenerateSettings {
                 }
             ),
             format!(
-                "device       {:?}, {}{}{}",
-                self.device,
+                "device       {}, {}{}{}",
+                self.device.name(),
                 dtype_name(self.dtype),
                 if self.t5_cpu {
                     ", text encoder on CPU"
@@ -225,8 +233,9 @@ impl GenerateSettings {
         lines.push(match a.mode {
             AttentionMode::Dense => "attention    dense".to_string(),
             mode => format!(
-                "attention    {mode:?}: sparsity {}, {} dense steps, mask refresh {}, block {}, window {:?}, {} dense layers",
-                a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window, a.dense_layers
+                "attention    {}: sparsity {}, {} dense steps, mask refresh {}, block {}, window {}, {} dense layers",
+                mode.name(),
+                a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window.name(), a.dense_layers
             ),
         });
         if let Some(noise) = &self.noise {
@@ -373,7 +382,7 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
         .or(defaults.height)
         .unwrap_or(wan_defaults::HEIGHT);
     for (name, v) in [("width", width), ("height", height)] {
-        if v == 0 || v % 16 != 0 {
+        if v == 0 || !v.is_multiple_of(16) {
             problems.push(format!("{name} {v} is not a positive multiple of 16"));
         }
     }
@@ -381,7 +390,7 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
         .frames
         .or(defaults.frames)
         .unwrap_or(wan_defaults::FRAMES);
-    if frames == 0 || (frames - 1) % 4 != 0 {
+    if frames == 0 || !(frames - 1).is_multiple_of(4) {
         problems.push(format!("--frames {frames} is not 4n+1"));
     }
     let steps = args.steps.or(defaults.steps).unwrap_or(wan_defaults::STEPS);

@@ -298,3 +298,104 @@ fn settings_and_seed_are_printed_first() {
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(seed_line.ends_with("(random)"), "{stderr}");
 }
+
+#[test]
+fn offline_hub_model_missing_from_the_cache_names_where_vdit_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("empty-cache");
+    let args = generate_args(dir.path(), &["--model", "someone/some-model", "--offline"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vdit(&args, &cache);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for needle in [
+        "someone/some-model",
+        "offline",
+        "tokenizer/tokenizer.json",
+        &cache
+            .join("models--someone--some-model")
+            .display()
+            .to_string(),
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "message lacks {needle:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn local_model_with_a_missing_component_names_the_paths_tried_and_overrides_fill_it() {
+    // A copy of the tiny model without its VAE weights.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    for entry in walk(&tiny_model()) {
+        let relative = entry.strip_prefix(tiny_model()).unwrap();
+        if relative.starts_with("vae") && relative.extension().is_some_and(|e| e == "safetensors") {
+            continue;
+        }
+        let target = model.join(relative);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &target).unwrap();
+    }
+    let mut args = generate_args(dir.path(), &[]);
+    let at = args.iter().position(|a| a == "--model").unwrap();
+    args[at + 1] = model.display().to_string();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vdit(&argv, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for candidate in [
+        "diffusion_pytorch_model.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        let tried = model.join("vae").join(candidate).display().to_string();
+        assert!(stderr.contains(&tried), "message lacks {tried}:\n{stderr}");
+    }
+    // --vae supplies the missing file; the model's vae/config.json still applies.
+    let vae = tiny_model().join("vae/diffusion_pytorch_model.safetensors");
+    args.extend(["--vae".to_string(), vae.display().to_string()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vdit(&argv, &dir.path().join("cache"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("out.mp4").is_file());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn dense_layers_beyond_the_model_depth_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = generate_args(
+        dir.path(),
+        &["--attention", "rainfusion", "--dense-layers", "5"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("5 dense layers") && stderr.contains("2 layers"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("encode "),
+        "the text encoder ran first:\n{stderr}"
+    );
+}

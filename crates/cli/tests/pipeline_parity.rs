@@ -7,7 +7,7 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use vdit::args::{Cli, Command as VditCommand};
+use vdit::args::GenerateArgs;
 use vdit::pipeline::{decode_latents, encode_prompts, sample_latents};
 use vdit::registry::Registry;
 use vdit::settings::resolve;
@@ -80,11 +80,15 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn every_stage_matches_diffusers_in_f32() {
     let dir = tempfile::tempdir().unwrap();
-    let mut argv = vec!["vdit".to_string()];
-    argv.extend(reference_flags(&dir.path().join("out.mp4")));
-    let VditCommand::Generate(args) = Cli::try_parse_from(&argv).unwrap().command else {
-        panic!("not a generate command");
-    };
+    // The flags after `generate`, parsed by the same clap definition the binary uses.
+    #[derive(Parser)]
+    struct Generate {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+    let mut argv = reference_flags(&dir.path().join("out.mp4"));
+    argv[0] = "vdit-generate".into();
+    let args = Generate::try_parse_from(&argv).unwrap().args;
     let (settings, files) = resolve(&args, &Registry::embedded()).unwrap();
     let reference = reference();
     let device = Device::Cpu;
@@ -153,7 +157,7 @@ fn vdit_generate_writes_mp4_gif_png_and_latents_matching_diffusers() {
         let sidecar: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
                 .unwrap();
-        assert_eq!(sidecar["settings"]["seed"].as_u64().is_some(), true);
+        assert!(sidecar["settings"]["seed"].as_u64().is_some());
         assert_eq!(sidecar["settings"]["steps"], 4);
         assert_eq!(sidecar["effective_density"], 1.0);
         for stage in [
@@ -256,4 +260,47 @@ fn rainfusion_runs_end_to_end_and_sparsity_zero_equals_dense() {
         latents[0], latents[1],
         "sparsity 0 must give exactly the dense output"
     );
+}
+
+#[test]
+fn bf16_run_stays_within_bf16_tolerance_of_diffusers_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let latents_path = dir.path().join("bf16.safetensors");
+    let mut args = reference_flags(&dir.path().join("bf16.gif"));
+    // Later flags override earlier ones.
+    args.extend(["--dtype", "bf16", "--latents-out"].map(String::from));
+    args.push(latents_path.display().to_string());
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let latents = candle_core::safetensors::load(&latents_path, &Device::Cpu).unwrap();
+    let err = relative_error(&latents["latents"], &reference()["final_latents"]);
+    println!("bf16 final latents: rel err {err:.2e}");
+    assert!(err <= 2e-2, "bf16 latents rel err {err}");
+    // And it is a bf16 run, not a silent f32 one.
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bf16.json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["settings"]["dtype"], "bf16");
+    assert!(err > 1e-5, "suspiciously exact for bf16: {err}");
+}
+
+#[test]
+fn noise_of_the_wrong_shape_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = reference_flags(&dir.path().join("x.gif"));
+    args.extend(["--width", "64", "--height", "64"].map(String::from));
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--noise")
+            && stderr.contains("[1, 16, 3, 4, 6]")
+            && stderr.contains("[1, 16, 3, 8, 8]"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("x.gif").exists());
 }

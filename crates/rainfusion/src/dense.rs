@@ -70,6 +70,10 @@ impl SelfAttention for DenseAttention {
 /// block kept on the CPU (about 3× faster than the candle-ops path there, see BENCHMARKS.md),
 /// [`dense_attention`] elsewhere. q, k, v: `[B, H, L, D]` → `[B, H, L, D]` in q's dtype.
 pub fn dense_self_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::is_supported(q, 128) && q.dims4()? == k.dims4()? {
+        return crate::cuda::flash_attention(q, k, v, scale);
+    }
     let cpu_kernel_dtype = matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16);
     if q.device().is_cpu() && cpu_kernel_dtype {
         crate::sparse_cpu::dense_attention_cpu(q, k, v, scale)

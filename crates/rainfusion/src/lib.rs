@@ -21,6 +21,8 @@ mod error;
 pub mod generic;
 pub mod layout;
 pub mod mask;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod policy;
 pub mod predict;
 pub mod reference;

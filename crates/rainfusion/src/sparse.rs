@@ -9,8 +9,9 @@ use crate::{BlockMask, Error, Result};
 /// Block-sparse self-attention: each query attends only to the key blocks `mask` keeps.
 ///
 /// q, k, v: `[B, H, L, D]` → `[B, H, L, D]` in q's dtype. `mask` must cover `B × H` and
-/// `ceil(L / mask.block_size)` blocks. CPU tensors run the fast CPU kernel; every other device
-/// runs the generic candle-ops kernel.
+/// `ceil(L / mask.block_size)` blocks. CPU tensors run the fast CPU kernel; CUDA tensors the
+/// `cuda` kernels where they apply (feature `cuda`: bf16/f16, head_dim 64/128); every other
+/// case runs the generic candle-ops kernel.
 pub fn block_sparse_attention(
     q: &Tensor,
     k: &Tensor,
@@ -20,6 +21,10 @@ pub fn block_sparse_attention(
 ) -> Result<Tensor> {
     match q.device() {
         Device::Cpu => block_sparse_attention_cpu(q, k, v, mask, scale),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if crate::cuda::is_supported(q, mask.block_size) => {
+            crate::cuda::block_sparse_attention(q, k, v, mask, scale)
+        }
         _ => block_sparse_attention_generic(q, k, v, mask, scale),
     }
 }

@@ -9,7 +9,7 @@ use openh264::formats::{YUVBuffer, YUVSource};
 use openh264::{OpenH264API, Timestamp};
 
 use super::mp4::Mp4Track;
-use super::{Result, VideoError, VideoFrames};
+use super::{Result, VideoError, VideoFrames, MAX_FPS};
 
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
@@ -42,6 +42,11 @@ fn codec_err(what: &str, e: impl std::fmt::Display) -> VideoError {
 /// Encodes `video` at `fps`. Odd sizes are padded to even by repeating the last column/row.
 pub fn encode(video: &VideoFrames, fps: u32) -> Result<H264Stream> {
     video.validate()?;
+    if !(1..=MAX_FPS).contains(&fps) {
+        return Err(VideoError::InvalidFrames(format!(
+            "fps {fps} is outside 1..={MAX_FPS}"
+        )));
+    }
     let (width, height) = (video.width as usize, video.height as usize);
     let (coded_w, coded_h) = (width.next_multiple_of(2), height.next_multiple_of(2));
     if coded_w > 3840 || coded_h > 3840 || coded_w.min(coded_h) > 2160 {

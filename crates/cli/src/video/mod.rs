@@ -27,6 +27,8 @@ pub use png_seq::png_frame_path;
 
 /// Frame rate of Wan2.1 videos, the default for every writer.
 pub const DEFAULT_FPS: u32 = 16;
+/// Highest frame rate the writers accept (the MP4 media timescale is `fps * 1000`).
+pub const MAX_FPS: u32 = 1000;
 
 /// Decoded or generated video: RGB24 frames, row-major, `width * height * 3` bytes each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,8 +195,10 @@ pub fn check_writable(path: &Path) -> Result<VideoFormat> {
 /// Returns the files written (one for mp4/gif, one per frame for png).
 pub fn write_video(path: &Path, video: &VideoFrames, fps: u32) -> Result<Vec<PathBuf>> {
     video.validate()?;
-    if fps == 0 {
-        return Err(VideoError::InvalidFrames("fps must be at least 1".into()));
+    if !(1..=MAX_FPS).contains(&fps) {
+        return Err(VideoError::InvalidFrames(format!(
+            "fps {fps} is outside 1..={MAX_FPS}"
+        )));
     }
     match VideoFormat::from_path(path)? {
         VideoFormat::Mp4 => {

@@ -7,7 +7,7 @@
 //! boxes (several chunks, `co64`, several `stts` entries), which is what the tests need.
 
 use super::h264::H264Stream;
-use super::{Result, VideoError};
+use super::{Result, VideoError, MAX_FPS};
 
 /// Time units per second of the movie header (durations in milliseconds).
 const MOVIE_TIMESCALE: u32 = 1000;
@@ -43,13 +43,26 @@ impl Mp4Track {
 
 /// Muxes `stream` as an MP4 at a constant `fps`.
 pub fn mux(stream: &H264Stream, fps: u32) -> Result<Vec<u8>> {
-    if fps == 0 || fps > 1000 {
+    if !(1..=MAX_FPS).contains(&fps) {
         return Err(VideoError::InvalidFrames(format!(
-            "fps {fps} is outside 1..=1000"
+            "fps {fps} is outside 1..={MAX_FPS}"
         )));
     }
     if stream.samples.is_empty() {
         return Err(VideoError::InvalidFrames("no frames".into()));
+    }
+    if stream.sps.len() < 4
+        || stream.pps.is_empty()
+        || stream.sps.len() > 0xffff
+        || stream.pps.len() > 0xffff
+    {
+        return Err(VideoError::Codec("missing or oversized SPS/PPS".into()));
+    }
+    if stream.width > 0xffff || stream.height > 0xffff {
+        return Err(VideoError::InvalidFrames(format!(
+            "{}x{} is too large",
+            stream.width, stream.height
+        )));
     }
     let media_bytes: u64 = stream.samples.iter().map(|s| s.data.len() as u64).sum();
     if media_bytes + (1 << 20) > u64::from(u32::MAX) {
@@ -329,7 +342,8 @@ fn children(data: &[u8]) -> Parse<Vec<([u8; 4], &[u8])>> {
             n => u64::from(n),
         };
         let header = (c.pos - start) as u64;
-        if size < header || start as u64 + size > data.len() as u64 {
+        let end = (start as u64).checked_add(size);
+        if size < header || end.is_none_or(|end| end > data.len() as u64) {
             return Err(format!(
                 "box '{}' has a bad size {size}",
                 String::from_utf8_lossy(&kind)
@@ -532,7 +546,7 @@ fn sample_offsets(sizes: &[u32], chunks: &[u64], stsc: &[(u32, u32, u32)]) -> Pa
                 break;
             };
             offsets.push(offset);
-            offset += u64::from(size);
+            offset = offset.saturating_add(u64::from(size));
         }
     }
     if offsets.len() != sizes.len() {
