@@ -3,7 +3,8 @@
 use candle_core::cuda_backend::cudarc::driver::sys::{
     CUdevice_attribute, CUfunction_attribute_enum,
 };
-use candle_core::cuda_backend::{CudaDevice, CudaFunc, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::CudaFunction;
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
 
 use crate::Result;
 
@@ -48,7 +49,7 @@ pub(crate) fn load(
     module: &PtxModule,
     function: &str,
     dynamic_smem: u32,
-) -> Result<CudaFunc> {
+) -> Result<CudaFunction> {
     let major = compute_major(dev)?;
     if major < 8 {
         return Err(crate::Error::InvalidConfig(format!(
@@ -69,5 +70,5 @@ pub(crate) fn load(
         )
         .w()?;
     }
-    Ok(func)
+    Ok(func.into_cuda_function())
 }
