@@ -176,7 +176,7 @@ fn strided_inputs_are_read_in_place_and_agree_with_contiguous() {
 fn block_sparse_attention_matches_cpu_reference() {
     let dev = gpu();
     for (bs, d, l) in [
-        (128, 128, 700),
+        (128usize, 128usize, 700usize),
         (64, 128, 300),
         (64, 64, 333),
         (128, 64, 512),
