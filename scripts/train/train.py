@@ -140,17 +140,22 @@ def to_video(clips, device):
 
 
 # ---------------------------------------------------------------------------------------------- VAE
-def train_vae(args, device, pool, budget: float):
+def train_vae(args, device, pool, budget: float, init_state: dict | None = None, lr: float | None = None):
     import torch
     from diffusers import AutoencoderKLWan
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(**VAE_CONFIG).to(device)
+    torch.manual_seed(0 if init_state is None else 1)
+    vae = AutoencoderKLWan(**VAE_CONFIG)
+    if init_state is not None:
+        vae.load_state_dict(init_state)
+    vae.to(device)
+    lr = lr or args.vae_lr
     log(f"VAE params {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M, budget {budget:.0f}s")
     # A fixed pool of clips at both render sizes; random crops of it form the batches.
     n128, n256 = (64, 4) if args.smoke else (3000, 240)
-    jobs = [(10_000 + i, 100, 128, 17) for i in range(n128 // 100)] if not args.smoke else [(10_000, 64, 128, 17)]
-    jobs += [(20_000 + i, 20, 256, 49) for i in range(n256 // 20)] if not args.smoke else [(20_000, 4, 256, 49)]
+    offset = 0 if init_state is None else 500
+    jobs = [(10_000 + offset + i, 100, 128, 17) for i in range(n128 // 100)] if not args.smoke else [(10_000, 64, 128, 17)]
+    jobs += [(20_000 + offset + i, 20, 256, 49) for i in range(n256 // 20)] if not args.smoke else [(20_000, 4, 256, 49)]
     pool128, pool256 = [], []
     for clips, _ in pool.imap(render_chunk, jobs):
         (pool128 if clips.shape[2] == 128 else pool256).append(torch.from_numpy(clips).to(device))
@@ -158,7 +163,7 @@ def train_vae(args, device, pool, budget: float):
     log(f"VAE data: {tuple(pool128.shape)} + {tuple(pool256.shape)}")
 
     crop_t, crop_s, batch = (9, 64, 16) if not args.smoke else (5, 32, 2)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator(device="cpu").manual_seed(1)
     t0, step, history, running = time.time(), 0, [], []
     while True:
@@ -174,7 +179,7 @@ def train_vae(args, device, pool, budget: float):
         crop = source[idx.to(device), t_start : t_start + crop_t, y : y + crop_s, x : x + crop_s]
         video = to_video(crop, device)
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(args.vae_lr, elapsed / budget, 0, step, 100)
+            group["lr"] = cosine_lr(lr, elapsed / budget, 0, step, 100)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             posterior = vae.encode(video).latent_dist
             z = posterior.sample()
@@ -227,8 +232,18 @@ def encode_latents(args, device, pool, vae, budget: float):
     out = {128: ([], []), 256: ([], [])}
     t0 = time.time()
     vae.eval()
+    # A sliding window of outstanding render jobs: when the budget runs out we stop submitting and drain
+    # the few in flight (Pool.terminate with large results in flight can deadlock).
+    pending = [pool.apply_async(render_chunk, (job,)) for job in jobs[: args.workers]]
+    next_job = len(pending)
     with torch.no_grad():
-        for clips, texts in pool.imap(render_chunk, jobs):
+        while pending:
+            clips, texts = pending.pop(0).get()
+            if time.time() - t0 > budget:
+                continue  # draining
+            if next_job < len(jobs):
+                pending.append(pool.apply_async(render_chunk, (jobs[next_job],)))
+                next_job += 1
             size = clips.shape[2]
             step = 100 if size == 128 else 8
             for i in range(0, len(clips), step):
@@ -237,10 +252,10 @@ def encode_latents(args, device, pool, vae, budget: float):
                     z = vae.encode(video).latent_dist.mode()
                 out[size][0].append(z.to(torch.bfloat16))
             out[size][1].extend(texts)
-            if time.time() - t0 > budget:
-                log("latent budget reached; using what is encoded")
-                break
-    pool.terminate()
+    if next_job < len(jobs):
+        log(f"latent budget reached after {next_job} of {len(jobs)} render jobs")
+    pool.close()
+    pool.join()
     result = {}
     for size, (latents, texts) in out.items():
         if latents:
@@ -377,7 +392,7 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
             running = {}
             history.append(entry)
             log(f"DiT step {step}: {entry}")
-        if time.time() - last_save > 150:
+        if time.time() - last_save > 100:
             snapshot()
             last_save = time.time()
     log(f"transformer trained {step} steps in {time.time() - t0:.0f}s "
@@ -439,6 +454,8 @@ def main():
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--vae-lr", type=float, default=6e-4)
     ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--vae-more-seconds", type=float, default=0.0, help="on resume, train the VAE this much longer")
+    ap.add_argument("--vae-more-lr", type=float, default=3e-4)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--lr-offset", type=float, default=0.0, help="seconds of cosine already spent (resume)")
     ap.add_argument("--warmup", type=int, default=200)
@@ -475,11 +492,15 @@ def main():
 
     vae_state = load_sharded(args.resume, "vae") if args.resume else None
     if vae_state is not None:
-        vae = AutoencoderKLWan(**VAE_CONFIG)
-        vae.load_state_dict(vae_state)
-        vae.to(device)
         meta["vae"] = previous.get("vae", {})
         log("resumed VAE")
+        if args.vae_more_seconds > 0:
+            vae, more = train_vae(args, device, pool, args.vae_more_seconds, vae_state, args.vae_more_lr)
+            meta["vae"]["continued"] = more
+        else:
+            vae = AutoencoderKLWan(**VAE_CONFIG)
+            vae.load_state_dict(vae_state)
+            vae.to(device)
     else:
         vae, meta["vae"] = train_vae(args, device, pool, args.vae_seconds)
     save_sharded(vae.state_dict(), args.out, "vae")
