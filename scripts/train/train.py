@@ -162,7 +162,7 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
     pool128, pool256 = torch.cat(pool128), torch.cat(pool256)
     log(f"VAE data: {tuple(pool128.shape)} + {tuple(pool256.shape)}")
 
-    crop_t, crop_s, batch = (9, 64, 16) if not args.smoke else (5, 32, 2)
+    crop_t, crop_s, batch = (args.vae_crop_t, args.vae_crop_s, args.vae_batch) if not args.smoke else (5, 32, 2)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator(device="cpu").manual_seed(1)
     t0, step, history, running = time.time(), 0, [], []
@@ -456,6 +456,10 @@ def main():
     ap.add_argument("--vae-kl", type=float, default=1e-4)
     ap.add_argument("--vae-more-seconds", type=float, default=0.0, help="on resume, train the VAE this much longer")
     ap.add_argument("--vae-more-lr", type=float, default=3e-4)
+    ap.add_argument("--vae-crop-t", type=int, default=9, help="frames per VAE training crop (1 + 4k)")
+    ap.add_argument("--vae-crop-s", type=int, default=64)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--restat", action="store_true", help="recompute latent stats on resume (VAE changed)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--lr-offset", type=float, default=0.0, help="seconds of cosine already spent (resume)")
     ap.add_argument("--warmup", type=int, default=200)
@@ -507,7 +511,8 @@ def main():
     write_meta()
 
     data = encode_latents(args, device, pool, vae, args.latent_seconds)
-    stats = (previous["latents_mean"], previous["latents_std"]) if "latents_mean" in previous else latent_stats(data)
+    keep_stats = "latents_mean" in previous and not args.restat
+    stats = (previous["latents_mean"], previous["latents_std"]) if keep_stats else latent_stats(data)
     meta["latents_mean"], meta["latents_std"] = stats
     meta["data"] = {f"{s}px": len(t) for s, (_, t) in data.items()}
     log(f"latent stats mean {np.round(stats[0], 3).tolist()} std {np.round(stats[1], 3).tolist()}")
