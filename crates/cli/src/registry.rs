@@ -1,1 +1,343 @@
-//! (not yet implemented)
+//! The model registry: one TOML file per known checkpoint under `models/`, naming where the
+//! weights live (a hub repo or a directory next to the TOML) and the settings that suit it.
+//!
+//! ```toml
+//! name = "wan2.1-t2v-1.3b"
+//! description = "Wan2.1 T2V 1.3B, 480p"
+//! hub_id = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"   # or: path = "vdit-tiny" (relative to this file)
+//! revision = "main"                              # optional, hub only
+//!
+//! [defaults]                                     # every key optional
+//! width = 832
+//! height = 480
+//! frames = 81
+//! steps = 50
+//! guidance_scale = 5.0
+//! shift = 5.0
+//! fps = 16
+//! sampler = "unipc"                              # unipc | euler
+//! negative_prompt = "..."
+//! ```
+//!
+//! The registry directory is `$VDIT_MODELS_DIR` if set, else the repository's `models/`. The
+//! hub entries are also compiled into the binary, so `vdit` works from anywhere.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, VditError};
+use crate::sampling::SamplerKind;
+
+/// Registry names tried in order when `--model` is absent: the first one that is available
+/// (a hub entry always is; a local entry when its directory exists) is the default model.
+/// vdit-tiny (the small model shipped in `models/vdit-tiny/`) wins once it is there.
+pub const DEFAULT_MODELS: &[&str] = &["vdit-tiny", "wan2.1-t2v-1.3b"];
+
+/// Environment variable naming another registry directory.
+pub const MODELS_DIR_ENV: &str = "VDIT_MODELS_DIR";
+
+/// The repository's registry, as seen at build time.
+const REPO_MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models");
+
+/// Hub entries compiled in, used when no registry directory can be found at run time.
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "wan2.1-t2v-1.3b.toml",
+        include_str!("../../../models/wan2.1-t2v-1.3b.toml"),
+    ),
+    (
+        "wan2.1-t2v-14b.toml",
+        include_str!("../../../models/wan2.1-t2v-14b.toml"),
+    ),
+];
+
+/// Settings a registry entry recommends; any may be absent (then the Wan2.1 default applies).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDefaults {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub frames: Option<u32>,
+    pub steps: Option<usize>,
+    pub guidance_scale: Option<f64>,
+    pub shift: Option<f64>,
+    pub fps: Option<u32>,
+    pub sampler: Option<SamplerKind>,
+    pub negative_prompt: Option<String>,
+}
+
+/// Where an entry's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntrySource {
+    /// A Hugging Face hub repository in the diffusers layout.
+    Hub {
+        repo_id: String,
+        revision: Option<String>,
+    },
+    /// A local directory in the diffusers layout (absolute, resolved against the TOML's directory).
+    Local(PathBuf),
+}
+
+/// One registry entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    pub name: String,
+    pub description: String,
+    pub source: EntrySource,
+    pub defaults: ModelDefaults,
+    /// The TOML it came from (or `<embedded>/<file>`).
+    pub file: PathBuf,
+}
+
+impl ModelEntry {
+    /// Whether the weights can be found without asking the user for anything: hub entries
+    /// always (they download), local entries when their directory exists.
+    pub fn is_available(&self) -> bool {
+        match &self.source {
+            EntrySource::Hub { .. } => true,
+            EntrySource::Local(dir) => dir.join("model_index.json").is_file(),
+        }
+    }
+
+    /// Human-readable location: the hub id or the directory.
+    pub fn location(&self) -> String {
+        match &self.source {
+            EntrySource::Hub {
+                repo_id,
+                revision: Some(rev),
+            } => format!("{repo_id}@{rev}"),
+            EntrySource::Hub {
+                repo_id,
+                revision: None,
+            } => repo_id.clone(),
+            EntrySource::Local(dir) => dir.display().to_string(),
+        }
+    }
+}
+
+/// The TOML schema of an entry file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    hub_id: Option<String>,
+    revision: Option<String>,
+    path: Option<PathBuf>,
+    #[serde(default)]
+    defaults: ModelDefaults,
+}
+
+/// Parses one entry; `base_dir` resolves a relative `path`.
+fn parse_entry(text: &str, file: &Path, base_dir: &Path) -> Result<ModelEntry> {
+    let bad = |reason: String| VditError::Registry {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let raw: EntryFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let source = match (raw.hub_id, raw.path) {
+        (Some(repo_id), None) => EntrySource::Hub {
+            repo_id,
+            revision: raw.revision,
+        },
+        (None, Some(path)) => EntrySource::Local(base_dir.join(path)),
+        _ => return Err(bad("give exactly one of `hub_id` and `path`".into())),
+    };
+    if raw.name.trim().is_empty() {
+        return Err(bad("`name` is empty".into()));
+    }
+    Ok(ModelEntry {
+        name: raw.name,
+        description: raw.description,
+        source,
+        defaults: raw.defaults,
+        file: file.to_path_buf(),
+    })
+}
+
+/// Every known model.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    entries: Vec<ModelEntry>,
+}
+
+impl Registry {
+    /// Reads every `*.toml` of `dir` (sorted by file name). Two entries with one name is an error.
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        let io = |source| VditError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        let mut registry = Registry::default();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| VditError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            registry.insert(parse_entry(&text, &file, dir)?)?;
+        }
+        Ok(registry)
+    }
+
+    /// The hub entries compiled into the binary.
+    pub fn embedded() -> Self {
+        let mut registry = Registry::default();
+        for (name, text) in EMBEDDED {
+            let file = Path::new("<embedded>").join(name);
+            // The embedded files are tested (see tests below), so this cannot fail at run time.
+            if let Ok(entry) = parse_entry(text, &file, Path::new(".")) {
+                registry.entries.push(entry);
+            }
+        }
+        registry
+    }
+
+    /// The registry users get: `$VDIT_MODELS_DIR` if set (it must exist), else the repository's
+    /// `models/` if present, else the embedded entries.
+    pub fn discover() -> Result<Self> {
+        if let Some(dir) = std::env::var_os(MODELS_DIR_ENV) {
+            let dir = PathBuf::from(dir);
+            if !dir.is_dir() {
+                return Err(VditError::Resolve(format!(
+                    "{MODELS_DIR_ENV}={} is not a directory",
+                    dir.display()
+                )));
+            }
+            return Self::load_dir(&dir);
+        }
+        let repo_dir = Path::new(REPO_MODELS_DIR);
+        if repo_dir.is_dir() {
+            return Self::load_dir(&repo_dir.canonicalize().unwrap_or(repo_dir.to_path_buf()));
+        }
+        Ok(Self::embedded())
+    }
+
+    fn insert(&mut self, entry: ModelEntry) -> Result<()> {
+        if let Some(other) = self.get(&entry.name) {
+            return Err(VditError::Registry {
+                path: entry.file.clone(),
+                reason: format!(
+                    "model `{}` is also defined in {}",
+                    entry.name,
+                    other.file.display()
+                ),
+            });
+        }
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelEntry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    pub fn entries(&self) -> &[ModelEntry] {
+        &self.entries
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// The model used when `--model` is absent: the first available of [`DEFAULT_MODELS`].
+    pub fn default_model(&self) -> Option<&ModelEntry> {
+        DEFAULT_MODELS
+            .iter()
+            .filter_map(|name| self.get(name))
+            .find(|entry| entry.is_available())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_entries_parse_and_name_the_diffusers_repos() {
+        let registry = Registry::embedded();
+        assert_eq!(registry.entries().len(), EMBEDDED.len());
+        let small = registry.get("wan2.1-t2v-1.3b").unwrap();
+        assert_eq!(
+            small.source,
+            EntrySource::Hub {
+                repo_id: "Wan-AI/Wan2.1-T2V-1.3B-Diffusers".into(),
+                revision: None
+            }
+        );
+        assert_eq!(small.defaults.width, Some(832));
+        assert_eq!(small.defaults.frames, Some(81));
+        let large = registry.get("wan2.1-t2v-14b").unwrap();
+        assert_eq!(large.location(), "Wan-AI/Wan2.1-T2V-14B-Diffusers");
+    }
+
+    #[test]
+    fn repository_registry_loads() {
+        let registry = Registry::load_dir(Path::new(REPO_MODELS_DIR)).unwrap();
+        for (file, _) in EMBEDDED {
+            let name = file.trim_end_matches(".toml");
+            assert!(registry.get(name).is_some(), "{name} missing from models/");
+        }
+        assert!(registry.default_model().is_some());
+    }
+
+    #[test]
+    fn the_shipped_model_becomes_the_default_once_present() {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, text) in EMBEDDED {
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("vdit-tiny.toml"),
+            "name = \"vdit-tiny\"\npath = \"vdit-tiny\"\n",
+        )
+        .unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        assert_eq!(registry.default_model().unwrap().name, "wan2.1-t2v-1.3b");
+        std::fs::create_dir_all(dir.path().join("vdit-tiny")).unwrap();
+        std::fs::write(dir.path().join("vdit-tiny/model_index.json"), "{}").unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        assert_eq!(registry.default_model().unwrap().name, "vdit-tiny");
+    }
+
+    #[test]
+    fn local_entries_resolve_against_their_directory_and_bad_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tiny.toml"),
+            "name = \"tiny\"\npath = \"tiny-dir\"\n[defaults]\nsteps = 8\nsampler = \"euler\"\n",
+        )
+        .unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        let tiny = registry.get("tiny").unwrap();
+        assert_eq!(tiny.source, EntrySource::Local(dir.path().join("tiny-dir")));
+        assert_eq!(tiny.defaults.sampler, Some(SamplerKind::Euler));
+        assert!(!tiny.is_available());
+
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "name = \"x\"\nhub_id = \"a/b\"\npath = \"c\"\n",
+        )
+        .unwrap();
+        let err = Registry::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("exactly one"),
+            "{err}"
+        );
+
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "name = \"x\"\nhub_id = \"a/b\"\nstepz = 3\n",
+        )
+        .unwrap();
+        let err = Registry::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("stepz"), "{err}");
+    }
+}

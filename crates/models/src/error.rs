@@ -15,8 +15,22 @@ pub enum ModelError {
     #[error("config {path}: {reason}")]
     Config { path: String, reason: String },
 
+    /// The checkpoint is readable but is not (or not a supported kind of) the expected model.
+    #[error("unsupported checkpoint {files}: {reason}")]
+    UnsupportedCheckpoint { files: String, reason: String },
+
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    #[error("{files}: not a recognised {model} checkpoint (looked for {expected})")]
+    UnrecognizedCheckpoint {
+        model: &'static str,
+        files: String,
+        expected: String,
+    },
+
+    #[error("tokenizer {path}: {reason}")]
+    Tokenizer { path: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -62,6 +62,22 @@ impl SelfAttention for DenseAttention {
                 tensor_tokens: tokens,
             });
         }
-        dense_attention(q, k, v, 1.0 / (head_dim as f64).sqrt())
+        dense_self_attention(q, k, v, 1.0 / (head_dim as f64).sqrt())
+    }
+}
+
+/// Dense self-attention on the fastest path for the device: the CPU block kernel with every
+/// block kept on the CPU (about 3× faster than the candle-ops path there, see BENCHMARKS.md),
+/// [`dense_attention`] elsewhere. q, k, v: `[B, H, L, D]` → `[B, H, L, D]` in q's dtype.
+pub fn dense_self_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::is_supported(q, 128) && q.dims4()? == k.dims4()? {
+        return crate::cuda::flash_attention(q, k, v, scale);
+    }
+    let cpu_kernel_dtype = matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16);
+    if q.device().is_cpu() && cpu_kernel_dtype {
+        crate::sparse_cpu::dense_attention_cpu(q, k, v, scale)
+    } else {
+        dense_attention(q, k, v, scale)
     }
 }

@@ -10,7 +10,10 @@ pub enum Error {
     ShapeMismatch { q: Shape, k: Shape, v: Shape },
 
     #[error("layout has {layout_tokens} tokens but the attention inputs have {tensor_tokens}")]
-    LayoutMismatch { layout_tokens: usize, tensor_tokens: usize },
+    LayoutMismatch {
+        layout_tokens: usize,
+        tensor_tokens: usize,
+    },
 
     #[error("invalid attention setting: {0}")]
     InvalidConfig(String),

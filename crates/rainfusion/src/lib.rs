@@ -5,16 +5,39 @@
 //! video (frames × height × width in tokens, row-major, then text tokens if any).
 //!
 //! The entry point a model calls is the [`SelfAttention`] trait: one call per layer per step.
-//! [`DenseAttention`] is plain softmax attention, computed in query chunks so that the full
-//! L×L score matrix of all heads is never materialised.
+//! - [`DenseAttention`]: plain softmax attention (never materialises the L×L scores of all heads).
+//! - [`RainFusionAttention`] (RainFusion 2.0): tokens permuted into compact windows
+//!   ([`layout`]), one block mask per (batch, head) predicted from pooled q and k ([`predict`]),
+//!   block-sparse attention over the kept blocks ([`block_sparse_attention`]), order restored;
+//!   dense warm-up steps, dense layers and mask reuse across steps are its step policy ([`policy`]).
+//! - [`RainFusionV1Attention`] (RainFusion 1.0): spatial / temporal / textural head patterns,
+//!   picked per head online ([`v1`]).
+//!
+//! Kernels: [`sparse_cpu`] (flash-style CPU loop over kept blocks), [`generic`] (candle ops, any
+//! device), and [`reference`] (slow masked softmax every fast path is tested against).
 
 mod dense;
 mod error;
+pub mod generic;
+pub mod layout;
 pub mod mask;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod policy;
+pub mod predict;
+pub mod reference;
+mod sparse;
+pub mod sparse_cpu;
+pub mod v1;
 
-pub use dense::{dense_attention, DenseAttention};
+pub use dense::{dense_attention, dense_self_attention, DenseAttention};
 pub use error::{Error, Result};
+pub use layout::{TokenPermutation, Window};
 pub use mask::BlockMask;
+pub use policy::{DenseSteps, RainFusionAttention, RainFusionConfig};
+pub use predict::predict_block_mask;
+pub use sparse::block_sparse_attention;
+pub use v1::{HeadPattern, RainFusionV1Attention, RainFusionV1Config};
 
 use candle_core::Tensor;
 
@@ -30,7 +53,12 @@ pub struct VideoLayout {
 
 impl VideoLayout {
     pub fn new(frames: usize, height: usize, width: usize) -> Self {
-        Self { frames, height, width, text_tokens: 0 }
+        Self {
+            frames,
+            height,
+            width,
+            text_tokens: 0,
+        }
     }
 
     /// Tokens per frame (height × width).

@@ -1,6 +1,18 @@
 //! Wan2.1: the 3D diffusion transformer and the causal 3D VAE.
+//!
+//! - [`config`]: [`WanConfig`] from diffusers or original config.json, presets.
+//! - [`keys`]: checkpoint key dialects (diffusers, original, ComfyUI prefix), detected from names.
+//! - [`transformer`]: [`WanTransformer`], latents + timestep + text → velocity.
+//! - [`rope`]: the 3D rotary position embedding.
 
+mod block;
 pub mod config;
+pub mod keys;
+mod layers;
 pub mod rope;
 pub mod transformer;
 pub mod vae;
+
+pub use config::WanConfig;
+pub use keys::{CheckpointKeys, KeyDialect};
+pub use transformer::WanTransformer;

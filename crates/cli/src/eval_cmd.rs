@@ -1,0 +1,498 @@
+//! `vdit eval`: prompt-faithfulness of a model over a fixed list of prompts of the synthetic world.
+//! Each prompt is generated from a fixed seed (the base seed plus its index), the deterministic
+//! analyser of [`crate::eval`] reads the frames, and the share of clips whose colours, motions and
+//! object count match the caption is reported, with one row per prompt.
+//!
+//! Writes `DIR/eval.json`, `DIR/eval.md` and one video per prompt (`DIR/NN.mp4`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde::Serialize;
+
+use crate::args::{AttentionMode, GenerateArgs};
+use crate::compare::{create_output_dir, generate_clip, reject_flag, write_text_atomic};
+use crate::error::{Result, VditError};
+use crate::eval::{analyse, parse_caption, score_analysis, AnalyserConfig, Caption, Score};
+use crate::pipeline::{build_attention, encode_prompt_list, load_transformer, write_json_atomic};
+use crate::registry::Registry;
+use crate::settings::{resolve, GenerateSettings};
+use crate::video::{write_video, VideoFrames};
+
+/// Output directory when `-o` is absent.
+pub const DEFAULT_DIR: &str = "vdit-eval";
+
+/// Base seed when `--seed` is absent: prompt `i` is generated from seed `base + i`.
+pub const DEFAULT_BASE_SEED: u64 = 0;
+
+/// The held-out prompts of the training world (`scripts/train/world.py`, `HELD_OUT_PROMPTS`): no
+/// training clip has exactly these captions. Single objects in every colour and motion, plain,
+/// textured and unnamed backgrounds, and two two-object scenes.
+pub const BUILTIN_PROMPTS: [&str; 18] = [
+    "a red circle moving right",
+    "a blue square moving left",
+    "a green triangle moving up",
+    "a yellow circle moving down",
+    "a purple square growing",
+    "a orange triangle shrinking",
+    "a white circle standing still on a black background",
+    "a black square moving right on a white background",
+    "a red triangle moving left on a blue background",
+    "a green circle moving down on a purple background",
+    "a blue triangle moving right on a textured background",
+    "a yellow square moving up on a textured background",
+    "a purple circle moving left on a orange background",
+    "a orange square moving down on a green background",
+    "a white triangle growing on a red background",
+    "a red square shrinking on a yellow background",
+    "a blue circle moving up and a yellow square moving down",
+    "a green square moving right and a red circle moving left on a black background",
+];
+
+/// Arguments of `vdit eval`: the flags of `vdit generate` (model, size, steps, attention, ...)
+/// except `-p`, where `-o` names the output directory and `--seed` is the base seed.
+#[derive(Debug)]
+pub struct EvalArgs {
+    pub generate: GenerateArgs,
+    /// Prompt file, one caption per line; `None` with `builtin`.
+    pub prompts: Option<PathBuf>,
+    pub builtin: bool,
+}
+
+/// The flags `vdit eval` adds to those of `vdit generate`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct EvalOnlyArgs {
+    /// File of prompts, one per line (blank lines and lines starting with # are skipped), each a
+    /// caption of the synthetic world's grammar ("a red circle moving left on a blue background").
+    #[arg(long, value_name = "FILE")]
+    prompts: Option<PathBuf>,
+
+    /// Use the built-in list of held-out prompts (18 captions).
+    #[arg(long)]
+    builtin: bool,
+}
+
+impl FromArgMatches for EvalArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        reject_flag(
+            matches,
+            "prompt",
+            "vdit eval takes its prompts from --prompts FILE or --builtin, not -p",
+        )?;
+        reject_flag(
+            matches,
+            "latents_out",
+            "vdit eval does not take --latents-out",
+        )?;
+        reject_flag(
+            matches,
+            "noise",
+            "vdit eval does not take --noise (each prompt has its own seed: --seed is the base)",
+        )?;
+        let generate = GenerateArgs::from_arg_matches(matches)?;
+        let only = EvalOnlyArgs::from_arg_matches(matches)?;
+        Ok(Self {
+            generate,
+            prompts: only.prompts,
+            builtin: only.builtin,
+        })
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        matches: &ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for EvalArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = GenerateArgs::augment_args(cmd)
+            // The prompt comes from the list; the placeholder never reaches a run.
+            .mut_arg("prompt", |a| {
+                a.required(false).default_value("(eval prompt)").hide(true)
+            })
+            .mut_arg("output", |a| {
+                a.value_name("DIR").help(
+                    "Directory for eval.json, eval.md and one video per prompt (created if missing). Default: vdit-eval",
+                )
+            })
+            .mut_arg("seed", |a| {
+                a.help("Base seed: prompt i (from 0) is generated from seed + i. Default 0")
+            })
+            .mut_arg("latents_out", |a| a.hide(true))
+            .mut_arg("noise", |a| a.hide(true));
+        EvalOnlyArgs::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// An object the analyser tracked through a clip.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundObject {
+    pub colour: String,
+    pub motion: String,
+}
+
+/// Whether one clip shows what its caption says, and what the analyser saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Faithfulness {
+    pub colour_ok: bool,
+    pub motion_ok: bool,
+    pub count_ok: bool,
+    /// Object count of the clip (most frequent per-frame count).
+    pub objects_found: usize,
+    pub found: Vec<FoundObject>,
+}
+
+impl Faithfulness {
+    /// Analyses `frames` with the default thresholds and scores them against `caption`.
+    pub fn measure(caption: &Caption, frames: &VideoFrames) -> Result<Self> {
+        let analysis = analyse(frames, &AnalyserConfig::default())?;
+        let score = score_analysis(caption, &analysis);
+        Ok(Self {
+            colour_ok: score.colour_ok,
+            motion_ok: score.motion_ok,
+            count_ok: score.count_ok,
+            objects_found: analysis.object_count,
+            found: analysis
+                .objects
+                .iter()
+                .map(|o| FoundObject {
+                    colour: o.colour.to_string(),
+                    motion: o.motion.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    fn score(&self) -> Score {
+        Score {
+            colour_ok: self.colour_ok,
+            motion_ok: self.motion_ok,
+            count_ok: self.count_ok,
+        }
+    }
+}
+
+/// One prompt's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptRow {
+    pub prompt: String,
+    pub seed: u64,
+    #[serde(flatten)]
+    pub faithfulness: Faithfulness,
+    pub effective_density: f64,
+    pub denoise_s: f64,
+    pub video: String,
+}
+
+/// Share of clips passing each check.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AccuracySummary {
+    pub clips: usize,
+    pub colour: f64,
+    pub motion: f64,
+    pub count: f64,
+}
+
+/// What `vdit eval` writes to eval.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub vdit_version: &'static str,
+    /// Settings of the first prompt's run (the others differ only in prompt, seed and output).
+    pub settings: GenerateSettings,
+    /// "builtin" or the prompt file.
+    pub prompt_source: String,
+    pub accuracy: AccuracySummary,
+    /// Mean over prompts of the attention density actually computed (1 = dense).
+    pub mean_effective_density: f64,
+    pub prompts: Vec<PromptRow>,
+}
+
+/// The prompts of a prompt file, each checked against the grammar (errors name the line).
+pub fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        VditError::InvalidSetting(format!(
+            "--prompts {}: cannot read it ({e})",
+            path.display()
+        ))
+    })?;
+    let mut prompts = Vec::new();
+    let mut problems = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match parse_caption(line) {
+            Ok(_) => prompts.push(line.to_string()),
+            Err(e) => problems.push(format!(
+                "--prompts {} line {}: {e}",
+                path.display(),
+                number + 1
+            )),
+        }
+    }
+    if prompts.is_empty() && problems.is_empty() {
+        problems.push(format!(
+            "--prompts {}: no prompts in the file",
+            path.display()
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(VditError::InvalidSetting(problems.join("\n")));
+    }
+    Ok(prompts)
+}
+
+/// Runs `vdit eval`: every prompt generated and analysed, the report files written into the
+/// output directory.
+pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
+    let EvalArgs {
+        generate: mut args,
+        prompts: prompt_file,
+        builtin,
+    } = args;
+    let (prompts, prompt_source) = match (&prompt_file, builtin) {
+        (Some(path), false) => (read_prompt_file(path)?, path.display().to_string()),
+        (None, true) => (
+            BUILTIN_PROMPTS.iter().map(|p| p.to_string()).collect(),
+            "builtin".to_string(),
+        ),
+        _ => {
+            return Err(VditError::InvalidSetting(
+                "give exactly one of --prompts FILE and --builtin".into(),
+            ))
+        }
+    };
+    let captions: Vec<Caption> = prompts
+        .iter()
+        .map(|p| parse_caption(p))
+        .collect::<std::result::Result<_, _>>()?;
+    let dir = args
+        .output
+        .take()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+    create_output_dir("-o", &dir)?;
+    let base_seed = args.seed.unwrap_or(DEFAULT_BASE_SEED);
+    args.seed = Some(base_seed);
+    args.prompt = prompts[0].clone();
+    args.output = Some(dir.join(video_name(0)));
+    let (first, files) = resolve(&args, registry)?;
+    eprintln!("{}", first.summary());
+    eprintln!(
+        "eval         {} prompts from {prompt_source}, seeds from {base_seed}",
+        prompts.len()
+    );
+
+    let device = first.device.device()?;
+    let start = Instant::now();
+    let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let texts = encode_prompt_list(&first, &files, &device, &prompt_refs)?;
+    eprintln!("encode       {:.1} s", start.elapsed().as_secs_f64());
+    let transformer = load_transformer(&first, &files, &device)?;
+    // Bad sparse settings fail here, before the first run.
+    build_attention(
+        &first.attention,
+        transformer.config().num_layers,
+        first.steps,
+    )?;
+
+    let mut rows = Vec::with_capacity(prompts.len());
+    for (i, ((prompt, caption), text)) in prompts.iter().zip(&captions).zip(&texts).enumerate() {
+        let mut settings = first.clone();
+        settings.prompt = prompt.clone();
+        settings.seed = base_seed.wrapping_add(i as u64);
+        settings.output = dir.join(video_name(i));
+        let start = Instant::now();
+        let clip = generate_clip(&transformer, &settings, &files, &device, text)?;
+        write_video(&settings.output, &clip.frames, settings.fps)?;
+        let faithfulness = Faithfulness::measure(caption, &clip.frames)?;
+        eprintln!(
+            "[{:>2}/{}] {:<60} colour {} motion {} count {} ({:.1} s)",
+            i + 1,
+            prompts.len(),
+            prompt,
+            tick(faithfulness.colour_ok),
+            tick(faithfulness.motion_ok),
+            tick(faithfulness.count_ok),
+            start.elapsed().as_secs_f64()
+        );
+        rows.push(PromptRow {
+            prompt: prompt.clone(),
+            seed: settings.seed,
+            faithfulness,
+            effective_density: clip.effective_density,
+            denoise_s: clip.denoise_s,
+            video: settings.output.display().to_string(),
+        });
+    }
+    let scores: Vec<Score> = rows.iter().map(|r| r.faithfulness.score()).collect();
+    let accuracy = crate::eval::accuracy(&scores);
+    let report = EvalReport {
+        vdit_version: env!("CARGO_PKG_VERSION"),
+        settings: first,
+        prompt_source,
+        accuracy: AccuracySummary {
+            clips: accuracy.clips,
+            colour: accuracy.colour,
+            motion: accuracy.motion,
+            count: accuracy.count,
+        },
+        mean_effective_density: rows.iter().map(|r| r.effective_density).sum::<f64>()
+            / rows.len() as f64,
+        prompts: rows,
+    };
+    write_json_atomic(&dir.join("eval.json"), &report)?;
+    write_text_atomic(&dir.join("eval.md"), &report.markdown())?;
+    Ok(report)
+}
+
+fn video_name(index: usize) -> String {
+    format!("{index:02}.mp4")
+}
+
+fn tick(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+impl EvalReport {
+    /// The accuracy table, then one row per prompt.
+    pub fn markdown(&self) -> String {
+        let s = &self.settings;
+        let a = &s.attention;
+        let attention = match a.mode {
+            AttentionMode::Dense => "dense".to_string(),
+            mode => format!(
+                "{mode:?} sparsity {} ({} dense steps, block {}, window {:?})",
+                a.sparsity, a.dense_step_count, a.block_size, a.window
+            ),
+        };
+        let mut md = String::new();
+        let _ = writeln!(md, "# vdit eval\n");
+        let _ = writeln!(
+            md,
+            "Model {}, {}x{}, {} frames, {} steps ({}), guidance {}, attention {attention}, prompts from {}, seeds {} to {}.\n",
+            s.model,
+            s.width,
+            s.height,
+            s.frames,
+            s.steps,
+            s.sampler.name(),
+            s.guidance_scale,
+            self.prompt_source,
+            self.prompts.first().map_or(0, |r| r.seed),
+            self.prompts.last().map_or(0, |r| r.seed),
+        );
+        md.push_str("| clips | colour | motion | count | attention density |\n");
+        md.push_str("|---:|---:|---:|---:|---:|\n");
+        let acc = &self.accuracy;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.3} |\n",
+            acc.clips,
+            percent(acc.colour),
+            percent(acc.motion),
+            percent(acc.count),
+            self.mean_effective_density
+        );
+        md.push_str("| # | prompt | seed | colour | motion | count | found |\n");
+        md.push_str("|---:|---|---:|---|---|---|---|\n");
+        for (i, row) in self.prompts.iter().enumerate() {
+            let f = &row.faithfulness;
+            let found = if f.found.is_empty() {
+                "nothing".to_string()
+            } else {
+                f.found
+                    .iter()
+                    .map(|o| format!("{} {}", o.colour, o.motion))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let _ = writeln!(
+                md,
+                "| {i} | {} | {} | {} | {} | {} | {found} |",
+                row.prompt,
+                row.seed,
+                tick(f.colour_ok),
+                tick(f.motion_ok),
+                tick(f.count_ok)
+            );
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::PaletteColour;
+
+    #[test]
+    fn every_builtin_prompt_is_a_caption_of_the_grammar() {
+        for prompt in BUILTIN_PROMPTS {
+            let caption = parse_caption(prompt).unwrap();
+            assert!(!caption.objects.is_empty(), "{prompt}");
+        }
+        let two_objects = BUILTIN_PROMPTS
+            .iter()
+            .filter(|p| parse_caption(p).unwrap().objects.len() == 2)
+            .count();
+        assert_eq!(two_objects, 2);
+    }
+
+    /// A `size`² clip of a square of `colour` (half side 6) whose centre moves from x = 16 to
+    /// x = 48 on a blue background, over 9 frames.
+    fn square_moving_right(colour: PaletteColour, size: usize) -> VideoFrames {
+        let background = PaletteColour::Blue.rgb();
+        let frames = (0..9)
+            .map(|t| {
+                let centre_x = 16 + 4 * t as i64;
+                let centre_y = size as i64 / 2;
+                let mut rgb = Vec::with_capacity(size * size * 3);
+                for y in 0..size as i64 {
+                    for x in 0..size as i64 {
+                        let inside = (x - centre_x).abs() <= 6 && (y - centre_y).abs() <= 6;
+                        rgb.extend(if inside { colour.rgb() } else { background });
+                    }
+                }
+                rgb
+            })
+            .collect();
+        VideoFrames::new(size as u32, size as u32, frames).unwrap()
+    }
+
+    #[test]
+    fn faithfulness_reports_what_the_analyser_saw() {
+        let clip = square_moving_right(PaletteColour::Red, 64);
+        let right = parse_caption("a red square moving right on a blue background").unwrap();
+        let f = Faithfulness::measure(&right, &clip).unwrap();
+        assert!(f.colour_ok && f.motion_ok && f.count_ok, "{f:?}");
+        assert_eq!(f.objects_found, 1);
+        assert_eq!(f.found[0].colour, "red");
+        assert_eq!(f.found[0].motion, "moving right");
+
+        let wrong = parse_caption("a green square moving up and a red circle growing").unwrap();
+        let f = Faithfulness::measure(&wrong, &clip).unwrap();
+        assert!(!f.colour_ok && !f.motion_ok && !f.count_ok, "{f:?}");
+        let s = f.score();
+        assert!(!s.colour_ok && !s.motion_ok && !s.count_ok);
+    }
+}

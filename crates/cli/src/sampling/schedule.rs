@@ -1,0 +1,115 @@
+//! Shifted flow-matching sigma schedules, exactly as diffusers builds them for Wan2.1.
+//!
+//! A flow-matching sample is x_σ = (1 − σ)·x₀ + σ·noise, so σ runs from ≈1 (pure noise) to 0
+//! (clean). The shift s bends the grid towards the noisy end: σ' = s·σ / (1 + (s − 1)·σ).
+
+/// Training timesteps of Wan2.1's schedulers: model timestep = σ · 1000.
+pub const NUM_TRAIN_TIMESTEPS: f64 = 1000.0;
+
+/// The time shift of flow matching: σ' = s·σ / (1 + (s − 1)·σ).
+pub fn shift_sigma(sigma: f64, shift: f64) -> f64 {
+    shift * sigma / (1.0 + (shift - 1.0) * sigma)
+}
+
+/// A sampling schedule: `timesteps[k]` is what the model sees at step k, `sigmas[k]` the noise
+/// level of the sample it runs on; `sigmas` has one more entry than steps, the final 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowSchedule {
+    /// N model timesteps, in 0..=1000 (decreasing).
+    pub timesteps: Vec<f32>,
+    /// N + 1 noise levels, decreasing, the last one 0. f32 like diffusers stores them.
+    pub sigmas: Vec<f32>,
+}
+
+impl FlowSchedule {
+    pub fn num_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+}
+
+/// `n` points from `start` to `end` inclusive, as numpy's `linspace` computes them.
+fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f64;
+    let mut points: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+    // numpy pins the last point to `end` exactly.
+    points[n - 1] = end;
+    points
+}
+
+/// diffusers' `UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=shift)` grid:
+/// σ_k = shift(1 − k·0.999/N) for k < N (σ₀ nudged just below 1 so log σ stays finite),
+/// σ_N = 0, and integer timesteps ⌊1000·σ_k⌋.
+pub fn unipc_flow_schedule(steps: usize, shift: f64) -> FlowSchedule {
+    let grid = linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, steps + 1);
+    let mut sigmas: Vec<f64> = grid[..steps]
+        .iter()
+        .map(|&s| shift_sigma(s, shift))
+        .collect();
+    if let Some(first) = sigmas.first_mut() {
+        if (*first - 1.0).abs() < 1e-6 {
+            *first -= 1e-6;
+        }
+    }
+    // diffusers truncates the f64 timesteps to int64 before the model sees them.
+    let timesteps = sigmas
+        .iter()
+        .map(|&s| (s * NUM_TRAIN_TIMESTEPS).trunc() as f32)
+        .collect();
+    let mut sigmas: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
+    sigmas.push(0.0);
+    FlowSchedule { timesteps, sigmas }
+}
+
+/// diffusers' `FlowMatchEulerDiscreteScheduler(shift=shift)` grid: a linspace of N timesteps
+/// between the (already shifted, f32) training σ_max and σ_min, shifted a second time; float
+/// timesteps 1000·σ_k; σ_N = 0.
+pub fn euler_flow_schedule(steps: usize, shift: f64) -> FlowSchedule {
+    // diffusers computes its training table in f32 arithmetic: σ_max = shift(1) = 1,
+    // σ_min = shift(1/1000); the last f32 bit matters for the grid.
+    let shift_f32 = |sigma: f32| {
+        let s = shift as f32;
+        s * sigma / (1.0 + (s - 1.0) * sigma)
+    };
+    let sigma_max = shift_f32(1.0) as f64;
+    let sigma_min = shift_f32(1.0 / NUM_TRAIN_TIMESTEPS as f32) as f64;
+    let train_timesteps = linspace(
+        sigma_max * NUM_TRAIN_TIMESTEPS,
+        sigma_min * NUM_TRAIN_TIMESTEPS,
+        steps,
+    );
+    let mut sigmas: Vec<f32> = train_timesteps
+        .iter()
+        .map(|&t| shift_sigma(t / NUM_TRAIN_TIMESTEPS, shift) as f32)
+        .collect();
+    let timesteps = sigmas
+        .iter()
+        .map(|&s| s * NUM_TRAIN_TIMESTEPS as f32)
+        .collect();
+    sigmas.push(0.0);
+    FlowSchedule { timesteps, sigmas }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shift_keeps_the_end_points() {
+        for shift in [1.0, 3.0, 5.0, 12.0] {
+            assert_eq!(shift_sigma(0.0, shift), 0.0);
+            assert!((shift_sigma(1.0, shift) - 1.0).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn unipc_schedule_of_the_tiny_pipeline() {
+        // The timesteps diffusers used for tests/fixtures/tiny_pipeline (4 steps, shift 3).
+        let schedule = unipc_flow_schedule(4, 3.0);
+        assert_eq!(schedule.timesteps, vec![999.0, 900.0, 750.0, 500.0]);
+        assert_eq!(schedule.sigmas.len(), 5);
+        assert_eq!(*schedule.sigmas.last().unwrap(), 0.0);
+    }
+}

@@ -1,0 +1,526 @@
+//! Resolved settings of one `vdit generate` run: the flags, filled in from the model's registry
+//! entry and Wan2.1's defaults, checked together. Every problem found is reported, one line each.
+//! The result is printed before the run and recorded in the sidecar JSON.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use crate::args::{AttentionMode, DTypeArg, DeviceArg, GenerateArgs, WindowArg};
+use crate::error::{Result, VditError};
+use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
+use crate::registry::{ModelDefaults, Registry};
+use crate::sampling::SamplerKind;
+use crate::video::VideoFormat;
+use rainfusion::DenseSteps;
+
+/// Wan2.1's official default negative prompt (its `sample_neg_prompt`), used when neither the
+/// user nor the model's registry entry gives one.
+pub const WAN_NEGATIVE_PROMPT: &str = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走";
+
+/// Wan2.1 T2V defaults (generate.py), for settings neither the flags nor the registry give.
+pub mod wan_defaults {
+    pub const WIDTH: u32 = 832;
+    pub const HEIGHT: u32 = 480;
+    pub const FRAMES: u32 = 81;
+    pub const STEPS: usize = 50;
+    pub const GUIDANCE_SCALE: f64 = 5.0;
+    pub const SHIFT: f64 = 5.0;
+    pub const FPS: u32 = 16;
+}
+
+/// `VideoFormat` as a name for printing and the sidecar.
+pub fn format_name(format: VideoFormat) -> &'static str {
+    match format {
+        VideoFormat::Mp4 => "mp4",
+        VideoFormat::Gif => "gif",
+        VideoFormat::PngSequence => "png",
+    }
+}
+
+fn serialize_format<S: serde::Serializer>(
+    format: &VideoFormat,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(format_name(*format))
+}
+
+/// Where the networks run, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl DeviceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+        }
+    }
+
+    pub fn device(self) -> Result<Device> {
+        Ok(match self {
+            DeviceKind::Cpu => Device::Cpu,
+            DeviceKind::Cuda => Device::new_cuda(0)?,
+            DeviceKind::Metal => Device::new_metal(0)?,
+        })
+    }
+}
+
+/// `--dtype` as a name for printing and the sidecar.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "f32",
+    }
+}
+
+/// RainFusion settings, resolved against the step count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttentionSettings {
+    pub mode: AttentionMode,
+    pub sparsity: f64,
+    /// Dense warm-up as given (count or fraction of the steps).
+    #[serde(serialize_with = "serialize_dense_steps")]
+    pub dense_steps: DenseSteps,
+    /// The same, resolved against the step count.
+    pub dense_step_count: usize,
+    pub mask_refresh: usize,
+    pub block_size: usize,
+    pub window: WindowArg,
+    pub dense_layers: usize,
+}
+
+/// Per-file overrides of the model's components.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Overrides {
+    pub dit: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub text_encoder: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Everything one generation needs, every default filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerateSettings {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u32,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub shift: f64,
+    pub sampler: SamplerKind,
+    pub seed: u64,
+    /// True when the seed was drawn at random (no --seed).
+    pub seed_was_random: bool,
+    pub fps: u32,
+    pub output: PathBuf,
+    #[serde(serialize_with = "serialize_format")]
+    pub format: VideoFormat,
+    pub device: DeviceKind,
+    #[serde(serialize_with = "serialize_dtype")]
+    pub dtype: DType,
+    /// `--model` as given, or the default model's registry name.
+    pub model: String,
+    /// Where its files come from (directory or hub id).
+    pub model_location: String,
+    pub offline: bool,
+    pub t5_cpu: bool,
+    pub vae_tiling: bool,
+    pub overrides: Overrides,
+    pub noise: Option<PathBuf>,
+    pub latents_out: Option<PathBuf>,
+    pub attention: AttentionSettings,
+}
+
+fn serialize_dense_steps<S: serde::Serializer>(
+    dense: &DenseSteps,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match dense {
+        DenseSteps::Count(n) => s.serialize_u64(*n as u64),
+        DenseSteps::Fraction(f) => s.serialize_f64(*f),
+    }
+}
+
+fn serialize_dtype<S: serde::Serializer>(
+    dtype: &DType,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(dtype_name(*dtype))
+}
+
+impl GenerateSettings {
+    /// Latent frames: the VAE maps 1 + 4(F'−1) frames to F' latent frames.
+    pub fn latent_frames(&self) -> usize {
+        (self.frames as usize - 1) / 4 + 1
+    }
+
+    /// The latent shape `[1, 16, F', H/8, W/8]`.
+    pub fn latent_shape(&self, channels: usize) -> (usize, usize, usize, usize, usize) {
+        (
+            1,
+            channels,
+            self.latent_frames(),
+            self.height as usize / 8,
+            self.width as usize / 8,
+        )
+    }
+
+    /// Classifier-free guidance needs a second (unconditional) pass only when scale ≠ 1.
+    pub fn uses_guidance(&self) -> bool {
+        self.guidance_scale != 1.0
+    }
+
+    /// The sidecar JSON written next to the output: `out.mp4` → `out.json`.
+    pub fn sidecar_path(&self) -> PathBuf {
+        self.output.with_extension("json")
+    }
+
+    /// The settings block printed before the run (users paste it into bug reports).
+    pub fn summary(&self) -> String {
+        let mut lines = vec![
+            format!("model        {} ({})", self.model, self.model_location),
+            format!("prompt       {:?}", self.prompt),
+            format!("negative     {:?}", abbreviate(&self.negative_prompt, 60)),
+            format!(
+                "video        {}x{}, {} frames at {} fps → {} ({})",
+                self.width,
+                self.height,
+                self.frames,
+                self.fps,
+                self.output.display(),
+                format_name(self.format)
+            ),
+            format!(
+                "sampling     {} steps, {}, shift {}, guidance {}",
+                self.steps,
+                self.sampler.name(),
+                self.shift,
+                self.guidance_scale
+            ),
+            format!(
+                "seed         {}{}",
+                self.seed,
+                if self.seed_was_random {
+                    " (random)"
+                } else {
+                    ""
+                }
+            ),
+            format!(
+                "device       {}, {}{}{}",
+                self.device.name(),
+                dtype_name(self.dtype),
+                if self.t5_cpu {
+                    ", text encoder on CPU"
+                } else {
+                    ""
+                },
+                if self.vae_tiling { ", VAE tiling" } else { "" }
+            ),
+        ];
+        let a = &self.attention;
+        lines.push(match a.mode {
+            AttentionMode::Dense => "attention    dense".to_string(),
+            mode => format!(
+                "attention    {}: sparsity {}, {} dense steps, mask refresh {}, block {}, window {}, {} dense layers",
+                mode.name(),
+                a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window.name(), a.dense_layers
+            ),
+        });
+        if let Some(noise) = &self.noise {
+            lines.push(format!(
+                "noise        from {} (seed unused)",
+                noise.display()
+            ));
+        }
+        if let Some(latents) = &self.latents_out {
+            lines.push(format!("latents out  {}", latents.display()));
+        }
+        let o = &self.overrides;
+        for (flag, path) in [
+            ("--dit", &o.dit),
+            ("--vae", &o.vae),
+            ("--text-encoder", &o.text_encoder),
+            ("--tokenizer", &o.tokenizer),
+        ] {
+            if let Some(path) = path {
+                lines.push(format!("override     {flag} {}", path.display()));
+            }
+        }
+        lines.join("\n")
+    }
+}
+
+fn abbreviate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max_chars).collect::<String>())
+    }
+}
+
+/// Whether files can be created in the directory that will hold `path`.
+pub fn check_writable_dir(flag: &str, path: &Path) -> std::result::Result<(), String> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "{flag} {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    tempfile::Builder::new()
+        .prefix(".vdit-write-check")
+        .tempfile_in(&dir)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "{flag} {}: cannot write in {} ({e})",
+                path.display(),
+                dir.display()
+            )
+        })
+}
+
+fn resolve_device(arg: DeviceArg) -> std::result::Result<DeviceKind, String> {
+    let cuda_built = cfg!(feature = "cuda");
+    let metal_built = cfg!(feature = "metal");
+    match arg {
+        DeviceArg::Cpu => Ok(DeviceKind::Cpu),
+        DeviceArg::Cuda if !cuda_built => Err(
+            "--device cuda: this vdit was built without CUDA (rebuild with `--features cuda`)"
+                .into(),
+        ),
+        DeviceArg::Cuda if !candle_core::utils::cuda_is_available() => {
+            Err("--device cuda: no CUDA device available".into())
+        }
+        DeviceArg::Cuda => Ok(DeviceKind::Cuda),
+        DeviceArg::Metal if !metal_built => Err(
+            "--device metal: this vdit was built without Metal (rebuild with `--features metal`)"
+                .into(),
+        ),
+        DeviceArg::Metal => Ok(DeviceKind::Metal),
+        DeviceArg::Auto if cuda_built && candle_core::utils::cuda_is_available() => {
+            Ok(DeviceKind::Cuda)
+        }
+        DeviceArg::Auto if metal_built && candle_core::utils::metal_is_available() => {
+            Ok(DeviceKind::Metal)
+        }
+        DeviceArg::Auto => Ok(DeviceKind::Cpu),
+    }
+}
+
+fn resolve_dtype(arg: DTypeArg, device: DeviceKind) -> DType {
+    match (arg, device) {
+        (DTypeArg::Auto, DeviceKind::Cpu) => DType::F32,
+        (DTypeArg::Auto, _) | (DTypeArg::Bf16, _) => DType::BF16,
+        (DTypeArg::F16, _) => DType::F16,
+        (DTypeArg::F32, _) => DType::F32,
+    }
+}
+
+/// The `flow_shift` of a diffusers scheduler config, if it has one.
+fn scheduler_shift(files: &ModelFiles) -> Option<f64> {
+    let path = files
+        .optional_file("scheduler/scheduler_config.json")
+        .ok()??;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    json.get("flow_shift")?
+        .as_f64()
+        .filter(|s| s.is_finite() && *s > 0.0)
+}
+
+/// A random seed in [0, 2^63), like Wan2.1's `--base_seed -1`.
+fn random_seed() -> u64 {
+    rand::random::<u64>() >> 1
+}
+
+/// Fills in and checks the settings of `vdit generate`. Returns the settings and the resolver
+/// of the model's files, or every problem found (one line each).
+pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSettings, ModelFiles)> {
+    let mut problems: Vec<String> = Vec::new();
+
+    let model = match (&args.model, registry.default_model()) {
+        (Some(m), _) => m.clone(),
+        (None, Some(entry)) => entry.name.clone(),
+        (None, None) => {
+            return Err(VditError::InvalidSetting(
+                "no --model given and the registry has no available default model".into(),
+            ))
+        }
+    };
+    let location = ModelLocation::parse(&model, registry)?;
+    let hub = HubOptions::from_env(args.offline);
+    let files = ModelFiles::new(location, hub.clone());
+    let empty = ModelDefaults::default();
+    let defaults = registry.get(&model).map(|e| &e.defaults).unwrap_or(&empty);
+
+    let (size_w, size_h) = args.size.unzip();
+    let width = args
+        .width
+        .or(size_w)
+        .or(defaults.width)
+        .unwrap_or(wan_defaults::WIDTH);
+    let height = args
+        .height
+        .or(size_h)
+        .or(defaults.height)
+        .unwrap_or(wan_defaults::HEIGHT);
+    for (name, v) in [("width", width), ("height", height)] {
+        if v == 0 || !v.is_multiple_of(16) {
+            problems.push(format!("{name} {v} is not a positive multiple of 16"));
+        }
+    }
+    let frames = args
+        .frames
+        .or(defaults.frames)
+        .unwrap_or(wan_defaults::FRAMES);
+    if frames == 0 || !(frames - 1).is_multiple_of(4) {
+        problems.push(format!("--frames {frames} is not 4n+1"));
+    }
+    let steps = args.steps.or(defaults.steps).unwrap_or(wan_defaults::STEPS);
+    if steps == 0 {
+        problems.push("--steps must be at least 1".into());
+    }
+    let guidance_scale = args
+        .guidance_scale
+        .or(defaults.guidance_scale)
+        .unwrap_or(wan_defaults::GUIDANCE_SCALE);
+    // The model's own scheduler config is the best guess for a model the registry does not know.
+    let shift = match args.shift.or(defaults.shift) {
+        Some(s) => s,
+        None if registry.get(&model).is_none() => {
+            scheduler_shift(&files).unwrap_or(wan_defaults::SHIFT)
+        }
+        None => wan_defaults::SHIFT,
+    };
+    let sampler = args
+        .sampler
+        .or(defaults.sampler)
+        .unwrap_or(SamplerKind::Unipc);
+    let fps = args.fps.or(defaults.fps).unwrap_or(wan_defaults::FPS);
+    let negative_prompt = args
+        .negative_prompt
+        .clone()
+        .or_else(|| defaults.negative_prompt.clone())
+        .unwrap_or_else(|| WAN_NEGATIVE_PROMPT.to_string());
+
+    let (seed, seed_was_random) = match args.seed {
+        Some(s) => (s, false),
+        None => (random_seed(), true),
+    };
+
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("vdit-{seed}.mp4")));
+    // Checked before any model loads: extension, directory, permission to create files.
+    let format = match crate::video::check_writable(&output) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            problems.push(format!("-o {e}"));
+            None
+        }
+    };
+    if let Some(latents) = &args.latents_out {
+        if let Err(e) = check_writable_dir("--latents-out", latents) {
+            problems.push(e);
+        }
+    }
+    if let Some(noise) = &args.noise {
+        if !noise.is_file() {
+            problems.push(format!("--noise {}: no such file", noise.display()));
+        }
+    }
+    for (flag, path) in [
+        ("--dit", &args.dit),
+        ("--vae", &args.vae),
+        ("--text-encoder", &args.text_encoder),
+        ("--tokenizer", &args.tokenizer),
+    ] {
+        if let Some(path) = path {
+            if let Err(e) = check_override(flag, path) {
+                problems.push(e.to_string());
+            }
+        }
+    }
+
+    let dense_steps = args.dense_steps.unwrap_or_default();
+    if let Some(DenseSteps::Count(n)) = args.dense_steps {
+        if n > steps {
+            problems.push(format!(
+                "--dense-steps {n} is more than the {steps} sampling steps"
+            ));
+        }
+    }
+
+    let device = match resolve_device(args.device) {
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(e);
+            DeviceKind::Cpu
+        }
+    };
+    let dtype = resolve_dtype(args.dtype, device);
+
+    if !problems.is_empty() {
+        return Err(VditError::InvalidSetting(problems.join("\n")));
+    }
+    let settings = GenerateSettings {
+        prompt: args.prompt.clone(),
+        negative_prompt,
+        width,
+        height,
+        frames,
+        steps,
+        guidance_scale,
+        shift,
+        sampler,
+        seed,
+        seed_was_random,
+        fps,
+        output,
+        format: format.expect("no problems, so the format parsed"),
+        device,
+        dtype,
+        model,
+        model_location: files.location().to_string(),
+        offline: hub.offline,
+        t5_cpu: args.t5_cpu,
+        vae_tiling: args.vae_tiling,
+        overrides: Overrides {
+            dit: args.dit.clone(),
+            vae: args.vae.clone(),
+            text_encoder: args.text_encoder.clone(),
+            tokenizer: args.tokenizer.clone(),
+        },
+        noise: args.noise.clone(),
+        latents_out: args.latents_out.clone(),
+        attention: AttentionSettings {
+            mode: args.attention,
+            sparsity: args.sparsity,
+            dense_steps,
+            dense_step_count: dense_steps.resolve(steps),
+            mask_refresh: args.mask_refresh,
+            block_size: args.block_size,
+            window: args.window,
+            dense_layers: args.dense_layers,
+        },
+    };
+    Ok((settings, files))
+}

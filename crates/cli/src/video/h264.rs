@@ -1,0 +1,263 @@
+//! H.264 elementary streams through openh264 (bundled Cisco source): RGB24 frames in, one access unit
+//! per frame out, as the MP4 muxer wants them (parameter sets apart, NAL units length-prefixed).
+
+use openh264::decoder::Decoder;
+use openh264::encoder::{
+    BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, RateControlMode, VuiConfig,
+};
+use openh264::formats::{YUVBuffer, YUVSource};
+use openh264::{OpenH264API, Timestamp};
+
+use super::mp4::Mp4Track;
+use super::{Result, VideoError, VideoFrames, MAX_FPS};
+
+const NAL_SPS: u8 = 7;
+const NAL_PPS: u8 = 8;
+const NAL_IDR_SLICE: u8 = 5;
+
+/// An encoded video: the parameter sets and one sample (access unit) per frame.
+#[derive(Debug, Clone)]
+pub struct H264Stream {
+    /// Coded size: the input size rounded up to even numbers.
+    pub width: u32,
+    pub height: u32,
+    /// Sequence parameter set NAL unit, without start code.
+    pub sps: Vec<u8>,
+    /// Picture parameter set NAL unit, without start code.
+    pub pps: Vec<u8>,
+    pub samples: Vec<H264Sample>,
+}
+
+/// One access unit: NAL units, each prefixed by its length as a big-endian u32 (MP4 `avcC` style).
+#[derive(Debug, Clone)]
+pub struct H264Sample {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+}
+
+fn codec_err(what: &str, e: impl std::fmt::Display) -> VideoError {
+    VideoError::Codec(format!("{what}: {e}"))
+}
+
+/// Encodes `video` at `fps`. Odd sizes are padded to even by repeating the last column/row.
+pub fn encode(video: &VideoFrames, fps: u32) -> Result<H264Stream> {
+    video.validate()?;
+    if !(1..=MAX_FPS).contains(&fps) {
+        return Err(VideoError::InvalidFrames(format!(
+            "fps {fps} is outside 1..={MAX_FPS}"
+        )));
+    }
+    let (width, height) = (video.width as usize, video.height as usize);
+    let (coded_w, coded_h) = (width.next_multiple_of(2), height.next_multiple_of(2));
+    if coded_w > 3840 || coded_h > 3840 || coded_w.min(coded_h) > 2160 {
+        return Err(VideoError::InvalidFrames(format!(
+            "{width}x{height} is larger than H.264 level 5.2 allows (3840x2160)"
+        )));
+    }
+    // Quality-driven rate control with a generous bitrate: generated clips are short, so size matters
+    // less than detail. No frame skipping: the muxer needs exactly one sample per frame (openh264 warns
+    // once on stderr that it cannot then hold the bitrate, which is what we want).
+    let pixels_per_second = (coded_w * coded_h) as u64 * u64::from(fps);
+    let bitrate = (pixels_per_second / 2).clamp(500_000, 50_000_000) as u32;
+    let config = EncoderConfig::new()
+        .bitrate(BitRate::from_bps(bitrate))
+        .max_frame_rate(FrameRate::from_hz(fps as f32))
+        .rate_control_mode(RateControlMode::Quality)
+        .skip_frames(false)
+        .intra_frame_period(IntraFramePeriod::from_num_frames(fps * 4))
+        .num_threads(1)
+        .vui(VuiConfig::bt601());
+    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| codec_err("cannot create the encoder", e))?;
+
+    let mut stream = H264Stream {
+        width: coded_w as u32,
+        height: coded_h as u32,
+        sps: Vec::new(),
+        pps: Vec::new(),
+        samples: Vec::with_capacity(video.frames.len()),
+    };
+    let mut padded = Vec::new();
+    for (index, frame) in video.frames.iter().enumerate() {
+        let rgb = pad_to_even(frame, width, height, &mut padded);
+        let yuv = YUVBuffer::from_vec(rgb_to_i420(rgb, coded_w, coded_h), coded_w, coded_h);
+        let millis = index as u64 * 1000 / u64::from(fps);
+        let bitstream = encoder
+            .encode_at(&yuv, Timestamp::from_millis(millis))
+            .map_err(|e| codec_err(&format!("frame {index}"), e))?;
+        let mut sample = H264Sample {
+            data: Vec::new(),
+            keyframe: false,
+        };
+        for layer in (0..bitstream.num_layers()).filter_map(|l| bitstream.layer(l)) {
+            for nal in (0..layer.nal_count()).filter_map(|n| layer.nal_unit(n)) {
+                let nal = strip_start_code(nal);
+                let Some(&header) = nal.first() else { continue };
+                match header & 0x1f {
+                    NAL_SPS => stream.sps = nal.to_vec(),
+                    NAL_PPS => stream.pps = nal.to_vec(),
+                    kind => {
+                        sample.keyframe |= kind == NAL_IDR_SLICE;
+                        sample
+                            .data
+                            .extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                        sample.data.extend_from_slice(nal);
+                    }
+                }
+            }
+        }
+        if sample.data.is_empty() {
+            return Err(VideoError::Codec(format!(
+                "the encoder produced no picture for frame {index}"
+            )));
+        }
+        stream.samples.push(sample);
+    }
+    if stream.sps.len() < 4 || stream.pps.is_empty() {
+        return Err(VideoError::Codec("the encoder produced no SPS/PPS".into()));
+    }
+    Ok(stream)
+}
+
+/// Decodes the H.264 track of an MP4 into RGB24 frames (BT.601 limited range, as encoded).
+pub fn decode(track: &Mp4Track) -> Result<VideoFrames> {
+    let mut decoder = Decoder::new().map_err(|e| codec_err("cannot create the decoder", e))?;
+    let mut frames = Vec::with_capacity(track.samples.len());
+    let mut size = None;
+    let mut collect = |yuv: &openh264::decoder::DecodedYUV<'_>| {
+        let (w, h) = yuv.dimensions();
+        size = Some((w as u32, h as u32));
+        frames.push(i420_to_rgb(yuv, w, h));
+    };
+
+    let mut annexb = Vec::new();
+    for nal in [&track.sps, &track.pps] {
+        annexb.extend_from_slice(&[0, 0, 0, 1]);
+        annexb.extend_from_slice(nal);
+    }
+    decoder
+        .decode(&annexb)
+        .map_err(|e| codec_err("parameter sets", e))?;
+    for (index, sample) in track.samples.iter().enumerate() {
+        annexb.clear();
+        length_prefixed_to_annexb(sample, &mut annexb)
+            .map_err(|reason| VideoError::Codec(format!("sample {index}: {reason}")))?;
+        if let Some(yuv) = decoder
+            .decode(&annexb)
+            .map_err(|e| codec_err(&format!("sample {index}"), e))?
+        {
+            collect(&yuv);
+        }
+    }
+    for yuv in decoder
+        .flush_remaining()
+        .map_err(|e| codec_err("flush", e))?
+    {
+        collect(&yuv);
+    }
+    let (width, height) = size.ok_or_else(|| VideoError::Codec("no frame decoded".into()))?;
+    VideoFrames::new(width, height, frames)
+}
+
+/// NAL unit without its Annex-B start code (00 00 01 or 00 00 00 01).
+fn strip_start_code(nal: &[u8]) -> &[u8] {
+    let zeros = nal.iter().take_while(|&&b| b == 0).count();
+    if zeros >= 2 && nal.get(zeros) == Some(&1) {
+        &nal[zeros + 1..]
+    } else {
+        nal
+    }
+}
+
+fn length_prefixed_to_annexb(sample: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), String> {
+    let mut rest = sample;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err("truncated NAL length".into());
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let nal = rest
+            .get(4..4 + len)
+            .ok_or_else(|| format!("NAL of {len} bytes overruns the sample"))?;
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(nal);
+        rest = &rest[4 + len..];
+    }
+    Ok(())
+}
+
+/// `frame` itself when the size is even, else a copy padded by repeating the last column and row.
+fn pad_to_even<'a>(frame: &'a [u8], width: usize, height: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+    if (width | height) & 1 == 0 {
+        return frame;
+    }
+    let (pw, ph) = (width.next_multiple_of(2), height.next_multiple_of(2));
+    buf.clear();
+    for y in 0..ph {
+        let row = &frame[y.min(height - 1) * width * 3..][..width * 3];
+        buf.extend_from_slice(row);
+        if pw > width {
+            buf.extend_from_slice(&row[(width - 1) * 3..]);
+        }
+    }
+    buf
+}
+
+// BT.601 limited-range conversions (what the VUI and the `colr` box declare), rounded to nearest.
+// openh264's own converters truncate, which biases every pixel by 1-4 levels.
+
+/// RGB24 (even width and height) to planar I420: full-resolution Y, 2x2-averaged Cb and Cr.
+fn rgb_to_i420(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
+    let (cw, ch) = (width / 2, height / 2);
+    let mut yuv = vec![0u8; width * height + 2 * cw * ch];
+    let (luma, chroma) = yuv.split_at_mut(width * height);
+    let (cb_plane, cr_plane) = chroma.split_at_mut(cw * ch);
+    let px = |x: usize, y: usize| {
+        let i = (y * width + x) * 3;
+        [
+            f32::from(rgb[i]),
+            f32::from(rgb[i + 1]),
+            f32::from(rgb[i + 2]),
+        ]
+    };
+    let to_byte = |v: f32| v.round().clamp(0.0, 255.0) as u8;
+    for y in 0..height {
+        for x in 0..width {
+            let [r, g, b] = px(x, y);
+            luma[y * width + x] = to_byte(16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0);
+        }
+    }
+    for cy in 0..ch {
+        for cx in 0..cw {
+            let mut sum = [0.0f32; 3];
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                let p = px(2 * cx + dx, 2 * cy + dy);
+                (0..3).for_each(|c| sum[c] += p[c] * 0.25);
+            }
+            let [r, g, b] = sum;
+            cb_plane[cy * cw + cx] =
+                to_byte(128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0);
+            cr_plane[cy * cw + cx] = to_byte(128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0);
+        }
+    }
+    yuv
+}
+
+/// Decoded I420 picture to RGB24, nearest-neighbour chroma upsampling.
+fn i420_to_rgb(yuv: &impl YUVSource, width: usize, height: usize) -> Vec<u8> {
+    let (y_stride, u_stride, v_stride) = yuv.strides();
+    let (luma, cb_plane, cr_plane) = (yuv.y(), yuv.u(), yuv.v());
+    let to_byte = |v: f32| v.round().clamp(0.0, 255.0) as u8;
+    let mut rgb = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let l = 1.164_383 * (f32::from(luma[y * y_stride + x]) - 16.0);
+            let cb = f32::from(cb_plane[(y / 2) * u_stride + x / 2]) - 128.0;
+            let cr = f32::from(cr_plane[(y / 2) * v_stride + x / 2]) - 128.0;
+            rgb.push(to_byte(l + 1.596_027 * cr));
+            rgb.push(to_byte(l - 0.391_762 * cb - 0.812_968 * cr));
+            rgb.push(to_byte(l + 2.017_232 * cb));
+        }
+    }
+    rgb
+}

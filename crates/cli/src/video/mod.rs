@@ -1,0 +1,311 @@
+//! Video files: mp4 (H.264), gif and png frame sequences, chosen by the output extension.
+//!
+//! Writers take [`VideoFrames`] (RGB24) and a frame rate; every file is written atomically (a temporary
+//! file in the destination directory, then a rename), so a crash never leaves a half-written video.
+//! Readers exist so tests (and `vdit compare`) can check what was written.
+//!
+//! Format notes:
+//! - mp4: H.264 (openh264, Constrained Baseline, BT.601 limited range) in a muxer of our own
+//!   ([`mp4`]). H.264 4:2:0 needs even dimensions: odd widths/heights are **padded** by repeating the
+//!   last column/row, so the mp4 is up to one pixel wider/taller than the input. Lossy.
+//! - gif: one palette per frame (NeuQuant), frame delays in 1/100 s spread so the total duration is
+//!   exact (16 fps → delays 6,6,7,6,...). Lossy in colour.
+//! - png: `-o out.png` writes `out_00000.png`, `out_00001.png`, ... next to it (one file per frame,
+//!   frame numbers from 0, five digits); each file carries the frame rate in a `vdit-fps` text chunk. Lossless.
+
+mod gif_file;
+pub mod h264;
+pub mod mp4;
+mod png_seq;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+pub use png_seq::png_frame_path;
+
+/// Frame rate of Wan2.1 videos, the default for every writer.
+pub const DEFAULT_FPS: u32 = 16;
+/// Highest frame rate the writers accept (the MP4 media timescale is `fps * 1000`).
+pub const MAX_FPS: u32 = 1000;
+
+/// Decoded or generated video: RGB24 frames, row-major, `width * height * 3` bytes each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoFrames {
+    pub width: u32,
+    pub height: u32,
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// A video read back from a file, with the frame rate the file declares.
+#[derive(Debug, Clone)]
+pub struct ReadVideo {
+    pub video: VideoFrames,
+    pub fps: f64,
+}
+
+/// Output container, chosen from the file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoFormat {
+    Mp4,
+    Gif,
+    PngSequence,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    #[error("{path}: unknown video extension (use .mp4, .gif or .png)")]
+    UnknownFormat { path: PathBuf },
+
+    #[error("{path}: cannot write here: {reason}")]
+    NotWritable { path: PathBuf, reason: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid video: {0}")]
+    InvalidFrames(String),
+
+    #[error("H.264 codec: {0}")]
+    Codec(String),
+
+    #[error("{path}: not a readable {format} file: {reason}")]
+    Malformed {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+
+    #[error("frames tensor: {0}")]
+    Tensor(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, VideoError>;
+
+impl VideoFrames {
+    /// Checked constructor: non-zero size, at least one frame, every frame `width*height*3` bytes.
+    pub fn new(width: u32, height: u32, frames: Vec<Vec<u8>>) -> Result<Self> {
+        let video = Self {
+            width,
+            height,
+            frames,
+        };
+        video.validate()?;
+        Ok(video)
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Bytes in one RGB24 frame.
+    pub fn frame_len(&self) -> usize {
+        self.width as usize * self.height as usize * 3
+    }
+
+    /// Checks the invariants every writer relies on (the fields are public, so anyone can break them).
+    pub fn validate(&self) -> Result<()> {
+        if self.width == 0 || self.height == 0 {
+            return Err(VideoError::InvalidFrames(format!(
+                "size {}x{} has a zero side",
+                self.width, self.height
+            )));
+        }
+        if self.frames.is_empty() {
+            return Err(VideoError::InvalidFrames("no frames".into()));
+        }
+        let expected = self.frame_len();
+        if let Some((i, f)) = self
+            .frames
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.len() != expected)
+        {
+            return Err(VideoError::InvalidFrames(format!(
+                "frame {i} has {} bytes, expected {expected} ({}x{} RGB24)",
+                f.len(),
+                self.width,
+                self.height
+            )));
+        }
+        Ok(())
+    }
+
+    /// RGB of pixel (x, y) in frame `t`.
+    pub fn pixel(&self, t: usize, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width as usize + x) * 3;
+        let f = &self.frames[t];
+        [f[i], f[i + 1], f[i + 2]]
+    }
+}
+
+impl VideoFormat {
+    /// Format from the extension of `path` (case-insensitive).
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("mp4") => Ok(Self::Mp4),
+            Some("gif") => Ok(Self::Gif),
+            Some("png") => Ok(Self::PngSequence),
+            _ => Err(VideoError::UnknownFormat {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+}
+
+/// Checks, before any compute, that a video can be written to `path`: known extension, an existing
+/// directory, not a directory itself, and a file can be created in that directory.
+pub fn check_writable(path: &Path) -> Result<VideoFormat> {
+    let format = VideoFormat::from_path(path)?;
+    let not_writable = |reason: String| VideoError::NotWritable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if path.is_dir() {
+        return Err(not_writable("it is a directory".into()));
+    }
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
+        return Err(not_writable(format!(
+            "directory {} does not exist",
+            dir.display()
+        )));
+    }
+    // Probing with a real temporary file is the only reliable test (permissions, read-only mounts).
+    tempfile::Builder::new()
+        .prefix(".vdit-probe-")
+        .tempfile_in(dir)
+        .map_err(|e| not_writable(format!("cannot create a file in {}: {e}", dir.display())))?;
+    Ok(format)
+}
+
+/// Writes `video` to `path` in the format its extension names, at `fps` frames per second.
+/// Returns the files written (one for mp4/gif, one per frame for png).
+pub fn write_video(path: &Path, video: &VideoFrames, fps: u32) -> Result<Vec<PathBuf>> {
+    video.validate()?;
+    if !(1..=MAX_FPS).contains(&fps) {
+        return Err(VideoError::InvalidFrames(format!(
+            "fps {fps} is outside 1..={MAX_FPS}"
+        )));
+    }
+    match VideoFormat::from_path(path)? {
+        VideoFormat::Mp4 => {
+            let stream = h264::encode(video, fps)?;
+            let bytes = mp4::mux(&stream, fps)?;
+            write_atomic(path, &bytes)?;
+            Ok(vec![path.to_path_buf()])
+        }
+        VideoFormat::Gif => {
+            let bytes = gif_file::encode(video, fps)?;
+            write_atomic(path, &bytes)?;
+            Ok(vec![path.to_path_buf()])
+        }
+        VideoFormat::PngSequence => png_seq::write(path, video, fps),
+    }
+}
+
+/// Reads a video written by [`write_video`] (for png, pass the same `out.png` path).
+pub fn read_video(path: &Path) -> Result<ReadVideo> {
+    match VideoFormat::from_path(path)? {
+        VideoFormat::Mp4 => {
+            let bytes = read_file(path)?;
+            let track = mp4::demux(&bytes).map_err(|reason| VideoError::Malformed {
+                path: path.to_path_buf(),
+                format: "mp4",
+                reason,
+            })?;
+            let video = h264::decode(&track)?;
+            Ok(ReadVideo {
+                video,
+                fps: track.fps(),
+            })
+        }
+        VideoFormat::Gif => gif_file::decode(path, &read_file(path)?),
+        VideoFormat::PngSequence => png_seq::read(path),
+    }
+}
+
+/// `video` as produced by the VAE, `[3, T, H, W]` (or `[1, 3, T, H, W]`) in [-1, 1], to RGB24 frames:
+/// `round((x + 1) / 2 * 255)` clamped to 0..=255 (NaN becomes 0).
+pub fn frames_from_tensor(video: &Tensor) -> Result<VideoFrames> {
+    let video = match video.dims() {
+        [1, 3, _, _, _] => video.squeeze(0)?,
+        [3, _, _, _] => video.clone(),
+        other => {
+            return Err(VideoError::Tensor(format!(
+                "expected [3, T, H, W] (or [1, 3, T, H, W]) in [-1, 1], got {other:?}"
+            )))
+        }
+    };
+    let (_, t, h, w) = video.dims4()?;
+    if t == 0 || h == 0 || w == 0 {
+        return Err(VideoError::Tensor(format!(
+            "empty video {:?}",
+            video.dims()
+        )));
+    }
+    // [3,T,H,W] -> [T,H,W,3]: one contiguous RGB24 frame per time step.
+    let values = video
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .permute((1, 2, 3, 0))?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let to_byte = |x: f32| ((x + 1.0) * 0.5 * 255.0).round().clamp(0.0, 255.0) as u8;
+    let frame_len = h * w * 3;
+    let frames = values
+        .chunks_exact(frame_len)
+        .map(|f| f.iter().copied().map(to_byte).collect())
+        .collect();
+    VideoFrames::new(w as u32, h as u32, frames)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| VideoError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Temporary file in the destination directory, then a rename: readers never see a partial file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| VideoError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vdit-tmp-")
+        .tempfile_in(parent_dir(path))
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    // Temporary files are created private (0600); a video should be readable like any new file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(perms).map_err(io)?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! The whole pipeline against diffusers' WanPipeline on the tiny random-weight model of
+//! tests/fixtures/tiny_pipeline (scripts/reference/gen_tiny_pipeline.py): the model resolved
+//! as users resolve it, the same noise, 4 UniPC steps with CFG 5, shift 3, f32.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use vdit::args::GenerateArgs;
+use vdit::pipeline::{decode_latents, encode_prompts, sample_latents};
+use vdit::registry::Registry;
+use vdit::settings::resolve;
+use vdit::video::read_video;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline")
+}
+
+fn reference() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// The prompt, negative prompt and sizes diffusers was run with (reference.json).
+fn reference_flags(out: &Path) -> Vec<String> {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+            .unwrap();
+    let get = |k: &str| json[k].to_string().trim_matches('"').to_string();
+    vec![
+        "generate".into(),
+        "-p".into(),
+        json["prompt"].as_str().unwrap().into(),
+        "-n".into(),
+        json["negative_prompt"].as_str().unwrap().into(),
+        "--model".into(),
+        fixture().join("model").display().to_string(),
+        "--width".into(),
+        get("width"),
+        "--height".into(),
+        get("height"),
+        "--frames".into(),
+        get("num_frames"),
+        "--steps".into(),
+        get("num_inference_steps"),
+        "--guidance-scale".into(),
+        get("guidance_scale"),
+        "--shift".into(),
+        get("flow_shift"),
+        "--sampler".into(),
+        "unipc".into(),
+        "--dtype".into(),
+        "f32".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--noise".into(),
+        fixture()
+            .join("reference.safetensors")
+            .display()
+            .to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ]
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let diff: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| ((x - y) as f64).powi(2))
+        .sum();
+    let norm: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
+#[test]
+fn every_stage_matches_diffusers_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    // The flags after `generate`, parsed by the same clap definition the binary uses.
+    #[derive(Parser)]
+    struct Generate {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+    let mut argv = reference_flags(&dir.path().join("out.mp4"));
+    argv[0] = "vdit-generate".into();
+    let args = Generate::try_parse_from(&argv).unwrap().args;
+    let (settings, files) = resolve(&args, &Registry::embedded()).unwrap();
+    let reference = reference();
+    let device = Device::Cpu;
+
+    let text = encode_prompts(&settings, &files, &device).unwrap();
+    let cond_err = relative_error(&text.cond, &reference["prompt_embeds"]);
+    let uncond_err = relative_error(
+        text.uncond.as_ref().unwrap(),
+        &reference["negative_prompt_embeds"],
+    );
+    println!("prompt embeddings: rel err {cond_err:.2e} (cond), {uncond_err:.2e} (uncond)");
+    assert!(cond_err <= 1e-4 && uncond_err <= 1e-4);
+
+    let sampled = sample_latents(&settings, &files, &device, &text).unwrap();
+    let latent_err = relative_error(&sampled.latents, &reference["final_latents"]);
+    println!("final latents: rel err {latent_err:.2e}");
+    assert!(latent_err <= 1e-4);
+    assert_eq!(sampled.effective_density, 1.0);
+
+    let video = decode_latents(&settings, &files, &device, &sampled.latents).unwrap();
+    // diffusers' `pt` output is [1, T, 3, H, W] in [0, 1]; ours [1, 3, T, H, W] in [-1, 1].
+    let expected =
+        ((reference["video"].permute((0, 2, 1, 3, 4)).unwrap() * 2.0).unwrap() - 1.0).unwrap();
+    let video_err = relative_error(&video, &expected);
+    println!("decoded video: rel err {video_err:.2e}");
+    assert!(video_err <= 1e-4);
+}
+
+fn run_vdit(args: &[String], cache: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args(args)
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("VDIT_MODELS_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn vdit_generate_writes_mp4_gif_png_and_latents_matching_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = reference();
+    for name in ["clip.mp4", "clip.gif", "frames.png"] {
+        let out = dir.path().join(name);
+        let latents_path = dir.path().join(format!("{name}.latents.safetensors"));
+        let mut args = reference_flags(&out);
+        args.extend([
+            "--latents-out".to_string(),
+            latents_path.display().to_string(),
+        ]);
+        let run = run_vdit(&args, &dir.path().join("cache"));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{name}:\n{stderr}");
+        assert!(stderr.contains("wrote "), "{stderr}");
+
+        let latents = candle_core::safetensors::load(&latents_path, &Device::Cpu).unwrap();
+        let err = relative_error(&latents["latents"], &reference["final_latents"]);
+        assert!(err <= 1e-4, "{name}: latents rel err {err}");
+
+        let video = read_video(&out).unwrap();
+        assert_eq!(video.video.frames.len(), 9, "{name}");
+        assert_eq!((video.video.width, video.video.height), (48, 32), "{name}");
+        // gif stores delays in 1/100 s, so 16 fps reads back as ≈16.07.
+        assert!((video.fps - 16.0).abs() < 0.1, "{name}: fps {}", video.fps);
+
+        let sidecar: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+                .unwrap();
+        assert!(sidecar["settings"]["seed"].as_u64().is_some());
+        assert_eq!(sidecar["settings"]["steps"], 4);
+        assert_eq!(sidecar["effective_density"], 1.0);
+        for stage in [
+            "encode_s",
+            "denoise_s",
+            "decode_s",
+            "write_s",
+            "seconds_per_step",
+        ] {
+            assert!(
+                sidecar["timings"][stage].as_f64().unwrap() >= 0.0,
+                "{stage}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rainfusion_runs_end_to_end_and_sparsity_zero_equals_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut latents = Vec::new();
+    for (name, extra) in [
+        ("dense", vec!["--attention", "dense"]),
+        (
+            "rf0",
+            vec![
+                "--attention",
+                "rainfusion",
+                "--sparsity",
+                "0",
+                "--dense-steps",
+                "0",
+            ],
+        ),
+        (
+            "rf08",
+            vec![
+                "--attention",
+                "rainfusion",
+                "--sparsity",
+                "0.8",
+                "--block-size",
+                "16",
+                "--dense-steps",
+                "1",
+            ],
+        ),
+        (
+            "v1",
+            vec![
+                "--attention",
+                "rainfusion-v1",
+                "--sparsity",
+                "0.5",
+                "--block-size",
+                "16",
+                "--dense-steps",
+                "0",
+            ],
+        ),
+    ] {
+        let out = dir.path().join(format!("{name}.gif"));
+        let latents_path = dir.path().join(format!("{name}.safetensors"));
+        let mut args = reference_flags(&out);
+        args.extend([
+            "--latents-out".to_string(),
+            latents_path.display().to_string(),
+        ]);
+        // A grid large enough to have blocks to skip: 5 latent frames of 4×4 tokens, frame 0
+        // being the always-dense sink, leaves 4 blocks of 16 tokens. A different noise shape,
+        // so from the seed.
+        args.extend(["--size", "64x64", "--frames", "17", "--seed", "7"].map(String::from));
+        let at = args.iter().position(|a| a == "--noise").unwrap();
+        args.drain(at..at + 2);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let run = run_vdit(&args, &dir.path().join("cache"));
+        assert!(
+            run.status.success(),
+            "{name}:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let sidecar: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+                .unwrap();
+        let density = sidecar["effective_density"].as_f64().unwrap();
+        println!("{name}: effective density {density:.3}");
+        if name == "rf08" {
+            assert!(density < 1.0, "{name}: nothing was skipped ({density})");
+        }
+        let t = candle_core::safetensors::load(&latents_path, &Device::Cpu).unwrap();
+        latents.push(
+            t["latents"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        latents[0], latents[1],
+        "sparsity 0 must give exactly the dense output"
+    );
+}
+
+#[test]
+fn bf16_run_stays_within_bf16_tolerance_of_diffusers_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let latents_path = dir.path().join("bf16.safetensors");
+    let mut args = reference_flags(&dir.path().join("bf16.gif"));
+    // Later flags override earlier ones.
+    args.extend(["--dtype", "bf16", "--latents-out"].map(String::from));
+    args.push(latents_path.display().to_string());
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let latents = candle_core::safetensors::load(&latents_path, &Device::Cpu).unwrap();
+    let err = relative_error(&latents["latents"], &reference()["final_latents"]);
+    println!("bf16 final latents: rel err {err:.2e}");
+    assert!(err <= 2e-2, "bf16 latents rel err {err}");
+    // And it is a bf16 run, not a silent f32 one.
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bf16.json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["settings"]["dtype"], "bf16");
+    assert!(err > 1e-5, "suspiciously exact for bf16: {err}");
+}
+
+#[test]
+fn noise_of_the_wrong_shape_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = reference_flags(&dir.path().join("x.gif"));
+    args.extend(["--width", "64", "--height", "64"].map(String::from));
+    let run = run_vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--noise")
+            && stderr.contains("[1, 16, 3, 4, 6]")
+            && stderr.contains("[1, 16, 3, 8, 8]"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("x.gif").exists());
+}

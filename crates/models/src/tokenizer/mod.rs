@@ -1,0 +1,97 @@
+//! The umT5 prompt tokenizer: reference prompt cleaning, then a `tokenizer.json`
+//! (SentencePiece unigram for google/umt5-xxl) through the `tokenizers` crate, with the special
+//! tokens its post-processor adds (EOS `</s>` for umT5) and truncation to the text length.
+//!
+//! - [`clean`]: `clean_prompt` (ftfy-like fixes, HTML unescaping, whitespace collapsing).
+//! - [`html`]: HTML character references decoded like Python's `html.unescape` and ftfy.
+
+pub mod clean;
+mod entities;
+pub mod html;
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection};
+
+pub use clean::clean_prompt;
+
+use crate::error::{ModelError, Result};
+
+/// A `tokenizer.json` prepared for prompts: no padding (the encoder pads its output itself)
+/// and truncation done per call.
+pub struct PromptTokenizer {
+    tokenizer: Tokenizer,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for PromptTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptTokenizer")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl PromptTokenizer {
+    /// Reads a Hugging Face `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        // Padding and truncation settings saved in the file would change the ids; this type
+        // applies its own truncation and never pads.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            tokenizer,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Cleans `prompt` ([`clean_prompt`]) and tokenizes it: the ids with the closing special
+    /// tokens (EOS for umT5), at most `max_len` of them in all (512 for Wan2.1). Like
+    /// transformers' `truncation=True`, the text is cut and the special tokens are kept.
+    pub fn encode(&self, prompt: &str, max_len: usize) -> Result<Vec<u32>> {
+        self.encode_raw(&clean_prompt(prompt), max_len)
+    }
+
+    /// Tokenizes `text` as it is, without cleaning (for text cleaned elsewhere, or for
+    /// comparisons with pipelines that skip cleaning).
+    pub fn encode_raw(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
+        let error = |reason: String| ModelError::Tokenizer {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let special_tokens = self
+            .tokenizer
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        if max_len <= special_tokens {
+            return Err(ModelError::InvalidInput(format!(
+                "text length {max_len} leaves no room for tokens next to the {special_tokens} \
+                 special token(s) the tokenizer adds"
+            )));
+        }
+        let mut encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| error(e.to_string()))?;
+        encoding.truncate(max_len - special_tokens, 0, TruncationDirection::Right);
+        let encoding = self
+            .tokenizer
+            .post_process(encoding, None, true)
+            .map_err(|e| error(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token, e.g. `</s>`.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+}

@@ -1,0 +1,157 @@
+//! The two key dialects of umT5 encoder checkpoints, detected from the tensor names.
+//!
+//! The network asks for transformers' `UMT5EncoderModel` names (the canonical spelling); a
+//! [`KeyMap`] turns them into the names stored in the file, so a missing tensor is reported under
+//! the name the file should have had.
+
+use crate::error::{ModelError, Result};
+use crate::umt5::Umt5Config;
+use crate::weights::{KeyMap, WeightFiles};
+
+/// How the tensors of a umT5 encoder are named in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Umt5Dialect {
+    /// transformers `UMT5EncoderModel` (diffusers `text_encoder/`, ComfyUI `umt5_xxl_*.safetensors`).
+    /// The token embedding is `shared.weight`, or `encoder.embed_tokens.weight` when only that is stored.
+    HuggingFace { embedding_key: String },
+    /// Wan2.1's `models_t5_umt5-xxl-enc-bf16.pth`, converted to safetensors with its keys kept
+    /// (`token_embedding.weight`, `blocks.N.attn.q.weight`, ...).
+    WanOriginal,
+}
+
+const HF_PROBE: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
+const WAN_PROBE: &str = "blocks.0.attn.q.weight";
+
+impl Umt5Dialect {
+    /// Recognises the dialect from the stored keys, or says which keys were looked for.
+    pub fn detect(files: &WeightFiles) -> Result<Self> {
+        if files.contains(HF_PROBE) {
+            let embedding_key = ["shared.weight", "encoder.embed_tokens.weight"]
+                .into_iter()
+                .find(|k| files.contains(k))
+                .unwrap_or("shared.weight");
+            return Ok(Self::HuggingFace {
+                embedding_key: embedding_key.to_string(),
+            });
+        }
+        if files.contains(WAN_PROBE) && files.contains("token_embedding.weight") {
+            return Ok(Self::WanOriginal);
+        }
+        Err(ModelError::UnrecognizedCheckpoint {
+            model: "umT5 encoder",
+            files: describe(files),
+            expected: format!("`{HF_PROBE}` (transformers) or `{WAN_PROBE}` (Wan2.1 original)"),
+        })
+    }
+
+    /// Maps canonical (transformers) keys to this dialect's keys.
+    pub fn key_map(&self) -> KeyMap {
+        match self {
+            Self::HuggingFace { embedding_key } => {
+                let embedding_key = embedding_key.clone();
+                KeyMap::new(move |key| match key {
+                    "shared.weight" => embedding_key.clone(),
+                    _ => key.to_string(),
+                })
+            }
+            Self::WanOriginal => KeyMap::new(hf_to_wan_key),
+        }
+    }
+}
+
+fn describe(files: &WeightFiles) -> String {
+    let paths: Vec<String> = files
+        .paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    paths.join(", ")
+}
+
+/// transformers key → Wan2.1 original key (`wan/modules/t5.py` names). Unknown keys pass through.
+pub fn hf_to_wan_key(key: &str) -> String {
+    match key {
+        "shared.weight" | "encoder.embed_tokens.weight" => return "token_embedding.weight".into(),
+        "encoder.final_layer_norm.weight" => return "norm.weight".into(),
+        _ => {}
+    }
+    let Some((layer, tail)) = key
+        .strip_prefix("encoder.block.")
+        .and_then(|r| r.split_once('.'))
+    else {
+        return key.to_string();
+    };
+    let wan_tail = match tail {
+        "layer.0.layer_norm.weight" => "norm1.weight",
+        "layer.0.SelfAttention.q.weight" => "attn.q.weight",
+        "layer.0.SelfAttention.k.weight" => "attn.k.weight",
+        "layer.0.SelfAttention.v.weight" => "attn.v.weight",
+        "layer.0.SelfAttention.o.weight" => "attn.o.weight",
+        "layer.0.SelfAttention.relative_attention_bias.weight" => "pos_embedding.embedding.weight",
+        "layer.1.layer_norm.weight" => "norm2.weight",
+        // The GELU branch of the gated FFN is `gate.0` (a Linear inside nn.Sequential with GELU).
+        "layer.1.DenseReluDense.wi_0.weight" => "ffn.gate.0.weight",
+        "layer.1.DenseReluDense.wi_1.weight" => "ffn.fc1.weight",
+        "layer.1.DenseReluDense.wo.weight" => "ffn.fc2.weight",
+        _ => return key.to_string(),
+    };
+    format!("blocks.{layer}.{wan_tail}")
+}
+
+/// Reads the sizes of an encoder from its tensor shapes, for checkpoints that come without a
+/// `config.json` (Wan's original file). Bucket distance and epsilon are not stored in weights:
+/// they take umT5's values (128, 1e-6).
+pub fn infer_config(files: &WeightFiles, dialect: &Umt5Dialect) -> Result<Umt5Config> {
+    let keys = dialect.key_map();
+    let shape = |canonical: &str| -> Result<Vec<usize>> {
+        let key = keys.map(canonical);
+        files.shape(&key).ok_or_else(|| {
+            ModelError::Weights(crate::weights::WeightsError::MissingTensor {
+                key,
+                expected: None,
+                files: describe(files),
+            })
+        })
+    };
+    let dims2 = |canonical: &str| -> Result<(usize, usize)> {
+        match shape(canonical)?.as_slice() {
+            &[rows, cols] => Ok((rows, cols)),
+            other => Err(ModelError::InvalidInput(format!(
+                "tensor `{}` has shape {other:?}, expected a matrix",
+                keys.map(canonical)
+            ))),
+        }
+    };
+    let (vocab_size, d_model) = dims2("shared.weight")?;
+    let (inner_dim, _) = dims2("encoder.block.0.layer.0.SelfAttention.q.weight")?;
+    let (num_buckets, num_heads) =
+        dims2("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")?;
+    let (d_ff, _) = dims2("encoder.block.0.layer.1.DenseReluDense.wi_1.weight")?;
+    let num_layers = (0..)
+        .take_while(|i| {
+            files.contains(&keys.map(&format!("encoder.block.{i}.layer.0.SelfAttention.q.weight")))
+        })
+        .count();
+    if num_heads == 0 || inner_dim % num_heads != 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "cannot infer umT5 head size: q has {inner_dim} outputs for {num_heads} heads"
+        )));
+    }
+    let cfg = Umt5Config {
+        vocab_size,
+        d_model,
+        d_kv: inner_dim / num_heads,
+        d_ff,
+        num_heads,
+        num_layers,
+        relative_attention_num_buckets: num_buckets,
+        relative_attention_max_distance: 128,
+        layer_norm_epsilon: 1e-6,
+        feed_forward_proj: "gated-gelu".to_string(),
+    };
+    cfg.validate().map_err(|reason| ModelError::Config {
+        path: describe(files),
+        reason,
+    })?;
+    Ok(cfg)
+}

@@ -1,0 +1,172 @@
+//! One Wan transformer block: modulated self-attention (through the caller's attention policy),
+//! cross-attention to the text, and a modulated gelu-tanh feed-forward network, with gates.
+//!
+//! Precision: the residual stream, norms, modulation and gates are f32; the linear layers run in
+//! the model's run dtype (bf16 in production), as in the original Wan code under autocast.
+
+use candle_core::{DType, Tensor};
+use rainfusion::{dense_attention, SelfAttention, VideoLayout};
+
+use crate::error::Result;
+use crate::wan::config::WanConfig;
+use crate::wan::layers::{layer_norm, modulate, AffineLayerNorm, Linear, RmsNorm, WeightSource};
+use crate::wan::rope::WanRope;
+
+/// q, k, v, o projections with RMSNorm on q and k over the full width (across heads).
+struct AttentionLayer {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl AttentionLayer {
+    fn load(src: &WeightSource, prefix: &str, cfg: &WanConfig, dtype: DType) -> Result<Self> {
+        let dim = cfg.dim();
+        let linear = |name: &str| src.linear(&format!("{prefix}.{name}"), dim, dim, dtype);
+        Ok(Self {
+            to_q: linear("to_q")?,
+            to_k: linear("to_k")?,
+            to_v: linear("to_v")?,
+            to_out: linear("to_out.0")?,
+            norm_q: RmsNorm::load(src, &format!("{prefix}.norm_q.weight"), dim, cfg.eps)?,
+            norm_k: RmsNorm::load(src, &format!("{prefix}.norm_k.weight"), dim, cfg.eps)?,
+            num_heads: cfg.num_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// [B, L, dim] → [B, heads, L, head_dim]
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        Ok(x.reshape((b, l, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// [B, heads, L, head_dim] → output projection → [B, L, dim] in the run dtype.
+    fn merge_heads_and_project(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, l, d) = x.dims4()?;
+        let merged = x.transpose(1, 2)?.contiguous()?.reshape((b, l, h * d))?;
+        self.to_out.forward(&merged)
+    }
+
+    /// Normalised q, k ([B, heads, L, head_dim] f32) and v ([B, heads, L, head_dim] run dtype).
+    fn qkv(&self, x: &Tensor, kv_source: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let q = self.split_heads(&self.norm_q.forward(&self.to_q.forward(x)?)?)?;
+        let k = self.split_heads(&self.norm_k.forward(&self.to_k.forward(kv_source)?)?)?;
+        let v = self.split_heads(&self.to_v.forward(kv_source)?)?;
+        Ok((q, k, v))
+    }
+}
+
+/// Per-forward inputs shared by every block.
+pub(crate) struct BlockContext<'a> {
+    /// Time projection e0: [B, 6, dim] f32.
+    pub time_modulation: &'a Tensor,
+    /// Projected text: [B, Lt, dim] in the run dtype.
+    pub text: &'a Tensor,
+    /// RoPE tables, each [L, head_dim/2] f32.
+    pub rope_cos: &'a Tensor,
+    pub rope_sin: &'a Tensor,
+    pub layout: VideoLayout,
+}
+
+pub(crate) struct WanBlock {
+    index: usize,
+    /// Learned modulation table [1, 6, dim] f32, added to e0: rows are shift/scale/gate of the
+    /// self-attention, then shift/scale/gate of the FFN.
+    modulation: Tensor,
+    self_attn: AttentionLayer,
+    cross_norm: Option<AffineLayerNorm>,
+    cross_attn: AttentionLayer,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    eps: f64,
+    dtype: DType,
+}
+
+impl WanBlock {
+    pub(crate) fn load(
+        src: &WeightSource,
+        index: usize,
+        cfg: &WanConfig,
+        dtype: DType,
+    ) -> Result<Self> {
+        let p = format!("blocks.{index}");
+        let dim = cfg.dim();
+        let cross_norm = if cfg.cross_attn_norm {
+            Some(AffineLayerNorm::load(
+                src,
+                &format!("{p}.norm2"),
+                dim,
+                cfg.eps,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            index,
+            modulation: src.get(&format!("{p}.scale_shift_table"), &[1, 6, dim], DType::F32)?,
+            self_attn: AttentionLayer::load(src, &format!("{p}.attn1"), cfg, dtype)?,
+            cross_norm,
+            cross_attn: AttentionLayer::load(src, &format!("{p}.attn2"), cfg, dtype)?,
+            ffn_in: src.linear(&format!("{p}.ffn.net.0.proj"), dim, cfg.ffn_dim, dtype)?,
+            ffn_out: src.linear(&format!("{p}.ffn.net.2"), cfg.ffn_dim, dim, dtype)?,
+            eps: cfg.eps,
+            dtype,
+        })
+    }
+
+    /// x: residual stream [B, L, dim] f32 → [B, L, dim] f32.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &BlockContext<'_>,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        let m = self.modulation.broadcast_add(ctx.time_modulation)?; // [B, 6, dim]
+        let row = |i: usize| m.narrow(1, i, 1); // [B, 1, dim]
+        let (shift_sa, scale_sa, gate_sa) = (row(0)?, row(1)?, row(2)?);
+        let (shift_ff, scale_ff, gate_ff) = (row(3)?, row(4)?, row(5)?);
+
+        // Self-attention over the video tokens, with 3D RoPE on q and k.
+        let h = modulate(&layer_norm(x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(self.dtype)?;
+        let (q, k, v) = self.self_attn.qkv(&h, &h)?;
+        let q = WanRope::apply(&q, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
+        let k = WanRope::apply(&k, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
+        let y = attention.attend(self.index, &q, &k, &v, &ctx.layout)?; // [B, heads, L, head_dim]
+        let y = self
+            .self_attn
+            .merge_heads_and_project(&y)?
+            .to_dtype(DType::F32)?;
+        let x = (x + y.broadcast_mul(&gate_sa)?)?;
+
+        // Cross-attention to every text row: no mask, no RoPE, no modulation, no gate.
+        let h = match &self.cross_norm {
+            Some(norm) => norm.forward(&x)?,
+            None => x.clone(),
+        }
+        .to_dtype(self.dtype)?;
+        let (q, k, v) = self.cross_attn.qkv(&h, ctx.text)?;
+        let (q, k) = (q.to_dtype(self.dtype)?, k.to_dtype(self.dtype)?);
+        let y = dense_attention(&q, &k, &v, 1.0 / (self.cross_attn.head_dim as f64).sqrt())?;
+        let y = self
+            .cross_attn
+            .merge_heads_and_project(&y)?
+            .to_dtype(DType::F32)?;
+        let x = (x + y)?;
+
+        // Feed-forward network.
+        let h = modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(self.dtype)?;
+        let y = self
+            .ffn_out
+            .forward(&self.ffn_in.forward(&h)?.gelu()?)?
+            .to_dtype(DType::F32)?;
+        Ok((x + y.broadcast_mul(&gate_ff)?)?)
+    }
+}

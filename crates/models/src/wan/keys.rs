@@ -1,0 +1,208 @@
+//! Key dialects of Wan2.1 transformer checkpoints, recognised from the tensor names.
+//!
+//! - diffusers (`WanTransformer3DModel`): `condition_embedder.*`, `blocks.N.attn1.to_q`, `proj_out`, ...
+//! - original Wan (`WanModel`): `time_embedding.0`, `blocks.N.self_attn.q`, `head.head`, ...
+//! - ComfyUI and other single files: original (rarely diffusers) names behind a prefix such as
+//!   `model.diffusion_model.`.
+//!
+//! The network asks for diffusers names (the canonical set); [`CheckpointKeys::key_map`] turns
+//! them into the names the file uses, so loading errors name the key as it is stored.
+
+use crate::error::{ModelError, Result};
+use crate::weights::{KeyMap, WeightFiles};
+
+/// Which naming scheme a checkpoint uses (after any prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDialect {
+    Diffusers,
+    Original,
+}
+
+/// The dialect and prefix of a Wan transformer checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointKeys {
+    pub dialect: KeyDialect,
+    /// Prepended to every key, e.g. `model.diffusion_model.` in ComfyUI files; empty otherwise.
+    pub prefix: String,
+}
+
+const PATCH_EMBEDDING: &str = "patch_embedding.weight";
+const DIFFUSERS_MARKER: &str = "condition_embedder.time_embedder.linear_1.weight";
+const ORIGINAL_MARKER: &str = "time_embedding.0.weight";
+
+impl CheckpointKeys {
+    /// Recognises the dialect from the keys of `files`. The prefix is whatever precedes the
+    /// patch embedding's name, so any wrapper prefix works, not only ComfyUI's.
+    pub fn detect(files: &WeightFiles) -> Result<Self> {
+        let unsupported = |reason: String| ModelError::UnsupportedCheckpoint {
+            files: describe(files),
+            reason,
+        };
+        let keys = files.keys();
+        let prefix = keys
+            .iter()
+            .filter_map(|k| k.strip_suffix(PATCH_EMBEDDING))
+            .filter(|p| p.is_empty() || p.ends_with('.'))
+            .min_by_key(|p| p.len())
+            .ok_or_else(|| {
+                let sample: Vec<&str> = keys.iter().take(5).copied().collect();
+                unsupported(format!(
+                    "not a Wan transformer: no `{PATCH_EMBEDDING}` tensor (first keys: {sample:?})"
+                ))
+            })?
+            .to_string();
+        let dialect = if files.contains(&format!("{prefix}{DIFFUSERS_MARKER}")) {
+            KeyDialect::Diffusers
+        } else if files.contains(&format!("{prefix}{ORIGINAL_MARKER}")) {
+            KeyDialect::Original
+        } else {
+            return Err(unsupported(format!(
+                "has `{prefix}{PATCH_EMBEDDING}` but neither `{prefix}{DIFFUSERS_MARKER}` (diffusers) \
+                 nor `{prefix}{ORIGINAL_MARKER}` (original Wan); not a Wan2.1 transformer"
+            )));
+        };
+        let image_keys = [
+            format!("{prefix}img_emb."),
+            format!("{prefix}condition_embedder.image_embedder."),
+        ];
+        if keys
+            .iter()
+            .any(|k| image_keys.iter().any(|p| k.starts_with(p.as_str())))
+        {
+            return Err(unsupported(
+                "image-to-video transformers are not supported".into(),
+            ));
+        }
+        Ok(Self { dialect, prefix })
+    }
+
+    /// Maps a canonical (diffusers) key to the key stored in the checkpoint.
+    pub fn key_map(&self) -> KeyMap {
+        let map = match self.dialect {
+            KeyDialect::Diffusers => KeyMap::identity(),
+            KeyDialect::Original => KeyMap::new(original_key),
+        };
+        if self.prefix.is_empty() {
+            map
+        } else {
+            map.with_prefix(&self.prefix)
+        }
+    }
+}
+
+fn describe(files: &WeightFiles) -> String {
+    let paths: Vec<String> = files
+        .paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    paths.join(", ")
+}
+
+/// Top-level modules whose names differ (diffusers prefix → original prefix).
+const TOP_LEVEL: [(&str, &str); 6] = [
+    (
+        "condition_embedder.time_embedder.linear_1.",
+        "time_embedding.0.",
+    ),
+    (
+        "condition_embedder.time_embedder.linear_2.",
+        "time_embedding.2.",
+    ),
+    ("condition_embedder.time_proj.", "time_projection.1."),
+    (
+        "condition_embedder.text_embedder.linear_1.",
+        "text_embedding.0.",
+    ),
+    (
+        "condition_embedder.text_embedder.linear_2.",
+        "text_embedding.2.",
+    ),
+    ("proj_out.", "head.head."),
+];
+
+/// Pieces of a block parameter's name that differ (diffusers → original). Note the swap: the
+/// affine cross-attention LayerNorm is `norm2` in diffusers and `norm3` in the original.
+const IN_BLOCK: [(&str, &str); 10] = [
+    ("scale_shift_table", "modulation"),
+    ("norm2.", "norm3."),
+    ("attn1.", "self_attn."),
+    ("attn2.", "cross_attn."),
+    ("to_q.", "q."),
+    ("to_k.", "k."),
+    ("to_v.", "v."),
+    ("to_out.0.", "o."),
+    ("ffn.net.0.proj.", "ffn.0."),
+    ("ffn.net.2.", "ffn.2."),
+];
+
+/// The original Wan name of a diffusers transformer key (spec §2: a pure rename).
+pub fn original_key(diffusers_key: &str) -> String {
+    if diffusers_key == "scale_shift_table" {
+        return "head.modulation".into();
+    }
+    for (diffusers, original) in TOP_LEVEL {
+        if let Some(rest) = diffusers_key.strip_prefix(diffusers) {
+            return format!("{original}{rest}");
+        }
+    }
+    let Some((index, mut rest)) = diffusers_key
+        .strip_prefix("blocks.")
+        .and_then(|r| r.split_once('.'))
+    else {
+        return diffusers_key.into(); // patch_embedding.* is spelled the same
+    };
+    // Rename piece by piece from the left: `attn1.to_q.weight` → `self_attn.` + `q.` + `weight`.
+    let mut out = format!("blocks.{index}.");
+    'pieces: while !rest.is_empty() {
+        for (diffusers, original) in IN_BLOCK {
+            if let Some(tail) = rest.strip_prefix(diffusers) {
+                out.push_str(original);
+                rest = tail;
+                continue 'pieces;
+            }
+        }
+        out.push_str(rest);
+        break;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::original_key;
+
+    #[test]
+    fn renames_follow_the_spec_table() {
+        let cases = [
+            ("patch_embedding.weight", "patch_embedding.weight"),
+            (
+                "condition_embedder.time_embedder.linear_1.bias",
+                "time_embedding.0.bias",
+            ),
+            (
+                "condition_embedder.time_proj.weight",
+                "time_projection.1.weight",
+            ),
+            (
+                "condition_embedder.text_embedder.linear_2.weight",
+                "text_embedding.2.weight",
+            ),
+            ("scale_shift_table", "head.modulation"),
+            ("proj_out.bias", "head.head.bias"),
+            ("blocks.12.scale_shift_table", "blocks.12.modulation"),
+            ("blocks.0.attn1.to_q.weight", "blocks.0.self_attn.q.weight"),
+            ("blocks.3.attn2.to_out.0.bias", "blocks.3.cross_attn.o.bias"),
+            (
+                "blocks.3.attn2.norm_k.weight",
+                "blocks.3.cross_attn.norm_k.weight",
+            ),
+            ("blocks.7.norm2.bias", "blocks.7.norm3.bias"),
+            ("blocks.7.ffn.net.0.proj.weight", "blocks.7.ffn.0.weight"),
+            ("blocks.7.ffn.net.2.bias", "blocks.7.ffn.2.bias"),
+        ];
+        for (diffusers, original) in cases {
+            assert_eq!(original_key(diffusers), original, "{diffusers}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Small building blocks of the Wan transformer: a weight source bound to a checkpoint's key
+//! dialect, a linear layer, and the two norms (computed in f32 whatever the run dtype).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Shape, Tensor, D};
+
+use crate::error::Result;
+use crate::weights::{KeyMap, WeightFiles};
+
+/// Reads tensors by canonical (diffusers) name from a checkpoint, in a requested dtype.
+pub(crate) struct WeightSource {
+    files: Arc<WeightFiles>,
+    keys: KeyMap,
+    device: Device,
+}
+
+impl WeightSource {
+    pub(crate) fn new(files: Arc<WeightFiles>, keys: KeyMap, device: Device) -> Self {
+        Self {
+            files,
+            keys,
+            device,
+        }
+    }
+
+    /// Loads `key` (canonical name) with the given shape, cast to `dtype`. Errors name the key
+    /// as stored in the file, both shapes and the file (see `WeightFiles::load`).
+    pub(crate) fn get(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let stored_key = self.keys.map(key);
+        Ok(self
+            .files
+            .load(&stored_key, Some(&Shape::from(shape)), dtype, &self.device)?)
+    }
+
+    /// A linear layer `prefix.weight` [out, in] + `prefix.bias` [out], computing in `dtype`.
+    pub(crate) fn linear(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        dtype: DType,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.get(&format!("{prefix}.weight"), &[output, input], dtype)?,
+            bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
+        })
+    }
+}
+
+/// `y = x·Wᵀ + b` over the last axis, computed in the dtype the weights were loaded in.
+pub(crate) struct Linear {
+    weight: Tensor, // [out, in]
+    bias: Tensor,   // [out]
+}
+
+impl Linear {
+    /// Builds a linear layer from an already-shaped weight [out, in] and bias [out].
+    pub(crate) fn from_parts(weight: Tensor, bias: Tensor) -> Self {
+        Self { weight, bias }
+    }
+
+    /// x: [..., in] in any float dtype → [..., out] in the weights' dtype.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let input = dims[dims.len() - 1];
+        let rows = x.elem_count() / input.max(1);
+        // One 2-D matmul over all leading axes: a single large GEMM instead of a batched one.
+        let x2 = x
+            .to_dtype(self.weight.dtype())?
+            .contiguous()?
+            .reshape((rows, input))?;
+        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("x has at least one axis") = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// LayerNorm over the last axis without affine parameters, in f32: (x − mean)/√(var + eps).
+/// Two passes (mean, then variance of the centred values) so that a residual stream with a large
+/// common offset keeps its precision; candle's fused kernel uses E[x²] − E[x]².
+pub(crate) fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(centred.broadcast_div(&(variance + eps)?.sqrt()?)?)
+}
+
+/// Affine LayerNorm (the cross-attention norm): `layer_norm(x)·weight + bias`, in f32.
+pub(crate) struct AffineLayerNorm {
+    weight: Tensor, // [dim] f32
+    bias: Tensor,   // [dim] f32
+    eps: f64,
+}
+
+impl AffineLayerNorm {
+    pub(crate) fn load(src: &WeightSource, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: src.get(&format!("{prefix}.weight"), &[dim], DType::F32)?,
+            bias: src.get(&format!("{prefix}.bias"), &[dim], DType::F32)?,
+            eps,
+        })
+    }
+
+    /// x: [..., dim] → [..., dim] f32.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(layer_norm(x, self.eps)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?)
+    }
+}
+
+/// RMSNorm over the last axis with a learned scale, in f32: x·rsqrt(mean(x²) + eps)·weight.
+pub(crate) struct RmsNorm {
+    weight: Tensor, // [dim] f32
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(src: &WeightSource, key: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: src.get(key, &[dim], DType::F32)?,
+            eps,
+        })
+    }
+
+    /// x: [..., dim] → [..., dim] f32.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?)
+    }
+}
+
+/// `x·(1 + scale) + shift`, the adaptive modulation; x [B, L, dim], shift/scale [B, 1, dim], f32.
+pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_keeps_precision_under_a_large_offset() {
+        // Values 1e3 + small wiggles: E[x²] − E[x]² in f32 would cancel to noise here.
+        let wiggle: Vec<f32> = (0..64)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        let shifted: Vec<f32> = wiggle.iter().map(|v| v + 1.0e3).collect();
+        let a = layer_norm(&Tensor::new(wiggle.as_slice(), &Device::Cpu).unwrap(), 1e-6).unwrap();
+        let b = layer_norm(
+            &Tensor::new(shifted.as_slice(), &Device::Cpu).unwrap(),
+            1e-6,
+        )
+        .unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-2, "max difference {diff}");
+    }
+}

@@ -1,0 +1,162 @@
+//! The Wan VAE decoder's blocks: residual block, mid attention block, spatial / spatio-temporal
+//! upsampling. All take and return frames-major video `[B, T, C, H, W]`.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use super::layers::{
+    silu, single_head_attention, CausalConv3d, ChannelRmsNorm, Conv2d, FeatureCache, SlotCounter,
+};
+use crate::error::Result;
+
+/// norm → SiLU → conv3 → norm → SiLU → conv3, plus a shortcut (1×1×1 conv when the width changes).
+#[derive(Debug, Clone)]
+pub struct ResidualBlock {
+    norm1: ChannelRmsNorm,
+    conv1: CausalConv3d,
+    norm2: ChannelRmsNorm,
+    conv2: CausalConv3d,
+    shortcut: Option<CausalConv3d>,
+}
+
+impl ResidualBlock {
+    pub fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        slots: &mut SlotCounter,
+    ) -> Result<Self> {
+        let norm1 = ChannelRmsNorm::new(vb.pp("norm1"), in_dim, false)?;
+        let conv1 = CausalConv3d::new(vb.pp("conv1"), in_dim, out_dim, (3, 3), slots)?;
+        let norm2 = ChannelRmsNorm::new(vb.pp("norm2"), out_dim, false)?;
+        let conv2 = CausalConv3d::new(vb.pp("conv2"), out_dim, out_dim, (3, 3), slots)?;
+        let shortcut = if in_dim != out_dim {
+            Some(CausalConv3d::new(
+                vb.pp("conv_shortcut"),
+                in_dim,
+                out_dim,
+                (1, 1),
+                slots,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1,
+            conv1,
+            norm2,
+            conv2,
+            shortcut,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let identity = match &self.shortcut {
+            Some(conv) => conv.forward(x, cache)?,
+            None => x.clone(),
+        };
+        let h = silu(&self.norm1.forward_video(x)?)?;
+        let h = self.conv1.forward(&h, cache)?;
+        let h = silu(&self.norm2.forward_video(&h)?)?;
+        let h = self.conv2.forward(&h, cache)?;
+        Ok((h + identity)?)
+    }
+}
+
+/// Single-head self-attention over the pixels of each frame (mid block only), with a residual.
+#[derive(Debug, Clone)]
+pub struct AttentionBlock {
+    norm: ChannelRmsNorm,
+    to_qkv: Conv2d,
+    proj: Conv2d,
+    dim: usize,
+}
+
+impl AttentionBlock {
+    pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        Ok(Self {
+            norm: ChannelRmsNorm::new(vb.pp("norm"), dim, true)?,
+            to_qkv: Conv2d::new(vb.pp("to_qkv"), dim, 3 * dim, 1, 0)?,
+            proj: Conv2d::new(vb.pp("proj"), dim, dim, 1, 0)?,
+            dim,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c, h, w) = x.dims5()?;
+        let frames = x.reshape((b * t, c, h, w))?;
+        let qkv = self.to_qkv.forward(&self.norm.forward(&frames)?)?; // [N, 3C, H, W]
+        let qkv = qkv.reshape((b * t, 3 * c, h * w))?.to_dtype(DType::F32)?;
+        // q, k, v are the channel thirds; tokens are pixels: [N, H·W, C]
+        let part = |i: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(1, i * self.dim, self.dim)?.transpose(1, 2)?)
+        };
+        let attended = single_head_attention(&part(0)?, &part(1)?, &part(2)?)?; // [N, H·W, C]
+        let attended = attended
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * t, c, h, w))?
+            .to_dtype(x.dtype())?;
+        let out = self.proj.forward(&attended)?.reshape((b, t, c, h, w))?;
+        Ok((out + x)?)
+    }
+}
+
+/// Wan's Resample in upsampling mode: optionally double time with `time_conv` (upsample3d), then
+/// double space (nearest) and halve the channels with a 3×3 conv, frame by frame.
+#[derive(Debug, Clone)]
+pub struct Upsample {
+    time_conv: Option<CausalConv3d>,
+    time_slot: Option<usize>,
+    conv: Conv2d,
+}
+
+impl Upsample {
+    /// `temporal`: upsample3d (true) or upsample2d (false). Output channels are `dim / 2`.
+    pub fn new(
+        vb: VarBuilder,
+        dim: usize,
+        temporal: bool,
+        slots: &mut SlotCounter,
+    ) -> Result<Self> {
+        let (time_conv, time_slot) = if temporal {
+            // the conv's own history slot doubles as the "first chunk seen" marker
+            let slot_before = slots.count();
+            let conv = CausalConv3d::new(vb.pp("time_conv"), dim, 2 * dim, (3, 1), slots)?;
+            (Some(conv), Some(slot_before))
+        } else {
+            (None, None)
+        };
+        let conv = Conv2d::new(vb.pp("resample.1"), dim, dim / 2, 3, 1)?;
+        Ok(Self {
+            time_conv,
+            time_slot,
+            conv,
+        })
+    }
+
+    /// `[B, T, C, H, W]` → `[B, T', C/2, 2H, 2W]` with T' = 2T, or T on the first chunk and for upsample2d.
+    pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let mut x = x.clone();
+        if let (Some(time_conv), Some(slot)) = (&self.time_conv, self.time_slot) {
+            if cache.is_fresh(slot) {
+                // The first latent frame stays one frame: no temporal step for it (as in Wan and
+                // diffusers); later chunks see zeros, not this frame, as their history.
+                cache.mark_skipped_first_chunk(slot);
+            } else {
+                let (b, t, c, h, w) = x.dims5()?;
+                let doubled = time_conv.forward(&x, cache)?; // [B, T, 2C, H, W]
+                                                             // channel halves [0:C] and [C:2C] become frames 2k and 2k+1
+                x = doubled
+                    .reshape((b, t, 2, c, h, w))?
+                    .reshape((b, 2 * t, c, h, w))?;
+            }
+        }
+        let (b, t, c, h, w) = x.dims5()?;
+        let frames = x.reshape((b * t, c, h, w))?;
+        // nearest 2× ("nearest-exact" equals plain duplication at factor 2)
+        let up = frames.upsample_nearest2d(2 * h, 2 * w)?;
+        let y = self.conv.forward(&up)?;
+        Ok(y.reshape((b, t, c / 2, 2 * h, 2 * w))?)
+    }
+}

@@ -1,0 +1,121 @@
+//! The Wan VAE's 3D decoder (`WanDecoder3d` / original `Decoder3d`), run one latent frame at a time.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::blocks::{AttentionBlock, ResidualBlock, Upsample};
+use super::config::WanVaeConfig;
+use super::layers::{silu, CausalConv3d, ChannelRmsNorm, FeatureCache, SlotCounter};
+use crate::error::Result;
+
+#[derive(Debug, Clone)]
+struct UpBlock {
+    resnets: Vec<ResidualBlock>,
+    upsample: Option<Upsample>,
+}
+
+/// conv_in → mid (res, attention, res) → up blocks → norm, SiLU, conv_out.
+#[derive(Debug, Clone)]
+pub struct Decoder3d {
+    conv_in: CausalConv3d,
+    mid_resnets: [ResidualBlock; 2],
+    mid_attention: AttentionBlock,
+    up_blocks: Vec<UpBlock>,
+    norm_out: ChannelRmsNorm,
+    conv_out: CausalConv3d,
+    num_cache_slots: usize,
+}
+
+impl Decoder3d {
+    /// `vb` at the `decoder` prefix (diffusers names).
+    pub fn new(vb: VarBuilder, cfg: &WanVaeConfig) -> Result<Self> {
+        let base = cfg.decoder_dim();
+        let mult = &cfg.dim_mult;
+        // widths: deepest first; for base 96: [384, 384, 384, 192, 96]
+        let dims: Vec<usize> = std::iter::once(mult[mult.len() - 1])
+            .chain(mult.iter().rev().copied())
+            .map(|m| base * m)
+            .collect();
+        let temporal = cfg.temporal_upsample();
+        let mut slots = SlotCounter::default();
+
+        let conv_in = CausalConv3d::new(vb.pp("conv_in"), cfg.z_dim, dims[0], (3, 3), &mut slots)?;
+        let mid = vb.pp("mid_block");
+        let mid_resnets = [
+            ResidualBlock::new(mid.pp("resnets.0"), dims[0], dims[0], &mut slots)?,
+            ResidualBlock::new(mid.pp("resnets.1"), dims[0], dims[0], &mut slots)?,
+        ];
+        let mid_attention = AttentionBlock::new(mid.pp("attentions.0"), dims[0])?;
+
+        let mut up_blocks = Vec::with_capacity(mult.len());
+        for i in 0..mult.len() {
+            let vb_up = vb.pp(format!("up_blocks.{i}"));
+            // every upsampler halves the channels, so later blocks start from half the width
+            let mut in_dim = if i > 0 { dims[i] / 2 } else { dims[i] };
+            let out_dim = dims[i + 1];
+            let mut resnets = Vec::with_capacity(cfg.num_res_blocks + 1);
+            for r in 0..=cfg.num_res_blocks {
+                resnets.push(ResidualBlock::new(
+                    vb_up.pp(format!("resnets.{r}")),
+                    in_dim,
+                    out_dim,
+                    &mut slots,
+                )?);
+                in_dim = out_dim;
+            }
+            let upsample = if i + 1 < mult.len() {
+                Some(Upsample::new(
+                    vb_up.pp("upsamplers.0"),
+                    out_dim,
+                    temporal[i],
+                    &mut slots,
+                )?)
+            } else {
+                None
+            };
+            up_blocks.push(UpBlock { resnets, upsample });
+        }
+        let out_dim = dims[mult.len()];
+        let norm_out = ChannelRmsNorm::new(vb.pp("norm_out"), out_dim, false)?;
+        let conv_out = CausalConv3d::new(
+            vb.pp("conv_out"),
+            out_dim,
+            cfg.out_channels,
+            (3, 3),
+            &mut slots,
+        )?;
+        Ok(Self {
+            conv_in,
+            mid_resnets,
+            mid_attention,
+            up_blocks,
+            norm_out,
+            conv_out,
+            num_cache_slots: slots.count(),
+        })
+    }
+
+    /// A fresh cache for decoding one video (or one spatial tile of it) from its first latent frame.
+    pub fn new_cache(&self) -> FeatureCache {
+        FeatureCache::new(self.num_cache_slots)
+    }
+
+    /// One chunk of latent frames `[B, t, z, h, w]` (after post_quant_conv) → `[B, t', 3, 8h, 8w]`,
+    /// continuing the stream held in `cache`.
+    pub fn forward_chunk(&self, z: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let mut x = self.conv_in.forward(z, cache)?;
+        x = self.mid_resnets[0].forward(&x, cache)?;
+        x = self.mid_attention.forward(&x)?;
+        x = self.mid_resnets[1].forward(&x, cache)?;
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(&x, cache)?;
+            }
+            if let Some(upsample) = &block.upsample {
+                x = upsample.forward(&x, cache)?;
+            }
+        }
+        let x = silu(&self.norm_out.forward_video(&x)?)?;
+        self.conv_out.forward(&x, cache)
+    }
+}

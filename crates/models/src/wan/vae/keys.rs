@@ -1,0 +1,151 @@
+//! Key dialects of Wan VAE checkpoints.
+//!
+//! The decoder asks for diffusers names (`decoder.up_blocks.1.resnets.0.conv1.weight`). Files in the
+//! original Wan2.1_VAE layout (also ComfyUI's `wan_2.1_vae.safetensors`) use flat sequential indices
+//! (`decoder.upsamples.4.residual.2.weight`); [`original_key`] translates. A common prefix in front of
+//! every key (`vae.`, `first_stage_model.`) is detected and kept.
+
+use crate::weights::KeyMap;
+
+/// Which naming a VAE checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaeKeyDialect {
+    /// diffusers `AutoencoderKLWan`: `decoder.conv_in`, `decoder.mid_block`, `decoder.up_blocks`, ...
+    Diffusers,
+    /// Wan2.1_VAE.pth: `decoder.conv1`, `decoder.middle`, `decoder.upsamples`, `decoder.head`, `conv2`.
+    Original,
+}
+
+/// The dialect and key prefix of a VAE checkpoint, found among its keys from the decoder's input conv.
+pub fn detect_dialect<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Option<(VaeKeyDialect, String)> {
+    for key in keys {
+        for (suffix, dialect) in [
+            ("decoder.conv_in.weight", VaeKeyDialect::Diffusers),
+            ("decoder.conv1.weight", VaeKeyDialect::Original),
+        ] {
+            if let Some(prefix) = key.strip_suffix(suffix) {
+                if prefix.is_empty() || prefix.ends_with('.') {
+                    return Some((dialect, prefix.to_string()));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The map from the decoder's (diffusers) names to the names stored in the file.
+pub fn key_map(dialect: VaeKeyDialect, prefix: &str, num_res_blocks: usize) -> KeyMap {
+    let map = match dialect {
+        VaeKeyDialect::Diffusers => KeyMap::identity(),
+        VaeKeyDialect::Original => KeyMap::new(move |k: &str| original_key(k, num_res_blocks)),
+    };
+    if prefix.is_empty() {
+        map
+    } else {
+        map.with_prefix(prefix)
+    }
+}
+
+/// diffusers decoder key → original Wan2.1_VAE key. Keys it does not know are returned unchanged,
+/// so a missing tensor is reported under the name that was looked for.
+pub fn original_key(key: &str, num_res_blocks: usize) -> String {
+    let renamed = |old: &str, new: &str| key.strip_prefix(old).map(|rest| format!("{new}{rest}"));
+    if let Some(k) = renamed("post_quant_conv.", "conv2.")
+        .or_else(|| renamed("decoder.conv_in.", "decoder.conv1."))
+        .or_else(|| renamed("decoder.norm_out.", "decoder.head.0."))
+        .or_else(|| renamed("decoder.conv_out.", "decoder.head.2."))
+        .or_else(|| renamed("decoder.mid_block.attentions.0.", "decoder.middle.1."))
+    {
+        return k;
+    }
+    let parts: Vec<&str> = key.split('.').collect();
+    let index = |s: &str| s.parse::<usize>().ok();
+    match parts.as_slice() {
+        // mid: resnet 0 → middle.0, attention → middle.1, resnet 1 → middle.2
+        ["decoder", "mid_block", "resnets", r, rest @ ..] if index(r).is_some() => {
+            let flat = 2 * index(r).unwrap_or_default();
+            format!("decoder.middle.{flat}.{}", residual_key(rest))
+        }
+        // up block b holds num_res_blocks + 1 resnets then one resample, flattened in order
+        ["decoder", "up_blocks", b, "resnets", r, rest @ ..]
+            if index(b).is_some() && index(r).is_some() =>
+        {
+            let flat =
+                index(b).unwrap_or_default() * (num_res_blocks + 2) + index(r).unwrap_or_default();
+            format!("decoder.upsamples.{flat}.{}", residual_key(rest))
+        }
+        ["decoder", "up_blocks", b, "upsamplers", "0", rest @ ..] if index(b).is_some() => {
+            let flat = index(b).unwrap_or_default() * (num_res_blocks + 2) + num_res_blocks + 1;
+            format!("decoder.upsamples.{flat}.{}", rest.join("."))
+        }
+        _ => key.to_string(),
+    }
+}
+
+/// Inside a residual block: norm1 → residual.0, conv1 → residual.2, norm2 → residual.3,
+/// conv2 → residual.6 (the positions in the original nn.Sequential), conv_shortcut → shortcut.
+fn residual_key(rest: &[&str]) -> String {
+    let tail = rest.get(1..).unwrap_or_default().join(".");
+    let head = match rest.first().copied().unwrap_or_default() {
+        "norm1" => "residual.0",
+        "conv1" => "residual.2",
+        "norm2" => "residual.3",
+        "conv2" => "residual.6",
+        "conv_shortcut" => "shortcut",
+        other => other,
+    };
+    format!("{head}.{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::original_key;
+
+    #[test]
+    fn maps_the_wan21_layout() {
+        // num_res_blocks 2: up block b starts at 4b; resample at 4b + 3 (spec table)
+        let cases = [
+            ("post_quant_conv.weight", "conv2.weight"),
+            ("decoder.conv_in.bias", "decoder.conv1.bias"),
+            (
+                "decoder.mid_block.resnets.1.norm2.gamma",
+                "decoder.middle.2.residual.3.gamma",
+            ),
+            (
+                "decoder.mid_block.attentions.0.to_qkv.weight",
+                "decoder.middle.1.to_qkv.weight",
+            ),
+            (
+                "decoder.up_blocks.1.resnets.0.conv_shortcut.weight",
+                "decoder.upsamples.4.shortcut.weight",
+            ),
+            (
+                "decoder.up_blocks.2.resnets.2.conv2.bias",
+                "decoder.upsamples.10.residual.6.bias",
+            ),
+            (
+                "decoder.up_blocks.1.upsamplers.0.time_conv.weight",
+                "decoder.upsamples.7.time_conv.weight",
+            ),
+            (
+                "decoder.up_blocks.2.upsamplers.0.resample.1.bias",
+                "decoder.upsamples.11.resample.1.bias",
+            ),
+            (
+                "decoder.up_blocks.3.resnets.0.norm1.gamma",
+                "decoder.upsamples.12.residual.0.gamma",
+            ),
+            ("decoder.norm_out.gamma", "decoder.head.0.gamma"),
+            ("decoder.conv_out.weight", "decoder.head.2.weight"),
+        ];
+        for (diffusers, original) in cases {
+            assert_eq!(original_key(diffusers, 2), original, "{diffusers}");
+        }
+        assert_eq!(
+            original_key("decoder.up_blocks.1.resnets.1.conv1.weight", 1),
+            "decoder.upsamples.4.residual.2.weight"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The Wan2.1 causal 3D VAE decoder (Wan2.1_VAE / diffusers AutoencoderKLWan), decode side only.
+//!
+//! Latents are decoded one latent frame at a time; every temporal conv keeps the last frames of its
+//! input stream in a [`FeatureCache`](layers::FeatureCache), so the result equals a causal conv over
+//! the whole video while memory stays that of one chunk. The first latent frame gives one video
+//! frame, every later one four. Optional spatial [tiling](VaeTiling) bounds memory at 720p.
+
+mod blocks;
+pub mod config;
+mod decoder;
+pub mod keys;
+mod layers;
+pub mod tiling;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+pub use config::WanVaeConfig;
+pub use keys::VaeKeyDialect;
+pub use tiling::VaeTiling;
+
+use crate::error::{ModelError, Result};
+use crate::weights::{WeightFiles, WeightsError};
+use decoder::Decoder3d;
+use layers::{CausalConv3d, FeatureCache, SlotCounter};
+
+/// The error for a checkpoint that has no Wan VAE decoder in either key dialect.
+fn not_a_vae(files: String) -> ModelError {
+    WeightsError::MissingTensor {
+        key: "decoder.conv_in.weight (diffusers) or decoder.conv1.weight (Wan2.1_VAE); \
+              is this a Wan VAE checkpoint?"
+            .into(),
+        expected: None,
+        files,
+    }
+    .into()
+}
+
+/// The Wan VAE decoder with its latent un-normalisation.
+#[derive(Debug, Clone)]
+pub struct WanVaeDecoder {
+    post_quant_conv: CausalConv3d,
+    decoder: Decoder3d,
+    config: WanVaeConfig,
+    dialect: VaeKeyDialect,
+    /// `[1, z, 1, 1, 1]` f32: sampled latents are `(z_raw − mean) / std`.
+    latents_mean: Tensor,
+    latents_std: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl WanVaeDecoder {
+    /// Builds the decoder from a safetensors checkpoint in diffusers or original (Wan2.1_VAE /
+    /// ComfyUI) key names, detected from the file. Encoder weights, if present, are not read.
+    pub fn load(
+        files: &Arc<WeightFiles>,
+        cfg: &WanVaeConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let files_list = || {
+            let names: Vec<String> = files
+                .paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            names.join(", ")
+        };
+        let (dialect, prefix) =
+            keys::detect_dialect(files.keys()).ok_or_else(|| not_a_vae(files_list()))?;
+        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks);
+        Self::build(
+            files.var_builder(key_map, dtype, device),
+            cfg,
+            dialect,
+            dtype,
+            device,
+        )
+    }
+
+    /// Builds the decoder from Wan's own `Wan2.1_VAE.pth` (a PyTorch state_dict; read without
+    /// Python, through candle's pickle reader). Either key dialect is accepted.
+    pub fn load_pth(
+        path: &Path,
+        cfg: &WanVaeConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors = candle_core::pickle::PthTensors::new(path, None).map_err(|e| {
+            ModelError::InvalidInput(format!(
+                "cannot read {} as a PyTorch checkpoint: {e}",
+                path.display()
+            ))
+        })?;
+        let names: Vec<&str> = tensors.tensor_infos().keys().map(String::as_str).collect();
+        let (dialect, prefix) =
+            keys::detect_dialect(names).ok_or_else(|| not_a_vae(path.display().to_string()))?;
+        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks);
+        let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone())
+            .rename_f(move |k: &str| key_map.map(k));
+        Self::build(vb, cfg, dialect, dtype, device)
+    }
+
+    /// `vb` answers diffusers names (`post_quant_conv.*`, `decoder.*`).
+    fn build(
+        vb: VarBuilder,
+        cfg: &WanVaeConfig,
+        dialect: VaeKeyDialect,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate().map_err(|reason| ModelError::Config {
+            path: "WanVaeConfig".into(),
+            reason,
+        })?;
+        let mut no_slots = SlotCounter::default();
+        let post_quant_conv = CausalConv3d::new(
+            vb.pp("post_quant_conv"),
+            cfg.z_dim,
+            cfg.z_dim,
+            (1, 1),
+            &mut no_slots,
+        )?;
+        let decoder = Decoder3d::new(vb.pp("decoder"), cfg)?;
+        let table = |values: &[f64]| -> Result<Tensor> {
+            let values: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+            Ok(Tensor::from_vec(values, (1, cfg.z_dim, 1, 1, 1), device)?)
+        };
+        Ok(Self {
+            post_quant_conv,
+            decoder,
+            config: cfg.clone(),
+            dialect,
+            latents_mean: table(&cfg.latents_mean)?,
+            latents_std: table(&cfg.latents_std)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &WanVaeConfig {
+        &self.config
+    }
+
+    /// The key naming the checkpoint was read with.
+    pub fn dialect(&self) -> VaeKeyDialect {
+        self.dialect
+    }
+
+    /// latents as sampled (normalised) `[B, z, F, H, W]` → video `[B, 3, 1+4(F−1), 8H, 8W]` f32 in
+    /// [−1, 1]. Un-normalises first (z·std + mean). `tiling` None decodes whole frames.
+    pub fn decode(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
+        self.decode_with_progress(latents, tiling, &mut |_, _| {})
+    }
+
+    /// [`decode`](Self::decode), calling `progress(done, total)` after each latent frame of each
+    /// tile (the decode of a 720p video takes a while).
+    pub fn decode_with_progress(
+        &self,
+        latents: &Tensor,
+        tiling: Option<VaeTiling>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        Ok(self
+            .decode_raw(latents, tiling, progress)?
+            .clamp(-1f32, 1f32)?)
+    }
+
+    /// [`decode`](Self::decode) without the final clamp to [−1, 1] (for analysis and tests).
+    pub fn decode_unclamped(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
+        self.decode_raw(latents, tiling, &mut |_, _| {})
+    }
+
+    fn decode_raw(
+        &self,
+        latents: &Tensor,
+        tiling: Option<VaeTiling>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let z_dim = self.config.z_dim;
+        let dims = latents.dims();
+        if dims.len() != 5 || dims[1] != z_dim || dims.contains(&0) {
+            return Err(ModelError::InvalidInput(format!(
+                "VAE latents must be [batch, {z_dim}, frames, height, width] with no empty axis, got {dims:?}"
+            )));
+        }
+        if let Some(t) = &tiling {
+            t.validate()?;
+        }
+        let z = latents.to_device(&self.device)?.to_dtype(DType::F32)?;
+        let z = z
+            .broadcast_mul(&self.latents_std)?
+            .broadcast_add(&self.latents_mean)?;
+        // frames-major for the decoder: [B, F, z, H, W]
+        let z = z
+            .to_dtype(self.dtype)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?;
+        let z = self
+            .post_quant_conv
+            .forward(&z, &mut FeatureCache::new(0))?;
+        let (_, _, _, h, w) = z.dims5()?;
+        let video = match tiling {
+            Some(t) if t.tile.0 < h || t.tile.1 < w => self.decode_tiled(&z, t, progress)?,
+            _ => {
+                let frames = z.dim(1)?;
+                self.decode_stream(&z, &mut |i| progress(i, frames))?
+            }
+        };
+        // [B, T, 3, H, W] → [B, 3, T, H, W]
+        Ok(video.permute((0, 2, 1, 3, 4))?.contiguous()?)
+    }
+
+    /// All latent frames of one region, one at a time through a fresh cache:
+    /// `[B, F, z, h, w]` → `[B, T, 3, 8h, 8w]` f32. `frame_done(i)` after i latent frames.
+    fn decode_stream(&self, z: &Tensor, frame_done: &mut dyn FnMut(usize)) -> Result<Tensor> {
+        let mut cache = self.decoder.new_cache();
+        let frames = z.dim(1)?;
+        let mut chunks = Vec::with_capacity(frames);
+        for i in 0..frames {
+            let out = self
+                .decoder
+                .forward_chunk(&z.narrow(1, i, 1)?, &mut cache)?;
+            chunks.push(out.to_dtype(DType::F32)?);
+            frame_done(i + 1);
+        }
+        Ok(Tensor::cat(&chunks, 1)?)
+    }
+
+    /// Overlapping spatial tiles, each decoded through all frames, blended linearly.
+    fn decode_tiled(
+        &self,
+        z: &Tensor,
+        tiling: VaeTiling,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let (b, frames, _, h, w) = z.dims5()?;
+        let scale = self.config.spatial_scale();
+        let rows = tiling::axis_tiles(h, tiling.tile.0, tiling.overlap, scale);
+        let cols = tiling::axis_tiles(w, tiling.tile.1, tiling.overlap, scale);
+        let out_frames = self.config.video_frames(frames);
+        let channels = self.config.out_channels;
+        let mut video = Tensor::zeros(
+            (b, out_frames, channels, h * scale, w * scale),
+            DType::F32,
+            &self.device,
+        )?;
+        let total = rows.spans.len() * cols.spans.len() * frames;
+        let mut tiles_done = 0;
+        for (&(y0, th), wy) in rows.spans.iter().zip(&rows.weights) {
+            for (&(x0, tw), wx) in cols.spans.iter().zip(&cols.weights) {
+                let tile = z.narrow(3, y0, th)?.narrow(4, x0, tw)?.contiguous()?;
+                let decoded =
+                    self.decode_stream(&tile, &mut |i| progress(tiles_done * frames + i, total))?;
+                tiles_done += 1;
+                // decoded: [B, T, 3, th·8, tw·8]
+                let wy = Tensor::from_slice(wy, (th * scale, 1), &self.device)?;
+                let wx = Tensor::from_slice(wx, (1, tw * scale), &self.device)?;
+                let weight = wy.broadcast_mul(&wx)?; // [th·8, tw·8]
+                let (ys, xs) = (y0 * scale..(y0 + th) * scale, x0 * scale..(x0 + tw) * scale);
+                let current = video
+                    .narrow(3, ys.start, ys.len())?
+                    .narrow(4, xs.start, xs.len())?;
+                let blended = (current + decoded.broadcast_mul(&weight)?)?;
+                video =
+                    video.slice_assign(&[0..b, 0..out_frames, 0..channels, ys, xs], &blended)?;
+            }
+        }
+        Ok(video)
+    }
+}

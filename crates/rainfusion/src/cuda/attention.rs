@@ -1,0 +1,340 @@
+//! Flash attention over block lists on CUDA (`kernels/attention.cu`), as a candle custom op.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaStorage, WrapErr};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use half::{bf16, f16};
+
+use super::mask::DeviceBlockMask;
+use super::module::{self, ATTENTION};
+use crate::{BlockMask, Error, Result};
+
+/// Dense softmax attention, `softmax(q·kᵀ·scale)·v`, in one fused kernel.
+///
+/// q, k, v: `[B, H, L, D]` on a CUDA device, bf16 or f16, head_dim 64 or 128 → `[B, H, L, D]`
+/// contiguous, same dtype. Any layout whose last dimension is contiguous is read in place
+/// (e.g. `[B, L, H, D]` memory transposed to `[B, H, L, D]`); others are copied first.
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (_, _, l, _) = check_inputs(q, k, v)?;
+    let (q, k, v) = kernel_layout(q, k, v)?;
+    let op = AttentionOp {
+        scale: scale as f32,
+        block_size: 128,
+        csr: None,
+        tokens: l,
+    };
+    Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
+}
+
+/// Block-sparse attention: query block `qb` of (batch `b`, head `h`) attends only to the key
+/// blocks `mask.row(b, h, qb)` lists. The mask is copied to the device on every call; masks
+/// built on the GPU ([`DeviceBlockMask`]) skip that copy.
+pub fn block_sparse_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    scale: f64,
+) -> Result<Tensor> {
+    let device_mask = DeviceBlockMask::upload(mask, q.device())?;
+    block_sparse_attention_device(q, k, v, &device_mask, scale)
+}
+
+/// Block-sparse attention over a mask that already lives on the device.
+pub fn block_sparse_attention_device(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &DeviceBlockMask,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, h, l, _) = check_inputs(q, k, v)?;
+    let blocks = l.div_ceil(mask.block_size.max(1));
+    if (mask.batch, mask.heads, mask.query_blocks, mask.key_blocks) != (b, h, blocks, blocks) {
+        return Err(Error::InvalidConfig(format!(
+            "block mask is for batch {} × heads {} × {}×{} blocks of {}, but the attention has \
+             batch {b} × heads {h} × {l} tokens ({blocks} blocks)",
+            mask.batch, mask.heads, mask.query_blocks, mask.key_blocks, mask.block_size
+        )));
+    }
+    variant(q.dim(3)?, mask.block_size)?;
+    let (q, k, v) = kernel_layout(q, k, v)?;
+    let op = AttentionOp {
+        scale: scale as f32,
+        block_size: mask.block_size,
+        csr: Some((mask.offsets.contiguous()?, mask.indices.contiguous()?)),
+        tokens: l,
+    };
+    Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
+}
+
+/// Whether the CUDA kernels handle this query tensor with masks of `block_size` tokens: a CUDA
+/// tensor, bf16 or f16, head_dim 64 or 128, blocks of 64 or a multiple of 128. Dispatchers call
+/// this and fall back to the generic path otherwise.
+pub fn is_supported(q: &Tensor, block_size: usize) -> bool {
+    q.device().is_cuda()
+        && matches!(q.dtype(), DType::BF16 | DType::F16)
+        && q.dims4()
+            .is_ok_and(|(_, _, _, d)| variant(d, block_size).is_ok())
+}
+
+/// `[B, H, L, D]` of q, after checking that k and v match and the kernel supports the case.
+fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let dims = q.dims4()?;
+    if k.dims4()? != dims || v.dims4()? != dims {
+        return Err(Error::ShapeMismatch {
+            q: q.shape().clone(),
+            k: k.shape().clone(),
+            v: v.shape().clone(),
+        });
+    }
+    if !q.device().is_cuda()
+        || !q.device().same_device(k.device())
+        || !q.device().same_device(v.device())
+    {
+        return Err(Error::InvalidConfig(
+            "rainfusion::cuda attention needs q, k and v on one CUDA device".into(),
+        ));
+    }
+    let dtype = q.dtype();
+    if !matches!(dtype, DType::BF16 | DType::F16) || k.dtype() != dtype || v.dtype() != dtype {
+        return Err(Error::InvalidConfig(format!(
+            "CUDA flash attention takes bf16 or f16 q, k, v of one dtype; got {:?}, {:?}, {:?}",
+            dtype,
+            k.dtype(),
+            v.dtype()
+        )));
+    }
+    if dims.2 > i32::MAX as usize || dims.1 > 65_535 || dims.0 > 65_535 {
+        return Err(Error::InvalidConfig(format!(
+            "attention shape {dims:?} is too large for the kernel grid"
+        )));
+    }
+    variant(dims.3, 128)?;
+    Ok(dims)
+}
+
+/// The layout the kernel reads in place: last dimension contiguous, q, k and v with equal
+/// strides, every stride and start a multiple of 8 elements (16-byte copies). Anything else is
+/// made contiguous.
+fn kernel_layout(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let aligned = |t: &Tensor| {
+        let layout = t.layout();
+        let stride = layout.stride();
+        stride[3] == 1 && stride[..3].iter().all(|s| s % 8 == 0) && layout.start_offset() % 8 == 0
+    };
+    let same = q.stride() == k.stride() && q.stride() == v.stride();
+    if aligned(q) && aligned(k) && aligned(v) && same {
+        Ok((q.clone(), k.clone(), v.clone()))
+    } else {
+        Ok((q.contiguous()?, k.contiguous()?, v.contiguous()?))
+    }
+}
+
+/// Kernel tiling for a head_dim and mask block size: (entry suffix, query rows per CTA, keys per
+/// inner tile, warps, K/V stages). Numbers from scripts/gpu/NOTES.md (fastest measured on H100).
+fn variant(
+    head_dim: usize,
+    block_size: usize,
+) -> Result<(&'static str, usize, usize, usize, usize)> {
+    Ok(match (head_dim, block_size) {
+        (128, bs) if bs > 0 && bs % 128 == 0 => ("d128_w4m2n64s2", 128, 64, 4, 2),
+        (128, 64) => ("d128_w4m1n64qs2", 64, 64, 4, 2),
+        (64, bs) if bs > 0 && bs % 128 == 0 => ("d64_w4m2n128s2", 128, 128, 4, 2),
+        (64, 64) => ("d64_w4m1n64qs2", 64, 64, 4, 2),
+        _ => {
+            return Err(Error::InvalidConfig(format!(
+                "CUDA attention supports head_dim 64 or 128 with blocks of 64 or a multiple of \
+                 128 tokens; got head_dim {head_dim}, block {block_size}"
+            )))
+        }
+    })
+}
+
+/// The Hopper (wgmma) kernel's fixed tiling: 128 query rows, 64-key tiles, 2 warpgroups; its
+/// dynamic shared memory = Q + 2 stages of K and V + 1 KiB to align the tiles to 1024 bytes.
+const WGMMA_BM: usize = 128;
+const WGMMA_THREADS: u32 = 256;
+const WGMMA_SMEM: u32 = ((128 * 128 + 4 * 64 * 128) * 2 + 1024) as u32;
+/// V's descriptor byte offsets (MN-major operand): between the two 64-wide halves of head_dim
+/// (64 keys × 128 bytes), and between 8-key row groups. Found on the device (NOTES.md, v3).
+const WGMMA_V_LBO: u32 = 64 * 128;
+const WGMMA_V_SBO: u32 = 1024;
+
+/// Environment variable that turns the Hopper kernel off (the portable mma.sync kernel runs
+/// instead): for comparisons, and as a way around a driver that rejects sm_90a PTX.
+pub const NO_WGMMA_ENV: &str = "RAINFUSION_CUDA_NO_WGMMA";
+
+/// Whether the wgmma kernel serves this case: compute capability 9.0, head_dim 128, blocks a
+/// multiple of 128 tokens, not turned off by [`NO_WGMMA_ENV`].
+fn use_wgmma(major: i32, head_dim: usize, block_size: usize) -> bool {
+    major == 9
+        && head_dim == 128
+        && block_size % 128 == 0
+        && std::env::var_os(NO_WGMMA_ENV).is_none()
+}
+
+struct AttentionOp {
+    scale: f32,
+    /// Tokens per mask block (128 for dense).
+    block_size: usize,
+    /// `(offsets, indices)` u32 on the device; `None` = dense.
+    csr: Option<(Tensor, Tensor)>,
+    tokens: usize,
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("rainfusion::cuda attention runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        q_layout: &Layout,
+        k: &CudaStorage,
+        k_layout: &Layout,
+        v: &CudaStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        match q.dtype() {
+            DType::BF16 => self.launch::<bf16>("bf16", q, q_layout, k, k_layout, v, v_layout),
+            DType::F16 => self.launch::<f16>("f16", q, q_layout, k, k_layout, v, v_layout),
+            other => candle_core::bail!("rainfusion attention: unsupported dtype {other:?}"),
+        }
+    }
+}
+
+impl AttentionOp {
+    #[allow(clippy::too_many_arguments)]
+    fn launch<T>(
+        &self,
+        dtype_name: &str,
+        q: &CudaStorage,
+        q_layout: &Layout,
+        k: &CudaStorage,
+        k_layout: &Layout,
+        v: &CudaStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)>
+    where
+        T: candle_core::cuda_backend::CudaDType
+            + candle_core::cuda_backend::cudarc::driver::DeviceRepr,
+    {
+        let (b, h, l, d) = q_layout.shape().dims4()?;
+        debug_assert_eq!(l, self.tokens);
+        let dev = q.device().clone();
+        let major =
+            module::compute_major(&dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let wgmma = use_wgmma(major, d, self.block_size);
+        let (name, bm, threads, smem) = if wgmma {
+            (
+                format!("rf_attention_fwd_wgmma_{dtype_name}_d128"),
+                WGMMA_BM,
+                WGMMA_THREADS,
+                WGMMA_SMEM,
+            )
+        } else {
+            let (suffix, bm, bn, warps, stages) =
+                variant(d, self.block_size).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let smem = ((bm + 2 * bn * stages) * d * 2) as u32;
+            (
+                format!("rf_attention_fwd_{dtype_name}_{suffix}"),
+                bm,
+                (warps * 32) as u32,
+                smem,
+            )
+        };
+        let func = module::load(&dev, &ATTENTION, &name, smem)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+
+        let q_slice = q.as_cuda_slice::<T>()?.slice(q_layout.start_offset()..);
+        let k_slice = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
+        let v_slice = v.as_cuda_slice::<T>()?.slice(v_layout.start_offset()..);
+        // SAFETY: every element of the output is written by the kernel (all rows < L, all of D).
+        let out = unsafe { dev.alloc::<T>(b * h * l * d)? };
+
+        let in_stride: Vec<i64> = q_layout.stride().iter().map(|&s| s as i64).collect();
+        let (in_sb, in_sh, in_sl) = (in_stride[0], in_stride[1], in_stride[2]);
+        let (out_sb, out_sh, out_sl) = ((h * l * d) as i64, (l * d) as i64, d as i64);
+        let heads = h as i32;
+        let seq_len = l as i32;
+        let block_size = self.block_size as i32;
+        let query_blocks = l.div_ceil(self.block_size) as i32;
+        let scale_log2 = self.scale * std::f32::consts::LOG2_E;
+        let null_ptr: u64 = 0;
+
+        let csr_guards = match &self.csr {
+            Some((offsets, indices)) => {
+                Some((offsets.storage_and_layout(), indices.storage_and_layout()))
+            }
+            None => None,
+        };
+        let csr_slices = match &csr_guards {
+            Some(((off_st, off_layout), (idx_st, idx_layout))) => {
+                let (Storage::Cuda(off), Storage::Cuda(idx)) = (&**off_st, &**idx_st) else {
+                    candle_core::bail!("block mask offsets/indices must be on the CUDA device")
+                };
+                Some((
+                    off.as_cuda_slice::<u32>()?
+                        .slice(off_layout.start_offset()..),
+                    idx.as_cuda_slice::<u32>()?
+                        .slice(idx_layout.start_offset()..),
+                ))
+            }
+            None => None,
+        };
+
+        let mut builder = func.builder();
+        builder.arg(&q_slice).arg(&k_slice).arg(&v_slice).arg(&out);
+        match &csr_slices {
+            Some((offsets, indices)) => {
+                builder.arg(offsets).arg(indices);
+            }
+            None => {
+                builder.arg(&null_ptr).arg(&null_ptr);
+            }
+        }
+        builder
+            .arg(&in_sb)
+            .arg(&in_sh)
+            .arg(&in_sl)
+            .arg(&out_sb)
+            .arg(&out_sh)
+            .arg(&out_sl)
+            .arg(&heads)
+            .arg(&seq_len)
+            .arg(&block_size)
+            .arg(&query_blocks)
+            .arg(&scale_log2);
+        let (v_lbo, v_sbo) = (WGMMA_V_LBO, WGMMA_V_SBO);
+        if wgmma {
+            builder.arg(&v_lbo).arg(&v_sbo);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (l.div_ceil(bm) as u32, h as u32, b as u32),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: argument list matches the kernel signature in kernels/attention.cu; the grid
+        // covers every query tile; the CSR shape was checked against (B, H, L) by the caller.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, h, l, d)),
+        ))
+    }
+}

@@ -1,0 +1,22 @@
+//! CUDA kernels of rainfusion (feature `cuda`): flash attention over block lists, and RainFusion
+//! mask prediction on the device.
+//!
+//! The kernels live in `kernels/*.cu`; build.rs compiles them to PTX for compute 8.0 and 9.0 and
+//! they are loaded into candle's CUDA context on first use. Every entry point takes and returns
+//! candle tensors on a CUDA device and runs on candle's stream.
+//!
+//! - [`flash_attention`]: dense softmax attention, no mask, bf16/f16, head_dim 64 or 128.
+//! - [`block_sparse_attention`]: the same kernel over a host [`BlockMask`](crate::BlockMask).
+//! - [`DeviceBlockMask`] + [`predict_block_mask`]: the mask built on the GPU (pooling, block
+//!   scores, top-k, CSR) with no host round trip, consumed by
+//!   [`block_sparse_attention_device`].
+
+mod attention;
+mod mask;
+mod module;
+
+pub use attention::{
+    block_sparse_attention, block_sparse_attention_device, flash_attention, is_supported,
+    NO_WGMMA_ENV,
+};
+pub use mask::{block_means, predict_block_mask, DeviceBlockMask};

@@ -1,0 +1,71 @@
+//! Slow, obviously-correct block-sparse attention: an explicit masked softmax in f64.
+//!
+//! Every fast kernel (CPU, candle ops, CUDA) is tested against this on small shapes.
+//! It materialises nothing larger than one score row, but costs O(L²·D) scalar f64 work.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{BlockMask, Result};
+
+/// `softmax(q·kᵀ·scale + M)·v` where `M` is 0 for token pairs whose blocks `mask` keeps and
+/// −∞ elsewhere. A query whose row keeps nothing gets a zero output.
+///
+/// q, k, v: `[B, H, L, D]` (any float dtype) → `[B, H, L, D]` f32 on the CPU.
+pub fn masked_attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, h, l, d) = q.dims4()?;
+    crate::sparse::check_self_attention(q, k, v)?;
+    mask.check_covers(b, h, l)?;
+    let flat = |x: &Tensor| -> Result<Vec<f64>> {
+        Ok(x.to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?)
+    };
+    let (q, k, v) = (flat(q)?, flat(k)?, flat(v)?);
+    let bs = mask.block_size;
+    let mut out = vec![0f32; b * h * l * d];
+    let mut weights = vec![0f64; l];
+    for bh in 0..b * h {
+        let base = bh * l * d;
+        for i in 0..l {
+            let kept = mask.row(bh / h, bh % h, i / bs);
+            let allowed = |j: usize| kept.binary_search(&((j / bs) as u32)).is_ok();
+            let qi = &q[base + i * d..base + (i + 1) * d];
+            let mut max = f64::NEG_INFINITY;
+            for (j, w) in weights.iter_mut().enumerate() {
+                *w = if allowed(j) {
+                    let kj = &k[base + j * d..base + (j + 1) * d];
+                    qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale
+                } else {
+                    f64::NEG_INFINITY
+                };
+                max = max.max(*w);
+            }
+            if max == f64::NEG_INFINITY {
+                continue;
+            }
+            let mut total = 0.0;
+            let mut acc = vec![0f64; d];
+            for (j, &w) in weights.iter().enumerate() {
+                if w == f64::NEG_INFINITY {
+                    continue;
+                }
+                let p = (w - max).exp();
+                total += p;
+                for (a, &vj) in acc.iter_mut().zip(&v[base + j * d..base + (j + 1) * d]) {
+                    *a += p * vj;
+                }
+            }
+            for (o, a) in out[base + i * d..base + (i + 1) * d].iter_mut().zip(&acc) {
+                *o = (a / total) as f32;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, h, l, d), &Device::Cpu)?)
+}
