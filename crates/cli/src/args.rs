@@ -35,6 +35,10 @@ pub enum Command {
     /// (colour, motion and object-count accuracy).
     #[command(args_override_self = true, allow_negative_numbers = true)]
     Eval(Box<crate::eval_cmd::EvalArgs>),
+    /// Time the attention kernels, the transformer forward and the VAE decode with random
+    /// weights at the real sizes (no checkpoint needed).
+    #[command(args_override_self = true)]
+    Bench(Box<crate::bench::BenchArgs>),
     /// List the models of the registry (models/*.toml) and their defaults.
     Models,
 }

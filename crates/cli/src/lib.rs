@@ -1,6 +1,7 @@
 //! The vdit pipeline library: model resolution, sampling, guidance, video output.
 
 pub mod args;
+pub mod bench;
 pub mod compare;
 pub mod error;
 pub mod eval;

@@ -1,4 +1,5 @@
-//! The `vdit` command line: `vdit generate`, `vdit compare`, `vdit eval`, `vdit models`.
+//! The `vdit` command line: `vdit generate`, `vdit compare`, `vdit eval`, `vdit bench`,
+//! `vdit models`.
 
 use std::process::ExitCode;
 
@@ -6,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use vdit::args::{Cli, Command, GenerateArgs};
 use vdit::registry::{EntrySource, Registry};
-use vdit::{compare, eval_cmd, pipeline, settings, VditError};
+use vdit::{bench, compare, eval_cmd, pipeline, settings, VditError};
 
 /// Exit status for bad flags or settings (clap uses the same).
 const EXIT_USAGE: u8 = 2;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(&args),
         Command::Compare(args) => run_compare(*args),
         Command::Eval(args) => run_eval(*args),
+        Command::Bench(args) => run_bench(&args),
         Command::Models => list_models(),
     };
     match result {
@@ -54,6 +56,12 @@ fn run_compare(args: compare::CompareArgs) -> anyhow::Result<()> {
 
 fn run_eval(args: eval_cmd::EvalArgs) -> anyhow::Result<()> {
     let report = eval_cmd::run(args, &Registry::discover()?).context("vdit eval")?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+fn run_bench(args: &bench::BenchArgs) -> anyhow::Result<()> {
+    let report = bench::run(args).context("vdit bench")?;
     println!("{}", report.markdown());
     Ok(())
 }

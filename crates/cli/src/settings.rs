@@ -296,7 +296,7 @@ pub fn check_writable_dir(flag: &str, path: &Path) -> std::result::Result<(), St
         })
 }
 
-fn resolve_device(arg: DeviceArg) -> std::result::Result<DeviceKind, String> {
+pub(crate) fn resolve_device(arg: DeviceArg) -> std::result::Result<DeviceKind, String> {
     let cuda_built = cfg!(feature = "cuda");
     let metal_built = cfg!(feature = "metal");
     match arg {
@@ -324,7 +324,7 @@ fn resolve_device(arg: DeviceArg) -> std::result::Result<DeviceKind, String> {
     }
 }
 
-fn resolve_dtype(arg: DTypeArg, device: DeviceKind) -> DType {
+pub(crate) fn resolve_dtype(arg: DTypeArg, device: DeviceKind) -> DType {
     match (arg, device) {
         (DTypeArg::Auto, DeviceKind::Cpu) => DType::F32,
         (DTypeArg::Auto, _) | (DTypeArg::Bf16, _) => DType::BF16,

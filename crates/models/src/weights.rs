@@ -73,7 +73,10 @@ struct MappedFile {
 
 impl MappedFile {
     fn open(path: &Path) -> Result<Self> {
-        let io = |source| WeightsError::Io { path: path.to_path_buf(), source };
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on it not being
         // modified while the process runs.
@@ -83,7 +86,12 @@ impl MappedFile {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        Ok(Self { path: path.to_path_buf(), mmap, header_len, metadata })
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            header_len,
+            metadata,
+        })
     }
 
     fn names(&self) -> Vec<String> {
@@ -96,11 +104,14 @@ impl MappedFile {
 
     /// Reads tensor `name` onto the CPU in its stored dtype.
     fn load(&self, name: &str) -> Result<Tensor> {
-        let info = self.metadata.info(name).ok_or_else(|| WeightsError::MissingTensor {
-            key: name.to_string(),
-            expected: None,
-            files: self.path.display().to_string(),
-        })?;
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                key: name.to_string(),
+                expected: None,
+                files: self.path.display().to_string(),
+            })?;
         let dtype = match info.dtype {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
@@ -120,7 +131,12 @@ impl MappedFile {
         let start = 8 + self.header_len + info.data_offsets.0;
         let end = 8 + self.header_len + info.data_offsets.1;
         let bytes = &self.mmap[start..end];
-        Ok(Tensor::from_raw_buffer(bytes, dtype, &info.shape, &Device::Cpu)?)
+        Ok(Tensor::from_raw_buffer(
+            bytes,
+            dtype,
+            &info.shape,
+            &Device::Cpu,
+        )?)
     }
 }
 
@@ -132,7 +148,9 @@ pub struct WeightFiles {
 
 impl std::fmt::Debug for WeightFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WeightFiles").field("files", &self.paths()).finish()
+        f.debug_struct("WeightFiles")
+            .field("files", &self.paths())
+            .finish()
     }
 }
 
@@ -143,7 +161,10 @@ impl WeightFiles {
         if path.is_dir() {
             return Self::open_dir(path);
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.ends_with(".index.json") {
             return Self::open_index(path);
         }
@@ -151,32 +172,50 @@ impl WeightFiles {
     }
 
     fn open_dir(dir: &Path) -> Result<Self> {
-        let io = |source| WeightsError::Io { path: dir.to_path_buf(), source };
+        let io = |source| WeightsError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
         let is_named = |p: &PathBuf, suffix: &str| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suffix))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(suffix))
         };
-        if let Some(index) = entries.iter().find(|p| is_named(p, ".safetensors.index.json")) {
+        if let Some(index) = entries
+            .iter()
+            .find(|p| is_named(p, ".safetensors.index.json"))
+        {
             return Self::open_index(index);
         }
-        let files: Vec<PathBuf> =
-            entries.into_iter().filter(|p| is_named(p, ".safetensors")).collect();
+        let files: Vec<PathBuf> = entries
+            .into_iter()
+            .filter(|p| is_named(p, ".safetensors"))
+            .collect();
         if files.is_empty() {
-            return Err(WeightsError::NoWeights { dir: dir.to_path_buf() });
+            return Err(WeightsError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
         }
         Self::open_files(&files)
     }
 
     /// Opens the shards listed by a `*.safetensors.index.json` (`{"weight_map": {key: file}}`).
     pub fn open_index(index_path: &Path) -> Result<Self> {
-        let bad = |reason: String| WeightsError::BadIndex { path: index_path.to_path_buf(), reason };
-        let text = std::fs::read_to_string(index_path)
-            .map_err(|source| WeightsError::Io { path: index_path.to_path_buf(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let bad = |reason: String| WeightsError::BadIndex {
+            path: index_path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(index_path).map_err(|source| WeightsError::Io {
+            path: index_path.to_path_buf(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -191,7 +230,10 @@ impl WeightFiles {
 
     /// Opens a list of safetensors files as one checkpoint.
     pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
-        let files = paths.iter().map(|p| MappedFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let files = paths
+            .iter()
+            .map(|p| MappedFile::open(p))
+            .collect::<Result<Vec<_>>>()?;
         let mut key_to_file = HashMap::new();
         for (i, file) in files.iter().enumerate() {
             for name in file.names() {
@@ -223,7 +265,11 @@ impl WeightFiles {
     }
 
     fn files_description(&self) -> String {
-        let paths: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();
+        let paths: Vec<String> = self
+            .files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect();
         paths.join(", ")
     }
 
@@ -265,7 +311,10 @@ impl WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
-        let backend = Backend { files: self.clone(), key_map };
+        let backend = Backend {
+            files: self.clone(),
+            key_map,
+        };
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 }
@@ -315,15 +364,80 @@ impl SimpleBackend for Backend {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let key = self.key_map.map(name);
-        self.files.load(&key, Some(&s), dtype, dev).map_err(candle_core::Error::wrap)
+        self.files
+            .load(&key, Some(&s), dtype, dev)
+            .map_err(candle_core::Error::wrap)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let key = self.key_map.map(name);
-        self.files.load(&key, None, dtype, dev).map_err(candle_core::Error::wrap)
+        self.files
+            .load(&key, None, dtype, dev)
+            .map_err(candle_core::Error::wrap)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.files.contains(&self.key_map.map(name))
+    }
+}
+
+/// Random weights in place of a checkpoint, for benchmarks at the real model size: every tensor a
+/// network asks for is drawn on its device when asked for, so nothing is read from disk.
+///
+/// Matrices and kernels are normal with std `1/sqrt(fan_in)` (fan_in = all dims but the first),
+/// which keeps activations of a deep stack bounded; vectors named `weight`/`gamma` are `1 + N(0,
+/// 0.1)` (norm scales), other vectors `N(0, 0.1)` (biases). The values are not meant to be
+/// reproducible: only shapes, dtypes and devices matter for timing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomWeights;
+
+impl RandomWeights {
+    /// A random tensor of `shape` for the parameter `name`, in `dtype` on `device`.
+    pub fn tensor(name: &str, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
+        // A vector may be stored with trailing unit axes (the VAE's RMS gammas are [dim, 1, 1]).
+        let fan_in: usize = shape.dims().iter().skip(1).product();
+        let (mean, std) = if fan_in == 1 {
+            let is_scale = name.ends_with("weight") || name.ends_with("gamma");
+            (if is_scale { 1.0 } else { 0.0 }, 0.1)
+        } else {
+            (0.0, 1.0 / (fan_in as f64).sqrt())
+        };
+        // Drawn in f32 (candle's randn has no bf16/f16 generator on every backend), then cast.
+        let tensor = Tensor::randn(mean as f32, std as f32, shape.clone(), device)?;
+        Ok(tensor.to_dtype(dtype)?)
+    }
+
+    /// A VarBuilder whose every `get` is a fresh random tensor of the requested shape.
+    pub fn var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Self::tensor(name, &s, dtype, dev).map_err(candle_core::Error::wrap)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        // Without a shape there is nothing to draw: say which parameter asked.
+        Err(candle_core::Error::Msg(format!(
+            "random weights need a shape for '{name}'"
+        )))
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
     }
 }

@@ -201,7 +201,8 @@ impl WanConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks the hyper-parameters can describe a network (positive sizes, RoPE-compatible head_dim).
+    pub fn validate(&self) -> std::result::Result<(), String> {
         let positive = [
             ("num_heads", self.num_heads),
             ("head_dim", self.head_dim),

@@ -6,20 +6,35 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Shape, Tensor, D};
 
 use crate::error::Result;
-use crate::weights::{KeyMap, WeightFiles};
+use crate::weights::{KeyMap, RandomWeights, WeightFiles};
 
-/// Reads tensors by canonical (diffusers) name from a checkpoint, in a requested dtype.
+/// Reads tensors by canonical (diffusers) name from a checkpoint, in a requested dtype; or draws
+/// them at random (benchmarks at the real size without a checkpoint).
 pub(crate) struct WeightSource {
-    files: Arc<WeightFiles>,
-    keys: KeyMap,
+    origin: Origin,
     device: Device,
+}
+
+enum Origin {
+    Checkpoint {
+        files: Arc<WeightFiles>,
+        keys: KeyMap,
+    },
+    Random,
 }
 
 impl WeightSource {
     pub(crate) fn new(files: Arc<WeightFiles>, keys: KeyMap, device: Device) -> Self {
         Self {
-            files,
-            keys,
+            origin: Origin::Checkpoint { files, keys },
+            device,
+        }
+    }
+
+    /// Every tensor asked for is random (see [`RandomWeights`]).
+    pub(crate) fn random(device: Device) -> Self {
+        Self {
+            origin: Origin::Random,
             device,
         }
     }
@@ -27,10 +42,13 @@ impl WeightSource {
     /// Loads `key` (canonical name) with the given shape, cast to `dtype`. Errors name the key
     /// as stored in the file, both shapes and the file (see `WeightFiles::load`).
     pub(crate) fn get(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let stored_key = self.keys.map(key);
-        Ok(self
-            .files
-            .load(&stored_key, Some(&Shape::from(shape)), dtype, &self.device)?)
+        let shape = Shape::from(shape);
+        Ok(match &self.origin {
+            Origin::Checkpoint { files, keys } => {
+                files.load(&keys.map(key), Some(&shape), dtype, &self.device)?
+            }
+            Origin::Random => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
+        })
     }
 
     /// A linear layer `prefix.weight` [out, in] + `prefix.bias` [out], computing in `dtype`.

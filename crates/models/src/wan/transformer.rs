@@ -72,6 +72,22 @@ impl WanTransformer {
         }
         let keys = CheckpointKeys::detect(files)?;
         let src = WeightSource::new(files.clone(), keys.key_map(), device.clone());
+        Self::build(&src, cfg, dtype, device)
+    }
+
+    /// A transformer of `cfg`'s shape with random weights drawn on `device` (see
+    /// [`crate::weights::RandomWeights`]): for benchmarks at the real size without a checkpoint.
+    pub fn random(cfg: &WanConfig, dtype: DType, device: &Device) -> Result<Self> {
+        cfg.validate().map_err(ModelError::InvalidInput)?;
+        Self::build(&WeightSource::random(device.clone()), cfg, dtype, device)
+    }
+
+    fn build(src: &WeightSource, cfg: &WanConfig, dtype: DType, device: &Device) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(ModelError::InvalidInput(format!(
+                "run dtype {dtype:?} is not supported (use f32, bf16 or f16)"
+            )));
+        }
         let dim = cfg.dim();
         let f32 = DType::F32;
 
@@ -86,7 +102,7 @@ impl WanTransformer {
         let patch_bias = src.get("patch_embedding.bias", &[dim], dtype)?;
 
         let blocks = (0..cfg.num_layers)
-            .map(|i| WanBlock::load(&src, i, cfg, dtype))
+            .map(|i| WanBlock::load(src, i, cfg, dtype))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),

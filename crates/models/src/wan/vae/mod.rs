@@ -23,7 +23,7 @@ pub use keys::VaeKeyDialect;
 pub use tiling::VaeTiling;
 
 use crate::error::{ModelError, Result};
-use crate::weights::{WeightFiles, WeightsError};
+use crate::weights::{RandomWeights, WeightFiles, WeightsError};
 use decoder::Decoder3d;
 use layers::{CausalConv3d, FeatureCache, SlotCounter};
 
@@ -80,6 +80,13 @@ impl WanVaeDecoder {
             dtype,
             device,
         )
+    }
+
+    /// A decoder of `cfg`'s shape with random weights drawn on `device` (see
+    /// [`crate::weights::RandomWeights`]): for benchmarks at the real size without a checkpoint.
+    pub fn random(cfg: &WanVaeConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let vb = RandomWeights::var_builder(dtype, device);
+        Self::build(vb, cfg, VaeKeyDialect::Diffusers, dtype, device)
     }
 
     /// Builds the decoder from Wan's own `Wan2.1_VAE.pth` (a PyTorch state_dict; read without

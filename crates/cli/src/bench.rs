@@ -1,0 +1,759 @@
+//! `vdit bench`: timings of the attention kernels, the transformer forward and the VAE decode on
+//! random inputs and random weights at the real sizes (no checkpoint needed).
+//!
+//! ```text
+//! vdit bench attention    q, k, v [B,H,L,D] ─► dense / block-sparse kernel per density, mask prediction
+//! vdit bench transformer  random Wan weights ─► one forward per iteration (dense or RainFusion)
+//! vdit bench vae          random Wan VAE decoder ─► one decode per iteration
+//! vdit bench              all three at their defaults (the issue's benchmark table)
+//! ```
+//!
+//! Each case runs `--warmup` untimed iterations, then `--iters` timed ones, each ended by
+//! `device.synchronize()`; the table reports the median and the fastest.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Subcommand};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use rainfusion::predict::kept_per_row;
+use rainfusion::{
+    block_sparse_attention, dense_self_attention, predict_block_mask, BlockMask, DenseAttention,
+    DenseSteps, RainFusionAttention, RainFusionConfig, SelfAttention, Window,
+};
+use vdit_models::wan::transformer::WanTransformer;
+use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
+use vdit_models::wan::WanConfig;
+
+use crate::args::{parse_size, DTypeArg, DeviceArg};
+use crate::error::{Result, VditError};
+use crate::pipeline::write_json_atomic;
+use crate::settings::{dtype_name, resolve_device, resolve_dtype};
+
+/// Arguments of `vdit bench`. The shared flags may come before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub target: Option<BenchTarget>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto, global = true)]
+    pub device: DeviceArg,
+    /// Weight and activation dtype (auto: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum, default_value_t = DTypeArg::Auto, global = true)]
+    pub dtype: DTypeArg,
+    /// Untimed iterations before timing (kernel compilation, allocator warm-up).
+    #[arg(long, default_value_t = 1, global = true)]
+    pub warmup: usize,
+    /// Timed iterations; the table reports their median.
+    #[arg(long, default_value_t = 5, global = true, value_parser = parse_iters)]
+    pub iters: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub json: Option<PathBuf>,
+}
+
+/// What to time.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchTarget {
+    /// Dense and block-sparse attention kernels at several densities, and mask prediction.
+    Attention(AttentionBench),
+    /// One forward of the Wan2.1 transformer with random weights.
+    Transformer(TransformerBench),
+    /// One decode of the Wan2.1 VAE with random weights.
+    Vae(VaeBench),
+}
+
+/// `vdit bench attention`.
+#[derive(Debug, Clone, Args)]
+pub struct AttentionBench {
+    /// Sequence length L (32,760 = 21×30×52, Wan's 480p×81 token grid).
+    #[arg(long, default_value_t = 32_760, value_parser = parse_positive)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 12, value_parser = parse_positive)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128, value_parser = parse_positive)]
+    pub head_dim: usize,
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    pub batch: usize,
+    /// Fractions of key blocks kept per query block, each in (0, 1]; 1 runs the dense kernel.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [1.0, 0.5, 0.25, 0.2, 0.1],
+          value_parser = parse_density)]
+    pub densities: Vec<f64>,
+    /// Tokens per block of the sparse kernel and of mask prediction.
+    #[arg(long, default_value_t = 128, value_parser = parse_block_size)]
+    pub block_size: usize,
+    /// Seed of the random inputs and masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl Default for AttentionBench {
+    fn default() -> Self {
+        Self {
+            tokens: 32_760,
+            heads: 12,
+            head_dim: 128,
+            batch: 1,
+            densities: vec![1.0, 0.5, 0.25, 0.2, 0.1],
+            block_size: 128,
+            seed: 0,
+        }
+    }
+}
+
+/// Transformer size presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PresetArg {
+    /// Wan2.1 T2V 1.3B (30 layers, 12 heads of 128).
+    #[value(name = "t2v-1.3b")]
+    T2v1_3b,
+    /// Wan2.1 T2V 14B (40 layers, 40 heads of 128).
+    #[value(name = "t2v-14b")]
+    T2v14b,
+    /// A toy model (2 layers, 2 heads of 16, text width 32) for smoke tests.
+    Tiny,
+}
+
+/// Self-attention of the transformer bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchAttention {
+    Dense,
+    /// RainFusion 2.0 on every layer, a fresh mask each forward (no dense warm-up steps).
+    Rainfusion,
+}
+
+/// `vdit bench transformer`.
+#[derive(Debug, Clone, Args)]
+pub struct TransformerBench {
+    #[arg(long, value_enum, default_value_t = PresetArg::T2v1_3b)]
+    pub preset: PresetArg,
+    /// Override the preset's head count.
+    #[arg(long, value_parser = parse_positive)]
+    pub heads: Option<usize>,
+    /// Override the preset's channels per head.
+    #[arg(long, value_parser = parse_positive)]
+    pub head_dim: Option<usize>,
+    /// Override the preset's layer count.
+    #[arg(long, value_parser = parse_positive)]
+    pub layers: Option<usize>,
+    /// Override the preset's feed-forward width.
+    #[arg(long, value_parser = parse_positive)]
+    pub ffn_dim: Option<usize>,
+    /// Batch (2 = the conditional and unconditional halves of classifier-free guidance).
+    #[arg(long, default_value_t = 2, value_parser = parse_positive)]
+    pub batch: usize,
+    /// Video size WIDTHxHEIGHT in pixels (multiples of 16).
+    #[arg(long, default_value = "832x480", value_parser = parse_size)]
+    pub size: (u32, u32),
+    /// Video frames (4n+1).
+    #[arg(long, default_value_t = 81, value_parser = parse_frames)]
+    pub frames: usize,
+    #[arg(long, value_enum, default_value_t = BenchAttention::Dense)]
+    pub attention: BenchAttention,
+    /// RainFusion sparsity in [0, 1).
+    #[arg(long, default_value_t = 0.8, value_parser = crate::args::parse_sparsity)]
+    pub sparsity: f64,
+    /// RainFusion block size.
+    #[arg(long, default_value_t = 128, value_parser = parse_block_size)]
+    pub block_size: usize,
+    /// Text rows of the context (Wan pads every prompt to 512).
+    #[arg(long, default_value_t = 512, value_parser = parse_positive)]
+    pub text_len: usize,
+}
+
+impl Default for TransformerBench {
+    fn default() -> Self {
+        Self {
+            preset: PresetArg::T2v1_3b,
+            heads: None,
+            head_dim: None,
+            layers: None,
+            ffn_dim: None,
+            batch: 2,
+            size: (832, 480),
+            frames: 81,
+            attention: BenchAttention::Dense,
+            sparsity: 0.8,
+            block_size: 128,
+            text_len: 512,
+        }
+    }
+}
+
+/// `vdit bench vae`.
+#[derive(Debug, Clone, Args)]
+pub struct VaeBench {
+    /// Latent grid FRAMESxHEIGHTxWIDTH (21x60x104 = 81 frames at 832×480).
+    #[arg(long, default_value = "21x60x104", value_parser = parse_latent)]
+    pub latent: [usize; 3],
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    pub batch: usize,
+    /// Decode in spatial tiles (256×256 pixels, 64 overlap) instead of whole frames.
+    #[arg(long)]
+    pub tiling: bool,
+    /// Channel base of the decoder (96 for Wan2.1; smaller for smoke tests).
+    #[arg(long, default_value_t = 96, value_parser = parse_positive)]
+    pub base_dim: usize,
+}
+
+impl Default for VaeBench {
+    fn default() -> Self {
+        Self {
+            latent: [21, 60, 104],
+            batch: 1,
+            tiling: false,
+            base_dim: 96,
+        }
+    }
+}
+
+/// One timed case: a row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// `attention`, `mask prediction`, `transformer` or `vae`.
+    pub bench: String,
+    /// The case's settings in words (`dense`, `density 0.20`, `rainfusion 0.8`, ...).
+    pub case: String,
+    /// Shape of the work (`B1 H12 L32760 D128`, ...).
+    pub shape: String,
+    pub median_s: f64,
+    pub min_s: f64,
+    /// Every timed iteration, seconds.
+    pub samples_s: Vec<f64>,
+    /// Effective attention TFLOP/s (4·L²·D·H·B·density / median), attention rows only.
+    pub tflops: Option<f64>,
+    /// Fraction of attention blocks computed (1 = dense), where it applies.
+    pub density: Option<f64>,
+    /// Peak resident memory of the process so far, bytes (CPU runs: the kernel's high-water mark).
+    pub peak_host_bytes: Option<u64>,
+    /// Peak device memory in use during the timed iterations, bytes (CUDA runs: the device's
+    /// used memory sampled every 0.2 ms on a side thread, so a peak shorter than that can be missed;
+    /// includes the context and anything else on the device).
+    pub peak_device_bytes: Option<u64>,
+}
+
+/// The whole run: settings and one row per case.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub vdit_version: &'static str,
+    pub device: &'static str,
+    pub dtype: &'static str,
+    pub warmup: usize,
+    pub iters: usize,
+    pub rows: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    /// The results as one markdown table.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "vdit bench on {} ({}), median of {} after {} warm-up\n\n",
+            self.device, self.dtype, self.iters, self.warmup
+        );
+        out.push_str("| bench | case | shape | median | min | TFLOP/s | density | peak memory |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|\n");
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                row.bench,
+                row.case,
+                row.shape,
+                format_seconds(row.median_s),
+                format_seconds(row.min_s),
+                row.tflops.map_or("-".into(), format_tflops),
+                row.density.map_or("-".into(), |d| format!("{d:.3}")),
+                match (row.peak_device_bytes, row.peak_host_bytes) {
+                    (Some(bytes), _) => format!("{} device", format_gib(bytes)),
+                    (None, Some(bytes)) => format!("{} host", format_gib(bytes)),
+                    (None, None) => "-".into(),
+                },
+            );
+        }
+        out
+    }
+}
+
+/// Runs what `args` asks for and returns the report (also written to `--json` when given).
+pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+    let kind = resolve_device(args.device).map_err(VditError::InvalidSetting)?;
+    let dtype = resolve_dtype(args.dtype, kind);
+    let device = kind.device()?;
+    let timer = Timer {
+        device: device.clone(),
+        warmup: args.warmup,
+        iters: args.iters,
+    };
+    let mut rows = Vec::new();
+    match &args.target {
+        Some(BenchTarget::Attention(a)) => rows.extend(bench_attention(a, dtype, &timer)?),
+        Some(BenchTarget::Transformer(t)) => rows.push(bench_transformer(t, dtype, &timer)?),
+        Some(BenchTarget::Vae(v)) => rows.push(bench_vae(v, dtype, &timer)?),
+        None => {
+            // The issue's table: attention, the 1.3B forward dense and at 0.8, the VAE decode.
+            rows.extend(bench_attention(&AttentionBench::default(), dtype, &timer)?);
+            let dense = TransformerBench::default();
+            rows.push(bench_transformer(&dense, dtype, &timer)?);
+            let sparse = TransformerBench {
+                attention: BenchAttention::Rainfusion,
+                ..dense
+            };
+            rows.push(bench_transformer(&sparse, dtype, &timer)?);
+            rows.push(bench_vae(&VaeBench::default(), dtype, &timer)?);
+        }
+    }
+    let report = BenchReport {
+        vdit_version: env!("CARGO_PKG_VERSION"),
+        device: kind.name(),
+        dtype: dtype_name(dtype),
+        warmup: args.warmup,
+        iters: args.iters,
+        rows,
+    };
+    if let Some(path) = &args.json {
+        write_json_atomic(path, &report)?;
+    }
+    Ok(report)
+}
+
+/// Runs a closure `warmup + iters` times, synchronising the device after each, and keeps the
+/// wall times of the last `iters`.
+struct Timer {
+    device: Device,
+    warmup: usize,
+    iters: usize,
+}
+
+struct Timing {
+    samples: Vec<f64>,
+    peak_device_bytes: Option<u64>,
+}
+
+impl Timing {
+    fn median(&self) -> f64 {
+        let mut sorted = self.samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+        }
+    }
+
+    fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+}
+
+impl Timer {
+    fn time(&self, mut step: impl FnMut() -> Result<()>) -> Result<Timing> {
+        for _ in 0..self.warmup {
+            step()?;
+            self.device.synchronize()?;
+        }
+        let mut samples = Vec::with_capacity(self.iters);
+        let sampler = DeviceMemorySampler::start(&self.device);
+        for _ in 0..self.iters {
+            // Queued work from before must not be charged to this iteration.
+            self.device.synchronize()?;
+            let start = Instant::now();
+            step()?;
+            self.device.synchronize()?;
+            samples.push(start.elapsed().as_secs_f64());
+        }
+        Ok(Timing {
+            samples,
+            peak_device_bytes: sampler.and_then(DeviceMemorySampler::stop),
+        })
+    }
+
+    fn row(&self, bench: &str, case: String, shape: String, timing: &Timing) -> BenchRow {
+        BenchRow {
+            bench: bench.into(),
+            case,
+            shape,
+            median_s: timing.median(),
+            min_s: timing.min(),
+            samples_s: timing.samples.clone(),
+            tflops: None,
+            density: None,
+            peak_host_bytes: self.device.is_cpu().then(peak_resident_bytes).flatten(),
+            peak_device_bytes: timing.peak_device_bytes,
+        }
+    }
+}
+
+/// Times the attention entry points the pipeline calls: [`dense_self_attention`] for density 1,
+/// [`block_sparse_attention`] with a random mask otherwise, and [`predict_block_mask`].
+fn bench_attention(a: &AttentionBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>> {
+    let device = &timer.device;
+    let shape = (a.batch, a.heads, a.tokens, a.head_dim);
+    // Drawn on the host from the seed (not every backend can seed its generator): uniform with
+    // unit variance.
+    let random = |seed: u64| -> Result<Tensor> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let bound = 3f32.sqrt();
+        let n = a.batch * a.heads * a.tokens * a.head_dim;
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+        Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
+    };
+    let (q, k, v) = (random(a.seed)?, random(a.seed + 1)?, random(a.seed + 2)?);
+    let scale = 1.0 / (a.head_dim as f64).sqrt();
+    let shape_name = format!("B{} H{} L{} D{}", a.batch, a.heads, a.tokens, a.head_dim);
+    // Dense attention does 4·L²·D multiply-adds per head (QKᵀ and PV, 2 flops each).
+    let dense_flops = 4.0 * (a.tokens as f64).powi(2) * (a.head_dim * a.heads * a.batch) as f64;
+
+    let mut rows = Vec::new();
+    for &density in &a.densities {
+        let (case, timing, kept) = if density >= 1.0 {
+            let timing = timer.time(|| {
+                dense_self_attention(&q, &k, &v, scale)?;
+                Ok(())
+            })?;
+            ("dense".to_string(), timing, 1.0)
+        } else {
+            let mask = random_block_mask(a, density)?;
+            let timing = timer.time(|| {
+                block_sparse_attention(&q, &k, &v, &mask, scale)?;
+                Ok(())
+            })?;
+            (format!("block-sparse {density}"), timing, mask.density())
+        };
+        let mut row = timer.row("attention", case, shape_name.clone(), &timing);
+        row.tflops = Some(dense_flops * kept / row.median_s / 1e12);
+        row.density = Some(kept);
+        rows.push(row);
+    }
+
+    // Mask prediction as RainFusion runs it (block means, block scores, top-k), at sparsity 0.8.
+    let sparsity = 0.8;
+    let mut density = None;
+    let timing = timer.time(|| {
+        let mask = predict_block_mask(&q, &k, a.block_size, sparsity, 0)?;
+        density = Some(mask.density());
+        Ok(())
+    })?;
+    let mut row = timer.row(
+        "mask prediction",
+        format!("sparsity {sparsity}, block {}", a.block_size),
+        shape_name,
+        &timing,
+    );
+    row.density = density;
+    rows.push(row);
+    Ok(rows)
+}
+
+/// A mask keeping `ceil(density · key_blocks)` key blocks per query block: the diagonal block
+/// and a uniformly random choice of the others.
+fn random_block_mask(a: &AttentionBench, density: f64) -> Result<BlockMask> {
+    let blocks = a.tokens.div_ceil(a.block_size);
+    let keep = kept_per_row(blocks, 1.0 - density);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ density.to_bits());
+    let rows: Vec<Vec<u32>> = (0..a.batch * a.heads * blocks)
+        .map(|r| {
+            let diagonal = (r % blocks) as u32;
+            let mut others: Vec<u32> = (0..blocks as u32).filter(|&b| b != diagonal).collect();
+            // Partial Fisher-Yates: the first keep-1 entries become a uniform sample.
+            for i in 0..keep.saturating_sub(1) {
+                let j = rng.random_range(i..others.len());
+                others.swap(i, j);
+            }
+            others.truncate(keep.saturating_sub(1));
+            others.push(diagonal);
+            others.sort_unstable();
+            others
+        })
+        .collect();
+    Ok(BlockMask::from_rows(
+        a.batch,
+        a.heads,
+        a.block_size,
+        blocks,
+        blocks,
+        &rows,
+    )?)
+}
+
+/// The transformer config the flags describe: a preset with any explicit overrides.
+fn transformer_config(t: &TransformerBench) -> Result<WanConfig> {
+    let mut cfg = match t.preset {
+        PresetArg::T2v1_3b => WanConfig::t2v_1_3b(),
+        PresetArg::T2v14b => WanConfig::t2v_14b(),
+        PresetArg::Tiny => WanConfig {
+            num_heads: 2,
+            head_dim: 16,
+            num_layers: 2,
+            ffn_dim: 64,
+            text_dim: 32,
+            freq_dim: 32,
+            ..WanConfig::t2v_1_3b()
+        },
+    };
+    cfg.num_heads = t.heads.unwrap_or(cfg.num_heads);
+    cfg.head_dim = t.head_dim.unwrap_or(cfg.head_dim);
+    cfg.num_layers = t.layers.unwrap_or(cfg.num_layers);
+    cfg.ffn_dim = t.ffn_dim.unwrap_or(cfg.ffn_dim);
+    cfg.validate()
+        .map_err(|e| VditError::InvalidSetting(format!("transformer flags: {e}")))?;
+    Ok(cfg)
+}
+
+/// Times one forward of a random-weight transformer on random latents, timesteps and text.
+fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
+    let device = &timer.device;
+    let cfg = transformer_config(t)?;
+    let (width, height) = (t.size.0 as usize, t.size.1 as usize);
+    // Wan's VAE compresses 4× in time (plus the first frame) and 8× in space.
+    let grid = [(t.frames - 1) / 4 + 1, height / 8, width / 8];
+    let [pt, ph, pw] = cfg.patch_size;
+    if !grid[0].is_multiple_of(pt) || !grid[1].is_multiple_of(ph) || !grid[2].is_multiple_of(pw) {
+        return Err(VditError::InvalidSetting(format!(
+            "--size/--frames: latent grid {grid:?} is not a multiple of the patch size {:?}",
+            cfg.patch_size
+        )));
+    }
+    let model = WanTransformer::random(&cfg, dtype, device)?;
+    let latents = Tensor::randn(
+        0f32,
+        1.0,
+        (t.batch, cfg.in_channels, grid[0], grid[1], grid[2]),
+        device,
+    )?;
+    let timesteps = Tensor::full(500f32, t.batch, device)?;
+    let context = Tensor::randn(0f32, 1.0, (t.batch, t.text_len, cfg.text_dim), device)?;
+    let mut attention: Box<dyn SelfAttention> = match t.attention {
+        BenchAttention::Dense => Box::new(DenseAttention),
+        BenchAttention::Rainfusion => {
+            let config = RainFusionConfig {
+                sparsity: t.sparsity,
+                block_size: t.block_size,
+                window: Window::Tile,
+                dense_steps: DenseSteps::Count(0),
+                mask_refresh: 1,
+                dense_layers: 0,
+                first_frame_sink: true,
+            };
+            let invalid =
+                |e: rainfusion::Error| VditError::InvalidSetting(format!("rainfusion flags: {e}"));
+            config.validate().map_err(invalid)?;
+            Box::new(RainFusionAttention::new(config, cfg.num_layers).map_err(invalid)?)
+        }
+    };
+    let timing = timer.time(|| {
+        // Every forward is a fresh sparse step: masks are predicted, not reused.
+        attention.begin_step(0, 1);
+        model.forward(&latents, &timesteps, &context, attention.as_mut())?;
+        Ok(())
+    })?;
+    let case = match t.attention {
+        BenchAttention::Dense => "dense".to_string(),
+        BenchAttention::Rainfusion => format!("rainfusion {}", t.sparsity),
+    };
+    let tokens = grid[0] / pt * (grid[1] / ph) * (grid[2] / pw);
+    let shape = format!(
+        "{}L×{}H×{}d B{} {}x{}x{} (L{tokens}, text {})",
+        cfg.num_layers, cfg.num_heads, cfg.head_dim, t.batch, width, height, t.frames, t.text_len
+    );
+    let mut row = timer.row("transformer", case, shape, &timing);
+    row.density = Some(attention.effective_density());
+    Ok(row)
+}
+
+/// Times one decode of a random-weight Wan2.1 VAE decoder on random latents.
+fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
+    let device = &timer.device;
+    let cfg = WanVaeConfig {
+        base_dim: v.base_dim,
+        ..WanVaeConfig::wan2_1()
+    };
+    cfg.validate()
+        .map_err(|e| VditError::InvalidSetting(format!("vae flags: {e}")))?;
+    let decoder = WanVaeDecoder::random(&cfg, dtype, device)?;
+    let [f, h, w] = v.latent;
+    let latents = Tensor::randn(0f32, 1.0, (v.batch, cfg.z_dim, f, h, w), device)?;
+    let tiling = v.tiling.then(VaeTiling::default);
+    let timing = timer.time(|| {
+        decoder.decode(&latents, tiling)?;
+        Ok(())
+    })?;
+    let scale = cfg.spatial_scale();
+    let shape = format!(
+        "B{} latent {f}x{h}x{w} → {} frames {}x{}",
+        v.batch,
+        cfg.video_frames(f),
+        w * scale,
+        h * scale
+    );
+    let case = if v.tiling { "tiled" } else { "whole frames" };
+    Ok(timer.row("vae", case.into(), shape, &timing))
+}
+
+/// Samples the device's used memory (total − free) on a side thread until stopped, keeping the
+/// maximum: candle has no allocator statistics, and the driver's figure is what an out-of-memory
+/// error would be about.
+struct DeviceMemorySampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl DeviceMemorySampler {
+    /// Starts sampling on CUDA devices; `None` elsewhere.
+    fn start(device: &Device) -> Option<Self> {
+        #[cfg(feature = "cuda")]
+        if let Ok(cuda) = device.as_cuda_device() {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let context = cuda.cuda_stream().context().clone();
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let stopped = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let mut peak = None;
+                loop {
+                    if let Ok((free, total)) = context.mem_get_info() {
+                        peak = peak.max(Some((total - free) as u64));
+                    }
+                    if stopped.load(Ordering::Relaxed) {
+                        return peak;
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            });
+            return Some(Self { stop, thread });
+        }
+        let _ = device;
+        None
+    }
+
+    /// Stops sampling and returns the peak seen, if any sample succeeded.
+    fn stop(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
+}
+
+fn format_gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The process's peak resident set (VmHWM), where the OS reports it.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn format_tflops(t: f64) -> String {
+    if t >= 10.0 {
+        format!("{t:.1}")
+    } else {
+        format!("{t:.4}")
+    }
+}
+
+fn format_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else {
+        format!("{:.3} ms", s * 1e3)
+    }
+}
+
+fn parse_positive(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive whole number")),
+    }
+}
+
+fn parse_iters(s: &str) -> std::result::Result<usize, String> {
+    parse_positive(s).map_err(|e| format!("{e} (at least one timed iteration is needed)"))
+}
+
+fn parse_block_size(s: &str) -> std::result::Result<usize, String> {
+    let v = parse_positive(s)?;
+    if v < 16 || !v.is_power_of_two() {
+        return Err(format!("{v} is not a power of two ≥ 16"));
+    }
+    Ok(v)
+}
+
+fn parse_density(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a density in (0, 1]")),
+    }
+}
+
+fn parse_frames(s: &str) -> std::result::Result<usize, String> {
+    let v = parse_positive(s)?;
+    if (v - 1) % 4 != 0 {
+        return Err(format!("{v} frames is not 4n+1 (e.g. 5, 9, 81)"));
+    }
+    Ok(v)
+}
+
+/// `21x60x104` → [frames, height, width] of the latent grid.
+fn parse_latent(s: &str) -> std::result::Result<[usize; 3], String> {
+    let parts: Vec<&str> = s.split(['x', 'X']).collect();
+    let [f, h, w] = parts.as_slice() else {
+        return Err(format!(
+            "`{s}` is not FRAMESxHEIGHTxWIDTH in latents (e.g. 21x60x104)"
+        ));
+    };
+    Ok([parse_positive(f)?, parse_positive(h)?, parse_positive(w)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_masks_keep_the_diagonal_and_the_asked_fraction() {
+        let a = AttentionBench {
+            tokens: 1000,
+            heads: 3,
+            batch: 2,
+            block_size: 64,
+            ..AttentionBench::default()
+        };
+        let blocks = 1000usize.div_ceil(64);
+        for density in [0.1, 0.25, 0.5] {
+            let mask = random_block_mask(&a, density).unwrap();
+            let keep = kept_per_row(blocks, 1.0 - density);
+            for r in 0..mask.num_rows() {
+                let row = mask.row_at(r);
+                assert_eq!(row.len(), keep, "row {r} at density {density}");
+                assert!(row.contains(&((r % blocks) as u32)), "diagonal of row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        let odd = Timing {
+            samples: vec![3.0, 1.0, 2.0],
+            peak_device_bytes: None,
+        };
+        assert_eq!((odd.median(), odd.min()), (2.0, 1.0));
+        let even = Timing {
+            samples: vec![4.0, 1.0, 2.0, 3.0],
+            peak_device_bytes: None,
+        };
+        assert_eq!(even.median(), 2.5);
+    }
+
+    #[test]
+    fn flag_values_out_of_range_are_refused() {
+        assert!(parse_density("0").is_err() && parse_density("1.5").is_err());
+        assert!(parse_block_size("100").is_err() && parse_block_size("8").is_err());
+        assert!(parse_frames("80").is_err() && parse_frames("81").is_ok());
+        assert_eq!(parse_latent("21x60x104").unwrap(), [21, 60, 104]);
+        assert!(parse_latent("21x60").is_err() && parse_iters("0").is_err());
+    }
+}

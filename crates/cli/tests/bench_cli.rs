@@ -1,0 +1,229 @@
+//! `vdit bench` at toy sizes on the CPU: every subcommand runs, prints its table and writes JSON
+//! whose numbers are measured (one sample per iteration, median and TFLOP/s consistent with them);
+//! bad flags are one-line errors with the usage exit status, before any work.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn vdit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("vdit runs")
+}
+
+/// Runs a bench that must succeed and returns its JSON report and stdout.
+fn bench_ok(args: &[&str], json: &Path) -> (Value, String) {
+    let mut all = vec!["--device", "cpu", "--json", json.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = vdit(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "vdit bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (report, stdout)
+}
+
+fn rows(report: &Value) -> &Vec<Value> {
+    report["rows"].as_array().expect("rows")
+}
+
+/// Each row has `iters` positive samples whose median and minimum are the ones reported.
+fn check_timings(row: &Value, iters: usize) {
+    let samples: Vec<f64> = row["samples_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(samples.len(), iters, "{row}");
+    assert!(samples.iter().all(|s| s.is_finite() && *s > 0.0), "{row}");
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if iters % 2 == 1 {
+        sorted[iters / 2]
+    } else {
+        0.5 * (sorted[iters / 2 - 1] + sorted[iters / 2])
+    };
+    // serde_json's default float parsing may be one ulp off the printed value.
+    let close = |key: &str, want: f64| (row[key].as_f64().unwrap() - want).abs() <= 1e-12 * want;
+    assert!(close("median_s", median), "median of {samples:?}: {row}");
+    assert!(close("min_s", sorted[0]), "min of {samples:?}: {row}");
+}
+
+#[test]
+fn attention_bench_times_each_density_and_mask_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("attention.json");
+    let (report, stdout) = bench_ok(
+        &[
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "attention",
+            "--tokens",
+            "700",
+            "--heads",
+            "2",
+            "--head-dim",
+            "32",
+            "--block-size",
+            "64",
+            "--densities",
+            "1,0.5,0.2",
+        ],
+        &json,
+    );
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["iters"], 3);
+    let rows = rows(&report);
+    assert_eq!(rows.len(), 4, "three densities and mask prediction");
+    // 700 tokens = 11 blocks of 64: the kept fraction is ceil(11·d)/11.
+    for (row, density) in rows[..3].iter().zip([1.0, 6.0 / 11.0, 3.0 / 11.0]) {
+        assert_eq!(row["bench"], "attention");
+        check_timings(row, 3);
+        let kept = row["density"].as_f64().unwrap();
+        assert!((kept - density).abs() < 1e-9, "{row}");
+        let flops = 4.0 * 700f64.powi(2) * 32.0 * 2.0 * kept;
+        let tflops = flops / row["median_s"].as_f64().unwrap() / 1e12;
+        assert!((row["tflops"].as_f64().unwrap() - tflops).abs() <= 1e-9 * tflops.max(1.0));
+    }
+    assert_eq!(rows[0]["case"], "dense");
+    assert_eq!(rows[3]["bench"], "mask prediction");
+    check_timings(&rows[3], 3);
+    for needle in [
+        "| attention | dense |",
+        "block-sparse 0.2",
+        "mask prediction",
+    ] {
+        assert!(stdout.contains(needle), "table lacks {needle}:\n{stdout}");
+    }
+}
+
+#[test]
+fn transformer_bench_runs_dense_and_rainfusion_at_toy_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // 128×64, 5 frames: a 2×8×16 latent grid = 64 tokens = 4 blocks of 16.
+    let toy = [
+        "transformer",
+        "--preset",
+        "tiny",
+        "--size",
+        "128x64",
+        "--frames",
+        "5",
+        "--text-len",
+        "8",
+        "--block-size",
+        "16",
+        "--iters",
+        "2",
+    ];
+    let json = dir.path().join("dense.json");
+    let (dense, stdout) = bench_ok(&[&toy[..], &["--attention", "dense"]].concat(), &json);
+    let row = &rows(&dense)[0];
+    check_timings(row, 2);
+    assert_eq!(row["case"], "dense");
+    assert_eq!(row["density"].as_f64().unwrap(), 1.0);
+    assert!(row["shape"].as_str().unwrap().contains("L64"), "{row}");
+    assert!(stdout.contains("| transformer | dense |"), "{stdout}");
+
+    let json = dir.path().join("sparse.json");
+    let sparse_args = [
+        &toy[..],
+        &["--attention", "rainfusion", "--sparsity", "0.8"],
+    ]
+    .concat();
+    let (sparse, _) = bench_ok(&sparse_args, &json);
+    let row = &rows(&sparse)[0];
+    check_timings(row, 2);
+    assert_eq!(row["case"], "rainfusion 0.8");
+    let density = row["density"].as_f64().unwrap();
+    assert!(density > 0.0 && density < 1.0, "blocks were skipped: {row}");
+
+    // Explicit sizes override the preset.
+    let json = dir.path().join("override.json");
+    let (custom, _) = bench_ok(
+        &[&toy[..], &["--layers", "1", "--heads", "4"]].concat(),
+        &json,
+    );
+    assert!(rows(&custom)[0]["shape"]
+        .as_str()
+        .unwrap()
+        .starts_with("1L×4H×16d"));
+}
+
+#[test]
+fn vae_bench_decodes_a_toy_latent() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("vae.json");
+    let args = [
+        "vae",
+        "--latent",
+        "2x4x4",
+        "--base-dim",
+        "8",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let (report, stdout) = bench_ok(&args, &json);
+    let row = &rows(&report)[0];
+    check_timings(row, 1);
+    assert!(
+        row["shape"].as_str().unwrap().contains("5 frames 32x32"),
+        "{row}"
+    );
+    assert!(stdout.contains("| vae | whole frames |"), "{stdout}");
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let cases: [(&[&str], &str); 8] = [
+        (&["--iters", "0", "vae"], "at least one timed iteration"),
+        (
+            &["attention", "--densities", "0"],
+            "not a density in (0, 1]",
+        ),
+        (&["attention", "--block-size", "100"], "power of two"),
+        (&["transformer", "--frames", "80"], "4n+1"),
+        (&["transformer", "--size", "100x64"], "multiple of 16"),
+        (&["transformer", "--preset", "huge"], "huge"),
+        (&["vae", "--latent", "21x60"], "FRAMESxHEIGHTxWIDTH"),
+        (&["transformer", "--sparsity", "1.0"], "sparsity"),
+    ];
+    for (args, needle) in cases {
+        let out = vdit(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // Checked after parsing: a config the transformer cannot have, a device not built in.
+    let out = vdit(&[
+        "--device",
+        "cpu",
+        "transformer",
+        "--preset",
+        "tiny",
+        "--head-dim",
+        "5",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("head_dim 5"), "{stderr}");
+    if !cfg!(feature = "cuda") {
+        let out = vdit(&["--device", "cuda", "vae"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("built without CUDA"), "{stderr}");
+    }
+}
