@@ -298,7 +298,8 @@ impl AttentionOp {
             None => None,
         };
 
-        let mut builder = func.builder();
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
         builder.arg(&q_slice).arg(&k_slice).arg(&v_slice).arg(&out);
         match &csr_slices {
             Some((offsets, indices)) => {
