@@ -737,7 +737,7 @@ mod tests {
             }
             q[t * 16 + 15] += 3.0;
             let block = t / BLOCK;
-            if block < 16 && block % 4 == 0 {
+            if block < 16 && block.is_multiple_of(4) {
                 k[t * 16 + 15] += 3.0;
             }
         }
