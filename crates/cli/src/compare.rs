@@ -272,6 +272,16 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
             "--attention dense: vdit compare runs dense itself; pick the sparse mode to compare (rainfusion or rainfusion-v1)".into(),
         ));
     }
+    if let Some((i, s)) = sparsities
+        .iter()
+        .enumerate()
+        .find(|(i, s)| sparsities[..*i].contains(s))
+    {
+        return Err(VditError::InvalidSetting(format!(
+            "--sparsities: {s} is listed twice (entry {})",
+            i + 1
+        )));
+    }
     let dir = args
         .output
         .take()

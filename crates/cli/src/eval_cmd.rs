@@ -16,7 +16,7 @@ use crate::args::{AttentionMode, GenerateArgs};
 use crate::compare::{create_output_dir, generate_clip, reject_flag, write_text_atomic};
 use crate::error::{Result, VditError};
 use crate::eval::{analyse, parse_caption, score_analysis, AnalyserConfig, Caption, Score};
-use crate::pipeline::{build_attention, encode_prompts, load_transformer, write_json_atomic};
+use crate::pipeline::{build_attention, encode_prompt_list, load_transformer, write_json_atomic};
 use crate::registry::Registry;
 use crate::settings::{resolve, GenerateSettings};
 use crate::video::{write_video, VideoFrames};
@@ -63,15 +63,11 @@ pub struct EvalArgs {
 
 /// The flags `vdit eval` adds to those of `vdit generate`.
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
 struct EvalOnlyArgs {
     /// File of prompts, one per line (blank lines and lines starting with # are skipped), each a
     /// caption of the synthetic world's grammar ("a red circle moving left on a blue background").
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "builtin",
-        conflicts_with = "builtin"
-    )]
+    #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
 
     /// Use the built-in list of held-out prompts (18 captions).
@@ -299,6 +295,10 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     );
 
     let device = first.device.device()?;
+    let start = Instant::now();
+    let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let texts = encode_prompt_list(&first, &files, &device, &prompt_refs)?;
+    eprintln!("encode       {:.1} s", start.elapsed().as_secs_f64());
     let transformer = load_transformer(&first, &files, &device)?;
     // Bad sparse settings fail here, before the first run.
     build_attention(
@@ -308,14 +308,13 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     )?;
 
     let mut rows = Vec::with_capacity(prompts.len());
-    for (i, (prompt, caption)) in prompts.iter().zip(&captions).enumerate() {
+    for (i, ((prompt, caption), text)) in prompts.iter().zip(&captions).zip(&texts).enumerate() {
         let mut settings = first.clone();
         settings.prompt = prompt.clone();
         settings.seed = base_seed.wrapping_add(i as u64);
         settings.output = dir.join(video_name(i));
         let start = Instant::now();
-        let text = encode_prompts(&settings, &files, &device)?;
-        let clip = generate_clip(&transformer, &settings, &files, &device, &text)?;
+        let clip = generate_clip(&transformer, &settings, &files, &device, text)?;
         write_video(&settings.output, &clip.frames, settings.fps)?;
         let faithfulness = Faithfulness::measure(caption, &clip.frames)?;
         eprintln!(

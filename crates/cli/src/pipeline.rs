@@ -430,6 +430,31 @@ pub fn encode_prompts(
     )
 }
 
+/// Stage 1 for many prompts with one encoder load (`vdit eval`): each prompt's conditioning,
+/// all sharing the negative prompt's embedding.
+pub fn encode_prompt_list(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    prompts: &[&str],
+) -> Result<Vec<TextConditioning>> {
+    let encoder = PromptEncoder::load(settings, files, device)?;
+    let uncond = if settings.uses_guidance() {
+        Some(encoder.encode(&settings.negative_prompt)?)
+    } else {
+        None
+    };
+    prompts
+        .iter()
+        .map(|prompt| {
+            Ok(TextConditioning {
+                cond: encoder.encode(prompt)?,
+                uncond: uncond.clone(),
+            })
+        })
+        .collect()
+}
+
 /// The Wan transformer as the step loop's velocity model.
 impl VelocityModel for WanTransformer {
     fn velocity(

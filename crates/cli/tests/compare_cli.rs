@@ -148,6 +148,23 @@ fn compare_writes_its_report_and_sparsity_zero_equals_dense() {
     let cosine = finite(&vs["latent_cosine"], "cosine");
     assert!(cosine > -1.0 && cosine < 1.0, "{cosine}");
 
+    // Each run is exactly what `vdit generate` makes with the same flags (same seed and noise).
+    let single = tmp.path().join("single.mp4");
+    let mut args = compare_args("a red circle moving right", &single, &[]);
+    args[0] = "generate".into();
+    args.extend(["--attention", "rainfusion", "--sparsity", "0.8"].map(String::from));
+    let run = vdit(&args, &tmp.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        read_video(&single).unwrap().video,
+        read_video(&out.join("rainfusion-0.8.mp4")).unwrap().video,
+        "compare's sparse run differs from vdit generate's"
+    );
+
     // dense | rainfusion 0 | rainfusion 0.8, with a 2-pixel divider between neighbours.
     let strip = read_video(&out.join("side_by_side.mp4")).unwrap().video;
     assert_eq!((strip.width, strip.height), (3 * 64 + 2 * 2, 64));
@@ -203,6 +220,7 @@ fn bad_flags_are_rejected_with_a_clear_message() {
     assert_rejected(&["--sparsity", "0.8"], &["--sparsities"]);
     assert_rejected(&["--sparsities", "0.5,1.0"], &["[0, 1)"]);
     assert_rejected(&["--sparsities", "0.5,x"], &["not a number"]);
+    assert_rejected(&["--sparsities", "0.5,0.8,0.5"], &["0.5 is listed twice"]);
     assert_rejected(&["--attention", "dense"], &["--attention dense"]);
     assert_rejected(&["--latents-out", "l.safetensors"], &["--latents-out"]);
     assert_rejected(&["--dense-steps", "9"], &["--dense-steps 9"]);

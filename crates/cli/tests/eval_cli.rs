@@ -134,6 +134,39 @@ fn eval_runs_a_prompt_file_with_sparse_attention_and_writes_its_report() {
         );
     }
     assert!(out.join("00.mp4").is_file() && out.join("01.mp4").is_file());
+    // The second prompt's clip is exactly what `vdit generate` makes from seed 5 + 1.
+    let single = tmp.path().join("single.mp4");
+    let mut args = eval_args(&single, &[]);
+    args[0] = "generate".into();
+    args.extend(
+        [
+            "-p",
+            rows[1]["prompt"].as_str().unwrap(),
+            "--seed",
+            "6",
+            "--attention",
+            "rainfusion",
+            "--sparsity",
+            "0.8",
+            "--block-size",
+            "16",
+            "--dense-steps",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let run = vdit(&args, &tmp.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        read_video(&single).unwrap().video,
+        read_video(&out.join("01.mp4")).unwrap().video,
+        "eval's clip differs from vdit generate's"
+    );
+
     let md = std::fs::read_to_string(out.join("eval.md")).unwrap();
     assert!(
         md.contains("| 1 | a blue circle moving up and a yellow square"),

@@ -63,8 +63,13 @@ pub(crate) fn block_sparse_attention_generic_chunked(
     let queries = block_table(q, scale)?;
     let keys = block_table(k, 1.0)?;
     let values = block_table(v, 1.0)?;
-    // Real tokens in the last key block; the rest of it is padding that must get no weight.
-    let last_block_tokens = l - (blocks - 1) * bs;
+    // [blocks, bs] additive bias per key block: 0 on real tokens, −∞ on the padding past the
+    // last one. Built once on the device; chunks gather rows of it by block index, so only
+    // O(rows · slots) numbers cross from the host per chunk.
+    let token_bias: Vec<f32> = (0..padded)
+        .map(|t| if t < l { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    let token_bias = Tensor::from_vec(token_bias, (blocks, bs), device)?;
 
     let mut order: Vec<usize> = (0..rows).collect();
     order.sort_by_key(|&r| mask.row_at(r).len());
@@ -97,7 +102,7 @@ pub(crate) fn block_sparse_attention_generic_chunked(
             &queries,
             &keys,
             &values,
-            last_block_tokens,
+            &token_bias,
         )?);
         start = end;
     }
@@ -122,39 +127,40 @@ fn attend_chunk(
     queries: &Tensor,
     keys: &Tensor,
     values: &Tensor,
-    last_block_tokens: usize,
+    token_bias: &Tensor,
 ) -> Result<Tensor> {
     let (bs, d) = (mask.block_size, queries.dim(2)?);
     let blocks = mask.key_blocks;
     let device = queries.device();
     let rows = chunk.len();
+    // Per slot: the block in the K/V tables (global), its block index (for the token bias),
+    // and 0 or −∞ (padded slot).
     let mut key_ids = Vec::with_capacity(rows * slots);
-    let mut bias = Vec::with_capacity(rows * slots * bs);
+    let mut local_ids = Vec::with_capacity(rows * slots);
+    let mut slot_bias = Vec::with_capacity(rows * slots);
     for &r in chunk {
         let head_base = (r / mask.query_blocks * blocks) as u32;
         let kept = mask.row_at(r);
         for slot in 0..slots {
-            match kept.get(slot) {
-                Some(&kb) => {
-                    key_ids.push(head_base + kb);
-                    let real = if kb as usize == blocks - 1 {
-                        last_block_tokens
-                    } else {
-                        bs
-                    };
-                    bias.extend((0..bs).map(|t| if t < real { 0f32 } else { f32::NEG_INFINITY }));
-                }
-                None => {
-                    key_ids.push(head_base); // any valid block: fully masked below
-                    bias.extend(std::iter::repeat_n(f32::NEG_INFINITY, bs));
-                }
-            }
+            let (kb, bias) = match kept.get(slot) {
+                Some(&kb) => (kb, 0f32),
+                None => (0, f32::NEG_INFINITY), // any valid block, fully masked
+            };
+            key_ids.push(head_base + kb);
+            local_ids.push(kb);
+            slot_bias.push(bias);
         }
     }
+    let local_ids = Tensor::from_vec(local_ids, rows * slots, device)?;
+    let slot_bias = Tensor::from_vec(slot_bias, (rows, slots, 1), device)?;
+    let bias = token_bias
+        .index_select(&local_ids, 0)?
+        .reshape((rows, slots, bs))?
+        .broadcast_add(&slot_bias)?
+        .reshape((rows, 1, slots * bs))?;
     let row_ids: Vec<u32> = chunk.iter().map(|&r| r as u32).collect();
     let row_ids = Tensor::from_vec(row_ids, rows, device)?;
     let key_ids = Tensor::from_vec(key_ids, rows * slots, device)?;
-    let bias = Tensor::from_vec(bias, (rows, 1, slots * bs), device)?;
 
     let q = queries.index_select(&row_ids, 0)?; // [rows, bs, D]
     let k = keys

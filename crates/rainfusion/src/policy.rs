@@ -264,6 +264,9 @@ impl StepSchedule {
 pub(crate) struct MaskCache {
     masks: HashMap<(usize, usize), (VideoLayout, Arc<BlockMask>)>,
     permutations: HashMap<VideoLayout, Arc<TokenPermutation>>,
+    /// Masks predicted and kept on the GPU, with their density.
+    #[cfg(feature = "cuda")]
+    device_masks: HashMap<(usize, usize), (VideoLayout, Arc<crate::cuda::DeviceBlockMask>, f64)>,
 }
 
 impl MaskCache {
@@ -395,6 +398,44 @@ impl SelfAttention for RainFusionAttention {
             .cache
             .permutation(layout, cfg.window, cfg.first_frame_sink)?;
         let (qp, kp) = (permutation.apply(q)?, permutation.apply(k)?);
+        #[cfg(feature = "cuda")]
+        if crate::cuda::is_supported(&qp, cfg.block_size) {
+            // Mask predicted and kept on the GPU: no block-score matrix crosses to the host.
+            let cached = self
+                .cache
+                .device_masks
+                .get(&slot)
+                .filter(|(l, m, _)| !refresh && l == layout && m.batch == batch && m.heads == heads)
+                .map(|(_, m, density)| (m.clone(), *density));
+            let (mask, density) = match cached {
+                Some(found) => found,
+                None => {
+                    let tail = dense_tail_tokens(layout, cfg.first_frame_sink);
+                    let mask = crate::cuda::predict_block_mask(
+                        &qp,
+                        &kp,
+                        cfg.block_size,
+                        cfg.sparsity,
+                        tail,
+                    )?;
+                    let density = mask.density()?;
+                    let mask = Arc::new(mask);
+                    self.cache
+                        .device_masks
+                        .insert(slot, (*layout, mask.clone(), density));
+                    self.schedule.mark_predicted(slot);
+                    (mask, density)
+                }
+            };
+            self.schedule.record(density);
+            if density >= 1.0 {
+                return DenseAttention.attend(layer, q, k, v, layout);
+            }
+            let vp = permutation.apply(v)?;
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let out = crate::cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale)?;
+            return permutation.restore(&out);
+        }
         let mask = match self
             .cache
             .get(slot, layout, batch, heads)

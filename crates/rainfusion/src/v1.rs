@@ -403,8 +403,27 @@ impl Default for RainFusionV1Config {
 }
 
 impl RainFusionV1Config {
+    /// Checks the settings against a run of `num_steps` steps on a model of `num_layers` layers
+    /// (dense steps and dense layers in range), on top of [`validate`](Self::validate).
+    pub fn validate_for_run(&self, num_steps: usize, num_layers: usize) -> Result<()> {
+        self.validate()?;
+        self.as_v2().validate_for_run(num_steps, num_layers)
+    }
+
+    /// Checks every field is in range.
     pub fn validate(&self) -> Result<()> {
-        let as_v2 = crate::RainFusionConfig {
+        self.as_v2().validate()?;
+        if self.samples == 0 {
+            return Err(Error::InvalidConfig(
+                "the pattern recogniser needs at least 1 sampled query".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shared settings, in RainFusion 2.0's config (whose checks they share).
+    fn as_v2(&self) -> crate::RainFusionConfig {
+        crate::RainFusionConfig {
             sparsity: self.sparsity,
             block_size: self.block_size,
             window: Window::Tile,
@@ -412,14 +431,7 @@ impl RainFusionV1Config {
             mask_refresh: self.mask_refresh,
             dense_layers: self.dense_layers,
             first_frame_sink: self.first_frame_sink,
-        };
-        as_v2.validate()?;
-        if self.samples == 0 {
-            return Err(Error::InvalidConfig(
-                "the pattern recogniser needs at least 1 sampled query".into(),
-            ));
         }
-        Ok(())
     }
 }
 
@@ -702,6 +714,40 @@ mod tests {
     }
 
     #[test]
+    fn recogniser_picks_textural_for_heads_that_attend_to_global_anchors() {
+        // Built directly in permuted order: every query matches the keys of the textural
+        // pattern's anchor blocks (every 4th block before the sink), wherever the query is.
+        let (_, masks) = patterns();
+        let anchors: Vec<u32> = (0..16)
+            .filter(|kb| masks.row(HeadPattern::Textural, 1).contains(kb))
+            .collect();
+        assert_eq!(
+            anchors,
+            [0, 1, 4, 8, 12],
+            "anchors every 4th block, plus the query's own"
+        );
+        let l = LAYOUT.total_tokens();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut noise = || rng.random_range(-0.1f32..0.1);
+        let (mut q, mut k) = (vec![0f32; l * 16], vec![0f32; l * 16]);
+        for t in 0..l {
+            for c in 0..16 {
+                q[t * 16 + c] = noise();
+                k[t * 16 + c] = noise();
+            }
+            q[t * 16 + 15] += 3.0;
+            let block = t / BLOCK;
+            if block < 16 && block.is_multiple_of(4) {
+                k[t * 16 + 15] += 3.0;
+            }
+        }
+        let q = Tensor::from_vec(q, (1, 1, l, 16), &Device::Cpu).unwrap();
+        let k = Tensor::from_vec(k, (1, 1, l, 16), &Device::Cpu).unwrap();
+        let got = recognise_head_patterns(&q, &k, &masks, 32, 0.25).unwrap();
+        assert_eq!(got, vec![HeadPattern::Textural]);
+    }
+
+    #[test]
     fn cpu_and_candle_sampled_mass_agree() {
         let (perm, masks) = patterns();
         let q = perm.apply(&featured(|f, _, _| f, 1.0, 6)).unwrap();
@@ -720,6 +766,21 @@ mod tests {
         }
         let total: f32 = cpu[1][2].iter().sum();
         assert!((total - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn v1_config_is_validated_against_the_run() {
+        let cfg = RainFusionV1Config {
+            dense_steps: DenseSteps::Count(11),
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_ok());
+        assert!(cfg
+            .validate_for_run(10, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("11 dense steps"));
+        assert!(cfg.validate_for_run(20, 4).is_ok());
     }
 
     #[test]

@@ -176,7 +176,7 @@ fn strided_inputs_are_read_in_place_and_agree_with_contiguous() {
 fn block_sparse_attention_matches_cpu_reference() {
     let dev = gpu();
     for (bs, d, l) in [
-        (128, 128, 700),
+        (128usize, 128usize, 700usize),
         (64, 128, 300),
         (64, 64, 333),
         (128, 64, 512),
@@ -337,7 +337,8 @@ fn device_mask_drives_attention_like_its_host_copy() {
     let (q, k, v) = (up(17), up(18), up(19));
     let device_mask = cuda::predict_block_mask(&q, &k, 128, 0.6, 0).unwrap();
     let host_mask = device_mask.to_host().unwrap();
-    assert!(host_mask.density() < 0.5);
+    // 8 blocks at sparsity 0.6 keep ceil(3.2) = 4 per row (random scores: no ties).
+    assert!((host_mask.density() - 0.5).abs() < 1e-12);
     assert!((device_mask.density().unwrap() - host_mask.density()).abs() < 1e-12);
     let a = cuda::block_sparse_attention_device(&q, &k, &v, &device_mask, 0.088).unwrap();
     let b = cuda::block_sparse_attention(&q, &k, &v, &host_mask, 0.088).unwrap();

@@ -122,7 +122,9 @@ fn kernel_layout(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, 
     let aligned = |t: &Tensor| {
         let layout = t.layout();
         let stride = layout.stride();
-        stride[3] == 1 && stride[..3].iter().all(|s| s % 8 == 0) && layout.start_offset() % 8 == 0
+        stride[3] == 1
+            && stride[..3].iter().all(|s| s.is_multiple_of(8))
+            && layout.start_offset().is_multiple_of(8)
     };
     let same = q.stride() == k.stride() && q.stride() == v.stride();
     if aligned(q) && aligned(k) && aligned(v) && same {
@@ -171,7 +173,7 @@ pub const NO_WGMMA_ENV: &str = "RAINFUSION_CUDA_NO_WGMMA";
 fn use_wgmma(major: i32, head_dim: usize, block_size: usize) -> bool {
     major == 9
         && head_dim == 128
-        && block_size % 128 == 0
+        && block_size.is_multiple_of(128)
         && std::env::var_os(NO_WGMMA_ENV).is_none()
 }
 
@@ -277,12 +279,10 @@ impl AttentionOp {
         let scale_log2 = self.scale * std::f32::consts::LOG2_E;
         let null_ptr: u64 = 0;
 
-        let csr_guards = match &self.csr {
-            Some((offsets, indices)) => {
-                Some((offsets.storage_and_layout(), indices.storage_and_layout()))
-            }
-            None => None,
-        };
+        let csr_guards = self
+            .csr
+            .as_ref()
+            .map(|(offsets, indices)| (offsets.storage_and_layout(), indices.storage_and_layout()));
         let csr_slices = match &csr_guards {
             Some(((off_st, off_layout), (idx_st, idx_layout))) => {
                 let (Storage::Cuda(off), Storage::Cuda(idx)) = (&**off_st, &**idx_st) else {
@@ -298,7 +298,8 @@ impl AttentionOp {
             None => None,
         };
 
-        let mut builder = func.builder();
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
         builder.arg(&q_slice).arg(&k_slice).arg(&v_slice).arg(&out);
         match &csr_slices {
             Some((offsets, indices)) => {

@@ -208,7 +208,8 @@ impl CustomOp1 for BlockMeansOp {
             ($t:ty, $name:literal) => {{
                 let func = module::load(&dev, &MASK, $name, 0).map_err(msg)?;
                 let src = x.as_cuda_slice::<$t>()?.slice(layout.start_offset()..);
-                let mut builder = func.builder();
+                let stream = dev.cuda_stream();
+                let mut builder = stream.launch_builder(&func);
                 builder
                     .arg(&src)
                     .arg(&out)
@@ -275,7 +276,8 @@ impl CustomOp1 for TopkOp {
         );
 
         let topk = module::load(&dev, &MASK, "rf_block_topk", 0).map_err(msg)?;
-        let mut builder = topk.builder();
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&topk);
         builder
             .arg(&scores)
             .arg(&counts)
@@ -294,7 +296,8 @@ impl CustomOp1 for TopkOp {
         {
             let mut offsets = csr.slice_mut(0..rows + 1);
             let scan = module::load(&dev, &MASK, "rf_counts_to_offsets", 0).map_err(msg)?;
-            let mut builder = scan.builder();
+            let stream = dev.cuda_stream();
+            let mut builder = stream.launch_builder(&scan);
             builder.arg(&counts).arg(&mut offsets).arg(&nrows);
             let cfg = LaunchConfig {
                 grid_dim: (1, 1, 1),
@@ -307,7 +310,8 @@ impl CustomOp1 for TopkOp {
         {
             let (mut offsets, mut indices) = csr.split_at_mut(rows + 1);
             let compact = module::load(&dev, &MASK, "rf_compact_rows", 0).map_err(msg)?;
-            let mut builder = compact.builder();
+            let stream = dev.cuda_stream();
+            let mut builder = stream.launch_builder(&compact);
             builder
                 .arg(&padded)
                 .arg(&mut offsets)

@@ -3,7 +3,8 @@
 use candle_core::cuda_backend::cudarc::driver::sys::{
     CUdevice_attribute, CUfunction_attribute_enum,
 };
-use candle_core::cuda_backend::{CudaDevice, CudaFunc, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::CudaFunction;
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
 
 use crate::Result;
 
@@ -48,7 +49,7 @@ pub(crate) fn load(
     module: &PtxModule,
     function: &str,
     dynamic_smem: u32,
-) -> Result<CudaFunc> {
+) -> Result<CudaFunction> {
     let major = compute_major(dev)?;
     if major < 8 {
         return Err(crate::Error::InvalidConfig(format!(
@@ -56,10 +57,11 @@ pub(crate) fn load(
              cp.async); this device is {major}.x"
         )));
     }
-    let (ptx, tag) = if major >= 9 {
-        (module.sm90, "sm90")
-    } else {
-        (module.sm80, "sm80")
+    // sm_90a code runs on compute 9.0 only; later chips take the portable compute_90 build.
+    let (ptx, tag) = match (major, module.sm90a) {
+        (9, Some(sm90a)) => (sm90a, "sm90a"),
+        (m, _) if m >= 9 => (module.sm90, "sm90"),
+        _ => (module.sm80, "sm80"),
     };
     let func = dev.get_or_load_custom_func(function, &format!("{}_{tag}", module.name), ptx)?;
     if dynamic_smem > 48 * 1024 {
@@ -69,5 +71,5 @@ pub(crate) fn load(
         )
         .w()?;
     }
-    Ok(func)
+    Ok(func.into_cuda_function())
 }

@@ -1,0 +1,111 @@
+"""PyTorch/diffusers side of the GPU benchmark: the same shapes `vdit bench` times, with random
+weights, bf16, median of CUDA-event timings after warm-up. Writes JSON rows in vdit bench's format
+(bench, case, shape, median_s, tflops, density) so scripts/gpu/report.py can print one table.
+
+    python3 scripts/gpu/torch_bench.py --out torch.json [--skip-vae]
+"""
+import argparse
+import json
+import statistics
+
+import torch
+
+
+def cuda_time(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(samples), samples
+
+
+def row(bench, case, shape, median_s, samples, tflops=None, density=None, peak=None):
+    return dict(bench=bench, case=case, shape=shape, median_s=median_s, samples_s=samples,
+                tflops=tflops, density=density, peak_gpu_bytes=peak, impl="pytorch")
+
+
+def attention_rows(args):
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    b, h, l, d = 1, 12, 32760, 128
+    q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flops = 4.0 * l * l * d * h * b
+    rows = []
+    for name, backend in [("torch SDPA cuDNN", SDPBackend.CUDNN_ATTENTION),
+                          ("torch SDPA FlashAttention-2", SDPBackend.FLASH_ATTENTION)]:
+        def run():
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(q, k, v)
+        med, s = cuda_time(run, args.warmup, args.iters)
+        rows.append(row("attention", name + " dense", f"B{b} H{h} L{l} D{d}", med, s, flops / med / 1e12, 1.0))
+    return rows
+
+
+def transformer_rows(args):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+        out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+    ).to("cuda", torch.bfloat16).eval()
+    x = torch.randn(2, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
+    t = torch.tensor([999.0, 500.0], device="cuda")
+    ctx = torch.randn(2, 512, 4096, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+
+    @torch.no_grad()
+    def run():
+        model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)
+
+    med, s = cuda_time(run, args.warmup, args.iters)
+    peak = torch.cuda.max_memory_allocated()
+    del model
+    torch.cuda.empty_cache()
+    return [row("transformer", "diffusers dense", "30L×12H×128d B2 832x480x81 (L32760, text 512)", med, s,
+                peak=peak)]
+
+
+def vae_rows(args):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()  # defaults = Wan2.1 VAE (base 96)
+    z = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+
+    @torch.no_grad()
+    def run():
+        vae.decode(z, return_dict=False)
+
+    med, s = cuda_time(run, 1, max(1, args.iters - 1))
+    peak = torch.cuda.max_memory_allocated()
+    return [row("vae", "diffusers bf16", "B1 latent 21x60x104 → 81 frames 832x480", med, s, peak=peak)]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--skip-vae", action="store_true")
+    args = p.parse_args()
+    rows = attention_rows(args) + transformer_rows(args)
+    if not args.skip_vae:
+        rows += vae_rows(args)
+    for r in rows:
+        print(f"{r['bench']:<12} {r['case']:<36} {r['median_s'] * 1e3:10.2f} ms")
+    json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
