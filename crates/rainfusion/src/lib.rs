@@ -16,13 +16,13 @@
 //! Kernels: [`sparse_cpu`] (flash-style CPU loop over kept blocks), [`generic`] (candle ops, any
 //! device), and [`reference`] (slow masked softmax every fast path is tested against).
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod dense;
 mod error;
 pub mod generic;
 pub mod layout;
 pub mod mask;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod policy;
 pub mod predict;
 pub mod reference;

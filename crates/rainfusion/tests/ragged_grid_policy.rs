@@ -61,7 +61,11 @@ fn ragged_wan_grid_matches_reference_for_both_windows() {
             permutation.apply(&v).unwrap(),
         );
         let mask = predict_block_mask(&qp, &kp, 64, 0.8, dense_tail_tokens(&layout, true)).unwrap();
-        assert!(mask.density() < 0.75, "{window}: density {}", mask.density());
+        assert!(
+            mask.density() < 0.75,
+            "{window}: density {}",
+            mask.density()
+        );
         let want = permutation
             .restore(&masked_attention_reference(&qp, &kp, &vp, &mask, 0.25).unwrap())
             .unwrap();
