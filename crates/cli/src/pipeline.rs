@@ -171,7 +171,9 @@ pub fn build_attention(
                 dense_layers: settings.dense_layers,
                 ..RainFusionV1Config::default()
             };
-            config.validate().map_err(invalid)?;
+            config
+                .validate_for_run(num_steps, num_layers)
+                .map_err(invalid)?;
             Ok(Box::new(
                 RainFusionV1Attention::new(config, num_layers).map_err(invalid)?,
             ))
@@ -779,5 +781,36 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("step 3 of 6"), "{err}");
+    }
+
+    fn attention_settings(mode: AttentionMode, dense_steps: usize) -> AttentionSettings {
+        AttentionSettings {
+            mode,
+            sparsity: 0.5,
+            dense_steps: rainfusion::DenseSteps::Count(dense_steps),
+            dense_step_count: dense_steps,
+            mask_refresh: 1,
+            block_size: 64,
+            window: WindowArg::Tile,
+            dense_layers: 0,
+        }
+    }
+
+    /// Both RainFusion versions check their settings against the run, not only field by field:
+    /// the library is called directly here because `vdit`'s flag parsing rejects these values
+    /// before it builds any policy.
+    #[test]
+    fn sparse_policies_reject_more_dense_steps_than_the_run_has() {
+        for mode in [AttentionMode::Rainfusion, AttentionMode::RainfusionV1] {
+            let err = build_attention(&attention_settings(mode, 99), 2, 4)
+                .err()
+                .unwrap_or_else(|| panic!("{mode:?} accepted 99 dense steps of 4"));
+            let message = err.to_string();
+            assert!(
+                message.contains("99 dense steps") && message.contains("4 sampling steps"),
+                "{mode:?}: {message}"
+            );
+            assert!(build_attention(&attention_settings(mode, 4), 2, 4).is_ok());
+        }
     }
 }

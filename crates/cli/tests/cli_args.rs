@@ -118,6 +118,18 @@ fn sparse_attention_values_are_checked() {
         &["--dense-steps 5", "4 sampling steps"],
     );
     assert_rejected(&["--dense-steps", "1.5"], &["--dense-steps", "[0, 1]"]);
+    // RainFusion 1.0 gets the same run-level check as 2.0.
+    assert_rejected(
+        &[
+            "--attention",
+            "rainfusion-v1",
+            "--dense-steps",
+            "99",
+            "--steps",
+            "4",
+        ],
+        &["--dense-steps 99", "4 sampling steps"],
+    );
     assert_rejected(&["--mask-refresh", "0"], &["--mask-refresh", "at least 1"]);
     assert_rejected(
         &["--attention", "sparse"],
