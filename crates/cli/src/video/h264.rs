@@ -82,9 +82,12 @@ pub fn encode(video: &VideoFrames, fps: u32) -> Result<H264Stream> {
         let rgb = pad_to_even(frame, width, height, &mut padded);
         let yuv = YUVBuffer::from_vec(rgb_to_i420(rgb, coded_w, coded_h), coded_w, coded_h);
         let millis = index as u64 * 1000 / u64::from(fps);
+        // The first frame initialises the C encoder, which prints its frame-skip warning (see above).
+        let quiet = (index == 0).then(QuietStderr::new);
         let bitstream = encoder
             .encode_at(&yuv, Timestamp::from_millis(millis))
             .map_err(|e| codec_err(&format!("frame {index}"), e))?;
+        drop(quiet);
         let mut sample = H264Sample {
             data: Vec::new(),
             keyframe: false,
@@ -260,4 +263,53 @@ fn i420_to_rgb(yuv: &impl YUVSource, width: usize, height: usize) -> Vec<u8> {
         }
     }
     rgb
+}
+
+/// Sends this process's stderr to /dev/null while alive (unix only; elsewhere a no-op).
+///
+/// openh264 prints a warning from inside its C initialisation; its trace-level option cannot
+/// reach it because the crate applies that option only after initialising.
+struct QuietStderr {
+    #[cfg(unix)]
+    saved: Option<libc::c_int>,
+}
+
+impl QuietStderr {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            // SAFETY: plain descriptor calls; every descriptor opened here is closed or kept in
+            // `saved` and restored by `drop`.
+            unsafe {
+                let saved = libc::dup(2);
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                if saved >= 0 && null >= 0 && libc::dup2(null, 2) >= 0 {
+                    libc::close(null);
+                    return Self { saved: Some(saved) };
+                }
+                if saved >= 0 {
+                    libc::close(saved);
+                }
+                if null >= 0 {
+                    libc::close(null);
+                }
+            }
+            Self { saved: None }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+}
+
+impl Drop for QuietStderr {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(saved) = self.saved.take() {
+            // SAFETY: `saved` is the original stderr duplicated in `new`.
+            unsafe {
+                libc::dup2(saved, 2);
+                libc::close(saved);
+            }
+        }
+    }
 }
