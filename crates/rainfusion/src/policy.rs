@@ -182,13 +182,20 @@ impl StepSchedule {
         }
     }
 
-    pub(crate) fn validate_for_run(&self, num_steps: usize) -> Result<()> {
-        let dense = self.dense_steps.resolve(num_steps);
-        if dense > num_steps {
-            return Err(Error::InvalidConfig(format!(
-                "{dense} dense steps exceed the {num_steps} sampling steps"
-            )));
-        }
+    /// The schedule of `config` for a model of `num_layers` layers, refused when it asks for more
+    /// dense layers than the model has (both RainFusion versions build theirs here).
+    pub(crate) fn for_model(config: &RainFusionConfig, num_layers: usize) -> Result<Self> {
+        let schedule = Self::new(
+            config.dense_steps,
+            config.dense_layers,
+            config.mask_refresh,
+            num_layers,
+        );
+        schedule.check_dense_layers()?;
+        Ok(schedule)
+    }
+
+    fn check_dense_layers(&self) -> Result<()> {
         if self.dense_layers > self.num_layers {
             return Err(Error::InvalidConfig(format!(
                 "{} dense layers exceed the model's {} layers",
@@ -196,6 +203,16 @@ impl StepSchedule {
             )));
         }
         Ok(())
+    }
+
+    pub(crate) fn validate_for_run(&self, num_steps: usize) -> Result<()> {
+        let dense = self.dense_steps.resolve(num_steps);
+        if dense > num_steps {
+            return Err(Error::InvalidConfig(format!(
+                "{dense} dense steps exceed the {num_steps} sampling steps"
+            )));
+        }
+        self.check_dense_layers()
     }
 
     pub(crate) fn begin_step(&mut self, step: usize, num_steps: usize) {
@@ -344,18 +361,7 @@ impl RainFusionAttention {
     /// A policy for a model of `num_layers` self-attention layers.
     pub fn new(config: RainFusionConfig, num_layers: usize) -> Result<Self> {
         config.validate()?;
-        if config.dense_layers > num_layers {
-            return Err(Error::InvalidConfig(format!(
-                "{} dense layers exceed the model's {num_layers} layers",
-                config.dense_layers
-            )));
-        }
-        let schedule = StepSchedule::new(
-            config.dense_steps,
-            config.dense_layers,
-            config.mask_refresh,
-            num_layers,
-        );
+        let schedule = StepSchedule::for_model(&config, num_layers)?;
         Ok(Self {
             config,
             schedule,

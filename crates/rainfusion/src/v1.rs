@@ -449,18 +449,7 @@ impl RainFusionV1Attention {
     /// A policy for a model of `num_layers` self-attention layers.
     pub fn new(config: RainFusionV1Config, num_layers: usize) -> Result<Self> {
         config.validate()?;
-        if config.dense_layers > num_layers {
-            return Err(Error::InvalidConfig(format!(
-                "{} dense layers exceed the model's {num_layers} layers",
-                config.dense_layers
-            )));
-        }
-        let schedule = StepSchedule::new(
-            config.dense_steps,
-            config.dense_layers,
-            config.mask_refresh,
-            num_layers,
-        );
+        let schedule = StepSchedule::for_model(&config.as_v2(), num_layers)?;
         Ok(Self {
             config,
             schedule,
