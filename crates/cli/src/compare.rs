@@ -25,16 +25,16 @@ use crate::args::{AttentionMode, GenerateArgs};
 use crate::error::{Result, VditError};
 use crate::eval::parse_caption;
 use crate::eval_cmd::Faithfulness;
-use crate::hub::ModelFiles;
 use crate::metrics::{cosine_similarity, frame_quality, side_by_side};
 use crate::pipeline::{
-    build_attention, decode_latents, encode_prompts, load_transformer, sample_latents_with,
+    build_attention, decode_with, encode_prompts, load_transformer, load_vae, sample_latents_with,
     write_json_atomic, TextConditioning,
 };
 use crate::registry::Registry;
 use crate::settings::{resolve, GenerateSettings};
 use crate::video::{frames_from_tensor, write_video, VideoFrames};
 use vdit_models::wan::transformer::WanTransformer;
+use vdit_models::wan::vae::WanVaeDecoder;
 
 /// Output directory when `-o` is absent.
 pub const DEFAULT_DIR: &str = "vdit-compare";
@@ -140,18 +140,19 @@ pub struct Clip {
     pub effective_density: f64,
 }
 
-/// Samples `settings` on the loaded `transformer` and decodes the result to frames.
+/// Samples `settings` on the loaded `transformer` and decodes the result with the loaded `vae`
+/// (`vdit compare` and `vdit eval` load both once for all their runs).
 pub fn generate_clip(
     transformer: &WanTransformer,
+    vae: &WanVaeDecoder,
     settings: &GenerateSettings,
-    files: &ModelFiles,
     device: &Device,
     text: &TextConditioning,
 ) -> Result<Clip> {
     let start = Instant::now();
     let sampled = sample_latents_with(transformer, settings, device, text)?;
     let denoise_s = start.elapsed().as_secs_f64();
-    let video = decode_latents(settings, files, device, &sampled.latents)?;
+    let video = decode_with(vae, settings, &sampled.latents)?;
     Ok(Clip {
         latents: sampled.latents,
         frames: frames_from_tensor(&video)?,
@@ -315,11 +316,12 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         run_settings.push((Some(sparsity), s));
     }
 
+    let vae = load_vae(&dense_settings, &files, &device)?;
     let mut rows: Vec<RunRow> = Vec::new();
     let mut dense: Option<Clip> = None;
     let mut strip: Option<VideoFrames> = None;
     for (sparsity, settings) in &run_settings {
-        let clip = generate_clip(&transformer, settings, &files, &device, &text)?;
+        let clip = generate_clip(&transformer, &vae, settings, &device, &text)?;
         write_video(&settings.output, &clip.frames, settings.fps)?;
         let vs_dense = match &dense {
             None => None,

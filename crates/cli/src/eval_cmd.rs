@@ -16,7 +16,9 @@ use crate::args::{AttentionMode, GenerateArgs};
 use crate::compare::{create_output_dir, generate_clip, reject_flag, write_text_atomic};
 use crate::error::{Result, VditError};
 use crate::eval::{analyse, parse_caption, score_analysis, AnalyserConfig, Caption, Score};
-use crate::pipeline::{build_attention, encode_prompt_list, load_transformer, write_json_atomic};
+use crate::pipeline::{
+    build_attention, encode_prompt_list, load_transformer, load_vae, write_json_atomic,
+};
 use crate::registry::Registry;
 use crate::settings::{resolve, GenerateSettings};
 use crate::video::{write_video, VideoFrames};
@@ -307,6 +309,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         first.steps,
     )?;
 
+    let vae = load_vae(&first, &files, &device)?;
     let mut rows = Vec::with_capacity(prompts.len());
     for (i, ((prompt, caption), text)) in prompts.iter().zip(&captions).zip(&texts).enumerate() {
         let mut settings = first.clone();
@@ -314,7 +317,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         settings.seed = base_seed.wrapping_add(i as u64);
         settings.output = dir.join(video_name(i));
         let start = Instant::now();
-        let clip = generate_clip(&transformer, &settings, &files, &device, text)?;
+        let clip = generate_clip(&transformer, &vae, &settings, &device, text)?;
         write_video(&settings.output, &clip.frames, settings.fps)?;
         let faithfulness = Faithfulness::measure(caption, &clip.frames)?;
         eprintln!(
