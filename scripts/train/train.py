@@ -111,11 +111,22 @@ def save_sharded(state: dict, out_dir: str, name: str, limit: int = 15 * 2**20) 
     return paths
 
 
+EXPORTED_WEIGHTS = {  # where export.py puts each part in the diffusers layout
+    "vae": "vae/diffusion_pytorch_model.safetensors",
+    "transformer": "transformer/diffusion_pytorch_model.safetensors",
+    "text_encoder": "text_encoder/model.safetensors",
+}
+
+
 def load_sharded(in_dir: str, name: str) -> dict | None:
+    """A part's weights (f32) from a checkpoint folder (<name>-<i>.safetensors shards) or, when the
+    folder is an export (models/vdit-tiny: model_index.json), from its diffusers layout."""
     import torch
     from safetensors.torch import load_file
 
     files = sorted(f for f in os.listdir(in_dir) if f.startswith(name + "-") and f.endswith(".safetensors"))
+    if not files and os.path.exists(os.path.join(in_dir, "model_index.json")):
+        files = [EXPORTED_WEIGHTS[name]]
     if not files:
         return None
     state = {}
@@ -326,7 +337,7 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
     buckets = []
     for size, (latents, texts) in sorted(data.items()):
         ids, mask = tokenise(tok, texts, device)
-        batch = (128 if size == 128 else 32) if not args.smoke else 2
+        batch = (args.batch128 if size == 128 else args.batch256) if not args.smoke else 2
         buckets.append({"size": size, "latents": latents, "ids": ids, "mask": mask, "batch": batch})
     empty_ids, empty_mask = tokenise(tok, [""], device)
     weights = torch.tensor([1.0 if b["size"] == 128 else args.share256 / (1 - args.share256) for b in buckets])
@@ -443,7 +454,8 @@ def quick_eval(args, device, vae, transformer, text_encoder, tok, stats, out_dir
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--resume", default=None, help="a folder holding an earlier call's checkpoint files")
+    ap.add_argument("--resume", default=None,
+                    help="a folder holding an earlier call's checkpoint files, or an export (models/vdit-tiny)")
     ap.add_argument("--deadline", type=float, default=540, help="seconds from start for the whole run")
     ap.add_argument("--vae-seconds", type=float, default=170)
     ap.add_argument("--latent-seconds", type=float, default=60)
@@ -461,6 +473,8 @@ def main():
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--restat", action="store_true", help="recompute latent stats on resume (VAE changed)")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--batch128", type=int, default=128, help="transformer batch of 128x17 latents")
+    ap.add_argument("--batch256", type=int, default=32, help="transformer batch of 256x49 latents")
     ap.add_argument("--lr-offset", type=float, default=0.0, help="seconds of cosine already spent (resume)")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -484,8 +498,13 @@ def main():
     meta = {"configs": {"vae": VAE_CONFIG, "text_encoder": TEXT_CONFIG, "transformer": TRANSFORMER_CONFIG},
             "shift": SHIFT, "args": vars(args)}
     previous = {}
-    if args.resume and os.path.exists(os.path.join(args.resume, "meta.json")):
-        with open(os.path.join(args.resume, "meta.json")) as f:
+    resume_meta = None
+    for name in ("meta.json", "training_meta.json"):  # a checkpoint folder, or an export
+        if args.resume and os.path.exists(os.path.join(args.resume, name)):
+            resume_meta = os.path.join(args.resume, name)
+            break
+    if resume_meta:
+        with open(resume_meta) as f:
             previous = json.load(f)
         meta["previous_runs"] = previous.get("previous_runs", []) + [
             {k: previous.get(k) for k in ("vae", "transformer", "eval", "args")}]
