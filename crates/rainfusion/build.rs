@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Kernel sources and the virtual architectures each is compiled for.
-const KERNELS: &[(&str, &[&str])] = &[("attention", &["80", "90", "90a"]), ("mask", &["80", "90"])];
+const KERNELS: &[(&str, &[&str])] = &[
+    ("attention", &["80", "90", "90a"]),
+    ("mask", &["80", "90"]),
+    ("fused", &["80", "90"]),
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

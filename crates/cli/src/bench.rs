@@ -356,6 +356,8 @@ impl Timer {
             step()?;
             self.device.synchronize()?;
         }
+        // Stage timings (VDIT_PROFILE=1) cover the timed iterations only.
+        vdit_models::profile::reset();
         let mut samples = Vec::with_capacity(self.iters);
         let sampler = DeviceMemorySampler::start(&self.device);
         for _ in 0..self.iters {
@@ -365,6 +367,14 @@ impl Timer {
             step()?;
             self.device.synchronize()?;
             samples.push(start.elapsed().as_secs_f64());
+        }
+        if let Some(stages) = vdit_models::profile::report() {
+            eprintln!(
+                "stage timings over {} iteration(s) ({}=1, device synchronised around each stage):\n{stages}",
+                self.iters,
+                vdit_models::profile::PROFILE_ENV
+            );
+            vdit_models::profile::reset();
         }
         Ok(Timing {
             samples,

@@ -5,6 +5,7 @@
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
 
 pub mod error;
+pub mod profile;
 pub mod tokenizer;
 pub mod umt5;
 pub mod wan;

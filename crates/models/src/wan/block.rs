@@ -8,9 +8,27 @@ use candle_core::{DType, Tensor};
 use rainfusion::{dense_attention, SelfAttention, VideoLayout};
 
 use crate::error::Result;
+use crate::profile::span;
 use crate::wan::config::WanConfig;
 use crate::wan::layers::{layer_norm, modulate, AffineLayerNorm, Linear, RmsNorm, WeightSource};
 use crate::wan::rope::WanRope;
+
+/// When the block runs through rainfusion's fused CUDA kernels.
+#[cfg(feature = "cuda")]
+mod fused {
+    use candle_core::{DType, Tensor};
+
+    /// Environment variable that turns the fused CUDA path off (the candle-ops path runs
+    /// instead): for comparisons.
+    pub(crate) const NO_FUSED_ENV: &str = "VDIT_NO_FUSED";
+
+    /// CUDA tensors, a 16-bit run dtype, and not turned off by [`NO_FUSED_ENV`].
+    pub(crate) fn available(x: &Tensor, dtype: DType) -> bool {
+        x.device().is_cuda()
+            && matches!(dtype, DType::BF16 | DType::F16)
+            && std::env::var_os(NO_FUSED_ENV).is_none()
+    }
+}
 
 /// q, k, v, o projections with RMSNorm on q and k over the full width (across heads).
 struct AttentionLayer {
@@ -129,44 +147,218 @@ impl WanBlock {
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if fused::available(x, self.dtype) {
+            return self.forward_fused(x, ctx, attention);
+        }
+        self.forward_ops(x, ctx, attention)
+    }
+
+    /// The block in candle ops: any device and dtype; the reference the fused path is held to.
+    fn forward_ops(
+        &self,
+        x: &Tensor,
+        ctx: &BlockContext<'_>,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        let dev = x.device();
         let m = self.modulation.broadcast_add(ctx.time_modulation)?; // [B, 6, dim]
         let row = |i: usize| m.narrow(1, i, 1); // [B, 1, dim]
         let (shift_sa, scale_sa, gate_sa) = (row(0)?, row(1)?, row(2)?);
         let (shift_ff, scale_ff, gate_ff) = (row(3)?, row(4)?, row(5)?);
 
         // Self-attention over the video tokens, with 3D RoPE on q and k.
-        let h = modulate(&layer_norm(x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(self.dtype)?;
-        let (q, k, v) = self.self_attn.qkv(&h, &h)?;
-        let q = WanRope::apply(&q, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
-        let k = WanRope::apply(&k, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
-        let y = attention.attend(self.index, &q, &k, &v, &ctx.layout)?; // [B, heads, L, head_dim]
-        let y = self
-            .self_attn
-            .merge_heads_and_project(&y)?
-            .to_dtype(DType::F32)?;
-        let x = (x + y.broadcast_mul(&gate_sa)?)?;
+        let h = span("self: norm + modulate", dev, || {
+            Ok(modulate(&layer_norm(x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(self.dtype)?)
+        })?;
+        let (q, k, v) = span("self: qkv + norm + rope", dev, || {
+            let (q, k, v) = self.self_attn.qkv(&h, &h)?;
+            let q = WanRope::apply(&q, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
+            let k = WanRope::apply(&k, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
+            Ok((q, k, v))
+        })?;
+        let y = span("self: attention", dev, || {
+            Ok(attention.attend(self.index, &q, &k, &v, &ctx.layout)?) // [B, heads, L, head_dim]
+        })?;
+        let x = span("self: out + gated residual", dev, || {
+            let y = self
+                .self_attn
+                .merge_heads_and_project(&y)?
+                .to_dtype(DType::F32)?;
+            Ok((x + y.broadcast_mul(&gate_sa)?)?)
+        })?;
 
         // Cross-attention to every text row: no mask, no RoPE, no modulation, no gate.
-        let h = match &self.cross_norm {
-            Some(norm) => norm.forward(&x)?,
-            None => x.clone(),
-        }
-        .to_dtype(self.dtype)?;
-        let (q, k, v) = self.cross_attn.qkv(&h, ctx.text)?;
-        let (q, k) = (q.to_dtype(self.dtype)?, k.to_dtype(self.dtype)?);
-        let y = dense_attention(&q, &k, &v, 1.0 / (self.cross_attn.head_dim as f64).sqrt())?;
-        let y = self
-            .cross_attn
-            .merge_heads_and_project(&y)?
-            .to_dtype(DType::F32)?;
-        let x = (x + y)?;
+        let (q, k, v) = span("cross: norm + qkv", dev, || {
+            let h = match &self.cross_norm {
+                Some(norm) => norm.forward(&x)?,
+                None => x.clone(),
+            }
+            .to_dtype(self.dtype)?;
+            let (q, k, v) = self.cross_attn.qkv(&h, ctx.text)?;
+            Ok((q.to_dtype(self.dtype)?, k.to_dtype(self.dtype)?, v))
+        })?;
+        let y = span("cross: attention", dev, || {
+            let scale = 1.0 / (self.cross_attn.head_dim as f64).sqrt();
+            Ok(dense_attention(&q, &k, &v, scale)?)
+        })?;
+        let x = span("cross: out + residual", dev, || {
+            let y = self
+                .cross_attn
+                .merge_heads_and_project(&y)?
+                .to_dtype(DType::F32)?;
+            Ok((x + y)?)
+        })?;
 
         // Feed-forward network.
-        let h = modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(self.dtype)?;
-        let y = self
-            .ffn_out
-            .forward(&self.ffn_in.forward(&h)?.gelu()?)?
-            .to_dtype(DType::F32)?;
-        Ok((x + y.broadcast_mul(&gate_ff)?)?)
+        let h = span("ffn: norm + modulate", dev, || {
+            Ok(modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(self.dtype)?)
+        })?;
+        let u = span("ffn: in + gelu", dev, || {
+            Ok(self.ffn_in.forward(&h)?.gelu()?)
+        })?;
+        span("ffn: out + gated residual", dev, || {
+            let y = self.ffn_out.forward(&u)?.to_dtype(DType::F32)?;
+            Ok((x + y.broadcast_mul(&gate_ff)?)?)
+        })
+    }
+
+    /// The block through rainfusion's fused CUDA kernels (bf16/f16 on CUDA): LayerNorm with the
+    /// modulation, q/k RMSNorm with RoPE, and bias + gate + residual each in one pass, with q, k
+    /// and v kept in the `[B, L, heads, head_dim]` memory the projections write (the attention
+    /// kernels read it in place). Same arithmetic as [`Self::forward_ops`] in f32, except that
+    /// the linear layers' biases are added in f32 before rounding instead of after.
+    #[cfg(feature = "cuda")]
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        ctx: &BlockContext<'_>,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        use rainfusion::cuda::fused::{
+            bias_gelu_inplace, gated_residual, layer_norm_affine, rms_norm_rope,
+        };
+        let dev = x.device();
+        let (b, l, dim) = x.dims3()?;
+        let (heads, head_dim) = (self.self_attn.num_heads, self.self_attn.head_dim);
+        let m = self.modulation.broadcast_add(ctx.time_modulation)?; // [B, 6, dim]
+        let row = |i: usize| -> Result<Tensor> { Ok(m.narrow(1, i, 1)?.squeeze(1)?.contiguous()?) }; // [B, dim]
+        let (shift_sa, scale_sa, gate_sa) = (row(0)?, (row(1)? + 1.0)?, row(2)?);
+        let (shift_ff, scale_ff, gate_ff) = (row(3)?, (row(4)? + 1.0)?, row(5)?);
+        // [B, L, dim] → [B, heads, L, head_dim] view of the same memory.
+        let split = |t: &Tensor, len: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, len, heads, head_dim))?.transpose(1, 2)?)
+        };
+        // [B, heads, L, head_dim] → [B, L, dim] (one copy).
+        let merge = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.transpose(1, 2)?.contiguous()?.reshape((b, l, dim))?)
+        };
+
+        let h = span("self: norm + modulate", dev, || {
+            Ok(layer_norm_affine(
+                x, &scale_sa, &shift_sa, self.eps, self.dtype,
+            )?)
+        })?;
+        let (q, k, v) = span("self: qkv + norm + rope", dev, || {
+            let sa = &self.self_attn;
+            let rope = Some((ctx.rope_cos, ctx.rope_sin));
+            let (wq, eq) = sa.norm_q.parts();
+            let (wk, ek) = sa.norm_k.parts();
+            let q = rms_norm_rope(
+                &sa.to_q.matmul(&h)?,
+                Some(sa.to_q.bias()),
+                wq,
+                rope,
+                head_dim,
+                eq,
+            )?;
+            let k = rms_norm_rope(
+                &sa.to_k.matmul(&h)?,
+                Some(sa.to_k.bias()),
+                wk,
+                rope,
+                head_dim,
+                ek,
+            )?;
+            let v = sa.to_v.forward(&h)?;
+            Ok((split(&q, l)?, split(&k, l)?, split(&v, l)?))
+        })?;
+        let y = span("self: attention", dev, || {
+            Ok(attention.attend(self.index, &q, &k, &v, &ctx.layout)?) // [B, heads, L, head_dim]
+        })?;
+        let x = span("self: out + gated residual", dev, || {
+            let o = self.self_attn.to_out.matmul(&merge(&y)?)?;
+            Ok(gated_residual(
+                x,
+                &o,
+                Some(self.self_attn.to_out.bias()),
+                Some(&gate_sa),
+            )?)
+        })?;
+
+        let (q, k, v) = span("cross: norm + qkv", dev, || {
+            let h = match &self.cross_norm {
+                Some(norm) => {
+                    let (w, bias, eps) = norm.parts();
+                    layer_norm_affine(&x, w, bias, eps, self.dtype)?
+                }
+                None => x.to_dtype(self.dtype)?,
+            };
+            let ca = &self.cross_attn;
+            let text_len = ctx.text.dim(1)?;
+            let (wq, eq) = ca.norm_q.parts();
+            let (wk, ek) = ca.norm_k.parts();
+            let q = rms_norm_rope(
+                &ca.to_q.matmul(&h)?,
+                Some(ca.to_q.bias()),
+                wq,
+                None,
+                head_dim,
+                eq,
+            )?;
+            let k = rms_norm_rope(
+                &ca.to_k.matmul(ctx.text)?,
+                Some(ca.to_k.bias()),
+                wk,
+                None,
+                head_dim,
+                ek,
+            )?;
+            let v = ca.to_v.forward(ctx.text)?;
+            Ok((split(&q, l)?, split(&k, text_len)?, split(&v, text_len)?))
+        })?;
+        let y = span("cross: attention", dev, || {
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            Ok(dense_attention(&q, &k, &v, scale)?)
+        })?;
+        let x = span("cross: out + residual", dev, || {
+            let o = self.cross_attn.to_out.matmul(&merge(&y)?)?;
+            Ok(gated_residual(
+                &x,
+                &o,
+                Some(self.cross_attn.to_out.bias()),
+                None,
+            )?)
+        })?;
+
+        let h = span("ffn: norm + modulate", dev, || {
+            Ok(layer_norm_affine(
+                &x, &scale_ff, &shift_ff, self.eps, self.dtype,
+            )?)
+        })?;
+        let u = span("ffn: in + gelu", dev, || {
+            let u = self.ffn_in.matmul(&h)?;
+            bias_gelu_inplace(&u, Some(self.ffn_in.bias()))?;
+            Ok(u)
+        })?;
+        span("ffn: out + gated residual", dev, || {
+            let o = self.ffn_out.matmul(&u)?;
+            Ok(gated_residual(
+                &x,
+                &o,
+                Some(self.ffn_out.bias()),
+                Some(&gate_ff),
+            )?)
+        })
     }
 }

@@ -80,6 +80,12 @@ impl Linear {
 
     /// x: [..., in] in any float dtype → [..., out] in the weights' dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.matmul(x)?.broadcast_add(&self.bias)?)
+    }
+
+    /// `x·Wᵀ` without the bias (fused kernels add it later): x [..., in] → [..., out] in the
+    /// weights' dtype, contiguous.
+    pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
@@ -88,10 +94,16 @@ impl Linear {
             .to_dtype(self.weight.dtype())?
             .contiguous()?
             .reshape((rows, input))?;
-        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let y = x2.matmul(&self.weight.t()?)?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("x has at least one axis") = self.weight.dim(0)?;
         Ok(y.reshape(out_dims)?)
+    }
+
+    /// The bias [out], in the weights' dtype.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
     }
 }
 
@@ -127,6 +139,12 @@ impl AffineLayerNorm {
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)?)
     }
+
+    /// (weight [dim] f32, bias [dim] f32, eps), for the fused CUDA kernel.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
+    }
 }
 
 /// RMSNorm over the last axis with a learned scale, in f32: x·rsqrt(mean(x²) + eps)·weight.
@@ -147,6 +165,12 @@ impl RmsNorm {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?)
+    }
+
+    /// (weight [dim] f32, eps), for the fused CUDA kernel.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn parts(&self) -> (&Tensor, f64) {
+        (&self.weight, self.eps)
     }
 }
 

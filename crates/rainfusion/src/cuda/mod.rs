@@ -10,8 +10,11 @@
 //! - [`DeviceBlockMask`] + [`predict_block_mask`]: the mask built on the GPU (pooling, block
 //!   scores, top-k, CSR) with no host round trip, consumed by
 //!   [`block_sparse_attention_device`].
+//! - [`fused`]: the elementwise work around attention in a DiT block (LayerNorm + modulation,
+//!   q/k RMSNorm + RoPE, gated residual, bias + gelu), one kernel each.
 
 mod attention;
+pub mod fused;
 mod mask;
 mod module;
 

@@ -34,6 +34,13 @@ pub(crate) const MASK: PtxModule = PtxModule {
     sm90a: None,
 };
 
+pub(crate) const FUSED: PtxModule = PtxModule {
+    name: "rainfusion_fused",
+    sm80: include_str!(concat!(env!("OUT_DIR"), "/fused_sm80.ptx")),
+    sm90: include_str!(concat!(env!("OUT_DIR"), "/fused_sm90.ptx")),
+    sm90a: None,
+};
+
 /// Compute capability major of the device (8 for Ampere/Ada, 9 for Hopper).
 pub(crate) fn compute_major(dev: &CudaDevice) -> Result<i32> {
     let ctx = dev.cuda_stream().context().clone();

@@ -1,0 +1,291 @@
+//! The Wan transformer on CUDA (feature `cuda`, needs a GPU; CI builds without the feature, so
+//! this file compiles to nothing there): the fused-kernel block path and the candle-ops path,
+//! in bf16, against diffusers' f32 velocity of the dit_parity fixtures, and the fused kernels
+//! one by one against candle ops.
+//!
+//! Run on a GPU machine: `cargo test --release -p vdit-models --features cuda --test cuda_dit`.
+#![cfg(feature = "cuda")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use rainfusion::cuda::fused;
+use rainfusion::DenseAttention;
+use vdit_models::wan::rope::WanRope;
+use vdit_models::wan::WanTransformer;
+
+const BF16_TOLERANCE: f64 = 2e-2;
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("these tests need a CUDA device")
+}
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/dit")
+        .join(case)
+}
+
+/// ‖a − b‖ / ‖b‖ in f64 on the CPU.
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    assert_eq!(a.dims(), b.dims());
+    let diff = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let norm = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    (diff / norm).sqrt()
+}
+
+fn random(shape: &[usize], seed: u64, device: &Device) -> Tensor {
+    // A fixed pseudo-random pattern (no RNG crate needed): values in about [-2, 2].
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = (i as u64)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(seed.wrapping_mul(1442695040888963407));
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu)
+        .unwrap()
+        .to_device(device)
+        .unwrap()
+}
+
+/// Runs the fixture's transformer on the GPU in bf16 and returns the error against diffusers.
+fn run_on_gpu(case: &str, fused_path: bool) -> f64 {
+    // The fused path is the default on CUDA; VDIT_NO_FUSED selects the candle-ops path. Tests in
+    // this file that read the variable run in one thread (see `both_paths_match_diffusers`).
+    if fused_path {
+        std::env::remove_var("VDIT_NO_FUSED");
+    } else {
+        std::env::set_var("VDIT_NO_FUSED", "1");
+    }
+    let dev = gpu();
+    let model = WanTransformer::open(&fixture(case), DType::BF16, &dev).unwrap();
+    let io: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(case).join("io.safetensors"), &dev).unwrap();
+    let out = model
+        .forward(
+            &io["latents"],
+            &io["timesteps"],
+            &io["context"],
+            &mut DenseAttention,
+        )
+        .unwrap();
+    std::env::remove_var("VDIT_NO_FUSED");
+    let err = relative_error(&out, &io["velocity"]);
+    eprintln!("{case} on CUDA bf16, fused {fused_path}: relative error {err:.3e}");
+    err
+}
+
+#[test]
+fn both_paths_match_diffusers() {
+    for case in ["heads2x32", "heads2x64"] {
+        for fused_path in [true, false] {
+            let err = run_on_gpu(case, fused_path);
+            assert!(
+                err <= BF16_TOLERANCE,
+                "{case} fused {fused_path}: relative error {err:.3e} > {BF16_TOLERANCE:e}"
+            );
+        }
+    }
+}
+
+/// LayerNorm in f64 on the CPU: the reference of the fused norm.
+fn layer_norm_ref(x: &Tensor, eps: f64) -> Tensor {
+    let x = x
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let mean = x.mean_keepdim(D::Minus1).unwrap();
+    let centred = x.broadcast_sub(&mean).unwrap();
+    let var = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    centred
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn layer_norm_affine_matches_reference_per_batch_and_per_channel() {
+    let dev = gpu();
+    for dim in [256, 1536, 5120, 100] {
+        let (b, l) = (2, 37);
+        // A large common offset: the two-pass variance must keep its precision.
+        let x = (random(&[b, l, dim], 1, &dev) + 50.0).unwrap();
+        let scale = random(&[b, dim], 2, &dev);
+        let shift = random(&[b, dim], 3, &dev);
+        let y = fused::layer_norm_affine(&x, &scale, &shift, 1e-6, DType::BF16).unwrap();
+        assert_eq!((y.dims(), y.dtype()), ([b, l, dim].as_slice(), DType::BF16));
+        let expected = layer_norm_ref(&x, 1e-6)
+            .broadcast_mul(
+                &scale
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .unsqueeze(1)
+                    .unwrap(),
+            )
+            .unwrap()
+            .broadcast_add(
+                &shift
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .unsqueeze(1)
+                    .unwrap(),
+            )
+            .unwrap();
+        let err = relative_error(&y, &expected);
+        assert!(err < 5e-3, "dim {dim} per batch: {err:.3e}");
+
+        let w = random(&[dim], 4, &dev);
+        let bias = random(&[dim], 5, &dev);
+        let y = fused::layer_norm_affine(&x, &w, &bias, 1e-6, DType::F16).unwrap();
+        let cpu = |t: &Tensor| {
+            t.to_device(&Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+        };
+        let expected = layer_norm_ref(&x, 1e-6)
+            .broadcast_mul(&cpu(&w))
+            .unwrap()
+            .broadcast_add(&cpu(&bias))
+            .unwrap();
+        let err = relative_error(&y, &expected);
+        assert!(err < 2e-3, "dim {dim} per channel: {err:.3e}");
+    }
+}
+
+#[test]
+fn rms_norm_rope_matches_candle_ops() {
+    let dev = gpu();
+    for (heads, head_dim) in [(12, 128), (4, 64), (2, 32)] {
+        let (b, f, h, w) = (2, 3, 4, 5);
+        let l = f * h * w;
+        let dim = heads * head_dim;
+        let x = random(&[b, l, dim], 6, &dev).to_dtype(DType::BF16).unwrap();
+        let bias = random(&[dim], 7, &dev).to_dtype(DType::BF16).unwrap();
+        let weight = random(&[dim], 8, &dev);
+        let (cos, sin) = WanRope::new(head_dim, 10_000.0)
+            .tables(f, h, w, &dev)
+            .unwrap();
+        let y = fused::rms_norm_rope(&x, Some(&bias), &weight, Some((&cos, &sin)), head_dim, 1e-6)
+            .unwrap();
+        // Reference: the same steps in candle ops, f32.
+        let v = x
+            .to_dtype(DType::F32)
+            .unwrap()
+            .broadcast_add(&bias.to_dtype(DType::F32).unwrap())
+            .unwrap();
+        let normed = candle_nn::ops::rms_norm(&v, &weight, 1e-6).unwrap();
+        let heads_view = normed
+            .reshape((b, l, heads, head_dim))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        let rotated = WanRope::apply(&heads_view, &cos, &sin).unwrap();
+        let expected = rotated
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, l, dim))
+            .unwrap();
+        let err = relative_error(&y, &expected);
+        assert!(
+            err < 5e-3,
+            "heads {heads} × {head_dim} with RoPE: {err:.3e}"
+        );
+
+        let y = fused::rms_norm_rope(&x, None, &weight, None, head_dim, 1e-6).unwrap();
+        let expected =
+            candle_nn::ops::rms_norm(&x.to_dtype(DType::F32).unwrap(), &weight, 1e-6).unwrap();
+        let err = relative_error(&y, &expected);
+        assert!(
+            err < 5e-3,
+            "heads {heads} × {head_dim} without RoPE: {err:.3e}"
+        );
+    }
+}
+
+#[test]
+fn gated_residual_and_bias_gelu_match_candle_ops() {
+    let dev = gpu();
+    let (b, l, dim) = (2, 50, 384);
+    let x = random(&[b, l, dim], 9, &dev);
+    let y = random(&[b, l, dim], 10, &dev)
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let bias = random(&[dim], 11, &dev).to_dtype(DType::BF16).unwrap();
+    let gate = random(&[b, dim], 12, &dev);
+    let out = fused::gated_residual(&x, &y, Some(&bias), Some(&gate)).unwrap();
+    let u = y
+        .to_dtype(DType::F32)
+        .unwrap()
+        .broadcast_add(&bias.to_dtype(DType::F32).unwrap())
+        .unwrap();
+    let expected = (&x + u.broadcast_mul(&gate.unsqueeze(1).unwrap()).unwrap()).unwrap();
+    assert!(relative_error(&out, &expected) < 1e-6);
+    let out = fused::gated_residual(&x, &y, None, None).unwrap();
+    let expected = (&x + y.to_dtype(DType::F32).unwrap()).unwrap();
+    assert!(relative_error(&out, &expected) < 1e-6);
+
+    let n = 1000;
+    let h = random(&[b, l, n], 13, &dev)
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let hb = random(&[n], 14, &dev).to_dtype(DType::BF16).unwrap();
+    let expected = h
+        .to_dtype(DType::F32)
+        .unwrap()
+        .broadcast_add(&hb.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .gelu()
+        .unwrap();
+    fused::bias_gelu_inplace(&h, Some(&hb)).unwrap();
+    let err = relative_error(&h, &expected);
+    assert!(err < 5e-3, "bias + gelu: {err:.3e}");
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let dev = gpu();
+    let x = random(&[1, 4, 8], 1, &dev);
+    let a = random(&[3, 8], 2, &dev);
+    assert!(fused::layer_norm_affine(&x, &a, &a, 1e-6, DType::BF16).is_err()); // batch 3 vs 1
+    let a = random(&[8], 2, &dev);
+    assert!(fused::layer_norm_affine(&x, &a, &a, 1e-6, DType::F32).is_err()); // f32 output
+    assert!(fused::rms_norm_rope(&x, None, &a, None, 4, 1e-6).is_err()); // f32 input
+    let xb = x.to_dtype(DType::BF16).unwrap();
+    assert!(fused::rms_norm_rope(&xb, None, &a, None, 3, 1e-6).is_err()); // odd head_dim
+    let cpu = Tensor::zeros((1, 4, 8), DType::F32, &Device::Cpu).unwrap();
+    assert!(fused::layer_norm_affine(&cpu, &a, &a, 1e-6, DType::BF16).is_err());
+}

@@ -1,0 +1,549 @@
+//! Fused elementwise kernels around attention in a video-DiT block (`kernels/fused.cu`), as
+//! candle custom ops. Each replaces a chain of candle ops that would each read and write the
+//! whole `[B, L, dim]` activation (in f32): LayerNorm + modulation, q/k RMSNorm + RoPE,
+//! bias + gate + residual add, bias + gelu.
+//!
+//! All arithmetic is f32; the residual stream is f32, the other activations bf16 or f16.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, Layout, Shape, Storage, Tensor};
+use half::{bf16, f16};
+
+use super::module::{self, FUSED};
+use crate::{Error, Result};
+
+/// Threads per CTA of every fused kernel (`THREADS` in fused.cu).
+const THREADS: u32 = 256;
+/// Widest row the register-resident kernels take (`THREADS · MAX_PER_THREAD` in fused.cu).
+const MAX_ROW: usize = 256 * 24;
+
+/// `LayerNorm(x)·a + c` over the last axis (no learned affine inside the norm; two-pass
+/// mean/variance in f32), rounded once to `dtype`.
+///
+/// x: `[B, L, dim]` f32 on CUDA. a, c: `[B, dim]` (per batch: modulation `1 + scale`, `shift`) or
+/// `[dim]` (an affine norm's weight and bias), f32. → `[B, L, dim]` in `dtype` (bf16 or f16).
+pub fn layer_norm_affine(
+    x: &Tensor,
+    a: &Tensor,
+    c: &Tensor,
+    eps: f64,
+    dtype: DType,
+) -> Result<Tensor> {
+    let (b, _, dim) = x.dims3()?;
+    check_cuda(x, "layer_norm_affine")?;
+    check_dtype(x, DType::F32, "layer_norm_affine input")?;
+    check_16bit(dtype, "layer_norm_affine output")?;
+    check_width(dim)?;
+    let per_batch = |t: &Tensor, name: &str| -> Result<(Tensor, i64)> {
+        check_dtype(t, DType::F32, name)?;
+        match t.dims() {
+            [d] if *d == dim => Ok((t.contiguous()?, 0)),
+            [bb, d] if *bb == b && *d == dim => Ok((t.contiguous()?, dim as i64)),
+            other => Err(Error::InvalidConfig(format!(
+                "layer_norm_affine: {name} must be [{b}, {dim}] or [{dim}], got {other:?}"
+            ))),
+        }
+    };
+    let (a, a_stride) = per_batch(a, "a (scale)")?;
+    let (c, c_stride) = per_batch(c, "c (shift)")?;
+    if a_stride != c_stride {
+        return Err(Error::InvalidConfig(
+            "layer_norm_affine: a and c must both be per batch or both per channel".into(),
+        ));
+    }
+    let op = LnAffineOp {
+        a,
+        c,
+        ac_batch_stride: a_stride,
+        eps: eps as f32,
+        dtype,
+    };
+    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// `RoPE(RMSNorm(x + bias)·weight)`: the q/k path of Wan attention. RMS over the whole row (all
+/// heads, `rms_norm_across_heads`), then, when `rope` is given, each head's interleaved channel
+/// pairs rotated by the token's angles.
+///
+/// x: `[B, L, dim]` bf16/f16 (a linear layer's output before its bias), bias: `[dim]` in x's
+/// dtype, weight: `[dim]` f32, rope: `(cos, sin)` each `[L, head_dim/2]` f32. → `[B, L, dim]` in
+/// x's dtype, which is `[B, L, heads, head_dim]` memory as the attention kernels read it.
+pub fn rms_norm_rope(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    weight: &Tensor,
+    rope: Option<(&Tensor, &Tensor)>,
+    head_dim: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    let (_, l, dim) = x.dims3()?;
+    check_cuda(x, "rms_norm_rope")?;
+    check_16bit(x.dtype(), "rms_norm_rope input")?;
+    check_width(dim)?;
+    if head_dim == 0 || head_dim % 2 != 0 || dim % head_dim != 0 {
+        return Err(Error::InvalidConfig(format!(
+            "rms_norm_rope: head_dim {head_dim} must be even and divide the width {dim}"
+        )));
+    }
+    check_vector(weight, dim, DType::F32, "weight")?;
+    let bias = match bias {
+        Some(bias) => {
+            check_vector(bias, dim, x.dtype(), "bias")?;
+            Some(bias.contiguous()?)
+        }
+        None => None,
+    };
+    let rope = match rope {
+        Some((cos, sin)) => {
+            for (t, name) in [(cos, "cos"), (sin, "sin")] {
+                check_dtype(t, DType::F32, name)?;
+                if t.dims() != [l, head_dim / 2] {
+                    return Err(Error::InvalidConfig(format!(
+                        "rms_norm_rope: {name} must be [{l}, {}], got {:?}",
+                        head_dim / 2,
+                        t.dims()
+                    )));
+                }
+            }
+            Some((cos.contiguous()?, sin.contiguous()?))
+        }
+        None => None,
+    };
+    let op = RmsRopeOp {
+        bias,
+        weight: weight.contiguous()?,
+        rope,
+        head_dim,
+        tokens: l,
+        eps: eps as f32,
+    };
+    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// `x + (y + bias)·gate`: a block's residual update. x: `[B, L, dim]` f32; y: `[B, L, dim]`
+/// bf16/f16 (a linear layer's output before its bias); bias: `[dim]` in y's dtype; gate:
+/// `[B, dim]` f32. → `[B, L, dim]` f32.
+pub fn gated_residual(
+    x: &Tensor,
+    y: &Tensor,
+    bias: Option<&Tensor>,
+    gate: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, _, dim) = x.dims3()?;
+    check_cuda(x, "gated_residual")?;
+    check_dtype(x, DType::F32, "gated_residual x")?;
+    check_16bit(y.dtype(), "gated_residual y")?;
+    if y.dims() != x.dims() {
+        return Err(Error::InvalidConfig(format!(
+            "gated_residual: y {:?} must have x's shape {:?}",
+            y.dims(),
+            x.dims()
+        )));
+    }
+    let bias = match bias {
+        Some(bias) => {
+            check_vector(bias, dim, y.dtype(), "bias")?;
+            Some(bias.contiguous()?)
+        }
+        None => None,
+    };
+    let gate = match gate {
+        Some(gate) => {
+            check_dtype(gate, DType::F32, "gate")?;
+            if gate.dims() != [b, dim] {
+                return Err(Error::InvalidConfig(format!(
+                    "gated_residual: gate must be [{b}, {dim}], got {:?}",
+                    gate.dims()
+                )));
+            }
+            Some(gate.contiguous()?)
+        }
+        None => None,
+    };
+    let op = GatedResidualOp {
+        y: y.contiguous()?,
+        bias,
+        gate,
+    };
+    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// `gelu_tanh(y + bias)` in place. y: `[..., n]` bf16/f16, contiguous (a fresh matmul output);
+/// bias: `[n]` in y's dtype.
+pub fn bias_gelu_inplace(y: &Tensor, bias: Option<&Tensor>) -> Result<()> {
+    check_cuda(y, "bias_gelu")?;
+    check_16bit(y.dtype(), "bias_gelu input")?;
+    if !y.is_contiguous() {
+        return Err(Error::InvalidConfig(
+            "bias_gelu works in place on a contiguous tensor".into(),
+        ));
+    }
+    let n = *y
+        .dims()
+        .last()
+        .ok_or_else(|| Error::InvalidConfig("bias_gelu needs at least one axis".into()))?;
+    let bias = match bias {
+        Some(bias) => {
+            check_vector(bias, n, y.dtype(), "bias")?;
+            Some(bias.contiguous()?)
+        }
+        None => None,
+    };
+    Ok(y.inplace_op1(&BiasGeluOp { bias })?)
+}
+
+fn check_cuda(t: &Tensor, what: &str) -> Result<()> {
+    if t.device().is_cuda() {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{what} runs on CUDA tensors only"
+        )))
+    }
+}
+
+fn check_dtype(t: &Tensor, dtype: DType, what: &str) -> Result<()> {
+    if t.dtype() == dtype {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{what} must be {dtype:?}, got {:?}",
+            t.dtype()
+        )))
+    }
+}
+
+fn check_16bit(dtype: DType, what: &str) -> Result<()> {
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{what} must be bf16 or f16, got {dtype:?}"
+        )))
+    }
+}
+
+fn check_width(dim: usize) -> Result<()> {
+    if dim == 0 || dim > MAX_ROW {
+        Err(Error::InvalidConfig(format!(
+            "fused norm kernels take rows of 1..={MAX_ROW} channels, got {dim}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_vector(t: &Tensor, n: usize, dtype: DType, what: &str) -> Result<()> {
+    check_dtype(t, dtype, what)?;
+    if t.dims() == [n] {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{what} must be [{n}], got {:?}",
+            t.dims()
+        )))
+    }
+}
+
+fn msg(e: Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// Suffix of the kernel entry points for a 16-bit dtype.
+fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
+    match dtype {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        other => candle_core::bail!("fused kernels take bf16 or f16, not {other:?}"),
+    }
+}
+
+/// Device pointer of a small side tensor (weights, tables, gates): the kernels read them through
+/// plain pointers. `None` is passed as a null pointer.
+fn side_ptr<T: CudaDType + DeviceRepr>(t: Option<&Tensor>) -> candle_core::Result<u64> {
+    let Some(t) = t else { return Ok(0) };
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(cuda) = &*storage else {
+        candle_core::bail!("fused kernels: side tensor not on the CUDA device")
+    };
+    let view: CudaView<'_, T> = cuda.as_cuda_slice::<T>()?.slice(layout.start_offset()..);
+    let stream = cuda.device().cuda_stream();
+    let (ptr, _sync) =
+        candle_core::cuda_backend::cudarc::driver::DevicePtr::device_ptr(&view, &stream);
+    Ok(ptr)
+}
+
+fn row_launch(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn check_rows(rows: usize) -> candle_core::Result<()> {
+    if rows == 0 || rows > i32::MAX as usize {
+        candle_core::bail!("fused kernels: {rows} rows is out of range")
+    }
+    Ok(())
+}
+
+struct LnAffineOp {
+    a: Tensor,
+    c: Tensor,
+    ac_batch_stride: i64,
+    eps: f32,
+    dtype: DType,
+}
+
+impl CustomOp1 for LnAffineOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-layer-norm-affine"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("layer_norm_affine runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        match self.dtype {
+            DType::BF16 => self.launch::<bf16>(x, layout),
+            DType::F16 => self.launch::<f16>(x, layout),
+            other => candle_core::bail!("layer_norm_affine: unsupported output {other:?}"),
+        }
+    }
+}
+
+impl LnAffineOp {
+    fn launch<T: CudaDType + DeviceRepr>(
+        &self,
+        x: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, l, dim) = layout.shape().dims3()?;
+        let rows = b * l;
+        check_rows(rows)?;
+        let dev = x.device().clone();
+        let name = format!("rf_ln_affine_{}", suffix(self.dtype)?);
+        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let x_view = x.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
+        // SAFETY: the kernel writes every element (one CTA per row, every column).
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * dim)? };
+        let a = side_ptr::<f32>(Some(&self.a))?;
+        let c = side_ptr::<f32>(Some(&self.c))?;
+        let (dim_i, per_batch) = (dim as i32, l as i32);
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
+        builder
+            .arg(&x_view)
+            .arg(&a)
+            .arg(&c)
+            .arg(&out)
+            .arg(&dim_i)
+            .arg(&per_batch)
+            .arg(&self.ac_batch_stride)
+            .arg(&self.eps);
+        // SAFETY: arguments match rf_ln_affine_* in fused.cu; a and c hold [B or 1, dim] floats.
+        unsafe { builder.launch(row_launch(rows)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, dim)),
+        ))
+    }
+}
+
+struct RmsRopeOp {
+    bias: Option<Tensor>,
+    weight: Tensor,
+    rope: Option<(Tensor, Tensor)>,
+    head_dim: usize,
+    tokens: usize,
+    eps: f32,
+}
+
+impl CustomOp1 for RmsRopeOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-rms-norm-rope"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("rms_norm_rope runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        match x.dtype() {
+            DType::BF16 => self.launch::<bf16>(x, layout),
+            DType::F16 => self.launch::<f16>(x, layout),
+            other => candle_core::bail!("rms_norm_rope: unsupported dtype {other:?}"),
+        }
+    }
+}
+
+impl RmsRopeOp {
+    fn launch<T: CudaDType + DeviceRepr>(
+        &self,
+        x: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, l, dim) = layout.shape().dims3()?;
+        let rows = b * l;
+        check_rows(rows)?;
+        let dev = x.device().clone();
+        let name = format!("rf_rms_rope_{}", suffix(x.dtype())?);
+        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let x_view = x.as_cuda_slice::<T>()?.slice(layout.start_offset()..);
+        // SAFETY: the kernel writes every element (one CTA per row, every pair).
+        let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * dim)? };
+        let bias = side_ptr::<T>(self.bias.as_ref())?;
+        let weight = side_ptr::<f32>(Some(&self.weight))?;
+        let cos = side_ptr::<f32>(self.rope.as_ref().map(|r| &r.0))?;
+        let sin = side_ptr::<f32>(self.rope.as_ref().map(|r| &r.1))?;
+        let (dim_i, head_dim, tokens) = (dim as i32, self.head_dim as i32, self.tokens as i32);
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
+        builder
+            .arg(&x_view)
+            .arg(&bias)
+            .arg(&weight)
+            .arg(&cos)
+            .arg(&sin)
+            .arg(&out)
+            .arg(&dim_i)
+            .arg(&head_dim)
+            .arg(&tokens)
+            .arg(&self.eps);
+        // SAFETY: arguments match rf_rms_rope_* in fused.cu; the tables are [tokens, head_dim/2].
+        unsafe { builder.launch(row_launch(rows)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, dim)),
+        ))
+    }
+}
+
+struct GatedResidualOp {
+    y: Tensor,
+    bias: Option<Tensor>,
+    gate: Option<Tensor>,
+}
+
+impl CustomOp1 for GatedResidualOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-gated-residual"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("gated_residual runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        match self.y.dtype() {
+            DType::BF16 => self.launch::<bf16>(x, layout),
+            DType::F16 => self.launch::<f16>(x, layout),
+            other => candle_core::bail!("gated_residual: unsupported dtype {other:?}"),
+        }
+    }
+}
+
+impl GatedResidualOp {
+    fn launch<T: CudaDType + DeviceRepr>(
+        &self,
+        x: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, l, dim) = layout.shape().dims3()?;
+        let rows = b * l;
+        check_rows(rows)?;
+        let dev = x.device().clone();
+        let name = format!("rf_gated_residual_{}", suffix(self.y.dtype())?);
+        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let x_view = x.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
+        // SAFETY: the kernel writes every element (one CTA per row, every column).
+        let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(rows * dim)? };
+        let y = side_ptr::<T>(Some(&self.y))?;
+        let bias = side_ptr::<T>(self.bias.as_ref())?;
+        let gate = side_ptr::<f32>(self.gate.as_ref())?;
+        let (dim_i, per_batch) = (dim as i32, l as i32);
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
+        builder
+            .arg(&x_view)
+            .arg(&y)
+            .arg(&bias)
+            .arg(&gate)
+            .arg(&out)
+            .arg(&dim_i)
+            .arg(&per_batch);
+        // SAFETY: arguments match rf_gated_residual_* in fused.cu; y has x's shape (checked).
+        unsafe { builder.launch(row_launch(rows)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, dim)),
+        ))
+    }
+}
+
+struct BiasGeluOp {
+    bias: Option<Tensor>,
+}
+
+impl InplaceOp1 for BiasGeluOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+        candle_core::bail!("bias_gelu runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, y: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
+        match y.dtype() {
+            DType::BF16 => self.launch::<bf16>(y, layout),
+            DType::F16 => self.launch::<f16>(y, layout),
+            other => candle_core::bail!("bias_gelu: unsupported dtype {other:?}"),
+        }
+    }
+}
+
+impl BiasGeluOp {
+    fn launch<T: CudaDType + DeviceRepr>(
+        &self,
+        y: &mut CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let dims = layout.shape().dims();
+        let n = *dims.last().unwrap_or(&1);
+        let rows = layout.shape().elem_count() / n.max(1);
+        check_rows(rows)?;
+        let dev = y.device().clone();
+        let name = format!("rf_bias_gelu_{}", suffix(y.dtype())?);
+        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let bias = side_ptr::<T>(self.bias.as_ref())?;
+        let start = layout.start_offset();
+        let slice = y.as_cuda_slice_mut::<T>()?;
+        let mut view = slice.slice_mut(start..);
+        let n_i = n as i32;
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&mut view).arg(&bias).arg(&n_i);
+        // SAFETY: arguments match rf_bias_gelu_* in fused.cu; y is contiguous (checked).
+        unsafe { builder.launch(row_launch(rows)) }.w()?;
+        Ok(())
+    }
+}
