@@ -62,24 +62,35 @@ class Kernels:
         return self.cache[key]
 
 
-def launch(kern, dtype_name, suffix, q, k, v, o, offsets, indices, block_size, scale):
-    """q, k, v, o: [B, H, L, D] views (any strides, last one 1). offsets/indices: int32 CUDA."""
-    fn, bm, bn, nw, smem = kern.get(dtype_name, suffix)
+def kernel_args(q, k, v, o, offsets, indices, block_size, scale):
+    """The argument list shared by every attention entry point: pointers, q strides, k/v strides,
+    o strides (batch, head, token), heads, q_len, kv_len, block_size, query_blocks, scale·log2 e.
+    q, o: [B, H, Lq, D]; k, v: [B, H, Lk, D] with one set of strides (Lk == Lq with a CSR)."""
     b, h, l, d = q.shape
-    assert q.stride() == k.stride() == v.stride() and q.stride(3) == 1 and o.stride(3) == 1
-    assert bm <= block_size and block_size % bn == 0
-    query_blocks = (l + block_size - 1) // block_size
-    grid = ((l + bm - 1) // bm, h, b)
-    args = (
+    lk = k.shape[2]
+    assert k.shape == v.shape and k.stride() == v.stride() and k.shape[:2] == (b, h) and k.shape[3] == d
+    assert q.stride(3) == 1 and k.stride(3) == 1 and o.stride(3) == 1
+    assert offsets is None or lk == l
+    return (
         np.uint64(q.data_ptr()), np.uint64(k.data_ptr()), np.uint64(v.data_ptr()), np.uint64(o.data_ptr()),
         np.uint64(0 if offsets is None else offsets.data_ptr()),
         np.uint64(0 if indices is None else indices.data_ptr()),
         np.int64(q.stride(0)), np.int64(q.stride(1)), np.int64(q.stride(2)),
+        np.int64(k.stride(0)), np.int64(k.stride(1)), np.int64(k.stride(2)),
         np.int64(o.stride(0)), np.int64(o.stride(1)), np.int64(o.stride(2)),
-        np.int32(h), np.int32(l), np.int32(block_size), np.int32(query_blocks),
-        np.float32(scale * LOG2E),
+        np.int32(h), np.int32(l), np.int32(lk), np.int32(block_size),
+        np.int32((l + block_size - 1) // block_size), np.float32(scale * LOG2E),
     )
-    fn(grid, (nw * 32,), args, shared_mem=smem)
+
+
+def launch(kern, dtype_name, suffix, q, k, v, o, offsets, indices, block_size, scale):
+    """q, o: [B, H, Lq, D] views, k, v: [B, H, Lk, D] views (any strides, last one 1; k and v
+    alike). offsets/indices: int32 CUDA (then Lk == Lq), or None for dense."""
+    fn, bm, bn, nw, smem = kern.get(dtype_name, suffix)
+    b, h, l, d = q.shape
+    assert bm <= block_size and block_size % bn == 0
+    grid = ((l + bm - 1) // bm, h, b)
+    fn(grid, (nw * 32,), kernel_args(q, k, v, o, offsets, indices, block_size, scale), shared_mem=smem)
 
 
 class WgmmaKernels:
@@ -100,15 +111,7 @@ class WgmmaKernels:
     def launch(self, dtype_name, q, k, v, o, offsets, indices, block_size, scale, lbo, sbo):
         b, h, l, d = q.shape
         assert d == 128 and block_size % 128 == 0
-        args = (
-            np.uint64(q.data_ptr()), np.uint64(k.data_ptr()), np.uint64(v.data_ptr()), np.uint64(o.data_ptr()),
-            np.uint64(0 if offsets is None else offsets.data_ptr()),
-            np.uint64(0 if indices is None else indices.data_ptr()),
-            np.int64(q.stride(0)), np.int64(q.stride(1)), np.int64(q.stride(2)),
-            np.int64(o.stride(0)), np.int64(o.stride(1)), np.int64(o.stride(2)),
-            np.int32(h), np.int32(l), np.int32(block_size), np.int32((l + block_size - 1) // block_size),
-            np.float32(scale * LOG2E), np.uint32(lbo), np.uint32(sbo),
-        )
+        args = kernel_args(q, k, v, o, offsets, indices, block_size, scale) + (np.uint32(lbo), np.uint32(sbo))
         self.fns[dtype_name](((l + 127) // 128, h, b), (256,), args, shared_mem=self.SMEM)
 
 

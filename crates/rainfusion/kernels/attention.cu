@@ -4,11 +4,15 @@
 // the BlockMask CSR lists for its (batch, head, query block) row; dense attention is the mask
 // that lists every key block, so one kernel serves both and skipped blocks cost nothing.
 //
-//   q, k, v : [batch, heads, tokens, head_dim] with arbitrary batch/head/token strides (in
-//             elements) shared by the three inputs; head_dim is contiguous.
-//   o       : same logical shape, with its own strides (lets the caller write [B, L, H, D]).
+//   q       : [batch, heads, q_len, head_dim] with arbitrary batch/head/token strides (in
+//             elements, multiples of 8); head_dim is contiguous.
+//   k, v    : [batch, heads, kv_len, head_dim], one set of strides shared by k and v (they may
+//             differ from q's: cross-attention reads q from the video tokens, k/v from the text).
+//   o       : [batch, heads, q_len, head_dim] logically, with its own strides (lets the caller
+//             write [B, L, H, D] memory).
 //   offsets : batch*heads*query_blocks + 1 row starts into `indices` (u32), or null for dense
-//             attention (every key block kept; `indices` is then unused).
+//             attention (every key tile of 0..kv_len; `indices` is then unused). Block-sparse
+//             attention is self-attention: the caller passes kv_len == q_len.
 //   indices : kept key blocks per row, each covering `block_size` tokens, ascending.
 //
 // Arithmetic: mma.sync m16n8k16 (bf16 or f16 operands, f32 accumulators), ldmatrix from
@@ -135,9 +139,10 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
                                               const T* __restrict__ v, T* __restrict__ o,
                                               const uint32_t* __restrict__ offsets,
                                               const uint32_t* __restrict__ indices,
-                                              int64_t in_sb, int64_t in_sh, int64_t in_sl,
+                                              int64_t q_sb, int64_t q_sh, int64_t q_sl,
+                                              int64_t kv_sb, int64_t kv_sh, int64_t kv_sl,
                                               int64_t out_sb, int64_t out_sh, int64_t out_sl,
-                                              int heads, int seq_len, int block_size,
+                                              int heads, int q_len, int kv_len, int block_size,
                                               int query_blocks, float scale_log2) {
   constexpr int NTHREADS = NWARPS * 32;
   constexpr int BM = NWARPS * MFRAG * 16;
@@ -160,20 +165,20 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
   const int batch = blockIdx.z;
   const int q_start = q_tile * BM;
 
-  const int64_t in_offset = batch * in_sb + head * in_sh;
-  const T* q_base = q + in_offset;
-  const T* k_base = k + in_offset;
-  const T* v_base = v + in_offset;
+  const T* q_base = q + batch * q_sb + head * q_sh;
+  const int64_t kv_offset = batch * kv_sb + head * kv_sh;
+  const T* k_base = k + kv_offset;
+  const T* v_base = v + kv_offset;
 
   // CSR row of this query tile (BM never exceeds block_size, so one tile lies in one block).
-  // Dense attention passes no CSR (offsets == nullptr): every key block, in order.
+  // Dense attention passes no CSR (offsets == nullptr): every key tile of 0..kv_len, in order
+  // (the cursor below walks consecutive tiles when block_counter counts blocks 0, 1, 2, ...).
   const bool dense = offsets == nullptr;
   const int row = (batch * heads + head) * query_blocks + q_start / block_size;
   const uint32_t row_begin = dense ? 0u : offsets[row];
-  const int kept_blocks =
-      dense ? query_blocks : static_cast<int>(offsets[row + 1] - row_begin);
   const int tiles_per_block = block_size / BN;
-  const int n_tiles = kept_blocks * tiles_per_block;
+  const int n_tiles = dense ? (kv_len + BN - 1) / BN
+                            : static_cast<int>(offsets[row + 1] - row_begin) * tiles_per_block;
 
   // Cursor over the key tiles of the kept blocks, in order (no division per tile).
   const uint32_t* next_block = dense ? nullptr : indices + row_begin;
@@ -190,15 +195,15 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
     return start;
   };
   auto load_k = [&](int stage, int key_start) {
-    load_tile<T, D, BN, NTHREADS>(s_kv_addr + stage * KV_STAGE_BYTES, k_base, in_sl, key_start,
-                                  seq_len, tid);
+    load_tile<T, D, BN, NTHREADS>(s_kv_addr + stage * KV_STAGE_BYTES, k_base, kv_sl, key_start,
+                                  kv_len, tid);
   };
   auto load_v = [&](int stage, int key_start) {
-    load_tile<T, D, BN, NTHREADS>(s_kv_addr + stage * KV_STAGE_BYTES + BN * D * 2, v_base, in_sl,
-                                  key_start, seq_len, tid);
+    load_tile<T, D, BN, NTHREADS>(s_kv_addr + stage * KV_STAGE_BYTES + BN * D * 2, v_base, kv_sl,
+                                  key_start, kv_len, tid);
   };
 
-  load_tile<T, D, BM, NTHREADS>(s_q_addr, q_base, in_sl, q_start, seq_len, tid);
+  load_tile<T, D, BM, NTHREADS>(s_q_addr, q_base, q_sl, q_start, q_len, tid);
   int key_start = n_tiles > 0 ? next_key_start() : 0;
   if (n_tiles > 0) {
     load_k(0, key_start);
@@ -324,8 +329,8 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
       cp_async_commit();
     }
 
-    // Ragged last block: keys past the sequence end score -inf.
-    if (this_key_start + BN > seq_len) {
+    // Ragged last tile: keys past the key sequence end score -inf.
+    if (this_key_start + BN > kv_len) {
       const int col0 = this_key_start + (lane & 3) * 2;
 #pragma unroll
       for (int mf = 0; mf < MFRAG; ++mf)
@@ -333,7 +338,7 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            if (col0 + nt * 8 + (e & 1) >= seq_len) s[mf][nt][e] = -INFINITY;
+            if (col0 + nt * 8 + (e & 1) >= kv_len) s[mf][nt][e] = -INFINITY;
     }
 
     // Online softmax: rescale what was accumulated by exp2((m_old - m_new)·scale).
@@ -403,7 +408,7 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
       l += __shfl_xor_sync(0xffffffff, l, 2);
       const float inv = l > 0.f ? 1.f / l : 0.f;
       const int token = q_start + warp_row0 + mf * 16 + (lane >> 2) + r * 8;
-      if (token < seq_len) {
+      if (token < q_len) {
         T* dst = o_base + (int64_t)token * out_sl + (lane & 3) * 2;
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt)
@@ -418,19 +423,24 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* 
 // ---------------------------------------------------------------- exported entry points
 //
 // Name: rf_attention_fwd_<dtype>_d<head_dim>_w<warps>m<row fragments>n<key tile>[q]
-// (q = Q fragments held in registers). Launch: grid (ceil(tokens / BM), heads, batch),
-// block NWARPS·32 threads, dynamic shared memory (BM + 2·BN)·D·2 bytes,
+// (q = Q fragments held in registers). Launch: grid (ceil(q_len / BM), heads, batch),
+// block NWARPS·32 threads, dynamic shared memory (BM + 2·BN·stages)·D·2 bytes,
 // BM = 16·warps·fragments, which must not exceed block_size; BN must divide block_size.
+// Arguments: q, k, v, o, offsets, indices (null, null: dense), q strides (batch, head, token),
+// k/v strides (batch, head, token), o strides (batch, head, token), heads, q_len, kv_len,
+// block_size, query_blocks = ceil(q_len / block_size), scale·log2(e). All strides in elements.
 
 #define RF_ATTENTION_ENTRY(NAME, T, D, NW, MF, BN, QREG, ST, MINB)                                   \
   extern "C" __global__ void __launch_bounds__(NW * 32, MINB)                                   \
       NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* offsets,                   \
-           const uint32_t* indices, int64_t in_sb, int64_t in_sh, int64_t in_sl, int64_t out_sb, \
-           int64_t out_sh, int64_t out_sl, int heads, int seq_len, int block_size,               \
-           int query_blocks, float scale_log2) {                                                 \
-    rf::attention_fwd<T, D, NW, MF, BN, QREG, ST>(q, k, v, o, offsets, indices, in_sb, in_sh, in_sl, \
-                                              out_sb, out_sh, out_sl, heads, seq_len,            \
-                                              block_size, query_blocks, scale_log2);             \
+           const uint32_t* indices, int64_t q_sb, int64_t q_sh, int64_t q_sl, int64_t kv_sb,     \
+           int64_t kv_sh, int64_t kv_sl, int64_t out_sb, int64_t out_sh, int64_t out_sl,         \
+           int heads, int q_len, int kv_len, int block_size, int query_blocks,                   \
+           float scale_log2) {                                                                   \
+    rf::attention_fwd<T, D, NW, MF, BN, QREG, ST>(q, k, v, o, offsets, indices, q_sb, q_sh, q_sl, \
+                                              kv_sb, kv_sh, kv_sl, out_sb, out_sh, out_sl, heads, \
+                                              q_len, kv_len, block_size, query_blocks,           \
+                                              scale_log2);                                       \
   }
 
 #define RF_ATTENTION_DTYPES(SUFFIX, D, NW, MF, BN, QREG, ST, MINB)                                 \
@@ -548,9 +558,10 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile_addr, const T* bas
 template <typename T>
 __device__ __forceinline__ void attention_fwd_wgmma(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices, int64_t in_sb,
-    int64_t in_sh, int64_t in_sl, int64_t out_sb, int64_t out_sh, int64_t out_sl, int heads,
-    int seq_len, int block_size, int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
+    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices, int64_t q_sb,
+    int64_t q_sh, int64_t q_sl, int64_t kv_sb, int64_t kv_sh, int64_t kv_sl, int64_t out_sb,
+    int64_t out_sh, int64_t out_sl, int heads, int q_len, int kv_len, int block_size,
+    int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
   constexpr int D = 128, BM = 128, BN = 64, NTHREADS = 256;
   constexpr int NT = BN / 8, DT = D / 8;
   constexpr uint32_t Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
@@ -564,17 +575,18 @@ __device__ __forceinline__ void attention_fwd_wgmma(
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int warpgroup = warp / 4;
   const int q_start = blockIdx.x * BM, head = blockIdx.y, batch = blockIdx.z;
-  const int64_t in_offset = batch * in_sb + head * in_sh;
-  const T* q_base = q + in_offset;
-  const T* k_base = k + in_offset;
-  const T* v_base = v + in_offset;
+  const T* q_base = q + batch * q_sb + head * q_sh;
+  const int64_t kv_offset = batch * kv_sb + head * kv_sh;
+  const T* k_base = k + kv_offset;
+  const T* v_base = v + kv_offset;
 
+  // Dense (no CSR): every key tile of 0..kv_len, consecutively.
   const bool dense = offsets == nullptr;
   const int row = (batch * heads + head) * query_blocks + q_start / block_size;
   const uint32_t row_begin = dense ? 0u : offsets[row];
-  const int kept_blocks = dense ? query_blocks : static_cast<int>(offsets[row + 1] - row_begin);
   const int tiles_per_block = block_size / BN;
-  const int n_tiles = kept_blocks * tiles_per_block;
+  const int n_tiles = dense ? (kv_len + BN - 1) / BN
+                            : static_cast<int>(offsets[row + 1] - row_begin) * tiles_per_block;
   const uint32_t* next_block = dense ? nullptr : indices + row_begin;
   int block_counter = 0, sub_tile = 0, block_start = 0;
   auto next_key_start = [&]() {
@@ -588,11 +600,11 @@ __device__ __forceinline__ void attention_fwd_wgmma(
   };
   auto load_kv = [&](int stage, int key_start) {
     const uint32_t k_addr = s_kv + stage * 2 * KV_BYTES;
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr, k_base, in_sl, key_start, seq_len, tid);
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr + KV_BYTES, v_base, in_sl, key_start, seq_len, tid);
+    load_tile_sw128<T, D, BN, NTHREADS>(k_addr, k_base, kv_sl, key_start, kv_len, tid);
+    load_tile_sw128<T, D, BN, NTHREADS>(k_addr + KV_BYTES, v_base, kv_sl, key_start, kv_len, tid);
   };
 
-  load_tile_sw128<T, D, BM, NTHREADS>(s_q, q_base, in_sl, q_start, seq_len, tid);
+  load_tile_sw128<T, D, BM, NTHREADS>(s_q, q_base, q_sl, q_start, q_len, tid);
   int key_start = n_tiles > 0 ? next_key_start() : 0;
   if (n_tiles > 0) load_kv(0, key_start);
   cp_async_commit();
@@ -632,13 +644,13 @@ __device__ __forceinline__ void attention_fwd_wgmma(
     wgmma_commit();
     wgmma_wait_all();
 
-    if (this_key_start + BN > seq_len) {
+    if (this_key_start + BN > kv_len) {
       const int col0 = this_key_start + (lane & 3) * 2;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          if (col0 + nt * 8 + (e & 1) >= seq_len) s[nt][e] = -INFINITY;
+          if (col0 + nt * 8 + (e & 1) >= kv_len) s[nt][e] = -INFINITY;
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -695,7 +707,7 @@ __device__ __forceinline__ void attention_fwd_wgmma(
     l += __shfl_xor_sync(0xffffffff, l, 2);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int token = q_start + warp * 16 + (lane >> 2) + r * 8;
-    if (token < seq_len) {
+    if (token < q_len) {
       T* dst = o_base + (int64_t)token * out_sl + (lane & 3) * 2;
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt)
@@ -711,9 +723,10 @@ __device__ __forceinline__ void attention_fwd_wgmma(
 template <typename T>
 __device__ __forceinline__ void attention_fwd_wgmma_pipelined(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices, int64_t in_sb,
-    int64_t in_sh, int64_t in_sl, int64_t out_sb, int64_t out_sh, int64_t out_sl, int heads,
-    int seq_len, int block_size, int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
+    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices, int64_t q_sb,
+    int64_t q_sh, int64_t q_sl, int64_t kv_sb, int64_t kv_sh, int64_t kv_sl, int64_t out_sb,
+    int64_t out_sh, int64_t out_sl, int heads, int q_len, int kv_len, int block_size,
+    int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
   constexpr int D = 128, BM = 128, BN = 64, NTHREADS = 256, STAGES = 3;
   constexpr int NT = BN / 8, DT = D / 8;
   constexpr uint32_t Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
@@ -726,17 +739,18 @@ __device__ __forceinline__ void attention_fwd_wgmma_pipelined(
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int warpgroup = warp / 4;
   const int q_start = blockIdx.x * BM, head = blockIdx.y, batch = blockIdx.z;
-  const int64_t in_offset = batch * in_sb + head * in_sh;
-  const T* q_base = q + in_offset;
-  const T* k_base = k + in_offset;
-  const T* v_base = v + in_offset;
+  const T* q_base = q + batch * q_sb + head * q_sh;
+  const int64_t kv_offset = batch * kv_sb + head * kv_sh;
+  const T* k_base = k + kv_offset;
+  const T* v_base = v + kv_offset;
 
+  // Dense (no CSR): every key tile of 0..kv_len, consecutively.
   const bool dense = offsets == nullptr;
   const int row = (batch * heads + head) * query_blocks + q_start / block_size;
   const uint32_t row_begin = dense ? 0u : offsets[row];
-  const int kept_blocks = dense ? query_blocks : static_cast<int>(offsets[row + 1] - row_begin);
   const int tiles_per_block = block_size / BN;
-  const int n_tiles = kept_blocks * tiles_per_block;
+  const int n_tiles = dense ? (kv_len + BN - 1) / BN
+                            : static_cast<int>(offsets[row + 1] - row_begin) * tiles_per_block;
   const uint32_t* next_block = dense ? nullptr : indices + row_begin;
   int block_counter = 0, sub_tile = 0, block_start = 0;
   auto next_key_start = [&]() {
@@ -750,8 +764,8 @@ __device__ __forceinline__ void attention_fwd_wgmma_pipelined(
   };
   auto load_kv = [&](int stage, int key_start) {
     const uint32_t k_addr = s_kv + stage * 2 * KV_BYTES;
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr, k_base, in_sl, key_start, seq_len, tid);
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr + KV_BYTES, v_base, in_sl, key_start, seq_len, tid);
+    load_tile_sw128<T, D, BN, NTHREADS>(k_addr, k_base, kv_sl, key_start, kv_len, tid);
+    load_tile_sw128<T, D, BN, NTHREADS>(k_addr + KV_BYTES, v_base, kv_sl, key_start, kv_len, tid);
   };
   auto issue_scores = [&](float* scores, int stage) {
     const uint32_t s_k = s_kv + stage * 2 * KV_BYTES;
@@ -766,7 +780,7 @@ __device__ __forceinline__ void attention_fwd_wgmma_pipelined(
 
   // Key starts of the tiles in flight: [0] = tile j, [1] = tile j+1, [2] = tile j+2.
   int tile_start[3] = {0, 0, 0};
-  load_tile_sw128<T, D, BM, NTHREADS>(s_q, q_base, in_sl, q_start, seq_len, tid);
+  load_tile_sw128<T, D, BM, NTHREADS>(s_q, q_base, q_sl, q_start, q_len, tid);
   if (n_tiles > 0) {
     tile_start[0] = next_key_start();
     load_kv(0, tile_start[0]);
@@ -815,13 +829,13 @@ __device__ __forceinline__ void attention_fwd_wgmma_pipelined(
     }
 
     const int this_key_start = tile_start[0];
-    if (this_key_start + BN > seq_len) {
+    if (this_key_start + BN > kv_len) {
       const int col0 = this_key_start + (lane & 3) * 2;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          if (col0 + nt * 8 + (e & 1) >= seq_len) s_cur[nt][e] = -INFINITY;
+          if (col0 + nt * 8 + (e & 1) >= kv_len) s_cur[nt][e] = -INFINITY;
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -880,7 +894,7 @@ __device__ __forceinline__ void attention_fwd_wgmma_pipelined(
     l += __shfl_xor_sync(0xffffffff, l, 2);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int token = q_start + warp * 16 + (lane >> 2) + r * 8;
-    if (token < seq_len) {
+    if (token < q_len) {
       T* dst = o_base + (int64_t)token * out_sl + (lane & 3) * 2;
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt)
@@ -898,12 +912,13 @@ __device__ __forceinline__ void attention_fwd_wgmma_pipelined(
 #define RF_ATTENTION_WGMMA_ENTRY(NAME, T, MINB, IMPL)                                                    \
   extern "C" __global__ void __launch_bounds__(256, MINB)                                          \
       NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* offsets,                      \
-           const uint32_t* indices, int64_t in_sb, int64_t in_sh, int64_t in_sl, int64_t out_sb,    \
-           int64_t out_sh, int64_t out_sl, int heads, int seq_len, int block_size,                  \
-           int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {                   \
-    rf::hopper::IMPL<T>(q, k, v, o, offsets, indices, in_sb, in_sh, in_sl, out_sb,                 \
-                                       out_sh, out_sl, heads, seq_len, block_size, query_blocks,   \
-                                       scale_log2, v_lbo, v_sbo);                                  \
+           const uint32_t* indices, int64_t q_sb, int64_t q_sh, int64_t q_sl, int64_t kv_sb,        \
+           int64_t kv_sh, int64_t kv_sl, int64_t out_sb, int64_t out_sh, int64_t out_sl,            \
+           int heads, int q_len, int kv_len, int block_size, int query_blocks, float scale_log2,    \
+           uint32_t v_lbo, uint32_t v_sbo) {                                                       \
+    rf::hopper::IMPL<T>(q, k, v, o, offsets, indices, q_sb, q_sh, q_sl, kv_sb, kv_sh, kv_sl,       \
+                        out_sb, out_sh, out_sl, heads, q_len, kv_len, block_size, query_blocks,    \
+                        scale_log2, v_lbo, v_sbo);                                                 \
   }
 // Library kernel: two CTAs per SM (registers capped at 128, 8 bytes of spill outside the loop),
 // so four warpgroups interleave their softmax with each other's wgmma (NOTES.md v4: +15 %).

@@ -4,12 +4,65 @@
 //! Run on a GPU machine: `cargo test --release -p rainfusion --features cuda --test cuda_kernels`.
 #![cfg(feature = "cuda")]
 
+use std::sync::{Mutex, MutexGuard};
+
 use candle_core::{DType, Device, Tensor};
+use rainfusion::cuda::OutputLayout;
 use rainfusion::{cuda, dense_attention, BlockMask};
 use rand::{Rng, SeedableRng};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA device")
+}
+
+/// Tests run on parallel threads, and [`cuda::NO_WGMMA_ENV`] switches the kernel for the whole
+/// process: a test that sets it, or that expects two calls to run the same kernel (bit-equal
+/// results), holds this lock.
+static KERNEL_CHOICE: Mutex<()> = Mutex::new(());
+
+fn same_kernel() -> MutexGuard<'static, ()> {
+    KERNEL_CHOICE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `[B, L, H, D]` memory of random values viewed as `[B, H, L, D]` on `dev` in `dtype` (how a
+/// transformer's projections produce q, k, v), and the same values as a contiguous f32
+/// `[B, H, L, D]` on the CPU, rounded to `dtype` (the reference's input).
+fn blhd_view(
+    dev: &Device,
+    (b, h, l, d): (usize, usize, usize, usize),
+    dtype: DType,
+    seed: u64,
+) -> (Tensor, Tensor) {
+    let host = random((b, l, h, d), seed).to_dtype(dtype).unwrap();
+    let view = host.to_device(dev).unwrap().transpose(1, 2).unwrap();
+    let reference = host
+        .to_dtype(DType::F32)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    (view, reference)
+}
+
+/// Every element of `a` equals the one of `b` (same shape; compared through f32, which holds
+/// every bf16/f16 value exactly; a NaN anywhere fails).
+fn assert_bit_equal(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let flat = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (flat(a), flat(b));
+    let first_diff = a.iter().zip(&b).position(|(x, y)| x != y);
+    assert!(
+        first_diff.is_none(),
+        "{what}: first difference at element {first_diff:?}"
+    );
 }
 
 fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
@@ -146,6 +199,7 @@ fn dense_flash_attention_matches_cpu_reference() {
 
 #[test]
 fn strided_inputs_are_read_in_place_and_agree_with_contiguous() {
+    let _lock = same_kernel();
     let dev = gpu();
     // [B, L, H, D] memory viewed as [B, H, L, D], as a transformer produces q, k, v.
     let mk = |seed| {
@@ -198,6 +252,7 @@ fn block_sparse_attention_matches_cpu_reference() {
 /// agree with it (both within rounding of the reference; bit equality is not expected).
 #[test]
 fn hopper_and_portable_kernels_agree() {
+    let _lock = same_kernel();
     let dev = gpu();
     let up = |seed| {
         random((2, 3, 1000, 128), seed)
@@ -222,8 +277,163 @@ fn hopper_and_portable_kernels_agree() {
     assert!(err < 1e-2, "dense wgmma vs mma.sync: {err}");
 }
 
+/// Cross-attention (video queries over text keys): q a `[B, L, H, D]` view with ragged Lq, k/v
+/// views of `[B, Lk, H, D]` memory with Lk not a multiple of any tile, against the CPU reference;
+/// the `[B, L, H, D]` output is the `[B, H, L, D]` one transposed, bit for bit.
+#[test]
+fn cross_attention_matches_cpu_reference() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    let (b, h) = (1, 2);
+    for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 5e-3)] {
+        for d in [64, 128] {
+            for (lq, lk) in [(1000, 512), (777, 77), (1000, 300), (777, 512), (1000, 77)] {
+                let seed = (lq * 1000 + lk + d) as u64;
+                let (q, q_ref) = blhd_view(&dev, (b, h, lq, d), dtype, seed);
+                let (k, k_ref) = blhd_view(&dev, (b, h, lk, d), dtype, seed + 1);
+                let (v, v_ref) = blhd_view(&dev, (b, h, lk, d), dtype, seed + 2);
+                assert!(!q.is_contiguous() && !k.is_contiguous());
+                let scale = 1.0 / (d as f64).sqrt();
+                let want = dense_attention(&q_ref, &k_ref, &v_ref, scale).unwrap();
+                let what = format!("{dtype:?} d{d} Lq{lq} Lk{lk}");
+                let got = cuda::cross_attention(&q, &k, &v, scale, OutputLayout::Bhld).unwrap();
+                assert_eq!(got.dims4().unwrap(), (b, h, lq, d), "{what}");
+                assert_eq!(got.dtype(), dtype);
+                let err = rel_err(&got, &want);
+                assert!(err < tol, "{what}: rel err {err}");
+                let blhd = cuda::cross_attention(&q, &k, &v, scale, OutputLayout::Blhd).unwrap();
+                assert_eq!(blhd.dims4().unwrap(), (b, lq, h, d), "{what}");
+                assert_bit_equal(&blhd, &got.transpose(1, 2).unwrap(), &what);
+            }
+        }
+    }
+}
+
+/// k and v of different memory layouts are copied to one; a contiguous q with strided k/v and
+/// batch 2 give the same result as all-contiguous inputs.
+#[test]
+fn cross_attention_mixed_layouts_agree_with_contiguous() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    let (b, h, lq, lk, d) = (2, 3, 300, 100, 128);
+    let (q, _) = blhd_view(&dev, (b, h, lq, d), DType::BF16, 40);
+    let (k, _) = blhd_view(&dev, (b, h, lk, d), DType::BF16, 41);
+    let (v, _) = blhd_view(&dev, (b, h, lk, d), DType::BF16, 42);
+    let reference = cuda::cross_attention(
+        &q.contiguous().unwrap(),
+        &k.contiguous().unwrap(),
+        &v.contiguous().unwrap(),
+        0.09,
+        OutputLayout::Bhld,
+    )
+    .unwrap();
+    let q_contiguous = q.contiguous().unwrap();
+    let v_contiguous = v.contiguous().unwrap(); // strides now differ from k's
+    for (name, q, v) in [
+        ("contiguous q, strided k/v", &q_contiguous, &v),
+        ("strided q, k/v of different strides", &q, &v_contiguous),
+    ] {
+        let got = cuda::cross_attention(q, &k, v, 0.09, OutputLayout::Bhld).unwrap();
+        assert_bit_equal(&got, &reference, name);
+    }
+}
+
+/// With Lk == Lq, cross_attention is the dense self-attention kernel.
+#[test]
+fn cross_attention_with_equal_lengths_is_flash_attention() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    let (q, _) = blhd_view(&dev, (1, 2, 333, 64), DType::F16, 43);
+    let (k, _) = blhd_view(&dev, (1, 2, 333, 64), DType::F16, 44);
+    let (v, _) = blhd_view(&dev, (1, 2, 333, 64), DType::F16, 45);
+    let a = cuda::cross_attention(&q, &k, &v, 0.125, OutputLayout::Blhd).unwrap();
+    let b = cuda::flash_attention_with_layout(&q, &k, &v, 0.125, OutputLayout::Blhd).unwrap();
+    assert_bit_equal(&a, &b, "cross vs flash, Lk == Lq");
+}
+
+/// The `[B, L, H, D]` output of dense, block-sparse (host and device mask) attention is the
+/// `[B, H, L, D]` output transposed, bit for bit, for both head dims and both mask block sizes.
+#[test]
+fn blhd_output_is_the_bhld_output_transposed() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    for (bs, d, l) in [
+        (128usize, 128usize, 700usize),
+        (64, 128, 300),
+        (128, 64, 333),
+        (64, 64, 200),
+    ] {
+        let (b, h) = (2, 3);
+        let (q, _) = blhd_view(&dev, (b, h, l, d), DType::BF16, 30);
+        let (k, _) = blhd_view(&dev, (b, h, l, d), DType::BF16, 31);
+        let (v, _) = blhd_view(&dev, (b, h, l, d), DType::BF16, 32);
+        let blocks = l.div_ceil(bs);
+        let mask = random_mask(b, h, bs, blocks, blocks / 2, 33);
+        let what = |kind: &str| format!("{kind} block {bs} d{d} L{l}");
+        let check = |kind: &str, bhld: Tensor, blhd: Tensor| {
+            assert_eq!(bhld.dims4().unwrap(), (b, h, l, d), "{}", what(kind));
+            assert_eq!(blhd.dims4().unwrap(), (b, l, h, d), "{}", what(kind));
+            assert!(blhd.is_contiguous());
+            assert_bit_equal(&blhd, &bhld.transpose(1, 2).unwrap(), &what(kind));
+        };
+        check(
+            "dense",
+            cuda::flash_attention(&q, &k, &v, 0.1).unwrap(),
+            cuda::flash_attention_with_layout(&q, &k, &v, 0.1, OutputLayout::Blhd).unwrap(),
+        );
+        check(
+            "sparse, host mask",
+            cuda::block_sparse_attention(&q, &k, &v, &mask, 0.1).unwrap(),
+            cuda::block_sparse_attention_with_layout(&q, &k, &v, &mask, 0.1, OutputLayout::Blhd)
+                .unwrap(),
+        );
+        let device_mask = cuda::predict_block_mask(&q, &k, bs, 0.5, 0).unwrap();
+        check(
+            "sparse, device mask",
+            cuda::block_sparse_attention_device(&q, &k, &v, &device_mask, 0.1).unwrap(),
+            cuda::block_sparse_attention_device_with_layout(
+                &q,
+                &k,
+                &v,
+                &device_mask,
+                0.1,
+                OutputLayout::Blhd,
+            )
+            .unwrap(),
+        );
+    }
+}
+
+/// On Hopper, cross-attention at head_dim 128 runs the wgmma kernel; the portable kernel must
+/// agree with it, and both with the CPU reference, for key lengths below, at and above one
+/// 64-key tile boundary.
+#[test]
+fn hopper_and_portable_kernels_agree_for_cross_attention() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    for lk in [77, 512, 1] {
+        let (q, q_ref) = blhd_view(&dev, (2, 2, 1000, 128), DType::BF16, 50 + lk as u64);
+        let (k, k_ref) = blhd_view(&dev, (2, 2, lk, 128), DType::BF16, 60 + lk as u64);
+        let (v, v_ref) = blhd_view(&dev, (2, 2, lk, 128), DType::BF16, 70 + lk as u64);
+        let want = dense_attention(&q_ref, &k_ref, &v_ref, 0.088).unwrap();
+        let default_path = cuda::cross_attention(&q, &k, &v, 0.088, OutputLayout::Blhd).unwrap();
+        std::env::set_var(cuda::NO_WGMMA_ENV, "1");
+        let portable = cuda::cross_attention(&q, &k, &v, 0.088, OutputLayout::Blhd);
+        std::env::remove_var(cuda::NO_WGMMA_ENV);
+        let portable = portable.unwrap();
+        let err = rel_err(&default_path, &portable);
+        assert!(err < 1e-2, "Lk {lk}: wgmma vs mma.sync: {err}");
+        let want = want.transpose(1, 2).unwrap();
+        let err = rel_err(&default_path, &want);
+        assert!(err < 2e-2, "Lk {lk}: default kernel vs CPU: {err}");
+        let err = rel_err(&portable, &want);
+        assert!(err < 2e-2, "Lk {lk}: mma.sync kernel vs CPU: {err}");
+    }
+}
+
 #[test]
 fn dense_mask_equals_no_mask() {
+    let _lock = same_kernel();
     let dev = gpu();
     let up = |seed| {
         random((1, 2, 500, 128), seed)
@@ -326,6 +536,7 @@ fn device_mask_prediction_follows_the_selection_rule() {
 
 #[test]
 fn device_mask_drives_attention_like_its_host_copy() {
+    let _lock = same_kernel();
     let dev = gpu();
     let up = |seed| {
         random((1, 2, 1000, 128), seed)
@@ -376,6 +587,42 @@ fn unsupported_inputs_are_errors_not_panics() {
         cuda::flash_attention(&cpu, &cpu, &cpu, 1.0).is_err(),
         "CPU tensors"
     );
+    let text = random((1, 2, 77, 64), 24)
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_device(&dev)
+        .unwrap();
+    assert!(
+        cuda::flash_attention(&ok, &text, &text, 1.0).is_err(),
+        "flash_attention is self-attention: Lk must equal Lq"
+    );
+    assert!(
+        cuda::block_sparse_attention(&ok, &text, &text, &BlockMask::dense(1, 2, 128, 2, 2), 1.0)
+            .is_err(),
+        "block-sparse attention with Lk != Lq"
+    );
+    assert!(
+        cuda::cross_attention(&ok, &text, &ok, 1.0, OutputLayout::Bhld).is_err(),
+        "k and v of different lengths"
+    );
+    let three_heads = random((1, 3, 77, 64), 25)
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_device(&dev)
+        .unwrap();
+    assert!(
+        cuda::cross_attention(&ok, &three_heads, &three_heads, 1.0, OutputLayout::Bhld).is_err(),
+        "k/v with other heads than q"
+    );
+    let no_keys = text.narrow(2, 0, 0).unwrap();
+    assert!(
+        cuda::cross_attention(&ok, &no_keys, &no_keys, 1.0, OutputLayout::Bhld).is_err(),
+        "zero keys"
+    );
+    assert!(
+        cuda::cross_attention(&ok, &text, &text, 1.0, OutputLayout::Bhld).is_ok(),
+        "the same q with matching 77-token k/v runs"
+    );
 }
 
 /// Timings through candle at one Wan2.1-1.3B self-attention (480p × 81 frames): run with
@@ -383,6 +630,7 @@ fn unsupported_inputs_are_errors_not_panics() {
 #[test]
 #[ignore]
 fn bench_full_size_through_candle() {
+    let _lock = same_kernel();
     let dev = gpu();
     let (b, h, l, d) = (1, 12, 32_760, 128);
     // Fresh random values per tensor (the device generator advances on every call).
@@ -472,4 +720,38 @@ fn bench_full_size_through_candle() {
             cuda::flash_attention(&qs, &ks, &vs, scale).unwrap();
         },
     );
+    time(
+        "flash_attention dense, [B,L,H,D] in and out",
+        dense_flops,
+        &mut || {
+            cuda::flash_attention_with_layout(&qs, &ks, &vs, scale, OutputLayout::Blhd).unwrap();
+        },
+    );
+    // Cross-attention over 512 text tokens, q/k/v views of [B, L, H, D] memory, [B, L, H, D] out.
+    let text = |_seed: u64| {
+        Tensor::randn(0f32, 1.0, (b, 512, h, d), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+    };
+    let (kt, vt) = (text(4), text(5));
+    let cross_flops = 4.0 * (l * 512 * d * h * b) as f64;
+    time(
+        "cross_attention Lk 512, [B,L,H,D] out",
+        cross_flops,
+        &mut || {
+            cuda::cross_attention(&qs, &kt, &vt, scale, OutputLayout::Blhd).unwrap();
+        },
+    );
+    std::env::set_var(cuda::NO_WGMMA_ENV, "1");
+    time(
+        "cross_attention Lk 512, mma.sync kernel",
+        cross_flops,
+        &mut || {
+            cuda::cross_attention(&qs, &kt, &vt, scale, OutputLayout::Blhd).unwrap();
+        },
+    );
+    std::env::remove_var(cuda::NO_WGMMA_ENV);
 }

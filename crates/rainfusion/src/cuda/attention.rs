@@ -10,19 +10,86 @@ use super::mask::DeviceBlockMask;
 use super::module::{self, ATTENTION};
 use crate::{BlockMask, Error, Result};
 
+/// Memory order of the attention output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputLayout {
+    /// `[B, H, L, D]` contiguous: what [`flash_attention`] and the other functions without a
+    /// layout argument return.
+    #[default]
+    Bhld,
+    /// `[B, L, H, D]` contiguous (the returned tensor has that shape): a transformer reshapes
+    /// it to `[B, L, H·D]` for the output projection with no copy.
+    Blhd,
+}
+
+impl OutputLayout {
+    /// Shape of the returned tensor for `(batch, heads, query tokens, head_dim)`.
+    fn shape(self, b: usize, h: usize, l: usize, d: usize) -> Shape {
+        match self {
+            OutputLayout::Bhld => Shape::from((b, h, l, d)),
+            OutputLayout::Blhd => Shape::from((b, l, h, d)),
+        }
+    }
+
+    /// Element strides (batch, head, token) of the `[B, H, L, D]` view the kernel writes.
+    fn strides(self, h: usize, l: usize, d: usize) -> (i64, i64, i64) {
+        let (h, l, d) = (h as i64, l as i64, d as i64);
+        match self {
+            OutputLayout::Bhld => (h * l * d, l * d, d),
+            OutputLayout::Blhd => (l * h * d, d, h * d),
+        }
+    }
+}
+
 /// Dense softmax attention, `softmax(q·kᵀ·scale)·v`, in one fused kernel.
 ///
 /// q, k, v: `[B, H, L, D]` on a CUDA device, bf16 or f16, head_dim 64 or 128 → `[B, H, L, D]`
 /// contiguous, same dtype. Any layout whose last dimension is contiguous is read in place
 /// (e.g. `[B, L, H, D]` memory transposed to `[B, H, L, D]`); others are copied first.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, _, l, _) = check_inputs(q, k, v)?;
+    flash_attention_with_layout(q, k, v, scale, OutputLayout::Bhld)
+}
+
+/// [`flash_attention`] writing its output in `layout`: q, k, v `[B, H, L, D]` →
+/// `[B, H, L, D]` ([`OutputLayout::Bhld`]) or `[B, L, H, D]` ([`OutputLayout::Blhd`]).
+pub fn flash_attention_with_layout(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    layout: OutputLayout,
+) -> Result<Tensor> {
+    check_inputs(q, k, v)?;
+    dense(q, k, v, scale, layout)
+}
+
+/// Dense attention of `Lq` queries over `Lk` keys (cross-attention: video tokens attending to
+/// text tokens), no mask.
+///
+/// q: `[B, H, Lq, D]`; k, v: `[B, H, Lk, D]`; any `Lq, Lk ≥ 1` (neither needs to be a multiple
+/// of a tile); CUDA, bf16 or f16, head_dim 64 or 128 → `[B, H, Lq, D]`
+/// ([`OutputLayout::Bhld`]) or `[B, Lq, H, D]` ([`OutputLayout::Blhd`]), contiguous. q is read
+/// in place with its own strides, k and v in place when they share one set of strides (e.g.
+/// views of `[B, Lq, H, D]` and `[B, Lk, H, D]` memory); otherwise they are copied first.
+pub fn cross_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    layout: OutputLayout,
+) -> Result<Tensor> {
+    check_cross_inputs(q, k, v)?;
+    dense(q, k, v, scale, layout)
+}
+
+/// The dense kernel (no CSR) on checked inputs.
+fn dense(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, layout: OutputLayout) -> Result<Tensor> {
     let (q, k, v) = kernel_layout(q, k, v)?;
     let op = AttentionOp {
         scale: scale as f32,
         block_size: 128,
         csr: None,
-        tokens: l,
+        layout,
     };
     Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
 }
@@ -37,8 +104,21 @@ pub fn block_sparse_attention(
     mask: &BlockMask,
     scale: f64,
 ) -> Result<Tensor> {
+    block_sparse_attention_with_layout(q, k, v, mask, scale, OutputLayout::Bhld)
+}
+
+/// [`block_sparse_attention`] writing its output in `layout`: q, k, v `[B, H, L, D]` →
+/// `[B, H, L, D]` or `[B, L, H, D]`.
+pub fn block_sparse_attention_with_layout(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    scale: f64,
+    layout: OutputLayout,
+) -> Result<Tensor> {
     let device_mask = DeviceBlockMask::upload(mask, q.device())?;
-    block_sparse_attention_device(q, k, v, &device_mask, scale)
+    block_sparse_attention_device_with_layout(q, k, v, &device_mask, scale, layout)
 }
 
 /// Block-sparse attention over a mask that already lives on the device.
@@ -48,6 +128,19 @@ pub fn block_sparse_attention_device(
     v: &Tensor,
     mask: &DeviceBlockMask,
     scale: f64,
+) -> Result<Tensor> {
+    block_sparse_attention_device_with_layout(q, k, v, mask, scale, OutputLayout::Bhld)
+}
+
+/// [`block_sparse_attention_device`] writing its output in `layout`: q, k, v `[B, H, L, D]` →
+/// `[B, H, L, D]` or `[B, L, H, D]`.
+pub fn block_sparse_attention_device_with_layout(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &DeviceBlockMask,
+    scale: f64,
+    layout: OutputLayout,
 ) -> Result<Tensor> {
     let (b, h, l, _) = check_inputs(q, k, v)?;
     let blocks = l.div_ceil(mask.block_size.max(1));
@@ -64,7 +157,7 @@ pub fn block_sparse_attention_device(
         scale: scale as f32,
         block_size: mask.block_size,
         csr: Some((mask.offsets.contiguous()?, mask.indices.contiguous()?)),
-        tokens: l,
+        layout,
     };
     Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
 }
@@ -79,15 +172,38 @@ pub fn is_supported(q: &Tensor, block_size: usize) -> bool {
             .is_ok_and(|(_, _, _, d)| variant(d, block_size).is_ok())
 }
 
-/// `[B, H, L, D]` of q, after checking that k and v match and the kernel supports the case.
+/// `[B, H, L, D]` of q, after checking that k and v have q's shape (self-attention) and the
+/// kernel supports the case.
 fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let dims = check_cross_inputs(q, k, v)?;
+    if k.dims4()? != dims {
+        return Err(shape_mismatch(q, k, v));
+    }
+    Ok(dims)
+}
+
+fn shape_mismatch(q: &Tensor, k: &Tensor, v: &Tensor) -> Error {
+    Error::ShapeMismatch {
+        q: q.shape().clone(),
+        k: k.shape().clone(),
+        v: v.shape().clone(),
+    }
+}
+
+/// `[B, H, Lq, D]` of q, after checking that k and v are `[B, H, Lk, D]` with `Lk ≥ 1` and the
+/// kernel supports the case.
+fn check_cross_inputs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize, usize)> {
     let dims = q.dims4()?;
-    if k.dims4()? != dims || v.dims4()? != dims {
-        return Err(Error::ShapeMismatch {
-            q: q.shape().clone(),
-            k: k.shape().clone(),
-            v: v.shape().clone(),
-        });
+    let kv_dims = k.dims4()?;
+    let (b, h, _, d) = dims;
+    let (bk, hk, lk, dk) = kv_dims;
+    if (bk, hk, dk) != (b, h, d) || v.dims4()? != kv_dims {
+        return Err(shape_mismatch(q, k, v));
+    }
+    if lk == 0 {
+        return Err(Error::InvalidConfig(
+            "attention over zero keys is undefined (k and v have no tokens)".into(),
+        ));
     }
     if !q.device().is_cuda()
         || !q.device().same_device(k.device())
@@ -106,18 +222,18 @@ fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usi
             v.dtype()
         )));
     }
-    if dims.2 > i32::MAX as usize || dims.1 > 65_535 || dims.0 > 65_535 {
+    if dims.2 > i32::MAX as usize || lk > i32::MAX as usize || h > 65_535 || b > 65_535 {
         return Err(Error::InvalidConfig(format!(
-            "attention shape {dims:?} is too large for the kernel grid"
+            "attention shapes q {dims:?}, k/v {kv_dims:?} are too large for the kernel grid"
         )));
     }
     variant(dims.3, 128)?;
     Ok(dims)
 }
 
-/// The layout the kernel reads in place: last dimension contiguous, q, k and v with equal
-/// strides, every stride and start a multiple of 8 elements (16-byte copies). Anything else is
-/// made contiguous.
+/// The layout the kernel reads in place: last dimension contiguous, every stride and start a
+/// multiple of 8 elements (16-byte copies), k and v with equal strides (q may differ). A q that
+/// does not qualify is made contiguous; so are k and v together when either does not.
 fn kernel_layout(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let aligned = |t: &Tensor| {
         let layout = t.layout();
@@ -126,11 +242,15 @@ fn kernel_layout(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, 
             && stride[..3].iter().all(|s| s.is_multiple_of(8))
             && layout.start_offset().is_multiple_of(8)
     };
-    let same = q.stride() == k.stride() && q.stride() == v.stride();
-    if aligned(q) && aligned(k) && aligned(v) && same {
-        Ok((q.clone(), k.clone(), v.clone()))
+    let q = if aligned(q) {
+        q.clone()
     } else {
-        Ok((q.contiguous()?, k.contiguous()?, v.contiguous()?))
+        q.contiguous()?
+    };
+    if aligned(k) && aligned(v) && k.stride() == v.stride() {
+        Ok((q, k.clone(), v.clone()))
+    } else {
+        Ok((q, k.contiguous()?, v.contiguous()?))
     }
 }
 
@@ -181,9 +301,10 @@ struct AttentionOp {
     scale: f32,
     /// Tokens per mask block (128 for dense).
     block_size: usize,
-    /// `(offsets, indices)` u32 on the device; `None` = dense.
+    /// `(offsets, indices)` u32 on the device; `None` = dense (any key length).
     csr: Option<(Tensor, Tensor)>,
-    tokens: usize,
+    /// Memory order of the output.
+    layout: OutputLayout,
 }
 
 impl CustomOp3 for AttentionOp {
@@ -236,8 +357,14 @@ impl AttentionOp {
         T: candle_core::cuda_backend::CudaDType
             + candle_core::cuda_backend::cudarc::driver::DeviceRepr,
     {
+        // q: [B, H, Lq, D]; k, v: [B, H, Lk, D] (Lk == Lq with a CSR), checked by the callers.
         let (b, h, l, d) = q_layout.shape().dims4()?;
-        debug_assert_eq!(l, self.tokens);
+        let (_, _, lk, _) = k_layout.shape().dims4()?;
+        if k_layout.stride() != v_layout.stride() || (self.csr.is_some() && lk != l) {
+            candle_core::bail!(
+                "rainfusion attention: k and v need equal strides (and Lk == Lq with a mask)"
+            )
+        }
         let dev = q.device().clone();
         let major =
             module::compute_major(&dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -266,14 +393,20 @@ impl AttentionOp {
         let q_slice = q.as_cuda_slice::<T>()?.slice(q_layout.start_offset()..);
         let k_slice = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
         let v_slice = v.as_cuda_slice::<T>()?.slice(v_layout.start_offset()..);
-        // SAFETY: every element of the output is written by the kernel (all rows < L, all of D).
+        // SAFETY: every element of the output is written by the kernel (all rows < Lq, all of D,
+        // every head and batch, through the strides of either layout).
         let out = unsafe { dev.alloc::<T>(b * h * l * d)? };
 
-        let in_stride: Vec<i64> = q_layout.stride().iter().map(|&s| s as i64).collect();
-        let (in_sb, in_sh, in_sl) = (in_stride[0], in_stride[1], in_stride[2]);
-        let (out_sb, out_sh, out_sl) = ((h * l * d) as i64, (l * d) as i64, d as i64);
+        let strides = |layout: &Layout| {
+            let s = layout.stride();
+            (s[0] as i64, s[1] as i64, s[2] as i64)
+        };
+        let (q_sb, q_sh, q_sl) = strides(q_layout);
+        let (kv_sb, kv_sh, kv_sl) = strides(k_layout);
+        let (out_sb, out_sh, out_sl) = self.layout.strides(h, l, d);
         let heads = h as i32;
-        let seq_len = l as i32;
+        let q_len = l as i32;
+        let kv_len = lk as i32;
         let block_size = self.block_size as i32;
         let query_blocks = l.div_ceil(self.block_size) as i32;
         let scale_log2 = self.scale * std::f32::consts::LOG2_E;
@@ -310,14 +443,18 @@ impl AttentionOp {
             }
         }
         builder
-            .arg(&in_sb)
-            .arg(&in_sh)
-            .arg(&in_sl)
+            .arg(&q_sb)
+            .arg(&q_sh)
+            .arg(&q_sl)
+            .arg(&kv_sb)
+            .arg(&kv_sh)
+            .arg(&kv_sl)
             .arg(&out_sb)
             .arg(&out_sh)
             .arg(&out_sl)
             .arg(&heads)
-            .arg(&seq_len)
+            .arg(&q_len)
+            .arg(&kv_len)
             .arg(&block_size)
             .arg(&query_blocks)
             .arg(&scale_log2);
@@ -335,7 +472,7 @@ impl AttentionOp {
         unsafe { builder.launch(cfg) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
-            Shape::from((b, h, l, d)),
+            self.layout.shape(b, h, l, d),
         ))
     }
 }

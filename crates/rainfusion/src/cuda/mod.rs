@@ -6,7 +6,10 @@
 //! candle tensors on a CUDA device and runs on candle's stream.
 //!
 //! - [`flash_attention`]: dense softmax attention, no mask, bf16/f16, head_dim 64 or 128.
+//! - [`cross_attention`]: dense attention of `Lq` queries over `Lk` keys of any length.
 //! - [`block_sparse_attention`]: the same kernel over a host [`BlockMask`](crate::BlockMask).
+//! - `*_with_layout` and [`cross_attention`] take an [`OutputLayout`]: `[B, H, L, D]`, or
+//!   `[B, L, H, D]` ready to reshape to `[B, L, H·D]` without a copy.
 //! - [`DeviceBlockMask`] + [`predict_block_mask`]: the mask built on the GPU (pooling, block
 //!   scores, top-k, CSR) with no host round trip, consumed by
 //!   [`block_sparse_attention_device`].
@@ -19,7 +22,8 @@ mod mask;
 mod module;
 
 pub use attention::{
-    block_sparse_attention, block_sparse_attention_device, flash_attention, is_supported,
-    NO_WGMMA_ENV,
+    block_sparse_attention, block_sparse_attention_device,
+    block_sparse_attention_device_with_layout, block_sparse_attention_with_layout, cross_attention,
+    flash_attention, flash_attention_with_layout, is_supported, OutputLayout, NO_WGMMA_ENV,
 };
 pub use mask::{block_means, predict_block_mask, DeviceBlockMask};
