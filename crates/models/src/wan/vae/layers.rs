@@ -4,7 +4,7 @@
 //! Video tensors inside the decoder are frames-major, `[B, T, C, H, W]`, so that every per-frame
 //! operation is a free reshape to `[B·T, C, H, W]` for candle's conv2d.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
@@ -66,18 +66,26 @@ impl SlotCounter {
     }
 }
 
+/// Whether this build sends `device`'s convs to cuDNN (feature `cudnn`, CUDA device). cuDNN
+/// convolves without an im2col buffer and accumulates half-precision inputs in f32, so there the
+/// decoder needs neither frame grouping nor a per-tap f32 sum.
+fn convs_through_cudnn(device: &Device) -> bool {
+    cfg!(feature = "cudnn") && device.is_cuda()
+}
+
 /// Batches of frames for one conv2d call are limited so that an im2col buffer (used by candle's
-/// CUDA and Metal convs) stays below about this many elements.
+/// CUDA and Metal convs without cuDNN) stays below about this many elements.
 const IM2COL_BUDGET: usize = 1 << 27;
 
 /// conv2d over `[N, C, H, W]` in groups of frames, so that the im2col buffer stays bounded at
-/// video sizes. `kernel` is `[O, C, k, k]`; `padding` symmetric. The result is in x's dtype or f32.
+/// video sizes (one call for all frames where cuDNN runs the conv). `kernel` is `[O, C, k, k]`;
+/// `padding` symmetric. The result `[N, O, H, W]` is in x's dtype or f32.
 fn conv2d_grouped(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (_, _, kh, kw) = kernel.dims4()?;
     let per_frame = (c * kh * kw * h * w).max(1);
     let group = (IM2COL_BUDGET / per_frame).clamp(1, n.max(1));
-    if group >= n || kh * kw == 1 {
+    if group >= n || kh * kw == 1 || convs_through_cudnn(x.device()) {
         return conv2d_any_dtype(x, kernel, padding);
     }
     let mut parts = Vec::with_capacity(n.div_ceil(group));
@@ -138,14 +146,28 @@ impl Conv2d {
     }
 }
 
+/// The kernel of a [`CausalConv3d`], laid out for the way its temporal taps are computed.
+#[derive(Debug, Clone)]
+enum TemporalKernel {
+    /// One `[O, C, k_h, k_w]` kernel per temporal tap, oldest frame first: one conv2d per tap,
+    /// summed (in f32 for half precision).
+    Taps(Vec<Tensor>),
+    /// `[O, k_t·C, k_h, k_w]`: the taps side by side along the input channels, oldest first, for
+    /// one conv2d over the k_t frames of each window stacked likewise. The conv itself sums the
+    /// taps (cuDNN accumulates bf16 in f32) and the result is rounded once, as a fused Conv3d does.
+    Stacked(Tensor),
+}
+
 /// Wan's CausalConv3d: zero padding `2·p_t` frames in front and none behind, symmetric in space.
 /// With a cache, the previous frames of the stream stand in for the front padding.
 ///
-/// Computed as a sum over the temporal taps of conv2d calls on batched frames.
+/// Computed as conv2d calls on batched frames: a sum over the temporal taps, or where cuDNN runs
+/// the convs, one conv over the taps stacked along channels.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// One `[O, C, k_h, k_w]` kernel per temporal tap, oldest frame first.
-    taps: Vec<Tensor>,
+    kernel: TemporalKernel,
+    /// Temporal taps k_t.
+    kt: usize,
     bias: Tensor, // [1, O, 1, 1]
     spatial_padding: usize,
     out_dim: usize,
@@ -163,15 +185,42 @@ impl CausalConv3d {
         kernel: (usize, usize),
         slots: &mut SlotCounter,
     ) -> Result<Self> {
+        let stacked = convs_through_cudnn(vb.device());
+        Self::with_layout(vb, in_dim, out_dim, kernel, slots, stacked)
+    }
+
+    /// [`new`](Self::new) with the kernel layout chosen by the caller: `stacked` for one conv over
+    /// stacked taps, else one conv per tap.
+    fn with_layout(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        kernel: (usize, usize),
+        slots: &mut SlotCounter,
+        stacked: bool,
+    ) -> Result<Self> {
         let (kt, ks) = kernel;
         let weight = vb.get((out_dim, in_dim, kt, ks, ks), "weight")?;
         let bias = vb.get(out_dim, "bias")?.reshape((1, out_dim, 1, 1))?;
-        let taps = (0..kt)
-            .map(|j| Ok(weight.narrow(2, j, 1)?.squeeze(2)?.contiguous()?))
-            .collect::<Result<Vec<_>>>()?;
+        let kernel = if stacked || kt == 1 {
+            // [O, C, k_t, k, k] → [O, k_t, C, k, k] → [O, k_t·C, k, k]
+            TemporalKernel::Stacked(weight.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((
+                out_dim,
+                kt * in_dim,
+                ks,
+                ks,
+            ))?)
+        } else {
+            TemporalKernel::Taps(
+                (0..kt)
+                    .map(|j| Ok(weight.narrow(2, j, 1)?.squeeze(2)?.contiguous()?))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        };
         let slot = (kt > 1).then(|| slots.next());
         Ok(Self {
-            taps,
+            kernel,
+            kt,
             bias,
             spatial_padding: (ks - 1) / 2,
             out_dim,
@@ -182,54 +231,71 @@ impl CausalConv3d {
     /// x `[B, T, C, H, W]` → `[B, T, O, H, W]`, reading and updating this conv's cache slot.
     pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        let history = self.taps.len() - 1;
-        let Some(slot) = self.slot else {
-            let y = conv2d_grouped(
-                &x.reshape((b * t, c, h, w))?,
-                &self.taps[0],
-                self.spatial_padding,
-            )?;
-            let y = y
-                .broadcast_add(&self.bias.to_dtype(y.dtype())?)?
-                .to_dtype(x.dtype())?;
-            return Ok(y.reshape((b, t, self.out_dim, h, w))?);
-        };
-        // The stream so far: cached frames, then this chunk; zero frames fill the rest of the history.
-        let stream = match cache.previous_frames(slot) {
-            Some(prev) => Tensor::cat(&[prev, x], 1)?,
+        let history = self.kt - 1;
+        let padded = match self.slot {
             None => x.clone(),
-        };
-        let stream_len = stream.dim(1)?;
-        let take = stream_len.min(t + history);
-        let padded = stream.narrow(1, stream_len - take, take)?;
-        let missing = t + history - take;
-        let padded = if missing > 0 {
-            padded.pad_with_zeros(1, missing, 0)?
-        } else {
-            padded
-        };
-        let keep = history.min(stream_len);
-        cache.slots[slot] =
-            CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.contiguous()?);
-
-        // Taps are summed in f32 for half-precision inputs, as a fused Conv3d accumulates; rounding
-        // each tap separately would add error that the reference does not have.
+            Some(slot) => {
+                // The stream so far: cached frames, then this chunk; zero frames fill the rest of
+                // the history.
+                let stream = match cache.previous_frames(slot) {
+                    Some(prev) => Tensor::cat(&[prev, x], 1)?,
+                    None => x.clone(),
+                };
+                let stream_len = stream.dim(1)?;
+                let take = stream_len.min(t + history);
+                let padded = stream.narrow(1, stream_len - take, take)?;
+                let missing = t + history - take;
+                let keep = history.min(stream_len);
+                cache.slots[slot] =
+                    CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.contiguous()?);
+                if missing > 0 {
+                    padded.pad_with_zeros(1, missing, 0)?
+                } else {
+                    padded
+                }
+            }
+        }; // [B, T + k_t − 1, C, H, W]
         let dtype = x.dtype();
-        let accumulate = if matches!(dtype, DType::F16 | DType::BF16) {
-            DType::F32
-        } else {
-            dtype
-        };
-        let mut sum = self.bias.to_dtype(accumulate)?;
-        for (j, tap) in self.taps.iter().enumerate() {
-            let frames = padded
-                .narrow(1, j, t)?
-                .contiguous()?
-                .reshape((b * t, c, h, w))?;
-            let y = conv2d_grouped(&frames, tap, self.spatial_padding)?;
-            sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
+        match &self.kernel {
+            TemporalKernel::Stacked(kernel) => {
+                // window i = frames i..i+k_t of `padded`, side by side along channels
+                let windows = if self.kt == 1 {
+                    padded
+                } else {
+                    let taps = (0..self.kt)
+                        .map(|j| padded.narrow(1, j, t))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Tensor::cat(&taps, 2)?
+                }; // [B, T, k_t·C, H, W]
+                let y = conv2d_grouped(
+                    &windows.reshape((b * t, self.kt * c, h, w))?,
+                    kernel,
+                    self.spatial_padding,
+                )?; // [B·T, O, H, W], x's dtype or f32
+                Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
+                    .to_dtype(dtype)?
+                    .reshape((b, t, self.out_dim, h, w))?)
+            }
+            TemporalKernel::Taps(taps) => {
+                // Taps are summed in f32 for half-precision inputs, as a fused Conv3d accumulates;
+                // rounding each tap separately would add error that the reference does not have.
+                let accumulate = if matches!(dtype, DType::F16 | DType::BF16) {
+                    DType::F32
+                } else {
+                    dtype
+                };
+                let mut sum = self.bias.to_dtype(accumulate)?;
+                for (j, tap) in taps.iter().enumerate() {
+                    let frames = padded
+                        .narrow(1, j, t)?
+                        .contiguous()?
+                        .reshape((b * t, c, h, w))?;
+                    let y = conv2d_grouped(&frames, tap, self.spatial_padding)?;
+                    sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
+                }
+                Ok(sum.to_dtype(dtype)?.reshape((b, t, self.out_dim, h, w))?)
+            }
         }
-        Ok(sum.to_dtype(dtype)?.reshape((b, t, self.out_dim, h, w))?)
     }
 }
 
@@ -268,6 +334,15 @@ impl ChannelRmsNorm {
 
     /// x `[N, C, H, W]` → same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            self.forward_reference(x)
+        } else {
+            self.forward_lean(x)
+        }
+    }
+
+    /// The CPU path: normalised in f32 (for half precision), rounded, then scaled.
+    fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = if matches!(dtype, DType::F16 | DType::BF16) {
             x.to_dtype(DType::F32)?
@@ -277,6 +352,24 @@ impl ChannelRmsNorm {
         let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
         let normalized = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
         let y = (normalized * self.scale)?.broadcast_mul(&self.gamma)?;
+        self.add_bias(y)
+    }
+
+    /// The GPU path, with fewer passes over the activation and none in f32 after the norm: the
+    /// sum of squares over channels in f32 as a matmul with ones (candle's reduce kernel runs one
+    /// block per pixel for a channel sum), then x times √C/‖x‖ (per pixel) and γ in x's dtype.
+    /// Three roundings in half precision, as in [`forward_reference`](Self::forward_reference).
+    fn forward_lean(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let squares = x.to_dtype(DType::F32)?.sqr()?.reshape((n, c, h * w))?; // [N, C, H·W]
+        let ones = Tensor::ones((1, c), DType::F32, x.device())?;
+        let sum = ones.broadcast_matmul(&squares)?.reshape((n, 1, h, w))?; // [N, 1, H, W] f32
+        let factor = (sum.sqrt()?.maximum(1e-12)?.recip()? * self.scale)?.to_dtype(x.dtype())?;
+        let y = x.broadcast_mul(&factor)?.broadcast_mul(&self.gamma)?;
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
@@ -318,4 +411,151 @@ pub fn single_head_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
         start += len;
     }
     Ok(Tensor::cat(&outs, 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    use super::*;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn vars(tensors: Vec<(&str, Tensor)>, dtype: DType) -> VarBuilder<'static> {
+        let map: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        VarBuilder::from_tensors(map, dtype, &Device::Cpu)
+    }
+
+    /// The cuDNN layout (taps stacked along channels, one conv) must compute the same causal
+    /// conv as the per-tap sum, chunk after chunk through the cache.
+    #[test]
+    fn stacked_taps_match_per_tap_sum() {
+        let dev = Device::Cpu;
+        let (o, c, kt, ks) = (5, 4, 3, 3);
+        let weight = Tensor::randn(0f32, 1.0, (o, c, kt, ks, ks), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, o, &dev).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let vb = vars(
+                vec![("weight", weight.clone()), ("bias", bias.clone())],
+                dtype,
+            );
+            let build = |stacked| {
+                CausalConv3d::with_layout(
+                    vb.clone(),
+                    c,
+                    o,
+                    (kt, ks),
+                    &mut SlotCounter::default(),
+                    stacked,
+                )
+                .unwrap()
+            };
+            let (stacked, per_tap) = (build(true), build(false));
+            assert!(matches!(stacked.kernel, TemporalKernel::Stacked(_)));
+            assert!(matches!(per_tap.kernel, TemporalKernel::Taps(_)));
+            let (mut cache_s, mut cache_t) = (FeatureCache::new(1), FeatureCache::new(1));
+            for t in [1, 4, 2, 1] {
+                let x = Tensor::randn(0f32, 1.0, (2, t, c, 6, 7), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let a = stacked.forward(&x, &mut cache_s).unwrap();
+                let b = per_tap.forward(&x, &mut cache_t).unwrap();
+                assert_eq!(a.dims(), &[2, t, o, 6, 7]);
+                assert_eq!(a.dtype(), dtype);
+                // outputs are O(10): f32 summation order, or one bf16 rounding (2^-8 relative)
+                let tol = if dtype == DType::F32 { 1e-4 } else { 0.25 };
+                let diff = max_abs_diff(&a, &b);
+                assert!(diff < tol, "{dtype:?} t={t}: {diff}");
+            }
+        }
+    }
+
+    /// A 1×1×1 conv (shortcut, post_quant_conv) is one conv2d in either layout.
+    #[test]
+    fn pointwise_conv_ignores_layout() {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (3, 4, 1, 1, 1), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+        let vb = vars(
+            vec![("weight", weight.clone()), ("bias", bias.clone())],
+            DType::F32,
+        );
+        let conv = CausalConv3d::new(vb, 4, 3, (1, 1), &mut SlotCounter::default()).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 4, 3, 5), &dev).unwrap();
+        let y = conv.forward(&x, &mut FeatureCache::new(0)).unwrap();
+        // y[b,t,o,h,w] = Σ_c W[o,c]·x[b,t,c,h,w] + bias[o]
+        let w2 = weight.reshape((3, 4)).unwrap();
+        let expected = w2
+            .broadcast_matmul(&x.reshape((2, 4, 15)).unwrap())
+            .unwrap()
+            .broadcast_add(&bias.reshape((3, 1)).unwrap())
+            .unwrap()
+            .reshape((1, 2, 3, 3, 5))
+            .unwrap();
+        assert!(max_abs_diff(&y, &expected) < 1e-5);
+    }
+
+    /// The GPU norm (matmul channel sum, scale folded into a per-pixel factor) equals the CPU one.
+    #[test]
+    fn lean_norm_matches_reference() {
+        let dev = Device::Cpu;
+        let dim = 6;
+        let gamma = Tensor::randn(1f32, 0.2, (dim, 1, 1, 1), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.2, (dim, 1, 1, 1), &dev).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let norm = ChannelRmsNorm::new(
+                vars(
+                    vec![("gamma", gamma.clone()), ("bias", bias.clone())],
+                    dtype,
+                ),
+                dim,
+                false,
+            )
+            .unwrap();
+            // one pixel all zeros: the 1e-12 floor, not a division by zero
+            let x = Tensor::randn(0f32, 3.0, (2, dim, 4, 5), &dev)
+                .unwrap()
+                .slice_assign(
+                    &[0..1, 0..dim, 0..1, 0..1],
+                    &Tensor::zeros((1, dim, 1, 1), DType::F32, &dev).unwrap(),
+                )
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let a = norm.forward_lean(&x).unwrap();
+            let b = norm.forward_reference(&x).unwrap();
+            assert_eq!(a.dtype(), dtype);
+            assert_eq!(a.dims(), x.dims());
+            // outputs are O(√6·γ) ≈ 3: f32 rounding, or a few bf16 ulps
+            let tol = if dtype == DType::F32 { 1e-5 } else { 0.1 };
+            let diff = max_abs_diff(&a, &b);
+            assert!(diff < tol, "{dtype:?}: {diff}");
+            let finite = a
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert!(finite.iter().all(|v| v.is_finite()));
+        }
+    }
 }
