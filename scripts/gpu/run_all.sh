@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
-# The README's GPU table in one device call: our engine (`vdit bench`) and PyTorch/diffusers
-# (scripts/gpu/torch_bench.py) on the same shapes, then end-to-end CUDA runs on vdit-tiny.
+# The README's GPU table in one device call: the CUDA tests, our engine (`vdit bench`) and
+# PyTorch/diffusers (scripts/gpu/torch_bench.py) on the same shapes, stage timings of one
+# transformer forward, full-size transformer parity against diffusers, and an end-to-end
+# `vdit generate --device cuda --attention rainfusion` on vdit-tiny.
 #
-# Here (no GPU):  source ../shared/tools/cuda-toolchain.sh
-#                 cargo build --release -p vdit --features cuda --target-dir /work/target-cuda
-#                 mkdir -p .gpu/run && xz -T2 -3 -c /work/target-cuda/release/vdit > .gpu/run/vdit.xz
-#                 cp scripts/gpu/run_all.sh .gpu/run/go.sh   # and the diffusers wheel in .whl (device README)
-# Device call:    run(command="bash .gpu/run/go.sh", carry=[".gpu/run", ".whl"])
-# Results of the 2026-11-23 run are in scripts/gpu/results/run19/.
-# One device call: our engine and PyTorch on the same shapes, then end-to-end CUDA runs on vdit-tiny.
+# Here (no GPU; see scripts/gpu/stage.sh, which builds and stages everything):
+#     bash scripts/gpu/stage.sh            # → .gpu/run/{vdit,cuda_dit,cuda_kernels,cuda_policy}.xz
+#     (and the diffusers wheel in .whl, see the device README)
+# Device call:
+#     run(command="bash scripts/gpu/run_all.sh", carry=[".gpu/run", ".whl"])
 set -uo pipefail
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/local/nvidia/lib64 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-xz -dc .gpu/run/vdit.xz > /tmp/vdit && chmod +x /tmp/vdit
+cudnn="$(python3 -c 'import nvidia.cudnn as m; print(m.__path__[0])')/lib"
+export LD_LIBRARY_PATH="$cudnn:/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/local/nvidia/lib64"
+for f in vdit cuda_dit cuda_kernels cuda_policy; do
+  [ -f .gpu/run/$f.xz ] && xz -dc .gpu/run/$f.xz > /tmp/$f && chmod +x /tmp/$f
+done
+# The test binaries find their fixtures under the path they were built in.
+[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
-echo "== vdit bench (ours)"; date +%T
-timeout 240 /tmp/vdit bench --device cuda --warmup 1 --iters 2 --json $OUT/vdit.json 2>&1 | tail -14
-echo "== torch / diffusers"; date +%T
-timeout 200 python3 scripts/gpu/torch_bench.py --out $OUT/torch.json 2>&1 | tail -8
-echo "== compare on vdit-tiny, CUDA, 256x256x49"; date +%T
-timeout 150 /tmp/vdit compare --device cuda -m models/vdit-tiny -p "a red circle moving right" --size 256x256 --frames 49 --steps 30 --seed 1 --sparsities 0.5,0.8,0.9 -o /tmp/cmp 2>&1 | grep -v OpenH264 | tail -14
-cp /tmp/cmp/compare.md /tmp/cmp/compare.json /tmp/cmp/side_by_side.mp4 $OUT/ 2>/dev/null
-echo "== generate --device cuda --attention rainfusion"; date +%T
-timeout 60 /tmp/vdit generate --device cuda --attention rainfusion --sparsity 0.8 -m models/vdit-tiny -p "a blue square moving left" --size 256x256 --frames 49 --seed 2 -o $OUT/cuda_rf.mp4 2>&1 | grep -v OpenH264 | tail -6
-date +%T
-echo "== one table"; python3 scripts/gpu/report.py $OUT/vdit.json $OUT/torch.json | tee $OUT/table.md
+t() { echo; echo "== $* ($(date +%T))"; }
+
+t "tests: fused DiT block + fused kernels (cuda_dit)"
+/tmp/cuda_dit --test-threads=1 2>&1 | grep -E "^test |test result|relative error|panicked" | tee $OUT/cuda_dit.log
+t "tests: attention kernels (cuda_kernels)"
+/tmp/cuda_kernels 2>&1 | grep -E "^test |test result|panicked" | tee $OUT/cuda_kernels.log
+t "tests: RainFusion policy on CUDA (cuda_policy)"
+[ -x /tmp/cuda_policy ] && /tmp/cuda_policy 2>&1 | grep -E "^test |test result|panicked"
+
+t "vdit bench (ours: attention, transformer dense and RainFusion 0.8, VAE)"
+timeout 200 /tmp/vdit bench --device cuda --warmup 1 --iters 2 --json $OUT/vdit.json 2>&1 | grep -v "^stage\|^|" | tail -14
+t "stage timings of one forward (VDIT_PROFILE=1): fused path, then the candle-ops path"
+VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
+VDIT_NO_FUSED=1 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_ops.md
+VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_rainfusion.md
+
+t "torch / diffusers"
+timeout 240 python3 scripts/gpu/torch_bench.py --out $OUT/torch.json 2>&1 | tail -12
+
+t "full-size transformer parity (diffusers random weights, bf16 file)"
+timeout 120 python3 scripts/gpu/full_parity.py /tmp/wan_full 2>&1 | tail -2 &&
+  VDIT_FULL_DIR=/tmp/wan_full timeout 90 /tmp/cuda_dit --ignored --nocapture full_size 2>&1 | grep -E "relative error|test result|panicked" | tee $OUT/full_parity.log
+
+t "generate --device cuda --attention rainfusion (vdit-tiny, 256x256x49)"
+timeout 60 /tmp/vdit generate --device cuda --attention rainfusion --sparsity 0.8 -m models/vdit-tiny -p "a blue square moving left" --size 256x256 --frames 49 --seed 2 -o $OUT/cuda_rf.mp4 2>&1 | grep -v OpenH264 | tail -4
+
+t "one table"
+python3 scripts/gpu/report.py $OUT/vdit.json $OUT/torch.json | tee $OUT/table.md

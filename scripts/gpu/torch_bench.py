@@ -49,6 +49,36 @@ def attention_rows(args):
     return rows
 
 
+def flex_rows(args):
+    """FlexAttention over random block lists (the diagonal block kept, the rest drawn at random),
+    at the kept fractions `vdit bench` times. L = 32768 (FlexAttention wants whole 128-blocks)."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    b, h, l, d, bs = 1, 12, 32768, 128, 128
+    nb = l // bs
+    q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flex = torch.compile(flex_attention, dynamic=False)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    rows = []
+    for density in (0.5, 0.25, 0.2, 0.1):
+        keep = max(1, round(nb * density))
+        scores = torch.rand(b, h, nb, nb, generator=gen)
+        diag = torch.arange(nb)
+        scores[:, :, diag, diag] = 2.0
+        full_idx = scores.argsort(dim=-1, descending=True)[..., :keep].sort(dim=-1).values
+        full_idx = torch.cat([full_idx, torch.zeros(b, h, nb, nb - keep, dtype=full_idx.dtype)], dim=-1)
+        full_num = torch.full((b, h, nb), keep, dtype=torch.int32)
+        partial_num = torch.zeros((b, h, nb), dtype=torch.int32)
+        mask = BlockMask.from_kv_blocks(partial_num.cuda(), torch.zeros_like(full_idx, dtype=torch.int32).cuda(),
+                                        full_num.cuda(), full_idx.to(torch.int32).cuda(), BLOCK_SIZE=bs)
+        med, s = cuda_time(lambda: flex(q, k, v, block_mask=mask), args.warmup + 1, args.iters)
+        kept = keep / nb
+        flops = 4.0 * l * l * d * h * b * kept
+        rows.append(row("attention", f"FlexAttention block-sparse {density:g}", f"B{b} H{h} L{l} D{d}", med, s,
+                        flops / med / 1e12, kept))
+    return rows
+
+
 def transformer_rows(args):
     from diffusers import WanTransformer3DModel
 
@@ -99,7 +129,12 @@ def main():
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--skip-vae", action="store_true")
     args = p.parse_args()
-    rows = attention_rows(args) + transformer_rows(args)
+    rows = attention_rows(args)
+    try:
+        rows += flex_rows(args)
+    except Exception as err:  # FlexAttention is optional: the rest of the table must still come out
+        print(f"FlexAttention rows skipped: {err!r}")
+    rows += transformer_rows(args)
     if not args.skip_vae:
         rows += vae_rows(args)
     for r in rows:

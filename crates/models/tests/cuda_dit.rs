@@ -289,3 +289,25 @@ fn bad_inputs_are_errors() {
     let cpu = Tensor::zeros((1, 4, 8), DType::F32, &Device::Cpu).unwrap();
     assert!(fused::layer_norm_affine(&cpu, &a, &a, 1e-6, DType::BF16).is_err());
 }
+
+/// The full-size 1.3B transformer (30 layers, 12 × 128, ffn 8960) with diffusers' own random
+/// weights, written by scripts/gpu/full_parity.py into `$VDIT_FULL_DIR`, loaded through the
+/// user-facing loader and run in bf16 on the fused path, against diffusers' f32 output.
+#[test]
+#[ignore]
+fn full_size_transformer_matches_diffusers() {
+    let Some(dir) = std::env::var_os("VDIT_FULL_DIR") else {
+        panic!("set VDIT_FULL_DIR to the folder scripts/gpu/full_parity.py wrote");
+    };
+    let dir = PathBuf::from(dir);
+    let dev = gpu();
+    let model = WanTransformer::open(&dir, DType::BF16, &dev).unwrap();
+    let io: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
+    let out = model
+        .forward(&io["latents"], &io["timesteps"], &io["context"], &mut DenseAttention)
+        .unwrap();
+    let err = relative_error(&out, &io["velocity"]);
+    eprintln!("full-size 1.3B transformer, CUDA bf16 (fused path) vs diffusers f32: relative error {err:.3e}");
+    assert!(err <= BF16_TOLERANCE, "relative error {err:.3e} > {BF16_TOLERANCE:e}");
+}

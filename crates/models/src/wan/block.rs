@@ -238,6 +238,7 @@ impl WanBlock {
         use rainfusion::cuda::fused::{
             bias_gelu_inplace, gated_residual, layer_norm_affine, rms_norm_rope,
         };
+        use rainfusion::cuda::OutputLayout;
         let dev = x.device();
         let (b, l, dim) = x.dims3()?;
         let (heads, head_dim) = (self.self_attn.num_heads, self.self_attn.head_dim);
@@ -329,10 +330,16 @@ impl WanBlock {
         })?;
         let y = span("cross: attention", dev, || {
             let scale = 1.0 / (head_dim as f64).sqrt();
-            Ok(dense_attention(&q, &k, &v, scale)?)
+            if rainfusion::cuda::is_supported(&q, 128) {
+                // [B, L, heads, head_dim] memory: the projection reads it with no copy.
+                let y = rainfusion::cuda::cross_attention(&q, &k, &v, scale, OutputLayout::Blhd)?;
+                Ok(y.reshape((b, l, dim))?)
+            } else {
+                Ok(merge(&dense_attention(&q, &k, &v, scale)?)?)
+            }
         })?;
         let x = span("cross: out + residual", dev, || {
-            let o = self.cross_attn.to_out.matmul(&merge(&y)?)?;
+            let o = self.cross_attn.to_out.matmul(&y)?;
             Ok(gated_residual(
                 &x,
                 &o,
