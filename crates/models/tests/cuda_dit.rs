@@ -305,9 +305,17 @@ fn full_size_transformer_matches_diffusers() {
     let io: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
     let out = model
-        .forward(&io["latents"], &io["timesteps"], &io["context"], &mut DenseAttention)
+        .forward(
+            &io["latents"],
+            &io["timesteps"],
+            &io["context"],
+            &mut DenseAttention,
+        )
         .unwrap();
     let err = relative_error(&out, &io["velocity"]);
     eprintln!("full-size 1.3B transformer, CUDA bf16 (fused path) vs diffusers f32: relative error {err:.3e}");
-    assert!(err <= BF16_TOLERANCE, "relative error {err:.3e} > {BF16_TOLERANCE:e}");
+    assert!(
+        err <= BF16_TOLERANCE,
+        "relative error {err:.3e} > {BF16_TOLERANCE:e}"
+    );
 }

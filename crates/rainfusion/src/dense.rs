@@ -64,6 +64,38 @@ impl SelfAttention for DenseAttention {
         }
         dense_self_attention(q, k, v, 1.0 / (head_dim as f64).sqrt())
     }
+
+    fn attend_tokens(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+    ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if crate::cuda::is_supported(q, 128) && q.dims4()? == k.dims4()? {
+            let (_, _, tokens, head_dim) = q.dims4()?;
+            if tokens != layout.total_tokens() {
+                return Err(Error::LayoutMismatch {
+                    layout_tokens: layout.total_tokens(),
+                    tensor_tokens: tokens,
+                });
+            }
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            return crate::cuda::flash_attention_with_layout(
+                q,
+                k,
+                v,
+                scale,
+                crate::cuda::OutputLayout::Blhd,
+            );
+        }
+        Ok(self
+            .attend(layer, q, k, v, layout)?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
 }
 
 /// Dense self-attention on the fastest path for the device: the CPU block kernel with every

@@ -93,6 +93,23 @@ pub trait SelfAttention {
         layout: &VideoLayout,
     ) -> Result<Tensor>;
 
+    /// [`attend`](Self::attend) with the output as contiguous `[batch, tokens, heads, head_dim]`
+    /// memory, which an output projection reads as `[batch, tokens, heads·head_dim]` with no
+    /// copy. Implementations whose kernels can write that layout directly override this.
+    fn attend_tokens(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+    ) -> Result<Tensor> {
+        Ok(self
+            .attend(layer, q, k, v, layout)?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
     /// Called by the sampler before each denoising step (0-based, of `num_steps`), so a policy
     /// can switch between dense warm-up and sparse steps and decide when to refresh its masks.
     fn begin_step(&mut self, _step: usize, _num_steps: usize) {}

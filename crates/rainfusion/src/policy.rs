@@ -388,16 +388,58 @@ impl SelfAttention for RainFusionAttention {
         v: &Tensor,
         layout: &VideoLayout,
     ) -> Result<Tensor> {
+        self.attend_in(layer, q, k, v, layout, false)
+    }
+
+    fn attend_tokens(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+    ) -> Result<Tensor> {
+        self.attend_in(layer, q, k, v, layout, true)
+    }
+
+    fn begin_step(&mut self, step: usize, num_steps: usize) {
+        self.schedule.begin_step(step, num_steps);
+    }
+
+    fn effective_density(&self) -> f64 {
+        self.schedule.effective_density()
+    }
+}
+
+impl RainFusionAttention {
+    /// The sparse (or, by plan, dense) attention; the output is `[B, H, L, D]`, or contiguous
+    /// `[B, L, H, D]` when `tokens_major` (see [`SelfAttention::attend_tokens`]).
+    fn attend_in(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+        tokens_major: bool,
+    ) -> Result<Tensor> {
+        let dense = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            if tokens_major {
+                DenseAttention.attend_tokens(layer, q, k, v, layout)
+            } else {
+                DenseAttention.attend(layer, q, k, v, layout)
+            }
+        };
         let (batch, heads, _, head_dim) = check_inputs(q, k, v, layout)?;
         let plan = self.schedule.plan(layer)?;
         let Plan::Sparse { slot, refresh } = plan else {
             self.schedule.record(1.0);
-            return DenseAttention.attend(layer, q, k, v, layout);
+            return dense(q, k, v);
         };
         if self.config.sparsity == 0.0 {
             // Nothing can be skipped: skip the permutation and prediction too.
             self.schedule.record(1.0);
-            return DenseAttention.attend(layer, q, k, v, layout);
+            return dense(q, k, v);
         }
         let cfg = &self.config;
         let permutation = self
@@ -435,10 +477,23 @@ impl SelfAttention for RainFusionAttention {
             };
             self.schedule.record(density);
             if density >= 1.0 {
-                return DenseAttention.attend(layer, q, k, v, layout);
+                return dense(q, k, v);
             }
             let vp = permutation.apply(v)?;
             let scale = 1.0 / (head_dim as f64).sqrt();
+            if tokens_major {
+                // [B, L, H, D] in window order → gather whole tokens back: one copy.
+                let out = crate::cuda::block_sparse_attention_device_with_layout(
+                    &qp,
+                    &kp,
+                    &vp,
+                    &mask,
+                    scale,
+                    crate::cuda::OutputLayout::Blhd,
+                )?;
+                let restored = permutation.restore(&out.transpose(1, 2)?)?;
+                return Ok(restored.transpose(1, 2)?.contiguous()?);
+            }
             let out = crate::cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale)?;
             return permutation.restore(&out);
         }
@@ -464,19 +519,15 @@ impl SelfAttention for RainFusionAttention {
         };
         self.schedule.record(mask.density());
         if mask.is_dense() {
-            return DenseAttention.attend(layer, q, k, v, layout);
+            return dense(q, k, v);
         }
         let vp = permutation.apply(v)?;
         let out = block_sparse_attention(&qp, &kp, &vp, &mask, 1.0 / (head_dim as f64).sqrt())?;
-        permutation.restore(&out)
-    }
-
-    fn begin_step(&mut self, step: usize, num_steps: usize) {
-        self.schedule.begin_step(step, num_steps);
-    }
-
-    fn effective_density(&self) -> f64 {
-        self.schedule.effective_density()
+        let out = permutation.restore(&out)?;
+        if tokens_major {
+            return Ok(out.transpose(1, 2)?.contiguous()?);
+        }
+        Ok(out)
     }
 }
 
@@ -614,6 +665,33 @@ mod tests {
         assert_eq!(flat(&sparse), flat(&dense));
         assert_eq!(rf.mask_predictions(), 1);
         assert_eq!(rf.effective_density(), 1.0);
+    }
+
+    #[test]
+    fn token_major_output_is_the_head_major_output_transposed() {
+        let layout = VideoLayout {
+            frames: 3,
+            height: 10,
+            width: 12,
+            text_tokens: 5,
+        };
+        let (q, k, v) = qkv(&layout, 4);
+        let transposed = |t: Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
+        let mut a = RainFusionAttention::new(config(0.7), 2).unwrap();
+        let mut b = RainFusionAttention::new(config(0.7), 2).unwrap();
+        let heads = a.attend(1, &q, &k, &v, &layout).unwrap();
+        let tokens = b.attend_tokens(1, &q, &k, &v, &layout).unwrap();
+        assert_eq!(tokens.dims(), transposed(heads.clone()).dims());
+        let same = |x: &Tensor, y: &Tensor| {
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                == y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert!(same(&tokens, &transposed(heads)));
+        assert!((a.effective_density() - b.effective_density()).abs() < 1e-12);
+        assert!(a.effective_density() < 0.9, "the sparse path must run");
+        let dense = DenseAttention.attend(0, &q, &k, &v, &layout).unwrap();
+        let dense_tokens = DenseAttention.attend_tokens(0, &q, &k, &v, &layout).unwrap();
+        assert!(same(&dense_tokens, &transposed(dense)));
     }
 
     #[test]

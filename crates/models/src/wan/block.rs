@@ -40,6 +40,9 @@ struct AttentionLayer {
     norm_k: RmsNorm,
     num_heads: usize,
     head_dim: usize,
+    /// `b_out + W_out·b_v` (see [`Self::folded_out_bias`]), made on first use.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    folded_out_bias: std::sync::OnceLock<Tensor>,
 }
 
 impl AttentionLayer {
@@ -55,7 +58,24 @@ impl AttentionLayer {
             norm_k: RmsNorm::load(src, &format!("{prefix}.norm_k.weight"), dim, cfg.eps)?,
             num_heads: cfg.num_heads,
             head_dim: cfg.head_dim,
+            folded_out_bias: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The output projection's bias with v's bias folded in: softmax rows sum to one, so
+    /// `attention(q, k, v + b_v)·W_outᵀ + b_out = attention(q, k, v)·W_outᵀ + (b_out + W_out·b_v)`.
+    /// Lets the fused path skip the pass that adds b_v to v. [dim] in the run dtype.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn folded_out_bias(&self) -> Result<&Tensor> {
+        if let Some(bias) = self.folded_out_bias.get() {
+            return Ok(bias);
+        }
+        let dtype = self.to_out.bias().dtype();
+        let b_v = self.to_v.bias().to_dtype(DType::F32)?.unsqueeze(0)?; // [1, dim]
+        let w_out = self.to_out.weight().to_dtype(DType::F32)?; // [dim, dim]
+        let b_out = self.to_out.bias().to_dtype(DType::F32)?;
+        let folded = (b_v.matmul(&w_out.t()?)?.squeeze(0)? + b_out)?.to_dtype(dtype)?;
+        Ok(self.folded_out_bias.get_or_init(|| folded))
     }
 
     /// [B, L, dim] → [B, heads, L, head_dim]
@@ -281,20 +301,18 @@ impl WanBlock {
                 head_dim,
                 ek,
             )?;
-            let v = sa.to_v.forward(&h)?;
+            let v = sa.to_v.matmul(&h)?; // its bias is folded into the output projection's
             Ok((split(&q, l)?, split(&k, l)?, split(&v, l)?))
         })?;
         let y = span("self: attention", dev, || {
-            Ok(attention.attend(self.index, &q, &k, &v, &ctx.layout)?) // [B, heads, L, head_dim]
+            // [B, L, heads, head_dim] memory → [B, L, dim] with no copy.
+            let y = attention.attend_tokens(self.index, &q, &k, &v, &ctx.layout)?;
+            Ok(y.reshape((b, l, dim))?)
         })?;
         let x = span("self: out + gated residual", dev, || {
-            let o = self.self_attn.to_out.matmul(&merge(&y)?)?;
-            Ok(gated_residual(
-                x,
-                &o,
-                Some(self.self_attn.to_out.bias()),
-                Some(&gate_sa),
-            )?)
+            let o = self.self_attn.to_out.matmul(&y)?;
+            let bias = self.self_attn.folded_out_bias()?;
+            Ok(gated_residual(x, &o, Some(bias), Some(&gate_sa))?)
         })?;
 
         let (q, k, v) = span("cross: norm + qkv", dev, || {
@@ -325,7 +343,7 @@ impl WanBlock {
                 head_dim,
                 ek,
             )?;
-            let v = ca.to_v.forward(ctx.text)?;
+            let v = ca.to_v.matmul(ctx.text)?; // bias folded into the output projection's
             Ok((split(&q, l)?, split(&k, text_len)?, split(&v, text_len)?))
         })?;
         let y = span("cross: attention", dev, || {
@@ -340,12 +358,8 @@ impl WanBlock {
         })?;
         let x = span("cross: out + residual", dev, || {
             let o = self.cross_attn.to_out.matmul(&y)?;
-            Ok(gated_residual(
-                &x,
-                &o,
-                Some(self.cross_attn.to_out.bias()),
-                None,
-            )?)
+            let bias = self.cross_attn.folded_out_bias()?;
+            Ok(gated_residual(&x, &o, Some(bias), None)?)
         })?;
 
         let h = span("ffn: norm + modulate", dev, || {

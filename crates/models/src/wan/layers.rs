@@ -100,6 +100,12 @@ impl Linear {
         Ok(y.reshape(out_dims)?)
     }
 
+    /// The weight [out, in], in the run dtype.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// The bias [out], in the weights' dtype.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn bias(&self) -> &Tensor {
