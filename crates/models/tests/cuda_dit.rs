@@ -319,3 +319,43 @@ fn full_size_transformer_matches_diffusers() {
         "relative error {err:.3e} > {BF16_TOLERANCE:e}"
     );
 }
+
+#[test]
+fn cublaslt_linear_with_bias_and_gelu_matches_candle_ops() {
+    let dev = gpu();
+    for (rows, input, out) in [(1000, 256, 384), (77, 128, 1024), (3, 1536, 8960)] {
+        let x = random(&[1, rows, input], 15, &dev)
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let w = (random(&[out, input], 16, &dev) * 0.05)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let b = random(&[out], 17, &dev).to_dtype(DType::BF16).unwrap();
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let linear = f32(&x)
+            .broadcast_matmul(&f32(&w).t().unwrap())
+            .unwrap()
+            .broadcast_add(&f32(&b))
+            .unwrap();
+        let y = rainfusion::cuda::linear(&x, &w, Some(&b), false).unwrap();
+        assert_eq!(y.dims(), [1, rows, out]);
+        let err = relative_error(&y, &linear);
+        assert!(err < 5e-3, "linear {rows}x{input}→{out}: {err:.3e}");
+        let y = rainfusion::cuda::linear(&x, &w, Some(&b), true).unwrap();
+        let err = relative_error(&y, &linear.gelu().unwrap());
+        assert!(err < 5e-3, "linear + gelu {rows}x{input}→{out}: {err:.3e}");
+        let y = rainfusion::cuda::linear(&x, &w, None, false).unwrap();
+        let err = relative_error(
+            &y,
+            &f32(&x).broadcast_matmul(&f32(&w).t().unwrap()).unwrap(),
+        );
+        assert!(
+            err < 5e-3,
+            "linear without bias {rows}x{input}→{out}: {err:.3e}"
+        );
+    }
+    let x = random(&[2, 8], 1, &dev).to_dtype(DType::BF16).unwrap();
+    let w = random(&[4, 9], 1, &dev).to_dtype(DType::BF16).unwrap();
+    assert!(rainfusion::cuda::linear(&x, &w, None, false).is_err()); // 8 inputs vs 9
+}

@@ -690,7 +690,9 @@ mod tests {
         assert!((a.effective_density() - b.effective_density()).abs() < 1e-12);
         assert!(a.effective_density() < 0.9, "the sparse path must run");
         let dense = DenseAttention.attend(0, &q, &k, &v, &layout).unwrap();
-        let dense_tokens = DenseAttention.attend_tokens(0, &q, &k, &v, &layout).unwrap();
+        let dense_tokens = DenseAttention
+            .attend_tokens(0, &q, &k, &v, &layout)
+            .unwrap();
         assert!(same(&dense_tokens, &transposed(dense)));
     }
 

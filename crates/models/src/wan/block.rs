@@ -16,6 +16,8 @@ use crate::wan::rope::WanRope;
 /// When the block runs through rainfusion's fused CUDA kernels.
 #[cfg(feature = "cuda")]
 mod fused {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use candle_core::{DType, Tensor};
 
     /// Environment variable that turns the fused CUDA path off (the candle-ops path runs
@@ -27,6 +29,27 @@ mod fused {
         x.device().is_cuda()
             && matches!(dtype, DType::BF16 | DType::F16)
             && std::env::var_os(NO_FUSED_ENV).is_none()
+    }
+
+    /// Environment variable that turns the cuBLASLt bias + gelu epilogue off (the matmul and a
+    /// separate bias + gelu kernel run instead).
+    pub(crate) const NO_EPILOGUE_ENV: &str = "VDIT_NO_CUBLASLT";
+
+    static EPILOGUE_BROKEN: AtomicBool = AtomicBool::new(false);
+
+    /// Whether the feed-forward input layer goes through cuBLASLt with gelu in its epilogue.
+    pub(crate) fn epilogue_gelu_available() -> bool {
+        !EPILOGUE_BROKEN.load(Ordering::Relaxed) && std::env::var_os(NO_EPILOGUE_ENV).is_none()
+    }
+
+    /// A cuBLASLt failure (an old library, an unsupported shape) is reported once; the
+    /// unfused kernels serve from then on.
+    pub(crate) fn epilogue_gelu_failed(err: &rainfusion::Error) {
+        if !EPILOGUE_BROKEN.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "warning: cuBLASLt bias+gelu epilogue failed ({err}); using separate kernels"
+            );
+        }
     }
 }
 
@@ -368,6 +391,13 @@ impl WanBlock {
             )?)
         })?;
         let u = span("ffn: in + gelu", dev, || {
+            if fused::epilogue_gelu_available() {
+                let (w, bias) = (self.ffn_in.weight(), self.ffn_in.bias());
+                match rainfusion::cuda::linear(&h, w, Some(bias), true) {
+                    Ok(u) => return Ok(u),
+                    Err(e) => fused::epilogue_gelu_failed(&e),
+                }
+            }
             let u = self.ffn_in.matmul(&h)?;
             bias_gelu_inplace(&u, Some(self.ffn_in.bias()))?;
             Ok(u)

@@ -18,6 +18,7 @@
 
 mod attention;
 pub mod fused;
+mod linear;
 mod mask;
 mod module;
 
@@ -26,4 +27,5 @@ pub use attention::{
     block_sparse_attention_device_with_layout, block_sparse_attention_with_layout, cross_attention,
     flash_attention, flash_attention_with_layout, is_supported, OutputLayout, NO_WGMMA_ENV,
 };
+pub use linear::linear;
 pub use mask::{block_means, predict_block_mask, DeviceBlockMask};
