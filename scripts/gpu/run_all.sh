@@ -9,8 +9,14 @@
 #     (and the diffusers wheel in .whl, see the device README)
 # Device call:
 #     run(command="bash scripts/gpu/run_all.sh", carry=[".gpu/run", ".whl"])
+#
+# QUICK=1 runs the tests, our benchmark and the stage timings only (no PyTorch side).
+# Logs go to $OUT/logs.tar.gz (the device returns at most 8 files); the table, vdit.json and
+# torch.json come back as files.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT
+trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md /tmp/results/vdit.json /tmp/results/torch.json /tmp/results/cuda_rf.mp4 "$FINAL_OUT/" 2>/dev/null' EXIT
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 cudnn="$(python3 -c 'import nvidia.cudnn as m; print(m.__path__[0])')/lib"
 export LD_LIBRARY_PATH="$cudnn:/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/local/nvidia/lib64"
@@ -29,12 +35,24 @@ t "tests: attention kernels (cuda_kernels)"
 t "tests: RainFusion policy on CUDA (cuda_policy)"
 [ -x /tmp/cuda_policy ] && /tmp/cuda_policy 2>&1 | grep -E "^test |test result|panicked"
 
+if [ "${QUICK:-0}" = 1 ]; then
+  t "quick: fused kernels at full size"
+  timeout 60 /tmp/cuda_dit --ignored --nocapture bench_fused 2>&1 | grep -E "^fused|panicked|TFLOP" | tee $OUT/fused_kernels.log
+  t "quick: transformer dense and RainFusion 0.8, VAE with stage timings"
+  timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer"
+  timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 2 2>&1 | grep "transformer"
+  VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
+  VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
+  exit 0
+fi
+
 t "vdit bench (ours: attention, transformer dense and RainFusion 0.8, VAE)"
 timeout 200 /tmp/vdit bench --device cuda --warmup 1 --iters 2 --json $OUT/vdit.json 2>&1 | grep -v "^stage\|^|" | tail -14
 t "stage timings of one forward (VDIT_PROFILE=1): fused path, then the candle-ops path"
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
 VDIT_NO_FUSED=1 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_ops.md
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_rainfusion.md
+VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
 
 t "torch / diffusers"
 timeout 240 python3 scripts/gpu/torch_bench.py --out $OUT/torch.json 2>&1 | tail -12

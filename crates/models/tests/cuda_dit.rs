@@ -359,3 +359,78 @@ fn cublaslt_linear_with_bias_and_gelu_matches_candle_ops() {
     let w = random(&[4, 9], 1, &dev).to_dtype(DType::BF16).unwrap();
     assert!(rainfusion::cuda::linear(&x, &w, None, false).is_err()); // 8 inputs vs 9
 }
+
+/// Times each fused kernel at the Wan-1.3B 480p size (B2 × 32,760 tokens × 1536, FFN 8960) and
+/// prints the achieved bandwidth: `--ignored --nocapture bench_fused_kernels`.
+#[test]
+#[ignore]
+fn bench_fused_kernels() {
+    let dev = gpu();
+    let (b, l, dim, ffn, heads, head_dim) = (2, 32_760, 1536, 8960, 12, 128);
+    let x = random(&[b, l, dim], 1, &dev);
+    let y16 = random(&[b, l, dim], 2, &dev).to_dtype(DType::BF16).unwrap();
+    let per_batch = random(&[b, dim], 3, &dev);
+    let vec32 = random(&[dim], 4, &dev);
+    let vec16 = vec32.to_dtype(DType::BF16).unwrap();
+    let (cos, sin) = WanRope::new(head_dim, 10_000.0)
+        .tables(21, 30, 52, &dev)
+        .unwrap();
+    let u = random(&[b, l, ffn], 5, &dev).to_dtype(DType::BF16).unwrap();
+    let ub = random(&[ffn], 6, &dev).to_dtype(DType::BF16).unwrap();
+    let h16 = y16.clone();
+    let w_ffn = (random(&[ffn, dim], 7, &dev) * 0.02)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let time = |name: &str, bytes: f64, f: &dyn Fn()| {
+        f();
+        dev.synchronize().unwrap();
+        let iters = 20;
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        dev.synchronize().unwrap();
+        let s = start.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "fused {name:<36} {:8.3} ms {:7.0} GB/s",
+            s * 1e3,
+            bytes / s / 1e9
+        );
+    };
+    let n = (b * l * dim) as f64;
+    let _ = heads;
+    time("layer_norm_affine (f32→bf16)", n * 6.0, &|| {
+        fused::layer_norm_affine(&x, &per_batch, &per_batch, 1e-6, DType::BF16).unwrap();
+    });
+    time("rms_norm_rope (bf16, RoPE)", n * 4.0, &|| {
+        fused::rms_norm_rope(
+            &y16,
+            Some(&vec16),
+            &vec32,
+            Some((&cos, &sin)),
+            head_dim,
+            1e-6,
+        )
+        .unwrap();
+    });
+    time("gated_residual (f32 + bf16 → f32)", n * 10.0, &|| {
+        fused::gated_residual(&x, &y16, Some(&vec16), Some(&per_batch)).unwrap();
+    });
+    let nu = (b * l * ffn) as f64;
+    time("bias_gelu in place (FFN width)", nu * 4.0, &|| {
+        fused::bias_gelu_inplace(&u, Some(&ub)).unwrap();
+    });
+    let flops = 2.0 * (b * l) as f64 * dim as f64 * ffn as f64;
+    time(
+        "candle matmul [65520x1536]·[1536x8960]",
+        flops / 1e3,
+        &|| {
+            h16.broadcast_matmul(&w_ffn.t().unwrap()).unwrap();
+        },
+    );
+    time("cuBLASLt linear + bias + gelu (same)", flops / 1e3, &|| {
+        rainfusion::cuda::linear(&h16, &w_ffn, Some(&ub), true).unwrap();
+    });
+    println!("(the two matmul rows print TFLOP/s in the GB/s column)");
+}
