@@ -5,9 +5,11 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{
-    silu, single_head_attention, CausalConv3d, ChannelRmsNorm, Conv2d, FeatureCache, SlotCounter,
+    silu, single_head_attention, stage, CausalConv3d, ChannelRmsNorm, Conv2d, FeatureCache,
+    SlotCounter,
 };
 use crate::error::Result;
+use crate::profile::span;
 
 /// norm → SiLU → conv3 → norm → SiLU → conv3, plus a shortcut (1×1×1 conv when the width changes).
 #[derive(Debug, Clone)]
@@ -20,16 +22,19 @@ pub struct ResidualBlock {
 }
 
 impl ResidualBlock {
+    /// `level`: the resolution level it runs at (0 = latent resolution), for profiles.
     pub fn new(
         vb: VarBuilder,
         in_dim: usize,
         out_dim: usize,
+        level: usize,
         slots: &mut SlotCounter,
     ) -> Result<Self> {
+        let conv_stage = stage::conv3d(level);
         let norm1 = ChannelRmsNorm::new(vb.pp("norm1"), in_dim, false)?;
-        let conv1 = CausalConv3d::new(vb.pp("conv1"), in_dim, out_dim, (3, 3), slots)?;
+        let conv1 = CausalConv3d::new(vb.pp("conv1"), in_dim, out_dim, (3, 3), slots, conv_stage)?;
         let norm2 = ChannelRmsNorm::new(vb.pp("norm2"), out_dim, false)?;
-        let conv2 = CausalConv3d::new(vb.pp("conv2"), out_dim, out_dim, (3, 3), slots)?;
+        let conv2 = CausalConv3d::new(vb.pp("conv2"), out_dim, out_dim, (3, 3), slots, conv_stage)?;
         let shortcut = if in_dim != out_dim {
             Some(CausalConv3d::new(
                 vb.pp("conv_shortcut"),
@@ -37,6 +42,7 @@ impl ResidualBlock {
                 out_dim,
                 (1, 1),
                 slots,
+                stage::POINTWISE_CONV,
             )?)
         } else {
             None
@@ -55,11 +61,16 @@ impl ResidualBlock {
             Some(conv) => conv.forward(x, cache)?,
             None => x.clone(),
         };
-        let h = silu(&self.norm1.forward_video(x)?)?;
+        let dev = x.device();
+        let norm_silu = |norm: &ChannelRmsNorm, x: &Tensor| -> Result<Tensor> {
+            let normed = span(stage::RMS_NORM, dev, || norm.forward_video(x))?;
+            span(stage::SILU, dev, || silu(&normed))
+        };
+        let h = norm_silu(&self.norm1, x)?;
         let h = self.conv1.forward(&h, cache)?;
-        let h = silu(&self.norm2.forward_video(&h)?)?;
+        let h = norm_silu(&self.norm2, &h)?;
         let h = self.conv2.forward(&h, cache)?;
-        Ok((h + identity)?)
+        span(stage::RESIDUAL_ADD, dev, || Ok((h + identity)?))
     }
 }
 
@@ -83,6 +94,10 @@ impl AttentionBlock {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        span(stage::ATTENTION, x.device(), || self.forward_unprofiled(x))
+    }
+
+    fn forward_unprofiled(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
         let frames = x.reshape((b * t, c, h, w))?;
         let qkv = self.to_qkv.forward(&self.norm.forward(&frames)?)?; // [N, 3C, H, W]
@@ -109,20 +124,31 @@ pub struct Upsample {
     time_conv: Option<CausalConv3d>,
     time_slot: Option<usize>,
     conv: Conv2d,
+    /// Profiler stage of `conv` (by its output resolution).
+    conv_stage: &'static str,
 }
 
 impl Upsample {
     /// `temporal`: upsample3d (true) or upsample2d (false). Output channels are `dim / 2`.
+    /// `level`: the resolution level of the input (the output is one level up), for profiles.
     pub fn new(
         vb: VarBuilder,
         dim: usize,
         temporal: bool,
+        level: usize,
         slots: &mut SlotCounter,
     ) -> Result<Self> {
         let (time_conv, time_slot) = if temporal {
             // the conv's own history slot doubles as the "first chunk seen" marker
             let slot_before = slots.count();
-            let conv = CausalConv3d::new(vb.pp("time_conv"), dim, 2 * dim, (3, 1), slots)?;
+            let conv = CausalConv3d::new(
+                vb.pp("time_conv"),
+                dim,
+                2 * dim,
+                (3, 1),
+                slots,
+                stage::UPSAMPLE_TEMPORAL_CONV,
+            )?;
             (Some(conv), Some(slot_before))
         } else {
             (None, None)
@@ -132,6 +158,7 @@ impl Upsample {
             time_conv,
             time_slot,
             conv,
+            conv_stage: stage::upsample_conv(level + 1),
         })
     }
 
@@ -155,8 +182,10 @@ impl Upsample {
         let (b, t, c, h, w) = x.dims5()?;
         let frames = x.reshape((b * t, c, h, w))?;
         // nearest 2× ("nearest-exact" equals plain duplication at factor 2)
-        let up = frames.upsample_nearest2d(2 * h, 2 * w)?;
-        let y = self.conv.forward(&up)?;
+        let up = span(stage::UPSAMPLE_SPATIAL, frames.device(), || {
+            Ok(frames.upsample_nearest2d(2 * h, 2 * w)?)
+        })?;
+        let y = span(self.conv_stage, up.device(), || self.conv.forward(&up))?;
         Ok(y.reshape((b, t, c / 2, 2 * h, 2 * w))?)
     }
 }

@@ -5,8 +5,9 @@ use candle_nn::VarBuilder;
 
 use super::blocks::{AttentionBlock, ResidualBlock, Upsample};
 use super::config::WanVaeConfig;
-use super::layers::{silu, CausalConv3d, ChannelRmsNorm, FeatureCache, SlotCounter};
+use super::layers::{silu, stage, CausalConv3d, ChannelRmsNorm, FeatureCache, SlotCounter};
 use crate::error::Result;
+use crate::profile::span;
 
 #[derive(Debug, Clone)]
 struct UpBlock {
@@ -39,16 +40,25 @@ impl Decoder3d {
         let temporal = cfg.temporal_upsample();
         let mut slots = SlotCounter::default();
 
-        let conv_in = CausalConv3d::new(vb.pp("conv_in"), cfg.z_dim, dims[0], (3, 3), &mut slots)?;
+        let conv_in = CausalConv3d::new(
+            vb.pp("conv_in"),
+            cfg.z_dim,
+            dims[0],
+            (3, 3),
+            &mut slots,
+            stage::conv3d(0),
+        )?;
         let mid = vb.pp("mid_block");
         let mid_resnets = [
-            ResidualBlock::new(mid.pp("resnets.0"), dims[0], dims[0], &mut slots)?,
-            ResidualBlock::new(mid.pp("resnets.1"), dims[0], dims[0], &mut slots)?,
+            ResidualBlock::new(mid.pp("resnets.0"), dims[0], dims[0], 0, &mut slots)?,
+            ResidualBlock::new(mid.pp("resnets.1"), dims[0], dims[0], 0, &mut slots)?,
         ];
         let mid_attention = AttentionBlock::new(mid.pp("attentions.0"), dims[0])?;
 
         let mut up_blocks = Vec::with_capacity(mult.len());
         for i in 0..mult.len() {
+            // resolution level: every up block but the last ends with a spatial upsampler
+            let level = i;
             let vb_up = vb.pp(format!("up_blocks.{i}"));
             // every upsampler halves the channels, so later blocks start from half the width
             let mut in_dim = if i > 0 { dims[i] / 2 } else { dims[i] };
@@ -59,6 +69,7 @@ impl Decoder3d {
                     vb_up.pp(format!("resnets.{r}")),
                     in_dim,
                     out_dim,
+                    level,
                     &mut slots,
                 )?);
                 in_dim = out_dim;
@@ -68,6 +79,7 @@ impl Decoder3d {
                     vb_up.pp("upsamplers.0"),
                     out_dim,
                     temporal[i],
+                    level,
                     &mut slots,
                 )?)
             } else {
@@ -83,6 +95,7 @@ impl Decoder3d {
             cfg.out_channels,
             (3, 3),
             &mut slots,
+            stage::HEAD_CONV,
         )?;
         Ok(Self {
             conv_in,
@@ -115,7 +128,9 @@ impl Decoder3d {
                 x = upsample.forward(&x, cache)?;
             }
         }
-        let x = silu(&self.norm_out.forward_video(&x)?)?;
+        let x = span(stage::HEAD_NORM, x.device(), || {
+            silu(&self.norm_out.forward_video(&x)?)
+        })?;
         self.conv_out.forward(&x, cache)
     }
 }

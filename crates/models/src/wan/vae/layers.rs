@@ -4,10 +4,97 @@
 //! Video tensors inside the decoder are frames-major, `[B, T, C, H, W]`, so that every per-frame
 //! operation is a free reshape to `[B·T, C, H, W]` for candle's conv2d.
 
+use std::sync::OnceLock;
+
+use candle_core::conv::CudnnFwdAlgo;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
+use crate::profile::span;
+
+/// Stage names of the decode for the stage profiler ([`crate::profile`], `VDIT_PROFILE=1`).
+/// Spans are leaves (none wraps another), so the table's shares add up to the decode.
+/// "Level" is the resolution of the activations: 0 at the latent resolution, one more after each
+/// spatial upsampler (3 = the output resolution for Wan2.1's four blocks).
+pub mod stage {
+    pub const PRE_PROCESSING: &str = "vae: pre-processing (unnormalise, layout)";
+    pub const POST_PROCESSING: &str = "vae: post-processing (to f32, layout, clamp)";
+    pub const TILE_BLEND: &str = "vae: tile blending";
+    /// Building the causal window from the cached frames and storing the new ones.
+    pub const FEATURE_CACHE: &str = "vae: feature cache (cat/narrow/pad)";
+    /// Stacking the k_t frames of each window along channels for the one-conv (cuDNN) layout.
+    pub const TAP_STACKING: &str = "vae: conv3d tap stacking (cat)";
+    pub const CONV_BIAS: &str = "vae: conv bias add";
+    pub const RMS_NORM: &str = "vae: rms norm";
+    pub const SILU: &str = "vae: silu";
+    pub const RESIDUAL_ADD: &str = "vae: residual add";
+    pub const ATTENTION: &str = "vae: attention (mid block, all of it)";
+    pub const POINTWISE_CONV: &str = "vae: conv 1x1x1 (shortcut, post-quant)";
+    pub const UPSAMPLE_TEMPORAL_CONV: &str = "vae: upsample (temporal conv 3x1x1)";
+    pub const UPSAMPLE_SPATIAL: &str = "vae: upsample (spatial nearest)";
+    pub const HEAD_NORM: &str = "vae: head (norm + silu)";
+    pub const HEAD_CONV: &str = "vae: head (conv3d to RGB)";
+
+    /// The 3×3×3 convs of the residual blocks (and conv_in) at resolution `level`.
+    pub fn conv3d(level: usize) -> &'static str {
+        const NAMES: [&str; 5] = [
+            "vae: conv3d 3x3x3 (level 0, latent res)",
+            "vae: conv3d 3x3x3 (level 1, 2x)",
+            "vae: conv3d 3x3x3 (level 2, 4x)",
+            "vae: conv3d 3x3x3 (level 3, 8x)",
+            "vae: conv3d 3x3x3 (level 4+)",
+        ];
+        NAMES[level.min(NAMES.len() - 1)]
+    }
+
+    /// The 3×3 conv2d of an upsampler, whose output is at resolution `level`.
+    pub fn upsample_conv(level: usize) -> &'static str {
+        const NAMES: [&str; 5] = [
+            "vae: upsample conv2d 3x3 (to level 0)",
+            "vae: upsample conv2d 3x3 (to level 1)",
+            "vae: upsample conv2d 3x3 (to level 2)",
+            "vae: upsample conv2d 3x3 (to level 3)",
+            "vae: upsample conv2d 3x3 (to level 4+)",
+        ];
+        NAMES[level.min(NAMES.len() - 1)]
+    }
+}
+
+/// Forces one cuDNN forward algorithm for every conv of the decoder, instead of cuDNN's heuristic
+/// pick (to find a faster one on a given GPU): `implicit-gemm`, `implicit-precomp-gemm`, `gemm`,
+/// `direct`, `fft`, `fft-tiling`, `winograd` or `winograd-nonfused`. Only read by cuDNN convs.
+pub const CONV_ALGO_ENV: &str = "VDIT_VAE_CONV_ALGO";
+
+fn parse_conv_algo(value: &str) -> std::result::Result<CudnnFwdAlgo, String> {
+    Ok(match value {
+        "implicit-gemm" => CudnnFwdAlgo::ImplicitGemm,
+        "implicit-precomp-gemm" => CudnnFwdAlgo::ImplicitPrecompGemm,
+        "gemm" => CudnnFwdAlgo::Gemm,
+        "direct" => CudnnFwdAlgo::Direct,
+        "fft" => CudnnFwdAlgo::Fft,
+        "fft-tiling" => CudnnFwdAlgo::FftTiling,
+        "winograd" => CudnnFwdAlgo::Winograd,
+        "winograd-nonfused" => CudnnFwdAlgo::WinogradNonFused,
+        other => {
+            return Err(format!(
+                "{CONV_ALGO_ENV}={other:?} is not one of implicit-gemm, implicit-precomp-gemm, \
+                 gemm, direct, fft, fft-tiling, winograd, winograd-nonfused"
+            ))
+        }
+    })
+}
+
+/// The algorithm [`CONV_ALGO_ENV`] asks for (read once); None when unset or empty.
+fn forced_conv_algo() -> Result<Option<CudnnFwdAlgo>> {
+    static ALGO: OnceLock<std::result::Result<Option<CudnnFwdAlgo>, String>> = OnceLock::new();
+    ALGO.get_or_init(|| match std::env::var(CONV_ALGO_ENV) {
+        Ok(v) if !v.trim().is_empty() => parse_conv_algo(v.trim()).map(Some),
+        _ => Ok(None),
+    })
+    .clone()
+    .map_err(ModelError::InvalidInput)
+}
 
 /// What one temporal conv remembers between decoder calls.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +198,10 @@ fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tenso
             .conv2d(&kernel.to_dtype(DType::F32)?, padding, 1, 1, 1)?;
         return Ok(y);
     }
+    if convs_through_cudnn(x.device()) {
+        let algo = forced_conv_algo()?;
+        return Ok(x.conv2d_with_algo(kernel, padding, 1, 1, 1, algo)?);
+    }
     Ok(x.conv2d(kernel, padding, 1, 1, 1)?)
 }
 
@@ -173,20 +264,24 @@ pub struct CausalConv3d {
     out_dim: usize,
     /// Cache slot of a temporal conv (k_t > 1); None for k_t = 1, which needs no history.
     slot: Option<usize>,
+    /// Profiler stage of the conv itself (see [`stage`]).
+    conv_stage: &'static str,
 }
 
 impl CausalConv3d {
     /// `kernel` = (k_t, k_s) with a k_s × k_s spatial kernel; temporal padding is causal (k_t − 1
     /// frames of history), spatial padding `(k_s − 1) / 2` (Wan's convs are all "same" convs).
+    /// `conv_stage` names the conv in profiles (one of [`stage`]).
     pub fn new(
         vb: VarBuilder,
         in_dim: usize,
         out_dim: usize,
         kernel: (usize, usize),
         slots: &mut SlotCounter,
+        conv_stage: &'static str,
     ) -> Result<Self> {
         let stacked = convs_through_cudnn(vb.device());
-        Self::with_layout(vb, in_dim, out_dim, kernel, slots, stacked)
+        Self::with_layout(vb, in_dim, out_dim, kernel, slots, conv_stage, stacked)
     }
 
     /// [`new`](Self::new) with the kernel layout chosen by the caller: `stacked` for one conv over
@@ -197,6 +292,7 @@ impl CausalConv3d {
         out_dim: usize,
         kernel: (usize, usize),
         slots: &mut SlotCounter,
+        conv_stage: &'static str,
         stacked: bool,
     ) -> Result<Self> {
         let (kt, ks) = kernel;
@@ -225,16 +321,18 @@ impl CausalConv3d {
             spatial_padding: (ks - 1) / 2,
             out_dim,
             slot,
+            conv_stage,
         })
     }
 
     /// x `[B, T, C, H, W]` → `[B, T, O, H, W]`, reading and updating this conv's cache slot.
     pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
+        let dev = x.device();
         let history = self.kt - 1;
         let padded = match self.slot {
             None => x.clone(),
-            Some(slot) => {
+            Some(slot) => span(stage::FEATURE_CACHE, dev, || {
                 // The stream so far: cached frames, then this chunk; zero frames fill the rest of
                 // the history.
                 let stream = match cache.previous_frames(slot) {
@@ -248,35 +346,40 @@ impl CausalConv3d {
                 let keep = history.min(stream_len);
                 cache.slots[slot] =
                     CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.contiguous()?);
-                if missing > 0 {
+                Ok(if missing > 0 {
                     padded.pad_with_zeros(1, missing, 0)?
                 } else {
                     padded
-                }
-            }
+                })
+            })?,
         }; // [B, T + k_t − 1, C, H, W]
         let dtype = x.dtype();
-        match &self.kernel {
+        let y = match &self.kernel {
             TemporalKernel::Stacked(kernel) => {
                 // window i = frames i..i+k_t of `padded`, side by side along channels
                 let windows = if self.kt == 1 {
                     padded
                 } else {
-                    let taps = (0..self.kt)
-                        .map(|j| padded.narrow(1, j, t))
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    Tensor::cat(&taps, 2)?
+                    span(stage::TAP_STACKING, dev, || {
+                        let taps = (0..self.kt)
+                            .map(|j| padded.narrow(1, j, t))
+                            .collect::<candle_core::Result<Vec<_>>>()?;
+                        Ok(Tensor::cat(&taps, 2)?)
+                    })?
                 }; // [B, T, k_t·C, H, W]
-                let y = conv2d_grouped(
-                    &windows.reshape((b * t, self.kt * c, h, w))?,
-                    kernel,
-                    self.spatial_padding,
-                )?; // [B·T, O, H, W], x's dtype or f32
-                Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
-                    .to_dtype(dtype)?
-                    .reshape((b, t, self.out_dim, h, w))?)
+                let y = span(self.conv_stage, dev, || {
+                    conv2d_grouped(
+                        &windows.reshape((b * t, self.kt * c, h, w))?,
+                        kernel,
+                        self.spatial_padding,
+                    )
+                })?; // [B·T, O, H, W], x's dtype or f32
+                span(stage::CONV_BIAS, dev, || {
+                    Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
+                        .to_dtype(dtype)?)
+                })?
             }
-            TemporalKernel::Taps(taps) => {
+            TemporalKernel::Taps(taps) => span(self.conv_stage, dev, || {
                 // Taps are summed in f32 for half-precision inputs, as a fused Conv3d accumulates;
                 // rounding each tap separately would add error that the reference does not have.
                 let accumulate = if matches!(dtype, DType::F16 | DType::BF16) {
@@ -293,9 +396,10 @@ impl CausalConv3d {
                     let y = conv2d_grouped(&frames, tap, self.spatial_padding)?;
                     sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
                 }
-                Ok(sum.to_dtype(dtype)?.reshape((b, t, self.out_dim, h, w))?)
-            }
-        }
+                Ok(sum.to_dtype(dtype)?)
+            })?,
+        }; // [B·T, O, H, W]
+        Ok(y.reshape((b, t, self.out_dim, h, w))?)
     }
 }
 
@@ -306,6 +410,8 @@ pub struct ChannelRmsNorm {
     gamma: Tensor, // [1, C, 1, 1]
     bias: Option<Tensor>,
     scale: f64,
+    /// `[1, C]` f32 ones: the channel sum of the GPU path as a matmul, made once.
+    ones: Tensor,
 }
 
 impl ChannelRmsNorm {
@@ -329,6 +435,7 @@ impl ChannelRmsNorm {
             gamma,
             bias,
             scale: (dim as f64).sqrt(),
+            ones: Tensor::ones((1, dim), DType::F32, vb.device())?,
         })
     }
 
@@ -362,8 +469,10 @@ impl ChannelRmsNorm {
     fn forward_lean(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let squares = x.to_dtype(DType::F32)?.sqr()?.reshape((n, c, h * w))?; // [N, C, H·W]
-        let ones = Tensor::ones((1, c), DType::F32, x.device())?;
-        let sum = ones.broadcast_matmul(&squares)?.reshape((n, 1, h, w))?; // [N, 1, H, W] f32
+        let sum = self
+            .ones
+            .broadcast_matmul(&squares)?
+            .reshape((n, 1, h, w))?; // [N, 1, H, W] f32
         let factor = (sum.sqrt()?.maximum(1e-12)?.recip()? * self.scale)?.to_dtype(x.dtype())?;
         let y = x.broadcast_mul(&factor)?.broadcast_mul(&self.gamma)?;
         self.add_bias(y)
@@ -463,6 +572,7 @@ mod tests {
                     o,
                     (kt, ks),
                     &mut SlotCounter::default(),
+                    stage::conv3d(0),
                     stacked,
                 )
                 .unwrap()
@@ -488,6 +598,38 @@ mod tests {
         }
     }
 
+    /// Every documented value of the algorithm variable parses to its own algorithm; anything
+    /// else is an error naming the variable.
+    #[test]
+    fn conv_algo_names_parse() {
+        let names = [
+            "implicit-gemm",
+            "implicit-precomp-gemm",
+            "gemm",
+            "direct",
+            "fft",
+            "fft-tiling",
+            "winograd",
+            "winograd-nonfused",
+        ];
+        let algos: Vec<CudnnFwdAlgo> = names.iter().map(|n| parse_conv_algo(n).unwrap()).collect();
+        for (i, a) in algos.iter().enumerate() {
+            assert!(algos[..i].iter().all(|b| b != a), "{} repeats", names[i]);
+        }
+        assert_eq!(parse_conv_algo("fft").unwrap(), CudnnFwdAlgo::Fft);
+        let err = parse_conv_algo("Winograd").unwrap_err();
+        assert!(err.contains(CONV_ALGO_ENV), "{err}");
+    }
+
+    /// Stage names are leaves of one fixed set; levels past the last share the last name.
+    #[test]
+    fn stage_names_by_level() {
+        assert_ne!(stage::conv3d(0), stage::conv3d(3));
+        assert_eq!(stage::conv3d(7), stage::conv3d(4));
+        assert!(stage::upsample_conv(1).contains("level 1"));
+        assert!(stage::conv3d(2).starts_with("vae: "));
+    }
+
     /// A 1×1×1 conv (shortcut, post_quant_conv) is one conv2d in either layout.
     #[test]
     fn pointwise_conv_ignores_layout() {
@@ -498,7 +640,15 @@ mod tests {
             vec![("weight", weight.clone()), ("bias", bias.clone())],
             DType::F32,
         );
-        let conv = CausalConv3d::new(vb, 4, 3, (1, 1), &mut SlotCounter::default()).unwrap();
+        let conv = CausalConv3d::new(
+            vb,
+            4,
+            3,
+            (1, 1),
+            &mut SlotCounter::default(),
+            stage::POINTWISE_CONV,
+        )
+        .unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, 2, 4, 3, 5), &dev).unwrap();
         let y = conv.forward(&x, &mut FeatureCache::new(0)).unwrap();
         // y[b,t,o,h,w] = Σ_c W[o,c]·x[b,t,c,h,w] + bias[o]

@@ -23,9 +23,11 @@ pub use keys::VaeKeyDialect;
 pub use tiling::VaeTiling;
 
 use crate::error::{ModelError, Result};
+use crate::profile::span;
 use crate::weights::{RandomWeights, WeightFiles, WeightsError};
 use decoder::Decoder3d;
-use layers::{CausalConv3d, FeatureCache, SlotCounter};
+pub use layers::CONV_ALGO_ENV;
+use layers::{stage, CausalConv3d, FeatureCache, SlotCounter};
 
 /// The error for a checkpoint that has no Wan VAE decoder in either key dialect.
 fn not_a_vae(files: String) -> ModelError {
@@ -131,6 +133,7 @@ impl WanVaeDecoder {
             cfg.z_dim,
             (1, 1),
             &mut no_slots,
+            stage::POINTWISE_CONV,
         )?;
         let decoder = Decoder3d::new(vb.pp("decoder"), cfg)?;
         let table = |values: &[f64]| -> Result<Tensor> {
@@ -172,9 +175,10 @@ impl WanVaeDecoder {
         tiling: Option<VaeTiling>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
-        Ok(self
-            .decode_raw(latents, tiling, progress)?
-            .clamp(-1f32, 1f32)?)
+        let video = self.decode_raw(latents, tiling, progress)?;
+        span(stage::POST_PROCESSING, &self.device, || {
+            Ok(video.clamp(-1f32, 1f32)?)
+        })
     }
 
     /// [`decode`](Self::decode) without the final clamp to [−1, 1] (for analysis and tests).
@@ -198,32 +202,32 @@ impl WanVaeDecoder {
         if let Some(t) = &tiling {
             t.validate()?;
         }
-        let z = latents.to_device(&self.device)?.to_dtype(DType::F32)?;
-        let z = z
-            .broadcast_mul(&self.latents_std)?
-            .broadcast_add(&self.latents_mean)?;
-        // frames-major for the decoder: [B, F, z, H, W]
-        let z = z
-            .to_dtype(self.dtype)?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?;
+        let z = latents.to_device(&self.device)?;
+        let z = span(stage::PRE_PROCESSING, &self.device, || {
+            let z = z
+                .to_dtype(DType::F32)?
+                .broadcast_mul(&self.latents_std)?
+                .broadcast_add(&self.latents_mean)?;
+            // frames-major for the decoder: [B, F, z, H, W]
+            Ok(z.to_dtype(self.dtype)?
+                .permute((0, 2, 1, 3, 4))?
+                .contiguous()?)
+        })?;
         let z = self
             .post_quant_conv
             .forward(&z, &mut FeatureCache::new(0))?;
         let (_, _, _, h, w) = z.dims5()?;
-        let video = match tiling {
-            Some(t) if t.tile.0 < h || t.tile.1 < w => self.decode_tiled(&z, t, progress)?,
+        match tiling {
+            Some(t) if t.tile.0 < h || t.tile.1 < w => self.decode_tiled(&z, t, progress),
             _ => {
                 let frames = z.dim(1)?;
-                self.decode_stream(&z, &mut |i| progress(i, frames))?
+                self.decode_stream(&z, &mut |i| progress(i, frames))
             }
-        };
-        // [B, T, 3, H, W] → [B, 3, T, H, W]
-        Ok(video.permute((0, 2, 1, 3, 4))?.contiguous()?)
+        }
     }
 
     /// All latent frames of one region, one at a time through a fresh cache:
-    /// `[B, F, z, h, w]` → `[B, T, 3, 8h, 8w]` f32. `frame_done(i)` after i latent frames.
+    /// `[B, F, z, h, w]` → `[B, 3, T, 8h, 8w]` f32. `frame_done(i)` after i latent frames.
     fn decode_stream(&self, z: &Tensor, frame_done: &mut dyn FnMut(usize)) -> Result<Tensor> {
         let mut cache = self.decoder.new_cache();
         let frames = z.dim(1)?;
@@ -231,11 +235,19 @@ impl WanVaeDecoder {
         for i in 0..frames {
             let out = self
                 .decoder
-                .forward_chunk(&z.narrow(1, i, 1)?, &mut cache)?;
-            chunks.push(out.to_dtype(DType::F32)?);
+                .forward_chunk(&z.narrow(1, i, 1)?, &mut cache)?; // [B, t, 3, 8h, 8w]
+                                                                  // channels-first per chunk, in the same pass as the cast to f32: [B, 3, t, 8h, 8w]
+            chunks.push(span(stage::POST_PROCESSING, &self.device, || {
+                Ok(out
+                    .permute((0, 2, 1, 3, 4))?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?)
+            })?);
             frame_done(i + 1);
         }
-        Ok(Tensor::cat(&chunks, 1)?)
+        span(stage::POST_PROCESSING, &self.device, || {
+            Ok(Tensor::cat(&chunks, 2)?)
+        })
     }
 
     /// Overlapping spatial tiles, each decoded through all frames, blended linearly.
@@ -252,7 +264,7 @@ impl WanVaeDecoder {
         let out_frames = self.config.video_frames(frames);
         let channels = self.config.out_channels;
         let mut video = Tensor::zeros(
-            (b, out_frames, channels, h * scale, w * scale),
+            (b, channels, out_frames, h * scale, w * scale),
             DType::F32,
             &self.device,
         )?;
@@ -264,17 +276,22 @@ impl WanVaeDecoder {
                 let decoded =
                     self.decode_stream(&tile, &mut |i| progress(tiles_done * frames + i, total))?;
                 tiles_done += 1;
-                // decoded: [B, T, 3, th·8, tw·8]
-                let wy = Tensor::from_slice(wy, (th * scale, 1), &self.device)?;
-                let wx = Tensor::from_slice(wx, (1, tw * scale), &self.device)?;
-                let weight = wy.broadcast_mul(&wx)?; // [th·8, tw·8]
-                let (ys, xs) = (y0 * scale..(y0 + th) * scale, x0 * scale..(x0 + tw) * scale);
-                let current = video
-                    .narrow(3, ys.start, ys.len())?
-                    .narrow(4, xs.start, xs.len())?;
-                let blended = (current + decoded.broadcast_mul(&weight)?)?;
-                video =
-                    video.slice_assign(&[0..b, 0..out_frames, 0..channels, ys, xs], &blended)?;
+                // decoded: [B, 3, T, th·8, tw·8]
+                video = span(stage::TILE_BLEND, &self.device, || {
+                    let wy = Tensor::from_slice(wy, (th * scale, 1), &self.device)?;
+                    let wx = Tensor::from_slice(wx, (1, tw * scale), &self.device)?;
+                    let weight = wy.broadcast_mul(&wx)?; // [th·8, tw·8]
+                    let (ys, xs) = (y0 * scale..(y0 + th) * scale, x0 * scale..(x0 + tw) * scale);
+                    let current =
+                        video
+                            .narrow(3, ys.start, ys.len())?
+                            .narrow(4, xs.start, xs.len())?;
+                    let blended = (current + decoded.broadcast_mul(&weight)?)?;
+                    Ok(
+                        video
+                            .slice_assign(&[0..b, 0..channels, 0..out_frames, ys, xs], &blended)?,
+                    )
+                })?;
             }
         }
         Ok(video)
