@@ -428,10 +428,7 @@ fn bench_attention(a: &AttentionBench, dtype: DType, timer: &Timer) -> Result<Ve
             ("dense".to_string(), timing, 1.0)
         } else {
             let mask = random_block_mask(a, density)?;
-            let timing = timer.time(|| {
-                block_sparse_attention(&q, &k, &v, &mask, scale)?;
-                Ok(())
-            })?;
+            let timing = time_block_sparse(timer, &q, &k, &v, &mask, scale)?;
             (format!("block-sparse {density}"), timing, mask.density())
         };
         let mut row = timer.row("attention", case, shape_name.clone(), &timing);
@@ -440,10 +437,17 @@ fn bench_attention(a: &AttentionBench, dtype: DType, timer: &Timer) -> Result<Ve
         rows.push(row);
     }
 
-    // Mask prediction as RainFusion runs it (block means, block scores, top-k), at sparsity 0.8.
+    // Mask prediction as RainFusion runs it (block means, block scores, top-k), at sparsity 0.8:
+    // on CUDA the device predictor (the mask stays on the GPU), elsewhere the host one.
     let sparsity = 0.8;
     let mut density = None;
     let timing = timer.time(|| {
+        #[cfg(feature = "cuda")]
+        if rainfusion::cuda::is_supported(&q, a.block_size) {
+            let mask = rainfusion::cuda::predict_block_mask(&q, &k, a.block_size, sparsity, 0)?;
+            density = Some(mask.density()?);
+            return Ok(());
+        }
         let mask = predict_block_mask(&q, &k, a.block_size, sparsity, 0)?;
         density = Some(mask.density());
         Ok(())
@@ -457,6 +461,30 @@ fn bench_attention(a: &AttentionBench, dtype: DType, timer: &Timer) -> Result<Ve
     row.density = density;
     rows.push(row);
     Ok(rows)
+}
+
+/// Times block-sparse attention over `mask`. On CUDA the mask is uploaded once, before timing,
+/// as RainFusion keeps its masks on the device; elsewhere the host kernel reads it directly.
+fn time_block_sparse(
+    timer: &Timer,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    scale: f64,
+) -> Result<Timing> {
+    #[cfg(feature = "cuda")]
+    if rainfusion::cuda::is_supported(q, mask.block_size) {
+        let device_mask = rainfusion::cuda::DeviceBlockMask::upload(mask, q.device())?;
+        return timer.time(|| {
+            rainfusion::cuda::block_sparse_attention_device(q, k, v, &device_mask, scale)?;
+            Ok(())
+        });
+    }
+    timer.time(|| {
+        block_sparse_attention(q, k, v, mask, scale)?;
+        Ok(())
+    })
 }
 
 /// A mask keeping `ceil(density · key_blocks)` key blocks per query block: the diagonal block
