@@ -43,6 +43,8 @@ if [ "${QUICK:-0}" = 1 ]; then
   timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 2 2>&1 | grep "transformer"
   VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
   VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
+  echo "VAE with our tensor-core cuDNN convolution (VDIT_VAE_TENSOR_OPS=1):"
+  VDIT_VAE_TENSOR_OPS=1 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep -E "^\| vae|rror" | tee $OUT/profile_vae_tensor_ops.md
   for algo in implicit-precomp-gemm implicit-gemm; do
     echo "VAE with cuDNN algorithm $algo:"
     VDIT_VAE_CONV_ALGO=$algo timeout 60 /tmp/vdit bench vae --device cuda --warmup 0 --iters 1 2>&1 | grep -E "vae|rror"

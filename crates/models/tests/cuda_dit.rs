@@ -434,3 +434,29 @@ fn bench_fused_kernels() {
     });
     println!("(the two matmul rows print TFLOP/s in the GB/s column)");
 }
+
+/// The VAE's tensor-core cuDNN convolution (feature `cudnn`) against candle's f32 conv2d.
+#[cfg(feature = "cudnn")]
+#[test]
+fn tensor_core_convolution_matches_candle_conv2d() {
+    let dev = gpu();
+    for (n, c, h, w, o, k, pad) in [
+        (2, 96, 30, 52, 96, 3, 1),
+        (3, 64, 17, 9, 32, 3, 1),
+        (1, 48, 8, 8, 24, 1, 0),
+    ] {
+        let x = random(&[n, c, h, w], 21, &dev)
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let kernel = (random(&[o, c, k, k], 22, &dev) * 0.05)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let expected = f32(&x).conv2d(&f32(&kernel), pad, 1, 1, 1).unwrap();
+        let y = vdit_models::wan::vae::conv2d_tensor_ops(&x, &kernel, pad).unwrap();
+        assert_eq!(y.dims(), expected.dims());
+        let err = relative_error(&y, &expected);
+        assert!(err < 1e-2, "conv {n}x{c}x{h}x{w} * {o}x{k}x{k}: {err:.3e}");
+    }
+}

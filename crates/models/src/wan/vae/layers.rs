@@ -198,6 +198,13 @@ fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tenso
             .conv2d(&kernel.to_dtype(DType::F32)?, padding, 1, 1, 1)?;
         return Ok(y);
     }
+    #[cfg(feature = "cudnn")]
+    if x.device().is_cuda()
+        && matches!(x.dtype(), DType::BF16 | DType::F16)
+        && super::cudnn_conv::enabled()
+    {
+        return super::cudnn_conv::conv2d_tensor_ops(x, kernel, padding);
+    }
     if convs_through_cudnn(x.device()) {
         let algo = forced_conv_algo()?;
         return Ok(x.conv2d_with_algo(kernel, padding, 1, 1, 1, algo)?);

@@ -7,6 +7,8 @@
 
 mod blocks;
 pub mod config;
+#[cfg(feature = "cudnn")]
+mod cudnn_conv;
 mod decoder;
 pub mod keys;
 mod layers;
@@ -25,6 +27,8 @@ pub use tiling::VaeTiling;
 use crate::error::{ModelError, Result};
 use crate::profile::span;
 use crate::weights::{RandomWeights, WeightFiles, WeightsError};
+#[cfg(feature = "cudnn")]
+pub use cudnn_conv::{conv2d_tensor_ops, TENSOR_OPS_ENV};
 use decoder::Decoder3d;
 pub use layers::CONV_ALGO_ENV;
 use layers::{stage, CausalConv3d, FeatureCache, SlotCounter};

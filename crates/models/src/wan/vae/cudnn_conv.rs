@@ -1,0 +1,238 @@
+//! 2-D convolution through cuDNN with tensor-core math allowed, for the VAE decoder on CUDA.
+//!
+//! candle's cuDNN convolution (feature `cudnn`) leaves the descriptor at cuDNN's default math
+//! type, under which 16-bit convolutions may not use tensor cores, asks cuDNN's heuristic for an
+//! algorithm on every call and zero-fills a new workspace each time. This path sets
+//! `CUDNN_TENSOR_OP_MATH`, remembers the algorithm per shape, and takes its workspace from
+//! candle's allocator without a fill. Opt-in ([`TENSOR_OPS_ENV`]) until a GPU run has checked it
+//! (scripts/gpu/NOTES.md, v8).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cudnn::{self, ConvForward, Cudnn, CudnnDataType};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use half::{bf16, f16};
+
+use crate::error::{ModelError, Result};
+
+/// Environment variable that routes the VAE's 16-bit convolutions through this path.
+pub const TENSOR_OPS_ENV: &str = "VDIT_VAE_TENSOR_OPS";
+
+/// Whether [`TENSOR_OPS_ENV`] is set (read once).
+pub(crate) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(TENSOR_OPS_ENV).is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Cross-correlation of x `[N, C, H, W]` with kernel `[O, C, kh, kw]`, stride 1, symmetric zero
+/// `padding`, f32 accumulation → `[N, O, H', W']` in x's dtype (bf16 or f16, CUDA).
+pub fn conv2d_tensor_ops(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, kc, _, _) = kernel.dims4()?;
+    if !x.device().is_cuda() || !matches!(x.dtype(), DType::BF16 | DType::F16) {
+        return Err(ModelError::InvalidInput(format!(
+            "the tensor-core convolution takes bf16/f16 CUDA tensors, got {:?}",
+            x.dtype()
+        )));
+    }
+    if kc != c || kernel.dtype() != x.dtype() {
+        return Err(ModelError::InvalidInput(format!(
+            "convolution kernel {:?} {:?} does not fit input {:?} {:?}",
+            kernel.dims(),
+            kernel.dtype(),
+            x.dims(),
+            x.dtype()
+        )));
+    }
+    let op = ConvOp { padding };
+    Ok(x.contiguous()?
+        .apply_op2_no_bwd(&kernel.contiguous()?, &op)?)
+}
+
+/// The algorithm chosen per shape (n, c, h, w, o, kh, kw, padding, dtype).
+type AlgoCache = HashMap<[usize; 9], cudnn::sys::cudnnConvolutionFwdAlgo_t>;
+
+fn algos() -> &'static Mutex<AlgoCache> {
+    static ALGOS: OnceLock<Mutex<AlgoCache>> = OnceLock::new();
+    ALGOS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+thread_local! {
+    /// cuDNN handles (not Send) per device, on candle's stream, for this thread.
+    static HANDLES: RefCell<HashMap<String, Arc<Cudnn>>> = RefCell::new(HashMap::new());
+}
+
+fn cudnn_err(e: impl std::fmt::Debug) -> candle_core::Error {
+    candle_core::Error::Msg(format!("cuDNN convolution: {e:?}"))
+}
+
+struct ConvOp {
+    padding: usize,
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "vdit-cudnn-conv2d-tensor-ops"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("the tensor-core convolution runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        x_layout: &Layout,
+        k: &CudaStorage,
+        k_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        match x.dtype() {
+            DType::BF16 => self.launch::<bf16>(x, x_layout, k, k_layout),
+            DType::F16 => self.launch::<f16>(x, x_layout, k, k_layout),
+            other => candle_core::bail!("tensor-core convolution: unsupported dtype {other:?}"),
+        }
+    }
+}
+
+impl ConvOp {
+    fn launch<T>(
+        &self,
+        x: &CudaStorage,
+        x_layout: &Layout,
+        k: &CudaStorage,
+        k_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)>
+    where
+        T: CudaDType + DeviceRepr + CudnnDataType + num_one_zero::OneZero,
+    {
+        let (n, c, h, w) = x_layout.shape().dims4()?;
+        let (o, _, kh, kw) = k_layout.shape().dims4()?;
+        let p = self.padding;
+        if h + 2 * p < kh || w + 2 * p < kw {
+            candle_core::bail!("convolution kernel {kh}x{kw} larger than the padded input {h}x{w}")
+        }
+        let (ho, wo) = (h + 2 * p - kh + 1, w + 2 * p - kw + 1);
+        let dev: CudaDevice = x.device().clone();
+        let i32_of = |v: usize| -> candle_core::Result<i32> {
+            i32::try_from(v)
+                .map_err(|_| candle_core::Error::Msg(format!("{v} exceeds cuDNN's int")))
+        };
+        let key = format!("{:?}", dev.id());
+        let cudnn = HANDLES.with(|handles| -> candle_core::Result<Arc<Cudnn>> {
+            if let Some(h) = handles.borrow().get(&key) {
+                return Ok(h.clone());
+            }
+            let handle = Cudnn::new(dev.cuda_stream()).map_err(cudnn_err)?;
+            handles.borrow_mut().insert(key.clone(), handle.clone());
+            Ok(handle)
+        })?;
+        // Accumulate in f32 (cuDNN's pseudo-16-bit configuration), tensor-core math allowed.
+        let mut conv = cudnn
+            .create_conv2d::<f32>(
+                [i32_of(p)?, i32_of(p)?],
+                [1, 1],
+                [1, 1],
+                cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            )
+            .map_err(cudnn_err)?;
+        conv.set_math_type(cudnn::sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
+            .map_err(cudnn_err)?;
+        let nchw = cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let x_desc = cudnn
+            .create_4d_tensor::<T>(nchw, [i32_of(n)?, i32_of(c)?, i32_of(h)?, i32_of(w)?])
+            .map_err(cudnn_err)?;
+        let k_desc = cudnn
+            .create_4d_filter::<T>(nchw, [i32_of(o)?, i32_of(c)?, i32_of(kh)?, i32_of(kw)?])
+            .map_err(cudnn_err)?;
+        let y_desc = cudnn
+            .create_4d_tensor::<T>(nchw, [i32_of(n)?, i32_of(o)?, i32_of(ho)?, i32_of(wo)?])
+            .map_err(cudnn_err)?;
+        let forward = ConvForward {
+            conv: &conv,
+            x: &x_desc,
+            w: &k_desc,
+            y: &y_desc,
+        };
+        let dtype_tag = usize::from(x.dtype() == DType::F16);
+        let key = [n, c, h, w, o, kh, kw, p, dtype_tag];
+        let cached = algos()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let algo = match cached {
+            Some(algo) => algo,
+            None => {
+                let algo = forward.pick_algorithm().map_err(cudnn_err)?;
+                algos()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, algo);
+                algo
+            }
+        };
+        let workspace_size = forward.get_workspace_size(algo).map_err(cudnn_err)?;
+        // SAFETY: scratch memory for cuDNN; nothing reads it before cuDNN writes it.
+        let mut workspace: CudaSlice<u8> = unsafe { dev.alloc::<u8>(workspace_size.max(1))? };
+        let x_view: CudaView<'_, T> = x.as_cuda_slice::<T>()?.slice(x_layout.start_offset()..);
+        let k_view: CudaView<'_, T> = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
+        // SAFETY: cuDNN writes every output element (beta = 0).
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n * o * ho * wo)? };
+        // SAFETY: the descriptors describe exactly these contiguous buffers.
+        unsafe {
+            forward
+                .launch::<CudaSlice<u8>, _, _, _>(
+                    algo,
+                    Some(&mut workspace),
+                    (T::one(), T::zero()),
+                    &x_view,
+                    &k_view,
+                    &mut out,
+                )
+                .map_err(cudnn_err)?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((n, o, ho, wo)),
+        ))
+    }
+}
+
+/// 1 and 0 in the 16-bit types (cuDNN's alpha and beta are given in the output type).
+mod num_one_zero {
+    use half::{bf16, f16};
+
+    pub trait OneZero {
+        fn one() -> Self;
+        fn zero() -> Self;
+    }
+
+    impl OneZero for bf16 {
+        fn one() -> Self {
+            bf16::ONE
+        }
+        fn zero() -> Self {
+            bf16::ZERO
+        }
+    }
+
+    impl OneZero for f16 {
+        fn one() -> Self {
+            f16::ONE
+        }
+        fn zero() -> Self {
+            f16::ZERO
+        }
+    }
+}
