@@ -84,7 +84,7 @@ pub fn rms_norm_rope(
     check_cuda(x, "rms_norm_rope")?;
     check_16bit(x.dtype(), "rms_norm_rope input")?;
     check_width(dim)?;
-    if head_dim == 0 || head_dim % 2 != 0 || dim % head_dim != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) || !dim.is_multiple_of(head_dim) {
         return Err(Error::InvalidConfig(format!(
             "rms_norm_rope: head_dim {head_dim} must be even and divide the width {dim}"
         )));
