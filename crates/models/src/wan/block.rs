@@ -87,6 +87,33 @@ impl AttentionLayer {
         })
     }
 
+    /// q and k on the fused CUDA path: each projection (bias added in f32) through RMSNorm
+    /// across heads and, for self-attention, RoPE; `[B, L, dim]` memory in the run dtype.
+    #[cfg(feature = "cuda")]
+    fn fused_qk(
+        &self,
+        x_q: &Tensor,
+        x_k: &Tensor,
+        rope: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let project = |linear: &Linear, norm: &RmsNorm, x: &Tensor| -> Result<Tensor> {
+            let (weight, eps) = norm.parts();
+            let y = linear.matmul(x)?;
+            Ok(rainfusion::cuda::fused::rms_norm_rope(
+                &y,
+                Some(linear.bias()),
+                weight,
+                rope,
+                self.head_dim,
+                eps,
+            )?)
+        };
+        Ok((
+            project(&self.to_q, &self.norm_q, x_q)?,
+            project(&self.to_k, &self.norm_k, x_k)?,
+        ))
+    }
+
     /// The output projection's bias with v's bias folded in: softmax rows sum to one, so
     /// `attention(q, k, v + b_v)·W_outᵀ + b_out = attention(q, k, v)·W_outᵀ + (b_out + W_out·b_v)`.
     /// Lets the fused path skip the pass that adds b_v to v. [dim] in the run dtype.
@@ -280,9 +307,7 @@ impl WanBlock {
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
-        use rainfusion::cuda::fused::{
-            bias_gelu_inplace, gated_residual, layer_norm_affine, rms_norm_rope,
-        };
+        use rainfusion::cuda::fused::{bias_gelu_inplace, gated_residual, layer_norm_affine};
         use rainfusion::cuda::OutputLayout;
         let dev = x.device();
         let (b, l, dim) = x.dims3()?;
@@ -307,25 +332,7 @@ impl WanBlock {
         })?;
         let (q, k, v) = span("self: qkv + norm + rope", dev, || {
             let sa = &self.self_attn;
-            let rope = Some((ctx.rope_cos, ctx.rope_sin));
-            let (wq, eq) = sa.norm_q.parts();
-            let (wk, ek) = sa.norm_k.parts();
-            let q = rms_norm_rope(
-                &sa.to_q.matmul(&h)?,
-                Some(sa.to_q.bias()),
-                wq,
-                rope,
-                head_dim,
-                eq,
-            )?;
-            let k = rms_norm_rope(
-                &sa.to_k.matmul(&h)?,
-                Some(sa.to_k.bias()),
-                wk,
-                rope,
-                head_dim,
-                ek,
-            )?;
+            let (q, k) = sa.fused_qk(&h, &h, Some((ctx.rope_cos, ctx.rope_sin)))?;
             let v = sa.to_v.matmul(&h)?; // its bias is folded into the output projection's
             Ok((split(&q, l)?, split(&k, l)?, split(&v, l)?))
         })?;
@@ -350,24 +357,7 @@ impl WanBlock {
             };
             let ca = &self.cross_attn;
             let text_len = ctx.text.dim(1)?;
-            let (wq, eq) = ca.norm_q.parts();
-            let (wk, ek) = ca.norm_k.parts();
-            let q = rms_norm_rope(
-                &ca.to_q.matmul(&h)?,
-                Some(ca.to_q.bias()),
-                wq,
-                None,
-                head_dim,
-                eq,
-            )?;
-            let k = rms_norm_rope(
-                &ca.to_k.matmul(ctx.text)?,
-                Some(ca.to_k.bias()),
-                wk,
-                None,
-                head_dim,
-                ek,
-            )?;
+            let (q, k) = ca.fused_qk(&h, ctx.text, None)?;
             let v = ca.to_v.matmul(ctx.text)?; // bias folded into the output projection's
             Ok((split(&q, l)?, split(&k, text_len)?, split(&v, text_len)?))
         })?;
