@@ -128,6 +128,7 @@ def roundtrip(vae, video: np.ndarray, noise: float, gen: torch.Generator, norm) 
     x = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)  # [1,3,T,H,W] in [-1,1]
     posterior = vae.encode(x).latent_dist
     z = posterior.mode()
+    # How noisy the posterior is relative to the spread of its mode (the decoder was trained on samples).
     stats = {"latent_std_ratio": float((posterior.std / (z.std() + 1e-8)).mean())}
     if noise > 0:
         mean, std = norm
@@ -208,7 +209,8 @@ def report(name: str, res: dict) -> None:
     print(f"  colour hit orig    {fmt([100 * x for x in res['frame_colour_hit_orig']])}")
     print(f"  colour hit rec     {fmt([100 * x for x in res['frame_colour_hit_rec']])}")
     print(f"  analyser originals {res['analyser_orig']}")
-    print(f"  analyser recon     {res['analyser_rec']}", flush=True)
+    print(f"  analyser recon     {res['analyser_rec']}")
+    print(f"  posterior std / latent std {res['posterior_std_over_latent_std']}", flush=True)
 
 
 def main() -> None:
@@ -242,8 +244,9 @@ def main() -> None:
         for label, clips, noise in runs:
             t0 = time.time()
             gen = torch.Generator().manual_seed(args.seed)
-            recs = [roundtrip(vae, video, noise, gen, norm)[0] for _, video, _ in clips]
-            res = evaluate(clips, recs)
+            out = [roundtrip(vae, video, noise, gen, norm) for _, video, _ in clips]
+            res = evaluate(clips, [rec for rec, _ in out])
+            res["posterior_std_over_latent_std"] = round(float(np.mean([st["latent_std_ratio"] for _, st in out])), 3)
             res["seconds"] = round(time.time() - t0, 1)
             results[f"{name} {label}"] = res
             report(f"{name} {label} ({res['seconds']} s)", res)
