@@ -125,18 +125,19 @@ def latent_norm(vae):
 @torch.no_grad()
 def roundtrip(vae, video: np.ndarray, noise: float, gen: torch.Generator, norm) -> tuple[np.ndarray, dict]:
     """uint8 [T,H,W,3] -> reconstruction uint8 [T,H,W,3] (through latent [1,16,1+(T-1)/4,H/8,W/8])."""
-    x = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)  # [1,3,T,H,W] in [-1,1]
+    dev = next(vae.parameters()).device
+    x = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0).to(dev)  # [1,3,T,H,W], [-1,1]
     posterior = vae.encode(x).latent_dist
     z = posterior.mode()
     # How noisy the posterior is relative to the spread of its mode (the decoder was trained on samples).
     stats = {"latent_std_ratio": float((posterior.std / (z.std() + 1e-8)).mean())}
     if noise > 0:
-        mean, std = norm
+        mean, std = (t.to(dev) for t in norm)
         zn = (z - mean) / std
-        zn = zn + noise * torch.randn(zn.shape, generator=gen)
+        zn = zn + noise * torch.randn(zn.shape, generator=gen).to(dev)
         z = zn * std + mean
     y = vae.decode(z).sample  # [1,3,T,H,W] in about [-1,1]
-    rec = ((y[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    rec = ((y[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
     return rec, stats
 
 
@@ -221,6 +222,7 @@ def main() -> None:
     ap.add_argument("--noise", default="", help="comma list of latent noise std (normalised units), 128px only")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU machine: seconds instead of minutes)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -235,7 +237,7 @@ def main() -> None:
     big = make_clips(1, 256, 49, args.seed, big_prompts)
     results = {}
     for spec in vaes:
-        vae = load_vae(spec)
+        vae = load_vae(spec).to(args.device)
         norm = latent_norm(vae)
         name = os.path.relpath(spec, ROOT) if spec.startswith(ROOT) else spec
         runs = [("128x128x17", small, 0.0)] + [(f"128x128x17 latent noise {s}", small, s) for s in noises]

@@ -174,6 +174,8 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
     log(f"VAE data: {tuple(pool128.shape)} + {tuple(pool256.shape)}")
 
     crop_t, crop_s, batch = (args.vae_crop_t, args.vae_crop_s, args.vae_batch) if not args.smoke else (5, 32, 2)
+    crop_t256 = (args.vae_crop_t256 or crop_t) if not args.smoke else 9
+    crop_s256 = (args.vae_crop_s256 or crop_s) if not args.smoke else 32
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator(device="cpu").manual_seed(1)
     t0, step, history, running = time.time(), 0, [], []
@@ -182,12 +184,17 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
         if elapsed > budget or (args.smoke and step >= 3):
             break
         # Three quarters of the crops from 128-px clips, a quarter from 256-px ones (sharper, slower edges).
-        source = pool256 if torch.rand(1, generator=gen).item() < 0.25 else pool128
+        big = torch.rand(1, generator=gen).item() < 0.25
+        source = pool256 if big else pool128
+        # Long clips (256 px, 49 frames) may take longer, narrower crops: the causal cache must see
+        # as many latent frames in training as at inference.
+        ct, cs = (crop_t256, crop_s256) if big else (crop_t, crop_s)
+        ct = min(ct, source.shape[1])
         idx = torch.randint(len(source), (batch,), generator=gen)
-        t_start = torch.randint(source.shape[1] - crop_t + 1, (1,), generator=gen).item()
-        y = torch.randint(source.shape[2] - crop_s + 1, (1,), generator=gen).item()
-        x = torch.randint(source.shape[3] - crop_s + 1, (1,), generator=gen).item()
-        crop = source[idx.to(device), t_start : t_start + crop_t, y : y + crop_s, x : x + crop_s]
+        t_start = torch.randint(source.shape[1] - ct + 1, (1,), generator=gen).item()
+        y = torch.randint(source.shape[2] - cs + 1, (1,), generator=gen).item()
+        x = torch.randint(source.shape[3] - cs + 1, (1,), generator=gen).item()
+        crop = source[idx.to(device), t_start : t_start + ct, y : y + cs, x : x + cs]
         video = to_video(crop, device)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, elapsed / budget, 0, step, 100)
@@ -200,7 +207,16 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         l1 = (recon - video).abs().mean()
         mse = (recon - video).pow(2).mean()
-        loss = l1 + mse + args.vae_kl * kl
+        if args.vae_fg_weight > 0:
+            # Objects are a few % of the pixels: weight pixels away from their frame's median colour
+            # (the plain or near-grey textured background) so the loss is not the background's.
+            median = video.flatten(3).median(dim=3).values[..., None, None]  # [B,3,T,1,1]
+            fg = ((video - median).abs().amax(dim=1, keepdim=True) > 0.15).float()  # [B,1,T,H,W]
+            w = 1.0 + args.vae_fg_weight * fg
+            w = w / w.mean()
+            loss = (w * ((recon - video).abs() + (recon - video).pow(2))).mean() + args.vae_kl * kl
+        else:
+            loss = l1 + mse + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -220,7 +236,8 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
         for p in vae.parameters():
             p.copy_(p.to(torch.bfloat16).float())
     return vae, {"steps": step, "seconds": round(time.time() - t0, 1), "history": history,
-                 "crop": [crop_t, crop_s, crop_s], "batch": batch}
+                 "crop": [crop_t, crop_s, crop_s], "crop256": [crop_t256, crop_s256, crop_s256], "batch": batch,
+                 "kl": args.vae_kl, "fg_weight": args.vae_fg_weight}
 
 
 
@@ -470,6 +487,11 @@ def main():
     ap.add_argument("--vae-more-lr", type=float, default=3e-4)
     ap.add_argument("--vae-crop-t", type=int, default=9, help="frames per VAE training crop (1 + 4k)")
     ap.add_argument("--vae-crop-s", type=int, default=64)
+    ap.add_argument("--vae-crop-t256", type=int, default=0, help="frames per crop of the 256-px clips (0: --vae-crop-t)")
+    ap.add_argument("--vae-crop-s256", type=int, default=0, help="pixels per side of those crops (0: --vae-crop-s)")
+    ap.add_argument("--vae-fg-weight", type=float, default=0.0,
+                    help="extra loss weight of object pixels (away from the frame's median colour); 0: plain L1+MSE")
+    ap.add_argument("--vae-only", action="store_true", help="train (or continue) the VAE, save it and stop")
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--restat", action="store_true", help="recompute latent stats on resume (VAE changed)")
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -528,6 +550,9 @@ def main():
         vae, meta["vae"] = train_vae(args, device, pool, args.vae_seconds)
     save_sharded(vae.state_dict(), args.out, "vae")
     write_meta()
+    if args.vae_only:
+        log("VAE only: done (check it with scripts/eval/vae_ceiling.py --vae OUT before training the DiT)")
+        return
 
     data = encode_latents(args, device, pool, vae, args.latent_seconds)
     keep_stats = "latents_mean" in previous and not args.restat
