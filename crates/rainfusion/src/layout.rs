@@ -431,6 +431,22 @@ mod tests {
                 .transpose(0, 1)
                 .unwrap();
             assert_eq!(flat(&p.apply(&strided).unwrap()), flat(&want));
+            // A [B, H, L, D] view of [B, L, H, D] memory (the fused DiT block's q, k, v): gathered
+            // as whole tokens, it comes back as the same kind of view, and restore undoes it.
+            let tokens_major = x
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap();
+            let got = p.apply(&tokens_major).unwrap();
+            assert_eq!(flat(&got), flat(&want));
+            assert_eq!(flat(&p.restore(&got).unwrap()), flat(&x));
+            if dtype == DType::F64 {
+                // (the float dtypes above take the CPU row copy; f64 takes the view path)
+                assert!(got.transpose(1, 2).unwrap().is_contiguous());
+            }
         }
     }
 
