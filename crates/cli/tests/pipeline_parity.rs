@@ -65,16 +65,7 @@ fn reference_flags(out: &Path) -> Vec<String> {
 
 /// ‖a − b‖ / ‖b‖.
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let diff: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(&x, &y)| ((x - y) as f64).powi(2))
-        .sum();
-    let norm: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (diff / norm).sqrt()
+    rainfusion::reference::relative_error(a, b).unwrap()
 }
 
 #[test]

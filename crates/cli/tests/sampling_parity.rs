@@ -35,16 +35,7 @@ fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
 
 /// ‖a − b‖ / ‖b‖ over all elements.
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let diff: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(&x, &y)| ((x - y) as f64).powi(2))
-        .sum();
-    let norm: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (diff / norm).sqrt()
+    rainfusion::reference::relative_error(a, b).unwrap()
 }
 
 #[test]

@@ -29,33 +29,7 @@ fn fixture(case: &str) -> PathBuf {
 
 /// ‖a − b‖ / ‖b‖ in f64 on the CPU.
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    assert_eq!(a.dims(), b.dims());
-    let diff = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let norm = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (diff / norm).sqrt()
+    rainfusion::reference::relative_error(a, b).unwrap()
 }
 
 fn random(shape: &[usize], seed: u64, device: &Device) -> Tensor {

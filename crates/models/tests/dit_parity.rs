@@ -33,25 +33,7 @@ fn io(case: &str) -> HashMap<String, Tensor> {
 
 /// ‖out − reference‖ / ‖reference‖ in f64.
 fn relative_error(out: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(out.dims(), reference.dims());
-    let out = out.to_dtype(DType::F64).unwrap();
-    let reference = reference.to_dtype(DType::F64).unwrap();
-    let diff = (out - &reference)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let norm = reference
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (diff / norm).sqrt()
+    rainfusion::reference::relative_error(out, reference).unwrap()
 }
 
 /// Copies a safetensors file with renamed keys and every tensor cast to `dtype`.

@@ -33,17 +33,7 @@ fn hf_config() -> Umt5Config {
 
 /// ‖out − ref‖ / ‖ref‖ in f64.
 fn relative_error(out: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(out.dims(), reference.dims(), "shape mismatch");
-    let out = out.to_dtype(DType::F64).unwrap();
-    let reference = reference.to_dtype(DType::F64).unwrap();
-    let diff = (out - &reference)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap();
-    let norm = reference.sqr().unwrap().sum_all().unwrap();
-    (diff.to_scalar::<f64>().unwrap() / norm.to_scalar::<f64>().unwrap()).sqrt()
+    rainfusion::reference::relative_error(out, reference).unwrap()
 }
 
 /// The real-token lengths of the reference batch rows.

@@ -24,25 +24,7 @@ fn load_reference(path: &Path) -> HashMap<String, Tensor> {
 
 /// ‖a − b‖ / ‖b‖
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let diff = (a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let norm = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (diff / norm).sqrt()
+    rainfusion::reference::relative_error(a, b).unwrap()
 }
 
 fn vae_fixture(file: &str, dtype: DType) -> (WanVaeDecoder, Tensor, Tensor) {

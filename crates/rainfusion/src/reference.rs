@@ -69,3 +69,39 @@ pub fn masked_attention_reference(
     }
     Ok(Tensor::from_vec(out, (b, h, l, d), &Device::Cpu)?)
 }
+
+/// `‖a − b‖ / ‖b‖` over all elements, in f64 on the CPU (any float dtypes, any devices): the
+/// error measure every parity test and kernel check of the workspace states its tolerance in.
+/// Tensors of different shapes are an error.
+pub fn relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.dims() != b.dims() {
+        return Err(crate::Error::InvalidConfig(format!(
+            "relative_error: shapes {:?} and {:?} differ",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let on_cpu =
+        |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?) };
+    let (a, b) = (on_cpu(a)?, on_cpu(b)?);
+    let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    Ok((diff / norm).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_error_is_the_norm_ratio_and_refuses_other_shapes() {
+        let b = Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap();
+        let a = Tensor::new(&[3f32, 5.0], &Device::Cpu).unwrap();
+        assert!((relative_error(&a, &b).unwrap() - 0.2).abs() < 1e-12);
+        assert_eq!(relative_error(&b, &b).unwrap(), 0.0);
+        let bf16 = b.to_dtype(DType::BF16).unwrap();
+        assert_eq!(relative_error(&bf16, &b).unwrap(), 0.0);
+        let other = Tensor::new(&[[3f32, 4.0]], &Device::Cpu).unwrap();
+        assert!(relative_error(&other, &b).is_err());
+    }
+}

@@ -81,23 +81,7 @@ mod tests {
     }
 
     fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-        let a = a
-            .to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let b = b
-            .to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-        let norm: f64 = b.iter().map(|y| y * y).sum();
-        (diff / norm).sqrt()
+        crate::reference::relative_error(a, b).unwrap()
     }
 
     #[test]

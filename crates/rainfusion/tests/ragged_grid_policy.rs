@@ -11,22 +11,7 @@ use rainfusion::{
 };
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let norm = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    (diff / norm).sqrt()
+    rainfusion::reference::relative_error(a, b).unwrap() as f32
 }
 
 #[test]
