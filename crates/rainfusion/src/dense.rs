@@ -55,61 +55,69 @@ impl SelfAttention for DenseAttention {
         v: &Tensor,
         layout: &VideoLayout,
     ) -> Result<Tensor> {
-        let (_, _, tokens, head_dim) = q.dims4()?;
-        if tokens != layout.total_tokens() {
-            return Err(Error::LayoutMismatch {
-                layout_tokens: layout.total_tokens(),
-                tensor_tokens: tokens,
-            });
-        }
-        dense_self_attention(q, k, v, 1.0 / (head_dim as f64).sqrt())
+        let scale = checked_scale(q, layout)?;
+        dense_self_attention_as(q, k, v, scale, false)
     }
 
     fn attend_tokens(
         &mut self,
-        layer: usize,
+        _layer: usize,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         layout: &VideoLayout,
     ) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if crate::cuda::is_supported(q, 128) && q.dims4()? == k.dims4()? {
-            let (_, _, tokens, head_dim) = q.dims4()?;
-            if tokens != layout.total_tokens() {
-                return Err(Error::LayoutMismatch {
-                    layout_tokens: layout.total_tokens(),
-                    tensor_tokens: tokens,
-                });
-            }
-            let scale = 1.0 / (head_dim as f64).sqrt();
-            return crate::cuda::flash_attention_with_layout(
-                q,
-                k,
-                v,
-                scale,
-                crate::cuda::OutputLayout::Blhd,
-            );
-        }
-        Ok(self
-            .attend(layer, q, k, v, layout)?
-            .transpose(1, 2)?
-            .contiguous()?)
+        let scale = checked_scale(q, layout)?;
+        dense_self_attention_as(q, k, v, scale, true)
     }
+}
+
+/// `1/√head_dim` for q `[B, H, L, D]`, after checking that L is the layout's token count.
+fn checked_scale(q: &Tensor, layout: &VideoLayout) -> Result<f64> {
+    let (_, _, tokens, head_dim) = q.dims4()?;
+    if tokens != layout.total_tokens() {
+        return Err(Error::LayoutMismatch {
+            layout_tokens: layout.total_tokens(),
+            tensor_tokens: tokens,
+        });
+    }
+    Ok(1.0 / (head_dim as f64).sqrt())
 }
 
 /// Dense self-attention on the fastest path for the device: the CPU block kernel with every
 /// block kept on the CPU (about 3× faster than the candle-ops path there, see BENCHMARKS.md),
 /// [`dense_attention`] elsewhere. q, k, v: `[B, H, L, D]` → `[B, H, L, D]` in q's dtype.
 pub fn dense_self_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    dense_self_attention_as(q, k, v, scale, false)
+}
+
+/// [`dense_self_attention`], returning `[B, H, L, D]`, or contiguous `[B, L, H, D]` when
+/// `tokens_major` (the CUDA kernel writes that layout directly; elsewhere it is one copy).
+fn dense_self_attention_as(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    tokens_major: bool,
+) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if crate::cuda::is_supported(q, 128) && q.dims4()? == k.dims4()? {
-        return crate::cuda::flash_attention(q, k, v, scale);
+        let layout = if tokens_major {
+            crate::cuda::OutputLayout::Blhd
+        } else {
+            crate::cuda::OutputLayout::Bhld
+        };
+        return crate::cuda::flash_attention_with_layout(q, k, v, scale, layout);
     }
     let cpu_kernel_dtype = matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16);
-    if q.device().is_cpu() && cpu_kernel_dtype {
-        crate::sparse_cpu::dense_attention_cpu(q, k, v, scale)
+    let out = if q.device().is_cpu() && cpu_kernel_dtype {
+        crate::sparse_cpu::dense_attention_cpu(q, k, v, scale)?
     } else {
-        dense_attention(q, k, v, scale)
+        dense_attention(q, k, v, scale)?
+    };
+    if tokens_major {
+        Ok(out.transpose(1, 2)?.contiguous()?)
+    } else {
+        Ok(out)
     }
 }
