@@ -1,24 +1,10 @@
 //! The `vdit` binary's argument handling: every bad flag or file gives a non-zero exit and a
 //! clear one-line message (no panic, no backtrace); `--help` documents every flag.
 
+mod common;
+
+use common::{tiny_model, vdit};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model")
-}
-
-/// Runs `vdit` with `args`, isolated from the user's hub cache and registry overrides.
-fn vdit(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args(args)
-        .env("HF_HUB_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("VDIT_MODELS_DIR")
-        .output()
-        .expect("vdit runs")
-}
 
 /// A valid `generate` command line on the tiny fixture model, writing into `dir`, plus `extra`
 /// (later flags override earlier ones).

@@ -3,26 +3,12 @@
 //! present and finite, sparsity 0 giving exactly the dense frames and latents, a sparse run really
 //! skipping blocks, and bad flags rejected with a clear message before any work.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{tiny_model, vdit};
 use vdit::video::read_video;
-
-fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model")
-}
-
-/// Runs `vdit` isolated from the user's hub cache and registry overrides.
-fn vdit(args: &[String], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args(args)
-        .env("HF_HUB_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("VDIT_MODELS_DIR")
-        .output()
-        .expect("vdit runs")
-}
 
 /// A `compare` command line on the tiny model: 64×64, 17 frames = 5 latent frames of 4×4 tokens,
 /// so with 16-token blocks frame 0 is the dense sink and 4 blocks can be skipped.

@@ -3,26 +3,12 @@
 //! report files, the JSON fields, the seeds, the attention passthrough, and clear errors for bad
 //! flags and bad prompt files.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{tiny_model, vdit};
 use vdit::video::read_video;
-
-fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model")
-}
-
-/// Runs `vdit` isolated from the user's hub cache and registry overrides.
-fn vdit(args: &[String], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vdit"))
-        .args(args)
-        .env("HF_HUB_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("VDIT_MODELS_DIR")
-        .output()
-        .expect("vdit runs")
-}
 
 /// An `eval` command line on the tiny model writing into `out`, plus `extra`.
 fn eval_args(out: &Path, extra: &[&str]) -> Vec<String> {

@@ -2,21 +2,20 @@
 //! generate --model owner/name` lists the repo, downloads what the run needs into the hf-hub
 //! cache, and generates; then `--offline` regenerates from the cache alone with the server gone.
 
+mod common;
+
+use common::tiny_model;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const REPO: &str = "vdit-test/tiny-wan";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model")
-}
 
 fn repo_files(dir: &Path, root: &Path, out: &mut Vec<String>) {
     for entry in std::fs::read_dir(dir).unwrap() {
