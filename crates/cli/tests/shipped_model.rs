@@ -1,10 +1,13 @@
 //! End to end on the model shipped in `models/vdit-tiny/`: `vdit generate` with no `--model`
 //! picks it as the default, works offline, writes a readable 128×128×17 mp4 at 16 fps plus its
-//! sidecar, and the prompt-faithfulness analyser can read the clip.
+//! sidecar, and the prompt-faithfulness analyser finds the prompt's colour and motion in it.
 //!
-//! The model is small and undertrained (see its MODEL_CARD.md), so whether this one clip shows
-//! the right colour or motion is not asserted: that is measured over many prompts by
-//! `vdit eval`. The score is printed for whoever runs the test.
+//! The model is small and still undertrained (MODEL_CARD.md: about 61 % colour and 44 % motion
+//! over the held-out prompts), so a random prompt and seed would fail this test about half of the
+//! time. The clip checked here is one prompt and seed that the shipped weights get right at 12
+//! and at 30 steps (`vdit eval`, seeds 1 and 100): a pinned regression check of the whole path
+//! (tokenizer, text encoder, transformer, sampler, VAE, mp4 writer, analyser), not a measure of
+//! faithfulness. New weights must keep it right, or pin another prompt the card reports.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,7 +16,7 @@ use std::sync::OnceLock;
 use vdit::eval::{analyse, parse_caption, score_analysis, AnalyserConfig};
 use vdit::video::read_video;
 
-const PROMPT: &str = "a red circle moving right";
+const PROMPT: &str = "a blue square moving left";
 
 /// The clip generated once for the whole file (a run takes ~20 s on 2 cores): its mp4 path.
 /// Lives under cargo's per-target scratch directory, so nothing is left in /tmp.
@@ -46,7 +49,7 @@ fn generated_clip() -> &'static PathBuf {
 }
 
 #[test]
-fn default_model_writes_a_clip_the_analyser_reads() {
+fn default_model_draws_the_prompts_colour_and_motion() {
     let clip = generated_clip();
     let read = read_video(clip).expect("the mp4 reads back");
     let video = &read.video;
@@ -57,23 +60,19 @@ fn default_model_writes_a_clip_the_analyser_reads() {
     let caption = parse_caption(PROMPT).expect("the prompt is in the analyser's grammar");
     let analysis = analyse(video, &AnalyserConfig::default()).expect("the analyser runs");
     let score = score_analysis(&caption, &analysis);
+    let seen: Vec<_> = analysis
+        .objects
+        .iter()
+        .map(|o| (o.colour.name(), o.motion))
+        .collect();
     eprintln!(
-        "{PROMPT:?}, seed 1, 12 steps: colour_ok {} motion_ok {} count_ok {}; {} object(s): {:?}",
-        score.colour_ok,
-        score.motion_ok,
-        score.count_ok,
-        analysis.object_count,
-        analysis
-            .objects
-            .iter()
-            .map(|o| (o.colour.name(), o.motion))
-            .collect::<Vec<_>>()
+        "{PROMPT:?}, seed 1, 12 steps: colour_ok {} motion_ok {} count_ok {}; {} object(s): {seen:?}",
+        score.colour_ok, score.motion_ok, score.count_ok, analysis.object_count,
     );
-    // A clip of the shapes world always has something on the background; finding nothing would
-    // mean a blank or noise-only clip (broken weights, decode or encode).
     assert!(
-        !analysis.objects.is_empty(),
-        "no foreground object in any frame; per-frame blob counts {:?}",
+        score.colour_ok && score.motion_ok,
+        "the shipped model no longer draws {PROMPT:?} (seed 1, 12 steps): the analyser saw {seen:?}; \
+         per-frame blob counts {:?}",
         analysis
             .blobs_per_frame
             .iter()
