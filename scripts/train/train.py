@@ -179,41 +179,10 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator(device="cpu").manual_seed(1)
     t0, step, history, running = time.time(), 0, [], []
-    # Memory-format probe: the first `probe` steps run in the default (NCDHW) layout, the next `probe` in
-    # channels_last_3d (NDHWC, the layout cuDNN's tensor-core convolutions want); the faster one is kept.
-    # Both windows are ordinary training steps; only the second layout's autotuning is extra.
-    probe = args.vae_probe_steps if device.type == "cuda" or args.smoke else 0
-    probe = min(probe, 4) if args.smoke else probe
-    channels_last, window_times, step_start = False, {False: [], True: []}, time.time()
-
-    def set_channels_last(on: bool) -> None:
-        fmt = torch.channels_last_3d if on else torch.contiguous_format
-        with torch.no_grad():
-            for p in vae.parameters():
-                if p.dim() == 5:
-                    p.data = p.data.contiguous(memory_format=fmt)
-
     while True:
         elapsed = time.time() - t0
-        if elapsed > budget or (args.smoke and step >= max(3, 2 * probe + 1)):
+        if elapsed > budget or (args.smoke and step >= 3):
             break
-        if probe and step <= 2 * probe:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step > 0:
-                window_times[channels_last].append(time.time() - step_start)
-            if step == probe:
-                set_channels_last(True)
-                channels_last = True
-            elif step == 2 * probe:
-                # Median of each window's second half (the first half holds cuDNN's autotuning).
-                med = {k: float(np.median(v[len(v) // 2:])) for k, v in window_times.items() if v}
-                channels_last = med.get(True, 1e9) < med.get(False, 1e9)
-                set_channels_last(channels_last)
-                log(f"VAE layout probe: NCDHW {med.get(False, 0) * 1000:.0f} ms/step, "
-                    f"channels_last_3d {med.get(True, 0) * 1000:.0f} ms/step -> "
-                    f"{'channels_last_3d' if channels_last else 'NCDHW'}")
-            step_start = time.time()
         # Three quarters of the crops from 128-px clips, a quarter from 256-px ones (sharper, slower edges).
         big = torch.rand(1, generator=gen).item() < 0.25
         source = pool256 if big else pool128
@@ -227,8 +196,6 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
         x = torch.randint(source.shape[3] - cs + 1, (1,), generator=gen).item()
         crop = source[idx.to(device), t_start : t_start + ct, y : y + cs, x : x + cs]
         video = to_video(crop, device)
-        if channels_last:
-            video = video.contiguous(memory_format=torch.channels_last_3d)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, elapsed / budget, 0, step, 100)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -264,15 +231,13 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
                             "mse": float(vals[:, 1].mean()), "psnr_db": round(psnr, 2), "kl": float(vals[:, 2].mean())})
             log(f"VAE step {step}: {history[-1]}")
     log(f"VAE trained {step} steps in {time.time() - t0:.0f}s ({(time.time() - t0) / max(step, 1) * 1000:.0f} ms/step)")
-    set_channels_last(False)  # the saved and cached-from weights are plain NCDHW
     # Round to bf16 now so the latents we cache come from exactly the weights we ship.
     with torch.no_grad():
         for p in vae.parameters():
             p.copy_(p.to(torch.bfloat16).float())
     return vae, {"steps": step, "seconds": round(time.time() - t0, 1), "history": history,
                  "crop": [crop_t, crop_s, crop_s], "crop256": [crop_t256, crop_s256, crop_s256], "batch": batch,
-                 "kl": args.vae_kl, "fg_weight": args.vae_fg_weight, "lr": lr,
-                 "layout": "channels_last_3d" if channels_last else "NCDHW"}
+                 "kl": args.vae_kl, "fg_weight": args.vae_fg_weight, "lr": lr}
 
 
 
@@ -531,8 +496,6 @@ def main():
                     help="extra loss weight of object pixels (away from the frame's median colour); 0: plain L1+MSE")
     ap.add_argument("--vae-only", action="store_true", help="train (or continue) the VAE, save it and stop")
     ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--vae-probe-steps", type=int, default=0,
-                    help="GPU: steps timed in each memory layout before keeping the faster (0: NCDHW only)")
     ap.add_argument("--restat", action="store_true", help="recompute latent stats on resume (VAE changed)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch128", type=int, default=128, help="transformer batch of 128x17 latents")
