@@ -461,6 +461,24 @@ mod tests {
         assert_eq!(two_objects, 2);
     }
 
+    /// The built-in list is a copy of `HELD_OUT_PROMPTS` in scripts/train/world.py (the prompts
+    /// training never saw); the two must not drift apart.
+    #[test]
+    fn builtin_prompts_are_the_training_worlds_held_out_prompts() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/train/world.py");
+        let source = std::fs::read_to_string(path).unwrap();
+        let start = source
+            .find("HELD_OUT_PROMPTS = [")
+            .expect("world.py defines HELD_OUT_PROMPTS");
+        let end = start + source[start..].find(']').expect("the list is closed");
+        let listed: Vec<&str> = source[start..end]
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.trim().strip_prefix('"')?.strip_suffix("\","))
+            .collect();
+        assert_eq!(listed, BUILTIN_PROMPTS, "{path}");
+    }
+
     /// A `size`² clip of a square of `colour` (half side 6) whose centre moves from x = 16 to
     /// x = 48 on a blue background, over 9 frames.
     fn square_moving_right(colour: PaletteColour, size: usize) -> VideoFrames {
