@@ -153,6 +153,7 @@ def to_video(clips, device):
 # ---------------------------------------------------------------------------------------------- VAE
 def train_vae(args, device, pool, budget: float, init_state: dict | None = None, lr: float | None = None):
     import torch
+    import vae_wholeclip
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0 if init_state is None else 1)
@@ -199,9 +200,14 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, elapsed / budget, 0, step, 100)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            posterior = vae.encode(video).latent_dist
+            if args.vae_chunked:
+                posterior = vae.encode(video).latent_dist
+                recon_of = lambda z: vae.decode(z).sample  # noqa: E731
+            else:  # the same function, one pass over the clip instead of one per chunk
+                posterior = vae_wholeclip.encode(vae, video)
+                recon_of = lambda z: vae_wholeclip.decode(vae, z)  # noqa: E731
             z = posterior.sample()
-            recon = vae.decode(z).sample
+            recon = recon_of(z)
         recon = recon.float()
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
@@ -237,7 +243,8 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
             p.copy_(p.to(torch.bfloat16).float())
     return vae, {"steps": step, "seconds": round(time.time() - t0, 1), "history": history,
                  "crop": [crop_t, crop_s, crop_s], "crop256": [crop_t256, crop_s256, crop_s256], "batch": batch,
-                 "kl": args.vae_kl, "fg_weight": args.vae_fg_weight, "lr": lr}
+                 "kl": args.vae_kl, "fg_weight": args.vae_fg_weight, "lr": lr,
+                 "passes": "chunked" if args.vae_chunked else "whole-clip"}
 
 
 
@@ -245,6 +252,7 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
 def encode_latents(args, device, pool, vae, budget: float):
     """Render the training clips and encode them (posterior mean). Returns {size: (latents bf16, captions)}."""
     import torch
+    import vae_wholeclip
 
     if args.smoke:
         plan = [(128, 17, 4, 2), (256, 49, 1, 1)]
@@ -277,7 +285,8 @@ def encode_latents(args, device, pool, vae, budget: float):
             for i in range(0, len(clips), step):
                 video = to_video(clips[i : i + step], device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    z = vae.encode(video).latent_dist.mode()
+                    posterior = vae.encode(video).latent_dist if args.vae_chunked else vae_wholeclip.encode(vae, video)
+                    z = posterior.mode()
                 out[size][0].append(z.to(torch.bfloat16))
             out[size][1].extend(texts)
     if next_job < len(jobs):
@@ -496,6 +505,9 @@ def main():
                     help="extra loss weight of object pixels (away from the frame's median colour); 0: plain L1+MSE")
     ap.add_argument("--vae-only", action="store_true", help="train (or continue) the VAE, save it and stop")
     ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-chunked", action="store_true",
+                    help="encode/decode chunk by chunk as diffusers does at inference (default: whole-clip passes, "
+                         "the same function in fewer, larger kernels; scripts/train/vae_wholeclip.py checks it)")
     ap.add_argument("--restat", action="store_true", help="recompute latent stats on resume (VAE changed)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch128", type=int, default=128, help="transformer batch of 128x17 latents")
