@@ -5,7 +5,8 @@
 //! The model is small and still undertrained (MODEL_CARD.md: about 61 % colour and 44 % motion
 //! over the held-out prompts), so a random prompt and seed would fail this test about half of the
 //! time. The clip checked here is one prompt and seed that the shipped weights get right at 12
-//! and at 30 steps (`vdit eval`, seeds 1 and 100): a pinned regression check of the whole path
+//! and at 30 steps (`vdit eval`, seed 1; at seed 100 the same prompt's square moves the wrong
+//! way, so the seed matters): a pinned regression check of the whole path
 //! (tokenizer, text encoder, transformer, sampler, VAE, mp4 writer, analyser), not a measure of
 //! faithfulness. New weights must keep it right, or pin another prompt the card reports.
 
