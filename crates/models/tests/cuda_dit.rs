@@ -32,6 +32,24 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     rainfusion::reference::relative_error(a, b).unwrap()
 }
 
+/// Opens the transformer in `dir` in bf16 on the GPU, runs it with dense attention on the
+/// inputs of `dir/io.safetensors`, and returns its error against the stored diffusers velocity.
+fn bf16_velocity_error(dir: &Path) -> f64 {
+    let dev = gpu();
+    let model = WanTransformer::open(dir, DType::BF16, &dev).unwrap();
+    let io: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
+    let out = model
+        .forward(
+            &io["latents"],
+            &io["timesteps"],
+            &io["context"],
+            &mut DenseAttention,
+        )
+        .unwrap();
+    relative_error(&out, &io["velocity"])
+}
+
 fn random(shape: &[usize], seed: u64, device: &Device) -> Tensor {
     // A fixed pseudo-random pattern (no RNG crate needed): values in about [-2, 2].
     let n: usize = shape.iter().product();
@@ -58,20 +76,8 @@ fn run_on_gpu(case: &str, fused_path: bool) -> f64 {
     } else {
         std::env::set_var("VDIT_NO_FUSED", "1");
     }
-    let dev = gpu();
-    let model = WanTransformer::open(&fixture(case), DType::BF16, &dev).unwrap();
-    let io: HashMap<String, Tensor> =
-        candle_core::safetensors::load(fixture(case).join("io.safetensors"), &dev).unwrap();
-    let out = model
-        .forward(
-            &io["latents"],
-            &io["timesteps"],
-            &io["context"],
-            &mut DenseAttention,
-        )
-        .unwrap();
+    let err = bf16_velocity_error(&fixture(case));
     std::env::remove_var("VDIT_NO_FUSED");
-    let err = relative_error(&out, &io["velocity"]);
     eprintln!("{case} on CUDA bf16, fused {fused_path}: relative error {err:.3e}");
     err
 }
@@ -273,20 +279,7 @@ fn full_size_transformer_matches_diffusers() {
     let Some(dir) = std::env::var_os("VDIT_FULL_DIR") else {
         panic!("set VDIT_FULL_DIR to the folder scripts/gpu/full_parity.py wrote");
     };
-    let dir = PathBuf::from(dir);
-    let dev = gpu();
-    let model = WanTransformer::open(&dir, DType::BF16, &dev).unwrap();
-    let io: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
-    let out = model
-        .forward(
-            &io["latents"],
-            &io["timesteps"],
-            &io["context"],
-            &mut DenseAttention,
-        )
-        .unwrap();
-    let err = relative_error(&out, &io["velocity"]);
+    let err = bf16_velocity_error(&PathBuf::from(dir));
     eprintln!("full-size 1.3B transformer, CUDA bf16 (fused path) vs diffusers f32: relative error {err:.3e}");
     assert!(
         err <= BF16_TOLERANCE,
