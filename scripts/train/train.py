@@ -178,6 +178,7 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
     crop_t256 = (args.vae_crop_t256 or crop_t) if not args.smoke else 9
     crop_s256 = (args.vae_crop_s256 or crop_s) if not args.smoke else 32
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    vae_encode, vae_decode = vae_wholeclip.passes(vae, args.vae_chunked)
     gen = torch.Generator(device="cpu").manual_seed(1)
     t0, step, history, running = time.time(), 0, [], []
     while True:
@@ -200,14 +201,9 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, elapsed / budget, 0, step, 100)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if args.vae_chunked:
-                posterior = vae.encode(video).latent_dist
-                recon_of = lambda z: vae.decode(z).sample  # noqa: E731
-            else:  # the same function, one pass over the clip instead of one per chunk
-                posterior = vae_wholeclip.encode(vae, video)
-                recon_of = lambda z: vae_wholeclip.decode(vae, z)  # noqa: E731
+            posterior = vae_encode(video)
             z = posterior.sample()
-            recon = recon_of(z)
+            recon = vae_decode(z)
         recon = recon.float()
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
@@ -268,6 +264,7 @@ def encode_latents(args, device, pool, vae, budget: float):
     out = {128: ([], []), 256: ([], [])}
     t0 = time.time()
     vae.eval()
+    vae_encode, _ = vae_wholeclip.passes(vae, args.vae_chunked)
     # A sliding window of outstanding render jobs: when the budget runs out we stop submitting and drain
     # the few in flight (Pool.terminate with large results in flight can deadlock).
     pending = [pool.apply_async(render_chunk, (job,)) for job in jobs[: args.workers]]
@@ -285,8 +282,7 @@ def encode_latents(args, device, pool, vae, budget: float):
             for i in range(0, len(clips), step):
                 video = to_video(clips[i : i + step], device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    posterior = vae.encode(video).latent_dist if args.vae_chunked else vae_wholeclip.encode(vae, video)
-                    z = posterior.mode()
+                    z = vae_encode(video).mode()
                 out[size][0].append(z.to(torch.bfloat16))
             out[size][1].extend(texts)
     if next_job < len(jobs):

@@ -79,6 +79,14 @@ def decode(vae, z: torch.Tensor) -> torch.Tensor:
         return vae.decoder(vae.post_quant_conv(z)).clamp(-1.0, 1.0)
 
 
+def passes(vae, chunked: bool):
+    """(encode, decode) for training: diffusers' chunked passes, or the whole-clip ones above.
+    encode(video) -> posterior; decode(z) -> video in [-1, 1]."""
+    if chunked:
+        return (lambda video: vae.encode(video).latent_dist), (lambda z: vae.decode(z).sample)
+    return (lambda video: encode(vae, video)), (lambda z: decode(vae, z))
+
+
 def check(frames: tuple[int, ...] = (1, 5, 17, 49), size: int = 32, tolerance: float = 1e-5) -> None:
     """Whole-clip against diffusers' chunked encode/decode, random weights, f32 on the CPU."""
     import sys
