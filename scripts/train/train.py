@@ -151,6 +151,35 @@ def to_video(clips, device):
 
 
 # ---------------------------------------------------------------------------------------------- VAE
+def probe_vae_step_time(vae, source, crop: tuple[int, int], batches: tuple[int, ...], steps: int = 8) -> dict:
+    """ms per forward+backward of the VAE loss on one fixed crop shape, chunked vs whole-clip passes.
+
+    Gradients are thrown away (no optimiser step), so the probe leaves the weights as they are."""
+    import torch
+    import vae_wholeclip
+
+    ct, cs = crop
+    report = {}
+    for chunked in (True, False):
+        encode, decode = vae_wholeclip.passes(vae, chunked)
+        for batch in batches:
+            video = to_video(source[:batch, :ct, :cs, :cs], source.device)
+            times = []
+            for i in range(steps + 3):
+                torch.cuda.synchronize() if video.is_cuda else None
+                t = time.time()
+                with torch.autocast(video.device.type, dtype=torch.bfloat16, enabled=video.is_cuda):
+                    recon = decode(encode(video).sample())
+                (recon.float() - video).abs().mean().backward()
+                torch.cuda.synchronize() if video.is_cuda else None
+                if i >= 3:  # the first calls autotune cuDNN for the shape
+                    times.append(time.time() - t)
+            vae.zero_grad(set_to_none=True)
+            report[f"{'chunked' if chunked else 'whole-clip'} batch {batch}"] = round(1000 * float(np.median(times)), 1)
+    log(f"VAE step-time probe (crop {ct}x{cs}x{cs}, fwd+bwd, median of {steps}): {report}")
+    return report
+
+
 def train_vae(args, device, pool, budget: float, init_state: dict | None = None, lr: float | None = None):
     import torch
     import vae_wholeclip
@@ -173,6 +202,9 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
         (pool128 if clips.shape[2] == 128 else pool256).append(torch.from_numpy(clips).to(device))
     pool128, pool256 = torch.cat(pool128), torch.cat(pool256)
     log(f"VAE data: {tuple(pool128.shape)} + {tuple(pool256.shape)}")
+    probe = None
+    if args.vae_probe:
+        probe = probe_vae_step_time(vae, pool128, (args.vae_crop_t, args.vae_crop_s), (16, 32))
 
     crop_t, crop_s, batch = (args.vae_crop_t, args.vae_crop_s, args.vae_batch) if not args.smoke else (5, 32, 2)
     crop_t256 = (args.vae_crop_t256 or crop_t) if not args.smoke else 9
@@ -240,13 +272,50 @@ def train_vae(args, device, pool, budget: float, init_state: dict | None = None,
     return vae, {"steps": step, "seconds": round(time.time() - t0, 1), "history": history,
                  "crop": [crop_t, crop_s, crop_s], "crop256": [crop_t256, crop_s256, crop_s256], "batch": batch,
                  "kl": args.vae_kl, "fg_weight": args.vae_fg_weight, "lr": lr,
-                 "passes": "chunked" if args.vae_chunked else "whole-clip"}
+                 "passes": "chunked" if args.vae_chunked else "whole-clip", "step_time_probe_ms": probe}
 
 
 
 # ---------------------------------------------------------------------------------------------- latents
+def vae_fingerprint(vae) -> str:
+    """A short hash of the VAE's weights: cached latents are only valid for the VAE that encoded them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_latent_cache(path: str, fingerprint: str, plan: list) -> dict | None:
+    """The cache written by save_latent_cache when it belongs to this VAE and this data plan, else None."""
+    import torch
+
+    if not os.path.exists(path):
+        return None
+    cache = torch.load(path, map_location="cpu", weights_only=False)
+    if cache.get("fingerprint") != fingerprint or cache.get("plan") != plan:
+        log(f"latent cache {path} is for another VAE or data plan: not used")
+        return None
+    return cache
+
+
+def save_latent_cache(path: str, cache: dict) -> None:
+    """Write atomically (temp file, then rename): a cut-off call must not leave half a cache behind."""
+    import torch
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(cache, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
 def encode_latents(args, device, pool, vae, budget: float):
-    """Render the training clips and encode them (posterior mean). Returns {size: (latents bf16, captions)}."""
+    """Render the training clips and encode them (posterior mean). Returns {size: (latents bf16, captions)}.
+
+    With --latent-cache FILE (a folder that lives on while the device machine stays warm), the clips already
+    encoded by this same VAE are loaded and the budget goes to the next render jobs, so the data grows
+    from call to call instead of being rendered and encoded again."""
     import torch
     import vae_wholeclip
 
@@ -264,16 +333,29 @@ def encode_latents(args, device, pool, vae, budget: float):
     out = {128: ([], []), 256: ([], [])}
     t0 = time.time()
     vae.eval()
+    cache_key = [list(p) for p in plan] + [base]
+    fingerprint = vae_fingerprint(vae) if args.latent_cache else None
+    cache = load_latent_cache(args.latent_cache, fingerprint, cache_key) if args.latent_cache else None
+    done = loaded = 0
+    if cache is not None:
+        done = loaded = cache["jobs_done"]
+        for size in out:
+            if size in cache["latents"]:
+                out[size][0].append(cache["latents"][size].to(device))
+                out[size][1].extend(cache["texts"][size])
+        log(f"latent cache: {done} of {len(jobs)} render jobs loaded in {time.time() - t0:.0f}s")
     vae_encode, _ = vae_wholeclip.passes(vae, args.vae_chunked)
     # A sliding window of outstanding render jobs: when the budget runs out we stop submitting and drain
-    # the few in flight (Pool.terminate with large results in flight can deadlock).
-    pending = [pool.apply_async(render_chunk, (job,)) for job in jobs[: args.workers]]
-    next_job = len(pending)
+    # the few in flight (Pool.terminate with large results in flight can deadlock). The jobs kept are
+    # always a prefix of the job list (results are taken in order), which is what the cache records.
+    pending = [pool.apply_async(render_chunk, (job,)) for job in jobs[done : done + args.workers]]
+    next_job = done + len(pending)
     with torch.no_grad():
         while pending:
             clips, texts = pending.pop(0).get()
             if time.time() - t0 > budget:
                 continue  # draining
+            done += 1
             if next_job < len(jobs):
                 pending.append(pool.apply_async(render_chunk, (jobs[next_job],)))
                 next_job += 1
@@ -285,8 +367,8 @@ def encode_latents(args, device, pool, vae, budget: float):
                     z = vae_encode(video).mode()
                 out[size][0].append(z.to(torch.bfloat16))
             out[size][1].extend(texts)
-    if next_job < len(jobs):
-        log(f"latent budget reached after {next_job} of {len(jobs)} render jobs")
+    if done < len(jobs):
+        log(f"latent budget reached after {done} of {len(jobs)} render jobs")
     pool.close()
     pool.join()
     result = {}
@@ -295,6 +377,12 @@ def encode_latents(args, device, pool, vae, budget: float):
             result[size] = (torch.cat(latents), texts)
             log(f"latents {size}px: {tuple(result[size][0].shape)}")
     log(f"encoded in {time.time() - t0:.0f}s")
+    if args.latent_cache and done > loaded:
+        save_latent_cache(args.latent_cache, {
+            "fingerprint": fingerprint, "plan": cache_key, "jobs_done": done,
+            "latents": {size: lat.cpu() for size, (lat, _) in result.items()},
+            "texts": {size: texts for size, (_, texts) in result.items()}})
+        log(f"latent cache saved ({done} jobs) at {time.time() - t0:.0f}s")
     return result
 
 
@@ -453,6 +541,9 @@ def quick_eval(args, device, vae, transformer, text_encoder, tok, stats, out_dir
     t0 = time.time()
     report = {}
     prompts = world.HELD_OUT_PROMPTS if not args.smoke else world.HELD_OUT_PROMPTS[:2]
+    if budget <= 0:
+        log("eval skipped (--eval-seconds 0)")
+        return {"skipped": True}
     for size, frames in ((128, 17), (256, 49)):
         if time.time() - t0 > budget:
             break
@@ -504,6 +595,11 @@ def main():
     ap.add_argument("--vae-chunked", action="store_true",
                     help="encode/decode chunk by chunk as diffusers does at inference (default: whole-clip passes, "
                          "the same function in fewer, larger kernels; scripts/train/vae_wholeclip.py checks it)")
+    ap.add_argument("--latent-cache", default=None,
+                    help="file keeping the encoded training latents between calls on a warm device machine "
+                         "(reused only for the same VAE weights; the latent budget then encodes more clips)")
+    ap.add_argument("--vae-probe", action="store_true",
+                    help="before VAE training, time a step with chunked and whole-clip passes at batch 16 and 32")
     ap.add_argument("--restat", action="store_true", help="recompute latent stats on resume (VAE changed)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch128", type=int, default=128, help="transformer batch of 128x17 latents")
