@@ -6,7 +6,6 @@
 //! Run on a GPU machine: `cargo test --release -p vdit-models --features cuda --test cuda_dit`.
 #![cfg(feature = "cuda")]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
@@ -15,21 +14,13 @@ use rainfusion::DenseAttention;
 use vdit_models::wan::rope::WanRope;
 use vdit_models::wan::WanTransformer;
 
+mod common;
+use common::{fixture, forward_on_io, load_io, relative_error};
+
 const BF16_TOLERANCE: f64 = 2e-2;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA device")
-}
-
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/dit")
-        .join(case)
-}
-
-/// ‖a − b‖ / ‖b‖ in f64 on the CPU.
-fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    rainfusion::reference::relative_error(a, b).unwrap()
 }
 
 /// Opens the transformer in `dir` in bf16 on the GPU, runs it with dense attention on the
@@ -37,16 +28,8 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
 fn bf16_velocity_error(dir: &Path) -> f64 {
     let dev = gpu();
     let model = WanTransformer::open(dir, DType::BF16, &dev).unwrap();
-    let io: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
-    let out = model
-        .forward(
-            &io["latents"],
-            &io["timesteps"],
-            &io["context"],
-            &mut DenseAttention,
-        )
-        .unwrap();
+    let io = load_io(dir, &dev);
+    let out = forward_on_io(&model, &io, &mut DenseAttention);
     relative_error(&out, &io["velocity"])
 }
 

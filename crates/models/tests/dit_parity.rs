@@ -8,7 +8,7 @@
 //! through the same loader users use.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -17,23 +17,15 @@ use vdit_models::wan::{CheckpointKeys, KeyDialect, WanConfig, WanTransformer};
 use vdit_models::weights::WeightFiles;
 use vdit_models::ModelError;
 
+mod common;
+use common::{fixture, forward_on_io, load_io, relative_error};
+
 const F32_TOLERANCE: f64 = 1e-4;
 const BF16_TOLERANCE: f64 = 2e-2;
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/dit")
-        .join(case)
-}
-
 fn io(case: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(case).join("io.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// ‖out − reference‖ / ‖reference‖ in f64.
-fn relative_error(out: &Tensor, reference: &Tensor) -> f64 {
-    rainfusion::reference::relative_error(out, reference).unwrap()
+    load_io(&fixture(case), &Device::Cpu)
 }
 
 /// Copies a safetensors file with renamed keys and every tensor cast to `dtype`.
@@ -125,14 +117,7 @@ fn run(case: &str, dialect: Dialect, file_dtype: DType, run_dtype: DType) -> f64
 
     let io = io(case);
     let mut attention = Recording::default();
-    let out = model
-        .forward(
-            &io["latents"],
-            &io["timesteps"],
-            &io["context"],
-            &mut attention,
-        )
-        .unwrap();
+    let out = forward_on_io(&model, &io, &mut attention);
     assert_eq!(out.dtype(), DType::F32);
 
     // One self-attention call per layer, in order, with [B, heads, L, head_dim] and the token grid.
@@ -223,14 +208,7 @@ fn open_reads_a_diffusers_directory_with_its_config() {
     let model = WanTransformer::open(&fixture("heads2x32"), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config().head_dim, 32);
     let io = io("heads2x32");
-    let out = model
-        .forward(
-            &io["latents"],
-            &io["timesteps"],
-            &io["context"],
-            &mut DenseAttention,
-        )
-        .unwrap();
+    let out = forward_on_io(&model, &io, &mut DenseAttention);
     assert!(relative_error(&out, &io["velocity"]) <= F32_TOLERANCE);
 
     // Another grid in between (one frame, narrower) must not leave stale position tables behind.
@@ -246,13 +224,8 @@ fn open_reads_a_diffusers_directory_with_its_config() {
         &mut DenseAttention,
     );
     assert_eq!(small.unwrap().dims(), &[2, 16, 1, 6, 6]);
-    let again = model.forward(
-        &io["latents"],
-        &io["timesteps"],
-        &io["context"],
-        &mut DenseAttention,
-    );
-    assert!(relative_error(&again.unwrap(), &out) == 0.0);
+    let again = forward_on_io(&model, &io, &mut DenseAttention);
+    assert!(relative_error(&again, &out) == 0.0);
 }
 
 #[test]
@@ -294,14 +267,7 @@ fn sharded_original_checkpoint_directory_opens_through_its_index() {
 
     let model = WanTransformer::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let io = io("heads2x32");
-    let out = model
-        .forward(
-            &io["latents"],
-            &io["timesteps"],
-            &io["context"],
-            &mut DenseAttention,
-        )
-        .unwrap();
+    let out = forward_on_io(&model, &io, &mut DenseAttention);
     let err = relative_error(&out, &io["velocity"]);
     assert!(err <= F32_TOLERANCE, "sharded: relative error {err:.3e}");
 }
