@@ -313,7 +313,7 @@ def save_latent_cache(path: str, cache: dict) -> None:
 def encode_latents(args, device, pool, vae, budget: float):
     """Render the training clips and encode them (posterior mean). Returns {size: (latents bf16, captions)}.
 
-    With --latent-cache FILE (a folder that lives on while the device machine stays warm), the clips already
+    With --latent-cache FILE (in a folder that lives on while the device machine stays warm), the clips already
     encoded by this same VAE are loaded and the budget goes to the next render jobs, so the data grows
     from call to call instead of being rendered and encoded again."""
     import torch
