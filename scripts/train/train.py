@@ -452,6 +452,17 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
     empty_ids, empty_mask = tokenise(tok, [""], device)
     weights = torch.tensor([1.0 if b["size"] == 128 else args.share256 / (1 - args.share256) for b in buckets])
 
+    sparse = None
+    if args.sparse_train > 0:
+        import rainfusion_torch
+
+        grid = tuple(buckets[-1]["latents"].shape[2:])  # the largest clips: [T, H, W] latent
+        grid = (grid[0] // TRANSFORMER_CONFIG["patch_size"][0], grid[1] // TRANSFORMER_CONFIG["patch_size"][1],
+                grid[2] // TRANSFORMER_CONFIG["patch_size"][2])
+        sparse = rainfusion_torch.SparseTraining(grid, device, block=args.sparse_block)
+        log(f"sparse training on grid {grid}: {args.sparse_train:.0%} of its steps, sparsity "
+            f"{args.sparse_min}-{args.sparse_max}, consistency weight {args.sparse_weight}")
+
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone().float() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -492,10 +503,21 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
         for group in opt.param_groups:
             group["lr"] = cosine_lr(args.lr, (elapsed + args.lr_offset) / (budget + args.lr_offset), 0, step,
                                     args.warmup)
+        sparse_step = (sparse is not None and bucket is buckets[-1]
+                       and float(torch.rand(1, generator=gen)) < args.sparse_train)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             context = encode_text(text_encoder, ids, mask)
             pred = transformer(xt, sigma * 1000.0, context, return_dict=False)[0]
-        loss = (pred.float() - (noise - x0)).pow(2).mean()
+            if sparse_step:
+                # The same inputs under RainFusion's mask; trained towards the (detached) dense answer.
+                sparsity = args.sparse_min + (args.sparse_max - args.sparse_min) * float(torch.rand(1, generator=gen))
+                with sparse.active(sparsity):
+                    pred_sparse = transformer(xt, sigma * 1000.0, context, return_dict=False)[0]
+        loss = fm_loss = (pred.float() - (noise - x0)).pow(2).mean()
+        if sparse_step:
+            gap = (pred_sparse.float() - pred.detach().float()).pow(2).mean()
+            loss = loss + args.sparse_weight * gap
+            running.setdefault("sparse_gap", []).append(gap.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -504,12 +526,12 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - decay)
         if step % 5 == 0:
-            running.setdefault(bucket["size"], []).append(loss.detach())
+            running.setdefault(bucket["size"], []).append(fm_loss.detach())
         step += 1
         if step % 200 == 0 or step == 1:
             entry = {"step": step, "seconds": round(time.time() - t0, 1)}
             for size, losses in running.items():
-                entry[f"loss{size}"] = round(float(torch.stack(losses).mean()), 4)
+                entry[f"loss{size}" if isinstance(size, int) else size] = round(float(torch.stack(losses).mean()), 4)
             running = {}
             history.append(entry)
             log(f"DiT step {step}: {entry}")
@@ -609,6 +631,14 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--text-drop", type=float, default=0.1)
     ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--sparse-train", type=float, default=0.0,
+                    help="share of the steps on the largest clips that also run the transformer under RainFusion's "
+                         "block mask (scripts/train/rainfusion_torch.py) and add the gap to the dense prediction to "
+                         "the loss; 0: dense training only")
+    ap.add_argument("--sparse-min", type=float, default=0.5, help="sparsity drawn uniformly from [min, max]")
+    ap.add_argument("--sparse-max", type=float, default=0.9)
+    ap.add_argument("--sparse-weight", type=float, default=1.0, help="weight of the sparse-dense gap in the loss")
+    ap.add_argument("--sparse-block", type=int, default=128)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps, for a CPU check")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

@@ -1,0 +1,128 @@
+"""RainFusion 2.0's block mask as vdit computes it (crates/rainfusion), in PyTorch.
+
+Used by train.py (`--sparse-train`: the transformer also learns to give the dense answer under the
+sparse mask) and by scripts/eval/sparse_probe.py (where sparse attention loses quality). The layout
+follows crates/rainfusion/src/layout.rs for grids of whole 8x8 tiles: frame 0 moves to the end of
+the sequence and stays dense (the first-frame sink); the other frames are cut into 1x8x8 tiles
+(`tile`) or 2x8x8 windows over frame pairs (`spatiotemporal`), and blocks are runs of `block`
+consecutive tokens in that order. Selection is predict.rs's: block-mean q and k, scores scaled by
+1/sqrt(d), the top ceil(blocks * (1 - sparsity)) key blocks per query block (ties kept), plus the
+forced rows and columns of the sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+TILE = 8
+
+
+def permutation(frames: int, height: int, width: int, window: str = "tile", sink: bool = True) -> torch.Tensor:
+    """Permuted position -> raster token index."""
+    if height % TILE or width % TILE:
+        raise ValueError(f"only grids of whole {TILE}x{TILE} tiles are handled (got {height}x{width})")
+    if window not in ("tile", "spatiotemporal"):
+        raise ValueError(f"unknown window '{window}'")
+    per_frame = height * width
+    video = list(range(1, frames)) if sink else list(range(frames))
+    groups = [[t] for t in video] if window == "tile" else [video[i:i + 2] for i in range(0, len(video), 2)]
+    order = []
+    for group in groups:
+        for tile_row in range(height // TILE):
+            for tile_col in range(width // TILE):
+                for t in group:
+                    for y in range(TILE):
+                        row = tile_row * TILE + y
+                        order.extend(t * per_frame + row * width + tile_col * TILE + x for x in range(TILE))
+    if sink:
+        order.extend(range(per_frame))
+    return torch.tensor(order)
+
+
+def kept_per_row(blocks: int, sparsity: float) -> int:
+    """predict.rs's kept_per_row: ceil(blocks * (1 - sparsity)), at least 1."""
+    return max(1, min(blocks, math.ceil(blocks * (1 - sparsity) - 1e-9)))
+
+
+def top_k_rows(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Per row keeps the `keep` largest scores and ties."""
+    kth = scores.topk(keep, dim=-1).values[..., -1:]
+    return scores >= kth
+
+
+class Layout:
+    """A latent token grid (frames, height, width) cut into blocks for the sparse mask."""
+
+    def __init__(self, grid: tuple[int, int, int], block: int = 128, window: str = "tile", device=None):
+        t, h, w = grid
+        self.grid, self.block, self.window = grid, block, window
+        self.tokens, self.frame_tokens = t * h * w, h * w
+        if self.tokens % block or self.frame_tokens % block:
+            raise ValueError(f"block size {block} must divide the frame's {self.frame_tokens} tokens")
+        self.perm = permutation(t, h, w, window).to(device)
+        self.inverse = torch.argsort(self.perm)
+        self.blocks = self.tokens // block
+        self.forced_from = (self.tokens - self.frame_tokens) // block
+        self.block_of_token = self.inverse // block  # raster token -> its block
+
+    def permute(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, L, D] raster order -> permuted order."""
+        return x[:, :, self.perm]
+
+    def block_means(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, L, D] permuted -> [B, H, blocks, D]."""
+        return x.reshape(*x.shape[:2], self.blocks, self.block, x.shape[-1]).mean(3)
+
+    def block_mask(self, q: torch.Tensor, k: torch.Tensor, sparsity: float, scores: torch.Tensor | None = None,
+                   self_block: bool = False) -> torch.Tensor:
+        """q, k: [B, H, L, D] permuted -> [B, H, blocks, blocks] bool (True = computed).
+
+        `scores` replaces the block-mean scores (e.g. true attention mass: an oracle); `self_block` also keeps
+        each query block's own key block."""
+        if scores is None:
+            scores = self.block_means(q) @ self.block_means(k).transpose(-1, -2) / math.sqrt(q.shape[-1])
+        keep = top_k_rows(scores, kept_per_row(self.blocks, sparsity))
+        if self_block:
+            keep |= torch.eye(self.blocks, dtype=torch.bool, device=keep.device)
+        keep[..., self.forced_from:, :] = True
+        keep[..., :, self.forced_from:] = True
+        return keep
+
+    def token_mask(self, block_mask: torch.Tensor) -> torch.Tensor:
+        """[B, H, blocks, blocks] -> [B, H, L, L] bool over tokens in raster order."""
+        idx = self.block_of_token
+        return block_mask[:, :, idx][:, :, :, idx]
+
+
+class SparseTraining:
+    """Makes diffusers' Wan self-attention run under RainFusion's mask while `active` (raster token order;
+    the mask is predicted from the detached q and k of each call)."""
+
+    def __init__(self, grid: tuple[int, int, int], device, block: int = 128, window: str = "tile"):
+        import diffusers.models.transformers.transformer_wan as wan
+
+        self.layout = Layout(grid, block, window, device)
+        self.sparsity: float | None = None
+        original = wan.dispatch_attention_fn
+
+        def dispatch(query, key, value, attn_mask=None, **kw):
+            # query, key, value: [B, L, H, D]
+            if self.sparsity is not None and attn_mask is None and query.shape[1] == key.shape[1] == self.layout.tokens:
+                with torch.no_grad():
+                    q = self.layout.permute(query.detach().transpose(1, 2).float())
+                    k = self.layout.permute(key.detach().transpose(1, 2).float())
+                    attn_mask = self.layout.token_mask(self.layout.block_mask(q, k, self.sparsity))
+            return original(query, key, value, attn_mask=attn_mask, **kw)
+
+        wan.dispatch_attention_fn = dispatch
+
+    @contextlib.contextmanager
+    def active(self, sparsity: float):
+        self.sparsity = sparsity
+        try:
+            yield
+        finally:
+            self.sparsity = None
