@@ -49,14 +49,8 @@ fn torch_emulation_has_the_engines_permutation_and_block_mask() {
 
         let q = perm.apply(&get("q")).unwrap(); // [B, H, L, D] permuted
         let k = perm.apply(&get("k")).unwrap();
-        let mask = predict_block_mask(
-            &q,
-            &k,
-            block,
-            sparsity,
-            dense_tail_tokens(&layout, true),
-        )
-        .unwrap();
+        let mask =
+            predict_block_mask(&q, &k, block, sparsity, dense_tail_tokens(&layout, true)).unwrap();
         let expected = get("mask").to_dtype(DType::U32).unwrap(); // [B, H, nb, nb] 0/1
         let (b, h, nb, _) = expected.dims4().unwrap();
         let rows = expected
