@@ -8,6 +8,8 @@ transformer/text encoder continue from their EMA weights with a fresh optimiser.
 
 Usage (device): python3 train.py --out $OUT --deadline 540 [--resume .gpu/train/ckpt]
 Usage (CPU smoke test): python3 train.py --out /tmp/x --deadline 120 --smoke
+Sparse-aware fine-tune (how models/vdit-tiny-sparse was made): --resume models/vdit-tiny --vae-more-seconds 0
+    --eval-seconds 0 --sparse-train 1 --share256 0.6 --sparse-min 0.7 --sparse-max 0.9 --sparse-weight 3
 """
 
 from __future__ import annotations
@@ -459,7 +461,10 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
         grid = tuple(buckets[-1]["latents"].shape[2:])  # the largest clips: [T, H, W] latent
         grid = (grid[0] // TRANSFORMER_CONFIG["patch_size"][0], grid[1] // TRANSFORMER_CONFIG["patch_size"][1],
                 grid[2] // TRANSFORMER_CONFIG["patch_size"][2])
-        sparse = rainfusion_torch.SparseTraining(grid, device, block=args.sparse_block)
+        try:
+            sparse = rainfusion_torch.SparseTraining(grid, device, block=args.sparse_block)
+        except ValueError as e:
+            raise SystemExit(f"--sparse-train on the {grid} token grid of the largest clips: {e}")
         log(f"sparse training on grid {grid}: {args.sparse_train:.0%} of its steps, sparsity "
             f"{args.sparse_min}-{args.sparse_max}, consistency weight {args.sparse_weight}")
 
