@@ -44,7 +44,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "train"))
 
 from analyse import score  # noqa: E402
-from rainfusion_torch import Layout  # noqa: E402
+from rainfusion_torch import Layout, patch_self_attention  # noqa: E402
 
 VARIANTS = ("rf", "rf-diag", "rf-comp", "oracle")
 
@@ -106,8 +106,13 @@ class Probe:
         return self.layout.block_mask(q, k, self.sparsity, scores=probs_blocks if variant == "oracle" else None,
                                       self_block=variant == "rf-diag")
 
-    def attend(self, query, key, value):
-        """[B, L, H, D] each -> [B, L, H, D], or None for plain attention."""
+    def attend(self, query, key, value, dense):
+        """[B, L, H, D] each -> [B, L, H, D]; `dense` is diffusers' own attention."""
+        out = self.emulate(query, key, value)
+        return dense(query, key, value) if out is None else out.to(query.dtype)
+
+    def emulate(self, query, key, value):
+        """[B, L, H, D] each -> [B, L, H, D], or None where this call runs dense."""
         layer = self.layer
         self.layer += 1
         record = self.cfg is None and self.step in self.locality_steps
@@ -152,21 +157,6 @@ class Probe:
         bias = torch.cat([torch.where(token_mask, 0.0, -math.inf),
                           torch.where(centroid_ok, math.log(lay.block), -math.inf)], dim=-1)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype))
-
-
-def install(probe: Probe):
-    import diffusers.models.transformers.transformer_wan as wan
-
-    original = wan.dispatch_attention_fn
-
-    def dispatch(query, key, value, attn_mask=None, **kw):
-        if key.shape[1] == query.shape[1] == probe.tokens and attn_mask is None:
-            out = probe.attend(query, key, value)
-            if out is not None:
-                return out.to(query.dtype)
-        return original(query, key, value, attn_mask=attn_mask, **kw)
-
-    wan.dispatch_attention_fn = dispatch
 
 
 def decode(pipe, latents: torch.Tensor) -> np.ndarray:
@@ -230,7 +220,7 @@ def main() -> None:
     lat_t = (args.frames - 1) // pipe.vae_scale_factor_temporal + 1
     lat_s = args.size // pipe.vae_scale_factor_spatial
     probe = Probe((lat_t // pt, lat_s // ph, lat_s // pw), args.steps, tcfg.num_layers, device)
-    install(probe)
+    patch_self_attention(probe.tokens, probe.attend)
     pipe.transformer.register_forward_pre_hook(lambda *_: setattr(probe, "layer", 0))
     print(f"grid {probe.grid} = {probe.tokens} tokens; {len(prompts)} prompts, {len(configs)} configs, "
           f"device {device}", flush=True)

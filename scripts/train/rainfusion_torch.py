@@ -97,27 +97,44 @@ class Layout:
         return block_mask[:, :, idx][:, :, :, idx]
 
 
+def patch_self_attention(tokens: int, handler) -> None:
+    """Routes diffusers' Wan self-attention over a grid of `tokens` tokens through `handler(query, key, value,
+    attend)`, where q, k, v are [B, L, H, D] and `attend(query, key, value, attn_mask=None)` is diffusers'
+    own attention; cross-attention and other sequence lengths stay untouched."""
+    import diffusers.models.transformers.transformer_wan as wan
+
+    original = wan.dispatch_attention_fn
+
+    def dispatch(query, key, value, attn_mask=None, **kw):
+        if attn_mask is not None or not query.shape[1] == key.shape[1] == tokens:
+            return original(query, key, value, attn_mask=attn_mask, **kw)
+
+        def attend(q, k, v, attn_mask=None):
+            return original(q, k, v, attn_mask=attn_mask, **kw)
+
+        return handler(query, key, value, attend)
+
+    wan.dispatch_attention_fn = dispatch
+
+
 class SparseTraining:
     """Makes diffusers' Wan self-attention run under RainFusion's mask while `active` (raster token order;
     the mask is predicted from the detached q and k of each call)."""
 
     def __init__(self, grid: tuple[int, int, int], device, block: int = 128, window: str = "tile"):
-        import diffusers.models.transformers.transformer_wan as wan
-
         self.layout = Layout(grid, block, window, device)
         self.sparsity: float | None = None
-        original = wan.dispatch_attention_fn
+        patch_self_attention(self.layout.tokens, self.attend)
 
-        def dispatch(query, key, value, attn_mask=None, **kw):
-            # query, key, value: [B, L, H, D]
-            if self.sparsity is not None and attn_mask is None and query.shape[1] == key.shape[1] == self.layout.tokens:
-                with torch.no_grad():
-                    q = self.layout.permute(query.detach().transpose(1, 2).float())
-                    k = self.layout.permute(key.detach().transpose(1, 2).float())
-                    attn_mask = self.layout.token_mask(self.layout.block_mask(q, k, self.sparsity))
-            return original(query, key, value, attn_mask=attn_mask, **kw)
-
-        wan.dispatch_attention_fn = dispatch
+    def attend(self, query, key, value, attend):
+        """[B, L, H, D] each: dense outside `active`, else under the mask predicted from q and k."""
+        if self.sparsity is None:
+            return attend(query, key, value)
+        with torch.no_grad():
+            q = self.layout.permute(query.detach().transpose(1, 2).float())
+            k = self.layout.permute(key.detach().transpose(1, 2).float())
+            mask = self.layout.token_mask(self.layout.block_mask(q, k, self.sparsity))
+        return attend(query, key, value, attn_mask=mask)
 
     @contextlib.contextmanager
     def active(self, sparsity: float):

@@ -458,9 +458,8 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
     if args.sparse_train > 0:
         import rainfusion_torch
 
-        grid = tuple(buckets[-1]["latents"].shape[2:])  # the largest clips: [T, H, W] latent
-        grid = (grid[0] // TRANSFORMER_CONFIG["patch_size"][0], grid[1] // TRANSFORMER_CONFIG["patch_size"][1],
-                grid[2] // TRANSFORMER_CONFIG["patch_size"][2])
+        # Token grid of the largest clips: their [T, H, W] latent over the patch size.
+        grid = tuple(n // p for n, p in zip(buckets[-1]["latents"].shape[2:], TRANSFORMER_CONFIG["patch_size"]))
         try:
             sparse = rainfusion_torch.SparseTraining(grid, device, block=args.sparse_block)
         except ValueError as e:
@@ -531,12 +530,12 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - decay)
         if step % 5 == 0:
-            running.setdefault(bucket["size"], []).append(fm_loss.detach())
+            running.setdefault(f"loss{bucket['size']}", []).append(fm_loss.detach())
         step += 1
         if step % 200 == 0 or step == 1:
             entry = {"step": step, "seconds": round(time.time() - t0, 1)}
-            for size, losses in running.items():
-                entry[f"loss{size}" if isinstance(size, int) else size] = round(float(torch.stack(losses).mean()), 4)
+            for name, losses in running.items():
+                entry[name] = round(float(torch.stack(losses).mean()), 4)
             running = {}
             history.append(entry)
             log(f"DiT step {step}: {entry}")
