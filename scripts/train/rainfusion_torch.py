@@ -143,3 +143,59 @@ class SparseTraining:
             yield
         finally:
             self.sparsity = None
+
+
+class AttentionConcentration:
+    """Measures, inside diffusers' Wan self-attention over one grid, how much of a query row's attention mass
+    lands in the key blocks that RainFusion 2.0 at `sparsity` would keep if it chose them by true mass (the
+    `keep` heaviest blocks of the query block, plus the first-frame sink), keeping the autograd graph so that
+    a shortfall can join the training loss. Attention itself stays dense and unchanged: this shapes the dense
+    model's attention, it never runs the sparse path.
+
+    While `recording`, every self-attention call appends a [B, H, R] tensor of kept mass to `kept`, over
+    R = `query_blocks` x `rows` query rows drawn from random non-sink query blocks."""
+
+    def __init__(self, grid: tuple[int, int, int], device, sparsity: float = 0.8, query_blocks: int = 2,
+                 rows: int = 64, block: int = 128, window: str = "tile"):
+        self.layout = Layout(grid, block, window, device)
+        if rows > block:
+            raise ValueError(f"rows per query block ({rows}) exceed the block size ({block})")
+        self.keep = kept_per_row(self.layout.blocks, sparsity)
+        self.query_blocks, self.rows = query_blocks, rows
+        self.recording = False
+        self.kept: list[torch.Tensor] = []
+        patch_self_attention(self.layout.tokens, self.attend)
+
+    def attend(self, query, key, value, attend):
+        out = attend(query, key, value)
+        if self.recording:
+            self.kept.append(self.kept_mass(query, key))
+        return out
+
+    def kept_mass(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """query, key: [B, L, H, D] raster order -> [B, H, R] kept mass per sampled query row."""
+        lay = self.layout
+        device = query.device
+        blocks = torch.randperm(lay.forced_from, device=device)[: self.query_blocks]
+        offsets = torch.randperm(lay.block, device=device)[: self.rows]
+        positions = (blocks[:, None] * lay.block + offsets[None, :]).reshape(-1)  # permuted, block-major
+        with torch.autocast(device.type, enabled=False):
+            q = query[:, lay.perm[positions]].transpose(1, 2).float()  # [B, H, R, D]
+            k = key.transpose(1, 2).float()  # [B, H, L, D]
+            probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [B, H, R, L]
+            mass = probs[..., lay.perm].reshape(*probs.shape[:3], lay.blocks, lay.block).sum(-1)  # [B, H, R, nb]
+            # The selection is made per query block (all its rows share one set of key blocks, as in the
+            # engine's mask) from the block's mean mass, and is not differentiated.
+            per_block = mass.detach().reshape(*mass.shape[:2], len(blocks), self.rows, lay.blocks).mean(3)
+            chosen = top_k_rows(per_block, self.keep)
+            chosen[..., lay.forced_from:] = True
+            chosen = chosen.repeat_interleave(self.rows, dim=2)  # [B, H, R, nb]
+            return (mass * chosen).sum(-1)
+
+    @contextlib.contextmanager
+    def record(self):
+        self.recording, self.kept = True, []
+        try:
+            yield
+        finally:
+            self.recording = False

@@ -15,6 +15,7 @@ Sparse-aware fine-tune (how models/vdit-tiny-sparse was made): --resume models/v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -467,6 +468,20 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
         log(f"sparse training on grid {grid}: {args.sparse_train:.0%} of its steps, sparsity "
             f"{args.sparse_min}-{args.sparse_max}, consistency weight {args.sparse_weight}")
 
+    concentration = None
+    if args.concentrate > 0:
+        import rainfusion_torch
+
+        grid = tuple(n // p for n, p in zip(buckets[-1]["latents"].shape[2:], TRANSFORMER_CONFIG["patch_size"]))
+        try:
+            concentration = rainfusion_torch.AttentionConcentration(
+                grid, device, sparsity=args.concentrate_sparsity, query_blocks=args.concentrate_blocks,
+                rows=args.concentrate_rows, block=args.sparse_block)
+        except ValueError as e:
+            raise SystemExit(f"--concentrate on the {grid} token grid of the largest clips: {e}")
+        log(f"concentration on grid {grid}: kept mass at sparsity {args.concentrate_sparsity} pushed to "
+            f"{args.concentrate_target} with weight {args.concentrate}")
+
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone().float() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -509,9 +524,12 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
                                     args.warmup)
         sparse_step = (sparse is not None and bucket is buckets[-1]
                        and float(torch.rand(1, generator=gen)) < args.sparse_train)
+        measure = concentration.record() if concentration is not None and bucket is buckets[-1] \
+            else contextlib.nullcontext()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             context = encode_text(text_encoder, ids, mask)
-            pred = transformer(xt, sigma * 1000.0, context, return_dict=False)[0]
+            with measure:
+                pred = transformer(xt, sigma * 1000.0, context, return_dict=False)[0]
             if sparse_step:
                 # The same inputs under RainFusion's mask; trained towards the (detached) dense answer.
                 sparsity = args.sparse_min + (args.sparse_max - args.sparse_min) * float(torch.rand(1, generator=gen))
@@ -522,6 +540,12 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
             gap = (pred_sparse.float() - pred.detach().float()).pow(2).mean()
             loss = loss + args.sparse_weight * gap
             running.setdefault("sparse_gap", []).append(gap.detach())
+        if concentration is not None and concentration.kept:
+            kept = torch.stack(concentration.kept)  # [layers, B, H, R]
+            concentration.kept = []
+            shortfall = (args.concentrate_target - kept).clamp(min=0).mean()
+            loss = loss + args.concentrate * shortfall
+            running.setdefault("kept_mass", []).append(kept.detach().mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -643,6 +667,14 @@ def main():
     ap.add_argument("--sparse-max", type=float, default=0.9)
     ap.add_argument("--sparse-weight", type=float, default=1.0, help="weight of the sparse-dense gap in the loss")
     ap.add_argument("--sparse-block", type=int, default=128)
+    ap.add_argument("--concentrate", type=float, default=0.0,
+                    help="weight of the attention-concentration term on the 256x49 grid (0: off): the share of "
+                         "a query row's dense attention mass outside the key blocks RainFusion would keep, chosen "
+                         "by true mass, below --concentrate-target joins the loss (dense attention unchanged)")
+    ap.add_argument("--concentrate-target", type=float, default=0.9)
+    ap.add_argument("--concentrate-sparsity", type=float, default=0.8)
+    ap.add_argument("--concentrate-blocks", type=int, default=2, help="query blocks sampled per layer and step")
+    ap.add_argument("--concentrate-rows", type=int, default=64, help="rows sampled in each of those blocks")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps, for a CPU check")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
