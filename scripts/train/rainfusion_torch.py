@@ -199,3 +199,36 @@ class AttentionConcentration:
             yield
         finally:
             self.recording = False
+
+
+def check_concentration(seed: int = 0) -> float:
+    """AttentionConcentration.kept_mass against the mass summed from the whole attention matrix, on a small grid
+    with all rows of the sampled query blocks; returns the largest difference."""
+    torch.manual_seed(seed)
+    layout = Layout((5, 16, 16), block=128)
+    probe = AttentionConcentration.__new__(AttentionConcentration)
+    probe.layout, probe.keep = layout, kept_per_row(layout.blocks, 0.8)
+    probe.query_blocks, probe.rows = 2, layout.block
+    query, key = torch.randn(1, layout.tokens, 2, 8), 3 * torch.randn(1, layout.tokens, 2, 8)
+    state = torch.random.get_rng_state()
+    kept = probe.kept_mass(query, key)
+    torch.random.set_rng_state(state)  # the same query blocks and rows again
+    blocks = torch.randperm(layout.forced_from)[:2]
+    offsets = torch.randperm(layout.block)[: layout.block]
+    q, k = layout.permute(query.transpose(1, 2)), layout.permute(key.transpose(1, 2))
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    mass = probs.reshape(1, 2, layout.blocks, layout.block, layout.blocks, layout.block).sum(-1)
+    worst = 0.0
+    for i, b in enumerate(blocks):
+        chosen = top_k_rows(mass[:, :, b].mean(2), probe.keep)
+        chosen[..., layout.forced_from:] = True
+        expected = (mass[:, :, b][:, :, offsets] * chosen[:, :, None]).sum(-1)
+        got = kept[:, :, i * layout.block:(i + 1) * layout.block]
+        worst = max(worst, float((expected - got).abs().max()))
+    return worst
+
+
+if __name__ == "__main__":
+    difference = check_concentration()
+    print(f"kept mass vs the whole attention matrix: largest difference {difference:.2e}")
+    raise SystemExit(0 if difference < 1e-5 else 1)
