@@ -6,7 +6,8 @@
 #
 # Here (no GPU; see scripts/gpu/stage.sh, which builds and stages everything):
 #     bash scripts/gpu/stage.sh            # → .gpu/run/{vdit,cuda_dit,cuda_kernels,cuda_policy}.xz
-#     (and the diffusers wheel in .whl, see the device README)
+#     (and the diffusers wheel in .whl, see the device README, trimmed by scripts/gpu/trim_diffusers_wheel.py:
+#     the tree is ~38 MB, .gpu/run ~25 MB, and a call takes 64 MiB in all)
 # Device call:
 #     run(command="bash scripts/gpu/run_all.sh", carry=[".gpu/run", ".whl"])
 #

@@ -8,7 +8,8 @@ transformer/text encoder continue from their EMA weights with a fresh optimiser.
 
 Usage (device): python3 train.py --out $OUT --deadline 540 [--resume .gpu/train/ckpt]
 Usage (CPU smoke test): python3 train.py --out /tmp/x --deadline 120 --smoke
-Attention concentration (how session 7 made models/vdit-tiny from models/vdit-tiny-plain, calls 15-16):
+Attention concentration (how session 7 made models/vdit-tiny from the session-5 weights, vdit-tiny-plain, restored
+    by `git checkout dda37b4 -- models/vdit-tiny-plain models/vdit-tiny-plain.toml`; calls 15-16):
     --resume models/vdit-tiny-plain --vae-more-seconds 0 --share256 0.6 --concentrate 0.1
     --concentrate-target 0.85 --lr 2e-4 --warmup 50 --ema 0.995, then --resume OUT --lr 1e-4 --warmup 20
 Sparse-aware fine-tune (session 6's vdit-tiny-sparse, no longer shipped): --resume models/vdit-tiny-plain

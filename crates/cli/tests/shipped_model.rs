@@ -5,8 +5,8 @@
 //! The model is small (MODEL_CARD.md, session 7: 97 % colour and 92 % motion over 36 held-out
 //! clips at 30 steps), so a random prompt and seed would still fail this test now and then. The
 //! clip checked here is one prompt and seed that the shipped weights get right at 12 and at 30
-//! steps (`vdit eval`, seed 1; also at 30 steps with seed 101; the session-5 weights, now
-//! vdit-tiny-plain, got it right too): a pinned regression check
+//! steps (`vdit eval`, seed 1; also at 30 steps with seed 101; the session-5 weights got it
+//! right too): a pinned regression check
 //! of the whole path (tokenizer, text encoder, transformer, sampler, VAE, mp4 writer, analyser),
 //! not a measure of faithfulness. New weights must keep it right, or pin another prompt the card
 //! reports.
