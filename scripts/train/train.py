@@ -460,12 +460,13 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
     empty_ids, empty_mask = tokenise(tok, [""], device)
     weights = torch.tensor([1.0 if b["size"] == 128 else args.share256 / (1 - args.share256) for b in buckets])
 
+    # Token grid of the largest clips (the one --sparse-train and --concentrate work on): latent [T, H, W] over
+    # the patch size.
+    grid = tuple(n // p for n, p in zip(buckets[-1]["latents"].shape[2:], TRANSFORMER_CONFIG["patch_size"]))
     sparse = None
     if args.sparse_train > 0:
         import rainfusion_torch
 
-        # Token grid of the largest clips: their [T, H, W] latent over the patch size.
-        grid = tuple(n // p for n, p in zip(buckets[-1]["latents"].shape[2:], TRANSFORMER_CONFIG["patch_size"]))
         try:
             sparse = rainfusion_torch.SparseTraining(grid, device, block=args.sparse_block)
         except ValueError as e:
@@ -477,7 +478,6 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
     if args.concentrate > 0:
         import rainfusion_torch
 
-        grid = tuple(n // p for n, p in zip(buckets[-1]["latents"].shape[2:], TRANSFORMER_CONFIG["patch_size"]))
         try:
             concentration = rainfusion_torch.AttentionConcentration(
                 grid, device, sparsity=args.concentrate_sparsity, query_blocks=args.concentrate_blocks,
