@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "train"))
 
+import frame_strip  # noqa: E402
 from analyse import score, summarise  # noqa: E402
 from world import HELD_OUT_PROMPTS  # noqa: E402
 
@@ -53,7 +54,7 @@ def main() -> None:
         results.append(r)
         ok = r["colour_ok"] and r["motion_ok"]
         print(f"{'ok ' if ok else 'BAD'} {prompt!r} -> {r['seen']}", flush=True)
-        strips.append(np.concatenate(list(clip[:: max(1, (args.frames - 1) // 4)]), axis=1))
+        strips.append(frame_strip.row(clip, 5))
     summary = summarise(results)
     print(f"accuracy over {len(prompts)} held-out prompts at {args.size}x{args.size}x{args.frames}: {summary}")
     if args.out:

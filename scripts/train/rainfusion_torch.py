@@ -84,12 +84,17 @@ class Layout:
         each query block's own key block."""
         if scores is None:
             scores = self.block_means(q) @ self.block_means(k).transpose(-1, -2) / math.sqrt(q.shape[-1])
-        keep = top_k_rows(scores, kept_per_row(self.blocks, sparsity))
+        keep = self.key_blocks(scores, kept_per_row(self.blocks, sparsity))
         if self_block:
             keep |= torch.eye(self.blocks, dtype=torch.bool, device=keep.device)
         keep[..., self.forced_from:, :] = True
-        keep[..., :, self.forced_from:] = True
         return keep
+
+    def key_blocks(self, scores: torch.Tensor, keep: int) -> torch.Tensor:
+        """[..., blocks] scores per query block -> bool: its `keep` best key blocks (and ties) plus the sink's."""
+        chosen = top_k_rows(scores, keep)
+        chosen[..., self.forced_from:] = True
+        return chosen
 
     def token_mask(self, block_mask: torch.Tensor) -> torch.Tensor:
         """[B, H, blocks, blocks] -> [B, H, L, L] bool over tokens in raster order."""
@@ -187,9 +192,7 @@ class AttentionConcentration:
             # The selection is made per query block (all its rows share one set of key blocks, as in the
             # engine's mask) from the block's mean mass, and is not differentiated.
             per_block = mass.detach().reshape(*mass.shape[:2], len(blocks), self.rows, lay.blocks).mean(3)
-            chosen = top_k_rows(per_block, self.keep)
-            chosen[..., lay.forced_from:] = True
-            chosen = chosen.repeat_interleave(self.rows, dim=2)  # [B, H, R, nb]
+            chosen = lay.key_blocks(per_block, self.keep).repeat_interleave(self.rows, dim=2)  # [B, H, R, nb]
             return (mass * chosen).sum(-1)
 
     @contextlib.contextmanager

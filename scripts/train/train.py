@@ -583,6 +583,7 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
 def quick_eval(args, device, vae, transformer, text_encoder, tok, stats, out_dir, budget: float):
     """Generate the held-out prompts with diffusers' WanPipeline and score them with the analyser."""
     import torch
+    import frame_strip
     from analyse import score, summarise
     from diffusers import UniPCMultistepScheduler, WanPipeline
     from PIL import Image
@@ -613,7 +614,7 @@ def quick_eval(args, device, vae, transformer, text_encoder, tok, stats, out_dir
             log(f"  {size}px {'ok ' if r['colour_ok'] and r['motion_ok'] else 'BAD'} {p!r} -> {r['seen']}")
         report[f"{size}x{frames}"] = summarise(results)
         log(f"eval {size}px x {frames}: {report[f'{size}x{frames}']}")
-        strip = np.concatenate([np.concatenate(list(c[:: max(1, (frames - 1) // 4)]), axis=1) for c in clips[:6]])
+        strip = np.concatenate([frame_strip.row(c, 5) for c in clips[:6]])
         Image.fromarray(strip).save(os.path.join(out_dir, f"samples{size}.png"))
     return report
 
@@ -673,9 +674,9 @@ def main():
     ap.add_argument("--sparse-weight", type=float, default=1.0, help="weight of the sparse-dense gap in the loss")
     ap.add_argument("--sparse-block", type=int, default=128)
     ap.add_argument("--concentrate", type=float, default=0.0,
-                    help="weight of the attention-concentration term on the 256x49 grid (0: off): the share of "
-                         "a query row's dense attention mass outside the key blocks RainFusion would keep, chosen "
-                         "by true mass, below --concentrate-target joins the loss (dense attention unchanged)")
+                    help="weight of the attention-concentration term on the 256x49 grid (0: off): how far the share "
+                         "of a query row's dense attention mass inside the key blocks RainFusion would keep (chosen "
+                         "by true mass) falls below --concentrate-target joins the loss (dense attention unchanged)")
     ap.add_argument("--concentrate-target", type=float, default=0.9)
     ap.add_argument("--concentrate-sparsity", type=float, default=0.8)
     ap.add_argument("--concentrate-blocks", type=int, default=2, help="query blocks sampled per layer and step")
