@@ -152,19 +152,28 @@ class SparseTraining:
 
 class AttentionConcentration:
     """Measures, inside diffusers' Wan self-attention over one grid, how much of a query row's attention mass
-    lands in the key blocks that RainFusion 2.0 at `sparsity` would keep if it chose them by true mass (the
-    `keep` heaviest blocks of the query block, plus the first-frame sink), keeping the autograd graph so that
+    lands in the key blocks that RainFusion 2.0 at `sparsity` would keep, keeping the autograd graph so that
     a shortfall can join the training loss. Attention itself stays dense and unchanged: this shapes the dense
     model's attention, it never runs the sparse path.
+
+    `select` says how the kept blocks are chosen (plus the first-frame sink either way): "mass", the `keep`
+    heaviest key blocks of the query block by true attention mass (the best any predictor could do);
+    "predicted", the blocks RainFusion's own predictor picks, top `keep` of the block-mean scores
+    q̂·k̂/√d (as `Layout.block_mask`), so the term also rewards attention that the block means can find.
 
     While `recording`, every self-attention call appends a [B, H, R] tensor of kept mass to `kept`, over
     R = `query_blocks` x `rows` query rows drawn from random non-sink query blocks."""
 
+    SELECTIONS = ("mass", "predicted")
+
     def __init__(self, grid: tuple[int, int, int], device, sparsity: float = 0.8, query_blocks: int = 2,
-                 rows: int = 64, block: int = 128, window: str = "tile"):
+                 rows: int = 64, block: int = 128, window: str = "tile", select: str = "mass"):
         self.layout = Layout(grid, block, window, device)
         if rows > block:
             raise ValueError(f"rows per query block ({rows}) exceed the block size ({block})")
+        if select not in self.SELECTIONS:
+            raise ValueError(f"block selection '{select}' is not one of {', '.join(self.SELECTIONS)}")
+        self.select = select
         self.keep = kept_per_row(self.layout.blocks, sparsity)
         self.query_blocks, self.rows = query_blocks, rows
         self.recording = False
@@ -190,9 +199,17 @@ class AttentionConcentration:
             probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [B, H, R, L]
             mass = probs[..., lay.perm].reshape(*probs.shape[:3], lay.blocks, lay.block).sum(-1)  # [B, H, R, nb]
             # The selection is made per query block (all its rows share one set of key blocks, as in the
-            # engine's mask) from the block's mean mass, and is not differentiated.
-            per_block = mass.detach().reshape(*mass.shape[:2], len(blocks), self.rows, lay.blocks).mean(3)
-            chosen = lay.key_blocks(per_block, self.keep).repeat_interleave(self.rows, dim=2)  # [B, H, R, nb]
+            # engine's mask) and is not differentiated.
+            if self.select == "mass":
+                scores = mass.detach().reshape(*mass.shape[:2], len(blocks), self.rows, lay.blocks).mean(3)
+            else:
+                # Block means over all 128 tokens of each sampled query block and of every key block.
+                whole = (blocks[:, None] * lay.block + torch.arange(lay.block, device=device)).reshape(-1)
+                q_blocks = query.detach()[:, lay.perm[whole]].transpose(1, 2).float()  # [B, H, nq*128, D]
+                q_mean = q_blocks.reshape(*q_blocks.shape[:2], len(blocks), lay.block, -1).mean(3)
+                k_mean = lay.block_means(lay.permute(k.detach()))  # [B, H, nb, D]
+                scores = q_mean @ k_mean.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, nq, nb]
+            chosen = lay.key_blocks(scores, self.keep).repeat_interleave(self.rows, dim=2)  # [B, H, R, nb]
             return (mass * chosen).sum(-1)
 
     @contextlib.contextmanager
@@ -204,13 +221,14 @@ class AttentionConcentration:
             self.recording = False
 
 
-def check_concentration(seed: int = 0) -> float:
+def check_concentration(select: str = "mass", seed: int = 0) -> float:
     """AttentionConcentration.kept_mass against the mass summed from the whole attention matrix, on a small grid
-    with all rows of the sampled query blocks; returns the largest difference."""
+    with all rows of the sampled query blocks; the reference picks the blocks by mean true mass ("mass") or
+    takes them from `Layout.block_mask`, the engine's mask ("predicted"). Returns the largest difference."""
     torch.manual_seed(seed)
     layout = Layout((5, 16, 16), block=128)
     probe = AttentionConcentration.__new__(AttentionConcentration)
-    probe.layout, probe.keep = layout, kept_per_row(layout.blocks, 0.8)
+    probe.layout, probe.keep, probe.select = layout, kept_per_row(layout.blocks, 0.8), select
     probe.query_blocks, probe.rows = 2, layout.block
     query, key = torch.randn(1, layout.tokens, 2, 8), 3 * torch.randn(1, layout.tokens, 2, 8)
     state = torch.random.get_rng_state()
@@ -221,10 +239,14 @@ def check_concentration(seed: int = 0) -> float:
     q, k = layout.permute(query.transpose(1, 2)), layout.permute(key.transpose(1, 2))
     probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
     mass = probs.reshape(1, 2, layout.blocks, layout.block, layout.blocks, layout.block).sum(-1)
+    engine_mask = layout.block_mask(q, k, 0.8)  # [1, H, nb, nb]
     worst = 0.0
     for i, b in enumerate(blocks):
-        chosen = top_k_rows(mass[:, :, b].mean(2), probe.keep)
-        chosen[..., layout.forced_from:] = True
+        if select == "mass":
+            chosen = top_k_rows(mass[:, :, b].mean(2), probe.keep)
+            chosen[..., layout.forced_from:] = True
+        else:
+            chosen = engine_mask[:, :, b]
         expected = (mass[:, :, b][:, :, offsets] * chosen[:, :, None]).sum(-1)
         got = kept[:, :, i * layout.block:(i + 1) * layout.block]
         worst = max(worst, float((expected - got).abs().max()))
@@ -232,6 +254,9 @@ def check_concentration(seed: int = 0) -> float:
 
 
 if __name__ == "__main__":
-    difference = check_concentration()
-    print(f"kept mass vs the whole attention matrix: largest difference {difference:.2e}")
-    raise SystemExit(0 if difference < 1e-5 else 1)
+    failed = False
+    for select in AttentionConcentration.SELECTIONS:
+        difference = check_concentration(select)
+        print(f"kept mass ({select} selection) vs the whole attention matrix: largest difference {difference:.2e}")
+        failed |= not difference < 1e-5
+    raise SystemExit(1 if failed else 0)

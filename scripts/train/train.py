@@ -481,11 +481,11 @@ def train_transformer(args, device, data, stats, budget: float, resume: str | No
         try:
             concentration = rainfusion_torch.AttentionConcentration(
                 grid, device, sparsity=args.concentrate_sparsity, query_blocks=args.concentrate_blocks,
-                rows=args.concentrate_rows, block=args.sparse_block)
+                rows=args.concentrate_rows, block=args.sparse_block, select=args.concentrate_select)
         except ValueError as e:
             raise SystemExit(f"--concentrate on the {grid} token grid of the largest clips: {e}")
-        log(f"concentration on grid {grid}: kept mass at sparsity {args.concentrate_sparsity} pushed to "
-            f"{args.concentrate_target} with weight {args.concentrate}")
+        log(f"concentration on grid {grid}: kept mass at sparsity {args.concentrate_sparsity} in the blocks chosen "
+            f"by {args.concentrate_select} pushed to {args.concentrate_target} with weight {args.concentrate}")
 
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone().float() for p in params]
@@ -676,11 +676,15 @@ def main():
     ap.add_argument("--concentrate", type=float, default=0.0,
                     help="weight of the attention-concentration term on the 256x49 grid (0: off): how far the share "
                          "of a query row's dense attention mass inside the key blocks RainFusion would keep (chosen "
-                         "by true mass) falls below --concentrate-target joins the loss (dense attention unchanged)")
+                         "by --concentrate-select) falls below --concentrate-target joins the loss (dense attention "
+                         "unchanged)")
     ap.add_argument("--concentrate-target", type=float, default=0.9)
     ap.add_argument("--concentrate-sparsity", type=float, default=0.8)
     ap.add_argument("--concentrate-blocks", type=int, default=2, help="query blocks sampled per layer and step")
     ap.add_argument("--concentrate-rows", type=int, default=64, help="rows sampled in each of those blocks")
+    ap.add_argument("--concentrate-select", choices=["mass", "predicted"], default="mass",
+                    help="which key blocks count as kept: the heaviest by true attention mass, or the ones "
+                         "RainFusion's block-mean predictor picks (both plus the first-frame sink)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps, for a CPU check")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
