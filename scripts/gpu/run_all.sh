@@ -11,7 +11,8 @@
 # Device call:
 #     run(command="bash scripts/gpu/run_all.sh", carry=[".gpu/run", ".whl"])
 #
-# QUICK=1 runs the tests, our benchmark and the stage timings only (no PyTorch side).
+# QUICK=1 runs the tests, our benchmark and the stage timings only (no PyTorch side). PROFILE_OPS=1 adds the
+# stage timings of the candle-ops block path (VDIT_NO_FUSED=1).
 # Logs go to $OUT/logs.tar.gz (the device returns at most 8 files); the table, vdit.json and
 # torch.json come back as files.
 set -uo pipefail
@@ -57,9 +58,14 @@ t "vdit bench (ours: attention, transformer dense and RainFusion 0.8, VAE)"
 timeout 200 /tmp/vdit bench --device cuda --warmup 1 --iters 2 --json $OUT/vdit.json 2>&1 | grep -v "^stage\|^|" | tail -14
 t "stage timings of one forward (VDIT_PROFILE=1): fused path, then the candle-ops path"
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
-VDIT_NO_FUSED=1 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_ops.md
+[ "${PROFILE_OPS:-0}" = 1 ] && VDIT_NO_FUSED=1 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_ops.md
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_rainfusion.md
 VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
+
+t "opt-in paths beside the defaults: cuBLASLt bias+gelu epilogue (VDIT_CUBLASLT=1), tensor-core cuDNN VAE convs (VDIT_VAE_TENSOR_OPS=1)"
+VDIT_CUBLASLT=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer" | tee $OUT/optin.log
+VDIT_CUBLASLT=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 2 2>&1 | grep "transformer" | tee -a $OUT/optin.log
+VDIT_VAE_TENSOR_OPS=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 2 2>&1 | grep -E "vae|rror" | tee -a $OUT/optin.log
 
 t "torch / diffusers"
 timeout 240 python3 scripts/gpu/torch_bench.py --out $OUT/torch.json 2>&1 | tail -12

@@ -410,3 +410,28 @@ fn tensor_core_convolution_matches_candle_conv2d() {
         assert!(err < 1e-2, "conv {n}x{c}x{h}x{w} * {o}x{k}x{k}: {err:.3e}");
     }
 }
+
+/// The whole VAE decoder on CUDA in bf16, on its default convolution path (the tensor-core cuDNN
+/// convolution unless VDIT_VAE_TENSOR_OPS=0), against diffusers' f32 decode of the vae fixture.
+#[cfg(feature = "cudnn")]
+#[test]
+fn vae_decode_on_cuda_matches_diffusers() {
+    use std::sync::Arc;
+    use vdit_models::wan::vae::{WanVaeConfig, WanVaeDecoder};
+    use vdit_models::weights::WeightFiles;
+
+    let dev = gpu();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vae");
+    let cfg = WanVaeConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let files =
+        Arc::new(WeightFiles::open(&dir.join("diffusion_pytorch_model.safetensors")).unwrap());
+    let vae = WanVaeDecoder::load(&files, &cfg, DType::BF16, &dev).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let latents = reference["latents"].to_device(&dev).unwrap();
+    let video = vae.decode(&latents, None).unwrap();
+    let video = video.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+    let err = relative_error(&video, &reference["video"]);
+    eprintln!("VAE decode on CUDA bf16 (default convolutions): relative error {err:.3e}");
+    assert!(err <= BF16_TOLERANCE, "relative error {err:.3e}");
+}

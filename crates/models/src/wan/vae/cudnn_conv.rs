@@ -20,13 +20,16 @@ use half::{bf16, f16};
 
 use crate::error::{ModelError, Result};
 
-/// Environment variable that routes the VAE's 16-bit convolutions through this path.
+/// Environment variable that, set to `0`, takes the VAE's 16-bit convolutions off this path and
+/// back to candle's cuDNN convolution (which `VDIT_VAE_CONV_ALGO` tunes). This path is the default
+/// since run 22 (scripts/gpu/NOTES.md, v9): 5.0 s against 13.8 s for the 480p×81 decode.
 pub const TENSOR_OPS_ENV: &str = "VDIT_VAE_TENSOR_OPS";
 
-/// Whether [`TENSOR_OPS_ENV`] is set (read once).
+/// Whether this path serves the VAE's 16-bit CUDA convolutions: unless [`TENSOR_OPS_ENV`] is `0`
+/// (read once).
 pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os(TENSOR_OPS_ENV).is_some_and(|v| !v.is_empty() && v != "0"))
+    *ON.get_or_init(|| std::env::var_os(TENSOR_OPS_ENV).is_none_or(|v| v != "0"))
 }
 
 /// Cross-correlation of x `[N, C, H, W]` with kernel `[O, C, kh, kw]`, stride 1, symmetric zero
