@@ -44,13 +44,17 @@ if [ "${QUICK:-0}" = 1 ]; then
   timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer"
   timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 2 2>&1 | grep "transformer"
   VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
+  timeout 60 /tmp/vdit bench vae --device cuda --warmup 1 --iters 2 2>&1 | grep -E "^\| vae|rror"
   VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
-  echo "VAE with our tensor-core cuDNN convolution (VDIT_VAE_TENSOR_OPS=1):"
-  VDIT_VAE_TENSOR_OPS=1 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep -E "^\| vae|rror" | tee $OUT/profile_vae_tensor_ops.md
-  for algo in implicit-precomp-gemm implicit-gemm; do
-    echo "VAE with cuDNN algorithm $algo:"
-    VDIT_VAE_CONV_ALGO=$algo timeout 60 /tmp/vdit bench vae --device cuda --warmup 0 --iters 1 2>&1 | grep -E "vae|rror"
-  done
+  echo "VAE on candle's cuDNN convolution (VDIT_VAE_TENSOR_OPS=0; the tensor-core path is the default):"
+  VDIT_VAE_TENSOR_OPS=0 timeout 90 /tmp/vdit bench vae --device cuda --warmup 0 --iters 1 2>&1 | grep -E "^\| vae|rror" | tee $OUT/vae_candle_conv.md
+  echo "transformer without the cuBLASLt epilogue (VDIT_CUBLASLT=0):"
+  VDIT_CUBLASLT=0 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer"
+  t "quick: full-size transformer parity (diffusers random weights, bf16 file)"
+  timeout 120 python3 scripts/gpu/full_parity.py /tmp/wan_full 2>&1 | tail -1 &&
+    VDIT_FULL_DIR=/tmp/wan_full timeout 90 /tmp/cuda_dit --ignored --nocapture full_size 2>&1 | grep -E "relative error|test result|panicked" | tee $OUT/full_parity.log
+  t "quick: generate --device cuda --attention rainfusion (vdit-tiny, 256x256x49)"
+  timeout 60 /tmp/vdit generate --device cuda --attention rainfusion --sparsity 0.8 -m models/vdit-tiny -p "a blue square moving left" --size 256x256 --frames 49 --seed 2 -o $OUT/cuda_rf.mp4 2>&1 | grep -v OpenH264 | tail -4
   exit 0
 fi
 
@@ -62,10 +66,9 @@ VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 -
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_rainfusion.md
 VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
 
-t "opt-in paths beside the defaults: cuBLASLt bias+gelu epilogue (VDIT_CUBLASLT=1), tensor-core cuDNN VAE convs (VDIT_VAE_TENSOR_OPS=1)"
-VDIT_CUBLASLT=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer" | tee $OUT/optin.log
-VDIT_CUBLASLT=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 2 2>&1 | grep "transformer" | tee -a $OUT/optin.log
-VDIT_VAE_TENSOR_OPS=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 2 2>&1 | grep -E "vae|rror" | tee -a $OUT/optin.log
+t "the v8 paths switched off (run 22 made them the defaults): VDIT_CUBLASLT=0, VDIT_VAE_TENSOR_OPS=0"
+VDIT_CUBLASLT=0 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer" | tee $OUT/switched_off.log
+VDIT_VAE_TENSOR_OPS=0 timeout 90 /tmp/vdit bench vae --device cuda --warmup 0 --iters 1 2>&1 | grep -E "vae|rror" | tee -a $OUT/switched_off.log
 
 t "torch / diffusers"
 timeout 240 python3 scripts/gpu/torch_bench.py --out $OUT/torch.json 2>&1 | tail -12

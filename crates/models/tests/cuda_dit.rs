@@ -430,7 +430,11 @@ fn vae_decode_on_cuda_matches_diffusers() {
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     let latents = reference["latents"].to_device(&dev).unwrap();
     let video = vae.decode(&latents, None).unwrap();
-    let video = video.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+    let video = video
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
     let err = relative_error(&video, &reference["video"]);
     eprintln!("VAE decode on CUDA bf16 (default convolutions): relative error {err:.3e}");
     assert!(err <= BF16_TOLERANCE, "relative error {err:.3e}");
