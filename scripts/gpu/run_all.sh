@@ -10,6 +10,8 @@
 #     the tree is ~38 MB, .gpu/run ~25 MB, and a call takes 64 MiB in all)
 # Device call:
 #     run(command="bash scripts/gpu/run_all.sh", carry=[".gpu/run", ".whl"])
+#     (when the tree grows past ~39 MB that is over 64 MiB: carry .gpu/run/{vdit,cuda_dit,cuda_kernels}.xz one by
+#     one and the cuda_policy tests are skipped, as in run 23)
 #
 # QUICK=1 runs the tests, our benchmark and the stage timings only (no PyTorch side). PROFILE_OPS=1 adds the
 # stage timings of the candle-ops block path (VDIT_NO_FUSED=1).
@@ -60,7 +62,7 @@ fi
 
 t "vdit bench (ours: attention, transformer dense and RainFusion 0.8, VAE)"
 timeout 200 /tmp/vdit bench --device cuda --warmup 1 --iters 2 --json $OUT/vdit.json 2>&1 | grep -v "^stage\|^|" | tail -14
-t "stage timings of one forward (VDIT_PROFILE=1): fused path, then the candle-ops path"
+t "stage timings of one forward (VDIT_PROFILE=1): fused path (and the candle-ops path with PROFILE_OPS=1), RainFusion, VAE"
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
 [ "${PROFILE_OPS:-0}" = 1 ] && VDIT_NO_FUSED=1 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_ops.md
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_rainfusion.md

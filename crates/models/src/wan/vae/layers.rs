@@ -63,7 +63,9 @@ pub mod stage {
 
 /// Forces one cuDNN forward algorithm for every conv of the decoder, instead of cuDNN's heuristic
 /// pick (to find a faster one on a given GPU): `implicit-gemm`, `implicit-precomp-gemm`, `gemm`,
-/// `direct`, `fft`, `fft-tiling`, `winograd` or `winograd-nonfused`. Only read by cuDNN convs.
+/// `direct`, `fft`, `fft-tiling`, `winograd` or `winograd-nonfused`. Only read by candle's cuDNN
+/// convs, which serve the decoder only with `VDIT_VAE_TENSOR_OPS=0` (the tensor-core path picks
+/// its own algorithm per shape).
 pub const CONV_ALGO_ENV: &str = "VDIT_VAE_CONV_ALGO";
 
 fn parse_conv_algo(value: &str) -> std::result::Result<CudnnFwdAlgo, String> {
