@@ -31,6 +31,12 @@ done
 [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
 t() { echo; echo "== $* ($(date +%T))"; }
+# The v8 paths that run 22 made the defaults, each switched off: transformer without the cuBLASLt epilogue, VAE on
+# candle's cuDNN convolution. Both modes time them beside the defaults; the rows go to $OUT/switched_off.log.
+switched_off() {
+  VDIT_CUBLASLT=0 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "^| transformer" | tee $OUT/switched_off.log
+  VDIT_VAE_TENSOR_OPS=0 timeout 90 /tmp/vdit bench vae --device cuda --warmup 0 --iters 1 2>&1 | grep -E "^\| vae|rror" | tee -a $OUT/switched_off.log
+}
 
 t "tests: fused DiT block + fused kernels (cuda_dit)"
 /tmp/cuda_dit --test-threads=1 2>&1 | grep -E "^test |test result|relative error|panicked" | tee $OUT/cuda_dit.log
@@ -48,10 +54,8 @@ if [ "${QUICK:-0}" = 1 ]; then
   VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_fused.md
   timeout 60 /tmp/vdit bench vae --device cuda --warmup 1 --iters 2 2>&1 | grep -E "^\| vae|rror"
   VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
-  echo "VAE on candle's cuDNN convolution (VDIT_VAE_TENSOR_OPS=0; the tensor-core path is the default):"
-  VDIT_VAE_TENSOR_OPS=0 timeout 90 /tmp/vdit bench vae --device cuda --warmup 0 --iters 1 2>&1 | grep -E "^\| vae|rror" | tee $OUT/vae_candle_conv.md
-  echo "transformer without the cuBLASLt epilogue (VDIT_CUBLASLT=0):"
-  VDIT_CUBLASLT=0 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer"
+  t "quick: switched off: VDIT_CUBLASLT=0 (transformer), VDIT_VAE_TENSOR_OPS=0 (VAE)"
+  switched_off
   t "quick: full-size transformer parity (diffusers random weights, bf16 file)"
   timeout 120 python3 scripts/gpu/full_parity.py /tmp/wan_full 2>&1 | tail -1 &&
     VDIT_FULL_DIR=/tmp/wan_full timeout 90 /tmp/cuda_dit --ignored --nocapture full_size 2>&1 | grep -E "relative error|test result|panicked" | tee $OUT/full_parity.log
@@ -68,9 +72,8 @@ VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 -
 VDIT_PROFILE=1 timeout 60 /tmp/vdit bench transformer --device cuda --attention rainfusion --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_rainfusion.md
 VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
 
-t "the v8 paths switched off (run 22 made them the defaults): VDIT_CUBLASLT=0, VDIT_VAE_TENSOR_OPS=0"
-VDIT_CUBLASLT=0 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "transformer" | tee $OUT/switched_off.log
-VDIT_VAE_TENSOR_OPS=0 timeout 90 /tmp/vdit bench vae --device cuda --warmup 0 --iters 1 2>&1 | grep -E "vae|rror" | tee -a $OUT/switched_off.log
+t "switched off: VDIT_CUBLASLT=0 (transformer), VDIT_VAE_TENSOR_OPS=0 (VAE)"
+switched_off
 
 t "torch / diffusers"
 timeout 240 python3 scripts/gpu/torch_bench.py --out $OUT/torch.json 2>&1 | tail -12

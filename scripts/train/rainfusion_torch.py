@@ -83,12 +83,16 @@ class Layout:
         `scores` replaces the block-mean scores (e.g. true attention mass: an oracle); `self_block` also keeps
         each query block's own key block."""
         if scores is None:
-            scores = self.block_means(q) @ self.block_means(k).transpose(-1, -2) / math.sqrt(q.shape[-1])
+            scores = self.block_scores(q, k)
         keep = self.key_blocks(scores, kept_per_row(self.blocks, sparsity))
         if self_block:
             keep |= torch.eye(self.blocks, dtype=torch.bool, device=keep.device)
         keep[..., self.forced_from:, :] = True
         return keep
+
+    def block_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """q, k: [B, H, L, D] permuted -> [B, H, blocks, blocks]: RainFusion's block-mean scores q̂·k̂/√d."""
+        return self.block_means(q) @ self.block_means(k).transpose(-1, -2) / math.sqrt(q.shape[-1])
 
     def key_blocks(self, scores: torch.Tensor, keep: int) -> torch.Tensor:
         """[..., blocks] scores per query block -> bool: its `keep` best key blocks (and ties) plus the sink's."""
@@ -203,12 +207,9 @@ class AttentionConcentration:
             if self.select == "mass":
                 scores = mass.detach().reshape(*mass.shape[:2], len(blocks), self.rows, lay.blocks).mean(3)
             else:
-                # Block means over all 128 tokens of each sampled query block and of every key block.
-                whole = (blocks[:, None] * lay.block + torch.arange(lay.block, device=device)).reshape(-1)
-                q_blocks = query.detach()[:, lay.perm[whole]].transpose(1, 2).float()  # [B, H, nq*128, D]
-                q_mean = q_blocks.reshape(*q_blocks.shape[:2], len(blocks), lay.block, -1).mean(3)
-                k_mean = lay.block_means(lay.permute(k.detach()))  # [B, H, nb, D]
-                scores = q_mean @ k_mean.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, nq, nb]
+                # The engine's scores over all 128 tokens of every block; the sampled query blocks' rows.
+                q_all = lay.permute(query.detach().transpose(1, 2).float())
+                scores = lay.block_scores(q_all, lay.permute(k.detach()))[:, :, blocks]  # [B, H, nq, nb]
             chosen = lay.key_blocks(scores, self.keep).repeat_interleave(self.rows, dim=2)  # [B, H, R, nb]
             return (mass * chosen).sum(-1)
 

@@ -416,26 +416,16 @@ fn tensor_core_convolution_matches_candle_conv2d() {
 #[cfg(feature = "cudnn")]
 #[test]
 fn vae_decode_on_cuda_matches_diffusers() {
-    use std::sync::Arc;
-    use vdit_models::wan::vae::{WanVaeConfig, WanVaeDecoder};
-    use vdit_models::weights::WeightFiles;
-
-    let dev = gpu();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vae");
-    let cfg = WanVaeConfig::from_json_file(&dir.join("config.json")).unwrap();
-    let files =
-        Arc::new(WeightFiles::open(&dir.join("diffusion_pytorch_model.safetensors")).unwrap());
-    let vae = WanVaeDecoder::load(&files, &cfg, DType::BF16, &dev).unwrap();
-    let reference =
-        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let latents = reference["latents"].to_device(&dev).unwrap();
+    let (vae, latents, expected) =
+        common::vae_fixture("diffusion_pytorch_model.safetensors", DType::BF16, &gpu());
+    // The decoder moves the latents to its device.
     let video = vae.decode(&latents, None).unwrap();
     let video = video
         .to_dtype(DType::F32)
         .unwrap()
         .to_device(&Device::Cpu)
         .unwrap();
-    let err = relative_error(&video, &reference["video"]);
+    let err = relative_error(&video, &expected);
     eprintln!("VAE decode on CUDA bf16 (default convolutions): relative error {err:.3e}");
     assert!(err <= BF16_TOLERANCE, "relative error {err:.3e}");
 }

@@ -14,30 +14,16 @@ use vdit_models::wan::vae::{VaeKeyDialect, VaeTiling, WanVaeConfig, WanVaeDecode
 use vdit_models::weights::WeightFiles;
 use vdit_models::ModelError;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
+use common::{fixtures_root as fixtures, relative_error};
 
 fn load_reference(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).expect("reference tensors")
 }
 
-/// ‖a − b‖ / ‖b‖
-fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    rainfusion::reference::relative_error(a, b).unwrap()
-}
-
+/// The VAE fixture decoder on the CPU (see `common::vae_fixture`).
 fn vae_fixture(file: &str, dtype: DType) -> (WanVaeDecoder, Tensor, Tensor) {
-    let dir = fixtures().join("vae");
-    let cfg = WanVaeConfig::from_json_file(&dir.join("config.json")).expect("config");
-    let files = Arc::new(WeightFiles::open(&dir.join(file)).expect("weights"));
-    let vae = WanVaeDecoder::load(&files, &cfg, dtype, &Device::Cpu).expect("load");
-    let reference = load_reference(&dir.join("reference.safetensors"));
-    (
-        vae,
-        reference["latents"].clone(),
-        reference["video"].clone(),
-    )
+    common::vae_fixture(file, dtype, &Device::Cpu)
 }
 
 #[test]

@@ -1,19 +1,42 @@
-//! Shared by the Wan transformer tests (dit_parity on the CPU, cuda_dit on the GPU): the
-//! diffusers fixtures under tests/fixtures/dit and the forward-and-compare step they all make.
+//! Shared by the Wan model tests (dit_parity and vae_parity on the CPU, cuda_dit on the GPU): the
+//! diffusers fixtures under tests/fixtures/dit and tests/fixtures/vae and the forward-and-compare
+//! step they make.
 #![allow(dead_code)] // each test file uses what it needs
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rainfusion::SelfAttention;
+use vdit_models::wan::vae::{WanVaeConfig, WanVaeDecoder};
 use vdit_models::wan::WanTransformer;
+use vdit_models::weights::WeightFiles;
+
+/// The repository's tests/fixtures folder.
+pub fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
 
 /// The folder of one DiT fixture (config.json, weights, io.safetensors).
 pub fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/dit")
-        .join(case)
+    fixtures_root().join("dit").join(case)
+}
+
+/// The tiny random VAE of tests/fixtures/vae from weights `file` there, in `dtype` on `device`,
+/// with diffusers' f32 decode of it: (decoder, latents [1, 16, 4, 5, 7], video), both on the CPU.
+pub fn vae_fixture(file: &str, dtype: DType, device: &Device) -> (WanVaeDecoder, Tensor, Tensor) {
+    let dir = fixtures_root().join("vae");
+    let cfg = WanVaeConfig::from_json_file(&dir.join("config.json")).expect("config");
+    let files = Arc::new(WeightFiles::open(&dir.join(file)).expect("weights"));
+    let vae = WanVaeDecoder::load(&files, &cfg, dtype, device).expect("load");
+    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+        .expect("reference tensors");
+    (
+        vae,
+        reference["latents"].clone(),
+        reference["video"].clone(),
+    )
 }
 
 /// The inputs and diffusers' velocity stored in `dir/io.safetensors`, on `device`.
