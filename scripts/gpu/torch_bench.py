@@ -3,7 +3,17 @@ weights, bf16, median of CUDA-event timings after warm-up. Writes JSON rows in v
 (bench, case, shape, median_s, tflops, density) so scripts/gpu/report.py can print one table.
 
     python3 scripts/gpu/torch_bench.py --out torch.json [--skip-vae]
+
+With --pipeline DIR it times the whole run a user waits for instead: diffusers' `WanPipeline` loaded from the
+random-weight model folder DIR (scripts/gpu/make_random_model.py) onto the GPU, the prompt encode, the guided
+steps and the VAE decode with its post-processing to arrays (no file written), once from a fresh process (the
+imports counted) and once more with the pipeline still loaded; peak GPU memory beside each:
+
+    python3 scripts/gpu/torch_bench.py --pipeline DIR --steps 50 --guidance 5 --out torch_pipeline.json
 """
+import time
+
+START = time.time()  # before torch is imported: a user waits for the imports too
 import argparse
 import json
 import statistics
@@ -122,13 +132,78 @@ def vae_rows(args):
     return [row("vae", "diffusers bf16", "B1 latent 21x60x104 → 81 frames 832x480", med, s, peak=peak)]
 
 
+def pipeline_rows(args):
+    """The whole run, twice: from this fresh process (imports and loading counted), then warm."""
+    from diffusers import WanPipeline
+
+    imports_s = time.time() - START
+    rows = []
+    pipe = None
+    for run in ("first run", "warm run"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.time()
+        if pipe is None:
+            pipe = WanPipeline.from_pretrained(args.pipeline, torch_dtype=torch.bfloat16).to("cuda")
+            torch.cuda.synchronize()
+        load_s = time.time() - t0
+        marks = {}
+        encode = pipe.encode_prompt
+
+        def timed_encode(*a, **k):
+            t = time.time()
+            out = encode(*a, **k)
+            torch.cuda.synchronize()
+            marks["encode"] = time.time() - t
+            return out
+
+        pipe.encode_prompt = timed_encode
+        steps = []
+
+        def on_step(_pipe, i, t, kwargs):
+            torch.cuda.synchronize()
+            steps.append(time.time())
+            return kwargs
+
+        t1 = time.time()
+        frames = pipe(prompt="a cat walks on the grass, realistic style", negative_prompt="static, blurred",
+                      height=args.height, width=args.width, num_frames=args.frames,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np",
+                      callback_on_step_end=on_step).frames
+        torch.cuda.synchronize()
+        t2 = time.time()
+        pipe.encode_prompt = encode
+        denoise_s = steps[-1] - (t1 + marks["encode"])
+        total_s = t2 - t0 + (imports_s if run == "first run" else 0.0)
+        stages = dict(imports_s=imports_s if run == "first run" else 0.0, load_s=load_s,
+                      encode_s=marks["encode"], denoise_s=denoise_s, decode_s=t2 - steps[-1], write_s=None,
+                      total_s=total_s)
+        print(f"diffusers {run}: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if v is not None)
+              + f"; frames {tuple(frames.shape)}; peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB",
+              flush=True)
+        rows.append(row("pipeline", f"diffusers {run}",
+                        f"{args.width}x{args.height}x{args.frames}, {args.steps} steps, guidance {args.guidance}",
+                        total_s, [total_s], peak=torch.cuda.max_memory_allocated()) | dict(stages=stages))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--pipeline", help="time the whole WanPipeline run from this model folder instead")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--frames", type=int, default=81)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--skip-vae", action="store_true")
     args = p.parse_args()
+    if args.pipeline:
+        rows = pipeline_rows(args)
+        json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
+        return
     rows = attention_rows(args)
     try:
         rows += flex_rows(args)
