@@ -132,6 +132,61 @@ def vae_rows(args):
     return [row("vae", "diffusers bf16", "B1 latent 21x60x104 → 81 frames 832x480", med, s, peak=peak)]
 
 
+# Wan2.2 shapes (diffusers configs of Wan-AI/Wan2.2-T2V-A14B-Diffusers and Wan2.2-TI2V-5B-Diffusers).
+WAN22_TRANSFORMERS = {
+    "a14b expert": (dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                         out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+                         cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+                    (2, 16, 21, 90, 160), "40L×40H×128d B2 1280x720x81 (L75600, text 512)"),
+    "ti2v-5b": (dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
+                     out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30,
+                     cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+                (2, 48, 31, 44, 80), "30L×24H×128d B2 1280x704x121 (L27280, text 512)"),
+}
+
+
+def wan22_rows(args):
+    """One A14B expert forward and one TI2V-5B forward (batch 2), and the Wan2.2 VAE decode, in bf16."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    rows = []
+    for name, (config, shape, label) in WAN22_TRANSFORMERS.items():
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = WanTransformer3DModel(**config).to(torch.bfloat16).eval()
+        x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+        t = torch.tensor([999.0, 500.0], device="cuda")
+        ctx = torch.randn(2, 512, 4096, device="cuda", dtype=torch.bfloat16)
+        torch.cuda.reset_peak_memory_stats()
+
+        @torch.no_grad()
+        def run():
+            model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)
+
+        med, s = cuda_time(run, 1, args.iters)
+        rows.append(row("transformer", f"diffusers {name} dense", label, med, s, peak=torch.cuda.max_memory_allocated()))
+        print(f"{rows[-1]['case']:<36} {med * 1e3:10.1f} ms", flush=True)
+        del model, x, ctx
+        torch.cuda.empty_cache()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        vae = AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, patch_size=2,
+                               in_channels=12, out_channels=12, scale_factor_spatial=16,
+                               latents_mean=[0.0] * 48, latents_std=[1.0] * 48).to(torch.bfloat16).eval()
+    z = torch.randn(1, 48, 31, 44, 80, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+
+    @torch.no_grad()
+    def decode():
+        vae.decode(z, return_dict=False)
+
+    med, s = cuda_time(decode, 1, max(1, args.iters - 1))
+    rows.append(row("vae", "diffusers Wan2.2 VAE bf16", "B1 latent 31x44x80 → 121 frames 1280x704", med, s,
+                    peak=torch.cuda.max_memory_allocated()))
+    print(f"{rows[-1]['case']:<36} {med * 1e3:10.1f} ms", flush=True)
+    return rows
+
+
 def pipeline_rows(args):
     """The whole run, twice: from this fresh process (imports and loading counted), then warm."""
     from diffusers import WanPipeline
@@ -196,12 +251,14 @@ def main():
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--wan22", action="store_true",
+                   help="time the Wan2.2 shapes instead (A14B expert and TI2V-5B forwards, the Wan2.2 VAE)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--skip-vae", action="store_true")
     args = p.parse_args()
-    if args.pipeline:
-        rows = pipeline_rows(args)
+    if args.pipeline or args.wan22:
+        rows = pipeline_rows(args) if args.pipeline else wan22_rows(args)
         json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
         return
     rows = attention_rows(args)
