@@ -21,16 +21,8 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT
 trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md /tmp/results/vdit.json /tmp/results/torch.json /tmp/results/cuda_rf.mp4 "$FINAL_OUT/" 2>/dev/null' EXIT
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-cudnn="$(python3 -c 'import nvidia.cudnn as m; print(m.__path__[0])')/lib"
-export LD_LIBRARY_PATH="$cudnn:/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/local/nvidia/lib64"
-for f in vdit cuda_dit cuda_kernels cuda_policy; do
-  [ -f .gpu/run/$f.xz ] && xz -dc .gpu/run/$f.xz > /tmp/$f && chmod +x /tmp/$f
-done
-# The test binaries find their fixtures under the path they were built in.
-[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
-t() { echo; echo "== $* ($(date +%T))"; }
+# shellcheck disable=SC1091
+source scripts/gpu/device_env.sh
 # The v8 paths that run 22 made the defaults, each switched off: transformer without the cuBLASLt epilogue, VAE on
 # candle's cuDNN convolution. Both modes time them beside the defaults; the rows go to $OUT/switched_off.log.
 switched_off() {
