@@ -50,7 +50,12 @@ fn load_with(config_file: &str, dtype: DType) -> WanTransformer {
 
 fn velocity_error(model: &WanTransformer, io: &HashMap<String, Tensor>, timesteps: &Tensor) -> f64 {
     let out = model
-        .forward(&io["latents"], timesteps, &io["context"], &mut DenseAttention)
+        .forward(
+            &io["latents"],
+            timesteps,
+            &io["context"],
+            &mut DenseAttention,
+        )
         .unwrap();
     assert_eq!(out.dims(), io["velocity"].dims());
     assert_eq!(out.dtype(), DType::F32);
@@ -138,7 +143,12 @@ fn open_reads_the_diffusers_directory() {
     let model = WanTransformer::open(&case_dir(), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config().in_channels, 48);
     check("open directory, f32", &model, "io_per_token", F32_TOLERANCE);
-    check("open directory, f32", &model, "io_per_sample", F32_TOLERANCE);
+    check(
+        "open directory, f32",
+        &model,
+        "io_per_sample",
+        F32_TOLERANCE,
+    );
 }
 
 /// Per-token timesteps that are constant per sample are the per-sample model; a shared `[1, L]`
@@ -208,7 +218,10 @@ fn widen_to_256(src: &Path, dst: &Path) {
                     d => d,
                 })
                 .collect();
-            (k.clone(), Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap())
+            (
+                k.clone(),
+                Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap(),
+            )
         })
         .collect();
     candle_core::safetensors::save(&widened, dst).unwrap();
@@ -246,4 +259,32 @@ fn single_file_without_config_is_recognised_as_48_channels() {
     std::fs::copy(case_dir().join(WEIGHTS), &narrow).unwrap();
     let err = WanTransformer::open(&narrow, DType::F32, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("pass a config.json"), "{err}");
+}
+
+/// On CUDA (feature `cuda`, needs a GPU) in bf16: per-sample timesteps run the blocks through
+/// the fused kernels, per-token timesteps through candle ops; both against diffusers.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_bf16_per_token_and_per_sample_match_diffusers() {
+    let dev = Device::new_cuda(0).expect("this test needs a CUDA device");
+    let model = WanTransformer::open(&case_dir(), DType::BF16, &dev).unwrap();
+    for name in ["io_per_token", "io_per_sample"] {
+        let io = io(name);
+        let out = model
+            .forward(
+                &io["latents"].to_device(&dev).unwrap(),
+                &io["timesteps"].to_device(&dev).unwrap(),
+                &io["context"].to_device(&dev).unwrap(),
+                &mut DenseAttention,
+            )
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        let err = relative_error(&out, &io["velocity"]);
+        eprintln!("CUDA bf16 {name}: relative error {err:.3e}");
+        assert!(
+            err <= BF16_TOLERANCE,
+            "CUDA bf16 {name}: relative error {err:.3e} > {BF16_TOLERANCE:e}"
+        );
+    }
 }

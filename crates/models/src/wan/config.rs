@@ -488,7 +488,13 @@ mod tests {
     fn wan22_presets_match_the_published_configs() {
         let ti2v = WanConfig::ti2v_5b();
         assert_eq!(
-            (ti2v.dim(), ti2v.num_layers, ti2v.num_heads, ti2v.head_dim, ti2v.ffn_dim),
+            (
+                ti2v.dim(),
+                ti2v.num_layers,
+                ti2v.num_heads,
+                ti2v.head_dim,
+                ti2v.ffn_dim
+            ),
             (3072, 30, 24, 128, 14336)
         );
         assert_eq!((ti2v.in_channels, ti2v.out_channels), (48, 48));

@@ -261,7 +261,12 @@ impl WanTransformer {
 
     /// The time MLP and projection on `timesteps` ([B] / [1] per sample, [B, L] / [1, L] per
     /// token, checked by [`Self::check_inputs`]).
-    fn time_embedding(&self, timesteps: &Tensor, batch: usize, tokens: usize) -> Result<TimeEmbedding> {
+    fn time_embedding(
+        &self,
+        timesteps: &Tensor,
+        batch: usize,
+        tokens: usize,
+    ) -> Result<TimeEmbedding> {
         let dim = self.cfg.dim();
         let embed = |values: &[f32]| -> Result<(Tensor, Tensor)> {
             let sinusoid = self.timestep_sinusoid(values)?; // [N, freq_dim]
@@ -277,7 +282,9 @@ impl WanTransformer {
         let t = timesteps.to_dtype(DType::F32)?;
         if t.rank() == 1 {
             let t: Vec<f32> = t.to_vec1()?;
-            let per_sample: Vec<f32> = (0..batch).map(|b| t[if t.len() == 1 { 0 } else { b }]).collect();
+            let per_sample: Vec<f32> = (0..batch)
+                .map(|b| t[if t.len() == 1 { 0 } else { b }])
+                .collect();
             let (e, e0) = embed(&per_sample)?;
             return Ok(TimeEmbedding {
                 e,
