@@ -154,10 +154,96 @@ impl AttentionLayer {
     }
 }
 
+/// The time projection e0 that every block adds to its own modulation table.
+pub(crate) enum TimeModulation {
+    /// One timestep per sample: e0 [B, 6, dim] f32 (B may be 1, shared by the batch).
+    PerSample(Tensor),
+    /// One timestep per token (diffusers' `expand_timesteps`, Wan2.2 TI2V): e0 for each distinct
+    /// timestep value, `values` [K, 6, dim] f32, and for each token of each sample which value it
+    /// takes, `index` [B·L] u32. A run holds only a few distinct timesteps (0 for conditioning
+    /// frames, t elsewhere), so the time MLP runs K times and no [B, L, 6, dim] tensor is ever
+    /// made: each block gathers one [B, L, dim] modulation row at a time.
+    PerToken {
+        values: Tensor,
+        index: Tensor,
+        batch: usize,
+        tokens: usize,
+    },
+}
+
+impl TimeModulation {
+    /// `table + e0` for one block, whose learned table is [1, 6, dim] f32. Per sample this is
+    /// the whole [B, 6, dim] sum (one small add, as before per-token support); per token only
+    /// the [K, 6, dim] sum, gathered to tokens row by row in [`BlockModulation::row`].
+    fn with_table(&self, table: &Tensor) -> Result<BlockModulation<'_>> {
+        Ok(match self {
+            Self::PerSample(e0) => BlockModulation::PerSample(table.broadcast_add(e0)?),
+            Self::PerToken {
+                values,
+                index,
+                batch,
+                tokens,
+            } => BlockModulation::PerToken {
+                values: table.broadcast_add(values)?,
+                index,
+                batch: *batch,
+                tokens: *tokens,
+            },
+        })
+    }
+
+    /// e0 [B, 6, dim] f32 when the modulation is per sample, the only form the fused CUDA
+    /// kernels take; `None` per token.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn per_sample(&self) -> Option<&Tensor> {
+        match self {
+            Self::PerSample(e0) => Some(e0),
+            Self::PerToken { .. } => None,
+        }
+    }
+}
+
+/// One block's `table + e0` (see [`TimeModulation::with_table`]).
+enum BlockModulation<'a> {
+    /// [B, 6, dim] f32.
+    PerSample(Tensor),
+    /// [K, 6, dim] f32 per distinct timestep, and the token → timestep index [B·L] u32.
+    PerToken {
+        values: Tensor,
+        index: &'a Tensor,
+        batch: usize,
+        tokens: usize,
+    },
+}
+
+impl BlockModulation<'_> {
+    /// Row `row` (0..6: shift, scale, gate of self-attention, then of the FFN): [B, 1, dim] per
+    /// sample (a view), [B, L, dim] per token (gathered).
+    fn row(&self, row: usize) -> Result<Tensor> {
+        Ok(match self {
+            Self::PerSample(m) => m.narrow(1, row, 1)?,
+            Self::PerToken {
+                values,
+                index,
+                batch,
+                tokens,
+            } => {
+                let dim = values.dim(2)?;
+                values
+                    .narrow(1, row, 1)?
+                    .squeeze(1)? // [K, dim]
+                    .contiguous()?
+                    .index_select(index, 0)? // [B·L, dim]
+                    .reshape((*batch, *tokens, dim))?
+            }
+        })
+    }
+}
+
 /// Per-forward inputs shared by every block.
 pub(crate) struct BlockContext<'a> {
-    /// Time projection e0: [B, 6, dim] f32.
-    pub time_modulation: &'a Tensor,
+    /// Time projection e0, per sample or per token.
+    pub time_modulation: &'a TimeModulation,
     /// Projected text: [B, Lt, dim] in the run dtype.
     pub text: &'a Tensor,
     /// RoPE tables, each [L, head_dim/2] f32.
@@ -219,9 +305,14 @@ impl WanBlock {
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
+        // The fused kernels take one modulation row per sample ([B, dim]); per-token modulation
+        // ([B, L, dim] rows) always runs as candle ops.
         #[cfg(feature = "cuda")]
-        if fused::available(x, self.dtype) {
-            return self.forward_fused(x, ctx, attention);
+        if let (true, Some(e0)) = (
+            fused::available(x, self.dtype),
+            ctx.time_modulation.per_sample(),
+        ) {
+            return self.forward_fused(x, e0, ctx, attention);
         }
         self.forward_ops(x, ctx, attention)
     }
@@ -234,13 +325,14 @@ impl WanBlock {
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
         let dev = x.device();
-        let m = self.modulation.broadcast_add(ctx.time_modulation)?; // [B, 6, dim]
-        let row = |i: usize| m.narrow(1, i, 1); // [B, 1, dim]
-        let (shift_sa, scale_sa, gate_sa) = (row(0)?, row(1)?, row(2)?);
-        let (shift_ff, scale_ff, gate_ff) = (row(3)?, row(4)?, row(5)?);
+        // Modulation rows: [B, 1, dim] per sample, [B, L, dim] per token. Each is made where it is
+        // used, so that per token at most two [B, L, dim] rows are alive at once.
+        let m = ctx.time_modulation.with_table(&self.modulation)?;
+        let row = |i: usize| m.row(i);
 
         // Self-attention over the video tokens, with 3D RoPE on q and k.
         let h = span("self: norm + modulate", dev, || {
+            let (shift_sa, scale_sa) = (row(0)?, row(1)?);
             Ok(modulate(&layer_norm(x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(self.dtype)?)
         })?;
         let (q, k, v) = span("self: qkv + norm + rope", dev, || {
@@ -257,7 +349,7 @@ impl WanBlock {
                 .self_attn
                 .merge_heads_and_project(&y)?
                 .to_dtype(DType::F32)?;
-            Ok((x + y.broadcast_mul(&gate_sa)?)?)
+            Ok((x + y.broadcast_mul(&row(2)?)?)?)
         })?;
 
         // Cross-attention to every text row: no mask, no RoPE, no modulation, no gate.
@@ -284,6 +376,7 @@ impl WanBlock {
 
         // Feed-forward network.
         let h = span("ffn: norm + modulate", dev, || {
+            let (shift_ff, scale_ff) = (row(3)?, row(4)?);
             Ok(modulate(&layer_norm(&x, self.eps)?, &shift_ff, &scale_ff)?.to_dtype(self.dtype)?)
         })?;
         let u = span("ffn: in + gelu", dev, || {
@@ -291,7 +384,7 @@ impl WanBlock {
         })?;
         span("ffn: out + gated residual", dev, || {
             let y = self.ffn_out.forward(&u)?.to_dtype(DType::F32)?;
-            Ok((x + y.broadcast_mul(&gate_ff)?)?)
+            Ok((x + y.broadcast_mul(&row(5)?)?)?)
         })
     }
 
@@ -300,10 +393,12 @@ impl WanBlock {
     /// and v kept in the `[B, L, heads, head_dim]` memory the projections write (the attention
     /// kernels read it in place). Same arithmetic as [`Self::forward_ops`] in f32, except that
     /// the linear layers' biases are added in f32 before rounding instead of after.
+    /// `e0` is the per-sample time projection [B, 6, dim] f32.
     #[cfg(feature = "cuda")]
     fn forward_fused(
         &self,
         x: &Tensor,
+        e0: &Tensor,
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
@@ -312,7 +407,7 @@ impl WanBlock {
         let dev = x.device();
         let (b, l, dim) = x.dims3()?;
         let (heads, head_dim) = (self.self_attn.num_heads, self.self_attn.head_dim);
-        let m = self.modulation.broadcast_add(ctx.time_modulation)?; // [B, 6, dim]
+        let m = self.modulation.broadcast_add(e0)?; // [B, 6, dim]
         let row = |i: usize| -> Result<Tensor> { Ok(m.narrow(1, i, 1)?.squeeze(1)?.contiguous()?) }; // [B, dim]
         let (shift_sa, scale_sa, gate_sa) = (row(0)?, (row(1)? + 1.0)?, row(2)?);
         let (shift_ff, scale_ff, gate_ff) = (row(3)?, (row(4)? + 1.0)?, row(5)?);

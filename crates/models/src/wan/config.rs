@@ -1,6 +1,7 @@
-//! Wan2.1 transformer configuration: read from a diffusers `transformer/config.json`
-//! (`WanTransformer3DModel`), an original Wan `config.json` (`WanModel`), or inferred from the
-//! checkpoint's tensor shapes; named presets for the released text-to-video models.
+//! Wan transformer configuration (Wan2.1, Wan2.2): read from a diffusers `transformer/config.json`
+//! (`WanTransformer3DModel`), an original Wan `config.json` (`WanModel`, `model_type` "t2v" or
+//! "ti2v"), or inferred from the checkpoint's tensor shapes; named presets for the released
+//! text-to-video transformers (Wan2.1 1.3B and 14B, the Wan2.2 A14B experts, Wan2.2 TI2V-5B).
 
 use std::path::Path;
 
@@ -10,7 +11,8 @@ use serde_json::Value;
 use crate::error::{ModelError, Result};
 use crate::weights::WeightFiles;
 
-/// Hyper-parameters of a Wan2.1 diffusion transformer (text-to-video).
+/// Hyper-parameters of a Wan diffusion transformer (Wan2.1 text-to-video, Wan2.2 T2V-A14B experts
+/// and TI2V-5B: one network shape, they differ in sizes and latent channels).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanConfig {
     /// Patch size (frames, height, width) of the Conv3d patch embedding.
@@ -18,7 +20,8 @@ pub struct WanConfig {
     pub num_heads: usize,
     /// Channels per head; the model width is `num_heads * head_dim`.
     pub head_dim: usize,
-    /// Latent channels in and out (16 for text-to-video).
+    /// Latent channels in and out (16 for Wan2.1 and Wan2.2-A14B text-to-video, 48 for
+    /// Wan2.2 TI2V-5B, whose VAE has 48 latent channels).
     pub in_channels: usize,
     pub out_channels: usize,
     /// Width of the text encoder output (4096 for umT5-XXL).
@@ -59,6 +62,36 @@ impl WanConfig {
         }
     }
 
+    /// Wan2.2 T2V-A14B: each of the two experts (high-noise and low-noise) has the Wan2.1 14B
+    /// shape, 40 layers, 40 heads of 128, ffn 13824, 16 latent channels.
+    pub fn t2v_a14b() -> Self {
+        Self::t2v_14b()
+    }
+
+    /// Wan2.2 TI2V-5B: 30 layers, 24 heads of 128 (dim 3072), ffn 14336, 48 latent channels in
+    /// and out. Called with per-token timesteps for image-to-video (see `WanTransformer::forward`).
+    pub fn ti2v_5b() -> Self {
+        Self {
+            num_heads: 24,
+            ffn_dim: 14336,
+            num_layers: 30,
+            in_channels: 48,
+            out_channels: 48,
+            ..Self::t2v_base()
+        }
+    }
+
+    /// The preset called `name`: "t2v-1.3b", "t2v-14b" (Wan2.1), "t2v-a14b", "ti2v-5b" (Wan2.2).
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "t2v-1.3b" => Some(Self::t2v_1_3b()),
+            "t2v-14b" => Some(Self::t2v_14b()),
+            "t2v-a14b" => Some(Self::t2v_a14b()),
+            "ti2v-5b" => Some(Self::ti2v_5b()),
+            _ => None,
+        }
+    }
+
     fn t2v_base() -> Self {
         Self {
             patch_size: [1, 2, 2],
@@ -80,6 +113,14 @@ impl WanConfig {
     /// Model width (`num_heads * head_dim`).
     pub fn dim(&self) -> usize {
         self.num_heads * self.head_dim
+    }
+
+    /// The token grid (frames, height, width in tokens) of a latent grid [F, H, W]: each divided
+    /// by the patch size (rounding down; the transformer refuses grids that are not multiples).
+    /// Tokens are numbered in this grid's raster order, which per-token timesteps follow.
+    pub fn token_grid(&self, [frames, height, width]: [usize; 3]) -> [usize; 3] {
+        let [pt, ph, pw] = self.patch_size;
+        [frames / pt, height / ph, width / pw]
     }
 
     /// Values per input patch: `in_channels * pt * ph * pw`.
@@ -120,8 +161,9 @@ impl WanConfig {
     }
 
     /// Infers the configuration from a checkpoint's tensor shapes (for single-file checkpoints that
-    /// come without a config.json). Heads cannot be read from shapes; every released Wan2.1 model
-    /// uses `head_dim = 128`, which is assumed. `key_prefix` and `original_keys` describe the dialect.
+    /// come without a config.json). Latent channels (16 or 48), widths and depth are read from the
+    /// shapes; heads cannot be, and every released Wan2.1 / Wan2.2 model uses `head_dim = 128`,
+    /// which is assumed. `key_prefix` and `original_keys` describe the dialect.
     pub(crate) fn infer(
         files: &WeightFiles,
         key_prefix: &str,
@@ -334,9 +376,12 @@ struct OriginalConfig {
 
 impl OriginalConfig {
     fn into_config(self) -> std::result::Result<WanConfig, String> {
-        if self.model_type != "t2v" {
+        // "t2v": Wan2.1 and the Wan2.2 A14B experts; "ti2v": Wan2.2 TI2V-5B (no image encoder:
+        // the image enters as latents under per-token timesteps). "i2v" models carry an image
+        // path (Wan2.1: CLIP embeddings and extra cross-attention) this network does not have.
+        if !matches!(self.model_type.as_str(), "t2v" | "ti2v") {
             return Err(format!(
-                "model_type {:?} is not supported (only \"t2v\")",
+                "model_type {:?} is not supported (only \"t2v\" and \"ti2v\")",
                 self.model_type
             ));
         }
@@ -433,6 +478,78 @@ mod tests {
             WanConfig::from_json_str(&own).unwrap(),
             WanConfig::t2v_14b()
         );
+    }
+
+    /// The Wan2.2 presets against the published configs of both dialects: diffusers'
+    /// `transformer/config.json` (`transformer` and `transformer_2` of T2V-A14B are alike) and the
+    /// original release's config.json (TI2V-5B: `model_type` "ti2v"; each A14B expert folder:
+    /// "t2v").
+    #[test]
+    fn wan22_presets_match_the_published_configs() {
+        let ti2v = WanConfig::ti2v_5b();
+        assert_eq!(
+            (
+                ti2v.dim(),
+                ti2v.num_layers,
+                ti2v.num_heads,
+                ti2v.head_dim,
+                ti2v.ffn_dim
+            ),
+            (3072, 30, 24, 128, 14336)
+        );
+        assert_eq!((ti2v.in_channels, ti2v.out_channels), (48, 48));
+        assert_eq!((ti2v.text_dim, ti2v.freq_dim, ti2v.eps), (4096, 256, 1e-6));
+        assert_eq!(ti2v.patch_size, [1, 2, 2]);
+        assert!(ti2v.cross_attn_norm);
+        assert_eq!(ti2v.patch_in_features(), 192);
+        assert_eq!(ti2v.token_grid([31, 44, 80]), [31, 22, 40]); // 1280×704×121: 27,280 tokens
+
+        let a14b = WanConfig::t2v_a14b();
+        assert_eq!(
+            (a14b.dim(), a14b.num_layers, a14b.num_heads, a14b.ffn_dim),
+            (5120, 40, 40, 13824)
+        );
+        assert_eq!((a14b.in_channels, a14b.out_channels), (16, 16));
+
+        let ti2v_diffusers = r#"{"_class_name": "WanTransformer3DModel",
+            "_diffusers_version": "0.35.0.dev0", "added_kv_proj_dim": null,
+            "attention_head_dim": 128, "cross_attn_norm": true, "eps": 1e-06, "ffn_dim": 14336,
+            "freq_dim": 256, "image_dim": null, "in_channels": 48, "num_attention_heads": 24,
+            "num_layers": 30, "out_channels": 48, "patch_size": [1, 2, 2],
+            "pos_embed_seq_len": null, "qk_norm": "rms_norm_across_heads",
+            "rope_max_seq_len": 1024, "text_dim": 4096}"#;
+        let ti2v_original = r#"{"__name__": "Config", "_class_name": "WanModel",
+            "_diffusers_version": "0.33.0", "dim": 3072, "eps": 1e-06, "ffn_dim": 14336,
+            "freq_dim": 256, "in_dim": 48, "model_type": "ti2v", "num_heads": 24,
+            "num_layers": 30, "out_dim": 48, "text_len": 512}"#;
+        let a14b_diffusers = r#"{"_class_name": "WanTransformer3DModel",
+            "_diffusers_version": "0.35.0.dev0", "added_kv_proj_dim": null,
+            "attention_head_dim": 128, "cross_attn_norm": true, "eps": 1e-06, "ffn_dim": 13824,
+            "freq_dim": 256, "image_dim": null, "in_channels": 16, "num_attention_heads": 40,
+            "num_layers": 40, "out_channels": 16, "patch_size": [1, 2, 2],
+            "pos_embed_seq_len": null, "qk_norm": "rms_norm_across_heads",
+            "rope_max_seq_len": 1024, "text_dim": 4096}"#;
+        let a14b_original = r#"{"__name__": "Config", "_class_name": "WanModel",
+            "_diffusers_version": "0.33.0", "dim": 5120, "eps": 1e-06, "ffn_dim": 13824,
+            "freq_dim": 256, "in_dim": 16, "model_type": "t2v", "num_heads": 40,
+            "num_layers": 40, "out_dim": 16, "text_len": 512}"#;
+        for (text, preset) in [
+            (ti2v_diffusers, &ti2v),
+            (ti2v_original, &ti2v),
+            (a14b_diffusers, &a14b),
+            (a14b_original, &a14b),
+        ] {
+            assert_eq!(&WanConfig::from_json_str(text).unwrap(), preset, "{text}");
+        }
+        for (name, preset) in [
+            ("t2v-1.3b", WanConfig::t2v_1_3b()),
+            ("t2v-14b", WanConfig::t2v_14b()),
+            ("t2v-a14b", a14b),
+            ("ti2v-5b", ti2v),
+        ] {
+            assert_eq!(WanConfig::preset(name), Some(preset));
+        }
+        assert_eq!(WanConfig::preset("i2v-a14b"), None);
     }
 
     #[test]

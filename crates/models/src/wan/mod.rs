@@ -1,8 +1,10 @@
-//! Wan2.1: the 3D diffusion transformer and the causal 3D VAE.
+//! Wan2.1 and Wan2.2: the 3D diffusion transformer and the causal 3D VAE.
 //!
-//! - [`config`]: [`WanConfig`] from diffusers or original config.json, presets.
+//! - [`config`]: [`WanConfig`] from diffusers or original config.json, presets (Wan2.1 1.3B/14B,
+//!   Wan2.2 T2V-A14B experts and TI2V-5B).
 //! - [`keys`]: checkpoint key dialects (diffusers, original, ComfyUI prefix), detected from names.
-//! - [`transformer`]: [`WanTransformer`], latents + timestep + text → velocity.
+//! - [`transformer`]: [`WanTransformer`], latents + timesteps (per sample or per token) + text →
+//!   velocity.
 //! - [`rope`]: the 3D rotary position embedding.
 
 mod block;

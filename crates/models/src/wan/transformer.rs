@@ -1,11 +1,12 @@
-//! The Wan2.1 text-to-video diffusion transformer (`WanModel` / `WanTransformer3DModel`):
-//! latents, timestep and text in, flow velocity out.
+//! The Wan diffusion transformer (`WanModel` / `WanTransformer3DModel`) of Wan2.1 and Wan2.2
+//! (T2V-A14B experts, TI2V-5B): latents, timesteps and text in, flow velocity out.
 //!
 //! ```text
-//! latents [B,16,F,H,W] ─patchify─► [B,L,16·pt·ph·pw] ─patch linear─► x [B,L,dim] (f32 residual)
+//! latents [B,C,F,H,W] ─patchify─► [B,L,C·pt·ph·pw] ─patch linear─► x [B,L,dim] (f32 residual)
 //! timesteps [B] ─sinusoid─► time MLP ─► e [B,dim] ─SiLU·Linear─► e0 [B,6,dim]      (f32)
+//!   or [B,L] (one per token, Wan2.2 TI2V)  ─► e [B,L,dim], e0 [B,L,6,dim] (made per distinct t)
 //! context [B,Lt,text_dim] ─Linear·gelu_tanh·Linear─► text [B,Lt,dim]
-//! x ─blocks(e0, text, RoPE)─► LN·(1+scale)+shift (head table + e) ─Linear─► unpatchify ─► [B,16,F,H,W]
+//! x ─blocks(e0, text, RoPE)─► LN·(1+scale)+shift (head table + e) ─Linear─► unpatchify ─► [B,C',F,H,W]
 //! ```
 
 use std::path::Path;
@@ -15,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use rainfusion::{SelfAttention, VideoLayout};
 
 use crate::error::{ModelError, Result};
-use crate::wan::block::{BlockContext, WanBlock};
+use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
 use crate::wan::config::WanConfig;
 use crate::wan::keys::{CheckpointKeys, KeyDialect};
 use crate::wan::layers::{layer_norm, modulate, Linear, WeightSource};
@@ -44,6 +45,14 @@ pub struct WanTransformer {
 
 /// cos and sin tables ([L, head_dim/2] f32 each) for one token grid (frames, height, width).
 type RopeTables = ([usize; 3], Tensor, Tensor);
+
+/// The time path's two outputs: e for the output head and e0 for the blocks.
+struct TimeEmbedding {
+    /// Per sample: e [B, dim] f32. Per token: e for each distinct timestep, [K, dim] f32 (the
+    /// token → timestep index is in `modulation`).
+    e: Tensor,
+    modulation: TimeModulation,
+}
 
 impl std::fmt::Debug for WanTransformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,9 +190,28 @@ impl WanTransformer {
         &self.device
     }
 
-    /// latents [B, in_channels, F, H, W] (F, H, W multiples of the patch size), timesteps [B] (or
-    /// [1], shared) as in 0..1000, context [B, Lt, text_dim] (any Lt; the pipeline pads to 512)
-    /// → velocity [B, out_channels, F, H, W] f32. Self-attention is delegated to `attention`.
+    /// Latent channels the transformer reads (16 for Wan2.1 and the Wan2.2 A14B experts, 48 for
+    /// Wan2.2 TI2V-5B): a pipeline checks its VAE against this.
+    pub fn in_channels(&self) -> usize {
+        self.cfg.in_channels
+    }
+
+    /// Latent channels of the velocity it returns.
+    pub fn out_channels(&self) -> usize {
+        self.cfg.out_channels
+    }
+
+    /// latents [B, in_channels, F, H, W] (F, H, W multiples of the patch size), timesteps in
+    /// 0..1000, context [B, Lt, text_dim] (any Lt; the pipeline pads to 512) → velocity
+    /// [B, out_channels, F, H, W] f32. Self-attention is delegated to `attention`.
+    ///
+    /// The timesteps' rank picks the conditioning:
+    /// - `[B]` (or `[1]`, shared): one timestep per sample, as Wan2.1 and the Wan2.2 A14B experts.
+    /// - `[B, L]` (or `[1, L]`, shared): one per latent token (diffusers' `expand_timesteps`, used
+    ///   by Wan2.2 TI2V-5B), with L = F/pt · H/ph · W/pw tokens in (frame, row, column) raster
+    ///   order (see [`WanConfig::token_grid`]); e.g. t = 0 on the first latent frame's tokens
+    ///   of an image-conditioned run. Every block's modulation and the head's shift and scale are
+    ///   then per token; on CUDA the blocks run as candle ops instead of the fused kernels.
     pub fn forward(
         &self,
         latents: &Tensor,
@@ -203,15 +231,8 @@ impl WanTransformer {
             .forward(&patches)?
             .to_dtype(DType::F32)?;
 
-        // Time path, all f32: e [B, dim] for the head, e0 [B, 6, dim] for the blocks.
-        let sinusoid = self.timestep_sinusoid(timesteps, batch)?;
-        let e = self
-            .time_linear_2
-            .forward(&self.time_linear_1.forward(&sinusoid)?.silu()?)?;
-        let e0 = self
-            .time_proj
-            .forward(&e.silu()?)?
-            .reshape((batch, 6, self.cfg.dim()))?;
+        // Time path, all f32: e for the head, e0 for the blocks, per sample or per token.
+        let time = self.time_embedding(timesteps, batch, f * h * w)?;
 
         // Text: [B, Lt, text_dim] → [B, Lt, dim] in the run dtype.
         let text = self
@@ -220,7 +241,7 @@ impl WanTransformer {
 
         let (rope_cos, rope_sin) = self.rope_tables(grid)?;
         let ctx = BlockContext {
-            time_modulation: &e0,
+            time_modulation: &time.modulation,
             text: &text,
             rope_cos: &rope_cos,
             rope_sin: &rope_sin,
@@ -232,11 +253,95 @@ impl WanTransformer {
         }
 
         // Head: modulated LayerNorm with (shift, scale) = head table + e, then a linear to patches.
-        let m = self.head_modulation.broadcast_add(&e.unsqueeze(1)?)?; // [B, 2, dim]
-        let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
+        let (shift, scale) = self.head_shift_scale(&time)?;
         let x = modulate(&layer_norm(&x, self.cfg.eps)?, &shift, &scale)?;
         let out = self.head.forward(&x)?; // [B, L, out·pt·ph·pw] f32
         self.unpatchify(&out, grid)
+    }
+
+    /// The time MLP and projection on `timesteps` ([B] / [1] per sample, [B, L] / [1, L] per
+    /// token, checked by [`Self::check_inputs`]).
+    fn time_embedding(
+        &self,
+        timesteps: &Tensor,
+        batch: usize,
+        tokens: usize,
+    ) -> Result<TimeEmbedding> {
+        let dim = self.cfg.dim();
+        let embed = |values: &[f32]| -> Result<(Tensor, Tensor)> {
+            let sinusoid = self.timestep_sinusoid(values)?; // [N, freq_dim]
+            let e = self
+                .time_linear_2
+                .forward(&self.time_linear_1.forward(&sinusoid)?.silu()?)?; // [N, dim]
+            let e0 = self
+                .time_proj
+                .forward(&e.silu()?)?
+                .reshape((values.len(), 6, dim))?; // [N, 6, dim]
+            Ok((e, e0))
+        };
+        let t = timesteps.to_dtype(DType::F32)?;
+        if t.rank() == 1 {
+            let t: Vec<f32> = t.to_vec1()?;
+            let per_sample: Vec<f32> = (0..batch)
+                .map(|b| t[if t.len() == 1 { 0 } else { b }])
+                .collect();
+            let (e, e0) = embed(&per_sample)?;
+            return Ok(TimeEmbedding {
+                e,
+                modulation: TimeModulation::PerSample(e0),
+            });
+        }
+        // Per token: embed each distinct value once (rows are independent, so this is exactly
+        // the per-token computation) and keep, for each token, which value it has.
+        let rows: Vec<Vec<f32>> = t.to_vec2()?;
+        let mut distinct: Vec<f32> = Vec::new();
+        let mut slot_of: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        let mut index: Vec<u32> = Vec::with_capacity(batch * tokens);
+        for b in 0..batch {
+            let row = &rows[if rows.len() == 1 { 0 } else { b }];
+            for &value in row {
+                let slot = *slot_of.entry(value.to_bits()).or_insert_with(|| {
+                    distinct.push(value);
+                    (distinct.len() - 1) as u32
+                });
+                index.push(slot);
+            }
+        }
+        let (e, e0) = embed(&distinct)?;
+        Ok(TimeEmbedding {
+            e,
+            modulation: TimeModulation::PerToken {
+                values: e0,
+                index: Tensor::from_vec(index, batch * tokens, &self.device)?,
+                batch,
+                tokens,
+            },
+        })
+    }
+
+    /// The output head's (shift, scale) = head table + e: [B, 1, dim] each per sample,
+    /// [B, L, dim] each per token, f32.
+    fn head_shift_scale(&self, time: &TimeEmbedding) -> Result<(Tensor, Tensor)> {
+        let m = self.head_modulation.broadcast_add(&time.e.unsqueeze(1)?)?; // [B or K, 2, dim]
+        match &time.modulation {
+            TimeModulation::PerSample(_) => Ok((m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?)),
+            TimeModulation::PerToken {
+                index,
+                batch,
+                tokens,
+                ..
+            } => {
+                let dim = self.cfg.dim();
+                let gather = |row: usize| -> Result<Tensor> {
+                    Ok(m.narrow(1, row, 1)?
+                        .squeeze(1)?
+                        .contiguous()?
+                        .index_select(index, 0)?
+                        .reshape((*batch, *tokens, dim))?)
+                };
+                Ok((gather(0)?, gather(1)?))
+            }
+        }
     }
 
     /// RoPE tables for `grid`, from the cache when the grid is the last one seen.
@@ -290,9 +395,16 @@ impl WanTransformer {
                 cfg.patch_size
             ));
         }
-        if timesteps.rank() != 1 || !(timesteps.dim(0)? == b || timesteps.dim(0)? == 1) {
+        let tokens = (frames / pt) * (height / ph) * (width / pw);
+        let timesteps_ok = match timesteps.dims() {
+            [n] => *n == b || *n == 1,
+            [n, l] => (*n == b || *n == 1) && *l == tokens,
+            _ => false,
+        };
+        if !timesteps_ok {
             return bad(format!(
-                "timesteps must be [{b}] or [1], got {:?}",
+                "timesteps must be [{b}] or [1] (per sample), or [{b}, {tokens}] or [1, {tokens}] \
+                 (per latent token), got {:?}",
                 timesteps.dims()
             ));
         }
@@ -321,22 +433,25 @@ impl WanTransformer {
         Ok((b, [frames / pt, height / ph, width / pw]))
     }
 
-    /// [B, freq_dim] f32: [cos(t·ω_i), sin(t·ω_i)], ω_i = 10000^(−i/half), cos first. Computed in
-    /// f32 like diffusers (the original uses f64; the two differ by ~1e-5 relative).
-    fn timestep_sinusoid(&self, timesteps: &Tensor, batch: usize) -> Result<Tensor> {
+    /// [N, freq_dim] f32 for N timesteps: [cos(t·ω_i), sin(t·ω_i)], ω_i = 10000^(−i/half), cos
+    /// first. Computed in f32 like diffusers (the original uses f64; the two differ by ~1e-5
+    /// relative).
+    fn timestep_sinusoid(&self, timesteps: &[f32]) -> Result<Tensor> {
         let half = self.cfg.freq_dim / 2;
         let log_base = -(10_000f32.ln());
         let freqs: Vec<f32> = (0..half)
             .map(|i| (log_base * i as f32 / half as f32).exp())
             .collect();
-        let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.to_vec1()?;
-        let mut out = Vec::with_capacity(batch * 2 * half);
-        for b in 0..batch {
-            let t = if t.len() == 1 { t[0] } else { t[b] };
+        let mut out = Vec::with_capacity(timesteps.len() * 2 * half);
+        for &t in timesteps {
             out.extend(freqs.iter().map(|f| (t * f).cos()));
             out.extend(freqs.iter().map(|f| (t * f).sin()));
         }
-        Ok(Tensor::from_vec(out, (batch, 2 * half), &self.device)?)
+        Ok(Tensor::from_vec(
+            out,
+            (timesteps.len(), 2 * half),
+            &self.device,
+        )?)
     }
 
     /// [B, C, F, H, W] → [B, f·h·w, C·pt·ph·pw], tokens in (f, h, w) raster order, each patch
