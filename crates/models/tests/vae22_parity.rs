@@ -96,6 +96,8 @@ fn f32_decode_matches_diffusers() {
     assert!(err <= 1e-4, "relative error {err:.3e}");
 }
 
+/// Against diffusers' f32 decode. diffusers' own bf16 decode of this fixture is 1.45e-2 off it
+/// (measured with torch 2.11 on the CPU); the narrow widths make this tiny VAE bf16-sensitive.
 #[test]
 fn bf16_decode_is_close() {
     let vae = load(DType::BF16);
@@ -183,7 +185,7 @@ fn tiled_decode_is_close_to_whole_frame_decode() {
     assert_eq!(relative_error(&one_tile, &whole), 0.0);
     // 3×4 latent in 2×3 tiles: 2×2 tiles. As in the Wan2.1 fixture, every output pixel of this
     // tiny VAE depends on the whole latent frame (mid attention, zero padding at tile borders),
-    // so tiles differ visibly from the whole-frame decode. Measured after blending: 6.24e-1; the
+    // so tiles differ visibly from the whole-frame decode. Measured after blending: 5.01e-1; the
     // exact tiling arithmetic is checked in the next test.
     let tiled = vae
         .decode(
@@ -197,7 +199,7 @@ fn tiled_decode_is_close_to_whole_frame_decode() {
     assert_eq!(tiled.dims(), whole.dims());
     let err = relative_error(&tiled, &whole);
     println!("wan2.2 tiled vs untiled: relative error {err:.3e}");
-    assert!(err > 0.0 && err <= 0.7, "relative error {err:.3e}");
+    assert!(err > 0.0 && err <= 0.6, "relative error {err:.3e}");
 }
 
 /// Cross-fade weights in video pixels (16 per latent pixel) of two tiles of `tile` latent pixels,
