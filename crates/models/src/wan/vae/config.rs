@@ -198,7 +198,7 @@ impl WanVaeConfig {
             ));
         }
         let patch = self.patch();
-        if patch == 0 || self.out_channels % (patch * patch) != 0 {
+        if patch == 0 || !self.out_channels.is_multiple_of(patch * patch) {
             return Err(format!(
                 "out_channels {} must be a positive multiple of patch_size² = {}",
                 self.out_channels,

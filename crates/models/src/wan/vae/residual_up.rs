@@ -27,7 +27,7 @@ pub struct DupUp3d {
 impl DupUp3d {
     pub fn new(in_dim: usize, out_dim: usize, factor_t: usize, factor_s: usize) -> Result<Self> {
         let expanded = out_dim * factor_t * factor_s * factor_s;
-        if in_dim == 0 || expanded % in_dim != 0 {
+        if in_dim == 0 || !expanded.is_multiple_of(in_dim) {
             return Err(ModelError::Config {
                 path: "WanVaeConfig".into(),
                 reason: format!(
