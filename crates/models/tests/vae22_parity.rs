@@ -341,3 +341,21 @@ fn wan21_fixture_still_decodes_like_diffusers() {
     println!("wan2.1 f32: relative error {err:.3e}");
     assert!(err <= 1e-4, "relative error {err:.3e}");
 }
+
+#[test]
+fn random_wan22_decoder_gives_the_real_video_shape() {
+    // the Wan2.2 preset at a narrow decoder width (the bench path: random weights, no checkpoint)
+    let cfg = WanVaeConfig {
+        decoder_base_dim: Some(8),
+        ..WanVaeConfig::wan2_2()
+    };
+    let decoder = WanVaeDecoder::random(&cfg, DType::F32, &Device::Cpu).unwrap();
+    let latents = Tensor::randn(0f32, 1.0, (1, 48, 2, 2, 3), &Device::Cpu).unwrap();
+    let video = decoder.decode(&latents, None).unwrap();
+    // 2 latent frames → 5 frames, ×16 in space
+    assert_eq!(video.dims(), &[1, 3, 5, 32, 48]);
+    let tiled = decoder
+        .decode(&latents, Some(VaeTiling::for_spatial_scale(16)))
+        .unwrap();
+    assert_eq!(relative_error(&tiled, &video), 0.0); // 16-latent tiles cover 2×3 whole
+}

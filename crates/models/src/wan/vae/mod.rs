@@ -338,11 +338,11 @@ impl WanVaeDecoder {
                 let decoded =
                     self.decode_stream(&tile, &mut |i| progress(tiles_done * frames + i, total))?;
                 tiles_done += 1;
-                // decoded: [B, 3, T, th·8, tw·8]
+                // decoded: [B, 3, T, th·s, tw·s], s = spatial scale
                 video = span(stage::TILE_BLEND, &self.device, || {
                     let wy = Tensor::from_slice(wy, (th * scale, 1), &self.device)?;
                     let wx = Tensor::from_slice(wx, (1, tw * scale), &self.device)?;
-                    let weight = wy.broadcast_mul(&wx)?; // [th·8, tw·8]
+                    let weight = wy.broadcast_mul(&wx)?; // [th·s, tw·s]
                     let (ys, xs) = (y0 * scale..(y0 + th) * scale, x0 * scale..(x0 + tw) * scale);
                     let current =
                         video
