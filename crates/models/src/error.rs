@@ -22,6 +22,19 @@ pub enum ModelError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// Latents whose channel count is not the VAE's z_dim (e.g. Wan2.2's 48-channel latents given
+    /// to a 16-channel Wan2.1 VAE).
+    #[error(
+        "latents {shape:?} have {got} channels but this {vae} VAE decodes {expected}-channel \
+         latents (Wan2.1 VAE: 16, Wan2.2 VAE: 48); use the VAE of the model that made them"
+    )]
+    LatentChannels {
+        shape: Vec<usize>,
+        got: usize,
+        expected: usize,
+        vae: &'static str,
+    },
+
     #[error("{files}: not a recognised {model} checkpoint (looked for {expected})")]
     UnrecognizedCheckpoint {
         model: &'static str,

@@ -282,7 +282,17 @@ fn bad_latents_and_tiling_give_errors() {
     let (vae, latents, _) = vae_fixture("diffusion_pytorch_model.safetensors", DType::F32);
     let wrong_channels = latents.narrow(1, 0, 8).unwrap();
     let err = vae.decode(&wrong_channels, None).unwrap_err();
-    assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::LatentChannels {
+                got: 8,
+                expected: 16,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("[1, 8, 4, 5, 7]"), "{err}");
     let flat = latents.flatten(3, 4).unwrap();
     assert!(matches!(

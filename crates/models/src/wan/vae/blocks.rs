@@ -118,22 +118,25 @@ impl AttentionBlock {
 }
 
 /// Wan's Resample in upsampling mode: optionally double time with `time_conv` (upsample3d), then
-/// double space (nearest) and halve the channels with a 3×3 conv, frame by frame.
+/// double space (nearest) and a 3×3 conv, frame by frame. The conv halves the channels in Wan2.1
+/// and keeps them in Wan2.2's residual up blocks.
 #[derive(Debug, Clone)]
 pub struct Upsample {
     time_conv: Option<CausalConv3d>,
     time_slot: Option<usize>,
     conv: Conv2d,
+    out_dim: usize,
     /// Profiler stage of `conv` (by its output resolution).
     conv_stage: &'static str,
 }
 
 impl Upsample {
-    /// `temporal`: upsample3d (true) or upsample2d (false). Output channels are `dim / 2`.
-    /// `level`: the resolution level of the input (the output is one level up), for profiles.
+    /// `temporal`: upsample3d (true) or upsample2d (false). Output channels `out_dim` (`dim / 2`
+    /// in Wan2.1). `level`: the resolution level of the input (the output is one level up).
     pub fn new(
         vb: VarBuilder,
         dim: usize,
+        out_dim: usize,
         temporal: bool,
         level: usize,
         slots: &mut SlotCounter,
@@ -153,16 +156,17 @@ impl Upsample {
         } else {
             (None, None)
         };
-        let conv = Conv2d::new(vb.pp("resample.1"), dim, dim / 2, 3, 1)?;
+        let conv = Conv2d::new(vb.pp("resample.1"), dim, out_dim, 3, 1)?;
         Ok(Self {
             time_conv,
             time_slot,
             conv,
+            out_dim,
             conv_stage: stage::upsample_conv(level + 1),
         })
     }
 
-    /// `[B, T, C, H, W]` → `[B, T', C/2, 2H, 2W]` with T' = 2T, or T on the first chunk and for upsample2d.
+    /// `[B, T, C, H, W]` → `[B, T', out_dim, 2H, 2W]` with T' = 2T, or T on the first chunk and for upsample2d.
     pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
         let mut x = x.clone();
         if let (Some(time_conv), Some(slot)) = (&self.time_conv, self.time_slot) {
@@ -186,6 +190,6 @@ impl Upsample {
             Ok(frames.upsample_nearest2d(2 * h, 2 * w)?)
         })?;
         let y = span(self.conv_stage, up.device(), || self.conv.forward(&up))?;
-        Ok(y.reshape((b, t, c / 2, 2 * h, 2 * w))?)
+        Ok(y.reshape((b, t, self.out_dim, 2 * h, 2 * w))?)
     }
 }

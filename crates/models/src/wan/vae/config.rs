@@ -1,4 +1,5 @@
-//! The Wan VAE configuration: diffusers' `vae/config.json` (AutoencoderKLWan) and the Wan2.1_VAE preset.
+//! The Wan VAE configuration: diffusers' `vae/config.json` (AutoencoderKLWan) and the presets of
+//! Wan2.1_VAE and Wan2.2_VAE.
 
 use std::path::Path;
 
@@ -6,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
-/// The architecture of a Wan2.1 VAE, spelled as diffusers' `AutoencoderKLWan` config.
+/// The architecture of a Wan VAE (Wan2.1 or Wan2.2), spelled as diffusers' `AutoencoderKLWan` config.
 ///
-/// Only the decoder is built from it. Unknown fields (`_class_name`, ...) are ignored.
+/// Only the decoder is built from it. Unknown fields (`_class_name`, `in_channels`, ...) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanVaeConfig {
     #[serde(default = "default_base_dim")]
@@ -32,14 +33,22 @@ pub struct WanVaeConfig {
     pub latents_mean: Vec<f64>,
     #[serde(default = "default_latents_std")]
     pub latents_std: Vec<f64>,
-    /// Wan2.2's residual VAE variant (not supported).
+    /// Wan2.2's residual up blocks: channels kept through the upsamplers and a parameter-free
+    /// duplicate-up shortcut around each up block.
     #[serde(default)]
     pub is_residual: bool,
+    /// Channels of the decoder's last conv: 3 for Wan2.1, 3·p² (12) for Wan2.2, which unpatchifies
+    /// them into 3 channels at p× the resolution.
     #[serde(default = "default_out_channels")]
     pub out_channels: usize,
-    /// Wan2.2's patchified VAE (not supported).
+    /// Wan2.2's pixel patch p (2): the decoder's output is unpatchified p×p in space.
     #[serde(default)]
     pub patch_size: Option<usize>,
+    /// Stated video/latent factors, checked against the architecture when present.
+    #[serde(default)]
+    pub scale_factor_spatial: Option<usize>,
+    #[serde(default)]
+    pub scale_factor_temporal: Option<usize>,
 }
 
 fn default_base_dim() -> usize {
@@ -73,6 +82,21 @@ fn default_latents_std() -> Vec<f64> {
     ]
 }
 
+/// Wan2.2_VAE's per-channel latent statistics (diffusers' Wan2.2 VAE config).
+const WAN22_LATENTS_MEAN: [f64; 48] = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
+    0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
+    -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
+    -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
+    0.3573, -0.0548, -0.1681, -0.0667,
+];
+const WAN22_LATENTS_STD: [f64; 48] = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+];
+
 impl Default for WanVaeConfig {
     fn default() -> Self {
         Self::wan2_1()
@@ -95,6 +119,29 @@ impl WanVaeConfig {
             is_residual: false,
             out_channels: default_out_channels(),
             patch_size: None,
+            scale_factor_spatial: None,
+            scale_factor_temporal: None,
+        }
+    }
+
+    /// `Wan2.2_VAE` (Wan2.2 TI2V 5B): decoder base 256, z 48, residual up blocks, 2×2 unpatchify;
+    /// ×4 time, ×16 space. Values of diffusers' Wan2.2 VAE conversion (`vae22_diffusers_config`).
+    pub fn wan2_2() -> Self {
+        Self {
+            base_dim: 160,
+            decoder_base_dim: Some(256),
+            z_dim: 48,
+            dim_mult: default_dim_mult(),
+            num_res_blocks: default_num_res_blocks(),
+            attn_scales: Vec::new(),
+            temperal_downsample: default_temperal_downsample(),
+            latents_mean: WAN22_LATENTS_MEAN.to_vec(),
+            latents_std: WAN22_LATENTS_STD.to_vec(),
+            is_residual: true,
+            out_channels: 12,
+            patch_size: Some(2),
+            scale_factor_spatial: Some(16),
+            scale_factor_temporal: Some(4),
         }
     }
 
@@ -112,9 +159,6 @@ impl WanVaeConfig {
 
     /// Why this config cannot be built, if it cannot.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.is_residual || self.patch_size.is_some() {
-            return Err("this is a Wan2.2-style VAE (is_residual / patch_size); only Wan2.1_VAE is supported".into());
-        }
         if !self.attn_scales.is_empty() {
             return Err(
                 "attn_scales must be empty (Wan2.1_VAE has attention only in the mid block)".into(),
@@ -146,11 +190,39 @@ impl WanVaeConfig {
         }
         if self.latents_mean.len() != self.z_dim || self.latents_std.len() != self.z_dim {
             return Err(format!(
-                "latents_mean ({}) and latents_std ({}) must have z_dim = {} entries",
+                "latents_mean ({}) and latents_std ({}) must have z_dim = {} entries \
+                 (16 for the Wan2.1 VAE, 48 for the Wan2.2 VAE)",
                 self.latents_mean.len(),
                 self.latents_std.len(),
                 self.z_dim
             ));
+        }
+        let patch = self.patch();
+        if patch == 0 || !self.out_channels.is_multiple_of(patch * patch) {
+            return Err(format!(
+                "out_channels {} must be a positive multiple of patch_size² = {}",
+                self.out_channels,
+                patch * patch
+            ));
+        }
+        if let Some(stated) = self.scale_factor_spatial {
+            if stated != self.spatial_scale() {
+                return Err(format!(
+                    "scale_factor_spatial {stated} does not match the architecture: 2^{} \
+                     upsamplings × patch {patch} = {}",
+                    self.dim_mult.len() - 1,
+                    self.spatial_scale()
+                ));
+            }
+        }
+        if let Some(stated) = self.scale_factor_temporal {
+            if stated != self.temporal_scale() {
+                return Err(format!(
+                    "scale_factor_temporal {stated} does not match temperal_downsample {:?} (×{})",
+                    self.temperal_downsample,
+                    self.temporal_scale()
+                ));
+            }
         }
         if self.latents_std.iter().any(|s| !s.is_finite() || *s == 0.0) {
             return Err("latents_std entries must be finite and non-zero".into());
@@ -168,19 +240,43 @@ impl WanVaeConfig {
         self.temperal_downsample.iter().rev().copied().collect()
     }
 
-    /// Spatial factor between latent and video pixels (8 for Wan2.1).
+    /// The pixel patch the decoder's output is unpatchified with (1 = none, Wan2.1; 2 for Wan2.2).
+    pub fn patch(&self) -> usize {
+        self.patch_size.unwrap_or(1)
+    }
+
+    /// Spatial factor between latent and video pixels: the decoder's upsamplings times the patch
+    /// (8 for Wan2.1, 16 for Wan2.2).
     pub fn spatial_scale(&self) -> usize {
-        1 << (self.dim_mult.len() - 1)
+        (1 << (self.dim_mult.len() - 1)) * self.patch()
+    }
+
+    /// Video frames per later latent frame: 2^(temporal upsamplings) (4 for Wan2.1 and Wan2.2).
+    pub fn temporal_scale(&self) -> usize {
+        1usize << self.temperal_downsample.iter().filter(|t| **t).count()
+    }
+
+    /// Channels of the decoded video (3): the decoder's `out_channels` after unpatchifying.
+    pub fn video_channels(&self) -> usize {
+        self.out_channels / (self.patch() * self.patch())
+    }
+
+    /// A short name of the VAE family this config describes, for messages.
+    pub fn family(&self) -> &'static str {
+        if self.is_residual || self.patch_size.is_some() {
+            "Wan2.2"
+        } else {
+            "Wan2.1"
+        }
     }
 
     /// Video frames from `latent_frames`: the first latent frame gives one frame, every other one
-    /// `2^(temporal upsamplings)` frames (1 + 4·(F−1) for Wan2.1).
+    /// `2^(temporal upsamplings)` frames (1 + 4·(F−1) for Wan2.1 and Wan2.2).
     pub fn video_frames(&self, latent_frames: usize) -> usize {
-        let per_chunk = 1usize << self.temperal_downsample.iter().filter(|t| **t).count();
         if latent_frames == 0 {
             0
         } else {
-            1 + per_chunk * (latent_frames - 1)
+            1 + self.temporal_scale() * (latent_frames - 1)
         }
     }
 }

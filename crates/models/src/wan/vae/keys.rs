@@ -2,8 +2,10 @@
 //!
 //! The decoder asks for diffusers names (`decoder.up_blocks.1.resnets.0.conv1.weight`). Files in the
 //! original Wan2.1_VAE layout (also ComfyUI's `wan_2.1_vae.safetensors`) use flat sequential indices
-//! (`decoder.upsamples.4.residual.2.weight`); [`original_key`] translates. A common prefix in front of
-//! every key (`vae.`, `first_stage_model.`) is detected and kept.
+//! (`decoder.upsamples.4.residual.2.weight`); [`original_key`] translates. Wan2.2_VAE.pth nests each
+//! up block's layers (`decoder.upsamples.1.upsamples.3.time_conv.weight`); [`original22_key`]
+//! translates those. A common prefix in front of every key (`vae.`, `first_stage_model.`) is
+//! detected and kept.
 
 use crate::weights::KeyMap;
 
@@ -12,7 +14,8 @@ use crate::weights::KeyMap;
 pub enum VaeKeyDialect {
     /// diffusers `AutoencoderKLWan`: `decoder.conv_in`, `decoder.mid_block`, `decoder.up_blocks`, ...
     Diffusers,
-    /// Wan2.1_VAE.pth: `decoder.conv1`, `decoder.middle`, `decoder.upsamples`, `decoder.head`, `conv2`.
+    /// Wan2.1_VAE.pth / Wan2.2_VAE.pth: `decoder.conv1`, `decoder.middle`, `decoder.upsamples`,
+    /// `decoder.head`, `conv2` (the up blocks nested one level deeper in Wan2.2's file).
     Original,
 }
 
@@ -35,11 +38,40 @@ pub fn detect_dialect<'a>(
     None
 }
 
-/// The map from the decoder's (diffusers) names to the names stored in the file.
-pub fn key_map(dialect: VaeKeyDialect, prefix: &str, num_res_blocks: usize) -> KeyMap {
-    let map = match dialect {
-        VaeKeyDialect::Diffusers => KeyMap::identity(),
-        VaeKeyDialect::Original => KeyMap::new(move |k: &str| original_key(k, num_res_blocks)),
+/// Whether a checkpoint's up blocks have Wan2.2's residual layout (`Some(true)`), Wan2.1's
+/// (`Some(false)`), or neither could be told from its first up block's keys (`None`).
+pub fn residual_layout<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<bool> {
+    for key in keys {
+        if key.contains("decoder.up_blocks.0.upsampler.")
+            || key.contains("decoder.upsamples.0.upsamples.")
+        {
+            return Some(true);
+        }
+        if key.contains("decoder.up_blocks.0.upsamplers.")
+            || key.contains("decoder.upsamples.0.residual.")
+        {
+            return Some(false);
+        }
+    }
+    None
+}
+
+/// The map from the decoder's (diffusers) names to the names stored in the file; `residual`
+/// selects Wan2.2's layout of the up blocks.
+pub fn key_map(
+    dialect: VaeKeyDialect,
+    prefix: &str,
+    num_res_blocks: usize,
+    residual: bool,
+) -> KeyMap {
+    let map = match (dialect, residual) {
+        (VaeKeyDialect::Diffusers, _) => KeyMap::identity(),
+        (VaeKeyDialect::Original, false) => {
+            KeyMap::new(move |k: &str| original_key(k, num_res_blocks))
+        }
+        (VaeKeyDialect::Original, true) => {
+            KeyMap::new(move |k: &str| original22_key(k, num_res_blocks))
+        }
     };
     if prefix.is_empty() {
         map
@@ -84,6 +116,30 @@ pub fn original_key(key: &str, num_res_blocks: usize) -> String {
     }
 }
 
+/// diffusers key → original Wan2.2_VAE key. Up block b is `decoder.upsamples.{b}`, a module
+/// whose `upsamples` sequence holds its num_res_blocks + 1 residual blocks and then its upsampler
+/// (the duplicate-up shortcut has no weights). Everything outside the up blocks is named as in
+/// Wan2.1 ([`original_key`]).
+pub fn original22_key(key: &str, num_res_blocks: usize) -> String {
+    let parts: Vec<&str> = key.split('.').collect();
+    let index = |s: &str| s.parse::<usize>().ok();
+    match parts.as_slice() {
+        ["decoder", "up_blocks", b, "resnets", r, rest @ ..]
+            if index(b).is_some() && index(r).is_some() =>
+        {
+            format!("decoder.upsamples.{b}.upsamples.{r}.{}", residual_key(rest))
+        }
+        ["decoder", "up_blocks", b, "upsampler", rest @ ..] if index(b).is_some() => {
+            format!(
+                "decoder.upsamples.{b}.upsamples.{}.{}",
+                num_res_blocks + 1,
+                rest.join(".")
+            )
+        }
+        _ => original_key(key, num_res_blocks),
+    }
+}
+
 /// Inside a residual block: norm1 → residual.0, conv1 → residual.2, norm2 → residual.3,
 /// conv2 → residual.6 (the positions in the original nn.Sequential), conv_shortcut → shortcut.
 fn residual_key(rest: &[&str]) -> String {
@@ -101,7 +157,39 @@ fn residual_key(rest: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::original_key;
+    use super::{original22_key, original_key};
+
+    #[test]
+    fn maps_the_wan22_layout() {
+        let cases = [
+            ("post_quant_conv.bias", "conv2.bias"),
+            ("decoder.conv_in.weight", "decoder.conv1.weight"),
+            (
+                "decoder.mid_block.resnets.0.conv1.weight",
+                "decoder.middle.0.residual.2.weight",
+            ),
+            (
+                "decoder.up_blocks.0.resnets.2.norm2.gamma",
+                "decoder.upsamples.0.upsamples.2.residual.3.gamma",
+            ),
+            (
+                "decoder.up_blocks.2.resnets.0.conv_shortcut.weight",
+                "decoder.upsamples.2.upsamples.0.shortcut.weight",
+            ),
+            (
+                "decoder.up_blocks.1.upsampler.time_conv.bias",
+                "decoder.upsamples.1.upsamples.3.time_conv.bias",
+            ),
+            (
+                "decoder.up_blocks.2.upsampler.resample.1.weight",
+                "decoder.upsamples.2.upsamples.3.resample.1.weight",
+            ),
+            ("decoder.conv_out.weight", "decoder.head.2.weight"),
+        ];
+        for (diffusers, original) in cases {
+            assert_eq!(original22_key(diffusers, 2), original, "{diffusers}");
+        }
+    }
 
     #[test]
     fn maps_the_wan21_layout() {

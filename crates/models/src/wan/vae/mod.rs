@@ -1,4 +1,6 @@
-//! The Wan2.1 causal 3D VAE decoder (Wan2.1_VAE / diffusers AutoencoderKLWan), decode side only.
+//! The Wan causal 3D VAE decoders (diffusers AutoencoderKLWan), decode side only: Wan2.1_VAE
+//! (z 16, ×8 in space) and Wan2.2_VAE (z 48, residual up blocks, 2×2 unpatchify: ×16 in space),
+//! both built by [`WanVaeDecoder`] from a [`WanVaeConfig`].
 //!
 //! Latents are decoded one latent frame at a time; every temporal conv keeps the last frames of its
 //! input stream in a [`FeatureCache`](layers::FeatureCache), so the result equals a causal conv over
@@ -12,6 +14,8 @@ mod cudnn_conv;
 mod decoder;
 pub mod keys;
 mod layers;
+mod patchify;
+mod residual_up;
 pub mod tiling;
 
 use std::path::Path;
@@ -45,7 +49,26 @@ fn not_a_vae(files: String) -> ModelError {
     .into()
 }
 
-/// The Wan VAE decoder with its latent un-normalisation.
+/// The error for a checkpoint whose up-block layout is not the config's VAE family.
+fn wrong_family(files: String, cfg: &WanVaeConfig) -> ModelError {
+    let (file_family, config_family) = if cfg.is_residual {
+        ("Wan2.1", "Wan2.2")
+    } else {
+        ("Wan2.2", "Wan2.1")
+    };
+    ModelError::UnsupportedCheckpoint {
+        files,
+        reason: format!(
+            "its up blocks have the {file_family} VAE layout but the config describes a \
+             {config_family} VAE (is_residual = {}); use the checkpoint's own config.json or \
+             WanVaeConfig::{}()",
+            cfg.is_residual,
+            if cfg.is_residual { "wan2_1" } else { "wan2_2" }
+        ),
+    }
+}
+
+/// The Wan VAE decoder (Wan2.1 or Wan2.2) with its latent un-normalisation.
 #[derive(Debug, Clone)]
 pub struct WanVaeDecoder {
     post_quant_conv: CausalConv3d,
@@ -61,7 +84,9 @@ pub struct WanVaeDecoder {
 
 impl WanVaeDecoder {
     /// Builds the decoder from a safetensors checkpoint in diffusers or original (Wan2.1_VAE /
-    /// ComfyUI) key names, detected from the file. Encoder weights, if present, are not read.
+    /// Wan2.2_VAE / ComfyUI) key names, detected from the file. Encoder weights, if present, are
+    /// not read. `cfg` says which VAE it is ([`WanVaeConfig::wan2_1`], [`WanVaeConfig::wan2_2`] or
+    /// the checkpoint's config.json); a checkpoint of the other family is an error.
     pub fn load(
         files: &Arc<WeightFiles>,
         cfg: &WanVaeConfig,
@@ -78,7 +103,10 @@ impl WanVaeDecoder {
         };
         let (dialect, prefix) =
             keys::detect_dialect(files.keys()).ok_or_else(|| not_a_vae(files_list()))?;
-        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks);
+        if keys::residual_layout(files.keys()).is_some_and(|r| r != cfg.is_residual) {
+            return Err(wrong_family(files_list(), cfg));
+        }
+        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks, cfg.is_residual);
         Self::build(
             files.var_builder(key_map, dtype, device),
             cfg,
@@ -95,8 +123,9 @@ impl WanVaeDecoder {
         Self::build(vb, cfg, VaeKeyDialect::Diffusers, dtype, device)
     }
 
-    /// Builds the decoder from Wan's own `Wan2.1_VAE.pth` (a PyTorch state_dict; read without
-    /// Python, through candle's pickle reader). Either key dialect is accepted.
+    /// Builds the decoder from Wan's own `Wan2.1_VAE.pth` or `Wan2.2_VAE.pth` (a PyTorch
+    /// state_dict; read without Python, through candle's pickle reader). Either key dialect is
+    /// accepted.
     pub fn load_pth(
         path: &Path,
         cfg: &WanVaeConfig,
@@ -110,9 +139,12 @@ impl WanVaeDecoder {
             ))
         })?;
         let names: Vec<&str> = tensors.tensor_infos().keys().map(String::as_str).collect();
-        let (dialect, prefix) =
-            keys::detect_dialect(names).ok_or_else(|| not_a_vae(path.display().to_string()))?;
-        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks);
+        let (dialect, prefix) = keys::detect_dialect(names.iter().copied())
+            .ok_or_else(|| not_a_vae(path.display().to_string()))?;
+        if keys::residual_layout(names.iter().copied()).is_some_and(|r| r != cfg.is_residual) {
+            return Err(wrong_family(path.display().to_string(), cfg));
+        }
+        let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks, cfg.is_residual);
         let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone())
             .rename_f(move |k: &str| key_map.map(k));
         Self::build(vb, cfg, dialect, dtype, device)
@@ -165,8 +197,24 @@ impl WanVaeDecoder {
         self.dialect
     }
 
-    /// latents as sampled (normalised) `[B, z, F, H, W]` → video `[B, 3, 1+4(F−1), 8H, 8W]` f32 in
-    /// [−1, 1]. Un-normalises first (z·std + mean). `tiling` None decodes whole frames.
+    /// Latent channels this VAE decodes (16 for Wan2.1, 48 for Wan2.2).
+    pub fn z_dim(&self) -> usize {
+        self.config.z_dim
+    }
+
+    /// Video pixels per latent pixel along height and width (8 for Wan2.1, 16 for Wan2.2).
+    pub fn spatial_compression(&self) -> usize {
+        self.config.spatial_scale()
+    }
+
+    /// Video frames per latent frame after the first (4 for both).
+    pub fn temporal_compression(&self) -> usize {
+        self.config.temporal_scale()
+    }
+
+    /// latents as sampled (normalised) `[B, z, F, H, W]` → video `[B, 3, 1+4(F−1), sH, sW]` f32 in
+    /// [−1, 1], s = [`spatial_compression`](Self::spatial_compression). Un-normalises first
+    /// (z·std + mean), for both VAE families. `tiling` None decodes whole frames.
     pub fn decode(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
         self.decode_with_progress(latents, tiling, &mut |_, _| {})
     }
@@ -198,10 +246,18 @@ impl WanVaeDecoder {
     ) -> Result<Tensor> {
         let z_dim = self.config.z_dim;
         let dims = latents.dims();
-        if dims.len() != 5 || dims[1] != z_dim || dims.contains(&0) {
+        if dims.len() != 5 || dims.contains(&0) {
             return Err(ModelError::InvalidInput(format!(
                 "VAE latents must be [batch, {z_dim}, frames, height, width] with no empty axis, got {dims:?}"
             )));
+        }
+        if dims[1] != z_dim {
+            return Err(ModelError::LatentChannels {
+                shape: dims.to_vec(),
+                got: dims[1],
+                expected: z_dim,
+                vae: self.config.family(),
+            });
         }
         if let Some(t) = &tiling {
             t.validate()?;
@@ -231,7 +287,7 @@ impl WanVaeDecoder {
     }
 
     /// All latent frames of one region, one at a time through a fresh cache:
-    /// `[B, F, z, h, w]` → `[B, 3, T, 8h, 8w]` f32. `frame_done(i)` after i latent frames.
+    /// `[B, F, z, h, w]` → `[B, 3, T, sh, sw]` f32. `frame_done(i)` after i latent frames.
     fn decode_stream(&self, z: &Tensor, frame_done: &mut dyn FnMut(usize)) -> Result<Tensor> {
         let mut cache = self.decoder.new_cache();
         let frames = z.dim(1)?;
@@ -239,13 +295,15 @@ impl WanVaeDecoder {
         for i in 0..frames {
             let out = self
                 .decoder
-                .forward_chunk(&z.narrow(1, i, 1)?, &mut cache)?; // [B, t, 3, 8h, 8w]
-                                                                  // channels-first per chunk, in the same pass as the cast to f32: [B, 3, t, 8h, 8w]
+                .forward_chunk(&z.narrow(1, i, 1)?, &mut cache)?; // [B, t, 3·p², 8h, 8w]
+                                                                  // channels-first per chunk, in the same pass as the cast to f32: [B, 3·p², t, 8h, 8w];
+                                                                  // then Wan2.2's p×p patches spread out: [B, 3, t, 8ph, 8pw]
             chunks.push(span(stage::POST_PROCESSING, &self.device, || {
-                Ok(out
+                let out = out
                     .permute((0, 2, 1, 3, 4))?
                     .to_dtype(DType::F32)?
-                    .contiguous()?)
+                    .contiguous()?;
+                patchify::unpatchify(&out, self.config.patch())
             })?);
             frame_done(i + 1);
         }
@@ -266,7 +324,7 @@ impl WanVaeDecoder {
         let rows = tiling::axis_tiles(h, tiling.tile.0, tiling.overlap, scale);
         let cols = tiling::axis_tiles(w, tiling.tile.1, tiling.overlap, scale);
         let out_frames = self.config.video_frames(frames);
-        let channels = self.config.out_channels;
+        let channels = self.config.video_channels();
         let mut video = Tensor::zeros(
             (b, channels, out_frames, h * scale, w * scale),
             DType::F32,
@@ -280,11 +338,11 @@ impl WanVaeDecoder {
                 let decoded =
                     self.decode_stream(&tile, &mut |i| progress(tiles_done * frames + i, total))?;
                 tiles_done += 1;
-                // decoded: [B, 3, T, th·8, tw·8]
+                // decoded: [B, 3, T, th·s, tw·s], s = spatial scale
                 video = span(stage::TILE_BLEND, &self.device, || {
                     let wy = Tensor::from_slice(wy, (th * scale, 1), &self.device)?;
                     let wx = Tensor::from_slice(wx, (1, tw * scale), &self.device)?;
-                    let weight = wy.broadcast_mul(&wx)?; // [th·8, tw·8]
+                    let weight = wy.broadcast_mul(&wx)?; // [th·s, tw·s]
                     let (ys, xs) = (y0 * scale..(y0 + th) * scale, x0 * scale..(x0 + tw) * scale);
                     let current =
                         video

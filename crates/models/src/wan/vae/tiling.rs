@@ -3,7 +3,8 @@
 
 use crate::error::{ModelError, Result};
 
-/// Spatial tiles for [`super::WanVaeDecoder::decode`], in latent pixels (×8 in the video).
+/// Spatial tiles for [`super::WanVaeDecoder::decode`], in latent pixels (×8 in the video for
+/// Wan2.1, ×16 for Wan2.2: see [`VaeTiling::for_spatial_scale`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VaeTiling {
     /// Tile (height, width) in latent pixels.
@@ -23,6 +24,16 @@ impl Default for VaeTiling {
 }
 
 impl VaeTiling {
+    /// 256×256-video-pixel tiles with 64 pixels of overlap for a VAE of `spatial_scale` video
+    /// pixels per latent pixel: 32/8 latent pixels for Wan2.1 (the default), 16/4 for Wan2.2.
+    pub fn for_spatial_scale(spatial_scale: usize) -> Self {
+        let scale = spatial_scale.max(1);
+        Self {
+            tile: ((256 / scale).max(2), (256 / scale).max(2)),
+            overlap: (64 / scale).max(1),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let (th, tw) = self.tile;
         if th == 0 || tw == 0 || self.overlap >= th.min(tw) {
@@ -114,6 +125,14 @@ pub fn axis_tiles(size: usize, tile: usize, overlap: usize, scale: usize) -> Axi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_tiles_are_256_pixels_at_either_scale() {
+        assert_eq!(VaeTiling::for_spatial_scale(8), VaeTiling::default());
+        let wan22 = VaeTiling::for_spatial_scale(16);
+        assert_eq!((wan22.tile, wan22.overlap), ((16, 16), 4));
+        assert!(wan22.validate().is_ok());
+    }
 
     #[test]
     fn tiles_cover_the_axis_and_weights_sum_to_one() {
