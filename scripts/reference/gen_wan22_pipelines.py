@@ -32,6 +32,7 @@ Run from the repository root (CPU torch is enough):  python3 scripts/reference/g
 """
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -141,6 +142,10 @@ def write(out, pipe, settings, noise, extra_json, tokenizer):
         if module is not None:
             module.half()
     pipe.save_pretrained(os.path.join(out, "model"), safe_serialization=True)
+    # the saved tokenizer would carry the padding/truncation state the prompt encoding left on it; the tiny
+    # pipeline's files are the same tokenizer without that state
+    shutil.rmtree(os.path.join(out, "model", "tokenizer"))
+    shutil.copytree(TOKENIZER, os.path.join(out, "model", "tokenizer"))
     tensors = {
         "noise": noise.contiguous(),
         "prompt_embeds": cond.contiguous(),
