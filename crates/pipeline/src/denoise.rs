@@ -500,4 +500,144 @@ mod tests {
         );
         assert!(err.to_string().contains("step 3 of 6"), "{err}");
     }
+
+    /// Records the batch and timestep shape of each call; counts its drops.
+    struct RecordingModel {
+        calls: std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<usize>)>>>,
+        drops: std::rc::Rc<Cell<usize>>,
+    }
+
+    impl VelocityModel for RecordingModel {
+        fn num_layers(&self) -> usize {
+            1
+        }
+
+        fn velocity(
+            &self,
+            x: &Tensor,
+            t: &Tensor,
+            _: &Tensor,
+            _: &mut dyn SelfAttention,
+        ) -> Result<Tensor> {
+            self.calls
+                .borrow_mut()
+                .push((x.dim(0)?, t.dims().to_vec()));
+            Ok(x.zeros_like()?)
+        }
+    }
+
+    impl Drop for RecordingModel {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+        }
+    }
+
+    type Calls = std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<usize>)>>>;
+
+    /// A deferred expert over a fresh `RecordingModel`: its calls, loads and drops.
+    fn recording_expert<'a>(
+        name: &str,
+        guidance_scale: f64,
+        timesteps: TimestepRange,
+    ) -> (Expert<'a>, Calls, std::rc::Rc<Cell<usize>>, std::rc::Rc<Cell<usize>>) {
+        let calls: Calls = Default::default();
+        let (loads, drops) = (
+            std::rc::Rc::new(Cell::new(0)),
+            std::rc::Rc::new(Cell::new(0)),
+        );
+        let (c, l, d) = (calls.clone(), loads.clone(), drops.clone());
+        let load: LoadModel<'a> = Box::new(move || {
+            l.set(l.get() + 1);
+            Ok(Box::new(RecordingModel {
+                calls: c.clone(),
+                drops: d.clone(),
+            }))
+        });
+        (
+            Expert::deferred(name, load, guidance_scale, timesteps),
+            calls,
+            loads,
+            drops,
+        )
+    }
+
+    /// Wan2.2 A14B's shape: a high-noise expert for t ≥ 500 guided at 4, a low-noise one below
+    /// unguided; the first is freed when the second loads, each policy built once.
+    #[test]
+    fn two_experts_split_the_schedule_at_the_boundary() -> Result<()> {
+        let (noise, cond, uncond) = toy_inputs();
+        let boundary = 500.0;
+        let (high, high_calls, high_loads, high_drops) = recording_expert(
+            "transformer",
+            4.0,
+            TimestepRange {
+                from: boundary,
+                below: f32::INFINITY,
+            },
+        );
+        let (low, low_calls, low_loads, low_drops) = recording_expert(
+            "transformer_2",
+            1.0,
+            TimestepRange {
+                from: f32::NEG_INFINITY,
+                below: boundary,
+            },
+        );
+        let policies = Cell::new(0);
+        let mut denoiser = ExpertDenoiser::new(
+            vec![low, high],
+            &Conditioning {
+                cond: &cond,
+                uncond: Some(&uncond),
+            },
+            TimestepForm::PerSample,
+            0,
+            Box::new(|_| {
+                policies.set(policies.get() + 1);
+                Ok(Box::new(DenseAttention))
+            }),
+        )?;
+        let mut solver = EulerSolver::new(8, 3.0);
+        let timesteps = solver.schedule().timesteps.clone();
+        let mut switched_with_high_dropped = None;
+        denoise(&mut denoiser, &mut solver, &noise, &mut |r| {
+            if r.timestep < boundary && switched_with_high_dropped.is_none() {
+                switched_with_high_dropped = Some(high_drops.get());
+            }
+        })?;
+        let high_steps = timesteps.iter().filter(|&&t| t >= boundary).count();
+        assert!(0 < high_steps && high_steps < 8, "{timesteps:?}");
+        assert_eq!(high_calls.borrow().len(), high_steps);
+        assert_eq!(low_calls.borrow().len(), 8 - high_steps);
+        // Guided expert: batch of 2 (cond + uncond); the unguided one a single pass.
+        assert!(high_calls.borrow().iter().all(|(b, t)| *b == 2 && t == &[2]));
+        assert!(low_calls.borrow().iter().all(|(b, t)| *b == 1 && t == &[1]));
+        assert_eq!((high_loads.get(), low_loads.get()), (1, 1));
+        assert_eq!(switched_with_high_dropped, Some(1), "high-noise expert freed at the switch");
+        assert_eq!(low_drops.get(), 0, "the active expert stays loaded");
+        assert_eq!(policies.get(), 2, "a fresh attention policy per expert");
+        Ok(())
+    }
+
+    /// TI2V's shape: timesteps `[B, L]`, one per latent token.
+    #[test]
+    fn per_token_timesteps_reach_the_model_as_batch_by_tokens() -> Result<()> {
+        let (noise, cond, _) = toy_inputs();
+        let (expert, calls, _, _) = recording_expert("transformer", 1.0, TimestepRange::ALL);
+        let tokens = 2 * 3 * 3;
+        let mut denoiser = ExpertDenoiser::new(
+            vec![expert],
+            &Conditioning {
+                cond: &cond,
+                uncond: None,
+            },
+            TimestepForm::PerToken,
+            tokens,
+            Box::new(|_| Ok(Box::new(DenseAttention))),
+        )?;
+        denoise(&mut denoiser, &mut EulerSolver::new(3, 5.0), &noise, &mut |_| {})?;
+        assert_eq!(calls.borrow().len(), 3);
+        assert!(calls.borrow().iter().all(|(_, t)| t == &[1, tokens]));
+        Ok(())
+    }
 }
