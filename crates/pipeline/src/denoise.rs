@@ -519,9 +519,7 @@ mod tests {
             _: &Tensor,
             _: &mut dyn SelfAttention,
         ) -> Result<Tensor> {
-            self.calls
-                .borrow_mut()
-                .push((x.dim(0)?, t.dims().to_vec()));
+            self.calls.borrow_mut().push((x.dim(0)?, t.dims().to_vec()));
             Ok(x.zeros_like()?)
         }
     }
@@ -539,7 +537,12 @@ mod tests {
         name: &str,
         guidance_scale: f64,
         timesteps: TimestepRange,
-    ) -> (Expert<'a>, Calls, std::rc::Rc<Cell<usize>>, std::rc::Rc<Cell<usize>>) {
+    ) -> (
+        Expert<'a>,
+        Calls,
+        std::rc::Rc<Cell<usize>>,
+        std::rc::Rc<Cell<usize>>,
+    ) {
         let calls: Calls = Default::default();
         let (loads, drops) = (
             std::rc::Rc::new(Cell::new(0)),
@@ -610,10 +613,17 @@ mod tests {
         assert_eq!(high_calls.borrow().len(), high_steps);
         assert_eq!(low_calls.borrow().len(), 8 - high_steps);
         // Guided expert: batch of 2 (cond + uncond); the unguided one a single pass.
-        assert!(high_calls.borrow().iter().all(|(b, t)| *b == 2 && t == &[2]));
+        assert!(high_calls
+            .borrow()
+            .iter()
+            .all(|(b, t)| *b == 2 && t == &[2]));
         assert!(low_calls.borrow().iter().all(|(b, t)| *b == 1 && t == &[1]));
         assert_eq!((high_loads.get(), low_loads.get()), (1, 1));
-        assert_eq!(switched_with_high_dropped, Some(1), "high-noise expert freed at the switch");
+        assert_eq!(
+            switched_with_high_dropped,
+            Some(1),
+            "high-noise expert freed at the switch"
+        );
         assert_eq!(low_drops.get(), 0, "the active expert stays loaded");
         assert_eq!(policies.get(), 2, "a fresh attention policy per expert");
         Ok(())
@@ -635,7 +645,12 @@ mod tests {
             tokens,
             Box::new(|_| Ok(Box::new(DenseAttention))),
         )?;
-        denoise(&mut denoiser, &mut EulerSolver::new(3, 5.0), &noise, &mut |_| {})?;
+        denoise(
+            &mut denoiser,
+            &mut EulerSolver::new(3, 5.0),
+            &noise,
+            &mut |_| {},
+        )?;
         assert_eq!(calls.borrow().len(), 3);
         assert!(calls.borrow().iter().all(|(_, t)| t == &[1, tokens]));
         Ok(())
