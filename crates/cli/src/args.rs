@@ -58,8 +58,8 @@ pub struct GenerateArgs {
     #[arg(short = 'n', long)]
     pub negative_prompt: Option<String>,
 
-    /// Video size WIDTHxHEIGHT (also WIDTH*HEIGHT), each a multiple of 16. Default: the model's
-    /// (832x480 for Wan2.1 1.3B).
+    /// Video size WIDTHxHEIGHT (also WIDTH*HEIGHT), each a multiple of 16 (32 for Wan2.2
+    /// TI2V-5B). Default: the model's (832x480 for Wan2.1 1.3B).
     #[arg(long, value_parser = parse_size, value_name = "WxH")]
     pub size: Option<(u32, u32)>,
 
@@ -79,9 +79,16 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_steps)]
     pub steps: Option<usize>,
 
-    /// Classifier-free guidance scale; 1 disables guidance (one model pass per step). Default 5.
+    /// Classifier-free guidance scale; 1 disables guidance (one model pass per step). Default:
+    /// the model's (5; Wan2.2 A14B: 4.0, for its high-noise expert).
     #[arg(long, alias = "cfg-scale", value_parser = parse_guidance)]
     pub guidance_scale: Option<f64>,
+
+    /// Two-expert models (wan2.2-t2v-a14b): guidance scale of the low-noise expert, which runs
+    /// once t < boundary_ratio x 1000 (--guidance-scale guides the high-noise one). Default: the
+    /// model's (3.0 for Wan2.2 A14B), else --guidance-scale.
+    #[arg(long, value_parser = parse_guidance)]
+    pub guidance_scale_2: Option<f64>,
 
     /// Time shift of the flow-matching schedule (larger spends more steps at high noise).
     /// Default: the model's (5 for Wan2.1 T2V, like its generate.py).
@@ -126,8 +133,14 @@ pub struct GenerateArgs {
 
     /// Transformer weights to use instead of the model's (a .safetensors file, a
     /// *.safetensors.index.json, or a directory with config.json).
+    /// For a two-expert model: the high-noise expert's.
     #[arg(long, value_name = "PATH")]
     pub dit: Option<PathBuf>,
+
+    /// Two-expert models: the low-noise expert's weights instead of the model's transformer_2/
+    /// (or low_noise_model/), e.g. a single-file ComfyUI checkpoint (with --dit for the other).
+    #[arg(long, value_name = "PATH")]
+    pub dit_2: Option<PathBuf>,
 
     /// VAE weights to use instead of the model's (diffusers or original Wan2.1_VAE keys).
     #[arg(long, value_name = "PATH")]
@@ -149,7 +162,13 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub vae_tiling: bool,
 
-    /// Start from the `noise` tensor of this safetensors file ([1,16,F',H/8,W/8]) instead of
+    /// Two-expert models: keep both experts on the device. By default only the active one is:
+    /// the low-noise expert loads when the boundary is crossed and the high-noise one is freed.
+    #[arg(long)]
+    pub keep_experts: bool,
+
+    /// Start from the `noise` tensor of this safetensors file ([1,16,F',H/8,W/8]; Wan2.2
+    /// TI2V-5B: [1,48,F',H/16,W/16]) instead of
     /// the seed, for exact comparisons with other implementations.
     #[arg(long, value_name = "FILE")]
     pub noise: Option<PathBuf>,
@@ -224,6 +243,7 @@ impl GenerateArgs {
             frames: self.frames.clone(),
             steps: self.steps.clone(),
             guidance_scale: self.guidance_scale.clone(),
+            guidance_scale_2: self.guidance_scale_2,
             shift: self.shift.clone(),
             sampler: self.sampler.clone(),
             seed: self.seed.clone(),
@@ -234,11 +254,13 @@ impl GenerateArgs {
             model: self.model.clone(),
             offline: self.offline.clone(),
             dit: self.dit.clone(),
+            dit_2: self.dit_2.clone(),
             vae: self.vae.clone(),
             text_encoder: self.text_encoder.clone(),
             tokenizer: self.tokenizer.clone(),
             t5_cpu: self.t5_cpu.clone(),
             vae_tiling: self.vae_tiling.clone(),
+            keep_experts: self.keep_experts,
             noise: self.noise.clone(),
             latents_out: self.latents_out.clone(),
             attention: self.attention.clone(),

@@ -629,6 +629,46 @@ mod tests {
         Ok(())
     }
 
+    /// With `keep_loaded` the high-noise expert stays loaded past the switch (both in memory);
+    /// each still loads once and the attention policy is still rebuilt at the switch.
+    #[test]
+    fn keep_loaded_keeps_the_first_expert_after_the_switch() -> Result<()> {
+        let (noise, cond, uncond) = toy_inputs();
+        let boundary = 500.0;
+        let (high, _, high_loads, high_drops) =
+            recording_expert("transformer", 4.0, TimestepRange::at_or_above(boundary));
+        let (low, low_calls, low_loads, _) =
+            recording_expert("transformer_2", 3.0, TimestepRange::below(boundary));
+        let policies = Cell::new(0);
+        let mut denoiser = ExpertDenoiser::new(
+            vec![high, low],
+            &Conditioning {
+                cond: &cond,
+                uncond: Some(&uncond),
+            },
+            TimestepForm::PerSample,
+            0,
+            Box::new(|_| {
+                policies.set(policies.get() + 1);
+                Ok(Box::new(DenseAttention))
+            }),
+        )?;
+        denoiser.keep_loaded = true;
+        denoise(
+            &mut denoiser,
+            &mut EulerSolver::new(8, 3.0),
+            &noise,
+            &mut |_| {},
+        )?;
+        assert!(!low_calls.borrow().is_empty());
+        assert_eq!((high_loads.get(), low_loads.get()), (1, 1));
+        assert_eq!(high_drops.get(), 0, "kept loaded after the switch");
+        assert_eq!(policies.get(), 2, "a fresh attention policy per expert");
+        drop(denoiser);
+        assert_eq!(high_drops.get(), 1);
+        Ok(())
+    }
+
     /// TI2V's shape: timesteps `[B, L]`, one per latent token.
     #[test]
     fn per_token_timesteps_reach_the_model_as_batch_by_tokens() -> Result<()> {

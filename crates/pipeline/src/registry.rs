@@ -14,6 +14,7 @@
 //! frames = 81
 //! steps = 50
 //! guidance_scale = 5.0
+//! guidance_scale_2 = 3.0                         # two-expert families: the low-noise expert's
 //! shift = 5.0
 //! fps = 16
 //! sampler = "unipc"                              # unipc | euler
@@ -52,6 +53,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         "wan2.1-t2v-14b.toml",
         include_str!("../../../models/wan2.1-t2v-14b.toml"),
     ),
+    (
+        "wan2.2-t2v-a14b.toml",
+        include_str!("../../../models/wan2.2-t2v-a14b.toml"),
+    ),
+    (
+        "wan2.2-ti2v-5b.toml",
+        include_str!("../../../models/wan2.2-ti2v-5b.toml"),
+    ),
 ];
 
 /// Settings a registry entry recommends; any may be absent (then the Wan2.1 default applies).
@@ -63,6 +72,8 @@ pub struct ModelDefaults {
     pub frames: Option<u32>,
     pub steps: Option<usize>,
     pub guidance_scale: Option<f64>,
+    /// The second (low-noise) expert's guidance scale, two-expert families only.
+    pub guidance_scale_2: Option<f64>,
     pub shift: Option<f64>,
     pub fps: Option<u32>,
     pub sampler: Option<SamplerKind>,

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use serde::Serialize;
 
 use crate::error::{Result, VditError};
-use crate::family::{GuidanceSource, ModelFamily, DEFAULT_FAMILY};
+use crate::family::{detect_family, FamilyFlag, GuidanceSource, ModelFamily};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
 use crate::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
 use crate::registry::{ModelDefaults, Registry};
@@ -32,6 +32,8 @@ pub struct GenerateOptions {
     pub frames: Option<u32>,
     pub steps: Option<usize>,
     pub guidance_scale: Option<f64>,
+    /// The second (low-noise) expert's guidance scale, two-expert models only.
+    pub guidance_scale_2: Option<f64>,
     pub shift: Option<f64>,
     pub sampler: Option<SamplerKind>,
     pub seed: Option<u64>,
@@ -42,11 +44,15 @@ pub struct GenerateOptions {
     pub model: Option<String>,
     pub offline: bool,
     pub dit: Option<PathBuf>,
+    /// The second (low-noise) expert's weights, two-expert models only.
+    pub dit_2: Option<PathBuf>,
     pub vae: Option<PathBuf>,
     pub text_encoder: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
     pub t5_cpu: bool,
     pub vae_tiling: bool,
+    /// Two-expert models: keep both experts on the device instead of swapping at the boundary.
+    pub keep_experts: bool,
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
     pub attention: AttentionMode,
@@ -70,6 +76,7 @@ impl GenerateOptions {
             frames: None,
             steps: None,
             guidance_scale: None,
+            guidance_scale_2: None,
             shift: None,
             sampler: None,
             seed: None,
@@ -80,11 +87,13 @@ impl GenerateOptions {
             model: None,
             offline: false,
             dit: None,
+            dit_2: None,
             vae: None,
             text_encoder: None,
             tokenizer: None,
             t5_cpu: false,
             vae_tiling: false,
+            keep_experts: false,
             noise: None,
             latents_out: None,
             attention: AttentionMode::Dense,
@@ -170,6 +179,8 @@ pub struct AttentionSettings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Overrides {
     pub dit: Option<PathBuf>,
+    /// The second expert's weights (`--dit-2`).
+    pub dit_2: Option<PathBuf>,
     pub vae: Option<PathBuf>,
     pub text_encoder: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
@@ -185,6 +196,13 @@ pub struct GenerateSettings {
     pub frames: u32,
     pub steps: usize,
     pub guidance_scale: f64,
+    /// The second (low-noise) expert's guidance scale; `None` for one-transformer families.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_scale_2: Option<f64>,
+    /// Where two experts switch (t = boundary_ratio · 1000): the model's `model_index.json`, else
+    /// the family's; `None` for one-transformer families.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boundary_ratio: Option<f64>,
     pub shift: f64,
     pub sampler: SamplerKind,
     pub seed: u64,
@@ -204,6 +222,8 @@ pub struct GenerateSettings {
     pub offline: bool,
     pub t5_cpu: bool,
     pub vae_tiling: bool,
+    /// Keep every expert on the device (two-expert models).
+    pub keep_experts: bool,
     pub overrides: Overrides,
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
@@ -253,10 +273,15 @@ impl GenerateSettings {
             .experts
             .iter()
             .map(|e| match e.guidance {
-                // One guidance flag today; a family with a second expert adds its own.
-                GuidanceSource::First | GuidanceSource::Second => self.guidance_scale,
+                GuidanceSource::First => self.guidance_scale,
+                GuidanceSource::Second => self.guidance_scale_2.unwrap_or(self.guidance_scale),
             })
             .collect()
+    }
+
+    /// The timesteps each of the family's experts serves, in their order.
+    pub fn expert_timesteps(&self) -> Vec<crate::family::TimestepRange> {
+        self.family.expert_timesteps(self.boundary_ratio)
     }
 
     /// Classifier-free guidance needs a second (unconditional) pass only when a scale ≠ 1.
@@ -285,11 +310,19 @@ impl GenerateSettings {
                 format_name(self.format)
             ),
             format!(
-                "sampling     {} steps, {}, shift {}, guidance {}",
+                "sampling     {} steps, {}, shift {}, guidance {}{}",
                 self.steps,
                 self.sampler.name(),
                 self.shift,
-                self.guidance_scale
+                self.guidance_scale,
+                match (self.guidance_scale_2, self.boundary_ratio) {
+                    (Some(g2), Some(b)) => format!(
+                        " (high noise, t ≥ {}) / {g2} (low noise){}",
+                        b * 1000.0,
+                        if self.keep_experts { ", both experts kept loaded" } else { "" }
+                    ),
+                    _ => String::new(),
+                }
             ),
             format!(
                 "seed         {}{}",
@@ -333,6 +366,7 @@ impl GenerateSettings {
         let o = &self.overrides;
         for (flag, path) in [
             ("--dit", &o.dit),
+            ("--dit-2", &o.dit_2),
             ("--vae", &o.vae),
             ("--text-encoder", &o.text_encoder),
             ("--tokenizer", &o.tokenizer),
@@ -428,6 +462,24 @@ fn scheduler_shift(files: &ModelFiles) -> Option<f64> {
         .filter(|s| s.is_finite() && *s > 0.0)
 }
 
+/// The model's diffusers `model_index.json`, if it has one that parses.
+fn model_index(files: &ModelFiles) -> Option<serde_json::Value> {
+    let path = files.optional_file("model_index.json").ok()??;
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// The family of a model the registry does not know, from its files (see
+/// [`crate::family::detect_family`]).
+fn detect_model_family(files: &ModelFiles, index: Option<&serde_json::Value>) -> &'static ModelFamily {
+    let has_component = |component: &str| {
+        matches!(
+            files.optional_file(&format!("{component}/config.json")),
+            Ok(Some(_))
+        )
+    };
+    detect_family(index, &has_component)
+}
+
 /// A random seed in [0, 2^63), like Wan2.1's `--base_seed -1`.
 fn random_seed() -> u64 {
     rand::random::<u64>() >> 1
@@ -455,7 +507,11 @@ pub fn resolve(
     let files = ModelFiles::new(location, hub.clone());
     let empty = ModelDefaults::default();
     let defaults = registry.get(&model).map(|e| &e.defaults).unwrap_or(&empty);
-    let family = registry.get(&model).map_or(DEFAULT_FAMILY, |e| e.family);
+    let index = model_index(&files);
+    let family = match registry.get(&model) {
+        Some(entry) => entry.family,
+        None => detect_model_family(&files, index.as_ref()),
+    };
     let family_defaults = &family.defaults;
 
     let (size_w, size_h) = args.size.unzip();
@@ -469,9 +525,13 @@ pub fn resolve(
         .or(size_h)
         .or(defaults.height)
         .unwrap_or(family_defaults.height);
+    let multiple = family.pixel_multiple();
     for (name, v) in [("width", width), ("height", height)] {
-        if v == 0 || !v.is_multiple_of(16) {
-            problems.push(format!("{name} {v} is not a positive multiple of 16"));
+        if v == 0 || !v.is_multiple_of(multiple) {
+            problems.push(format!(
+                "{name} {v} is not a positive multiple of {multiple} (the {} family's VAE compression times its patch)",
+                family.name
+            ));
         }
     }
     let frames = args
@@ -492,6 +552,53 @@ pub fn resolve(
         .guidance_scale
         .or(defaults.guidance_scale)
         .unwrap_or(family_defaults.guidance_scale);
+    let two_experts = family.takes(FamilyFlag::GuidanceScale2);
+    let guidance_scale_2 = if two_experts {
+        Some(
+            args.guidance_scale_2
+                .or(defaults.guidance_scale_2)
+                .or(family_defaults.guidance_scale_2)
+                .unwrap_or(guidance_scale),
+        )
+    } else {
+        None
+    };
+    let boundary_ratio = match family.boundary_ratio {
+        Some(family_boundary) => {
+            let own = index
+                .as_ref()
+                .and_then(|m| m.get("boundary_ratio"))
+                .and_then(|v| v.as_f64());
+            let ratio = own.unwrap_or(family_boundary);
+            if !(0.0..=1.0).contains(&ratio) {
+                problems.push(format!(
+                    "model_index.json: boundary_ratio {ratio} is outside [0, 1]"
+                ));
+            }
+            Some(ratio)
+        }
+        None => None,
+    };
+    for (given, flag, what) in [
+        (
+            args.guidance_scale_2.is_some(),
+            FamilyFlag::GuidanceScale2,
+            "--guidance-scale-2",
+        ),
+        (args.dit_2.is_some(), FamilyFlag::GuidanceScale2, "--dit-2"),
+        (
+            args.keep_experts,
+            FamilyFlag::KeepExpertsLoaded,
+            "--keep-experts",
+        ),
+    ] {
+        if given && !family.takes(flag) {
+            problems.push(format!(
+                "{what}: model {model} ({} family) has one transformer; this flag is for two-expert models such as wan2.2-t2v-a14b",
+                family.name
+            ));
+        }
+    }
     // The model's own scheduler config is the best guess for a model the registry does not know.
     let shift = match args.shift.or(defaults.shift) {
         Some(s) => s,
@@ -540,6 +647,7 @@ pub fn resolve(
     }
     for (flag, path) in [
         ("--dit", &args.dit),
+        ("--dit-2", &args.dit_2),
         ("--vae", &args.vae),
         ("--text-encoder", &args.text_encoder),
         ("--tokenizer", &args.tokenizer),
@@ -580,6 +688,8 @@ pub fn resolve(
         frames,
         steps,
         guidance_scale,
+        guidance_scale_2,
+        boundary_ratio,
         shift,
         sampler,
         seed,
@@ -594,8 +704,10 @@ pub fn resolve(
         offline: hub.offline,
         t5_cpu: args.t5_cpu,
         vae_tiling: args.vae_tiling,
+        keep_experts: args.keep_experts,
         overrides: Overrides {
             dit: args.dit.clone(),
+            dit_2: args.dit_2.clone(),
             vae: args.vae.clone(),
             text_encoder: args.text_encoder.clone(),
             tokenizer: args.tokenizer.clone(),

@@ -35,7 +35,7 @@ use vdit_models::weights::WeightFiles;
 
 use crate::denoise::LoadModel;
 use crate::family::{ExpertRule, TextEncoderKind, TransformerKind, VaeKind};
-use crate::hub::ModelFiles;
+use crate::hub::{ComponentFiles, ModelFiles};
 use crate::output::{save_latents, write_json_atomic};
 use crate::sampling::{load_noise, seeded_noise};
 use crate::settings::{AttentionSettings, GenerateSettings};
@@ -357,21 +357,125 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     for rule in family.experts {
         configs.push(expert_config(settings, files, rule)?);
     }
-    files.component(family.vae_component, settings.overrides.vae.as_deref())?;
-    for config in configs.into_iter().flatten() {
+    let vae = files.component(family.vae_component, settings.overrides.vae.as_deref())?;
+    for config in configs.iter().flatten() {
         build_attention(&settings.attention, config.num_layers, settings.steps)?;
+    }
+    // The transformer's latents must be the VAE's: a 48-channel Wan2.2 TI2V model with a
+    // 16-channel Wan2.1 VAE (or the reverse) would only fail after sampling.
+    let z_dim = vae_config(settings, &vae)?.z_dim;
+    for (rule, config) in family.experts.iter().zip(&configs) {
+        let channels = config
+            .as_ref()
+            .map_or(family.latent.channels, |c| c.out_channels);
+        if channels != z_dim {
+            let (b, _, f, h, w) = settings.latent_shape(channels);
+            let config = vae_config(settings, &vae)?;
+            return Err(VditError::InvalidSetting(format!(
+                "{} ({}) and VAE {}: {}",
+                rule.component,
+                expert_component(settings, files, rule)?.weights.display(),
+                vae.weights.display(),
+                vdit_models::ModelError::LatentChannels {
+                    shape: vec![b, channels, f, h, w],
+                    got: channels,
+                    expected: z_dim,
+                    vae: config.family(),
+                }
+            )));
+        }
     }
     Ok(())
 }
 
-/// `--dit` replaces the first expert's weights (the only one of a one-transformer family).
+/// The VAE's config: its config.json, else the family's VAE.
+fn vae_config(settings: &GenerateSettings, vae: &ComponentFiles) -> Result<WanVaeConfig> {
+    Ok(match (&vae.config, settings.family.vae) {
+        (Some(path), _) => WanVaeConfig::from_json_file(path)?,
+        (None, VaeKind::Wan21) => WanVaeConfig::wan2_1(),
+        (None, VaeKind::Wan22) => WanVaeConfig::wan2_2(),
+    })
+}
+
+/// `--dit` replaces the first expert's weights (the only one of a one-transformer family),
+/// `--dit-2` the second's.
 fn expert_override<'a>(settings: &'a GenerateSettings, rule: &ExpertRule) -> Option<&'a Path> {
-    let first = settings.family.experts.first().map(|e| e.component);
-    if first == Some(rule.component) {
-        settings.overrides.dit.as_deref()
-    } else {
-        None
+    let position = settings
+        .family
+        .experts
+        .iter()
+        .position(|e| e.component == rule.component);
+    match position {
+        Some(0) => settings.overrides.dit.as_deref(),
+        Some(1) => settings.overrides.dit_2.as_deref(),
+        _ => None,
     }
+}
+
+/// Which folder layout a model keeps its experts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExpertLayout {
+    /// `transformer/`, `transformer_2/`.
+    Diffusers,
+    /// Wan-AI's own: `high_noise_model/`, `low_noise_model/`.
+    Original,
+}
+
+/// The weights and config of one expert: its override (`--dit`, `--dit-2`), else its folder in
+/// the model's layout (diffusers or original). A two-expert model's layout is the one its first
+/// expert's folder is in; the second expert must be in the same one.
+fn expert_component(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    rule: &ExpertRule,
+) -> Result<ComponentFiles> {
+    if let Some(path) = expert_override(settings, rule) {
+        return files.component(rule.component, Some(path));
+    }
+    let Some(original) = rule.original_component else {
+        return files.component(rule.component, None);
+    };
+    let family = settings.family;
+    let has = |component: &str| {
+        matches!(
+            files.optional_file(&format!("{component}/config.json")),
+            Ok(Some(_))
+        )
+    };
+    let first = &family.experts[0];
+    let is_first = rule.component == first.component;
+    // The first expert's folder decides; with neither, the diffusers one (its error names it).
+    let layout = if !has(first.component) && first.original_component.is_some_and(has) {
+        ExpertLayout::Original
+    } else {
+        ExpertLayout::Diffusers
+    };
+    let (wanted, other) = match layout {
+        ExpertLayout::Diffusers => (rule.component, original),
+        ExpertLayout::Original => (original, rule.component),
+    };
+    if is_first || has(wanted) {
+        return files.component(wanted, None);
+    }
+    if has(other) {
+        let first_folder = match layout {
+            ExpertLayout::Diffusers => first.component,
+            ExpertLayout::Original => first.original_component.unwrap_or(first.component),
+        };
+        return Err(VditError::Resolve(format!(
+            "model {}: mixed expert layouts ({first_folder}/ with {other}/): a {} model keeps its experts in \
+             transformer/ + transformer_2/ (diffusers) or high_noise_model/ + low_noise_model/ (Wan-AI); \
+             or give each expert's weights with --dit and --dit-2",
+            files.location(),
+            family.name
+        )));
+    }
+    Err(VditError::Resolve(format!(
+        "model {} has no {wanted}/ (its low-noise expert): a {} model has {} experts; give the missing one with --dit-2 FILE",
+        files.location(),
+        family.name,
+        family.experts.len()
+    )))
 }
 
 /// An expert's config.json, when there is one (without, sizes come from the weights).
@@ -380,7 +484,7 @@ fn expert_config(
     files: &ModelFiles,
     rule: &ExpertRule,
 ) -> Result<Option<WanConfig>> {
-    let component = files.component(rule.component, expert_override(settings, rule))?;
+    let component = expert_component(settings, files, rule)?;
     Ok(match &component.config {
         Some(path) => Some(WanConfig::from_json_file(path)?),
         None => None,
@@ -411,7 +515,7 @@ pub fn load_expert(
     rule: &ExpertRule,
 ) -> Result<WanTransformer> {
     let TransformerKind::Wan = rule.kind;
-    let component = files.component(rule.component, expert_override(settings, rule))?;
+    let component = expert_component(settings, files, rule)?;
     Ok(match &component.config {
         Some(config) => {
             let config = WanConfig::from_json_file(config)?;
@@ -459,12 +563,13 @@ pub fn shared_experts<'a>(
         .iter()
         .zip(models)
         .zip(scales)
-        .map(|((rule, model), scale)| {
+        .zip(settings.expert_timesteps())
+        .map(|(((rule, model), scale), timesteps)| {
             Expert::shared(
                 rule.component,
                 model as &dyn VelocityModel,
                 scale,
-                rule.timesteps,
+                timesteps,
             )
         })
         .collect()
@@ -482,13 +587,14 @@ pub fn deferred_experts<'a>(
         .experts
         .iter()
         .zip(scales)
-        .map(|(rule, scale)| {
+        .zip(settings.expert_timesteps())
+        .map(|((rule, scale), timesteps)| {
             let load: LoadModel<'a> = Box::new(move || {
                 let model: Box<dyn VelocityModel> =
                     Box::new(load_expert(settings, files, device, rule)?);
                 Ok(model)
             });
-            Expert::deferred(rule.component, load, scale, rule.timesteps)
+            Expert::deferred(rule.component, load, scale, timesteps)
         })
         .collect()
 }
@@ -568,6 +674,7 @@ pub fn sample_with_experts(
         tokens,
         Box::new(move |num_layers| build_attention(&attention_settings, num_layers, steps)),
     )?;
+    denoiser.keep_loaded = settings.keep_experts;
     let mut solver = settings.sampler.solver(settings.steps, settings.shift);
     let progress = ProgressBar::new(settings.steps as u64);
     progress.set_style(
@@ -602,16 +709,7 @@ pub fn load_vae(
 ) -> Result<WanVaeDecoder> {
     let family = settings.family;
     let component = files.component(family.vae_component, settings.overrides.vae.as_deref())?;
-    let config = match (&component.config, family.vae) {
-        (Some(path), _) => WanVaeConfig::from_json_file(path)?,
-        (None, VaeKind::Wan21) => WanVaeConfig::wan2_1(),
-        (None, VaeKind::Wan22) => {
-            return Err(VditError::Resolve(format!(
-                "{}: the Wan2.2 VAE needs its config.json",
-                component.weights.display()
-            )))
-        }
-    };
+    let config = vae_config(settings, &component)?;
     let weights = Arc::new(WeightFiles::open(&component.weights)?);
     Ok(WanVaeDecoder::load(
         &weights,
@@ -621,13 +719,16 @@ pub fn load_vae(
     )?)
 }
 
-/// Decodes with a loaded VAE: `[1, 16, F', H', W']` → `[1, 3, F, H, W]` in [-1, 1].
+/// Decodes with a loaded VAE: `[1, z, F', H', W']` → `[1, 3, F, H, W]` in [-1, 1] (z = 16 for
+/// the Wan2.1 VAE, 48 for Wan2.2's). Tiles are sized for the VAE's spatial compression.
 pub fn decode_with(
     vae: &WanVaeDecoder,
     settings: &GenerateSettings,
     latents: &Tensor,
 ) -> Result<Tensor> {
-    let tiling = settings.vae_tiling.then(VaeTiling::default);
+    let tiling = settings
+        .vae_tiling
+        .then(|| VaeTiling::for_spatial_scale(vae.spatial_compression()));
     Ok(vae.decode(latents, tiling)?)
 }
 

@@ -21,6 +21,7 @@ pub fn run() -> anyhow::Result<()> {
             println!("    {}", entry.description);
         }
         println!("    from     {}", entry.location());
+        println!("    family   {}", entry.family.name);
         let d = &entry.defaults;
         let mut defaults = Vec::new();
         if let (Some(w), Some(h)) = (d.width, d.height) {
@@ -38,8 +39,10 @@ pub fn run() -> anyhow::Result<()> {
         if let Some(s) = d.shift {
             defaults.push(format!("shift {s}"));
         }
-        if let Some(g) = d.guidance_scale {
-            defaults.push(format!("guidance {g}"));
+        match (d.guidance_scale, d.guidance_scale_2) {
+            (Some(g), Some(g2)) => defaults.push(format!("guidance {g} (high noise) / {g2} (low noise)")),
+            (Some(g), None) => defaults.push(format!("guidance {g}")),
+            _ => {}
         }
         if let Some(f) = d.fps {
             defaults.push(format!("{f} fps"));

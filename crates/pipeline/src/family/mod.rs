@@ -18,7 +18,7 @@ use crate::error::{Result, VditError};
 use crate::sampling::SamplerKind;
 
 /// The families vdit knows, by the name a registry file gives (`family = "wan2.1-t2v"`).
-pub const FAMILIES: &[&ModelFamily] = &[&wan::WAN21_T2V];
+pub const FAMILIES: &[&ModelFamily] = &[&wan::WAN21_T2V, &wan::WAN22_T2V_A14B, &wan::WAN22_TI2V_5B];
 
 /// The family of a model whose registry entry names none (hub ids and directories outside the
 /// registry): Wan2.1 text-to-video.
@@ -37,6 +37,36 @@ pub fn family_by_name(name: &str) -> Result<&'static ModelFamily> {
                 known.join(", ")
             ))
         })
+}
+
+/// The family of a model outside the registry, from its diffusers `model_index.json` (when it has
+/// one) and which expert folders it has: a second transformer (`transformer_2`, or the original
+/// layout's `low_noise_model`) or a `boundary_ratio` means Wan2.2 A14B, `expand_timesteps` means
+/// Wan2.2 TI2V; anything else is Wan2.1.
+pub fn detect_family(
+    model_index: Option<&serde_json::Value>,
+    has_component: &dyn Fn(&str) -> bool,
+) -> &'static ModelFamily {
+    // diffusers writes an absent component as `[null, null]` and unset options as null/false.
+    let index_says = |key: &str| {
+        model_index
+            .and_then(|m| m.get(key))
+            .is_some_and(|v| match v {
+                serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+                serde_json::Value::Array(items) => items.iter().any(|i| !i.is_null()),
+                _ => true,
+            })
+    };
+    let two_experts = wan::WAN22_T2V_A14B.experts[1..]
+        .iter()
+        .any(|rule| has_component(rule.component) || rule.original_component.is_some_and(has_component));
+    if index_says("transformer_2") || index_says("boundary_ratio") || two_experts {
+        &wan::WAN22_T2V_A14B
+    } else if index_says("expand_timesteps") {
+        &wan::WAN22_TI2V_5B
+    } else {
+        DEFAULT_FAMILY
+    }
 }
 
 /// Which network a component folder holds, so the stages know how to load it.
@@ -136,6 +166,22 @@ impl TimestepRange {
         below: f32::INFINITY,
     };
 
+    /// `t ≥ boundary` (a high-noise expert).
+    pub fn at_or_above(boundary: f32) -> Self {
+        Self {
+            from: boundary,
+            below: f32::INFINITY,
+        }
+    }
+
+    /// `t < boundary` (a low-noise expert).
+    pub fn below(boundary: f32) -> Self {
+        Self {
+            from: f32::NEG_INFINITY,
+            below: boundary,
+        }
+    }
+
     pub fn contains(&self, t: f32) -> bool {
         self.from <= t && t < self.below
     }
@@ -157,8 +203,13 @@ pub enum GuidanceSource {
 pub struct ExpertRule {
     /// Component folder in the diffusers layout (`transformer`, `transformer_2`).
     pub component: &'static str,
+    /// Its folder in the original (Wan-AI) layout, where that differs (`high_noise_model`,
+    /// `low_noise_model`).
+    pub original_component: Option<&'static str>,
     pub kind: TransformerKind,
     pub guidance: GuidanceSource,
+    /// The timesteps it serves at the family's default boundary; a model's own `boundary_ratio`
+    /// moves the split (see [`ModelFamily::expert_timesteps`]).
     pub timesteps: TimestepRange,
 }
 
@@ -170,6 +221,8 @@ pub struct FamilyDefaults {
     pub frames: u32,
     pub steps: usize,
     pub guidance_scale: f64,
+    /// The second expert's guidance scale (two-expert families).
+    pub guidance_scale_2: Option<f64>,
     pub shift: f64,
     pub fps: u32,
     pub sampler: SamplerKind,
@@ -196,6 +249,9 @@ pub struct ModelFamily {
     /// The transformers in the order they run (high noise first); their timestep ranges cover
     /// 0..=1000 without overlap.
     pub experts: &'static [ExpertRule],
+    /// For two experts: the switch from the first to the second at t = boundary_ratio · 1000,
+    /// unless the model's `model_index.json` gives its own `boundary_ratio`.
+    pub boundary_ratio: Option<f64>,
     pub vae: VaeKind,
     /// Component folder of the VAE (`vae`).
     pub vae_component: &'static str,
@@ -215,5 +271,70 @@ impl ModelFamily {
     /// The expert serving timestep `t`.
     pub fn expert_at(&self, t: f32) -> Option<&ExpertRule> {
         self.experts.iter().find(|e| e.timesteps.contains(t))
+    }
+
+    /// The timesteps each expert serves (in the family's order) when the switch is at
+    /// `boundary_ratio` · 1000: the first expert t ≥ boundary, the second below. One expert
+    /// serves everything.
+    pub fn expert_timesteps(&self, boundary_ratio: Option<f64>) -> Vec<TimestepRange> {
+        match (self.experts.len(), boundary_ratio.or(self.boundary_ratio)) {
+            (2, Some(ratio)) => {
+                let boundary = (ratio * 1000.0) as f32;
+                vec![
+                    TimestepRange::at_or_above(boundary),
+                    TimestepRange::below(boundary),
+                ]
+            }
+            _ => self.experts.iter().map(|e| e.timesteps).collect(),
+        }
+    }
+
+    /// Video width and height must be multiples of this: the VAE's spatial compression times
+    /// the transformer's patch (16 for Wan2.1, 32 for Wan2.2 TI2V).
+    pub fn pixel_multiple(&self) -> u32 {
+        let (_, ph, pw) = self.latent.patch;
+        (self.latent.spatial_compression * ph.max(pw)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(json: &str) -> serde_json::Value {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn families_are_found_from_model_index_and_folders() {
+        let none = |_: &str| false;
+        let wan21 = index(r#"{"transformer": ["diffusers", "WanTransformer3DModel"], "transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": false}"#);
+        assert_eq!(detect_family(Some(&wan21), &none).name, "wan2.1-t2v");
+        let a14b = index(r#"{"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875}"#);
+        assert_eq!(detect_family(Some(&a14b), &none).name, "wan2.2-t2v-a14b");
+        let ti2v = index(r#"{"transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": true}"#);
+        assert_eq!(detect_family(Some(&ti2v), &none).name, "wan2.2-ti2v-5b");
+        // Wan-AI's own layout has no model_index.json.
+        let original = |c: &str| c == "high_noise_model" || c == "low_noise_model";
+        assert_eq!(detect_family(None, &original).name, "wan2.2-t2v-a14b");
+        assert_eq!(detect_family(None, &none).name, "wan2.1-t2v");
+    }
+
+    #[test]
+    fn two_experts_split_at_the_boundary() {
+        let family = &wan::WAN22_T2V_A14B;
+        let [high, low] = family.expert_timesteps(None)[..] else {
+            panic!("two ranges")
+        };
+        assert!(high.contains(875.0) && high.contains(999.0) && !high.contains(874.0));
+        assert!(low.contains(874.0) && !low.contains(875.0));
+        // A model's own boundary moves the split.
+        let [high, low] = family.expert_timesteps(Some(0.9))[..] else {
+            panic!("two ranges")
+        };
+        assert!(!high.contains(875.0) && low.contains(875.0) && high.contains(900.0));
+        assert_eq!(wan::WAN21_T2V.expert_timesteps(Some(0.9)), vec![TimestepRange::ALL]);
+        assert_eq!(wan::WAN22_TI2V_5B.pixel_multiple(), 32);
+        assert_eq!(wan::WAN21_T2V.pixel_multiple(), 16);
     }
 }
