@@ -142,7 +142,8 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "PATH")]
     pub dit_2: Option<PathBuf>,
 
-    /// VAE weights to use instead of the model's (diffusers or original Wan2.1_VAE keys).
+    /// VAE weights to use instead of the model's (diffusers keys, or the original Wan2.1_VAE or
+    /// Wan2.2_VAE keys).
     #[arg(long, value_name = "PATH")]
     pub vae: Option<PathBuf>,
 

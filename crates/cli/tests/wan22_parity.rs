@@ -120,7 +120,10 @@ fn frame_difference(png: &Path, video: &Tensor) -> (u8, f64) {
     let read = read_video(png).unwrap();
     let (_, t, c, h, w) = video.dims5().unwrap();
     assert_eq!(read.video.frames.len(), t);
-    assert_eq!((read.video.width as usize, read.video.height as usize), (w, h));
+    assert_eq!(
+        (read.video.width as usize, read.video.height as usize),
+        (w, h)
+    );
     // ours: per frame, H x W x RGB bytes → [T, 3, H, W] floats in [0, 1]
     let bytes: Vec<f32> = read
         .video
@@ -149,7 +152,8 @@ fn two_expert_model_matches_diffusers_in_f32() {
     let name = "wan22_two_expert";
     let dir = tempfile::tempdir().unwrap();
     let reference = reference(name);
-    let (latents, png, stderr) = generate(name, &fixture(name).join("model"), dir.path(), "f32", &[]);
+    let (latents, png, stderr) =
+        generate(name, &fixture(name).join("model"), dir.path(), "f32", &[]);
     let err = relative_error(&latents, &reference["final_latents"]);
     let (levels, frame_err) = frame_difference(&png, &reference["video"]);
     println!("two experts f32: final latents rel err {err:.2e}; PNG frames {levels} level(s) off diffusers' 8-bit video, rel err {frame_err:.2e}");
@@ -214,8 +218,16 @@ fn expert_layouts_and_keep_experts_give_the_same_latents() {
 
     let original = dir.path().join("original");
     copy_dir(&source, &original);
-    std::fs::rename(original.join("transformer"), original.join("high_noise_model")).unwrap();
-    std::fs::rename(original.join("transformer_2"), original.join("low_noise_model")).unwrap();
+    std::fs::rename(
+        original.join("transformer"),
+        original.join("high_noise_model"),
+    )
+    .unwrap();
+    std::fs::rename(
+        original.join("transformer_2"),
+        original.join("low_noise_model"),
+    )
+    .unwrap();
     let (from_original, _, _) = generate(name, &original, dir.path(), "original", &[]);
 
     let (kept, _, stderr) = generate(name, &source, dir.path(), "kept", &["--keep-experts"]);
@@ -274,6 +286,77 @@ fn ti2v_model_matches_diffusers_in_f32_and_bf16() {
     assert!(tiled_levels <= 1, "tiled frames {tiled_levels} levels off");
 }
 
+/// RainFusion on a two-expert model: each expert gets a fresh policy (masks never cross the
+/// switch); sparsity 0 equals dense exactly and 0.8 skips blocks, with masks reused over 3 steps.
+#[test]
+fn rainfusion_runs_on_two_experts() {
+    let name = "wan22_two_expert";
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture(name).join("model");
+    // 5 latent frames of 4x4 tokens: blocks of 16 to skip (frame 0 is the dense sink).
+    let grid = ["--size", "64x64", "--frames", "17", "--seed", "7"];
+    let mut runs = Vec::new();
+    for (tag, extra) in [
+        ("dense", vec!["--attention", "dense"]),
+        (
+            "rf0",
+            vec![
+                "--attention",
+                "rainfusion",
+                "--sparsity",
+                "0",
+                "--dense-steps",
+                "0",
+            ],
+        ),
+        (
+            "rf08",
+            vec![
+                "--attention",
+                "rainfusion",
+                "--sparsity",
+                "0.8",
+                "--block-size",
+                "16",
+                "--dense-steps",
+                "1",
+                "--mask-refresh",
+                "3",
+            ],
+        ),
+    ] {
+        let out = dir.path().join(format!("{tag}.png"));
+        let latents_path = dir.path().join(format!("{tag}.safetensors"));
+        let mut args = reference_flags(name, &model, &out, &latents_path);
+        let at = args.iter().position(|a| a == "--noise").unwrap();
+        args.drain(at..at + 2);
+        args.extend(grid.iter().chain(&extra).map(|s| s.to_string()));
+        let run = run_vdit(&args, &dir.path().join("cache"));
+        assert!(
+            run.status.success(),
+            "{tag}:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let sidecar: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+                .unwrap();
+        let density = sidecar["effective_density"].as_f64().unwrap();
+        println!("two experts, {tag}: effective density {density:.3}");
+        if tag == "rf08" {
+            assert!(density < 1.0, "nothing skipped ({density})");
+        }
+        let latents = candle_core::safetensors::load(&latents_path, &Device::Cpu).unwrap();
+        runs.push(
+            latents["latents"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(runs[0], runs[1], "sparsity 0 must equal dense");
+}
+
 /// Runs `args` expecting a usage error; returns its stderr.
 fn expect_error(args: &[String], dir: &Path) -> String {
     let run = run_vdit(args, &dir.join("cache"));
@@ -326,7 +409,10 @@ fn wrong_layouts_and_mismatched_vaes_are_one_line_errors() {
     let mut args = flags("wan22_two_expert", &two, "vae48");
     args.extend([
         "--vae".into(),
-        fixture("wan22_ti2v").join("model/vae").display().to_string(),
+        fixture("wan22_ti2v")
+            .join("model/vae")
+            .display()
+            .to_string(),
     ]);
     let stderr = expect_error(&args, dir.path());
     assert!(

@@ -319,7 +319,11 @@ impl GenerateSettings {
                     (Some(g2), Some(b)) => format!(
                         " (high noise, t ≥ {}) / {g2} (low noise){}",
                         b * 1000.0,
-                        if self.keep_experts { ", both experts kept loaded" } else { "" }
+                        if self.keep_experts {
+                            ", both experts kept loaded"
+                        } else {
+                            ""
+                        }
                     ),
                     _ => String::new(),
                 }
@@ -470,7 +474,10 @@ fn model_index(files: &ModelFiles) -> Option<serde_json::Value> {
 
 /// The family of a model the registry does not know, from its files (see
 /// [`crate::family::detect_family`]).
-fn detect_model_family(files: &ModelFiles, index: Option<&serde_json::Value>) -> &'static ModelFamily {
+fn detect_model_family(
+    files: &ModelFiles,
+    index: Option<&serde_json::Value>,
+) -> &'static ModelFamily {
     let has_component = |component: &str| {
         matches!(
             files.optional_file(&format!("{component}/config.json")),

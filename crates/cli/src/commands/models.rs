@@ -40,7 +40,9 @@ pub fn run() -> anyhow::Result<()> {
             defaults.push(format!("shift {s}"));
         }
         match (d.guidance_scale, d.guidance_scale_2) {
-            (Some(g), Some(g2)) => defaults.push(format!("guidance {g} (high noise) / {g2} (low noise)")),
+            (Some(g), Some(g2)) => {
+                defaults.push(format!("guidance {g} (high noise) / {g2} (low noise)"))
+            }
             (Some(g), None) => defaults.push(format!("guidance {g}")),
             _ => {}
         }

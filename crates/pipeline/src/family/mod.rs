@@ -57,9 +57,9 @@ pub fn detect_family(
                 _ => true,
             })
     };
-    let two_experts = wan::WAN22_T2V_A14B.experts[1..]
-        .iter()
-        .any(|rule| has_component(rule.component) || rule.original_component.is_some_and(has_component));
+    let two_experts = wan::WAN22_T2V_A14B.experts[1..].iter().any(|rule| {
+        has_component(rule.component) || rule.original_component.is_some_and(has_component)
+    });
     if index_says("transformer_2") || index_says("boundary_ratio") || two_experts {
         &wan::WAN22_T2V_A14B
     } else if index_says("expand_timesteps") {
@@ -308,11 +308,17 @@ mod tests {
     #[test]
     fn families_are_found_from_model_index_and_folders() {
         let none = |_: &str| false;
-        let wan21 = index(r#"{"transformer": ["diffusers", "WanTransformer3DModel"], "transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": false}"#);
+        let wan21 = index(
+            r#"{"transformer": ["diffusers", "WanTransformer3DModel"], "transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": false}"#,
+        );
         assert_eq!(detect_family(Some(&wan21), &none).name, "wan2.1-t2v");
-        let a14b = index(r#"{"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875}"#);
+        let a14b = index(
+            r#"{"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875}"#,
+        );
         assert_eq!(detect_family(Some(&a14b), &none).name, "wan2.2-t2v-a14b");
-        let ti2v = index(r#"{"transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": true}"#);
+        let ti2v = index(
+            r#"{"transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": true}"#,
+        );
         assert_eq!(detect_family(Some(&ti2v), &none).name, "wan2.2-ti2v-5b");
         // Wan-AI's own layout has no model_index.json.
         let original = |c: &str| c == "high_noise_model" || c == "low_noise_model";
@@ -333,7 +339,10 @@ mod tests {
             panic!("two ranges")
         };
         assert!(!high.contains(875.0) && low.contains(875.0) && high.contains(900.0));
-        assert_eq!(wan::WAN21_T2V.expert_timesteps(Some(0.9)), vec![TimestepRange::ALL]);
+        assert_eq!(
+            wan::WAN21_T2V.expert_timesteps(Some(0.9)),
+            vec![TimestepRange::ALL]
+        );
         assert_eq!(wan::WAN22_TI2V_5B.pixel_multiple(), 32);
         assert_eq!(wan::WAN21_T2V.pixel_multiple(), 16);
     }

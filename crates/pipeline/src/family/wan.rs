@@ -7,8 +7,8 @@
 //!   VAE (48 channels, 16× in space).
 
 use super::{
-    ExpertRule, FamilyDefaults, FamilyFlag, GuidanceSource, LatentSpace, ModelFamily, TextEncoderKind,
-    TextEncoderSpec, TimestepForm, TimestepRange, TransformerKind, VaeKind,
+    ExpertRule, FamilyDefaults, FamilyFlag, GuidanceSource, LatentSpace, ModelFamily,
+    TextEncoderKind, TextEncoderSpec, TimestepForm, TimestepRange, TransformerKind, VaeKind,
 };
 use crate::sampling::SamplerKind;
 
