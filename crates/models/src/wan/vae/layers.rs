@@ -533,7 +533,9 @@ pub struct ChannelRmsNorm {
     gamma: Tensor, // [1, C, 1, 1]
     bias: Option<Tensor>,
     /// γ and the bias as `[C]` f32, for the fused CUDA kernel.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     gamma_f32: Tensor,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     bias_f32: Option<Tensor>,
     scale: f64,
     /// `[1, C]` f32 ones: the channel sum of the GPU path as a matmul, made once.
