@@ -20,7 +20,11 @@ fn cuda() -> Device {
 
 fn stored_as(stored: DType, dtype: DType) {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "random.safetensors", &random_tensors(stored, BIG));
+    let path = write(
+        dir.path(),
+        "random.safetensors",
+        &random_tensors(stored, BIG),
+    );
     let n = assert_fast_matches_plain(&path, &path, dtype, &cuda());
     assert_eq!(n, 9);
 }
@@ -52,7 +56,10 @@ fn shards_match_the_single_file() {
     let single = write(dir.path(), "single.safetensors", &tensors);
     let index = write_shards(dir.path(), &tensors);
     for dtype in [DType::BF16, DType::F32] {
-        assert_eq!(assert_fast_matches_plain(&single, &index, dtype, &cuda()), tensors.len());
+        assert_eq!(
+            assert_fast_matches_plain(&single, &index, dtype, &cuda()),
+            tensors.len()
+        );
     }
 }
 

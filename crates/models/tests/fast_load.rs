@@ -38,7 +38,11 @@ fn fixtures_load_identically_in_every_dtype() {
 fn every_stored_float_dtype_casts_identically() {
     let dir = tempfile::tempdir().unwrap();
     for stored in FLOATS {
-        let path = write(dir.path(), &format!("{stored:?}.safetensors"), &random_tensors(stored, 3_000_000));
+        let path = write(
+            dir.path(),
+            &format!("{stored:?}.safetensors"),
+            &random_tensors(stored, 3_000_000),
+        );
         for dtype in FLOATS {
             assert_fast_matches_plain(&path, &path, dtype, &Device::Cpu);
         }

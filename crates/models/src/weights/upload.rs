@@ -8,11 +8,11 @@
 //! buffer-sized chunks. Everything is queued on the stream candle's later kernels run on, so a
 //! returned tensor may be used at once: its upload is ordered before any use.
 
-use candle_core::op::BackpropOp;
 use candle_core::cuda_backend::cudarc::driver::{
     result as driver, CudaEvent, CudaSlice, DevicePtrMut, DeviceRepr, PinnedHostSlice,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
+use candle_core::op::BackpropOp;
 use candle_core::{DType, Storage, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;

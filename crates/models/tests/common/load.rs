@@ -9,15 +9,54 @@ use vdit_models::weights::{LoadMethod, WeightFiles};
 
 /// Every element's bit pattern (widened to u64), read back on the CPU.
 pub fn tensor_bits(tensor: &Tensor) -> Vec<u64> {
-    let flat = tensor.flatten_all().unwrap().to_device(&Device::Cpu).unwrap();
+    let flat = tensor
+        .flatten_all()
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
     match flat.dtype() {
-        DType::BF16 => flat.to_vec1::<half::bf16>().unwrap().iter().map(|v| v.to_bits() as u64).collect(),
-        DType::F16 => flat.to_vec1::<half::f16>().unwrap().iter().map(|v| v.to_bits() as u64).collect(),
-        DType::F32 => flat.to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits() as u64).collect(),
-        DType::F64 => flat.to_vec1::<f64>().unwrap().iter().map(|v| v.to_bits()).collect(),
-        DType::U8 => flat.to_vec1::<u8>().unwrap().iter().map(|&v| v as u64).collect(),
-        DType::U32 => flat.to_vec1::<u32>().unwrap().iter().map(|&v| v as u64).collect(),
-        DType::I64 => flat.to_vec1::<i64>().unwrap().iter().map(|&v| v as u64).collect(),
+        DType::BF16 => flat
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits() as u64)
+            .collect(),
+        DType::F16 => flat
+            .to_vec1::<half::f16>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits() as u64)
+            .collect(),
+        DType::F32 => flat
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits() as u64)
+            .collect(),
+        DType::F64 => flat
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect(),
+        DType::U8 => flat
+            .to_vec1::<u8>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u64)
+            .collect(),
+        DType::U32 => flat
+            .to_vec1::<u32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u64)
+            .collect(),
+        DType::I64 => flat
+            .to_vec1::<i64>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u64)
+            .collect(),
         other => panic!("no bit comparison for {other:?}"),
     }
 }
@@ -53,7 +92,11 @@ pub fn retyped(path: &Path, stored: DType) -> HashMap<String, Tensor> {
         .unwrap()
         .into_iter()
         .map(|(k, t)| {
-            let t = if t.dtype().is_float() { t.to_dtype(stored).unwrap() } else { t };
+            let t = if t.dtype().is_float() {
+                t.to_dtype(stored).unwrap()
+            } else {
+                t
+            };
             (k, t)
         })
         .collect()
@@ -64,7 +107,10 @@ pub fn retyped(path: &Path, stored: DType) -> HashMap<String, Tensor> {
 pub fn write_shards(dir: &Path, tensors: &HashMap<String, Tensor>) -> PathBuf {
     let mut keys: Vec<&String> = tensors.keys().collect();
     keys.sort();
-    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
     let mut shards = [HashMap::new(), HashMap::new()];
     let mut weight_map = serde_json::Map::new();
     for (i, key) in keys.into_iter().enumerate() {
@@ -83,10 +129,25 @@ pub fn write_shards(dir: &Path, tensors: &HashMap<String, Tensor>) -> PathBuf {
 /// Loads every key of `reference` (plain method) and of `candidate` (fast method), both opened
 /// from their paths, in `dtype` on `device`, and asserts equal dtypes, shapes and bits. Returns
 /// the number of tensors compared.
-pub fn assert_fast_matches_plain(reference: &Path, candidate: &Path, dtype: DType, device: &Device) -> usize {
-    let plain = WeightFiles::open(reference).unwrap().with_load_method(LoadMethod::Plain);
-    let fast = WeightFiles::open(candidate).unwrap().with_load_method(LoadMethod::Fast);
-    assert_eq!(plain.keys(), fast.keys(), "{} vs {}", reference.display(), candidate.display());
+pub fn assert_fast_matches_plain(
+    reference: &Path,
+    candidate: &Path,
+    dtype: DType,
+    device: &Device,
+) -> usize {
+    let plain = WeightFiles::open(reference)
+        .unwrap()
+        .with_load_method(LoadMethod::Plain);
+    let fast = WeightFiles::open(candidate)
+        .unwrap()
+        .with_load_method(LoadMethod::Fast);
+    assert_eq!(
+        plain.keys(),
+        fast.keys(),
+        "{} vs {}",
+        reference.display(),
+        candidate.display()
+    );
     // Everything first, then compare: the fast uploads are in flight together, as in real use.
     let keys = plain.keys();
     let loaded: Vec<(Tensor, Tensor)> = keys
@@ -103,7 +164,11 @@ pub fn assert_fast_matches_plain(reference: &Path, candidate: &Path, dtype: DTyp
         assert_eq!(b.dtype(), dtype, "`{key}` dtype");
         assert_eq!(a.dims(), b.dims(), "`{key}` shape");
         assert!(b.device().same_device(device), "`{key}` device");
-        assert!(tensor_bits(a) == tensor_bits(b), "`{key}` differs ({:?} -> {dtype:?})", a.dtype());
+        assert!(
+            tensor_bits(a) == tensor_bits(b),
+            "`{key}` differs ({:?} -> {dtype:?})",
+            a.dtype()
+        );
     }
     keys.len()
 }
