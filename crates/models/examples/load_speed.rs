@@ -4,15 +4,18 @@
 //!
 //! ```text
 //! cargo run --release -p vdit-models --example load_speed -- FILE.safetensors \
-//!     [--device cpu|cuda] [--dtype bf16|f32|f16] [--repeat N]
+//!     [--device cpu|cuda] [--dtype bf16|f32|f16] [--repeat N] [--make-random GB]
 //! ```
-//! `VDIT_FAST_LOAD=0` measures the plain (previous) path.
+//! `VDIT_FAST_LOAD=0` measures the plain (previous) path. `--make-random GB` first writes FILE:
+//! about GB gigabytes of random bf16 4096x4096 matrices (one random matrix repeated, which is
+//! as good as distinct ones for timing) and 4096-vectors, like a transformer's layers. GB/s
+//! counts the bytes of the loaded tensors (in the requested dtype).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use vdit_models::weights::{KeyMap, WeightFiles};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut device = "cpu".to_string();
     let mut dtype = DType::BF16;
     let mut repeat = 3usize;
+    let mut make_random: Option<f64> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--device" => device = args.next().ok_or("--device needs a value")?,
@@ -33,11 +37,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             "--repeat" => repeat = args.next().ok_or("--repeat needs a value")?.parse()?,
+            "--make-random" => {
+                make_random = Some(args.next().ok_or("--make-random needs GB")?.parse()?)
+            }
             other if path.is_none() => path = Some(PathBuf::from(other)),
             other => return Err(format!("unexpected argument {other}").into()),
         }
     }
     let path = path.ok_or("usage: load_speed FILE.safetensors [--device cpu|cuda] [--dtype bf16|f32|f16] [--repeat N]")?;
+    if let Some(gb) = make_random {
+        write_random(&path, gb)?;
+    }
     let device = match device.as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::new_cuda(0)?,
@@ -67,5 +77,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         drop(tensors);
     }
+    Ok(())
+}
+
+/// Writes about `gb` GB of bf16 layers (a 4096x4096 matrix and a 4096-vector each) to `path`.
+fn write_random(path: &std::path::Path, gb: f64) -> Result<(), Box<dyn std::error::Error>> {
+    let matrix = Tensor::randn(0f32, 1f32, (4096, 4096), &Device::Cpu)?.to_dtype(DType::BF16)?;
+    let vector = Tensor::randn(0f32, 1f32, 4096, &Device::Cpu)?.to_dtype(DType::BF16)?;
+    let layer_bytes = (matrix.elem_count() + vector.elem_count()) * 2;
+    let layers = ((gb * 1e9) / layer_bytes as f64).ceil().max(1.0) as usize;
+    let mut tensors = std::collections::HashMap::new();
+    for i in 0..layers {
+        tensors.insert(format!("layers.{i}.w"), matrix.clone());
+        tensors.insert(format!("layers.{i}.b"), vector.clone());
+    }
+    candle_core::safetensors::save(&tensors, path)?;
+    println!(
+        "wrote {layers} layers ({:.2} GB) to {}",
+        (layers * layer_bytes) as f64 / 1e9,
+        path.display()
+    );
     Ok(())
 }

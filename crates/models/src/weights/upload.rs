@@ -45,6 +45,15 @@ pub(super) struct Stager {
     used: usize,
 }
 
+impl Drop for Stager {
+    /// A buffer is freed only after the uploads reading it are done.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let _ = slot.uploaded.synchronize();
+        }
+    }
+}
+
 fn cuda_error(e: impl std::fmt::Display) -> WeightsError {
     WeightsError::Candle(candle_core::Error::Msg(format!("weight upload: {e}")))
 }
