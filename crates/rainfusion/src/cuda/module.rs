@@ -103,8 +103,10 @@ fn env_flag(name: &str) -> Option<bool> {
 }
 
 /// Loaded modules by device and build (`<module>_<tag>`).
-fn loaded() -> &'static Mutex<HashMap<(DeviceId, String), Arc<CudaModule>>> {
-    static LOADED: OnceLock<Mutex<HashMap<(DeviceId, String), Arc<CudaModule>>>> = OnceLock::new();
+type ModuleCache = Mutex<HashMap<(DeviceId, String), Arc<CudaModule>>>;
+
+fn loaded() -> &'static ModuleCache {
+    static LOADED: OnceLock<ModuleCache> = OnceLock::new();
     LOADED.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
