@@ -1,6 +1,6 @@
 """Prompt-faithfulness analyser for clips of the synthetic world (training-time check).
 
-Same rules as the shipped Rust analyser (crates/cli/src/eval.rs): background = median colour of the border
+Same rules as the shipped Rust analyser (crates/pipeline/src/eval.rs): background = median colour of the border
 pixels of each frame; foreground = pixels far from it; objects = connected foreground components above a
 minimum area; an object's colour = nearest palette entry to its mean colour; motion = centroid displacement
 first -> last frame (left/right/up/down beyond a threshold), growing/shrinking by area ratio, else still.

@@ -1,4 +1,4 @@
-"""Clips of the training world (scripts/train/world.py) for the Rust analyser test (crates/cli/tests/eval.rs).
+"""Clips of the training world (scripts/train/world.py) for the Rust analyser test (crates/pipeline/tests/eval.rs).
 
 Renders random scenes with the train helper's own renderer, at 128x128x17 (the default generation
 size) and a few at 256x256x49 (the `vdit compare` grid), so the analyser is checked on exactly what the

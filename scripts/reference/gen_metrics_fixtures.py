@@ -1,4 +1,4 @@
-"""Reference values for crates/cli/src/metrics.rs (PSNR, SSIM, latent cosine similarity).
+"""Reference values for crates/pipeline/src/metrics.rs (PSNR, SSIM, latent cosine similarity).
 
 Independent numpy implementation: SSIM here uses a full 2-D 11x11 Gaussian window applied with
 sliding_window_view (the Rust code filters separably), population statistics, and the valid

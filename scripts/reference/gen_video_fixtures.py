@@ -1,4 +1,4 @@
-"""An MP4 made by ffmpeg (libx264, Constrained Baseline) for the demuxer test in crates/cli/tests/video_io.rs.
+"""An MP4 made by ffmpeg (libx264, Constrained Baseline) for the demuxer test in crates/pipeline/tests/video_io.rs.
 
 Our reader must handle a file it did not write: moov after mdat, an edit list, libx264's SEI, 12 fps.
 ffmpeg's own decode of it is stored as a PNG strip (frames stacked vertically) to compare pixels with.

@@ -6,7 +6,7 @@ uint8 RGB frames [T, H, W, 3]. Trajectories are defined over normalised clip tim
 1 at the last), so a 17-frame 128x128 clip and a 49-frame 256x256 clip of one scene show the same motion,
 the longer one slower and sharper.
 
-The palette and the background rules are a contract with the Rust analyser (crates/cli/src/eval.rs):
+The palette and the background rules are a contract with the Rust analyser (crates/pipeline/src/eval.rs):
 plain backgrounds are palette colours different from every object's colour, textured backgrounds are two
 close muted tones, and objects stay inside the frame away from the border (the analyser estimates the
 background from the border pixels).

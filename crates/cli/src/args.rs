@@ -5,12 +5,14 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Serialize;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::parser::{ArgMatches, ValueSource};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use rainfusion::DenseSteps;
-
-use crate::sampling::SamplerKind;
+use vdit_pipeline::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
+use vdit_pipeline::sampling::SamplerKind;
+use vdit_pipeline::settings::GenerateOptions;
 
 /// vdit: text-to-video inference (Wan2.1) with RainFusion sparse attention, on candle.
 #[derive(Debug, Parser)]
@@ -30,82 +32,17 @@ pub enum Command {
     /// Dense against sparse attention from the same seed: PSNR, SSIM, latent cosine, density,
     /// speedup and prompt-faithfulness per sparsity, and a side-by-side video.
     #[command(args_override_self = true, allow_negative_numbers = true)]
-    Compare(Box<crate::compare::CompareArgs>),
+    Compare(Box<CompareArgs>),
     /// Prompt-faithfulness of a model over a fixed list of prompts of the synthetic world
     /// (colour, motion and object-count accuracy).
     #[command(args_override_self = true, allow_negative_numbers = true)]
-    Eval(Box<crate::eval_cmd::EvalArgs>),
+    Eval(Box<EvalArgs>),
     /// Time the attention kernels, the transformer forward and the VAE decode with random
     /// weights at the real sizes (no checkpoint needed).
     #[command(args_override_self = true)]
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<bench::BenchArgs>),
     /// List the models of the registry (models/*.toml) and their defaults.
     Models,
-}
-
-/// Where the networks run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceArg {
-    /// CUDA if this build has it and a GPU is present, else Metal likewise, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-    Metal,
-}
-
-/// Weight and activation dtype of the networks (sampling and guidance always run in f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DTypeArg {
-    /// bf16 on a GPU, f32 on the CPU.
-    Auto,
-    Bf16,
-    F16,
-    F32,
-}
-
-/// Self-attention of the transformer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttentionMode {
-    /// Full softmax attention (the reference).
-    Dense,
-    /// RainFusion 2.0: block-sparse attention with per-head masks predicted from pooled q and k.
-    Rainfusion,
-    /// RainFusion 1.0: spatial / temporal / textural head patterns chosen online.
-    #[value(name = "rainfusion-v1")]
-    RainfusionV1,
-}
-
-impl AttentionMode {
-    /// The flag value (`dense`, `rainfusion`, `rainfusion-v1`).
-    pub fn name(self) -> &'static str {
-        match self {
-            AttentionMode::Dense => "dense",
-            AttentionMode::Rainfusion => "rainfusion",
-            AttentionMode::RainfusionV1 => "rainfusion-v1",
-        }
-    }
-}
-
-/// How RainFusion groups tokens into blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WindowArg {
-    /// 1×8×8 tiles within a frame.
-    Tile,
-    /// 2×8×8 windows spanning two frames.
-    Spatiotemporal,
-}
-
-impl WindowArg {
-    pub fn name(self) -> &'static str {
-        match self {
-            WindowArg::Tile => "tile",
-            WindowArg::Spatiotemporal => "spatiotemporal",
-        }
-    }
 }
 
 /// Arguments of `vdit generate`. Settings left out come from the model's registry entry, else
@@ -152,7 +89,7 @@ pub struct GenerateArgs {
     pub shift: Option<f64>,
 
     /// Sampler. Default unipc.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<SamplerKind>())]
     pub sampler: Option<SamplerKind>,
 
     /// Random seed of the initial noise; random when absent (always printed).
@@ -170,12 +107,12 @@ pub struct GenerateArgs {
     pub output: Option<PathBuf>,
 
     /// Device to run on.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = choice::<DeviceChoice>(), default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 
     /// Dtype of the networks' weights and activations.
-    #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
-    pub dtype: DTypeArg,
+    #[arg(long, value_parser = choice::<DTypeChoice>(), default_value_t = DTypeChoice::Auto)]
+    pub dtype: DTypeChoice,
 
     /// Model: a registry name (see `vdit models`), a Hugging Face hub id (owner/name[@revision])
     /// or a local directory in the diffusers layout. Default: the shipped model if present,
@@ -222,7 +159,7 @@ pub struct GenerateArgs {
     pub latents_out: Option<PathBuf>,
 
     /// Self-attention of the transformer.
-    #[arg(long, value_enum, default_value_t = AttentionMode::Dense, help_heading = "Sparse attention")]
+    #[arg(long, value_parser = choice::<AttentionMode>(), default_value_t = AttentionMode::Dense, help_heading = "Sparse attention")]
     pub attention: AttentionMode,
 
     /// Fraction of attention blocks skipped by RainFusion, in [0, 1).
@@ -243,8 +180,8 @@ pub struct GenerateArgs {
     pub block_size: usize,
 
     /// Token window that forms a block.
-    #[arg(long, value_enum, default_value_t = WindowArg::Tile, help_heading = "Sparse attention")]
-    pub window: WindowArg,
+    #[arg(long, value_parser = choice::<TokenWindow>(), default_value_t = TokenWindow::Tile, help_heading = "Sparse attention")]
+    pub window: TokenWindow,
 
     /// Keep the first and last N transformer layers dense.
     #[arg(
@@ -254,6 +191,65 @@ pub struct GenerateArgs {
         help_heading = "Sparse attention"
     )]
     pub dense_layers: usize,
+}
+
+/// A clap parser offering `T`'s values (with their one-line help) and giving back a `T`: the
+/// enums are the pipeline's, defined once.
+fn choice<T: Choice + Clone>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::ALL.iter().map(|v| {
+        let value = PossibleValue::new(v.name());
+        match v.help() {
+            Some(help) => value.help(help),
+            None => value,
+        }
+    }))
+    .map(|name| {
+        T::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name() == name)
+            .expect("clap only passes possible values")
+    })
+}
+
+impl GenerateArgs {
+    /// The pipeline's options for these flags.
+    pub fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            size: self.size,
+            width: self.width,
+            height: self.height,
+            frames: self.frames,
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            shift: self.shift,
+            sampler: self.sampler,
+            seed: self.seed,
+            fps: self.fps,
+            output: self.output.clone(),
+            device: self.device,
+            dtype: self.dtype,
+            model: self.model.clone(),
+            offline: self.offline,
+            dit: self.dit.clone(),
+            vae: self.vae.clone(),
+            text_encoder: self.text_encoder.clone(),
+            tokenizer: self.tokenizer.clone(),
+            t5_cpu: self.t5_cpu,
+            vae_tiling: self.vae_tiling,
+            noise: self.noise.clone(),
+            latents_out: self.latents_out.clone(),
+            attention: self.attention,
+            sparsity: self.sparsity,
+            dense_steps: self.dense_steps,
+            mask_refresh: self.mask_refresh,
+            block_size: self.block_size,
+            window: self.window,
+            dense_layers: self.dense_layers,
+        }
+    }
 }
 
 fn non_empty(s: &str) -> Result<String, String> {
@@ -342,7 +338,7 @@ fn parse_fps(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
-pub(crate) fn parse_sparsity(s: &str) -> Result<f64, String> {
+fn parse_sparsity(s: &str) -> Result<f64, String> {
     let v: f64 = parse_number(s)?;
     if !(0.0..1.0).contains(&v) {
         return Err(format!(
@@ -363,6 +359,426 @@ fn parse_block_size(s: &str) -> Result<usize, String> {
 /// `12` → 12 steps; `0.25` → a quarter of the steps (rounded up, as rainfusion resolves it).
 fn parse_dense_steps(s: &str) -> Result<DenseSteps, String> {
     s.parse().map_err(|e: rainfusion::Error| e.to_string())
+}
+
+/// Arguments of `vdit compare`: every flag of `vdit generate` (model, size, steps, seed, sparse
+/// settings), where `-o` names the output directory, `--attention` picks the sparse mode
+/// (default rainfusion) and `--sparsities` replaces `--sparsity`.
+#[derive(Debug)]
+pub struct CompareArgs {
+    pub generate: GenerateArgs,
+    /// Sparsities to compare against dense, each in [0, 1).
+    pub sparsities: Vec<f64>,
+}
+
+/// The flags `vdit compare` adds to those of `vdit generate`.
+#[derive(Debug, Args)]
+struct CompareOnlyArgs {
+    /// Sparsities to run against dense, comma-separated, each in [0, 1).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 1..,
+        default_values_t = [0.5, 0.8, 0.9],
+        value_parser = parse_sparsity,
+        help_heading = "Sparse attention"
+    )]
+    sparsities: Vec<f64>,
+}
+
+/// A clap error for a flag of `vdit generate` that another subcommand does not take.
+fn reject_flag(
+    matches: &ArgMatches,
+    id: &str,
+    message: &str,
+) -> std::result::Result<(), clap::Error> {
+    if matches.value_source(id) == Some(ValueSource::CommandLine) {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!("{message}\n"),
+        ));
+    }
+    Ok(())
+}
+
+impl FromArgMatches for CompareArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        reject_flag(
+            matches,
+            "sparsity",
+            "vdit compare takes --sparsities (a comma-separated list), not --sparsity",
+        )?;
+        reject_flag(
+            matches,
+            "latents_out",
+            "vdit compare does not take --latents-out (it compares the latents itself)",
+        )?;
+        let generate = GenerateArgs::from_arg_matches(matches)?;
+        let only = CompareOnlyArgs::from_arg_matches(matches)?;
+        Ok(Self {
+            generate,
+            sparsities: only.sparsities,
+        })
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        matches: &ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for CompareArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = GenerateArgs::augment_args(cmd)
+            .mut_arg("output", |a| {
+                a.value_name("DIR")
+                    .help("Directory for compare.json, compare.md and the videos (created if missing). Default: vdit-compare")
+            })
+            .mut_arg("attention", |a| {
+                a.default_value("rainfusion")
+                    .help("Sparse mode compared against dense (rainfusion or rainfusion-v1)")
+            })
+            .mut_arg("sparsity", |a| a.hide(true))
+            .mut_arg("latents_out", |a| a.hide(true));
+        CompareOnlyArgs::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// Arguments of `vdit eval`: the flags of `vdit generate` (model, size, steps, attention, ...)
+/// except `-p`, where `-o` names the output directory and `--seed` is the base seed.
+#[derive(Debug)]
+pub struct EvalArgs {
+    pub generate: GenerateArgs,
+    /// Prompt file, one caption per line; `None` with `builtin`.
+    pub prompts: Option<PathBuf>,
+    pub builtin: bool,
+}
+
+/// The flags `vdit eval` adds to those of `vdit generate`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct EvalOnlyArgs {
+    /// File of prompts, one per line (blank lines and lines starting with # are skipped), each a
+    /// caption of the synthetic world's grammar ("a red circle moving left on a blue background").
+    #[arg(long, value_name = "FILE")]
+    prompts: Option<PathBuf>,
+
+    /// Use the built-in list of held-out prompts (18 captions).
+    #[arg(long)]
+    builtin: bool,
+}
+
+impl FromArgMatches for EvalArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        reject_flag(
+            matches,
+            "prompt",
+            "vdit eval takes its prompts from --prompts FILE or --builtin, not -p",
+        )?;
+        reject_flag(
+            matches,
+            "latents_out",
+            "vdit eval does not take --latents-out",
+        )?;
+        reject_flag(
+            matches,
+            "noise",
+            "vdit eval does not take --noise (each prompt has its own seed: --seed is the base)",
+        )?;
+        let generate = GenerateArgs::from_arg_matches(matches)?;
+        let only = EvalOnlyArgs::from_arg_matches(matches)?;
+        Ok(Self {
+            generate,
+            prompts: only.prompts,
+            builtin: only.builtin,
+        })
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        matches: &ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for EvalArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = GenerateArgs::augment_args(cmd)
+            // The prompt comes from the list; the placeholder never reaches a run.
+            .mut_arg("prompt", |a| {
+                a.required(false).default_value("(eval prompt)").hide(true)
+            })
+            .mut_arg("output", |a| {
+                a.value_name("DIR").help(
+                    "Directory for eval.json, eval.md and one video per prompt (created if missing). Default: vdit-eval",
+                )
+            })
+            .mut_arg("seed", |a| {
+                a.help("Base seed: prompt i (from 0) is generated from seed + i. Default 0")
+            })
+            .mut_arg("latents_out", |a| a.hide(true))
+            .mut_arg("noise", |a| a.hide(true));
+        EvalOnlyArgs::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The arguments of `vdit bench` and its targets.
+pub mod bench {
+    use std::path::PathBuf;
+
+    use clap::{Args, Subcommand};
+    use vdit_pipeline::options::{DTypeChoice, DeviceChoice};
+
+    use super::{choice, parse_size};
+
+    /// Arguments of `vdit bench`. The shared flags may come before or after the subcommand.
+    #[derive(Debug, Args)]
+    pub struct BenchArgs {
+        #[command(subcommand)]
+        pub target: Option<BenchTarget>,
+        /// Where to run.
+        #[arg(long, value_parser = choice::<DeviceChoice>(), default_value_t = DeviceChoice::Auto, global = true)]
+        pub device: DeviceChoice,
+        /// Weight and activation dtype (auto: bf16 on a GPU, f32 on the CPU).
+        #[arg(long, value_parser = choice::<DTypeChoice>(), default_value_t = DTypeChoice::Auto, global = true)]
+        pub dtype: DTypeChoice,
+        /// Untimed iterations before timing (kernel compilation, allocator warm-up).
+        #[arg(long, default_value_t = 1, global = true)]
+        pub warmup: usize,
+        /// Timed iterations; the table reports their median.
+        #[arg(long, default_value_t = 5, global = true, value_parser = parse_iters)]
+        pub iters: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE", global = true)]
+        pub json: Option<PathBuf>,
+    }
+
+    /// What to time.
+    #[derive(Debug, Clone, Subcommand)]
+    pub enum BenchTarget {
+        /// Dense and block-sparse attention kernels at several densities, and mask prediction.
+        Attention(AttentionBench),
+        /// One forward of the Wan2.1 transformer with random weights.
+        Transformer(TransformerBench),
+        /// One decode of the Wan2.1 VAE with random weights.
+        Vae(VaeBench),
+    }
+
+    /// `vdit bench attention`.
+    #[derive(Debug, Clone, Args)]
+    pub struct AttentionBench {
+        /// Sequence length L (32,760 = 21×30×52, Wan's 480p×81 token grid).
+        #[arg(long, default_value_t = 32_760, value_parser = parse_positive)]
+        pub tokens: usize,
+        #[arg(long, default_value_t = 12, value_parser = parse_positive)]
+        pub heads: usize,
+        #[arg(long, default_value_t = 128, value_parser = parse_positive)]
+        pub head_dim: usize,
+        #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+        pub batch: usize,
+        /// Fractions of key blocks kept per query block, each in (0, 1]; 1 runs the dense kernel.
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [1.0, 0.5, 0.25, 0.2, 0.1],
+              value_parser = parse_density)]
+        pub densities: Vec<f64>,
+        /// Tokens per block of the sparse kernel and of mask prediction.
+        #[arg(long, default_value_t = 128, value_parser = parse_block_size)]
+        pub block_size: usize,
+        /// Seed of the random inputs and masks.
+        #[arg(long, default_value_t = 0)]
+        pub seed: u64,
+    }
+
+    impl Default for AttentionBench {
+        fn default() -> Self {
+            Self {
+                tokens: 32_760,
+                heads: 12,
+                head_dim: 128,
+                batch: 1,
+                densities: vec![1.0, 0.5, 0.25, 0.2, 0.1],
+                block_size: 128,
+                seed: 0,
+            }
+        }
+    }
+
+    /// Transformer size presets.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum PresetArg {
+        /// Wan2.1 T2V 1.3B (30 layers, 12 heads of 128).
+        #[value(name = "t2v-1.3b")]
+        T2v1_3b,
+        /// Wan2.1 T2V 14B (40 layers, 40 heads of 128).
+        #[value(name = "t2v-14b")]
+        T2v14b,
+        /// A toy model (2 layers, 2 heads of 16, text width 32) for smoke tests.
+        Tiny,
+    }
+
+    /// Self-attention of the transformer bench.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum BenchAttention {
+        Dense,
+        /// RainFusion 2.0 on every layer, a fresh mask each forward (no dense warm-up steps).
+        Rainfusion,
+    }
+
+    /// `vdit bench transformer`.
+    #[derive(Debug, Clone, Args)]
+    pub struct TransformerBench {
+        #[arg(long, value_enum, default_value_t = PresetArg::T2v1_3b)]
+        pub preset: PresetArg,
+        /// Override the preset's head count.
+        #[arg(long, value_parser = parse_positive)]
+        pub heads: Option<usize>,
+        /// Override the preset's channels per head.
+        #[arg(long, value_parser = parse_positive)]
+        pub head_dim: Option<usize>,
+        /// Override the preset's layer count.
+        #[arg(long, value_parser = parse_positive)]
+        pub layers: Option<usize>,
+        /// Override the preset's feed-forward width.
+        #[arg(long, value_parser = parse_positive)]
+        pub ffn_dim: Option<usize>,
+        /// Batch (2 = the conditional and unconditional halves of classifier-free guidance).
+        #[arg(long, default_value_t = 2, value_parser = parse_positive)]
+        pub batch: usize,
+        /// Video size WIDTHxHEIGHT in pixels (multiples of 16).
+        #[arg(long, default_value = "832x480", value_parser = parse_size)]
+        pub size: (u32, u32),
+        /// Video frames (4n+1).
+        #[arg(long, default_value_t = 81, value_parser = parse_frames)]
+        pub frames: usize,
+        #[arg(long, value_enum, default_value_t = BenchAttention::Dense)]
+        pub attention: BenchAttention,
+        /// RainFusion sparsity in [0, 1).
+        #[arg(long, default_value_t = 0.8, value_parser = crate::args::parse_sparsity)]
+        pub sparsity: f64,
+        /// RainFusion block size.
+        #[arg(long, default_value_t = 128, value_parser = parse_block_size)]
+        pub block_size: usize,
+        /// Text rows of the context (Wan pads every prompt to 512).
+        #[arg(long, default_value_t = 512, value_parser = parse_positive)]
+        pub text_len: usize,
+    }
+
+    impl Default for TransformerBench {
+        fn default() -> Self {
+            Self {
+                preset: PresetArg::T2v1_3b,
+                heads: None,
+                head_dim: None,
+                layers: None,
+                ffn_dim: None,
+                batch: 2,
+                size: (832, 480),
+                frames: 81,
+                attention: BenchAttention::Dense,
+                sparsity: 0.8,
+                block_size: 128,
+                text_len: 512,
+            }
+        }
+    }
+
+    /// `vdit bench vae`.
+    #[derive(Debug, Clone, Args)]
+    pub struct VaeBench {
+        /// Latent grid FRAMESxHEIGHTxWIDTH (21x60x104 = 81 frames at 832×480).
+        #[arg(long, default_value = "21x60x104", value_parser = parse_latent)]
+        pub latent: [usize; 3],
+        #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+        pub batch: usize,
+        /// Decode in spatial tiles (256×256 pixels, 64 overlap) instead of whole frames.
+        #[arg(long)]
+        pub tiling: bool,
+        /// Channel base of the decoder (96 for Wan2.1; smaller for smoke tests).
+        #[arg(long, default_value_t = 96, value_parser = parse_positive)]
+        pub base_dim: usize,
+    }
+
+    impl Default for VaeBench {
+        fn default() -> Self {
+            Self {
+                latent: [21, 60, 104],
+                batch: 1,
+                tiling: false,
+                base_dim: 96,
+            }
+        }
+    }
+
+    fn parse_positive(s: &str) -> std::result::Result<usize, String> {
+        match s.trim().parse::<usize>() {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(format!("`{s}` is not a positive whole number")),
+        }
+    }
+
+    fn parse_iters(s: &str) -> std::result::Result<usize, String> {
+        parse_positive(s).map_err(|e| format!("{e} (at least one timed iteration is needed)"))
+    }
+
+    fn parse_block_size(s: &str) -> std::result::Result<usize, String> {
+        let v = parse_positive(s)?;
+        if v < 16 || !v.is_power_of_two() {
+            return Err(format!("{v} is not a power of two ≥ 16"));
+        }
+        Ok(v)
+    }
+
+    fn parse_density(s: &str) -> std::result::Result<f64, String> {
+        match s.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+            _ => Err(format!("`{s}` is not a density in (0, 1]")),
+        }
+    }
+
+    fn parse_frames(s: &str) -> std::result::Result<usize, String> {
+        let v = parse_positive(s)?;
+        if (v - 1) % 4 != 0 {
+            return Err(format!("{v} frames is not 4n+1 (e.g. 5, 9, 81)"));
+        }
+        Ok(v)
+    }
+
+    /// `21x60x104` → [frames, height, width] of the latent grid.
+    fn parse_latent(s: &str) -> std::result::Result<[usize; 3], String> {
+        let parts: Vec<&str> = s.split(['x', 'X']).collect();
+        let [f, h, w] = parts.as_slice() else {
+            return Err(format!(
+                "`{s}` is not FRAMESxHEIGHTxWIDTH in latents (e.g. 21x60x104)"
+            ));
+        };
+        Ok([parse_positive(f)?, parse_positive(h)?, parse_positive(w)?])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn flag_values_out_of_range_are_refused() {
+            assert!(parse_density("0").is_err() && parse_density("1.5").is_err());
+            assert!(parse_block_size("100").is_err() && parse_block_size("8").is_err());
+            assert!(parse_frames("80").is_err() && parse_frames("81").is_ok());
+            assert_eq!(parse_latent("21x60x104").unwrap(), [21, 60, 104]);
+            assert!(parse_latent("21x60").is_err() && parse_iters("0").is_err());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::{tiny_model, vdit};
-use vdit::video::read_video;
+use vdit_pipeline::video::read_video;
 
 /// A `compare` command line on the tiny model: 64×64, 17 frames = 5 latent frames of 4×4 tokens,
 /// so with 16-token blocks frame 0 is the dense sink and 4 blocks can be skipped.

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::{tiny_model, vdit};
-use vdit::video::read_video;
+use vdit_pipeline::video::read_video;
 
 /// An `eval` command line on the tiny model writing into `out`, plus `extra`.
 fn eval_args(out: &Path, extra: &[&str]) -> Vec<String> {

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use vdit::eval::{analyse, parse_caption, score_analysis, AnalyserConfig};
-use vdit::video::read_video;
+use vdit_pipeline::eval::{analyse, parse_caption, score_analysis, AnalyserConfig};
+use vdit_pipeline::video::read_video;
 
 const PROMPT: &str = "a blue square moving left";
 

@@ -12,188 +12,26 @@
 //! (dense | each sparsity, left to right).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, FromArgMatches};
-use rainfusion::DenseAttention;
 use serde::Serialize;
 
-use crate::args::{AttentionMode, GenerateArgs};
-use crate::error::{Result, VditError};
-use crate::eval::parse_caption;
-use crate::eval_cmd::Faithfulness;
-use crate::metrics::{cosine_similarity, frame_quality, side_by_side};
-use crate::pipeline::{
-    build_attention, decode_with, encode_prompts, load_transformer, load_vae, sample_latents_with,
-    write_json_atomic, TextConditioning,
-};
-use crate::registry::Registry;
-use crate::settings::{resolve, GenerateSettings};
-use crate::video::{frames_from_tensor, write_video, VideoFrames};
-use vdit_models::wan::transformer::WanTransformer;
-use vdit_models::wan::vae::WanVaeDecoder;
+use vdit_pipeline::clip::{generate_clip, warm_up, Clip};
+use vdit_pipeline::eval::{parse_caption, Faithfulness};
+use vdit_pipeline::metrics::{cosine_similarity, frame_quality, side_by_side};
+use vdit_pipeline::options::AttentionMode;
+use vdit_pipeline::output::{create_output_dir, write_json_atomic, write_text_atomic};
+use vdit_pipeline::registry::Registry;
+use vdit_pipeline::settings::{dtype_name, resolve, GenerateSettings};
+use vdit_pipeline::stages::{build_attention, encode_prompts, load_transformers, load_vae};
+use vdit_pipeline::video::{write_video, VideoFrames};
+use vdit_pipeline::{Result, VditError};
+
+use crate::args::CompareArgs;
 
 /// Output directory when `-o` is absent.
 pub const DEFAULT_DIR: &str = "vdit-compare";
-
-/// Arguments of `vdit compare`: every flag of `vdit generate` (model, size, steps, seed, sparse
-/// settings), where `-o` names the output directory, `--attention` picks the sparse mode
-/// (default rainfusion) and `--sparsities` replaces `--sparsity`.
-#[derive(Debug)]
-pub struct CompareArgs {
-    pub generate: GenerateArgs,
-    /// Sparsities to compare against dense, each in [0, 1).
-    pub sparsities: Vec<f64>,
-}
-
-/// The flags `vdit compare` adds to those of `vdit generate`.
-#[derive(Debug, Args)]
-struct CompareOnlyArgs {
-    /// Sparsities to run against dense, comma-separated, each in [0, 1).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        num_args = 1..,
-        default_values_t = [0.5, 0.8, 0.9],
-        value_parser = crate::args::parse_sparsity,
-        help_heading = "Sparse attention"
-    )]
-    sparsities: Vec<f64>,
-}
-
-/// A clap error for a flag of `vdit generate` that another subcommand does not take.
-pub(crate) fn reject_flag(
-    matches: &ArgMatches,
-    id: &str,
-    message: &str,
-) -> std::result::Result<(), clap::Error> {
-    if matches.value_source(id) == Some(ValueSource::CommandLine) {
-        return Err(clap::Error::raw(
-            clap::error::ErrorKind::ArgumentConflict,
-            format!("{message}\n"),
-        ));
-    }
-    Ok(())
-}
-
-impl FromArgMatches for CompareArgs {
-    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
-        reject_flag(
-            matches,
-            "sparsity",
-            "vdit compare takes --sparsities (a comma-separated list), not --sparsity",
-        )?;
-        reject_flag(
-            matches,
-            "latents_out",
-            "vdit compare does not take --latents-out (it compares the latents itself)",
-        )?;
-        let generate = GenerateArgs::from_arg_matches(matches)?;
-        let only = CompareOnlyArgs::from_arg_matches(matches)?;
-        Ok(Self {
-            generate,
-            sparsities: only.sparsities,
-        })
-    }
-
-    fn update_from_arg_matches(
-        &mut self,
-        matches: &ArgMatches,
-    ) -> std::result::Result<(), clap::Error> {
-        *self = Self::from_arg_matches(matches)?;
-        Ok(())
-    }
-}
-
-impl Args for CompareArgs {
-    fn augment_args(cmd: clap::Command) -> clap::Command {
-        let cmd = GenerateArgs::augment_args(cmd)
-            .mut_arg("output", |a| {
-                a.value_name("DIR")
-                    .help("Directory for compare.json, compare.md and the videos (created if missing). Default: vdit-compare")
-            })
-            .mut_arg("attention", |a| {
-                a.default_value("rainfusion")
-                    .help("Sparse mode compared against dense (rainfusion or rainfusion-v1)")
-            })
-            .mut_arg("sparsity", |a| a.hide(true))
-            .mut_arg("latents_out", |a| a.hide(true));
-        CompareOnlyArgs::augment_args(cmd)
-    }
-
-    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        Self::augment_args(cmd)
-    }
-}
-
-/// One sampled and decoded clip, with what its run measured.
-pub struct Clip {
-    /// Final latents `[1, 16, F', H/8, W/8]` f32.
-    pub latents: Tensor,
-    pub frames: VideoFrames,
-    /// Wall time of the sampling loop (all steps), seconds.
-    pub denoise_s: f64,
-    pub seconds_per_step: f64,
-    pub effective_density: f64,
-}
-
-/// Samples `settings` on the loaded `transformer` and decodes the result with the loaded `vae`
-/// (`vdit compare` and `vdit eval` load both once for all their runs).
-pub fn generate_clip(
-    transformer: &WanTransformer,
-    vae: &WanVaeDecoder,
-    settings: &GenerateSettings,
-    device: &Device,
-    text: &TextConditioning,
-) -> Result<Clip> {
-    let start = Instant::now();
-    let sampled = sample_latents_with(transformer, settings, device, text)?;
-    let denoise_s = start.elapsed().as_secs_f64();
-    let video = decode_with(vae, settings, &sampled.latents)?;
-    Ok(Clip {
-        latents: sampled.latents,
-        frames: frames_from_tensor(&video)?,
-        denoise_s,
-        seconds_per_step: sampled.seconds_per_step,
-        effective_density: sampled.effective_density,
-    })
-}
-
-/// One untimed transformer pass at the runs' latent shape, so that the first timed run (dense)
-/// does not pay one-off costs (allocator growth, thread-pool start, GPU kernel loading) and the
-/// speedups are not inflated by them.
-fn warm_up(
-    transformer: &WanTransformer,
-    settings: &GenerateSettings,
-    device: &Device,
-    text: &TextConditioning,
-) -> Result<()> {
-    let channels = transformer.config().in_channels;
-    let (b, c, f, h, w) = settings.latent_shape(channels);
-    let latents = Tensor::zeros((b, c, f, h, w), DType::F32, device)?;
-    let timesteps = Tensor::full(500f32, b, device)?;
-    transformer.forward(&latents, &timesteps, &text.cond, &mut DenseAttention)?;
-    Ok(())
-}
-
-/// Creates `dir` (and its parents) unless it exists; a clear error if it is a file.
-pub(crate) fn create_output_dir(flag: &str, dir: &Path) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(VditError::InvalidSetting(format!(
-            "{flag} {}: exists and is not a directory",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| {
-        VditError::InvalidSetting(format!(
-            "{flag} {}: cannot create the directory ({e})",
-            dir.display()
-        ))
-    })
-}
 
 /// How a sparse run's output agrees with the dense run's.
 #[derive(Debug, Clone, Serialize)]
@@ -264,9 +102,10 @@ fn mode_name(mode: AttentionMode) -> &'static str {
 /// files into the output directory and returns the report.
 pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let CompareArgs {
-        generate: mut args,
+        generate: args,
         sparsities,
     } = args;
+    let mut args = args.options();
     let sparse_mode = args.attention;
     if sparse_mode == AttentionMode::Dense {
         return Err(VditError::InvalidSetting(
@@ -298,8 +137,8 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let start = Instant::now();
     let text = encode_prompts(&dense_settings, &files, &device)?;
     eprintln!("encode       {:.1} s", start.elapsed().as_secs_f64());
-    let transformer = load_transformer(&dense_settings, &files, &device)?;
-    warm_up(&transformer, &dense_settings, &device, &text)?;
+    let transformers = load_transformers(&dense_settings, &files, &device)?;
+    warm_up(&transformers[0], &dense_settings, &device, &text)?;
 
     // Every run's settings, checked before the first (long) run starts.
     let mut run_settings = vec![(None, dense_settings.clone())];
@@ -310,7 +149,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         s.output = dir.join(video_name(sparse_mode, Some(sparsity)));
         build_attention(
             &s.attention,
-            transformer.config().num_layers,
+            transformers[0].config().num_layers,
             dense_settings.steps,
         )?;
         run_settings.push((Some(sparsity), s));
@@ -321,7 +160,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let mut dense: Option<Clip> = None;
     let mut strip: Option<VideoFrames> = None;
     for (sparsity, settings) in &run_settings {
-        let clip = generate_clip(&transformer, &vae, settings, &device, &text)?;
+        let clip = generate_clip(&transformers, &vae, settings, &device, &text)?;
         write_video(&settings.output, &clip.frames, settings.fps)?;
         let vs_dense = match &dense {
             None => None,
@@ -434,7 +273,7 @@ impl CompareReport {
             s.guidance_scale,
             s.seed,
             s.device,
-            crate::settings::dtype_name(s.dtype)
+            dtype_name(s.dtype)
         );
         let a = &s.attention;
         let _ = writeln!(
@@ -495,26 +334,4 @@ impl CompareReport {
         );
         md
     }
-}
-
-/// Writes `text` to `path` atomically (temp file in the same directory, then rename).
-pub(crate) fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let io = |source| VditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-    tmp.write_all(text.as_bytes()).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
-    }
-    Ok(())
 }

@@ -1,5 +1,5 @@
-//! Resolved settings of one `vdit generate` run: the flags, filled in from the model's registry
-//! entry and Wan2.1's defaults, checked together. Every problem found is reported, one line each.
+//! Resolved settings of one generation: the options (the flags of `vdit generate`), filled in
+//! from the model's registry entry and its family's defaults, checked together. Every problem found is reported, one line each.
 //! The result is printed before the run and recorded in the sidecar JSON.
 
 use std::path::{Path, PathBuf};
@@ -7,27 +7,95 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::args::{AttentionMode, DTypeArg, DeviceArg, GenerateArgs, WindowArg};
 use crate::error::{Result, VditError};
+use crate::family::{GuidanceSource, ModelFamily, DEFAULT_FAMILY};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
+use crate::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
 use crate::registry::{ModelDefaults, Registry};
 use crate::sampling::SamplerKind;
 use crate::video::VideoFormat;
 use rainfusion::DenseSteps;
 
-/// Wan2.1's official default negative prompt (its `sample_neg_prompt`), used when neither the
-/// user nor the model's registry entry gives one.
-pub const WAN_NEGATIVE_PROMPT: &str = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走";
+pub use crate::family::wan::{wan_defaults, WAN_NEGATIVE_PROMPT};
 
-/// Wan2.1 T2V defaults (generate.py), for settings neither the flags nor the registry give.
-pub mod wan_defaults {
-    pub const WIDTH: u32 = 832;
-    pub const HEIGHT: u32 = 480;
-    pub const FRAMES: u32 = 81;
-    pub const STEPS: usize = 50;
-    pub const GUIDANCE_SCALE: f64 = 5.0;
-    pub const SHIFT: f64 = 5.0;
-    pub const FPS: u32 = 16;
+/// What a run asks for, before defaults: every field of `vdit generate`'s flags, `None` where the
+/// model's registry entry or its family's defaults decide. A Rust caller fills this in (start
+/// from [`GenerateOptions::new`]) and hands it to [`resolve`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    /// (width, height), overridden by `width` and `height`.
+    pub size: Option<(u32, u32)>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub frames: Option<u32>,
+    pub steps: Option<usize>,
+    pub guidance_scale: Option<f64>,
+    pub shift: Option<f64>,
+    pub sampler: Option<SamplerKind>,
+    pub seed: Option<u64>,
+    pub fps: Option<u32>,
+    pub output: Option<PathBuf>,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    pub model: Option<String>,
+    pub offline: bool,
+    pub dit: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub text_encoder: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    pub t5_cpu: bool,
+    pub vae_tiling: bool,
+    pub noise: Option<PathBuf>,
+    pub latents_out: Option<PathBuf>,
+    pub attention: AttentionMode,
+    pub sparsity: f64,
+    pub dense_steps: Option<DenseSteps>,
+    pub mask_refresh: usize,
+    pub block_size: usize,
+    pub window: TokenWindow,
+    pub dense_layers: usize,
+}
+
+impl GenerateOptions {
+    /// `prompt` with every other option at the CLI's default.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: None,
+            size: None,
+            width: None,
+            height: None,
+            frames: None,
+            steps: None,
+            guidance_scale: None,
+            shift: None,
+            sampler: None,
+            seed: None,
+            fps: None,
+            output: None,
+            device: DeviceChoice::Auto,
+            dtype: DTypeChoice::Auto,
+            model: None,
+            offline: false,
+            dit: None,
+            vae: None,
+            text_encoder: None,
+            tokenizer: None,
+            t5_cpu: false,
+            vae_tiling: false,
+            noise: None,
+            latents_out: None,
+            attention: AttentionMode::Dense,
+            sparsity: 0.8,
+            dense_steps: None,
+            mask_refresh: 1,
+            block_size: 128,
+            window: TokenWindow::Tile,
+            dense_layers: 0,
+        }
+    }
 }
 
 /// `VideoFormat` as a name for printing and the sidecar.
@@ -94,7 +162,7 @@ pub struct AttentionSettings {
     pub dense_step_count: usize,
     pub mask_refresh: usize,
     pub block_size: usize,
-    pub window: WindowArg,
+    pub window: TokenWindow,
     pub dense_layers: usize,
 }
 
@@ -140,6 +208,10 @@ pub struct GenerateSettings {
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
     pub attention: AttentionSettings,
+    /// The model's family (from its registry entry; Wan2.1 T2V otherwise). Not in the sidecar:
+    /// the model name there already says it.
+    #[serde(skip)]
+    pub family: &'static ModelFamily,
 }
 
 fn serialize_dense_steps<S: serde::Serializer>(
@@ -160,25 +232,36 @@ fn serialize_dtype<S: serde::Serializer>(
 }
 
 impl GenerateSettings {
-    /// Latent frames: the VAE maps 1 + 4(F'−1) frames to F' latent frames.
+    /// Latent frames: the VAE maps 1 + 4(F'−1) frames to F' latent frames (Wan: 4).
     pub fn latent_frames(&self) -> usize {
-        (self.frames as usize - 1) / 4 + 1
+        self.family.latent.latent_frames(self.frames)
     }
 
-    /// The latent shape `[1, 16, F', H/8, W/8]`.
+    /// The latent shape `[1, C, F', H/s, W/s]` (Wan2.1: `[1, 16, F', H/8, W/8]`), with the
+    /// transformer's `channels`.
     pub fn latent_shape(&self, channels: usize) -> (usize, usize, usize, usize, usize) {
-        (
-            1,
-            channels,
-            self.latent_frames(),
-            self.height as usize / 8,
-            self.width as usize / 8,
-        )
+        let [b, _, f, h, w] = self
+            .family
+            .latent
+            .shape(self.width, self.height, self.frames);
+        (b, channels, f, h, w)
     }
 
-    /// Classifier-free guidance needs a second (unconditional) pass only when scale ≠ 1.
+    /// The guidance scale of each of the family's experts, in their order.
+    pub fn expert_guidance_scales(&self) -> Vec<f64> {
+        self.family
+            .experts
+            .iter()
+            .map(|e| match e.guidance {
+                // One guidance flag today; a family with a second expert adds its own.
+                GuidanceSource::First | GuidanceSource::Second => self.guidance_scale,
+            })
+            .collect()
+    }
+
+    /// Classifier-free guidance needs a second (unconditional) pass only when a scale ≠ 1.
     pub fn uses_guidance(&self) -> bool {
-        self.guidance_scale != 1.0
+        self.expert_guidance_scales().iter().any(|&g| g != 1.0)
     }
 
     /// The sidecar JSON written next to the output: `out.mp4` → `out.json`.
@@ -296,40 +379,40 @@ pub fn check_writable_dir(flag: &str, path: &Path) -> std::result::Result<(), St
         })
 }
 
-pub(crate) fn resolve_device(arg: DeviceArg) -> std::result::Result<DeviceKind, String> {
+pub fn resolve_device(arg: DeviceChoice) -> std::result::Result<DeviceKind, String> {
     let cuda_built = cfg!(feature = "cuda");
     let metal_built = cfg!(feature = "metal");
     match arg {
-        DeviceArg::Cpu => Ok(DeviceKind::Cpu),
-        DeviceArg::Cuda if !cuda_built => Err(
+        DeviceChoice::Cpu => Ok(DeviceKind::Cpu),
+        DeviceChoice::Cuda if !cuda_built => Err(
             "--device cuda: this vdit was built without CUDA (rebuild with `--features cuda`)"
                 .into(),
         ),
-        DeviceArg::Cuda if !candle_core::utils::cuda_is_available() => {
+        DeviceChoice::Cuda if !candle_core::utils::cuda_is_available() => {
             Err("--device cuda: no CUDA device available".into())
         }
-        DeviceArg::Cuda => Ok(DeviceKind::Cuda),
-        DeviceArg::Metal if !metal_built => Err(
+        DeviceChoice::Cuda => Ok(DeviceKind::Cuda),
+        DeviceChoice::Metal if !metal_built => Err(
             "--device metal: this vdit was built without Metal (rebuild with `--features metal`)"
                 .into(),
         ),
-        DeviceArg::Metal => Ok(DeviceKind::Metal),
-        DeviceArg::Auto if cuda_built && candle_core::utils::cuda_is_available() => {
+        DeviceChoice::Metal => Ok(DeviceKind::Metal),
+        DeviceChoice::Auto if cuda_built && candle_core::utils::cuda_is_available() => {
             Ok(DeviceKind::Cuda)
         }
-        DeviceArg::Auto if metal_built && candle_core::utils::metal_is_available() => {
+        DeviceChoice::Auto if metal_built && candle_core::utils::metal_is_available() => {
             Ok(DeviceKind::Metal)
         }
-        DeviceArg::Auto => Ok(DeviceKind::Cpu),
+        DeviceChoice::Auto => Ok(DeviceKind::Cpu),
     }
 }
 
-pub(crate) fn resolve_dtype(arg: DTypeArg, device: DeviceKind) -> DType {
+pub fn resolve_dtype(arg: DTypeChoice, device: DeviceKind) -> DType {
     match (arg, device) {
-        (DTypeArg::Auto, DeviceKind::Cpu) => DType::F32,
-        (DTypeArg::Auto, _) | (DTypeArg::Bf16, _) => DType::BF16,
-        (DTypeArg::F16, _) => DType::F16,
-        (DTypeArg::F32, _) => DType::F32,
+        (DTypeChoice::Auto, DeviceKind::Cpu) => DType::F32,
+        (DTypeChoice::Auto, _) | (DTypeChoice::Bf16, _) => DType::BF16,
+        (DTypeChoice::F16, _) => DType::F16,
+        (DTypeChoice::F32, _) => DType::F32,
     }
 }
 
@@ -352,7 +435,10 @@ fn random_seed() -> u64 {
 
 /// Fills in and checks the settings of `vdit generate`. Returns the settings and the resolver
 /// of the model's files, or every problem found (one line each).
-pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSettings, ModelFiles)> {
+pub fn resolve(
+    args: &GenerateOptions,
+    registry: &Registry,
+) -> Result<(GenerateSettings, ModelFiles)> {
     let mut problems: Vec<String> = Vec::new();
 
     let model = match (&args.model, registry.default_model()) {
@@ -369,18 +455,20 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
     let files = ModelFiles::new(location, hub.clone());
     let empty = ModelDefaults::default();
     let defaults = registry.get(&model).map(|e| &e.defaults).unwrap_or(&empty);
+    let family = registry.get(&model).map_or(DEFAULT_FAMILY, |e| e.family);
+    let family_defaults = &family.defaults;
 
     let (size_w, size_h) = args.size.unzip();
     let width = args
         .width
         .or(size_w)
         .or(defaults.width)
-        .unwrap_or(wan_defaults::WIDTH);
+        .unwrap_or(family_defaults.width);
     let height = args
         .height
         .or(size_h)
         .or(defaults.height)
-        .unwrap_or(wan_defaults::HEIGHT);
+        .unwrap_or(family_defaults.height);
     for (name, v) in [("width", width), ("height", height)] {
         if v == 0 || !v.is_multiple_of(16) {
             problems.push(format!("{name} {v} is not a positive multiple of 16"));
@@ -389,36 +477,39 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
     let frames = args
         .frames
         .or(defaults.frames)
-        .unwrap_or(wan_defaults::FRAMES);
+        .unwrap_or(family_defaults.frames);
     if frames == 0 || !(frames - 1).is_multiple_of(4) {
         problems.push(format!("--frames {frames} is not 4n+1"));
     }
-    let steps = args.steps.or(defaults.steps).unwrap_or(wan_defaults::STEPS);
+    let steps = args
+        .steps
+        .or(defaults.steps)
+        .unwrap_or(family_defaults.steps);
     if steps == 0 {
         problems.push("--steps must be at least 1".into());
     }
     let guidance_scale = args
         .guidance_scale
         .or(defaults.guidance_scale)
-        .unwrap_or(wan_defaults::GUIDANCE_SCALE);
+        .unwrap_or(family_defaults.guidance_scale);
     // The model's own scheduler config is the best guess for a model the registry does not know.
     let shift = match args.shift.or(defaults.shift) {
         Some(s) => s,
         None if registry.get(&model).is_none() => {
-            scheduler_shift(&files).unwrap_or(wan_defaults::SHIFT)
+            scheduler_shift(&files).unwrap_or(family_defaults.shift)
         }
-        None => wan_defaults::SHIFT,
+        None => family_defaults.shift,
     };
     let sampler = args
         .sampler
         .or(defaults.sampler)
-        .unwrap_or(SamplerKind::Unipc);
-    let fps = args.fps.or(defaults.fps).unwrap_or(wan_defaults::FPS);
+        .unwrap_or(family_defaults.sampler);
+    let fps = args.fps.or(defaults.fps).unwrap_or(family_defaults.fps);
     let negative_prompt = args
         .negative_prompt
         .clone()
         .or_else(|| defaults.negative_prompt.clone())
-        .unwrap_or_else(|| WAN_NEGATIVE_PROMPT.to_string());
+        .unwrap_or_else(|| family_defaults.negative_prompt.to_string());
 
     let (seed, seed_was_random) = match args.seed {
         Some(s) => (s, false),
@@ -521,6 +612,7 @@ pub fn resolve(args: &GenerateArgs, registry: &Registry) -> Result<(GenerateSett
             window: args.window,
             dense_layers: args.dense_layers,
         },
+        family,
     };
     Ok((settings, files))
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use vdit::video::{
+use vdit_pipeline::video::{
     check_writable, frames_from_tensor, png_frame_path, read_video, write_video, VideoError,
     VideoFormat, VideoFrames,
 };
@@ -99,7 +99,7 @@ fn mp4_demuxer_reads_the_sample_table() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.mp4");
     write_video(&path, &test_clip(32, 32, 40), 10).unwrap();
-    let track = vdit::video::mp4::demux(&std::fs::read(&path).unwrap()).unwrap();
+    let track = vdit_pipeline::video::mp4::demux(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(track.samples.len(), 40);
     assert_eq!(track.timescale, 10_000);
     assert!(track.sample_durations.iter().all(|&d| d == 1000));
@@ -411,10 +411,10 @@ fn damaged_mp4_files_never_panic_the_demuxer() {
     let path = dir.path().join("clip.mp4");
     write_video(&path, &test_clip(32, 32, 4), 16).unwrap();
     let good = std::fs::read(&path).unwrap();
-    assert!(vdit::video::mp4::demux(&good).is_ok());
+    assert!(vdit_pipeline::video::mp4::demux(&good).is_ok());
     let mut rejected = 0;
     for cut in (0..good.len()).step_by(7) {
-        rejected += vdit::video::mp4::demux(&good[..cut]).is_err() as usize;
+        rejected += vdit_pipeline::video::mp4::demux(&good[..cut]).is_err() as usize;
     }
     // Every cut loses samples or boxes: all truncations must be rejected.
     assert_eq!(rejected, good.len().div_ceil(7));
@@ -424,7 +424,7 @@ fn damaged_mp4_files_never_panic_the_demuxer() {
         for value in [0x00, 0xff, 0x7f, good[i] ^ 0x01] {
             let mut bad = good.clone();
             bad[i] = value;
-            let _ = vdit::video::mp4::demux(&bad);
+            let _ = vdit_pipeline::video::mp4::demux(&bad);
         }
     }
 }

@@ -24,6 +24,8 @@
 
 use std::fmt;
 
+use serde::Serialize;
+
 use crate::video::{VideoError, VideoFrames};
 
 #[derive(Debug, thiserror::Error)]
@@ -686,5 +688,54 @@ fn classify_motion(first: &Blob, last: &Blob, w: usize, h: usize, cfg: &Analyser
         Motion::Shrinking
     } else {
         Motion::Still
+    }
+}
+
+/// An object the analyser tracked through a clip.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundObject {
+    pub colour: String,
+    pub motion: String,
+}
+
+/// Whether one clip shows what its caption says, and what the analyser saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Faithfulness {
+    pub colour_ok: bool,
+    pub motion_ok: bool,
+    pub count_ok: bool,
+    /// Object count of the clip (most frequent per-frame count).
+    pub objects_found: usize,
+    pub found: Vec<FoundObject>,
+}
+
+impl Faithfulness {
+    /// Analyses `frames` with the default thresholds and scores them against `caption`.
+    pub fn measure(caption: &Caption, frames: &VideoFrames) -> Result<Self> {
+        let analysis = analyse(frames, &AnalyserConfig::default())?;
+        let score = score_analysis(caption, &analysis);
+        Ok(Self {
+            colour_ok: score.colour_ok,
+            motion_ok: score.motion_ok,
+            count_ok: score.count_ok,
+            objects_found: analysis.object_count,
+            found: analysis
+                .objects
+                .iter()
+                .map(|o| FoundObject {
+                    colour: o.colour.to_string(),
+                    motion: o.motion.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The three checks as the analyser's score.
+    pub fn score(&self) -> Score {
+        Score {
+            colour_ok: self.colour_ok,
+            motion_ok: self.motion_ok,
+            count_ok: self.count_ok,
+        }
     }
 }

@@ -1,11 +1,11 @@
 //! Metrics against hand-computable cases and a numpy reference (scripts/reference/gen_metrics_fixtures.py).
 
 use candle_core::{Device, Tensor};
-use vdit::metrics::{
+use vdit_pipeline::metrics::{
     cosine_similarity, frame_quality, luma, psnr, psnr_per_frame, side_by_side, ssim,
     ssim_per_frame, MetricsError, DIVIDER_WIDTH,
 };
-use vdit::video::VideoFrames;
+use vdit_pipeline::video::VideoFrames;
 
 fn constant_clip(width: u32, height: u32, frames: usize, rgb: [u8; 3]) -> VideoFrames {
     let frame: Vec<u8> = rgb

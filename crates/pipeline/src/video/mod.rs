@@ -17,6 +17,7 @@ mod gif_file;
 pub mod h264;
 pub mod mp4;
 mod png_seq;
+pub mod track;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -6,40 +6,13 @@
 //! `stsz`, `stco`. The demuxer reads what this muxer writes and also the general cases of the same
 //! boxes (several chunks, `co64`, several `stts` entries), which is what the tests need.
 
-use super::h264::H264Stream;
+pub use super::track::{H264Stream, Mp4Track};
 use super::{Result, VideoError, MAX_FPS};
 
 /// Time units per second of the movie header (durations in milliseconds).
 const MOVIE_TIMESCALE: u32 = 1000;
 /// Media time units per frame; the media timescale is `fps * FRAME_TICKS`.
 const FRAME_TICKS: u32 = 1000;
-
-/// The H.264 video track of an MP4 file.
-#[derive(Debug, Clone)]
-pub struct Mp4Track {
-    pub width: u32,
-    pub height: u32,
-    /// Media time units per second.
-    pub timescale: u32,
-    /// Duration of each sample, in media time units.
-    pub sample_durations: Vec<u32>,
-    /// Samples: length-prefixed NAL units (4-byte lengths).
-    pub samples: Vec<Vec<u8>>,
-    pub keyframes: Vec<bool>,
-    pub sps: Vec<u8>,
-    pub pps: Vec<u8>,
-}
-
-impl Mp4Track {
-    /// Mean frame rate: samples per second of track duration.
-    pub fn fps(&self) -> f64 {
-        let total: u64 = self.sample_durations.iter().map(|&d| u64::from(d)).sum();
-        if total == 0 {
-            return 0.0;
-        }
-        self.samples.len() as f64 * f64::from(self.timescale) / total as f64
-    }
-}
 
 /// Muxes `stream` as an MP4 at a constant `fps`.
 pub fn mux(stream: &H264Stream, fps: u32) -> Result<Vec<u8>> {

@@ -6,9 +6,12 @@
 //! decode   latents ──Wan VAE──► video [1, 3, F, H, W] in [-1, 1] ──► frames ──► file + sidecar JSON
 //! ```
 //!
-//! The step loop ([`denoise`]) is written against [`VelocityModel`], so it is tested with toy
-//! models and serves any flow-matching transformer.
+//! What runs is the model's family ([`crate::family`]): its text encoder, its experts (the
+//! transformers and when each runs) and its VAE. The step loop ([`crate::denoise::denoise`]) asks
+//! a [`Denoiser`](crate::denoise::Denoiser) per step, so it is tested with toy models and serves
+//! any flow-matching transformer.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,8 +23,9 @@ use rainfusion::{
 };
 use serde::Serialize;
 
-use crate::args::{AttentionMode, WindowArg};
+use crate::denoise::{denoise, Conditioning, Expert, ExpertDenoiser, VelocityModel};
 use crate::error::{Result, VditError};
+use crate::options::{AttentionMode, TokenWindow};
 use vdit_models::tokenizer::PromptTokenizer;
 use vdit_models::umt5::{Umt5Config, Umt5Encoder};
 use vdit_models::wan::config::WanConfig;
@@ -29,107 +33,13 @@ use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
 use vdit_models::weights::WeightFiles;
 
+use crate::denoise::LoadModel;
+use crate::family::{ExpertRule, TextEncoderKind, TransformerKind, VaeKind};
 use crate::hub::ModelFiles;
-use crate::sampling::{guide_batched, load_noise, seeded_noise, FlowSolver};
+use crate::output::{save_latents, write_json_atomic};
+use crate::sampling::{load_noise, seeded_noise};
 use crate::settings::{AttentionSettings, GenerateSettings};
 use crate::video::{frames_from_tensor, write_video, VideoFrames};
-
-/// A flow-matching network: predicts the velocity (noise − clean) of a sample.
-pub trait VelocityModel {
-    /// latents `[B, C, F, H, W]` f32, timesteps `[B]` f32 in 0..1000, context `[B, Lt, D]`
-    /// → velocity `[B, C, F, H, W]` f32. Self-attention goes through `attention`.
-    fn velocity(
-        &self,
-        latents: &Tensor,
-        timesteps: &Tensor,
-        context: &Tensor,
-        attention: &mut dyn SelfAttention,
-    ) -> Result<Tensor>;
-}
-
-/// What the step loop reports after each step (for the progress bar).
-#[derive(Debug, Clone, Copy)]
-pub struct StepReport {
-    /// 0-based step just taken.
-    pub step: usize,
-    pub steps: usize,
-    pub timestep: f32,
-    /// Wall time of this step (model passes + solver), seconds.
-    pub seconds: f64,
-}
-
-/// Conditioning of the step loop: the prompt's context, and the negative prompt's when guiding.
-pub struct Conditioning<'a> {
-    /// `[1, Lt, D]`
-    pub cond: &'a Tensor,
-    /// `[1, Lt, D]`; `None` runs without classifier-free guidance (one pass per step).
-    pub uncond: Option<&'a Tensor>,
-    pub guidance_scale: f64,
-}
-
-/// Whether every element of `t` is finite (one scalar leaves the device).
-fn all_finite(t: &Tensor) -> Result<bool> {
-    let sum = t
-        .to_dtype(DType::F32)?
-        .abs()?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok(sum.is_finite())
-}
-
-/// Runs the solver's whole schedule from `noise` `[1, C, F', H', W']` and returns the final
-/// latents (f32, same shape). With guidance, the conditional and unconditional passes run as
-/// one batch of 2 (conditional first) and are combined in f32.
-pub fn denoise(
-    model: &dyn VelocityModel,
-    solver: &mut dyn FlowSolver,
-    noise: &Tensor,
-    conditioning: &Conditioning,
-    attention: &mut dyn SelfAttention,
-    on_step: &mut dyn FnMut(StepReport),
-) -> Result<Tensor> {
-    let steps = solver.schedule().num_steps();
-    let timesteps = solver.schedule().timesteps.clone();
-    let device = noise.device().clone();
-    // The batched context never changes across steps: build it once.
-    let context = match conditioning.uncond {
-        Some(uncond) => Tensor::cat(&[conditioning.cond, uncond], 0)?,
-        None => conditioning.cond.clone(),
-    };
-    let batch = context.dim(0)?;
-    let mut latents = noise.to_dtype(DType::F32)?;
-    for (step, &timestep) in timesteps.iter().enumerate() {
-        let start = Instant::now();
-        attention.begin_step(step, steps);
-        let model_input = if batch == 2 {
-            Tensor::cat(&[&latents, &latents], 0)?
-        } else {
-            latents.clone()
-        };
-        let t = Tensor::full(timestep, batch, &device)?;
-        let velocity = model.velocity(&model_input, &t, &context, attention)?;
-        let velocity = if conditioning.uncond.is_some() {
-            guide_batched(&velocity, conditioning.guidance_scale)?
-        } else {
-            velocity.to_dtype(DType::F32)?
-        };
-        latents = solver.step(&velocity, &latents)?;
-        if !all_finite(&latents)? {
-            return Err(VditError::NonFinite {
-                step: step + 1,
-                steps,
-                timestep,
-            });
-        }
-        on_step(StepReport {
-            step,
-            steps,
-            timestep,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-    }
-    Ok(latents)
-}
 
 /// The self-attention policy the flags ask for, for a transformer of `num_layers` layers
 /// sampled in `num_steps` steps. Out-of-range settings give rainfusion's error.
@@ -147,8 +57,8 @@ pub fn build_attention(
                 sparsity: settings.sparsity,
                 block_size: settings.block_size,
                 window: match settings.window {
-                    WindowArg::Tile => Window::Tile,
-                    WindowArg::Spatiotemporal => Window::Spatiotemporal,
+                    TokenWindow::Tile => Window::Tile,
+                    TokenWindow::Spatiotemporal => Window::Spatiotemporal,
                 },
                 dense_steps: settings.dense_steps,
                 mask_refresh: settings.mask_refresh,
@@ -201,58 +111,6 @@ pub struct Sidecar<'a> {
     /// Fraction of attention blocks computed, averaged over layers, heads and steps (1 = dense).
     pub effective_density: f64,
     pub files: Vec<String>,
-}
-
-/// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then rename).
-pub fn write_json_atomic(path: &std::path::Path, value: &impl Serialize) -> Result<()> {
-    let io = |source| VditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-    serde_json::to_writer_pretty(&mut tmp, value).map_err(|e| io(std::io::Error::other(e)))?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    make_readable(path)
-}
-
-/// Temp files are created private (0600); give the finished file the usual 0644.
-fn make_readable(path: &std::path::Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(
-            |source| VditError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
-    }
-    Ok(())
-}
-
-/// Saves `latents` as tensor `latents` of a safetensors file (atomically).
-pub fn save_latents(path: &std::path::Path, latents: &Tensor) -> Result<()> {
-    let io = |source| VditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .suffix(".safetensors")
-        .tempfile_in(&dir)
-        .map_err(io)?;
-    let tensors =
-        std::collections::HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]);
-    candle_core::safetensors::save(&tensors, tmp.path())?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    make_readable(path)
 }
 
 /// What a finished run reports (printed at the end).
@@ -343,7 +201,7 @@ pub fn write_frames(path: &std::path::Path, frames: &VideoFrames, fps: u32) -> R
 }
 
 /// Text length the transformer's cross-attention sees: Wan2.1 pads every prompt to 512 tokens.
-pub const TEXT_LEN: usize = 512;
+pub const TEXT_LEN: usize = crate::family::wan::UMT5_TEXT_ENCODER.text_len;
 
 /// Prompt and negative-prompt embeddings, `[1, TEXT_LEN, d_model]` f32 on the run device.
 pub struct TextConditioning {
@@ -364,13 +222,15 @@ impl PromptEncoder {
     /// Loads the model's tokenizer and text encoder (or the overrides). With `--t5-cpu` the
     /// encoder runs on the CPU; umT5 overflows in f16, so f16 runs encode in bf16.
     pub fn load(settings: &GenerateSettings, files: &ModelFiles, device: &Device) -> Result<Self> {
+        let spec = &settings.family.text_encoder;
+        let TextEncoderKind::Umt5 = spec.kind;
         let tokenizer_path = match &settings.overrides.tokenizer {
             Some(path) => path.clone(),
-            None => files.file("tokenizer/tokenizer.json")?,
+            None => files.file(settings.family.text_encoder.tokenizer)?,
         };
         let tokenizer = PromptTokenizer::from_file(&tokenizer_path)?;
         let component =
-            files.component("text_encoder", settings.overrides.text_encoder.as_deref())?;
+            files.component(spec.component, settings.overrides.text_encoder.as_deref())?;
         let weights = Arc::new(WeightFiles::open(&component.weights)?);
         let config = match &component.config {
             Some(path) => Umt5Config::from_json_file(path)?,
@@ -459,6 +319,10 @@ pub fn encode_prompt_list(
 
 /// The Wan transformer as the step loop's velocity model.
 impl VelocityModel for WanTransformer {
+    fn num_layers(&self) -> usize {
+        self.config().num_layers
+    }
+
     fn velocity(
         &self,
         latents: &Tensor,
@@ -481,37 +345,73 @@ pub struct SampledLatents {
 /// Finds (or downloads) every file of the run in stage order and checks the attention flags
 /// against the transformer's depth, so a missing VAE or a bad flag fails before minutes of work.
 pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
+    let family = settings.family;
     if settings.overrides.tokenizer.is_none() {
-        files.file("tokenizer/tokenizer.json")?;
+        files.file(family.text_encoder.tokenizer)?;
     }
-    files.component("text_encoder", settings.overrides.text_encoder.as_deref())?;
-    let config = transformer_config(settings, files)?;
-    files.component("vae", settings.overrides.vae.as_deref())?;
-    if let Some(config) = config {
+    files.component(
+        family.text_encoder.component,
+        settings.overrides.text_encoder.as_deref(),
+    )?;
+    let mut configs = Vec::new();
+    for rule in family.experts {
+        configs.push(expert_config(settings, files, rule)?);
+    }
+    files.component(family.vae_component, settings.overrides.vae.as_deref())?;
+    for config in configs.into_iter().flatten() {
         build_attention(&settings.attention, config.num_layers, settings.steps)?;
     }
     Ok(())
 }
 
-/// The transformer's config.json, when there is one (without, sizes come from the weights).
-pub fn transformer_config(
+/// `--dit` replaces the first expert's weights (the only one of a one-transformer family).
+fn expert_override<'a>(settings: &'a GenerateSettings, rule: &ExpertRule) -> Option<&'a Path> {
+    let first = settings.family.experts.first().map(|e| e.component);
+    if first == Some(rule.component) {
+        settings.overrides.dit.as_deref()
+    } else {
+        None
+    }
+}
+
+/// An expert's config.json, when there is one (without, sizes come from the weights).
+fn expert_config(
     settings: &GenerateSettings,
     files: &ModelFiles,
+    rule: &ExpertRule,
 ) -> Result<Option<WanConfig>> {
-    let component = files.component("transformer", settings.overrides.dit.as_deref())?;
+    let component = files.component(rule.component, expert_override(settings, rule))?;
     Ok(match &component.config {
         Some(path) => Some(WanConfig::from_json_file(path)?),
         None => None,
     })
 }
 
-/// Loads the transformer named by the model (or `--dit`).
-pub fn load_transformer(
+/// The first transformer's config.json, when there is one (without, sizes come from the weights).
+pub fn transformer_config(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+) -> Result<Option<WanConfig>> {
+    expert_config(settings, files, first_expert(settings))
+}
+
+fn first_expert(settings: &GenerateSettings) -> &'static ExpertRule {
+    settings
+        .family
+        .experts
+        .first()
+        .expect("a family has at least one transformer")
+}
+
+/// Loads one of the family's transformers (the first one's weights may come from `--dit`).
+pub fn load_expert(
     settings: &GenerateSettings,
     files: &ModelFiles,
     device: &Device,
+    rule: &ExpertRule,
 ) -> Result<WanTransformer> {
-    let component = files.component("transformer", settings.overrides.dit.as_deref())?;
+    let TransformerKind::Wan = rule.kind;
+    let component = files.component(rule.component, expert_override(settings, rule))?;
     Ok(match &component.config {
         Some(config) => {
             let config = WanConfig::from_json_file(config)?;
@@ -523,15 +423,94 @@ pub fn load_transformer(
     })
 }
 
-/// Stage 2: loads the transformer, samples, frees it.
+/// Loads the model's first transformer (or `--dit`).
+pub fn load_transformer(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<WanTransformer> {
+    load_expert(settings, files, device, first_expert(settings))
+}
+
+/// Every transformer of the family, loaded (`vdit compare` and `vdit eval` keep them for many
+/// runs), in the family's order.
+pub fn load_transformers(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<Vec<WanTransformer>> {
+    settings
+        .family
+        .experts
+        .iter()
+        .map(|rule| load_expert(settings, files, device, rule))
+        .collect()
+}
+
+/// The run's experts on models the caller holds (one per family transformer, in its order).
+pub fn shared_experts<'a>(
+    settings: &GenerateSettings,
+    models: &'a [WanTransformer],
+) -> Vec<Expert<'a>> {
+    let scales = settings.expert_guidance_scales();
+    settings
+        .family
+        .experts
+        .iter()
+        .zip(models)
+        .zip(scales)
+        .map(|((rule, model), scale)| {
+            Expert::shared(
+                rule.component,
+                model as &dyn VelocityModel,
+                scale,
+                rule.timesteps,
+            )
+        })
+        .collect()
+}
+
+/// The run's experts, each loaded when its first step comes and freed after its last.
+pub fn deferred_experts<'a>(
+    settings: &'a GenerateSettings,
+    files: &'a ModelFiles,
+    device: &'a Device,
+) -> Vec<Expert<'a>> {
+    let scales = settings.expert_guidance_scales();
+    settings
+        .family
+        .experts
+        .iter()
+        .zip(scales)
+        .map(|(rule, scale)| {
+            let load: LoadModel<'a> = Box::new(move || {
+                let model: Box<dyn VelocityModel> =
+                    Box::new(load_expert(settings, files, device, rule)?);
+                Ok(model)
+            });
+            Expert::deferred(rule.component, load, scale, rule.timesteps)
+        })
+        .collect()
+}
+
+/// Stage 2: samples, each transformer loaded for its steps and freed after them.
 pub fn sample_latents(
     settings: &GenerateSettings,
     files: &ModelFiles,
     device: &Device,
     text: &TextConditioning,
 ) -> Result<SampledLatents> {
-    let transformer = load_transformer(settings, files, device)?;
-    sample_latents_with(&transformer, settings, device, text)
+    let channels = match transformer_config(settings, files)? {
+        Some(config) => config.in_channels,
+        None => settings.family.latent.channels,
+    };
+    sample_with_experts(
+        deferred_experts(settings, files, device),
+        channels,
+        settings,
+        device,
+        text,
+    )
 }
 
 /// The initial noise of `settings`: the `--noise` file, else seeded.
@@ -548,17 +527,47 @@ pub fn initial_noise(
     }
 }
 
-/// Stage 2 on an already loaded transformer (`vdit compare` and `vdit eval` load it once for
-/// many runs): the whole schedule, with a progress bar (steps, s/step).
+/// Stage 2 on already loaded transformers (`vdit compare` and `vdit eval` load them once for
+/// many runs; `models` in the family's order).
 pub fn sample_latents_with(
-    transformer: &WanTransformer,
+    models: &[WanTransformer],
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
 ) -> Result<SampledLatents> {
-    let config = transformer.config();
-    let noise = initial_noise(settings, config.in_channels, device)?;
-    let mut attention = build_attention(&settings.attention, config.num_layers, settings.steps)?;
+    let channels = models[0].config().in_channels;
+    sample_with_experts(
+        shared_experts(settings, models),
+        channels,
+        settings,
+        device,
+        text,
+    )
+}
+
+/// The whole schedule on `experts`, from `channels`-channel noise, with a progress bar
+/// (steps, s/step).
+pub fn sample_with_experts(
+    experts: Vec<Expert<'_>>,
+    channels: usize,
+    settings: &GenerateSettings,
+    device: &Device,
+    text: &TextConditioning,
+) -> Result<SampledLatents> {
+    let noise = initial_noise(settings, channels, device)?;
+    let tokens = settings.family.latent.tokens(noise.dims());
+    let attention_settings = settings.attention.clone();
+    let steps = settings.steps;
+    let mut denoiser = ExpertDenoiser::new(
+        experts,
+        &Conditioning {
+            cond: &text.cond,
+            uncond: text.uncond.as_ref(),
+        },
+        settings.family.timesteps,
+        tokens,
+        Box::new(move |num_layers| build_attention(&attention_settings, num_layers, steps)),
+    )?;
     let mut solver = settings.sampler.solver(settings.steps, settings.shift);
     let progress = ProgressBar::new(settings.steps as u64);
     progress.set_style(
@@ -567,32 +576,21 @@ pub fn sample_latents_with(
             .progress_chars("=> "),
     );
     let mut total_seconds = 0.0;
-    let latents = denoise(
-        transformer,
-        solver.as_mut(),
-        &noise,
-        &Conditioning {
-            cond: &text.cond,
-            uncond: text.uncond.as_ref(),
-            guidance_scale: settings.guidance_scale,
-        },
-        attention.as_mut(),
-        &mut |report| {
-            total_seconds += report.seconds;
-            progress.set_message(format!(
-                "{:.2} s/step (t = {})",
-                total_seconds / (report.step + 1) as f64,
-                report.timestep
-            ));
-            progress.inc(1);
-        },
-    );
+    let latents = denoise(&mut denoiser, solver.as_mut(), &noise, &mut |report| {
+        total_seconds += report.seconds;
+        progress.set_message(format!(
+            "{:.2} s/step (t = {})",
+            total_seconds / (report.step + 1) as f64,
+            report.timestep
+        ));
+        progress.inc(1);
+    });
     progress.finish_and_clear();
     let latents = latents?;
     Ok(SampledLatents {
         latents,
         seconds_per_step: total_seconds / settings.steps.max(1) as f64,
-        effective_density: attention.effective_density(),
+        effective_density: denoiser.effective_density(),
     })
 }
 
@@ -602,10 +600,17 @@ pub fn load_vae(
     files: &ModelFiles,
     device: &Device,
 ) -> Result<WanVaeDecoder> {
-    let component = files.component("vae", settings.overrides.vae.as_deref())?;
-    let config = match &component.config {
-        Some(path) => WanVaeConfig::from_json_file(path)?,
-        None => WanVaeConfig::wan2_1(),
+    let family = settings.family;
+    let component = files.component(family.vae_component, settings.overrides.vae.as_deref())?;
+    let config = match (&component.config, family.vae) {
+        (Some(path), _) => WanVaeConfig::from_json_file(path)?,
+        (None, VaeKind::Wan21) => WanVaeConfig::wan2_1(),
+        (None, VaeKind::Wan22) => {
+            return Err(VditError::Resolve(format!(
+                "{}: the Wan2.2 VAE needs its config.json",
+                component.weights.display()
+            )))
+        }
     };
     let weights = Arc::new(WeightFiles::open(&component.weights)?);
     Ok(WanVaeDecoder::load(
@@ -639,149 +644,6 @@ pub fn decode_latents(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::{EulerSolver, UniPcSolver};
-    use candle_core::Device;
-    use std::cell::Cell;
-
-    /// v = (x − target(context)) / σ with σ = t/1000: the exact flow-matching velocity towards a
-    /// clean image `target`, so Euler's last step lands on it.
-    struct ToyModel {
-        /// Step at which it starts returning NaN, if any.
-        nan_from_call: Option<usize>,
-        calls: Cell<usize>,
-    }
-
-    impl VelocityModel for ToyModel {
-        fn velocity(
-            &self,
-            x: &Tensor,
-            t: &Tensor,
-            ctx: &Tensor,
-            _: &mut dyn SelfAttention,
-        ) -> Result<Tensor> {
-            let call = self.calls.get();
-            self.calls.set(call + 1);
-            assert_eq!(t.dims(), &[x.dim(0)?]);
-            assert_eq!(ctx.dim(0)?, x.dim(0)?);
-            // One scalar per sample from its context.
-            let target = ctx
-                .mean_keepdim(1)?
-                .mean_keepdim(2)?
-                .reshape((x.dim(0)?, 1, 1, 1, 1))?;
-            let sigma = (t.reshape((x.dim(0)?, 1, 1, 1, 1))? / 1000.0)?;
-            let v = x.broadcast_sub(&target)?.broadcast_div(&sigma)?;
-            match self.nan_from_call {
-                Some(n) if call >= n => Ok((v * f64::NAN)?),
-                _ => Ok(v),
-            }
-        }
-    }
-
-    fn toy_inputs() -> (Tensor, Tensor, Tensor) {
-        let dev = Device::Cpu;
-        let noise = crate::sampling::seeded_noise(3, &[1, 4, 2, 3, 3], &dev).unwrap();
-        let cond = Tensor::full(2.0f32, (1, 5, 8), &dev).unwrap();
-        let uncond = Tensor::full(-1.0f32, (1, 5, 8), &dev).unwrap();
-        (noise, cond, uncond)
-    }
-
-    #[test]
-    fn guided_loop_matches_a_hand_written_one() -> Result<()> {
-        let (noise, cond, uncond) = toy_inputs();
-        let model = ToyModel {
-            nan_from_call: None,
-            calls: Cell::new(0),
-        };
-        let mut solver = UniPcSolver::new(6, 3.0);
-        let mut steps_seen = Vec::new();
-        let latents = denoise(
-            &model,
-            &mut solver,
-            &noise,
-            &Conditioning {
-                cond: &cond,
-                uncond: Some(&uncond),
-                guidance_scale: 4.0,
-            },
-            &mut DenseAttention,
-            &mut |r| steps_seen.push(r.step),
-        )?;
-        assert_eq!(steps_seen, (0..6).collect::<Vec<_>>());
-        assert_eq!(model.calls.get(), 6, "one batched call per step");
-        // By hand: v = (x − (u + g(c − u)))/σ with c = 2, u = −1 (guidance is linear in the target).
-        let mut reference = UniPcSolver::new(6, 3.0);
-        let mut x = noise.clone();
-        for k in 0..6 {
-            let sigma = reference.schedule().timesteps[k] as f64 / 1000.0;
-            let v = ((&x - (-1.0 + 4.0 * 3.0))? / sigma)?;
-            x = reference.step(&v, &x)?;
-        }
-        let diff = (latents - x)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        // Values are ≈ 11: f32 rounding of a differently ordered sum only.
-        assert!(diff < 1e-5, "{diff}");
-        Ok(())
-    }
-
-    #[test]
-    fn unguided_loop_runs_one_pass_per_step() -> Result<()> {
-        let (noise, cond, _) = toy_inputs();
-        let model = ToyModel {
-            nan_from_call: None,
-            calls: Cell::new(0),
-        };
-        let mut solver = EulerSolver::new(5, 5.0);
-        let latents = denoise(
-            &model,
-            &mut solver,
-            &noise,
-            &Conditioning {
-                cond: &cond,
-                uncond: None,
-                guidance_scale: 1.0,
-            },
-            &mut DenseAttention,
-            &mut |_| {},
-        )?;
-        // Euler's last step to σ = 0 lands on the target 2 (up to f32 rounding).
-        let err = (latents - 2.0)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(err < 1e-4, "{err}");
-        Ok(())
-    }
-
-    #[test]
-    fn a_nan_stops_the_run_naming_the_step() {
-        let (noise, cond, uncond) = toy_inputs();
-        let model = ToyModel {
-            nan_from_call: Some(2),
-            calls: Cell::new(0),
-        };
-        let mut solver = UniPcSolver::new(6, 3.0);
-        let err = denoise(
-            &model,
-            &mut solver,
-            &noise,
-            &Conditioning {
-                cond: &cond,
-                uncond: Some(&uncond),
-                guidance_scale: 5.0,
-            },
-            &mut DenseAttention,
-            &mut |_| {},
-        )
-        .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                VditError::NonFinite {
-                    step: 3,
-                    steps: 6,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(err.to_string().contains("step 3 of 6"), "{err}");
-    }
 
     fn attention_settings(mode: AttentionMode, dense_steps: usize) -> AttentionSettings {
         AttentionSettings {
@@ -791,7 +653,7 @@ mod tests {
             dense_step_count: dense_steps,
             mask_refresh: 1,
             block_size: 64,
-            window: WindowArg::Tile,
+            window: TokenWindow::Tile,
             dense_layers: 0,
         }
     }

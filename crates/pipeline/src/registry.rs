@@ -6,6 +6,7 @@
 //! description = "Wan2.1 T2V 1.3B, 480p"
 //! hub_id = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"   # or: path = "vdit-tiny" (relative to this file)
 //! revision = "main"                              # optional, hub only
+//! family = "wan2.1-t2v"                          # optional, see crate::family (default wan2.1-t2v)
 //!
 //! [defaults]                                     # every key optional
 //! width = 832
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VditError};
+use crate::family::{family_by_name, ModelFamily, DEFAULT_FAMILY};
 use crate::sampling::SamplerKind;
 
 /// Registry names tried in order when `--model` is absent: the first one that is available
@@ -86,6 +88,8 @@ pub struct ModelEntry {
     pub description: String,
     pub source: EntrySource,
     pub defaults: ModelDefaults,
+    /// The family the TOML names (Wan2.1 T2V when it names none).
+    pub family: &'static ModelFamily,
     /// The TOML it came from (or `<embedded>/<file>`).
     pub file: PathBuf,
 }
@@ -126,6 +130,7 @@ struct EntryFile {
     hub_id: Option<String>,
     revision: Option<String>,
     path: Option<PathBuf>,
+    family: Option<String>,
     #[serde(default)]
     defaults: ModelDefaults,
 }
@@ -148,11 +153,16 @@ fn parse_entry(text: &str, file: &Path, base_dir: &Path) -> Result<ModelEntry> {
     if raw.name.trim().is_empty() {
         return Err(bad("`name` is empty".into()));
     }
+    let family = match &raw.family {
+        Some(name) => family_by_name(name).map_err(|e| bad(e.to_string()))?,
+        None => DEFAULT_FAMILY,
+    };
     Ok(ModelEntry {
         name: raw.name,
         description: raw.description,
         source,
         defaults: raw.defaults,
+        family,
         file: file.to_path_buf(),
     })
 }

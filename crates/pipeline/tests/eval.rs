@@ -1,11 +1,11 @@
 //! The prompt-faithfulness analyser on clips rendered here: discs and squares of the palette moving
 //! over plain and textured backgrounds, with and without noise, including clips that must fail.
 
-use vdit::eval::{
+use vdit_pipeline::eval::{
     accuracy, analyse, parse_caption, score, AnalyserConfig, Background, Motion, PaletteColour,
     Score,
 };
-use vdit::video::VideoFrames;
+use vdit_pipeline::video::VideoFrames;
 
 const SIZE: usize = 128;
 const FRAMES: usize = 17;
@@ -445,8 +445,8 @@ fn blur_and_h264_compression_do_not_change_the_verdict() {
     ] {
         let clip = box_blur(&render(&[moving(colour, motion)], backdrop, 8), 1);
         let path = dir.path().join("clip.mp4");
-        vdit::video::write_video(&path, &clip, 16).unwrap();
-        let decoded = vdit::video::read_video(&path).unwrap().video;
+        vdit_pipeline::video::write_video(&path, &clip, 16).unwrap();
+        let decoded = vdit_pipeline::video::read_video(&path).unwrap().video;
         let caption = format!("a {colour} circle {motion}");
         assert_eq!(score(&caption, &decoded).unwrap(), ALL_OK, "{caption}");
     }
@@ -499,7 +499,7 @@ fn training_world_clips(max_size: usize) -> Vec<(WorldClip, VideoFrames)> {
 fn score_world(
     clips: &[(WorldClip, VideoFrames)],
     transform: impl Fn(&VideoFrames) -> VideoFrames,
-) -> (vdit::eval::Accuracy, Vec<String>) {
+) -> (vdit_pipeline::eval::Accuracy, Vec<String>) {
     let mut failures = Vec::new();
     let mut scores = Vec::new();
     for (clip, video) in clips {

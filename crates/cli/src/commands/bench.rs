@@ -12,11 +12,9 @@
 //! `device.synchronize()`; the table reports the median and the fastest.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -29,187 +27,13 @@ use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
 use vdit_models::wan::WanConfig;
 
-use crate::args::{parse_size, DTypeArg, DeviceArg};
-use crate::error::{Result, VditError};
-use crate::pipeline::write_json_atomic;
-use crate::settings::{dtype_name, resolve_device, resolve_dtype};
+use vdit_pipeline::output::write_json_atomic;
+use vdit_pipeline::settings::{dtype_name, resolve_device, resolve_dtype};
+use vdit_pipeline::{Result, VditError};
 
-/// Arguments of `vdit bench`. The shared flags may come before or after the subcommand.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub target: Option<BenchTarget>,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto, global = true)]
-    pub device: DeviceArg,
-    /// Weight and activation dtype (auto: bf16 on a GPU, f32 on the CPU).
-    #[arg(long, value_enum, default_value_t = DTypeArg::Auto, global = true)]
-    pub dtype: DTypeArg,
-    /// Untimed iterations before timing (kernel compilation, allocator warm-up).
-    #[arg(long, default_value_t = 1, global = true)]
-    pub warmup: usize,
-    /// Timed iterations; the table reports their median.
-    #[arg(long, default_value_t = 5, global = true, value_parser = parse_iters)]
-    pub iters: usize,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "FILE", global = true)]
-    pub json: Option<PathBuf>,
-}
-
-/// What to time.
-#[derive(Debug, Clone, Subcommand)]
-pub enum BenchTarget {
-    /// Dense and block-sparse attention kernels at several densities, and mask prediction.
-    Attention(AttentionBench),
-    /// One forward of the Wan2.1 transformer with random weights.
-    Transformer(TransformerBench),
-    /// One decode of the Wan2.1 VAE with random weights.
-    Vae(VaeBench),
-}
-
-/// `vdit bench attention`.
-#[derive(Debug, Clone, Args)]
-pub struct AttentionBench {
-    /// Sequence length L (32,760 = 21×30×52, Wan's 480p×81 token grid).
-    #[arg(long, default_value_t = 32_760, value_parser = parse_positive)]
-    pub tokens: usize,
-    #[arg(long, default_value_t = 12, value_parser = parse_positive)]
-    pub heads: usize,
-    #[arg(long, default_value_t = 128, value_parser = parse_positive)]
-    pub head_dim: usize,
-    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
-    pub batch: usize,
-    /// Fractions of key blocks kept per query block, each in (0, 1]; 1 runs the dense kernel.
-    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [1.0, 0.5, 0.25, 0.2, 0.1],
-          value_parser = parse_density)]
-    pub densities: Vec<f64>,
-    /// Tokens per block of the sparse kernel and of mask prediction.
-    #[arg(long, default_value_t = 128, value_parser = parse_block_size)]
-    pub block_size: usize,
-    /// Seed of the random inputs and masks.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
-
-impl Default for AttentionBench {
-    fn default() -> Self {
-        Self {
-            tokens: 32_760,
-            heads: 12,
-            head_dim: 128,
-            batch: 1,
-            densities: vec![1.0, 0.5, 0.25, 0.2, 0.1],
-            block_size: 128,
-            seed: 0,
-        }
-    }
-}
-
-/// Transformer size presets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PresetArg {
-    /// Wan2.1 T2V 1.3B (30 layers, 12 heads of 128).
-    #[value(name = "t2v-1.3b")]
-    T2v1_3b,
-    /// Wan2.1 T2V 14B (40 layers, 40 heads of 128).
-    #[value(name = "t2v-14b")]
-    T2v14b,
-    /// A toy model (2 layers, 2 heads of 16, text width 32) for smoke tests.
-    Tiny,
-}
-
-/// Self-attention of the transformer bench.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchAttention {
-    Dense,
-    /// RainFusion 2.0 on every layer, a fresh mask each forward (no dense warm-up steps).
-    Rainfusion,
-}
-
-/// `vdit bench transformer`.
-#[derive(Debug, Clone, Args)]
-pub struct TransformerBench {
-    #[arg(long, value_enum, default_value_t = PresetArg::T2v1_3b)]
-    pub preset: PresetArg,
-    /// Override the preset's head count.
-    #[arg(long, value_parser = parse_positive)]
-    pub heads: Option<usize>,
-    /// Override the preset's channels per head.
-    #[arg(long, value_parser = parse_positive)]
-    pub head_dim: Option<usize>,
-    /// Override the preset's layer count.
-    #[arg(long, value_parser = parse_positive)]
-    pub layers: Option<usize>,
-    /// Override the preset's feed-forward width.
-    #[arg(long, value_parser = parse_positive)]
-    pub ffn_dim: Option<usize>,
-    /// Batch (2 = the conditional and unconditional halves of classifier-free guidance).
-    #[arg(long, default_value_t = 2, value_parser = parse_positive)]
-    pub batch: usize,
-    /// Video size WIDTHxHEIGHT in pixels (multiples of 16).
-    #[arg(long, default_value = "832x480", value_parser = parse_size)]
-    pub size: (u32, u32),
-    /// Video frames (4n+1).
-    #[arg(long, default_value_t = 81, value_parser = parse_frames)]
-    pub frames: usize,
-    #[arg(long, value_enum, default_value_t = BenchAttention::Dense)]
-    pub attention: BenchAttention,
-    /// RainFusion sparsity in [0, 1).
-    #[arg(long, default_value_t = 0.8, value_parser = crate::args::parse_sparsity)]
-    pub sparsity: f64,
-    /// RainFusion block size.
-    #[arg(long, default_value_t = 128, value_parser = parse_block_size)]
-    pub block_size: usize,
-    /// Text rows of the context (Wan pads every prompt to 512).
-    #[arg(long, default_value_t = 512, value_parser = parse_positive)]
-    pub text_len: usize,
-}
-
-impl Default for TransformerBench {
-    fn default() -> Self {
-        Self {
-            preset: PresetArg::T2v1_3b,
-            heads: None,
-            head_dim: None,
-            layers: None,
-            ffn_dim: None,
-            batch: 2,
-            size: (832, 480),
-            frames: 81,
-            attention: BenchAttention::Dense,
-            sparsity: 0.8,
-            block_size: 128,
-            text_len: 512,
-        }
-    }
-}
-
-/// `vdit bench vae`.
-#[derive(Debug, Clone, Args)]
-pub struct VaeBench {
-    /// Latent grid FRAMESxHEIGHTxWIDTH (21x60x104 = 81 frames at 832×480).
-    #[arg(long, default_value = "21x60x104", value_parser = parse_latent)]
-    pub latent: [usize; 3],
-    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
-    pub batch: usize,
-    /// Decode in spatial tiles (256×256 pixels, 64 overlap) instead of whole frames.
-    #[arg(long)]
-    pub tiling: bool,
-    /// Channel base of the decoder (96 for Wan2.1; smaller for smoke tests).
-    #[arg(long, default_value_t = 96, value_parser = parse_positive)]
-    pub base_dim: usize,
-}
-
-impl Default for VaeBench {
-    fn default() -> Self {
-        Self {
-            latent: [21, 60, 104],
-            batch: 1,
-            tiling: false,
-            base_dim: 96,
-        }
-    }
-}
+use crate::args::bench::{
+    AttentionBench, BenchArgs, BenchAttention, BenchTarget, PresetArg, TransformerBench, VaeBench,
+};
 
 /// One timed case: a row of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -702,51 +526,6 @@ fn format_seconds(s: f64) -> String {
     }
 }
 
-fn parse_positive(s: &str) -> std::result::Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(v) if v > 0 => Ok(v),
-        _ => Err(format!("`{s}` is not a positive whole number")),
-    }
-}
-
-fn parse_iters(s: &str) -> std::result::Result<usize, String> {
-    parse_positive(s).map_err(|e| format!("{e} (at least one timed iteration is needed)"))
-}
-
-fn parse_block_size(s: &str) -> std::result::Result<usize, String> {
-    let v = parse_positive(s)?;
-    if v < 16 || !v.is_power_of_two() {
-        return Err(format!("{v} is not a power of two ≥ 16"));
-    }
-    Ok(v)
-}
-
-fn parse_density(s: &str) -> std::result::Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a density in (0, 1]")),
-    }
-}
-
-fn parse_frames(s: &str) -> std::result::Result<usize, String> {
-    let v = parse_positive(s)?;
-    if (v - 1) % 4 != 0 {
-        return Err(format!("{v} frames is not 4n+1 (e.g. 5, 9, 81)"));
-    }
-    Ok(v)
-}
-
-/// `21x60x104` → [frames, height, width] of the latent grid.
-fn parse_latent(s: &str) -> std::result::Result<[usize; 3], String> {
-    let parts: Vec<&str> = s.split(['x', 'X']).collect();
-    let [f, h, w] = parts.as_slice() else {
-        return Err(format!(
-            "`{s}` is not FRAMESxHEIGHTxWIDTH in latents (e.g. 21x60x104)"
-        ));
-    };
-    Ok([parse_positive(f)?, parse_positive(h)?, parse_positive(w)?])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,14 +563,5 @@ mod tests {
             peak_device_bytes: None,
         };
         assert_eq!(even.median(), 2.5);
-    }
-
-    #[test]
-    fn flag_values_out_of_range_are_refused() {
-        assert!(parse_density("0").is_err() && parse_density("1.5").is_err());
-        assert!(parse_block_size("100").is_err() && parse_block_size("8").is_err());
-        assert!(parse_frames("80").is_err() && parse_frames("81").is_ok());
-        assert_eq!(parse_latent("21x60x104").unwrap(), [21, 60, 104]);
-        assert!(parse_latent("21x60").is_err() && parse_iters("0").is_err());
     }
 }

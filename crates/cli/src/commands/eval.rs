@@ -9,19 +9,19 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::{ArgMatches, Args, FromArgMatches};
 use serde::Serialize;
 
-use crate::args::{AttentionMode, GenerateArgs};
-use crate::compare::{create_output_dir, generate_clip, reject_flag, write_text_atomic};
-use crate::error::{Result, VditError};
-use crate::eval::{analyse, parse_caption, score_analysis, AnalyserConfig, Caption, Score};
-use crate::pipeline::{
-    build_attention, encode_prompt_list, load_transformer, load_vae, write_json_atomic,
-};
-use crate::registry::Registry;
-use crate::settings::{resolve, GenerateSettings};
-use crate::video::{write_video, VideoFrames};
+use vdit_pipeline::clip::generate_clip;
+use vdit_pipeline::eval::{accuracy, parse_caption, Caption, Faithfulness, Score};
+use vdit_pipeline::options::AttentionMode;
+use vdit_pipeline::output::{create_output_dir, write_json_atomic, write_text_atomic};
+use vdit_pipeline::registry::Registry;
+use vdit_pipeline::settings::{resolve, GenerateSettings};
+use vdit_pipeline::stages::{build_attention, encode_prompt_list, load_transformers, load_vae};
+use vdit_pipeline::video::write_video;
+use vdit_pipeline::{Result, VditError};
+
+use crate::args::EvalArgs;
 
 /// Output directory when `-o` is absent.
 pub const DEFAULT_DIR: &str = "vdit-eval";
@@ -52,138 +52,6 @@ pub const BUILTIN_PROMPTS: [&str; 18] = [
     "a blue circle moving up and a yellow square moving down",
     "a green square moving right and a red circle moving left on a black background",
 ];
-
-/// Arguments of `vdit eval`: the flags of `vdit generate` (model, size, steps, attention, ...)
-/// except `-p`, where `-o` names the output directory and `--seed` is the base seed.
-#[derive(Debug)]
-pub struct EvalArgs {
-    pub generate: GenerateArgs,
-    /// Prompt file, one caption per line; `None` with `builtin`.
-    pub prompts: Option<PathBuf>,
-    pub builtin: bool,
-}
-
-/// The flags `vdit eval` adds to those of `vdit generate`.
-#[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-struct EvalOnlyArgs {
-    /// File of prompts, one per line (blank lines and lines starting with # are skipped), each a
-    /// caption of the synthetic world's grammar ("a red circle moving left on a blue background").
-    #[arg(long, value_name = "FILE")]
-    prompts: Option<PathBuf>,
-
-    /// Use the built-in list of held-out prompts (18 captions).
-    #[arg(long)]
-    builtin: bool,
-}
-
-impl FromArgMatches for EvalArgs {
-    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
-        reject_flag(
-            matches,
-            "prompt",
-            "vdit eval takes its prompts from --prompts FILE or --builtin, not -p",
-        )?;
-        reject_flag(
-            matches,
-            "latents_out",
-            "vdit eval does not take --latents-out",
-        )?;
-        reject_flag(
-            matches,
-            "noise",
-            "vdit eval does not take --noise (each prompt has its own seed: --seed is the base)",
-        )?;
-        let generate = GenerateArgs::from_arg_matches(matches)?;
-        let only = EvalOnlyArgs::from_arg_matches(matches)?;
-        Ok(Self {
-            generate,
-            prompts: only.prompts,
-            builtin: only.builtin,
-        })
-    }
-
-    fn update_from_arg_matches(
-        &mut self,
-        matches: &ArgMatches,
-    ) -> std::result::Result<(), clap::Error> {
-        *self = Self::from_arg_matches(matches)?;
-        Ok(())
-    }
-}
-
-impl Args for EvalArgs {
-    fn augment_args(cmd: clap::Command) -> clap::Command {
-        let cmd = GenerateArgs::augment_args(cmd)
-            // The prompt comes from the list; the placeholder never reaches a run.
-            .mut_arg("prompt", |a| {
-                a.required(false).default_value("(eval prompt)").hide(true)
-            })
-            .mut_arg("output", |a| {
-                a.value_name("DIR").help(
-                    "Directory for eval.json, eval.md and one video per prompt (created if missing). Default: vdit-eval",
-                )
-            })
-            .mut_arg("seed", |a| {
-                a.help("Base seed: prompt i (from 0) is generated from seed + i. Default 0")
-            })
-            .mut_arg("latents_out", |a| a.hide(true))
-            .mut_arg("noise", |a| a.hide(true));
-        EvalOnlyArgs::augment_args(cmd)
-    }
-
-    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        Self::augment_args(cmd)
-    }
-}
-
-/// An object the analyser tracked through a clip.
-#[derive(Debug, Clone, Serialize)]
-pub struct FoundObject {
-    pub colour: String,
-    pub motion: String,
-}
-
-/// Whether one clip shows what its caption says, and what the analyser saw.
-#[derive(Debug, Clone, Serialize)]
-pub struct Faithfulness {
-    pub colour_ok: bool,
-    pub motion_ok: bool,
-    pub count_ok: bool,
-    /// Object count of the clip (most frequent per-frame count).
-    pub objects_found: usize,
-    pub found: Vec<FoundObject>,
-}
-
-impl Faithfulness {
-    /// Analyses `frames` with the default thresholds and scores them against `caption`.
-    pub fn measure(caption: &Caption, frames: &VideoFrames) -> Result<Self> {
-        let analysis = analyse(frames, &AnalyserConfig::default())?;
-        let score = score_analysis(caption, &analysis);
-        Ok(Self {
-            colour_ok: score.colour_ok,
-            motion_ok: score.motion_ok,
-            count_ok: score.count_ok,
-            objects_found: analysis.object_count,
-            found: analysis
-                .objects
-                .iter()
-                .map(|o| FoundObject {
-                    colour: o.colour.to_string(),
-                    motion: o.motion.to_string(),
-                })
-                .collect(),
-        })
-    }
-
-    fn score(&self) -> Score {
-        Score {
-            colour_ok: self.colour_ok,
-            motion_ok: self.motion_ok,
-            count_ok: self.count_ok,
-        }
-    }
-}
 
 /// One prompt's result.
 #[derive(Debug, Clone, Serialize)]
@@ -260,10 +128,11 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
 /// output directory.
 pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     let EvalArgs {
-        generate: mut args,
+        generate: args,
         prompts: prompt_file,
         builtin,
     } = args;
+    let mut args = args.options();
     let (prompts, prompt_source) = match (&prompt_file, builtin) {
         (Some(path), false) => (read_prompt_file(path)?, path.display().to_string()),
         (None, true) => (
@@ -301,11 +170,11 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let texts = encode_prompt_list(&first, &files, &device, &prompt_refs)?;
     eprintln!("encode       {:.1} s", start.elapsed().as_secs_f64());
-    let transformer = load_transformer(&first, &files, &device)?;
+    let transformers = load_transformers(&first, &files, &device)?;
     // Bad sparse settings fail here, before the first run.
     build_attention(
         &first.attention,
-        transformer.config().num_layers,
+        transformers[0].config().num_layers,
         first.steps,
     )?;
 
@@ -317,7 +186,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         settings.seed = base_seed.wrapping_add(i as u64);
         settings.output = dir.join(video_name(i));
         let start = Instant::now();
-        let clip = generate_clip(&transformer, &vae, &settings, &device, text)?;
+        let clip = generate_clip(&transformers, &vae, &settings, &device, text)?;
         write_video(&settings.output, &clip.frames, settings.fps)?;
         let faithfulness = Faithfulness::measure(caption, &clip.frames)?;
         eprintln!(
@@ -340,7 +209,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         });
     }
     let scores: Vec<Score> = rows.iter().map(|r| r.faithfulness.score()).collect();
-    let accuracy = crate::eval::accuracy(&scores);
+    let accuracy = accuracy(&scores);
     let report = EvalReport {
         vdit_version: env!("CARGO_PKG_VERSION"),
         settings: first,
@@ -446,7 +315,8 @@ impl EvalReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::PaletteColour;
+    use vdit_pipeline::eval::PaletteColour;
+    use vdit_pipeline::video::VideoFrames;
 
     #[test]
     fn every_builtin_prompt_is_a_caption_of_the_grammar() {

@@ -21,7 +21,11 @@ pub use unipc::UniPcSolver;
 
 use candle_core::Tensor;
 
+use std::fmt;
+use std::str::FromStr;
+
 use crate::error::Result;
+use crate::options::{choice_text, Choice};
 
 /// A flow-matching ODE solver driven one model evaluation at a time.
 pub trait FlowSolver {
@@ -37,9 +41,7 @@ pub trait FlowSolver {
 }
 
 /// Which solver samples the video.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     /// UniPC-2 (bh2, flow prediction): Wan2.1's default, 2nd order, one model call per step.
@@ -64,3 +66,19 @@ impl SamplerKind {
         }
     }
 }
+
+impl Choice for SamplerKind {
+    const ALL: &'static [Self] = &[SamplerKind::Unipc, SamplerKind::Euler];
+    fn name(self) -> &'static str {
+        SamplerKind::name(self)
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            SamplerKind::Unipc => {
+                "UniPC-2 (bh2, flow prediction): Wan2.1's default, 2nd order, one model call per step"
+            }
+            SamplerKind::Euler => "First-order Euler: simple, needs more steps",
+        })
+    }
+}
+choice_text!(SamplerKind);

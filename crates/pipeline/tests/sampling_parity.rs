@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use vdit::sampling::{euler_flow_schedule, unipc_flow_schedule, SamplerKind};
+use vdit_pipeline::sampling::{euler_flow_schedule, unipc_flow_schedule, SamplerKind};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/schedulers")

@@ -8,32 +8,12 @@ use openh264::encoder::{
 use openh264::formats::{YUVBuffer, YUVSource};
 use openh264::{OpenH264API, Timestamp};
 
-use super::mp4::Mp4Track;
+pub use super::track::{H264Sample, H264Stream, Mp4Track};
 use super::{Result, VideoError, VideoFrames, MAX_FPS};
 
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 const NAL_IDR_SLICE: u8 = 5;
-
-/// An encoded video: the parameter sets and one sample (access unit) per frame.
-#[derive(Debug, Clone)]
-pub struct H264Stream {
-    /// Coded size: the input size rounded up to even numbers.
-    pub width: u32,
-    pub height: u32,
-    /// Sequence parameter set NAL unit, without start code.
-    pub sps: Vec<u8>,
-    /// Picture parameter set NAL unit, without start code.
-    pub pps: Vec<u8>,
-    pub samples: Vec<H264Sample>,
-}
-
-/// One access unit: NAL units, each prefixed by its length as a big-endian u32 (MP4 `avcC` style).
-#[derive(Debug, Clone)]
-pub struct H264Sample {
-    pub data: Vec<u8>,
-    pub keyframe: bool,
-}
 
 fn codec_err(what: &str, e: impl std::fmt::Display) -> VideoError {
     VideoError::Codec(format!("{what}: {e}"))

@@ -1,0 +1,64 @@
+//! One clip from already loaded networks: what `vdit compare` and `vdit eval` run many times on
+//! one load (sample, decode, time), and the untimed warm-up pass before timed runs.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rainfusion::DenseAttention;
+use vdit_models::wan::transformer::WanTransformer;
+use vdit_models::wan::vae::WanVaeDecoder;
+
+use crate::error::Result;
+use crate::settings::GenerateSettings;
+use crate::stages::{decode_with, sample_latents_with, TextConditioning};
+use crate::video::{frames_from_tensor, VideoFrames};
+
+/// One sampled and decoded clip, with what its run measured.
+pub struct Clip {
+    /// Final latents `[1, 16, F', H/8, W/8]` f32.
+    pub latents: Tensor,
+    pub frames: VideoFrames,
+    /// Wall time of the sampling loop (all steps), seconds.
+    pub denoise_s: f64,
+    pub seconds_per_step: f64,
+    pub effective_density: f64,
+}
+
+/// Samples `settings` on the loaded `transformers` (the family's, in order) and decodes the result with the loaded `vae`
+/// (`vdit compare` and `vdit eval` load both once for all their runs).
+pub fn generate_clip(
+    transformers: &[WanTransformer],
+    vae: &WanVaeDecoder,
+    settings: &GenerateSettings,
+    device: &Device,
+    text: &TextConditioning,
+) -> Result<Clip> {
+    let start = Instant::now();
+    let sampled = sample_latents_with(transformers, settings, device, text)?;
+    let denoise_s = start.elapsed().as_secs_f64();
+    let video = decode_with(vae, settings, &sampled.latents)?;
+    Ok(Clip {
+        latents: sampled.latents,
+        frames: frames_from_tensor(&video)?,
+        denoise_s,
+        seconds_per_step: sampled.seconds_per_step,
+        effective_density: sampled.effective_density,
+    })
+}
+
+/// One untimed transformer pass at the runs' latent shape, so that the first timed run (dense)
+/// does not pay one-off costs (allocator growth, thread-pool start, GPU kernel loading) and the
+/// speedups are not inflated by them.
+pub fn warm_up(
+    transformer: &WanTransformer,
+    settings: &GenerateSettings,
+    device: &Device,
+    text: &TextConditioning,
+) -> Result<()> {
+    let channels = transformer.config().in_channels;
+    let (b, c, f, h, w) = settings.latent_shape(channels);
+    let latents = Tensor::zeros((b, c, f, h, w), DType::F32, device)?;
+    let timesteps = Tensor::full(500f32, b, device)?;
+    transformer.forward(&latents, &timesteps, &text.cond, &mut DenseAttention)?;
+    Ok(())
+}

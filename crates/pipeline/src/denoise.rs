@@ -1,0 +1,659 @@
+//! The step loop and what it asks each step: [`denoise`] runs a solver's schedule and asks a
+//! [`Denoiser`] for the (guided) velocity at each step; it never learns which model, family or
+//! expert answers. [`ExpertDenoiser`] is the denoiser every family uses: a list of experts
+//! (model slot, guidance scale, timestep range), the one serving the step's timestep loaded on
+//! the device, classifier-free guidance through [`guided_velocity`].
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use rainfusion::SelfAttention;
+
+use crate::error::{Result, VditError};
+use crate::family::{TimestepForm, TimestepRange};
+use crate::sampling::{guide_batched, FlowSolver};
+
+/// A flow-matching network: predicts the velocity (noise − clean) of a sample.
+pub trait VelocityModel {
+    /// Transformer layers, so an attention policy can keep per-layer state.
+    fn num_layers(&self) -> usize;
+
+    /// latents `[B, C, F, H, W]` f32, timesteps `[B]` (or `[B, L]` per token) f32 in 0..1000,
+    /// context `[B, Lt, D]` → velocity `[B, C, F, H, W]`. Self-attention goes through `attention`.
+    fn velocity(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor>;
+}
+
+/// One step of the schedule, as the loop hands it to the denoiser.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// 0-based.
+    pub index: usize,
+    pub count: usize,
+    /// In 0..1000.
+    pub timestep: f32,
+}
+
+/// What the step loop asks each step.
+pub trait Denoiser {
+    /// The guided velocity for `latents` `[1, C, F, H, W]` f32 at `step`, f32, same shape.
+    fn velocity(&mut self, latents: &Tensor, step: Step) -> Result<Tensor>;
+}
+
+/// What the step loop reports after each step (for the progress bar).
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// 0-based step just taken.
+    pub step: usize,
+    pub steps: usize,
+    pub timestep: f32,
+    /// Wall time of this step (model passes + solver), seconds.
+    pub seconds: f64,
+}
+
+/// Runs the solver's whole schedule from `noise` `[1, C, F', H', W']` and returns the final
+/// latents (f32, same shape).
+pub fn denoise(
+    denoiser: &mut dyn Denoiser,
+    solver: &mut dyn FlowSolver,
+    noise: &Tensor,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<Tensor> {
+    let timesteps = solver.schedule().timesteps.clone();
+    let count = timesteps.len();
+    let mut latents = noise.to_dtype(DType::F32)?;
+    for (index, &timestep) in timesteps.iter().enumerate() {
+        let start = Instant::now();
+        let step = Step {
+            index,
+            count,
+            timestep,
+        };
+        let velocity = denoiser.velocity(&latents, step)?;
+        latents = solver.step(&velocity, &latents)?;
+        if !all_finite(&latents)? {
+            return Err(VditError::NonFinite {
+                step: index + 1,
+                steps: count,
+                timestep,
+            });
+        }
+        on_step(StepReport {
+            step: index,
+            steps: count,
+            timestep,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(latents)
+}
+
+/// Whether every element of `t` is finite (one scalar leaves the device).
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let sum = t
+        .to_dtype(DType::F32)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok(sum.is_finite())
+}
+
+/// The prompt's context and, when guiding, the negative prompt's.
+pub struct Conditioning<'a> {
+    /// `[1, Lt, D]`
+    pub cond: &'a Tensor,
+    /// `[1, Lt, D]`; `None` runs without classifier-free guidance (one pass per step).
+    pub uncond: Option<&'a Tensor>,
+}
+
+/// One model evaluation with classifier-free guidance: with `uncond` (`[2, Lt, D]` = cond then
+/// uncond, built once per run) and a scale ≠ 1, both passes run as one batch of 2 and are
+/// combined in f32; otherwise one pass on `cond` `[1, Lt, D]`. `timesteps` maps a batch size to
+/// the model's timestep tensor.
+pub fn guided_velocity(
+    model: &dyn VelocityModel,
+    latents: &Tensor,
+    timesteps: &dyn Fn(usize) -> Result<Tensor>,
+    cond: &Tensor,
+    batched: Option<&Tensor>,
+    guidance_scale: f64,
+    attention: &mut dyn SelfAttention,
+) -> Result<Tensor> {
+    match batched {
+        Some(context) if guidance_scale != 1.0 => {
+            let input = Tensor::cat(&[latents, latents], 0)?;
+            let velocity = model.velocity(&input, &timesteps(2)?, context, attention)?;
+            guide_batched(&velocity, guidance_scale)
+        }
+        _ => Ok(model
+            .velocity(latents, &timesteps(1)?, cond, attention)?
+            .to_dtype(DType::F32)?),
+    }
+}
+
+/// Builds a model when its expert first runs.
+pub type LoadModel<'a> = Box<dyn FnMut() -> Result<Box<dyn VelocityModel + 'a>> + 'a>;
+
+/// Where an expert's model comes from.
+enum ModelSlot<'a> {
+    /// Loaded by the caller, kept for the whole run (`vdit compare` reuses one for many runs).
+    Shared(&'a dyn VelocityModel),
+    /// Loaded when its steps begin, freed when they end (unless all are kept).
+    Deferred {
+        load: LoadModel<'a>,
+        loaded: Option<Box<dyn VelocityModel + 'a>>,
+    },
+}
+
+/// One transformer of a run: which model, its guidance scale and the timesteps it serves.
+pub struct Expert<'a> {
+    /// For messages (`transformer`, `transformer_2`).
+    pub name: String,
+    pub guidance_scale: f64,
+    pub timesteps: TimestepRange,
+    slot: ModelSlot<'a>,
+}
+
+impl<'a> Expert<'a> {
+    /// An expert on a model the caller holds.
+    pub fn shared(
+        name: impl Into<String>,
+        model: &'a dyn VelocityModel,
+        guidance_scale: f64,
+        timesteps: TimestepRange,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            guidance_scale,
+            timesteps,
+            slot: ModelSlot::Shared(model),
+        }
+    }
+
+    /// An expert whose model `load` builds when its first step comes.
+    pub fn deferred(
+        name: impl Into<String>,
+        load: LoadModel<'a>,
+        guidance_scale: f64,
+        timesteps: TimestepRange,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            guidance_scale,
+            timesteps,
+            slot: ModelSlot::Deferred { load, loaded: None },
+        }
+    }
+
+    fn model(&mut self) -> Result<&dyn VelocityModel> {
+        match &mut self.slot {
+            ModelSlot::Shared(model) => Ok(*model),
+            ModelSlot::Deferred { load, loaded } => {
+                if loaded.is_none() {
+                    *loaded = Some(load()?);
+                }
+                Ok(loaded.as_deref().expect("just loaded"))
+            }
+        }
+    }
+
+    /// Frees a deferred model (a shared one stays with its owner).
+    fn release(&mut self) {
+        if let ModelSlot::Deferred { loaded, .. } = &mut self.slot {
+            *loaded = None;
+        }
+    }
+}
+
+/// Builds a fresh self-attention policy: one per expert's run of steps, so masks cached on one
+/// expert's activations are never reused on another's.
+/// It is given the model's layer count.
+pub type BuildAttention<'a> = Box<dyn FnMut(usize) -> Result<Box<dyn SelfAttention>> + 'a>;
+
+/// The denoiser of every family: the expert whose timestep range holds the step's timestep
+/// answers, with its guidance scale. At a switch the previous expert's model is freed (unless
+/// `keep_loaded`) and the attention policy starts afresh.
+pub struct ExpertDenoiser<'a> {
+    experts: Vec<Expert<'a>>,
+    active: Option<usize>,
+    /// Keep every expert's model on the device after its steps (more memory, no reloads).
+    pub keep_loaded: bool,
+    /// `[1, Lt, D]`
+    cond: Tensor,
+    /// `[2, Lt, D]` cond then uncond, when guiding.
+    batched: Option<Tensor>,
+    timestep_form: TimestepForm,
+    /// Tokens per sample, for per-token timesteps.
+    tokens: usize,
+    build_attention: BuildAttention<'a>,
+    attention: Option<Box<dyn SelfAttention>>,
+    /// (density, steps) of the policies of earlier experts.
+    finished_policies: Vec<(f64, usize)>,
+    steps_on_policy: usize,
+}
+
+impl<'a> ExpertDenoiser<'a> {
+    /// `experts` in any order, their ranges covering every timestep of the schedule;
+    /// `tokens` is the transformer's tokens per sample (used with per-token timesteps).
+    pub fn new(
+        experts: Vec<Expert<'a>>,
+        conditioning: &Conditioning,
+        timestep_form: TimestepForm,
+        tokens: usize,
+        build_attention: BuildAttention<'a>,
+    ) -> Result<Self> {
+        let batched = match conditioning.uncond {
+            Some(uncond) => Some(Tensor::cat(&[conditioning.cond, uncond], 0)?),
+            None => None,
+        };
+        Ok(Self {
+            experts,
+            active: None,
+            keep_loaded: false,
+            cond: conditioning.cond.clone(),
+            batched,
+            timestep_form,
+            tokens,
+            build_attention,
+            attention: None,
+            finished_policies: Vec::new(),
+            steps_on_policy: 0,
+        })
+    }
+
+    /// Fraction of attention blocks computed, averaged over layers, heads and steps (1 = dense).
+    pub fn effective_density(&self) -> f64 {
+        let mut weighted = 0.0;
+        let mut steps = 0;
+        let current = self
+            .attention
+            .as_ref()
+            .map(|a| (a.effective_density(), self.steps_on_policy));
+        for (density, n) in self.finished_policies.iter().copied().chain(current) {
+            weighted += density * n as f64;
+            steps += n;
+        }
+        match (steps, current) {
+            (0, Some((density, _))) => density,
+            (0, None) => 1.0,
+            _ => weighted / steps as f64,
+        }
+    }
+
+    /// Makes the expert serving `t` the active one: frees the previous one's model and starts a
+    /// fresh attention policy at a switch.
+    fn activate(&mut self, t: f32) -> Result<usize> {
+        let index = self
+            .experts
+            .iter()
+            .position(|e| e.timesteps.contains(t))
+            .ok_or_else(|| VditError::Sampling(format!("no transformer serves timestep {t}")))?;
+        if self.active != Some(index) {
+            if let Some(previous) = self.active {
+                if !self.keep_loaded {
+                    self.experts[previous].release();
+                }
+            }
+            if let Some(policy) = self.attention.take() {
+                self.finished_policies
+                    .push((policy.effective_density(), self.steps_on_policy));
+            }
+            let num_layers = self.experts[index].model()?.num_layers();
+            self.attention = Some((self.build_attention)(num_layers)?);
+            self.steps_on_policy = 0;
+            self.active = Some(index);
+        }
+        Ok(index)
+    }
+}
+
+impl Denoiser for ExpertDenoiser<'_> {
+    fn velocity(&mut self, latents: &Tensor, step: Step) -> Result<Tensor> {
+        let index = self.activate(step.timestep)?;
+        let attention = self.attention.as_mut().expect("activated");
+        attention.begin_step(step.index, step.count);
+        self.steps_on_policy += 1;
+        let device = latents.device().clone();
+        let (form, tokens) = (self.timestep_form, self.tokens);
+        let timesteps = move |batch: usize| -> Result<Tensor> {
+            Ok(match form {
+                TimestepForm::PerSample => Tensor::full(step.timestep, batch, &device)?,
+                TimestepForm::PerToken => Tensor::full(step.timestep, (batch, tokens), &device)?,
+            })
+        };
+        let expert = &mut self.experts[index];
+        let guidance_scale = expert.guidance_scale;
+        let model = expert.model()?;
+        guided_velocity(
+            model,
+            latents,
+            &timesteps,
+            &self.cond,
+            self.batched.as_ref(),
+            guidance_scale,
+            attention.as_mut(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::{EulerSolver, UniPcSolver};
+    use candle_core::Device;
+    use rainfusion::DenseAttention;
+    use std::cell::Cell;
+
+    /// v = (x − target(context)) / σ with σ = t/1000: the exact flow-matching velocity towards a
+    /// clean image `target`, so Euler's last step lands on it.
+    struct ToyModel {
+        /// Step at which it starts returning NaN, if any.
+        nan_from_call: Option<usize>,
+        calls: Cell<usize>,
+    }
+
+    impl VelocityModel for ToyModel {
+        fn num_layers(&self) -> usize {
+            1
+        }
+
+        fn velocity(
+            &self,
+            x: &Tensor,
+            t: &Tensor,
+            ctx: &Tensor,
+            _: &mut dyn SelfAttention,
+        ) -> Result<Tensor> {
+            let call = self.calls.get();
+            self.calls.set(call + 1);
+            assert_eq!(t.dims(), &[x.dim(0)?]);
+            assert_eq!(ctx.dim(0)?, x.dim(0)?);
+            // One scalar per sample from its context.
+            let target = ctx
+                .mean_keepdim(1)?
+                .mean_keepdim(2)?
+                .reshape((x.dim(0)?, 1, 1, 1, 1))?;
+            let sigma = (t.reshape((x.dim(0)?, 1, 1, 1, 1))? / 1000.0)?;
+            let v = x.broadcast_sub(&target)?.broadcast_div(&sigma)?;
+            match self.nan_from_call {
+                Some(n) if call >= n => Ok((v * f64::NAN)?),
+                _ => Ok(v),
+            }
+        }
+    }
+
+    /// The loop on one shared toy expert serving every timestep, dense attention.
+    fn run(
+        model: &ToyModel,
+        solver: &mut dyn FlowSolver,
+        noise: &Tensor,
+        cond: &Tensor,
+        uncond: Option<&Tensor>,
+        guidance_scale: f64,
+        on_step: &mut dyn FnMut(StepReport),
+    ) -> Result<Tensor> {
+        let mut denoiser = ExpertDenoiser::new(
+            vec![Expert::shared(
+                "toy",
+                model,
+                guidance_scale,
+                TimestepRange::ALL,
+            )],
+            &Conditioning { cond, uncond },
+            TimestepForm::PerSample,
+            0,
+            Box::new(|_| Ok(Box::new(DenseAttention))),
+        )?;
+        denoise(&mut denoiser, solver, noise, on_step)
+    }
+
+    fn toy_inputs() -> (Tensor, Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let noise = crate::sampling::seeded_noise(3, &[1, 4, 2, 3, 3], &dev).unwrap();
+        let cond = Tensor::full(2.0f32, (1, 5, 8), &dev).unwrap();
+        let uncond = Tensor::full(-1.0f32, (1, 5, 8), &dev).unwrap();
+        (noise, cond, uncond)
+    }
+
+    #[test]
+    fn guided_loop_matches_a_hand_written_one() -> Result<()> {
+        let (noise, cond, uncond) = toy_inputs();
+        let model = ToyModel {
+            nan_from_call: None,
+            calls: Cell::new(0),
+        };
+        let mut solver = UniPcSolver::new(6, 3.0);
+        let mut steps_seen = Vec::new();
+        let latents = run(
+            &model,
+            &mut solver,
+            &noise,
+            &cond,
+            Some(&uncond),
+            4.0,
+            &mut |r| steps_seen.push(r.step),
+        )?;
+        assert_eq!(steps_seen, (0..6).collect::<Vec<_>>());
+        assert_eq!(model.calls.get(), 6, "one batched call per step");
+        // By hand: v = (x − (u + g(c − u)))/σ with c = 2, u = −1 (guidance is linear in the target).
+        let mut reference = UniPcSolver::new(6, 3.0);
+        let mut x = noise.clone();
+        for k in 0..6 {
+            let sigma = reference.schedule().timesteps[k] as f64 / 1000.0;
+            let v = ((&x - (-1.0 + 4.0 * 3.0))? / sigma)?;
+            x = reference.step(&v, &x)?;
+        }
+        let diff = (latents - x)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        // Values are ≈ 11: f32 rounding of a differently ordered sum only.
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn unguided_loop_runs_one_pass_per_step() -> Result<()> {
+        let (noise, cond, _) = toy_inputs();
+        let model = ToyModel {
+            nan_from_call: None,
+            calls: Cell::new(0),
+        };
+        let mut solver = EulerSolver::new(5, 5.0);
+        let latents = run(&model, &mut solver, &noise, &cond, None, 1.0, &mut |_| {})?;
+        // Euler's last step to σ = 0 lands on the target 2 (up to f32 rounding).
+        let err = (latents - 2.0)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-4, "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_nan_stops_the_run_naming_the_step() {
+        let (noise, cond, uncond) = toy_inputs();
+        let model = ToyModel {
+            nan_from_call: Some(2),
+            calls: Cell::new(0),
+        };
+        let mut solver = UniPcSolver::new(6, 3.0);
+        let err = run(
+            &model,
+            &mut solver,
+            &noise,
+            &cond,
+            Some(&uncond),
+            5.0,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VditError::NonFinite {
+                    step: 3,
+                    steps: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("step 3 of 6"), "{err}");
+    }
+
+    /// (batch, timestep shape) of each call of a model.
+    type Calls = std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<usize>)>>>;
+
+    /// Records the batch and timestep shape of each call; counts its drops.
+    struct RecordingModel {
+        calls: Calls,
+        drops: std::rc::Rc<Cell<usize>>,
+    }
+
+    impl VelocityModel for RecordingModel {
+        fn num_layers(&self) -> usize {
+            1
+        }
+
+        fn velocity(
+            &self,
+            x: &Tensor,
+            t: &Tensor,
+            _: &Tensor,
+            _: &mut dyn SelfAttention,
+        ) -> Result<Tensor> {
+            self.calls.borrow_mut().push((x.dim(0)?, t.dims().to_vec()));
+            Ok(x.zeros_like()?)
+        }
+    }
+
+    impl Drop for RecordingModel {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+        }
+    }
+
+    /// A deferred expert over a fresh `RecordingModel`: its calls, loads and drops.
+    fn recording_expert<'a>(
+        name: &str,
+        guidance_scale: f64,
+        timesteps: TimestepRange,
+    ) -> (
+        Expert<'a>,
+        Calls,
+        std::rc::Rc<Cell<usize>>,
+        std::rc::Rc<Cell<usize>>,
+    ) {
+        let calls: Calls = Default::default();
+        let (loads, drops) = (
+            std::rc::Rc::new(Cell::new(0)),
+            std::rc::Rc::new(Cell::new(0)),
+        );
+        let (c, l, d) = (calls.clone(), loads.clone(), drops.clone());
+        let load: LoadModel<'a> = Box::new(move || {
+            l.set(l.get() + 1);
+            Ok(Box::new(RecordingModel {
+                calls: c.clone(),
+                drops: d.clone(),
+            }))
+        });
+        (
+            Expert::deferred(name, load, guidance_scale, timesteps),
+            calls,
+            loads,
+            drops,
+        )
+    }
+
+    /// Wan2.2 A14B's shape: a high-noise expert for t ≥ 500 guided at 4, a low-noise one below
+    /// unguided; the first is freed when the second loads, each policy built once.
+    #[test]
+    fn two_experts_split_the_schedule_at_the_boundary() -> Result<()> {
+        let (noise, cond, uncond) = toy_inputs();
+        let boundary = 500.0;
+        let (high, high_calls, high_loads, high_drops) = recording_expert(
+            "transformer",
+            4.0,
+            TimestepRange {
+                from: boundary,
+                below: f32::INFINITY,
+            },
+        );
+        let (low, low_calls, low_loads, low_drops) = recording_expert(
+            "transformer_2",
+            1.0,
+            TimestepRange {
+                from: f32::NEG_INFINITY,
+                below: boundary,
+            },
+        );
+        let policies = Cell::new(0);
+        let mut denoiser = ExpertDenoiser::new(
+            vec![low, high],
+            &Conditioning {
+                cond: &cond,
+                uncond: Some(&uncond),
+            },
+            TimestepForm::PerSample,
+            0,
+            Box::new(|_| {
+                policies.set(policies.get() + 1);
+                Ok(Box::new(DenseAttention))
+            }),
+        )?;
+        let mut solver = EulerSolver::new(8, 3.0);
+        let timesteps = solver.schedule().timesteps.clone();
+        let mut switched_with_high_dropped = None;
+        denoise(&mut denoiser, &mut solver, &noise, &mut |r| {
+            if r.timestep < boundary && switched_with_high_dropped.is_none() {
+                switched_with_high_dropped = Some(high_drops.get());
+            }
+        })?;
+        let high_steps = timesteps.iter().filter(|&&t| t >= boundary).count();
+        assert!(0 < high_steps && high_steps < 8, "{timesteps:?}");
+        assert_eq!(high_calls.borrow().len(), high_steps);
+        assert_eq!(low_calls.borrow().len(), 8 - high_steps);
+        // Guided expert: batch of 2 (cond + uncond); the unguided one a single pass.
+        assert!(high_calls
+            .borrow()
+            .iter()
+            .all(|(b, t)| *b == 2 && t == &[2]));
+        assert!(low_calls.borrow().iter().all(|(b, t)| *b == 1 && t == &[1]));
+        assert_eq!((high_loads.get(), low_loads.get()), (1, 1));
+        assert_eq!(
+            switched_with_high_dropped,
+            Some(1),
+            "high-noise expert freed at the switch"
+        );
+        assert_eq!(low_drops.get(), 0, "the active expert stays loaded");
+        assert_eq!(policies.get(), 2, "a fresh attention policy per expert");
+        Ok(())
+    }
+
+    /// TI2V's shape: timesteps `[B, L]`, one per latent token.
+    #[test]
+    fn per_token_timesteps_reach_the_model_as_batch_by_tokens() -> Result<()> {
+        let (noise, cond, _) = toy_inputs();
+        let (expert, calls, _, _) = recording_expert("transformer", 1.0, TimestepRange::ALL);
+        let tokens = 2 * 3 * 3;
+        let mut denoiser = ExpertDenoiser::new(
+            vec![expert],
+            &Conditioning {
+                cond: &cond,
+                uncond: None,
+            },
+            TimestepForm::PerToken,
+            tokens,
+            Box::new(|_| Ok(Box::new(DenseAttention))),
+        )?;
+        denoise(
+            &mut denoiser,
+            &mut EulerSolver::new(3, 5.0),
+            &noise,
+            &mut |_| {},
+        )?;
+        assert_eq!(calls.borrow().len(), 3);
+        assert!(calls.borrow().iter().all(|(_, t)| t == &[1, tokens]));
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! Files a run writes, each atomically (a temp file in the same directory, then a rename), so an
+//! interrupted run never leaves half a file under the final name: JSON reports and sidecars,
+//! markdown reports, latents; and the output directories of `vdit compare` and `vdit eval`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use crate::error::{Result, VditError};
+
+/// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then rename).
+pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+    let io = |source| VditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
+    serde_json::to_writer_pretty(&mut tmp, value).map_err(|e| io(std::io::Error::other(e)))?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    make_readable(path)
+}
+
+/// Temp files are created private (0600); give the finished file the usual 0644.
+fn make_readable(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(
+            |source| VditError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Saves `latents` as tensor `latents` of a safetensors file (atomically).
+pub fn save_latents(path: &Path, latents: &Tensor) -> Result<()> {
+    let io = |source| VditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .suffix(".safetensors")
+        .tempfile_in(&dir)
+        .map_err(io)?;
+    let tensors =
+        std::collections::HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]);
+    candle_core::safetensors::save(&tensors, tmp.path())?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    make_readable(path)
+}
+
+/// Writes `text` to `path` atomically (temp file in the same directory, then rename).
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let io = |source| VditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
+    tmp.write_all(text.as_bytes()).map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) unless it exists; a clear error if it is a file.
+pub fn create_output_dir(flag: &str, dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(VditError::InvalidSetting(format!(
+            "{flag} {}: exists and is not a directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        VditError::InvalidSetting(format!(
+            "{flag} {}: cannot create the directory ({e})",
+            dir.display()
+        ))
+    })
+}
