@@ -44,14 +44,14 @@ enum ToEncoder {
 /// Streams frames into a video file; see the module docs.
 ///
 /// ```no_run
-/// # use vdit::video::{VideoSink, VideoFrames};
+/// # use vdit_pipeline::video::{VideoSink, VideoFrames};
 /// # fn chunks() -> Vec<VideoFrames> { vec![] }
 /// let mut sink = VideoSink::create("out.mp4".as_ref(), 16)?;
 /// for chunk in chunks() {
 ///     sink.push(chunk)?; // returns once the chunk is queued
 /// }
 /// let written = sink.finish()?; // encodes what is left, then renames into place
-/// # Ok::<(), vdit::video::VideoError>(())
+/// # Ok::<(), vdit_pipeline::video::VideoError>(())
 /// ```
 pub struct VideoSink {
     path: PathBuf,
