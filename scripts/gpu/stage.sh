@@ -11,8 +11,14 @@ source ../shared/tools/cuda-toolchain.sh >/dev/null
 source scripts/gpu/cudnn.sh >/dev/null
 features="vdit/cuda,vdit/cudnn"
 nice cargo build --release -p vdit --features "$features" --target-dir "$target"
+# The test binaries that hold CUDA tests (STAGE_TESTS overrides; each is ~6 MB compressed, and a device call
+# carries 64 MiB with the tree).
+test_args=()
+for name in ${STAGE_TESTS:-cuda_dit cuda_kernels cuda_policy dit22_parity cuda_load}; do
+  ls crates/*/tests/"$name".rs >/dev/null 2>&1 && test_args+=(--test "$name")
+done
 tests=$(nice cargo test --release -p vdit -p vdit-models -p rainfusion --features "$features" --target-dir "$target" \
-  --test cuda_dit --test cuda_kernels --test cuda_policy --no-run --message-format=json 2>/dev/null |
+  "${test_args[@]}" --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)

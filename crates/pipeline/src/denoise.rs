@@ -501,9 +501,12 @@ mod tests {
         assert!(err.to_string().contains("step 3 of 6"), "{err}");
     }
 
+    /// (batch, timestep shape) of each call of a model.
+    type Calls = std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<usize>)>>>;
+
     /// Records the batch and timestep shape of each call; counts its drops.
     struct RecordingModel {
-        calls: std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<usize>)>>>,
+        calls: Calls,
         drops: std::rc::Rc<Cell<usize>>,
     }
 
@@ -529,8 +532,6 @@ mod tests {
             self.drops.set(self.drops.get() + 1);
         }
     }
-
-    type Calls = std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<usize>)>>>;
 
     /// A deferred expert over a fresh `RecordingModel`: its calls, loads and drops.
     fn recording_expert<'a>(

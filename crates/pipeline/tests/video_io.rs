@@ -5,7 +5,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use vdit_pipeline::video::{
     check_writable, frames_from_tensor, png_frame_path, read_video, write_video, VideoError,
-    VideoFormat, VideoFrames,
+    VideoFormat, VideoFrames, VideoSink,
 };
 
 /// A test clip with smooth gradients and a moving disc, so both flat areas and edges are coded.
@@ -404,7 +404,8 @@ fn reads_an_mp4_muxed_by_ffmpeg() {
     assert!(psnr > 40.0, "PSNR {psnr}");
 }
 
-/// The demuxer is pure Rust and must turn any damaged file into an error, never a panic.
+/// The reader must turn any damaged file into an error, never a panic (the `mp4` crate's panics are
+/// caught; their messages may still print).
 #[test]
 fn damaged_mp4_files_never_panic_the_demuxer() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,13 +419,201 @@ fn damaged_mp4_files_never_panic_the_demuxer() {
     }
     // Every cut loses samples or boxes: all truncations must be rejected.
     assert_eq!(rejected, good.len().div_ceil(7));
-    // Corrupt every byte of the boxes (before the media data) in turn, with a few patterns.
-    let mdat = good.windows(4).position(|w| w == b"mdat").unwrap();
-    for i in 0..mdat {
+    // Corrupt every byte of the boxes (the sample table follows the media data) in turn, with a few
+    // patterns.
+    let moov = good.windows(4).position(|w| w == b"moov").unwrap() - 4;
+    for i in (0..32).chain(moov..good.len()) {
         for value in [0x00, 0xff, 0x7f, good[i] ^ 0x01] {
             let mut bad = good.clone();
             bad[i] = value;
             let _ = vdit_pipeline::video::mp4::demux(&bad);
         }
+    }
+}
+
+/// Timing, not a check: `write_video` of 81 frames of 832x480 (a Wan2.1 480p clip), release build:
+/// `cargo test --release -p vdit --test video_io -- --ignored --nocapture time_`.
+#[test]
+#[ignore = "timing only"]
+fn time_write_video_81_frames_832x480() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = test_clip(832, 480, 81);
+    for run in 0..2 {
+        let path = dir.path().join(format!("t{run}.mp4"));
+        let start = std::time::Instant::now();
+        write_video(&path, &clip, 16).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let bytes = std::fs::metadata(&path).unwrap().len();
+        eprintln!("write_video 81x832x480 mp4: {secs:.3} s, {bytes} bytes");
+    }
+}
+
+/// `clip`'s frames in chunks of the given sizes, cycling (e.g. the VAE's 1 then 4, 4, ...).
+fn chunks_of(clip: &VideoFrames, sizes: &[usize]) -> Vec<VideoFrames> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &n in sizes.iter().cycle() {
+        if start >= clip.frames.len() {
+            break;
+        }
+        let end = (start + n).min(clip.frames.len());
+        out.push(
+            VideoFrames::new(clip.width, clip.height, clip.frames[start..end].to_vec()).unwrap(),
+        );
+        start = end;
+    }
+    out
+}
+
+#[test]
+fn streaming_in_chunks_writes_the_same_files_as_write_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = test_clip(48, 32, 13);
+    for ext in ["mp4", "gif", "png"] {
+        let whole = dir.path().join(format!("whole.{ext}"));
+        let whole_files = write_video(&whole, &clip, 16).unwrap();
+        for sizes in [&[1usize][..], &[1, 4], &[3, 2]] {
+            let name = format!("chunked_{}.{ext}", sizes.len() * 10 + sizes[0]);
+            let streamed = dir.path().join(&name);
+            let mut sink = VideoSink::create(&streamed, 16).unwrap();
+            assert_eq!(sink.format(), VideoFormat::from_path(&streamed).unwrap());
+            for chunk in chunks_of(&clip, sizes) {
+                sink.push(chunk).unwrap();
+            }
+            assert_eq!(sink.frames_pushed(), 13);
+            let streamed_files = sink.finish().unwrap();
+            assert_eq!(streamed_files.len(), whole_files.len());
+            // Same encoder settings, same frames: byte-identical files (openh264 runs one thread).
+            for (a, b) in whole_files.iter().zip(&streamed_files) {
+                assert!(
+                    std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+                    "{} differs from {}",
+                    b.display(),
+                    a.display()
+                );
+            }
+        }
+    }
+    let back = read_video(&dir.path().join("chunked_11.mp4")).unwrap();
+    assert_eq!(back.video.frame_count(), 13);
+    // A 48x32 clip: the disc's edges are a large share of the pixels (measured 30.0 dB).
+    let psnr = psnr_on_overlap(&clip, &back.video);
+    eprintln!("streamed 48x32 mp4 PSNR {psnr:.2} dB");
+    assert!(psnr > 25.0, "PSNR {psnr}");
+}
+
+#[test]
+fn an_encoder_error_in_the_thread_is_an_error_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.mp4");
+    std::fs::write(&path, b"what was there before").unwrap();
+    // 3842 columns is more than H.264 level 5.2 allows: the encoder thread refuses it when it creates
+    // the encoder for the first frame, after `push` has returned.
+    let wide = VideoFrames::new(3842, 2, vec![vec![0; 3842 * 2 * 3]; 2]).unwrap();
+    let mut sink = VideoSink::create(&path, 16).unwrap();
+    let mut errors = Vec::new();
+    for _ in 0..20 {
+        if let Err(e) = sink.push(wide.clone()) {
+            errors.push(e);
+            break;
+        }
+    }
+    errors.extend(sink.finish().err());
+    let first = errors.first().expect("the encoder error must surface");
+    assert!(first.to_string().contains("level 5.2"), "{first}");
+    // Whatever failed, the old file is untouched and no temporary file is left.
+    assert_eq!(std::fs::read(&path).unwrap(), b"what was there before");
+    assert_eq!(files_in(dir.path()), vec!["wide.mp4"]);
+
+    // A chunk of another size is refused at once.
+    let mut sink = VideoSink::create(&dir.path().join("b.mp4"), 16).unwrap();
+    sink.push(test_clip(16, 16, 1)).unwrap();
+    let err = sink.push(test_clip(18, 16, 1)).unwrap_err();
+    assert!(
+        err.to_string().contains("18x16 frames after 16x16"),
+        "{err}"
+    );
+    // No frames at all is an error too.
+    let err = VideoSink::create(&dir.path().join("c.gif"), 16)
+        .unwrap()
+        .finish()
+        .unwrap_err();
+    assert!(err.to_string().contains("no frames"), "{err}");
+}
+
+#[test]
+fn a_dropped_sink_leaves_no_file_and_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("kept.mp4");
+    std::fs::write(&kept, b"earlier video").unwrap();
+    for name in ["new.mp4", "kept.mp4", "new.gif", "new.png"] {
+        let mut sink = VideoSink::create(&dir.path().join(name), 16).unwrap();
+        for chunk in chunks_of(&test_clip(32, 32, 9), &[1, 4]) {
+            sink.push(chunk).unwrap();
+        }
+        drop(sink);
+        // `drop` waits for the encoder thread, so the temporary file is already gone.
+        assert_eq!(files_in(dir.path()), vec!["kept.mp4"], "after {name}");
+    }
+    assert_eq!(std::fs::read(&kept).unwrap(), b"earlier video");
+}
+
+#[test]
+fn the_sink_checks_the_path_before_any_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = VideoSink::create(&dir.path().join("missing/a.mp4"), 16).unwrap_err();
+    assert!(matches!(err, VideoError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("missing/a.mp4"), "{err}");
+    let as_dir = dir.path().join("x.mp4");
+    std::fs::create_dir(&as_dir).unwrap();
+    let err = VideoSink::create(&as_dir, 16).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert!(matches!(
+        VideoSink::create(&dir.path().join("a.avi"), 16).unwrap_err(),
+        VideoError::UnknownFormat { .. }
+    ));
+    let err = VideoSink::create(&dir.path().join("a.mp4"), 0).unwrap_err();
+    assert!(err.to_string().contains("fps 0 is outside"), "{err}");
+    assert_eq!(files_in(dir.path()), vec!["x.mp4"]);
+}
+
+/// Timing, not a check: the time the caller spends inside `push` while a producer hands over 81
+/// frames of 832x480 in the VAE's chunks (1, then 4 at a time), with and without a pause between
+/// chunks standing for the decode of the next chunk.
+#[test]
+#[ignore = "timing only"]
+fn time_streaming_push_81_frames_832x480() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = test_clip(832, 480, 81);
+    for decode_ms in [0u64, 150] {
+        let path = dir.path().join(format!("s{decode_ms}.mp4"));
+        let chunks = chunks_of(
+            &clip,
+            &[
+                1, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+            ],
+        );
+        let start = std::time::Instant::now();
+        let mut sink = VideoSink::create(&path, 16).unwrap();
+        let mut in_push = std::time::Duration::ZERO;
+        let mut longest = std::time::Duration::ZERO;
+        for chunk in chunks {
+            std::thread::sleep(std::time::Duration::from_millis(decode_ms));
+            let t = std::time::Instant::now();
+            sink.push(chunk).unwrap();
+            in_push += t.elapsed();
+            longest = longest.max(t.elapsed());
+        }
+        let t = std::time::Instant::now();
+        sink.finish().unwrap();
+        let in_finish = t.elapsed();
+        eprintln!(
+            "stream 81x832x480 mp4, {decode_ms} ms between chunks: total {:.3} s, in push {:.4} s \
+             (longest {:.4} s), in finish {:.3} s",
+            start.elapsed().as_secs_f64(),
+            in_push.as_secs_f64(),
+            longest.as_secs_f64(),
+            in_finish.as_secs_f64()
+        );
     }
 }

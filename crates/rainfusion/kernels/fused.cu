@@ -12,6 +12,14 @@
 //                       bias and gate optional (null).
 // One CTA of 256 threads per row everywhere (rows = batch · tokens).
 //   rf_bias_gelu_*      y = gelu_tanh(y + bias), in place             (y 16-bit)
+//
+// Channel-axis kernels of the VAE decoder, on [images, C, pixels] memory (pixels contiguous),
+// for bf16, f16 and f32 (suffix _f32); f32 arithmetic throughout:
+//   rf_channel_norm_*   y = act(u · scale / max(‖u‖_C, floor) · gamma[c] + beta[c]),
+//                       u = x + in_bias[c]; act = SiLU or identity; in_bias, beta optional.
+//                       One read of x, one write of y: a CTA stages a [C, tile] slab of x in
+//                       shared memory (threads along pixels, coalesced; loop over channels).
+//   rf_channel_bias_*   out = x + bias[c] (+ residual)                (a conv's bias add)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -24,6 +32,8 @@ template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return _
 template <typename T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 
 constexpr int THREADS = 256;
 // Values of one row each thread keeps in registers: rows up to THREADS · MAX_PER_THREAD wide.
@@ -166,7 +176,125 @@ __device__ void bias_gelu(T* __restrict__ y, const T* __restrict__ bias, int dim
   }
 }
 
+// ---- VAE channel-axis kernels ----
+
+constexpr int CHANNEL_THREADS = 256;
+// Channels each thread loads before it stores any: enough loads in flight per SM to cover the
+// memory latency with 2-byte accesses (16 × 2 B × 1024+ resident threads ≥ 32 KiB per SM).
+constexpr int CHANNEL_UNROLL = 16;
+
+// x, y: [images, channels, pixels] contiguous, in T. One CTA per (image, tile of `tile` pixels);
+// `tile` is a power of two ≤ CHANNEL_THREADS, so the CTA is `tile` pixel lanes × (threads/tile)
+// channel lanes. Dynamic shared memory: CHANNEL_THREADS floats (partial sums of squares), then
+// channels · tile values of T (the slab of x, kept so that x is read from device memory once). in_bias, beta: [channels] f32 or null; gamma:
+// [channels] f32. Every (valid pixel, channel) of the tile is written.
+template <typename T>
+__device__ void channel_norm(const T* __restrict__ x, const float* __restrict__ in_bias,
+                             const float* __restrict__ gamma, const float* __restrict__ beta,
+                             T* __restrict__ y, int channels, int64_t pixels, int tile,
+                             int64_t tiles_per_image, float scale, float norm_floor,
+                             int apply_silu) {
+  extern __shared__ __align__(16) unsigned char channel_smem[];
+  float* partial = reinterpret_cast<float*>(channel_smem);                  // [lanes][tile]
+  T* slab = reinterpret_cast<T*>(channel_smem + CHANNEL_THREADS * sizeof(float));  // [C][tile]
+  const int64_t image = blockIdx.x / tiles_per_image;
+  const int64_t p = (blockIdx.x % tiles_per_image) * tile + threadIdx.x % tile;
+  const int px = threadIdx.x % tile;
+  const int lanes = CHANNEL_THREADS / tile;
+  const int lane = threadIdx.x / tile;
+  const bool valid = p < pixels;
+  const int64_t base = image * channels * pixels + p;
+  const T* xp = x + base;
+
+  float sq = 0.f;
+  for (int c0 = lane; c0 < channels; c0 += lanes * CHANNEL_UNROLL) {
+    T v[CHANNEL_UNROLL];
+#pragma unroll
+    for (int u = 0; u < CHANNEL_UNROLL; ++u) {
+      const int c = c0 + u * lanes;
+      v[u] = (valid && c < channels) ? xp[static_cast<int64_t>(c) * pixels] : from_f32<T>(0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < CHANNEL_UNROLL; ++u) {
+      const int c = c0 + u * lanes;
+      if (c < channels) {
+        slab[c * tile + px] = v[u];
+        float f = to_f32<T>(v[u]);
+        if (in_bias != nullptr) f += in_bias[c];
+        sq += f * f;
+      }
+    }
+  }
+  partial[threadIdx.x] = sq;
+  __syncthreads();
+  float total = 0.f;
+  for (int l = 0; l < lanes; ++l) total += partial[l * tile + px];
+  if (!valid) return;  // no barrier follows
+  const float factor = scale / fmaxf(sqrtf(total), norm_floor);
+  T* yp = y + base;
+#pragma unroll 4
+  for (int c = lane; c < channels; c += lanes) {
+    float f = to_f32<T>(slab[c * tile + px]);
+    if (in_bias != nullptr) f += in_bias[c];
+    float out = f * factor * gamma[c];
+    if (beta != nullptr) out += beta[c];
+    if (apply_silu) out = out / (1.f + __expf(-out));
+    yp[static_cast<int64_t>(c) * pixels] = from_f32<T>(out);
+  }
+}
+
+// Elements per thread of rf_channel_bias (one CTA covers CHANNEL_THREADS · BIAS_PER_THREAD
+// pixels of one row).
+constexpr int BIAS_PER_THREAD = 8;
+
+// x, out, residual: [rows = images · channels, pixels] contiguous in T; bias: [channels] f32;
+// residual optional (null). One CTA per (row, tile). out may be x (in place): each element is
+// read and written by the same thread, all loads of a thread before its stores.
+template <typename T>
+__device__ void channel_bias(const T* x, const float* __restrict__ bias,
+                             const T* __restrict__ residual, T* out, int channels,
+                             int64_t pixels, int64_t tiles_per_row) {
+  const int64_t row = blockIdx.x / tiles_per_row;
+  const int64_t p0 = (blockIdx.x % tiles_per_row) * (CHANNEL_THREADS * BIAS_PER_THREAD);
+  const float b = bias[row % channels];
+  const int64_t base = row * pixels;
+  float v[BIAS_PER_THREAD];
+#pragma unroll
+  for (int u = 0; u < BIAS_PER_THREAD; ++u) {
+    const int64_t p = p0 + threadIdx.x + u * CHANNEL_THREADS;
+    v[u] = 0.f;
+    if (p < pixels) {
+      v[u] = to_f32<T>(x[base + p]) + b;
+      if (residual != nullptr) v[u] += to_f32<T>(residual[base + p]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < BIAS_PER_THREAD; ++u) {
+    const int64_t p = p0 + threadIdx.x + u * CHANNEL_THREADS;
+    if (p < pixels) out[base + p] = from_f32<T>(v[u]);
+  }
+}
+
 }  // namespace rf_fused
+
+#define RF_CHANNEL_ENTRIES(SUFFIX, T)                                                              \
+  extern "C" __global__ void __launch_bounds__(rf_fused::CHANNEL_THREADS)                          \
+      rf_channel_norm_##SUFFIX(const T* x, const float* in_bias, const float* gamma,               \
+                               const float* beta, T* y, int channels, int64_t pixels, int tile,    \
+                               int64_t tiles_per_image, float scale, float norm_floor,             \
+                               int apply_silu) {                                                   \
+    rf_fused::channel_norm<T>(x, in_bias, gamma, beta, y, channels, pixels, tile,                  \
+                              tiles_per_image, scale, norm_floor, apply_silu);                     \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(rf_fused::CHANNEL_THREADS)                          \
+      rf_channel_bias_##SUFFIX(const T* x, const float* bias, const T* residual, T* out,           \
+                               int channels, int64_t pixels, int64_t tiles_per_row) {              \
+    rf_fused::channel_bias<T>(x, bias, residual, out, channels, pixels, tiles_per_row);            \
+  }
+
+RF_CHANNEL_ENTRIES(bf16, __nv_bfloat16)
+RF_CHANNEL_ENTRIES(f16, __half)
+RF_CHANNEL_ENTRIES(f32, float)
 
 #define RF_FUSED_ENTRIES(SUFFIX, T)                                                                \
   extern "C" __global__ void __launch_bounds__(rf_fused::THREADS)                                  \

@@ -39,7 +39,7 @@ pub(crate) fn block_sparse_attention_generic_chunked(
     max_chunk_elements: usize,
 ) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
-    crate::sparse::check_self_attention(q, k, v)?;
+    crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
     let device = q.device();
     let out_dtype = q.dtype();

@@ -21,6 +21,7 @@ pub mod cuda;
 mod dense;
 mod error;
 pub mod generic;
+mod inputs;
 pub mod layout;
 pub mod mask;
 pub mod policy;

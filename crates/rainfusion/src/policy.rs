@@ -333,7 +333,7 @@ pub(crate) fn check_inputs(
     v: &Tensor,
     layout: &VideoLayout,
 ) -> Result<(usize, usize, usize, usize)> {
-    crate::sparse::check_self_attention(q, k, v)?;
+    crate::inputs::check_self_attention(q, k, v)?;
     let dims = q.dims4()?;
     if dims.2 != layout.total_tokens() {
         return Err(Error::LayoutMismatch {

@@ -19,7 +19,7 @@ pub fn masked_attention_reference(
     scale: f64,
 ) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
-    crate::sparse::check_self_attention(q, k, v)?;
+    crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
     let flat = |x: &Tensor| -> Result<Vec<f64>> {
         Ok(x.to_device(&Device::Cpu)?

@@ -30,7 +30,7 @@ pub fn block_sparse_attention_cpu(
     scale: f64,
 ) -> Result<Tensor> {
     let (b, h, l, _) = q.dims4()?;
-    crate::sparse::check_self_attention(q, k, v)?;
+    crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
     block_sparse_attention_cpu_tiled(q, k, v, mask, scale, MAX_KEYS_PER_TILE)
 }
@@ -46,7 +46,7 @@ pub(crate) fn block_sparse_attention_cpu_tiled(
     keys_per_tile: usize,
 ) -> Result<Tensor> {
     let (b, h, l, _) = q.dims4()?;
-    crate::sparse::check_self_attention(q, k, v)?;
+    crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
     let query_blocks = mask.query_blocks;
     run(q, k, v, mask.block_size, scale, keys_per_tile, |bh, qb| {
@@ -58,7 +58,7 @@ pub(crate) fn block_sparse_attention_cpu_tiled(
 ///
 /// q, k, v: `[B, H, L, D]` CPU tensors → `[B, H, L, D]` in q's dtype.
 pub fn dense_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    crate::sparse::check_self_attention(q, k, v)?;
+    crate::inputs::check_self_attention(q, k, v)?;
     let blocks = q.dim(2)?.div_ceil(DENSE_QUERY_ROWS);
     let all: Vec<u32> = (0..blocks as u32).collect();
     run(

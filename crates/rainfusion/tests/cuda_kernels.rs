@@ -730,3 +730,294 @@ fn bench_full_size_through_candle() {
     );
     std::env::remove_var(cuda::NO_WGMMA_ENV);
 }
+
+/// Leaves NaN where the next device allocation of `elems` values of `dtype` will most likely land
+/// (the freed buffer goes back to the stream's memory pool): a kernel that skips an element of
+/// its fresh output then shows a NaN instead of a stale plausible value.
+fn poison_next_alloc(dev: &Device, elems: usize, dtype: DType) {
+    let nan = Tensor::full(f32::NAN, elems, dev)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    dev.synchronize().unwrap();
+    drop(nan);
+}
+
+fn all_finite(t: &Tensor) -> bool {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite())
+}
+
+fn random_vec(n: usize, mean: f32, spread: f32, seed: u64) -> Tensor {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data: Vec<f32> = (0..n)
+        .map(|_| mean + rng.random_range(-spread..spread))
+        .collect();
+    Tensor::from_vec(data, n, &Device::Cpu).unwrap()
+}
+
+/// The VAE's channel norm in plain candle ops, f32 on the CPU: u = x + input_bias; u / max(‖u‖_C,
+/// floor) · scale · γ + β; then SiLU. x `[N, C, H, W]` f32.
+fn channel_norm_reference(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    input_bias: Option<&Tensor>,
+    scale: f64,
+    silu: bool,
+) -> Tensor {
+    let c = x.dim(1).unwrap();
+    let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1)).unwrap();
+    let u = match input_bias {
+        Some(b) => x.broadcast_add(&per_channel(b)).unwrap(),
+        None => x.clone(),
+    };
+    let norm = u
+        .sqr()
+        .unwrap()
+        .sum_keepdim(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .maximum(1e-12)
+        .unwrap();
+    let mut y = (u.broadcast_div(&norm).unwrap() * scale)
+        .unwrap()
+        .broadcast_mul(&per_channel(gamma))
+        .unwrap();
+    if let Some(b) = beta {
+        y = y.broadcast_add(&per_channel(b)).unwrap();
+    }
+    if silu {
+        y = y.silu().unwrap();
+    }
+    y
+}
+
+/// rainfusion's one-pass channel RMS norm (the Wan VAE's norm, with its optional bias, a
+/// preceding conv's bias and the SiLU that follows) against candle ops in f32 on the same
+/// rounded inputs: bf16, f16, f32; C from 3 to 1000 (shared-memory tiles of 128 down to 8
+/// pixels); odd pixel counts and tails; a pixel of zeros (the norm's floor); a strided input.
+#[test]
+fn channel_rms_norm_matches_candle_ops() {
+    let dev = gpu();
+    let shapes = [
+        (2, 96, 5, 7),
+        (1, 384, 45, 47),
+        (3, 13, 1, 1),
+        (1, 192, 17, 9),
+        (2, 3, 31, 33),
+        (1, 1000, 3, 5),
+    ];
+    for (si, &(n, c, h, w)) in shapes.iter().enumerate() {
+        let gamma = random_vec(c, 1.0, 0.5, 100 + si as u64);
+        let beta = random_vec(c, 0.0, 0.3, 200 + si as u64);
+        let in_bias = random_vec(c, 0.0, 0.5, 300 + si as u64);
+        let scale = (c as f64).sqrt();
+        // pixel (0, 0) of image 0 all zeros in every channel
+        let x = random((n, c, h, w), 400 + si as u64)
+            .slice_assign(
+                &[0..1, 0..c, 0..1, 0..1],
+                &Tensor::zeros((1, c, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let xr = rounded(&x, dtype);
+            let xd = x.to_dtype(dtype).unwrap().to_device(&dev).unwrap();
+            for (with_beta, with_in_bias, silu) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, true),
+                (true, true, true),
+                (false, false, true),
+            ] {
+                let beta_h = with_beta.then_some(&beta);
+                // the zero pixel only stays zero without an input bias
+                let in_bias_h = with_in_bias.then_some(&in_bias);
+                let on_dev = |t: Option<&Tensor>| t.map(|t| t.to_device(&dev).unwrap());
+                let (gamma_d, beta_d, in_bias_d) = (
+                    gamma.to_device(&dev).unwrap(),
+                    on_dev(beta_h),
+                    on_dev(in_bias_h),
+                );
+                poison_next_alloc(&dev, n * c * h * w, dtype);
+                let y = cuda::fused::channel_rms_norm(
+                    &xd,
+                    &gamma_d,
+                    beta_d.as_ref(),
+                    in_bias_d.as_ref(),
+                    scale,
+                    1e-12,
+                    silu,
+                )
+                .unwrap();
+                assert_eq!(y.dims(), xd.dims());
+                assert_eq!(y.dtype(), dtype);
+                let what = format!(
+                    "{dtype:?} {:?} beta {with_beta} input bias {with_in_bias} silu {silu}",
+                    (n, c, h, w)
+                );
+                assert!(all_finite(&y), "{what}: an element not written (NaN)");
+                let reference = channel_norm_reference(&xr, &gamma, beta_h, in_bias_h, scale, silu);
+                let err = rel_err(&y, &reference);
+                let tol = match dtype {
+                    DType::F32 => 1e-5,
+                    DType::F16 => 2e-3,
+                    _ => 1e-2,
+                };
+                assert!(err < tol, "{what}: relative error {err:.2e}");
+                if !with_in_bias {
+                    // the zero pixel: β (or SiLU(β), or 0) exactly as the reference computes it
+                    let pick = |t: &Tensor| {
+                        t.to_device(&Device::Cpu)
+                            .unwrap()
+                            .to_dtype(DType::F32)
+                            .unwrap()
+                            .narrow(0, 0, 1)
+                            .unwrap()
+                            .narrow(2, 0, 1)
+                            .unwrap()
+                            .narrow(3, 0, 1)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                    };
+                    let zero_err = (pick(&y)
+                        - pick(&reference)
+                            .to_dtype(dtype)
+                            .unwrap()
+                            .to_dtype(DType::F32)
+                            .unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                    assert!(zero_err <= 1e-2, "{what}: zero pixel off by {zero_err}");
+                }
+            }
+        }
+    }
+    // a strided view (channels narrowed out of a wider tensor) is read as its logical values
+    let wide = random((2, 40, 9, 11), 500).to_dtype(DType::BF16).unwrap();
+    let view = wide.to_device(&dev).unwrap().narrow(1, 4, 32).unwrap();
+    let gamma = random_vec(32, 1.0, 0.5, 501);
+    let y = cuda::fused::channel_rms_norm(
+        &view,
+        &gamma.to_device(&dev).unwrap(),
+        None,
+        None,
+        32f64.sqrt(),
+        1e-12,
+        false,
+    )
+    .unwrap();
+    let reference = channel_norm_reference(
+        &wide.narrow(1, 4, 32).unwrap().to_dtype(DType::F32).unwrap(),
+        &gamma,
+        None,
+        None,
+        32f64.sqrt(),
+        false,
+    );
+    let err = rel_err(&y, &reference);
+    assert!(err < 1e-2, "strided input: relative error {err:.2e}");
+}
+
+/// A conv's bias add (with and without the residual that follows it) against candle ops:
+/// bf16, f16, f32; rows longer than one CTA's 2048 pixels, with tails.
+#[test]
+fn channel_bias_add_matches_candle_ops() {
+    let dev = gpu();
+    for (si, &(n, c, h, w)) in [(2, 5, 7, 9), (1, 96, 37, 71), (3, 1, 1, 1), (1, 7, 64, 64)]
+        .iter()
+        .enumerate()
+    {
+        let bias = random_vec(c, 0.0, 1.0, 600 + si as u64);
+        let x = random((n, c, h, w), 700 + si as u64);
+        let r = random((n, c, h, w), 800 + si as u64);
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let (xr, rr) = (rounded(&x, dtype), rounded(&r, dtype));
+            let xd = x.to_dtype(dtype).unwrap().to_device(&dev).unwrap();
+            let rd = r.to_dtype(dtype).unwrap().to_device(&dev).unwrap();
+            let bias_d = bias.to_device(&dev).unwrap();
+            for with_residual in [false, true] {
+                poison_next_alloc(&dev, n * c * h * w, dtype);
+                let y = cuda::fused::channel_bias_add(&xd, &bias_d, with_residual.then_some(&rd))
+                    .unwrap();
+                assert_eq!(y.dims(), xd.dims());
+                assert_eq!(y.dtype(), dtype);
+                let what = format!("{dtype:?} {:?} residual {with_residual}", (n, c, h, w));
+                assert!(all_finite(&y), "{what}: an element not written (NaN)");
+                let mut reference = xr
+                    .broadcast_add(&bias.reshape((1, c, 1, 1)).unwrap())
+                    .unwrap();
+                if with_residual {
+                    reference = (reference + &rr).unwrap();
+                }
+                let err = rel_err(&y, &reference);
+                let tol = match dtype {
+                    DType::F32 => 1e-6,
+                    DType::F16 => 1e-3,
+                    _ => 5e-3,
+                };
+                assert!(err < tol, "{what}: relative error {err:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn channel_kernels_reject_bad_inputs() {
+    let dev = gpu();
+    let x = random((1, 8, 4, 4), 900)
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_device(&dev)
+        .unwrap();
+    let gamma = Tensor::ones(8, DType::F32, &dev).unwrap();
+    let norm = |x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>| {
+        cuda::fused::channel_rms_norm(x, gamma, beta, None, 1.0, 1e-12, false)
+    };
+    assert!(norm(&x, &gamma, None).is_ok());
+    let short = Tensor::ones(7, DType::F32, &dev).unwrap();
+    assert!(norm(&x, &short, None).is_err(), "gamma of the wrong length");
+    assert!(
+        norm(&x, &gamma, Some(&short)).is_err(),
+        "beta of the wrong length"
+    );
+    let gamma16 = gamma.to_dtype(DType::BF16).unwrap();
+    assert!(norm(&x, &gamma16, None).is_err(), "gamma must be f32");
+    let x64 = x.to_dtype(DType::F64).unwrap();
+    assert!(norm(&x64, &gamma, None).is_err(), "f64 input");
+    let cpu = x.to_device(&Device::Cpu).unwrap();
+    assert!(
+        norm(&cpu, &gamma.to_device(&Device::Cpu).unwrap(), None).is_err(),
+        "CPU input"
+    );
+    let flat = x.flatten_all().unwrap();
+    assert!(norm(&flat, &gamma, None).is_err(), "no channel axis");
+    let wide = Tensor::zeros((1, 30_000, 2), DType::F32, &dev).unwrap();
+    let gamma_wide = Tensor::ones(30_000, DType::F32, &dev).unwrap();
+    assert!(
+        norm(&wide, &gamma_wide, None).is_err(),
+        "more channels than one CTA's shared memory holds"
+    );
+    assert!(
+        cuda::fused::channel_bias_add(&x, &short, None).is_err(),
+        "bias length"
+    );
+    let other = x.narrow(2, 0, 2).unwrap();
+    assert!(
+        cuda::fused::channel_bias_add(&x, &gamma, Some(&other)).is_err(),
+        "residual of another shape"
+    );
+}

@@ -3,6 +3,8 @@
 //! step they make.
 #![allow(dead_code)] // each test file uses what it needs
 
+pub mod load;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! H.264 elementary streams through openh264 (bundled Cisco source): RGB24 frames in, one access unit
 //! per frame out, as the MP4 muxer wants them (parameter sets apart, NAL units length-prefixed).
+//! This file knows nothing of containers: `mp4` imports it, never the other way round.
 
 use openh264::decoder::Decoder;
 use openh264::encoder::{
@@ -8,63 +9,121 @@ use openh264::encoder::{
 use openh264::formats::{YUVBuffer, YUVSource};
 use openh264::{OpenH264API, Timestamp};
 
-pub use super::track::{H264Sample, H264Stream, Mp4Track};
 use super::{Result, VideoError, VideoFrames, MAX_FPS};
 
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 const NAL_IDR_SLICE: u8 = 5;
 
+/// One access unit: NAL units, each prefixed by its length as a big-endian u32 (MP4 `avcC` style).
+#[derive(Debug, Clone)]
+pub struct H264Sample {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+}
+
 fn codec_err(what: &str, e: impl std::fmt::Display) -> VideoError {
     VideoError::Codec(format!("{what}: {e}"))
 }
 
-/// Encodes `video` at `fps`. Odd sizes are padded to even by repeating the last column/row.
-pub fn encode(video: &VideoFrames, fps: u32) -> Result<H264Stream> {
-    video.validate()?;
-    if !(1..=MAX_FPS).contains(&fps) {
-        return Err(VideoError::InvalidFrames(format!(
-            "fps {fps} is outside 1..={MAX_FPS}"
-        )));
-    }
-    let (width, height) = (video.width as usize, video.height as usize);
-    let (coded_w, coded_h) = (width.next_multiple_of(2), height.next_multiple_of(2));
-    if coded_w > 3840 || coded_h > 3840 || coded_w.min(coded_h) > 2160 {
-        return Err(VideoError::InvalidFrames(format!(
-            "{width}x{height} is larger than H.264 level 5.2 allows (3840x2160)"
-        )));
-    }
-    // Quality-driven rate control with a generous bitrate: generated clips are short, so size matters
-    // less than detail. No frame skipping: the muxer needs exactly one sample per frame (openh264 warns
-    // once on stderr that it cannot then hold the bitrate, which is what we want).
-    let pixels_per_second = (coded_w * coded_h) as u64 * u64::from(fps);
-    let bitrate = (pixels_per_second / 2).clamp(500_000, 50_000_000) as u32;
-    let config = EncoderConfig::new()
-        .bitrate(BitRate::from_bps(bitrate))
-        .max_frame_rate(FrameRate::from_hz(fps as f32))
-        .rate_control_mode(RateControlMode::Quality)
-        .skip_frames(false)
-        .intra_frame_period(IntraFramePeriod::from_num_frames(fps * 4))
-        .num_threads(1)
-        .vui(VuiConfig::bt601());
-    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(|e| codec_err("cannot create the encoder", e))?;
+/// A frame-at-a-time H.264 encoder: RGB24 frames in (all of one size), one access unit out per frame,
+/// with the parameter sets kept apart for the container's `avcC`. Odd sizes are padded to even by
+/// repeating the last column/row.
+pub struct H264Encoder {
+    encoder: Encoder,
+    /// Input size.
+    width: usize,
+    height: usize,
+    /// Coded size: the input size rounded up to even numbers.
+    coded_width: usize,
+    coded_height: usize,
+    fps: u32,
+    frames_encoded: usize,
+    /// Sequence and picture parameter set NAL units, without start codes (known after frame 0).
+    sps: Vec<u8>,
+    pps: Vec<u8>,
+    padded: Vec<u8>,
+}
 
-    let mut stream = H264Stream {
-        width: coded_w as u32,
-        height: coded_h as u32,
-        sps: Vec::new(),
-        pps: Vec::new(),
-        samples: Vec::with_capacity(video.frames.len()),
-    };
-    let mut padded = Vec::new();
-    for (index, frame) in video.frames.iter().enumerate() {
-        let rgb = pad_to_even(frame, width, height, &mut padded);
+impl H264Encoder {
+    /// An encoder for `width`x`height` frames at `fps`.
+    pub fn new(width: u32, height: u32, fps: u32) -> Result<Self> {
+        if width == 0 || height == 0 {
+            return Err(VideoError::InvalidFrames(format!(
+                "size {width}x{height} has a zero side"
+            )));
+        }
+        if !(1..=MAX_FPS).contains(&fps) {
+            return Err(VideoError::InvalidFrames(format!(
+                "fps {fps} is outside 1..={MAX_FPS}"
+            )));
+        }
+        let (width, height) = (width as usize, height as usize);
+        let (coded_width, coded_height) = (width.next_multiple_of(2), height.next_multiple_of(2));
+        if coded_width > 3840 || coded_height > 3840 || coded_width.min(coded_height) > 2160 {
+            return Err(VideoError::InvalidFrames(format!(
+                "{width}x{height} is larger than H.264 level 5.2 allows (3840x2160)"
+            )));
+        }
+        // Quality-driven rate control with a generous bitrate: generated clips are short, so size matters
+        // less than detail. No frame skipping: the muxer needs exactly one sample per frame (openh264 warns
+        // once on stderr that it cannot then hold the bitrate, which is what we want).
+        let pixels_per_second = (coded_width * coded_height) as u64 * u64::from(fps);
+        let bitrate = (pixels_per_second / 2).clamp(500_000, 50_000_000) as u32;
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(bitrate))
+            .max_frame_rate(FrameRate::from_hz(fps as f32))
+            .rate_control_mode(RateControlMode::Quality)
+            .skip_frames(false)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(fps * 4))
+            .num_threads(1)
+            .vui(VuiConfig::bt601());
+        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| codec_err("cannot create the encoder", e))?;
+        Ok(Self {
+            encoder,
+            width,
+            height,
+            coded_width,
+            coded_height,
+            fps,
+            frames_encoded: 0,
+            sps: Vec::new(),
+            pps: Vec::new(),
+            padded: Vec::new(),
+        })
+    }
+
+    /// Coded size: the input size rounded up to even numbers.
+    pub fn coded_size(&self) -> (u32, u32) {
+        (self.coded_width as u32, self.coded_height as u32)
+    }
+
+    /// The latest sequence and picture parameter sets; `None` before the first frame.
+    pub fn parameter_sets(&self) -> Option<(&[u8], &[u8])> {
+        (self.sps.len() >= 4 && !self.pps.is_empty()).then(|| (&self.sps[..], &self.pps[..]))
+    }
+
+    /// Encodes the next frame (`width * height * 3` bytes of RGB24).
+    pub fn encode_frame(&mut self, rgb: &[u8]) -> Result<H264Sample> {
+        let index = self.frames_encoded;
+        if rgb.len() != self.width * self.height * 3 {
+            return Err(VideoError::InvalidFrames(format!(
+                "frame {index} has {} bytes, expected {} ({}x{} RGB24)",
+                rgb.len(),
+                self.width * self.height * 3,
+                self.width,
+                self.height
+            )));
+        }
+        let (coded_w, coded_h) = (self.coded_width, self.coded_height);
+        let rgb = pad_to_even(rgb, self.width, self.height, &mut self.padded);
         let yuv = YUVBuffer::from_vec(rgb_to_i420(rgb, coded_w, coded_h), coded_w, coded_h);
-        let millis = index as u64 * 1000 / u64::from(fps);
-        // The first frame initialises the C encoder, which prints its frame-skip warning (see above).
+        let millis = index as u64 * 1000 / u64::from(self.fps);
+        // The first frame initialises the C encoder, which prints its frame-skip warning (see `new`).
         let quiet = (index == 0).then(QuietStderr::new);
-        let bitstream = encoder
+        let bitstream = self
+            .encoder
             .encode_at(&yuv, Timestamp::from_millis(millis))
             .map_err(|e| codec_err(&format!("frame {index}"), e))?;
         drop(quiet);
@@ -77,8 +136,8 @@ pub fn encode(video: &VideoFrames, fps: u32) -> Result<H264Stream> {
                 let nal = strip_start_code(nal);
                 let Some(&header) = nal.first() else { continue };
                 match header & 0x1f {
-                    NAL_SPS => stream.sps = nal.to_vec(),
-                    NAL_PPS => stream.pps = nal.to_vec(),
+                    NAL_SPS => self.sps = nal.to_vec(),
+                    NAL_PPS => self.pps = nal.to_vec(),
                     kind => {
                         sample.keyframe |= kind == NAL_IDR_SLICE;
                         sample
@@ -94,18 +153,19 @@ pub fn encode(video: &VideoFrames, fps: u32) -> Result<H264Stream> {
                 "the encoder produced no picture for frame {index}"
             )));
         }
-        stream.samples.push(sample);
+        if self.parameter_sets().is_none() {
+            return Err(VideoError::Codec("the encoder produced no SPS/PPS".into()));
+        }
+        self.frames_encoded += 1;
+        Ok(sample)
     }
-    if stream.sps.len() < 4 || stream.pps.is_empty() {
-        return Err(VideoError::Codec("the encoder produced no SPS/PPS".into()));
-    }
-    Ok(stream)
 }
 
-/// Decodes the H.264 track of an MP4 into RGB24 frames (BT.601 limited range, as encoded).
-pub fn decode(track: &Mp4Track) -> Result<VideoFrames> {
+/// Decodes an H.264 track (parameter sets and length-prefixed samples, as an MP4 holds them) into
+/// RGB24 frames (BT.601 limited range, as encoded).
+pub fn decode(sps: &[u8], pps: &[u8], samples: &[Vec<u8>]) -> Result<VideoFrames> {
     let mut decoder = Decoder::new().map_err(|e| codec_err("cannot create the decoder", e))?;
-    let mut frames = Vec::with_capacity(track.samples.len());
+    let mut frames = Vec::with_capacity(samples.len());
     let mut size = None;
     let mut collect = |yuv: &openh264::decoder::DecodedYUV<'_>| {
         let (w, h) = yuv.dimensions();
@@ -114,14 +174,14 @@ pub fn decode(track: &Mp4Track) -> Result<VideoFrames> {
     };
 
     let mut annexb = Vec::new();
-    for nal in [&track.sps, &track.pps] {
+    for nal in [sps, pps] {
         annexb.extend_from_slice(&[0, 0, 0, 1]);
         annexb.extend_from_slice(nal);
     }
     decoder
         .decode(&annexb)
         .map_err(|e| codec_err("parameter sets", e))?;
-    for (index, sample) in track.samples.iter().enumerate() {
+    for (index, sample) in samples.iter().enumerate() {
         annexb.clear();
         length_prefixed_to_annexb(sample, &mut annexb)
             .map_err(|reason| VideoError::Codec(format!("sample {index}: {reason}")))?;

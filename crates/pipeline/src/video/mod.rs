@@ -1,12 +1,14 @@
 //! Video files: mp4 (H.264), gif and png frame sequences, chosen by the output extension.
 //!
-//! Writers take [`VideoFrames`] (RGB24) and a frame rate; every file is written atomically (a temporary
-//! file in the destination directory, then a rename), so a crash never leaves a half-written video.
+//! Writers take [`VideoFrames`] (RGB24) and a frame rate: all at once ([`write_video`]) or in chunks
+//! while they are produced ([`VideoSink`], which encodes mp4 on a background thread; `write_video` is
+//! a sink fed one chunk at a time). Every file is written atomically (a temporary file in the
+//! destination directory, then a rename), so a crash never leaves a half-written video.
 //! Readers exist so tests (and `vdit compare`) can check what was written.
 //!
 //! Format notes:
-//! - mp4: H.264 (openh264, Constrained Baseline, BT.601 limited range) in a muxer of our own
-//!   ([`mp4`]). H.264 4:2:0 needs even dimensions: odd widths/heights are **padded** by repeating the
+//! - mp4: H.264 (openh264, Constrained Baseline, BT.601 limited range) muxed and read by the `mp4`
+//!   crate ([`mp4`] says why that crate). H.264 4:2:0 needs even dimensions: odd widths/heights are **padded** by repeating the
 //!   last column/row, so the mp4 is up to one pixel wider/taller than the input. Lossy.
 //! - gif: one palette per frame (NeuQuant), frame delays in 1/100 s spread so the total duration is
 //!   exact (16 fps → delays 6,6,7,6,...). Lossy in colour.
@@ -17,7 +19,7 @@ mod gif_file;
 pub mod h264;
 pub mod mp4;
 mod png_seq;
-pub mod track;
+mod sink;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 pub use png_seq::png_frame_path;
+pub use sink::VideoSink;
 
 /// Frame rate of Wan2.1 videos, the default for every writer.
 pub const DEFAULT_FPS: u32 = 16;
@@ -192,29 +195,23 @@ pub fn check_writable(path: &Path) -> Result<VideoFormat> {
     Ok(format)
 }
 
+/// Frames per chunk when [`write_video`] feeds its sink (the VAE's chunk size).
+const WRITE_CHUNK_FRAMES: usize = 4;
+
 /// Writes `video` to `path` in the format its extension names, at `fps` frames per second.
-/// Returns the files written (one for mp4/gif, one per frame for png).
+/// Returns the files written (one for mp4/gif, one per frame for png). The same code path as
+/// streaming: a [`VideoSink`] fed the frames in chunks.
 pub fn write_video(path: &Path, video: &VideoFrames, fps: u32) -> Result<Vec<PathBuf>> {
     video.validate()?;
-    if !(1..=MAX_FPS).contains(&fps) {
-        return Err(VideoError::InvalidFrames(format!(
-            "fps {fps} is outside 1..={MAX_FPS}"
-        )));
+    let mut sink = VideoSink::create(path, fps)?;
+    for chunk in video.frames.chunks(WRITE_CHUNK_FRAMES) {
+        sink.push(VideoFrames {
+            width: video.width,
+            height: video.height,
+            frames: chunk.to_vec(),
+        })?;
     }
-    match VideoFormat::from_path(path)? {
-        VideoFormat::Mp4 => {
-            let stream = h264::encode(video, fps)?;
-            let bytes = mp4::mux(&stream, fps)?;
-            write_atomic(path, &bytes)?;
-            Ok(vec![path.to_path_buf()])
-        }
-        VideoFormat::Gif => {
-            let bytes = gif_file::encode(video, fps)?;
-            write_atomic(path, &bytes)?;
-            Ok(vec![path.to_path_buf()])
-        }
-        VideoFormat::PngSequence => png_seq::write(path, video, fps),
-    }
+    sink.finish()
 }
 
 /// Reads a video written by [`write_video`] (for png, pass the same `out.png` path).
@@ -227,7 +224,7 @@ pub fn read_video(path: &Path) -> Result<ReadVideo> {
                 format: "mp4",
                 reason,
             })?;
-            let video = h264::decode(&track)?;
+            let video = h264::decode(&track.sps, &track.pps, &track.samples)?;
             Ok(ReadVideo {
                 video,
                 fps: track.fps(),
@@ -290,15 +287,26 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 /// Temporary file in the destination directory, then a rename: readers never see a partial file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vdit-tmp-")
+        .tempfile_in(parent_dir(path))
+        .map_err(|source| VideoError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    tmp.write_all(bytes).map_err(|source| VideoError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    persist_temp(tmp, path)
+}
+
+/// Makes a finished temporary file (created next to `path`) readable, syncs it and renames it to `path`.
+pub(crate) fn persist_temp(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     let io = |source| VideoError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".vdit-tmp-")
-        .tempfile_in(parent_dir(path))
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
     // Temporary files are created private (0600); a video should be readable like any new file.
     #[cfg(unix)]
     {

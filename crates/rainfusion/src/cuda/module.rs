@@ -1,43 +1,92 @@
-//! Loading our PTX into candle's CUDA context.
+//! Loading our kernels into candle's CUDA context: machine code (cubin) when the build holds one
+//! for the device's chip, else PTX, which the driver JIT-compiles at first use.
+//!
+//! `VDIT_CUBIN=0` forces PTX; `VDIT_PROFILE=1` prints each module's load time (once per module
+//! and device), so the two can be compared. Modules are cached per device here (candle's own
+//! cache takes only PTX).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc::driver::sys::{
     CUdevice_attribute, CUfunction_attribute_enum,
 };
-use candle_core::cuda_backend::cudarc::driver::CudaFunction;
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
 
 use crate::Result;
 
-/// One compiled kernel source (`kernels/<name>.cu`), as PTX for several virtual architectures.
-pub(crate) struct PtxModule {
-    pub name: &'static str,
-    pub sm80: &'static str,
-    pub sm90: &'static str,
-    /// Hopper-only build (wgmma); `None` when the source has no sm_90a code.
-    pub sm90a: Option<&'static str>,
+/// `0` loads PTX even where a cubin for the device's chip was built.
+pub const CUBIN_ENV: &str = "VDIT_CUBIN";
+/// Set (and not `0`), each module load prints its source (cubin or PTX) and time to stderr.
+pub const PROFILE_ENV: &str = "VDIT_PROFILE";
+
+/// One build of a kernel source: PTX for a virtual architecture and, where built, a cubin of the
+/// same code for the matching real chip.
+pub(crate) struct KernelBuild {
+    pub ptx: &'static str,
+    pub cubin: Option<&'static [u8]>,
 }
 
-pub(crate) const ATTENTION: PtxModule = PtxModule {
+/// One compiled kernel source (`kernels/<name>.cu`) for several architectures.
+pub(crate) struct KernelModule {
+    pub name: &'static str,
+    /// compute_80 PTX; cubin for sm_80 (every 8.x chip runs it).
+    pub sm80: KernelBuild,
+    /// compute_90 PTX; cubin for sm_90 where it is the build Hopper runs.
+    pub sm90: KernelBuild,
+    /// Hopper-only build (wgmma) with its sm_90a cubin; `None` when the source has no sm_90a code.
+    pub sm90a: Option<KernelBuild>,
+}
+
+macro_rules! out_file {
+    ($file:literal) => {
+        concat!(env!("OUT_DIR"), "/", $file)
+    };
+}
+
+pub(crate) const ATTENTION: KernelModule = KernelModule {
     name: "rainfusion_attention",
-    sm80: include_str!(concat!(env!("OUT_DIR"), "/attention_sm80.ptx")),
-    sm90: include_str!(concat!(env!("OUT_DIR"), "/attention_sm90.ptx")),
-    sm90a: Some(include_str!(concat!(
-        env!("OUT_DIR"),
-        "/attention_sm90a.ptx"
-    ))),
+    sm80: KernelBuild {
+        ptx: include_str!(out_file!("attention_sm80.ptx")),
+        cubin: Some(include_bytes!(out_file!("attention_sm80.cubin"))),
+    },
+    // Only chips after Hopper take this build (Hopper takes sm90a): PTX alone.
+    sm90: KernelBuild {
+        ptx: include_str!(out_file!("attention_sm90.ptx")),
+        cubin: None,
+    },
+    sm90a: Some(KernelBuild {
+        ptx: include_str!(out_file!("attention_sm90a.ptx")),
+        cubin: Some(include_bytes!(out_file!("attention_sm90a.cubin"))),
+    }),
 };
 
-pub(crate) const MASK: PtxModule = PtxModule {
+pub(crate) const MASK: KernelModule = KernelModule {
     name: "rainfusion_mask",
-    sm80: include_str!(concat!(env!("OUT_DIR"), "/mask_sm80.ptx")),
-    sm90: include_str!(concat!(env!("OUT_DIR"), "/mask_sm90.ptx")),
+    sm80: KernelBuild {
+        ptx: include_str!(out_file!("mask_sm80.ptx")),
+        cubin: Some(include_bytes!(out_file!("mask_sm80.cubin"))),
+    },
+    sm90: KernelBuild {
+        ptx: include_str!(out_file!("mask_sm90.ptx")),
+        cubin: Some(include_bytes!(out_file!("mask_sm90.cubin"))),
+    },
     sm90a: None,
 };
 
-pub(crate) const FUSED: PtxModule = PtxModule {
+pub(crate) const FUSED: KernelModule = KernelModule {
     name: "rainfusion_fused",
-    sm80: include_str!(concat!(env!("OUT_DIR"), "/fused_sm80.ptx")),
-    sm90: include_str!(concat!(env!("OUT_DIR"), "/fused_sm90.ptx")),
+    sm80: KernelBuild {
+        ptx: include_str!(out_file!("fused_sm80.ptx")),
+        cubin: Some(include_bytes!(out_file!("fused_sm80.cubin"))),
+    },
+    sm90: KernelBuild {
+        ptx: include_str!(out_file!("fused_sm90.ptx")),
+        cubin: Some(include_bytes!(out_file!("fused_sm90.cubin"))),
+    },
     sm90a: None,
 };
 
@@ -49,11 +98,23 @@ pub(crate) fn compute_major(dev: &CudaDevice) -> Result<i32> {
         .w()?)
 }
 
-/// Loads `function` from `module` (once per device; candle caches the module by name) and
-/// allows it `dynamic_smem` bytes of dynamic shared memory (above the 48 KiB default).
+fn env_flag(name: &str) -> Option<bool> {
+    std::env::var_os(name).map(|v| !v.is_empty() && v != "0")
+}
+
+/// Loaded modules by device and build (`<module>_<tag>`).
+type ModuleCache = Mutex<HashMap<(DeviceId, String), Arc<CudaModule>>>;
+
+fn loaded() -> &'static ModuleCache {
+    static LOADED: OnceLock<ModuleCache> = OnceLock::new();
+    LOADED.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Loads `function` from `module` (the module once per device) and allows it `dynamic_smem`
+/// bytes of dynamic shared memory (above the 48 KiB default).
 pub(crate) fn load(
     dev: &CudaDevice,
-    module: &PtxModule,
+    module: &KernelModule,
     function: &str,
     dynamic_smem: u32,
 ) -> Result<CudaFunction> {
@@ -64,13 +125,47 @@ pub(crate) fn load(
              cp.async); this device is {major}.x"
         )));
     }
-    // sm_90a code runs on compute 9.0 only; later chips take the portable compute_90 build.
-    let (ptx, tag) = match (major, module.sm90a) {
-        (9, Some(sm90a)) => (sm90a, "sm90a"),
-        (m, _) if m >= 9 => (module.sm90, "sm90"),
-        _ => (module.sm80, "sm80"),
+    // sm_90a code runs on compute 9.0 only; later chips take the portable compute_90 PTX. A
+    // cubin runs only on chips of its own major version.
+    let (build, tag, cubin_major) = match (major, &module.sm90a) {
+        (9, Some(sm90a)) => (sm90a, "sm90a", 9),
+        (m, _) if m >= 9 => (&module.sm90, "sm90", 9),
+        _ => (&module.sm80, "sm80", 8),
     };
-    let func = dev.get_or_load_custom_func(function, &format!("{}_{tag}", module.name), ptx)?;
+    let cubin = build
+        .cubin
+        .filter(|_| major == cubin_major && env_flag(CUBIN_ENV) != Some(false));
+    let key = (dev.id(), format!("{}_{tag}", module.name));
+
+    let mut modules = loaded().lock().unwrap_or_else(|e| e.into_inner());
+    let cuda_module = match modules.get(&key) {
+        Some(m) => m.clone(),
+        None => {
+            let context = dev.cuda_stream().context().clone();
+            let start = Instant::now();
+            let image = match cubin {
+                Some(bytes) => Ptx::from_binary(bytes.to_vec()),
+                None => Ptx::from_src(build.ptx),
+            };
+            let m = context.load_module(image).w()?;
+            if env_flag(PROFILE_ENV) == Some(true) {
+                eprintln!(
+                    "rainfusion: module {} loaded from {} in {:.1} ms",
+                    key.1,
+                    if cubin.is_some() {
+                        "cubin"
+                    } else {
+                        "PTX (driver JIT)"
+                    },
+                    start.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            modules.insert(key, m.clone());
+            m
+        }
+    };
+    drop(modules);
+    let func = cuda_module.load_function(function).w()?;
     if dynamic_smem > 48 * 1024 {
         func.set_attribute(
             CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -78,5 +173,5 @@ pub(crate) fn load(
         )
         .w()?;
     }
-    Ok(func.into_cuda_function())
+    Ok(func)
 }

@@ -5,8 +5,8 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{
-    silu, single_head_attention, stage, CausalConv3d, ChannelRmsNorm, Conv2d, FeatureCache,
-    SlotCounter,
+    add_channel_bias, fused_channel_kernels, silu, single_head_attention, stage, CausalConv3d,
+    ChannelRmsNorm, Conv2d, FeatureCache, SlotCounter,
 };
 use crate::error::Result;
 use crate::profile::span;
@@ -56,22 +56,49 @@ impl ResidualBlock {
         })
     }
 
+    /// Where rainfusion's fused channel kernels run (CUDA), each conv's bias rides on the next
+    /// pass over its output: conv1's in norm2's kernel (with the SiLU), conv2's in the residual
+    /// add; the "rms norm" and "residual add" profile stages then include that work.
     pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
         let identity = match &self.shortcut {
             Some(conv) => conv.forward(x, cache)?,
             None => x.clone(),
         };
         let dev = x.device();
-        let norm_silu = |norm: &ChannelRmsNorm, x: &Tensor| -> Result<Tensor> {
-            let normed = span(stage::RMS_NORM, dev, || norm.forward_video(x))?;
-            span(stage::SILU, dev, || silu(&normed))
-        };
-        let h = norm_silu(&self.norm1, x)?;
-        let h = self.conv1.forward(&h, cache)?;
-        let h = norm_silu(&self.norm2, &h)?;
-        let h = self.conv2.forward(&h, cache)?;
-        span(stage::RESIDUAL_ADD, dev, || Ok((h + identity)?))
+        // x: [B, T, C, H, W]; input_bias: [C] f32 that the conv before left out of x
+        let norm_silu =
+            |norm: &ChannelRmsNorm, x: &Tensor, input_bias: Option<&Tensor>| -> Result<Tensor> {
+                if fused_channel_kernels(x) {
+                    span(stage::RMS_NORM, dev, || {
+                        norm.forward_video_silu(x, input_bias)
+                    })
+                } else {
+                    let x = match input_bias {
+                        Some(bias) => span(stage::CONV_BIAS, dev, || video_bias(x, bias, None))?,
+                        None => x.clone(),
+                    };
+                    let normed = span(stage::RMS_NORM, dev, || norm.forward_video(&x))?;
+                    span(stage::SILU, dev, || silu(&normed))
+                }
+            };
+        let h = norm_silu(&self.norm1, x, None)?;
+        let (h, conv1_bias) = self.conv1.forward_deferring_bias(&h, cache)?;
+        let h = norm_silu(&self.norm2, &h, conv1_bias)?;
+        let (h, conv2_bias) = self.conv2.forward_deferring_bias(&h, cache)?;
+        span(stage::RESIDUAL_ADD, dev, || match conv2_bias {
+            Some(bias) => video_bias(&h, bias, Some(&identity)),
+            None => Ok((h + identity)?),
+        })
     }
+}
+
+/// [`add_channel_bias`] on frames-major video `[B, T, C, H, W]` (bias `[C]` f32, residual of x's
+/// shape).
+fn video_bias(x: &Tensor, bias: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, c, h, w) = x.dims5()?;
+    let frames = |v: &Tensor| v.reshape((b * t, c, h * w));
+    let residual = residual.map(frames).transpose()?;
+    Ok(add_channel_bias(&frames(x)?, bias, residual.as_ref())?.reshape((b, t, c, h, w))?)
 }
 
 /// Single-head self-attention over the pixels of each frame (mid block only), with a residual.

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::blocks::{AttentionBlock, ResidualBlock, Upsample};
 use super::config::WanVaeConfig;
-use super::layers::{silu, stage, CausalConv3d, ChannelRmsNorm, FeatureCache, SlotCounter};
+use super::layers::{stage, CausalConv3d, ChannelRmsNorm, FeatureCache, SlotCounter};
 use super::residual_up::ResidualUpBlock;
 use crate::error::Result;
 use crate::profile::span;
@@ -163,7 +163,7 @@ impl Decoder3d {
             }
         }
         let x = span(stage::HEAD_NORM, x.device(), || {
-            silu(&self.norm_out.forward_video(&x)?)
+            self.norm_out.forward_video_silu(&x, None)
         })?;
         self.conv_out.forward(&x, cache)
     }

@@ -98,6 +98,42 @@ fn forced_conv_algo() -> Result<Option<CudnnFwdAlgo>> {
     .map_err(ModelError::InvalidInput)
 }
 
+/// Environment variable that, set to `0`, takes the decoder's channel-axis work off rainfusion's
+/// fused CUDA kernels (`channel_rms_norm`, `channel_bias_add`) and back to candle ops: the RMS
+/// norm (with the SiLU that follows it and the bias of the conv before it), the convs' bias adds
+/// and the residual add with the second conv's bias. On by default on CUDA; the CPU never uses
+/// them. scripts/gpu/NOTES.md, v10.
+pub const FUSED_NORM_ENV: &str = "VDIT_VAE_FUSED_NORM";
+
+/// Whether the fused channel kernels serve `x` (a decoder activation `[N, C, ...]`): a CUDA
+/// build and device, bf16/f16/f32, and [`FUSED_NORM_ENV`] not `0` (read once).
+pub(crate) fn fused_channel_kernels(x: &Tensor) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::BF16 | DType::F16 | DType::F32)
+        && *ON.get_or_init(|| std::env::var_os(FUSED_NORM_ENV).is_none_or(|v| v != "0"))
+}
+
+/// `x + bias[c]` (+ `residual`) over the channel axis 1 of x `[N, C, ...]`; bias `[C]` f32. One
+/// kernel where [`fused_channel_kernels`] holds (the sum rounded once from f32), else candle ops
+/// in x's dtype (bias rounded to it, then the residual added).
+pub fn add_channel_bias(x: &Tensor, bias: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fused_channel_kernels(x) {
+        return Ok(rainfusion::cuda::fused::channel_bias_add(
+            x, bias, residual,
+        )?);
+    }
+    let mut shape = vec![1; x.rank()];
+    shape[1] = bias.elem_count();
+    let y = x.broadcast_add(&bias.reshape(shape)?.to_dtype(x.dtype())?)?;
+    Ok(match residual {
+        Some(r) => (y + r)?,
+        None => y,
+    })
+}
+
 /// What one temporal conv remembers between decoder calls.
 #[derive(Debug, Clone, Default)]
 enum CacheSlot {
@@ -219,6 +255,8 @@ fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tenso
 pub struct Conv2d {
     weight: Tensor, // [O, C, k, k]
     bias: Tensor,   // [1, O, 1, 1]
+    /// The bias as `[O]` f32, for the fused bias kernel.
+    bias_f32: Tensor,
     padding: usize,
 }
 
@@ -231,16 +269,21 @@ impl Conv2d {
         padding: usize,
     ) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim, kernel, kernel), "weight")?;
-        let bias = vb.get(out_dim, "bias")?.reshape((1, out_dim, 1, 1))?;
+        let bias = vb.get(out_dim, "bias")?;
+        let bias_f32 = bias.to_dtype(DType::F32)?;
         Ok(Self {
             weight,
-            bias,
+            bias: bias.reshape((1, out_dim, 1, 1))?,
+            bias_f32,
             padding,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv2d_grouped(x, &self.weight, self.padding)?;
+        if y.dtype() == x.dtype() && fused_channel_kernels(&y) {
+            return add_channel_bias(&y, &self.bias_f32, None);
+        }
         Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
             .to_dtype(x.dtype())?)
     }
@@ -269,6 +312,8 @@ pub struct CausalConv3d {
     /// Temporal taps k_t.
     kt: usize,
     bias: Tensor, // [1, O, 1, 1]
+    /// The bias as `[O]` f32, for the fused channel kernels (which may add it later).
+    bias_f32: Tensor,
     spatial_padding: usize,
     out_dim: usize,
     /// Cache slot of a temporal conv (k_t > 1); None for k_t = 1, which needs no history.
@@ -306,7 +351,9 @@ impl CausalConv3d {
     ) -> Result<Self> {
         let (kt, ks) = kernel;
         let weight = vb.get((out_dim, in_dim, kt, ks, ks), "weight")?;
-        let bias = vb.get(out_dim, "bias")?.reshape((1, out_dim, 1, 1))?;
+        let bias = vb.get(out_dim, "bias")?;
+        let bias_f32 = bias.to_dtype(DType::F32)?;
+        let bias = bias.reshape((1, out_dim, 1, 1))?;
         let kernel = if stacked || kt == 1 {
             // [O, C, k_t, k, k] → [O, k_t, C, k, k] → [O, k_t·C, k, k]
             TemporalKernel::Stacked(weight.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((
@@ -327,6 +374,7 @@ impl CausalConv3d {
             kernel,
             kt,
             bias,
+            bias_f32,
             spatial_padding: (ks - 1) / 2,
             out_dim,
             slot,
@@ -334,8 +382,60 @@ impl CausalConv3d {
         })
     }
 
+    /// The conv over the k_t-frame windows of `padded` `[1, T + k_t − 1, C, H, W]` read in place,
+    /// without the stacked copy: `[T, O, H, W]`, or None where that path does not apply (it needs
+    /// the tensor-core cuDNN path, one video, 16 bits, k_t > 1 and `VDIT_VAE_TAP_VIEW=1`).
+    fn conv_windows_in_place(&self, padded: &Tensor, kernel: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cudnn")]
+        {
+            use super::cudnn_conv;
+            let (b, frames, c, h, w) = padded.dims5()?;
+            if self.kt > 1
+                && b == 1
+                && padded.device().is_cuda()
+                && matches!(padded.dtype(), DType::BF16 | DType::F16)
+                && cudnn_conv::enabled()
+                && cudnn_conv::tap_view_enabled()
+            {
+                let frames = padded.reshape((frames, c, h, w))?;
+                return span(self.conv_stage, padded.device(), || {
+                    Ok(Some(cudnn_conv::conv2d_tensor_ops_windows(
+                        &frames,
+                        self.kt,
+                        kernel,
+                        self.spatial_padding,
+                    )?))
+                });
+            }
+        }
+        #[cfg(not(feature = "cudnn"))]
+        let _ = (padded, kernel);
+        Ok(None)
+    }
+
     /// x `[B, T, C, H, W]` → `[B, T, O, H, W]`, reading and updating this conv's cache slot.
     pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        self.forward_with_bias(x, cache, false).map(|(y, _)| y)
+    }
+
+    /// [`forward`](Self::forward), except that where the fused channel kernels run the bias is
+    /// left out and returned (`[O]` f32) for the caller to add in its next pass over the output
+    /// (the next norm's input bias, or the residual add), saving a pass of its own. Elsewhere
+    /// the output has its bias and None is returned.
+    pub fn forward_deferring_bias(
+        &self,
+        x: &Tensor,
+        cache: &mut FeatureCache,
+    ) -> Result<(Tensor, Option<&Tensor>)> {
+        self.forward_with_bias(x, cache, true)
+    }
+
+    fn forward_with_bias(
+        &self,
+        x: &Tensor,
+        cache: &mut FeatureCache,
+        defer_bias: bool,
+    ) -> Result<(Tensor, Option<&Tensor>)> {
         let (b, t, c, h, w) = x.dims5()?;
         let dev = x.device();
         let history = self.kt - 1;
@@ -365,28 +465,42 @@ impl CausalConv3d {
         let dtype = x.dtype();
         let y = match &self.kernel {
             TemporalKernel::Stacked(kernel) => {
-                // window i = frames i..i+k_t of `padded`, side by side along channels
-                let windows = if self.kt == 1 {
-                    padded
-                } else {
-                    span(stage::TAP_STACKING, dev, || {
-                        let taps = (0..self.kt)
-                            .map(|j| padded.narrow(1, j, t))
-                            .collect::<candle_core::Result<Vec<_>>>()?;
-                        Ok(Tensor::cat(&taps, 2)?)
+                let y = match self.conv_windows_in_place(&padded, kernel)? {
+                    Some(y) => y,
+                    None => {
+                        // window i = frames i..i+k_t of `padded`, side by side along channels
+                        let windows = if self.kt == 1 {
+                            padded
+                        } else {
+                            span(stage::TAP_STACKING, dev, || {
+                                let taps = (0..self.kt)
+                                    .map(|j| padded.narrow(1, j, t))
+                                    .collect::<candle_core::Result<Vec<_>>>()?;
+                                Ok(Tensor::cat(&taps, 2)?)
+                            })?
+                        }; // [B, T, k_t·C, H, W]
+                        span(self.conv_stage, dev, || {
+                            conv2d_grouped(
+                                &windows.reshape((b * t, self.kt * c, h, w))?,
+                                kernel,
+                                self.spatial_padding,
+                            )
+                        })?
+                    }
+                }; // [B·T, O, H, W], x's dtype or f32
+                if y.dtype() == dtype && fused_channel_kernels(&y) {
+                    if defer_bias {
+                        return Ok((y.reshape((b, t, self.out_dim, h, w))?, Some(&self.bias_f32)));
+                    }
+                    span(stage::CONV_BIAS, dev, || {
+                        add_channel_bias(&y, &self.bias_f32, None)
                     })?
-                }; // [B, T, k_t·C, H, W]
-                let y = span(self.conv_stage, dev, || {
-                    conv2d_grouped(
-                        &windows.reshape((b * t, self.kt * c, h, w))?,
-                        kernel,
-                        self.spatial_padding,
-                    )
-                })?; // [B·T, O, H, W], x's dtype or f32
-                span(stage::CONV_BIAS, dev, || {
-                    Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
-                        .to_dtype(dtype)?)
-                })?
+                } else {
+                    span(stage::CONV_BIAS, dev, || {
+                        Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
+                            .to_dtype(dtype)?)
+                    })?
+                }
             }
             TemporalKernel::Taps(taps) => span(self.conv_stage, dev, || {
                 // Taps are summed in f32 for half-precision inputs, as a fused Conv3d accumulates;
@@ -408,7 +522,7 @@ impl CausalConv3d {
                 Ok(sum.to_dtype(dtype)?)
             })?,
         }; // [B·T, O, H, W]
-        Ok(y.reshape((b, t, self.out_dim, h, w))?)
+        Ok((y.reshape((b, t, self.out_dim, h, w))?, None))
     }
 }
 
@@ -418,10 +532,18 @@ impl CausalConv3d {
 pub struct ChannelRmsNorm {
     gamma: Tensor, // [1, C, 1, 1]
     bias: Option<Tensor>,
+    /// γ and the bias as `[C]` f32, for the fused CUDA kernel.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    gamma_f32: Tensor,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    bias_f32: Option<Tensor>,
     scale: f64,
     /// `[1, C]` f32 ones: the channel sum of the GPU path as a matmul, made once.
     ones: Tensor,
 }
+
+/// The floor of the channel norm (F.normalize's eps): an all-zero pixel stays zero.
+const NORM_FLOOR: f64 = 1e-12;
 
 impl ChannelRmsNorm {
     /// `images`: γ stored as `[C, 1, 1]` (2D attention) instead of `[C, 1, 1, 1]` (3D blocks).
@@ -440,7 +562,10 @@ impl ChannelRmsNorm {
         } else {
             None
         };
+        let as_f32 = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_all()?.to_dtype(DType::F32)?) };
         Ok(Self {
+            gamma_f32: as_f32(&gamma)?,
+            bias_f32: bias.as_ref().map(as_f32).transpose()?,
             gamma,
             bias,
             scale: (dim as f64).sqrt(),
@@ -450,11 +575,50 @@ impl ChannelRmsNorm {
 
     /// x `[N, C, H, W]` → same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if fused_channel_kernels(x) {
+            return self.forward_fused(x, None, false);
+        }
         if x.device().is_cpu() {
             self.forward_reference(x)
         } else {
             self.forward_lean(x)
         }
+    }
+
+    /// SiLU(norm(x + input_bias)) on frames-major video `[B, T, C, H, W]`; `input_bias` `[C]` f32
+    /// is the bias a conv left out of x ([`CausalConv3d::forward_deferring_bias`]). One kernel
+    /// where [`fused_channel_kernels`] holds (f32 throughout, one rounding); else the bias add,
+    /// [`forward`](Self::forward) and [`silu`] as separate passes, each rounded.
+    pub fn forward_video_silu(&self, x: &Tensor, input_bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, c, h, w) = x.dims5()?;
+        let frames = x.reshape((b * t, c, h, w))?;
+        #[cfg(feature = "cuda")]
+        if fused_channel_kernels(x) {
+            return Ok(self
+                .forward_fused(&frames, input_bias, true)?
+                .reshape((b, t, c, h, w))?);
+        }
+        let frames = match input_bias {
+            Some(bias) => add_channel_bias(&frames, bias, None)?,
+            None => frames,
+        };
+        Ok(silu(&self.forward(&frames)?)?.reshape((b, t, c, h, w))?)
+    }
+
+    /// One pass of rainfusion's channel norm kernel over x `[N, C, H, W]` (bf16/f16/f32, CUDA):
+    /// normalised, scaled by √C·γ, shifted, optionally SiLU, in f32, rounded once.
+    #[cfg(feature = "cuda")]
+    fn forward_fused(&self, x: &Tensor, input_bias: Option<&Tensor>, silu: bool) -> Result<Tensor> {
+        Ok(rainfusion::cuda::fused::channel_rms_norm(
+            x,
+            &self.gamma_f32,
+            self.bias_f32.as_ref(),
+            input_bias,
+            self.scale,
+            NORM_FLOOR,
+            silu,
+        )?)
     }
 
     /// The CPU path: normalised in f32 (for half precision), rounded, then scaled.
@@ -465,13 +629,14 @@ impl ChannelRmsNorm {
         } else {
             x.clone()
         };
-        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(NORM_FLOOR)?;
         let normalized = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
         let y = (normalized * self.scale)?.broadcast_mul(&self.gamma)?;
         self.add_bias(y)
     }
 
-    /// The GPU path, with fewer passes over the activation and none in f32 after the norm: the
+    /// The GPU path without the fused kernel ([`FUSED_NORM_ENV`]` = 0`, or a build without
+    /// `cuda`), with fewer passes over the activation and none in f32 after the norm: the
     /// sum of squares over channels in f32 as a matmul with ones (candle's reduce kernel runs one
     /// block per pixel for a channel sum), then x times √C/‖x‖ (per pixel) and γ in x's dtype.
     /// Three roundings in half precision, as in [`forward_reference`](Self::forward_reference).
@@ -482,7 +647,8 @@ impl ChannelRmsNorm {
             .ones
             .broadcast_matmul(&squares)?
             .reshape((n, 1, h, w))?; // [N, 1, H, W] f32
-        let factor = (sum.sqrt()?.maximum(1e-12)?.recip()? * self.scale)?.to_dtype(x.dtype())?;
+        let factor =
+            (sum.sqrt()?.maximum(NORM_FLOOR)?.recip()? * self.scale)?.to_dtype(x.dtype())?;
         let y = x.broadcast_mul(&factor)?.broadcast_mul(&self.gamma)?;
         self.add_bias(y)
     }

@@ -32,10 +32,10 @@ use crate::error::{ModelError, Result};
 use crate::profile::span;
 use crate::weights::{RandomWeights, WeightFiles, WeightsError};
 #[cfg(feature = "cudnn")]
-pub use cudnn_conv::{conv2d_tensor_ops, TENSOR_OPS_ENV};
+pub use cudnn_conv::{conv2d_tensor_ops, conv2d_tensor_ops_windows, TAP_VIEW_ENV, TENSOR_OPS_ENV};
 use decoder::Decoder3d;
-pub use layers::CONV_ALGO_ENV;
 use layers::{stage, CausalConv3d, FeatureCache, SlotCounter};
+pub use layers::{CONV_ALGO_ENV, FUSED_NORM_ENV};
 
 /// The error for a checkpoint that has no Wan VAE decoder in either key dialect.
 fn not_a_vae(files: String) -> ModelError {

@@ -1,0 +1,381 @@
+//! A video writer that takes frames in chunks while they are produced (the VAE decodes a few frames
+//! at a time) and encodes them on a background thread, so the H.264 encode overlaps the decode.
+//!
+//! mp4 streams: each pushed chunk goes over a bounded channel to the encoder thread, which encodes it
+//! and appends the samples to a temporary file in the destination directory. gif and png buffer the
+//! frames and encode them at [`VideoSink::finish`]. Whatever the format, the output appears only at
+//! `finish`, by a rename; a sink dropped (or failed) before that removes its temporary file and leaves
+//! whatever was at the path untouched.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tempfile::NamedTempFile;
+
+use super::h264::H264Encoder;
+use super::mp4::Mp4Muxer;
+use super::{
+    gif_file, parent_dir, persist_temp, png_seq, Result, VideoError, VideoFormat, VideoFrames,
+    MAX_FPS,
+};
+
+/// Chunks queued for the encoder before `push` waits: at most 4 chunks of up to 4 frames are held
+/// (about 19 MB at 832x480), and a producer faster than the encoder is slowed down, not buffered.
+const QUEUED_CHUNKS: usize = 4;
+
+/// Buffer between the muxer and the temporary file: samples arrive in ~1 s chunks, the sample table
+/// as many small writes.
+const FILE_BUFFER: usize = 1 << 20;
+
+enum ToEncoder {
+    /// RGB24 frames of `width`x`height`.
+    Frames {
+        width: u32,
+        height: u32,
+        frames: Vec<Vec<u8>>,
+    },
+    Finish,
+}
+
+/// Streams frames into a video file; see the module docs.
+///
+/// ```no_run
+/// # use vdit_pipeline::video::{VideoSink, VideoFrames};
+/// # fn chunks() -> Vec<VideoFrames> { vec![] }
+/// let mut sink = VideoSink::create("out.mp4".as_ref(), 16)?;
+/// for chunk in chunks() {
+///     sink.push(chunk)?; // returns once the chunk is queued
+/// }
+/// let written = sink.finish()?; // encodes what is left, then renames into place
+/// # Ok::<(), vdit_pipeline::video::VideoError>(())
+/// ```
+pub struct VideoSink {
+    path: PathBuf,
+    format: VideoFormat,
+    fps: u32,
+    /// Frame size, fixed by the first chunk.
+    size: Option<(u32, u32)>,
+    frames_pushed: usize,
+    state: State,
+}
+
+enum State {
+    Mp4(EncoderThread),
+    /// The gif is encoded at `finish` into this temporary file.
+    Gif(NamedTempFile, Vec<Vec<u8>>),
+    Png(Vec<Vec<u8>>),
+    /// An error was returned; every later call says so.
+    Failed(String),
+    Finished,
+}
+
+struct EncoderThread {
+    to_encoder: SyncSender<ToEncoder>,
+    /// Set by `drop`: the thread stops at the next frame instead of encoding what is queued.
+    cancel: Arc<AtomicBool>,
+    /// Returns the finished temporary file (after `Finish`) or the first error.
+    handle: JoinHandle<Result<NamedTempFile>>,
+}
+
+impl VideoSink {
+    /// A writer for `path` (format from its extension, as [`super::write_video`]) at `fps`.
+    /// Checks before anything is encoded: fps, extension, not a directory, and a temporary file can
+    /// be created next to `path` (mp4 and gif keep it and write into it).
+    pub fn create(path: &Path, fps: u32) -> Result<Self> {
+        if !(1..=MAX_FPS).contains(&fps) {
+            return Err(VideoError::InvalidFrames(format!(
+                "fps {fps} is outside 1..={MAX_FPS}"
+            )));
+        }
+        let format = VideoFormat::from_path(path)?;
+        if path.is_dir() {
+            return Err(VideoError::NotWritable {
+                path: path.to_path_buf(),
+                reason: "it is a directory".into(),
+            });
+        }
+        let temp = create_temp(path)?;
+        let state = match format {
+            VideoFormat::Mp4 => State::Mp4(EncoderThread::spawn(path, temp, fps)?),
+            VideoFormat::Gif => State::Gif(temp, Vec::new()),
+            // One file per frame, each written atomically at `finish`; the probe has done its job.
+            VideoFormat::PngSequence => State::Png(Vec::new()),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            format,
+            fps,
+            size: None,
+            frames_pushed: 0,
+            state,
+        })
+    }
+
+    pub fn format(&self) -> VideoFormat {
+        self.format
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Frames accepted so far.
+    pub fn frames_pushed(&self) -> usize {
+        self.frames_pushed
+    }
+
+    /// Queues `chunk` (any number of frames, all the size of the first chunk). For mp4 this returns
+    /// as soon as the encoder thread has room for the chunk; an error the encoder met on an earlier
+    /// chunk is returned here (or by `finish`).
+    pub fn push(&mut self, chunk: VideoFrames) -> Result<()> {
+        chunk.validate()?;
+        let size = (chunk.width, chunk.height);
+        if *self.size.get_or_insert(size) != size {
+            let (w, h) = self.size.unwrap_or(size);
+            return Err(VideoError::InvalidFrames(format!(
+                "chunk of {}x{} frames after {w}x{h} frames",
+                size.0, size.1
+            )));
+        }
+        let frames = chunk.frames.len();
+        match &mut self.state {
+            State::Mp4(thread) => {
+                // A finished thread has met an error: report it now rather than after more work.
+                let sent = !thread.handle.is_finished()
+                    && thread
+                        .to_encoder
+                        .send(ToEncoder::Frames {
+                            width: size.0,
+                            height: size.1,
+                            frames: chunk.frames,
+                        })
+                        .is_ok();
+                if !sent {
+                    return Err(self.fail_from_thread());
+                }
+            }
+            State::Gif(_, buffered) | State::Png(buffered) => buffered.extend(chunk.frames),
+            State::Failed(reason) => {
+                let reason = reason.clone();
+                return Err(self.earlier_failure(reason));
+            }
+            State::Finished => unreachable!("finish consumes the sink"),
+        }
+        self.frames_pushed += frames;
+        Ok(())
+    }
+
+    /// Encodes what is still queued, finalises the file and moves it into place. Returns the files
+    /// written (one for mp4/gif, one per frame for png).
+    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+        if let State::Failed(reason) = &self.state {
+            return Err(self.earlier_failure(reason.clone()));
+        }
+        if self.frames_pushed == 0 {
+            return Err(VideoError::InvalidFrames("no frames".into()));
+        }
+        let (width, height) = self.size.expect("frames were pushed");
+        let path = self.path.clone();
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::Mp4(thread) => {
+                let _ = thread.to_encoder.send(ToEncoder::Finish);
+                let temp = thread.join()?;
+                persist_temp(temp, &path)?;
+                Ok(vec![path])
+            }
+            State::Gif(mut temp, frames) => {
+                let bytes = gif_file::encode(&VideoFrames::new(width, height, frames)?, self.fps)?;
+                temp.write_all(&bytes).map_err(|source| VideoError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                persist_temp(temp, &path)?;
+                Ok(vec![path])
+            }
+            State::Png(frames) => {
+                png_seq::write(&path, &VideoFrames::new(width, height, frames)?, self.fps)
+            }
+            State::Failed(_) | State::Finished => unreachable!("checked above"),
+        }
+    }
+
+    /// Joins the (failed) encoder thread and returns its error; the sink is failed from now on.
+    fn fail_from_thread(&mut self) -> VideoError {
+        let error = match std::mem::replace(&mut self.state, State::Finished) {
+            State::Mp4(thread) => match thread.join() {
+                Err(e) => e,
+                // Cannot happen: the thread only returns Ok after `Finish`, which `finish` sends.
+                Ok(_) => VideoError::Codec("the encoder stopped early".into()),
+            },
+            _ => unreachable!("only an mp4 sink has an encoder thread"),
+        };
+        self.state = State::Failed(error.to_string());
+        error
+    }
+
+    fn earlier_failure(&self, reason: String) -> VideoError {
+        VideoError::NotWritable {
+            path: self.path.clone(),
+            reason: format!("this writer already failed: {reason}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for VideoSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoSink")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("fps", &self.fps)
+            .field("size", &self.size)
+            .field("frames_pushed", &self.frames_pushed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for VideoSink {
+    /// Without `finish`: stop the encoder, wait for it, and let the temporary file go (it deletes
+    /// itself), so nothing partial is left and an existing file at the path is untouched.
+    fn drop(&mut self) {
+        if let State::Mp4(thread) = std::mem::replace(&mut self.state, State::Finished) {
+            thread.cancel.store(true, Ordering::Relaxed);
+            let EncoderThread {
+                to_encoder, handle, ..
+            } = thread;
+            drop(to_encoder);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl EncoderThread {
+    fn spawn(path: &Path, temp: NamedTempFile, fps: u32) -> Result<Self> {
+        let (to_encoder, from_sink) = sync_channel::<ToEncoder>(QUEUED_CHUNKS);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::clone(&cancel);
+        let out_path = path.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("vdit-mp4-encoder".into())
+            .spawn(move || {
+                let mut stream = Mp4Stream::new(&out_path, temp, fps)?;
+                for message in from_sink {
+                    match message {
+                        ToEncoder::Frames {
+                            width,
+                            height,
+                            frames,
+                        } => {
+                            for frame in &frames {
+                                if cancelled.load(Ordering::Relaxed) {
+                                    return Err(VideoError::Codec("cancelled".into()));
+                                }
+                                stream.encode(width, height, frame)?;
+                            }
+                        }
+                        ToEncoder::Finish => return stream.finish(),
+                    }
+                }
+                // The sink was dropped without `finish`: the temporary file is removed on return.
+                Err(VideoError::Codec("the video was abandoned".into()))
+            })
+            .map_err(|source| VideoError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            to_encoder,
+            cancel,
+            handle,
+        })
+    }
+
+    fn join(self) -> Result<NamedTempFile> {
+        drop(self.to_encoder);
+        self.handle.join().unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(VideoError::Codec(format!(
+                "the encoder thread panicked: {message}"
+            )))
+        })
+    }
+}
+
+/// The encoder thread's state: H.264 encoder (created with the first frame, whose size it takes)
+/// and the MP4 muxer writing into the temporary file.
+struct Mp4Stream {
+    path: PathBuf,
+    fps: u32,
+    encoder: Option<H264Encoder>,
+    muxer: Mp4Muxer<BufWriter<NamedTempFile>>,
+}
+
+impl Mp4Stream {
+    fn new(path: &Path, temp: NamedTempFile, fps: u32) -> Result<Self> {
+        let out = BufWriter::with_capacity(FILE_BUFFER, temp);
+        Ok(Self {
+            path: path.to_path_buf(),
+            fps,
+            encoder: None,
+            muxer: Mp4Muxer::new(out, fps).map_err(|e| with_path(e, path))?,
+        })
+    }
+
+    /// Encodes and muxes one `width`x`height` frame; the first one sets the encoder's size (the sink
+    /// has checked that every chunk has the same).
+    fn encode(&mut self, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
+        if self.encoder.is_none() {
+            self.encoder = Some(H264Encoder::new(width, height, self.fps)?);
+        }
+        let encoder = self.encoder.as_mut().expect("created above");
+        let sample = encoder.encode_frame(rgb)?;
+        if !self.muxer.has_track() {
+            let (width, height) = encoder.coded_size();
+            let (sps, pps) = encoder
+                .parameter_sets()
+                .ok_or_else(|| VideoError::Codec("the encoder produced no SPS/PPS".into()))?;
+            self.muxer.add_h264_track(width, height, sps, pps)?;
+        }
+        self.muxer
+            .write_sample(&sample)
+            .map_err(|e| with_path(e, &self.path))
+    }
+
+    fn finish(self) -> Result<NamedTempFile> {
+        let io = |source| VideoError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let out = self.muxer.finish().map_err(|e| with_path(e, &self.path))?;
+        out.into_inner().map_err(|e| io(e.into_error()))
+    }
+}
+
+/// Muxer errors are writes to the temporary file: name the output they were for.
+fn with_path(e: VideoError, path: &Path) -> VideoError {
+    match e {
+        VideoError::Codec(reason) => VideoError::NotWritable {
+            path: path.to_path_buf(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// A temporary file next to `path`, so the final rename stays on one filesystem.
+fn create_temp(path: &Path) -> Result<NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".vdit-tmp-")
+        .tempfile_in(parent_dir(path))
+        .map_err(|source| VideoError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
