@@ -422,12 +422,15 @@ fn wrong_layouts_and_mismatched_vaes_are_one_line_errors() {
 
     // Two-expert flags on a one-transformer model.
     let mut args = flags("wan22_ti2v", &fixture("wan22_ti2v").join("model"), "g2");
-    args.extend(["--guidance-scale-2", "2", "--keep-experts"].map(String::from));
+    args.extend(["--guidance-scale-2", "2", "--keep-experts", "--dit-2"].map(String::from));
+    args.push(two.join("transformer_2").display().to_string());
     let run = run_vdit(&args, &dir.path().join("cache"));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("--guidance-scale-2: model") && stderr.contains("--keep-experts: model"),
+        stderr.contains("--guidance-scale-2: model")
+            && stderr.contains("--keep-experts: model")
+            && stderr.contains("--dit-2: model"),
         "{stderr}"
     );
 }

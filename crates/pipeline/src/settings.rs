@@ -586,20 +586,20 @@ pub fn resolve(
         }
         None => None,
     };
-    for (given, flag, what) in [
+    for (given, takes, what) in [
         (
             args.guidance_scale_2.is_some(),
-            FamilyFlag::GuidanceScale2,
+            family.takes(FamilyFlag::GuidanceScale2),
             "--guidance-scale-2",
         ),
-        (args.dit_2.is_some(), FamilyFlag::GuidanceScale2, "--dit-2"),
+        (args.dit_2.is_some(), family.experts.len() > 1, "--dit-2"),
         (
             args.keep_experts,
-            FamilyFlag::KeepExpertsLoaded,
+            family.takes(FamilyFlag::KeepExpertsLoaded),
             "--keep-experts",
         ),
     ] {
-        if given && !family.takes(flag) {
+        if given && !takes {
             problems.push(format!(
                 "{what}: model {model} ({} family) has one transformer; this flag is for two-expert models such as wan2.2-t2v-a14b",
                 family.name
