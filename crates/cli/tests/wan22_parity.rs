@@ -280,7 +280,8 @@ fn ti2v_model_matches_diffusers_in_f32_and_bf16() {
     println!("TI2V bf16: final latents rel err {err:.2e}");
     assert!(err <= 2e-2 && err > 1e-5, "{err}");
 
-    // Tiled decoding at the Wan2.2 VAE's 16x runs and stays close to the untiled frames.
+    // --vae-tiling picks tiles for the Wan2.2 VAE's 16x (16x16 latent pixels); this 4x6 latent
+    // fits in one, so this checks the wiring only (vae22_parity tests the blending at 16x).
     let (_, tiled_png, _) = generate(name, &model, dir.path(), "tiled", &["--vae-tiling"]);
     let (tiled_levels, _) = frame_difference(&tiled_png, &reference["video"]);
     assert!(tiled_levels <= 1, "tiled frames {tiled_levels} levels off");
