@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 
 use crate::generic::block_sparse_attention_generic;
 use crate::sparse_cpu::block_sparse_attention_cpu;
-use crate::{BlockMask, Error, Result};
+use crate::{BlockMask, Result};
 
 /// Block-sparse self-attention: each query attends only to the key blocks `mask` keeps.
 ///
