@@ -794,7 +794,11 @@ pub mod bench {
         /// at the end.
         #[arg(short = 'o', long, value_name = "DIR")]
         pub output_dir: Option<PathBuf>,
-        #[arg(short = 'p', long, default_value = "a cat walks on the grass, realistic style")]
+        #[arg(
+            short = 'p',
+            long,
+            default_value = "a cat walks on the grass, realistic style"
+        )]
         pub prompt: String,
         #[arg(short = 'n', long)]
         pub negative_prompt: Option<String>,

@@ -236,7 +236,8 @@ fn pipeline_bench_times_a_first_and_a_warm_run_of_the_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("pipeline.json");
     let videos = dir.path().join("videos");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model");
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model");
     let args = [
         "--dtype",
         "f32",
@@ -261,7 +262,10 @@ fn pipeline_bench_times_a_first_and_a_warm_run_of_the_tiny_model() {
         assert_eq!(row["bench"], "pipeline");
         assert_eq!(row["case"], case);
         assert!(
-            row["shape"].as_str().unwrap().starts_with("48x32x9, 4 steps, guidance 5"),
+            row["shape"]
+                .as_str()
+                .unwrap()
+                .starts_with("48x32x9, 4 steps, guidance 5"),
             "{row}"
         );
         let stages = &row["stages"];
@@ -298,7 +302,10 @@ fn pipeline_bench_times_a_first_and_a_warm_run_of_the_tiny_model() {
         .iter()
         .map(|k| get(k))
         .sum();
-        assert!(parts <= total * (1.0 + 1e-9), "stages {parts} > total {total}: {row}");
+        assert!(
+            parts <= total * (1.0 + 1e-9),
+            "stages {parts} > total {total}: {row}"
+        );
         assert!(
             get("first_step_s") < total && get("load_s") >= get("transformer_load_s"),
             "{row}"
@@ -326,9 +333,29 @@ fn wan22_shapes_run_at_toy_sizes() {
     // 128×64 at ×16: a 2×4×8 latent grid → 16 tokens after the 2×2 patches.
     let (report, stdout) = bench_ok(
         &[
-            "--iters", "1", "--warmup", "0", "transformer", "--preset", "ti2v-5b", "--layers",
-            "1", "--heads", "2", "--head-dim", "16", "--ffn-dim", "32", "--size", "128x64",
-            "--frames", "5", "--text-len", "8", "--batch", "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "transformer",
+            "--preset",
+            "ti2v-5b",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--head-dim",
+            "16",
+            "--ffn-dim",
+            "32",
+            "--size",
+            "128x64",
+            "--frames",
+            "5",
+            "--text-len",
+            "8",
+            "--batch",
+            "1",
         ],
         &json,
     );
@@ -341,8 +368,17 @@ fn wan22_shapes_run_at_toy_sizes() {
     let json = dir.path().join("vae22.json");
     let (report, _) = bench_ok(
         &[
-            "--iters", "1", "--warmup", "0", "vae", "--vae", "wan2.2", "--latent", "2x2x2",
-            "--base-dim", "8",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "vae",
+            "--vae",
+            "wan2.2",
+            "--latent",
+            "2x2x2",
+            "--base-dim",
+            "8",
         ],
         &json,
     );
@@ -350,12 +386,21 @@ fn wan22_shapes_run_at_toy_sizes() {
     check_timings(row, 1);
     // ×16 in space, 1 + 4 frames.
     assert!(
-        row["shape"].as_str().unwrap().contains("Wan2.2 B1 latent 2x2x2 → 5 frames 32x32"),
+        row["shape"]
+            .as_str()
+            .unwrap()
+            .contains("Wan2.2 B1 latent 2x2x2 → 5 frames 32x32"),
         "{row}"
     );
     // 144 px at ×16 is 9 latent columns, not a whole number of 2×2 patches: refused before work.
     let out = vdit(&[
-        "--device", "cpu", "transformer", "--preset", "ti2v-5b", "--size", "144x64",
+        "--device",
+        "cpu",
+        "transformer",
+        "--preset",
+        "ti2v-5b",
+        "--size",
+        "144x64",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

@@ -673,9 +673,8 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
     let temp;
     let dir: PathBuf = match &p.output_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                VditError::InvalidSetting(format!("-o {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| VditError::InvalidSetting(format!("-o {}: {e}", dir.display())))?;
             dir.clone()
         }
         None => {
@@ -748,7 +747,11 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         // The same words as torch_bench.py's pipeline rows, then the attention.
         let shape = format!(
             "{}x{}x{}, {} steps, guidance {}, {attention}",
-            settings.width, settings.height, settings.frames, settings.steps, settings.guidance_scale
+            settings.width,
+            settings.height,
+            settings.frames,
+            settings.steps,
+            settings.guidance_scale
         );
         rows.push(BenchRow {
             bench: "pipeline".into(),
@@ -761,8 +764,7 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
             density: Some(report.effective_density),
             peak_host_bytes: peak_rss_reset.then(peak_resident_bytes).flatten(),
             peak_device_bytes: None,
-            peak_gpu_bytes: peak_device
-                .map(|peak| peak.saturating_sub(baseline.unwrap_or(0))),
+            peak_gpu_bytes: peak_device.map(|peak| peak.saturating_sub(baseline.unwrap_or(0))),
             stages: Some(stages),
         });
     }

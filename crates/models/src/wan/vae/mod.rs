@@ -37,6 +37,9 @@ use decoder::Decoder3d;
 use layers::{stage, CausalConv3d, FeatureCache, SlotCounter};
 pub use layers::{CONV_ALGO_ENV, FUSED_NORM_ENV};
 
+/// What [`WanVaeDecoder::decode_with_chunks`] hands each decoded chunk to.
+type ChunkConsumer<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
+
 /// The error for a checkpoint that has no Wan VAE decoder in either key dialect.
 fn not_a_vae(files: String) -> ModelError {
     WeightsError::MissingTensor {
@@ -278,7 +281,7 @@ impl WanVaeDecoder {
         latents: &Tensor,
         tiling: Option<VaeTiling>,
         progress: &mut dyn FnMut(usize, usize),
-        on_chunk: Option<&mut dyn FnMut(&Tensor) -> Result<()>>,
+        on_chunk: Option<&mut ChunkConsumer>,
     ) -> Result<Option<Tensor>> {
         let z_dim = self.config.z_dim;
         let dims = latents.dims();
