@@ -168,7 +168,7 @@ fn pipeline_markdown(rows: &[&BenchRow]) -> String {
         let Some(st) = &row.stages else { continue };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
             row.case,
             row.shape,
             st.total_s,
