@@ -563,7 +563,8 @@ pub mod bench {
     use std::path::PathBuf;
 
     use clap::{Args, Subcommand};
-    use vdit_pipeline::options::{DTypeChoice, DeviceChoice};
+    use rainfusion::DenseSteps;
+    use vdit_pipeline::options::{AttentionMode, DTypeChoice, DeviceChoice};
 
     use super::{choice, parse_size};
 
@@ -596,8 +597,11 @@ pub mod bench {
         Attention(AttentionBench),
         /// One forward of the Wan2.1 transformer with random weights.
         Transformer(TransformerBench),
-        /// One decode of the Wan2.1 VAE with random weights.
+        /// One decode of the Wan2.1 or Wan2.2 VAE with random weights.
         Vae(VaeBench),
+        /// The whole run a user waits for (`vdit generate`'s pipeline: loads, encode, denoise,
+        /// decode, mp4), `--runs` times in this process: a first run, then warm ones.
+        Pipeline(PipelineBench),
     }
 
     /// `vdit bench attention`.
@@ -647,8 +651,45 @@ pub mod bench {
         /// Wan2.1 T2V 14B (40 layers, 40 heads of 128).
         #[value(name = "t2v-14b")]
         T2v14b,
+        /// Wan2.2 T2V-A14B, one expert (the 14B shape); default size 1280x720x81.
+        #[value(name = "t2v-a14b")]
+        T2vA14b,
+        /// Wan2.2 TI2V-5B (30 layers, 24 heads of 128, 48 latent channels, ×16 VAE); default size
+        /// 1280x704x121.
+        #[value(name = "ti2v-5b")]
+        Ti2v5b,
         /// A toy model (2 layers, 2 heads of 16, text width 32) for smoke tests.
         Tiny,
+    }
+
+    impl PresetArg {
+        /// The name `WanConfig::preset` knows (none for the toy).
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::T2v1_3b => "t2v-1.3b",
+                Self::T2v14b => "t2v-14b",
+                Self::T2vA14b => "t2v-a14b",
+                Self::Ti2v5b => "ti2v-5b",
+                Self::Tiny => "tiny",
+            }
+        }
+
+        /// The video size (width, height) and frames the preset's model is run at.
+        pub fn default_video(self) -> ((u32, u32), usize) {
+            match self {
+                Self::T2vA14b => ((1280, 720), 81),
+                Self::Ti2v5b => ((1280, 704), 121),
+                _ => ((832, 480), 81),
+            }
+        }
+
+        /// Video pixels per latent pixel of the model's VAE (Wan2.2's TI2V VAE: 16).
+        pub fn spatial_compression(self) -> usize {
+            match self {
+                Self::Ti2v5b => 16,
+                _ => 8,
+            }
+        }
     }
 
     /// Self-attention of the transformer bench.
@@ -679,12 +720,13 @@ pub mod bench {
         /// Batch (2 = the conditional and unconditional halves of classifier-free guidance).
         #[arg(long, default_value_t = 2, value_parser = parse_positive)]
         pub batch: usize,
-        /// Video size WIDTHxHEIGHT in pixels (multiples of 16).
-        #[arg(long, default_value = "832x480", value_parser = parse_size)]
-        pub size: (u32, u32),
-        /// Video frames (4n+1).
-        #[arg(long, default_value_t = 81, value_parser = parse_frames)]
-        pub frames: usize,
+        /// Video size WIDTHxHEIGHT in pixels (multiples of 16). Default: the preset's (832x480;
+        /// t2v-a14b 1280x720; ti2v-5b 1280x704).
+        #[arg(long, value_parser = parse_size)]
+        pub size: Option<(u32, u32)>,
+        /// Video frames (4n+1). Default: the preset's (81; ti2v-5b 121).
+        #[arg(long, value_parser = parse_frames)]
+        pub frames: Option<usize>,
         #[arg(long, value_enum, default_value_t = BenchAttention::Dense)]
         pub attention: BenchAttention,
         /// RainFusion sparsity in [0, 1).
@@ -707,8 +749,8 @@ pub mod bench {
                 layers: None,
                 ffn_dim: None,
                 batch: 2,
-                size: (832, 480),
-                frames: 81,
+                size: None,
+                frames: None,
                 attention: BenchAttention::Dense,
                 sparsity: 0.8,
                 block_size: 128,
@@ -717,31 +759,107 @@ pub mod bench {
         }
     }
 
+    /// Which VAE `vdit bench vae` decodes with.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum VaeArg {
+        /// Wan2.1's VAE (z 16, ×8 in space).
+        #[value(name = "wan2.1")]
+        Wan21,
+        /// Wan2.2's TI2V VAE (z 48, ×16 in space).
+        #[value(name = "wan2.2")]
+        Wan22,
+    }
+
     /// `vdit bench vae`.
     #[derive(Debug, Clone, Args)]
     pub struct VaeBench {
-        /// Latent grid FRAMESxHEIGHTxWIDTH (21x60x104 = 81 frames at 832×480).
-        #[arg(long, default_value = "21x60x104", value_parser = parse_latent)]
-        pub latent: [usize; 3],
+        #[arg(long, value_enum, default_value_t = VaeArg::Wan21)]
+        pub vae: VaeArg,
+        /// Latent grid FRAMESxHEIGHTxWIDTH. Default: 81 frames at 832×480 for wan2.1
+        /// (21x60x104), 121 frames at 1280×704 for wan2.2 (31x44x80).
+        #[arg(long, value_parser = parse_latent)]
+        pub latent: Option<[usize; 3]>,
         #[arg(long, default_value_t = 1, value_parser = parse_positive)]
         pub batch: usize,
         /// Decode in spatial tiles (256×256 pixels, 64 overlap) instead of whole frames.
         #[arg(long)]
         pub tiling: bool,
-        /// Channel base of the decoder (96 for Wan2.1; smaller for smoke tests).
-        #[arg(long, default_value_t = 96, value_parser = parse_positive)]
-        pub base_dim: usize,
+        /// Channel base of the decoder (default the VAE's: 96 for Wan2.1, 256 for Wan2.2; smaller
+        /// for smoke tests).
+        #[arg(long, value_parser = parse_positive)]
+        pub base_dim: Option<usize>,
     }
 
     impl Default for VaeBench {
         fn default() -> Self {
             Self {
-                latent: [21, 60, 104],
+                vae: VaeArg::Wan21,
+                latent: None,
                 batch: 1,
                 tiling: false,
-                base_dim: 96,
+                base_dim: None,
             }
         }
+    }
+
+    /// `vdit bench pipeline`: the flags of `vdit generate` that change the work (the shared
+    /// `--device`/`--dtype`/`--json` flags of `vdit bench` apply; `--warmup`/`--iters` do not).
+    #[derive(Debug, Clone, Args)]
+    pub struct PipelineBench {
+        /// Model: a registry name, a hub id or a local directory (as `vdit generate -m`).
+        #[arg(short = 'm', long)]
+        pub model: String,
+        /// Runs of the whole pipeline in this process: the first pays the start-up, the later ones
+        /// are warm.
+        #[arg(long, default_value_t = 2, value_parser = parse_positive)]
+        pub runs: usize,
+        /// Folder for the videos (and sidecars) of the runs. Default: a temporary folder, removed
+        /// at the end.
+        #[arg(short = 'o', long, value_name = "DIR")]
+        pub output_dir: Option<PathBuf>,
+        #[arg(
+            short = 'p',
+            long,
+            default_value = "a cat walks on the grass, realistic style"
+        )]
+        pub prompt: String,
+        #[arg(short = 'n', long)]
+        pub negative_prompt: Option<String>,
+        /// Video size WIDTHxHEIGHT. Default: the model's.
+        #[arg(long, value_parser = parse_size, value_name = "WxH")]
+        pub size: Option<(u32, u32)>,
+        /// Frames, 4n+1. Default: the model's.
+        #[arg(long, value_parser = super::parse_frames)]
+        pub frames: Option<u32>,
+        /// Sampling steps. Default: the model's.
+        #[arg(long, value_parser = super::parse_steps)]
+        pub steps: Option<usize>,
+        /// Classifier-free guidance scale (1 = off). Default: the model's.
+        #[arg(long, alias = "cfg-scale", value_parser = super::parse_guidance)]
+        pub guidance_scale: Option<f64>,
+        /// Time shift of the flow-matching schedule. Default: the model's.
+        #[arg(long, value_parser = super::parse_shift)]
+        pub shift: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        pub seed: u64,
+        /// Self-attention of the transformer.
+        #[arg(long, value_parser = super::choice::<AttentionMode>(), default_value_t = AttentionMode::Dense)]
+        pub attention: AttentionMode,
+        /// Fraction of attention blocks skipped by RainFusion, in [0, 1).
+        #[arg(long, default_value_t = 0.8, value_parser = crate::args::parse_sparsity)]
+        pub sparsity: f64,
+        /// Steps run dense before sparse attention starts (a count or a fraction).
+        #[arg(long, value_parser = super::parse_dense_steps, value_name = "N|FRACTION")]
+        pub dense_steps: Option<DenseSteps>,
+        /// Run the text encoder on the CPU.
+        #[arg(long)]
+        pub t5_cpu: bool,
+        /// Decode the video in spatial tiles.
+        #[arg(long)]
+        pub vae_tiling: bool,
+        /// Never touch the network (hub models from the cache only).
+        #[arg(long)]
+        pub offline: bool,
     }
 
     fn parse_positive(s: &str) -> std::result::Result<usize, String> {

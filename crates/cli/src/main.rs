@@ -19,6 +19,7 @@ use commands::{bench, compare, eval, generate, models};
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    bench::mark_main_started();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::generate(&args),

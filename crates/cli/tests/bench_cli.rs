@@ -227,3 +227,182 @@ fn bad_flags_are_clear_errors() {
         assert!(stderr.contains("built without CUDA"), "{stderr}");
     }
 }
+
+/// `vdit bench pipeline` on the tiny fixture model (tests/fixtures/tiny_pipeline): a first and a
+/// warm run of the whole `vdit generate` pipeline, each a row with every stage measured and the
+/// stages adding up to no more than the run.
+#[test]
+fn pipeline_bench_times_a_first_and_a_warm_run_of_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("pipeline.json");
+    let videos = dir.path().join("videos");
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model");
+    let args = [
+        "--dtype",
+        "f32",
+        "pipeline",
+        "-m",
+        model.to_str().unwrap(),
+        "--size",
+        "48x32",
+        "--frames",
+        "9",
+        "--steps",
+        "4",
+        "--guidance-scale",
+        "5",
+        "-o",
+        videos.to_str().unwrap(),
+    ];
+    let (report, stdout) = bench_ok(&args, &json);
+    let rows = rows(&report);
+    assert_eq!(rows.len(), 2, "{report}");
+    for (row, case) in rows.iter().zip(["vdit first run", "vdit warm run"]) {
+        assert_eq!(row["bench"], "pipeline");
+        assert_eq!(row["case"], case);
+        assert!(
+            row["shape"]
+                .as_str()
+                .unwrap()
+                .starts_with("48x32x9, 4 steps, guidance 5"),
+            "{row}"
+        );
+        let stages = &row["stages"];
+        let get = |key: &str| {
+            stages[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing: {row}"))
+        };
+        for key in [
+            "load_s",
+            "encode_s",
+            "denoise_s",
+            "decode_s",
+            "write_s",
+            "total_s",
+            "text_encoder_load_s",
+            "transformer_load_s",
+            "vae_load_s",
+            "first_step_s",
+            "seconds_per_step",
+        ] {
+            assert!(get(key) > 0.0, "{key} not positive: {row}");
+        }
+        let total = get("total_s");
+        assert_eq!(row["median_s"].as_f64().unwrap(), total, "{row}");
+        let parts: f64 = [
+            "imports_s",
+            "load_s",
+            "encode_s",
+            "denoise_s",
+            "decode_s",
+            "write_s",
+        ]
+        .iter()
+        .map(|k| get(k))
+        .sum();
+        assert!(
+            parts <= total * (1.0 + 1e-9),
+            "stages {parts} > total {total}: {row}"
+        );
+        assert!(
+            get("first_step_s") < total && get("load_s") >= get("transformer_load_s"),
+            "{row}"
+        );
+        // CPU runs report the peak resident set.
+        assert!(row["peak_host_bytes"].as_u64().unwrap() > 0, "{row}");
+    }
+    // Start-up is charged to the first run only.
+    assert!(rows[0]["stages"]["imports_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(rows[1]["stages"]["imports_s"].as_f64().unwrap(), 0.0);
+    for run in ["run1.mp4", "run2.mp4"] {
+        let video = vdit_pipeline::video::read_video(&videos.join(run)).unwrap();
+        assert_eq!(video.video.frames.len(), 9, "{run}");
+    }
+    assert!(stdout.contains("| vdit first run |"), "{stdout}");
+    assert!(stdout.contains("peak RSS"), "{stdout}");
+}
+
+/// Wan2.2 shapes: the TI2V-5B transformer (48 channels, ×16 VAE) at a toy grid and size, and
+/// the Wan2.2 VAE with a toy channel base.
+#[test]
+fn wan22_shapes_run_at_toy_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ti2v.json");
+    // 128×64 at ×16: a 2×4×8 latent grid → 16 tokens after the 2×2 patches.
+    let (report, stdout) = bench_ok(
+        &[
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "transformer",
+            "--preset",
+            "ti2v-5b",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--head-dim",
+            "16",
+            "--ffn-dim",
+            "32",
+            "--size",
+            "128x64",
+            "--frames",
+            "5",
+            "--text-len",
+            "8",
+            "--batch",
+            "1",
+        ],
+        &json,
+    );
+    let row = &rows(&report)[0];
+    check_timings(row, 1);
+    let shape = row["shape"].as_str().unwrap();
+    assert!(shape.contains("L16") && shape.ends_with("ti2v-5b"), "{row}");
+    assert!(stdout.contains("ti2v-5b"), "{stdout}");
+
+    let json = dir.path().join("vae22.json");
+    let (report, _) = bench_ok(
+        &[
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "vae",
+            "--vae",
+            "wan2.2",
+            "--latent",
+            "2x2x2",
+            "--base-dim",
+            "8",
+        ],
+        &json,
+    );
+    let row = &rows(&report)[0];
+    check_timings(row, 1);
+    // ×16 in space, 1 + 4 frames.
+    assert!(
+        row["shape"]
+            .as_str()
+            .unwrap()
+            .contains("Wan2.2 B1 latent 2x2x2 → 5 frames 32x32"),
+        "{row}"
+    );
+    // 144 px at ×16 is 9 latent columns, not a whole number of 2×2 patches: refused before work.
+    let out = vdit(&[
+        "--device",
+        "cpu",
+        "transformer",
+        "--preset",
+        "ti2v-5b",
+        "--size",
+        "144x64",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("patch size"), "{stderr}");
+}

@@ -113,12 +113,25 @@ fn vdit_generate_writes_mp4_gif_png_and_latents_matching_diffusers() {
             "decode_s",
             "write_s",
             "seconds_per_step",
+            "text_encoder_load_s",
+            "transformer_load_s",
+            "vae_load_s",
+            "first_step_s",
+            "total_s",
         ] {
             assert!(
                 sidecar["timings"][stage].as_f64().unwrap() >= 0.0,
                 "{stage}"
             );
         }
+        // Each load is part of its stage, and the stages part of the run.
+        let t = |k: &str| sidecar["timings"][k].as_f64().unwrap();
+        assert!(t("text_encoder_load_s") <= t("encode_s"), "{sidecar}");
+        assert!(t("transformer_load_s") <= t("denoise_s"), "{sidecar}");
+        assert!(t("vae_load_s") <= t("decode_s"), "{sidecar}");
+        let stages = t("encode_s") + t("denoise_s") + t("decode_s") + t("write_s");
+        assert!(stages <= t("total_s") && t("total_s") > 0.0, "{sidecar}");
+        assert!(stderr.contains("write "), "stage lines: {stderr}");
     }
 }
 

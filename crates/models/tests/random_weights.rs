@@ -121,3 +121,79 @@ fn random_vae_decodes_to_the_real_video_shape() {
         "clamped video, max |x| {max}"
     );
 }
+
+/// `decode_with_chunks` hands over 1 frame, then 4 per later latent frame, in order, clamped,
+/// and together they are `decode`'s video; tiled, it hands over the whole (tiled) video once; an
+/// error from the consumer stops the decode.
+#[test]
+fn chunked_decode_gives_the_frames_of_decode_as_they_come() {
+    use vdit_models::wan::vae::VaeTiling;
+    for cfg in [
+        WanVaeConfig {
+            base_dim: 8,
+            ..WanVaeConfig::wan2_1()
+        },
+        WanVaeConfig {
+            base_dim: 8,
+            decoder_base_dim: Some(8),
+            ..WanVaeConfig::wan2_2()
+        },
+    ] {
+        let decoder = WanVaeDecoder::random(&cfg, DType::F32, &Device::Cpu).unwrap();
+        let latents = Tensor::randn(0f32, 3.0, (1, cfg.z_dim, 3, 4, 6), &Device::Cpu).unwrap();
+        let whole = decoder.decode(&latents, None).unwrap();
+        let mut chunks = Vec::new();
+        decoder
+            .decode_with_chunks(&latents, None, &mut |chunk| {
+                chunks.push(chunk.clone());
+                Ok(())
+            })
+            .unwrap();
+        let frames: Vec<usize> = chunks.iter().map(|c| c.dim(2).unwrap()).collect();
+        assert_eq!(frames, [1, 4, 4], "{}", cfg.family());
+        let joined = Tensor::cat(&chunks, 2).unwrap();
+        let diff = (joined - &whole)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{}: chunks differ from decode", cfg.family());
+
+        // Tiles smaller than the latent: one call with the blended video.
+        let tiling = Some(VaeTiling {
+            tile: (2, 4),
+            overlap: 1,
+        });
+        let tiled = decoder.decode(&latents, tiling).unwrap();
+        let mut calls = Vec::new();
+        decoder
+            .decode_with_chunks(&latents, tiling, &mut |chunk| {
+                calls.push(chunk.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(calls.len(), 1);
+        let diff = (&calls[0] - &tiled)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{}: tiled chunk differs", cfg.family());
+
+        let mut seen = 0;
+        let err = decoder
+            .decode_with_chunks(&latents, None, &mut |_| {
+                seen += 1;
+                Err(vdit_models::ModelError::InvalidInput("writer full".into()))
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("writer full"), "{err}");
+        assert_eq!(seen, 1, "the decode stopped at the first error");
+    }
+}

@@ -11,7 +11,9 @@
 //! a [`Denoiser`](crate::denoise::Denoiser) per step, so it is tested with toy models and serves
 //! any flow-matching transformer.
 
+use std::cell::Cell;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,7 +41,7 @@ use crate::hub::{ComponentFiles, ModelFiles};
 use crate::output::{save_latents, write_json_atomic};
 use crate::sampling::{load_noise, seeded_noise};
 use crate::settings::{AttentionSettings, GenerateSettings};
-use crate::video::{frames_from_tensor, write_video, VideoFrames};
+use crate::video::{frames_from_tensor, write_video, VideoFrames, VideoSink};
 
 /// The self-attention policy the flags ask for, for a transformer of `num_layers` layers
 /// sampled in `num_steps` steps. Out-of-range settings give rainfusion's error.
@@ -91,15 +93,52 @@ pub fn build_attention(
     }
 }
 
-/// Wall time of each stage, seconds.
+/// Wall time of each stage, seconds. Each stage's time includes loading its network; the
+/// `*_load_s` fields say how much of it was loading (the rest, `*_compute_s()`, is the work).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageTimings {
+    /// Tokenizer and text encoder load, and the prompts' encoding.
     pub encode_s: f64,
+    /// Transformer loads and the sampling steps.
     pub denoise_s: f64,
+    /// VAE load, the decode, and the frames handed to the video writer as they are decoded.
     pub decode_s: f64,
+    /// Waiting for the video writer to finish after the last frame (the mp4 encoder runs beside
+    /// the decode, so this is only what it has left).
     pub write_s: f64,
-    /// Mean of the sampling steps (model passes + solver).
+    /// Mean of the sampling steps (model passes + solver; a deferred expert's load is in its
+    /// first step).
     pub seconds_per_step: f64,
+    /// Tokenizer and text-encoder load (part of `encode_s`).
+    pub text_encoder_load_s: f64,
+    /// Transformer loads, every expert's summed (part of `denoise_s`).
+    pub transformer_load_s: f64,
+    /// VAE load (part of `decode_s`).
+    pub vae_load_s: f64,
+    /// From the start of the run (preflight) to the end of the first sampling step: what the
+    /// user waits before the progress bar moves.
+    pub first_step_s: f64,
+    /// The whole run, preflight to the sidecar written.
+    pub total_s: f64,
+}
+
+impl StageTimings {
+    /// Every network load of the run.
+    pub fn load_s(&self) -> f64 {
+        self.text_encoder_load_s + self.transformer_load_s + self.vae_load_s
+    }
+
+    pub fn encode_compute_s(&self) -> f64 {
+        (self.encode_s - self.text_encoder_load_s).max(0.0)
+    }
+
+    pub fn denoise_compute_s(&self) -> f64 {
+        (self.denoise_s - self.transformer_load_s).max(0.0)
+    }
+
+    pub fn decode_compute_s(&self) -> f64 {
+        (self.decode_s - self.vae_load_s).max(0.0)
+    }
 }
 
 /// The sidecar JSON written next to the video.
@@ -135,22 +174,45 @@ impl std::fmt::Display for RunReport {
 
 /// Runs the three stages for `settings` with the model `files` and writes the video and sidecar.
 pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunReport> {
+    let run_start = Instant::now();
     let device = settings.device.device()?;
     let mut timings = StageTimings::default();
     preflight(settings, files)?;
 
     let start = Instant::now();
-    let text = encode_prompts(settings, files, &device)?;
+    let encoder = PromptEncoder::load(settings, files, &device)?;
+    timings.text_encoder_load_s = start.elapsed().as_secs_f64();
+    let text = encoder.conditioning(
+        &settings.prompt,
+        &settings.negative_prompt,
+        settings.uses_guidance(),
+    )?;
+    drop(encoder);
     timings.encode_s = start.elapsed().as_secs_f64();
-    eprintln!("encode       {:.1} s", timings.encode_s);
+    eprintln!(
+        "encode       {:.1} s (load {:.2} s, compute {:.2} s)",
+        timings.encode_s,
+        timings.text_encoder_load_s,
+        timings.encode_compute_s()
+    );
 
     let start = Instant::now();
     let sampled = sample_latents(settings, files, &device, &text)?;
     timings.denoise_s = start.elapsed().as_secs_f64();
     timings.seconds_per_step = sampled.seconds_per_step;
+    timings.transformer_load_s = sampled.model_load_s;
+    timings.first_step_s = sampled
+        .first_step_done
+        .map_or(0.0, |done| (done - run_start).as_secs_f64());
     eprintln!(
-        "denoise      {:.1} s ({:.2} s/step, attention density {:.3})",
-        timings.denoise_s, sampled.seconds_per_step, sampled.effective_density
+        "denoise      {:.1} s (load {:.2} s, compute {:.2} s; {:.2} s/step, first step done {:.2} s \
+         into the run, attention density {:.3})",
+        timings.denoise_s,
+        timings.transformer_load_s,
+        timings.denoise_compute_s(),
+        sampled.seconds_per_step,
+        timings.first_step_s,
+        sampled.effective_density
     );
     let mut written = Vec::new();
     if let Some(path) = &settings.latents_out {
@@ -158,15 +220,32 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         written.push(path.display().to_string());
     }
 
+    // The video is encoded while the VAE decodes: the sink takes each decoded chunk, and its
+    // file appears only at `finish` (a failure drops the sink, which removes its temporary file;
+    // the latents are already saved).
     let start = Instant::now();
-    let video = decode_latents(settings, files, &device, &sampled.latents)?;
+    let mut sink = VideoSink::create(&settings.output, settings.fps).map_err(video_error)?;
+    let vae = load_vae(settings, files, &device)?;
+    timings.vae_load_s = start.elapsed().as_secs_f64();
+    decode_into_sink(&vae, settings, &sampled.latents, &mut sink)?;
+    drop(vae);
     timings.decode_s = start.elapsed().as_secs_f64();
-    eprintln!("decode       {:.1} s", timings.decode_s);
+    eprintln!(
+        "decode       {:.1} s (load {:.2} s, decode and frames to the encoder {:.2} s)",
+        timings.decode_s,
+        timings.vae_load_s,
+        timings.decode_compute_s()
+    );
 
     let start = Instant::now();
-    let frames = video_frames(&video)?;
-    written.extend(write_frames(&settings.output, &frames, settings.fps)?);
+    let files_written = sink.finish().map_err(video_error)?;
+    written.extend(files_written.iter().map(|p| p.display().to_string()));
     timings.write_s = start.elapsed().as_secs_f64();
+    eprintln!(
+        "write        {:.2} s (the encoder's work left after the decode)",
+        timings.write_s
+    );
+    timings.total_s = run_start.elapsed().as_secs_f64();
 
     let sidecar_path = settings.sidecar_path();
     let sidecar = Sidecar {
@@ -177,6 +256,8 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         files: written,
     };
     write_json_atomic(&sidecar_path, &sidecar)?;
+    // The sidecar's total stops before its own write; the report's includes it.
+    timings.total_s = run_start.elapsed().as_secs_f64();
     Ok(RunReport {
         output: settings.output.clone(),
         sidecar: sidecar_path,
@@ -340,6 +421,10 @@ pub struct SampledLatents {
     pub latents: Tensor,
     pub seconds_per_step: f64,
     pub effective_density: f64,
+    /// Seconds spent loading transformers during the steps (0 for models loaded beforehand).
+    pub model_load_s: f64,
+    /// When the first sampling step ended.
+    pub first_step_done: Option<Instant>,
 }
 
 /// Finds (or downloads) every file of the run in stage order and checks the attention flags
@@ -599,7 +684,35 @@ pub fn deferred_experts<'a>(
         .collect()
 }
 
-/// Stage 2: samples, each transformer loaded for its steps and freed after them.
+/// [`deferred_experts`] adding each load's wall time to `load_seconds`.
+fn timed_deferred_experts<'a>(
+    settings: &'a GenerateSettings,
+    files: &'a ModelFiles,
+    device: &'a Device,
+    load_seconds: &Rc<Cell<f64>>,
+) -> Vec<Expert<'a>> {
+    let scales = settings.expert_guidance_scales();
+    settings
+        .family
+        .experts
+        .iter()
+        .zip(scales)
+        .map(|(rule, scale)| {
+            let load_seconds = load_seconds.clone();
+            let load: LoadModel<'a> = Box::new(move || {
+                let start = Instant::now();
+                let model: Box<dyn VelocityModel> =
+                    Box::new(load_expert(settings, files, device, rule)?);
+                load_seconds.set(load_seconds.get() + start.elapsed().as_secs_f64());
+                Ok(model)
+            });
+            Expert::deferred(rule.component, load, scale, rule.timesteps)
+        })
+        .collect()
+}
+
+/// Stage 2: samples, each transformer loaded for its steps and freed after them (the loads'
+/// time in [`SampledLatents::model_load_s`]).
 pub fn sample_latents(
     settings: &GenerateSettings,
     files: &ModelFiles,
@@ -610,13 +723,16 @@ pub fn sample_latents(
         Some(config) => config.in_channels,
         None => settings.family.latent.channels,
     };
-    sample_with_experts(
-        deferred_experts(settings, files, device),
+    let load_seconds = Rc::new(Cell::new(0.0));
+    let mut sampled = sample_with_experts(
+        timed_deferred_experts(settings, files, device, &load_seconds),
         channels,
         settings,
         device,
         text,
-    )
+    )?;
+    sampled.model_load_s = load_seconds.get();
+    Ok(sampled)
 }
 
 /// The initial noise of `settings`: the `--noise` file, else seeded.
@@ -683,7 +799,9 @@ pub fn sample_with_experts(
             .progress_chars("=> "),
     );
     let mut total_seconds = 0.0;
+    let mut first_step_done = None;
     let latents = denoise(&mut denoiser, solver.as_mut(), &noise, &mut |report| {
+        first_step_done.get_or_insert_with(Instant::now);
         total_seconds += report.seconds;
         progress.set_message(format!(
             "{:.2} s/step (t = {})",
@@ -698,6 +816,8 @@ pub fn sample_with_experts(
         latents,
         seconds_per_step: total_seconds / settings.steps.max(1) as f64,
         effective_density: denoiser.effective_density(),
+        model_load_s: 0.0,
+        first_step_done,
     })
 }
 
@@ -730,6 +850,33 @@ pub fn decode_with(
         .vae_tiling
         .then(|| VaeTiling::for_spatial_scale(vae.spatial_compression()));
     Ok(vae.decode(latents, tiling)?)
+}
+
+/// Decodes with a loaded VAE into `sink`, each decoded chunk pushed as soon as it exists (the
+/// mp4 encoder works while the VAE decodes). The sink is not finished here.
+pub fn decode_into_sink(
+    vae: &WanVaeDecoder,
+    settings: &GenerateSettings,
+    latents: &Tensor,
+    sink: &mut VideoSink,
+) -> Result<()> {
+    let tiling = settings.vae_tiling.then(VaeTiling::default);
+    // The writer's own error is kept so it is reported as a video-output error, not as the VAE's.
+    let mut sink_error = None;
+    let decoded = vae.decode_with_chunks(latents, tiling, &mut |chunk| {
+        // chunk: [1, 3, t, H, W] in [-1, 1]
+        frames_from_tensor(chunk)
+            .and_then(|frames| sink.push(frames))
+            .map_err(|e| {
+                let message = format!("video output: {e}");
+                sink_error = Some(e);
+                vdit_models::ModelError::InvalidInput(message)
+            })
+    });
+    if let Some(e) = sink_error {
+        return Err(video_error(e));
+    }
+    Ok(decoded?)
 }
 
 /// Stage 3: loads the VAE, decodes, frees it.

@@ -5,14 +5,17 @@
 //! vdit bench attention    q, k, v [B,H,L,D] ─► dense / block-sparse kernel per density, mask prediction
 //! vdit bench transformer  random Wan weights ─► one forward per iteration (dense or RainFusion)
 //! vdit bench vae          random Wan VAE decoder ─► one decode per iteration
-//! vdit bench              all three at their defaults (the issue's benchmark table)
+//! vdit bench pipeline     a model folder ─► the whole `vdit generate` run, --runs times (first, warm)
+//! vdit bench              attention, transformer, vae at their defaults (the issue's benchmark table)
 //! ```
 //!
 //! Each case runs `--warmup` untimed iterations, then `--iters` timed ones, each ended by
-//! `device.synchronize()`; the table reports the median and the fastest.
+//! `device.synchronize()`; the table reports the median and the fastest. `bench pipeline` instead
+//! times each run once, stage by stage (loads apart from compute), with the peak memory.
 
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -27,12 +30,16 @@ use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
 use vdit_models::wan::WanConfig;
 
+use vdit_pipeline::options::Choice;
 use vdit_pipeline::output::write_json_atomic;
-use vdit_pipeline::settings::{dtype_name, resolve_device, resolve_dtype};
+use vdit_pipeline::registry::Registry;
+use vdit_pipeline::settings::{self, dtype_name, resolve_device, resolve_dtype, GenerateOptions};
+use vdit_pipeline::stages;
 use vdit_pipeline::{Result, VditError};
 
 use crate::args::bench::{
-    AttentionBench, BenchArgs, BenchAttention, BenchTarget, PresetArg, TransformerBench, VaeBench,
+    AttentionBench, BenchArgs, BenchAttention, BenchTarget, PipelineBench, PresetArg,
+    TransformerBench, VaeArg, VaeBench,
 };
 
 /// One timed case: a row of the table.
@@ -58,6 +65,42 @@ pub struct BenchRow {
     /// used memory sampled every 0.2 ms on a side thread, so a peak shorter than that can be missed;
     /// includes the context and anything else on the device).
     pub peak_device_bytes: Option<u64>,
+    /// Pipeline rows: peak device memory in use during the run above what was in use before it,
+    /// bytes (sampled every 2 ms; the key torch_bench.py's rows use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_bytes: Option<u64>,
+    /// Pipeline rows: the run stage by stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<PipelineStages>,
+}
+
+/// One pipeline run, seconds; the keys torch_bench.py's pipeline rows carry, then our own detail.
+/// The five stage keys after `imports_s` are compute only (loads are in `load_s`), so
+/// `imports_s + load_s + encode_s + denoise_s + decode_s + write_s <= total_s` (the rest is
+/// settings, preflight and the sidecar).
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStages {
+    /// First run: the process's start-up before the run (from process start to the run's
+    /// first stage); 0 for later runs.
+    pub imports_s: f64,
+    /// Every network load (text encoder + transformers + VAE).
+    pub load_s: f64,
+    pub encode_s: f64,
+    pub denoise_s: f64,
+    /// The VAE decode with each chunk converted and handed to the mp4 encoder.
+    pub decode_s: f64,
+    /// Waiting for the mp4 encoder after the last chunk.
+    pub write_s: f64,
+    /// The run as the user waits for it (with `imports_s` on the first run).
+    pub total_s: f64,
+    pub text_encoder_load_s: f64,
+    /// Every expert's load, summed.
+    pub transformer_load_s: f64,
+    pub vae_load_s: f64,
+    /// From the run's start (the first stage) to the end of the first sampling step.
+    pub first_step_s: f64,
+    /// Mean of the sampling steps.
+    pub seconds_per_step: f64,
 }
 
 /// The whole run: settings and one row per case.
@@ -80,7 +123,7 @@ impl BenchReport {
         );
         out.push_str("| bench | case | shape | median | min | TFLOP/s | density | peak memory |\n");
         out.push_str("|---|---|---|---|---|---|---|---|\n");
-        for row in &self.rows {
+        for row in self.rows.iter().filter(|r| r.stages.is_none()) {
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -98,8 +141,55 @@ impl BenchReport {
                 },
             );
         }
+        let staged: Vec<&BenchRow> = self.rows.iter().filter(|r| r.stages.is_some()).collect();
+        if !staged.is_empty() {
+            out = if staged.len() == self.rows.len() {
+                format!(
+                    "vdit bench pipeline on {} ({}): each run once, seconds\n",
+                    self.device, self.dtype
+                )
+            } else {
+                out + "\n"
+            };
+            out.push_str(&pipeline_markdown(&staged));
+        }
         out
     }
+}
+
+/// The stage table of pipeline rows.
+fn pipeline_markdown(rows: &[&BenchRow]) -> String {
+    let mut out = String::from(
+        "\n| run | shape | total | start-up | text encoder load | encode | transformer load | \
+         denoise | s/step | first step at | VAE load | decode | write wait | peak memory |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for row in rows {
+        let Some(st) = &row.stages else { continue };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            row.case,
+            row.shape,
+            st.total_s,
+            st.imports_s,
+            st.text_encoder_load_s,
+            st.encode_s,
+            st.transformer_load_s,
+            st.denoise_s,
+            st.seconds_per_step,
+            st.first_step_s,
+            st.vae_load_s,
+            st.decode_s,
+            st.write_s,
+            match (row.peak_gpu_bytes, row.peak_host_bytes) {
+                (Some(bytes), _) => format!("{} device (above the run's start)", format_gib(bytes)),
+                (None, Some(bytes)) => format!("{} host (peak RSS, VmHWM)", format_gib(bytes)),
+                (None, None) => "-".into(),
+            },
+        );
+    }
+    out
 }
 
 /// Runs what `args` asks for and returns the report (also written to `--json` when given).
@@ -113,7 +203,12 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         iters: args.iters,
     };
     let mut rows = Vec::new();
+    let (mut warmup, mut iters) = (args.warmup, args.iters);
     match &args.target {
+        Some(BenchTarget::Pipeline(p)) => {
+            rows.extend(bench_pipeline(p, args)?);
+            (warmup, iters) = (0, 1);
+        }
         Some(BenchTarget::Attention(a)) => rows.extend(bench_attention(a, dtype, &timer)?),
         Some(BenchTarget::Transformer(t)) => rows.push(bench_transformer(t, dtype, &timer)?),
         Some(BenchTarget::Vae(v)) => rows.push(bench_vae(v, dtype, &timer)?),
@@ -134,8 +229,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         vdit_version: env!("CARGO_PKG_VERSION"),
         device: kind.name(),
         dtype: dtype_name(dtype),
-        warmup: args.warmup,
-        iters: args.iters,
+        warmup,
+        iters,
         rows,
     };
     if let Some(path) = &args.json {
@@ -183,7 +278,7 @@ impl Timer {
         // Stage timings (VDIT_PROFILE=1) cover the timed iterations only.
         vdit_models::profile::reset();
         let mut samples = Vec::with_capacity(self.iters);
-        let sampler = DeviceMemorySampler::start(&self.device);
+        let sampler = DeviceMemorySampler::start(&self.device, Duration::from_micros(200));
         for _ in 0..self.iters {
             // Queued work from before must not be charged to this iteration.
             self.device.synchronize()?;
@@ -218,6 +313,8 @@ impl Timer {
             density: None,
             peak_host_bytes: self.device.is_cpu().then(peak_resident_bytes).flatten(),
             peak_device_bytes: timing.peak_device_bytes,
+            peak_gpu_bytes: None,
+            stages: None,
         }
     }
 }
@@ -345,8 +442,6 @@ fn random_block_mask(a: &AttentionBench, density: f64) -> Result<BlockMask> {
 /// The transformer config the flags describe: a preset with any explicit overrides.
 fn transformer_config(t: &TransformerBench) -> Result<WanConfig> {
     let mut cfg = match t.preset {
-        PresetArg::T2v1_3b => WanConfig::t2v_1_3b(),
-        PresetArg::T2v14b => WanConfig::t2v_14b(),
         PresetArg::Tiny => WanConfig {
             num_heads: 2,
             head_dim: 16,
@@ -356,6 +451,9 @@ fn transformer_config(t: &TransformerBench) -> Result<WanConfig> {
             freq_dim: 32,
             ..WanConfig::t2v_1_3b()
         },
+        preset => WanConfig::preset(preset.name()).ok_or_else(|| {
+            VditError::InvalidSetting(format!("no transformer preset {}", preset.name()))
+        })?,
     };
     cfg.num_heads = t.heads.unwrap_or(cfg.num_heads);
     cfg.head_dim = t.head_dim.unwrap_or(cfg.head_dim);
@@ -370,9 +468,20 @@ fn transformer_config(t: &TransformerBench) -> Result<WanConfig> {
 fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     let device = &timer.device;
     let cfg = transformer_config(t)?;
-    let (width, height) = (t.size.0 as usize, t.size.1 as usize);
-    // Wan's VAE compresses 4× in time (plus the first frame) and 8× in space.
-    let grid = [(t.frames - 1) / 4 + 1, height / 8, width / 8];
+    let (default_size, default_frames) = t.preset.default_video();
+    let (width, height) = t.size.unwrap_or(default_size);
+    let (width, height) = (width as usize, height as usize);
+    let frames = t.frames.unwrap_or(default_frames);
+    // Wan's VAEs compress 4× in time (plus the first frame) and 8× (Wan2.2's TI2V VAE: 16×) in
+    // space.
+    let scale = t.preset.spatial_compression();
+    if !height.is_multiple_of(scale) || !width.is_multiple_of(scale) {
+        return Err(VditError::InvalidSetting(format!(
+            "--size {width}x{height}: {} needs multiples of {scale}",
+            t.preset.name()
+        )));
+    }
+    let grid = [(frames - 1) / 4 + 1, height / scale, width / scale];
     let [pt, ph, pw] = cfg.patch_size;
     if !grid[0].is_multiple_of(pt) || !grid[1].is_multiple_of(ph) || !grid[2].is_multiple_of(pw) {
         return Err(VditError::InvalidSetting(format!(
@@ -418,26 +527,41 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         BenchAttention::Rainfusion => format!("rainfusion {}", t.sparsity),
     };
     let tokens = grid[0] / pt * (grid[1] / ph) * (grid[2] / pw);
+    // The preset's name ends the shape, so rows of different models differ.
     let shape = format!(
-        "{}L×{}H×{}d B{} {}x{}x{} (L{tokens}, text {})",
-        cfg.num_layers, cfg.num_heads, cfg.head_dim, t.batch, width, height, t.frames, t.text_len
+        "{}L×{}H×{}d B{} {}x{}x{} (L{tokens}, text {}) {}",
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.head_dim,
+        t.batch,
+        width,
+        height,
+        frames,
+        t.text_len,
+        t.preset.name()
     );
     let mut row = timer.row("transformer", case, shape, &timing);
     row.density = Some(attention.effective_density());
     Ok(row)
 }
 
-/// Times one decode of a random-weight Wan2.1 VAE decoder on random latents.
+/// Times one decode of a random-weight Wan2.1 or Wan2.2 VAE decoder on random latents.
 fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     let device = &timer.device;
-    let cfg = WanVaeConfig {
-        base_dim: v.base_dim,
-        ..WanVaeConfig::wan2_1()
+    let (mut cfg, default_latent, name) = match v.vae {
+        // 81 frames at 832×480
+        VaeArg::Wan21 => (WanVaeConfig::wan2_1(), [21, 60, 104], "Wan2.1"),
+        // 121 frames at 1280×704
+        VaeArg::Wan22 => (WanVaeConfig::wan2_2(), [31, 44, 80], "Wan2.2"),
     };
+    if let Some(base_dim) = v.base_dim {
+        cfg.base_dim = base_dim;
+        cfg.decoder_base_dim = cfg.decoder_base_dim.map(|_| base_dim);
+    }
     cfg.validate()
         .map_err(|e| VditError::InvalidSetting(format!("vae flags: {e}")))?;
     let decoder = WanVaeDecoder::random(&cfg, dtype, device)?;
-    let [f, h, w] = v.latent;
+    let [f, h, w] = v.latent.unwrap_or(default_latent);
     let latents = Tensor::randn(0f32, 1.0, (v.batch, cfg.z_dim, f, h, w), device)?;
     let tiling = v.tiling.then(VaeTiling::default);
     let timing = timer.time(|| {
@@ -446,7 +570,7 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     })?;
     let scale = cfg.spatial_scale();
     let shape = format!(
-        "B{} latent {f}x{h}x{w} → {} frames {}x{}",
+        "{name} B{} latent {f}x{h}x{w} → {} frames {}x{}",
         v.batch,
         cfg.video_frames(f),
         w * scale,
@@ -465,8 +589,8 @@ struct DeviceMemorySampler {
 }
 
 impl DeviceMemorySampler {
-    /// Starts sampling on CUDA devices; `None` elsewhere.
-    fn start(device: &Device) -> Option<Self> {
+    /// Starts sampling on CUDA devices every `interval`; `None` elsewhere.
+    fn start(device: &Device, interval: Duration) -> Option<Self> {
         #[cfg(feature = "cuda")]
         if let Ok(cuda) = device.as_cuda_device() {
             use std::sync::atomic::{AtomicBool, Ordering};
@@ -482,10 +606,21 @@ impl DeviceMemorySampler {
                     if stopped.load(Ordering::Relaxed) {
                         return peak;
                     }
-                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    std::thread::sleep(interval);
                 }
             });
             return Some(Self { stop, thread });
+        }
+        let _ = (device, interval);
+        None
+    }
+
+    /// The device's used memory now (CUDA), bytes.
+    fn used_now(device: &Device) -> Option<u64> {
+        #[cfg(feature = "cuda")]
+        if let Ok(cuda) = device.as_cuda_device() {
+            let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+            return Some((total - free) as u64);
         }
         let _ = device;
         None
@@ -500,6 +635,155 @@ impl DeviceMemorySampler {
 
 fn format_gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Restarts the kernel's peak-resident-set count (VmHWM) at the current RSS (Linux: `5` to
+/// /proc/self/clear_refs), so each run's peak is its own; a no-op where that is refused.
+fn reset_peak_resident() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// When `main` began: the process's start-up as far as it can be timed finely (the kernel's
+/// process start time has 10 ms resolution, and counts the time before `main`).
+static MAIN_STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Called first thing in `main`.
+pub fn mark_main_started() {
+    MAIN_STARTED.get_or_init(Instant::now);
+}
+
+/// Seconds since this process started (Linux: its start time in /proc/self/stat against
+/// /proc/uptime, 10 ms resolution).
+fn process_age_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name's ")": state is field 3, starttime field 22.
+    let start_ticks: f64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on every Linux ABI the engine builds for.
+    Some((uptime - start_ticks / 100.0).max(0.0))
+}
+
+/// Runs the whole pipeline `p.runs` times in this process, as `vdit generate` does (settings
+/// resolved, then [`stages::generate`]), and gives one row per run.
+fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> {
+    let registry = Registry::discover()?;
+    // The temporary folder lives until the rows are made.
+    let temp;
+    let dir: PathBuf = match &p.output_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| VditError::InvalidSetting(format!("-o {}: {e}", dir.display())))?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()
+                .map_err(|e| VditError::Sampling(format!("temporary folder: {e}")))?;
+            temp.path().to_path_buf()
+        }
+    };
+    // What the first run pays before its first stage: the process's start-up (and, here, the
+    // registry and the temporary folder; `vdit generate` also reads the registry first).
+    let since_main = MAIN_STARTED
+        .get()
+        .map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let startup_s = process_age_s().unwrap_or(0.0).max(since_main);
+    let mut rows = Vec::with_capacity(p.runs);
+    for run in 0..p.runs {
+        let case = match run {
+            0 => "vdit first run".to_string(),
+            1 => "vdit warm run".to_string(),
+            n => format!("vdit warm run {n}"),
+        };
+        let mut options = GenerateOptions::new(p.prompt.clone());
+        options.negative_prompt = p.negative_prompt.clone();
+        options.size = p.size;
+        options.frames = p.frames;
+        options.steps = p.steps;
+        options.guidance_scale = p.guidance_scale;
+        options.shift = p.shift;
+        options.seed = Some(p.seed);
+        options.output = Some(dir.join(format!("run{}.mp4", run + 1)));
+        options.device = args.device;
+        options.dtype = args.dtype;
+        options.model = Some(p.model.clone());
+        options.offline = p.offline;
+        options.t5_cpu = p.t5_cpu;
+        options.vae_tiling = p.vae_tiling;
+        options.attention = p.attention;
+        options.sparsity = p.sparsity;
+        options.dense_steps = p.dense_steps;
+
+        eprintln!("== {case}");
+        let start = Instant::now();
+        let (settings, files) = settings::resolve(&options, &registry)?;
+        let device = settings.device.device()?;
+        device.synchronize()?;
+        let baseline = DeviceMemorySampler::used_now(&device);
+        let sampler = DeviceMemorySampler::start(&device, Duration::from_millis(2));
+        // Where the reset is refused, VmHWM is the process's peak so far (it still bounds the run).
+        if device.is_cpu() {
+            reset_peak_resident();
+        }
+        let report = stages::generate(&settings, &files)?;
+        device.synchronize()?;
+        let wall = start.elapsed().as_secs_f64();
+        let peak_device = sampler.and_then(DeviceMemorySampler::stop);
+        let imports_s = if run == 0 { startup_s } else { 0.0 };
+        let t = &report.timings;
+        let stages = PipelineStages {
+            imports_s,
+            load_s: t.load_s(),
+            encode_s: t.encode_compute_s(),
+            denoise_s: t.denoise_compute_s(),
+            decode_s: t.decode_compute_s(),
+            write_s: t.write_s,
+            total_s: imports_s + wall,
+            text_encoder_load_s: t.text_encoder_load_s,
+            transformer_load_s: t.transformer_load_s,
+            vae_load_s: t.vae_load_s,
+            first_step_s: t.first_step_s,
+            seconds_per_step: t.seconds_per_step,
+        };
+        let mut attention = settings.attention.mode.name().to_string();
+        if settings.attention.mode != vdit_pipeline::options::AttentionMode::Dense {
+            let _ = write!(attention, " {}", settings.attention.sparsity);
+        }
+        // The same words as torch_bench.py's pipeline rows, then the attention.
+        let shape = format!(
+            "{}x{}x{}, {} steps, guidance {}, {attention}",
+            settings.width,
+            settings.height,
+            settings.frames,
+            settings.steps,
+            settings.guidance_scale
+        );
+        rows.push(BenchRow {
+            bench: "pipeline".into(),
+            case,
+            shape,
+            median_s: stages.total_s,
+            min_s: stages.total_s,
+            samples_s: vec![stages.total_s],
+            tflops: None,
+            density: Some(report.effective_density),
+            peak_host_bytes: device.is_cpu().then(peak_resident_bytes).flatten(),
+            peak_device_bytes: None,
+            peak_gpu_bytes: peak_device.map(|peak| peak.saturating_sub(baseline.unwrap_or(0))),
+            stages: Some(stages),
+        });
+    }
+    Ok(rows)
 }
 
 /// The process's peak resident set (VmHWM), where the OS reports it.
@@ -557,6 +841,7 @@ mod tests {
             samples: vec![3.0, 1.0, 2.0],
             peak_device_bytes: None,
         };
+        assert!(process_age_s().is_some_and(|age| age >= 0.0));
         assert_eq!((odd.median(), odd.min()), (2.0, 1.0));
         let even = Timing {
             samples: vec![4.0, 1.0, 2.0, 3.0],

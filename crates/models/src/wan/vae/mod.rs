@@ -37,6 +37,9 @@ use decoder::Decoder3d;
 use layers::{stage, CausalConv3d, FeatureCache, SlotCounter};
 pub use layers::{CONV_ALGO_ENV, FUSED_NORM_ENV};
 
+/// What [`WanVaeDecoder::decode_with_chunks`] hands each decoded chunk to.
+type ChunkConsumer<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
+
 /// The error for a checkpoint that has no Wan VAE decoder in either key dialect.
 fn not_a_vae(files: String) -> ModelError {
     WeightsError::MissingTensor {
@@ -233,6 +236,28 @@ impl WanVaeDecoder {
         })
     }
 
+    /// [`decode`](Self::decode) handing each decoded chunk `[B, 3, t, sH, sW]` f32 in [−1, 1] to
+    /// `on_chunk` as soon as it exists, in frame order, instead of returning the whole video: a
+    /// writer can encode while the rest decodes, and only one chunk is held. Whole frames give one
+    /// chunk of 1 frame, then one of 4 per later latent frame; the tiled path blends all tiles
+    /// first, so it calls `on_chunk` once with the whole video. An error from `on_chunk` stops the
+    /// decode and is returned.
+    pub fn decode_with_chunks(
+        &self,
+        latents: &Tensor,
+        tiling: Option<VaeTiling>,
+        on_chunk: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let mut clamped = |chunk: &Tensor| -> Result<()> {
+            let chunk = span(stage::POST_PROCESSING, &self.device, || {
+                Ok(chunk.clamp(-1f32, 1f32)?)
+            })?;
+            on_chunk(&chunk)
+        };
+        self.decode_into(latents, tiling, &mut |_, _| {}, Some(&mut clamped))
+            .map(|_| ())
+    }
+
     /// [`decode`](Self::decode) without the final clamp to [−1, 1] (for analysis and tests).
     pub fn decode_unclamped(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
         self.decode_raw(latents, tiling, &mut |_, _| {})
@@ -244,6 +269,20 @@ impl WanVaeDecoder {
         tiling: Option<VaeTiling>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
+        let video = self.decode_into(latents, tiling, progress, None)?;
+        Ok(video.expect("a decode without a chunk consumer returns the video"))
+    }
+
+    /// The decode behind [`decode_raw`](Self::decode_raw) and
+    /// [`decode_with_chunks`](Self::decode_with_chunks): with `on_chunk`, the chunks go there
+    /// (unclamped) and `None` is returned; without, the whole video.
+    fn decode_into(
+        &self,
+        latents: &Tensor,
+        tiling: Option<VaeTiling>,
+        progress: &mut dyn FnMut(usize, usize),
+        on_chunk: Option<&mut ChunkConsumer>,
+    ) -> Result<Option<Tensor>> {
         let z_dim = self.config.z_dim;
         let dims = latents.dims();
         if dims.len() != 5 || dims.contains(&0) {
@@ -277,11 +316,23 @@ impl WanVaeDecoder {
             .post_quant_conv
             .forward(&z, &mut FeatureCache::new(0))?;
         let (_, _, _, h, w) = z.dims5()?;
-        match tiling {
-            Some(t) if t.tile.0 < h || t.tile.1 < w => self.decode_tiled(&z, t, progress),
-            _ => {
+        match (tiling, on_chunk) {
+            (Some(t), None) if t.tile.0 < h || t.tile.1 < w => {
+                self.decode_tiled(&z, t, progress).map(Some)
+            }
+            (Some(t), Some(on_chunk)) if t.tile.0 < h || t.tile.1 < w => {
+                on_chunk(&self.decode_tiled(&z, t, progress)?)?;
+                Ok(None)
+            }
+            (_, None) => {
                 let frames = z.dim(1)?;
                 self.decode_stream(&z, &mut |i| progress(i, frames))
+                    .map(Some)
+            }
+            (_, Some(on_chunk)) => {
+                let frames = z.dim(1)?;
+                self.stream_chunks(&z, &mut |i| progress(i, frames), on_chunk)?;
+                Ok(None)
             }
         }
     }
@@ -289,27 +340,43 @@ impl WanVaeDecoder {
     /// All latent frames of one region, one at a time through a fresh cache:
     /// `[B, F, z, h, w]` → `[B, 3, T, sh, sw]` f32. `frame_done(i)` after i latent frames.
     fn decode_stream(&self, z: &Tensor, frame_done: &mut dyn FnMut(usize)) -> Result<Tensor> {
+        let mut chunks = Vec::with_capacity(z.dim(1)?);
+        self.stream_chunks(z, frame_done, &mut |chunk| {
+            chunks.push(chunk.clone());
+            Ok(())
+        })?;
+        span(stage::POST_PROCESSING, &self.device, || {
+            Ok(Tensor::cat(&chunks, 2)?)
+        })
+    }
+
+    /// [`decode_stream`](Self::decode_stream) handing each latent frame's chunk
+    /// `[B, 3, t, sh, sw]` f32 (t = 1 for the first, 4 after) to `on_chunk` instead of keeping it.
+    fn stream_chunks(
+        &self,
+        z: &Tensor,
+        frame_done: &mut dyn FnMut(usize),
+        on_chunk: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
         let mut cache = self.decoder.new_cache();
         let frames = z.dim(1)?;
-        let mut chunks = Vec::with_capacity(frames);
         for i in 0..frames {
             let out = self
                 .decoder
                 .forward_chunk(&z.narrow(1, i, 1)?, &mut cache)?; // [B, t, 3·p², 8h, 8w]
                                                                   // channels-first per chunk, in the same pass as the cast to f32: [B, 3·p², t, 8h, 8w];
                                                                   // then Wan2.2's p×p patches spread out: [B, 3, t, 8ph, 8pw]
-            chunks.push(span(stage::POST_PROCESSING, &self.device, || {
+            let chunk = span(stage::POST_PROCESSING, &self.device, || {
                 let out = out
                     .permute((0, 2, 1, 3, 4))?
                     .to_dtype(DType::F32)?
                     .contiguous()?;
                 patchify::unpatchify(&out, self.config.patch())
-            })?);
+            })?;
+            on_chunk(&chunk)?;
             frame_done(i + 1);
         }
-        span(stage::POST_PROCESSING, &self.device, || {
-            Ok(Tensor::cat(&chunks, 2)?)
-        })
+        Ok(())
     }
 
     /// Overlapping spatial tiles, each decoded through all frames, blended linearly.

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole run a user waits for, ours against diffusers, on the full-size Wan2.1 1.3B with random weights
+# (scripts/gpu/make_random_model.py; umT5-XXL, DiT and VAE at their real sizes): `vdit bench pipeline` (a first
+# run from a fresh process and a warm run, stage by stage: loads, encode, denoise, decode, write wait, peak GPU
+# memory) and `torch_bench.py --pipeline` (diffusers' WanPipeline, the same stages) at 832x480x81,
+# 50 steps with guidance 5 (dense, and RainFusion 0.8 once), and 4 steps with guidance 5 and 1.
+#
+# Here: bash scripts/gpu/stage.sh (→ .gpu/run/vdit.xz), the trimmed diffusers wheel in .whl. Device call:
+#     run(command="bash scripts/gpu/run_pipeline.sh", carry=[".gpu/run", ".whl"])
+# About 9 minutes on an H100: every command has its own timeout, and a command is skipped when the
+# budget (BUDGET seconds, default 540) is nearly spent; skipped ones are named in skipped.log and the output.
+# The table comes back as table.md, the JSON files beside it, the logs in logs.tar.gz.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT /tmp/videos
+trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md /tmp/results/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
+# shellcheck disable=SC1091
+source scripts/gpu/device_env.sh
+BUDGET=${BUDGET:-540}
+MODEL=/tmp/wan13
+
+# step LOG LIMIT CMD...: runs CMD under a timeout of LIMIT seconds or what the budget has left, whichever is
+# less; skipped when less than half of LIMIT is left (the commands are in order of importance).
+step() {
+  local log=$1 limit=$2; shift 2
+  local left=$(( BUDGET - SECONDS ))
+  if (( left < limit / 2 )); then
+    echo "skipped (budget: ${SECONDS}s used of ${BUDGET}s): $*" | tee -a $OUT/skipped.log
+    return 0
+  fi
+  (( limit > left )) && limit=$left
+  timeout "$limit" "$@" > "$OUT/$log.log" 2>&1
+  local rc=$?
+  grep -v OpenH264 "$OUT/$log.log" | grep -E "^\||^diffusers|rror|Killed|panicked" | tail -12
+  (( rc != 0 )) && echo "exit status $rc (124: timed out): $*"
+  return 0
+}
+
+t "random-weight Wan2.1 1.3B model folder ($MODEL)"
+[ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL
+
+common=(-m $MODEL --device cuda --size 832x480 --frames 81 --seed 0)
+t "vdit: 50 steps, guidance 5, dense (first and warm run)"
+step vdit_dense50 240 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --steps 50 --guidance-scale 5 \
+  -o /tmp/videos/dense50 --json $OUT/vdit_dense50.json
+t "diffusers: 50 steps, guidance 5 (first and warm run)"
+step torch_dense50 260 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 50 --guidance 5 \
+  --out $OUT/torch_dense50.json
+t "vdit: 4 steps, guidance 5 and 1 (first and warm run each)"
+step vdit_4g5 90 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --steps 4 --guidance-scale 5 \
+  -o /tmp/videos/4g5 --json $OUT/vdit_4g5.json
+step vdit_4g1 80 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --steps 4 --guidance-scale 1 \
+  -o /tmp/videos/4g1 --json $OUT/vdit_4g1.json
+t "diffusers: 4 steps, guidance 5 and 1"
+step torch_4g5 110 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 5 --out $OUT/torch_4g5.json
+step torch_4g1 100 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 1 --out $OUT/torch_4g1.json
+t "vdit: 50 steps, guidance 5, RainFusion 0.8 (one run: the first)"
+step vdit_rf50 130 /tmp/vdit bench pipeline "${common[@]}" --runs 1 --steps 50 --guidance-scale 5 \
+  --attention rainfusion --sparsity 0.8 -o /tmp/videos/rf50 --json $OUT/vdit_rf50.json
+
+t "one table (${SECONDS}s)"
+python3 scripts/gpu/report.py $OUT/vdit_dense50.json $OUT/torch_dense50.json $OUT/vdit_rf50.json \
+  $OUT/vdit_4g5.json $OUT/torch_4g5.json $OUT/vdit_4g1.json $OUT/torch_4g1.json | tee $OUT/table.md
