@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Sourced at the start of every device-side script (run_all.sh, run_pipeline.sh): installs the carried Python
 # wheels (.whl, e.g. the trimmed diffusers), puts PyTorch's cuDNN and the CUDA runtime on the library path, and
-# unpacks the staged binaries of .gpu/run (scripts/gpu/stage.sh) into /tmp.
+# unpacks the staged binaries of .gpu/run (scripts/gpu/stage.sh; STAGED=DIR names another folder) into /tmp.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
   export PYTHONPATH=/tmp/site
 cudnn="$(python3 -c 'import nvidia.cudnn as m; print(m.__path__[0])')/lib"
 export LD_LIBRARY_PATH="$cudnn:/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/local/nvidia/lib64"
-for f in .gpu/run/*.xz; do
+for f in "${STAGED:-.gpu/run}"/*.xz; do
   [ -f "$f" ] || continue
   name=$(basename "$f" .xz)
   xz -dc "$f" > "/tmp/$name" && chmod +x "/tmp/$name"
