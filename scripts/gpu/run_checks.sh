@@ -2,7 +2,7 @@
 # One device call that checks and times the switchable paths side by side: every staged CUDA test binary, the
 # weight loader (fast path vs VDIT_FAST_LOAD=0), kernel modules from cubins vs PTX (VDIT_CUBIN=0, with the driver's
 # JIT cache off so PTX pays its compile as on a fresh machine), the VAE's fused channel kernels
-# (vs VDIT_VAE_FUSED_NORM=0, and the opt-in VDIT_VAE_TAP_VIEW=1), the transformer forward, and the full-size
+# (vs VDIT_VAE_FUSED_NORM=0), the transformer forward, and the full-size
 # transformer parity against diffusers.
 #
 # Here: bash scripts/gpu/stage.sh, plus the load_speed example staged as .gpu/run/load_speed.xz
@@ -36,11 +36,9 @@ for cubin in 1 0; do
   echo "VDIT_CUBIN=$cubin whole process $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a $OUT/modules.log
 done
 
-t "VAE decode 21x60x104 -> 81x480x832: fused kernels (default), VDIT_VAE_FUSED_NORM=0, VDIT_VAE_TAP_VIEW=1"
+t "VAE decode 21x60x104 -> 81x480x832: fused kernels (default), VDIT_VAE_FUSED_NORM=0"
 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 2 2>&1 | grep -E "^\| vae|rror" | tee $OUT/vae.log
 VDIT_VAE_FUSED_NORM=0 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 2 2>&1 | grep -E "^\| vae|rror" | tee -a $OUT/vae.log
-VDIT_VAE_TAP_VIEW=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 2 2>&1 | grep -E "^\| vae|rror" | tee -a $OUT/vae.log
-VDIT_VAE_TAP_VIEW=1 timeout 60 /tmp/cuda_dit --nocapture vae_decode 2>&1 | grep -E "^test |relative error|panicked" | tee -a $OUT/vae.log
 VDIT_PROFILE=1 timeout 90 /tmp/vdit bench vae --device cuda --warmup 1 --iters 1 2>&1 | grep "^|" | tee $OUT/profile_vae.md
 
 t "transformer forward B2 480p x81: dense and RainFusion 0.8"

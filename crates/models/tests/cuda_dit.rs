@@ -411,41 +411,6 @@ fn tensor_core_convolution_matches_candle_conv2d() {
     }
 }
 
-/// A temporal conv's k_t-frame windows read in place (`VDIT_VAE_TAP_VIEW=1`'s path: one cuDNN
-/// descriptor whose image stride is one frame) against the same windows stacked by `cat` into a
-/// new tensor and convolved on the default path.
-#[cfg(feature = "cudnn")]
-#[test]
-fn tap_windows_read_in_place_match_stacked_taps() {
-    use vdit_models::wan::vae::{conv2d_tensor_ops, conv2d_tensor_ops_windows};
-    let dev = gpu();
-    for (frames, c, h, w, o, taps) in [
-        (6, 32, 15, 26, 48, 3),
-        (3, 16, 9, 7, 8, 3),
-        (5, 8, 4, 4, 4, 2),
-    ] {
-        let x = random(&[frames, c, h, w], 31, &dev)
-            .to_dtype(DType::BF16)
-            .unwrap();
-        let kernel = (random(&[o, taps * c, 3, 3], 32, &dev) * 0.05)
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap();
-        let t = frames + 1 - taps;
-        // [T, taps·C, H, W]: window i = frames i..i+taps along channels
-        let windows: Vec<Tensor> = (0..taps).map(|j| x.narrow(0, j, t).unwrap()).collect();
-        let stacked = Tensor::cat(&windows, 1).unwrap();
-        let expected = conv2d_tensor_ops(&stacked, &kernel, 1).unwrap();
-        let y = conv2d_tensor_ops_windows(&x, taps, &kernel, 1).unwrap();
-        assert_eq!(y.dims(), expected.dims());
-        let err = relative_error(&y, &expected);
-        assert!(
-            err < 5e-3,
-            "windows {frames}x{c}x{h}x{w}, {taps} taps: {err:.3e}"
-        );
-    }
-}
-
 /// The whole VAE decoder on CUDA in bf16, on its default convolution path (the tensor-core cuDNN
 /// convolution unless VDIT_VAE_TENSOR_OPS=0), against diffusers' f32 decode of the vae fixture.
 #[cfg(feature = "cudnn")]

@@ -175,3 +175,66 @@ pub(crate) fn load(
     }
     Ok(func)
 }
+
+/// candle's own kernel modules that a Wan run uses (the GGUF `QUANTIZED` module is left out).
+const CANDLE_MODULES: [(&str, &candle_core::cuda_backend::kernels::Module); 10] = {
+    use candle_core::cuda_backend::kernels as k;
+    [
+        ("reduce", &k::REDUCE),
+        ("indexing", &k::INDEXING),
+        ("cast", &k::CAST),
+        ("conv", &k::CONV),
+        ("unary", &k::UNARY),
+        ("binary", &k::BINARY),
+        ("affine", &k::AFFINE),
+        ("fill", &k::FILL),
+        ("ternary", &k::TERNARY),
+        ("sort", &k::SORT),
+    ]
+};
+
+/// Environment variable that turns [`prewarm_kernel_cache`] off (`VDIT_PREWARM=0`).
+pub const PREWARM_ENV: &str = "VDIT_PREWARM";
+
+/// Compiles candle's kernel modules in the background, one thread per module, so the first run
+/// on a machine does not pay the driver's PTX JIT on its critical path.
+///
+/// Why: candle ships its kernels as PTX and loads each module on first use, holding a lock while
+/// the driver compiles it; measured on an H100 with the JIT cache off, that is 11–12 s of a first
+/// 2-layer forward, one module after another. Loading the same PTX here, in parallel and while the
+/// weights load, fills the driver's JIT cache (`~/.nv/ComputeCache`, `CUDA_CACHE_PATH`), so
+/// candle's own load later finds the compiled code. With the cache disabled
+/// (`CUDA_CACHE_DISABLE=1`) this only costs CPU time. Our own modules are cubins
+/// ([`load`]) and need no warming. Returns at once; the threads end by themselves; later calls in
+/// the same process do nothing.
+pub fn prewarm_kernel_cache(dev: &CudaDevice) {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    if env_flag(PREWARM_ENV) == Some(false) || STARTED.is_completed() {
+        return;
+    }
+    STARTED.call_once(|| {});
+    let profile = env_flag(PROFILE_ENV) == Some(true);
+    for (name, module) in CANDLE_MODULES {
+        let context = dev.cuda_stream().context().clone();
+        let ptx = module.ptx();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vdit-jit-{name}"))
+            .spawn(move || {
+                let start = Instant::now();
+                // The module itself is dropped: what stays is the driver's cached compilation.
+                let result = context.load_module(Ptx::from_src(ptx));
+                if profile {
+                    eprintln!(
+                        "rainfusion: pre-warmed candle module {name} in {:.1} ms{}",
+                        start.elapsed().as_secs_f64() * 1e3,
+                        match result {
+                            Ok(_) => String::new(),
+                            Err(e) => format!(" (failed: {e})"),
+                        }
+                    );
+                }
+            });
+        // A thread that cannot start only means no warming for that module.
+        drop(spawned);
+    }
+}

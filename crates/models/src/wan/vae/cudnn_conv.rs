@@ -32,48 +32,10 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os(TENSOR_OPS_ENV).is_none_or(|v| v != "0"))
 }
 
-/// Environment variable that, set to `1`, lets a temporal conv read the k_t-frame windows of its
-/// input in place ([`conv2d_tensor_ops_windows`]) instead of stacking them into a new tensor
-/// first (the "tap stacking" stage). Opt-in until a GPU run has checked that cuDNN takes the
-/// overlapping-window descriptor at full speed (scripts/gpu/NOTES.md, v10).
-pub const TAP_VIEW_ENV: &str = "VDIT_VAE_TAP_VIEW";
-
-/// Whether [`TAP_VIEW_ENV`] is `1` (read once).
-pub(crate) fn tap_view_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os(TAP_VIEW_ENV).is_some_and(|v| v == "1"))
-}
-
 /// Cross-correlation of x `[N, C, H, W]` with kernel `[O, C, kh, kw]`, stride 1, symmetric zero
 /// `padding`, f32 accumulation → `[N, O, H', W']` in x's dtype (bf16 or f16, CUDA).
 pub fn conv2d_tensor_ops(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
-    conv_checked(x, 1, kernel, padding)
-}
-
-/// The same conv over the sliding windows of `taps` consecutive frames of `frames` `[F, C, H, W]`:
-/// window i is frames i..i+taps side by side along channels (`[taps·C, H, W]`), which in a
-/// contiguous frames tensor is already one run of memory, so cuDNN reads it in place through a
-/// descriptor whose image stride is one frame (the windows overlap). kernel `[O, taps·C, kh, kw]`
-/// (taps oldest first, as [`super::layers::CausalConv3d`] stacks them) → `[F − taps + 1, O, H',
-/// W']`. Equals stacking the windows with `Tensor::cat` and calling [`conv2d_tensor_ops`].
-pub fn conv2d_tensor_ops_windows(
-    frames: &Tensor,
-    taps: usize,
-    kernel: &Tensor,
-    padding: usize,
-) -> Result<Tensor> {
-    let f = frames.dim(0)?;
-    if taps == 0 || taps > f {
-        return Err(ModelError::InvalidInput(format!(
-            "windows of {taps} frames over {f} frames"
-        )));
-    }
-    conv_checked(frames, taps, kernel, padding)
-}
-
-fn conv_checked(x: &Tensor, taps: usize, kernel: &Tensor, padding: usize) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
-    let c = c * taps;
     let (_, kc, _, _) = kernel.dims4()?;
     if !x.device().is_cuda() || !matches!(x.dtype(), DType::BF16 | DType::F16) {
         return Err(ModelError::InvalidInput(format!(
@@ -90,13 +52,13 @@ fn conv_checked(x: &Tensor, taps: usize, kernel: &Tensor, padding: usize) -> Res
             x.dtype()
         )));
     }
-    let op = ConvOp { padding, taps };
+    let op = ConvOp { padding };
     Ok(x.contiguous()?
         .apply_op2_no_bwd(&kernel.contiguous()?, &op)?)
 }
 
-/// The algorithm chosen per shape (n, c, h, w, o, kh, kw, padding, dtype, windows read in place).
-type AlgoCache = HashMap<[usize; 10], cudnn::sys::cudnnConvolutionFwdAlgo_t>;
+/// The algorithm chosen per shape (n, c, h, w, o, kh, kw, padding, dtype).
+type AlgoCache = HashMap<[usize; 9], cudnn::sys::cudnnConvolutionFwdAlgo_t>;
 
 fn algos() -> &'static Mutex<AlgoCache> {
     static ALGOS: OnceLock<Mutex<AlgoCache>> = OnceLock::new();
@@ -114,9 +76,6 @@ fn cudnn_err(e: impl std::fmt::Debug) -> candle_core::Error {
 
 struct ConvOp {
     padding: usize,
-    /// 1: x `[N, C, H, W]` as it is. More: x is `[F, C, H, W]` frames and the conv's images are
-    /// its F − taps + 1 windows of `taps` frames, `[taps·C, H, W]` each, read in place.
-    taps: usize,
 }
 
 impl CustomOp2 for ConvOp {
@@ -160,8 +119,7 @@ impl ConvOp {
     where
         T: CudaDType + DeviceRepr + CudnnDataType + num_one_zero::OneZero,
     {
-        let (frames, frame_c, h, w) = x_layout.shape().dims4()?;
-        let (n, c) = (frames + 1 - self.taps, frame_c * self.taps);
+        let (n, c, h, w) = x_layout.shape().dims4()?;
         let (o, _, kh, kw) = k_layout.shape().dims4()?;
         let p = self.padding;
         if h + 2 * p < kh || w + 2 * p < kw {
@@ -194,17 +152,9 @@ impl ConvOp {
         conv.set_math_type(cudnn::sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
             .map_err(cudnn_err)?;
         let nchw = cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        let x_dims = [i32_of(n)?, i32_of(c)?, i32_of(h)?, i32_of(w)?];
-        let x_desc = if self.taps == 1 {
-            cudnn.create_4d_tensor::<T>(nchw, x_dims)
-        } else {
-            // window i starts one frame after window i − 1; within it, channels run on through
-            // the next frames' memory
-            let hw = h * w;
-            let strides = [i32_of(frame_c * hw)?, i32_of(hw)?, i32_of(w)?, 1];
-            cudnn.create_4d_tensor_ex::<T>(x_dims, strides)
-        }
-        .map_err(cudnn_err)?;
+        let x_desc = cudnn
+            .create_4d_tensor::<T>(nchw, [i32_of(n)?, i32_of(c)?, i32_of(h)?, i32_of(w)?])
+            .map_err(cudnn_err)?;
         let k_desc = cudnn
             .create_4d_filter::<T>(nchw, [i32_of(o)?, i32_of(c)?, i32_of(kh)?, i32_of(kw)?])
             .map_err(cudnn_err)?;
@@ -218,18 +168,7 @@ impl ConvOp {
             y: &y_desc,
         };
         let dtype_tag = usize::from(x.dtype() == DType::F16);
-        let key = [
-            n,
-            c,
-            h,
-            w,
-            o,
-            kh,
-            kw,
-            p,
-            dtype_tag,
-            usize::from(self.taps > 1),
-        ];
+        let key = [n, c, h, w, o, kh, kw, p, dtype_tag];
         let cached = algos()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -253,8 +192,7 @@ impl ConvOp {
         let k_view: CudaView<'_, T> = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
         // SAFETY: cuDNN writes every output element (beta = 0).
         let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n * o * ho * wo)? };
-        // SAFETY: the descriptors describe exactly these contiguous buffers (x's windows lie
-        // within its F frames: the last one ends at frame F).
+        // SAFETY: the descriptors describe exactly these contiguous buffers.
         unsafe {
             forward
                 .launch::<CudaSlice<u8>, _, _, _>(

@@ -382,37 +382,6 @@ impl CausalConv3d {
         })
     }
 
-    /// The conv over the k_t-frame windows of `padded` `[1, T + k_t − 1, C, H, W]` read in place,
-    /// without the stacked copy: `[T, O, H, W]`, or None where that path does not apply (it needs
-    /// the tensor-core cuDNN path, one video, 16 bits, k_t > 1 and `VDIT_VAE_TAP_VIEW=1`).
-    fn conv_windows_in_place(&self, padded: &Tensor, kernel: &Tensor) -> Result<Option<Tensor>> {
-        #[cfg(feature = "cudnn")]
-        {
-            use super::cudnn_conv;
-            let (b, frames, c, h, w) = padded.dims5()?;
-            if self.kt > 1
-                && b == 1
-                && padded.device().is_cuda()
-                && matches!(padded.dtype(), DType::BF16 | DType::F16)
-                && cudnn_conv::enabled()
-                && cudnn_conv::tap_view_enabled()
-            {
-                let frames = padded.reshape((frames, c, h, w))?;
-                return span(self.conv_stage, padded.device(), || {
-                    Ok(Some(cudnn_conv::conv2d_tensor_ops_windows(
-                        &frames,
-                        self.kt,
-                        kernel,
-                        self.spatial_padding,
-                    )?))
-                });
-            }
-        }
-        #[cfg(not(feature = "cudnn"))]
-        let _ = (padded, kernel);
-        Ok(None)
-    }
-
     /// x `[B, T, C, H, W]` → `[B, T, O, H, W]`, reading and updating this conv's cache slot.
     pub fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
         self.forward_with_bias(x, cache, false).map(|(y, _)| y)
@@ -465,29 +434,24 @@ impl CausalConv3d {
         let dtype = x.dtype();
         let y = match &self.kernel {
             TemporalKernel::Stacked(kernel) => {
-                let y = match self.conv_windows_in_place(&padded, kernel)? {
-                    Some(y) => y,
-                    None => {
-                        // window i = frames i..i+k_t of `padded`, side by side along channels
-                        let windows = if self.kt == 1 {
-                            padded
-                        } else {
-                            span(stage::TAP_STACKING, dev, || {
-                                let taps = (0..self.kt)
-                                    .map(|j| padded.narrow(1, j, t))
-                                    .collect::<candle_core::Result<Vec<_>>>()?;
-                                Ok(Tensor::cat(&taps, 2)?)
-                            })?
-                        }; // [B, T, k_t·C, H, W]
-                        span(self.conv_stage, dev, || {
-                            conv2d_grouped(
-                                &windows.reshape((b * t, self.kt * c, h, w))?,
-                                kernel,
-                                self.spatial_padding,
-                            )
-                        })?
-                    }
-                }; // [B·T, O, H, W], x's dtype or f32
+                // window i = frames i..i+k_t of `padded`, side by side along channels
+                let windows = if self.kt == 1 {
+                    padded
+                } else {
+                    span(stage::TAP_STACKING, dev, || {
+                        let taps = (0..self.kt)
+                            .map(|j| padded.narrow(1, j, t))
+                            .collect::<candle_core::Result<Vec<_>>>()?;
+                        Ok(Tensor::cat(&taps, 2)?)
+                    })?
+                }; // [B, T, k_t·C, H, W]
+                let y = span(self.conv_stage, dev, || {
+                    conv2d_grouped(
+                        &windows.reshape((b * t, self.kt * c, h, w))?,
+                        kernel,
+                        self.spatial_padding,
+                    )
+                })?; // [B·T, O, H, W], x's dtype or f32
                 if y.dtype() == dtype && fused_channel_kernels(&y) {
                     if defer_bias {
                         return Ok((y.reshape((b, t, self.out_dim, h, w))?, Some(&self.bias_f32)));
