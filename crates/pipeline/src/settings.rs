@@ -144,16 +144,7 @@ impl DeviceKind {
     pub fn device(self) -> Result<Device> {
         Ok(match self {
             DeviceKind::Cpu => Device::Cpu,
-            DeviceKind::Cuda => {
-                let device = Device::new_cuda(0)?;
-                // Compile candle's PTX in the background while the weights load (first run on a
-                // machine; see rainfusion::cuda::prewarm_kernel_cache).
-                #[cfg(feature = "cuda")]
-                if let Device::Cuda(cuda) = &device {
-                    rainfusion::cuda::prewarm_kernel_cache(cuda);
-                }
-                device
-            }
+            DeviceKind::Cuda => Device::new_cuda(0)?,
             DeviceKind::Metal => Device::new_metal(0)?,
         })
     }

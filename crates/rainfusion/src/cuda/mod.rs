@@ -29,4 +29,3 @@ pub use attention::{
 };
 pub use linear::linear;
 pub use mask::{block_means, predict_block_mask, DeviceBlockMask};
-pub use module::{prewarm_kernel_cache, PREWARM_ENV};
