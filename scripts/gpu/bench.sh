@@ -64,7 +64,7 @@ device)
     --variants "${VARIANTS:-d128_w4m2n64s2,d128_w4m1n64qs2,d64_w4m2n128s2,d64_w4m1n64qs2}" \
     --passes "${PASSES:-1}" --out "$out" 2>&1 | grep -v "> ok$" | tee "$out/attn_harness.log" || status=1
   if [ -x "$dest/vdit" ] && "$dest/vdit" bench --help >/dev/null 2>&1; then
-    echo "== vdit bench (transformer / VAE, owned by the cli helper)"
+    echo "== vdit bench (transformer / VAE, the vdit binary)"
     "$dest/vdit" bench --device cuda 2>&1 | tee "$out/vdit_bench.log" || status=1
   fi
   exit $status
