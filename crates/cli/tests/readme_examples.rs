@@ -8,7 +8,8 @@
 //!
 //! To keep the suite fast, `generate`, `compare` and `eval` get their size flags replaced by
 //! `--size 64x64 --frames 5 --steps 2`; every other flag is passed as written. Commands run in a
-//! temporary directory (so `-o` files land there), with the repository's models/ as the registry.
+//! temporary directory (so `-o` files land there) into which the repository's models/ and scripts/
+//! are linked, with models/ as the registry.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -207,6 +208,11 @@ fn documented_cpu_examples_run() {
         blocks.len()
     );
     let work = tempfile::tempdir().expect("temp dir");
+    // Relative paths in the examples (prompt files, results) resolve as they would in a checkout.
+    #[cfg(unix)]
+    for dir in ["models", "scripts"] {
+        std::os::unix::fs::symlink(root.join(dir), work.path().join(dir)).expect("link");
+    }
     let mut ran = 0;
     let mut skipped = 0;
     for block in &blocks {
