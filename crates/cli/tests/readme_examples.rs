@@ -65,7 +65,11 @@ fn shell_blocks(file: &Path) -> Vec<ShellBlock> {
             None => {}
         }
     }
-    assert!(current.is_none(), "{}: unclosed ```sh block", file.display());
+    assert!(
+        current.is_none(),
+        "{}: unclosed ```sh block",
+        file.display()
+    );
     blocks
 }
 
@@ -263,8 +267,17 @@ fn size_flags_are_replaced_and_the_rest_kept() {
     assert_eq!(
         args,
         [
-            "generate", "-p", "a red circle", "--seed", "3", "--size", "64x64", "--frames", "5",
-            "--steps", "2"
+            "generate",
+            "-p",
+            "a red circle",
+            "--seed",
+            "3",
+            "--size",
+            "64x64",
+            "--frames",
+            "5",
+            "--steps",
+            "2"
         ]
     );
     assert!(plan("bash scripts/gpu/run_all.sh").is_err());
