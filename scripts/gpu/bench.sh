@@ -6,7 +6,7 @@
 #   bash DEST/bench.sh device [DEST]      # on the GPU machine: run everything, print one table
 #
 # DEST defaults to .gpu/cuda (git-ignored, carried to the device). With the device tool:
-#   run(command="bash .gpu/cuda/bench.sh device .gpu/cuda", carry=[".gpu/cuda"])
+#   on the GPU machine, with .gpu/cuda next to the tree: bash .gpu/cuda/bench.sh device .gpu/cuda
 # Tables and logs go to $OUT when set. See scripts/gpu/NOTES.md for results and method.
 set -euo pipefail
 mode="${1:-}"
@@ -40,7 +40,7 @@ for line in sys.stdin:
   fi
   if [ "${WITH_VDIT:-0}" = 1 ]; then
     # The vdit binary, for `vdit bench` / `vdit generate --device cuda`. With the test binary
-    # too it nears the 64 MiB a device call carries: stage one of them per call.
+    # too it nears the 64 MiB a GPU run carries: stage one of them per run.
     (cd "$repo" && nice -n 15 cargo build --release -p vdit --features cuda --target-dir "$target")
     cp "$target/release/vdit" "$dest/vdit" && strip "$dest/vdit"
   fi
@@ -64,7 +64,7 @@ device)
     --variants "${VARIANTS:-d128_w4m2n64s2,d128_w4m1n64qs2,d64_w4m2n128s2,d64_w4m1n64qs2}" \
     --passes "${PASSES:-1}" --out "$out" 2>&1 | grep -v "> ok$" | tee "$out/attn_harness.log" || status=1
   if [ -x "$dest/vdit" ] && "$dest/vdit" bench --help >/dev/null 2>&1; then
-    echo "== vdit bench (transformer / VAE, owned by the cli helper)"
+    echo "== vdit bench (transformer / VAE, the vdit binary)"
     "$dest/vdit" bench --device cuda 2>&1 | tee "$out/vdit_bench.log" || status=1
   fi
   exit $status

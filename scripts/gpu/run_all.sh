@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's GPU table in one device call: the CUDA tests, our engine (`vdit bench`) and
+# The README's GPU table in one GPU run: the CUDA tests, our engine (`vdit bench`) and
 # PyTorch/diffusers (scripts/gpu/torch_bench.py) on the same shapes, stage timings of one
 # transformer forward, full-size transformer parity against diffusers, and an end-to-end
 # `vdit generate --device cuda --attention rainfusion` on vdit-tiny.
@@ -7,9 +7,9 @@
 # Here (no GPU; see scripts/gpu/stage.sh, which builds and stages everything):
 #     bash scripts/gpu/stage.sh            # → .gpu/run/{vdit,cuda_dit,cuda_kernels,cuda_policy}.xz
 #     (and the diffusers wheel in .whl, see the device README, trimmed by scripts/gpu/trim_diffusers_wheel.py:
-#     the tree is ~38 MB, .gpu/run ~25 MB, and a call takes 64 MiB in all)
-# Device call:
-#     run(command="bash scripts/gpu/run_all.sh", carry=[".gpu/run", ".whl"])
+#     the tree is ~38 MB, .gpu/run ~25 MB, and a GPU run takes 64 MiB in all)
+# GPU run:
+#     on the GPU machine, with .gpu/run, .whl next to the tree: bash scripts/gpu/run_all.sh
 #     (when the tree grows past ~39 MB that is over 64 MiB: carry .gpu/run/{vdit,cuda_dit,cuda_kernels}.xz one by
 #     one and the cuda_policy tests are skipped, as in run 23)
 #

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One device call that checks and times the switchable paths side by side: every staged CUDA test binary, the
+# One GPU run that checks and times the switchable paths side by side: every staged CUDA test binary, the
 # weight loader (fast path vs VDIT_FAST_LOAD=0), kernel modules from cubins vs PTX (VDIT_CUBIN=0, with the driver's
 # JIT cache off so PTX pays its compile as on a fresh machine), the VAE's fused channel kernels
 # (vs VDIT_VAE_FUSED_NORM=0), the transformer forward, and the full-size
 # transformer parity against diffusers.
 #
 # Here: bash scripts/gpu/stage.sh, plus the load_speed example staged as .gpu/run/load_speed.xz
-# Device: run(command="bash scripts/gpu/run_checks.sh", carry=[".gpu/run", ".whl"])
+# Device: on the GPU machine, with .gpu/run, .whl next to the tree: bash scripts/gpu/run_checks.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT

@@ -11,7 +11,7 @@ source ../shared/tools/cuda-toolchain.sh >/dev/null
 source scripts/gpu/cudnn.sh >/dev/null
 features="vdit/cuda,vdit/cudnn"
 nice cargo build --release -p vdit --features "$features" --target-dir "$target"
-# The test binaries that hold CUDA tests (STAGE_TESTS overrides; each is ~6 MB compressed, and a device call
+# The test binaries that hold CUDA tests (STAGE_TESTS overrides; each is ~6 MB compressed, and a GPU run
 # carries 64 MiB with the tree).
 test_args=()
 for name in ${STAGE_TESTS:-cuda_dit cuda_kernels cuda_policy dit22_parity cuda_load}; do

@@ -1,6 +1,6 @@
 """Clips of the training world (scripts/train/world.py) for the Rust analyser test (crates/pipeline/tests/eval.rs).
 
-Renders random scenes with the train helper's own renderer, at 128x128x17 (the default generation
+Renders random scenes with the training code's own renderer, at 128x128x17 (the default generation
 size) and a few at 256x256x49 (the `vdit compare` grid), so the analyser is checked on exactly what the
 model is trained to produce: anti-aliased circles, squares and triangles, plain and textured (stripes,
 checker, diagonal) backgrounds, one or two objects. Each clip is one PNG strip (frames stacked

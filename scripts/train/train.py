@@ -8,14 +8,14 @@ transformer/text encoder continue from their EMA weights with a fresh optimiser.
 
 Usage (device): python3 train.py --out $OUT --deadline 540 [--resume .gpu/train/ckpt]
 Usage (CPU smoke test): python3 train.py --out /tmp/x --deadline 120 --smoke
-Attention concentration, how models/vdit-tiny was made from the session-5 weights (vdit-tiny-plain, restored
+Attention concentration, how models/vdit-tiny was made from the vdit-tiny v3 weights (vdit-tiny-plain, restored
     by `git checkout dda37b4 -- models/vdit-tiny-plain models/vdit-tiny-plain.toml`):
-    session 7 (calls 15-16): --resume models/vdit-tiny-plain --vae-more-seconds 0 --share256 0.6 --concentrate 0.1
+    vdit-tiny v4 (training runs 15-16): --resume models/vdit-tiny-plain --vae-more-seconds 0 --share256 0.6 --concentrate 0.1
     --concentrate-target 0.85 --lr 2e-4 --warmup 50 --ema 0.995, then --resume OUT --lr 1e-4 --warmup 20;
-    session 8 (calls A-C, each from the last): --vae-more-seconds 0 --concentrate 0.25 --concentrate-select predicted
+    vdit-tiny v5 (training runs A-C, each from the last): --vae-more-seconds 0 --concentrate 0.25 --concentrate-select predicted
     --warmup 20 --ema 0.995 with --concentrate-target 0.96 --share256 0.6 --lr 1e-4, then 0.97 / 0.5 / 1e-4,
     then 0.97 / 0.35 / 6e-5
-Sparse-aware fine-tune (session 6's vdit-tiny-sparse, no longer shipped): --resume models/vdit-tiny-plain
+Sparse-aware fine-tune (the v3 sparsity study's vdit-tiny-sparse, no longer shipped): --resume models/vdit-tiny-plain
     --vae-more-seconds 0 --eval-seconds 0 --sparse-train 1 --share256 0.6 --sparse-min 0.7 --sparse-max 0.9
     --sparse-weight 3
 """
@@ -97,7 +97,7 @@ MAX_TEXT = 512  # Wan pads text embeddings to 512 rows
 CAPTION_TOKENS = 32  # the grammar's longest caption is ~22 tokens with EOS
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------------- utilities
 def save_sharded(state: dict, out_dir: str, name: str, limit: int = 15 * 2**20) -> list[str]:
     """bf16 safetensors shards of at most `limit` bytes: <name>-<i>.safetensors."""
     import torch

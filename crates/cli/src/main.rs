@@ -8,7 +8,7 @@ mod commands;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::VditError;
 
@@ -20,7 +20,11 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     bench::mark_main_started();
-    let cli = Cli::parse();
+    let matches = Cli::command().version(version_line()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let result = match cli.command {
         Command::Generate(args) => generate::generate(&args),
         Command::Compare(args) => run_compare(*args),
@@ -42,6 +46,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `vdit --version`: the crate version and the optional backends compiled in, e.g.
+/// `0.1.0 (features: cuda, cudnn)`; a CPU-only build says `(features: none)`.
+fn version_line() -> &'static str {
+    let features = vdit_pipeline::output::build_features();
+    let list = if features.is_empty() {
+        "none".to_string()
+    } else {
+        features.join(", ")
+    };
+    // clap keeps a &'static str; the line is built once per process.
+    Box::leak(format!("{} (features: {list})", env!("CARGO_PKG_VERSION")).into_boxed_str())
 }
 
 fn run_compare(args: args::CompareArgs) -> anyhow::Result<()> {

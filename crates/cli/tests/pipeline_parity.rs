@@ -107,6 +107,11 @@ fn vdit_generate_writes_mp4_gif_png_and_latents_matching_diffusers() {
         assert!(sidecar["settings"]["seed"].as_u64().is_some());
         assert_eq!(sidecar["settings"]["steps"], 4);
         assert_eq!(sidecar["effective_density"], 1.0);
+        // The build's optional backends (empty on a CPU-only build).
+        assert!(
+            sidecar["build_features"].is_array(),
+            "{name}: build_features"
+        );
         for stage in [
             "encode_s",
             "denoise_s",

@@ -2,10 +2,10 @@
 //! picks it as the default, works offline, writes a readable 128×128×17 mp4 at 16 fps plus its
 //! sidecar, and the prompt-faithfulness analyser finds the prompt's colour and motion in it.
 //!
-//! The model is small (MODEL_CARD.md, session 7: 97 % colour and 92 % motion over 36 held-out
+//! The model is small (MODEL_CARD.md, vdit-tiny v4: 97 % colour and 92 % motion over 36 held-out
 //! clips at 30 steps), so a random prompt and seed would still fail this test now and then. The
 //! clip checked here is one prompt and seed that the shipped weights get right at 12 and at 30
-//! steps (`vdit eval`, seed 1; also at 30 steps with seed 101; the session-5 weights got it
+//! steps (`vdit eval`, seed 1; also at 30 steps with seed 101; the vdit-tiny v3 weights got it
 //! right too): a pinned regression check
 //! of the whole path (tokenizer, text encoder, transformer, sampler, VAE, mp4 writer, analyser),
 //! not a measure of faithfulness. New weights must keep it right, or pin another prompt the card

@@ -9,6 +9,25 @@ use serde::Serialize;
 
 use crate::error::{Result, VditError};
 
+/// The optional backends this build was compiled with (`cuda`, `cudnn`, `metal`), in that order;
+/// empty for a CPU-only build. `vdit --version` prints them and the sidecar records them, so a
+/// timing or an error can be matched to the build that produced it.
+pub fn build_features() -> &'static [&'static str] {
+    const FEATURES: &[(&str, bool)] = &[
+        ("cuda", cfg!(feature = "cuda")),
+        ("cudnn", cfg!(feature = "cudnn")),
+        ("metal", cfg!(feature = "metal")),
+    ];
+    static ENABLED: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ENABLED.get_or_init(|| {
+        FEATURES
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect()
+    })
+}
+
 /// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then rename).
 pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
     let io = |source| VditError::Io {

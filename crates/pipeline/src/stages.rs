@@ -145,6 +145,8 @@ impl StageTimings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Sidecar<'a> {
     pub vdit_version: &'static str,
+    /// Optional backends compiled into this build (`cuda`, `cudnn`, `metal`); empty on a CPU-only build.
+    pub build_features: &'static [&'static str],
     pub settings: &'a GenerateSettings,
     pub timings: &'a StageTimings,
     /// Fraction of attention blocks computed, averaged over layers, heads and steps (1 = dense).
@@ -250,6 +252,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     let sidecar_path = settings.sidecar_path();
     let sidecar = Sidecar {
         vdit_version: env!("CARGO_PKG_VERSION"),
+        build_features: crate::output::build_features(),
         settings,
         timings: &timings,
         effective_density: sampled.effective_density,
