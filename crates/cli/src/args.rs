@@ -99,7 +99,8 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = choice::<SamplerKind>())]
     pub sampler: Option<SamplerKind>,
 
-    /// Random seed of the initial noise; random when absent (always printed).
+    /// Random seed of the initial noise; random when absent, below 2^53 so that JSON readers keep it
+    /// exact (always printed).
     #[arg(long)]
     pub seed: Option<u64>,
 
