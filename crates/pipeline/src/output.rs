@@ -28,71 +28,24 @@ pub fn build_features() -> &'static [&'static str] {
     })
 }
 
-/// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory, then rename).
-pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let io = |source| VditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+/// Writes `path` atomically: `fill` writes a temp file (named with `suffix`) in the same
+/// directory, which is then renamed over `path` and given the usual 0644 (temp files are created
+/// private). Every writer of this module goes through here.
+fn write_atomic(
+    path: &Path,
+    suffix: &str,
+    fill: impl FnOnce(&mut tempfile::NamedTempFile) -> Result<()>,
+) -> Result<()> {
+    let io = |source| write_error(path, source);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-    serde_json::to_writer_pretty(&mut tmp, value).map_err(|e| io(std::io::Error::other(e)))?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    make_readable(path)
-}
-
-/// Temp files are created private (0600); give the finished file the usual 0644.
-fn make_readable(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(
-            |source| VditError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
-    }
-    Ok(())
-}
-
-/// Saves `latents` as tensor `latents` of a safetensors file (atomically).
-pub fn save_latents(path: &Path, latents: &Tensor) -> Result<()> {
-    let io = |source| VditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .suffix(".safetensors")
+    let mut tmp = tempfile::Builder::new()
+        .suffix(suffix)
         .tempfile_in(&dir)
         .map_err(io)?;
-    let tensors =
-        std::collections::HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]);
-    candle_core::safetensors::save(&tensors, tmp.path())?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    make_readable(path)
-}
-
-/// Writes `text` to `path` atomically (temp file in the same directory, then rename).
-pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let io = |source| VditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-    tmp.write_all(text.as_bytes()).map_err(io)?;
+    fill(&mut tmp)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     #[cfg(unix)]
     {
@@ -100,6 +53,42 @@ pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
     }
     Ok(())
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> VditError {
+    VditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+    write_atomic(path, "", |tmp| {
+        serde_json::to_writer_pretty(tmp, value)
+            .map_err(|e| write_error(path, std::io::Error::other(e)))
+    })
+}
+
+/// Saves `latents` as tensor `latents` of a safetensors file (atomically).
+pub fn save_latents(path: &Path, latents: &Tensor) -> Result<()> {
+    write_atomic(path, ".safetensors", |tmp| {
+        let tensors = std::collections::HashMap::from([(
+            "latents".to_string(),
+            latents.to_dtype(DType::F32)?,
+        )]);
+        candle_core::safetensors::save(&tensors, tmp.path())?;
+        Ok(())
+    })
+}
+
+/// Writes `text` to `path` atomically.
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    write_atomic(path, "", |tmp| {
+        tmp.write_all(text.as_bytes())
+            .map_err(|e| write_error(path, e))
+    })
 }
 
 /// Creates `dir` (and its parents) unless it exists; a clear error if it is a file.
