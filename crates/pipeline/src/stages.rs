@@ -663,32 +663,10 @@ pub fn shared_experts<'a>(
         .collect()
 }
 
-/// The run's experts, each loaded when its first step comes and freed after its last.
+/// The run's experts, each loaded when its first step comes and freed after its last, serving
+/// the timesteps the settings give them (the boundary of the model's `model_index.json`); each
+/// load's wall time is added to `load_seconds`.
 pub fn deferred_experts<'a>(
-    settings: &'a GenerateSettings,
-    files: &'a ModelFiles,
-    device: &'a Device,
-) -> Vec<Expert<'a>> {
-    let scales = settings.expert_guidance_scales();
-    settings
-        .family
-        .experts
-        .iter()
-        .zip(scales)
-        .zip(settings.expert_timesteps())
-        .map(|((rule, scale), timesteps)| {
-            let load: LoadModel<'a> = Box::new(move || {
-                let model: Box<dyn VelocityModel> =
-                    Box::new(load_expert(settings, files, device, rule)?);
-                Ok(model)
-            });
-            Expert::deferred(rule.component, load, scale, timesteps)
-        })
-        .collect()
-}
-
-/// [`deferred_experts`] adding each load's wall time to `load_seconds`.
-fn timed_deferred_experts<'a>(
     settings: &'a GenerateSettings,
     files: &'a ModelFiles,
     device: &'a Device,
@@ -700,7 +678,8 @@ fn timed_deferred_experts<'a>(
         .experts
         .iter()
         .zip(scales)
-        .map(|(rule, scale)| {
+        .zip(settings.expert_timesteps())
+        .map(|((rule, scale), timesteps)| {
             let load_seconds = load_seconds.clone();
             let load: LoadModel<'a> = Box::new(move || {
                 let start = Instant::now();
@@ -709,7 +688,7 @@ fn timed_deferred_experts<'a>(
                 load_seconds.set(load_seconds.get() + start.elapsed().as_secs_f64());
                 Ok(model)
             });
-            Expert::deferred(rule.component, load, scale, rule.timesteps)
+            Expert::deferred(rule.component, load, scale, timesteps)
         })
         .collect()
 }
@@ -728,7 +707,7 @@ pub fn sample_latents(
     };
     let load_seconds = Rc::new(Cell::new(0.0));
     let mut sampled = sample_with_experts(
-        timed_deferred_experts(settings, files, device, &load_seconds),
+        deferred_experts(settings, files, device, &load_seconds),
         channels,
         settings,
         device,

@@ -105,3 +105,50 @@ fn two_expert_settings_come_from_the_model_folder() {
     assert!(ranges[0].contains(875.0) && !ranges[1].contains(875.0));
     assert!(ranges[1].contains(874.9) && !ranges[0].contains(874.9));
 }
+
+/// The boundary in the model folder's model_index.json decides which expert samples each step:
+/// a copy of the fixture with `boundary_ratio` 0.95 (the high-noise expert takes 3 of the 6
+/// steps instead of 4) samples other latents than the original's 0.875 from the same noise.
+#[test]
+fn the_model_folders_boundary_moves_the_expert_switch() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("wan22_two_expert").join("model"), copy.path());
+    let index_path = copy.path().join("model_index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["boundary_ratio"] = serde_json::json!(0.95);
+    std::fs::write(&index_path, serde_json::to_string(&index).unwrap()).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let sample = |model: &Path| {
+        let mut options = reference_options("wan22_two_expert", &out.path().join("out.mp4"));
+        options.model = Some(model.display().to_string());
+        let (settings, files) = resolve(&options, &Registry::embedded()).unwrap();
+        let text = encode_prompts(&settings, &files, &Device::Cpu).unwrap();
+        let latents = sample_latents(&settings, &files, &Device::Cpu, &text)
+            .unwrap()
+            .latents;
+        (settings.boundary_ratio, latents)
+    };
+    let (boundary, original) = sample(&fixture("wan22_two_expert").join("model"));
+    let (moved_boundary, moved) = sample(copy.path());
+    assert_eq!((boundary, moved_boundary), (Some(0.875), Some(0.95)));
+    let difference = relative_error(&moved, &original);
+    assert!(
+        difference > 1e-4,
+        "boundary 0.95 sampled the same latents as 0.875 (relative difference {difference:.2e})"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
