@@ -42,6 +42,10 @@ pub enum ModelError {
         expected: String,
     },
 
+    /// A LoRA file that cannot be applied to this model.
+    #[error("LoRA {path}: {reason}")]
+    Lora { path: String, reason: String },
+
     #[error("tokenizer {path}: {reason}")]
     Tokenizer { path: String, reason: String },
 }

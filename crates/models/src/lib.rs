@@ -2,9 +2,11 @@
 //!
 //! - [`weights`]: safetensors (single file or shards), key dialects, dtype casts, clear errors.
 //! - [`wan`]: the Wan2.1 diffusion transformer and the Wan VAE.
+//! - [`lora`]: LoRA files in every published form, merged at load or applied per pass.
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
 
 pub mod error;
+pub mod lora;
 pub mod profile;
 pub mod tokenizer;
 pub mod umt5;

@@ -124,9 +124,10 @@ impl AttentionLayer {
         }
         let dtype = self.to_out.bias().dtype();
         let b_v = self.to_v.bias().to_dtype(DType::F32)?.unsqueeze(0)?; // [1, dim]
-        let w_out = self.to_out.weight().to_dtype(DType::F32)?; // [dim, dim]
         let b_out = self.to_out.bias().to_dtype(DType::F32)?;
-        let folded = (b_v.matmul(&w_out.t()?)?.squeeze(0)? + b_out)?.to_dtype(dtype)?;
+        // W_out·b_v, with any unmerged LoRA of the output projection.
+        let projected = self.to_out.project_f32(&b_v)?.squeeze(0)?;
+        let folded = (projected + b_out)?.to_dtype(dtype)?;
         Ok(self.folded_out_bias.get_or_init(|| folded))
     }
 
@@ -478,7 +479,8 @@ impl WanBlock {
             )?)
         })?;
         let u = span("ffn: in + gelu", dev, || {
-            if fused::epilogue_gelu_available() {
+            // The epilogue kernel reads the weight itself: not with an unmerged LoRA.
+            if fused::epilogue_gelu_available() && !self.ffn_in.has_adapter() {
                 let (w, bias) = (self.ffn_in.weight(), self.ffn_in.bias());
                 match rainfusion::cuda::linear(&h, w, Some(bias), true) {
                     Ok(u) => return Ok(u),

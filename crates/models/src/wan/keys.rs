@@ -9,6 +9,8 @@
 //! them into the names the file uses, so loading errors name the key as it is stored.
 
 use crate::error::{ModelError, Result};
+use crate::lora::{LoraTargets, TargetModule};
+use crate::wan::config::WanConfig;
 use crate::weights::{KeyMap, WeightFiles};
 
 /// Which naming scheme a checkpoint uses (after any prefix).
@@ -166,6 +168,65 @@ pub fn original_key(diffusers_key: &str) -> String {
         break;
     }
     out
+}
+
+/// The layers of a Wan transformer of `cfg` that LoRAs can update, under their diffusers names
+/// and their original Wan names (and the kohya `_` form of both).
+pub fn lora_targets(cfg: &WanConfig) -> LoraTargets {
+    let mut targets = LoraTargets::default();
+    // A module with a weight and (if `bias`) a bias.
+    let mut module = |name: String, bias: bool| {
+        let weight = format!("{name}.weight");
+        let original = original_key(&weight)
+            .strip_suffix(".weight")
+            .map(str::to_string)
+            .unwrap_or_else(|| name.clone());
+        let target = TargetModule {
+            bias: bias.then(|| format!("{name}.bias")),
+            weight,
+            name,
+        };
+        targets.add(target, &[original]);
+    };
+    module("patch_embedding".into(), true);
+    for name in [
+        "condition_embedder.time_embedder.linear_1",
+        "condition_embedder.time_embedder.linear_2",
+        "condition_embedder.time_proj",
+        "condition_embedder.text_embedder.linear_1",
+        "condition_embedder.text_embedder.linear_2",
+        "proj_out",
+    ] {
+        module(name.into(), true);
+    }
+    for i in 0..cfg.num_layers {
+        for attn in ["attn1", "attn2"] {
+            for proj in ["to_q", "to_k", "to_v", "to_out.0"] {
+                module(format!("blocks.{i}.{attn}.{proj}"), true);
+            }
+            for norm in ["norm_q", "norm_k"] {
+                module(format!("blocks.{i}.{attn}.{norm}"), false);
+            }
+        }
+        if cfg.cross_attn_norm {
+            module(format!("blocks.{i}.norm2"), true);
+        }
+        module(format!("blocks.{i}.ffn.net.0.proj"), true);
+        module(format!("blocks.{i}.ffn.net.2"), true);
+    }
+    // Bare tables (no `.weight`): a `.diff` updates the table itself.
+    let mut tables: Vec<String> = vec!["scale_shift_table".into()];
+    tables.extend((0..cfg.num_layers).map(|i| format!("blocks.{i}.scale_shift_table")));
+    for table in tables {
+        let original = original_key(&table);
+        let target = TargetModule {
+            name: table.clone(),
+            weight: table,
+            bias: None,
+        };
+        targets.add(target, &[original]);
+    }
+    targets
 }
 
 #[cfg(test)]

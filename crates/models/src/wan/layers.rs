@@ -6,13 +6,15 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Shape, Tensor, D};
 
 use crate::error::Result;
+use crate::lora::{LoraMode, LoraSet};
 use crate::weights::{KeyMap, RandomWeights, WeightFiles};
 
 /// Reads tensors by canonical (diffusers) name from a checkpoint, in a requested dtype; or draws
-/// them at random (benchmarks at the real size without a checkpoint).
+/// them at random (benchmarks at the real size without a checkpoint); with LoRA updates applied.
 pub(crate) struct WeightSource {
     origin: Origin,
     device: Device,
+    lora: Option<Arc<LoraSet>>,
 }
 
 enum Origin {
@@ -28,7 +30,14 @@ impl WeightSource {
         Self {
             origin: Origin::Checkpoint { files, keys },
             device,
+            lora: None,
         }
+    }
+
+    /// Applies `lora` to every tensor read from here on (see [`crate::lora`]).
+    pub(crate) fn with_lora(mut self, lora: Option<Arc<LoraSet>>) -> Self {
+        self.lora = lora.filter(|l| !l.is_empty());
+        self
     }
 
     /// Every tensor asked for is random (see [`RandomWeights`]).
@@ -36,19 +45,44 @@ impl WeightSource {
         Self {
             origin: Origin::Random,
             device,
+            lora: None,
         }
     }
 
     /// Loads `key` (canonical name) with the given shape, cast to `dtype`. Errors name the key
     /// as stored in the file, both shapes and the file (see `WeightFiles::load`).
+    /// A LoRA update of the tensor is added first, in f32 (every kind of update).
     pub(crate) fn get(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.get_patched(key, shape, dtype, true)
+    }
+
+    /// [`Self::get`], adding low-rank LoRA terms only if `with_low_rank` (full deltas always).
+    fn get_patched(
+        &self,
+        key: &str,
+        shape: &[usize],
+        dtype: DType,
+        with_low_rank: bool,
+    ) -> Result<Tensor> {
         let shape = Shape::from(shape);
-        Ok(match &self.origin {
-            Origin::Checkpoint { files, keys } => {
-                files.load(&keys.map(key), Some(&shape), dtype, &self.device)?
-            }
-            Origin::Random => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
-        })
+        let read = |dtype: DType| -> Result<Tensor> {
+            Ok(match &self.origin {
+                Origin::Checkpoint { files, keys } => {
+                    files.load(&keys.map(key), Some(&shape), dtype, &self.device)?
+                }
+                Origin::Random => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
+            })
+        };
+        let patch = self.lora.as_ref().and_then(|l| l.patch(key));
+        let Some(delta) = patch
+            .map(|p| p.delta(key, &shape, with_low_rank, &self.device))
+            .transpose()?
+            .flatten()
+        else {
+            return read(dtype);
+        };
+        // Merge in f32, then cast once: a bf16 add would round the update away.
+        Ok((read(DType::F32)? + delta)?.to_dtype(dtype)?)
     }
 
     /// A linear layer `prefix.weight` [out, in] + `prefix.bias` [out], computing in `dtype`.
@@ -59,23 +93,39 @@ impl WeightSource {
         output: usize,
         dtype: DType,
     ) -> Result<Linear> {
+        let weight_key = format!("{prefix}.weight");
+        let runtime = self.lora.as_ref().is_some_and(|l| l.mode() == LoraMode::Runtime);
+        let adapter = match self.lora.as_ref().and_then(|l| l.patch(&weight_key)) {
+            Some(patch) if runtime => {
+                patch.adapter(&weight_key, output, input, dtype, &self.device)?
+            }
+            _ => None,
+        };
         Ok(Linear {
-            weight: self.get(&format!("{prefix}.weight"), &[output, input], dtype)?,
+            weight: self.get_patched(&weight_key, &[output, input], dtype, !runtime)?,
             bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
+            adapter,
         })
     }
 }
 
-/// `y = x·Wᵀ + b` over the last axis, computed in the dtype the weights were loaded in.
+/// `y = x·Wᵀ + b` over the last axis, computed in the dtype the weights were loaded in; with a
+/// LoRA kept unmerged, `+ (x·Aᵀ)·Bᵀ`.
 pub(crate) struct Linear {
     weight: Tensor, // [out, in]
     bias: Tensor,   // [out]
+    /// Unmerged LoRA factors (down A [r, in], up B [out, r] with the scale folded in).
+    adapter: Option<(Tensor, Tensor)>,
 }
 
 impl Linear {
     /// Builds a linear layer from an already-shaped weight [out, in] and bias [out].
     pub(crate) fn from_parts(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            adapter: None,
+        }
     }
 
     /// x: [..., in] in any float dtype → [..., out] in the weights' dtype.
@@ -94,16 +144,39 @@ impl Linear {
             .to_dtype(self.weight.dtype())?
             .contiguous()?
             .reshape((rows, input))?;
-        let y = x2.matmul(&self.weight.t()?)?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some((down, up)) = &self.adapter {
+            y = (y + x2.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
+        }
         let mut out_dims = dims;
         *out_dims.last_mut().expect("x has at least one axis") = self.weight.dim(0)?;
         Ok(y.reshape(out_dims)?)
     }
 
-    /// The weight [out, in], in the run dtype.
+    /// The weight [out, in], in the run dtype, without any unmerged LoRA (see
+    /// [`Self::has_adapter`]).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// Whether an unmerged LoRA adds to [`Self::weight`]: kernels that read the weight
+    /// directly must not serve this layer.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn has_adapter(&self) -> bool {
+        self.adapter.is_some()
+    }
+
+    /// `x·(W + ΔW)ᵀ` in f32 for a few rows x [n, in] (no bias): for folding biases.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn project_f32(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let mut y = x.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?;
+        if let Some((down, up)) = &self.adapter {
+            let (down, up) = (down.to_dtype(DType::F32)?, up.to_dtype(DType::F32)?);
+            y = (y + x.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
+        }
+        Ok(y)
     }
 
     /// The bias [out], in the weights' dtype.

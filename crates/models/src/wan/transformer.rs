@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use rainfusion::{SelfAttention, VideoLayout};
 
 use crate::error::{ModelError, Result};
+use crate::lora::LoraSet;
 use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
 use crate::wan::config::WanConfig;
 use crate::wan::keys::{CheckpointKeys, KeyDialect};
@@ -74,13 +75,26 @@ impl WanTransformer {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with_lora(files, cfg, dtype, device, None)
+    }
+
+    /// [`Self::load`] with LoRA updates (made against [`crate::wan::keys::lora_targets`] of
+    /// `cfg`), merged or kept apart as the set's mode says.
+    pub fn load_with_lora(
+        files: &Arc<WeightFiles>,
+        cfg: &WanConfig,
+        dtype: DType,
+        device: &Device,
+        lora: Option<Arc<LoraSet>>,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::InvalidInput(format!(
                 "run dtype {dtype:?} is not supported (use f32, bf16 or f16)"
             )));
         }
         let keys = CheckpointKeys::detect(files)?;
-        let src = WeightSource::new(files.clone(), keys.key_map(), device.clone());
+        let src =
+            WeightSource::new(files.clone(), keys.key_map(), device.clone()).with_lora(lora);
         Self::build(&src, cfg, dtype, device)
     }
 
@@ -156,6 +170,13 @@ impl WanTransformer {
     /// usable config.json the config is inferred from the tensor shapes (head_dim 128 assumed).
     pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let files = Arc::new(WeightFiles::open(path)?);
+        let cfg = Self::config_for(path, &files)?;
+        Self::load(&files, &cfg, dtype, device)
+    }
+
+    /// The config of the transformer at `path` (whose weights are `files`): its config.json, or
+    /// one inferred from the tensor shapes (see [`Self::open`]).
+    pub fn config_for(path: &Path, files: &WeightFiles) -> Result<WanConfig> {
         let config_path = if path.is_dir() {
             Some(path.join("config.json"))
         } else {
@@ -167,14 +188,13 @@ impl WanTransformer {
             Some(p) => WanConfig::from_json_file(&p).ok(),
             None => None,
         };
-        let cfg = match from_file {
+        Ok(match from_file {
             Some(cfg) => cfg,
             None => {
-                let keys = CheckpointKeys::detect(&files)?;
-                WanConfig::infer(&files, &keys.prefix, keys.dialect == KeyDialect::Original)?
+                let keys = CheckpointKeys::detect(files)?;
+                WanConfig::infer(files, &keys.prefix, keys.dialect == KeyDialect::Original)?
             }
-        };
-        Self::load(&files, &cfg, dtype, device)
+        })
     }
 
     pub fn config(&self) -> &WanConfig {
