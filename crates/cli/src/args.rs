@@ -10,6 +10,7 @@ use clap::parser::{ArgMatches, ValueSource};
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use rainfusion::DenseSteps;
+use vdit_models::lora::{LoraMode, LoraSpec};
 use vdit_pipeline::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
 use vdit_pipeline::sampling::SamplerKind;
 use vdit_pipeline::settings::GenerateOptions;
@@ -95,9 +96,15 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_shift)]
     pub shift: Option<f64>,
 
-    /// Sampler. Default unipc.
+    /// Sampler. Default: the model's (unipc for Wan; lcm for the 4-step distilled recipes).
     #[arg(long, value_parser = choice::<SamplerKind>())]
     pub sampler: Option<SamplerKind>,
+
+    /// A distilled model's denoising step list, comma-separated training timesteps in (0, 1000],
+    /// decreasing (lightx2v's 4-step LoRAs: 1000,750,500,250). Each is mapped through --shift;
+    /// the count sets the steps. Needs --sampler euler or lcm. Default: the model's, if any.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_number::<f64>, value_name = "T,T,...")]
+    pub timesteps: Option<Vec<f64>>,
 
     /// Random seed of the initial noise; random when absent, below 2^53 so that JSON readers keep it
     /// exact (always printed).
@@ -212,6 +219,31 @@ pub struct GenerateArgs {
         help_heading = "Sparse attention"
     )]
     pub dense_layers: usize,
+
+    /// A LoRA to apply, as FILE or FILE:STRENGTH (strength 1.0 by default); repeat the flag for
+    /// several. Any published Wan form: diffusers/PEFT, original Wan/ComfyUI (lora_down/up with
+    /// alpha, or lora_A/B), kohya/musubi, lightx2v/Lightning (with .diff/.diff_b deltas).
+    /// Two-expert models: applies to the high-noise expert (see --lora-2).
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = parse_lora, help_heading = "LoRA")]
+    pub loras: Vec<LoraSpec>,
+
+    /// Two-expert models (wan2.2-t2v-a14b): a LoRA of the low-noise expert, as FILE[:STRENGTH];
+    /// repeatable. Wan2.2 Lightning and lightx2v publish one file per expert.
+    #[arg(long = "lora-2", value_name = "FILE[:STRENGTH]", value_parser = parse_lora, help_heading = "LoRA")]
+    pub loras_2: Vec<LoraSpec>,
+
+    /// How LoRAs are applied.
+    #[arg(long, value_parser = choice::<LoraMode>(), default_value = "merge", help_heading = "LoRA")]
+    pub lora_mode: LoraMode,
+
+    /// Apply a LoRA whose keys match only part of the model, ignoring the tensors that match no
+    /// layer (by default that is an error naming some of them).
+    #[arg(long, help_heading = "LoRA")]
+    pub lora_partial: bool,
+}
+
+fn parse_lora(s: &str) -> Result<LoraSpec, String> {
+    s.parse()
 }
 
 /// A clap parser offering `T`'s values (with their one-line help) and giving back a `T`: the
@@ -248,6 +280,7 @@ impl GenerateArgs {
             guidance_scale_2: self.guidance_scale_2,
             shift: self.shift,
             sampler: self.sampler,
+            timesteps: self.timesteps.clone(),
             seed: self.seed,
             fps: self.fps,
             output: self.output.clone(),
@@ -272,6 +305,10 @@ impl GenerateArgs {
             block_size: self.block_size,
             window: self.window,
             dense_layers: self.dense_layers,
+            loras: self.loras.clone(),
+            loras_2: self.loras_2.clone(),
+            lora_mode: self.lora_mode,
+            lora_partial: self.lora_partial,
         }
     }
 }

@@ -191,3 +191,21 @@ mod tests {
         assert!("RAINFUSION".parse::<AttentionMode>().is_err());
     }
 }
+
+/// `--lora-mode`: how LoRA updates are applied (the type is the models crate's).
+impl Choice for vdit_models::lora::LoraMode {
+    const ALL: &'static [Self] = &[Self::Merge, Self::Runtime];
+    fn name(self) -> &'static str {
+        vdit_models::lora::LoraMode::name(self)
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Merge => {
+                "add the updates into the weights at load (f32, then cast): no cost per step"
+            }
+            Self::Runtime => {
+                "keep them as low-rank factors applied every step: no merged copy, slower steps"
+            }
+        })
+    }
+}

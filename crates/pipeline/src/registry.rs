@@ -17,8 +17,15 @@
 //! guidance_scale_2 = 3.0                         # two-expert families: the low-noise expert's
 //! shift = 5.0
 //! fps = 16
-//! sampler = "unipc"                              # unipc | euler
+//! sampler = "unipc"                              # unipc | euler | lcm
+//! timesteps = [1000, 750, 500, 250]              # a distilled model's step list (sets steps)
 //! negative_prompt = "..."
+//!
+//! [[lora]]                                       # optional, repeatable: a recipe's LoRAs
+//! hub_id = "lightx2v/Wan2.1-Distill-Loras"
+//! file = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
+//! strength = 1.0                                 # optional, 1.0
+//! expert = 1                                     # optional; two-expert models: 1 high, 2 low noise
 //! ```
 //!
 //! The registry directory is `$VDIT_MODELS_DIR` if set, else the repository's `models/`. The
@@ -77,7 +84,47 @@ pub struct ModelDefaults {
     pub shift: Option<f64>,
     pub fps: Option<u32>,
     pub sampler: Option<SamplerKind>,
+    /// A distilled model's denoising step list (training timesteps, decreasing); sets the steps.
+    pub timesteps: Option<Vec<f64>>,
     pub negative_prompt: Option<String>,
+}
+
+/// A LoRA that an entry applies (a recipe: base model + LoRA + sampling settings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryLora {
+    /// The hub repository holding the file.
+    pub hub_id: String,
+    /// The file inside it.
+    pub file: String,
+    #[serde(default = "unit_strength")]
+    pub strength: f64,
+    /// Two-expert models: 1 (high noise) or 2 (low noise); 1 otherwise.
+    #[serde(default = "first_expert")]
+    pub expert: u8,
+}
+
+fn unit_strength() -> f64 {
+    1.0
+}
+
+fn first_expert() -> u8 {
+    1
+}
+
+impl EntryLora {
+    /// The file in the hub cache, downloaded first unless offline.
+    pub fn resolve(&self, hub: &crate::hub::HubOptions) -> Result<vdit_models::lora::LoraSpec> {
+        let location = crate::hub::ModelLocation::Hub {
+            repo_id: self.hub_id.clone(),
+            revision: "main".into(),
+        };
+        let path = crate::hub::ModelFiles::new(location, hub.clone()).file(&self.file)?;
+        Ok(vdit_models::lora::LoraSpec {
+            path,
+            strength: self.strength,
+        })
+    }
 }
 
 /// Where an entry's files are.
@@ -99,6 +146,8 @@ pub struct ModelEntry {
     pub description: String,
     pub source: EntrySource,
     pub defaults: ModelDefaults,
+    /// LoRAs the entry applies (a recipe: e.g. a 4-step distilled LoRA on its base model).
+    pub loras: Vec<EntryLora>,
     /// The family the TOML names (Wan2.1 T2V when it names none).
     pub family: &'static ModelFamily,
     /// The TOML it came from (or `<embedded>/<file>`).
@@ -144,6 +193,8 @@ struct EntryFile {
     family: Option<String>,
     #[serde(default)]
     defaults: ModelDefaults,
+    #[serde(default)]
+    lora: Vec<EntryLora>,
 }
 
 /// Parses one entry; `base_dir` resolves a relative `path`.
@@ -168,11 +219,23 @@ fn parse_entry(text: &str, file: &Path, base_dir: &Path) -> Result<ModelEntry> {
         Some(name) => family_by_name(name).map_err(|e| bad(e.to_string()))?,
         None => DEFAULT_FAMILY,
     };
+    for lora in &raw.lora {
+        if lora.expert == 0 || lora.expert as usize > family.experts.len() {
+            return Err(bad(format!(
+                "[[lora]] {}: expert {} does not exist (the {} family has {})",
+                lora.file,
+                lora.expert,
+                family.name,
+                family.experts.len()
+            )));
+        }
+    }
     Ok(ModelEntry {
         name: raw.name,
         description: raw.description,
         source,
         defaults: raw.defaults,
+        loras: raw.lora,
         family,
         file: file.to_path_buf(),
     })

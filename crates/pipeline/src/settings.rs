@@ -15,6 +15,7 @@ use crate::registry::{ModelDefaults, Registry};
 use crate::sampling::SamplerKind;
 use crate::video::VideoFormat;
 use rainfusion::DenseSteps;
+use vdit_models::lora::{LoraMode, LoraSpec};
 
 pub use crate::family::wan::{wan_defaults, WAN_NEGATIVE_PROMPT};
 
@@ -36,6 +37,9 @@ pub struct GenerateOptions {
     pub guidance_scale_2: Option<f64>,
     pub shift: Option<f64>,
     pub sampler: Option<SamplerKind>,
+    /// A distilled model's denoising step list (training timesteps, decreasing), instead of
+    /// `steps` evenly spaced ones.
+    pub timesteps: Option<Vec<f64>>,
     pub seed: Option<u64>,
     pub fps: Option<u32>,
     pub output: Option<PathBuf>,
@@ -62,6 +66,13 @@ pub struct GenerateOptions {
     pub block_size: usize,
     pub window: TokenWindow,
     pub dense_layers: usize,
+    /// LoRAs of the transformer (two-expert models: of the high-noise expert).
+    pub loras: Vec<LoraSpec>,
+    /// LoRAs of the second (low-noise) expert, two-expert models only.
+    pub loras_2: Vec<LoraSpec>,
+    pub lora_mode: LoraMode,
+    /// Apply a LoRA whose keys match only part of the model, ignoring the rest.
+    pub lora_partial: bool,
 }
 
 impl GenerateOptions {
@@ -79,6 +90,7 @@ impl GenerateOptions {
             guidance_scale_2: None,
             shift: None,
             sampler: None,
+            timesteps: None,
             seed: None,
             fps: None,
             output: None,
@@ -103,6 +115,10 @@ impl GenerateOptions {
             block_size: 128,
             window: TokenWindow::Tile,
             dense_layers: 0,
+            loras: Vec::new(),
+            loras_2: Vec::new(),
+            lora_mode: LoraMode::Merge,
+            lora_partial: false,
         }
     }
 }
@@ -175,6 +191,60 @@ pub struct AttentionSettings {
     pub dense_layers: usize,
 }
 
+/// The LoRAs of a run, per expert.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LoraSettings {
+    /// Of the transformer, or of the first (high-noise) expert.
+    #[serde(serialize_with = "serialize_loras")]
+    pub first: Vec<LoraSpec>,
+    /// Of the second (low-noise) expert.
+    #[serde(
+        serialize_with = "serialize_loras",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub second: Vec<LoraSpec>,
+    #[serde(serialize_with = "serialize_lora_mode")]
+    pub mode: LoraMode,
+    pub partial: bool,
+}
+
+impl LoraSettings {
+    pub fn is_empty(&self) -> bool {
+        self.first.is_empty() && self.second.is_empty()
+    }
+
+    /// The LoRAs of expert `index` (0: the transformer or the high-noise expert).
+    pub fn for_expert(&self, index: usize) -> &[LoraSpec] {
+        if index == 0 {
+            &self.first
+        } else {
+            &self.second
+        }
+    }
+}
+
+fn serialize_loras<S: serde::Serializer>(
+    loras: &[LoraSpec],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(loras.len()))?;
+    for lora in loras {
+        seq.serialize_element(&serde_json::json!({
+            "path": lora.path.display().to_string(),
+            "strength": lora.strength,
+        }))?;
+    }
+    seq.end()
+}
+
+fn serialize_lora_mode<S: serde::Serializer>(
+    mode: &LoraMode,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(mode.name())
+}
+
 /// Per-file overrides of the model's components.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Overrides {
@@ -205,6 +275,10 @@ pub struct GenerateSettings {
     pub boundary_ratio: Option<f64>,
     pub shift: f64,
     pub sampler: SamplerKind,
+    /// The denoising step list of a distilled model (`steps` is its length); `None` for the
+    /// evenly spaced grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timesteps: Option<Vec<f64>>,
     pub seed: u64,
     /// True when the seed was drawn at random (no --seed).
     pub seed_was_random: bool,
@@ -228,6 +302,7 @@ pub struct GenerateSettings {
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
     pub attention: AttentionSettings,
+    pub lora: LoraSettings,
     /// The model's family (from its registry entry; Wan2.1 T2V otherwise). Not in the sidecar:
     /// the model name there already says it.
     #[serde(skip)]
@@ -310,8 +385,12 @@ impl GenerateSettings {
                 format_name(self.format)
             ),
             format!(
-                "sampling     {} steps, {}, shift {}, guidance {}{}",
+                "sampling     {} steps{}, {}, shift {}, guidance {}{}",
                 self.steps,
+                match &self.timesteps {
+                    Some(list) => format!(" at t = {list:?}"),
+                    None => String::new(),
+                },
                 self.sampler.name(),
                 self.shift,
                 self.guidance_scale,
@@ -358,6 +437,19 @@ impl GenerateSettings {
                 a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window.name(), a.dense_layers
             ),
         });
+        for (expert, loras) in [
+            ("", &self.lora.first),
+            (" (low-noise expert)", &self.lora.second),
+        ] {
+            for lora in loras {
+                lines.push(format!(
+                    "lora         {} × {}{expert}, {}",
+                    lora.path.display(),
+                    lora.strength,
+                    self.lora.mode.name()
+                ));
+            }
+        }
         if let Some(noise) = &self.noise {
             lines.push(format!(
                 "noise        from {} (seed unused)",
@@ -549,10 +641,33 @@ pub fn resolve(
     if frames == 0 || !(frames - 1).is_multiple_of(4) {
         problems.push(format!("--frames {frames} is not 4n+1"));
     }
-    let steps = args
-        .steps
-        .or(defaults.steps)
-        .unwrap_or(family_defaults.steps);
+    // A step list given on the command line wins over the entry's, and over --steps.
+    let timesteps = match (&args.timesteps, args.steps) {
+        (Some(list), _) => Some(list.clone()),
+        (None, Some(_)) => None,
+        (None, None) => defaults.timesteps.clone(),
+    };
+    if let Some(list) = &timesteps {
+        if let Err(e) = crate::sampling::check_step_list(list) {
+            problems.push(format!("--timesteps: {e}"));
+        }
+        if let Some(n) = args
+            .steps
+            .filter(|&n| n != list.len() && args.timesteps.is_some())
+        {
+            problems.push(format!(
+                "--steps {n} disagrees with the {} values of --timesteps (give one of them)",
+                list.len()
+            ));
+        }
+    }
+    let steps = match &timesteps {
+        Some(list) => list.len(),
+        None => args
+            .steps
+            .or(defaults.steps)
+            .unwrap_or(family_defaults.steps),
+    };
     if steps == 0 {
         problems.push("--steps must be at least 1".into());
     }
@@ -595,6 +710,11 @@ pub fn resolve(
         ),
         (args.dit_2.is_some(), family.experts.len() > 1, "--dit-2"),
         (
+            !args.loras_2.is_empty(),
+            family.experts.len() > 1,
+            "--lora-2",
+        ),
+        (
             args.keep_experts,
             family.takes(FamilyFlag::KeepExpertsLoaded),
             "--keep-experts",
@@ -619,6 +739,25 @@ pub fn resolve(
         .sampler
         .or(defaults.sampler)
         .unwrap_or(family_defaults.sampler);
+    if timesteps.is_some() && sampler == SamplerKind::Unipc {
+        problems.push(
+            "--timesteps needs --sampler euler or lcm (UniPC builds its own evenly spaced grid)"
+                .into(),
+        );
+    }
+    let mut loras = LoraSettings {
+        first: args.loras.clone(),
+        second: args.loras_2.clone(),
+        mode: args.lora_mode,
+        partial: args.lora_partial,
+    };
+    for (flag, list) in [("--lora", &loras.first), ("--lora-2", &loras.second)] {
+        for lora in list {
+            if !lora.path.is_file() {
+                problems.push(format!("{flag} {}: no such file", lora.path.display()));
+            }
+        }
+    }
     let fps = args.fps.or(defaults.fps).unwrap_or(family_defaults.fps);
     let negative_prompt = args
         .negative_prompt
@@ -688,6 +827,23 @@ pub fn resolve(
     if !problems.is_empty() {
         return Err(VditError::InvalidSetting(problems.join("\n")));
     }
+    // The entry's own LoRAs (a recipe such as a 4-step distilled model) come first, fetched
+    // from the hub unless cached; the user's add to them.
+    if let Some(entry) = registry.get(&model) {
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for lora in &entry.loras {
+            let spec = lora.resolve(&hub)?;
+            if lora.expert == 2 {
+                second.push(spec);
+            } else {
+                first.push(spec);
+            }
+        }
+        first.append(&mut loras.first);
+        second.append(&mut loras.second);
+        loras.first = first;
+        loras.second = second;
+    }
     let settings = GenerateSettings {
         prompt: args.prompt.clone(),
         negative_prompt,
@@ -700,6 +856,7 @@ pub fn resolve(
         boundary_ratio,
         shift,
         sampler,
+        timesteps,
         seed,
         seed_was_random,
         fps,
@@ -732,6 +889,7 @@ pub fn resolve(
             window: args.window,
             dense_layers: args.dense_layers,
         },
+        lora: loras,
         family,
     };
     Ok((settings, files))

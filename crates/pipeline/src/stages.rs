@@ -28,9 +28,11 @@ use serde::Serialize;
 use crate::denoise::{denoise, Conditioning, Expert, ExpertDenoiser, VelocityModel};
 use crate::error::{Result, VditError};
 use crate::options::{AttentionMode, TokenWindow};
+use vdit_models::lora::LoraSet;
 use vdit_models::tokenizer::PromptTokenizer;
 use vdit_models::umt5::{Umt5Config, Umt5Encoder};
 use vdit_models::wan::config::WanConfig;
+use vdit_models::wan::keys::lora_targets;
 use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
 use vdit_models::weights::WeightFiles;
@@ -604,15 +606,57 @@ pub fn load_expert(
 ) -> Result<WanTransformer> {
     let TransformerKind::Wan = rule.kind;
     let component = expert_component(settings, files, rule)?;
-    Ok(match &component.config {
-        Some(config) => {
-            let config = WanConfig::from_json_file(config)?;
-            let weights = Arc::new(WeightFiles::open(&component.weights)?);
-            WanTransformer::load(&weights, &config, settings.dtype, device)?
-        }
+    let weights = Arc::new(WeightFiles::open(&component.weights)?);
+    let config = match &component.config {
+        Some(config) => WanConfig::from_json_file(config)?,
         // No config anywhere: the transformer infers its sizes from the tensor shapes.
-        None => WanTransformer::open(&component.weights, settings.dtype, device)?,
-    })
+        None => WanTransformer::config_for(&component.weights, &weights)?,
+    };
+    let index = settings
+        .family
+        .experts
+        .iter()
+        .position(|r| std::ptr::eq(r, rule))
+        .unwrap_or(0);
+    let lora = open_loras(settings, index, &config)?;
+    Ok(WanTransformer::load_with_lora(
+        &weights,
+        &config,
+        settings.dtype,
+        device,
+        lora,
+    )?)
+}
+
+/// The LoRAs of expert `index` matched onto a transformer of `config`; `None` without any.
+pub fn open_loras(
+    settings: &GenerateSettings,
+    index: usize,
+    config: &WanConfig,
+) -> Result<Option<Arc<LoraSet>>> {
+    let specs = settings.lora.for_expert(index);
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let set = LoraSet::open(
+        specs,
+        &lora_targets(config),
+        settings.lora.mode,
+        settings.lora.partial,
+    )?;
+    for summary in set.summaries() {
+        let ignored = match summary.ignored.len() {
+            0 => String::new(),
+            n => format!(", {n} unmatched tensors ignored (--lora-partial)"),
+        };
+        eprintln!(
+            "lora         {}: {} layers ({}){ignored}",
+            summary.spec.path.display(),
+            summary.layers,
+            summary.format
+        );
+    }
+    Ok(Some(Arc::new(set)))
 }
 
 /// Loads the model's first transformer (or `--dit`).
@@ -773,7 +817,12 @@ pub fn sample_with_experts(
         Box::new(move |num_layers| build_attention(&attention_settings, num_layers, steps)),
     )?;
     denoiser.keep_loaded = settings.keep_experts;
-    let mut solver = settings.sampler.solver(settings.steps, settings.shift);
+    let mut solver = settings.sampler.solver(
+        settings.steps,
+        settings.shift,
+        settings.timesteps.as_deref(),
+        settings.seed,
+    )?;
     let progress = ProgressBar::new(settings.steps as u64);
     progress.set_style(
         ProgressStyle::with_template("sampling     [{bar:30}] {pos}/{len} steps {msg}")

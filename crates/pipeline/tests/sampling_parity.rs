@@ -101,7 +101,7 @@ fn check_trajectory(sampler: SamplerKind, shift: f64, steps: usize) {
         &Device::Cpu,
     )
     .unwrap();
-    let mut solver = sampler.solver(steps, shift);
+    let mut solver = sampler.solver(steps, shift, None, 0).unwrap();
     let mut sample = tensors["x_0"].clone();
     let mut worst = 0.0f64;
     for k in 0..steps {

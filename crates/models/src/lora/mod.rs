@@ -328,9 +328,8 @@ impl LoraSet {
             )));
         }
 
-        let load = |key: &str| -> Result<Tensor> {
-            Ok(files.load(key, None, DType::F32, &Device::Cpu)?)
-        };
+        let load =
+            |key: &str| -> Result<Tensor> { Ok(files.load(key, None, DType::F32, &Device::Cpu)?) };
         let mut layers = 0;
         for (module, roles) in &groups {
             let target = targets.find(module).expect("grouped keys have a target");
@@ -379,7 +378,9 @@ impl LoraSet {
             }
             if let Some(key) = roles.get(&Role::BiasDiff) {
                 let Some(bias) = &target.bias else {
-                    return Err(bad(format!("`{key}` updates a bias, but `{module}` has none")));
+                    return Err(bad(format!(
+                        "`{key}` updates a bias, but `{module}` has none"
+                    )));
                 };
                 self.patches
                     .entry(bias.clone())
@@ -449,11 +450,20 @@ mod tests {
     #[test]
     fn specs_parse_a_strength_only_after_the_last_colon() {
         let s: LoraSpec = "a.safetensors".parse().unwrap();
-        assert_eq!((s.path.to_str().unwrap(), s.strength), ("a.safetensors", 1.0));
+        assert_eq!(
+            (s.path.to_str().unwrap(), s.strength),
+            ("a.safetensors", 1.0)
+        );
         let s: LoraSpec = "dir/a.safetensors:0.5".parse().unwrap();
-        assert_eq!((s.path.to_str().unwrap(), s.strength), ("dir/a.safetensors", 0.5));
+        assert_eq!(
+            (s.path.to_str().unwrap(), s.strength),
+            ("dir/a.safetensors", 0.5)
+        );
         let s: LoraSpec = "C:/loras/a.safetensors".parse().unwrap();
-        assert_eq!((s.path.to_str().unwrap(), s.strength), ("C:/loras/a.safetensors", 1.0));
+        assert_eq!(
+            (s.path.to_str().unwrap(), s.strength),
+            ("C:/loras/a.safetensors", 1.0)
+        );
         let s: LoraSpec = "a.safetensors:-1".parse().unwrap();
         assert_eq!(s.strength, -1.0);
         assert!("".parse::<LoraSpec>().is_err());

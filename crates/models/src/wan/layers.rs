@@ -94,7 +94,10 @@ impl WeightSource {
         dtype: DType,
     ) -> Result<Linear> {
         let weight_key = format!("{prefix}.weight");
-        let runtime = self.lora.as_ref().is_some_and(|l| l.mode() == LoraMode::Runtime);
+        let runtime = self
+            .lora
+            .as_ref()
+            .is_some_and(|l| l.mode() == LoraMode::Runtime);
         let adapter = match self.lora.as_ref().and_then(|l| l.patch(&weight_key)) {
             Some(patch) if runtime => {
                 patch.adapter(&weight_key, output, input, dtype, &self.device)?

@@ -93,8 +93,7 @@ impl WanTransformer {
             )));
         }
         let keys = CheckpointKeys::detect(files)?;
-        let src =
-            WeightSource::new(files.clone(), keys.key_map(), device.clone()).with_lora(lora);
+        let src = WeightSource::new(files.clone(), keys.key_map(), device.clone()).with_lora(lora);
         Self::build(&src, cfg, dtype, device)
     }
 

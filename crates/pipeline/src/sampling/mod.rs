@@ -9,14 +9,19 @@
 
 pub mod euler;
 pub mod guidance;
+pub mod lcm;
 pub mod noise;
 pub mod schedule;
 pub mod unipc;
 
 pub use euler::EulerSolver;
 pub use guidance::{guide, guide_batched};
+pub use lcm::LcmSolver;
 pub use noise::{load_noise, seeded_noise};
-pub use schedule::{euler_flow_schedule, shift_sigma, unipc_flow_schedule, FlowSchedule};
+pub use schedule::{
+    check_step_list, distilled_flow_schedule, euler_flow_schedule, shift_sigma,
+    unipc_flow_schedule, FlowSchedule,
+};
 pub use unipc::UniPcSolver;
 
 use candle_core::Tensor;
@@ -48,27 +53,50 @@ pub enum SamplerKind {
     Unipc,
     /// First-order Euler: simple, needs more steps.
     Euler,
+    /// Predict the clean sample, then noise it afresh to the next level: the sampler of
+    /// step-distilled models (lightx2v, Lightning) at 4 steps.
+    Lcm,
 }
 
 impl SamplerKind {
-    /// A fresh solver of this kind for `steps` steps and time shift `shift`.
-    pub fn solver(self, steps: usize, shift: f64) -> Box<dyn FlowSolver> {
-        match self {
-            SamplerKind::Unipc => Box::new(UniPcSolver::new(steps, shift)),
-            SamplerKind::Euler => Box::new(EulerSolver::new(steps, shift)),
-        }
+    /// A fresh solver of this kind for `steps` steps and time shift `shift`; with `step_list`
+    /// (a distilled model's timesteps, see [`distilled_flow_schedule`]) instead of the evenly
+    /// spaced grid. `seed` draws the LCM sampler's fresh noise.
+    pub fn solver(
+        self,
+        steps: usize,
+        shift: f64,
+        step_list: Option<&[f64]>,
+        seed: u64,
+    ) -> Result<Box<dyn FlowSolver>> {
+        let listed = step_list.map(|list| distilled_flow_schedule(list, shift));
+        Ok(match (self, listed) {
+            (SamplerKind::Unipc, None) => Box::new(UniPcSolver::new(steps, shift)),
+            (SamplerKind::Unipc, Some(_)) => {
+                return Err(crate::error::VditError::InvalidSetting(
+                    "--timesteps needs --sampler euler or lcm (UniPC builds its own grid)".into(),
+                ))
+            }
+            (SamplerKind::Euler, None) => Box::new(EulerSolver::new(steps, shift)),
+            (SamplerKind::Euler, Some(schedule)) => Box::new(EulerSolver::from_schedule(schedule)),
+            (SamplerKind::Lcm, schedule) => Box::new(LcmSolver::from_schedule(
+                schedule.unwrap_or_else(|| euler_flow_schedule(steps, shift)),
+                seed,
+            )),
+        })
     }
 
     pub fn name(self) -> &'static str {
         match self {
             SamplerKind::Unipc => "unipc",
             SamplerKind::Euler => "euler",
+            SamplerKind::Lcm => "lcm",
         }
     }
 }
 
 impl Choice for SamplerKind {
-    const ALL: &'static [Self] = &[SamplerKind::Unipc, SamplerKind::Euler];
+    const ALL: &'static [Self] = &[SamplerKind::Unipc, SamplerKind::Euler, SamplerKind::Lcm];
     fn name(self) -> &'static str {
         SamplerKind::name(self)
     }
@@ -78,6 +106,9 @@ impl Choice for SamplerKind {
                 "UniPC-2 (bh2, flow prediction): Wan2.1's default, 2nd order, one model call per step"
             }
             SamplerKind::Euler => "First-order Euler: simple, needs more steps",
+            SamplerKind::Lcm => {
+                "Predict the clean video, re-noise to the next level (step-distilled LoRAs, 4 steps)"
+            }
         })
     }
 }

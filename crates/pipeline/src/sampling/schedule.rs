@@ -92,6 +92,46 @@ pub fn euler_flow_schedule(steps: usize, shift: f64) -> FlowSchedule {
     FlowSchedule { timesteps, sigmas }
 }
 
+/// The schedule of a step-distilled model: its denoising step list (training timesteps, e.g.
+/// lightx2v's `[1000, 750, 500, 250]`) taken as sigmas t/1000 and shifted, as lightx2v's
+/// `WanStepDistillScheduler` and diffusers' flow-matching schedulers given `sigmas=[t/1000]`
+/// compute them (in f32); the model sees 1000·σ'; σ_N = 0.
+pub fn distilled_flow_schedule(step_list: &[f64], shift: f64) -> FlowSchedule {
+    let s = shift as f32;
+    let mut sigmas: Vec<f32> = step_list
+        .iter()
+        .map(|&t| {
+            let sigma = (t / NUM_TRAIN_TIMESTEPS) as f32;
+            s * sigma / (1.0 + (s - 1.0) * sigma)
+        })
+        .collect();
+    let timesteps = sigmas
+        .iter()
+        .map(|&s| s * NUM_TRAIN_TIMESTEPS as f32)
+        .collect();
+    sigmas.push(0.0);
+    FlowSchedule { timesteps, sigmas }
+}
+
+/// Checks a denoising step list: 1 to 1000 values, each in (0, 1000], strictly decreasing.
+pub fn check_step_list(step_list: &[f64]) -> std::result::Result<(), String> {
+    if step_list.is_empty() {
+        return Err("the step list is empty".into());
+    }
+    if let Some(t) = step_list
+        .iter()
+        .find(|t| !t.is_finite() || **t <= 0.0 || **t > NUM_TRAIN_TIMESTEPS)
+    {
+        return Err(format!("timestep {t} is outside (0, 1000]"));
+    }
+    if step_list.windows(2).any(|w| w[1] >= w[0]) {
+        return Err(format!(
+            "timesteps must decrease strictly (got {step_list:?})"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +151,21 @@ mod tests {
         assert_eq!(schedule.timesteps, vec![999.0, 900.0, 750.0, 500.0]);
         assert_eq!(schedule.sigmas.len(), 5);
         assert_eq!(*schedule.sigmas.last().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn lightx2v_four_step_list_at_shift_5() {
+        // σ = 1, 0.75, 0.5, 0.25 shifted by 5: 5σ / (1 + 4σ).
+        let schedule = distilled_flow_schedule(&[1000.0, 750.0, 500.0, 250.0], 5.0);
+        let expected = [1.0, 3.75 / 4.0, 2.5 / 3.0, 1.25 / 2.0];
+        for (got, want) in schedule.sigmas.iter().zip(expected) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert_eq!(schedule.sigmas.len(), 5);
+        assert!((schedule.timesteps[1] - 937.5).abs() < 1e-3);
+        assert!(check_step_list(&[1000.0, 750.0, 500.0, 250.0]).is_ok());
+        assert!(check_step_list(&[750.0, 1000.0]).is_err());
+        assert!(check_step_list(&[1000.0, 0.0]).is_err());
+        assert!(check_step_list(&[]).is_err());
     }
 }
