@@ -187,6 +187,20 @@ def wan22_rows(args):
     return rows
 
 
+def step_list_scheduler(step_list, shift):
+    """Euler on a distilled model's step list: WanPipeline asks for N steps, this hands the scheduler the sigmas
+    t/1000 (which it then shifts)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sigmas = [float(t) / 1000.0 for t in step_list.split(",")]
+
+    class StepListEuler(FlowMatchEulerDiscreteScheduler):
+        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+            super().set_timesteps(sigmas=sigmas, device=device)
+
+    return StepListEuler(num_train_timesteps=1000, shift=shift)
+
+
 def pipeline_rows(args):
     """The whole run, twice: from this fresh process (imports and loading counted), then warm."""
     from diffusers import WanPipeline
@@ -200,6 +214,12 @@ def pipeline_rows(args):
         t0 = time.time()
         if pipe is None:
             pipe = WanPipeline.from_pretrained(args.pipeline, torch_dtype=torch.bfloat16).to("cuda")
+            if args.lora:
+                pipe.load_lora_weights(args.lora, adapter_name="lora")
+                if args.fuse_lora:
+                    pipe.fuse_lora()
+            if args.step_list:
+                pipe.scheduler = step_list_scheduler(args.step_list, args.shift)
             torch.cuda.synchronize()
         load_s = time.time() - t0
         marks = {}
@@ -237,7 +257,8 @@ def pipeline_rows(args):
               + f"; frames {tuple(frames.shape)}; peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB",
               flush=True)
         rows.append(row("pipeline", f"diffusers {run}",
-                        f"{args.width}x{args.height}x{args.frames}, {args.steps} steps, guidance {args.guidance}",
+                        f"{args.width}x{args.height}x{args.frames}, {args.steps} steps, guidance {args.guidance}"
+                        + (f", LoRA {'fused' if args.fuse_lora else 'unfused'}" if args.lora else ""),
                         total_s, [total_s], peak=torch.cuda.max_memory_allocated()) | dict(stages=stages))
     return rows
 
@@ -256,6 +277,10 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--skip-vae", action="store_true")
+    p.add_argument("--lora", help="--pipeline: load this LoRA (load_lora_weights; unfused unless --fuse-lora)")
+    p.add_argument("--fuse-lora", action="store_true")
+    p.add_argument("--step-list", help="--pipeline: a distilled step list, e.g. 1000,750,500,250 (Euler)")
+    p.add_argument("--shift", type=float, default=5.0, help="--pipeline with --step-list: the shift")
     args = p.parse_args()
     if args.pipeline or args.wan22:
         rows = pipeline_rows(args) if args.pipeline else wan22_rows(args)

@@ -605,6 +605,8 @@ pub mod bench {
     use vdit_pipeline::options::{AttentionMode, DTypeChoice, DeviceChoice};
 
     use super::{choice, parse_size};
+    use vdit_models::lora::{LoraMode, LoraSpec};
+    use vdit_pipeline::sampling::SamplerKind;
 
     /// Arguments of `vdit bench`. The shared flags may come before or after the subcommand.
     #[derive(Debug, Args)]
@@ -898,6 +900,18 @@ pub mod bench {
         /// Never touch the network (hub models from the cache only).
         #[arg(long)]
         pub offline: bool,
+        /// Sampler. Default: the model's.
+        #[arg(long, value_parser = super::choice::<SamplerKind>())]
+        pub sampler: Option<SamplerKind>,
+        /// A distilled model's denoising step list (as `vdit generate --timesteps`).
+        #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = super::parse_number::<f64>, value_name = "T,T,...")]
+        pub timesteps: Option<Vec<f64>>,
+        /// A LoRA, FILE[:STRENGTH]; repeatable (as `vdit generate --lora`).
+        #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = super::parse_lora)]
+        pub loras: Vec<LoraSpec>,
+        /// How LoRAs are applied.
+        #[arg(long, value_parser = super::choice::<LoraMode>(), default_value = "merge")]
+        pub lora_mode: LoraMode,
     }
 
     fn parse_positive(s: &str) -> std::result::Result<usize, String> {

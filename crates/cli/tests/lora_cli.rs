@@ -194,3 +194,65 @@ fn a_lora_for_another_model_fails_before_the_first_step() {
     assert!(stderr.contains("another model size"), "{stderr}");
     assert!(!dir.path().join("x.mp4").exists());
 }
+
+/// A recipe entry (a registry TOML naming a LoRA on the hub, a step list, a sampler and guidance)
+/// resolves its LoRA from the hub cache and runs as the flags would: the same latents as diffusers.
+#[test]
+fn a_recipe_entry_applies_its_hub_lora_and_sampling_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    // A hub cache holding the LoRA as if downloaded: models--owner--name/{refs/main, snapshots/<rev>/file}.
+    let cache = dir.path().join("cache");
+    let repo = cache.join("models--someone--tiny-distill");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/0123abcd")).unwrap();
+    std::fs::copy(
+        fixtures().join("lora/tiny_pipeline_lightx2v.safetensors"),
+        repo.join("snapshots/0123abcd/distill.safetensors"),
+    )
+    .unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(
+        models.join("tiny-4step.toml"),
+        format!(
+            "name = \"tiny-4step\"\npath = \"{}\"\n[defaults]\nwidth = 48\nheight = 32\nframes = 9\n\
+             timesteps = [1000, 750, 500, 250]\nshift = 5.0\nguidance_scale = 1.0\nsampler = \"euler\"\n\
+             [[lora]]\nhub_id = \"someone/tiny-distill\"\nfile = \"distill.safetensors\"\n",
+            fixtures().join("tiny_pipeline/model").display()
+        ),
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny_pipeline/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    let run = Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args([
+            "generate",
+            "-p",
+            json["prompt"].as_str().unwrap(),
+            "-m",
+            "tiny-4step",
+        ])
+        .args(["--dtype", "f32", "--device", "cpu", "--noise"])
+        .arg(fixtures().join("lora/tiny_pipeline_reference.safetensors"))
+        .arg("--latents-out")
+        .arg(&latents)
+        .arg("-o")
+        .arg(dir.path().join("clip.gif"))
+        .env("VDIT_MODELS_DIR", &models)
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("distill.safetensors"), "{stderr}");
+    let ours = candle_core::safetensors::load(&latents, &Device::Cpu).unwrap();
+    let err =
+        rainfusion::reference::relative_error(&ours["latents"], &reference()["final_latents"])
+            .unwrap();
+    assert!(err <= 1e-4, "latents relative error {err:e}");
+}

@@ -65,6 +65,51 @@ fn run_on_gpu(case: &str, fused_path: bool) -> f64 {
     err
 }
 
+/// LoRAs on the fused path: merged, and unmerged (the folded output bias and the feed-forward
+/// layer without the cuBLASLt epilogue then carry the low-rank terms), against diffusers'
+/// `load_lora_weights` velocity (tests/fixtures/lora, scripts/reference/gen_lora_fixtures.py).
+#[test]
+fn loras_on_the_fused_path_match_diffusers() {
+    use std::sync::Arc;
+    use vdit_models::lora::{LoraMode, LoraSet, LoraSpec};
+    use vdit_models::wan::keys::lora_targets;
+    use vdit_models::weights::WeightFiles;
+
+    let dev = gpu();
+    let dir = fixture("heads2x32");
+    let files = Arc::new(WeightFiles::open(&dir).unwrap());
+    let cfg = WanTransformer::config_for(&dir, &files).unwrap();
+    let lora_dir = common::fixtures_root().join("lora");
+    let reference =
+        candle_core::safetensors::load(lora_dir.join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let io = load_io(&dir, &dev);
+    for (case, strength) in [("lightx2v", 1.0), ("peft", 0.7)] {
+        for mode in [LoraMode::Merge, LoraMode::Runtime] {
+            let spec = LoraSpec {
+                path: lora_dir.join(format!("{case}.safetensors")),
+                strength,
+            };
+            let set = LoraSet::open(&[spec], &lora_targets(&cfg), mode, false).unwrap();
+            let model = WanTransformer::load_with_lora(
+                &files,
+                &cfg,
+                DType::BF16,
+                &dev,
+                Some(Arc::new(set)),
+            )
+            .unwrap();
+            let out = forward_on_io(&model, &io, &mut DenseAttention);
+            let err = relative_error(&out, &reference[case]);
+            eprintln!(
+                "{case} {} on CUDA bf16: relative error {err:.3e}",
+                mode.name()
+            );
+            assert!(err <= BF16_TOLERANCE, "{case} {}: {err:.3e}", mode.name());
+        }
+    }
+}
+
 #[test]
 fn both_paths_match_diffusers() {
     for case in ["heads2x32", "heads2x64"] {

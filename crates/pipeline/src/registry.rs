@@ -68,6 +68,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         "wan2.2-ti2v-5b.toml",
         include_str!("../../../models/wan2.2-ti2v-5b.toml"),
     ),
+    (
+        "wan2.1-t2v-14b-4step.toml",
+        include_str!("../../../models/wan2.1-t2v-14b-4step.toml"),
+    ),
+    (
+        "wan2.2-t2v-a14b-4step.toml",
+        include_str!("../../../models/wan2.2-t2v-a14b-4step.toml"),
+    ),
 ];
 
 /// Settings a registry entry recommends; any may be absent (then the Wan2.1 default applies).
@@ -360,6 +368,31 @@ mod tests {
         assert_eq!(small.defaults.frames, Some(81));
         let large = registry.get("wan2.1-t2v-14b").unwrap();
         assert_eq!(large.location(), "Wan-AI/Wan2.1-T2V-14B-Diffusers");
+    }
+
+    #[test]
+    fn recipes_name_their_loras_per_expert_and_their_step_list() {
+        let registry = Registry::embedded();
+        let wan21 = registry.get("wan2.1-t2v-14b-4step").unwrap();
+        assert_eq!(wan21.loras.len(), 1);
+        assert_eq!(wan21.loras[0].hub_id, "lightx2v/Wan2.1-Distill-Loras");
+        assert_eq!(
+            wan21.defaults.timesteps,
+            Some(vec![1000.0, 750.0, 500.0, 250.0])
+        );
+        assert_eq!(wan21.defaults.guidance_scale, Some(1.0));
+        let wan22 = registry.get("wan2.2-t2v-a14b-4step").unwrap();
+        let experts: Vec<u8> = wan22.loras.iter().map(|l| l.expert).collect();
+        assert_eq!(experts, [1, 2]);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "name = \"x\"\nhub_id = \"a/b\"\n[[lora]]\nhub_id = \"c/d\"\nfile = \"e.safetensors\"\nexpert = 2\n",
+        )
+        .unwrap();
+        let err = Registry::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("expert 2 does not exist"), "{err}");
     }
 
     #[test]

@@ -723,6 +723,10 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         options.attention = p.attention;
         options.sparsity = p.sparsity;
         options.dense_steps = p.dense_steps;
+        options.sampler = p.sampler;
+        options.timesteps = p.timesteps.clone();
+        options.loras = p.loras.clone();
+        options.lora_mode = p.lora_mode;
 
         eprintln!("== {case}");
         let start = Instant::now();

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The few-step LoRA run a user waits for, ours against diffusers: the full-size Wan2.1 1.3B with random weights
+# (scripts/gpu/make_random_model.py) and a random rank-64 LoRA in lightx2v's form (make_random_lora.py), at
+# 832x480x81, 4 steps on the step list 1000,750,500,250 with shift 5, guidance 1 (one pass per step), Euler
+# on both sides. vdit: `vdit bench pipeline` (a first run from a fresh process, then a warm run), LoRA merged,
+# dense and RainFusion 0.8 with one dense step and with none; the LoRA unmerged (runtime); no LoRA.
+# diffusers: WanPipeline with load_lora_weights, unfused (its default) and fused.
+#
+# Here: bash scripts/gpu/stage.sh (→ .gpu/run/vdit.xz), the trimmed diffusers wheel in .whl (and peft's, see
+# device_env.sh). Device call:  run(command="bash scripts/gpu/run_lora.sh", carry=[".gpu/run", ".whl"])
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT /tmp/videos
+trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md /tmp/results/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
+# shellcheck disable=SC1091
+source scripts/gpu/device_env.sh
+BUDGET=${BUDGET:-480}
+MODEL=/tmp/wan13
+LORA=/tmp/lora_rank64.safetensors
+export CUDA_CACHE_PATH=/tmp/jit_cache_fresh; rm -rf "$CUDA_CACHE_PATH"
+
+step() {
+  local log=$1 limit=$2; shift 2
+  local left=$(( BUDGET - SECONDS ))
+  if (( left < limit / 2 )); then
+    echo "skipped (budget: ${SECONDS}s used of ${BUDGET}s): $*" | tee -a $OUT/skipped.log
+    return 0
+  fi
+  (( limit > left )) && limit=$left
+  timeout "$limit" "$@" > "$OUT/$log.log" 2>&1
+  local rc=$?
+  grep -v OpenH264 "$OUT/$log.log" | grep -E "^\||^diffusers|^lora|rror|Killed|panicked|MiB" | tail -12
+  (( rc != 0 )) && echo "exit status $rc (124: timed out): $*"
+  return 0
+}
+
+t "random-weight Wan2.1 1.3B model folder ($MODEL) and a random rank-64 LoRA"
+[ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL
+step make_lora 60 python3 scripts/gpu/make_random_lora.py $MODEL $LORA
+
+few=(-m $MODEL --device cuda --size 832x480 --frames 81 --seed 0 --timesteps 1000,750,500,250 --shift 5
+     --sampler euler --guidance-scale 1)
+t "vdit: 4 steps, guidance 1, LoRA merged, dense (first and warm run)"
+step vdit_lora_dense 90 /tmp/vdit bench pipeline "${few[@]}" --lora $LORA --runs 2 -o /tmp/videos/lora_dense \
+  --json $OUT/vdit_lora_dense.json
+t "diffusers: the same, LoRA unfused (first and warm run)"
+step torch_lora 120 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 1 --lora $LORA \
+  --step-list 1000,750,500,250 --shift 5 --out $OUT/torch_lora.json
+t "vdit: RainFusion 0.8 with one dense step, and with none"
+step vdit_lora_rf1 80 /tmp/vdit bench pipeline "${few[@]}" --lora $LORA --runs 2 --attention rainfusion \
+  --sparsity 0.8 --dense-steps 1 -o /tmp/videos/lora_rf1 --json $OUT/vdit_lora_rf1.json
+step vdit_lora_rf0 80 /tmp/vdit bench pipeline "${few[@]}" --lora $LORA --runs 2 --attention rainfusion \
+  --sparsity 0.8 --dense-steps 0 -o /tmp/videos/lora_rf0 --json $OUT/vdit_lora_rf0.json
+t "diffusers: LoRA fused"
+step torch_lora_fused 120 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 1 \
+  --lora $LORA --fuse-lora --step-list 1000,750,500,250 --shift 5 --out $OUT/torch_lora_fused.json
+t "vdit: LoRA unmerged (runtime), and no LoRA"
+step vdit_lora_runtime 80 /tmp/vdit bench pipeline "${few[@]}" --lora $LORA --lora-mode runtime --runs 2 \
+  -o /tmp/videos/lora_runtime --json $OUT/vdit_lora_runtime.json
+step vdit_nolora 80 /tmp/vdit bench pipeline "${few[@]}" --runs 2 -o /tmp/videos/nolora --json $OUT/vdit_nolora.json
+
+t "one table (${SECONDS}s)"
+python3 scripts/gpu/report.py $OUT/vdit_lora_dense.json $OUT/torch_lora.json $OUT/torch_lora_fused.json \
+  $OUT/vdit_lora_rf1.json $OUT/vdit_lora_rf0.json $OUT/vdit_lora_runtime.json $OUT/vdit_nolora.json \
+  | tee $OUT/table.md
