@@ -6,7 +6,12 @@ table: imports (process start-up), loading, encode, denoise, decode, write and t
     python3 scripts/gpu/report.py vdit.json torch.json [attn_table.json]
 """
 import json
+import os
 import sys
+
+# REPORT_LABEL_FILES=1: the implementation column also names the JSON file (for runs of one
+# implementation under several settings, e.g. scripts/gpu/run_lora.sh).
+LABEL_FILES = os.environ.get("REPORT_LABEL_FILES") == "1"
 
 STAGE_KEYS = ("imports_s", "load_s", "encode_s", "denoise_s", "decode_s", "write_s", "total_s")
 
@@ -36,6 +41,8 @@ def main(paths):
                 lines.append(f"| attention kernel | harness (CuPy) | {name} | B1 H12 L32760 D128 | {ms:.2f} ms | {tf:.0f} | |")
             continue
         impl = data.get("impl", "vdit")
+        if LABEL_FILES:  # several runs of one implementation: say which file each row is from
+            impl = f"{impl} ({os.path.splitext(os.path.basename(path))[0]})"
         for r in data["rows"]:
             ms = r["median_s"] * 1e3
             shown = f"{ms:.2f} ms" if ms < 1000 else f"{ms / 1e3:.3f} s"

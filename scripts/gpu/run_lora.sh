@@ -6,15 +6,20 @@
 # dense and RainFusion 0.8 with one dense step and with none; the LoRA unmerged (runtime); no LoRA.
 # diffusers: WanPipeline with load_lora_weights, unfused (its default) and fused.
 #
-# Here: bash scripts/gpu/stage.sh (→ .gpu/run/vdit.xz), the trimmed diffusers wheel in .whl (and peft's, see
-# device_env.sh). Device call:  run(command="bash scripts/gpu/run_lora.sh", carry=[".gpu/run", ".whl"])
+# Then the CUDA LoRA tests (cuda_dit: LoRAs on the fused path, merged and unmerged, against diffusers), and the
+# training of the shipped model's example LoRA (scripts/train/train_lora.py; the file comes back in $OUT).
+#
+# Here: STAGE_TESTS=cuda_dit bash scripts/gpu/stage.sh, then copy vdit.xz and cuda_dit.xz into .gpu/lora (the
+# tree with models/vdit-tiny and these fit the 64 MiB a call carries); .whl holds the trimmed diffusers wheel and
+# the peft, accelerate and psutil wheels (pip download --no-deps). Device call:
+#     run(command="STAGED=.gpu/lora bash scripts/gpu/run_lora.sh", carry=[".gpu/lora", ".whl"])
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT /tmp/videos
 trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md /tmp/results/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
 # shellcheck disable=SC1091
 source scripts/gpu/device_env.sh
-BUDGET=${BUDGET:-480}
+BUDGET=${BUDGET:-560}
 MODEL=/tmp/wan13
 LORA=/tmp/lora_rank64.safetensors
 export CUDA_CACHE_PATH=/tmp/jit_cache_fresh; rm -rf "$CUDA_CACHE_PATH"
@@ -59,7 +64,15 @@ step vdit_lora_runtime 80 /tmp/vdit bench pipeline "${few[@]}" --lora $LORA --lo
   -o /tmp/videos/lora_runtime --json $OUT/vdit_lora_runtime.json
 step vdit_nolora 80 /tmp/vdit bench pipeline "${few[@]}" --runs 2 -o /tmp/videos/nolora --json $OUT/vdit_nolora.json
 
+t "CUDA: LoRAs on the fused path against diffusers"
+step cuda_lora 60 /tmp/cuda_dit loras_on_the_fused_path both_paths --test-threads 1 --nocapture
+grep -E "relative error|test result" $OUT/cuda_lora.log
+
+t "train the shipped model's example LoRA (red objects come out blue)"
+step train_lora 170 python3 scripts/train/train_lora.py --out "$FINAL_OUT/vdit-tiny-red-to-blue.safetensors"
+grep -E "^step|^data|^wrote" $OUT/train_lora.log | tail -8
+
 t "one table (${SECONDS}s)"
-python3 scripts/gpu/report.py $OUT/vdit_lora_dense.json $OUT/torch_lora.json $OUT/torch_lora_fused.json \
+REPORT_LABEL_FILES=1 python3 scripts/gpu/report.py $OUT/vdit_lora_dense.json $OUT/torch_lora.json $OUT/torch_lora_fused.json \
   $OUT/vdit_lora_rf1.json $OUT/vdit_lora_rf0.json $OUT/vdit_lora_runtime.json $OUT/vdit_nolora.json \
   | tee $OUT/table.md
