@@ -16,6 +16,14 @@ Needs tests/fixtures/tiny_pipeline (gen_tiny_pipeline.py). Writes tests/fixtures
                                     sample and velocity for every k, with the fresh noise it drew (captured by
                                     replaying its generator), and what it returned
 
+And for the two-expert (Wan2.2 A14B-shaped) tiny model of tests/fixtures/wan22_two_expert:
+  two_expert_high.safetensors, two_expert_low.safetensors
+                                      random LoRAs of the high- and the low-noise expert, lightx2v form
+  two_expert_reference.safetensors    noise, final_latents: WanPipeline with the first loaded into `transformer` and
+                                      the second into `transformer_2` (load_lora_weights(load_into_transformer_2=True)),
+                                      the same 4-step list, shift 5, Euler, guidance 1 on both experts (t = 1000 and
+                                      937.5 run on the high-noise expert, 833.3 and 625 on the low-noise one)
+
 Run from the repository root:  python3 scripts/reference/gen_lora_pipeline.py
 """
 import json
@@ -102,6 +110,28 @@ def main():
     tensors.update(lcm_trajectory(gen))
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(OUT, "tiny_pipeline_reference.safetensors"))
     print("timesteps", tensors["timesteps"].tolist(), "sigmas", tensors["sigmas"].tolist(), file=sys.stderr)
+    two_experts(gen)
+
+
+def two_experts(gen):
+    base = os.path.join("tests", "fixtures", "wan22_two_expert")
+    pipe = WanPipeline.from_pretrained(os.path.join(base, "model"))
+    pipe.scheduler = StepListEuler(num_train_timesteps=1000, shift=SHIFT)
+    high = os.path.join(OUT, "two_expert_high.safetensors")
+    low = os.path.join(OUT, "two_expert_low.safetensors")
+    save_file({k: v.contiguous() for k, v in make_lora(pipe.transformer, gen).items()}, high)
+    save_file({k: v.contiguous() for k, v in make_lora(pipe.transformer_2, gen).items()}, low)
+    pipe.load_lora_weights(high, adapter_name="high")
+    pipe.load_lora_weights(low, adapter_name="low", load_into_transformer_2=True)
+    ref = load_file(os.path.join(base, "reference.safetensors"))
+    settings = json.load(open(os.path.join(base, "reference.json")))
+    with torch.no_grad():
+        latents = pipe(prompt=settings["prompt"], height=settings["height"], width=settings["width"],
+                       num_frames=settings["num_frames"], num_inference_steps=len(STEP_LIST), guidance_scale=1.0,
+                       guidance_scale_2=1.0, max_sequence_length=settings["max_sequence_length"],
+                       latents=ref["noise"].clone(), output_type="latent").frames
+    save_file({"noise": ref["noise"].contiguous(), "final_latents": latents.contiguous()},
+              os.path.join(OUT, "two_expert_reference.safetensors"))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,10 @@ fn a_lora_with_four_distilled_steps_matches_diffusers_end_to_end() {
             worst <= 1.0 / 255.0,
             "{mode}: worst pixel difference {worst}"
         );
+        eprintln!(
+            "{mode}: latents relative error {err:.2e}, worst pixel {:.2} levels",
+            worst * 255.0
+        );
 
         let sidecar: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
@@ -255,4 +259,68 @@ fn a_recipe_entry_applies_its_hub_lora_and_sampling_settings() {
         rainfusion::reference::relative_error(&ours["latents"], &reference()["final_latents"])
             .unwrap();
     assert!(err <= 1e-4, "latents relative error {err:e}");
+}
+
+/// Wan2.2's two experts each take their own LoRA (`--lora` the high-noise one, `--lora-2` the
+/// low-noise one), as diffusers' `load_lora_weights(load_into_transformer_2=True)` does.
+#[test]
+fn each_expert_takes_its_own_lora_like_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = candle_core::safetensors::load(
+        fixtures().join("lora/two_expert_reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("wan22_two_expert/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let run = |high: &str, low: &str, name: &str| -> Tensor {
+        let latents = dir.path().join(format!("{name}.safetensors"));
+        let out = Command::new(env!("CARGO_BIN_EXE_vdit"))
+            .args(["generate", "-p", json["prompt"].as_str().unwrap(), "-m"])
+            .arg(fixtures().join("wan22_two_expert/model"))
+            .args(["--width", "48", "--height", "32", "--frames", "9"])
+            .args([
+                "--timesteps",
+                "1000,750,500,250",
+                "--shift",
+                "5",
+                "--sampler",
+                "euler",
+            ])
+            .args(["--guidance-scale", "1", "--guidance-scale-2", "1"])
+            .args(["--dtype", "f32", "--device", "cpu", "--seed", "1", "--lora"])
+            .arg(fixtures().join(format!("lora/{high}.safetensors")))
+            .arg("--lora-2")
+            .arg(fixtures().join(format!("lora/{low}.safetensors")))
+            .arg("--noise")
+            .arg(fixtures().join("lora/two_expert_reference.safetensors"))
+            .arg("--latents-out")
+            .arg(&latents)
+            .arg("-o")
+            .arg(dir.path().join(format!("{name}.gif")))
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("VDIT_MODELS_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        candle_core::safetensors::load(&latents, &Device::Cpu).unwrap()["latents"].clone()
+    };
+    let ours = run("two_expert_high", "two_expert_low", "right");
+    let err = rainfusion::reference::relative_error(&ours, &reference["final_latents"]).unwrap();
+    eprintln!("two experts: latents relative error {err:.2e}");
+    assert!(err <= 1e-4, "latents relative error {err:e}");
+    // Swapped, each expert gets the other's LoRA: another video.
+    let swapped = run("two_expert_low", "two_expert_high", "swapped");
+    let apart =
+        rainfusion::reference::relative_error(&swapped, &reference["final_latents"]).unwrap();
+    assert!(
+        apart > 1e-2,
+        "swapping the experts' LoRAs changed nothing ({apart:e})"
+    );
 }
