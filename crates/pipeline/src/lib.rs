@@ -31,6 +31,7 @@ pub mod family;
 pub mod hub;
 pub mod metrics;
 pub mod options;
+pub mod ownership;
 pub mod output;
 pub mod registry;
 pub mod sampling;
