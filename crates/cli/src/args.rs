@@ -533,7 +533,11 @@ impl FromArgMatches for EvalArgs {
             "latents_out",
             "vdit eval does not take --latents-out",
         )?;
-        reject_flag(matches, "latents_in", "vdit eval does not take --latents-in")?;
+        reject_flag(
+            matches,
+            "latents_in",
+            "vdit eval does not take --latents-in",
+        )?;
         reject_flag(
             matches,
             "noise",

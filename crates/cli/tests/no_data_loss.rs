@@ -67,17 +67,24 @@ fn sidecar(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// Whether a stage's timing line (`encode …`, `denoise …`, `decode …`) was printed.
+fn stage_ran(stderr: &str) -> bool {
+    stderr.lines().any(|l| {
+        ["encode ", "denoise ", "decode "]
+            .iter()
+            .any(|stage| l.starts_with(stage))
+    })
+}
+
 /// The error lines of a run refused before any work: exit status 2, no stage started.
 fn refused_before_work(run: &Run) -> Vec<String> {
     assert!(!run.ok, "the run was not refused:\n{}", run.stderr);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
-    for stage in ["encode ", "sampling", "denoise ", "decode "] {
-        assert!(
-            !run.stderr.contains(stage),
-            "work started ({stage}) before the refusal:\n{}",
-            run.stderr
-        );
-    }
+    assert!(
+        !stage_ran(&run.stderr),
+        "work started before the refusal:\n{}",
+        run.stderr
+    );
     run.stderr
         .lines()
         .filter(|l| l.starts_with("error:"))
@@ -92,9 +99,15 @@ fn the_sidecar_is_named_after_the_whole_output_and_replaces_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let unrelated = dir.path().join("data.json");
     std::fs::write(&unrelated, "{\"mine\": true}").unwrap();
-    let r = run(&generate_args(&dir.path().join("data.mp4"), &[]), dir.path());
+    let r = run(
+        &generate_args(&dir.path().join("data.mp4"), &[]),
+        dir.path(),
+    );
     assert!(r.ok, "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(&unrelated).unwrap(), "{\"mine\": true}");
+    assert_eq!(
+        std::fs::read_to_string(&unrelated).unwrap(),
+        "{\"mine\": true}"
+    );
     let record = sidecar(&dir.path().join("data.mp4.json"));
     assert_eq!(record["settings"]["seed"], 3);
     assert!(
@@ -111,8 +124,14 @@ fn the_sidecar_is_named_after_the_whole_output_and_replaces_nothing_else() {
         let r = run(&generate_args(&dir.path().join(name), &[]), dir.path());
         assert!(r.ok, "{name}: {}", r.stderr);
     }
-    assert_eq!(sidecar(&dir.path().join("x.png.json"))["settings"]["format"], "png");
-    assert_eq!(sidecar(&dir.path().join("x.gif.json"))["settings"]["format"], "gif");
+    assert_eq!(
+        sidecar(&dir.path().join("x.png.json"))["settings"]["format"],
+        "png"
+    );
+    assert_eq!(
+        sidecar(&dir.path().join("x.gif.json"))["settings"]["format"],
+        "gif"
+    );
     assert!(!dir.path().join("x.json").exists());
 }
 
@@ -144,9 +163,18 @@ fn a_file_vdit_did_not_write_stops_the_run_before_it_starts() {
     );
     let errors = refused_before_work(&r);
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("clip.mp4.json")), "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("z.safetensors")), "{errors:?}");
-    assert!(errors.iter().all(|e| e.contains("--overwrite")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("clip.mp4.json")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("z.safetensors")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| e.contains("--overwrite")),
+        "{errors:?}"
+    );
 
     // --overwrite replaces them; then the outputs are vdit's and a re-run needs no flag.
     let args = generate_args(&out, &["--latents-out", latents.to_str().unwrap()]);
@@ -172,7 +200,9 @@ fn a_latents_out_directory_is_refused_before_any_work() {
     );
     let errors = refused_before_work(&r);
     assert!(
-        errors.iter().any(|e| e.contains("--latents-out") && e.contains("is a directory")),
+        errors
+            .iter()
+            .any(|e| e.contains("--latents-out") && e.contains("is a directory")),
         "{errors:?}"
     );
 }
@@ -180,7 +210,13 @@ fn a_latents_out_directory_is_refused_before_any_work() {
 /// A copy of the tiny model whose VAE file is `vae_bytes` (the rest linked from the fixture).
 fn model_with_vae(dir: &Path, vae_bytes: &[u8]) -> PathBuf {
     let model = dir.join("model");
-    for component in ["text_encoder", "transformer", "tokenizer", "scheduler", "vae"] {
+    for component in [
+        "text_encoder",
+        "transformer",
+        "tokenizer",
+        "scheduler",
+        "vae",
+    ] {
         let from = tiny_model().join(component);
         std::fs::create_dir_all(model.join(component)).unwrap();
         for entry in std::fs::read_dir(&from).unwrap() {
@@ -221,9 +257,7 @@ fn a_truncated_vae_fails_before_the_first_step() {
     with_model(&mut args, &model);
     let r = run(&args, dir.path());
     assert!(!r.ok, "{}", r.stderr);
-    for stage in ["encode ", "denoise ", "sampling"] {
-        assert!(!r.stderr.contains(stage), "{stage} ran:\n{}", r.stderr);
-    }
+    assert!(!stage_ran(&r.stderr), "work started:\n{}", r.stderr);
     assert!(
         r.stderr.contains("vae/diffusion_pytorch_model.safetensors")
             && r.stderr.contains("truncated"),
@@ -244,12 +278,9 @@ fn a_failed_decode_keeps_the_latents_and_latents_in_resumes_to_the_same_video() 
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let dropped = tensors
-        .keys()
-        .find(|k| k.contains("conv_out"))
-        .cloned()
-        .expect("the VAE has an output conv");
-    tensors.remove(&dropped);
+    tensors
+        .remove("decoder.conv_out.weight")
+        .expect("the VAE decoder has an output conv");
     let broken = dir.path().join("broken_vae.safetensors");
     candle_core::safetensors::save(&tensors, &broken).unwrap();
     let model = model_with_vae(dir.path(), &std::fs::read(&broken).unwrap());
@@ -259,7 +290,7 @@ fn a_failed_decode_keeps_the_latents_and_latents_in_resumes_to_the_same_video() 
     with_model(&mut args, &model);
     let r = run(&args, dir.path());
     assert!(!r.ok, "{}", r.stderr);
-    assert!(r.stderr.contains("denoise "), "sampling ran: {}", r.stderr);
+    assert!(stage_ran(&r.stderr), "sampling ran: {}", r.stderr);
     let saved = dir.path().join("clip.mp4.latents.safetensors");
     assert!(saved.is_file(), "{}", r.stderr);
     let resume_line = r
@@ -267,7 +298,10 @@ fn a_failed_decode_keeps_the_latents_and_latents_in_resumes_to_the_same_video() 
         .lines()
         .find(|l| l.contains("--latents-in"))
         .unwrap_or_else(|| panic!("no resume line:\n{}", r.stderr));
-    assert!(resume_line.contains(saved.to_str().unwrap()), "{resume_line}");
+    assert!(
+        resume_line.contains(saved.to_str().unwrap()),
+        "{resume_line}"
+    );
     assert!(!out.exists());
 
     // Resume with the model fixed (the command the line prints, with the good model).
@@ -276,7 +310,13 @@ fn a_failed_decode_keeps_the_latents_and_latents_in_resumes_to_the_same_video() 
     resume[2] = "another prompt".into();
     let r = run(&resume, dir.path());
     assert!(r.ok, "{}", r.stderr);
-    assert!(!r.stderr.contains("denoise "), "resuming sampled again:\n{}", r.stderr);
+    assert!(
+        !r.stderr
+            .lines()
+            .any(|l| l.starts_with("denoise ") || l.starts_with("encode ")),
+        "resuming sampled again:\n{}",
+        r.stderr
+    );
     let record = sidecar(&dir.path().join("clip.mp4.json"));
     assert!(
         record["settings"]["latents_in"]
@@ -357,10 +397,15 @@ fn compare_eval_and_bench_refuse_files_they_did_not_write() {
     .collect();
     let errors = refused_before_work(&run(&compare, dir.path()));
     assert!(
-        errors.iter().any(|e| e.contains("compare.md") && e.contains("--overwrite")),
+        errors
+            .iter()
+            .any(|e| e.contains("compare.md") && e.contains("--overwrite")),
         "{errors:?}"
     );
-    assert_eq!(std::fs::read_to_string(compare_dir.join("compare.md")).unwrap(), "my notes");
+    assert_eq!(
+        std::fs::read_to_string(compare_dir.join("compare.md")).unwrap(),
+        "my notes"
+    );
 
     let eval_dir = dir.path().join("ev");
     std::fs::create_dir(&eval_dir).unwrap();
@@ -386,7 +431,9 @@ fn compare_eval_and_bench_refuse_files_they_did_not_write() {
     .collect();
     let errors = refused_before_work(&run(&eval, dir.path()));
     assert!(
-        errors.iter().any(|e| e.contains("00.mp4") && e.contains("--overwrite")),
+        errors
+            .iter()
+            .any(|e| e.contains("00.mp4") && e.contains("--overwrite")),
         "{errors:?}"
     );
 
@@ -409,7 +456,9 @@ fn compare_eval_and_bench_refuse_files_they_did_not_write() {
     .collect();
     let errors = refused_before_work(&run(&bench, dir.path()));
     assert!(
-        errors.iter().any(|e| e.contains("results.json") && e.contains("--overwrite")),
+        errors
+            .iter()
+            .any(|e| e.contains("results.json") && e.contains("--overwrite")),
         "{errors:?}"
     );
     assert_eq!(std::fs::read_to_string(&json).unwrap(), "[1, 2, 3]");
@@ -454,7 +503,12 @@ fn compare_reruns_over_its_own_files() {
         .iter()
         .map(|f| f.as_str().unwrap())
         .collect();
-    for name in ["compare.json", "compare.md", "dense.mp4", "side_by_side.mp4"] {
+    for name in [
+        "compare.json",
+        "compare.md",
+        "dense.mp4",
+        "side_by_side.mp4",
+    ] {
         assert!(files.contains(&name), "{files:?}");
     }
 }

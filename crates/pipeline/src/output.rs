@@ -42,6 +42,7 @@ fn write_atomic(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    crate::ownership::remove_stale_temps(&dir);
     let mut tmp = tempfile::Builder::new()
         .prefix(&crate::ownership::temp_prefix(path))
         .suffix(suffix)
@@ -98,7 +99,8 @@ pub fn save_latents(path: &Path, latents: &Tensor, info: &[(&str, String)]) -> R
 /// Loads tensor `latents` of a file [`save_latents`] wrote (or any safetensors file with that
 /// tensor), as f32 on `device`. `flag` names the setting in errors.
 pub fn load_latents(flag: &str, path: &Path, device: &candle_core::Device) -> Result<Tensor> {
-    let bad = |reason: String| VditError::InvalidSetting(format!("{flag} {}: {reason}", path.display()));
+    let bad =
+        |reason: String| VditError::InvalidSetting(format!("{flag} {}: {reason}", path.display()));
     let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .map_err(|e| bad(e.to_string()))?;
     let latents = tensors.get("latents").ok_or_else(|| {

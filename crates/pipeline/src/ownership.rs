@@ -251,10 +251,7 @@ mod tests {
             sidecar_path(Path::new("dir/data.mp4")),
             Path::new("dir/data.mp4.json")
         );
-        assert_eq!(
-            sidecar_path(Path::new("x.png")),
-            Path::new("x.png.json")
-        );
+        assert_eq!(sidecar_path(Path::new("x.png")), Path::new("x.png.json"));
         assert_ne!(
             sidecar_path(Path::new("x.png")),
             sidecar_path(Path::new("x.gif"))

@@ -446,7 +446,7 @@ pub fn check_writable_dir(flag: &str, path: &Path) -> std::result::Result<(), St
         ));
     }
     tempfile::Builder::new()
-        .prefix(".vdit-write-check")
+        .prefix(&crate::ownership::temp_prefix(path))
         .tempfile_in(&dir)
         .map(drop)
         .map_err(|e| {

@@ -237,7 +237,10 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     };
     if settings.latents_out.is_some() && latents_saved.is_none() && settings.latents_in.is_none() {
         if let Some(path) = save_fallback_latents(settings, &latents) {
-            eprintln!("warning: the latents are saved in {} instead", path.display());
+            eprintln!(
+                "warning: the latents are saved in {} instead",
+                path.display()
+            );
             written.push(path.display().to_string());
         }
     }
@@ -322,8 +325,8 @@ fn decode_and_write(
     // file appears only at `finish` (a failure drops the sink, which removes its temporary file).
     let start = Instant::now();
     let replace = Replace::for_output(&settings.output, settings.overwrite);
-    let mut sink =
-        VideoSink::create_replacing(&settings.output, settings.fps, replace).map_err(video_error)?;
+    let mut sink = VideoSink::create_replacing(&settings.output, settings.fps, replace)
+        .map_err(video_error)?;
     let vae = load_vae(settings, files, device)?;
     timings.vae_load_s = start.elapsed().as_secs_f64();
     decode_into_sink(&vae, settings, latents, &mut sink)?;
@@ -363,10 +366,9 @@ fn latents_info(settings: &GenerateSettings) -> Vec<(&'static str, String)> {
 fn save_fallback_latents(settings: &GenerateSettings, latents: &Tensor) -> Option<PathBuf> {
     let first = settings.fallback_latents_path();
     let candidates = std::iter::once(first.clone()).chain((1..100).map(|n| {
-        let name = first.to_string_lossy().replace(
-            ".latents.safetensors",
-            &format!(".latents-{n}.safetensors"),
-        );
+        let name = first
+            .to_string_lossy()
+            .replace(".latents.safetensors", &format!(".latents-{n}.safetensors"));
         PathBuf::from(name)
     }));
     for path in candidates {
@@ -376,7 +378,10 @@ fn save_fallback_latents(settings: &GenerateSettings, latents: &Tensor) -> Optio
         return match save_latents(&path, latents, &latents_info(settings)) {
             Ok(()) => Some(path),
             Err(e) => {
-                eprintln!("warning: cannot save the latents to {}: {e}", path.display());
+                eprintln!(
+                    "warning: cannot save the latents to {}: {e}",
+                    path.display()
+                );
                 None
             }
         };
@@ -401,10 +406,7 @@ pub fn check_outputs(settings: &GenerateSettings) -> Result<()> {
         problems.push(format!(
             "-o {}: its sidecar {}",
             settings.output.display(),
-            foreign_file(
-                &sidecar,
-                "it is not a vdit sidecar of this output"
-            )
+            foreign_file(&sidecar, "it is not a vdit sidecar of this output")
         ));
     }
     if let (Some(latents), None) = (&settings.latents_out, &settings.latents_in) {
@@ -591,8 +593,9 @@ pub struct SampledLatents {
 /// saved latents' shape is checked against the VAE and the run's size and frames.
 pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
     let family = settings.family;
-    let vae = files.component(family.vae_component, settings.overrides.vae.as_deref())?;
+    let vae_files = || files.component(family.vae_component, settings.overrides.vae.as_deref());
     if let Some(path) = &settings.latents_in {
+        let vae = vae_files()?;
         check_weights("vae", &vae)?;
         let z_dim = vae_config(settings, &vae)?.z_dim;
         return check_saved_latents(settings, path, z_dim);
@@ -610,6 +613,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
         configs.push(expert_config(settings, files, rule)?);
         check_weights(rule.component, &expert_component(settings, files, rule)?)?;
     }
+    let vae = vae_files()?;
     check_weights("vae", &vae)?;
     for config in configs.iter().flatten() {
         build_attention(&settings.attention, config.num_layers, settings.steps)?;
@@ -674,8 +678,9 @@ fn check_weights(component: &str, files: &ComponentFiles) -> Result<()> {
 /// The `latents` tensor of a `--latents-in` file must have the shape this run decodes:
 /// `[1, z, F', H', W']` for the VAE's `z_dim` channels and the run's size and frames.
 fn check_saved_latents(settings: &GenerateSettings, path: &Path, z_dim: usize) -> Result<()> {
-    let bad =
-        |reason: String| VditError::InvalidSetting(format!("--latents-in {}: {reason}", path.display()));
+    let bad = |reason: String| {
+        VditError::InvalidSetting(format!("--latents-in {}: {reason}", path.display()))
+    };
     let header = crate::ownership::read_safetensors_header(path).map_err(bad)?;
     let shape: Vec<usize> = header
         .get("latents")

@@ -127,7 +127,11 @@ fn a_png_sequence_that_fails_part_way_leaves_no_frame() {
     std::fs::create_dir(png_frame_path(&out, 5)).unwrap();
     let err = write_video_replacing(&out, &clip(8, 8, 9, 0), 16, Replace::Always).unwrap_err();
     assert!(err.to_string().contains("seq_00005.png"), "{err}");
-    assert_eq!(names(dir.path()), vec!["seq_00005.png"], "only the obstacle");
+    assert_eq!(
+        names(dir.path()),
+        vec!["seq_00005.png"],
+        "only the obstacle"
+    );
     assert!(read_video(&out).is_err(), "no sequence to read");
 }
 
@@ -173,8 +177,7 @@ fn png_frames_are_recognised_as_vdit_s_by_their_chunk() {
     assert_eq!(frames.len(), 4);
     // A png of another program at frame 2 stops the next run.
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/vdit-tiny/samples_128x128x17.png"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/vdit-tiny/samples_128x128x17.png"),
         &frames[2],
     )
     .unwrap();

@@ -193,7 +193,12 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let mut strip: Option<VideoFrames> = None;
     for (sparsity, settings) in &run_settings {
         let clip = generate_clip(&transformers, &vae, settings, &device, &text)?;
-        write_video_replacing(&settings.output, &clip.frames, settings.fps, replace.clone())?;
+        write_video_replacing(
+            &settings.output,
+            &clip.frames,
+            settings.fps,
+            replace.clone(),
+        )?;
         let vs_dense = match &dense {
             None => None,
             Some(reference) => {

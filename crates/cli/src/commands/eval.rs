@@ -208,7 +208,12 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         settings.output = dir.join(video_name(i));
         let start = Instant::now();
         let clip = generate_clip(&transformers, &vae, &settings, &device, text)?;
-        write_video_replacing(&settings.output, &clip.frames, settings.fps, replace.clone())?;
+        write_video_replacing(
+            &settings.output,
+            &clip.frames,
+            settings.fps,
+            replace.clone(),
+        )?;
         let faithfulness = Faithfulness::measure(caption, &clip.frames)?;
         eprintln!(
             "[{:>2}/{}] {:<60} colour {} motion {} count {} ({:.1} s)",

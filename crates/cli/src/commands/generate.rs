@@ -52,14 +52,22 @@ fn resume_command(settings: &GenerateSettings, latents: &Path) -> String {
         words.push("vdit".into());
         words.push("generate".into());
     }
-    words.extend([
-        "-o".into(),
-        settings.output.display().to_string(),
-        "--seed".into(),
-        settings.seed.to_string(),
-        "--latents-in".into(),
-        latents.display().to_string(),
-    ]);
+    let given = |flags: &[&str]| {
+        words.iter().any(|w| {
+            flags
+                .iter()
+                .any(|f| w == f || w.starts_with(&format!("{f}=")))
+        })
+    };
+    let mut extra = Vec::new();
+    if !given(&["-o", "--output"]) {
+        extra.extend(["-o".into(), settings.output.display().to_string()]);
+    }
+    if !given(&["--seed"]) {
+        extra.extend(["--seed".into(), settings.seed.to_string()]);
+    }
+    extra.extend(["--latents-in".into(), latents.display().to_string()]);
+    words.extend(extra);
     words
         .iter()
         .map(|w| shell_quote(w))

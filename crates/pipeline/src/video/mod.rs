@@ -200,7 +200,7 @@ pub fn check_writable(path: &Path) -> Result<VideoFormat> {
     }
     // Probing with a real temporary file is the only reliable test (permissions, read-only mounts).
     tempfile::Builder::new()
-        .prefix(".vdit-probe-")
+        .prefix(&crate::ownership::temp_prefix(path))
         .tempfile_in(dir)
         .map_err(|e| not_writable(format!("cannot create a file in {}: {e}", dir.display())))?;
     Ok(format)

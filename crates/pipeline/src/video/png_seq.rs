@@ -134,7 +134,10 @@ impl PngSequenceWriter {
         for rgb in &video.frames {
             let bytes = encode_frame(video.width, video.height, rgb, self.fps)?;
             let name = png_frame_path(&self.path, self.frames);
-            let temp_path = self.temp.path().join(name.file_name().expect("a frame name"));
+            let temp_path = self
+                .temp
+                .path()
+                .join(name.file_name().expect("a frame name"));
             let io = |source| VideoError::Io {
                 path: name.clone(),
                 source,
