@@ -209,8 +209,8 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     };
     let mut latents_saved = None;
     if let (Some(path), None) = (&settings.latents_out, &settings.latents_in) {
-        // A failure here must not lose the sampled latents or the video: keep them in the
-        // fallback file and go on to decode.
+        // A failure here (a full disk) must not lose the video: warn, decode, and keep the
+        // latents in the fallback file afterwards.
         match save_latents(path, &latents, &latents_info(settings)) {
             Ok(()) => {
                 written.push(path.display().to_string());
