@@ -116,8 +116,8 @@ pub struct GenerateArgs {
     pub fps: Option<u32>,
 
     /// Output file; its extension picks the format: .mp4 (H.264), .gif, or .png (a numbered
-    /// frame sequence). A JSON sidecar with every setting is written next to it.
-    /// Default: vdit-<seed>.mp4.
+    /// frame sequence). A JSON sidecar with every setting is written next to it, named after
+    /// the whole output name (out.mp4 -> out.mp4.json). Default: vdit-<seed>.mp4.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
@@ -185,6 +185,17 @@ pub struct GenerateArgs {
     /// Also save the final latents (tensor `latents`) to this safetensors file.
     #[arg(long, value_name = "FILE")]
     pub latents_out: Option<PathBuf>,
+
+    /// Decode the latents saved in this file (by --latents-out, or after a failed decode)
+    /// instead of sampling: writes the video and sidecar without running the text encoder or
+    /// the transformer. Size and frames must be those of the run that saved them.
+    #[arg(long, value_name = "FILE")]
+    pub latents_in: Option<PathBuf>,
+
+    /// Replace existing outputs even if vdit did not write them. Without it, an existing file
+    /// is replaced only if vdit wrote it (its sidecar lists it; see docs/reliability.md).
+    #[arg(long)]
+    pub overwrite: bool,
 
     /// Self-attention of the transformer.
     #[arg(long, value_parser = choice::<AttentionMode>(), default_value_t = AttentionMode::Dense, help_heading = "Sparse attention")]
@@ -298,6 +309,8 @@ impl GenerateArgs {
             keep_experts: self.keep_experts,
             noise: self.noise.clone(),
             latents_out: self.latents_out.clone(),
+            latents_in: self.latents_in.clone(),
+            overwrite: self.overwrite,
             attention: self.attention,
             sparsity: self.sparsity,
             dense_steps: self.dense_steps,
@@ -474,6 +487,11 @@ impl FromArgMatches for CompareArgs {
             "latents_out",
             "vdit compare does not take --latents-out (it compares the latents itself)",
         )?;
+        reject_flag(
+            matches,
+            "latents_in",
+            "vdit compare does not take --latents-in (it samples every run itself)",
+        )?;
         let generate = GenerateArgs::from_arg_matches(matches)?;
         let only = CompareOnlyArgs::from_arg_matches(matches)?;
         Ok(Self {
@@ -503,7 +521,11 @@ impl Args for CompareArgs {
                     .help("Sparse mode compared against dense (rainfusion or rainfusion-v1)")
             })
             .mut_arg("sparsity", |a| a.hide(true))
-            .mut_arg("latents_out", |a| a.hide(true));
+            .mut_arg("latents_out", |a| a.hide(true))
+            .mut_arg("latents_in", |a| a.hide(true))
+            .mut_arg("overwrite", |a| {
+                a.help("Replace files in the output directory even if vdit did not write them")
+            });
         CompareOnlyArgs::augment_args(cmd)
     }
 
@@ -550,6 +572,11 @@ impl FromArgMatches for EvalArgs {
         )?;
         reject_flag(
             matches,
+            "latents_in",
+            "vdit eval does not take --latents-in",
+        )?;
+        reject_flag(
+            matches,
             "noise",
             "vdit eval does not take --noise (each prompt has its own seed: --seed is the base)",
         )?;
@@ -587,6 +614,10 @@ impl Args for EvalArgs {
                 a.help("Base seed: prompt i (from 0) is generated from seed + i. Default 0")
             })
             .mut_arg("latents_out", |a| a.hide(true))
+            .mut_arg("latents_in", |a| a.hide(true))
+            .mut_arg("overwrite", |a| {
+                a.help("Replace files in the output directory even if vdit did not write them")
+            })
             .mut_arg("noise", |a| a.hide(true));
         EvalOnlyArgs::augment_args(cmd)
     }
@@ -628,6 +659,9 @@ pub mod bench {
         /// Also write the results as JSON to this file.
         #[arg(long, value_name = "FILE", global = true)]
         pub json: Option<PathBuf>,
+        /// Replace the --json file (and `bench pipeline`'s videos) even if vdit did not write them.
+        #[arg(long, global = true)]
+        pub overwrite: bool,
     }
 
     /// What to time.

@@ -134,9 +134,10 @@ fn a_lora_with_four_distilled_steps_matches_diffusers_end_to_end() {
             worst * 255.0
         );
 
-        let sidecar: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
-                .unwrap();
+        let sidecar: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(vdit_pipeline::ownership::sidecar_path(&out)).unwrap(),
+        )
+        .unwrap();
         let settings = &sidecar["settings"];
         assert_eq!(
             settings["timesteps"],
@@ -196,6 +197,8 @@ fn a_lora_for_another_model_fails_before_the_first_step() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(stderr.contains("another model size"), "{stderr}");
+    // Found by the checks before the prompt is encoded, not when the transformer loads.
+    assert!(!stderr.contains("encode "), "{stderr}");
     assert!(!dir.path().join("x.mp4").exists());
 }
 

@@ -101,9 +101,10 @@ fn vdit_generate_writes_mp4_gif_png_and_latents_matching_diffusers() {
         // gif stores delays in 1/100 s, so 16 fps reads back as ≈16.07.
         assert!((video.fps - 16.0).abs() < 0.1, "{name}: fps {}", video.fps);
 
-        let sidecar: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
-                .unwrap();
+        let sidecar: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(vdit_pipeline::ownership::sidecar_path(&out)).unwrap(),
+        )
+        .unwrap();
         assert!(sidecar["settings"]["seed"].as_u64().is_some());
         assert_eq!(sidecar["settings"]["steps"], 4);
         assert_eq!(sidecar["effective_density"], 1.0);
@@ -204,9 +205,10 @@ fn rainfusion_runs_end_to_end_and_sparsity_zero_equals_dense() {
             "{name}:\n{}",
             String::from_utf8_lossy(&run.stderr)
         );
-        let sidecar: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
-                .unwrap();
+        let sidecar: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(vdit_pipeline::ownership::sidecar_path(&out)).unwrap(),
+        )
+        .unwrap();
         let density = sidecar["effective_density"].as_f64().unwrap();
         println!("{name}: effective density {density:.3}");
         if name == "rf08" {
@@ -247,7 +249,7 @@ fn bf16_run_stays_within_bf16_tolerance_of_diffusers_f32() {
     assert!(err <= 2e-2, "bf16 latents rel err {err}");
     // And it is a bf16 run, not a silent f32 one.
     let sidecar: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bf16.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bf16.gif.json")).unwrap())
             .unwrap();
     assert_eq!(sidecar["settings"]["dtype"], "bf16");
     assert!(err > 1e-5, "suspiciously exact for bf16: {err}");

@@ -85,7 +85,7 @@ fn default_model_draws_the_prompts_colour_and_motion() {
 
 #[test]
 fn sidecar_names_the_default_model_and_the_seed() {
-    let sidecar_path = generated_clip().with_extension("json");
+    let sidecar_path = vdit_pipeline::ownership::sidecar_path(generated_clip());
     let text = std::fs::read_to_string(&sidecar_path)
         .unwrap_or_else(|e| panic!("{}: {e}", sidecar_path.display()));
     let sidecar: serde_json::Value = serde_json::from_str(&text).expect("the sidecar is JSON");

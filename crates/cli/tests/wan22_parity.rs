@@ -164,9 +164,10 @@ fn two_expert_model_matches_diffusers_in_f32() {
         stderr.contains("guidance 4 (high noise, t ≥ 875) / 3 (low noise)"),
         "{stderr}"
     );
-    let sidecar: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(png.with_extension("json")).unwrap())
-            .unwrap();
+    let sidecar: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(vdit_pipeline::ownership::sidecar_path(&png)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(sidecar["settings"]["guidance_scale_2"], 3.0);
     assert_eq!(sidecar["settings"]["boundary_ratio"], 0.875);
 }
@@ -338,9 +339,10 @@ fn rainfusion_runs_on_two_experts() {
             "{tag}:\n{}",
             String::from_utf8_lossy(&run.stderr)
         );
-        let sidecar: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
-                .unwrap();
+        let sidecar: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(vdit_pipeline::ownership::sidecar_path(&out)).unwrap(),
+        )
+        .unwrap();
         let density = sidecar["effective_density"].as_f64().unwrap();
         println!("two experts, {tag}: effective density {density:.3}");
         if tag == "rf08" {

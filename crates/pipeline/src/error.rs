@@ -46,6 +46,14 @@ pub enum VditError {
     #[error("sampling: {0}")]
     Sampling(String),
 
+    /// A stage after sampling failed. The sampled latents were saved first (`latents`, `None` if
+    /// even that failed), so `vdit generate --latents-in` can decode them without sampling again.
+    #[error("{error}")]
+    AfterSampling {
+        error: Box<VditError>,
+        latents: Option<PathBuf>,
+    },
+
     #[error(transparent)]
     Video(#[from] crate::video::VideoError),
 

@@ -32,6 +32,7 @@ pub mod hub;
 pub mod metrics;
 pub mod options;
 pub mod output;
+pub mod ownership;
 pub mod registry;
 pub mod sampling;
 pub mod settings;

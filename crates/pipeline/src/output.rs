@@ -1,6 +1,7 @@
 //! Files a run writes, each atomically (a temp file in the same directory, then a rename), so an
 //! interrupted run never leaves half a file under the final name: JSON reports and sidecars,
 //! markdown reports, latents; and the output directories of `vdit compare` and `vdit eval`.
+//! Whether an existing file may be replaced is decided before the run ([`crate::ownership`]).
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +42,9 @@ fn write_atomic(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    crate::ownership::remove_stale_temps(&dir);
     let mut tmp = tempfile::Builder::new()
+        .prefix(&crate::ownership::temp_prefix(path))
         .suffix(suffix)
         .tempfile_in(&dir)
         .map_err(io)?;
@@ -70,16 +73,42 @@ pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
     })
 }
 
-/// Saves `latents` as tensor `latents` of a safetensors file (atomically).
-pub fn save_latents(path: &Path, latents: &Tensor) -> Result<()> {
+/// Saves `latents` (f32) as tensor `latents` of a safetensors file (atomically). The header's
+/// metadata marks the file as vdit's (`format: vdit-latents`, `vdit_version`) and carries
+/// `info` (the run's size, frames, model, seed), so a later run may replace it and
+/// `--latents-in` can say what it was made for.
+pub fn save_latents(path: &Path, latents: &Tensor, info: &[(&str, String)]) -> Result<()> {
+    let mut metadata = std::collections::HashMap::from([
+        (
+            "format".to_string(),
+            crate::ownership::LATENTS_FORMAT.to_string(),
+        ),
+        (
+            "vdit_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+    ]);
+    metadata.extend(info.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let latents = latents.to_dtype(DType::F32)?;
     write_atomic(path, ".safetensors", |tmp| {
-        let tensors = std::collections::HashMap::from([(
-            "latents".to_string(),
-            latents.to_dtype(DType::F32)?,
-        )]);
-        candle_core::safetensors::save(&tensors, tmp.path())?;
-        Ok(())
+        safetensors::serialize_to_file([("latents", &latents)], Some(metadata), tmp.path())
+            .map_err(|e| write_error(path, std::io::Error::other(e)))
     })
+}
+
+/// Loads tensor `latents` of a file [`save_latents`] wrote (or any safetensors file with that
+/// tensor), as f32 on `device`. `flag` names the setting in errors.
+pub fn load_latents(flag: &str, path: &Path, device: &candle_core::Device) -> Result<Tensor> {
+    let bad =
+        |reason: String| VditError::InvalidSetting(format!("{flag} {}: {reason}", path.display()));
+    let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .map_err(|e| bad(e.to_string()))?;
+    let latents = tensors.get("latents").ok_or_else(|| {
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        bad(format!("no tensor named `latents` (it has: {names:?})"))
+    })?;
+    Ok(latents.to_dtype(DType::F32)?.to_device(device)?)
 }
 
 /// Writes `text` to `path` atomically.
@@ -105,4 +134,35 @@ pub fn create_output_dir(flag: &str, dir: &Path) -> Result<()> {
             dir.display()
         ))
     })
+}
+
+/// Checks, before any work, the files a report-writing command (`vdit compare`, `vdit eval`,
+/// `vdit bench --json`) will write: its JSON `record` may be replaced only if it is a vdit record,
+/// and each of `files` only if that record lists it, unless `overwrite`. Every problem, one line
+/// each, naming the file and `--overwrite`.
+pub fn check_report_outputs(record: &Path, files: &[PathBuf], overwrite: bool) -> Result<()> {
+    use crate::ownership::{exists, foreign_file, read_vdit_record, record_lists};
+    if overwrite {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if exists(record) && read_vdit_record(record).is_none() {
+        problems.push(foreign_file(
+            record,
+            "it is not a JSON report with a vdit_version field",
+        ));
+    }
+    for file in files {
+        if exists(file) && !record_lists(record, file) {
+            problems.push(foreign_file(
+                file,
+                &format!("the vdit report {} does not list it", record.display()),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(VditError::InvalidSetting(problems.join("\n")))
+    }
 }

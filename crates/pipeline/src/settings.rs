@@ -59,6 +59,10 @@ pub struct GenerateOptions {
     pub keep_experts: bool,
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
+    /// Decode these saved latents (a `--latents-out` file) instead of sampling.
+    pub latents_in: Option<PathBuf>,
+    /// Replace existing outputs even if vdit did not write them.
+    pub overwrite: bool,
     pub attention: AttentionMode,
     pub sparsity: f64,
     pub dense_steps: Option<DenseSteps>,
@@ -108,6 +112,8 @@ impl GenerateOptions {
             keep_experts: false,
             noise: None,
             latents_out: None,
+            latents_in: None,
+            overwrite: false,
             attention: AttentionMode::Dense,
             sparsity: 0.8,
             dense_steps: None,
@@ -301,6 +307,11 @@ pub struct GenerateSettings {
     pub overrides: Overrides,
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
+    /// Saved latents decoded instead of sampling (`--latents-in`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latents_in: Option<PathBuf>,
+    /// `--overwrite`: existing outputs are replaced even if vdit did not write them.
+    pub overwrite: bool,
     pub attention: AttentionSettings,
     pub lora: LoraSettings,
     /// The model's family (from its registry entry; Wan2.1 T2V otherwise). Not in the sidecar:
@@ -364,9 +375,22 @@ impl GenerateSettings {
         self.expert_guidance_scales().iter().any(|&g| g != 1.0)
     }
 
-    /// The sidecar JSON written next to the output: `out.mp4` → `out.json`.
+    /// The sidecar JSON written next to the output: the output's name plus `.json` (`out.mp4` →
+    /// `out.mp4.json`; the png sequence `out.png` → `out.png.json`).
     pub fn sidecar_path(&self) -> PathBuf {
-        self.output.with_extension("json")
+        crate::ownership::sidecar_path(&self.output)
+    }
+
+    /// Where the latents are saved when a stage after sampling fails and no `--latents-out` was
+    /// given: `<output>.latents.safetensors` (`out.mp4.latents.safetensors`).
+    pub fn fallback_latents_path(&self) -> PathBuf {
+        let mut name = self
+            .output
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".latents.safetensors");
+        self.output.with_file_name(name)
     }
 
     /// The settings block printed before the run (users paste it into bug reports).
@@ -456,8 +480,25 @@ impl GenerateSettings {
                 noise.display()
             ));
         }
+        if let Some(latents) = &self.latents_in {
+            lines.push(format!(
+                "latents in   {} (decoded without sampling: prompt, seed and sampling settings unused)",
+                latents.display()
+            ));
+        }
         if let Some(latents) = &self.latents_out {
-            lines.push(format!("latents out  {}", latents.display()));
+            lines.push(format!(
+                "latents out  {}{}",
+                latents.display(),
+                if self.latents_in.is_some() {
+                    " (not written: nothing is sampled)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if self.overwrite {
+            lines.push("overwrite    existing outputs are replaced".to_string());
         }
         let o = &self.overrides;
         for (flag, path) in [
@@ -497,7 +538,7 @@ pub fn check_writable_dir(flag: &str, path: &Path) -> std::result::Result<(), St
         ));
     }
     tempfile::Builder::new()
-        .prefix(".vdit-write-check")
+        .prefix(&crate::ownership::temp_prefix(path))
         .tempfile_in(&dir)
         .map(drop)
         .map_err(|e| {
@@ -783,8 +824,19 @@ pub fn resolve(
         }
     };
     if let Some(latents) = &args.latents_out {
-        if let Err(e) = check_writable_dir("--latents-out", latents) {
+        if latents.is_dir() {
+            problems.push(format!(
+                "--latents-out {}: is a directory (give a file name, e.g. {})",
+                latents.display(),
+                latents.join("latents.safetensors").display()
+            ));
+        } else if let Err(e) = check_writable_dir("--latents-out", latents) {
             problems.push(e);
+        }
+    }
+    if let Some(latents) = &args.latents_in {
+        if !latents.is_file() {
+            problems.push(format!("--latents-in {}: no such file", latents.display()));
         }
     }
     if let Some(noise) = &args.noise {
@@ -879,6 +931,8 @@ pub fn resolve(
         },
         noise: args.noise.clone(),
         latents_out: args.latents_out.clone(),
+        latents_in: args.latents_in.clone(),
+        overwrite: args.overwrite,
         attention: AttentionSettings {
             mode: args.attention,
             sparsity: args.sparsity,

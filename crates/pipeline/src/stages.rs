@@ -12,7 +12,7 @@
 //! any flow-matching transformer.
 
 use std::cell::Cell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,12 +35,14 @@ use vdit_models::wan::config::WanConfig;
 use vdit_models::wan::keys::lora_targets;
 use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
+use vdit_models::wan::CheckpointKeys;
 use vdit_models::weights::WeightFiles;
 
 use crate::denoise::LoadModel;
 use crate::family::{ExpertRule, TextEncoderKind, TransformerKind, VaeKind};
 use crate::hub::{ComponentFiles, ModelFiles};
-use crate::output::{save_latents, write_json_atomic};
+use crate::output::{load_latents, save_latents, write_json_atomic};
+use crate::ownership::{exists, foreign_file, is_vdit_latents, record_lists, Replace};
 use crate::sampling::{load_noise, seeded_noise};
 use crate::settings::{AttentionSettings, GenerateSettings};
 use crate::video::{frames_from_tensor, write_video, VideoFrames, VideoSink};
@@ -177,14 +179,107 @@ impl std::fmt::Display for RunReport {
 }
 
 /// Runs the three stages for `settings` with the model `files` and writes the video and sidecar.
+///
+/// Before any work: [`check_outputs`] (no file vdit did not write is replaced) and
+/// [`preflight`] (every file the run reads is found and its headers parse). With
+/// `settings.latents_in` the encode and denoise stages are skipped and the saved latents are
+/// decoded. When a stage after sampling fails, the latents are saved first (to `--latents-out`,
+/// else [`GenerateSettings::fallback_latents_path`]) and the error is
+/// [`VditError::AfterSampling`], naming the file to resume from.
 pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunReport> {
     let run_start = Instant::now();
+    check_outputs(settings)?;
     let device = settings.device.device()?;
     let mut timings = StageTimings::default();
     preflight(settings, files)?;
 
+    let mut written = Vec::new();
+    let (latents, effective_density) = match &settings.latents_in {
+        Some(path) => {
+            let latents = load_latents("--latents-in", path, &device)?;
+            eprintln!(
+                "latents      {:?} from {} (encode and denoise skipped)",
+                latents.dims(),
+                path.display()
+            );
+            // Nothing was sampled in this run: the density of its attention is unknown.
+            (latents, f64::NAN)
+        }
+        None => {
+            let sampled = encode_and_sample(settings, files, &device, run_start, &mut timings)?;
+            (sampled.latents, sampled.effective_density)
+        }
+    };
+    let mut latents_saved = None;
+    if let (Some(path), None) = (&settings.latents_out, &settings.latents_in) {
+        // A failure here (a full disk) must not lose the video: warn, decode, and keep the
+        // latents in the fallback file afterwards.
+        match save_latents(path, &latents, &latents_info(settings)) {
+            Ok(()) => {
+                written.push(path.display().to_string());
+                latents_saved = Some(path.clone());
+            }
+            Err(e) => eprintln!("warning: --latents-out {}: {e}", path.display()),
+        }
+    }
+
+    let decoded = decode_and_write(settings, files, &device, &latents, &mut timings);
+    let files_written = match decoded {
+        Ok(files_written) => files_written,
+        Err(error) if settings.latents_in.is_none() => {
+            let latents = match latents_saved {
+                Some(path) => Some(path),
+                None => save_fallback_latents(settings, &latents),
+            };
+            return Err(VditError::AfterSampling {
+                error: Box::new(error),
+                latents,
+            });
+        }
+        Err(error) => return Err(error),
+    };
+    if settings.latents_out.is_some() && latents_saved.is_none() && settings.latents_in.is_none() {
+        if let Some(path) = save_fallback_latents(settings, &latents) {
+            eprintln!(
+                "warning: the latents are saved in {} instead",
+                path.display()
+            );
+            written.push(path.display().to_string());
+        }
+    }
+    written.extend(files_written.iter().map(|p| p.display().to_string()));
+    timings.total_s = run_start.elapsed().as_secs_f64();
+
+    let sidecar_path = settings.sidecar_path();
+    let sidecar = Sidecar {
+        vdit_version: env!("CARGO_PKG_VERSION"),
+        build_features: crate::output::build_features(),
+        settings,
+        timings: &timings,
+        effective_density,
+        files: written,
+    };
+    write_json_atomic(&sidecar_path, &sidecar)?;
+    // The sidecar's total stops before its own write; the report's includes it.
+    timings.total_s = run_start.elapsed().as_secs_f64();
+    Ok(RunReport {
+        output: settings.output.clone(),
+        sidecar: sidecar_path,
+        timings,
+        effective_density,
+    })
+}
+
+/// Stages 1 and 2, with their timings and one line each on stderr.
+fn encode_and_sample(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    run_start: Instant,
+    timings: &mut StageTimings,
+) -> Result<SampledLatents> {
     let start = Instant::now();
-    let encoder = PromptEncoder::load(settings, files, &device)?;
+    let encoder = PromptEncoder::load(settings, files, device)?;
     timings.text_encoder_load_s = start.elapsed().as_secs_f64();
     let text = encoder.conditioning(
         &settings.prompt,
@@ -201,7 +296,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     );
 
     let start = Instant::now();
-    let sampled = sample_latents(settings, files, &device, &text)?;
+    let sampled = sample_latents(settings, files, device, &text)?;
     timings.denoise_s = start.elapsed().as_secs_f64();
     timings.seconds_per_step = sampled.seconds_per_step;
     timings.transformer_load_s = sampled.model_load_s;
@@ -218,20 +313,26 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         timings.first_step_s,
         sampled.effective_density
     );
-    let mut written = Vec::new();
-    if let Some(path) = &settings.latents_out {
-        save_latents(path, &sampled.latents)?;
-        written.push(path.display().to_string());
-    }
+    Ok(sampled)
+}
 
+/// Stage 3 and the file write: returns the video files written.
+fn decode_and_write(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    latents: &Tensor,
+    timings: &mut StageTimings,
+) -> Result<Vec<std::path::PathBuf>> {
     // The video is encoded while the VAE decodes: the sink takes each decoded chunk, and its
-    // file appears only at `finish` (a failure drops the sink, which removes its temporary file;
-    // the latents are already saved).
+    // file appears only at `finish` (a failure drops the sink, which removes its temporary file).
     let start = Instant::now();
-    let mut sink = VideoSink::create(&settings.output, settings.fps).map_err(video_error)?;
-    let vae = load_vae(settings, files, &device)?;
+    let replace = Replace::for_output(&settings.output, settings.overwrite);
+    let mut sink = VideoSink::create_replacing(&settings.output, settings.fps, replace)
+        .map_err(video_error)?;
+    let vae = load_vae(settings, files, device)?;
     timings.vae_load_s = start.elapsed().as_secs_f64();
-    decode_into_sink(&vae, settings, &sampled.latents, &mut sink)?;
+    decode_into_sink(&vae, settings, latents, &mut sink)?;
     drop(vae);
     timings.decode_s = start.elapsed().as_secs_f64();
     eprintln!(
@@ -243,32 +344,87 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
 
     let start = Instant::now();
     let files_written = sink.finish().map_err(video_error)?;
-    written.extend(files_written.iter().map(|p| p.display().to_string()));
     timings.write_s = start.elapsed().as_secs_f64();
     eprintln!(
         "write        {:.2} s (the encoder's work left after the decode)",
         timings.write_s
     );
-    timings.total_s = run_start.elapsed().as_secs_f64();
+    Ok(files_written)
+}
 
-    let sidecar_path = settings.sidecar_path();
-    let sidecar = Sidecar {
-        vdit_version: env!("CARGO_PKG_VERSION"),
-        build_features: crate::output::build_features(),
-        settings,
-        timings: &timings,
-        effective_density: sampled.effective_density,
-        files: written,
-    };
-    write_json_atomic(&sidecar_path, &sidecar)?;
-    // The sidecar's total stops before its own write; the report's includes it.
-    timings.total_s = run_start.elapsed().as_secs_f64();
-    Ok(RunReport {
-        output: settings.output.clone(),
-        sidecar: sidecar_path,
-        timings,
-        effective_density: sampled.effective_density,
-    })
+/// What a latents file records about the run that sampled it (safetensors metadata).
+fn latents_info(settings: &GenerateSettings) -> Vec<(&'static str, String)> {
+    vec![
+        ("model", settings.model.clone()),
+        ("width", settings.width.to_string()),
+        ("height", settings.height.to_string()),
+        ("frames", settings.frames.to_string()),
+        ("seed", settings.seed.to_string()),
+        ("steps", settings.steps.to_string()),
+    ]
+}
+
+/// Saves the latents to [`GenerateSettings::fallback_latents_path`] (or, if a file vdit did not
+/// write is there, the first free `<output>.latents-N.safetensors`); `None` when that fails too.
+fn save_fallback_latents(settings: &GenerateSettings, latents: &Tensor) -> Option<PathBuf> {
+    let first = settings.fallback_latents_path();
+    let candidates = std::iter::once(first.clone()).chain((1..100).map(|n| {
+        let name = first
+            .to_string_lossy()
+            .replace(".latents.safetensors", &format!(".latents-{n}.safetensors"));
+        PathBuf::from(name)
+    }));
+    for path in candidates {
+        if exists(&path) && !is_vdit_latents(&path) {
+            continue;
+        }
+        return match save_latents(&path, latents, &latents_info(settings)) {
+            Ok(()) => Some(path),
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot save the latents to {}: {e}",
+                    path.display()
+                );
+                None
+            }
+        };
+    }
+    None
+}
+
+/// Every file the run writes, checked before any work: the video (each frame of a png
+/// sequence's pattern), its sidecar and `--latents-out` may be replaced only if vdit wrote them
+/// (see [`crate::ownership`]) or with `--overwrite`. All problems, one line each.
+pub fn check_outputs(settings: &GenerateSettings) -> Result<()> {
+    if settings.overwrite {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let replace = Replace::for_output(&settings.output, false);
+    if let Err(e) = crate::video::check_replaceable(&settings.output, &replace) {
+        problems.push(format!("-o {e}"));
+    }
+    let sidecar = settings.sidecar_path();
+    if exists(&sidecar) && !record_lists(&sidecar, &settings.output) {
+        problems.push(format!(
+            "-o {}: its sidecar {}",
+            settings.output.display(),
+            foreign_file(&sidecar, "it is not a vdit sidecar of this output")
+        ));
+    }
+    if let (Some(latents), None) = (&settings.latents_out, &settings.latents_in) {
+        if latents.is_file() && !is_vdit_latents(latents) {
+            problems.push(format!(
+                "--latents-out {}",
+                foreign_file(latents, "no vdit-latents metadata in its header")
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(VditError::InvalidSetting(problems.join("\n")))
+    }
 }
 
 fn video_error(e: crate::video::VideoError) -> VditError {
@@ -432,24 +588,54 @@ pub struct SampledLatents {
     pub first_step_done: Option<Instant>,
 }
 
-/// Finds (or downloads) every file of the run in stage order and checks the attention flags
-/// against the transformer's depth, so a missing VAE or a bad flag fails before minutes of work.
+/// Finds (or downloads) every file of the run in stage order, opens every weight file (each
+/// safetensors header parsed, its length checked against the header, every dtype one the loader
+/// reads), parses every config, and checks the attention flags against the transformer's depth
+/// and the transformer's latent channels against the VAE's, so a missing or truncated VAE or a
+/// bad flag fails before minutes of work. With `--latents-in`, only the VAE is needed, and the
+/// saved latents' shape is checked against the VAE and the run's size and frames.
 pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
     let family = settings.family;
+    let vae_files = || files.component(family.vae_component, settings.overrides.vae.as_deref());
+    if let Some(path) = &settings.latents_in {
+        let vae = vae_files()?;
+        check_weights("vae", &vae)?;
+        let z_dim = vae_config(settings, &vae)?.z_dim;
+        return check_saved_latents(settings, path, z_dim);
+    }
     if settings.overrides.tokenizer.is_none() {
         files.file(family.text_encoder.tokenizer)?;
     }
-    files.component(
+    let text_encoder = files.component(
         family.text_encoder.component,
         settings.overrides.text_encoder.as_deref(),
     )?;
+    check_weights(family.text_encoder.component, &text_encoder)?;
     let mut configs = Vec::new();
     for rule in family.experts {
         configs.push(expert_config(settings, files, rule)?);
+        check_weights(rule.component, &expert_component(settings, files, rule)?)?;
     }
-    let vae = files.component(family.vae_component, settings.overrides.vae.as_deref())?;
+    let vae = vae_files()?;
+    check_weights("vae", &vae)?;
     for config in configs.iter().flatten() {
         build_attention(&settings.attention, config.num_layers, settings.steps)?;
+    }
+    // Each expert's LoRAs: their keys match its layers, and their shapes fit (headers only).
+    for (index, rule) in family.experts.iter().enumerate() {
+        if settings.lora.for_expert(index).is_empty() {
+            continue;
+        }
+        let component = expert_component(settings, files, rule)?;
+        let weights = WeightFiles::open(&component.weights)?;
+        let config = match &configs[index] {
+            Some(config) => config.clone(),
+            None => WanTransformer::config_for(&component.weights, &weights)?,
+        };
+        if let Some(set) = match_loras(settings, index, &config)? {
+            let keys = CheckpointKeys::detect(&weights)?.key_map();
+            set.check_shapes(|key| weights.shape(&keys.map(key)))?;
+        }
     }
     // The transformer's latents must be the VAE's: a 48-channel Wan2.2 TI2V model with a
     // 16-channel Wan2.1 VAE (or the reverse) would only fail after sampling.
@@ -475,6 +661,73 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
             )));
         }
     }
+    Ok(())
+}
+
+/// Dtypes the weight loader reads (safetensors names).
+const LOADABLE_DTYPES: &[&str] = &["F32", "F16", "BF16", "F64", "I64", "U32", "U8"];
+
+/// Opens a component's weights as the loader will (headers parsed, each file's length checked
+/// against its header, so a truncated file fails here) and checks every tensor's dtype, without
+/// reading the tensors.
+fn check_weights(component: &str, files: &ComponentFiles) -> Result<()> {
+    let weights = WeightFiles::open(&files.weights)?;
+    for path in weights.paths() {
+        let header = crate::ownership::read_safetensors_header(path).map_err(|reason| {
+            VditError::InvalidSetting(format!("{component} weights {}: {reason}", path.display()))
+        })?;
+        for (key, info) in &header {
+            if key == "__metadata__" {
+                continue;
+            }
+            let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+            if !LOADABLE_DTYPES.contains(&dtype) {
+                return Err(VditError::InvalidSetting(format!(
+                    "{component} weights {}: tensor `{key}` has dtype {dtype}, which vdit cannot load \
+                     (it reads {})",
+                    path.display(),
+                    LOADABLE_DTYPES.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `latents` tensor of a `--latents-in` file must have the shape this run decodes:
+/// `[1, z, F', H', W']` for the VAE's `z_dim` channels and the run's size and frames.
+fn check_saved_latents(settings: &GenerateSettings, path: &Path, z_dim: usize) -> Result<()> {
+    let bad = |reason: String| {
+        VditError::InvalidSetting(format!("--latents-in {}: {reason}", path.display()))
+    };
+    let header = crate::ownership::read_safetensors_header(path).map_err(bad)?;
+    let shape: Vec<usize> = header
+        .get("latents")
+        .and_then(|t| t.get("shape"))
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .ok_or_else(|| bad("no tensor named `latents`".into()))?;
+    let (b, c, f, h, w) = settings.latent_shape(z_dim);
+    let expected = vec![b, c, f, h, w];
+    if shape != expected {
+        let made_for = crate::ownership::safetensors_metadata(path)
+            .and_then(|m| {
+                let get = |k: &str| m.get(k)?.as_str().map(String::from);
+                Some(format!(
+                    "; they were saved by a {}x{}, {}-frame run of {} (pass the same --size and --frames)",
+                    get("width")?,
+                    get("height")?,
+                    get("frames")?,
+                    get("model")?
+                ))
+            })
+            .unwrap_or_default();
+        return Err(bad(format!(
+            "latents of shape {shape:?}, but this run ({}x{}, {} frames, a {z_dim}-channel VAE) decodes {expected:?}{made_for}",
+            settings.width, settings.height, settings.frames
+        )));
+    }
+    // The whole file is read at decode time; a truncated one fails now instead.
+    WeightFiles::open(path)?;
     Ok(())
 }
 
@@ -628,22 +881,35 @@ pub fn load_expert(
     )?)
 }
 
-/// The LoRAs of expert `index` matched onto a transformer of `config`; `None` without any.
+/// The LoRAs of expert `index` read and matched onto the layers of a transformer of `config`
+/// (no weights read); `None` without any.
+fn match_loras(
+    settings: &GenerateSettings,
+    index: usize,
+    config: &WanConfig,
+) -> Result<Option<LoraSet>> {
+    let specs = settings.lora.for_expert(index);
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(LoraSet::open(
+        specs,
+        &lora_targets(config),
+        settings.lora.mode,
+        settings.lora.partial,
+    )?))
+}
+
+/// The LoRAs of expert `index` matched onto a transformer of `config`, each summarised on
+/// stderr; `None` without any.
 pub fn open_loras(
     settings: &GenerateSettings,
     index: usize,
     config: &WanConfig,
 ) -> Result<Option<Arc<LoraSet>>> {
-    let specs = settings.lora.for_expert(index);
-    if specs.is_empty() {
+    let Some(set) = match_loras(settings, index, config)? else {
         return Ok(None);
-    }
-    let set = LoraSet::open(
-        specs,
-        &lora_targets(config),
-        settings.lora.mode,
-        settings.lora.partial,
-    )?;
+    };
     for summary in set.summaries() {
         let ignored = match summary.ignored.len() {
             0 => String::new(),

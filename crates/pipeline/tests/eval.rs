@@ -445,7 +445,9 @@ fn blur_and_h264_compression_do_not_change_the_verdict() {
     ] {
         let clip = box_blur(&render(&[moving(colour, motion)], backdrop, 8), 1);
         let path = dir.path().join("clip.mp4");
-        vdit_pipeline::video::write_video(&path, &clip, 16).unwrap();
+        // The same scratch file each time: replacing it is this test's own choice.
+        let replace = vdit_pipeline::video::Replace::Always;
+        vdit_pipeline::video::write_video_replacing(&path, &clip, 16, replace).unwrap();
         let decoded = vdit_pipeline::video::read_video(&path).unwrap().video;
         let caption = format!("a {colour} circle {motion}");
         assert_eq!(score(&caption, &decoded).unwrap(), ALL_OK, "{caption}");

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use vdit_pipeline::video::{
-    check_writable, frames_from_tensor, png_frame_path, read_video, write_video, VideoError,
-    VideoFormat, VideoFrames, VideoSink,
+    check_writable, frames_from_tensor, png_frame_path, read_video, write_video, Replace,
+    VideoError, VideoFormat, VideoFrames, VideoSink,
 };
 
 /// A test clip with smooth gradients and a moving disc, so both flat areas and edges are coded.
@@ -164,14 +164,27 @@ fn png_sequence_round_trip_is_lossless() {
     assert_eq!(back.fps, 24.0);
 }
 
+/// An existing file vdit did not write is refused and left as it was; one its sidecar lists is
+/// replaced (tests/no_data_loss.rs has the other cases).
 #[test]
-fn existing_output_is_replaced() {
+fn existing_output_is_replaced_only_if_vdit_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.gif");
     std::fs::write(&path, b"old contents").unwrap();
+    let err = write_video(&path, &test_clip(16, 16, 2), 16).unwrap_err();
+    assert!(matches!(err, VideoError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"old contents");
+    assert_eq!(files_in(dir.path()), vec!["clip.gif"]);
+
+    std::fs::write(
+        dir.path().join("clip.gif.json"),
+        r#"{"vdit_version": "0.1.0", "files": ["clip.gif"]}"#,
+    )
+    .unwrap();
     write_video(&path, &test_clip(16, 16, 2), 16).unwrap();
     assert_eq!(read_video(&path).unwrap().video.frame_count(), 2);
-    assert_eq!(files_in(dir.path()), vec!["clip.gif"]);
+    assert_eq!(files_in(dir.path()), vec!["clip.gif", "clip.gif.json"]);
 }
 
 #[test]
@@ -510,7 +523,8 @@ fn an_encoder_error_in_the_thread_is_an_error_and_leaves_no_file() {
     // 3842 columns is more than H.264 level 5.2 allows: the encoder thread refuses it when it creates
     // the encoder for the first frame, after `push` has returned.
     let wide = VideoFrames::new(3842, 2, vec![vec![0; 3842 * 2 * 3]; 2]).unwrap();
-    let mut sink = VideoSink::create(&path, 16).unwrap();
+    // --overwrite: the file may be replaced, but only by a finished video.
+    let mut sink = VideoSink::create_replacing(&path, 16, Replace::Always).unwrap();
     let mut errors = Vec::new();
     for _ in 0..20 {
         if let Err(e) = sink.push(wide.clone()) {
@@ -547,7 +561,9 @@ fn a_dropped_sink_leaves_no_file_and_keeps_the_old_one() {
     let kept = dir.path().join("kept.mp4");
     std::fs::write(&kept, b"earlier video").unwrap();
     for name in ["new.mp4", "kept.mp4", "new.gif", "new.png"] {
-        let mut sink = VideoSink::create(&dir.path().join(name), 16).unwrap();
+        // --overwrite: kept.mp4 may be replaced, but only by a finished video.
+        let mut sink =
+            VideoSink::create_replacing(&dir.path().join(name), 16, Replace::Always).unwrap();
         for chunk in chunks_of(&test_clip(32, 32, 9), &[1, 4]) {
             sink.push(chunk).unwrap();
         }

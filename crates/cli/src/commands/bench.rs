@@ -194,6 +194,10 @@ fn pipeline_markdown(rows: &[&BenchRow]) -> String {
 
 /// Runs what `args` asks for and returns the report (also written to `--json` when given).
 pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+    // Before any timing: the --json file may be replaced only if it is a vdit report.
+    if let Some(path) = &args.json {
+        vdit_pipeline::output::check_report_outputs(path, &[], args.overwrite)?;
+    }
     let kind = resolve_device(args.device).map_err(VditError::InvalidSetting)?;
     let dtype = resolve_dtype(args.dtype, kind);
     let device = kind.device()?;
@@ -727,6 +731,7 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         options.timesteps = p.timesteps.clone();
         options.loras = p.loras.clone();
         options.lora_mode = p.lora_mode;
+        options.overwrite = args.overwrite;
 
         eprintln!("== {case}");
         let start = Instant::now();

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Writes `DIR/compare.json`, `DIR/compare.md`, one video per run and `DIR/side_by_side.mp4`
-//! (dense | each sparsity, left to right).
+//! (dense | each sparsity, left to right). compare.json lists every file, so a later run may
+//! replace them; any other file in the way stops the run before it starts (unless `--overwrite`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -21,11 +22,14 @@ use vdit_pipeline::clip::{generate_clip, warm_up, Clip};
 use vdit_pipeline::eval::{parse_caption, Faithfulness};
 use vdit_pipeline::metrics::{cosine_similarity, frame_quality, side_by_side};
 use vdit_pipeline::options::AttentionMode;
-use vdit_pipeline::output::{create_output_dir, write_json_atomic, write_text_atomic};
+use vdit_pipeline::output::{
+    check_report_outputs, create_output_dir, write_json_atomic, write_text_atomic,
+};
+use vdit_pipeline::ownership::Replace;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{dtype_name, resolve, GenerateSettings};
 use vdit_pipeline::stages::{build_attention, encode_prompts, load_transformers, load_vae};
-use vdit_pipeline::video::{write_video, VideoFrames};
+use vdit_pipeline::video::{write_video_replacing, VideoFrames};
 use vdit_pipeline::{Result, VditError};
 
 use crate::args::CompareArgs;
@@ -79,7 +83,26 @@ pub struct CompareReport {
     pub side_by_side: String,
     /// How the timings were taken.
     pub note: &'static str,
+    /// Every file of the output directory this run wrote (names), this report included: what a
+    /// later run may replace.
+    pub files: Vec<String>,
 }
+
+/// The files `vdit compare` writes into its directory, report files first.
+fn planned_files(sparse_mode: AttentionMode, sparsities: &[f64]) -> Vec<String> {
+    let mut files = vec![
+        REPORT_JSON.to_string(),
+        REPORT_MD.to_string(),
+        video_name(AttentionMode::Dense, None),
+    ];
+    files.extend(sparsities.iter().map(|&s| video_name(sparse_mode, Some(s))));
+    files.push(SIDE_BY_SIDE.to_string());
+    files
+}
+
+const REPORT_JSON: &str = "compare.json";
+const REPORT_MD: &str = "compare.md";
+const SIDE_BY_SIDE: &str = "side_by_side.mp4";
 
 const TIMING_NOTE: &str = "runs in table order on one loaded transformer after one untimed warm-up pass; speedup = dense denoise time / run denoise time";
 
@@ -126,6 +149,15 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         .output
         .take()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+    // Before any work: nothing in the directory that vdit did not write is replaced.
+    let outputs = planned_files(sparse_mode, &sparsities);
+    let paths: Vec<PathBuf> = outputs.iter().skip(1).map(|f| dir.join(f)).collect();
+    check_report_outputs(&dir.join(REPORT_JSON), &paths, args.overwrite)?;
+    let replace = if args.overwrite {
+        Replace::Always
+    } else {
+        Replace::IfListedIn(dir.join(REPORT_JSON))
+    };
     create_output_dir("-o", &dir)?;
     args.output = Some(dir.join(video_name(AttentionMode::Dense, None)));
     args.attention = AttentionMode::Dense;
@@ -161,7 +193,12 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let mut strip: Option<VideoFrames> = None;
     for (sparsity, settings) in &run_settings {
         let clip = generate_clip(&transformers, &vae, settings, &device, &text)?;
-        write_video(&settings.output, &clip.frames, settings.fps)?;
+        write_video_replacing(
+            &settings.output,
+            &clip.frames,
+            settings.fps,
+            replace.clone(),
+        )?;
         let vs_dense = match &dense {
             None => None,
             Some(reference) => {
@@ -205,9 +242,9 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         }
     }
 
-    let side_by_side_path = dir.join("side_by_side.mp4");
+    let side_by_side_path = dir.join(SIDE_BY_SIDE);
     let strip = strip.expect("the dense run always exists");
-    write_video(&side_by_side_path, &strip, dense_settings.fps)?;
+    write_video_replacing(&side_by_side_path, &strip, dense_settings.fps, replace)?;
     let report = CompareReport {
         vdit_version: env!("CARGO_PKG_VERSION"),
         settings: dense_settings,
@@ -215,9 +252,11 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         runs: rows,
         side_by_side: side_by_side_path.display().to_string(),
         note: TIMING_NOTE,
+        files: outputs,
     };
-    write_json_atomic(&dir.join("compare.json"), &report)?;
-    write_text_atomic(&dir.join("compare.md"), &report.markdown())?;
+    // The markdown first: compare.json, which lists it, is the last file written.
+    write_text_atomic(&dir.join(REPORT_MD), &report.markdown())?;
+    write_json_atomic(&dir.join(REPORT_JSON), &report)?;
     Ok(report)
 }
 

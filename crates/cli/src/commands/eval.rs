@@ -3,7 +3,9 @@
 //! analyser of [`crate::eval`] reads the frames, and the share of clips whose colours, motions and
 //! object count match the caption is reported, with one row per prompt.
 //!
-//! Writes `DIR/eval.json`, `DIR/eval.md` and one video per prompt (`DIR/NN.mp4`).
+//! Writes `DIR/eval.json`, `DIR/eval.md` and one video per prompt (`DIR/NN.mp4`). eval.json lists
+//! every file, so a later run may replace them; any other file in the way stops the run before
+//! it starts (unless `--overwrite`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,11 +16,14 @@ use serde::Serialize;
 use vdit_pipeline::clip::generate_clip;
 use vdit_pipeline::eval::{accuracy, parse_caption, Caption, Faithfulness, Score};
 use vdit_pipeline::options::AttentionMode;
-use vdit_pipeline::output::{create_output_dir, write_json_atomic, write_text_atomic};
+use vdit_pipeline::output::{
+    check_report_outputs, create_output_dir, write_json_atomic, write_text_atomic,
+};
+use vdit_pipeline::ownership::Replace;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{resolve, GenerateSettings};
 use vdit_pipeline::stages::{build_attention, encode_prompt_list, load_transformers, load_vae};
-use vdit_pipeline::video::write_video;
+use vdit_pipeline::video::write_video_replacing;
 use vdit_pipeline::{Result, VditError};
 
 use crate::args::EvalArgs;
@@ -86,7 +91,13 @@ pub struct EvalReport {
     /// Mean over prompts of the attention density actually computed (1 = dense).
     pub mean_effective_density: f64,
     pub prompts: Vec<PromptRow>,
+    /// Every file of the output directory this run wrote (names), this report included: what a
+    /// later run may replace.
+    pub files: Vec<String>,
 }
+
+const REPORT_JSON: &str = "eval.json";
+const REPORT_MD: &str = "eval.md";
 
 /// The prompts of a prompt file, each checked against the grammar (errors name the line).
 pub fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
@@ -153,6 +164,16 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         .output
         .take()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+    // Before any work: nothing in the directory that vdit did not write is replaced.
+    let mut outputs = vec![REPORT_JSON.to_string(), REPORT_MD.to_string()];
+    outputs.extend((0..prompts.len()).map(video_name));
+    let paths: Vec<PathBuf> = outputs.iter().skip(1).map(|f| dir.join(f)).collect();
+    check_report_outputs(&dir.join(REPORT_JSON), &paths, args.overwrite)?;
+    let replace = if args.overwrite {
+        Replace::Always
+    } else {
+        Replace::IfListedIn(dir.join(REPORT_JSON))
+    };
     create_output_dir("-o", &dir)?;
     let base_seed = args.seed.unwrap_or(DEFAULT_BASE_SEED);
     args.seed = Some(base_seed);
@@ -187,7 +208,12 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         settings.output = dir.join(video_name(i));
         let start = Instant::now();
         let clip = generate_clip(&transformers, &vae, &settings, &device, text)?;
-        write_video(&settings.output, &clip.frames, settings.fps)?;
+        write_video_replacing(
+            &settings.output,
+            &clip.frames,
+            settings.fps,
+            replace.clone(),
+        )?;
         let faithfulness = Faithfulness::measure(caption, &clip.frames)?;
         eprintln!(
             "[{:>2}/{}] {:<60} colour {} motion {} count {} ({:.1} s)",
@@ -223,9 +249,11 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         mean_effective_density: rows.iter().map(|r| r.effective_density).sum::<f64>()
             / rows.len() as f64,
         prompts: rows,
+        files: outputs,
     };
-    write_json_atomic(&dir.join("eval.json"), &report)?;
-    write_text_atomic(&dir.join("eval.md"), &report.markdown())?;
+    // The markdown first: eval.json, which lists it, is the last file written.
+    write_text_atomic(&dir.join(REPORT_MD), &report.markdown())?;
+    write_json_atomic(&dir.join(REPORT_JSON), &report)?;
     Ok(report)
 }
 

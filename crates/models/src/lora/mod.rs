@@ -277,6 +277,46 @@ impl LoraSet {
         &self.summaries
     }
 
+    /// Checks every update against the shapes of the model's parameters without loading them:
+    /// `shape_of` gives a parameter's stored shape by canonical key (`None` when absent). Errors
+    /// name the layer and both shapes, as loading would, but before any weights are read.
+    pub fn check_shapes(&self, shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<()> {
+        let mut keys: Vec<&String> = self.patches.keys().collect();
+        keys.sort();
+        for key in keys {
+            let patch = &self.patches[key];
+            let Some(shape) = shape_of(key) else {
+                return Err(ModelError::InvalidInput(format!(
+                    "a LoRA updates `{key}`, which this model's checkpoint does not have"
+                )));
+            };
+            let elems: usize = shape.iter().product();
+            let sizes = patch
+                .low_rank
+                .iter()
+                .map(|t| {
+                    Ok((
+                        vec![t.up.dim(0)?, t.down.dim(1)?],
+                        t.up.dim(0)? * t.down.dim(1)?,
+                    ))
+                })
+                .chain(
+                    patch
+                        .full
+                        .iter()
+                        .map(|(d, _)| Ok((d.dims().to_vec(), d.elem_count()))),
+                )
+                .collect::<Result<Vec<_>>>()?;
+            if let Some((dims, _)) = sizes.iter().find(|(_, n)| *n != elems) {
+                return Err(ModelError::InvalidInput(format!(
+                    "LoRA update for `{key}` has shape {dims:?} but the layer is {shape:?}; \
+                     the LoRA was made for another model size"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The update of one parameter (canonical key), if any LoRA touches it.
     pub(crate) fn patch(&self, param: &str) -> Option<&ParamPatch> {
         self.patches.get(param)

@@ -6,6 +6,10 @@
 //! destination directory, then a rename), so a crash never leaves a half-written video.
 //! Readers exist so tests (and `vdit compare`) can check what was written.
 //!
+//! A writer never replaces a file vdit did not write: by default an existing output is replaced
+//! only if its sidecar (`out.mp4.json`) lists it; [`Replace`] says otherwise (`--overwrite`, or a
+//! report that lists the file). See [`crate::ownership`].
+//!
 //! Format notes:
 //! - mp4: H.264 (openh264, Constrained Baseline, BT.601 limited range) muxed and read by the `mp4`
 //!   crate ([`mp4`] says why that crate). H.264 4:2:0 needs even dimensions: odd widths/heights are **padded** by repeating the
@@ -13,7 +17,9 @@
 //! - gif: one palette per frame (NeuQuant), frame delays in 1/100 s spread so the total duration is
 //!   exact (16 fps → delays 6,6,7,6,...). Lossy in colour.
 //! - png: `-o out.png` writes `out_00000.png`, `out_00001.png`, ... next to it (one file per frame,
-//!   frame numbers from 0, five digits); each file carries the frame rate in a `vdit-fps` text chunk. Lossless.
+//!   frame numbers from 0, five digits); each file carries the frame rate in a `vdit-fps` text chunk
+//!   (which also marks it as vdit's). The sequence is moved into place as a whole and replaces every
+//!   earlier frame of the pattern ([`png_seq`] says how). Lossless.
 
 mod gif_file;
 pub mod h264;
@@ -21,12 +27,12 @@ pub mod mp4;
 mod png_seq;
 mod sink;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-pub use png_seq::png_frame_path;
+pub use crate::ownership::Replace;
+pub use png_seq::{existing_frames, png_frame_path};
 pub use sink::VideoSink;
 
 /// Frame rate of Wan2.1 videos, the default for every writer.
@@ -71,6 +77,10 @@ pub enum VideoError {
         #[source]
         source: std::io::Error,
     },
+
+    /// A file is at the target that vdit did not write (and `--overwrite` was not given).
+    #[error("{reason}")]
+    Foreign { path: PathBuf, reason: String },
 
     #[error("invalid video: {0}")]
     InvalidFrames(String),
@@ -170,7 +180,8 @@ impl VideoFormat {
 }
 
 /// Checks, before any compute, that a video can be written to `path`: known extension, an existing
-/// directory, not a directory itself, and a file can be created in that directory.
+/// directory, not a directory itself, and a file can be created in that directory. Whether a file
+/// already there may be replaced is [`check_replaceable`]'s question.
 pub fn check_writable(path: &Path) -> Result<VideoFormat> {
     let format = VideoFormat::from_path(path)?;
     let not_writable = |reason: String| VideoError::NotWritable {
@@ -189,10 +200,38 @@ pub fn check_writable(path: &Path) -> Result<VideoFormat> {
     }
     // Probing with a real temporary file is the only reliable test (permissions, read-only mounts).
     tempfile::Builder::new()
-        .prefix(".vdit-probe-")
+        .prefix(&crate::ownership::temp_prefix(path))
         .tempfile_in(dir)
         .map_err(|e| not_writable(format!("cannot create a file in {}: {e}", dir.display())))?;
     Ok(format)
+}
+
+/// Checks, before any compute, that the outputs of a video at `path` (the file, or every frame of
+/// a png sequence's pattern) may be written under `replace`: one error naming the first file
+/// that may not be replaced.
+pub fn check_replaceable(path: &Path, replace: &Replace) -> Result<()> {
+    match VideoFormat::from_path(path)? {
+        VideoFormat::PngSequence => {
+            let foreign = png_seq::foreign_frames(path, replace);
+            match foreign.first() {
+                None => Ok(()),
+                Some(first) => Err(VideoError::Foreign {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "{} (one of {} such files of the sequence {})",
+                        replace.refusal(first),
+                        foreign.len(),
+                        path.display()
+                    ),
+                }),
+            }
+        }
+        _ if replace.allows(path) => Ok(()),
+        _ => Err(VideoError::Foreign {
+            path: path.to_path_buf(),
+            reason: replace.refusal(path),
+        }),
+    }
 }
 
 /// Frames per chunk when [`write_video`] feeds its sink (the VAE's chunk size).
@@ -201,9 +240,21 @@ const WRITE_CHUNK_FRAMES: usize = 4;
 /// Writes `video` to `path` in the format its extension names, at `fps` frames per second.
 /// Returns the files written (one for mp4/gif, one per frame for png). The same code path as
 /// streaming: a [`VideoSink`] fed the frames in chunks.
+/// An existing output is replaced only if its sidecar lists it ([`write_video_replacing`] for
+/// another rule).
 pub fn write_video(path: &Path, video: &VideoFrames, fps: u32) -> Result<Vec<PathBuf>> {
+    write_video_replacing(path, video, fps, Replace::for_output(path, false))
+}
+
+/// [`write_video`] with an explicit rule for a file already at `path`.
+pub fn write_video_replacing(
+    path: &Path,
+    video: &VideoFrames,
+    fps: u32,
+    replace: Replace,
+) -> Result<Vec<PathBuf>> {
     video.validate()?;
-    let mut sink = VideoSink::create(path, fps)?;
+    let mut sink = VideoSink::create_replacing(path, fps, replace)?;
     for chunk in video.frames.chunks(WRITE_CHUNK_FRAMES) {
         sink.push(VideoFrames {
             width: video.width,
@@ -283,22 +334,6 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Temporary file in the destination directory, then a rename: readers never see a partial file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".vdit-tmp-")
-        .tempfile_in(parent_dir(path))
-        .map_err(|source| VideoError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    tmp.write_all(bytes).map_err(|source| VideoError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    persist_temp(tmp, path)
 }
 
 /// Makes a finished temporary file (created next to `path`) readable, syncs it and renames it to `path`.

@@ -1,37 +1,203 @@
 //! PNG frame sequences: `out.png` names the sequence `out_00000.png`, `out_00001.png`, ...
+//!
+//! A sequence is written as a whole: the frames go into a hidden temporary folder beside the
+//! target (`.vdit-tmp-<pid>-out.png-…`, see [`crate::ownership`]) while they are produced, and
+//! only at [`PngSequenceWriter::finish`] are they moved into place. Then every existing frame of
+//! the pattern `out_<digits>.png` is removed first, frame 0 first, and the new frames are renamed
+//! in, frame 0 last: at every moment a reader finds the old sequence, no frame 0 (no sequence),
+//! or the whole new one; never a short clip that looks complete or a mix of two runs. A run
+//! killed before `finish` leaves only the temporary folder, which the next run removes.
+//!
+//! Frames are vdit's when they carry the `vdit-fps` text chunk; others of the pattern are
+//! replaced or removed only with [`Replace::Always`] (`--overwrite`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{write_atomic, ReadVideo, Result, VideoError, VideoFrames};
+use super::{parent_dir, ReadVideo, Result, VideoError, VideoFrames};
+use crate::ownership::{remove_stale_temps, temp_prefix, Replace};
 
 /// tEXt keyword under which each frame records the sequence's frame rate.
 const FPS_KEYWORD: &str = "vdit-fps";
 
 /// Path of frame `index` of the sequence named by `path` (`dir/out.png` → `dir/out_00007.png`).
 pub fn png_frame_path(path: &Path, index: usize) -> PathBuf {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("frame");
-    path.with_file_name(format!("{stem}_{index:05}.png"))
+    path.with_file_name(format!("{}_{index:05}.png", sequence_stem(path)))
 }
 
-pub(super) fn write(path: &Path, video: &VideoFrames, fps: u32) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::with_capacity(video.frames.len());
-    for (index, rgb) in video.frames.iter().enumerate() {
-        let frame_path = png_frame_path(path, index);
-        let png_err = |e: png::EncodingError| VideoError::Codec(format!("png: {e}"));
-        let mut bytes = Vec::new();
-        let mut encoder = png::Encoder::new(&mut bytes, video.width, video.height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        encoder
-            .add_text_chunk(FPS_KEYWORD.into(), fps.to_string())
-            .map_err(png_err)?;
-        let mut writer = encoder.write_header().map_err(png_err)?;
-        writer.write_image_data(rgb).map_err(png_err)?;
-        writer.finish().map_err(png_err)?;
-        write_atomic(&frame_path, &bytes)?;
-        written.push(frame_path);
+fn sequence_stem(path: &Path) -> &str {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("frame")
+}
+
+/// Every file already in the directory that belongs to the sequence `path` (`out_` + digits +
+/// `.png`, at least five digits), with its frame number, in frame order.
+pub fn existing_frames(path: &Path) -> Vec<(usize, PathBuf)> {
+    let stem = format!("{}_", sequence_stem(path));
+    let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
+        return Vec::new();
+    };
+    let mut frames: Vec<(usize, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let digits = name.to_str()?.strip_prefix(&stem)?.strip_suffix(".png")?;
+            if digits.len() < 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((digits.parse().ok()?, path.with_file_name(name)))
+        })
+        .collect();
+    frames.sort();
+    frames
+}
+
+/// Whether the png file at `path` carries vdit's `vdit-fps` chunk (only its header is read).
+pub fn written_by_vdit(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.read_info().is_ok_and(|reader| {
+        reader
+            .info()
+            .uncompressed_latin1_text
+            .iter()
+            .any(|t| t.keyword == FPS_KEYWORD)
+    })
+}
+
+/// The existing files of the sequence `path` that `replace` does not allow to replace or remove:
+/// with [`Replace::IfListedIn`], the frames without vdit's chunk that the record does not list.
+pub fn foreign_frames(path: &Path, replace: &Replace) -> Vec<PathBuf> {
+    if *replace == Replace::Always {
+        return Vec::new();
     }
-    Ok(written)
+    existing_frames(path)
+        .into_iter()
+        .map(|(_, frame)| frame)
+        .filter(|frame| !written_by_vdit(frame) && !replace.allows(frame))
+        .collect()
+}
+
+/// The error for a sequence whose pattern holds files vdit may not replace.
+fn refuse(path: &Path, foreign: &[PathBuf], replace: &Replace) -> VideoError {
+    VideoError::Foreign {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{} ({} file{} of the sequence's pattern {}_NNNNN.png)",
+            replace.refusal(&foreign[0]),
+            foreign.len(),
+            if foreign.len() == 1 { "" } else { "s" },
+            sequence_stem(path)
+        ),
+    }
+}
+
+/// Streams frames into a temporary folder and moves the whole sequence into place at `finish`.
+pub(super) struct PngSequenceWriter {
+    path: PathBuf,
+    fps: u32,
+    replace: Replace,
+    /// Removed with its contents when the writer is dropped without `finish`.
+    temp: tempfile::TempDir,
+    frames: usize,
+}
+
+impl PngSequenceWriter {
+    /// Refuses a sequence whose pattern holds files `replace` does not allow to replace, removes
+    /// the temporary folders of killed runs, and creates this run's.
+    pub(super) fn create(path: &Path, fps: u32, replace: Replace) -> Result<Self> {
+        let foreign = foreign_frames(path, &replace);
+        if !foreign.is_empty() {
+            return Err(refuse(path, &foreign, &replace));
+        }
+        let dir = parent_dir(path);
+        remove_stale_temps(dir);
+        let temp = tempfile::Builder::new()
+            .prefix(&temp_prefix(path))
+            .tempdir_in(dir)
+            .map_err(|source| VideoError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            fps,
+            replace,
+            temp,
+            frames: 0,
+        })
+    }
+
+    /// Encodes `video`'s frames into the temporary folder as the next frames of the sequence.
+    pub(super) fn push(&mut self, video: &VideoFrames) -> Result<()> {
+        for rgb in &video.frames {
+            let bytes = encode_frame(video.width, video.height, rgb, self.fps)?;
+            let name = png_frame_path(&self.path, self.frames);
+            let temp_path = self
+                .temp
+                .path()
+                .join(name.file_name().expect("a frame name"));
+            let io = |source| VideoError::Io {
+                path: name.clone(),
+                source,
+            };
+            let mut file = std::fs::File::create(&temp_path).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            self.frames += 1;
+        }
+        Ok(())
+    }
+
+    /// Moves the sequence into place (see the module docs) and returns its frames in order.
+    pub(super) fn finish(self) -> Result<Vec<PathBuf>> {
+        let foreign = foreign_frames(&self.path, &self.replace);
+        if !foreign.is_empty() {
+            return Err(refuse(&self.path, &foreign, &self.replace));
+        }
+        let io = |path: &Path, source| VideoError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // The old sequence goes first, frame 0 first: an interrupted removal leaves no frame 0.
+        for (_, old) in existing_frames(&self.path) {
+            match std::fs::remove_file(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&old, e)),
+            }
+        }
+        let targets: Vec<PathBuf> = (0..self.frames)
+            .map(|i| png_frame_path(&self.path, i))
+            .collect();
+        // Frame 0 last: until it is in place, no sequence is there to be read.
+        for target in targets.iter().rev() {
+            let from = self
+                .temp
+                .path()
+                .join(target.file_name().expect("a frame name"));
+            std::fs::rename(&from, target).map_err(|e| io(target, e))?;
+        }
+        // The folder is empty now; dropping `temp` removes it.
+        Ok(targets)
+    }
+}
+
+/// One RGB24 frame as a png file's bytes, with the frame rate in a `vdit-fps` text chunk.
+fn encode_frame(width: u32, height: u32, rgb: &[u8], fps: u32) -> Result<Vec<u8>> {
+    let png_err = |e: png::EncodingError| VideoError::Codec(format!("png: {e}"));
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .add_text_chunk(FPS_KEYWORD.into(), fps.to_string())
+        .map_err(png_err)?;
+    let mut writer = encoder.write_header().map_err(png_err)?;
+    writer.write_image_data(rgb).map_err(png_err)?;
+    writer.finish().map_err(png_err)?;
+    Ok(bytes)
 }
 
 /// Reads `out_00000.png`, `out_00001.png`, ... until the first missing number.

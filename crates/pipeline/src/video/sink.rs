@@ -2,10 +2,11 @@
 //! at a time) and encodes them on a background thread, so the H.264 encode overlaps the decode.
 //!
 //! mp4 streams: each pushed chunk goes over a bounded channel to the encoder thread, which encodes it
-//! and appends the samples to a temporary file in the destination directory. gif and png buffer the
-//! frames and encode them at [`VideoSink::finish`]. Whatever the format, the output appears only at
-//! `finish`, by a rename; a sink dropped (or failed) before that removes its temporary file and leaves
-//! whatever was at the path untouched.
+//! and appends the samples to a temporary file in the destination directory. gif buffers the frames
+//! and encodes them at [`VideoSink::finish`]; png encodes each frame into a temporary folder as it
+//! comes. Whatever the format, the output appears only at `finish`, by renames; a sink dropped (or
+//! failed) before that removes its temporary file or folder and leaves whatever was at the path
+//! untouched. A file at the path that vdit did not write is refused at `create` (see [`Replace`]).
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -18,10 +19,12 @@ use tempfile::NamedTempFile;
 
 use super::h264::H264Encoder;
 use super::mp4::Mp4Muxer;
+use super::png_seq::PngSequenceWriter;
 use super::{
-    gif_file, parent_dir, persist_temp, png_seq, Result, VideoError, VideoFormat, VideoFrames,
-    MAX_FPS,
+    check_replaceable, gif_file, parent_dir, persist_temp, Result, VideoError, VideoFormat,
+    VideoFrames, MAX_FPS,
 };
+use crate::ownership::{remove_stale_temps, temp_prefix, Replace};
 
 /// Chunks queued for the encoder before `push` waits: at most 4 chunks of up to 4 frames are held
 /// (about 19 MB at 832x480), and a producer faster than the encoder is slowed down, not buffered.
@@ -57,6 +60,8 @@ pub struct VideoSink {
     path: PathBuf,
     format: VideoFormat,
     fps: u32,
+    /// What to do with a file already at `path` (checked again just before the rename).
+    replace: Replace,
     /// Frame size, fixed by the first chunk.
     size: Option<(u32, u32)>,
     frames_pushed: usize,
@@ -67,7 +72,7 @@ enum State {
     Mp4(EncoderThread),
     /// The gif is encoded at `finish` into this temporary file.
     Gif(NamedTempFile, Vec<Vec<u8>>),
-    Png(Vec<Vec<u8>>),
+    Png(PngSequenceWriter),
     /// An error was returned; every later call says so.
     Failed(String),
     Finished,
@@ -82,10 +87,19 @@ struct EncoderThread {
 }
 
 impl VideoSink {
-    /// A writer for `path` (format from its extension, as [`super::write_video`]) at `fps`.
-    /// Checks before anything is encoded: fps, extension, not a directory, and a temporary file can
-    /// be created next to `path` (mp4 and gif keep it and write into it).
+    /// A writer for `path` (format from its extension, as [`super::write_video`]) at `fps`. An
+    /// existing output is replaced only if its sidecar lists it ([`Self::create_replacing`] for
+    /// another rule).
     pub fn create(path: &Path, fps: u32) -> Result<Self> {
+        Self::create_replacing(path, fps, Replace::for_output(path, false))
+    }
+
+    /// A writer for `path` at `fps` that treats a file already there as `replace` says.
+    /// Checks before anything is encoded: fps, extension, not a directory, the existing output
+    /// may be replaced, and a temporary file (png: folder) can be created next to `path` (mp4
+    /// and gif keep it and write into it). Temporaries of killed runs in that directory are
+    /// removed.
+    pub fn create_replacing(path: &Path, fps: u32, replace: Replace) -> Result<Self> {
         if !(1..=MAX_FPS).contains(&fps) {
             return Err(VideoError::InvalidFrames(format!(
                 "fps {fps} is outside 1..={MAX_FPS}"
@@ -98,17 +112,25 @@ impl VideoSink {
                 reason: "it is a directory".into(),
             });
         }
-        let temp = create_temp(path)?;
+        check_replaceable(path, &replace)?;
         let state = match format {
-            VideoFormat::Mp4 => State::Mp4(EncoderThread::spawn(path, temp, fps)?),
-            VideoFormat::Gif => State::Gif(temp, Vec::new()),
-            // One file per frame, each written atomically at `finish`; the probe has done its job.
-            VideoFormat::PngSequence => State::Png(Vec::new()),
+            VideoFormat::Mp4 => {
+                remove_stale_temps(parent_dir(path));
+                State::Mp4(EncoderThread::spawn(path, create_temp(path)?, fps)?)
+            }
+            VideoFormat::Gif => {
+                remove_stale_temps(parent_dir(path));
+                State::Gif(create_temp(path)?, Vec::new())
+            }
+            VideoFormat::PngSequence => {
+                State::Png(PngSequenceWriter::create(path, fps, replace.clone())?)
+            }
         };
         Ok(Self {
             path: path.to_path_buf(),
             format,
             fps,
+            replace,
             size: None,
             frames_pushed: 0,
             state,
@@ -158,7 +180,13 @@ impl VideoSink {
                     return Err(self.fail_from_thread());
                 }
             }
-            State::Gif(_, buffered) | State::Png(buffered) => buffered.extend(chunk.frames),
+            State::Gif(_, buffered) => buffered.extend(chunk.frames),
+            State::Png(writer) => {
+                if let Err(e) = writer.push(&chunk) {
+                    self.state = State::Failed(e.to_string());
+                    return Err(e);
+                }
+            }
             State::Failed(reason) => {
                 let reason = reason.clone();
                 return Err(self.earlier_failure(reason));
@@ -184,6 +212,8 @@ impl VideoSink {
             State::Mp4(thread) => {
                 let _ = thread.to_encoder.send(ToEncoder::Finish);
                 let temp = thread.join()?;
+                // Something may have appeared at the path during the encode.
+                check_replaceable(&path, &self.replace)?;
                 persist_temp(temp, &path)?;
                 Ok(vec![path])
             }
@@ -193,12 +223,11 @@ impl VideoSink {
                     path: path.clone(),
                     source,
                 })?;
+                check_replaceable(&path, &self.replace)?;
                 persist_temp(temp, &path)?;
                 Ok(vec![path])
             }
-            State::Png(frames) => {
-                png_seq::write(&path, &VideoFrames::new(width, height, frames)?, self.fps)
-            }
+            State::Png(writer) => writer.finish(),
             State::Failed(_) | State::Finished => unreachable!("checked above"),
         }
     }
@@ -372,7 +401,7 @@ fn with_path(e: VideoError, path: &Path) -> VideoError {
 /// A temporary file next to `path`, so the final rename stays on one filesystem.
 fn create_temp(path: &Path) -> Result<NamedTempFile> {
     tempfile::Builder::new()
-        .prefix(".vdit-tmp-")
+        .prefix(&temp_prefix(path))
         .tempfile_in(parent_dir(path))
         .map_err(|source| VideoError::Io {
             path: path.to_path_buf(),
