@@ -655,7 +655,7 @@ def main():
                     help="encode/decode chunk by chunk as diffusers does at inference (default: whole-clip passes, "
                          "the same function in fewer, larger kernels; scripts/train/vae_wholeclip.py checks it)")
     ap.add_argument("--latent-cache", default=None,
-                    help="file keeping the encoded training latents between calls on a warm device machine "
+                    help="file keeping the encoded training latents between runs on the same machine "
                          "(reused only for the same VAE weights; the latent budget then encodes more clips)")
     ap.add_argument("--vae-probe", action="store_true",
                     help="before VAE training, time a step with chunked and whole-clip passes at batch 16 and 32")
