@@ -11,7 +11,7 @@
 # GPU run:
 #     on the GPU machine, with .gpu/run, .whl next to the tree: bash scripts/gpu/run_all.sh
 #     (when the tree grows past ~39 MB that is over 64 MiB: carry .gpu/run/{vdit,cuda_dit,cuda_kernels}.xz one by
-#     one and the cuda_policy tests are skipped, as in run 23)
+#     one and the cuda_policy tests are skipped, as in the v9 defaults run of NOTES.md)
 #
 # QUICK=1 runs the tests, our benchmark and the stage timings only (no PyTorch side). PROFILE_OPS=1 adds the
 # stage timings of the candle-ops block path (VDIT_NO_FUSED=1).
@@ -23,7 +23,7 @@ FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT
 trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md /tmp/results/vdit.json /tmp/results/torch.json /tmp/results/cuda_rf.mp4 "$FINAL_OUT/" 2>/dev/null' EXIT
 # shellcheck disable=SC1091
 source scripts/gpu/device_env.sh
-# The v8 paths that run 22 made the defaults, each switched off: transformer without the cuBLASLt epilogue, VAE on
+# The v8 paths that kernels v9 made the defaults, each switched off: transformer without the cuBLASLt epilogue, VAE on
 # candle's cuDNN convolution. Both modes time them beside the defaults; the rows go to $OUT/switched_off.log.
 switched_off() {
   VDIT_CUBLASLT=0 timeout 60 /tmp/vdit bench transformer --device cuda --warmup 1 --iters 2 2>&1 | grep "^| transformer" | tee $OUT/switched_off.log

@@ -10,9 +10,10 @@
 # training of the shipped model's example LoRA (scripts/train/train_lora.py; the file comes back in $OUT).
 #
 # Here: STAGE_TESTS=cuda_dit bash scripts/gpu/stage.sh, then copy vdit.xz and cuda_dit.xz into .gpu/lora (the
-# tree with models/vdit-tiny and these fit the 64 MiB a call carries); .whl holds the trimmed diffusers wheel and
-# the peft, accelerate and psutil wheels (pip download --no-deps). Device call:
-#     run(command="STAGED=.gpu/lora bash scripts/gpu/run_lora.sh", carry=[".gpu/lora", ".whl"])
+# tree with models/vdit-tiny and these fit the 64 MiB a GPU run takes); .whl holds the trimmed diffusers wheel and
+# the peft, accelerate and psutil wheels (pip download --no-deps). GPU run, on the GPU machine with .gpu/lora and
+# .whl next to the tree:
+#     STAGED=.gpu/lora bash scripts/gpu/run_lora.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT /tmp/videos

@@ -324,9 +324,9 @@ def save_latent_cache(path: str, cache: dict) -> None:
 def encode_latents(args, device, pool, vae, budget: float):
     """Render the training clips and encode them (posterior mean). Returns {size: (latents bf16, captions)}.
 
-    With --latent-cache FILE (in a folder that lives on while the device machine stays warm), the clips already
+    With --latent-cache FILE (in a folder that outlives the training run), the clips already
     encoded by this same VAE are loaded and the budget goes to the next render jobs, so the data grows
-    from call to call instead of being rendered and encoded again."""
+    from training run to training run instead of being rendered and encoded again."""
     import torch
     import vae_wholeclip
 
@@ -655,7 +655,7 @@ def main():
                     help="encode/decode chunk by chunk as diffusers does at inference (default: whole-clip passes, "
                          "the same function in fewer, larger kernels; scripts/train/vae_wholeclip.py checks it)")
     ap.add_argument("--latent-cache", default=None,
-                    help="file keeping the encoded training latents between calls on a warm device machine "
+                    help="file keeping the encoded training latents between runs on the same machine "
                          "(reused only for the same VAE weights; the latent budget then encodes more clips)")
     ap.add_argument("--vae-probe", action="store_true",
                     help="before VAE training, time a step with chunked and whole-clip passes at batch 16 and 32")

@@ -83,6 +83,11 @@ fn attention_bench_times_each_density_and_mask_prediction() {
     );
     assert_eq!(report["device"], "cpu");
     assert_eq!(report["iters"], 3);
+    assert!(
+        report["build_features"].is_array(),
+        "build_features: {}",
+        report["build_features"]
+    );
     let rows = rows(&report);
     assert_eq!(rows.len(), 4, "three densities and mask prediction");
     // 700 tokens = 11 blocks of 64: the kept fraction is ceil(11·d)/11.

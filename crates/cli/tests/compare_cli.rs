@@ -87,6 +87,11 @@ fn compare_writes_its_report_and_sparsity_zero_equals_dense() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
     assert_eq!(report["settings"]["seed"], 7);
+    assert!(
+        report["build_features"].is_array(),
+        "build_features: {}",
+        report["build_features"]
+    );
     assert_eq!(report["prompt_in_grammar"], true);
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 3);

@@ -80,6 +80,11 @@ fn eval_runs_a_prompt_file_with_sparse_attention_and_writes_its_report() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(report["prompt_source"], prompts.to_str().unwrap());
+    assert!(
+        report["build_features"].is_array(),
+        "build_features: {}",
+        report["build_features"]
+    );
     assert_eq!(report["settings"]["attention"]["mode"], "rainfusion");
     assert_eq!(report["settings"]["attention"]["sparsity"], 0.8);
     let accuracy = &report["accuracy"];

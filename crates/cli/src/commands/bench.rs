@@ -107,6 +107,8 @@ pub struct PipelineStages {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub vdit_version: &'static str,
+    /// Optional backends compiled into this build (`cuda`, `cudnn`, `metal`); empty on a CPU-only build.
+    pub build_features: &'static [&'static str],
     pub device: &'static str,
     pub dtype: &'static str,
     pub warmup: usize,
@@ -231,6 +233,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     }
     let report = BenchReport {
         vdit_version: env!("CARGO_PKG_VERSION"),
+        build_features: vdit_pipeline::output::build_features(),
         device: kind.name(),
         dtype: dtype_name(dtype),
         warmup,

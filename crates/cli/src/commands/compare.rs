@@ -74,6 +74,8 @@ pub struct RunRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct CompareReport {
     pub vdit_version: &'static str,
+    /// Optional backends compiled into this build (`cuda`, `cudnn`, `metal`); empty on a CPU-only build.
+    pub build_features: &'static [&'static str],
     /// Settings of the dense run (the sparse runs differ only in `attention`).
     pub settings: GenerateSettings,
     /// Whether the prompt parses in the synthetic world's grammar (faithfulness is measured then).
@@ -247,6 +249,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     write_video_replacing(&side_by_side_path, &strip, dense_settings.fps, replace)?;
     let report = CompareReport {
         vdit_version: env!("CARGO_PKG_VERSION"),
+        build_features: vdit_pipeline::output::build_features(),
         settings: dense_settings,
         prompt_in_grammar: caption.is_some(),
         runs: rows,

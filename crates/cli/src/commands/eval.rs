@@ -83,6 +83,8 @@ pub struct AccuracySummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub vdit_version: &'static str,
+    /// Optional backends compiled into this build (`cuda`, `cudnn`, `metal`); empty on a CPU-only build.
+    pub build_features: &'static [&'static str],
     /// Settings of the first prompt's run (the others differ only in prompt, seed and output).
     pub settings: GenerateSettings,
     /// "builtin" or the prompt file.
@@ -238,6 +240,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     let accuracy = accuracy(&scores);
     let report = EvalReport {
         vdit_version: env!("CARGO_PKG_VERSION"),
+        build_features: vdit_pipeline::output::build_features(),
         settings: first,
         prompt_source,
         accuracy: AccuracySummary {

@@ -33,7 +33,8 @@ mod fused {
 
     /// Environment variable that, set to `0`, turns the cuBLASLt bias + gelu epilogue off for the
     /// feed-forward input layer (the matmul and the fused bias + gelu kernel run instead). On by
-    /// default since run 22 (scripts/gpu/NOTES.md, v9): −36 ms per 480p×81 forward.
+    /// default since kernels v9 (scripts/gpu/NOTES.md; measured on an H100, 2026-11-23,
+    /// scripts/gpu/results/h100-2026-11-23-kernels-v9/): −36 ms per 480p×81 forward.
     pub(crate) const EPILOGUE_ENV: &str = "VDIT_CUBLASLT";
 
     static EPILOGUE_BROKEN: AtomicBool = AtomicBool::new(false);

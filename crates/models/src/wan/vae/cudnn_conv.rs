@@ -22,7 +22,8 @@ use crate::error::{ModelError, Result};
 
 /// Environment variable that, set to `0`, takes the VAE's 16-bit convolutions off this path and
 /// back to candle's cuDNN convolution (which `VDIT_VAE_CONV_ALGO` tunes). This path is the default
-/// since run 22 (scripts/gpu/NOTES.md, v9): 5.0 s against 13.8 s for the 480p×81 decode.
+/// since kernels v9 (scripts/gpu/NOTES.md; measured on an H100, 2026-11-23,
+/// scripts/gpu/results/h100-2026-11-23-kernels-v9/): 5.0 s against 13.8 s for the 480p×81 decode.
 pub const TENSOR_OPS_ENV: &str = "VDIT_VAE_TENSOR_OPS";
 
 /// Whether this path serves the VAE's 16-bit CUDA convolutions: unless [`TENSOR_OPS_ENV`] is `0`
