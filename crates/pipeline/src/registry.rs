@@ -21,6 +21,11 @@
 //! negative_prompt = "..."
 //! ```
 //!
+//! A local model folder carries its own defaults in `vdit.json` ([`MODEL_DEFAULTS_FILE`]: the keys
+//! of `[defaults]`, as JSON), so `-m path/to/folder` runs with the same settings as the registry
+//! name. A local entry reads its folder's file (or the one `defaults_file` names, relative to the
+//! TOML); keys in the TOML's `[defaults]` win over the file's.
+//!
 //! The registry directory is `$VDIT_MODELS_DIR` if set, else the repository's `models/`. The
 //! hub entries are also compiled into the binary, so `vdit` works from anywhere.
 
@@ -63,7 +68,11 @@ const EMBEDDED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Settings a registry entry recommends; any may be absent (then the Wan2.1 default applies).
+/// The file in a model folder that holds its defaults (the keys of [`ModelDefaults`], as JSON).
+pub const MODEL_DEFAULTS_FILE: &str = "vdit.json";
+
+/// Settings a registry entry or a model folder recommends; any may be absent (then the family's
+/// default applies).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelDefaults {
@@ -78,6 +87,102 @@ pub struct ModelDefaults {
     pub fps: Option<u32>,
     pub sampler: Option<SamplerKind>,
     pub negative_prompt: Option<String>,
+}
+
+impl ModelDefaults {
+    /// Each key of `self`, else `fallback`'s.
+    pub fn or(&self, fallback: &ModelDefaults) -> ModelDefaults {
+        ModelDefaults {
+            width: self.width.or(fallback.width),
+            height: self.height.or(fallback.height),
+            frames: self.frames.or(fallback.frames),
+            steps: self.steps.or(fallback.steps),
+            guidance_scale: self.guidance_scale.or(fallback.guidance_scale),
+            guidance_scale_2: self.guidance_scale_2.or(fallback.guidance_scale_2),
+            shift: self.shift.or(fallback.shift),
+            fps: self.fps.or(fallback.fps),
+            sampler: self.sampler.or(fallback.sampler),
+            negative_prompt: self
+                .negative_prompt
+                .clone()
+                .or_else(|| fallback.negative_prompt.clone()),
+        }
+    }
+
+    /// The values a run could not use, one line each (empty when all are usable). Sizes are
+    /// checked against the family's multiple when the settings are resolved.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == Some(0) {
+                problems.push(format!("{name} is 0"));
+            }
+        }
+        if let Some(f) = self.frames {
+            if f == 0 || !(f - 1).is_multiple_of(4) {
+                problems.push(format!("frames {f} is not 4n+1"));
+            }
+        }
+        if let Some(s) = self.steps {
+            if !(1..=1000).contains(&s) {
+                problems.push(format!("steps {s} is outside 1..=1000"));
+            }
+        }
+        for (name, v) in [
+            ("guidance_scale", self.guidance_scale),
+            ("guidance_scale_2", self.guidance_scale_2),
+        ] {
+            if let Some(g) = v {
+                if !g.is_finite() || g < 0.0 {
+                    problems.push(format!("{name} {g} is not a finite scale ≥ 0"));
+                }
+            }
+        }
+        if let Some(s) = self.shift {
+            if !s.is_finite() || s <= 0.0 {
+                problems.push(format!("shift {s} is not a finite shift > 0"));
+            }
+        }
+        if let Some(f) = self.fps {
+            if !(1..=240).contains(&f) {
+                problems.push(format!("fps {f} is outside 1..=240"));
+            }
+        }
+        problems
+    }
+
+    /// Parses a model folder's defaults file (JSON, unknown keys refused); `path` names it in
+    /// errors, which are one line.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let bad = |reason: String| {
+            VditError::InvalidSetting(format!("model defaults {}: {reason}", path.display()))
+        };
+        let defaults: ModelDefaults = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let problems = defaults.problems();
+        if !problems.is_empty() {
+            return Err(bad(problems.join("; ")));
+        }
+        Ok(defaults)
+    }
+
+    /// Reads a model folder's defaults file.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| VditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// The defaults of the model folder `dir` ([`MODEL_DEFAULTS_FILE`]), if it has that file.
+    pub fn of_folder(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MODEL_DEFAULTS_FILE);
+        if path.is_file() {
+            Self::from_json_file(&path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 /// Where an entry's files are.
@@ -142,6 +247,9 @@ struct EntryFile {
     revision: Option<String>,
     path: Option<PathBuf>,
     family: Option<String>,
+    /// The model folder's defaults file, relative to the TOML (a local entry reads its folder's
+    /// `vdit.json` without it).
+    defaults_file: Option<PathBuf>,
     #[serde(default)]
     defaults: ModelDefaults,
 }
@@ -168,11 +276,27 @@ fn parse_entry(text: &str, file: &Path, base_dir: &Path) -> Result<ModelEntry> {
         Some(name) => family_by_name(name).map_err(|e| bad(e.to_string()))?,
         None => DEFAULT_FAMILY,
     };
+    let problems = raw.defaults.problems();
+    if !problems.is_empty() {
+        return Err(bad(format!("[defaults]: {}", problems.join("; "))));
+    }
+    // The folder's own defaults fill in what the TOML leaves out.
+    // A local model not downloaded yet has no defaults file either.
+    let folder_defaults = match (&raw.defaults_file, &source) {
+        (Some(_), EntrySource::Local(dir)) if !dir.is_dir() => None,
+        (Some(file), _) => Some(ModelDefaults::from_json_file(&base_dir.join(file))?),
+        (None, EntrySource::Local(dir)) => ModelDefaults::of_folder(dir)?,
+        (None, EntrySource::Hub { .. }) => None,
+    };
+    let defaults = match folder_defaults {
+        Some(folder) => raw.defaults.or(&folder),
+        None => raw.defaults,
+    };
     Ok(ModelEntry {
         name: raw.name,
         description: raw.description,
         source,
-        defaults: raw.defaults,
+        defaults,
         family,
         file: file.to_path_buf(),
     })

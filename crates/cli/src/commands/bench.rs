@@ -33,7 +33,9 @@ use vdit_models::wan::WanConfig;
 use vdit_pipeline::options::Choice;
 use vdit_pipeline::output::write_json_atomic;
 use vdit_pipeline::registry::Registry;
-use vdit_pipeline::settings::{self, dtype_name, resolve_device, resolve_dtype, GenerateOptions};
+use vdit_pipeline::settings::{
+    self, dtype_name, resolve_device, resolve_dtype, DeviceKind, GenerateOptions,
+};
 use vdit_pipeline::stages;
 use vdit_pipeline::{Result, VditError};
 
@@ -213,15 +215,29 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         Some(BenchTarget::Transformer(t)) => rows.push(bench_transformer(t, dtype, &timer)?),
         Some(BenchTarget::Vae(v)) => rows.push(bench_vae(v, dtype, &timer)?),
         None => {
+            // The full-size suite takes minutes on a GPU and hours on a CPU: a CPU run must
+            // name what to time.
+            if let Some(refusal) = suite_refusal(kind) {
+                return Err(VditError::InvalidSetting(refusal));
+            }
             // The issue's table: attention, the 1.3B forward dense and at 0.8, the VAE decode.
+            let total = 4;
+            let progress = |i: usize, what: &str| eprintln!("bench {i}/{total}: {what}");
+            progress(1, "attention kernels, 32,760 tokens");
             rows.extend(bench_attention(&AttentionBench::default(), dtype, &timer)?);
             let dense = TransformerBench::default();
+            progress(2, "Wan2.1-1.3B transformer forward, dense, 832x480x81");
             rows.push(bench_transformer(&dense, dtype, &timer)?);
             let sparse = TransformerBench {
                 attention: BenchAttention::Rainfusion,
                 ..dense
             };
+            progress(
+                3,
+                "Wan2.1-1.3B transformer forward, RainFusion 0.8, 832x480x81",
+            );
             rows.push(bench_transformer(&sparse, dtype, &timer)?);
+            progress(4, "Wan2.1 VAE decode, 81 frames at 832x480");
             rows.push(bench_vae(&VaeBench::default(), dtype, &timer)?);
         }
     }
@@ -237,6 +253,18 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         write_json_atomic(path, &report)?;
     }
     Ok(report)
+}
+
+/// Why `vdit bench` with no target does not run on `device` (the full-size suite on a CPU would
+/// take hours), with the commands that do; `None` on a GPU.
+pub fn suite_refusal(device: DeviceKind) -> Option<String> {
+    (device == DeviceKind::Cpu).then(|| {
+        "vdit bench with no target times the full-size GPU suite (Wan2.1-1.3B at 832x480x81), \
+         which takes hours on a CPU: run it with --device cuda, or time CPU sizes, e.g. \
+         `vdit bench attention --tokens 4096`, `vdit bench transformer --preset tiny --size 256x256 \
+         --frames 17`, `vdit bench vae --latent 5x32x32 --base-dim 32`"
+            .to_string()
+    })
 }
 
 /// Runs a closure `warmup + iters` times, synchronising the device after each, and keeps the

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use vdit_pipeline::clip::generate_clip;
 use vdit_pipeline::eval::{accuracy, parse_caption, Caption, Faithfulness, Score};
-use vdit_pipeline::options::AttentionMode;
+use vdit_pipeline::options::{AttentionMode, Choice};
 use vdit_pipeline::output::{create_output_dir, write_json_atomic, write_text_atomic};
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{resolve, GenerateSettings};
@@ -132,6 +132,8 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         prompts: prompt_file,
         builtin,
     } = args;
+    args.check_sparse_flags()
+        .map_err(VditError::InvalidSetting)?;
     let mut args = args.options();
     let (prompts, prompt_source) = match (&prompt_file, builtin) {
         (Some(path), false) => (read_prompt_file(path)?, path.display().to_string()),
@@ -253,8 +255,12 @@ impl EvalReport {
         let attention = match a.mode {
             AttentionMode::Dense => "dense".to_string(),
             mode => format!(
-                "{mode:?} sparsity {} ({} dense steps, block {}, window {:?})",
-                a.sparsity, a.dense_step_count, a.block_size, a.window
+                "{} sparsity {} ({} dense steps, block {}, window {})",
+                mode.name(),
+                a.sparsity,
+                a.dense_step_count,
+                a.block_size,
+                a.window.name()
             ),
         };
         let mut md = String::new();

@@ -3,17 +3,33 @@
 use anyhow::Context;
 
 use vdit_pipeline::registry::Registry;
-use vdit_pipeline::{settings, stages};
+use vdit_pipeline::{settings, stages, VditError};
 
 use crate::args::GenerateArgs;
 
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    args.check_sparse_flags()
+        .map_err(VditError::InvalidSetting)?;
     let registry = Registry::discover()?;
     let (settings, files) = settings::resolve(&args.options(), &registry)?;
     // Settings and seed first, so a failed or interrupted run can be reproduced.
     eprintln!("{}", settings.summary());
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
+    }
     let report = stages::generate(&settings, &files)
+        .map_err(|e| with_hint(e, settings.dtype))
         .with_context(|| format!("generating {}", settings.output.display()))?;
     eprintln!("{report}");
     Ok(())
+}
+
+/// A pipeline error, with what to try when the run diverged (it depends on the run's dtype).
+pub fn with_hint(err: VditError, dtype: candle_core::DType) -> anyhow::Error {
+    match err {
+        VditError::NonFinite { .. } => {
+            anyhow::anyhow!("{err}; {}", vdit_pipeline::error::non_finite_hint(dtype))
+        }
+        other => other.into(),
+    }
 }
