@@ -89,7 +89,11 @@ fn fuzz_video_writers() {
     let dir = tempfile::tempdir().unwrap();
     proptest!(config(48), |((w, h, frames) in frames(), fps in fps(), ext in prop::sample::select(vec!["mp4", "gif", "png"]))| {
         WRITERS.tick();
-        let path = dir.path().join(format!("out.{ext}"));
+        // A folder per case: a png sequence over an older, longer one is another matter
+        // (stale frames), tested with the writers.
+        let case_dir = dir.path().join(WRITERS.1.load(Ordering::Relaxed).to_string());
+        std::fs::create_dir(&case_dir).unwrap();
+        let path = case_dir.join(format!("out.{ext}"));
         let Ok(video) = VideoFrames::new(w, h, frames) else { return Ok(()); };
         if write_video(&path, &video, fps).is_ok() {
             let back = read_video(&path);

@@ -32,13 +32,32 @@ impl std::fmt::Debug for PromptTokenizer {
     }
 }
 
+/// `f()`, or `None` if it panicked, without the panic message on stderr (a library's internal
+/// panic on a bad file is reported by the caller as an error line instead).
+fn quiet_catch_unwind<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    result.ok()
+}
+
 impl PromptTokenizer {
     /// Reads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+        let error = |reason: String| ModelError::Tokenizer {
             path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        // The tokenizers crate unwraps inside some of its deserialisers (a syntax error in the
+        // decoder section panics; found by fuzzing): the JSON is checked here first, and a
+        // panic that still escapes on valid JSON becomes this error.
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| error(format!("invalid JSON: {e}")))?;
+        let mut tokenizer = quiet_catch_unwind(|| text.parse::<Tokenizer>())
+            .ok_or_else(|| error("the tokenizers library could not read it".into()))?
+            .map_err(|e| error(e.to_string()))?;
         // Padding and truncation settings saved in the file would change the ids; this type
         // applies its own truncation and never pads.
         tokenizer.with_padding(None);
