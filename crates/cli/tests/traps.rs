@@ -227,3 +227,40 @@ fn the_shipped_model_by_path_resolves_like_its_registry_name() {
     );
     assert_one_line_refusal(&out, &["128x128, 4000000001 frames"]);
 }
+
+#[test]
+fn absurd_bench_sizes_are_refused_too() {
+    for args in [
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "transformer",
+            "--preset",
+            "tiny",
+            "--size",
+            "65536x65536",
+        ][..],
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "attention",
+            "--tokens",
+            "4000000000",
+        ],
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "vae",
+            "--latent",
+            "1000x4096x4096",
+            "--base-dim",
+            "8",
+        ],
+    ] {
+        let out = vdit(args, Path::new("/nonexistent-cache"));
+        assert_one_line_refusal(&out, &["needs about", "memory"]);
+    }
+}

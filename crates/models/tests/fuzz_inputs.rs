@@ -350,5 +350,28 @@ fn a_syntax_error_in_the_tokenizer_decoder_is_an_error() {
     let path = dir.path().join("tokenizer.json");
     std::fs::write(&path, broken).unwrap();
     let err = PromptTokenizer::from_file(&path).unwrap_err().to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("expected"), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("expected"),
+        "{err}"
+    );
+}
+
+/// Found by `fuzz_tokenizer_file`: a template post-processor naming a special token its
+/// `special_tokens` map lacks made every encode panic inside the tokenizers crate ("no entry found
+/// for key"). Reading such a file is now an error line.
+#[test]
+fn a_template_naming_an_undefined_special_token_is_an_error() {
+    let seed =
+        std::fs::read_to_string(fixtures().join("tiny_pipeline/model/tokenizer/tokenizer.json"))
+            .unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&seed).unwrap();
+    json["post_processor"]["single"][1]["SpecialToken"]["id"] = "</x>".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+    let err = PromptTokenizer::from_file(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("tokenizers library"),
+        "{err}"
+    );
 }

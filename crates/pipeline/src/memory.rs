@@ -254,7 +254,7 @@ mod tests {
         };
         let m = shape.memory();
         assert!(m.peak > 1u128 << 64);
-        assert!(shape.sampling_flops().is_finite() || shape.sampling_flops().is_infinite());
+        assert!(!shape.sampling_flops().is_nan());
         assert!(
             human_bytes(m.peak).ends_with("e24 bytes"),
             "{}",

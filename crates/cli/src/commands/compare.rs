@@ -102,7 +102,7 @@ pub fn timing_order(runs: usize, round: usize) -> Vec<usize> {
     if runs > 0 {
         order.rotate_left((round / 2) % runs);
     }
-    if round % 2 == 1 {
+    if !round.is_multiple_of(2) {
         order.reverse();
     }
     order
@@ -114,7 +114,7 @@ fn median(samples: &[f64]) -> f64 {
     let n = sorted.len();
     match n {
         0 => f64::NAN,
-        _ if n % 2 == 1 => sorted[n / 2],
+        _ if !n.is_multiple_of(2) => sorted[n / 2],
         _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
