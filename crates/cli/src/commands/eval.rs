@@ -132,9 +132,8 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         prompts: prompt_file,
         builtin,
     } = args;
-    args.check_sparse_flags()
-        .map_err(VditError::InvalidSetting)?;
-    let mut args = args.options();
+    let generate_args = args;
+    let mut args = generate_args.options();
     let (prompts, prompt_source) = match (&prompt_file, builtin) {
         (Some(path), false) => (read_prompt_file(path)?, path.display().to_string()),
         (None, true) => (
@@ -160,7 +159,8 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     args.seed = Some(base_seed);
     args.prompt = prompts[0].clone();
     args.output = Some(dir.join(video_name(0)));
-    let (first, files) = resolve(&args, registry)?;
+    let (first, files) =
+        crate::commands::generate::with_sparse_check(&generate_args, resolve(&args, registry))?;
     eprintln!("{}", first.summary());
     eprintln!(
         "eval         {} prompts from {prompt_source}, seeds from {base_seed}",

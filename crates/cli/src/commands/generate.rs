@@ -8,10 +8,8 @@ use vdit_pipeline::{settings, stages, VditError};
 use crate::args::GenerateArgs;
 
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
-    args.check_sparse_flags()
-        .map_err(VditError::InvalidSetting)?;
     let registry = Registry::discover()?;
-    let (settings, files) = settings::resolve(&args.options(), &registry)?;
+    let (settings, files) = with_sparse_check(args, settings::resolve(&args.options(), &registry))?;
     // Settings and seed first, so a failed or interrupted run can be reproduced.
     eprintln!("{}", settings.summary());
     for warning in &settings.warnings {
@@ -31,5 +29,20 @@ pub fn with_hint(err: VditError, dtype: candle_core::DType) -> anyhow::Error {
             anyhow::anyhow!("{err}; {}", vdit_pipeline::error::non_finite_hint(dtype))
         }
         other => other.into(),
+    }
+}
+
+/// `resolved`, with the line about sparse-attention flags that dense attention would ignore
+/// reported among the other problems (every problem at once, one line each).
+pub fn with_sparse_check<T>(
+    args: &GenerateArgs,
+    resolved: vdit_pipeline::Result<T>,
+) -> vdit_pipeline::Result<T> {
+    match (args.check_sparse_flags(), resolved) {
+        (Ok(()), resolved) => resolved,
+        (Err(line), Err(VditError::InvalidSetting(others))) => {
+            Err(VditError::InvalidSetting(format!("{line}\n{others}")))
+        }
+        (Err(line), _) => Err(VditError::InvalidSetting(line)),
     }
 }
