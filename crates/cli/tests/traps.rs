@@ -54,6 +54,8 @@ fn assert_one_line_refusal(out: &Output, needles: &[&str]) {
     for needle in needles {
         assert!(errors[0].contains(needle), "{needle:?} missing:\n{text}");
     }
+    // A broken line continuation in a message shows up as a run of spaces.
+    assert!(!errors[0].contains("   "), "stray spaces:\n{text}");
 }
 
 #[test]

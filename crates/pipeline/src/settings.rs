@@ -847,7 +847,7 @@ fn check_resources(
             None => "no device has that much".to_string(),
         };
         return Err(VditError::InvalidSetting(format!(
-            "{}x{}, {} frames needs about {} of memory (transformer {}, VAE decode {}, latents {})              but {have}: use a smaller --size or fewer --frames{largest}",
+            "{}x{}, {} frames needs about {} of memory (transformer {}, VAE decode {}, latents {}) but {have}: use a smaller --size or fewer --frames{largest}",
             settings.width,
             settings.height,
             settings.frames,
@@ -861,7 +861,7 @@ fn check_resources(
         let seconds = crate::memory::cpu_sampling_seconds(&shape);
         if seconds > SLOW_CPU_RUN_S {
             warnings.push(format!(
-                "on the CPU the {} sampling steps at {}x{}, {} frames will take about {}                  (an estimate); a GPU (--device cuda), a smaller --size, fewer --frames or --steps                  are faster",
+                "on the CPU the {} sampling steps at {}x{}, {} frames will take about {} (an estimate); a GPU (--device cuda), a smaller --size, fewer --frames or --steps are faster",
                 settings.steps,
                 settings.width,
                 settings.height,
