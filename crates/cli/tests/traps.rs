@@ -266,3 +266,78 @@ fn absurd_bench_sizes_are_refused_too() {
         assert_one_line_refusal(&out, &["needs about", "memory"]);
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// NaN weights make the run diverge: the hint must fit the run's dtype (an f32 run was told to
+/// try `--dtype f32`).
+#[test]
+fn the_divergence_hint_fits_the_runs_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("nan-model");
+    copy_dir(&tiny_model(), &model);
+    let weights = model.join("transformer/diffusion_pytorch_model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let poisoned: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let nan = (t.ones_like().unwrap() * f64::NAN).unwrap();
+            (name, nan)
+        })
+        .collect();
+    candle_core::safetensors::save(&poisoned, &weights).unwrap();
+    for (dtype, says, never) in [
+        ("f32", "already f32", "try --dtype f32"),
+        ("bf16", "try --dtype f32", "already f32"),
+    ] {
+        let out = vdit(
+            &[
+                "generate",
+                "-p",
+                "a red circle moving right",
+                "--model",
+                model.to_str().unwrap(),
+                "--size",
+                "48x32",
+                "--frames",
+                "5",
+                "--steps",
+                "2",
+                "--seed",
+                "1",
+                "--device",
+                "cpu",
+                "--dtype",
+                dtype,
+                "-o",
+                dir.path().join("nan.mp4").to_str().unwrap(),
+            ],
+            &dir.path().join("cache"),
+        );
+        let text = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{dtype}: a NaN model succeeded:\n{text}"
+        );
+        let error = text
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert!(error.contains("non-finite"), "{dtype}: {text}");
+        assert!(
+            error.contains(says) && !error.contains(never),
+            "{dtype}: {error}"
+        );
+    }
+}

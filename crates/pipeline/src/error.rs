@@ -51,6 +51,13 @@ pub enum VditError {
         timestep: f32,
     },
 
+    /// An error with what to try for this run (see [`VditError::with_dtype_hint`]).
+    #[error("{error}; {hint}")]
+    Hinted {
+        error: Box<VditError>,
+        hint: &'static str,
+    },
+
     #[error("sampling: {0}")]
     Sampling(String),
 
@@ -65,6 +72,20 @@ pub enum VditError {
 }
 
 pub type Result<T> = std::result::Result<T, VditError>;
+
+impl VditError {
+    /// A diverged run ([`VditError::NonFinite`]) with the hint for the run's `dtype`
+    /// ([`non_finite_hint`]); any other error as it is.
+    pub fn with_dtype_hint(self, dtype: candle_core::DType) -> Self {
+        match self {
+            VditError::NonFinite { .. } => VditError::Hinted {
+                error: Box::new(self),
+                hint: non_finite_hint(dtype),
+            },
+            other => other,
+        }
+    }
+}
 
 /// What to try after [`VditError::NonFinite`] in a run of `dtype`: a wider dtype where there is
 /// one; in f32 an overflow is unlikely, so the weights or the noise are the suspects.

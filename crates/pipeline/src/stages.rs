@@ -211,7 +211,8 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     );
 
     let start = Instant::now();
-    let sampled = sample_latents(settings, files, &device, &text)?;
+    let sampled = sample_latents(settings, files, &device, &text)
+        .map_err(|e| e.with_dtype_hint(settings.dtype))?;
     timings.denoise_s = start.elapsed().as_secs_f64();
     timings.seconds_per_step = sampled.seconds_per_step;
     timings.transformer_load_s = sampled.model_load_s;

@@ -16,20 +16,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     let report = stages::generate(&settings, &files)
-        .map_err(|e| with_hint(e, settings.dtype))
         .with_context(|| format!("generating {}", settings.output.display()))?;
     eprintln!("{report}");
     Ok(())
-}
-
-/// A pipeline error, with what to try when the run diverged (it depends on the run's dtype).
-pub fn with_hint(err: VditError, dtype: candle_core::DType) -> anyhow::Error {
-    match err {
-        VditError::NonFinite { .. } => {
-            anyhow::anyhow!("{err}; {}", vdit_pipeline::error::non_finite_hint(dtype))
-        }
-        other => other.into(),
-    }
 }
 
 /// `resolved`, with the line about sparse-attention flags that dense attention would ignore
