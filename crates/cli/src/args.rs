@@ -54,13 +54,13 @@ pub struct GenerateArgs {
     #[arg(short = 'p', long, value_parser = non_empty)]
     pub prompt: String,
 
-    /// What the video should not look like. Default: the model's, else Wan2.1's official
-    /// negative prompt (Chinese). Pass "" for none.
+    /// What the video should not look like. Default: the model's (none for vdit-tiny), else
+    /// Wan2.1's official negative prompt (Chinese). Pass "" for none.
     #[arg(short = 'n', long)]
     pub negative_prompt: Option<String>,
 
     /// Video size WIDTHxHEIGHT (also WIDTH*HEIGHT), each a multiple of 16 (32 for Wan2.2
-    /// TI2V-5B). Default: the model's (832x480 for Wan2.1 1.3B).
+    /// TI2V-5B). Default: the model's (`vdit models` lists them).
     #[arg(long, value_parser = parse_size, value_name = "WxH")]
     pub size: Option<(u32, u32)>,
 
@@ -72,11 +72,12 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_dimension)]
     pub height: Option<u32>,
 
-    /// Number of frames, 4n+1 (the VAE makes 4 frames per latent frame after the first). Default 81.
+    /// Number of frames, 4n+1 (the VAE makes 4 frames per latent frame after the first).
+    /// Default: the model's (`vdit models` lists them).
     #[arg(long, value_parser = parse_frames)]
     pub frames: Option<u32>,
 
-    /// Sampling steps. Default 50.
+    /// Sampling steps. Default: the model's (`vdit models` lists them).
     #[arg(long, value_parser = parse_steps)]
     pub steps: Option<usize>,
 
@@ -96,7 +97,7 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = parse_shift)]
     pub shift: Option<f64>,
 
-    /// Sampler. Default: the model's (unipc for Wan; lcm for the 4-step distilled recipes).
+    /// Sampler. Default: the model's (unipc for Wan; lcm or euler for the 4-step recipes).
     #[arg(long, value_parser = choice::<SamplerKind>())]
     pub sampler: Option<SamplerKind>,
 
@@ -111,7 +112,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub seed: Option<u64>,
 
-    /// Frames per second of the output file. Default 16.
+    /// Frames per second of the output file. Default: the model's (`vdit models` lists them).
     #[arg(long, value_parser = parse_fps)]
     pub fps: Option<u32>,
 
@@ -201,35 +202,30 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = choice::<AttentionMode>(), default_value_t = AttentionMode::Dense, help_heading = "Sparse attention")]
     pub attention: AttentionMode,
 
-    /// Fraction of attention blocks skipped by RainFusion, in [0, 1).
-    #[arg(long, default_value_t = 0.8, value_parser = parse_sparsity, help_heading = "Sparse attention")]
-    pub sparsity: f64,
+    /// Fraction of attention blocks skipped by RainFusion, in [0, 1). Default 0.8.
+    #[arg(long, value_parser = parse_sparsity, help_heading = "Sparse attention")]
+    pub sparsity: Option<f64>,
 
     /// Steps run dense before sparse attention starts: a count (12) or a fraction of the steps
     /// (0.25, rounded up). Default: a quarter of the steps.
     #[arg(long, value_parser = parse_dense_steps, value_name = "N|FRACTION", help_heading = "Sparse attention")]
     pub dense_steps: Option<DenseSteps>,
 
-    /// Recompute the sparse masks every N steps and reuse them in between.
-    #[arg(long, default_value_t = 1, value_parser = parse_positive, value_name = "N", help_heading = "Sparse attention")]
-    pub mask_refresh: usize,
+    /// Recompute the sparse masks every N steps and reuse them in between. Default 1.
+    #[arg(long, value_parser = parse_positive, value_name = "N", help_heading = "Sparse attention")]
+    pub mask_refresh: Option<usize>,
 
-    /// Tokens per attention block, a power of two (64 or 128 usual).
-    #[arg(long, default_value_t = 128, value_parser = parse_block_size, help_heading = "Sparse attention")]
-    pub block_size: usize,
+    /// Tokens per attention block, a power of two (64 or 128 usual). Default 128.
+    #[arg(long, value_parser = parse_block_size, help_heading = "Sparse attention")]
+    pub block_size: Option<usize>,
 
-    /// Token window that forms a block.
-    #[arg(long, value_parser = choice::<TokenWindow>(), default_value_t = TokenWindow::Tile, help_heading = "Sparse attention")]
-    pub window: TokenWindow,
+    /// Token window that forms a block. Default tile.
+    #[arg(long, value_parser = choice::<TokenWindow>(), help_heading = "Sparse attention")]
+    pub window: Option<TokenWindow>,
 
-    /// Keep the first and last N transformer layers dense.
-    #[arg(
-        long,
-        default_value_t = 0,
-        value_name = "N",
-        help_heading = "Sparse attention"
-    )]
-    pub dense_layers: usize,
+    /// Keep the first and last N transformer layers dense. Default 0.
+    #[arg(long, value_name = "N", help_heading = "Sparse attention")]
+    pub dense_layers: Option<usize>,
 
     /// A LoRA to apply, as FILE or FILE:STRENGTH (strength 1.0 by default); repeat the flag for
     /// several. Any published Wan form: diffusers/PEFT, original Wan/ComfyUI (lora_down/up with
@@ -279,6 +275,7 @@ fn choice<T: Choice + Clone>() -> impl TypedValueParser<Value = T> {
 impl GenerateArgs {
     /// The pipeline's options for these flags.
     pub fn options(&self) -> GenerateOptions {
+        let defaults = GenerateOptions::new("");
         GenerateOptions {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -312,17 +309,48 @@ impl GenerateArgs {
             latents_in: self.latents_in.clone(),
             overwrite: self.overwrite,
             attention: self.attention,
-            sparsity: self.sparsity,
+            sparsity: self.sparsity.unwrap_or(defaults.sparsity),
             dense_steps: self.dense_steps,
-            mask_refresh: self.mask_refresh,
-            block_size: self.block_size,
-            window: self.window,
-            dense_layers: self.dense_layers,
+            mask_refresh: self.mask_refresh.unwrap_or(defaults.mask_refresh),
+            block_size: self.block_size.unwrap_or(defaults.block_size),
+            window: self.window.unwrap_or(defaults.window),
+            dense_layers: self.dense_layers.unwrap_or(defaults.dense_layers),
             loras: self.loras.clone(),
             loras_2: self.loras_2.clone(),
             lora_mode: self.lora_mode,
             lora_partial: self.lora_partial,
         }
+    }
+
+    /// The sparse-attention flags given on the command line, by name.
+    pub fn sparse_flags_given(&self) -> Vec<&'static str> {
+        [
+            ("--sparsity", self.sparsity.is_some()),
+            ("--dense-steps", self.dense_steps.is_some()),
+            ("--mask-refresh", self.mask_refresh.is_some()),
+            ("--block-size", self.block_size.is_some()),
+            ("--window", self.window.is_some()),
+            ("--dense-layers", self.dense_layers.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    /// An error line when sparse-attention flags are given with dense attention, which would
+    /// ignore them.
+    pub fn check_sparse_flags(&self) -> Result<(), String> {
+        let given = self.sparse_flags_given();
+        if self.attention != AttentionMode::Dense || given.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} {} no effect with --attention dense (the default): add --attention rainfusion \
+             (or rainfusion-v1), or leave {} out",
+            given.join(", "),
+            if given.len() == 1 { "has" } else { "have" },
+            if given.len() == 1 { "it" } else { "them" }
+        ))
     }
 }
 
@@ -443,6 +471,8 @@ pub struct CompareArgs {
     pub generate: GenerateArgs,
     /// Sparsities to compare against dense, each in [0, 1).
     pub sparsities: Vec<f64>,
+    /// Timed sampling loops per run (the median is reported).
+    pub timing_rounds: usize,
 }
 
 /// The flags `vdit compare` adds to those of `vdit generate`.
@@ -458,6 +488,11 @@ struct CompareOnlyArgs {
         help_heading = "Sparse attention"
     )]
     sparsities: Vec<f64>,
+
+    /// Timed sampling loops per run, the first with the decode and the rest sampling only, in
+    /// orders that put each run first in turn; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = parse_positive, value_name = "N")]
+    timing_rounds: usize,
 }
 
 /// A clap error for a flag of `vdit generate` that another subcommand does not take.
@@ -497,6 +532,7 @@ impl FromArgMatches for CompareArgs {
         Ok(Self {
             generate,
             sparsities: only.sparsities,
+            timing_rounds: only.timing_rounds,
         })
     }
 

@@ -42,10 +42,28 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::from(EXIT_USAGE);
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `outer: inner: os error`, each cause once: a cause
+/// whose text its parent's message already holds (`cannot write x: No space left` over the OS
+/// error `No space left`) is not repeated.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// `vdit --version`: the crate version and the optional backends compiled in, e.g.
@@ -77,4 +95,28 @@ fn run_bench(args: &args::bench::BenchArgs) -> anyhow::Result<()> {
     let report = bench::run(args).context("vdit bench")?;
     println!("{}", report.markdown());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let os = std::io::Error::from_raw_os_error(28);
+        let os_text = os.to_string();
+        let err = anyhow::Error::new(vdit_pipeline::VditError::Write {
+            path: "out.json".into(),
+            source: os,
+        })
+        .context("generating out.mp4");
+        let line = error_line(&err);
+        assert_eq!(line.matches(&os_text).count(), 1, "{line}");
+        assert!(
+            line.starts_with("generating out.mp4: cannot write out.json: "),
+            "{line}"
+        );
+        // The plain chain printer repeats it: the case this guards against.
+        assert_eq!(format!("{err:#}").matches(&os_text).count(), 2);
+    }
 }

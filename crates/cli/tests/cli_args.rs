@@ -182,6 +182,9 @@ fn several_problems_are_reported_together_one_line_each() {
         &[
             "-o",
             "clip.avi",
+            // Sparse, so that --dense-steps is taken (with dense it would be a fourth problem).
+            "--attention",
+            "rainfusion",
             "--dense-steps",
             "9",
             "--noise",

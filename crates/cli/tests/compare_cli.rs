@@ -101,7 +101,15 @@ fn compare_writes_its_report_and_sparsity_zero_equals_dense() {
         let label = run["label"].as_str().unwrap();
         assert!(finite(&run["denoise_s"], "denoise_s") > 0.0, "{label}");
         assert!(finite(&run["seconds_per_step"], "seconds_per_step") > 0.0);
-        assert!(finite(&run["speedup"], "speedup") > 0.0, "{label}");
+        // A run whose mask kept every block did the dense run's work: no speedup is claimed.
+        if run["every_block_kept"] == true {
+            assert!(run["speedup"].is_null(), "{label}: {}", run["speedup"]);
+        } else {
+            assert!(finite(&run["speedup"], "speedup") > 0.0, "{label}");
+        }
+        // The median of the timing rounds (3 by default), each sample kept.
+        let samples = run["denoise_samples_s"].as_array().unwrap();
+        assert_eq!(samples.len(), 3, "{label}");
         let density = finite(&run["effective_density"], "effective_density");
         assert!(density > 0.0 && density <= 1.0, "{label}: {density}");
         let faithfulness = &run["faithfulness"];
@@ -117,9 +125,23 @@ fn compare_writes_its_report_and_sparsity_zero_equals_dense() {
     assert_eq!(dense["speedup"], 1.0);
     assert!(dense["vs_dense"].is_null());
 
-    // Sparsity 0 keeps every block: the very same latents and frames as dense.
+    // Sparsity 0 keeps every block: the very same latents and frames as dense, and no speedup.
     let zero = &runs[1]["vs_dense"];
     assert_eq!(runs[1]["effective_density"], 1.0);
+    assert_eq!(runs[1]["every_block_kept"], true);
+    assert!(runs[1]["speedup"].is_null());
+    assert!(
+        md.contains("| rainfusion 0 |") && md.contains("none (every block kept)"),
+        "{md}"
+    );
+    assert_eq!(runs[2]["every_block_kept"], false);
+    // No Rust debug names in the report.
+    for debug_name in ["Cpu", "Tile", "Rainfusion", "Some("] {
+        assert!(
+            !md.contains(debug_name),
+            "{debug_name} in compare.md:\n{md}"
+        );
+    }
     assert_eq!(zero["identical_frames"], true);
     assert!(zero["psnr_db"].is_null(), "PSNR is +inf, written as null");
     assert_eq!(finite(&zero["ssim"], "ssim"), 1.0);

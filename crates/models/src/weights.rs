@@ -70,7 +70,7 @@ pub enum WeightsError {
     #[error("no safetensors weights found in {dir} (looked for *.safetensors and *.safetensors.index.json)")]
     NoWeights { dir: PathBuf },
 
-    #[error("missing tensor `{key}` (expected shape {expected:?}) in {files}")]
+    #[error("missing tensor `{key}`{} in {files}", expected_shape(expected))]
     MissingTensor {
         key: String,
         expected: Option<Vec<usize>>,
@@ -97,6 +97,14 @@ pub enum WeightsError {
 }
 
 pub type Result<T> = std::result::Result<T, WeightsError>;
+
+/// ` (expected shape [1024, 256])`, or nothing when no shape is expected.
+fn expected_shape(expected: &Option<Vec<usize>>) -> String {
+    match expected {
+        Some(shape) => format!(" (expected shape {shape:?})"),
+        None => String::new(),
+    }
+}
 
 /// One mmapped safetensors file with its parsed header.
 struct MappedFile {

@@ -34,7 +34,8 @@ pub fn generate_clip(
     text: &TextConditioning,
 ) -> Result<Clip> {
     let start = Instant::now();
-    let sampled = sample_latents_with(transformers, settings, device, text)?;
+    let sampled = sample_latents_with(transformers, settings, device, text)
+        .map_err(|e| e.with_dtype_hint(settings.dtype))?;
     let denoise_s = start.elapsed().as_secs_f64();
     let video = decode_with(vae, settings, &sampled.latents)?;
     Ok(Clip {

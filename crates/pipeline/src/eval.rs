@@ -21,6 +21,13 @@
 //! as a fraction of the frame width (x) or height (y); above [`AnalyserConfig::motion_fraction`] it is
 //! left/right/up/down (the larger axis); else the area ratio last/first against
 //! [`AnalyserConfig::growth_ratio`] gives growing/shrinking; else still.
+//!
+//! A clip passes only when what it shows holds through the clip, not just at its ends or in most
+//! frames: the captioned object count must be seen in at least [`AnalyserConfig::count_consistency`]
+//! of the frames (spurious fragments flickering in and out fail it), and an object captioned as
+//! moving or still must keep its size within [`AnalyserConfig::size_stability`] (largest over
+//! smallest of its area, each a median of five sightings): a shape that collapses to half its size
+//! mid-clip and regrows is broken, even if it ends where it should.
 
 use std::fmt;
 
@@ -251,6 +258,11 @@ pub struct AnalyserConfig {
     pub motion_fraction: f64,
     /// Area ratio last/first above which an object grows (below the inverse it shrinks).
     pub growth_ratio: f64,
+    /// Share of the frames that must show the clip's object count for the count to hold.
+    pub count_consistency: f64,
+    /// Largest over smallest area (medians of five sightings) that an object captioned as moving
+    /// or still may show; growing and shrinking objects are exempt.
+    pub size_stability: f64,
 }
 
 impl Default for AnalyserConfig {
@@ -262,6 +274,12 @@ impl Default for AnalyserConfig {
             min_area_pixels: 6,
             motion_fraction: 0.08,
             growth_ratio: 1.3,
+            // Calibrated on the vdit-tiny compare clips (scripts/gpu/results/cpu_compare_*):
+            // dense clips show their count in 0.90-1.00 of the frames and a size range of
+            // 1.3-1.4; the broken RainFusion 0.8 clip of vdit-tiny v3 (PSNR 21.9 dB, the circle
+            // halves and regrows) 1.9, the 0.9 clip of v4 (fragments) its count in 0.53.
+            count_consistency: 2.0 / 3.0,
+            size_stability: 1.6,
         }
     }
 }
@@ -272,7 +290,9 @@ impl AnalyserConfig {
             && (0.0..1.0).contains(&self.second_tone_fraction)
             && (0.0..1.0).contains(&self.min_area_fraction)
             && self.motion_fraction > 0.0
-            && self.growth_ratio > 1.0;
+            && self.growth_ratio > 1.0
+            && (0.0..=1.0).contains(&self.count_consistency)
+            && self.size_stability >= 1.0;
         if ok {
             Ok(())
         } else {
@@ -302,11 +322,19 @@ pub struct ObjectTrack {
     pub last: Blob,
     pub sightings: usize,
     pub motion: Motion,
+    /// Largest over smallest area over the sightings, each a median of five consecutive ones.
+    pub size_range: f64,
+    /// `size_range` is within [`AnalyserConfig::size_stability`].
+    pub size_stable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipAnalysis {
     pub object_count: usize,
+    /// Share of the frames that show `object_count` objects.
+    pub count_share: f64,
+    /// `count_share` reaches [`AnalyserConfig::count_consistency`].
+    pub count_stable: bool,
     pub objects: Vec<ObjectTrack>,
     /// Objects found in each frame.
     pub blobs_per_frame: Vec<Vec<Blob>>,
@@ -393,10 +421,14 @@ pub fn score_analysis(caption: &Caption, analysis: &ClipAnalysis) -> Score {
             .zip(&matched)
             .all(|(c, m)| m.is_some_and(|ti| check(c, &analysis.objects[ti])))
     };
+    // Growing and shrinking change size by definition; anything else must keep it.
+    let keeps_size = |c: &CaptionObject, t: &ObjectTrack| {
+        matches!(c.motion, Motion::Growing | Motion::Shrinking) || t.size_stable
+    };
     Score {
         colour_ok: all(|c, t| c.colour == t.colour),
-        motion_ok: all(|c, t| c.motion == t.motion),
-        count_ok: analysis.object_count == caption.objects.len(),
+        motion_ok: all(|c, t| c.motion == t.motion) && all(keeps_size),
+        count_ok: analysis.object_count == caption.objects.len() && analysis.count_stable,
     }
 }
 
@@ -425,8 +457,15 @@ pub fn analyse(video: &VideoFrames, cfg: &AnalyserConfig) -> Result<ClipAnalysis
 
     let object_count = modal_count(&blobs_per_frame);
     let objects = track_objects(&blobs_per_frame, object_count, w, h, cfg);
+    let count_share = blobs_per_frame
+        .iter()
+        .filter(|b| b.len() == object_count)
+        .count() as f64
+        / blobs_per_frame.len().max(1) as f64;
     Ok(ClipAnalysis {
         object_count,
+        count_share,
+        count_stable: count_share >= cfg.count_consistency,
         objects,
         blobs_per_frame,
         background,
@@ -659,7 +698,10 @@ fn summarise_track(
         .rev()
         .max_by_key(|&i| votes[i])
         .unwrap_or(0);
+    let size_range = size_range(sightings);
     ObjectTrack {
+        size_range,
+        size_stable: size_range <= cfg.size_stability,
         colour: PaletteColour::ALL[best],
         first_frame,
         last_frame,
@@ -667,6 +709,24 @@ fn summarise_track(
         last,
         sightings: sightings.len(),
         motion: classify_motion(&first, &last, w, h, cfg),
+    }
+}
+
+/// Largest over smallest of the track's area, each taken as the median of five consecutive
+/// sightings so that one flickering frame does not count.
+fn size_range(sightings: &[(usize, Blob)]) -> f64 {
+    let areas: Vec<f64> = sightings.iter().map(|(_, b)| b.area as f64).collect();
+    let window = 5.min(areas.len()).max(1);
+    let smoothed: Vec<f64> = areas
+        .windows(window)
+        .map(|w| median(&mut w.to_vec()))
+        .collect();
+    let max = smoothed.iter().copied().fold(0.0, f64::max);
+    let min = smoothed.iter().copied().fold(f64::INFINITY, f64::min);
+    if min > 0.0 && min.is_finite() {
+        max / min
+    } else {
+        1.0
     }
 }
 

@@ -59,7 +59,7 @@ fn write_atomic(
 }
 
 fn write_error(path: &Path, source: std::io::Error) -> VditError {
-    VditError::Io {
+    VditError::Write {
         path: path.to_path_buf(),
         source,
     }

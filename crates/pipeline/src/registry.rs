@@ -28,6 +28,11 @@
 //! expert = 1                                     # optional; two-expert models: 1 high, 2 low noise
 //! ```
 //!
+//! A local model folder carries its own defaults in `vdit.json` ([`MODEL_DEFAULTS_FILE`]: the keys
+//! of `[defaults]`, as JSON), so `-m path/to/folder` runs with the same settings as the registry
+//! name. A local entry reads its folder's file (or the one `defaults_file` names, relative to the
+//! TOML); keys in the TOML's `[defaults]` win over the file's.
+//!
 //! The registry directory is `$VDIT_MODELS_DIR` if set, else the repository's `models/`. The
 //! hub entries are also compiled into the binary, so `vdit` works from anywhere.
 
@@ -78,7 +83,11 @@ const EMBEDDED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Settings a registry entry recommends; any may be absent (then the Wan2.1 default applies).
+/// The file in a model folder that holds its defaults (the keys of [`ModelDefaults`], as JSON).
+pub const MODEL_DEFAULTS_FILE: &str = "vdit.json";
+
+/// Settings a registry entry or a model folder recommends; any may be absent (then the family's
+/// default applies).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelDefaults {
@@ -132,6 +141,111 @@ impl EntryLora {
             path,
             strength: self.strength,
         })
+    }
+}
+
+impl ModelDefaults {
+    /// Each key of `self`, else `fallback`'s.
+    pub fn or(&self, fallback: &ModelDefaults) -> ModelDefaults {
+        ModelDefaults {
+            width: self.width.or(fallback.width),
+            height: self.height.or(fallback.height),
+            frames: self.frames.or(fallback.frames),
+            steps: self.steps.or(fallback.steps),
+            guidance_scale: self.guidance_scale.or(fallback.guidance_scale),
+            guidance_scale_2: self.guidance_scale_2.or(fallback.guidance_scale_2),
+            shift: self.shift.or(fallback.shift),
+            fps: self.fps.or(fallback.fps),
+            sampler: self.sampler.or(fallback.sampler),
+            timesteps: self
+                .timesteps
+                .clone()
+                .or_else(|| fallback.timesteps.clone()),
+            negative_prompt: self
+                .negative_prompt
+                .clone()
+                .or_else(|| fallback.negative_prompt.clone()),
+        }
+    }
+
+    /// The values a run could not use, one line each (empty when all are usable). Sizes are
+    /// checked against the family's multiple when the settings are resolved.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == Some(0) {
+                problems.push(format!("{name} is 0"));
+            }
+        }
+        if let Some(f) = self.frames {
+            if f == 0 || !(f - 1).is_multiple_of(4) {
+                problems.push(format!("frames {f} is not 4n+1"));
+            }
+        }
+        if let Some(s) = self.steps {
+            if !(1..=1000).contains(&s) {
+                problems.push(format!("steps {s} is outside 1..=1000"));
+            }
+        }
+        for (name, v) in [
+            ("guidance_scale", self.guidance_scale),
+            ("guidance_scale_2", self.guidance_scale_2),
+        ] {
+            if let Some(g) = v {
+                if !g.is_finite() || g < 0.0 {
+                    problems.push(format!("{name} {g} is not a finite scale ≥ 0"));
+                }
+            }
+        }
+        if let Some(s) = self.shift {
+            if !s.is_finite() || s <= 0.0 {
+                problems.push(format!("shift {s} is not a finite shift > 0"));
+            }
+        }
+        if let Some(f) = self.fps {
+            if !(1..=240).contains(&f) {
+                problems.push(format!("fps {f} is outside 1..=240"));
+            }
+        }
+        if let Some(list) = &self.timesteps {
+            if let Err(e) = crate::sampling::check_step_list(list) {
+                problems.push(format!("timesteps: {e}"));
+            }
+        }
+        problems
+    }
+
+    /// Parses a model folder's defaults file (JSON, unknown keys refused); `path` names it in
+    /// errors, which are one line.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let bad = |reason: String| {
+            VditError::InvalidSetting(format!("model defaults {}: {reason}", path.display()))
+        };
+        let defaults: ModelDefaults = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let problems = defaults.problems();
+        if !problems.is_empty() {
+            return Err(bad(problems.join("; ")));
+        }
+        Ok(defaults)
+    }
+
+    /// Reads a model folder's defaults file.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| VditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// The defaults of the model folder `dir` ([`MODEL_DEFAULTS_FILE`]), if it has that file.
+    pub fn of_folder(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MODEL_DEFAULTS_FILE);
+        if path.is_file() {
+            Self::from_json_file(&path).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -199,6 +313,9 @@ struct EntryFile {
     revision: Option<String>,
     path: Option<PathBuf>,
     family: Option<String>,
+    /// The model folder's defaults file, relative to the TOML (a local entry reads its folder's
+    /// `vdit.json` without it).
+    defaults_file: Option<PathBuf>,
     #[serde(default)]
     defaults: ModelDefaults,
     #[serde(default)]
@@ -238,11 +355,27 @@ fn parse_entry(text: &str, file: &Path, base_dir: &Path) -> Result<ModelEntry> {
             )));
         }
     }
+    let problems = raw.defaults.problems();
+    if !problems.is_empty() {
+        return Err(bad(format!("[defaults]: {}", problems.join("; "))));
+    }
+    // The folder's own defaults fill in what the TOML leaves out.
+    // A local model not downloaded yet has no defaults file either.
+    let folder_defaults = match (&raw.defaults_file, &source) {
+        (Some(_), EntrySource::Local(dir)) if !dir.is_dir() => None,
+        (Some(file), _) => Some(ModelDefaults::from_json_file(&base_dir.join(file))?),
+        (None, EntrySource::Local(dir)) => ModelDefaults::of_folder(dir)?,
+        (None, EntrySource::Hub { .. }) => None,
+    };
+    let defaults = match folder_defaults {
+        Some(folder) => raw.defaults.or(&folder),
+        None => raw.defaults,
+    };
     Ok(ModelEntry {
         name: raw.name,
         description: raw.description,
         source,
-        defaults: raw.defaults,
+        defaults,
         loras: raw.lora,
         family,
         file: file.to_path_buf(),

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::{Result, VditError};
 use crate::family::{detect_family, FamilyFlag, GuidanceSource, ModelFamily};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
+use crate::memory::{human_bytes, human_duration, RunShape, TransformerShape};
 use crate::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
 use crate::registry::{ModelDefaults, Registry};
 use crate::sampling::SamplerKind;
@@ -318,6 +319,10 @@ pub struct GenerateSettings {
     /// the model name there already says it.
     #[serde(skip)]
     pub family: &'static ModelFamily,
+    /// What the user should know before the run starts (a slow CPU run, a prompt longer than the
+    /// text encoder reads), one line each; the CLI prints them as warnings.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 fn serialize_dense_steps<S: serde::Serializer>(
@@ -646,8 +651,21 @@ pub fn resolve(
     let location = ModelLocation::parse(&model, registry)?;
     let hub = HubOptions::from_env(args.offline);
     let files = ModelFiles::new(location, hub.clone());
-    let empty = ModelDefaults::default();
-    let defaults = registry.get(&model).map(|e| &e.defaults).unwrap_or(&empty);
+    // A registry entry's defaults (its TOML and its folder's file), else a local folder's own.
+    let folder_defaults = match (registry.get(&model), files.location()) {
+        (None, ModelLocation::Local(dir)) => match ModelDefaults::of_folder(dir) {
+            Ok(d) => d.unwrap_or_default(),
+            Err(e) => {
+                problems.push(e.to_string());
+                ModelDefaults::default()
+            }
+        },
+        _ => ModelDefaults::default(),
+    };
+    let defaults = registry
+        .get(&model)
+        .map(|e| &e.defaults)
+        .unwrap_or(&folder_defaults);
     let index = model_index(&files);
     let family = match registry.get(&model) {
         Some(entry) => entry.family,
@@ -945,9 +963,130 @@ pub fn resolve(
         },
         lora: loras,
         family,
+        warnings: Vec::new(),
     };
+    let mut settings = settings;
+    settings.warnings = check_resources(&settings, &files, args)?;
     Ok((settings, files))
 }
+
+/// The transformer's shape and weight bytes of a local model (its `transformer/config.json` and
+/// weight files, or `--dit`'s), else those of Wan2.1-1.3B and unknown weights.
+fn transformer_facts(files: &ModelFiles, args: &GenerateOptions) -> (TransformerShape, u64) {
+    let dir = match (&args.dit, files.location()) {
+        (Some(dit), _) if dit.is_dir() => Some(dit.clone()),
+        (Some(_), _) => None,
+        (None, ModelLocation::Local(dir)) => Some(dir.join("transformer")),
+        (None, ModelLocation::Hub { .. }) => None,
+    };
+    let shape = dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("config.json")).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| TransformerShape::from_config_json(&json))
+        .unwrap_or(TransformerShape::WAN21_1_3B);
+    let weight_bytes = match (&args.dit, &dir) {
+        (Some(file), _) if file.is_file() => file.metadata().map_or(0, |m| m.len()),
+        (_, Some(dir)) => std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .fold(0u64, u64::saturating_add)
+        }),
+        _ => 0,
+    };
+    (shape, weight_bytes)
+}
+
+/// Refuses a run that cannot fit in memory (one line, before anything loads) and returns the
+/// warnings a run should print first: a CPU run that will be slow. See [`crate::memory`].
+fn check_resources(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    args: &GenerateOptions,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let family = settings.family;
+    let (transformer, weight_bytes) = transformer_facts(files, args);
+    let [_, channels, latent_frames, latent_h, latent_w] =
+        family
+            .latent
+            .shape(settings.width, settings.height, settings.frames);
+    let (pf, ph, pw) = family.latent.patch;
+    let tokens = ((latent_frames / pf) as u64)
+        .saturating_mul((latent_h / ph) as u64)
+        .saturating_mul((latent_w / pw) as u64);
+    let shape = RunShape {
+        width: settings.width as u64,
+        height: settings.height as u64,
+        frames: settings.frames as u64,
+        latent: [
+            channels as u64,
+            latent_frames as u64,
+            latent_h as u64,
+            latent_w as u64,
+        ],
+        tokens,
+        batch: if settings.uses_guidance() { 2 } else { 1 },
+        transformer,
+        weight_bytes,
+        dtype_bytes: settings.dtype.size_in_bytes() as u64,
+        vae_tiling: settings.vae_tiling,
+        steps: settings.steps as u64,
+    };
+    let need = shape.memory();
+    let available = match settings.device {
+        DeviceKind::Cpu => crate::memory::cpu_available_bytes(),
+        _ => crate::memory::device_available_bytes(),
+    };
+    // Beyond this no device of today fits a run, whatever `available` says (or cannot say).
+    const NO_DEVICE_HAS: u128 = 4_000_000_000_000;
+    let limit = available.map_or(NO_DEVICE_HAS, |a| (a as u128).min(NO_DEVICE_HAS));
+    if need.peak > limit {
+        let largest = if need.vae_decode > need.transformer && !settings.vae_tiling {
+            "; --vae-tiling decodes in tiles"
+        } else {
+            ""
+        };
+        let have = match available {
+            Some(a) => format!(
+                "the {} has {} available",
+                settings.device.name(),
+                human_bytes(a as u128)
+            ),
+            None => "no device has that much".to_string(),
+        };
+        return Err(VditError::InvalidSetting(format!(
+            "{}x{}, {} frames needs about {} of memory (transformer {}, VAE decode {}, latents {}) but {have}: use a smaller --size or fewer --frames{largest}",
+            settings.width,
+            settings.height,
+            settings.frames,
+            human_bytes(need.peak),
+            human_bytes(need.transformer),
+            human_bytes(need.vae_decode),
+            human_bytes(need.latents),
+        )));
+    }
+    if settings.device == DeviceKind::Cpu {
+        let seconds = crate::memory::cpu_sampling_seconds(&shape);
+        if seconds > SLOW_CPU_RUN_S {
+            warnings.push(format!(
+                "on the CPU the {} sampling steps at {}x{}, {} frames will take about {} (an estimate); a GPU (--device cuda), a smaller --size, fewer --frames or --steps are faster",
+                settings.steps,
+                settings.width,
+                settings.height,
+                settings.frames,
+                human_duration(seconds)
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// A CPU run whose sampling is estimated longer than this gets a warning (seconds).
+pub const SLOW_CPU_RUN_S: f64 = 600.0;
 
 #[cfg(test)]
 mod seed_tests {

@@ -162,6 +162,8 @@ pub struct Sidecar<'a> {
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub output: std::path::PathBuf,
+    /// The video files written: one for mp4 and gif, one per frame for png.
+    pub video_files: Vec<std::path::PathBuf>,
     pub sidecar: std::path::PathBuf,
     pub timings: StageTimings,
     pub effective_density: f64,
@@ -169,10 +171,20 @@ pub struct RunReport {
 
 impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A png run writes numbered frames, never the `-o` name itself.
+        let video = match self.video_files.as_slice() {
+            [first, .., last] => format!(
+                "{} frames, {} … {}",
+                self.video_files.len(),
+                first.display(),
+                last.display()
+            ),
+            [only] => only.display().to_string(),
+            [] => self.output.display().to_string(),
+        };
         write!(
             f,
-            "wrote {} (settings, timings and seed in {})",
-            self.output.display(),
+            "wrote {video} (settings, timings and seed in {})",
             self.sidecar.display()
         )
     }
@@ -264,6 +276,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     timings.total_s = run_start.elapsed().as_secs_f64();
     Ok(RunReport {
         output: settings.output.clone(),
+        video_files: files_written,
         sidecar: sidecar_path,
         timings,
         effective_density,
@@ -296,7 +309,8 @@ fn encode_and_sample(
     );
 
     let start = Instant::now();
-    let sampled = sample_latents(settings, files, device, &text)?;
+    let sampled = sample_latents(settings, files, device, &text)
+        .map_err(|e| e.with_dtype_hint(settings.dtype))?;
     timings.denoise_s = start.elapsed().as_secs_f64();
     timings.seconds_per_step = sampled.seconds_per_step;
     timings.transformer_load_s = sampled.model_load_s;
@@ -427,8 +441,9 @@ pub fn check_outputs(settings: &GenerateSettings) -> Result<()> {
     }
 }
 
+/// A video file's error as it is (a full disk while writing the video is not a sampling error).
 fn video_error(e: crate::video::VideoError) -> VditError {
-    VditError::Sampling(format!("video output: {e}"))
+    VditError::Video(e)
 }
 
 /// The decoder's `[1, 3, F, H, W]` in [-1, 1] as RGB24 frames.
@@ -497,6 +512,13 @@ impl PromptEncoder {
 
     /// One prompt → `[1, TEXT_LEN, d_model]` f32 (real tokens encoded, then zero rows).
     pub fn encode(&self, prompt: &str) -> Result<Tensor> {
+        // Counted whole first, so a prompt longer than the encoder reads is said, not cut silently.
+        let all = self.tokenizer.encode(prompt, usize::MAX)?.len();
+        if all > TEXT_LEN {
+            eprintln!(
+                "warning: the prompt is {all} tokens long; the text encoder reads the first {TEXT_LEN} and the rest is ignored"
+            );
+        }
         let ids = self.tokenizer.encode(prompt, TEXT_LEN)?;
         Ok(self
             .encoder

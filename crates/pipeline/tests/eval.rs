@@ -550,3 +550,80 @@ fn training_world_clips_survive_heavy_blur() {
         failures.join("\n")
     );
 }
+
+/// Frames `from..to` of `inner` spliced into `outer` (same size and length).
+fn splice(outer: &VideoFrames, inner: &VideoFrames, from: usize, to: usize) -> VideoFrames {
+    let mut frames = outer.frames.clone();
+    frames[from..to].clone_from_slice(&inner.frames[from..to]);
+    VideoFrames::new(outer.width, outer.height, frames).unwrap()
+}
+
+/// The broken RainFusion 0.8 clip of vdit-tiny v3 (scripts/gpu/results/cpu_compare_vdit-tiny-v3):
+/// the circle moves right as captioned but collapses to half its area mid-clip and regrows. The
+/// analyser used to pass it (it looked only at the ends); a shape that does not hold is not a
+/// red circle moving right.
+#[test]
+fn a_shape_that_collapses_mid_clip_fails_motion() {
+    let c = SIZE as f32 / 2.0;
+    let whole = render(
+        &[disc(
+            PaletteColour::Red,
+            (c - 30.0, c, 12.0),
+            (c + 30.0, c, 12.0),
+        )],
+        Backdrop::Plain(PaletteColour::Yellow.rgb()),
+        0,
+    );
+    // Same path, 0.7 of the radius (half the area) in the middle half of the clip.
+    let collapsed = render(
+        &[disc(
+            PaletteColour::Red,
+            (c - 30.0, c, 8.4),
+            (c + 30.0, c, 8.4),
+        )],
+        Backdrop::Plain(PaletteColour::Yellow.rgb()),
+        0,
+    );
+    let caption = "a red circle moving right on a yellow background";
+    assert_eq!(score(caption, &whole).unwrap(), ALL_OK);
+    let broken = splice(&whole, &collapsed, FRAMES / 4, 3 * FRAMES / 4);
+    let s = score(caption, &broken).unwrap();
+    assert!(s.colour_ok && s.count_ok && !s.motion_ok, "{s:?}");
+    // A growing object changes size by definition and still passes.
+    let growing = render(
+        &[moving(PaletteColour::Red, Motion::Growing)],
+        Backdrop::Plain(PaletteColour::Yellow.rgb()),
+        0,
+    );
+    assert_eq!(
+        score("a red circle growing on a yellow background", &growing).unwrap(),
+        ALL_OK
+    );
+}
+
+/// The 0.9 clip of vdit-tiny v4: fragments split off the object in about half of the frames. The
+/// modal count is still one, but one object is not what the clip shows.
+#[test]
+fn fragments_in_many_frames_fail_the_count() {
+    let c = SIZE as f32 / 2.0;
+    let backdrop = Backdrop::Plain(PaletteColour::Blue.rgb());
+    let one = render(&[moving(PaletteColour::Red, Motion::Right)], backdrop, 0);
+    let fragment = disc(PaletteColour::Red, (c, c + 40.0, 4.0), (c, c + 40.0, 4.0));
+    let two = render(
+        &[moving(PaletteColour::Red, Motion::Right), fragment],
+        backdrop,
+        0,
+    );
+    let caption = "a red circle moving right on a blue background";
+    // Fragments in every other frame: the count of one holds in about half of them.
+    let mut flicker = one.clone();
+    for t in (1..FRAMES).step_by(2) {
+        flicker.frames[t] = two.frames[t].clone();
+    }
+    let s = score(caption, &flicker).unwrap();
+    assert!(!s.count_ok, "{s:?}");
+    // A fragment in one frame of many does not change the verdict.
+    let mut once = one.clone();
+    once.frames[FRAMES / 2] = two.frames[FRAMES / 2].clone();
+    assert_eq!(score(caption, &once).unwrap(), ALL_OK);
+}

@@ -30,10 +30,13 @@ use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
 use vdit_models::wan::WanConfig;
 
+use vdit_pipeline::memory::{self, RunShape, TransformerShape};
 use vdit_pipeline::options::Choice;
 use vdit_pipeline::output::write_json_atomic;
 use vdit_pipeline::registry::Registry;
-use vdit_pipeline::settings::{self, dtype_name, resolve_device, resolve_dtype, GenerateOptions};
+use vdit_pipeline::settings::{
+    self, dtype_name, resolve_device, resolve_dtype, DeviceKind, GenerateOptions,
+};
 use vdit_pipeline::stages;
 use vdit_pipeline::{Result, VditError};
 
@@ -219,15 +222,29 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         Some(BenchTarget::Transformer(t)) => rows.push(bench_transformer(t, dtype, &timer)?),
         Some(BenchTarget::Vae(v)) => rows.push(bench_vae(v, dtype, &timer)?),
         None => {
+            // The full-size suite takes minutes on a GPU and hours on a CPU: a CPU run must
+            // name what to time.
+            if let Some(refusal) = suite_refusal(kind) {
+                return Err(VditError::InvalidSetting(refusal));
+            }
             // The issue's table: attention, the 1.3B forward dense and at 0.8, the VAE decode.
+            let total = 4;
+            let progress = |i: usize, what: &str| eprintln!("bench {i}/{total}: {what}");
+            progress(1, "attention kernels, 32,760 tokens");
             rows.extend(bench_attention(&AttentionBench::default(), dtype, &timer)?);
             let dense = TransformerBench::default();
+            progress(2, "Wan2.1-1.3B transformer forward, dense, 832x480x81");
             rows.push(bench_transformer(&dense, dtype, &timer)?);
             let sparse = TransformerBench {
                 attention: BenchAttention::Rainfusion,
                 ..dense
             };
+            progress(
+                3,
+                "Wan2.1-1.3B transformer forward, RainFusion 0.8, 832x480x81",
+            );
             rows.push(bench_transformer(&sparse, dtype, &timer)?);
+            progress(4, "Wan2.1 VAE decode, 81 frames at 832x480");
             rows.push(bench_vae(&VaeBench::default(), dtype, &timer)?);
         }
     }
@@ -244,6 +261,43 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         write_json_atomic(path, &report)?;
     }
     Ok(report)
+}
+
+/// Refuses a bench whose inputs cannot fit on `device` (see `vdit_pipeline::memory`), before
+/// anything is allocated: one line naming the flags to change.
+fn refuse_if_too_big(device: &Device, need: u128, flags: &str) -> Result<()> {
+    let available = match device {
+        Device::Cpu => memory::cpu_available_bytes(),
+        _ => memory::device_available_bytes(),
+    };
+    const NO_DEVICE_HAS: u128 = 4_000_000_000_000;
+    let limit = available.map_or(NO_DEVICE_HAS, |a| (a as u128).min(NO_DEVICE_HAS));
+    if need > limit {
+        return Err(VditError::InvalidSetting(format!(
+            "{flags}: this bench needs about {} of memory but {}; use smaller sizes",
+            memory::human_bytes(need),
+            match available {
+                Some(a) => format!(
+                    "the device has {} available",
+                    memory::human_bytes(a as u128)
+                ),
+                None => "no device has that much".into(),
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Why `vdit bench` with no target does not run on `device` (the full-size suite on a CPU would
+/// take hours), with the commands that do; `None` on a GPU.
+pub fn suite_refusal(device: DeviceKind) -> Option<String> {
+    (device == DeviceKind::Cpu).then(|| {
+        "vdit bench with no target times the full-size GPU suite (Wan2.1-1.3B at 832x480x81), \
+         which takes hours on a CPU: run it with --device cuda, or time CPU sizes, e.g. \
+         `vdit bench attention --tokens 4096`, `vdit bench transformer --preset tiny --size 256x256 \
+         --frames 17`, `vdit bench vae --latent 5x32x32 --base-dim 32`"
+            .to_string()
+    })
 }
 
 /// Runs a closure `warmup + iters` times, synchronising the device after each, and keeps the
@@ -330,6 +384,11 @@ impl Timer {
 /// [`block_sparse_attention`] with a random mask otherwise, and [`predict_block_mask`].
 fn bench_attention(a: &AttentionBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>> {
     let device = &timer.device;
+    // q, k, v and the output, f32 on the host first.
+    let values = [a.batch, a.heads, a.tokens, a.head_dim]
+        .iter()
+        .fold(1u128, |acc, &n| acc.saturating_mul(n as u128));
+    refuse_if_too_big(device, values.saturating_mul(4 * 4 * 2), "--tokens/--heads")?;
     let shape = (a.batch, a.heads, a.tokens, a.head_dim);
     // Drawn on the host from the seed (not every backend can seed its generator): uniform with
     // unit variance.
@@ -496,6 +555,29 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
             cfg.patch_size
         )));
     }
+    let shape = RunShape {
+        width: width as u64,
+        height: height as u64,
+        frames: frames as u64,
+        latent: [
+            cfg.in_channels as u64,
+            grid[0] as u64,
+            grid[1] as u64,
+            grid[2] as u64,
+        ],
+        tokens: (grid[0] / pt * (grid[1] / ph)) as u64 * (grid[2] / pw) as u64,
+        batch: t.batch as u64,
+        transformer: TransformerShape {
+            dim: (cfg.num_heads * cfg.head_dim) as u64,
+            ffn_dim: cfg.ffn_dim as u64,
+            layers: cfg.num_layers as u64,
+        },
+        weight_bytes: 0,
+        dtype_bytes: dtype.size_in_bytes() as u64,
+        vae_tiling: false,
+        steps: 1,
+    };
+    refuse_if_too_big(device, shape.memory().transformer, "--size/--frames")?;
     let model = WanTransformer::random(&cfg, dtype, device)?;
     let latents = Tensor::randn(
         0f32,
@@ -567,8 +649,27 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     }
     cfg.validate()
         .map_err(|e| VditError::InvalidSetting(format!("vae flags: {e}")))?;
-    let decoder = WanVaeDecoder::random(&cfg, dtype, device)?;
     let [f, h, w] = v.latent.unwrap_or(default_latent);
+    let scale = cfg.spatial_scale() as u64;
+    let frames = (f as u64).saturating_sub(1).saturating_mul(4) + 1;
+    let need = RunShape {
+        width: (w as u64).saturating_mul(scale),
+        height: (h as u64).saturating_mul(scale),
+        frames,
+        latent: [cfg.z_dim as u64, f as u64, h as u64, w as u64],
+        tokens: 0,
+        batch: v.batch as u64,
+        transformer: TransformerShape::WAN21_1_3B,
+        weight_bytes: 0,
+        dtype_bytes: dtype.size_in_bytes() as u64,
+        vae_tiling: v.tiling,
+        steps: 0,
+    }
+    .memory()
+    .vae_decode
+    .saturating_mul(v.batch as u128);
+    refuse_if_too_big(device, need, "--latent/--batch")?;
+    let decoder = WanVaeDecoder::random(&cfg, dtype, device)?;
     let latents = Tensor::randn(0f32, 1.0, (v.batch, cfg.z_dim, f, h, w), device)?;
     let tiling = v.tiling.then(VaeTiling::default);
     let timing = timer.time(|| {
@@ -694,8 +795,10 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
             dir.clone()
         }
         None => {
-            temp = tempfile::tempdir()
-                .map_err(|e| VditError::Sampling(format!("temporary folder: {e}")))?;
+            temp = tempfile::tempdir().map_err(|source| VditError::Write {
+                path: std::env::temp_dir(),
+                source,
+            })?;
             temp.path().to_path_buf()
         }
     };

@@ -22,13 +22,16 @@ use vdit_pipeline::clip::{generate_clip, warm_up, Clip};
 use vdit_pipeline::eval::{parse_caption, Faithfulness};
 use vdit_pipeline::metrics::{cosine_similarity, frame_quality, side_by_side};
 use vdit_pipeline::options::AttentionMode;
+use vdit_pipeline::options::Choice;
 use vdit_pipeline::output::{
     check_report_outputs, create_output_dir, write_json_atomic, write_text_atomic,
 };
 use vdit_pipeline::ownership::Replace;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{dtype_name, resolve, GenerateSettings};
-use vdit_pipeline::stages::{build_attention, encode_prompts, load_transformers, load_vae};
+use vdit_pipeline::stages::{
+    build_attention, encode_prompts, load_transformers, load_vae, sample_latents_with,
+};
 use vdit_pipeline::video::{write_video_replacing, VideoFrames};
 use vdit_pipeline::{Result, VditError};
 
@@ -59,10 +62,16 @@ pub struct RunRow {
     pub sparsity: Option<f64>,
     /// Fraction of attention blocks computed, averaged over layers, heads and steps.
     pub effective_density: f64,
+    /// Median wall time of the sampling loop over the timing rounds, seconds.
     pub denoise_s: f64,
     pub seconds_per_step: f64,
-    /// Dense denoise time / this run's.
-    pub speedup: f64,
+    /// Every timed sampling loop of this run, in the order taken, seconds.
+    pub denoise_samples_s: Vec<f64>,
+    /// The sparse mask kept every block at every step: the run did the dense run's work.
+    pub every_block_kept: bool,
+    /// Dense median denoise time / this run's; `null` when the run kept every block (it is the
+    /// dense run again, and any difference is noise).
+    pub speedup: Option<f64>,
     /// `null` for the dense row.
     pub vs_dense: Option<Agreement>,
     /// `null` when the prompt is not a caption of the synthetic world's grammar.
@@ -106,7 +115,34 @@ const REPORT_JSON: &str = "compare.json";
 const REPORT_MD: &str = "compare.md";
 const SIDE_BY_SIDE: &str = "side_by_side.mp4";
 
-const TIMING_NOTE: &str = "runs in table order on one loaded transformer after one untimed warm-up pass; speedup = dense denoise time / run denoise time";
+const TIMING_NOTE: &str = "median denoise time over the timing rounds (round 1 in table order, with the decode; later rounds sample only, in reversed and rotated orders so no run always goes first), on one loaded transformer after one untimed warm-up pass; speedup = dense median / run median, none for a run whose mask kept every block";
+
+/// A sparse run whose mean density is this close to 1 computed every block.
+const ALL_BLOCKS: f64 = 1.0 - 1e-9;
+
+/// The order of the runs in timing round `round` (0 = table order): odd rounds reversed, even
+/// rounds rotated, so that over the rounds each run takes each position.
+pub fn timing_order(runs: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..runs).collect();
+    if runs > 0 {
+        order.rotate_left((round / 2) % runs);
+    }
+    if !round.is_multiple_of(2) {
+        order.reverse();
+    }
+    order
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if !n.is_multiple_of(2) => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
 
 fn video_name(mode: AttentionMode, sparsity: Option<f64>) -> String {
     match sparsity {
@@ -129,6 +165,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let CompareArgs {
         generate: args,
         sparsities,
+        timing_rounds,
     } = args;
     let mut args = args.options();
     let sparse_mode = args.attention;
@@ -213,7 +250,6 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
                 })
             }
         };
-        let dense_s = dense.as_ref().map_or(clip.denoise_s, |d| d.denoise_s);
         let faithfulness = match &caption {
             Some(caption) => Some(Faithfulness::measure(caption, &clip.frames)?),
             None => None,
@@ -228,7 +264,9 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
             effective_density: clip.effective_density,
             denoise_s: clip.denoise_s,
             seconds_per_step: clip.seconds_per_step,
-            speedup: dense_s / clip.denoise_s.max(f64::MIN_POSITIVE),
+            denoise_samples_s: vec![clip.denoise_s],
+            every_block_kept: sparsity.is_some() && clip.effective_density >= ALL_BLOCKS,
+            speedup: None,
             vs_dense,
             faithfulness,
             video: settings.output.display().to_string(),
@@ -242,6 +280,30 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         if dense.is_none() {
             dense = Some(clip);
         }
+    }
+
+    // Later timing rounds: sampling only, in orders that put each run first in turn.
+    for round in 1..timing_rounds {
+        for i in timing_order(run_settings.len(), round) {
+            let start = Instant::now();
+            sample_latents_with(&transformers, &run_settings[i].1, &device, &text)?;
+            rows[i]
+                .denoise_samples_s
+                .push(start.elapsed().as_secs_f64());
+        }
+    }
+    let dense_median = median(&rows[0].denoise_samples_s);
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.denoise_s = median(&row.denoise_samples_s);
+        row.seconds_per_step = row.denoise_s / dense_settings.steps as f64;
+        row.speedup = if i == 0 {
+            Some(1.0)
+        } else if row.every_block_kept {
+            None
+        } else {
+            Some(dense_median / row.denoise_s.max(f64::MIN_POSITIVE))
+        };
+        eprintln!("{}", timing_summary(row));
     }
 
     let side_by_side_path = dir.join(SIDE_BY_SIDE);
@@ -263,11 +325,43 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     Ok(report)
 }
 
-/// One line per finished run on stderr.
+/// The speedup cell: `1.25×`, or why there is none.
+fn format_speedup(row: &RunRow) -> String {
+    match row.speedup {
+        Some(x) => format!("{x:.2}×"),
+        None if row.every_block_kept => "none (every block kept)".into(),
+        None => "—".into(),
+    }
+}
+
+/// One line per run once every timing round is done.
+fn timing_summary(row: &RunRow) -> String {
+    let samples: Vec<String> = row
+        .denoise_samples_s
+        .iter()
+        .map(|s| format!("{s:.2}"))
+        .collect();
+    format!(
+        "{:<20} denoise median {:.2} s of [{}] s, speedup {}",
+        row.label,
+        row.denoise_s,
+        samples.join(", "),
+        format_speedup(row)
+    )
+}
+
+/// One line per finished run on stderr (its timing comes after the timing rounds).
 fn row_summary(row: &RunRow) -> String {
     let mut line = format!(
-        "{:<20} denoise {:.2} s ({:.2}× dense), density {:.3}",
-        row.label, row.denoise_s, row.speedup, row.effective_density
+        "{:<20} denoise {:.2} s, density {:.3}{}",
+        row.label,
+        row.denoise_s,
+        row.effective_density,
+        if row.every_block_kept {
+            " (the mask kept every block: the dense run's work)"
+        } else {
+            ""
+        }
     );
     if let Some(a) = &row.vs_dense {
         let _ = write!(
@@ -304,7 +398,7 @@ impl CompareReport {
         let _ = writeln!(md, "# vdit compare\n");
         let _ = writeln!(
             md,
-            "Prompt {:?}, model {}, {}x{}, {} frames, {} steps ({}), guidance {}, seed {}, {:?} {}.\n",
+            "Prompt {:?}, model {}, {}x{}, {} frames, {} steps ({}), guidance {}, seed {}, {} {}.\n",
             s.prompt,
             s.model,
             s.width,
@@ -314,14 +408,19 @@ impl CompareReport {
             s.sampler.name(),
             s.guidance_scale,
             s.seed,
-            s.device,
+            s.device.name(),
             dtype_name(s.dtype)
         );
         let a = &s.attention;
         let _ = writeln!(
             md,
-            "Sparse runs: {} dense steps, mask refresh {}, block {}, window {:?}, {} dense layers. Timing: {}.\n",
-            a.dense_step_count, a.mask_refresh, a.block_size, a.window, a.dense_layers, self.note
+            "Sparse runs: {} dense steps, mask refresh {}, block {}, window {}, {} dense layers. Timing: {}.\n",
+            a.dense_step_count,
+            a.mask_refresh,
+            a.block_size,
+            a.window.name(),
+            a.dense_layers,
+            self.note
         );
         md.push_str(
             "| run | density | PSNR vs dense | SSIM | latent cos | denoise (s) | speedup |",
@@ -346,8 +445,11 @@ impl CompareReport {
             };
             let _ = write!(
                 md,
-                "| {} | {:.3} | {psnr} | {ssim} | {cos} | {:.2} | {:.2}× |",
-                row.label, row.effective_density, row.denoise_s, row.speedup
+                "| {} | {:.3} | {psnr} | {ssim} | {cos} | {:.2} | {} |",
+                row.label,
+                row.effective_density,
+                row.denoise_s,
+                format_speedup(row)
             );
             if let Some(f) = &row.faithfulness {
                 let _ = write!(
@@ -375,5 +477,28 @@ impl CompareReport {
             self.side_by_side
         );
         md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_the_rounds_every_run_takes_every_place() {
+        let runs = 3;
+        let rounds: Vec<Vec<usize>> = (0..2 * runs).map(|r| timing_order(runs, r)).collect();
+        assert_eq!(rounds[0], [0, 1, 2]);
+        assert_eq!(rounds[1], [2, 1, 0]);
+        for run in 0..runs {
+            for place in 0..runs {
+                assert!(
+                    rounds.iter().any(|order| order[place] == run),
+                    "run {run} never at place {place}: {rounds:?}"
+                );
+            }
+        }
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 2.5);
     }
 }

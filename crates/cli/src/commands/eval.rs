@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use vdit_pipeline::clip::generate_clip;
 use vdit_pipeline::eval::{accuracy, parse_caption, Caption, Faithfulness, Score};
-use vdit_pipeline::options::AttentionMode;
+use vdit_pipeline::options::{AttentionMode, Choice};
 use vdit_pipeline::output::{
     check_report_outputs, create_output_dir, write_json_atomic, write_text_atomic,
 };
@@ -145,7 +145,8 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         prompts: prompt_file,
         builtin,
     } = args;
-    let mut args = args.options();
+    let generate_args = args;
+    let mut args = generate_args.options();
     let (prompts, prompt_source) = match (&prompt_file, builtin) {
         (Some(path), false) => (read_prompt_file(path)?, path.display().to_string()),
         (None, true) => (
@@ -181,7 +182,8 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     args.seed = Some(base_seed);
     args.prompt = prompts[0].clone();
     args.output = Some(dir.join(video_name(0)));
-    let (first, files) = resolve(&args, registry)?;
+    let (first, files) =
+        crate::commands::generate::with_sparse_check(&generate_args, resolve(&args, registry))?;
     eprintln!("{}", first.summary());
     eprintln!(
         "eval         {} prompts from {prompt_source}, seeds from {base_seed}",
@@ -284,8 +286,12 @@ impl EvalReport {
         let attention = match a.mode {
             AttentionMode::Dense => "dense".to_string(),
             mode => format!(
-                "{mode:?} sparsity {} ({} dense steps, block {}, window {:?})",
-                a.sparsity, a.dense_step_count, a.block_size, a.window
+                "{} sparsity {} ({} dense steps, block {}, window {})",
+                mode.name(),
+                a.sparsity,
+                a.dense_step_count,
+                a.block_size,
+                a.window.name()
             ),
         };
         let mut md = String::new();

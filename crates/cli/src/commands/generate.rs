@@ -13,11 +13,14 @@ use crate::args::GenerateArgs;
 
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let registry = Registry::discover()?;
-    let (settings, files) = settings::resolve(&args.options(), &registry)?;
+    let (settings, files) = with_sparse_check(args, settings::resolve(&args.options(), &registry))?;
     // Before anything is loaded: no file vdit did not write is in the way.
     stages::check_outputs(&settings)?;
     // Settings and seed first, so a failed or interrupted run can be reproduced.
     eprintln!("{}", settings.summary());
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
+    }
     let report = match stages::generate(&settings, &files) {
         Ok(report) => report,
         Err(VditError::AfterSampling { error, latents }) => {
@@ -42,6 +45,21 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     };
     eprintln!("{report}");
     Ok(())
+}
+
+/// `resolved`, with the line about sparse-attention flags that dense attention would ignore
+/// reported among the other problems (every problem at once, one line each).
+pub fn with_sparse_check<T>(
+    args: &GenerateArgs,
+    resolved: vdit_pipeline::Result<T>,
+) -> vdit_pipeline::Result<T> {
+    match (args.check_sparse_flags(), resolved) {
+        (Ok(()), resolved) => resolved,
+        (Err(line), Err(VditError::InvalidSetting(others))) => {
+            Err(VditError::InvalidSetting(format!("{line}\n{others}")))
+        }
+        (Err(line), _) => Err(VditError::InvalidSetting(line)),
+    }
 }
 
 /// This command line again with `--latents-in PATH` (and the output and seed made explicit, so

@@ -1,6 +1,7 @@
 //! `vdit models`: the registry's models, their locations and defaults.
 
-use vdit_pipeline::registry::{EntrySource, Registry};
+use vdit_pipeline::registry::{EntrySource, ModelEntry, Registry};
+use vdit_pipeline::settings::WAN_NEGATIVE_PROMPT;
 
 /// Prints every registry entry (the default model marked).
 pub fn run() -> anyhow::Result<()> {
@@ -22,36 +23,42 @@ pub fn run() -> anyhow::Result<()> {
         }
         println!("    from     {}", entry.location());
         println!("    family   {}", entry.family.name);
-        let d = &entry.defaults;
-        let mut defaults = Vec::new();
-        if let (Some(w), Some(h)) = (d.width, d.height) {
-            defaults.push(format!("{w}x{h}"));
-        }
-        if let Some(f) = d.frames {
-            defaults.push(format!("{f} frames"));
-        }
-        if let Some(s) = d.steps {
-            defaults.push(format!("{s} steps"));
-        }
-        if let Some(s) = d.sampler {
-            defaults.push(s.name().to_string());
-        }
-        if let Some(s) = d.shift {
-            defaults.push(format!("shift {s}"));
-        }
-        match (d.guidance_scale, d.guidance_scale_2) {
-            (Some(g), Some(g2)) => {
-                defaults.push(format!("guidance {g} (high noise) / {g2} (low noise)"))
-            }
-            (Some(g), None) => defaults.push(format!("guidance {g}")),
-            _ => {}
-        }
-        if let Some(f) = d.fps {
-            defaults.push(format!("{f} fps"));
-        }
-        if !defaults.is_empty() {
-            println!("    defaults {}", defaults.join(", "));
+        for line in default_lines(entry) {
+            println!("    {line}");
         }
     }
     Ok(())
+}
+
+/// The settings a run of `entry` gets when the flags leave them out: the entry's defaults (its
+/// TOML and its folder's `vdit.json`), else its family's, the same order `vdit generate` uses.
+pub fn default_lines(entry: &ModelEntry) -> Vec<String> {
+    let d = &entry.defaults;
+    let f = &entry.family.defaults;
+    let width = d.width.unwrap_or(f.width);
+    let height = d.height.unwrap_or(f.height);
+    let frames = d.frames.unwrap_or(f.frames);
+    let fps = d.fps.unwrap_or(f.fps);
+    let steps = d.steps.unwrap_or(f.steps);
+    let sampler = d.sampler.unwrap_or(f.sampler);
+    let shift = d.shift.unwrap_or(f.shift);
+    let guidance = d.guidance_scale.unwrap_or(f.guidance_scale);
+    let guidance = match d.guidance_scale_2.or(f.guidance_scale_2) {
+        Some(g2) => format!("guidance {guidance} (high noise) / {g2} (low noise)"),
+        None => format!("guidance {guidance}"),
+    };
+    let negative = d.negative_prompt.as_deref().unwrap_or(f.negative_prompt);
+    let negative = if negative.is_empty() {
+        "none".to_string()
+    } else if negative == WAN_NEGATIVE_PROMPT {
+        "Wan2.1's (Chinese)".to_string()
+    } else if negative.chars().count() > 50 {
+        format!("{:?}…", negative.chars().take(50).collect::<String>())
+    } else {
+        format!("{negative:?}")
+    };
+    vec![
+        format!("defaults {width}x{height}, {frames} frames at {fps} fps, {steps} steps ({}), shift {shift}, {guidance}", sampler.name()),
+        format!("negative {negative}"),
+    ]
 }

@@ -122,7 +122,10 @@ impl VideoFrames {
 
     /// Bytes in one RGB24 frame.
     pub fn frame_len(&self) -> usize {
-        self.width as usize * self.height as usize * 3
+        // Saturating: no frame of that size exists, so an absurd size fails `validate`, never wraps.
+        (self.width as usize)
+            .saturating_mul(self.height as usize)
+            .saturating_mul(3)
     }
 
     /// Checks the invariants every writer relies on (the fields are public, so anyone can break them).

@@ -255,9 +255,11 @@ pub(super) fn read(path: &Path) -> Result<ReadVideo> {
             other => return Err(malformed(format!("unsupported colour type {other:?}"))),
         };
         let this_size = (info.width, info.height);
-        if *size.get_or_insert(this_size) != this_size {
+        let (w0, h0) = *size.get_or_insert(this_size);
+        if (w0, h0) != this_size {
             return Err(malformed(format!(
-                "size {this_size:?} differs from frame 0's {size:?}"
+                "size {}x{} differs from frame 0's {w0}x{h0}",
+                this_size.0, this_size.1
             )));
         }
         frames.push(rgb);

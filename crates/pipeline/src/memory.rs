@@ -1,0 +1,273 @@
+//! What a run will need before anything is loaded: an estimate of its peak memory and, on a CPU,
+//! of its sampling time, so an impossible size is refused in one line instead of aborting in the
+//! allocator (or swapping for hours).
+//!
+//! The stages run one after the other and free their network in between, so the peak is the
+//! largest stage plus what lives across stages (the latents):
+//!
+//! ```text
+//! transformer = weights + batch · tokens · (24·dim + 2·ffn_dim) · bytes     (activations of one block)
+//! VAE decode  = 200 · frames · height · width · bytes                        (whole-frame decode)
+//!             = 200 · frames · 256 · 256 · bytes + 12 · frames · height · width  (--vae-tiling)
+//! latents     = 8 · channels · F' · H' · W' · 4                             (solver history, f32)
+//! ```
+//!
+//! Calibrated on the H100 measurements in `scripts/gpu/results/vdit_bench_h100_memory/` (bf16,
+//! Wan2.1-1.3B at 832×480×81): the transformer forward at batch 2 peaked at 11.8 GB (the formula:
+//! 9.8 GB; the rest is the allocator's cache) and the VAE decode at 13.2 GiB (480p) and 27 GiB
+//! (720p), about 400 bytes (200 values) per output pixel per frame. It is an estimate: it refuses
+//! only what cannot fit, and the numbers it prints are rounded.
+//!
+//! Sizes are multiplied in `u128` with saturation, so no product overflows whatever the flags.
+
+use serde::Serialize;
+
+/// The transformer's shape, as its `config.json` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransformerShape {
+    /// Model width (heads × head dim).
+    pub dim: u64,
+    pub ffn_dim: u64,
+    pub layers: u64,
+}
+
+impl TransformerShape {
+    /// Wan2.1-T2V-1.3B, the shape assumed when a model's config cannot be read (a hub model not
+    /// downloaded yet).
+    pub const WAN21_1_3B: Self = Self {
+        dim: 1536,
+        ffn_dim: 8960,
+        layers: 30,
+    };
+
+    /// The shape in a diffusers `transformer/config.json`, if it names one.
+    pub fn from_config_json(json: &serde_json::Value) -> Option<Self> {
+        let get = |key: &str| json.get(key).and_then(|v| v.as_u64());
+        let dim = get("num_attention_heads")?.checked_mul(get("attention_head_dim")?)?;
+        Some(Self {
+            dim,
+            ffn_dim: get("ffn_dim")?,
+            layers: get("num_layers")?,
+        })
+    }
+}
+
+/// What decides the memory of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunShape {
+    /// Video size and frame count.
+    pub width: u64,
+    pub height: u64,
+    pub frames: u64,
+    /// Latent channels, latent frames, latent height and width.
+    pub latent: [u64; 4],
+    /// Transformer tokens of one sample.
+    pub tokens: u64,
+    /// 2 with classifier-free guidance (conditional and unconditional batched), else 1.
+    pub batch: u64,
+    pub transformer: TransformerShape,
+    /// Bytes of the largest network's weights, as loaded (0 when unknown).
+    pub weight_bytes: u64,
+    /// Bytes per value of the run dtype (2 for bf16/f16, 4 for f32).
+    pub dtype_bytes: u64,
+    pub vae_tiling: bool,
+    pub steps: u64,
+}
+
+/// The estimate, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryEstimate {
+    pub latents: u128,
+    pub transformer: u128,
+    pub vae_decode: u128,
+    /// The largest stage plus the latents.
+    pub peak: u128,
+}
+
+fn mul(factors: &[u64]) -> u128 {
+    factors
+        .iter()
+        .fold(1u128, |acc, &f| acc.saturating_mul(f as u128))
+}
+
+/// The tile side `--vae-tiling` decodes (pixels).
+const VAE_TILE: u64 = 256;
+/// Values the VAE decoder holds per output pixel per frame (see the module docs).
+const VAE_VALUES_PER_PIXEL: u64 = 200;
+
+impl RunShape {
+    pub fn memory(&self) -> MemoryEstimate {
+        let [c, f, h, w] = self.latent;
+        let latents = mul(&[8, c, f, h, w, 4]);
+        let t = &self.transformer;
+        let per_token = (24u128 * t.dim as u128).saturating_add(2 * t.ffn_dim as u128);
+        let transformer = (self.weight_bytes as u128).saturating_add(
+            mul(&[self.batch, self.tokens, self.dtype_bytes]).saturating_mul(per_token),
+        );
+        let vae_decode = if self.vae_tiling {
+            let tile_w = self.width.min(VAE_TILE);
+            let tile_h = self.height.min(VAE_TILE);
+            mul(&[
+                VAE_VALUES_PER_PIXEL,
+                self.frames,
+                tile_w,
+                tile_h,
+                self.dtype_bytes,
+            ])
+            .saturating_add(mul(&[12, self.frames, self.width, self.height]))
+        } else {
+            mul(&[
+                VAE_VALUES_PER_PIXEL,
+                self.frames,
+                self.width,
+                self.height,
+                self.dtype_bytes,
+            ])
+        };
+        MemoryEstimate {
+            latents,
+            transformer,
+            vae_decode,
+            peak: transformer.max(vae_decode).saturating_add(latents),
+        }
+    }
+
+    /// Floating-point operations of the sampling loop: per step, per sample and layer, the
+    /// projections (q, k, v, o and the cross-attention's q, o: 6·dim² per token), the feed-forward
+    /// (2·dim·ffn per token), each a multiply and an add, and dense self-attention (4·tokens²·dim).
+    pub fn sampling_flops(&self) -> f64 {
+        let t = &self.transformer;
+        let (l, d, ffn) = (self.tokens as f64, t.dim as f64, t.ffn_dim as f64);
+        let per_layer = 2.0 * l * (6.0 * d * d + 2.0 * d * ffn) + 4.0 * l * l * d;
+        per_layer * t.layers as f64 * self.batch as f64 * self.steps as f64
+    }
+}
+
+/// Floating-point operations per second of one CPU core in the transformer (f32), measured with
+/// vdit-tiny at 256×256×49 on 2 cores (`scripts/gpu/results/cpu_compare_vdit-tiny-v5`: 4.3 s per
+/// step for 2.8e11 operations, 33 GFLOP/s per core).
+pub const CPU_FLOPS_PER_CORE: f64 = 33e9;
+
+/// A CPU run's sampling time in seconds, from [`RunShape::sampling_flops`] and the cores here.
+pub fn cpu_sampling_seconds(shape: &RunShape) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    shape.sampling_flops() / (CPU_FLOPS_PER_CORE * cores)
+}
+
+/// Memory a run may use on the CPU: `MemAvailable` of `/proc/meminfo` (Linux); `None` where it
+/// cannot be read, and then nothing is refused.
+pub fn cpu_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    mem_available(&text)
+}
+
+/// `MemAvailable` (in kB in the file) of a `/proc/meminfo` text, in bytes.
+pub fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Memory a run may use on a GPU. Not queried yet (candle does not expose the free memory of a
+/// device): `None`, so a GPU run is never refused by the estimate; the hook for a CUDA query.
+pub fn device_available_bytes() -> Option<u64> {
+    None
+}
+
+/// `bytes` for people: `1.5 GB`, `23 TB` (decimal units).
+pub fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["bytes", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else if value >= 1000.0 {
+        format!("{:.1e} bytes", bytes as f64)
+    } else if value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `seconds` for people: `40 s`, `12 min`, `3.5 h`, `9 days`.
+pub fn human_duration(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 90.0 * 60.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else if seconds < 48.0 * 3600.0 {
+        format!("{:.1} h", seconds / 3600.0)
+    } else {
+        format!("{:.0} days", seconds / 86400.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wan13b_480p() -> RunShape {
+        RunShape {
+            width: 832,
+            height: 480,
+            frames: 81,
+            latent: [16, 21, 60, 104],
+            tokens: 21 * 30 * 52,
+            batch: 2,
+            transformer: TransformerShape::WAN21_1_3B,
+            weight_bytes: 2_840_000_000,
+            dtype_bytes: 2,
+            vae_tiling: false,
+            steps: 50,
+        }
+    }
+
+    #[test]
+    fn the_estimate_matches_the_measured_h100_peaks() {
+        let m = wan13b_480p().memory();
+        // Measured: transformer 11.8 GB (allocator cache included), VAE 13.2 GiB = 14.2 GB.
+        let gb = |b: u128| b as f64 / 1e9;
+        assert!((8.0..12.5).contains(&gb(m.transformer)), "{m:?}");
+        assert!((11.0..16.0).contains(&gb(m.vae_decode)), "{m:?}");
+        let tiled = RunShape {
+            vae_tiling: true,
+            ..wan13b_480p()
+        }
+        .memory();
+        assert!(tiled.vae_decode < m.vae_decode / 3, "{tiled:?}");
+    }
+
+    #[test]
+    fn absurd_sizes_saturate_instead_of_overflowing() {
+        let shape = RunShape {
+            width: 1 << 20,
+            height: 1 << 20,
+            frames: 4_000_000_001,
+            latent: [16, 1_000_000_001, 1 << 17, 1 << 17],
+            tokens: u64::MAX,
+            ..wan13b_480p()
+        };
+        let m = shape.memory();
+        assert!(m.peak > 1u128 << 64);
+        assert!(!shape.sampling_flops().is_nan());
+        assert!(
+            human_bytes(m.peak).ends_with("e24 bytes"),
+            "{}",
+            human_bytes(m.peak)
+        );
+    }
+
+    #[test]
+    fn meminfo_is_read_in_bytes() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(mem_available(text), Some(20_000_000 * 1024));
+        assert_eq!(mem_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(human_bytes(1_500_000_000), "1.5 GB");
+        assert_eq!(human_duration(7200.0), "2.0 h");
+    }
+}
