@@ -172,6 +172,24 @@ impl Choice for TokenWindow {
 }
 choice_text!(TokenWindow);
 
+/// `--lora-mode`: how LoRA updates are applied (the type is the models crate's).
+impl Choice for vdit_models::lora::LoraMode {
+    const ALL: &'static [Self] = &[Self::Merge, Self::Runtime];
+    fn name(self) -> &'static str {
+        vdit_models::lora::LoraMode::name(self)
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Merge => {
+                "add the updates into the weights at load (f32, then cast): no cost per step"
+            }
+            Self::Runtime => {
+                "keep them as low-rank factors applied every step: no merged copy, slower steps"
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,23 +207,5 @@ mod tests {
         round_trips::<AttentionMode>();
         round_trips::<TokenWindow>();
         assert!("RAINFUSION".parse::<AttentionMode>().is_err());
-    }
-}
-
-/// `--lora-mode`: how LoRA updates are applied (the type is the models crate's).
-impl Choice for vdit_models::lora::LoraMode {
-    const ALL: &'static [Self] = &[Self::Merge, Self::Runtime];
-    fn name(self) -> &'static str {
-        vdit_models::lora::LoraMode::name(self)
-    }
-    fn help(self) -> Option<&'static str> {
-        Some(match self {
-            Self::Merge => {
-                "add the updates into the weights at load (f32, then cast): no cost per step"
-            }
-            Self::Runtime => {
-                "keep them as low-rank factors applied every step: no merged copy, slower steps"
-            }
-        })
     }
 }
