@@ -129,21 +129,6 @@ fn first_expert() -> u8 {
     1
 }
 
-impl EntryLora {
-    /// The file in the hub cache, downloaded first unless offline.
-    pub fn resolve(&self, hub: &crate::hub::HubOptions) -> Result<vdit_models::lora::LoraSpec> {
-        let location = crate::hub::ModelLocation::Hub {
-            repo_id: self.hub_id.clone(),
-            revision: "main".into(),
-        };
-        let path = crate::hub::ModelFiles::new(location, hub.clone()).file(&self.file)?;
-        Ok(vdit_models::lora::LoraSpec {
-            path,
-            strength: self.strength,
-        })
-    }
-}
-
 impl ModelDefaults {
     /// Each key of `self`, else `fallback`'s.
     pub fn or(&self, fallback: &ModelDefaults) -> ModelDefaults {

@@ -12,7 +12,7 @@ use crate::family::{detect_family, FamilyFlag, GuidanceSource, ModelFamily};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
 use crate::memory::{human_bytes, human_duration, RunShape, TransformerShape};
 use crate::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
-use crate::registry::{ModelDefaults, Registry};
+use crate::registry::{EntryLora, ModelDefaults, Registry};
 use crate::sampling::SamplerKind;
 use crate::video::VideoFormat;
 use rainfusion::DenseSteps;
@@ -625,6 +625,19 @@ fn detect_model_family(
     detect_family(index, &has_component)
 }
 
+/// A recipe's LoRA file from the hub cache, downloaded first unless offline.
+fn fetch_entry_lora(lora: &EntryLora, hub: &HubOptions) -> Result<LoraSpec> {
+    let location = ModelLocation::Hub {
+        repo_id: lora.hub_id.clone(),
+        revision: "main".into(),
+    };
+    let path = ModelFiles::new(location, hub.clone()).file(&lora.file)?;
+    Ok(LoraSpec {
+        path,
+        strength: lora.strength,
+    })
+}
+
 /// A random seed in [0, 2^53): every such integer is exact as a JSON number read as a double (jq,
 /// JavaScript), so the seed printed in the sidecar reproduces the run when read back.
 fn random_seed() -> u64 {
@@ -902,7 +915,7 @@ pub fn resolve(
     if let Some(entry) = registry.get(&model) {
         let (mut first, mut second) = (Vec::new(), Vec::new());
         for lora in &entry.loras {
-            let spec = lora.resolve(&hub)?;
+            let spec = fetch_entry_lora(lora, &hub)?;
             if lora.expert == 2 {
                 second.push(spec);
             } else {
