@@ -28,7 +28,7 @@
 
 namespace rf {
 
-// ---------------------------------------------------------------- small PTX helpers
+// ---------------------------------------------------------------- small PTX wrappers
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
