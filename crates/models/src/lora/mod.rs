@@ -160,16 +160,9 @@ impl ParamPatch {
         with_low_rank: bool,
         device: &Device,
     ) -> Result<Option<Tensor>> {
+        self.check_fits(key, shape.dims())?;
         let mut total: Option<Tensor> = None;
         let mut add = |term: Tensor| -> Result<()> {
-            if term.elem_count() != shape.elem_count() {
-                return Err(ModelError::InvalidInput(format!(
-                    "LoRA update for `{key}` has shape {:?} but the layer is {:?}; \
-                     the LoRA was made for another model size",
-                    term.dims(),
-                    shape.dims()
-                )));
-            }
             let term = term.reshape(shape)?;
             total = Some(match total.take() {
                 Some(t) => (t + term)?,
@@ -188,6 +181,31 @@ impl ParamPatch {
             }
         }
         Ok(total)
+    }
+
+    /// Checks that every update has as many elements as a parameter of `shape` (without
+    /// forming the low-rank products): an update of another model size is an error naming the
+    /// layer and both shapes.
+    fn check_fits(&self, key: &str, shape: &[usize]) -> Result<()> {
+        let elems: usize = shape.iter().product();
+        let low_rank = self
+            .low_rank
+            .iter()
+            .map(|t| -> Result<Vec<usize>> { Ok(vec![t.up.dim(0)?, t.down.dim(1)?]) });
+        let full = self
+            .full
+            .iter()
+            .map(|(d, _)| -> Result<Vec<usize>> { Ok(d.dims().to_vec()) });
+        for dims in low_rank.chain(full) {
+            let dims = dims?;
+            if dims.iter().product::<usize>() != elems {
+                return Err(ModelError::InvalidInput(format!(
+                    "LoRA update for `{key}` has shape {dims:?} but the layer is {shape:?}; \
+                     the LoRA was made for another model size"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The low-rank terms of a linear layer `[out, in]` as one pair, concatenated along the
@@ -290,29 +308,7 @@ impl LoraSet {
                     "a LoRA updates `{key}`, which this model's checkpoint does not have"
                 )));
             };
-            let elems: usize = shape.iter().product();
-            let sizes = patch
-                .low_rank
-                .iter()
-                .map(|t| {
-                    Ok((
-                        vec![t.up.dim(0)?, t.down.dim(1)?],
-                        t.up.dim(0)? * t.down.dim(1)?,
-                    ))
-                })
-                .chain(
-                    patch
-                        .full
-                        .iter()
-                        .map(|(d, _)| Ok((d.dims().to_vec(), d.elem_count()))),
-                )
-                .collect::<Result<Vec<_>>>()?;
-            if let Some((dims, _)) = sizes.iter().find(|(_, n)| *n != elems) {
-                return Err(ModelError::InvalidInput(format!(
-                    "LoRA update for `{key}` has shape {dims:?} but the layer is {shape:?}; \
-                     the LoRA was made for another model size"
-                )));
-            }
+            patch.check_fits(key, &shape)?;
         }
         Ok(())
     }
