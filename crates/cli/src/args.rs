@@ -59,6 +59,16 @@ pub struct GenerateArgs {
     #[arg(short = 'n', long)]
     pub negative_prompt: Option<String>,
 
+    /// Image-to-video: the first frame (png, jpeg or webp). Needed by the I2V models
+    /// (wan2.1-i2v-14b-480p/720p, wan2.1-flf2v-14b-720p, wan2.2-i2v-a14b); optional for
+    /// wan2.2-ti2v-5b. Without --size the video keeps its aspect ratio at the model's pixel count.
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+
+    /// First-and-last-frame models (wan2.1-flf2v-14b-720p): the last frame.
+    #[arg(long, value_name = "PATH")]
+    pub last_image: Option<PathBuf>,
+
     /// Video size WIDTHxHEIGHT (also WIDTH*HEIGHT), each a multiple of 16 (32 for Wan2.2
     /// TI2V-5B). Default: the model's (`vdit models` lists them).
     #[arg(long, value_parser = parse_size, value_name = "WxH")]
@@ -319,6 +329,8 @@ impl GenerateArgs {
             loras_2: self.loras_2.clone(),
             lora_mode: self.lora_mode,
             lora_partial: self.lora_partial,
+            image: self.image.clone(),
+            last_image: self.last_image.clone(),
         }
     }
 
@@ -616,6 +628,13 @@ impl FromArgMatches for EvalArgs {
             "noise",
             "vdit eval does not take --noise (each prompt has its own seed: --seed is the base)",
         )?;
+        for flag in ["image", "last_image"] {
+            reject_flag(
+                matches,
+                flag,
+                "vdit eval scores text-to-video on its prompt list; it takes no --image or --last-image",
+            )?;
+        }
         let generate = GenerateArgs::from_arg_matches(matches)?;
         let only = EvalOnlyArgs::from_arg_matches(matches)?;
         Ok(Self {
@@ -654,7 +673,9 @@ impl Args for EvalArgs {
             .mut_arg("overwrite", |a| {
                 a.help("Replace files in the output directory even if vdit did not write them")
             })
-            .mut_arg("noise", |a| a.hide(true));
+            .mut_arg("noise", |a| a.hide(true))
+            .mut_arg("image", |a| a.hide(true))
+            .mut_arg("last_image", |a| a.hide(true));
         EvalOnlyArgs::augment_args(cmd)
     }
 

@@ -8,7 +8,9 @@ use rainfusion::DenseAttention;
 use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::WanVaeDecoder;
 
+use crate::denoise::{guided_velocity, VelocityModel};
 use crate::error::Result;
+use crate::image_cond::ImageCondition;
 use crate::settings::GenerateSettings;
 use crate::stages::{decode_with, sample_latents_with, TextConditioning};
 use crate::video::{frames_from_tensor, VideoFrames};
@@ -25,16 +27,18 @@ pub struct Clip {
 }
 
 /// Samples `settings` on the loaded `transformers` (the family's, in order) and decodes the result with the loaded `vae`
-/// (`vdit compare` and `vdit eval` load both once for all their runs).
+/// (`vdit compare` and `vdit eval` load both once for all their runs); an image-to-video run is
+/// conditioned on `image` (encoded once for all runs).
 pub fn generate_clip(
     transformers: &[WanTransformer],
     vae: &WanVaeDecoder,
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
+    image: Option<&ImageCondition>,
 ) -> Result<Clip> {
     let start = Instant::now();
-    let sampled = sample_latents_with(transformers, settings, device, text)
+    let sampled = sample_latents_with(transformers, settings, device, text, image)
         .map_err(|e| e.with_dtype_hint(settings.dtype))?;
     let denoise_s = start.elapsed().as_secs_f64();
     let video = decode_with(vae, settings, &sampled.latents)?;
@@ -55,11 +59,30 @@ pub fn warm_up(
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
+    image: Option<&ImageCondition>,
 ) -> Result<()> {
-    let channels = transformer.config().in_channels;
+    let channels = transformer.config().out_channels;
     let (b, c, f, h, w) = settings.latent_shape(channels);
     let latents = Tensor::zeros((b, c, f, h, w), DType::F32, device)?;
-    let timesteps = Tensor::full(500f32, b, device)?;
-    transformer.forward(&latents, &timesteps, &text.cond, &mut DenseAttention)?;
+    let input = match image {
+        Some(image) => image.latent.model_input(&latents)?,
+        None => latents,
+    };
+    let tokens = settings.family.latent.tokens(input.dims());
+    let timesteps = match settings.family.timesteps {
+        crate::family::TimestepForm::PerSample => Tensor::full(500f32, b, device)?,
+        crate::family::TimestepForm::PerToken => Tensor::full(500f32, (b, tokens), device)?,
+    };
+    let model: &dyn VelocityModel = transformer;
+    guided_velocity(
+        model,
+        &input,
+        &|_| Ok(timesteps.clone()),
+        &text.cond,
+        None,
+        image.and_then(|i| i.features.as_ref()),
+        1.0,
+        &mut DenseAttention,
+    )?;
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! [`Denoiser`] for the (guided) velocity at each step; it never learns which model, family or
 //! expert answers. [`ExpertDenoiser`] is the denoiser every family uses: a list of experts
 //! (model slot, guidance scale, timestep range), the one serving the step's timestep loaded on
-//! the device, classifier-free guidance through [`guided_velocity`].
+//! the device, classifier-free guidance through [`guided_velocity`]. An image-conditioned run
+//! hands it an [`ImageCondition`]: the model input, per-token timesteps and image features come
+//! from it, whatever the family.
 
 use std::time::Instant;
 
@@ -11,6 +13,7 @@ use rainfusion::SelfAttention;
 
 use crate::error::{Result, VditError};
 use crate::family::{TimestepForm, TimestepRange};
+use crate::image_cond::ImageCondition;
 use crate::sampling::{guide_batched, FlowSolver};
 
 /// A flow-matching network: predicts the velocity (noise − clean) of a sample.
@@ -27,6 +30,23 @@ pub trait VelocityModel {
         context: &Tensor,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor>;
+
+    /// As [`Self::velocity`], with image features `[B, Li, Di]` for the transformer's image
+    /// cross-attention (Wan2.1 I2V's CLIP tokens). A model without one refuses them.
+    fn velocity_with_image(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        image: &Tensor,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        let _ = (latents, timesteps, context, attention);
+        Err(VditError::InvalidSetting(format!(
+            "image features {:?} were given to a transformer without image cross-attention",
+            image.dims()
+        )))
+    }
 }
 
 /// One step of the schedule, as the loop hands it to the denoiser.
@@ -43,6 +63,12 @@ pub struct Step {
 pub trait Denoiser {
     /// The guided velocity for `latents` `[1, C, F, H, W]` f32 at `step`, f32, same shape.
     fn velocity(&mut self, latents: &Tensor, step: Step) -> Result<Tensor>;
+
+    /// The latents after the last step, from the solver's (an image-conditioned run puts its
+    /// conditioning frame back); the same by default.
+    fn finish(&self, latents: Tensor) -> Result<Tensor> {
+        Ok(latents)
+    }
 }
 
 /// What the step loop reports after each step (for the progress bar).
@@ -90,7 +116,7 @@ pub fn denoise(
             seconds: start.elapsed().as_secs_f64(),
         });
     }
-    Ok(latents)
+    denoiser.finish(latents)
 }
 
 /// Whether every element of `t` is finite (one scalar leaves the device).
@@ -114,25 +140,39 @@ pub struct Conditioning<'a> {
 /// One model evaluation with classifier-free guidance: with `uncond` (`[2, Lt, D]` = cond then
 /// uncond, built once per run) and a scale ≠ 1, both passes run as one batch of 2 and are
 /// combined in f32; otherwise one pass on `cond` `[1, Lt, D]`. `timesteps` maps a batch size to
-/// the model's timestep tensor.
+/// the model's timestep tensor. `image` `[1, Li, Di]`, when given, reaches both passes (the
+/// negative prompt changes the text only).
+#[allow(clippy::too_many_arguments)]
 pub fn guided_velocity(
     model: &dyn VelocityModel,
     latents: &Tensor,
     timesteps: &dyn Fn(usize) -> Result<Tensor>,
     cond: &Tensor,
     batched: Option<&Tensor>,
+    image: Option<&Tensor>,
     guidance_scale: f64,
     attention: &mut dyn SelfAttention,
 ) -> Result<Tensor> {
+    let pass = |latents: &Tensor,
+                timesteps: &Tensor,
+                context: &Tensor,
+                attention: &mut dyn SelfAttention| match image {
+        None => model.velocity(latents, timesteps, context, attention),
+        Some(image) => {
+            let image = match latents.dim(0)? {
+                1 => image.clone(),
+                n => Tensor::cat(&vec![image; n], 0)?,
+            };
+            model.velocity_with_image(latents, timesteps, context, &image, attention)
+        }
+    };
     match batched {
         Some(context) if guidance_scale != 1.0 => {
             let input = Tensor::cat(&[latents, latents], 0)?;
-            let velocity = model.velocity(&input, &timesteps(2)?, context, attention)?;
+            let velocity = pass(&input, &timesteps(2)?, context, attention)?;
             guide_batched(&velocity, guidance_scale)
         }
-        _ => Ok(model
-            .velocity(latents, &timesteps(1)?, cond, attention)?
-            .to_dtype(DType::F32)?),
+        _ => Ok(pass(latents, &timesteps(1)?, cond, attention)?.to_dtype(DType::F32)?),
     }
 }
 
@@ -230,6 +270,8 @@ pub struct ExpertDenoiser<'a> {
     timestep_form: TimestepForm,
     /// Tokens per sample, for per-token timesteps.
     tokens: usize,
+    /// The run's image conditioning, if any.
+    image: Option<ImageCondition>,
     build_attention: BuildAttention<'a>,
     attention: Option<Box<dyn SelfAttention>>,
     /// (density, steps) of the policies of earlier experts.
@@ -259,11 +301,19 @@ impl<'a> ExpertDenoiser<'a> {
             batched,
             timestep_form,
             tokens,
+            image: None,
             build_attention,
             attention: None,
             finished_policies: Vec::new(),
             steps_on_policy: 0,
         })
+    }
+
+    /// Conditions every step on `image`: the model input, the per-token timesteps and the
+    /// image features come from it (see [`crate::image_cond::latent`]).
+    pub fn with_image(mut self, image: Option<ImageCondition>) -> Self {
+        self.image = image;
+        self
     }
 
     /// Fraction of attention blocks computed, averaged over layers, heads and steps (1 = dense).
@@ -320,24 +370,45 @@ impl Denoiser for ExpertDenoiser<'_> {
         self.steps_on_policy += 1;
         let device = latents.device().clone();
         let (form, tokens) = (self.timestep_form, self.tokens);
+        let latent_condition = self.image.as_ref().map(|i| &i.latent);
         let timesteps = move |batch: usize| -> Result<Tensor> {
+            if let Some(per_token) = latent_condition
+                .map(|c| c.token_timesteps(step.timestep, batch))
+                .transpose()?
+                .flatten()
+            {
+                return Ok(per_token);
+            }
             Ok(match form {
                 TimestepForm::PerSample => Tensor::full(step.timestep, batch, &device)?,
                 TimestepForm::PerToken => Tensor::full(step.timestep, (batch, tokens), &device)?,
             })
         };
+        let input = match latent_condition {
+            Some(condition) => condition.model_input(latents)?,
+            None => latents.clone(),
+        };
+        let features = self.image.as_ref().and_then(|i| i.features.as_ref());
         let expert = &mut self.experts[index];
         let guidance_scale = expert.guidance_scale;
         let model = expert.model()?;
         guided_velocity(
             model,
-            latents,
+            &input,
             &timesteps,
             &self.cond,
             self.batched.as_ref(),
+            features,
             guidance_scale,
             attention.as_mut(),
         )
+    }
+
+    fn finish(&self, latents: Tensor) -> Result<Tensor> {
+        match self.image.as_ref().map(|i| &i.latent) {
+            Some(condition) => condition.finish(&latents),
+            None => Ok(latents),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod error;
 pub mod eval;
 pub mod family;
 pub mod hub;
+pub mod image_cond;
 pub mod memory;
 pub mod metrics;
 pub mod options;

@@ -74,6 +74,22 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../../models/wan2.2-ti2v-5b.toml"),
     ),
     (
+        "wan2.1-i2v-14b-480p.toml",
+        include_str!("../../../models/wan2.1-i2v-14b-480p.toml"),
+    ),
+    (
+        "wan2.1-i2v-14b-720p.toml",
+        include_str!("../../../models/wan2.1-i2v-14b-720p.toml"),
+    ),
+    (
+        "wan2.1-flf2v-14b-720p.toml",
+        include_str!("../../../models/wan2.1-flf2v-14b-720p.toml"),
+    ),
+    (
+        "wan2.2-i2v-a14b.toml",
+        include_str!("../../../models/wan2.2-i2v-a14b.toml"),
+    ),
+    (
         "wan2.1-t2v-14b-4step.toml",
         include_str!("../../../models/wan2.1-t2v-14b-4step.toml"),
     ),
@@ -486,6 +502,47 @@ mod tests {
         assert_eq!(small.defaults.frames, Some(81));
         let large = registry.get("wan2.1-t2v-14b").unwrap();
         assert_eq!(large.location(), "Wan-AI/Wan2.1-T2V-14B-Diffusers");
+    }
+
+    #[test]
+    fn image_to_video_entries_name_their_families_and_hub_repos() {
+        let registry = Registry::embedded();
+        for (name, repo, family) in [
+            (
+                "wan2.1-i2v-14b-480p",
+                "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+                "wan2.1-i2v",
+            ),
+            (
+                "wan2.1-i2v-14b-720p",
+                "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+                "wan2.1-i2v",
+            ),
+            (
+                "wan2.1-flf2v-14b-720p",
+                "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
+                "wan2.1-flf2v",
+            ),
+            (
+                "wan2.2-i2v-a14b",
+                "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+                "wan2.2-i2v-a14b",
+            ),
+        ] {
+            let entry = registry.get(name).unwrap();
+            assert_eq!(entry.location(), repo);
+            assert_eq!(entry.family.name, family);
+            assert!(entry.family.image.is_some_and(|i| i.required), "{name}");
+        }
+        let a14b = registry.get("wan2.2-i2v-a14b").unwrap();
+        assert_eq!(a14b.family.boundary_ratio, Some(0.9));
+        assert_eq!(a14b.defaults.guidance_scale_2, Some(3.5));
+        assert!(registry
+            .get("wan2.2-ti2v-5b")
+            .unwrap()
+            .family
+            .image
+            .is_some_and(|i| !i.required));
     }
 
     #[test]

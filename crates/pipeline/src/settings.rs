@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::{Result, VditError};
 use crate::family::{detect_family, FamilyFlag, GuidanceSource, ModelFamily};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
+use crate::image_cond::{read_image, video_size_for_image, ImageRecord};
 use crate::memory::{human_bytes, human_duration, RunShape, TransformerShape};
 use crate::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
 use crate::registry::{EntryLora, ModelDefaults, Registry};
@@ -78,6 +79,10 @@ pub struct GenerateOptions {
     pub lora_mode: LoraMode,
     /// Apply a LoRA whose keys match only part of the model, ignoring the rest.
     pub lora_partial: bool,
+    /// The first frame (image-to-video models; optional for Wan2.2 TI2V-5B).
+    pub image: Option<PathBuf>,
+    /// The last frame (first-and-last-frame models).
+    pub last_image: Option<PathBuf>,
 }
 
 impl GenerateOptions {
@@ -126,6 +131,8 @@ impl GenerateOptions {
             loras_2: Vec::new(),
             lora_mode: LoraMode::Merge,
             lora_partial: false,
+            image: None,
+            last_image: None,
         }
     }
 }
@@ -315,6 +322,12 @@ pub struct GenerateSettings {
     pub overwrite: bool,
     pub attention: AttentionSettings,
     pub lora: LoraSettings,
+    /// The first frame (`--image`): its path, own size and sha256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRecord>,
+    /// The last frame (`--last-image`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_image: Option<ImageRecord>,
     /// The model's family (from its registry entry; Wan2.1 T2V otherwise). Not in the sidecar:
     /// the model name there already says it.
     #[serde(skip)]
@@ -479,6 +492,21 @@ impl GenerateSettings {
                 ));
             }
         }
+        for (what, image) in [("image", &self.image), ("last image", &self.last_image)] {
+            if let Some(image) = image {
+                let fit = match self.family.image.map(|i| i.fit) {
+                    _ if (image.width, image.height) == (self.width, self.height) => "as it is",
+                    Some(crate::family::ImageFit::CoverAndCrop) => "resized to cover, centre-cropped",
+                    _ => "resized",
+                };
+                lines.push(format!(
+                    "{what:<13}{} ({}x{}, {fit})",
+                    image.path.display(),
+                    image.width,
+                    image.height
+                ));
+            }
+        }
         if let Some(noise) = &self.noise {
             lines.push(format!(
                 "noise        from {} (seed unused)",
@@ -622,7 +650,12 @@ fn detect_model_family(
             Ok(Some(_))
         )
     };
-    detect_family(index, &has_component)
+    // The first transformer's config, in the diffusers or Wan-AI layout.
+    let transformer_config = ["transformer", "high_noise_model"].iter().find_map(|c| {
+        let path = files.optional_file(&format!("{c}/config.json")).ok()??;
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    });
+    detect_family(index, &has_component, transformer_config.as_ref())
 }
 
 /// A recipe's LoRA file from the hub cache, downloaded first unless offline.
@@ -642,6 +675,60 @@ fn fetch_entry_lora(lora: &EntryLora, hub: &HubOptions) -> Result<LoraSpec> {
 /// JavaScript), so the seed printed in the sidecar reproduces the run when read back.
 fn random_seed() -> u64 {
     rand::random::<u64>() >> 11
+}
+
+/// The input images of a run, read and checked against the model's family (each problem one
+/// line in `problems`): `--image` only for a family that takes images, and then required unless
+/// the family also runs from text (TI2V-5B); `--last-image` only for a first-and-last-frame
+/// family, which needs both. With `--latents-in` nothing is sampled, so no image is needed.
+fn resolve_images(
+    args: &GenerateOptions,
+    family: &ModelFamily,
+    model: &str,
+    problems: &mut Vec<String>,
+) -> (Option<ImageRecord>, Option<ImageRecord>) {
+    let image_models = "image-to-video models: wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.2-i2v-a14b, wan2.2-ti2v-5b";
+    if args.image.is_some() && !family.takes(FamilyFlag::Image) {
+        problems.push(format!(
+            "--image: model {model} ({} family) is text-to-video only; {image_models}",
+            family.name
+        ));
+    }
+    if args.last_image.is_some() && !family.takes(FamilyFlag::LastImage) {
+        problems.push(format!(
+            "--last-image: model {model} ({} family) takes no last frame; wan2.1-flf2v-14b-720p does",
+            family.name
+        ));
+    }
+    let sampling = args.latents_in.is_none();
+    if let Some(input) = family.image.filter(|_| sampling) {
+        if input.required && args.image.is_none() {
+            problems.push(format!(
+                "model {model} ({} family) is image-to-video: give its first frame with --image PATH (png, jpeg or webp)",
+                family.name
+            ));
+        }
+        if input.last_image && args.last_image.is_none() {
+            problems.push(format!(
+                "model {model} ({} family) generates between a first and a last frame: give the last with --last-image PATH",
+                family.name
+            ));
+        }
+    }
+    let mut read = |flag: &str, path: &Option<PathBuf>| {
+        let path = path.as_ref()?;
+        match read_image(flag, path) {
+            Ok(image) => Some(image.record),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        }
+    };
+    let image = read("--image", &args.image).filter(|_| family.takes(FamilyFlag::Image));
+    let last = read("--last-image", &args.last_image)
+        .filter(|_| family.takes(FamilyFlag::LastImage));
+    (image, last)
 }
 
 /// Fills in and checks the settings of `vdit generate`. Returns the settings and the resolver
@@ -686,17 +773,24 @@ pub fn resolve(
     };
     let family_defaults = &family.defaults;
 
+    let (image, last_image) = resolve_images(args, family, &model, &mut problems);
     let (size_w, size_h) = args.size.unzip();
-    let width = args
-        .width
-        .or(size_w)
-        .or(defaults.width)
-        .unwrap_or(family_defaults.width);
-    let height = args
-        .height
-        .or(size_h)
-        .or(defaults.height)
-        .unwrap_or(family_defaults.height);
+    let default_width = defaults.width.unwrap_or(family_defaults.width);
+    let default_height = defaults.height.unwrap_or(family_defaults.height);
+    // Without a size, an image-to-video run keeps the image's aspect ratio at the model's pixel
+    // budget (its default size's area), as Wan's generate.py does.
+    let (default_width, default_height) = match (&image, family.image, args.width.or(size_w), args.height.or(size_h)) {
+        (Some(image), Some(input), None, None) => video_size_for_image(
+            image.width,
+            image.height,
+            default_width as u64 * default_height as u64,
+            family.pixel_multiple(),
+            input.fit,
+        ),
+        _ => (default_width, default_height),
+    };
+    let width = args.width.or(size_w).unwrap_or(default_width);
+    let height = args.height.or(size_h).unwrap_or(default_height);
     let multiple = family.pixel_multiple();
     for (name, v) in [("width", width), ("height", height)] {
         if v == 0 || !v.is_multiple_of(multiple) {
@@ -712,6 +806,10 @@ pub fn resolve(
         .unwrap_or(family_defaults.frames);
     if frames == 0 || !(frames - 1).is_multiple_of(4) {
         problems.push(format!("--frames {frames} is not 4n+1"));
+    } else if last_image.is_some() && frames < 5 {
+        problems.push(format!(
+            "--frames {frames}: a first and a last frame need at least 5 frames"
+        ));
     }
     // A step list given on the command line wins over the entry's, and over --steps.
     let timesteps = match (&args.timesteps, args.steps) {
@@ -975,6 +1073,8 @@ pub fn resolve(
             dense_layers: args.dense_layers,
         },
         lora: loras,
+        image,
+        last_image,
         family,
         warnings: Vec::new(),
     };

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! encode   prompt, negative prompt ──umT5──► context [1, 512, D] each
+//!          image(s) (image-to-video) ──VAE encoder, CLIP──► image condition (crate::image_cond)
 //! denoise  noise [1,16,F',H/8,W/8] ──N solver steps, transformer (cond+uncond batched), CFG──► latents
 //! decode   latents ──Wan VAE──► video [1, 3, F, H, W] in [-1, 1] ──► frames ──► file + sidecar JSON
 //! ```
@@ -39,8 +40,11 @@ use vdit_models::wan::CheckpointKeys;
 use vdit_models::weights::WeightFiles;
 
 use crate::denoise::LoadModel;
-use crate::family::{ExpertRule, TextEncoderKind, TransformerKind, VaeKind};
+use crate::family::{
+    ExpertRule, ImageConditioning, ImageEncoderKind, TextEncoderKind, TransformerKind, VaeKind,
+};
 use crate::hub::{ComponentFiles, ModelFiles};
+use crate::image_cond::{fit_image, image_tensor, read_image, ImageCondition, LatentCondition};
 use crate::output::{load_latents, save_latents, write_json_atomic};
 use crate::ownership::{exists, foreign_file, is_vdit_latents, record_lists, Replace};
 use crate::sampling::{load_noise, seeded_noise};
@@ -103,6 +107,9 @@ pub fn build_attention(
 pub struct StageTimings {
     /// Tokenizer and text encoder load, and the prompts' encoding.
     pub encode_s: f64,
+    /// Image-to-video: reading the input images, the VAE encoder's and the image encoder's loads
+    /// and runs (0 for text-to-video).
+    pub image_encode_s: f64,
     /// Transformer loads and the sampling steps.
     pub denoise_s: f64,
     /// VAE load, the decode, and the frames handed to the video writer as they are decoded.
@@ -309,7 +316,22 @@ fn encode_and_sample(
     );
 
     let start = Instant::now();
-    let sampled = sample_latents(settings, files, device, &text)
+    let image = encode_images(settings, files, device)?;
+    if image.is_some() {
+        timings.image_encode_s = start.elapsed().as_secs_f64();
+        eprintln!(
+            "image        {:.1} s (VAE encoder{})",
+            timings.image_encode_s,
+            if settings.family.image.is_some_and(|i| i.encoder.is_some()) {
+                " and image encoder"
+            } else {
+                ""
+            }
+        );
+    }
+
+    let start = Instant::now();
+    let sampled = sample_latents(settings, files, device, &text, image.as_ref())
         .map_err(|e| e.with_dtype_hint(settings.dtype))?;
     timings.denoise_s = start.elapsed().as_secs_f64();
     timings.seconds_per_step = sampled.seconds_per_step;
@@ -640,6 +662,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     }
     let vae = vae_files()?;
     check_weights("vae", &vae)?;
+    check_image_inputs(settings, files, &vae)?;
     for config in configs.iter().flatten() {
         build_attention(&settings.attention, config.num_layers, settings.steps)?;
     }
@@ -682,6 +705,36 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
                 }
             )));
         }
+    }
+    Ok(())
+}
+
+/// Image-to-video: the images decode, the VAE's weights hold an encoder (a decoder-only VAE
+/// file cannot encode the image), and the image encoder's weights and preprocessing settings are
+/// there and readable.
+fn check_image_inputs(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    vae: &ComponentFiles,
+) -> Result<()> {
+    let (Some(input), Some(image)) = (settings.family.image, &settings.image) else {
+        return Ok(());
+    };
+    read_image("--image", &image.path)?;
+    if let Some(last) = &settings.last_image {
+        read_image("--last-image", &last.path)?;
+    }
+    let weights = WeightFiles::open(&vae.weights)?;
+    if !weights.keys().iter().any(|k| k.contains("encoder.")) {
+        return Err(VditError::InvalidSetting(format!(
+            "vae weights {}: no encoder tensors (a decoder-only VAE file); image-to-video encodes \
+             the image with the VAE's encoder: use the model's full VAE",
+            vae.weights.display()
+        )));
+    }
+    if let Some(spec) = input.encoder {
+        let component = files.component(spec.component, None)?;
+        check_weights(spec.component, &component)?;
     }
     Ok(())
 }
@@ -1032,9 +1085,12 @@ pub fn sample_latents(
     files: &ModelFiles,
     device: &Device,
     text: &TextConditioning,
+    image: Option<&ImageCondition>,
 ) -> Result<SampledLatents> {
+    // The noise has the transformer's output channels (an image-conditioned transformer takes
+    // more in: the condition's).
     let channels = match transformer_config(settings, files)? {
-        Some(config) => config.in_channels,
+        Some(config) => config.out_channels,
         None => settings.family.latent.channels,
     };
     let load_seconds = Rc::new(Cell::new(0.0));
@@ -1044,6 +1100,7 @@ pub fn sample_latents(
         settings,
         device,
         text,
+        image,
     )?;
     sampled.model_load_s = load_seconds.get();
     Ok(sampled)
@@ -1070,25 +1127,28 @@ pub fn sample_latents_with(
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
+    image: Option<&ImageCondition>,
 ) -> Result<SampledLatents> {
-    let channels = models[0].config().in_channels;
+    let channels = models[0].config().out_channels;
     sample_with_experts(
         shared_experts(settings, models),
         channels,
         settings,
         device,
         text,
+        image,
     )
 }
 
 /// The whole schedule on `experts`, from `channels`-channel noise, with a progress bar
-/// (steps, s/step).
+/// (steps, s/step); an image-conditioned run conditions every step on `image`.
 pub fn sample_with_experts(
     experts: Vec<Expert<'_>>,
     channels: usize,
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
+    image: Option<&ImageCondition>,
 ) -> Result<SampledLatents> {
     let noise = initial_noise(settings, channels, device)?;
     let tokens = settings.family.latent.tokens(noise.dims());
@@ -1103,7 +1163,8 @@ pub fn sample_with_experts(
         settings.family.timesteps,
         tokens,
         Box::new(move |num_layers| build_attention(&attention_settings, num_layers, steps)),
-    )?;
+    )?
+    .with_image(image.cloned());
     denoiser.keep_loaded = settings.keep_experts;
     let mut solver = settings.sampler.solver(
         settings.steps,
@@ -1206,6 +1267,92 @@ pub fn decode_latents(
     latents: &Tensor,
 ) -> Result<Tensor> {
     decode_with(&load_vae(settings, files, device)?, settings, latents)
+}
+
+/// Stage 1b (image-to-video): the run's input image(s) → its [`ImageCondition`], as diffusers'
+/// `WanImageToVideoPipeline` builds it (see [`crate::image_cond::latent`]): the image encoder
+/// (CLIP, when the family has one) on the images as read, the VAE encoder on the images fitted to
+/// the video's size; each network loaded, run and freed. `None` for a run without an image.
+pub fn encode_images(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<Option<ImageCondition>> {
+    let family = settings.family;
+    let (Some(input), Some(first)) = (family.image, &settings.image) else {
+        return Ok(None);
+    };
+    let first = read_image("--image", &first.path)?;
+    let last = match &settings.last_image {
+        Some(record) => Some(read_image("--last-image", &record.path)?),
+        None => None,
+    };
+    // CLIP sees the images as read: its own preprocessing resizes and crops them to 224².
+    let features = match input.encoder {
+        Some(spec) => {
+            let mut images = vec![&first.rgb];
+            images.extend(last.as_ref().map(|l| &l.rgb));
+            Some(image_features(settings, files, device, spec, &images)?)
+        }
+        None => None,
+    };
+    // [1, 3, H, W] in [-1, 1], fitted to the video's size.
+    let (width, height) = (settings.width, settings.height);
+    let frame = |image: &crate::image_cond::InputImage| {
+        image_tensor(&fit_image(&image.rgb, width, height, input.fit), device)
+    };
+    let latent = match input.conditioning {
+        ImageConditioning::MaskedVideoChannels => {
+            // [1, 3, F, H, W]: the image, zeros, and the last image when there is one.
+            let mut parts = vec![frame(&first)?.unsqueeze(2)?];
+            let zeros = settings.frames as usize - 1 - usize::from(last.is_some());
+            if zeros > 0 {
+                parts.push(Tensor::zeros(
+                    (1, 3, zeros, height as usize, width as usize),
+                    DType::F32,
+                    device,
+                )?);
+            }
+            if let Some(last) = &last {
+                parts.push(frame(last)?.unsqueeze(2)?);
+            }
+            let video = Tensor::cat(&parts, 2)?;
+            let encoded = encode_video(settings, files, device, &video)?; // [1, z, F', H', W']
+            LatentCondition::masked_video(&encoded, last.is_some())?
+        }
+        ImageConditioning::FirstFrameLatent => {
+            let video = frame(&first)?.unsqueeze(2)?; // [1, 3, 1, H, W]
+            let encoded = encode_video(settings, files, device, &video)?; // [1, z, 1, H', W']
+            LatentCondition::first_frame(&encoded, settings.latent_frames(), family.latent.patch)?
+        }
+    };
+    Ok(Some(ImageCondition { latent, features }))
+}
+
+/// The VAE encoder's normalised latents of `video` `[1, 3, F, H, W]` in [-1, 1]:
+/// `[1, z, F', H', W']` f32, the encoder loaded for this and freed after.
+fn encode_video(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    video: &Tensor,
+) -> Result<Tensor> {
+    let _ = (settings, files, device, video);
+    Err(VditError::Resolve("INTERIM: the VAE encoder is not merged yet".into()))
+}
+
+/// The image encoder's features of `images` (first, then last): `[1, Li·n, Di]` f32 (each
+/// image's penultimate hidden states, side by side along the tokens), the encoder loaded for
+/// this and freed after.
+fn image_features(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    spec: crate::family::ImageEncoderSpec,
+    images: &[&image::RgbImage],
+) -> Result<Tensor> {
+    let _ = (settings, files, device, spec, images, ImageEncoderKind::ClipVisionH14);
+    Err(VditError::Resolve("INTERIM: the CLIP encoder is not merged yet".into()))
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ fn every_stage_matches_diffusers_in_f32() {
     println!("prompt embeddings: rel err {cond_err:.2e} (cond), {uncond_err:.2e} (uncond)");
     assert!(cond_err <= 1e-4 && uncond_err <= 1e-4);
 
-    let sampled = sample_latents(&settings, &files, &device, &text).unwrap();
+    let sampled = sample_latents(&settings, &files, &device, &text, None).unwrap();
     let latent_err = relative_error(&sampled.latents, &reference["final_latents"]);
     println!("final latents: rel err {latent_err:.2e}");
     assert!(latent_err <= 1e-4);

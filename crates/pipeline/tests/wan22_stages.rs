@@ -64,7 +64,7 @@ fn check_stages(name: &str) -> &'static str {
         text.uncond.as_ref().unwrap(),
         &reference["negative_prompt_embeds"],
     );
-    let sampled = sample_latents(&settings, &files, &device, &text).unwrap();
+    let sampled = sample_latents(&settings, &files, &device, &text, None).unwrap();
     let latent_err = relative_error(&sampled.latents, &reference["final_latents"]);
     let video = decode_latents(&settings, &files, &device, &sampled.latents).unwrap();
     // diffusers' `pt` output is [1, T, 3, H, W] in [0, 1]; ours [1, 3, T, H, W] in [-1, 1].
@@ -125,7 +125,7 @@ fn the_model_folders_boundary_moves_the_expert_switch() {
         options.model = Some(model.display().to_string());
         let (settings, files) = resolve(&options, &Registry::embedded()).unwrap();
         let text = encode_prompts(&settings, &files, &Device::Cpu).unwrap();
-        let latents = sample_latents(&settings, &files, &Device::Cpu, &text)
+        let latents = sample_latents(&settings, &files, &Device::Cpu, &text, None)
             .unwrap()
             .latents;
         (settings.boundary_ratio, latents)

@@ -30,7 +30,8 @@ use vdit_pipeline::ownership::Replace;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{dtype_name, resolve, GenerateSettings};
 use vdit_pipeline::stages::{
-    build_attention, encode_prompts, load_transformers, load_vae, sample_latents_with,
+    build_attention, encode_images, encode_prompts, load_transformers, load_vae,
+    sample_latents_with,
 };
 use vdit_pipeline::video::{write_video_replacing, VideoFrames};
 use vdit_pipeline::{Result, VditError};
@@ -208,8 +209,16 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let start = Instant::now();
     let text = encode_prompts(&dense_settings, &files, &device)?;
     eprintln!("encode       {:.1} s", start.elapsed().as_secs_f64());
+    // Image-to-video: the image is encoded once; every run is conditioned on it.
+    let image = encode_images(&dense_settings, &files, &device)?;
     let transformers = load_transformers(&dense_settings, &files, &device)?;
-    warm_up(&transformers[0], &dense_settings, &device, &text)?;
+    warm_up(
+        &transformers[0],
+        &dense_settings,
+        &device,
+        &text,
+        image.as_ref(),
+    )?;
 
     // Every run's settings, checked before the first (long) run starts.
     let mut run_settings = vec![(None, dense_settings.clone())];
@@ -231,7 +240,14 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let mut dense: Option<Clip> = None;
     let mut strip: Option<VideoFrames> = None;
     for (sparsity, settings) in &run_settings {
-        let clip = generate_clip(&transformers, &vae, settings, &device, &text)?;
+        let clip = generate_clip(
+            &transformers,
+            &vae,
+            settings,
+            &device,
+            &text,
+            image.as_ref(),
+        )?;
         write_video_replacing(
             &settings.output,
             &clip.frames,
@@ -286,7 +302,13 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     for round in 1..timing_rounds {
         for i in timing_order(run_settings.len(), round) {
             let start = Instant::now();
-            sample_latents_with(&transformers, &run_settings[i].1, &device, &text)?;
+            sample_latents_with(
+                &transformers,
+                &run_settings[i].1,
+                &device,
+                &text,
+                image.as_ref(),
+            )?;
             rows[i]
                 .denoise_samples_s
                 .push(start.elapsed().as_secs_f64());

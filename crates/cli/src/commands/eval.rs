@@ -211,7 +211,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         settings.seed = base_seed.wrapping_add(i as u64);
         settings.output = dir.join(video_name(i));
         let start = Instant::now();
-        let clip = generate_clip(&transformers, &vae, &settings, &device, text)?;
+        let clip = generate_clip(&transformers, &vae, &settings, &device, text, None)?;
         write_video_replacing(
             &settings.output,
             &clip.frames,

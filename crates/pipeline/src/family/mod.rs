@@ -18,7 +18,14 @@ use crate::error::{Result, VditError};
 use crate::sampling::SamplerKind;
 
 /// The families vdit knows, by the name a registry file gives (`family = "wan2.1-t2v"`).
-pub const FAMILIES: &[&ModelFamily] = &[&wan::WAN21_T2V, &wan::WAN22_T2V_A14B, &wan::WAN22_TI2V_5B];
+pub const FAMILIES: &[&ModelFamily] = &[
+    &wan::WAN21_T2V,
+    &wan::WAN21_I2V,
+    &wan::WAN21_FLF2V,
+    &wan::WAN22_T2V_A14B,
+    &wan::WAN22_I2V_A14B,
+    &wan::WAN22_TI2V_5B,
+];
 
 /// The family of a model whose registry entry names none (hub ids and directories outside the
 /// registry): Wan2.1 text-to-video.
@@ -40,34 +47,58 @@ pub fn family_by_name(name: &str) -> Result<&'static ModelFamily> {
 }
 
 /// The family of a model outside the registry, from its diffusers `model_index.json` (when it has
-/// one) and which expert folders it has: a second transformer (`transformer_2`, or the original
-/// layout's `low_noise_model`) or a `boundary_ratio` means Wan2.2 A14B, `expand_timesteps` means
-/// Wan2.2 TI2V; anything else is Wan2.1.
+/// one), which expert folders it has and its first transformer's `config.json`:
+/// - a second transformer (`transformer_2`, or the original layout's `low_noise_model`) or a
+///   `boundary_ratio` means Wan2.2 A14B: image-to-video when the transformer takes 36 input
+///   channels (noise + frame mask + encoded image), else text-to-video;
+/// - `expand_timesteps` means Wan2.2 TI2V;
+/// - an `image_encoder` or 36 input channels means Wan2.1 image-to-video, first-and-last-frame
+///   when the transformer has a position embedding for two images (`pos_embed_seq_len`);
+/// - anything else is Wan2.1 text-to-video.
 pub fn detect_family(
     model_index: Option<&serde_json::Value>,
     has_component: &dyn Fn(&str) -> bool,
+    transformer_config: Option<&serde_json::Value>,
 ) -> &'static ModelFamily {
     // diffusers writes an absent component as `[null, null]` and unset options as null/false.
-    let index_says = |key: &str| {
-        model_index
-            .and_then(|m| m.get(key))
-            .is_some_and(|v| match v {
-                serde_json::Value::Null | serde_json::Value::Bool(false) => false,
-                serde_json::Value::Array(items) => items.iter().any(|i| !i.is_null()),
-                _ => true,
-            })
+    let says = |json: Option<&serde_json::Value>, key: &str| {
+        json.and_then(|m| m.get(key)).is_some_and(|v| match v {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+            serde_json::Value::Array(items) => items.iter().any(|i| !i.is_null()),
+            _ => true,
+        })
     };
+    let index_says = |key: &str| says(model_index, key);
+    // diffusers names it `in_channels`, Wan-AI's own config.json `in_dim`.
+    let in_channels = ["in_channels", "in_dim"]
+        .iter()
+        .find_map(|key| transformer_config?.get(*key)?.as_u64());
+    let takes_image_channels = in_channels == Some(MASKED_VIDEO_IN_CHANNELS as u64);
     let two_experts = wan::WAN22_T2V_A14B.experts[1..].iter().any(|rule| {
         has_component(rule.component) || rule.original_component.is_some_and(has_component)
     });
     if index_says("transformer_2") || index_says("boundary_ratio") || two_experts {
-        &wan::WAN22_T2V_A14B
+        if takes_image_channels {
+            &wan::WAN22_I2V_A14B
+        } else {
+            &wan::WAN22_T2V_A14B
+        }
     } else if index_says("expand_timesteps") {
         &wan::WAN22_TI2V_5B
+    } else if index_says("image_encoder") || takes_image_channels {
+        if says(transformer_config, "pos_embed_seq_len") {
+            &wan::WAN21_FLF2V
+        } else {
+            &wan::WAN21_I2V
+        }
     } else {
         DEFAULT_FAMILY
     }
 }
+
+/// Input channels of a transformer conditioned by [`ImageConditioning::MaskedVideoChannels`]:
+/// 16 of noise, 4 of frame mask, 16 of encoded video.
+pub const MASKED_VIDEO_IN_CHANNELS: usize = 36;
 
 /// Which network a component folder holds, so the stages know how to load it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,8 +267,64 @@ pub enum FamilyFlag {
     GuidanceScale2,
     /// Keep every expert on the device instead of swapping at the boundary.
     KeepExpertsLoaded,
-    /// An input image (image-to-video).
+    /// An input image (`--image`, image-to-video); what the family does with it is its
+    /// [`ModelFamily::image`].
     Image,
+    /// A last frame (`--last-image`, first-and-last-frame to video).
+    LastImage,
+}
+
+/// How a family's transformer takes an input image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageConditioning {
+    /// The VAE encoding of the video [image, zeros…] (with a last image: [first, zeros…, last])
+    /// and a 4-channel frame mask, concatenated to the noise along channels: the transformer
+    /// takes 16 + 4 + 16 = 36 channels and returns 16 (Wan2.1 I2V, FLF2V, Wan2.2 I2V-A14B).
+    MaskedVideoChannels,
+    /// The image's latent replaces the first latent frame of the noise, and those tokens get
+    /// timestep 0 (a timestep per token); the frame is put back after the last step (Wan2.2
+    /// TI2V-5B).
+    FirstFrameLatent,
+}
+
+/// How an image whose aspect ratio is not the video's is made to fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFit {
+    /// Resized to the video's size, aspect ratio not kept (diffusers' `VideoProcessor.preprocess`
+    /// default resize).
+    Stretch,
+    /// Resized to cover the video's size, aspect ratio kept, then cropped about the centre
+    /// (Wan2.2's TI2V).
+    CoverAndCrop,
+}
+
+/// The image encoder of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageEncoderKind {
+    /// CLIP ViT-H/14's vision tower: its penultimate hidden states, 257 tokens × 1280 per image.
+    ClipVisionH14,
+}
+
+/// An image encoder and where its files live in the diffusers layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageEncoderSpec {
+    pub kind: ImageEncoderKind,
+    /// Component folder of the weights and config (`image_encoder`). Its preprocessing
+    /// (`image_processor/`) is CLIP's standard one for ViT-H/14, built into the encoder.
+    pub component: &'static str,
+}
+
+/// What a family does with input images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInput {
+    pub conditioning: ImageConditioning,
+    /// Without `--image` the family cannot run (I2V); TI2V-5B also runs from text alone.
+    pub required: bool,
+    /// The family takes (and then needs) a last frame (FLF2V).
+    pub last_image: bool,
+    /// The image embedding passed to every step, when the transformer has image cross-attention.
+    pub encoder: Option<ImageEncoderSpec>,
+    pub fit: ImageFit,
 }
 
 /// One model family, described in one place.
@@ -260,12 +347,18 @@ pub struct ModelFamily {
     pub defaults: FamilyDefaults,
     /// Flags beyond the common ones that this family takes.
     pub flags: &'static [FamilyFlag],
+    /// What it does with `--image` (and `--last-image`); `None` for text-only families.
+    pub image: Option<ImageInput>,
 }
 
 impl ModelFamily {
     /// Whether this family takes `flag`.
     pub fn takes(&self, flag: FamilyFlag) -> bool {
-        self.flags.contains(&flag)
+        match flag {
+            FamilyFlag::Image => self.image.is_some(),
+            FamilyFlag::LastImage => self.image.is_some_and(|i| i.last_image),
+            _ => self.flags.contains(&flag),
+        }
     }
 
     /// The expert serving timestep `t`.
@@ -311,19 +404,68 @@ mod tests {
         let wan21 = index(
             r#"{"transformer": ["diffusers", "WanTransformer3DModel"], "transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": false}"#,
         );
-        assert_eq!(detect_family(Some(&wan21), &none).name, "wan2.1-t2v");
+        assert_eq!(detect_family(Some(&wan21), &none, None).name, "wan2.1-t2v");
         let a14b = index(
             r#"{"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875}"#,
         );
-        assert_eq!(detect_family(Some(&a14b), &none).name, "wan2.2-t2v-a14b");
+        assert_eq!(
+            detect_family(Some(&a14b), &none, None).name,
+            "wan2.2-t2v-a14b"
+        );
         let ti2v = index(
             r#"{"transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": true}"#,
         );
-        assert_eq!(detect_family(Some(&ti2v), &none).name, "wan2.2-ti2v-5b");
+        assert_eq!(
+            detect_family(Some(&ti2v), &none, None).name,
+            "wan2.2-ti2v-5b"
+        );
         // Wan-AI's own layout has no model_index.json.
         let original = |c: &str| c == "high_noise_model" || c == "low_noise_model";
-        assert_eq!(detect_family(None, &original).name, "wan2.2-t2v-a14b");
-        assert_eq!(detect_family(None, &none).name, "wan2.1-t2v");
+        assert_eq!(
+            detect_family(None, &original, None).name,
+            "wan2.2-t2v-a14b"
+        );
+        assert_eq!(detect_family(None, &none, None).name, "wan2.1-t2v");
+    }
+
+    #[test]
+    fn image_families_are_found_from_the_image_encoder_and_input_channels() {
+        let none = |_: &str| false;
+        let i2v_index = index(
+            r#"{"_class_name": "WanImageToVideoPipeline", "image_encoder": ["transformers", "CLIPVisionModel"], "transformer_2": [null, null], "boundary_ratio": null, "expand_timesteps": false}"#,
+        );
+        let i2v = index(r#"{"in_channels": 36, "image_dim": 1280}"#);
+        let flf2v = index(r#"{"in_channels": 36, "image_dim": 1280, "pos_embed_seq_len": 514}"#);
+        assert_eq!(
+            detect_family(Some(&i2v_index), &none, Some(&i2v)).name,
+            "wan2.1-i2v"
+        );
+        assert_eq!(
+            detect_family(Some(&i2v_index), &none, Some(&flf2v)).name,
+            "wan2.1-flf2v"
+        );
+        let a14b_index = index(
+            r#"{"image_encoder": [null, null], "transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.9}"#,
+        );
+        let a14b = index(r#"{"in_channels": 36, "image_dim": null}"#);
+        assert_eq!(
+            detect_family(Some(&a14b_index), &none, Some(&a14b)).name,
+            "wan2.2-i2v-a14b"
+        );
+        // Wan-AI's layout: expert folders and `in_dim`.
+        let original = |c: &str| c == "high_noise_model" || c == "low_noise_model";
+        let wan_config = index(r#"{"model_type": "i2v", "in_dim": 36}"#);
+        assert_eq!(
+            detect_family(None, &original, Some(&wan_config)).name,
+            "wan2.2-i2v-a14b"
+        );
+        // Every family that takes an image says how, and the flags follow from it.
+        for family in FAMILIES {
+            assert_eq!(family.takes(FamilyFlag::Image), family.image.is_some());
+            if let Some(image) = family.image {
+                assert_eq!(family.takes(FamilyFlag::LastImage), image.last_image);
+            }
+        }
     }
 
     #[test]
