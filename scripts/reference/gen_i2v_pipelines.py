@@ -13,6 +13,9 @@ tests/fixtures/i2v_flf2v/        Wan2.1-FLF2V in small: the same with a transfor
                     embedding (pos_embed_seq_len 514); image.png and last_image.png
 tests/fixtures/i2v_wan22/        Wan2.2-I2V-A14B in small: two experts with 36 input channels and no image
                     cross-attention, no image encoder, boundary_ratio 0.9, UniPC at shift 5; image.png
+tests/fixtures/i2v_resize/       source.png (90x60) and PIL's Lanczos resizes of it: stretched to 48x32 and 128x96 (diffusers'
+                    VideoProcessor.preprocess) and covered then centre-cropped to 40x40 (Wan2.2 TI2V), to measure
+                    vdit's resampling against
 tests/fixtures/i2v_ti2v/         Wan2.2-TI2V-5B with an image: no model of its own, it runs
                     tests/fixtures/wan22_ti2v/model (a WanPipeline folder with expand_timesteps) through
                     WanImageToVideoPipeline, which is the diffusers class that takes an image for TI2V-5B
@@ -220,8 +223,26 @@ def ti2v():
           {"expand_timesteps": True, "model": "tests/fixtures/wan22_ti2v/model"}, save_model=False)
 
 
+def resize_fixtures():
+    """PIL's resizes of one image, to measure vdit's Lanczos against: diffusers' VideoProcessor.preprocess stretch
+    (Lanczos) down and up, and Wan2.2 TI2V's cover-then-centre-crop (Lanczos)."""
+    out = os.path.join(ROOT, "i2v_resize")
+    os.makedirs(out, exist_ok=True)
+    source = synthetic_image(90, 60, 77)
+    source.save(os.path.join(out, "source.png"))
+    source.resize((48, 32), resample=Image.LANCZOS).save(os.path.join(out, "stretch_48x32.png"))
+    source.resize((128, 96), resample=Image.LANCZOS).save(os.path.join(out, "stretch_128x96.png"))
+    # cover 40x40 from 90x60: scale max(40/90, 40/60), round each side, crop about the centre
+    scale = max(40 / 90, 40 / 60)
+    covered = source.resize((round(90 * scale), round(60 * scale)), resample=Image.LANCZOS)
+    x, y = (covered.width - 40) // 2, (covered.height - 40) // 2
+    covered.crop((x, y, x + 40, y + 40)).save(os.path.join(out, "cover_crop_40x40.png"))
+    print("wrote", out, file=sys.stderr)
+
+
 def main():
     torch.manual_seed(0)
+    resize_fixtures()
     wan21("i2v_wan21", WAN21, 2100, last_frame=False)
     wan21("i2v_flf2v", FLF2V, 2110, last_frame=True)
     wan22()
