@@ -273,7 +273,10 @@ fn the_image_conditions_the_result() {
     let (latents, _, _) = generate("i2v_ti2v", dir.path(), "ti2v", &[]);
     let first = latents.narrow(2, 0, 1).unwrap();
     let err = relative_error(&first, &ti2v["condition"]);
-    assert!(err <= 1e-5, "first latent frame vs the image's latent: {err}");
+    assert!(
+        err <= 1e-5,
+        "first latent frame vs the image's latent: {err}"
+    );
 }
 
 /// `vdit compare` conditions every run on the image, encoded once.
@@ -281,7 +284,11 @@ fn the_image_conditions_the_result() {
 fn compare_takes_an_image() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");
-    let flags = reference_flags("i2v_wan21", &dir.path().join("x.png"), &dir.path().join("x"));
+    let flags = reference_flags(
+        "i2v_wan21",
+        &dir.path().join("x.png"),
+        &dir.path().join("x"),
+    );
     // generate's flags without -o, --latents-out and --noise (compare samples from the seed).
     let mut args = vec!["compare".to_string()];
     let mut skip = 0;

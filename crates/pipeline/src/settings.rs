@@ -496,7 +496,9 @@ impl GenerateSettings {
             if let Some(image) = image {
                 let fit = match self.family.image.map(|i| i.fit) {
                     _ if (image.width, image.height) == (self.width, self.height) => "as it is",
-                    Some(crate::family::ImageFit::CoverAndCrop) => "resized to cover, centre-cropped",
+                    Some(crate::family::ImageFit::CoverAndCrop) => {
+                        "resized to cover, centre-cropped"
+                    }
                     _ => "resized",
                 };
                 lines.push(format!(
@@ -726,8 +728,8 @@ fn resolve_images(
         }
     };
     let image = read("--image", &args.image).filter(|_| family.takes(FamilyFlag::Image));
-    let last = read("--last-image", &args.last_image)
-        .filter(|_| family.takes(FamilyFlag::LastImage));
+    let last =
+        read("--last-image", &args.last_image).filter(|_| family.takes(FamilyFlag::LastImage));
     (image, last)
 }
 
@@ -779,7 +781,12 @@ pub fn resolve(
     let default_height = defaults.height.unwrap_or(family_defaults.height);
     // Without a size, an image-to-video run keeps the image's aspect ratio at the model's pixel
     // budget (its default size's area), as Wan's generate.py does.
-    let (default_width, default_height) = match (&image, family.image, args.width.or(size_w), args.height.or(size_h)) {
+    let (default_width, default_height) = match (
+        &image,
+        family.image,
+        args.width.or(size_w),
+        args.height.or(size_h),
+    ) {
         (Some(image), Some(input), None, None) => video_size_for_image(
             image.width,
             image.height,

@@ -1338,7 +1338,9 @@ fn encode_video(
     video: &Tensor,
 ) -> Result<Tensor> {
     let _ = (settings, files, device, video);
-    Err(VditError::Resolve("INTERIM: the VAE encoder is not merged yet".into()))
+    Err(VditError::Resolve(
+        "INTERIM: the VAE encoder is not merged yet".into(),
+    ))
 }
 
 /// The image encoder's features of `images` (first, then last): `[1, Li·n, Di]` f32 (each
@@ -1351,8 +1353,17 @@ fn image_features(
     spec: crate::family::ImageEncoderSpec,
     images: &[&image::RgbImage],
 ) -> Result<Tensor> {
-    let _ = (settings, files, device, spec, images, ImageEncoderKind::ClipVisionH14);
-    Err(VditError::Resolve("INTERIM: the CLIP encoder is not merged yet".into()))
+    let _ = (
+        settings,
+        files,
+        device,
+        spec,
+        images,
+        ImageEncoderKind::ClipVisionH14,
+    );
+    Err(VditError::Resolve(
+        "INTERIM: the CLIP encoder is not merged yet".into(),
+    ))
 }
 
 #[cfg(test)]

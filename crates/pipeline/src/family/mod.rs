@@ -421,10 +421,7 @@ mod tests {
         );
         // Wan-AI's own layout has no model_index.json.
         let original = |c: &str| c == "high_noise_model" || c == "low_noise_model";
-        assert_eq!(
-            detect_family(None, &original, None).name,
-            "wan2.2-t2v-a14b"
-        );
+        assert_eq!(detect_family(None, &original, None).name, "wan2.2-t2v-a14b");
         assert_eq!(detect_family(None, &none, None).name, "wan2.1-t2v");
     }
 

@@ -11,9 +11,9 @@
 //! - Wan2.2 I2V-A14B: two experts as T2V-A14B, each taking the 36 channels, without CLIP.
 
 use super::{
-    ExpertRule, FamilyDefaults, FamilyFlag, GuidanceSource, ImageConditioning,
-    ImageEncoderKind, ImageEncoderSpec, ImageFit, ImageInput, LatentSpace, ModelFamily,
-    TextEncoderKind, TextEncoderSpec, TimestepForm, TimestepRange, TransformerKind, VaeKind,
+    ExpertRule, FamilyDefaults, FamilyFlag, GuidanceSource, ImageConditioning, ImageEncoderKind,
+    ImageEncoderSpec, ImageFit, ImageInput, LatentSpace, ModelFamily, TextEncoderKind,
+    TextEncoderSpec, TimestepForm, TimestepRange, TransformerKind, VaeKind,
 };
 use crate::sampling::SamplerKind;
 
@@ -172,7 +172,6 @@ pub const WAN22_TI2V_5B: ModelFamily = ModelFamily {
         fit: ImageFit::CoverAndCrop,
     }),
 };
-
 
 /// CLIP ViT-H/14's vision tower as the diffusers I2V pipelines keep it.
 pub const CLIP_IMAGE_ENCODER: ImageEncoderSpec = ImageEncoderSpec {

@@ -171,10 +171,12 @@ pub fn image_tensor(image: &RgbImage, device: &Device) -> Result<Tensor> {
         .iter()
         .map(|&v| v as f32 / 255.0 * 2.0 - 1.0)
         .collect();
-    Ok(Tensor::from_vec(values, (h as usize, w as usize, 3), device)?
-        .permute((2, 0, 1))?
-        .unsqueeze(0)?
-        .contiguous()?)
+    Ok(
+        Tensor::from_vec(values, (h as usize, w as usize, 3), device)?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .contiguous()?,
+    )
 }
 
 #[cfg(test)]
@@ -220,7 +222,10 @@ mod tests {
         let cropped = fit_image(&image, 4, 4, ImageFit::CoverAndCrop);
         assert_eq!(cropped.dimensions(), (4, 4));
         assert_eq!(cropped.get_pixel(0, 0).0, [20, 0, 7]);
-        assert_eq!(fit_image(&image, 4, 4, ImageFit::Stretch).dimensions(), (4, 4));
+        assert_eq!(
+            fit_image(&image, 4, 4, ImageFit::Stretch).dimensions(),
+            (4, 4)
+        );
     }
 
     #[test]

@@ -121,7 +121,10 @@ impl LatentCondition {
                 if frames == 1 {
                     return Ok(first.contiguous()?);
                 }
-                Ok(Tensor::cat(&[&first, &latents.narrow(2, 1, frames - 1)?], 2)?)
+                Ok(Tensor::cat(
+                    &[&first, &latents.narrow(2, 1, frames - 1)?],
+                    2,
+                )?)
             }
         }
     }
@@ -214,7 +217,10 @@ mod tests {
         let cond = LatentCondition::masked_video(&y, false)?;
         let input = cond.model_input(&Tensor::cat(&[&latents, &latents], 0)?)?;
         assert_eq!(input.dims(), &[2, 2 + 4 + 2, 3, 2, 2]);
-        assert_eq!(values(&input.narrow(1, 0, 2)?.narrow(0, 1, 1)?), values(&latents));
+        assert_eq!(
+            values(&input.narrow(1, 0, 2)?.narrow(0, 1, 1)?),
+            values(&latents)
+        );
         assert!(values(&input.narrow(1, 6, 2)?).iter().all(|&v| v == -7.0));
         assert!(cond.token_timesteps(500.0, 2)?.is_none());
 

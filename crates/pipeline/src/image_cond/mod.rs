@@ -6,5 +6,7 @@
 pub mod input;
 pub mod latent;
 
-pub use input::{fit_image, image_tensor, read_image, video_size_for_image, ImageRecord, InputImage};
+pub use input::{
+    fit_image, image_tensor, read_image, video_size_for_image, ImageRecord, InputImage,
+};
 pub use latent::{ImageCondition, LatentCondition};
