@@ -621,7 +621,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     let vae_files = || files.component(family.vae_component, settings.overrides.vae.as_deref());
     if let Some(path) = &settings.latents_in {
         let vae = vae_files()?;
-        check_weights("vae", &vae)?;
+        check_vae(settings, &vae)?;
         let z_dim = vae_config(settings, &vae)?.z_dim;
         return check_saved_latents(settings, path, z_dim);
     }
@@ -639,7 +639,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
         check_weights(rule.component, &expert_component(settings, files, rule)?)?;
     }
     let vae = vae_files()?;
-    check_weights("vae", &vae)?;
+    check_vae(settings, &vae)?;
     for config in configs.iter().flatten() {
         build_attention(&settings.attention, config.num_layers, settings.steps)?;
     }
@@ -714,6 +714,17 @@ fn check_weights(component: &str, files: &ComponentFiles) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The VAE loads after sampling, so its checkpoint is checked now as the load will read it: the
+/// headers and dtypes ([`check_weights`]), then every tensor the decoder asks for present with
+/// its shape ([`WanVaeDecoder::check`], headers only).
+fn check_vae(settings: &GenerateSettings, vae: &ComponentFiles) -> Result<()> {
+    check_weights("vae", vae)?;
+    let config = vae_config(settings, vae)?;
+    let weights = Arc::new(WeightFiles::open(&vae.weights)?);
+    WanVaeDecoder::check(&weights, &config)
+        .map_err(|e| VditError::InvalidSetting(format!("vae {}: {e}", vae.weights.display())))
 }
 
 /// The `latents` tensor of a `--latents-in` file must have the shape this run decodes:

@@ -96,6 +96,22 @@ impl WanVaeDecoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let (dialect, key_map) = Self::key_map_for(files, cfg)?;
+        Self::build(
+            files.var_builder(key_map, dtype, device),
+            cfg,
+            dialect,
+            dtype,
+            device,
+        )
+    }
+
+    /// The checkpoint's key dialect and the map from diffusers names to its keys; an error when
+    /// it is no Wan VAE or the other family's.
+    fn key_map_for(
+        files: &WeightFiles,
+        cfg: &WanVaeConfig,
+    ) -> Result<(VaeKeyDialect, crate::weights::KeyMap)> {
         let files_list = || {
             let names: Vec<String> = files
                 .paths()
@@ -110,13 +126,22 @@ impl WanVaeDecoder {
             return Err(wrong_family(files_list(), cfg));
         }
         let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks, cfg.is_residual);
+        Ok((dialect, key_map))
+    }
+
+    /// Checks, from the headers alone, that [`Self::load`] with the same arguments would find
+    /// every tensor the decoder needs with its shape (see [`WeightFiles::checking_var_builder`]):
+    /// the same errors as a load, in well under a second and with no weights read.
+    pub fn check(files: &Arc<WeightFiles>, cfg: &WanVaeConfig) -> Result<()> {
+        let (dialect, key_map) = Self::key_map_for(files, cfg)?;
         Self::build(
-            files.var_builder(key_map, dtype, device),
+            files.checking_var_builder(key_map),
             cfg,
             dialect,
-            dtype,
-            device,
+            DType::F32,
+            &Device::Cpu,
         )
+        .map(|_| ())
     }
 
     /// A decoder of `cfg`'s shape with random weights drawn on `device` (see
