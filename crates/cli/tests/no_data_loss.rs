@@ -267,11 +267,10 @@ fn a_truncated_vae_fails_before_the_first_step() {
     assert!(!out.exists());
 }
 
+type VaeTensors = std::collections::HashMap<String, candle_core::Tensor>;
+
 /// A VAE copy of the tiny model with `edit` applied to its tensors.
-fn model_with_edited_vae(
-    dir: &Path,
-    edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>),
-) -> PathBuf {
+fn model_with_edited_vae(dir: &Path, edit: impl FnOnce(&mut VaeTensors)) -> PathBuf {
     let mut tensors = candle_core::safetensors::load(
         tiny_model().join("vae/diffusion_pytorch_model.safetensors"),
         &candle_core::Device::Cpu,
