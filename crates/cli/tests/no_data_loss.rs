@@ -268,6 +268,7 @@ fn a_truncated_vae_fails_before_the_first_step() {
 }
 
 type VaeTensors = std::collections::HashMap<String, candle_core::Tensor>;
+type VaeEdit = Box<dyn FnOnce(&mut VaeTensors)>;
 
 /// A VAE copy of the tiny model with `edit` applied to its tensors.
 fn model_with_edited_vae(dir: &Path, edit: impl FnOnce(&mut VaeTensors)) -> PathBuf {
@@ -286,10 +287,7 @@ fn model_with_edited_vae(dir: &Path, edit: impl FnOnce(&mut VaeTensors)) -> Path
 /// another shape) passed the checks before sampling and failed only at the decode.
 #[test]
 fn a_vae_missing_a_tensor_or_of_another_shape_fails_before_the_first_step() {
-    let cases: [(
-        &str,
-        Box<dyn FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>)>,
-    ); 2] = [
+    let cases: [(&str, VaeEdit); 2] = [
         (
             "decoder.conv_out.weight",
             Box::new(|t| {
