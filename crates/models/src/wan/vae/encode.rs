@@ -121,7 +121,8 @@ impl WanVaeEncoder {
         let names: Vec<&str> = tensors.tensor_infos().keys().map(String::as_str).collect();
         let (dialect, prefix) = keys::detect_encoder_dialect(names.iter().copied())
             .ok_or_else(|| not_an_encoder(path.display().to_string()))?;
-        if keys::encoder_residual_layout(names.iter().copied()).is_some_and(|r| r != cfg.is_residual)
+        if keys::encoder_residual_layout(names.iter().copied())
+            .is_some_and(|r| r != cfg.is_residual)
         {
             return Err(wrong_family(path.display().to_string(), cfg));
         }

@@ -50,6 +50,9 @@ impl Encoder3d {
             .chain(cfg.dim_mult.iter().copied())
             .map(|m| base * m)
             .collect();
+        // profile levels count spatial halvings still to come, as the decoder's count those
+        // done: stage i runs at level `stages − 1 − i`, the mid block at 0 (latent resolution)
+        let level = |i: usize| stages - 1 - i;
         let mut slots = SlotCounter::default();
         let conv_in = CausalConv3d::new(
             vb.pp("conv_in"),
@@ -57,7 +60,7 @@ impl Encoder3d {
             dims[0],
             (3, 3),
             &mut slots,
-            stage::conv3d(0),
+            stage::conv3d(level(0)),
         )?;
         let vb_down = vb.pp("down_blocks");
         let down = if cfg.is_residual {
@@ -71,7 +74,7 @@ impl Encoder3d {
                     dims[i + 1],
                     cfg.num_res_blocks,
                     downsample,
-                    i,
+                    level(i),
                     &mut slots,
                 )?);
             }
@@ -86,7 +89,7 @@ impl Encoder3d {
                         vb_down.pp(layers.len()),
                         in_dim,
                         dims[i + 1],
-                        i,
+                        level(i),
                         &mut slots,
                     )?));
                     in_dim = dims[i + 1];
@@ -103,11 +106,10 @@ impl Encoder3d {
             DownStages::Plain(layers)
         };
         let deepest = dims[stages];
-        let level = stages - 1;
         let mid = vb.pp("mid_block");
         let mid_resnets = [
-            ResidualBlock::new(mid.pp("resnets.0"), deepest, deepest, level, &mut slots)?,
-            ResidualBlock::new(mid.pp("resnets.1"), deepest, deepest, level, &mut slots)?,
+            ResidualBlock::new(mid.pp("resnets.0"), deepest, deepest, 0, &mut slots)?,
+            ResidualBlock::new(mid.pp("resnets.1"), deepest, deepest, 0, &mut slots)?,
         ];
         let mid_attention = AttentionBlock::new(mid.pp("attentions.0"), deepest)?;
         let norm_out = ChannelRmsNorm::new(vb.pp("norm_out"), deepest, false)?;

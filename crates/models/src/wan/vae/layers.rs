@@ -239,9 +239,9 @@ fn conv2d_grouped(x: &Tensor, kernel: &Tensor, padding: usize, stride: usize) ->
 /// The tensor-core path takes stride 1 only (the encoder's stride-2 downsampling convs skip it).
 fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::BF16 {
-        let y = x
-            .to_dtype(DType::F32)?
-            .conv2d(&kernel.to_dtype(DType::F32)?, padding, stride, 1, 1)?;
+        let y =
+            x.to_dtype(DType::F32)?
+                .conv2d(&kernel.to_dtype(DType::F32)?, padding, stride, 1, 1)?;
         return Ok(y);
     }
     #[cfg(feature = "cudnn")]

@@ -11,6 +11,9 @@ use super::layers::{stage, FeatureCache, SlotCounter};
 use crate::error::{ModelError, Result};
 use crate::profile::span;
 
+/// Profiler stage of the parameter-free shortcut.
+const AVG_DOWN: &str = "vae encode: average-down shortcut";
+
 /// The parameter-free shortcut: `[B, T, C_in, H, W]` → `[B, ⌈T/f_t⌉, C_out, H/f_s, W/f_s]`.
 ///
 /// Time is first padded with zero frames in front to a multiple of f_t (so a chunk of one frame
@@ -129,7 +132,7 @@ impl ResidualDownBlock {
             h = downsampler.forward(&h, cache)?;
         }
         let dev = x.device();
-        let skip = span(stage::POINTWISE_CONV, dev, || self.shortcut.forward(x))?;
+        let skip = span(AVG_DOWN, dev, || self.shortcut.forward(x))?;
         span(stage::RESIDUAL_ADD, dev, || Ok((h + skip)?))
     }
 }
