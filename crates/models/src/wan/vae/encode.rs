@@ -244,14 +244,14 @@ impl WanVaeEncoder {
                 dims[1]
             )));
         }
-        if (dims[2] - 1) % step != 0 {
+        if !(dims[2] - 1).is_multiple_of(step) {
             let below = 1 + (dims[2] - 1) / step * step;
             return Err(shape_error(format!(
                 "{} frames is not 1 + {step}k (the nearest below is {below})",
                 dims[2]
             )));
         }
-        if dims[3] % scale != 0 || dims[4] % scale != 0 {
+        if !dims[3].is_multiple_of(scale) || !dims[4].is_multiple_of(scale) {
             return Err(shape_error(format!(
                 "{}×{} is not a multiple of {scale}",
                 dims[3], dims[4]

@@ -16,7 +16,7 @@ use crate::profile::span;
 /// One entry of Wan2.1's flat `down_blocks` list.
 #[derive(Debug, Clone)]
 enum DownLayer {
-    Residual(ResidualBlock),
+    Residual(Box<ResidualBlock>),
     Downsample(Downsample),
 }
 
@@ -85,13 +85,13 @@ impl Encoder3d {
             for i in 0..stages {
                 let mut in_dim = dims[i];
                 for _ in 0..cfg.num_res_blocks {
-                    layers.push(DownLayer::Residual(ResidualBlock::new(
+                    layers.push(DownLayer::Residual(Box::new(ResidualBlock::new(
                         vb_down.pp(layers.len()),
                         in_dim,
                         dims[i + 1],
                         level(i),
                         &mut slots,
-                    )?));
+                    )?)));
                     in_dim = dims[i + 1];
                 }
                 if i + 1 < stages {
