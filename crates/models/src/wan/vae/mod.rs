@@ -1,20 +1,27 @@
-//! The Wan causal 3D VAE decoders (diffusers AutoencoderKLWan), decode side only: Wan2.1_VAE
-//! (z 16, ×8 in space) and Wan2.2_VAE (z 48, residual up blocks, 2×2 unpatchify: ×16 in space),
-//! both built by [`WanVaeDecoder`] from a [`WanVaeConfig`].
+//! The Wan causal 3D VAE (diffusers AutoencoderKLWan): Wan2.1_VAE (z 16, ×8 in space) and
+//! Wan2.2_VAE (z 48, residual up/down blocks, 2×2 patch: ×16 in space), both ×4 in time after the
+//! first frame. [`WanVaeDecoder`] turns latents into video, [`WanVaeEncoder`] video into latents;
+//! each is built from a [`WanVaeConfig`] and loads only its own half of a checkpoint.
 //!
-//! Latents are decoded one latent frame at a time; every temporal conv keeps the last frames of its
-//! input stream in a [`FeatureCache`](layers::FeatureCache), so the result equals a causal conv over
-//! the whole video while memory stays that of one chunk. The first latent frame gives one video
-//! frame, every later one four. Optional spatial [tiling](VaeTiling) bounds memory at 720p.
+//! Both run through time in chunks: every temporal conv keeps the last frames of its input stream
+//! in a [`FeatureCache`](layers::FeatureCache), so the result equals a causal conv over the whole
+//! video while memory stays that of one chunk. The decoder takes one latent frame at a time (the
+//! first gives one video frame, every later one four); the encoder takes the first frame alone,
+//! then four at a time, each chunk giving one latent frame. Optional spatial [tiling](VaeTiling)
+//! bounds the decoder's memory at 720p.
 
 mod blocks;
 pub mod config;
 #[cfg(feature = "cudnn")]
 mod cudnn_conv;
 mod decoder;
+mod downsample;
+mod encode;
+mod encoder;
 pub mod keys;
 mod layers;
 mod patchify;
+mod residual_down;
 mod residual_up;
 pub mod tiling;
 
@@ -25,6 +32,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::WanVaeConfig;
+pub use encode::WanVaeEncoder;
 pub use keys::VaeKeyDialect;
 pub use tiling::VaeTiling;
 
