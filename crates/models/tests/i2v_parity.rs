@@ -189,6 +189,51 @@ fn original_configs_are_told_apart_by_the_checkpoint() {
     assert_eq!(flf2v.pos_embed_seq_len, Some(514));
 }
 
+/// A single original-keyed file without config.json: the image path's sizes come from the
+/// shapes (the image width from `img_emb.proj.0`, the key width from `cross_attn.k_img`, FLF2V's
+/// token count from `img_emb.emb_pos`). Only shapes are read, so the tensors are zeros.
+#[test]
+fn image_path_sizes_are_inferred_from_the_shapes() {
+    let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+    let mut tensors: HashMap<String, Tensor> = [
+        ("patch_embedding.weight", vec![128, 36, 1, 2, 2]),
+        ("text_embedding.0.weight", vec![128, 24]),
+        ("time_embedding.0.weight", vec![128, 16]),
+        ("blocks.0.ffn.0.weight", vec![96, 128]),
+        ("head.head.weight", vec![64, 128]),
+        ("img_emb.proj.0.weight", vec![40]),
+        ("blocks.0.cross_attn.k_img.weight", vec![128, 128]),
+    ]
+    .into_iter()
+    .map(|(k, s)| (format!("model.diffusion_model.{k}"), zeros(&s)))
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wan_i2v.safetensors");
+    let infer = |tensors: &HashMap<String, Tensor>| {
+        candle_core::safetensors::save(tensors, &path).unwrap();
+        WanTransformer::config_for(&path, &WeightFiles::open(&path).unwrap()).unwrap()
+    };
+    let cfg = infer(&tensors);
+    assert_eq!(
+        (
+            cfg.in_channels,
+            cfg.out_channels,
+            cfg.image_dim,
+            cfg.added_kv_proj_dim
+        ),
+        (36, 16, Some(40), Some(128))
+    );
+    assert_eq!(cfg.pos_embed_seq_len, None);
+    tensors.insert(
+        "model.diffusion_model.img_emb.emb_pos".into(),
+        zeros(&[1, 10, 40]),
+    );
+    assert_eq!(infer(&tensors).pos_embed_seq_len, Some(10));
+    tensors.retain(|k, _| !k.contains("img_emb") && !k.contains("k_img"));
+    let cfg = infer(&tensors);
+    assert_eq!((cfg.in_channels, cfg.image_dim), (36, None));
+}
+
 /// One `[1, Li, image_dim]` image serves the whole batch.
 #[test]
 fn a_shared_image_serves_the_batch() {

@@ -10,8 +10,9 @@
 //! the normalised pixels match transformers' to f32 rounding (relative error ≤ 1e-7).
 //!
 //! transformers 5 picks a torchvision backend for `CLIPImageProcessor` when torchvision is
-//! installed (a float antialiased bicubic without the u8 rounding between steps); its pixels
-//! differ from these by up to a few 1/255 steps. Wan's own code (`wan/modules/clip.py`) resizes
+//! installed (torchvision's antialiased bicubic, another kernel without the u8 rounding between
+//! steps), so a diffusers run there sees slightly different pixels; that difference was not
+//! measured (the fixtures were made without torchvision, with the PIL backend). Wan's own code (`wan/modules/clip.py`) resizes
 //! straight to 224 × 224 without a crop; diffusers' pipeline, which this follows, crops.
 
 use candle_core::{Device, Tensor};
