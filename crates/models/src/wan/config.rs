@@ -12,8 +12,9 @@ use serde_json::Value;
 use crate::error::{ModelError, Result};
 use crate::weights::WeightFiles;
 
-/// Hyper-parameters of a Wan diffusion transformer (Wan2.1 text-to-video, Wan2.2 T2V-A14B experts
-/// and TI2V-5B: one network shape, they differ in sizes and latent channels).
+/// Hyper-parameters of a Wan diffusion transformer (Wan2.1 text-to-video, image-to-video and
+/// first-last-frame, Wan2.2 T2V-A14B and I2V-A14B experts and TI2V-5B: one network shape, they
+/// differ in sizes, latent channels and whether the blocks also attend to CLIP image tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanConfig {
     /// Patch size (frames, height, width) of the Conv3d patch embedding.
@@ -22,7 +23,8 @@ pub struct WanConfig {
     /// Channels per head; the model width is `num_heads * head_dim`.
     pub head_dim: usize,
     /// Latent channels in and out (16 for Wan2.1 and Wan2.2-A14B text-to-video, 48 for
-    /// Wan2.2 TI2V-5B, whose VAE has 48 latent channels).
+    /// Wan2.2 TI2V-5B, whose VAE has 48 latent channels; image-to-video reads 36 = 16 noise +
+    /// 4 frame mask + 16 encoded conditioning video, and writes 16).
     pub in_channels: usize,
     pub out_channels: usize,
     /// Width of the text encoder output (4096 for umT5-XXL).
