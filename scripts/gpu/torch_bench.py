@@ -210,12 +210,17 @@ def i2v_rows(args):
     del vae
     torch.cuda.empty_cache()
 
-    # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers transformer/config.json
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
-        text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120, rope_max_seq_len=1024,
-    ).to("cuda", torch.bfloat16).eval()
+    # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers transformer/config.json; built in bf16 on the GPU (14B parameters in f32 on
+    # the host would take minutes to draw).
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
+            text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120,
+            rope_max_seq_len=1024,
+        ).eval()
+    torch.set_default_dtype(torch.float32)
     lat = (args.frames - 1) // 4 + 1
     x = torch.randn(2, 36, lat, args.height // 8, args.width // 8, device="cuda", dtype=torch.bfloat16)
     t = torch.tensor([999.0, 999.0], device="cuda")
