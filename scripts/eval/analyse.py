@@ -3,7 +3,8 @@
 Same rules as the shipped Rust analyser (crates/pipeline/src/eval.rs): background = median colour of the border
 pixels of each frame; foreground = pixels far from it; objects = connected foreground components above a
 minimum area; an object's colour = nearest palette entry to its mean colour; motion = centroid displacement
-first -> last frame (left/right/up/down beyond a threshold), growing/shrinking by area ratio, else still.
+first -> last frame (left/right/up/down beyond a threshold), growing/shrinking by area ratio, else still; the count
+must hold through the clip and an object that is not captioned as growing or shrinking must keep its size.
 
 `score(caption, frames)` -> {"colour_ok", "motion_ok", "count_ok"} for frames uint8 [T, H, W, 3].
 """
@@ -23,6 +24,11 @@ FOREGROUND_DISTANCE = 60.0  # RGB distance from the background estimate
 MIN_AREA_FRACTION = 0.002  # of the frame
 MOVE_THRESHOLD = 0.08  # centroid displacement, in frame sides
 AREA_RATIO = 1.5  # last/first area beyond which an object grows (or 1/x shrinks)
+# The shipped analyser's two consistency rules (AnalyserConfig::count_consistency, ::size_stability): the clip's
+# object count must be seen in at least this share of the frames, and an object captioned as moving or still must keep
+# its area within this ratio (largest over smallest of the medians of five consecutive sightings).
+COUNT_CONSISTENCY = 2.0 / 3.0
+SIZE_STABILITY = 1.6
 
 _NAMES = list(PALETTE)
 _RGB = np.array([PALETTE[n] for n in _NAMES], np.float32)
@@ -122,19 +128,39 @@ def analyse(frames: np.ndarray) -> dict:
         for colour, o in largest.items():
             tracks.setdefault(colour, []).append(o)
     # A colour counts as an object when it is present in at least half of the frames.
-    motions = {c: classify_motion(t[0], t[-1]) for c, t in tracks.items() if len(t) * 2 >= len(frames)}
-    return {"count": count, "motions": motions}
+    kept = {c: t for c, t in tracks.items() if len(t) * 2 >= len(frames)}
+    motions = {c: classify_motion(t[0], t[-1]) for c, t in kept.items()}
+    count_share = counts.count(count) / max(len(counts), 1)
+    return {
+        "count": count,
+        "count_share": count_share,
+        "motions": motions,
+        "size_ranges": {c: size_range([o["area"] for o in t]) for c, t in kept.items()},
+    }
+
+
+def size_range(areas: list[int]) -> float:
+    """Largest over smallest of the medians of five consecutive areas (fewer when the track is shorter)."""
+    window = max(min(5, len(areas)), 1)
+    smoothed = [float(np.median(areas[i:i + window])) for i in range(len(areas) - window + 1)]
+    low = min(smoothed, default=0.0)
+    return max(smoothed) / low if low > 0 else 1.0
 
 
 def score(caption: str, frames: np.ndarray) -> dict:
     expected = parse_caption(caption)
     seen = analyse(frames)
     colour_ok = all(colour in seen["motions"] for colour, _, _ in expected)
-    motion_ok = all(seen["motions"].get(colour) == motion for colour, _, motion in expected)
+    # Growing and shrinking change size by definition; anything else must keep it.
+    keeps_size = all(
+        motion in ("growing", "shrinking") or seen["size_ranges"].get(colour, 1.0) <= SIZE_STABILITY
+        for colour, _, motion in expected
+    )
+    motion_ok = keeps_size and all(seen["motions"].get(colour) == motion for colour, _, motion in expected)
     return {
         "colour_ok": colour_ok,
         "motion_ok": motion_ok,
-        "count_ok": seen["count"] == len(expected),
+        "count_ok": seen["count"] == len(expected) and seen["count_share"] >= COUNT_CONSISTENCY,
         "seen": seen,
     }
 

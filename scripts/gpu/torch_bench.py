@@ -10,6 +10,8 @@ steps and the VAE decode with its post-processing to arrays (no file written), o
 imports counted) and once more with the pipeline still loaded; peak GPU memory beside each:
 
     python3 scripts/gpu/torch_bench.py --pipeline DIR --steps 50 --guidance 5 --out torch_pipeline.json
+
+With --i2v it times the image-to-video shapes: the Wan2.1-I2V-14B forward and the Wan2.1 VAE encode (832x480x81).
 """
 import time
 
@@ -187,6 +189,60 @@ def wan22_rows(args):
     return rows
 
 
+def i2v_rows(args):
+    """Image-to-video shapes: one Wan2.1-I2V-14B forward at 832x480x81 (batch 2, 36 channels in, the CLIP image
+    tokens' cross-attention), and the Wan2.1 VAE encode of an 81-frame 832x480 video (the I2V conditioning)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    rows = []
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
+    video = torch.rand(1, 3, args.frames, args.height, args.width, device="cuda", dtype=torch.bfloat16) * 2 - 1
+    torch.cuda.reset_peak_memory_stats()
+
+    @torch.no_grad()
+    def encode():
+        vae.encode(video, return_dict=False)
+
+    med, s = cuda_time(encode, 1, max(1, args.iters - 1))
+    rows.append(row("vae-encode", "diffusers bf16", f"B1 {args.frames} frames {args.width}x{args.height}", med, s,
+                    peak=torch.cuda.max_memory_allocated()))
+    del vae
+    torch.cuda.empty_cache()
+
+    # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers transformer/config.json; built in bf16 on the GPU (14B parameters in f32 on
+    # the host would take minutes to draw).
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
+            text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120,
+            rope_max_seq_len=1024,
+        ).eval()
+    torch.set_default_dtype(torch.float32)
+    lat = (args.frames - 1) // 4 + 1
+    x = torch.randn(2, 36, lat, args.height // 8, args.width // 8, device="cuda", dtype=torch.bfloat16)
+    t = torch.tensor([999.0, 999.0], device="cuda")
+    ctx = torch.randn(2, 512, 4096, device="cuda", dtype=torch.bfloat16)
+    img = torch.randn(2, 257, 1280, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+
+    @torch.no_grad()
+    def forward():
+        model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, encoder_hidden_states_image=img,
+              return_dict=False)
+
+    med, s = cuda_time(forward, args.warmup, args.iters)
+    tokens = lat * (args.height // 16) * (args.width // 16)
+    rows.append(row("transformer", "diffusers dense i2v-14b",
+                    f"40L×40H×128d B2 {args.width}x{args.height}x{args.frames} (L{tokens}, text 512, image 257)",
+                    med, s, peak=torch.cuda.max_memory_allocated()))
+    del model
+    torch.cuda.empty_cache()
+    return rows
+
+
 def step_list_scheduler(step_list, shift):
     """Euler on a distilled model's step list: WanPipeline asks for N steps, this hands the scheduler the sigmas
     t/1000 (which it then shifts)."""
@@ -274,6 +330,8 @@ def main():
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--wan22", action="store_true",
                    help="time the Wan2.2 shapes instead (A14B expert and TI2V-5B forwards, the Wan2.2 VAE)")
+    p.add_argument("--i2v", action="store_true",
+                   help="time the image-to-video shapes instead (I2V-14B forward, the Wan2.1 VAE encode)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--skip-vae", action="store_true")
@@ -282,8 +340,8 @@ def main():
     p.add_argument("--step-list", help="--pipeline: a distilled step list, e.g. 1000,750,500,250 (Euler)")
     p.add_argument("--shift", type=float, default=5.0, help="--pipeline with --step-list: the shift")
     args = p.parse_args()
-    if args.pipeline or args.wan22:
-        rows = pipeline_rows(args) if args.pipeline else wan22_rows(args)
+    if args.pipeline or args.wan22 or args.i2v:
+        rows = pipeline_rows(args) if args.pipeline else wan22_rows(args) if args.wan22 else i2v_rows(args)
         json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
         return
     rows = attention_rows(args)

@@ -789,6 +789,10 @@ pub mod bench {
         /// 1280x704x121.
         #[value(name = "ti2v-5b")]
         Ti2v5b,
+        /// Wan2.1 I2V-14B (the 14B shape with 36 input channels and the CLIP image tokens'
+        /// cross-attention: 257 image tokens of 1280 per sample).
+        #[value(name = "i2v-14b")]
+        I2v14b,
         /// A toy model (2 layers, 2 heads of 16, text width 32) for smoke tests.
         Tiny,
     }
@@ -801,6 +805,7 @@ pub mod bench {
                 Self::T2v14b => "t2v-14b",
                 Self::T2vA14b => "t2v-a14b",
                 Self::Ti2v5b => "ti2v-5b",
+                Self::I2v14b => "i2v-14b",
                 Self::Tiny => "tiny",
             }
         }
@@ -919,6 +924,10 @@ pub mod bench {
         /// for smoke tests).
         #[arg(long, value_parser = parse_positive)]
         pub base_dim: Option<usize>,
+        /// Time the encoder instead (image-to-video's conditioning): a video of the frames and
+        /// size the latent grid decodes to, encoded to its latent mean. --tiling does not apply.
+        #[arg(long, conflicts_with = "tiling")]
+        pub encode: bool,
     }
 
     impl Default for VaeBench {
@@ -929,6 +938,7 @@ pub mod bench {
                 batch: 1,
                 tiling: false,
                 base_dim: None,
+                encode: false,
             }
         }
     }

@@ -63,7 +63,19 @@ pub fn error_line(err: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
-    line
+    collapse_repeats(&line)
+}
+
+/// `a: b: b` → `a: b`: some causes carry their own cause in their text (an OS error wrapped with
+/// the temporary file's path, then that again), which the check above cannot see.
+fn collapse_repeats(line: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in line.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 /// `vdit --version`: the crate version and the optional backends compiled in, e.g.
@@ -118,5 +130,16 @@ mod tests {
         );
         // The plain chain printer repeats it: the case this guards against.
         assert_eq!(format!("{err:#}").matches(&os_text).count(), 2);
+    }
+
+    #[test]
+    fn a_cause_repeated_inside_one_message_is_named_once() {
+        // As a full disk under the mp4 writer printed it before: the temporary file's error twice.
+        let inner = "File too large (os error 27) at path \"/tmp/.vdit-tmp-1-clip.mp4-x\"";
+        let err = anyhow::anyhow!("clip.mp4: {inner}: {inner}").context("generating clip.mp4");
+        assert_eq!(
+            error_line(&err),
+            format!("generating clip.mp4: clip.mp4: {inner}")
+        );
     }
 }

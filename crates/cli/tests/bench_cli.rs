@@ -190,6 +190,66 @@ fn vae_bench_decodes_a_toy_latent() {
     assert!(stdout.contains("| vae | whole frames |"), "{stdout}");
 }
 
+/// The image-to-video rows: the VAE encoder on the video a latent grid decodes to, and an I2V
+/// transformer forward with its image tokens.
+#[test]
+fn vae_encode_and_i2v_transformer_benches_run_toy_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("enc.json");
+    let args = [
+        "vae",
+        "--encode",
+        "--latent",
+        "2x4x4",
+        "--base-dim",
+        "8",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let (report, stdout) = bench_ok(&args, &json);
+    let row = &rows(&report)[0];
+    check_timings(row, 1);
+    assert!(
+        row["shape"]
+            .as_str()
+            .unwrap()
+            .contains("5 frames 32x32 → latent 2x4x4"),
+        "{row}"
+    );
+    assert!(stdout.contains("| vae-encode |"), "{stdout}");
+
+    let json = dir.path().join("i2v.json");
+    let args = [
+        "transformer",
+        "--preset",
+        "i2v-14b",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--ffn-dim",
+        "32",
+        "--size",
+        "64x64",
+        "--frames",
+        "5",
+        "--text-len",
+        "8",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let (report, _) = bench_ok(&args, &json);
+    let row = &rows(&report)[0];
+    check_timings(row, 1);
+    assert!(row["shape"].as_str().unwrap().ends_with("i2v-14b"), "{row}");
+}
+
 #[test]
 fn bad_flags_are_clear_errors() {
     let cases: [(&[&str], &str); 8] = [

@@ -267,31 +267,121 @@ fn a_truncated_vae_fails_before_the_first_step() {
     assert!(!out.exists());
 }
 
-/// A VAE whose header is whole but which lacks a tensor passes the checks before sampling and
-/// fails at decode: the latents must survive, and `--latents-in` must give the video an
-/// uninterrupted run gives. Before the fix the latents were lost and there was no way to resume.
-#[test]
-fn a_failed_decode_keeps_the_latents_and_latents_in_resumes_to_the_same_video() {
-    let dir = tempfile::tempdir().unwrap();
+type VaeTensors = std::collections::HashMap<String, candle_core::Tensor>;
+type VaeEdit = Box<dyn FnOnce(&mut VaeTensors)>;
+
+/// A VAE copy of the tiny model with `edit` applied to its tensors.
+fn model_with_edited_vae(dir: &Path, edit: impl FnOnce(&mut VaeTensors)) -> PathBuf {
     let mut tensors = candle_core::safetensors::load(
         tiny_model().join("vae/diffusion_pytorch_model.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    tensors
-        .remove("decoder.conv_out.weight")
-        .expect("the VAE decoder has an output conv");
-    let broken = dir.path().join("broken_vae.safetensors");
-    candle_core::safetensors::save(&tensors, &broken).unwrap();
-    let model = model_with_vae(dir.path(), &std::fs::read(&broken).unwrap());
+    edit(&mut tensors);
+    let edited = dir.join("edited_vae.safetensors");
+    candle_core::safetensors::save(&tensors, &edited).unwrap();
+    model_with_vae(dir, &std::fs::read(&edited).unwrap())
+}
 
-    let out = dir.path().join("clip.mp4");
-    let mut args = generate_args(&out, &[]);
-    with_model(&mut args, &model);
-    let r = run(&args, dir.path());
+/// Before the fix, a VAE whose header was whole but which lacked a tensor (or held one of
+/// another shape) passed the checks before sampling and failed only at the decode.
+#[test]
+fn a_vae_missing_a_tensor_or_of_another_shape_fails_before_the_first_step() {
+    let cases: [(&str, VaeEdit); 2] = [
+        (
+            "decoder.conv_out.weight",
+            Box::new(|t| {
+                t.remove("decoder.conv_out.weight")
+                    .expect("the VAE decoder has an output conv");
+            }),
+        ),
+        (
+            "decoder.conv_in.bias",
+            Box::new(|t| {
+                let bias = t.get("decoder.conv_in.bias").unwrap();
+                let longer = candle_core::Tensor::cat(&[bias, bias], 0).unwrap();
+                t.insert("decoder.conv_in.bias".into(), longer);
+            }),
+        ),
+    ];
+    for (key, edit) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let model = model_with_edited_vae(dir.path(), edit);
+        let out = dir.path().join("clip.mp4");
+        let mut args = generate_args(&out, &[]);
+        with_model(&mut args, &model);
+        let r = run(&args, dir.path());
+        assert!(!r.ok, "{}", r.stderr);
+        assert!(!stage_ran(&r.stderr), "work started:\n{}", r.stderr);
+        let error = r.stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+        assert!(
+            error.contains("vae") && error.contains(key),
+            "{key}: {}",
+            r.stderr
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// `vdit` with `args`, writing no file larger than `max_bytes` (RLIMIT_FSIZE, with SIGXFSZ
+/// ignored so a write past it fails with EFBIG as a full disk fails with ENOSPC).
+#[cfg(unix)]
+fn run_with_file_limit(args: &[String], dir: &Path, max_bytes: u64) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vdit"));
+    command
+        .args(args)
+        .env("HF_HUB_CACHE", dir.join("cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("VDIT_MODELS_DIR");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: max_bytes as libc::rlim_t,
+                rlim_max: max_bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().expect("vdit runs");
+    Run {
+        ok: output.status.success(),
+        code: output.status.code(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The disk fills while the video is written, after the whole denoise (a file-size limit that
+/// the 21 KB gif passes and the 5 KB latents do not): the latents must survive, and
+/// `--latents-in` must give the video an uninterrupted run gives.
+#[cfg(unix)]
+#[test]
+fn a_full_disk_at_the_video_keeps_the_latents_and_latents_in_resumes_to_the_same_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.gif");
+    let args = generate_args(&out, &[]);
+    let r = run_with_file_limit(&args, dir.path(), 12 * 1024);
     assert!(!r.ok, "{}", r.stderr);
     assert!(stage_ran(&r.stderr), "sampling ran: {}", r.stderr);
-    let saved = dir.path().join("clip.mp4.latents.safetensors");
+    let error = r.stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert_eq!(
+        error.matches("os error").count(),
+        1,
+        "the OS error once: {error}"
+    );
+    // No half-written video, and no temporary file left that looks like one.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "cache" && !n.ends_with(".latents.safetensors"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let saved = dir.path().join("clip.gif.latents.safetensors");
     assert!(saved.is_file(), "{}", r.stderr);
     let resume_line = r
         .stderr
@@ -304,7 +394,7 @@ fn a_failed_decode_keeps_the_latents_and_latents_in_resumes_to_the_same_video() 
     );
     assert!(!out.exists());
 
-    // Resume with the model fixed (the command the line prints, with the good model).
+    // Resume with the disk freed (the command the line prints).
     let mut resume = generate_args(&out, &["--latents-in", saved.to_str().unwrap()]);
     // Prompt and seed are not used: change them to show it.
     resume[2] = "another prompt".into();
@@ -317,17 +407,17 @@ fn a_failed_decode_keeps_the_latents_and_latents_in_resumes_to_the_same_video() 
         "resuming sampled again:\n{}",
         r.stderr
     );
-    let record = sidecar(&dir.path().join("clip.mp4.json"));
+    let record = sidecar(&dir.path().join("clip.gif.json"));
     assert!(
         record["settings"]["latents_in"]
             .as_str()
             .unwrap()
-            .ends_with("clip.mp4.latents.safetensors"),
+            .ends_with("clip.gif.latents.safetensors"),
         "{record}"
     );
 
     // The same run uninterrupted.
-    let whole = dir.path().join("whole.mp4");
+    let whole = dir.path().join("whole.gif");
     let r = run(&generate_args(&whole, &[]), dir.path());
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(

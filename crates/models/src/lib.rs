@@ -4,7 +4,9 @@
 //! - [`wan`]: the Wan2.1 diffusion transformer and the Wan VAE.
 //! - [`lora`]: LoRA files in every published form, merged at load or applied per pass.
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
+//! - [`clip_vision`]: the CLIP image encoder of Wan2.1 I2V / FLF2V and its preprocessing.
 
+pub mod clip_vision;
 pub mod error;
 pub mod lora;
 pub mod profile;

@@ -392,6 +392,43 @@ impl WeightFiles {
         }
     }
 
+    /// Checks that `key` is stored with the shape `expected`, reading only the header: the
+    /// errors [`Self::load`] would give, without reading the tensor.
+    pub fn check(&self, key: &str, expected: &Shape) -> Result<()> {
+        let Some(&file_idx) = self.key_to_file.get(key) else {
+            return Err(WeightsError::MissingTensor {
+                key: key.to_string(),
+                expected: Some(expected.dims().to_vec()),
+                files: self.files_description(),
+            });
+        };
+        let file = &self.files[file_idx];
+        match file.shape(key) {
+            Some(found) if found != expected.dims() => Err(WeightsError::ShapeMismatch {
+                key: key.to_string(),
+                expected: expected.dims().to_vec(),
+                found,
+                file: file.path.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A VarBuilder that checks, instead of loading: each tensor a network asks for must be
+    /// stored under its mapped key with the asked-for shape (header only), and the network gets a
+    /// zero-sized-storage stand-in (one zero broadcast to the shape, on the CPU). Building a
+    /// network with it proves that a later [`Self::var_builder`] load will find every tensor,
+    /// in seconds and without the memory of the weights: the pipeline does this for networks
+    /// that load after sampling (the VAE), so a checkpoint that lacks a tensor fails before the
+    /// first step instead of after the whole denoise.
+    pub fn checking_var_builder(self: &Arc<Self>, key_map: KeyMap) -> VarBuilder<'static> {
+        let backend = HeaderCheck {
+            files: self.clone(),
+            key_map,
+        };
+        VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu)
+    }
+
     /// A VarBuilder over these files. `key_map` turns the canonical key a network asks for
     /// into the key stored in the file (use [`KeyMap::identity`] when they agree).
     pub fn var_builder(
@@ -463,6 +500,55 @@ impl SimpleBackend for Backend {
         self.files
             .load(&key, None, dtype, dev)
             .map_err(candle_core::Error::wrap)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.files.contains(&self.key_map.map(name))
+    }
+}
+
+/// The backend of [`WeightFiles::checking_var_builder`].
+struct HeaderCheck {
+    files: Arc<WeightFiles>,
+    key_map: KeyMap,
+}
+
+impl HeaderCheck {
+    fn stand_in(s: &Shape, dtype: DType) -> candle_core::Result<Tensor> {
+        Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(s)
+    }
+}
+
+impl SimpleBackend for HeaderCheck {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.files
+            .check(&self.key_map.map(name), &s)
+            .map_err(candle_core::Error::wrap)?;
+        Self::stand_in(&s, dtype)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let key = self.key_map.map(name);
+        let shape = self.files.shape(&key).ok_or_else(|| {
+            candle_core::Error::wrap(WeightsError::MissingTensor {
+                key: key.clone(),
+                expected: None,
+                files: self.files.files_description(),
+            })
+        })?;
+        Self::stand_in(&Shape::from(shape), dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

@@ -29,13 +29,16 @@ use serde::Serialize;
 use crate::denoise::{denoise, Conditioning, Expert, ExpertDenoiser, VelocityModel};
 use crate::error::{Result, VditError};
 use crate::options::{AttentionMode, TokenWindow};
+use vdit_models::clip_vision::config::ClipVisionConfig;
+use vdit_models::clip_vision::model::ClipVisionModel;
+use vdit_models::clip_vision::preprocess::preprocess as clip_preprocess;
 use vdit_models::lora::LoraSet;
 use vdit_models::tokenizer::PromptTokenizer;
 use vdit_models::umt5::{Umt5Config, Umt5Encoder};
 use vdit_models::wan::config::WanConfig;
 use vdit_models::wan::keys::lora_targets;
 use vdit_models::wan::transformer::WanTransformer;
-use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
+use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncoder};
 use vdit_models::wan::CheckpointKeys;
 use vdit_models::weights::WeightFiles;
 
@@ -618,6 +621,17 @@ impl VelocityModel for WanTransformer {
     ) -> Result<Tensor> {
         Ok(self.forward(latents, timesteps, context, attention)?)
     }
+
+    fn velocity_with_image(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        image: &Tensor,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        Ok(self.forward_with_image(latents, timesteps, context, Some(image), attention)?)
+    }
 }
 
 /// What stage 2 produces.
@@ -643,7 +657,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     let vae_files = || files.component(family.vae_component, settings.overrides.vae.as_deref());
     if let Some(path) = &settings.latents_in {
         let vae = vae_files()?;
-        check_weights("vae", &vae)?;
+        check_vae(settings, &vae)?;
         let z_dim = vae_config(settings, &vae)?.z_dim;
         return check_saved_latents(settings, path, z_dim);
     }
@@ -661,7 +675,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
         check_weights(rule.component, &expert_component(settings, files, rule)?)?;
     }
     let vae = vae_files()?;
-    check_weights("vae", &vae)?;
+    check_vae(settings, &vae)?;
     check_image_inputs(settings, files, &vae)?;
     for config in configs.iter().flatten() {
         build_attention(&settings.attention, config.num_layers, settings.steps)?;
@@ -767,6 +781,17 @@ fn check_weights(component: &str, files: &ComponentFiles) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The VAE loads after sampling, so its checkpoint is checked now as the load will read it: the
+/// headers and dtypes ([`check_weights`]), then every tensor the decoder asks for present with
+/// its shape ([`WanVaeDecoder::check`], headers only).
+fn check_vae(settings: &GenerateSettings, vae: &ComponentFiles) -> Result<()> {
+    check_weights("vae", vae)?;
+    let config = vae_config(settings, vae)?;
+    let weights = Arc::new(WeightFiles::open(&vae.weights)?);
+    WanVaeDecoder::check(&weights, &config)
+        .map_err(|e| VditError::InvalidSetting(format!("vae {}: {e}", vae.weights.display())))
 }
 
 /// The `latents` tensor of a `--latents-in` file must have the shape this run decodes:
@@ -1337,10 +1362,16 @@ fn encode_video(
     device: &Device,
     video: &Tensor,
 ) -> Result<Tensor> {
-    let _ = (settings, files, device, video);
-    Err(VditError::Resolve(
-        "INTERIM: the VAE encoder is not merged yet".into(),
-    ))
+    let component = files.component(
+        settings.family.vae_component,
+        settings.overrides.vae.as_deref(),
+    )?;
+    let config = vae_config(settings, &component)?;
+    let weights = Arc::new(WeightFiles::open(&component.weights)?);
+    let encoder = WanVaeEncoder::load(&weights, &config, settings.dtype, device)?;
+    Ok(encoder
+        .encode_normalized(&video.to_dtype(settings.dtype)?)?
+        .to_dtype(DType::F32)?)
 }
 
 /// The image encoder's features of `images` (first, then last): `[1, Li·n, Di]` f32 (each
@@ -1353,17 +1384,25 @@ fn image_features(
     spec: crate::family::ImageEncoderSpec,
     images: &[&image::RgbImage],
 ) -> Result<Tensor> {
-    let _ = (
-        settings,
-        files,
-        device,
-        spec,
-        images,
-        ImageEncoderKind::ClipVisionH14,
-    );
-    Err(VditError::Resolve(
-        "INTERIM: the CLIP encoder is not merged yet".into(),
-    ))
+    let ImageEncoderKind::ClipVisionH14 = spec.kind;
+    let component = files.component(spec.component, None)?;
+    let config = match &component.config {
+        Some(path) => ClipVisionConfig::from_json_file(path)?,
+        None => ClipVisionConfig::vit_h_14(),
+    };
+    let weights = Arc::new(WeightFiles::open(&component.weights)?);
+    let encoder = ClipVisionModel::load(&weights, &config, settings.dtype, device)?;
+    let mut features = Vec::new();
+    for image in images {
+        let pixels = clip_preprocess(
+            image.width() as usize,
+            image.height() as usize,
+            image.as_raw(),
+            device,
+        )?; // [1, 3, 224, 224]
+        features.push(encoder.penultimate_hidden_states(&pixels)?); // [1, 257, Di]
+    }
+    Ok(Tensor::cat(&features, 1)?.to_dtype(DType::F32)?)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use rainfusion::{
     DenseSteps, RainFusionAttention, RainFusionConfig, SelfAttention, Window,
 };
 use vdit_models::wan::transformer::WanTransformer;
-use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder};
+use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncoder};
 use vdit_models::wan::WanConfig;
 
 use vdit_pipeline::memory::{self, RunShape, TransformerShape};
@@ -525,6 +525,8 @@ fn transformer_config(t: &TransformerBench) -> Result<WanConfig> {
     cfg.head_dim = t.head_dim.unwrap_or(cfg.head_dim);
     cfg.num_layers = t.layers.unwrap_or(cfg.num_layers);
     cfg.ffn_dim = t.ffn_dim.unwrap_or(cfg.ffn_dim);
+    // The image tokens are projected to the model width, whatever the overrides make it.
+    cfg.added_kv_proj_dim = cfg.added_kv_proj_dim.map(|_| cfg.num_heads * cfg.head_dim);
     cfg.validate()
         .map_err(|e| VditError::InvalidSetting(format!("transformer flags: {e}")))?;
     Ok(cfg)
@@ -605,10 +607,26 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
             Box::new(RainFusionAttention::new(config, cfg.num_layers).map_err(invalid)?)
         }
     };
+    // Image-to-video models also attend to the CLIP image tokens: [B, 257 (FLF2V 514), 1280].
+    let image = match cfg.image_dim {
+        Some(image_dim) => Some(Tensor::randn(
+            0f32,
+            1.0,
+            (t.batch, cfg.pos_embed_seq_len.unwrap_or(257), image_dim),
+            device,
+        )?),
+        None => None,
+    };
     let timing = timer.time(|| {
         // Every forward is a fresh sparse step: masks are predicted, not reused.
         attention.begin_step(0, 1);
-        model.forward(&latents, &timesteps, &context, attention.as_mut())?;
+        model.forward_with_image(
+            &latents,
+            &timesteps,
+            &context,
+            image.as_ref(),
+            attention.as_mut(),
+        )?;
         Ok(())
     })?;
     let case = match t.attention {
@@ -669,6 +687,9 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     .vae_decode
     .saturating_mul(v.batch as u128);
     refuse_if_too_big(device, need, "--latent/--batch")?;
+    if v.encode {
+        return bench_vae_encode(&cfg, [f, h, w], name, v.batch, dtype, timer);
+    }
     let decoder = WanVaeDecoder::random(&cfg, dtype, device)?;
     let latents = Tensor::randn(0f32, 1.0, (v.batch, cfg.z_dim, f, h, w), device)?;
     let tiling = v.tiling.then(VaeTiling::default);
@@ -686,6 +707,34 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     );
     let case = if v.tiling { "tiled" } else { "whole frames" };
     Ok(timer.row("vae", case.into(), shape, &timing))
+}
+
+/// Times one encode of a random-weight Wan VAE encoder: the video `[B, 3, F, H, W]` that the
+/// latent grid `[f, h, w]` decodes to → its latent mean (what image-to-video encodes per run).
+fn bench_vae_encode(
+    cfg: &WanVaeConfig,
+    [f, h, w]: [usize; 3],
+    name: &str,
+    batch: usize,
+    dtype: DType,
+    timer: &Timer,
+) -> Result<BenchRow> {
+    let device = &timer.device;
+    let scale = cfg.spatial_scale();
+    let frames = cfg.video_frames(f);
+    let encoder = WanVaeEncoder::random(cfg, dtype, device)?;
+    let video = Tensor::rand(-1f32, 1.0, (batch, 3, frames, h * scale, w * scale), device)?
+        .to_dtype(dtype)?;
+    let timing = timer.time(|| {
+        encoder.encode_mean(&video)?;
+        Ok(())
+    })?;
+    let shape = format!(
+        "{name} B{batch} {frames} frames {}x{} → latent {f}x{h}x{w}",
+        w * scale,
+        h * scale
+    );
+    Ok(timer.row("vae-encode", "whole frames".into(), shape, &timing))
 }
 
 /// Samples the device's used memory (total − free) on a side thread until stopped, keeping the

@@ -34,9 +34,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
             };
             // The cause first, then one line on how to go on.
             return Err(anyhow::anyhow!(
-                "generating {}: {:#}\n{next}",
+                "generating {}: {}\n{next}",
                 settings.output.display(),
-                anyhow::Error::new(*error)
+                crate::error_line(&anyhow::Error::new(*error))
             ));
         }
         Err(error) => {

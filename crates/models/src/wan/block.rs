@@ -1,5 +1,6 @@
 //! One Wan transformer block: modulated self-attention (through the caller's attention policy),
-//! cross-attention to the text, and a modulated gelu-tanh feed-forward network, with gates.
+//! cross-attention to the text (and, in Wan2.1 I2V / FLF2V, to the image tokens, summed before the
+//! output projection), and a modulated gelu-tanh feed-forward network, with gates.
 //!
 //! Precision: the residual stream, norms, modulation and gates are f32; the linear layers run in
 //! the model's run dtype (bf16 in production), as in the original Wan code under autocast.
@@ -156,6 +157,28 @@ impl AttentionLayer {
     }
 }
 
+/// The image half of an I2V cross-attention (`add_k_proj`, `add_v_proj`, `norm_added_k`): keys
+/// and values from the projected image tokens, attended by the text attention's own queries.
+struct ImageKeyValue {
+    to_k: Linear,
+    to_v: Linear,
+    /// RMSNorm on the keys across heads, as the text keys' `norm_k`.
+    norm_k: RmsNorm,
+}
+
+impl ImageKeyValue {
+    fn load(src: &WeightSource, prefix: &str, cfg: &WanConfig, dtype: DType) -> Result<Self> {
+        let dim = cfg.dim();
+        // `added_kv_proj_dim` equals the model width (checked by `WanConfig::validate`).
+        let input = cfg.added_kv_proj_dim.unwrap_or(dim);
+        Ok(Self {
+            to_k: src.linear(&format!("{prefix}.add_k_proj"), input, dim, dtype)?,
+            to_v: src.linear(&format!("{prefix}.add_v_proj"), input, dim, dtype)?,
+            norm_k: RmsNorm::load(src, &format!("{prefix}.norm_added_k.weight"), dim, cfg.eps)?,
+        })
+    }
+}
+
 /// The time projection e0 that every block adds to its own modulation table.
 pub(crate) enum TimeModulation {
     /// One timestep per sample: e0 [B, 6, dim] f32 (B may be 1, shared by the batch).
@@ -248,6 +271,9 @@ pub(crate) struct BlockContext<'a> {
     pub time_modulation: &'a TimeModulation,
     /// Projected text: [B, Lt, dim] in the run dtype.
     pub text: &'a Tensor,
+    /// Projected image tokens (Wan2.1 I2V / FLF2V): [B, Li, dim] in the run dtype; `None` for
+    /// models without image cross-attention.
+    pub image: Option<&'a Tensor>,
     /// RoPE tables, each [L, head_dim/2] f32.
     pub rope_cos: &'a Tensor,
     pub rope_sin: &'a Tensor,
@@ -262,6 +288,8 @@ pub(crate) struct WanBlock {
     self_attn: AttentionLayer,
     cross_norm: Option<AffineLayerNorm>,
     cross_attn: AttentionLayer,
+    /// Image keys and values of the cross-attention (models with image input only).
+    image_kv: Option<ImageKeyValue>,
     ffn_in: Linear,
     ffn_out: Linear,
     eps: f64,
@@ -293,6 +321,11 @@ impl WanBlock {
             self_attn: AttentionLayer::load(src, &format!("{p}.attn1"), cfg, dtype)?,
             cross_norm,
             cross_attn: AttentionLayer::load(src, &format!("{p}.attn2"), cfg, dtype)?,
+            image_kv: if cfg.has_image_input() {
+                Some(ImageKeyValue::load(src, &format!("{p}.attn2"), cfg, dtype)?)
+            } else {
+                None
+            },
             ffn_in: src.linear(&format!("{p}.ffn.net.0.proj"), dim, cfg.ffn_dim, dtype)?,
             ffn_out: src.linear(&format!("{p}.ffn.net.2"), cfg.ffn_dim, dim, dtype)?,
             eps: cfg.eps,
@@ -366,7 +399,18 @@ impl WanBlock {
         })?;
         let y = span("cross: attention", dev, || {
             let scale = 1.0 / (self.cross_attn.head_dim as f64).sqrt();
-            Ok(dense_attention(&q, &k, &v, scale)?)
+            let y = dense_attention(&q, &k, &v, scale)?;
+            let Some((image_kv, image)) = self.image_kv.as_ref().zip(ctx.image) else {
+                return Ok(y);
+            };
+            // The image tokens: their own keys and values, the same queries, the two results
+            // summed (each softmax over its own keys) before the output projection.
+            let ca = &self.cross_attn;
+            let k_img =
+                ca.split_heads(&image_kv.norm_k.forward(&image_kv.to_k.forward(image)?)?)?;
+            let v_img = ca.split_heads(&image_kv.to_v.forward(image)?)?;
+            let y_img = dense_attention(&q, &k_img.to_dtype(self.dtype)?, &v_img, scale)?;
+            Ok((y + y_img)?)
         })?;
         let x = span("cross: out + residual", dev, || {
             let y = self
@@ -468,6 +512,40 @@ impl WanBlock {
                 Ok(merge(&dense_attention(&q, &k, &v, scale)?)?)
             }
         })?;
+        // Image tokens (Wan2.1 I2V / FLF2V), as the text above: keys through the fused RMSNorm (no
+        // RoPE), values with their own bias (only the text values' bias is folded into the output
+        // projection's), the same queries; the result is added before the output projection.
+        let y = match self.image_kv.as_ref().zip(ctx.image) {
+            None => y,
+            Some((image_kv, image)) => span("cross: image attention", dev, || {
+                let image_len = image.dim(1)?;
+                let (weight, eps) = image_kv.norm_k.parts();
+                let k_img = rainfusion::cuda::fused::rms_norm_rope(
+                    &image_kv.to_k.matmul(image)?,
+                    Some(image_kv.to_k.bias()),
+                    weight,
+                    None,
+                    head_dim,
+                    eps,
+                )?;
+                let v_img = image_kv.to_v.forward(image)?;
+                let (k_img, v_img) = (split(&k_img, image_len)?, split(&v_img, image_len)?);
+                let scale = 1.0 / (head_dim as f64).sqrt();
+                let y_img = if rainfusion::cuda::is_supported(&q, 128) {
+                    rainfusion::cuda::cross_attention(
+                        &q,
+                        &k_img,
+                        &v_img,
+                        scale,
+                        OutputLayout::Blhd,
+                    )?
+                    .reshape((b, l, dim))?
+                } else {
+                    merge(&dense_attention(&q, &k_img, &v_img, scale)?)?
+                };
+                Ok((y + y_img)?)
+            })?,
+        };
         let x = span("cross: out + residual", dev, || {
             let o = self.cross_attn.to_out.matmul(&y)?;
             let bias = self.cross_attn.folded_out_bias()?;

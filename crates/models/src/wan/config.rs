@@ -1,7 +1,8 @@
 //! Wan transformer configuration (Wan2.1, Wan2.2): read from a diffusers `transformer/config.json`
-//! (`WanTransformer3DModel`), an original Wan `config.json` (`WanModel`, `model_type` "t2v" or
-//! "ti2v"), or inferred from the checkpoint's tensor shapes; named presets for the released
-//! text-to-video transformers (Wan2.1 1.3B and 14B, the Wan2.2 A14B experts, Wan2.2 TI2V-5B).
+//! (`WanTransformer3DModel`), an original Wan `config.json` (`WanModel`, `model_type` "t2v",
+//! "ti2v", "i2v" or "flf2v"), or inferred from the checkpoint's tensor shapes; named presets for
+//! the released transformers (Wan2.1 T2V 1.3B and 14B, I2V-14B and FLF2V-14B, the Wan2.2 T2V-A14B
+//! and I2V-A14B experts, Wan2.2 TI2V-5B).
 
 use std::path::Path;
 
@@ -11,8 +12,9 @@ use serde_json::Value;
 use crate::error::{ModelError, Result};
 use crate::weights::WeightFiles;
 
-/// Hyper-parameters of a Wan diffusion transformer (Wan2.1 text-to-video, Wan2.2 T2V-A14B experts
-/// and TI2V-5B: one network shape, they differ in sizes and latent channels).
+/// Hyper-parameters of a Wan diffusion transformer (Wan2.1 text-to-video, image-to-video and
+/// first-last-frame, Wan2.2 T2V-A14B and I2V-A14B experts and TI2V-5B: one network shape, they
+/// differ in sizes, latent channels and whether the blocks also attend to CLIP image tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanConfig {
     /// Patch size (frames, height, width) of the Conv3d patch embedding.
@@ -21,7 +23,8 @@ pub struct WanConfig {
     /// Channels per head; the model width is `num_heads * head_dim`.
     pub head_dim: usize,
     /// Latent channels in and out (16 for Wan2.1 and Wan2.2-A14B text-to-video, 48 for
-    /// Wan2.2 TI2V-5B, whose VAE has 48 latent channels).
+    /// Wan2.2 TI2V-5B, whose VAE has 48 latent channels; image-to-video reads 36 = 16 noise +
+    /// 4 frame mask + 16 encoded conditioning video, and writes 16).
     pub in_channels: usize,
     pub out_channels: usize,
     /// Width of the text encoder output (4096 for umT5-XXL).
@@ -39,6 +42,20 @@ pub struct WanConfig {
     pub text_len: usize,
     /// Base of the 3D rotary position embedding.
     pub rope_theta: f64,
+    /// Width of the image-encoder tokens the transformer attends to (1280 for the CLIP ViT-H/14
+    /// penultimate states of Wan2.1 I2V and FLF2V); `None` for models without image
+    /// cross-attention (text-to-video, Wan2.2 I2V-A14B and TI2V-5B, which see the image only
+    /// through the latents).
+    #[serde(default)]
+    pub image_dim: Option<usize>,
+    /// Input width of each block's image key/value projections (`add_k_proj`, `add_v_proj`): the
+    /// projected image tokens, so always the model width. Present exactly when `image_dim` is.
+    #[serde(default)]
+    pub added_kv_proj_dim: Option<usize>,
+    /// FLF2V: rows of the learned position table added to the image tokens before their
+    /// projection (2 × 257: the first frame's tokens, then the last frame's).
+    #[serde(default)]
+    pub pos_embed_seq_len: Option<usize>,
 }
 
 impl WanConfig {
@@ -81,15 +98,60 @@ impl WanConfig {
         }
     }
 
-    /// The preset called `name`: "t2v-1.3b", "t2v-14b" (Wan2.1), "t2v-a14b", "ti2v-5b" (Wan2.2).
+    /// Wan2.1 I2V-14B (480P and 720P share the shape): the 14B text-to-video network with 36
+    /// latent channels in (16 noise + 4 frame mask + 16 encoded conditioning video), 16 out, an
+    /// image embedder from CLIP's 1280-wide tokens and image cross-attention in every block
+    /// (`added_kv_proj_dim` 5120). Values of diffusers' `scripts/convert_wan_to_diffusers.py`
+    /// ("Wan-I2V-14B-480p" / "-720p", the converter that made Wan-AI/Wan2.1-I2V-14B-480P-Diffusers
+    /// and -720P-Diffusers) and of the original release's config.json (`model_type` "i2v",
+    /// `in_dim` 36, `dim` 5120).
+    pub fn i2v_14b() -> Self {
+        Self {
+            in_channels: 36,
+            image_dim: Some(1280),
+            added_kv_proj_dim: Some(5120),
+            ..Self::t2v_14b()
+        }
+    }
+
+    /// Wan2.1 FLF2V-14B-720P: [`Self::i2v_14b`] with a learned position table over the two
+    /// images' tokens (`pos_embed_seq_len` 2 × 257), from the same converter ("Wan-FLF2V-14B-720P").
+    pub fn flf2v_14b() -> Self {
+        Self {
+            pos_embed_seq_len: Some(2 * 257),
+            ..Self::i2v_14b()
+        }
+    }
+
+    /// Wan2.2 I2V-A14B, each of its two experts: the 14B network with 36 latent channels in and
+    /// no image encoder and no image cross-attention (`image_dim` and `added_kv_proj_dim` null in
+    /// the converter's "Wan2.2-I2V-14B-720p" config; the image enters only through the latents).
+    pub fn i2v_a14b() -> Self {
+        Self {
+            in_channels: 36,
+            ..Self::t2v_14b()
+        }
+    }
+
+    /// The preset called `name`: "t2v-1.3b", "t2v-14b", "i2v-14b", "flf2v-14b" (Wan2.1),
+    /// "t2v-a14b", "i2v-a14b", "ti2v-5b" (Wan2.2).
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "t2v-1.3b" => Some(Self::t2v_1_3b()),
             "t2v-14b" => Some(Self::t2v_14b()),
+            "i2v-14b" => Some(Self::i2v_14b()),
+            "flf2v-14b" => Some(Self::flf2v_14b()),
             "t2v-a14b" => Some(Self::t2v_a14b()),
+            "i2v-a14b" => Some(Self::i2v_a14b()),
             "ti2v-5b" => Some(Self::ti2v_5b()),
             _ => None,
         }
+    }
+
+    /// Whether the blocks attend to image-encoder tokens (Wan2.1 I2V and FLF2V), so that
+    /// `WanTransformer::forward_with_image` needs an image embedding.
+    pub fn has_image_input(&self) -> bool {
+        self.image_dim.is_some()
     }
 
     fn t2v_base() -> Self {
@@ -107,6 +169,9 @@ impl WanConfig {
             eps: 1e-6,
             text_len: 512,
             rope_theta: 10_000.0,
+            image_dim: None,
+            added_kv_proj_dim: None,
+            pos_embed_seq_len: None,
         }
     }
 
@@ -138,6 +203,25 @@ impl WanConfig {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| config_error(path, e.to_string()))?;
         Self::from_json_str(&text).map_err(|reason| config_error(path, reason))
+    }
+
+    /// [`WanConfig::from_json_file`] for the checkpoint `files`, which settles the one thing an
+    /// original config.json cannot say: `model_type` "i2v" is Wan2.1 I2V (CLIP image tokens and
+    /// image cross-attention) in Wan2.1's code and Wan2.2 I2V-A14B (neither) in Wan2.2's. An
+    /// original "i2v" config over a checkpoint without image-embedder weights is read as Wan2.2's.
+    pub fn from_json_file_for(path: &Path, files: &WeightFiles) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| config_error(path, e.to_string()))?;
+        let mut cfg = Self::from_json_str(&text).map_err(|reason| config_error(path, reason))?;
+        let original_i2v = serde_json::from_str::<Value>(&text).ok().is_some_and(|v| {
+            v.get("num_attention_heads").is_none()
+                && v.get("model_type").and_then(Value::as_str) == Some("i2v")
+        });
+        if original_i2v && !has_image_embedder(files) {
+            cfg.image_dim = None;
+            cfg.added_kv_proj_dim = None;
+            cfg.pos_embed_seq_len = None;
+        }
+        Ok(cfg)
     }
 
     /// As [`WanConfig::from_json_file`], from the file's text. Errors are plain reasons.
@@ -227,6 +311,31 @@ impl WanConfig {
                 files.paths()
             )));
         }
+        // Image cross-attention (Wan2.1 I2V / FLF2V): the embedder's first LayerNorm gives the
+        // image-token width, the first block's image key projection the added key/value width,
+        // and FLF2V's position table its rows.
+        let optional = |diffusers: &str, original: &str| {
+            let key = format!(
+                "{key_prefix}{}",
+                if original_keys { original } else { diffusers }
+            );
+            files.shape(&key)
+        };
+        let image_dim = optional(
+            "condition_embedder.image_embedder.norm1.weight",
+            "img_emb.proj.0.weight",
+        )
+        .and_then(|s| s.first().copied());
+        let added_kv_proj_dim = optional(
+            "blocks.0.attn2.add_k_proj.weight",
+            "blocks.0.cross_attn.k_img.weight",
+        )
+        .and_then(|s| s.get(1).copied());
+        let pos_embed_seq_len = optional(
+            "condition_embedder.image_embedder.pos_embed",
+            "img_emb.emb_pos",
+        )
+        .and_then(|s| s.get(1).copied());
         let cfg = Self {
             patch_size,
             num_heads: dim / HEAD_DIM,
@@ -237,6 +346,9 @@ impl WanConfig {
             freq_dim: time[1],
             ffn_dim: ffn[0],
             num_layers,
+            image_dim,
+            added_kv_proj_dim,
+            pos_embed_seq_len,
             ..Self::t2v_base()
         };
         cfg.validate().map_err(ModelError::InvalidInput)?;
@@ -273,8 +385,49 @@ impl WanConfig {
                 self.freq_dim
             ));
         }
+        // The image path is one piece: an embedder to the model width and, in every block, key and
+        // value projections from that width. diffusers builds either half alone, but neither
+        // half-model exists, and each would misread the context (the image tokens would be taken
+        // for text, or text rows for image tokens).
+        match (self.image_dim, self.added_kv_proj_dim) {
+            (None, None) => {
+                if self.pos_embed_seq_len.is_some() {
+                    return Err("pos_embed_seq_len is set without image_dim".into());
+                }
+            }
+            (Some(image_dim), Some(added)) => {
+                if image_dim == 0 {
+                    return Err("image_dim must be positive".into());
+                }
+                if added != self.dim() {
+                    return Err(format!(
+                        "added_kv_proj_dim {added} must equal the model width {} (the image \
+                         embedder projects image tokens to the model width)",
+                        self.dim()
+                    ));
+                }
+                if self.pos_embed_seq_len == Some(0) {
+                    return Err("pos_embed_seq_len must be positive".into());
+                }
+            }
+            (image_dim, added) => {
+                return Err(format!(
+                    "image_dim ({image_dim:?}) and added_kv_proj_dim ({added:?}) must be both set \
+                     (image cross-attention) or both null"
+                ))
+            }
+        }
         Ok(())
     }
+}
+
+/// Whether `files` hold an image embedder (Wan2.1 I2V / FLF2V) under any prefix or dialect.
+pub(crate) fn has_image_embedder(files: &WeightFiles) -> bool {
+    files.keys().iter().any(|k| {
+        k.starts_with("img_emb.")
+            || k.contains(".img_emb.")
+            || k.contains("condition_embedder.image_embedder.")
+    })
 }
 
 fn config_error(path: &Path, reason: String) -> ModelError {
@@ -308,16 +461,11 @@ struct DiffusersConfig {
     eps: f64,
     image_dim: Option<usize>,
     added_kv_proj_dim: Option<usize>,
+    pos_embed_seq_len: Option<usize>,
 }
 
 impl DiffusersConfig {
     fn into_config(self) -> std::result::Result<WanConfig, String> {
-        if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() {
-            return Err(
-                "image-to-video transformers (image_dim / added_kv_proj_dim) are not supported"
-                    .into(),
-            );
-        }
         match self.qk_norm.as_deref() {
             Some("rms_norm_across_heads") => {}
             other => {
@@ -341,6 +489,9 @@ impl DiffusersConfig {
             eps: self.eps,
             text_len: 512,
             rope_theta: 10_000.0,
+            image_dim: self.image_dim,
+            added_kv_proj_dim: self.added_kv_proj_dim,
+            pos_embed_seq_len: self.pos_embed_seq_len,
         })
     }
 }
@@ -377,14 +528,21 @@ struct OriginalConfig {
 impl OriginalConfig {
     fn into_config(self) -> std::result::Result<WanConfig, String> {
         // "t2v": Wan2.1 and the Wan2.2 A14B experts; "ti2v": Wan2.2 TI2V-5B (no image encoder:
-        // the image enters as latents under per-token timesteps). "i2v" models carry an image
-        // path (Wan2.1: CLIP embeddings and extra cross-attention) this network does not have.
-        if !matches!(self.model_type.as_str(), "t2v" | "ti2v") {
-            return Err(format!(
-                "model_type {:?} is not supported (only \"t2v\" and \"ti2v\")",
-                self.model_type
-            ));
-        }
+        // the image enters as latents under per-token timesteps). "i2v" and "flf2v": Wan2.1's
+        // image path, CLIP ViT-H/14 tokens (1280 wide; FLF2V two images of 257 tokens with a
+        // position table) through `img_emb` and image keys/values in every cross-attention. Wan2.2
+        // I2V-A14B also says "i2v" but has no image path: `WanConfig::from_json_file_for` tells
+        // the two apart by the checkpoint.
+        let (image_dim, pos_embed_seq_len) = match self.model_type.as_str() {
+            "t2v" | "ti2v" => (None, None),
+            "i2v" => (Some(1280), None),
+            "flf2v" => (Some(1280), Some(2 * 257)),
+            other => {
+                return Err(format!(
+                    "model_type {other:?} is not supported (\"t2v\", \"ti2v\", \"i2v\", \"flf2v\")"
+                ))
+            }
+        };
         if !self.qk_norm {
             return Err("qk_norm = false is not supported".into());
         }
@@ -408,6 +566,9 @@ impl OriginalConfig {
             eps: self.eps,
             text_len: self.text_len,
             rope_theta: 10_000.0,
+            image_dim,
+            added_kv_proj_dim: image_dim.map(|_| self.dim),
+            pos_embed_seq_len,
         })
     }
 }
@@ -549,13 +710,113 @@ mod tests {
         ] {
             assert_eq!(WanConfig::preset(name), Some(preset));
         }
-        assert_eq!(WanConfig::preset("i2v-a14b"), None);
+        assert_eq!(WanConfig::preset("s2v-14b"), None);
+    }
+
+    /// The image-to-video presets against the configs diffusers' `convert_wan_to_diffusers.py`
+    /// writes for Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (and 720P), Wan2.1-FLF2V-14B-720P and
+    /// Wan2.2-I2V-A14B (both experts), and against the original releases' config.json.
+    #[test]
+    fn i2v_presets_match_the_published_configs() {
+        let i2v = WanConfig::i2v_14b();
+        assert_eq!(
+            (
+                i2v.dim(),
+                i2v.num_layers,
+                i2v.ffn_dim,
+                i2v.in_channels,
+                i2v.out_channels
+            ),
+            (5120, 40, 13824, 36, 16)
+        );
+        assert_eq!(
+            (i2v.image_dim, i2v.added_kv_proj_dim),
+            (Some(1280), Some(5120))
+        );
+        assert_eq!(i2v.pos_embed_seq_len, None);
+        assert_eq!(WanConfig::flf2v_14b().pos_embed_seq_len, Some(514));
+        let a14b = WanConfig::i2v_a14b();
+        assert_eq!(
+            (a14b.in_channels, a14b.image_dim, a14b.added_kv_proj_dim),
+            (36, None, None)
+        );
+
+        let common = r#""attention_head_dim": 128, "cross_attn_norm": true, "eps": 1e-06,
+            "ffn_dim": 13824, "freq_dim": 256, "in_channels": 36, "num_attention_heads": 40,
+            "num_layers": 40, "out_channels": 16, "patch_size": [1, 2, 2],
+            "qk_norm": "rms_norm_across_heads", "text_dim": 4096, "rope_max_seq_len": 1024"#;
+        let i2v_diffusers = format!(
+            r#"{{"_class_name": "WanTransformer3DModel", "image_dim": 1280,
+            "added_kv_proj_dim": 5120, "pos_embed_seq_len": null, {common}}}"#
+        );
+        let flf2v_diffusers = format!(
+            r#"{{"_class_name": "WanTransformer3DModel", "image_dim": 1280,
+            "added_kv_proj_dim": 5120, "pos_embed_seq_len": 514, {common}}}"#
+        );
+        let a14b_diffusers = format!(
+            r#"{{"_class_name": "WanTransformer3DModel", "image_dim": null,
+            "added_kv_proj_dim": null, "pos_embed_seq_len": null, {common}}}"#
+        );
+        let original = |model_type: &str| {
+            format!(
+                r#"{{"_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": 5120,
+                "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256, "in_dim": 36,
+                "model_type": "{model_type}", "num_heads": 40, "num_layers": 40, "out_dim": 16,
+                "text_len": 512}}"#
+            )
+        };
+        for (text, preset) in [
+            (i2v_diffusers, &i2v),
+            (flf2v_diffusers, &WanConfig::flf2v_14b()),
+            (a14b_diffusers, &a14b),
+            (original("i2v"), &i2v),
+            (original("flf2v"), &WanConfig::flf2v_14b()),
+        ] {
+            assert_eq!(&WanConfig::from_json_str(&text).unwrap(), preset, "{text}");
+        }
+        for name in ["i2v-14b", "flf2v-14b", "i2v-a14b"] {
+            assert!(WanConfig::preset(name).is_some(), "{name}");
+        }
+        // Our own serialisation keeps the image fields; one written before they existed reads
+        // as a model without image input.
+        let own = serde_json::to_string(&WanConfig::flf2v_14b()).unwrap();
+        assert_eq!(
+            WanConfig::from_json_str(&own).unwrap(),
+            WanConfig::flf2v_14b()
+        );
+        let mut old: Value = serde_json::to_value(WanConfig::t2v_14b()).unwrap();
+        for field in ["image_dim", "added_kv_proj_dim", "pos_embed_seq_len"] {
+            old.as_object_mut().unwrap().remove(field);
+        }
+        assert_eq!(
+            WanConfig::from_json_str(&old.to_string()).unwrap(),
+            WanConfig::t2v_14b()
+        );
+    }
+
+    #[test]
+    fn half_an_image_path_is_refused() {
+        let half = WanConfig {
+            added_kv_proj_dim: None,
+            ..WanConfig::i2v_14b()
+        };
+        assert!(half.validate().unwrap_err().contains("both"));
+        let narrow = WanConfig {
+            added_kv_proj_dim: Some(1280),
+            ..WanConfig::i2v_14b()
+        };
+        assert!(narrow.validate().unwrap_err().contains("model width"));
+        let table_alone = WanConfig {
+            pos_embed_seq_len: Some(514),
+            ..WanConfig::t2v_14b()
+        };
+        assert!(table_alone.validate().is_err());
     }
 
     #[test]
     fn unsupported_configs_are_refused_with_a_reason() {
-        let i2v = r#"{"dim": 5120, "num_heads": 40, "ffn_dim": 13824, "num_layers": 40, "model_type": "i2v"}"#;
-        assert!(WanConfig::from_json_str(i2v).unwrap_err().contains("i2v"));
+        let s2v = r#"{"dim": 5120, "num_heads": 40, "ffn_dim": 13824, "num_layers": 40, "model_type": "s2v"}"#;
+        assert!(WanConfig::from_json_str(s2v).unwrap_err().contains("s2v"));
         let vae = r#"{"_class_name": "AutoencoderKLWan", "base_dim": 96}"#;
         assert!(WanConfig::from_json_str(vae)
             .unwrap_err()

@@ -1,7 +1,9 @@
-//! Key dialects of Wan2.1 transformer checkpoints, recognised from the tensor names.
+//! Key dialects of Wan2.1 / Wan2.2 transformer checkpoints, recognised from the tensor names.
 //!
-//! - diffusers (`WanTransformer3DModel`): `condition_embedder.*`, `blocks.N.attn1.to_q`, `proj_out`, ...
-//! - original Wan (`WanModel`): `time_embedding.0`, `blocks.N.self_attn.q`, `head.head`, ...
+//! - diffusers (`WanTransformer3DModel`): `condition_embedder.*`, `blocks.N.attn1.to_q`, `proj_out`,
+//!   and for image-to-video `condition_embedder.image_embedder.*`, `blocks.N.attn2.add_k_proj`, ...
+//! - original Wan (`WanModel`): `time_embedding.0`, `blocks.N.self_attn.q`, `head.head`, and
+//!   `img_emb.proj.{0,1,3,4}`, `img_emb.emb_pos`, `blocks.N.cross_attn.k_img`, ...
 //! - ComfyUI and other single files: original (rarely diffusers) names behind a prefix such as
 //!   `model.diffusion_model.`.
 //!
@@ -63,18 +65,6 @@ impl CheckpointKeys {
                  nor `{prefix}{ORIGINAL_MARKER}` (original Wan); not a Wan2.1 transformer"
             )));
         };
-        let image_keys = [
-            format!("{prefix}img_emb."),
-            format!("{prefix}condition_embedder.image_embedder."),
-        ];
-        if keys
-            .iter()
-            .any(|k| image_keys.iter().any(|p| k.starts_with(p.as_str())))
-        {
-            return Err(unsupported(
-                "image-to-video transformers are not supported".into(),
-            ));
-        }
         Ok(Self { dialect, prefix })
     }
 
@@ -101,8 +91,10 @@ fn describe(files: &WeightFiles) -> String {
     paths.join(", ")
 }
 
-/// Top-level modules whose names differ (diffusers prefix → original prefix).
-const TOP_LEVEL: [(&str, &str); 6] = [
+/// Top-level modules whose names differ (diffusers prefix → original prefix). The image
+/// embedder's `proj` is a Sequential (LayerNorm, Linear, GELU, Linear, LayerNorm): indices 0, 1,
+/// 3, 4 hold weights.
+const TOP_LEVEL: [(&str, &str); 10] = [
     (
         "condition_embedder.time_embedder.linear_1.",
         "time_embedding.0.",
@@ -121,11 +113,27 @@ const TOP_LEVEL: [(&str, &str); 6] = [
         "text_embedding.2.",
     ),
     ("proj_out.", "head.head."),
+    (
+        "condition_embedder.image_embedder.norm1.",
+        "img_emb.proj.0.",
+    ),
+    (
+        "condition_embedder.image_embedder.ff.net.0.proj.",
+        "img_emb.proj.1.",
+    ),
+    (
+        "condition_embedder.image_embedder.ff.net.2.",
+        "img_emb.proj.3.",
+    ),
+    (
+        "condition_embedder.image_embedder.norm2.",
+        "img_emb.proj.4.",
+    ),
 ];
 
 /// Pieces of a block parameter's name that differ (diffusers → original). Note the swap: the
 /// affine cross-attention LayerNorm is `norm2` in diffusers and `norm3` in the original.
-const IN_BLOCK: [(&str, &str); 10] = [
+const IN_BLOCK: [(&str, &str); 13] = [
     ("scale_shift_table", "modulation"),
     ("norm2.", "norm3."),
     ("attn1.", "self_attn."),
@@ -136,12 +144,17 @@ const IN_BLOCK: [(&str, &str); 10] = [
     ("to_out.0.", "o."),
     ("ffn.net.0.proj.", "ffn.0."),
     ("ffn.net.2.", "ffn.2."),
+    ("add_k_proj.", "k_img."),
+    ("add_v_proj.", "v_img."),
+    ("norm_added_k.", "norm_k_img."),
 ];
 
 /// The original Wan name of a diffusers transformer key (spec §2: a pure rename).
 pub fn original_key(diffusers_key: &str) -> String {
-    if diffusers_key == "scale_shift_table" {
-        return "head.modulation".into();
+    match diffusers_key {
+        "scale_shift_table" => return "head.modulation".into(),
+        "condition_embedder.image_embedder.pos_embed" => return "img_emb.emb_pos".into(),
+        _ => {}
     }
     for (diffusers, original) in TOP_LEVEL {
         if let Some(rest) = diffusers_key.strip_prefix(diffusers) {
@@ -199,7 +212,22 @@ pub fn lora_targets(cfg: &WanConfig) -> LoraTargets {
     ] {
         module(name.into(), true);
     }
+    if cfg.has_image_input() {
+        for name in [
+            "condition_embedder.image_embedder.norm1",
+            "condition_embedder.image_embedder.ff.net.0.proj",
+            "condition_embedder.image_embedder.ff.net.2",
+            "condition_embedder.image_embedder.norm2",
+        ] {
+            module(name.into(), true);
+        }
+    }
     for i in 0..cfg.num_layers {
+        if cfg.has_image_input() {
+            module(format!("blocks.{i}.attn2.add_k_proj"), true);
+            module(format!("blocks.{i}.attn2.add_v_proj"), true);
+            module(format!("blocks.{i}.attn2.norm_added_k"), false);
+        }
         for attn in ["attn1", "attn2"] {
             for proj in ["to_q", "to_k", "to_v", "to_out.0"] {
                 module(format!("blocks.{i}.{attn}.{proj}"), true);
@@ -261,6 +289,38 @@ mod tests {
             ("blocks.7.norm2.bias", "blocks.7.norm3.bias"),
             ("blocks.7.ffn.net.0.proj.weight", "blocks.7.ffn.0.weight"),
             ("blocks.7.ffn.net.2.bias", "blocks.7.ffn.2.bias"),
+            (
+                "condition_embedder.image_embedder.norm1.weight",
+                "img_emb.proj.0.weight",
+            ),
+            (
+                "condition_embedder.image_embedder.ff.net.0.proj.bias",
+                "img_emb.proj.1.bias",
+            ),
+            (
+                "condition_embedder.image_embedder.ff.net.2.weight",
+                "img_emb.proj.3.weight",
+            ),
+            (
+                "condition_embedder.image_embedder.norm2.bias",
+                "img_emb.proj.4.bias",
+            ),
+            (
+                "condition_embedder.image_embedder.pos_embed",
+                "img_emb.emb_pos",
+            ),
+            (
+                "blocks.2.attn2.add_k_proj.weight",
+                "blocks.2.cross_attn.k_img.weight",
+            ),
+            (
+                "blocks.2.attn2.add_v_proj.bias",
+                "blocks.2.cross_attn.v_img.bias",
+            ),
+            (
+                "blocks.2.attn2.norm_added_k.weight",
+                "blocks.2.cross_attn.norm_k_img.weight",
+            ),
         ];
         for (diffusers, original) in cases {
             assert_eq!(original_key(diffusers), original, "{diffusers}");

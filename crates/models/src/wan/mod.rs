@@ -1,16 +1,17 @@
 //! Wan2.1 and Wan2.2: the 3D diffusion transformer and the causal 3D VAE.
 //!
 //! - [`config`]: [`WanConfig`] from diffusers or original config.json, presets (Wan2.1 1.3B/14B,
-//!   Wan2.2 T2V-A14B experts and TI2V-5B).
+//!   I2V-14B and FLF2V-14B, Wan2.2 T2V-A14B and I2V-A14B experts, TI2V-5B).
 //! - [`keys`]: checkpoint key dialects (diffusers, original, ComfyUI prefix), detected from names.
-//! - [`transformer`]: [`WanTransformer`], latents + timesteps (per sample or per token) + text →
-//!   velocity.
+//! - [`transformer`]: [`WanTransformer`], latents + timesteps (per sample or per token) + text
+//!   (+ CLIP image tokens for Wan2.1 I2V / FLF2V) → velocity.
 //! - [`rope`]: the 3D rotary position embedding.
 
 mod block;
 pub mod config;
+mod image_embedding;
 pub mod keys;
-mod layers;
+pub(crate) mod layers;
 pub mod rope;
 pub mod transformer;
 pub mod vae;

@@ -6,6 +6,7 @@
 //! timesteps [B] ─sinusoid─► time MLP ─► e [B,dim] ─SiLU·Linear─► e0 [B,6,dim]      (f32)
 //!   or [B,L] (one per token, Wan2.2 TI2V)  ─► e [B,L,dim], e0 [B,L,6,dim] (made per distinct t)
 //! context [B,Lt,text_dim] ─Linear·gelu_tanh·Linear─► text [B,Lt,dim]
+//! image [B,Li,image_dim] (Wan2.1 I2V/FLF2V) ─(+pos)·LN·Linear·gelu·Linear·LN─► image [B,Li,dim]
 //! x ─blocks(e0, text, RoPE)─► LN·(1+scale)+shift (head table + e) ─Linear─► unpatchify ─► [B,C',F,H,W]
 //! ```
 
@@ -18,7 +19,8 @@ use rainfusion::{SelfAttention, VideoLayout};
 use crate::error::{ModelError, Result};
 use crate::lora::LoraSet;
 use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
-use crate::wan::config::WanConfig;
+use crate::wan::config::{has_image_embedder, WanConfig};
+use crate::wan::image_embedding::ImageEmbedding;
 use crate::wan::keys::{CheckpointKeys, KeyDialect};
 use crate::wan::layers::{layer_norm, modulate, Linear, WeightSource};
 use crate::wan::rope::WanRope;
@@ -35,6 +37,8 @@ pub struct WanTransformer {
     time_proj: Linear,     // f32, dim → 6·dim
     text_linear_1: Linear,
     text_linear_2: Linear,
+    /// Wan2.1 I2V / FLF2V: CLIP image tokens → model width; `None` without image input.
+    image_embedding: Option<ImageEmbedding>,
     blocks: Vec<WanBlock>,
     /// Head modulation table [1, 2, dim] f32 (shift, scale), added to e (not e0).
     head_modulation: Tensor,
@@ -93,6 +97,33 @@ impl WanTransformer {
             )));
         }
         let keys = CheckpointKeys::detect(files)?;
+        cfg.validate().map_err(ModelError::InvalidInput)?;
+        // Without this check a checkpoint with an image path would load under a text-to-video
+        // config with its image weights silently unused (both have every other tensor).
+        match (cfg.has_image_input(), has_image_embedder(files)) {
+            (false, true) => {
+                return Err(ModelError::UnsupportedCheckpoint {
+                    files: describe_files(files),
+                    reason: "the checkpoint has image-to-video weights (an image embedder and \
+                             image cross-attention: Wan2.1 I2V or FLF2V) but the config has no \
+                             image_dim; use the checkpoint's own config.json"
+                        .into(),
+                })
+            }
+            (true, false) => {
+                return Err(ModelError::UnsupportedCheckpoint {
+                    files: describe_files(files),
+                    reason: format!(
+                        "the config describes image cross-attention (image_dim {:?}) but the \
+                         checkpoint has no image embedder; Wan2.2 I2V-A14B has none, and its \
+                         original config.json says model_type \"i2v\" like Wan2.1 I2V's: read \
+                         it with WanConfig::from_json_file_for or WanTransformer::open",
+                        cfg.image_dim
+                    ),
+                })
+            }
+            _ => {}
+        }
         let src = WeightSource::new(files.clone(), keys.key_map(), device.clone()).with_lora(lora);
         Self::build(&src, cfg, dtype, device)
     }
@@ -156,6 +187,7 @@ impl WanTransformer {
                 dim,
                 dtype,
             )?,
+            image_embedding: ImageEmbedding::load(src, cfg, dtype)?,
             blocks,
             head_modulation: src.get("scale_shift_table", &[1, 2, dim], f32)?,
             head: src.linear("proj_out", dim, cfg.patch_out_features(), f32)?,
@@ -183,8 +215,8 @@ impl WanTransformer {
         };
         let from_file = match config_path.filter(|p| p.is_file()) {
             // Next to a single file the config may belong to something else: only use it if it is ours.
-            Some(p) if path.is_dir() => Some(WanConfig::from_json_file(&p)?),
-            Some(p) => WanConfig::from_json_file(&p).ok(),
+            Some(p) if path.is_dir() => Some(WanConfig::from_json_file_for(&p, files)?),
+            Some(p) => WanConfig::from_json_file_for(&p, files).ok(),
             None => None,
         };
         Ok(match from_file {
@@ -222,7 +254,9 @@ impl WanTransformer {
 
     /// latents [B, in_channels, F, H, W] (F, H, W multiples of the patch size), timesteps in
     /// 0..1000, context [B, Lt, text_dim] (any Lt; the pipeline pads to 512) → velocity
-    /// [B, out_channels, F, H, W] f32. Self-attention is delegated to `attention`.
+    /// [B, out_channels, F, H, W] f32. Self-attention is delegated to `attention`. For models
+    /// with image input (Wan2.1 I2V / FLF2V) use [`Self::forward_with_image`]; this is that with
+    /// no image.
     ///
     /// The timesteps' rank picks the conditioning:
     /// - `[B]` (or `[1]`, shared): one timestep per sample, as Wan2.1 and the Wan2.2 A14B experts.
@@ -236,6 +270,23 @@ impl WanTransformer {
         latents: &Tensor,
         timesteps: &Tensor,
         context: &Tensor,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        self.forward_with_image(latents, timesteps, context, None, attention)
+    }
+
+    /// [`Self::forward`] with the image tokens of Wan2.1 I2V / FLF2V: `image` [B or 1, Li,
+    /// image_dim], the CLIP vision tower's penultimate hidden states (Li = 257 for ViT-H/14 at
+    /// 224²; FLF2V: the first image's tokens then the last image's, Li = `pos_embed_seq_len` =
+    /// 514). A shared `[1, Li, image_dim]` serves the whole batch (e.g. a guidance pair). Required
+    /// exactly when the config has `image_dim` (see [`WanConfig::has_image_input`]): Wan2.2 I2V
+    /// and TI2V see the image only through the latents.
+    pub fn forward_with_image(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        image: Option<&Tensor>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
         let (batch, grid) = self.check_inputs(latents, timesteps, context)?;
@@ -258,10 +309,14 @@ impl WanTransformer {
             .text_linear_2
             .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
 
+        // Image tokens: [B or 1, Li, image_dim] → [B, Li, dim] in the run dtype.
+        let image = self.image_tokens(image, batch)?;
+
         let (rope_cos, rope_sin) = self.rope_tables(grid)?;
         let ctx = BlockContext {
             time_modulation: &time.modulation,
             text: &text,
+            image: image.as_ref(),
             rope_cos: &rope_cos,
             rope_sin: &rope_sin,
             layout: VideoLayout::new(f, h, w),
@@ -276,6 +331,48 @@ impl WanTransformer {
         let x = modulate(&layer_norm(&x, self.cfg.eps)?, &shift, &scale)?;
         let out = self.head.forward(&x)?; // [B, L, out·pt·ph·pw] f32
         self.unpatchify(&out, grid)
+    }
+
+    /// The projected image tokens [B, Li, dim] (run dtype) for a model with image input, after
+    /// checking that an image was given exactly when the model takes one.
+    fn image_tokens(&self, image: Option<&Tensor>, batch: usize) -> Result<Option<Tensor>> {
+        let bad = |msg: String| Err(ModelError::InvalidInput(msg));
+        let (embedding, image) = match (&self.image_embedding, image) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => {
+                return bad(
+                    "this transformer takes no image embedding (no image_dim in its \
+                            config; Wan2.2 I2V and TI2V take the image through the latents)"
+                        .into(),
+                )
+            }
+            (Some(_), None) => {
+                return bad(format!(
+                    "this transformer (image_dim {}) needs the image embedding: use \
+                     forward_with_image with the CLIP vision tower's penultimate hidden states",
+                    self.cfg.image_dim.unwrap_or_default()
+                ))
+            }
+            (Some(embedding), Some(image)) => (embedding, image),
+        };
+        match image.dims3() {
+            Ok((b, _, _)) if (b == batch || b == 1) && image.dtype().is_float() => {}
+            _ => {
+                return bad(format!(
+                    "image embedding must be a float [{batch} or 1, Li, {}] tensor, got {:?} {:?}",
+                    self.cfg.image_dim.unwrap_or_default(),
+                    image.dtype(),
+                    image.dims()
+                ))
+            }
+        }
+        let tokens = embedding.forward(&image.to_device(&self.device)?)?; // [b, Li, dim]
+        let (b, rows, dim) = tokens.dims3()?;
+        Ok(Some(if b == batch {
+            tokens
+        } else {
+            tokens.broadcast_as((batch, rows, dim))?.contiguous()?
+        }))
     }
 
     /// The time MLP and projection on `timesteps` ([B] / [1] per sample, [B, L] / [1, L] per
@@ -492,4 +589,13 @@ impl WanTransformer {
         let x = x.permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?.contiguous()?; // [B, C, f, pt, h, ph, w, pw]
         Ok(x.reshape((b, c, f * pt, h * ph, w * pw))?)
     }
+}
+
+fn describe_files(files: &WeightFiles) -> String {
+    let paths: Vec<String> = files
+        .paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    paths.join(", ")
 }

@@ -9,9 +9,11 @@ use crate::error::{ModelError, Result};
 
 /// The architecture of a Wan VAE (Wan2.1 or Wan2.2), spelled as diffusers' `AutoencoderKLWan` config.
 ///
-/// Only the decoder is built from it. Unknown fields (`_class_name`, `in_channels`, ...) are ignored.
+/// Both the decoder and the encoder are built from it. Unknown fields (`_class_name`, `dropout`,
+/// ...) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanVaeConfig {
+    /// Channel base of the encoder (and of the decoder unless `decoder_base_dim` is given).
     #[serde(default = "default_base_dim")]
     pub base_dim: usize,
     /// Channel base of the decoder when it differs from the encoder's (`None` = `base_dim`).
@@ -41,7 +43,12 @@ pub struct WanVaeConfig {
     /// them into 3 channels at p× the resolution.
     #[serde(default = "default_out_channels")]
     pub out_channels: usize,
-    /// Wan2.2's pixel patch p (2): the decoder's output is unpatchified p×p in space.
+    /// Channels of the encoder's first conv: 3 for Wan2.1, 3·p² (12) for Wan2.2, whose encoder
+    /// patchifies the video first. `None` = 3·p².
+    #[serde(default)]
+    pub in_channels: Option<usize>,
+    /// Wan2.2's pixel patch p (2): the decoder's output is unpatchified p×p in space, and the
+    /// encoder's input patchified likewise.
     #[serde(default)]
     pub patch_size: Option<usize>,
     /// Stated video/latent factors, checked against the architecture when present.
@@ -118,6 +125,7 @@ impl WanVaeConfig {
             latents_std: default_latents_std(),
             is_residual: false,
             out_channels: default_out_channels(),
+            in_channels: Some(3),
             patch_size: None,
             scale_factor_spatial: None,
             scale_factor_temporal: None,
@@ -139,6 +147,7 @@ impl WanVaeConfig {
             latents_std: WAN22_LATENTS_STD.to_vec(),
             is_residual: true,
             out_channels: 12,
+            in_channels: Some(12),
             patch_size: Some(2),
             scale_factor_spatial: Some(16),
             scale_factor_temporal: Some(4),
@@ -205,6 +214,17 @@ impl WanVaeConfig {
                 patch * patch
             ));
         }
+        if self.base_dim == 0 {
+            return Err("base_dim (the encoder's channel base) must be positive".into());
+        }
+        if let Some(c) = self.in_channels {
+            if c == 0 || !c.is_multiple_of(patch * patch) {
+                return Err(format!(
+                    "in_channels {c} must be a positive multiple of patch_size² = {}",
+                    patch * patch
+                ));
+            }
+        }
         if let Some(stated) = self.scale_factor_spatial {
             if stated != self.spatial_scale() {
                 return Err(format!(
@@ -233,6 +253,16 @@ impl WanVaeConfig {
     /// The decoder's channel base.
     pub fn decoder_dim(&self) -> usize {
         self.decoder_base_dim.unwrap_or(self.base_dim)
+    }
+
+    /// Channels of the encoder's first conv (3 for Wan2.1, 12 for Wan2.2).
+    pub fn encoder_in_channels(&self) -> usize {
+        self.in_channels.unwrap_or(3 * self.patch() * self.patch())
+    }
+
+    /// Channels of the video the encoder takes (3): its first conv's channels before patchifying.
+    pub fn encoder_video_channels(&self) -> usize {
+        self.encoder_in_channels() / (self.patch() * self.patch())
     }
 
     /// Whether each decoder up block doubles time: the encoder's list reversed.

@@ -23,10 +23,27 @@ pub enum VaeKeyDialect {
 pub fn detect_dialect<'a>(
     keys: impl IntoIterator<Item = &'a str>,
 ) -> Option<(VaeKeyDialect, String)> {
+    detect_by_input_conv(keys, "decoder")
+}
+
+/// The same from the encoder's input conv (a checkpoint may hold only one of the two halves).
+pub fn detect_encoder_dialect<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Option<(VaeKeyDialect, String)> {
+    detect_by_input_conv(keys, "encoder")
+}
+
+/// `half`: "decoder" or "encoder".
+fn detect_by_input_conv<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+    half: &str,
+) -> Option<(VaeKeyDialect, String)> {
+    let diffusers = format!("{half}.conv_in.weight");
+    let original = format!("{half}.conv1.weight");
     for key in keys {
         for (suffix, dialect) in [
-            ("decoder.conv_in.weight", VaeKeyDialect::Diffusers),
-            ("decoder.conv1.weight", VaeKeyDialect::Original),
+            (diffusers.as_str(), VaeKeyDialect::Diffusers),
+            (original.as_str(), VaeKeyDialect::Original),
         ] {
             if let Some(prefix) = key.strip_suffix(suffix) {
                 if prefix.is_empty() || prefix.ends_with('.') {
@@ -49,6 +66,24 @@ pub fn residual_layout<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<bo
         }
         if key.contains("decoder.up_blocks.0.upsamplers.")
             || key.contains("decoder.upsamples.0.residual.")
+        {
+            return Some(false);
+        }
+    }
+    None
+}
+
+/// Whether a checkpoint's encoder has Wan2.2's residual down blocks (`Some(true)`), Wan2.1's flat
+/// list (`Some(false)`), or neither could be told from its first down block's keys (`None`).
+pub fn encoder_residual_layout<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<bool> {
+    for key in keys {
+        if key.contains("encoder.down_blocks.0.resnets.")
+            || key.contains("encoder.downsamples.0.downsamples.")
+        {
+            return Some(true);
+        }
+        if key.contains("encoder.down_blocks.0.norm1.")
+            || key.contains("encoder.downsamples.0.residual.")
         {
             return Some(false);
         }
@@ -80,15 +115,25 @@ pub fn key_map(
     }
 }
 
-/// diffusers decoder key → original Wan2.1_VAE key. Keys it does not know are returned unchanged,
-/// so a missing tensor is reported under the name that was looked for.
+/// diffusers key → original Wan2.1_VAE key, for the decoder and the encoder halves. Keys it does
+/// not know are returned unchanged, so a missing tensor is reported under the name that was
+/// looked for.
 pub fn original_key(key: &str, num_res_blocks: usize) -> String {
     let renamed = |old: &str, new: &str| key.strip_prefix(old).map(|rest| format!("{new}{rest}"));
-    if let Some(k) = renamed("post_quant_conv.", "conv2.")
-        .or_else(|| renamed("decoder.conv_in.", "decoder.conv1."))
-        .or_else(|| renamed("decoder.norm_out.", "decoder.head.0."))
-        .or_else(|| renamed("decoder.conv_out.", "decoder.head.2."))
-        .or_else(|| renamed("decoder.mid_block.attentions.0.", "decoder.middle.1."))
+    for half in ["decoder", "encoder"] {
+        let named = |part: &str, original: &str| {
+            renamed(&format!("{half}.{part}."), &format!("{half}.{original}."))
+        };
+        if let Some(k) = named("conv_in", "conv1")
+            .or_else(|| named("norm_out", "head.0"))
+            .or_else(|| named("conv_out", "head.2"))
+            .or_else(|| named("mid_block.attentions.0", "middle.1"))
+        {
+            return k;
+        }
+    }
+    if let Some(k) =
+        renamed("post_quant_conv.", "conv2.").or_else(|| renamed("quant_conv.", "conv1."))
     {
         return k;
     }
@@ -96,9 +141,16 @@ pub fn original_key(key: &str, num_res_blocks: usize) -> String {
     let index = |s: &str| s.parse::<usize>().ok();
     match parts.as_slice() {
         // mid: resnet 0 → middle.0, attention → middle.1, resnet 1 → middle.2
-        ["decoder", "mid_block", "resnets", r, rest @ ..] if index(r).is_some() => {
+        [half @ ("decoder" | "encoder"), "mid_block", "resnets", r, rest @ ..]
+            if index(r).is_some() =>
+        {
             let flat = 2 * index(r).unwrap_or_default();
-            format!("decoder.middle.{flat}.{}", residual_key(rest))
+            format!("{half}.middle.{flat}.{}", residual_key(rest))
+        }
+        // the encoder's down blocks are one flat list in both namings (resnets and resamples
+        // numbered alike); a resample's own names (resample.1, time_conv) are the same
+        ["encoder", "down_blocks", k, rest @ ..] if index(k).is_some() => {
+            format!("encoder.downsamples.{k}.{}", residual_key(rest))
         }
         // up block b holds num_res_blocks + 1 resnets then one resample, flattened in order
         ["decoder", "up_blocks", b, "resnets", r, rest @ ..]
@@ -118,12 +170,27 @@ pub fn original_key(key: &str, num_res_blocks: usize) -> String {
 
 /// diffusers key → original Wan2.2_VAE key. Up block b is `decoder.upsamples.{b}`, a module
 /// whose `upsamples` sequence holds its num_res_blocks + 1 residual blocks and then its upsampler
-/// (the duplicate-up shortcut has no weights). Everything outside the up blocks is named as in
-/// Wan2.1 ([`original_key`]).
+/// (the duplicate-up shortcut has no weights). Down block b is `encoder.downsamples.{b}`, whose
+/// `downsamples` sequence holds its num_res_blocks residual blocks and then its downsampler (the
+/// averaging shortcut has no weights). Everything else is named as in Wan2.1 ([`original_key`]).
 pub fn original22_key(key: &str, num_res_blocks: usize) -> String {
     let parts: Vec<&str> = key.split('.').collect();
     let index = |s: &str| s.parse::<usize>().ok();
     match parts.as_slice() {
+        ["encoder", "down_blocks", b, "resnets", r, rest @ ..]
+            if index(b).is_some() && index(r).is_some() =>
+        {
+            format!(
+                "encoder.downsamples.{b}.downsamples.{r}.{}",
+                residual_key(rest)
+            )
+        }
+        ["encoder", "down_blocks", b, "downsampler", rest @ ..] if index(b).is_some() => {
+            format!(
+                "encoder.downsamples.{b}.downsamples.{num_res_blocks}.{}",
+                rest.join(".")
+            )
+        }
         ["decoder", "up_blocks", b, "resnets", r, rest @ ..]
             if index(b).is_some() && index(r).is_some() =>
         {
@@ -187,6 +254,66 @@ mod tests {
             ("decoder.conv_out.weight", "decoder.head.2.weight"),
         ];
         for (diffusers, original) in cases {
+            assert_eq!(original22_key(diffusers, 2), original, "{diffusers}");
+        }
+    }
+
+    #[test]
+    fn maps_the_encoder_halves() {
+        let wan21 = [
+            ("quant_conv.weight", "conv1.weight"),
+            ("encoder.conv_in.bias", "encoder.conv1.bias"),
+            (
+                "encoder.down_blocks.0.norm1.gamma",
+                "encoder.downsamples.0.residual.0.gamma",
+            ),
+            (
+                "encoder.down_blocks.3.conv_shortcut.weight",
+                "encoder.downsamples.3.shortcut.weight",
+            ),
+            (
+                "encoder.down_blocks.2.resample.1.weight",
+                "encoder.downsamples.2.resample.1.weight",
+            ),
+            (
+                "encoder.down_blocks.5.time_conv.bias",
+                "encoder.downsamples.5.time_conv.bias",
+            ),
+            (
+                "encoder.mid_block.resnets.1.conv2.weight",
+                "encoder.middle.2.residual.6.weight",
+            ),
+            (
+                "encoder.mid_block.attentions.0.norm.gamma",
+                "encoder.middle.1.norm.gamma",
+            ),
+            ("encoder.norm_out.gamma", "encoder.head.0.gamma"),
+            ("encoder.conv_out.bias", "encoder.head.2.bias"),
+        ];
+        for (diffusers, original) in wan21 {
+            assert_eq!(original_key(diffusers, 2), original, "{diffusers}");
+        }
+        let wan22 = [
+            ("quant_conv.bias", "conv1.bias"),
+            (
+                "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
+                "encoder.downsamples.1.downsamples.0.shortcut.weight",
+            ),
+            (
+                "encoder.down_blocks.2.resnets.1.norm2.gamma",
+                "encoder.downsamples.2.downsamples.1.residual.3.gamma",
+            ),
+            (
+                "encoder.down_blocks.1.downsampler.time_conv.weight",
+                "encoder.downsamples.1.downsamples.2.time_conv.weight",
+            ),
+            (
+                "encoder.down_blocks.0.downsampler.resample.1.bias",
+                "encoder.downsamples.0.downsamples.2.resample.1.bias",
+            ),
+            ("encoder.conv_in.weight", "encoder.conv1.weight"),
+        ];
+        for (diffusers, original) in wan22 {
             assert_eq!(original22_key(diffusers, 2), original, "{diffusers}");
         }
     }

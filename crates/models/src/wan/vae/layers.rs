@@ -1,7 +1,7 @@
-//! Building blocks of the Wan VAE decoder: the per-layer feature cache, causal 3D convolutions,
-//! the channel L2 ("RMS") norm and plain 2D convolutions.
+//! Building blocks of the Wan VAE decoder and encoder: the per-layer feature cache, causal 3D
+//! convolutions, the channel L2 ("RMS") norm and plain 2D convolutions.
 //!
-//! Video tensors inside the decoder are frames-major, `[B, T, C, H, W]`, so that every per-frame
+//! Video tensors inside the decoder and the encoder are frames-major, `[B, T, C, H, W]`, so that every per-frame
 //! operation is a free reshape to `[B·T, C, H, W]` for candle's conv2d.
 
 use std::sync::OnceLock;
@@ -169,7 +169,13 @@ impl FeatureCache {
         self.slots[slot] = CacheSlot::SkippedFirstChunk;
     }
 
-    fn previous_frames(&self, slot: usize) -> Option<&Tensor> {
+    /// Keeps `frames` as `slot`'s history (the encoder's strided time convs keep their own).
+    pub fn store_frames(&mut self, slot: usize, frames: Tensor) {
+        self.slots[slot] = CacheSlot::Frames(frames);
+    }
+
+    /// The frames `slot` keeps, if any.
+    pub fn previous_frames(&self, slot: usize) -> Option<&Tensor> {
         match &self.slots[slot] {
             CacheSlot::Frames(t) => Some(t),
             _ => None,
@@ -204,14 +210,14 @@ const IM2COL_BUDGET: usize = 1 << 27;
 
 /// conv2d over `[N, C, H, W]` in groups of frames, so that the im2col buffer stays bounded at
 /// video sizes (one call for all frames where cuDNN runs the conv). `kernel` is `[O, C, k, k]`;
-/// `padding` symmetric. The result `[N, O, H, W]` is in x's dtype or f32.
-fn conv2d_grouped(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
+/// `padding` symmetric. The result `[N, O, H', W']` (H' = H at stride 1) is in x's dtype or f32.
+fn conv2d_grouped(x: &Tensor, kernel: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (_, _, kh, kw) = kernel.dims4()?;
     let per_frame = (c * kh * kw * h * w).max(1);
     let group = (IM2COL_BUDGET / per_frame).clamp(1, n.max(1));
     if group >= n || kh * kw == 1 || convs_through_cudnn(x.device()) {
-        return conv2d_any_dtype(x, kernel, padding);
+        return conv2d_any_dtype(x, kernel, padding, stride);
     }
     let mut parts = Vec::with_capacity(n.div_ceil(group));
     let mut start = 0;
@@ -221,6 +227,7 @@ fn conv2d_grouped(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor>
             &x.narrow(0, start, len)?,
             kernel,
             padding,
+            stride,
         )?);
         start += len;
     }
@@ -229,15 +236,17 @@ fn conv2d_grouped(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor>
 
 /// candle's CPU backend has no bf16 matmul (and so no bf16 conv): there the conv runs in f32 and
 /// its f32 result is returned (callers round once, after adding the bias and summing taps).
-fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tensor> {
+/// The tensor-core path takes stride 1 only (the encoder's stride-2 downsampling convs skip it).
+fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::BF16 {
-        let y = x
-            .to_dtype(DType::F32)?
-            .conv2d(&kernel.to_dtype(DType::F32)?, padding, 1, 1, 1)?;
+        let y =
+            x.to_dtype(DType::F32)?
+                .conv2d(&kernel.to_dtype(DType::F32)?, padding, stride, 1, 1)?;
         return Ok(y);
     }
     #[cfg(feature = "cudnn")]
-    if x.device().is_cuda()
+    if stride == 1
+        && x.device().is_cuda()
         && matches!(x.dtype(), DType::BF16 | DType::F16)
         && super::cudnn_conv::enabled()
     {
@@ -245,9 +254,9 @@ fn conv2d_any_dtype(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<Tenso
     }
     if convs_through_cudnn(x.device()) {
         let algo = forced_conv_algo()?;
-        return Ok(x.conv2d_with_algo(kernel, padding, 1, 1, 1, algo)?);
+        return Ok(x.conv2d_with_algo(kernel, padding, stride, 1, 1, algo)?);
     }
-    Ok(x.conv2d(kernel, padding, 1, 1, 1)?)
+    Ok(x.conv2d(kernel, padding, stride, 1, 1)?)
 }
 
 /// A Conv2d with bias and symmetric padding, applied to `[N, C, H, W]`.
@@ -258,6 +267,7 @@ pub struct Conv2d {
     /// The bias as `[O]` f32, for the fused bias kernel.
     bias_f32: Tensor,
     padding: usize,
+    stride: usize,
 }
 
 impl Conv2d {
@@ -270,17 +280,26 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim, kernel, kernel), "weight")?;
         let bias = vb.get(out_dim, "bias")?;
+        Self::from_parts(weight, bias, padding, 1)
+    }
+
+    /// A conv from its kernel `[O, C, k, k]` and bias `[O]`, with `stride` in both directions
+    /// (the encoder's downsamplers use 2, and a temporal kernel laid out as one 1×1 conv).
+    pub fn from_parts(weight: Tensor, bias: Tensor, padding: usize, stride: usize) -> Result<Self> {
+        let out_dim = weight.dim(0)?;
         let bias_f32 = bias.to_dtype(DType::F32)?;
         Ok(Self {
             weight,
             bias: bias.reshape((1, out_dim, 1, 1))?,
             bias_f32,
             padding,
+            stride,
         })
     }
 
+    /// `[N, C, H, W]` → `[N, O, H', W']` in x's dtype (H' = H for the decoder's "same" convs).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d_grouped(x, &self.weight, self.padding)?;
+        let y = conv2d_grouped(x, &self.weight, self.padding, self.stride)?;
         if y.dtype() == x.dtype() && fused_channel_kernels(&y) {
             return add_channel_bias(&y, &self.bias_f32, None);
         }
@@ -450,6 +469,7 @@ impl CausalConv3d {
                         &windows.reshape((b * t, self.kt * c, h, w))?,
                         kernel,
                         self.spatial_padding,
+                        1,
                     )
                 })?; // [B·T, O, H, W], x's dtype or f32
                 if y.dtype() == dtype && fused_channel_kernels(&y) {
@@ -480,7 +500,7 @@ impl CausalConv3d {
                         .narrow(1, j, t)?
                         .contiguous()?
                         .reshape((b * t, c, h, w))?;
-                    let y = conv2d_grouped(&frames, tap, self.spatial_padding)?;
+                    let y = conv2d_grouped(&frames, tap, self.spatial_padding, 1)?;
                     sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
                 }
                 Ok(sum.to_dtype(dtype)?)

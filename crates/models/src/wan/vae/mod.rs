@@ -1,20 +1,27 @@
-//! The Wan causal 3D VAE decoders (diffusers AutoencoderKLWan), decode side only: Wan2.1_VAE
-//! (z 16, ×8 in space) and Wan2.2_VAE (z 48, residual up blocks, 2×2 unpatchify: ×16 in space),
-//! both built by [`WanVaeDecoder`] from a [`WanVaeConfig`].
+//! The Wan causal 3D VAE (diffusers AutoencoderKLWan): Wan2.1_VAE (z 16, ×8 in space) and
+//! Wan2.2_VAE (z 48, residual up/down blocks, 2×2 patch: ×16 in space), both ×4 in time after the
+//! first frame. [`WanVaeDecoder`] turns latents into video, [`WanVaeEncoder`] video into latents;
+//! each is built from a [`WanVaeConfig`] and loads only its own half of a checkpoint.
 //!
-//! Latents are decoded one latent frame at a time; every temporal conv keeps the last frames of its
-//! input stream in a [`FeatureCache`](layers::FeatureCache), so the result equals a causal conv over
-//! the whole video while memory stays that of one chunk. The first latent frame gives one video
-//! frame, every later one four. Optional spatial [tiling](VaeTiling) bounds memory at 720p.
+//! Both run through time in chunks: every temporal conv keeps the last frames of its input stream
+//! in a [`FeatureCache`](layers::FeatureCache), so the result equals a causal conv over the whole
+//! video while memory stays that of one chunk. The decoder takes one latent frame at a time (the
+//! first gives one video frame, every later one four); the encoder takes the first frame alone,
+//! then four at a time, each chunk giving one latent frame. Optional spatial [tiling](VaeTiling)
+//! bounds the decoder's memory at 720p.
 
 mod blocks;
 pub mod config;
 #[cfg(feature = "cudnn")]
 mod cudnn_conv;
 mod decoder;
+mod downsample;
+mod encode;
+mod encoder;
 pub mod keys;
 mod layers;
 mod patchify;
+mod residual_down;
 mod residual_up;
 pub mod tiling;
 
@@ -25,6 +32,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::WanVaeConfig;
+pub use encode::WanVaeEncoder;
 pub use keys::VaeKeyDialect;
 pub use tiling::VaeTiling;
 
@@ -96,6 +104,22 @@ impl WanVaeDecoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let (dialect, key_map) = Self::key_map_for(files, cfg)?;
+        Self::build(
+            files.var_builder(key_map, dtype, device),
+            cfg,
+            dialect,
+            dtype,
+            device,
+        )
+    }
+
+    /// The checkpoint's key dialect and the map from diffusers names to its keys; an error when
+    /// it is no Wan VAE or the other family's.
+    fn key_map_for(
+        files: &WeightFiles,
+        cfg: &WanVaeConfig,
+    ) -> Result<(VaeKeyDialect, crate::weights::KeyMap)> {
         let files_list = || {
             let names: Vec<String> = files
                 .paths()
@@ -110,13 +134,22 @@ impl WanVaeDecoder {
             return Err(wrong_family(files_list(), cfg));
         }
         let key_map = keys::key_map(dialect, &prefix, cfg.num_res_blocks, cfg.is_residual);
+        Ok((dialect, key_map))
+    }
+
+    /// Checks, from the headers alone, that [`Self::load`] with the same arguments would find
+    /// every tensor the decoder needs with its shape (see [`WeightFiles::checking_var_builder`]):
+    /// the same errors as a load, in well under a second and with no weights read.
+    pub fn check(files: &Arc<WeightFiles>, cfg: &WanVaeConfig) -> Result<()> {
+        let (dialect, key_map) = Self::key_map_for(files, cfg)?;
         Self::build(
-            files.var_builder(key_map, dtype, device),
+            files.checking_var_builder(key_map),
             cfg,
             dialect,
-            dtype,
-            device,
+            DType::F32,
+            &Device::Cpu,
         )
+        .map(|_| ())
     }
 
     /// A decoder of `cfg`'s shape with random weights drawn on `device` (see

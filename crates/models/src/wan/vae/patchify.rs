@@ -1,5 +1,6 @@
 //! Wan2.2's pixel patch: the decoder's last conv gives 3·p² channels per latent-grid pixel at 1/p
-//! of the video resolution; unpatchifying spreads them over p×p pixels.
+//! of the video resolution; unpatchifying spreads them over p×p pixels. The encoder starts with
+//! the inverse: every p×p block of pixels becomes 3·p² channels of one pixel.
 
 use candle_core::Tensor;
 
@@ -23,11 +24,39 @@ pub fn unpatchify(x: &Tensor, p: usize) -> Result<Tensor> {
     Ok(y)
 }
 
+/// `[B, C, T, H·p, W·p]` → `[B, C·p·p, T, H, W]`, the inverse of [`unpatchify`] (diffusers'
+/// `patchify`): video pixel `(h·p + b, w·p + a)` of channel c becomes channel `c·p² + a·p + b`.
+/// H·p and W·p must be multiples of p; `p = 1` is the identity.
+pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
+    if p == 1 {
+        return Ok(x.clone());
+    }
+    let (b, c, t, hp, wp) = x.dims5()?;
+    let (h, w) = (hp / p, wp / p);
+    // [B·C, T, H, b, W, a] → [B·C, a, b, T, H, W]
+    let y = x
+        .reshape(vec![b * c, t, h, p, w, p])?
+        .permute([0, 5, 3, 1, 2, 4])?
+        .contiguous()?
+        .reshape((b, c * p * p, t, h, w))?;
+    Ok(y)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::unpatchify;
+    use super::{patchify, unpatchify};
+
+    #[test]
+    fn patchify_inverts_unpatchify() {
+        let x = Tensor::randn(0f32, 1.0, (2, 12, 3, 4, 5), &Device::Cpu).unwrap();
+        let video = unpatchify(&x, 2).unwrap();
+        assert_eq!(video.dims(), &[2, 3, 3, 8, 10]);
+        let back = patchify(&video, 2).unwrap();
+        let diff = (back - &x).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
 
     #[test]
     fn channel_order_matches_diffusers() {
