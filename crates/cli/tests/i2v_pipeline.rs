@@ -238,6 +238,16 @@ fn wan21_i2v_matches_diffusers_in_f32() {
     assert!(stderr.contains("image encoder"), "{stderr}");
 }
 
+/// bf16 (the transformer, the VAE encoder and CLIP in bf16) stays within the bf16 bound.
+#[test]
+fn wan21_i2v_bf16_stays_within_bf16_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (latents, _, _) = generate("i2v_wan21", dir.path(), "bf16", &["--dtype", "bf16"]);
+    let err = relative_error(&latents, &reference("i2v_wan21")["final_latents"]);
+    println!("i2v_wan21 bf16: final latents rel err {err:.2e}");
+    assert!(err <= 2e-2 && err > 1e-5, "{err}");
+}
+
 #[test]
 fn flf2v_matches_diffusers_in_f32() {
     check_parity("i2v_flf2v");
@@ -369,9 +379,9 @@ fn image_mistakes_are_one_line_errors() {
     // FLF2V without its last frame.
     let stderr = expect_error(&without(flags("i2v_flf2v"), "--last-image"), dir.path());
     assert!(stderr.contains("--last-image PATH"), "{stderr}");
-    // A last frame for a model that has none.
+    // A last frame for a model that has none (reported once, not also read).
     let mut args = flags("i2v_wan21");
-    args.extend(["--last-image".into(), path_of("i2v_wan21", "image.png")]);
+    args.extend(["--last-image".into(), "no/such/last.webp".into()]);
     let stderr = expect_error(&args, dir.path());
     assert!(
         stderr.contains("--last-image: model") && stderr.contains("takes no last frame"),
@@ -397,6 +407,56 @@ fn image_mistakes_are_one_line_errors() {
     args.extend(["--image".into(), path_of("i2v_wan21", "reference.json")]);
     let stderr = expect_error(&args, dir.path());
     assert!(stderr.contains("not a png, jpeg or webp"), "{stderr}");
+}
+
+/// A model folder missing what image-to-video needs fails in preflight, before any step: a
+/// decoder-only VAE file, and a Wan2.1 I2V model without its image encoder.
+#[test]
+fn missing_image_networks_fail_before_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("i2v_wan21").join("model");
+    let model = dir.path().join("model");
+    copy_dir(&source, &model);
+    let with_model = |model: &Path| {
+        let mut args = reference_flags(
+            "i2v_wan21",
+            &dir.path().join("err.png"),
+            &dir.path().join("err.safetensors"),
+        );
+        let at = args.iter().position(|a| a == "--model").unwrap();
+        args[at + 1] = model.display().to_string();
+        args
+    };
+    std::fs::remove_dir_all(model.join("image_encoder")).unwrap();
+    let stderr = expect_error(&with_model(&model), dir.path());
+    assert!(stderr.contains("image_encoder"), "{stderr}");
+    assert!(!stderr.contains("sampling     ["), "{stderr}");
+
+    // The VAE with only its decoder's tensors.
+    let model = dir.path().join("decoder_only");
+    copy_dir(&source, &model);
+    let vae = model.join("vae/diffusion_pytorch_model.safetensors");
+    let tensors = candle_core::safetensors::load(&vae, &Device::Cpu).unwrap();
+    let decoder: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("encoder.") && !k.starts_with("quant_conv."))
+        .collect();
+    candle_core::safetensors::save(&decoder, &vae).unwrap();
+    let stderr = expect_error(&with_model(&model), dir.path());
+    assert!(stderr.contains("no encoder tensors"), "{stderr}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 /// Without a size, the video keeps the image's aspect ratio at the model's pixel count (the

@@ -689,7 +689,7 @@ fn resolve_images(
     model: &str,
     problems: &mut Vec<String>,
 ) -> (Option<ImageRecord>, Option<ImageRecord>) {
-    let image_models = "image-to-video models: wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.2-i2v-a14b, wan2.2-ti2v-5b";
+    let image_models = "image-to-video models: wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.1-flf2v-14b-720p, wan2.2-i2v-a14b, wan2.2-ti2v-5b";
     if args.image.is_some() && !family.takes(FamilyFlag::Image) {
         problems.push(format!(
             "--image: model {model} ({} family) is text-to-video only; {image_models}",
@@ -727,9 +727,17 @@ fn resolve_images(
             }
         }
     };
-    let image = read("--image", &args.image).filter(|_| family.takes(FamilyFlag::Image));
-    let last =
-        read("--last-image", &args.last_image).filter(|_| family.takes(FamilyFlag::LastImage));
+    // An image the model cannot take is reported once (above), not read.
+    let image = if family.takes(FamilyFlag::Image) {
+        read("--image", &args.image)
+    } else {
+        None
+    };
+    let last = if family.takes(FamilyFlag::LastImage) {
+        read("--last-image", &args.last_image)
+    } else {
+        None
+    };
     (image, last)
 }
 
