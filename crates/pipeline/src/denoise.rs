@@ -31,8 +31,9 @@ pub trait VelocityModel {
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor>;
 
-    /// As [`Self::velocity`], with image features `[B, Li, Di]` for the transformer's image
-    /// cross-attention (Wan2.1 I2V's CLIP tokens). A model without one refuses them.
+    /// As [`Self::velocity`], with image features `[1, Li, Di]` (shared by every sample of the
+    /// batch) for the transformer's image cross-attention (Wan2.1 I2V's CLIP tokens). A model
+    /// without one refuses them.
     fn velocity_with_image(
         &self,
         latents: &Tensor,
@@ -158,13 +159,7 @@ pub fn guided_velocity(
                 context: &Tensor,
                 attention: &mut dyn SelfAttention| match image {
         None => model.velocity(latents, timesteps, context, attention),
-        Some(image) => {
-            let image = match latents.dim(0)? {
-                1 => image.clone(),
-                n => Tensor::cat(&vec![image; n], 0)?,
-            };
-            model.velocity_with_image(latents, timesteps, context, &image, attention)
-        }
+        Some(image) => model.velocity_with_image(latents, timesteps, context, image, attention),
     };
     match batched {
         Some(context) if guidance_scale != 1.0 => {
