@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use rainfusion::SelfAttention;
+use vdit_models::wan::transformer::BlockCache;
 
 use crate::error::{Result, VditError};
 use crate::family::{TimestepForm, TimestepRange};
 use crate::sampling::{guide_batched, FlowSolver};
+use crate::step_cache::{CacheStats, StepCache, StepCacheSettings};
 
 /// A flow-matching network: predicts the velocity (noise − clean) of a sample.
 pub trait VelocityModel {
@@ -27,6 +29,20 @@ pub trait VelocityModel {
         context: &Tensor,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor>;
+
+    /// [`Self::velocity`] with a step cache at the transformer's blocks, which may skip them
+    /// (see [`BlockCache`]). A model without that seam runs every pass in full.
+    fn velocity_cached(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        attention: &mut dyn SelfAttention,
+        cache: &mut dyn BlockCache,
+    ) -> Result<Tensor> {
+        let _ = cache;
+        self.velocity(latents, timesteps, context, attention)
+    }
 }
 
 /// One step of the schedule, as the loop hands it to the denoiser.
@@ -114,7 +130,9 @@ pub struct Conditioning<'a> {
 /// One model evaluation with classifier-free guidance: with `uncond` (`[2, Lt, D]` = cond then
 /// uncond, built once per run) and a scale ≠ 1, both passes run as one batch of 2 and are
 /// combined in f32; otherwise one pass on `cond` `[1, Lt, D]`. `timesteps` maps a batch size to
-/// the model's timestep tensor.
+/// the model's timestep tensor. With `cache`, the pass goes through the model's step-cache seam
+/// (one decision for both branches of the batch).
+#[allow(clippy::too_many_arguments)]
 pub fn guided_velocity(
     model: &dyn VelocityModel,
     latents: &Tensor,
@@ -123,16 +141,29 @@ pub fn guided_velocity(
     batched: Option<&Tensor>,
     guidance_scale: f64,
     attention: &mut dyn SelfAttention,
+    cache: Option<&mut dyn BlockCache>,
 ) -> Result<Tensor> {
+    let mut cache = cache;
+    let mut pass = |input: &Tensor, t: &Tensor, context: &Tensor| match cache.as_deref_mut() {
+        Some(cache) => model.velocity_cached(input, t, context, attention, cache),
+        None => model.velocity(input, t, context, attention),
+    };
     match batched {
         Some(context) if guidance_scale != 1.0 => {
             let input = Tensor::cat(&[latents, latents], 0)?;
-            let velocity = model.velocity(&input, &timesteps(2)?, context, attention)?;
+            let velocity = pass(&input, &timesteps(2)?, context)?;
             guide_batched(&velocity, guidance_scale)
         }
-        _ => Ok(model
-            .velocity(latents, &timesteps(1)?, cond, attention)?
-            .to_dtype(DType::F32)?),
+        _ => Ok(pass(latents, &timesteps(1)?, cond)?.to_dtype(DType::F32)?),
+    }
+}
+
+/// Guidance branches of a pass: 2 when guiding (cond and uncond batched), else 1.
+fn branches(batched: Option<&Tensor>, guidance_scale: f64) -> usize {
+    if batched.is_some() && guidance_scale != 1.0 {
+        2
+    } else {
+        1
     }
 }
 
@@ -235,6 +266,14 @@ pub struct ExpertDenoiser<'a> {
     /// (density, steps) of the policies of earlier experts.
     finished_policies: Vec<(f64, usize)>,
     steps_on_policy: usize,
+    /// Step caching for every expert (none by default), and the schedule's step count.
+    step_cache: Option<(StepCacheSettings, usize)>,
+    /// The active expert's step cache, fresh at each switch.
+    cache: Option<StepCache>,
+    /// What the caches of earlier experts did.
+    finished_caches: CacheStats,
+    /// Calibration records of earlier experts: (step, per-branch ratio).
+    finished_records: Vec<(usize, Vec<f64>)>,
 }
 
 impl<'a> ExpertDenoiser<'a> {
@@ -263,7 +302,36 @@ impl<'a> ExpertDenoiser<'a> {
             attention: None,
             finished_policies: Vec::new(),
             steps_on_policy: 0,
+            step_cache: None,
+            cache: None,
+            finished_caches: CacheStats::default(),
+            finished_records: Vec::new(),
         })
+    }
+
+    /// Caches steps as `settings` say, for a schedule of `steps` steps: each expert gets its own
+    /// [`StepCache`] when its first step comes.
+    pub fn with_step_cache(mut self, settings: &StepCacheSettings, steps: usize) -> Self {
+        self.step_cache = settings.is_active().then(|| (settings.clone(), steps));
+        self
+    }
+
+    /// Transformer passes asked for and skipped so far, every expert's.
+    pub fn cache_stats(&self) -> CacheStats {
+        let mut stats = self.finished_caches;
+        if let Some(cache) = &self.cache {
+            stats.add(cache.stats());
+        }
+        stats
+    }
+
+    /// A calibration run's records so far, every expert's: (step, per-branch magnitude ratio).
+    pub fn calibration_records(&self) -> Vec<(usize, Vec<f64>)> {
+        let mut records = self.finished_records.clone();
+        if let Some(cache) = &self.cache {
+            records.extend_from_slice(cache.recorded());
+        }
+        records
     }
 
     /// Fraction of attention blocks computed, averaged over layers, heads and steps (1 = dense).
@@ -306,6 +374,15 @@ impl<'a> ExpertDenoiser<'a> {
             let num_layers = self.experts[index].model()?.num_layers();
             self.attention = Some((self.build_attention)(num_layers)?);
             self.steps_on_policy = 0;
+            if let Some(cache) = self.cache.take() {
+                self.finished_caches.add(cache.stats());
+                self.finished_records.extend_from_slice(cache.recorded());
+            }
+            if let Some((settings, steps)) = &self.step_cache {
+                let expert = &self.experts[index];
+                let branches = branches(self.batched.as_ref(), expert.guidance_scale);
+                self.cache = StepCache::new(settings, *steps, branches);
+            }
             self.active = Some(index);
         }
         Ok(index)
@@ -329,6 +406,10 @@ impl Denoiser for ExpertDenoiser<'_> {
         let expert = &mut self.experts[index];
         let guidance_scale = expert.guidance_scale;
         let model = expert.model()?;
+        let cache = self.cache.as_mut().map(|cache| {
+            cache.begin_step(step.index, step.count);
+            cache as &mut dyn BlockCache
+        });
         guided_velocity(
             model,
             latents,
@@ -337,6 +418,7 @@ impl Denoiser for ExpertDenoiser<'_> {
             self.batched.as_ref(),
             guidance_scale,
             attention.as_mut(),
+            cache,
         )
     }
 }
