@@ -752,6 +752,111 @@ mod tests {
         Ok(())
     }
 
+    /// Goes through the step-cache seam like the transformer: input ones `[B, 2, 3]`, residual
+    /// ½; records per call whether the blocks ran.
+    struct CachingModel {
+        computed: std::rc::Rc<std::cell::RefCell<Vec<bool>>>,
+    }
+
+    impl VelocityModel for CachingModel {
+        fn num_layers(&self) -> usize {
+            1
+        }
+
+        fn velocity(
+            &self,
+            x: &Tensor,
+            _: &Tensor,
+            _: &Tensor,
+            _: &mut dyn SelfAttention,
+        ) -> Result<Tensor> {
+            Ok(x.zeros_like()?)
+        }
+
+        fn velocity_cached(
+            &self,
+            x: &Tensor,
+            _: &Tensor,
+            _: &Tensor,
+            _: &mut dyn SelfAttention,
+            cache: &mut dyn BlockCache,
+        ) -> Result<Tensor> {
+            let input = Tensor::ones((x.dim(0)?, 2, 3), DType::F32, x.device())?;
+            let e0 = Tensor::ones((x.dim(0)?, 6, 3), DType::F32, x.device())?;
+            let skipped = cache.before_blocks(&e0, &input)?.is_some();
+            if !skipped {
+                cache.after_blocks(&(&input * 0.5)?)?;
+            }
+            self.computed.borrow_mut().push(!skipped);
+            Ok(x.zeros_like()?)
+        }
+    }
+
+    /// Two experts, each with its own step cache: residuals that never change let every step
+    /// skip, except each expert's first (nothing cached yet: the high-noise expert's residual
+    /// is not reused by the low-noise one).
+    #[test]
+    fn each_expert_gets_a_fresh_step_cache() -> Result<()> {
+        use crate::options::StepCacheMode;
+        use crate::step_cache::{Calibration, MagRatios};
+        let (noise, cond, uncond) = toy_inputs();
+        let computed: std::rc::Rc<std::cell::RefCell<Vec<bool>>> = Default::default();
+        let high = CachingModel {
+            computed: computed.clone(),
+        };
+        let low = CachingModel {
+            computed: computed.clone(),
+        };
+        let boundary = 500.0;
+        let settings = StepCacheSettings {
+            mode: StepCacheMode::MagCache,
+            threshold: 0.5,
+            keep_first: 0,
+            keep_last: 0,
+            max_skips: 100,
+            calibration: Some(Calibration {
+                source: "test".into(),
+                mag_ratios: Some(MagRatios {
+                    cond: vec![1.0; 8],
+                    uncond: None,
+                }),
+                teacache: None,
+            }),
+            calibrate: None,
+        };
+        let mut denoiser = ExpertDenoiser::new(
+            vec![
+                Expert::shared(
+                    "transformer",
+                    &high,
+                    4.0,
+                    TimestepRange::at_or_above(boundary),
+                ),
+                Expert::shared("transformer_2", &low, 1.0, TimestepRange::below(boundary)),
+            ],
+            &Conditioning {
+                cond: &cond,
+                uncond: Some(&uncond),
+            },
+            TimestepForm::PerSample,
+            0,
+            Box::new(|_| Ok(Box::new(DenseAttention))),
+        )?
+        .with_step_cache(&settings, 8);
+        let mut solver = EulerSolver::new(8, 3.0);
+        let timesteps = solver.schedule().timesteps.clone();
+        denoise(&mut denoiser, &mut solver, &noise, &mut |_| {})?;
+        let high_steps = timesteps.iter().filter(|&&t| t >= boundary).count();
+        assert!(0 < high_steps && high_steps < 8, "{timesteps:?}");
+        let expected: Vec<bool> = (0..8).map(|i| i == 0 || i == high_steps).collect();
+        assert_eq!(*computed.borrow(), expected);
+        // Passes per branch: the guided expert's steps count twice.
+        let stats = denoiser.cache_stats();
+        assert_eq!(stats.passes, 2 * high_steps + (8 - high_steps));
+        assert_eq!(stats.skipped, 2 * (high_steps - 1) + (8 - high_steps - 1));
+        Ok(())
+    }
+
     /// TI2V's shape: timesteps `[B, L]`, one per latent token.
     #[test]
     fn per_token_timesteps_reach_the_model_as_batch_by_tokens() -> Result<()> {
