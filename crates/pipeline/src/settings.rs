@@ -926,7 +926,16 @@ pub fn resolve(
         }
     }
 
-    let step_cache = resolve_step_cache(args, defaults, &files, &model, steps, &mut problems);
+    let mut cache_warnings = Vec::new();
+    let step_cache = resolve_step_cache(
+        args,
+        defaults,
+        &files,
+        &model,
+        steps,
+        &mut problems,
+        &mut cache_warnings,
+    );
 
     let device = match resolve_device(args.device) {
         Ok(d) => d,
@@ -1011,12 +1020,14 @@ pub fn resolve(
     };
     let mut settings = settings;
     settings.warnings = check_resources(&settings, &files, args)?;
+    settings.warnings.extend(cache_warnings);
     Ok((settings, files))
 }
 
 /// The step-cache settings of `args` for `model` sampled in `steps` steps, with every problem
 /// pushed to `problems` (one line each): flags that `--step-cache none` would ignore, a mode
-/// without the calibration it needs, kept steps that leave nothing to skip.
+/// without the calibration it needs, kept steps given that leave nothing to skip (the default
+/// ones on a short run only warn, in `warnings`).
 fn resolve_step_cache(
     args: &GenerateOptions,
     defaults: &ModelDefaults,
@@ -1024,6 +1035,7 @@ fn resolve_step_cache(
     model: &str,
     steps: usize,
     problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
 ) -> StepCacheSettings {
     let mode = args.step_cache;
     let mut settings = StepCacheSettings {
@@ -1090,7 +1102,16 @@ fn resolve_step_cache(
         problems
             .push("--cache-max-skips is MagCache's (TeaCache has no cap on skips in a row)".into());
     }
-    if settings.keep_first + settings.keep_last >= steps {
+    let keep_given = args.cache_keep_first.is_some() || args.cache_keep_last.is_some();
+    if settings.keep_first + settings.keep_last >= steps && !keep_given {
+        // The defaults on a short run: it runs, uncached, and says so.
+        warnings.push(format!(
+            "--step-cache {}: a {steps}-step run keeps its first {} and last {} steps, so no step is skipped",
+            mode.name(),
+            settings.keep_first,
+            settings.keep_last
+        ));
+    } else if settings.keep_first + settings.keep_last >= steps {
         problems.push(format!(
             "--step-cache {}: the first {} and last {} steps always run, which leaves none of the {steps} steps to skip (lower --cache-keep-first or --cache-keep-last)",
             mode.name(),
