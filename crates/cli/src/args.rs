@@ -11,7 +11,9 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use rainfusion::DenseSteps;
 use vdit_models::lora::{LoraMode, LoraSpec};
-use vdit_pipeline::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
+use vdit_pipeline::options::{
+    AttentionMode, Choice, DTypeChoice, DeviceChoice, StepCacheMode, TokenWindow,
+};
 use vdit_pipeline::sampling::SamplerKind;
 use vdit_pipeline::settings::GenerateOptions;
 
@@ -257,6 +259,50 @@ pub struct GenerateArgs {
     /// layer (by default that is an error naming some of them).
     #[arg(long, help_heading = "LoRA")]
     pub lora_partial: bool,
+
+    /// Skip the transformer's blocks on steps whose result is predictable from the last
+    /// computed one, reusing that step's residual. magcache needs the model's magnitude ratios
+    /// (built in for wan2.1-t2v-1.3b and -14b; any model: --cache-calibrate); teacache needs
+    /// published coefficients (Wan2.1 1.3B and 14B).
+    #[arg(long, value_parser = choice::<StepCacheMode>(), default_value_t = StepCacheMode::None, help_heading = "Step cache")]
+    pub step_cache: StepCacheMode,
+
+    /// How much error the cache may accumulate before a step runs again; larger skips more.
+    /// 0 never skips. Default: magcache 0.12 (its published default), teacache 0.1.
+    #[arg(long, value_parser = parse_threshold, value_name = "X", help_heading = "Step cache")]
+    pub cache_threshold: Option<f64>,
+
+    /// The first N steps always run. Default: magcache a fifth of the steps (rounded up, its
+    /// published retention ratio), teacache 5.
+    #[arg(long, value_name = "N", help_heading = "Step cache")]
+    pub cache_keep_first: Option<usize>,
+
+    /// The last N steps always run. Default 1.
+    #[arg(long, value_name = "N", help_heading = "Step cache")]
+    pub cache_keep_last: Option<usize>,
+
+    /// magcache: at most N steps skipped in a row. Default 2 (its published K).
+    #[arg(long, value_parser = parse_positive, value_name = "N", help_heading = "Step cache")]
+    pub cache_max_skips: Option<usize>,
+
+    /// A calibration file (written by --cache-calibrate) to use instead of the model's own.
+    #[arg(long, value_name = "FILE", help_heading = "Step cache")]
+    pub cache_calibration: Option<PathBuf>,
+
+    /// Calibrate MagCache for this model: run every step in full and write the per-step
+    /// magnitude ratios of the blocks' residual to FILE (JSON), for --cache-calibration FILE
+    /// (or the model folder's `cache_calibration`). Calibrate with the steps and guidance you
+    /// will run; other step counts are resampled.
+    #[arg(long, value_name = "FILE", help_heading = "Step cache")]
+    pub cache_calibrate: Option<PathBuf>,
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = parse_number(s)?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{v} is not a finite threshold ≥ 0 (0 never skips)"));
+    }
+    Ok(v)
 }
 
 fn parse_lora(s: &str) -> Result<LoraSpec, String> {
@@ -331,6 +377,13 @@ impl GenerateArgs {
             lora_partial: self.lora_partial,
             image: self.image.clone(),
             last_image: self.last_image.clone(),
+            step_cache: self.step_cache,
+            cache_threshold: self.cache_threshold,
+            cache_keep_first: self.cache_keep_first,
+            cache_keep_last: self.cache_keep_last,
+            cache_max_skips: self.cache_max_skips,
+            cache_calibration: self.cache_calibration.clone(),
+            cache_calibrate: self.cache_calibrate.clone(),
         }
     }
 
@@ -539,6 +592,11 @@ impl FromArgMatches for CompareArgs {
             "latents_in",
             "vdit compare does not take --latents-in (it samples every run itself)",
         )?;
+        reject_flag(
+            matches,
+            "cache_calibrate",
+            "vdit compare does not take --cache-calibrate (calibrate with vdit generate)",
+        )?;
         let generate = GenerateArgs::from_arg_matches(matches)?;
         let only = CompareOnlyArgs::from_arg_matches(matches)?;
         Ok(Self {
@@ -571,6 +629,10 @@ impl Args for CompareArgs {
             .mut_arg("sparsity", |a| a.hide(true))
             .mut_arg("latents_out", |a| a.hide(true))
             .mut_arg("latents_in", |a| a.hide(true))
+            .mut_arg("cache_calibrate", |a| a.hide(true))
+            .mut_arg("step_cache", |a| {
+                a.help("Step caching of every run, the dense one included (see vdit generate --help)")
+            })
             .mut_arg("overwrite", |a| {
                 a.help("Replace files in the output directory even if vdit did not write them")
             });
@@ -625,6 +687,11 @@ impl FromArgMatches for EvalArgs {
         )?;
         reject_flag(
             matches,
+            "cache_calibrate",
+            "vdit eval does not take --cache-calibrate (calibrate with vdit generate)",
+        )?;
+        reject_flag(
+            matches,
             "noise",
             "vdit eval does not take --noise (each prompt has its own seed: --seed is the base)",
         )?;
@@ -670,6 +737,7 @@ impl Args for EvalArgs {
             })
             .mut_arg("latents_out", |a| a.hide(true))
             .mut_arg("latents_in", |a| a.hide(true))
+            .mut_arg("cache_calibrate", |a| a.hide(true))
             .mut_arg("overwrite", |a| {
                 a.help("Replace files in the output directory even if vdit did not write them")
             })
@@ -690,7 +758,7 @@ pub mod bench {
 
     use clap::{Args, Subcommand};
     use rainfusion::DenseSteps;
-    use vdit_pipeline::options::{AttentionMode, DTypeChoice, DeviceChoice};
+    use vdit_pipeline::options::{AttentionMode, DTypeChoice, DeviceChoice, StepCacheMode};
 
     use super::{choice, parse_size};
     use vdit_models::lora::{LoraMode, LoraSpec};
@@ -1013,6 +1081,15 @@ pub mod bench {
         /// How LoRAs are applied.
         #[arg(long, value_parser = super::choice::<LoraMode>(), default_value = "merge")]
         pub lora_mode: LoraMode,
+        /// Step caching (as `vdit generate --step-cache`).
+        #[arg(long, value_parser = super::choice::<StepCacheMode>(), default_value_t = StepCacheMode::None)]
+        pub step_cache: StepCacheMode,
+        /// The step cache's threshold (as `vdit generate --cache-threshold`). Default: the mode's.
+        #[arg(long, value_parser = super::parse_threshold, value_name = "X")]
+        pub cache_threshold: Option<f64>,
+        /// A calibration file for the step cache (as `vdit generate --cache-calibration`).
+        #[arg(long, value_name = "FILE")]
+        pub cache_calibration: Option<PathBuf>,
     }
 
     fn parse_positive(s: &str) -> std::result::Result<usize, String> {

@@ -83,6 +83,7 @@ pub fn warm_up(
         image.and_then(|i| i.features.as_ref()),
         1.0,
         &mut DenseAttention,
+        None,
     )?;
     Ok(())
 }

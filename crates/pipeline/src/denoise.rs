@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use rainfusion::SelfAttention;
+use vdit_models::wan::transformer::BlockCache;
 
 use crate::error::{Result, VditError};
 use crate::family::{TimestepForm, TimestepRange};
 use crate::image_cond::ImageCondition;
 use crate::sampling::{guide_batched, FlowSolver};
+use crate::step_cache::{CacheStats, StepCache, StepCacheSettings};
 
 /// A flow-matching network: predicts the velocity (noise − clean) of a sample.
 pub trait VelocityModel {
@@ -47,6 +49,25 @@ pub trait VelocityModel {
             "image features {:?} were given to a transformer without image cross-attention",
             image.dims()
         )))
+    }
+
+    /// [`Self::velocity`] (with `image`: [`Self::velocity_with_image`]) with a step cache at the
+    /// transformer's blocks, which may skip them (see [`BlockCache`]). A model without that seam
+    /// runs every pass in full.
+    fn velocity_cached(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        image: Option<&Tensor>,
+        attention: &mut dyn SelfAttention,
+        cache: &mut dyn BlockCache,
+    ) -> Result<Tensor> {
+        let _ = cache;
+        match image {
+            None => self.velocity(latents, timesteps, context, attention),
+            Some(image) => self.velocity_with_image(latents, timesteps, context, image, attention),
+        }
     }
 }
 
@@ -142,7 +163,8 @@ pub struct Conditioning<'a> {
 /// uncond, built once per run) and a scale ≠ 1, both passes run as one batch of 2 and are
 /// combined in f32; otherwise one pass on `cond` `[1, Lt, D]`. `timesteps` maps a batch size to
 /// the model's timestep tensor. `image` `[1, Li, Di]`, when given, reaches both passes (the
-/// negative prompt changes the text only).
+/// negative prompt changes the text only). With `cache`, the pass goes through the model's
+/// step-cache seam (one decision for both branches of the batch).
 #[allow(clippy::too_many_arguments)]
 pub fn guided_velocity(
     model: &dyn VelocityModel,
@@ -153,21 +175,33 @@ pub fn guided_velocity(
     image: Option<&Tensor>,
     guidance_scale: f64,
     attention: &mut dyn SelfAttention,
+    cache: Option<&mut dyn BlockCache>,
 ) -> Result<Tensor> {
-    let pass = |latents: &Tensor,
-                timesteps: &Tensor,
-                context: &Tensor,
-                attention: &mut dyn SelfAttention| match image {
-        None => model.velocity(latents, timesteps, context, attention),
-        Some(image) => model.velocity_with_image(latents, timesteps, context, image, attention),
-    };
+    let mut cache = cache;
+    let mut pass =
+        |input: &Tensor, t: &Tensor, context: &Tensor| match (cache.as_deref_mut(), image) {
+            (Some(cache), image) => {
+                model.velocity_cached(input, t, context, image, attention, cache)
+            }
+            (None, None) => model.velocity(input, t, context, attention),
+            (None, Some(image)) => model.velocity_with_image(input, t, context, image, attention),
+        };
     match batched {
         Some(context) if guidance_scale != 1.0 => {
             let input = Tensor::cat(&[latents, latents], 0)?;
-            let velocity = pass(&input, &timesteps(2)?, context, attention)?;
+            let velocity = pass(&input, &timesteps(2)?, context)?;
             guide_batched(&velocity, guidance_scale)
         }
-        _ => Ok(pass(latents, &timesteps(1)?, cond, attention)?.to_dtype(DType::F32)?),
+        _ => Ok(pass(latents, &timesteps(1)?, cond)?.to_dtype(DType::F32)?),
+    }
+}
+
+/// Guidance branches of a pass: 2 when guiding (cond and uncond batched), else 1.
+fn branches(batched: Option<&Tensor>, guidance_scale: f64) -> usize {
+    if batched.is_some() && guidance_scale != 1.0 {
+        2
+    } else {
+        1
     }
 }
 
@@ -272,6 +306,14 @@ pub struct ExpertDenoiser<'a> {
     /// (density, steps) of the policies of earlier experts.
     finished_policies: Vec<(f64, usize)>,
     steps_on_policy: usize,
+    /// Step caching for every expert (none by default), and the schedule's step count.
+    step_cache: Option<(StepCacheSettings, usize)>,
+    /// The active expert's step cache, fresh at each switch.
+    cache: Option<StepCache>,
+    /// What the caches of earlier experts did.
+    finished_caches: CacheStats,
+    /// Calibration records of earlier experts: (step, per-branch ratio).
+    finished_records: Vec<(usize, Vec<f64>)>,
 }
 
 impl<'a> ExpertDenoiser<'a> {
@@ -301,6 +343,10 @@ impl<'a> ExpertDenoiser<'a> {
             attention: None,
             finished_policies: Vec::new(),
             steps_on_policy: 0,
+            step_cache: None,
+            cache: None,
+            finished_caches: CacheStats::default(),
+            finished_records: Vec::new(),
         })
     }
 
@@ -309,6 +355,31 @@ impl<'a> ExpertDenoiser<'a> {
     pub fn with_image(mut self, image: Option<ImageCondition>) -> Self {
         self.image = image;
         self
+    }
+
+    /// Caches steps as `settings` say, for a schedule of `steps` steps: each expert gets its own
+    /// [`StepCache`] when its first step comes.
+    pub fn with_step_cache(mut self, settings: &StepCacheSettings, steps: usize) -> Self {
+        self.step_cache = settings.is_active().then(|| (settings.clone(), steps));
+        self
+    }
+
+    /// Transformer passes asked for and skipped so far, every expert's.
+    pub fn cache_stats(&self) -> CacheStats {
+        let mut stats = self.finished_caches;
+        if let Some(cache) = &self.cache {
+            stats.add(cache.stats());
+        }
+        stats
+    }
+
+    /// A calibration run's records so far, every expert's: (step, per-branch magnitude ratio).
+    pub fn calibration_records(&self) -> Vec<(usize, Vec<f64>)> {
+        let mut records = self.finished_records.clone();
+        if let Some(cache) = &self.cache {
+            records.extend_from_slice(cache.recorded());
+        }
+        records
     }
 
     /// Fraction of attention blocks computed, averaged over layers, heads and steps (1 = dense).
@@ -351,6 +422,15 @@ impl<'a> ExpertDenoiser<'a> {
             let num_layers = self.experts[index].model()?.num_layers();
             self.attention = Some((self.build_attention)(num_layers)?);
             self.steps_on_policy = 0;
+            if let Some(cache) = self.cache.take() {
+                self.finished_caches.add(cache.stats());
+                self.finished_records.extend_from_slice(cache.recorded());
+            }
+            if let Some((settings, steps)) = &self.step_cache {
+                let expert = &self.experts[index];
+                let branches = branches(self.batched.as_ref(), expert.guidance_scale);
+                self.cache = StepCache::new(settings, *steps, branches);
+            }
             self.active = Some(index);
         }
         Ok(index)
@@ -387,6 +467,10 @@ impl Denoiser for ExpertDenoiser<'_> {
         let expert = &mut self.experts[index];
         let guidance_scale = expert.guidance_scale;
         let model = expert.model()?;
+        let cache = self.cache.as_mut().map(|cache| {
+            cache.begin_step(step.index, step.count);
+            cache as &mut dyn BlockCache
+        });
         guided_velocity(
             model,
             &input,
@@ -396,6 +480,7 @@ impl Denoiser for ExpertDenoiser<'_> {
             features,
             guidance_scale,
             attention.as_mut(),
+            cache,
         )
     }
 
@@ -733,6 +818,112 @@ mod tests {
         assert_eq!(policies.get(), 2, "a fresh attention policy per expert");
         drop(denoiser);
         assert_eq!(high_drops.get(), 1);
+        Ok(())
+    }
+
+    /// Goes through the step-cache seam like the transformer: input ones `[B, 2, 3]`, residual
+    /// ½; records per call whether the blocks ran.
+    struct CachingModel {
+        computed: std::rc::Rc<std::cell::RefCell<Vec<bool>>>,
+    }
+
+    impl VelocityModel for CachingModel {
+        fn num_layers(&self) -> usize {
+            1
+        }
+
+        fn velocity(
+            &self,
+            x: &Tensor,
+            _: &Tensor,
+            _: &Tensor,
+            _: &mut dyn SelfAttention,
+        ) -> Result<Tensor> {
+            Ok(x.zeros_like()?)
+        }
+
+        fn velocity_cached(
+            &self,
+            x: &Tensor,
+            _: &Tensor,
+            _: &Tensor,
+            _: Option<&Tensor>,
+            _: &mut dyn SelfAttention,
+            cache: &mut dyn BlockCache,
+        ) -> Result<Tensor> {
+            let input = Tensor::ones((x.dim(0)?, 2, 3), DType::F32, x.device())?;
+            let e0 = Tensor::ones((x.dim(0)?, 6, 3), DType::F32, x.device())?;
+            let skipped = cache.before_blocks(&e0, &input)?.is_some();
+            if !skipped {
+                cache.after_blocks(&(&input * 0.5)?)?;
+            }
+            self.computed.borrow_mut().push(!skipped);
+            Ok(x.zeros_like()?)
+        }
+    }
+
+    /// Two experts, each with its own step cache: residuals that never change let every step
+    /// skip, except each expert's first (nothing cached yet: the high-noise expert's residual
+    /// is not reused by the low-noise one).
+    #[test]
+    fn each_expert_gets_a_fresh_step_cache() -> Result<()> {
+        use crate::options::StepCacheMode;
+        use crate::step_cache::{Calibration, MagRatios};
+        let (noise, cond, uncond) = toy_inputs();
+        let computed: std::rc::Rc<std::cell::RefCell<Vec<bool>>> = Default::default();
+        let high = CachingModel {
+            computed: computed.clone(),
+        };
+        let low = CachingModel {
+            computed: computed.clone(),
+        };
+        let boundary = 500.0;
+        let settings = StepCacheSettings {
+            mode: StepCacheMode::MagCache,
+            threshold: 0.5,
+            keep_first: 0,
+            keep_last: 0,
+            max_skips: 100,
+            calibration: Some(Calibration {
+                source: "test".into(),
+                mag_ratios: Some(MagRatios {
+                    cond: vec![1.0; 8],
+                    uncond: None,
+                }),
+                teacache: None,
+            }),
+            calibrate: None,
+        };
+        let mut denoiser = ExpertDenoiser::new(
+            vec![
+                Expert::shared(
+                    "transformer",
+                    &high,
+                    4.0,
+                    TimestepRange::at_or_above(boundary),
+                ),
+                Expert::shared("transformer_2", &low, 1.0, TimestepRange::below(boundary)),
+            ],
+            &Conditioning {
+                cond: &cond,
+                uncond: Some(&uncond),
+            },
+            TimestepForm::PerSample,
+            0,
+            Box::new(|_| Ok(Box::new(DenseAttention))),
+        )?
+        .with_step_cache(&settings, 8);
+        let mut solver = EulerSolver::new(8, 3.0);
+        let timesteps = solver.schedule().timesteps.clone();
+        denoise(&mut denoiser, &mut solver, &noise, &mut |_| {})?;
+        let high_steps = timesteps.iter().filter(|&&t| t >= boundary).count();
+        assert!(0 < high_steps && high_steps < 8, "{timesteps:?}");
+        let expected: Vec<bool> = (0..8).map(|i| i == 0 || i == high_steps).collect();
+        assert_eq!(*computed.borrow(), expected);
+        // Passes per branch: the guided expert's steps count twice.
+        let stats = denoiser.cache_stats();
+        assert_eq!(stats.passes, 2 * high_steps + (8 - high_steps));
+        assert_eq!(stats.skipped, 2 * (high_steps - 1) + (8 - high_steps - 1));
         Ok(())
     }
 

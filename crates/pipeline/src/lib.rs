@@ -39,6 +39,7 @@ pub mod registry;
 pub mod sampling;
 pub mod settings;
 pub mod stages;
+pub mod step_cache;
 pub mod video;
 
 pub use error::{Result, VditError};

@@ -172,6 +172,41 @@ impl Choice for TokenWindow {
 }
 choice_text!(TokenWindow);
 
+/// Whether and how transformer passes are skipped (`--step-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepCacheMode {
+    /// Every step runs the whole transformer.
+    None,
+    /// MagCache: skip while the calibrated magnitude ratios of the residual stay close to 1.
+    MagCache,
+    /// TeaCache: skip while the change of the time modulation, rescaled, stays small.
+    TeaCache,
+}
+
+impl Choice for StepCacheMode {
+    const ALL: &'static [Self] = &[Self::None, Self::MagCache, Self::TeaCache];
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::MagCache => "magcache",
+            Self::TeaCache => "teacache",
+        }
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Self::None => "every step runs the whole transformer",
+            Self::MagCache => {
+                "skip a step's transformer blocks while the model's calibrated residual magnitude ratios predict a small error (needs a calibration)"
+            }
+            Self::TeaCache => {
+                "skip while the rescaled change of the timestep modulation stays small (needs published coefficients: Wan2.1 1.3B, 14B)"
+            }
+        })
+    }
+}
+choice_text!(StepCacheMode);
+
 /// `--lora-mode`: how LoRA updates are applied (the type is the models crate's).
 impl Choice for vdit_models::lora::LoraMode {
     const ALL: &'static [Self] = &[Self::Merge, Self::Runtime];
@@ -206,6 +241,7 @@ mod tests {
         round_trips::<DTypeChoice>();
         round_trips::<AttentionMode>();
         round_trips::<TokenWindow>();
+        round_trips::<StepCacheMode>();
         assert!("RAINFUSION".parse::<AttentionMode>().is_err());
     }
 }

@@ -20,6 +20,8 @@
 //! sampler = "unipc"                              # unipc | euler | lcm
 //! timesteps = [1000, 750, 500, 250]              # a distilled model's step list (sets steps)
 //! negative_prompt = "..."
+//! cache_calibration = "wan2.1-t2v-1.3b"          # step cache: a built-in calibration, or a
+//!                                                # calibration file in a local model's folder
 //!
 //! [[lora]]                                       # optional, repeatable: a recipe's LoRAs
 //! hub_id = "lightx2v/Wan2.1-Distill-Loras"
@@ -120,6 +122,10 @@ pub struct ModelDefaults {
     /// A distilled model's denoising step list (training timesteps, decreasing); sets the steps.
     pub timesteps: Option<Vec<f64>>,
     pub negative_prompt: Option<String>,
+    /// The model's step-cache calibration: a built-in name (`wan2.1-t2v-1.3b`, see
+    /// [`crate::step_cache::calibration::BUILTIN_NAMES`]) or, for a local model, a calibration
+    /// file (written by `--cache-calibrate`) relative to its folder.
+    pub cache_calibration: Option<String>,
 }
 
 /// A LoRA that an entry applies (a recipe: base model + LoRA + sampling settings).
@@ -166,6 +172,10 @@ impl ModelDefaults {
                 .negative_prompt
                 .clone()
                 .or_else(|| fallback.negative_prompt.clone()),
+            cache_calibration: self
+                .cache_calibration
+                .clone()
+                .or_else(|| fallback.cache_calibration.clone()),
         }
     }
 

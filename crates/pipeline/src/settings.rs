@@ -12,9 +12,12 @@ use crate::family::{detect_family, FamilyFlag, GuidanceSource, ModelFamily};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
 use crate::image_cond::{read_image, video_size_for_image, ImageRecord};
 use crate::memory::{human_bytes, human_duration, RunShape, TransformerShape};
-use crate::options::{AttentionMode, Choice, DTypeChoice, DeviceChoice, TokenWindow};
+use crate::options::{
+    AttentionMode, Choice, DTypeChoice, DeviceChoice, StepCacheMode, TokenWindow,
+};
 use crate::registry::{EntryLora, ModelDefaults, Registry};
 use crate::sampling::SamplerKind;
+use crate::step_cache::{Calibration, StepCacheSettings};
 use crate::video::VideoFormat;
 use rainfusion::DenseSteps;
 use vdit_models::lora::{LoraMode, LoraSpec};
@@ -83,6 +86,20 @@ pub struct GenerateOptions {
     pub image: Option<PathBuf>,
     /// The last frame (first-and-last-frame models).
     pub last_image: Option<PathBuf>,
+    /// Step caching (`--step-cache`).
+    pub step_cache: StepCacheMode,
+    /// `--cache-threshold`; `None`: the mode's default.
+    pub cache_threshold: Option<f64>,
+    /// `--cache-keep-first`; `None`: the mode's default.
+    pub cache_keep_first: Option<usize>,
+    /// `--cache-keep-last`; `None`: 1.
+    pub cache_keep_last: Option<usize>,
+    /// `--cache-max-skips` (MagCache); `None`: 2.
+    pub cache_max_skips: Option<usize>,
+    /// `--cache-calibration`: a calibration file instead of the model's.
+    pub cache_calibration: Option<PathBuf>,
+    /// `--cache-calibrate`: run uncached and write the model's magnitude ratios here.
+    pub cache_calibrate: Option<PathBuf>,
 }
 
 impl GenerateOptions {
@@ -133,6 +150,13 @@ impl GenerateOptions {
             lora_partial: false,
             image: None,
             last_image: None,
+            step_cache: StepCacheMode::None,
+            cache_threshold: None,
+            cache_keep_first: None,
+            cache_keep_last: None,
+            cache_max_skips: None,
+            cache_calibration: None,
+            cache_calibrate: None,
         }
     }
 }
@@ -328,6 +352,7 @@ pub struct GenerateSettings {
     /// The last frame (`--last-image`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_image: Option<ImageRecord>,
+    pub step_cache: StepCacheSettings,
     /// The model's family (from its registry entry; Wan2.1 T2V otherwise). Not in the sidecar:
     /// the model name there already says it.
     #[serde(skip)]
@@ -479,6 +504,9 @@ impl GenerateSettings {
                 a.sparsity, a.dense_step_count, a.mask_refresh, a.block_size, a.window.name(), a.dense_layers
             ),
         });
+        if self.step_cache.is_active() {
+            lines.push(self.step_cache.summary());
+        }
         for (expert, loras) in [
             ("", &self.lora.first),
             (" (low-noise expert)", &self.lora.second),
@@ -1011,6 +1039,17 @@ pub fn resolve(
         }
     }
 
+    let mut cache_warnings = Vec::new();
+    let step_cache = resolve_step_cache(
+        args,
+        defaults,
+        &files,
+        &model,
+        steps,
+        &mut problems,
+        &mut cache_warnings,
+    );
+
     let device = match resolve_device(args.device) {
         Ok(d) => d,
         Err(e) => {
@@ -1090,12 +1129,155 @@ pub fn resolve(
         lora: loras,
         image,
         last_image,
+        step_cache,
         family,
         warnings: Vec::new(),
     };
     let mut settings = settings;
     settings.warnings = check_resources(&settings, &files, args)?;
+    settings.warnings.extend(cache_warnings);
     Ok((settings, files))
+}
+
+/// The step-cache settings of `args` for `model` sampled in `steps` steps, with every problem
+/// pushed to `problems` (one line each): flags that `--step-cache none` would ignore, a mode
+/// without the calibration it needs, kept steps given that leave nothing to skip (the default
+/// ones on a short run only warn, in `warnings`).
+fn resolve_step_cache(
+    args: &GenerateOptions,
+    defaults: &ModelDefaults,
+    files: &ModelFiles,
+    model: &str,
+    steps: usize,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> StepCacheSettings {
+    let mode = args.step_cache;
+    let mut settings = StepCacheSettings {
+        mode,
+        threshold: args
+            .cache_threshold
+            .unwrap_or(StepCacheSettings::default_threshold(mode)),
+        keep_first: args
+            .cache_keep_first
+            .unwrap_or(StepCacheSettings::default_keep_first(mode, steps)),
+        keep_last: args.cache_keep_last.unwrap_or(crate::step_cache::KEEP_LAST),
+        max_skips: args
+            .cache_max_skips
+            .unwrap_or(crate::step_cache::MAGCACHE_MAX_SKIPS),
+        calibration: None,
+        calibrate: args.cache_calibrate.clone(),
+    };
+    let tuning = [
+        ("--cache-threshold", args.cache_threshold.is_some()),
+        ("--cache-keep-first", args.cache_keep_first.is_some()),
+        ("--cache-keep-last", args.cache_keep_last.is_some()),
+        ("--cache-max-skips", args.cache_max_skips.is_some()),
+        ("--cache-calibration", args.cache_calibration.is_some()),
+    ];
+    let given: Vec<&str> = tuning
+        .iter()
+        .filter_map(|(flag, given)| given.then_some(*flag))
+        .collect();
+    if let Some(path) = &args.cache_calibrate {
+        if mode != StepCacheMode::None || !given.is_empty() {
+            problems.push(format!(
+                "--cache-calibrate runs every step uncached to record the ratios: leave out --step-cache {}{}",
+                mode.name(),
+                given.iter().map(|f| format!(", {f}")).collect::<String>()
+            ));
+        }
+        if args.latents_in.is_some() {
+            problems.push("--cache-calibrate needs a sampling run, not --latents-in".into());
+        }
+        if path.is_dir() {
+            problems.push(format!(
+                "--cache-calibrate {}: is a directory (give a file name, e.g. {})",
+                path.display(),
+                path.join("cache_calibration.json").display()
+            ));
+        } else if let Err(e) = check_writable_dir("--cache-calibrate", path) {
+            problems.push(e);
+        }
+        settings.mode = StepCacheMode::None;
+        return settings;
+    }
+    if mode == StepCacheMode::None {
+        if !given.is_empty() {
+            problems.push(format!(
+                "{} {} no effect with --step-cache none (the default): add --step-cache magcache (or teacache), or leave {} out",
+                given.join(", "),
+                if given.len() == 1 { "has" } else { "have" },
+                if given.len() == 1 { "it" } else { "them" }
+            ));
+        }
+        return settings;
+    }
+    if mode == StepCacheMode::TeaCache && args.cache_max_skips.is_some() {
+        problems
+            .push("--cache-max-skips is MagCache's (TeaCache has no cap on skips in a row)".into());
+    }
+    let keep_given = args.cache_keep_first.is_some() || args.cache_keep_last.is_some();
+    if settings.keep_first + settings.keep_last >= steps && !keep_given {
+        // The defaults on a short run: it runs, uncached, and says so.
+        warnings.push(format!(
+            "--step-cache {}: a {steps}-step run keeps its first {} and last {} steps, so no step is skipped",
+            mode.name(),
+            settings.keep_first,
+            settings.keep_last
+        ));
+    } else if settings.keep_first + settings.keep_last >= steps {
+        problems.push(format!(
+            "--step-cache {}: the first {} and last {} steps always run, which leaves none of the {steps} steps to skip (lower --cache-keep-first or --cache-keep-last)",
+            mode.name(),
+            settings.keep_first,
+            settings.keep_last
+        ));
+    }
+    if !settings.threshold.is_finite() || settings.threshold < 0.0 {
+        problems.push(format!(
+            "--cache-threshold {} is not a finite value ≥ 0",
+            settings.threshold
+        ));
+    }
+    let calibration = match (&args.cache_calibration, &defaults.cache_calibration) {
+        (Some(path), _) => Calibration::from_file("--cache-calibration", path).map(Some),
+        (None, Some(name)) => match Calibration::builtin(name) {
+            Some(builtin) => Ok(Some(builtin)),
+            None => match files.location() {
+                ModelLocation::Local(dir) => {
+                    Calibration::from_file("the model's cache_calibration", &dir.join(name))
+                        .map(Some)
+                }
+                ModelLocation::Hub { .. } => Err(VditError::InvalidSetting(format!(
+                    "model {model}: cache_calibration `{name}` is not a built-in calibration ({})",
+                    crate::step_cache::calibration::BUILTIN_NAMES.join(", ")
+                ))),
+            },
+        },
+        (None, None) => Ok(None),
+    };
+    let calibration = match calibration {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(e.to_string());
+            return settings;
+        }
+    };
+    let missing = match (mode, &calibration) {
+        (StepCacheMode::MagCache, c) if c.as_ref().is_none_or(|c| c.mag_ratios.is_none()) => Some(format!(
+            "--step-cache magcache: model {model} has no magnitude-ratio calibration; record one with `vdit generate -m {model} --cache-calibrate FILE` and pass --cache-calibration FILE"
+        )),
+        (StepCacheMode::TeaCache, c) if c.as_ref().is_none_or(|c| c.teacache.is_none()) => Some(format!(
+            "--step-cache teacache: model {model} has no TeaCache coefficients (published for Wan2.1 T2V 1.3B and 14B only); use --step-cache magcache, which any model can be calibrated for"
+        )),
+        _ => None,
+    };
+    if let Some(line) = missing {
+        problems.push(line);
+    }
+    settings.calibration = calibration;
+    settings
 }
 
 /// The transformer's shape and weight bytes of a local model (its `transformer/config.json` and

@@ -37,7 +37,7 @@ use vdit_models::tokenizer::PromptTokenizer;
 use vdit_models::umt5::{Umt5Config, Umt5Encoder};
 use vdit_models::wan::config::WanConfig;
 use vdit_models::wan::keys::lora_targets;
-use vdit_models::wan::transformer::WanTransformer;
+use vdit_models::wan::transformer::{BlockCache, WanTransformer};
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncoder};
 use vdit_models::wan::CheckpointKeys;
 use vdit_models::weights::WeightFiles;
@@ -52,6 +52,7 @@ use crate::output::{load_latents, save_latents, write_json_atomic};
 use crate::ownership::{exists, foreign_file, is_vdit_latents, record_lists, Replace};
 use crate::sampling::{load_noise, seeded_noise};
 use crate::settings::{AttentionSettings, GenerateSettings};
+use crate::step_cache::{recorded_ratios, CacheStats, CalibrationFile, MagRatios};
 use crate::video::{frames_from_tensor, write_video, VideoFrames, VideoSink};
 
 /// The self-attention policy the flags ask for, for a transformer of `num_layers` layers
@@ -165,6 +166,8 @@ pub struct Sidecar<'a> {
     pub timings: &'a StageTimings,
     /// Fraction of attention blocks computed, averaged over layers, heads and steps (1 = dense).
     pub effective_density: f64,
+    /// Transformer passes (one per guidance branch and step) and how many the step cache skipped.
+    pub step_cache: CacheStats,
     pub files: Vec<String>,
 }
 
@@ -177,6 +180,7 @@ pub struct RunReport {
     pub sidecar: std::path::PathBuf,
     pub timings: StageTimings,
     pub effective_density: f64,
+    pub step_cache: CacheStats,
 }
 
 impl std::fmt::Display for RunReport {
@@ -196,7 +200,11 @@ impl std::fmt::Display for RunReport {
             f,
             "wrote {video} (settings, timings and seed in {})",
             self.sidecar.display()
-        )
+        )?;
+        if self.step_cache.skipped > 0 {
+            write!(f, "; step cache: {}", self.step_cache)?;
+        }
+        Ok(())
     }
 }
 
@@ -216,6 +224,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     preflight(settings, files)?;
 
     let mut written = Vec::new();
+    let mut step_cache = CacheStats::default();
     let (latents, effective_density) = match &settings.latents_in {
         Some(path) => {
             let latents = load_latents("--latents-in", path, &device)?;
@@ -229,6 +238,18 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         }
         None => {
             let sampled = encode_and_sample(settings, files, &device, run_start, &mut timings)?;
+            step_cache = sampled.step_cache;
+            if let (Some(path), Some(ratios)) =
+                (&settings.step_cache.calibrate, sampled.calibration)
+            {
+                write_calibration(settings, path, ratios)?;
+                eprintln!(
+                    "calibration  magnitude ratios of {} steps → {}",
+                    settings.steps,
+                    path.display()
+                );
+                written.push(path.display().to_string());
+            }
             (sampled.latents, sampled.effective_density)
         }
     };
@@ -279,6 +300,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         settings,
         timings: &timings,
         effective_density,
+        step_cache,
         files: written,
     };
     write_json_atomic(&sidecar_path, &sidecar)?;
@@ -290,7 +312,25 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         sidecar: sidecar_path,
         timings,
         effective_density,
+        step_cache,
     })
+}
+
+/// Writes a `--cache-calibrate` run's magnitude ratios (see [`CalibrationFile`]).
+fn write_calibration(settings: &GenerateSettings, path: &Path, ratios: MagRatios) -> Result<()> {
+    let file = CalibrationFile {
+        vdit_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: settings.model.clone(),
+        steps: settings.steps,
+        guidance_scale: settings.guidance_scale,
+        shift: settings.shift,
+        size: format!("{}x{}", settings.width, settings.height),
+        frames: settings.frames,
+        seed: settings.seed,
+        magcache: Some(ratios),
+        teacache: None,
+    };
+    write_json_atomic(path, &file)
 }
 
 /// Stages 1 and 2, with their timings and one line each on stderr.
@@ -344,13 +384,17 @@ fn encode_and_sample(
         .map_or(0.0, |done| (done - run_start).as_secs_f64());
     eprintln!(
         "denoise      {:.1} s (load {:.2} s, compute {:.2} s; {:.2} s/step, first step done {:.2} s \
-         into the run, attention density {:.3})",
+         into the run, attention density {:.3}{})",
         timings.denoise_s,
         timings.transformer_load_s,
         timings.denoise_compute_s(),
         sampled.seconds_per_step,
         timings.first_step_s,
-        sampled.effective_density
+        sampled.effective_density,
+        match settings.step_cache.mode {
+            crate::options::StepCacheMode::None => String::new(),
+            _ => format!(", {}", sampled.step_cache),
+        }
     );
     Ok(sampled)
 }
@@ -456,6 +500,14 @@ pub fn check_outputs(settings: &GenerateSettings) -> Result<()> {
             problems.push(format!(
                 "--latents-out {}",
                 foreign_file(latents, "no vdit-latents metadata in its header")
+            ));
+        }
+    }
+    if let Some(path) = &settings.step_cache.calibrate {
+        if exists(path) && crate::ownership::read_vdit_record(path).is_none() {
+            problems.push(format!(
+                "--cache-calibrate {}",
+                foreign_file(path, "it is not a vdit calibration file")
             ));
         }
     }
@@ -632,6 +684,18 @@ impl VelocityModel for WanTransformer {
     ) -> Result<Tensor> {
         Ok(self.forward_with_image(latents, timesteps, context, Some(image), attention)?)
     }
+
+    fn velocity_cached(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        image: Option<&Tensor>,
+        attention: &mut dyn SelfAttention,
+        cache: &mut dyn BlockCache,
+    ) -> Result<Tensor> {
+        Ok(self.forward_cached(latents, timesteps, context, image, attention, cache)?)
+    }
 }
 
 /// What stage 2 produces.
@@ -644,6 +708,10 @@ pub struct SampledLatents {
     pub model_load_s: f64,
     /// When the first sampling step ended.
     pub first_step_done: Option<Instant>,
+    /// Transformer passes asked for and skipped by the step cache.
+    pub step_cache: CacheStats,
+    /// A `--cache-calibrate` run: the magnitude ratios it recorded.
+    pub calibration: Option<MagRatios>,
 }
 
 /// Finds (or downloads) every file of the run in stage order, opens every weight file (each
@@ -1179,7 +1247,7 @@ pub fn sample_with_experts(
     let tokens = settings.family.latent.tokens(noise.dims());
     let attention_settings = settings.attention.clone();
     let steps = settings.steps;
-    let mut denoiser = ExpertDenoiser::new(
+    let denoiser = ExpertDenoiser::new(
         experts,
         &Conditioning {
             cond: &text.cond,
@@ -1190,6 +1258,7 @@ pub fn sample_with_experts(
         Box::new(move |num_layers| build_attention(&attention_settings, num_layers, steps)),
     )?
     .with_image(image.cloned());
+    let mut denoiser = denoiser.with_step_cache(&settings.step_cache, settings.steps);
     denoiser.keep_loaded = settings.keep_experts;
     let mut solver = settings.sampler.solver(
         settings.steps,
@@ -1217,12 +1286,19 @@ pub fn sample_with_experts(
     });
     progress.finish_and_clear();
     let latents = latents?;
+    let calibration = settings
+        .step_cache
+        .calibrate
+        .is_some()
+        .then(|| recorded_ratios(&denoiser.calibration_records(), settings.steps));
     Ok(SampledLatents {
         latents,
         seconds_per_step: total_seconds / settings.steps.max(1) as f64,
         effective_density: denoiser.effective_density(),
         model_load_s: 0.0,
         first_step_done,
+        step_cache: denoiser.cache_stats(),
+        calibration,
     })
 }
 

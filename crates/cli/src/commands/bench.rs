@@ -886,6 +886,9 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         options.timesteps = p.timesteps.clone();
         options.loras = p.loras.clone();
         options.lora_mode = p.lora_mode;
+        options.step_cache = p.step_cache;
+        options.cache_threshold = p.cache_threshold;
+        options.cache_calibration = p.cache_calibration.clone();
         options.overwrite = args.overwrite;
 
         eprintln!("== {case}");
@@ -922,6 +925,15 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         let mut attention = settings.attention.mode.name().to_string();
         if settings.attention.mode != vdit_pipeline::options::AttentionMode::Dense {
             let _ = write!(attention, " {}", settings.attention.sparsity);
+        }
+        if settings.step_cache.mode != vdit_pipeline::options::StepCacheMode::None {
+            let _ = write!(
+                attention,
+                ", {} {} ({})",
+                settings.step_cache.mode.name(),
+                settings.step_cache.threshold,
+                report.step_cache
+            );
         }
         // The same words as torch_bench.py's pipeline rows, then the attention.
         let shape = format!(

@@ -599,3 +599,86 @@ fn describe_files(files: &WeightFiles) -> String {
         .collect();
     paths.join(", ")
 }
+
+/// A step cache's view of one forward pass (`WanTransformer::forward_cached`): it sees the
+/// time path's modulation and the blocks' input before the blocks run, and may answer with a
+/// residual that stands in for them (the blocks are skipped, their input plus the residual goes
+/// to the head); when the blocks run, it receives what they added.
+pub trait BlockCache {
+    /// `modulation`: the blocks' time modulation e0, `[B, 6, dim]` f32 per sample (per token:
+    /// one row per distinct timestep, `[K, 6, dim]`); `input`: the blocks' input `[B, L, dim]`
+    /// f32. `Some(residual)` (`[B, L, dim]` f32) skips the blocks.
+    fn before_blocks(&mut self, modulation: &Tensor, input: &Tensor) -> Result<Option<Tensor>>;
+
+    /// The blocks ran: `residual` = their output − their input, `[B, L, dim]` f32.
+    fn after_blocks(&mut self, residual: &Tensor) -> Result<()>;
+}
+
+/// What the head needs besides the blocks' output, kept from the embedding of one pass.
+struct HeadInputs {
+    time: TimeEmbedding,
+    grid: [usize; 3],
+}
+
+impl WanTransformer {
+    /// [`Self::forward`] with a step cache at the blocks: `cache` sees their input and may skip
+    /// them (see [`BlockCache`]). When it lets them run, the result is bitwise that of
+    /// [`Self::forward`] (the same operations in the same order; the residual is only recorded).
+    pub fn forward_cached(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        image: Option<&Tensor>,
+        attention: &mut dyn SelfAttention,
+        cache: &mut dyn BlockCache,
+    ) -> Result<Tensor> {
+        let (batch, grid) = self.check_inputs(latents, timesteps, context)?;
+        let [f, h, w] = grid;
+        let latents = latents.to_device(&self.device)?;
+        let context = context.to_device(&self.device)?;
+        let patches = self.patchify(&latents.to_dtype(self.dtype)?, grid)?;
+        let input = self
+            .patch_embedding
+            .forward(&patches)?
+            .to_dtype(DType::F32)?; // [B, L, dim]
+        let time = self.time_embedding(timesteps, batch, f * h * w)?;
+        let modulation = match &time.modulation {
+            TimeModulation::PerSample(e0) => e0,
+            TimeModulation::PerToken { values, .. } => values,
+        };
+        let x = match cache.before_blocks(modulation, &input)? {
+            Some(residual) => (&input + residual)?,
+            None => {
+                let text = self
+                    .text_linear_2
+                    .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
+                let image = self.image_tokens(image, batch)?;
+                let (rope_cos, rope_sin) = self.rope_tables(grid)?;
+                let ctx = BlockContext {
+                    time_modulation: &time.modulation,
+                    text: &text,
+                    image: image.as_ref(),
+                    rope_cos: &rope_cos,
+                    rope_sin: &rope_sin,
+                    layout: VideoLayout::new(f, h, w),
+                };
+                let mut x = input.clone();
+                for block in &self.blocks {
+                    x = block.forward(&x, &ctx, attention)?;
+                }
+                cache.after_blocks(&(&x - &input)?)?;
+                x
+            }
+        };
+        self.head_output(&x, HeadInputs { time, grid })
+    }
+
+    /// The head on the blocks' output `x` `[B, L, dim]` f32 → velocity `[B, C', F, H, W]` f32.
+    fn head_output(&self, x: &Tensor, head: HeadInputs) -> Result<Tensor> {
+        let (shift, scale) = self.head_shift_scale(&head.time)?;
+        let x = modulate(&layer_norm(x, self.cfg.eps)?, &shift, &scale)?;
+        let out = self.head.forward(&x)?; // [B, L, out·pt·ph·pw] f32
+        self.unpatchify(&out, head.grid)
+    }
+}
