@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{tiny_model, vdit};
+use common::{tiny_model, vdit, vdit_command};
 use vdit_pipeline::video::read_video;
 
 /// `vdit generate` on the tiny model, 48x32, 9 frames, 2 steps, writing `out`, plus `extra`.
@@ -53,13 +53,18 @@ struct Run {
     stderr: String,
 }
 
-fn run(args: &[String], dir: &Path) -> Run {
-    let output = vdit(args, &dir.join("cache"));
-    Run {
-        ok: output.status.success(),
-        code: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+impl From<std::process::Output> for Run {
+    fn from(output: std::process::Output) -> Self {
+        Run {
+            ok: output.status.success(),
+            code: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
+}
+
+fn run(args: &[String], dir: &Path) -> Run {
+    vdit(args, &dir.join("cache")).into()
 }
 
 fn sidecar(path: &Path) -> serde_json::Value {
@@ -328,12 +333,7 @@ fn a_vae_missing_a_tensor_or_of_another_shape_fails_before_the_first_step() {
 #[cfg(unix)]
 fn run_with_file_limit(args: &[String], dir: &Path, max_bytes: u64) -> Run {
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vdit"));
-    command
-        .args(args)
-        .env("HF_HUB_CACHE", dir.join("cache"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("VDIT_MODELS_DIR");
+    let mut command = vdit_command(args, &dir.join("cache"));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -348,12 +348,7 @@ fn run_with_file_limit(args: &[String], dir: &Path, max_bytes: u64) -> Run {
             Ok(())
         });
     }
-    let output = command.output().expect("vdit runs");
-    Run {
-        ok: output.status.success(),
-        code: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    command.output().expect("vdit runs").into()
 }
 
 /// The disk fills while the video is written, after the whole denoise (a file-size limit that

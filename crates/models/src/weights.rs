@@ -340,7 +340,8 @@ impl WeightFiles {
         file.shape(key)
     }
 
-    fn files_description(&self) -> String {
+    /// The checkpoint's file paths, comma-separated, as error messages name them.
+    pub fn files_description(&self) -> String {
         let paths: Vec<String> = self
             .files
             .iter()

@@ -10,14 +10,19 @@ pub fn tiny_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_pipeline/model")
 }
 
-/// Runs `vdit` with `args`, isolated from the user's hub cache and registry overrides.
-pub fn vdit<S: AsRef<OsStr>>(args: &[S], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vdit"))
+/// The `vdit` command with `args`, isolated from the user's hub cache and registry overrides.
+pub fn vdit_command<S: AsRef<OsStr>>(args: &[S], cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vdit"));
+    command
         .args(args)
         .env("HF_HUB_CACHE", cache)
         .env("HF_HUB_OFFLINE", "1")
         .env("RUST_BACKTRACE", "1")
-        .env_remove("VDIT_MODELS_DIR")
-        .output()
-        .expect("vdit runs")
+        .env_remove("VDIT_MODELS_DIR");
+    command
+}
+
+/// Runs `vdit` with `args` (see [`vdit_command`]).
+pub fn vdit<S: AsRef<OsStr>>(args: &[S], cache: &Path) -> Output {
+    vdit_command(args, cache).output().expect("vdit runs")
 }

@@ -142,12 +142,7 @@ impl ClipVisionModel {
             .min_by_key(|p| p.len())
             .map(str::to_string)
             .ok_or_else(|| ModelError::UnsupportedCheckpoint {
-                files: files
-                    .paths()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                files: files.files_description(),
                 reason: format!("not a CLIP vision model: no `{PATCH_KEY}` tensor"),
             })?;
         let keys = if prefix.is_empty() {

@@ -103,7 +103,7 @@ impl WanTransformer {
         match (cfg.has_image_input(), has_image_embedder(files)) {
             (false, true) => {
                 return Err(ModelError::UnsupportedCheckpoint {
-                    files: describe_files(files),
+                    files: files.files_description(),
                     reason: "the checkpoint has image-to-video weights (an image embedder and \
                              image cross-attention: Wan2.1 I2V or FLF2V) but the config has no \
                              image_dim; use the checkpoint's own config.json"
@@ -112,7 +112,7 @@ impl WanTransformer {
             }
             (true, false) => {
                 return Err(ModelError::UnsupportedCheckpoint {
-                    files: describe_files(files),
+                    files: files.files_description(),
                     reason: format!(
                         "the config describes image cross-attention (image_dim {:?}) but the \
                          checkpoint has no image embedder; Wan2.2 I2V-A14B has none, and its \
@@ -589,15 +589,6 @@ impl WanTransformer {
         let x = x.permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?.contiguous()?; // [B, C, f, pt, h, ph, w, pw]
         Ok(x.reshape((b, c, f * pt, h * ph, w * pw))?)
     }
-}
-
-fn describe_files(files: &WeightFiles) -> String {
-    let paths: Vec<String> = files
-        .paths()
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    paths.join(", ")
 }
 
 /// A step cache's view of one forward pass (`WanTransformer::forward_cached`): it sees the

@@ -81,14 +81,7 @@ impl WanVaeEncoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let files_list = || {
-            let names: Vec<String> = files
-                .paths()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            names.join(", ")
-        };
+        let files_list = || files.files_description();
         let (dialect, prefix) = keys::detect_encoder_dialect(files.keys())
             .ok_or_else(|| not_an_encoder(files_list()))?;
         if keys::encoder_residual_layout(files.keys()).is_some_and(|r| r != cfg.is_residual) {

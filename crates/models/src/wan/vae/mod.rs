@@ -120,14 +120,7 @@ impl WanVaeDecoder {
         files: &WeightFiles,
         cfg: &WanVaeConfig,
     ) -> Result<(VaeKeyDialect, crate::weights::KeyMap)> {
-        let files_list = || {
-            let names: Vec<String> = files
-                .paths()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            names.join(", ")
-        };
+        let files_list = || files.files_description();
         let (dialect, prefix) =
             keys::detect_dialect(files.keys()).ok_or_else(|| not_a_vae(files_list()))?;
         if keys::residual_layout(files.keys()).is_some_and(|r| r != cfg.is_residual) {
