@@ -12,6 +12,10 @@ imports counted) and once more with the pipeline still loaded; peak GPU memory b
     python3 scripts/gpu/torch_bench.py --pipeline DIR --steps 50 --guidance 5 --out torch_pipeline.json
 
 With --i2v it times the image-to-video shapes: the Wan2.1-I2V-14B forward and the Wan2.1 VAE encode (832x480x81).
+
+With --memory it measures the memory rows of the 24 GB issue, three ways each, so that vdit's figure (the device's used
+memory, sampled) has a like-for-like PyTorch figure beside the allocator's own: the Wan2.1-14B forward at
+--width x --height x --frames (batch --batch) and the Wan2.1 VAE decode at the same size.
 """
 import time
 
@@ -41,6 +45,94 @@ def cuda_time(fn, warmup, iters):
 def row(bench, case, shape, median_s, samples, tflops=None, density=None, peak=None):
     return dict(bench=bench, case=case, shape=shape, median_s=median_s, samples_s=samples,
                 tflops=tflops, density=density, peak_gpu_bytes=peak, impl="pytorch")
+
+
+class DeviceUsedSampler:
+    """The device's used memory (total - free, as `vdit bench` reads it) sampled on a side thread every `interval`
+    seconds; `peak()` stops it. Counts the CUDA context and the caching allocator's reserve, which
+    `max_memory_allocated` does not."""
+
+    def __init__(self, interval=2e-4):
+        import threading
+
+        self.peak_bytes, self.running = 0, True
+
+        def sample():
+            while self.running:
+                free, total = torch.cuda.mem_get_info()
+                self.peak_bytes = max(self.peak_bytes, total - free)
+                time.sleep(interval)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+
+    def peak(self):
+        self.running = False
+        self.thread.join()
+        return self.peak_bytes
+
+
+def device_used():
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+def memory_rows(args):
+    """Peak memory of the 14B forward and of the VAE decode, each as the allocator's peak, its reserve's peak, the
+    device's used memory sampled (vdit's measure) and the device's used memory before the work (weights + context)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    rows = []
+    lat = (args.frames - 1) // 4 + 1
+    shape = f"{args.width}x{args.height}x{args.frames} B{args.batch}"
+
+    def measured(bench, case, label, fn, iters):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = device_used()
+        sampler = DeviceUsedSampler()
+        med, s = cuda_time(fn, 1, iters)
+        r = row(bench, case, label, med, s, peak=torch.cuda.max_memory_allocated())
+        r.update(peak_reserved_bytes=torch.cuda.max_memory_reserved(), peak_device_bytes=sampler.peak(),
+                 resident_device_bytes=before)
+        gib = 2 ** 30
+        print(f"{case:<32} {med:8.3f} s  allocated {r['peak_gpu_bytes'] / gib:6.2f} GiB  reserved "
+              f"{r['peak_reserved_bytes'] / gib:6.2f} GiB  device used {r['peak_device_bytes'] / gib:6.2f} GiB "
+              f"({before / gib:.2f} GiB before)", flush=True)
+        return r
+
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):  # Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+            text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+        ).eval()
+    torch.set_default_dtype(torch.float32)
+    x = torch.randn(args.batch, 16, lat, args.height // 8, args.width // 8, device="cuda", dtype=torch.bfloat16)
+    t = torch.full((args.batch,), 999.0, device="cuda")
+    ctx = torch.randn(args.batch, 512, 4096, device="cuda", dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def forward():
+        model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)
+
+    rows.append(measured("transformer", "diffusers dense t2v-14b", f"40L×40H×128d {shape}", forward, args.iters))
+    del model, x, ctx
+    torch.cuda.empty_cache()
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
+    z = torch.randn(1, 16, lat, args.height // 8, args.width // 8, device="cuda", dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def decode():
+        vae.decode(z, return_dict=False)
+
+    rows.append(measured("vae", "diffusers bf16", f"B1 latent {lat}x{args.height // 8}x{args.width // 8}", decode,
+                         max(1, args.iters - 1)))
+    return rows
 
 
 def attention_rows(args):
@@ -332,6 +424,9 @@ def main():
                    help="time the Wan2.2 shapes instead (A14B expert and TI2V-5B forwards, the Wan2.2 VAE)")
     p.add_argument("--i2v", action="store_true",
                    help="time the image-to-video shapes instead (I2V-14B forward, the Wan2.1 VAE encode)")
+    p.add_argument("--memory", action="store_true",
+                   help="the memory rows: the Wan2.1-14B forward and the VAE decode at --width/--height/--frames")
+    p.add_argument("--batch", type=int, default=1, help="--memory: the forward's batch")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--skip-vae", action="store_true")
@@ -340,8 +435,9 @@ def main():
     p.add_argument("--step-list", help="--pipeline: a distilled step list, e.g. 1000,750,500,250 (Euler)")
     p.add_argument("--shift", type=float, default=5.0, help="--pipeline with --step-list: the shift")
     args = p.parse_args()
-    if args.pipeline or args.wan22 or args.i2v:
-        rows = pipeline_rows(args) if args.pipeline else wan22_rows(args) if args.wan22 else i2v_rows(args)
+    if args.pipeline or args.wan22 or args.i2v or args.memory:
+        rows = (pipeline_rows(args) if args.pipeline else wan22_rows(args) if args.wan22
+                else i2v_rows(args) if args.i2v else memory_rows(args))
         json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
         return
     rows = attention_rows(args)

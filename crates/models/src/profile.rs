@@ -4,7 +4,9 @@
 //! wraps and adds the wall time to a process-wide table under the span's name; [`report`]
 //! prints that table. Synchronising serialises the GPU queue, so profiled runs are slower in
 //! total: use them for the split between stages, and the plain benchmark for absolute times.
-//! Unset, [`span`] only runs the closure.
+//! On CUDA each stage also records the device's used memory right after it (the queue drained,
+//! so freed buffers are back): the live tensors at each stage boundary, which is where memory
+//! kept alive too long shows. Unset, [`span`] only runs the closure.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -21,6 +23,8 @@ pub const PROFILE_ENV: &str = "VDIT_PROFILE";
 struct Entry {
     calls: u64,
     seconds: f64,
+    /// The largest device used memory seen right after the stage, bytes (CUDA; 0 elsewhere).
+    max_used_after: u64,
 }
 
 fn table() -> &'static Mutex<BTreeMap<&'static str, Entry>> {
@@ -44,11 +48,24 @@ pub fn span<T>(name: &'static str, device: &Device, work: impl FnOnce() -> Resul
     let out = work()?;
     device.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
+    let used_after = device_used_bytes(device).unwrap_or(0);
     let mut table = table().lock().unwrap_or_else(|e| e.into_inner());
     let entry = table.entry(name).or_default();
     entry.calls += 1;
     entry.seconds += seconds;
+    entry.max_used_after = entry.max_used_after.max(used_after);
     Ok(out)
+}
+
+/// The device's used memory (total − free), bytes: CUDA only.
+fn device_used_bytes(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total - free) as u64);
+    }
+    let _ = device;
+    None
 }
 
 /// Clears the table (e.g. after warm-up iterations).
@@ -65,16 +82,28 @@ pub fn report() -> Option<String> {
     let total: f64 = table.values().map(|e| e.seconds).sum();
     let mut rows: Vec<_> = table.iter().collect();
     rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
-    let mut out =
-        String::from("| stage | calls | total ms | ms per call | share |\n|---|---|---|---|---|\n");
+    let memory = table.values().any(|e| e.max_used_after > 0);
+    let mut out = String::from("| stage | calls | total ms | ms per call | share |");
+    out.push_str(if memory {
+        " device used after (max) |\n|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|\n"
+    });
     for (name, e) in rows {
         out.push_str(&format!(
-            "| {name} | {} | {:.1} | {:.3} | {:.1} % |\n",
+            "| {name} | {} | {:.1} | {:.3} | {:.1} % |",
             e.calls,
             e.seconds * 1e3,
             e.seconds * 1e3 / e.calls.max(1) as f64,
             100.0 * e.seconds / total.max(f64::MIN_POSITIVE)
         ));
+        if memory {
+            out.push_str(&format!(
+                " {:.2} GiB |",
+                e.max_used_after as f64 / (1u64 << 30) as f64
+            ));
+        }
+        out.push('\n');
     }
     Some(out)
 }

@@ -68,6 +68,11 @@ pub struct BenchRow {
     /// used memory sampled every 0.2 ms on a side thread, so a peak shorter than that can be missed;
     /// includes the context and anything else on the device).
     pub peak_device_bytes: Option<u64>,
+    /// Device memory in use before the first warm-up iteration, bytes (CUDA runs: the weights,
+    /// the context and the libraries' workspaces), so that `peak_device_bytes` minus this is
+    /// what the work itself held at its peak.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resident_device_bytes: Option<u64>,
     /// Pipeline rows: peak device memory in use during the run above what was in use before it,
     /// bytes (sampled every 2 ms; the key torch_bench.py's rows use).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,7 +145,14 @@ impl BenchReport {
                 row.tflops.map_or("-".into(), format_tflops),
                 row.density.map_or("-".into(), |d| format!("{d:.3}")),
                 match (row.peak_device_bytes, row.peak_host_bytes) {
-                    (Some(bytes), _) => format!("{} device", format_gib(bytes)),
+                    (Some(bytes), _) => match row.resident_device_bytes {
+                        Some(before) => format!(
+                            "{} device ({} before)",
+                            format_gib(bytes),
+                            format_gib(before)
+                        ),
+                        None => format!("{} device", format_gib(bytes)),
+                    },
                     (None, Some(bytes)) => format!("{} host", format_gib(bytes)),
                     (None, None) => "-".into(),
                 },
@@ -311,6 +323,7 @@ struct Timer {
 struct Timing {
     samples: Vec<f64>,
     peak_device_bytes: Option<u64>,
+    resident_device_bytes: Option<u64>,
 }
 
 impl Timing {
@@ -332,6 +345,8 @@ impl Timing {
 
 impl Timer {
     fn time(&self, mut step: impl FnMut() -> Result<()>) -> Result<Timing> {
+        self.device.synchronize()?;
+        let resident_device_bytes = DeviceMemorySampler::used_now(&self.device);
         for _ in 0..self.warmup {
             step()?;
             self.device.synchronize()?;
@@ -359,6 +374,7 @@ impl Timer {
         Ok(Timing {
             samples,
             peak_device_bytes: sampler.and_then(DeviceMemorySampler::stop),
+            resident_device_bytes,
         })
     }
 
@@ -374,6 +390,7 @@ impl Timer {
             density: None,
             peak_host_bytes: self.device.is_cpu().then(peak_resident_bytes).flatten(),
             peak_device_bytes: timing.peak_device_bytes,
+            resident_device_bytes: timing.resident_device_bytes,
             peak_gpu_bytes: None,
             stages: None,
         }
@@ -955,6 +972,7 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
             density: Some(report.effective_density),
             peak_host_bytes: device.is_cpu().then(peak_resident_bytes).flatten(),
             peak_device_bytes: None,
+            resident_device_bytes: baseline,
             peak_gpu_bytes: peak_device.map(|peak| peak.saturating_sub(baseline.unwrap_or(0))),
             stages: Some(stages),
         });
@@ -1016,12 +1034,14 @@ mod tests {
         let odd = Timing {
             samples: vec![3.0, 1.0, 2.0],
             peak_device_bytes: None,
+            resident_device_bytes: None,
         };
         assert!(process_age_s().is_some_and(|age| age >= 0.0));
         assert_eq!((odd.median(), odd.min()), (2.0, 1.0));
         let even = Timing {
             samples: vec![4.0, 1.0, 2.0, 3.0],
             peak_device_bytes: None,
+            resident_device_bytes: None,
         };
         assert_eq!(even.median(), 2.5);
     }
