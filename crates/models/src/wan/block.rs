@@ -333,10 +333,13 @@ impl WanBlock {
         })
     }
 
-    /// x: residual stream [B, L, dim] f32 → [B, L, dim] f32.
+    /// x: residual stream [B, L, dim] f32 → [B, L, dim] f32. Takes `x` by value: each stage
+    /// frees what it no longer needs (the incoming stream after the self-attention residual, each
+    /// stage's q/k/v and activations after use), so at most one stage's temporaries are alive;
+    /// a shadowed binding would keep them all until the block returns.
     pub(crate) fn forward(
         &self,
-        x: &Tensor,
+        x: Tensor,
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
@@ -344,7 +347,7 @@ impl WanBlock {
         // ([B, L, dim] rows) always runs as candle ops.
         #[cfg(feature = "cuda")]
         if let (true, Some(e0)) = (
-            fused::available(x, self.dtype),
+            fused::available(&x, self.dtype),
             ctx.time_modulation.per_sample(),
         ) {
             return self.forward_fused(x, e0, ctx, attention);
@@ -355,11 +358,11 @@ impl WanBlock {
     /// The block in candle ops: any device and dtype; the reference the fused path is held to.
     fn forward_ops(
         &self,
-        x: &Tensor,
+        x: Tensor,
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
-        let dev = x.device();
+        let dev = &x.device().clone(); // not a borrow of x, which is freed part-way
         // Modulation rows: [B, 1, dim] per sample, [B, L, dim] per token. Each is made where it is
         // used, so that per token at most two [B, L, dim] rows are alive at once.
         let m = ctx.time_modulation.with_table(&self.modulation)?;
@@ -368,7 +371,7 @@ impl WanBlock {
         // Self-attention over the video tokens, with 3D RoPE on q and k.
         let h = span("self: norm + modulate", dev, || {
             let (shift_sa, scale_sa) = (row(0)?, row(1)?);
-            Ok(modulate(&layer_norm(x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(self.dtype)?)
+            Ok(modulate(&layer_norm(&x, self.eps)?, &shift_sa, &scale_sa)?.to_dtype(self.dtype)?)
         })?;
         let (q, k, v) = span("self: qkv + norm + rope", dev, || {
             let (q, k, v) = self.self_attn.qkv(&h, &h)?;
@@ -376,16 +379,21 @@ impl WanBlock {
             let k = WanRope::apply(&k, ctx.rope_cos, ctx.rope_sin)?.to_dtype(self.dtype)?;
             Ok((q, k, v))
         })?;
+        drop(h);
         let y = span("self: attention", dev, || {
             Ok(attention.attend(self.index, &q, &k, &v, &ctx.layout)?) // [B, heads, L, head_dim]
         })?;
-        let x = span("self: out + gated residual", dev, || {
+        drop((q, k, v));
+        let next = span("self: out + gated residual", dev, || {
             let y = self
                 .self_attn
                 .merge_heads_and_project(&y)?
                 .to_dtype(DType::F32)?;
-            Ok((x + y.broadcast_mul(&row(2)?)?)?)
+            Ok((&x + y.broadcast_mul(&row(2)?)?)?)
         })?;
+        drop(y);
+        drop(x); // the incoming stream, shadowed below, would otherwise live on
+        let x = next;
 
         // Cross-attention to every text row: no mask, no RoPE, no modulation, no gate.
         let (q, k, v) = span("cross: norm + qkv", dev, || {
@@ -412,13 +420,17 @@ impl WanBlock {
             let y_img = dense_attention(&q, &k_img.to_dtype(self.dtype)?, &v_img, scale)?;
             Ok((y + y_img)?)
         })?;
-        let x = span("cross: out + residual", dev, || {
+        drop((q, k, v));
+        let next = span("cross: out + residual", dev, || {
             let y = self
                 .cross_attn
                 .merge_heads_and_project(&y)?
                 .to_dtype(DType::F32)?;
-            Ok((x + y)?)
+            Ok((&x + y)?)
         })?;
+        drop(y);
+        drop(x); // the incoming stream, shadowed below, would otherwise live on
+        let x = next;
 
         // Feed-forward network.
         let h = span("ffn: norm + modulate", dev, || {
@@ -428,9 +440,13 @@ impl WanBlock {
         let u = span("ffn: in + gelu", dev, || {
             Ok(self.ffn_in.forward(&h)?.gelu()?)
         })?;
-        span("ffn: out + gated residual", dev, || {
-            let y = self.ffn_out.forward(&u)?.to_dtype(DType::F32)?;
-            Ok((x + y.broadcast_mul(&row(5)?)?)?)
+        drop(h);
+        let y = span("ffn: out", dev, || {
+            Ok(self.ffn_out.forward(&u)?.to_dtype(DType::F32)?)
+        })?;
+        drop(u);
+        span("ffn: gated residual", dev, || {
+            Ok((&x + y.broadcast_mul(&row(5)?)?)?)
         })
     }
 
@@ -443,14 +459,14 @@ impl WanBlock {
     #[cfg(feature = "cuda")]
     fn forward_fused(
         &self,
-        x: &Tensor,
+        x: Tensor,
         e0: &Tensor,
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
         use rainfusion::cuda::fused::{bias_gelu_inplace, gated_residual, layer_norm_affine};
         use rainfusion::cuda::OutputLayout;
-        let dev = x.device();
+        let dev = &x.device().clone(); // not a borrow of x, which is freed part-way
         let (b, l, dim) = x.dims3()?;
         let (heads, head_dim) = (self.self_attn.num_heads, self.self_attn.head_dim);
         let m = self.modulation.broadcast_add(e0)?; // [B, 6, dim]
@@ -468,7 +484,7 @@ impl WanBlock {
 
         let h = span("self: norm + modulate", dev, || {
             Ok(layer_norm_affine(
-                x, &scale_sa, &shift_sa, self.eps, self.dtype,
+                &x, &scale_sa, &shift_sa, self.eps, self.dtype,
             )?)
         })?;
         let (q, k, v) = span("self: qkv + norm + rope", dev, || {
@@ -477,16 +493,21 @@ impl WanBlock {
             let v = sa.to_v.matmul(&h)?; // its bias is folded into the output projection's
             Ok((split(&q, l)?, split(&k, l)?, split(&v, l)?))
         })?;
+        drop(h);
         let y = span("self: attention", dev, || {
             // [B, L, heads, head_dim] memory → [B, L, dim] with no copy.
             let y = attention.attend_tokens(self.index, &q, &k, &v, &ctx.layout)?;
             Ok(y.reshape((b, l, dim))?)
         })?;
-        let x = span("self: out + gated residual", dev, || {
+        drop((q, k, v));
+        let next = span("self: out + gated residual", dev, || {
             let o = self.self_attn.to_out.matmul(&y)?;
             let bias = self.self_attn.folded_out_bias()?;
-            Ok(gated_residual(x, &o, Some(bias), Some(&gate_sa))?)
+            Ok(gated_residual(&x, &o, Some(bias), Some(&gate_sa))?)
         })?;
+        drop(y);
+        drop(x); // the incoming stream, shadowed below, would otherwise live on
+        let x = next;
 
         let (q, k, v) = span("cross: norm + qkv", dev, || {
             let h = match &self.cross_norm {
@@ -546,11 +567,15 @@ impl WanBlock {
                 Ok((y + y_img)?)
             })?,
         };
-        let x = span("cross: out + residual", dev, || {
+        drop((q, k, v));
+        let next = span("cross: out + residual", dev, || {
             let o = self.cross_attn.to_out.matmul(&y)?;
             let bias = self.cross_attn.folded_out_bias()?;
             Ok(gated_residual(&x, &o, Some(bias), None)?)
         })?;
+        drop(y);
+        drop(x); // the incoming stream, shadowed below, would otherwise live on
+        let x = next;
 
         let h = span("ffn: norm + modulate", dev, || {
             Ok(layer_norm_affine(
@@ -570,8 +595,10 @@ impl WanBlock {
             bias_gelu_inplace(&u, Some(self.ffn_in.bias()))?;
             Ok(u)
         })?;
-        span("ffn: out + gated residual", dev, || {
-            let o = self.ffn_out.matmul(&u)?;
+        drop(h);
+        let o = span("ffn: out", dev, || Ok(self.ffn_out.matmul(&u)?))?;
+        drop(u);
+        span("ffn: gated residual", dev, || {
             Ok(gated_residual(
                 &x,
                 &o,

@@ -323,7 +323,7 @@ impl WanTransformer {
         };
         let mut x = x;
         for block in &self.blocks {
-            x = block.forward(&x, &ctx, attention)?;
+            x = block.forward(x, &ctx, attention)?;
         }
 
         // Head: modulated LayerNorm with (shift, scale) = head table + e, then a linear to patches.
@@ -656,7 +656,7 @@ impl WanTransformer {
                 };
                 let mut x = input.clone();
                 for block in &self.blocks {
-                    x = block.forward(&x, &ctx, attention)?;
+                    x = block.forward(x, &ctx, attention)?;
                 }
                 cache.after_blocks(&(&x - &input)?)?;
                 x

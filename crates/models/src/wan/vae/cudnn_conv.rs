@@ -178,11 +178,18 @@ impl ConvOp {
         let algo = match cached {
             Some(algo) => algo,
             None => {
-                let algo = forward.pick_algorithm().map_err(cudnn_err)?;
+                let algo = choose_algorithm(&forward, workspace_cap())?;
                 algos()
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(key, algo);
+                if crate::profile::enabled() {
+                    let bytes = forward.get_workspace_size(algo).map_err(cudnn_err)?;
+                    eprintln!(
+                        "cuDNN conv [n c h w o kh kw pad f16] {key:?}: {algo:?}, workspace {:.1} MiB",
+                        bytes as f64 / (1u64 << 20) as f64
+                    );
+                }
                 algo
             }
         };
@@ -211,6 +218,50 @@ impl ConvOp {
             Shape::from((n, o, ho, wo)),
         ))
     }
+}
+
+/// Environment variable: the most workspace, in MiB, a VAE convolution may take. cuDNN's
+/// heuristic ranks algorithms by speed alone; where its first choice needs more than this, the
+/// implicit-GEMM algorithms (little or no workspace) are taken instead. Unset: no cap.
+pub const WORKSPACE_CAP_ENV: &str = "VDIT_VAE_CONV_WORKSPACE_MIB";
+
+/// The workspace cap in bytes, if [`WORKSPACE_CAP_ENV`] sets one (read once).
+fn workspace_cap() -> Option<usize> {
+    static CAP: OnceLock<Option<usize>> = OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::env::var(WORKSPACE_CAP_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map(|mib| mib << 20)
+    })
+}
+
+/// cuDNN's fastest algorithm by its heuristic, unless it needs more workspace than `cap`: then the
+/// first of the implicit-GEMM algorithms that fits (they need little or none).
+fn choose_algorithm<T: CudnnDataType>(
+    forward: &ConvForward<'_, T, f32, T>,
+    cap: Option<usize>,
+) -> candle_core::Result<cudnn::sys::cudnnConvolutionFwdAlgo_t> {
+    use cudnn::sys::cudnnConvolutionFwdAlgo_t as Algo;
+    let best = forward.pick_algorithm().map_err(cudnn_err)?;
+    let Some(cap) = cap else {
+        return Ok(best);
+    };
+    let fits = |algo| {
+        forward
+            .get_workspace_size(algo)
+            .is_ok_and(|bytes| bytes <= cap)
+    };
+    if fits(best) {
+        return Ok(best);
+    }
+    Ok([
+        Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+    ]
+    .into_iter()
+    .find(|&algo| fits(algo))
+    .unwrap_or(best))
 }
 
 /// 1 and 0 in the 16-bit types (cuDNN's alpha and beta are given in the output type).
