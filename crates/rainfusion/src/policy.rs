@@ -491,10 +491,15 @@ impl RainFusionAttention {
                     scale,
                     crate::cuda::OutputLayout::Blhd,
                 )?;
+                // Each permuted copy is freed once read, so that the restore does not stack two
+                // more [B, L, H, D] tensors on top of them.
+                drop((qp, kp, vp));
                 let restored = permutation.restore(&out.transpose(1, 2)?)?;
+                drop(out);
                 return Ok(restored.transpose(1, 2)?.contiguous()?);
             }
             let out = crate::cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale)?;
+            drop((qp, kp, vp));
             return permutation.restore(&out);
         }
         let mask = match self
@@ -523,6 +528,7 @@ impl RainFusionAttention {
         }
         let vp = permutation.apply(v)?;
         let out = block_sparse_attention(&qp, &kp, &vp, &mask, 1.0 / (head_dim as f64).sqrt())?;
+        drop((qp, kp, vp));
         let out = permutation.restore(&out)?;
         if tokens_major {
             return Ok(out.transpose(1, 2)?.contiguous()?);

@@ -81,13 +81,18 @@ impl ResidualBlock {
                     span(stage::SILU, dev, || silu(&normed))
                 }
             };
-        let h = norm_silu(&self.norm1, x, None)?;
-        let (h, conv1_bias) = self.conv1.forward_deferring_bias(&h, cache)?;
-        let h = norm_silu(&self.norm2, &h, conv1_bias)?;
-        let (h, conv2_bias) = self.conv2.forward_deferring_bias(&h, cache)?;
+        // Each intermediate is freed as soon as the next is made (shadowed bindings would keep
+        // all four full-size activations alive until the block returns).
+        let normed = norm_silu(&self.norm1, x, None)?;
+        let (conv1, conv1_bias) = self.conv1.forward_deferring_bias(&normed, cache)?;
+        drop(normed);
+        let normed = norm_silu(&self.norm2, &conv1, conv1_bias)?;
+        drop(conv1);
+        let (h, conv2_bias) = self.conv2.forward_deferring_bias(&normed, cache)?;
+        drop(normed);
         span(stage::RESIDUAL_ADD, dev, || match conv2_bias {
             Some(bias) => video_bias(&h, bias, Some(&identity)),
-            None => Ok((h + identity)?),
+            None => Ok((&h + &identity)?),
         })
     }
 }

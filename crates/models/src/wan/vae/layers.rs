@@ -457,12 +457,14 @@ impl CausalConv3d {
                 let windows = if self.kt == 1 {
                     padded
                 } else {
-                    span(stage::TAP_STACKING, dev, || {
+                    let stacked = span(stage::TAP_STACKING, dev, || {
                         let taps = (0..self.kt)
                             .map(|j| padded.narrow(1, j, t))
                             .collect::<candle_core::Result<Vec<_>>>()?;
                         Ok(Tensor::cat(&taps, 2)?)
-                    })?
+                    })?;
+                    drop(padded); // not needed beside its k_t-fold copy
+                    stacked
                 }; // [B, T, k_t·C, H, W]
                 let y = span(self.conv_stage, dev, || {
                     conv2d_grouped(
