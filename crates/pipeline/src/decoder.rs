@@ -112,9 +112,8 @@ impl DecoderSettings {
 /// shape, and latent channels equal to the model's `latent_channels` (one line otherwise).
 pub fn check_tiny(weights: &Path, latent_channels: usize) -> Result<TaehvConfig> {
     let files = Arc::new(WeightFiles::open(weights)?);
-    let config = TaehvDecoder::check(&files).map_err(|e| {
-        VditError::InvalidSetting(format!("--tiny-vae {}: {e}", weights.display()))
-    })?;
+    let config = TaehvDecoder::check(&files)
+        .map_err(|e| VditError::InvalidSetting(format!("--tiny-vae {}: {e}", weights.display())))?;
     if config.latent_channels != latent_channels {
         let wanted = TaehvConfig::published_file(latent_channels)
             .map(|name| format!("; use {name}"))
