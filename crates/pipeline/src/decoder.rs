@@ -130,15 +130,18 @@ pub fn check_tiny(weights: &Path, latent_channels: usize) -> Result<TaehvConfig>
 
 /// A loaded decoder of either kind.
 pub enum VideoDecoder {
-    Full(WanVaeDecoder),
-    Tiny(TaehvDecoder),
+    // Boxed: both hold many layers by value, and a run holds one decoder.
+    Full(Box<WanVaeDecoder>),
+    Tiny(Box<TaehvDecoder>),
 }
 
 impl VideoDecoder {
     /// Loads a TAEHV decoder from `weights`.
     pub fn load_tiny(weights: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let files = Arc::new(WeightFiles::open(weights)?);
-        Ok(Self::Tiny(TaehvDecoder::load(&files, dtype, device)?))
+        Ok(Self::Tiny(Box::new(TaehvDecoder::load(
+            &files, dtype, device,
+        )?)))
     }
 
     /// `"full"` or `"tiny"`.

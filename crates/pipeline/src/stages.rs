@@ -1352,7 +1352,9 @@ pub fn load_decoder(
     device: &Device,
 ) -> Result<VideoDecoder> {
     match &settings.decoder {
-        DecoderSettings::Full => Ok(VideoDecoder::Full(load_vae(settings, files, device)?)),
+        DecoderSettings::Full => Ok(VideoDecoder::Full(Box::new(load_vae(
+            settings, files, device,
+        )?))),
         DecoderSettings::Tiny { weights } => {
             VideoDecoder::load_tiny(weights, settings.dtype, device)
         }
