@@ -122,6 +122,11 @@ fn published_shapes() {
     assert_eq!(TaehvConfig::published_file(48), Some("taew2_2.safetensors"));
     // A random decoder of the real shape builds and decodes one small frame.
     let decoder = TaehvDecoder::random(&b, DType::F32, &Device::Cpu).unwrap();
+    // Chunks: 2 latent frames at 832×480 (8 frames), the whole of a small clip.
+    let wan21 = TaehvDecoder::random(&a, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(wan21.chunk_latent_frames(60, 104), 2);
+    assert_eq!(wan21.chunk_latent_frames(32, 32), 12);
+    assert_eq!(decoder.chunk_latent_frames(30, 52), 2);
     let latents = Tensor::randn(0f32, 1f32, (1, 48, 1, 2, 2), &Device::Cpu).unwrap();
     assert_eq!(decoder.decode(&latents).unwrap().dims(), &[1, 3, 1, 32, 32]);
 }

@@ -19,9 +19,6 @@ use crate::options::DecoderChoice;
 /// The hub repo of the published TAEHV decoders.
 pub const TAEHV_HUB_REPO: &str = "madebyollin/taehv";
 
-/// TAEHV latent frames decoded at once (see [`vdit_models::taehv::DEFAULT_CHUNK_LATENT_FRAMES`]).
-const TINY_CHUNK_LATENT_FRAMES: usize = vdit_models::taehv::DEFAULT_CHUNK_LATENT_FRAMES;
-
 /// The decoder a run uses, as the sidecar records it: `{"kind": "full"}` or
 /// `{"kind": "tiny", "weights": "<path of the TAEHV file>"}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -187,7 +184,8 @@ impl VideoDecoder {
                 vae.decode_with_chunks(latents, tiling, on_chunk)?
             }
             Self::Tiny(tiny) => {
-                tiny.decode_with_chunks(latents, TINY_CHUNK_LATENT_FRAMES, on_chunk)?
+                let (_, _, _, h, w) = latents.dims5()?;
+                tiny.decode_with_chunks(latents, tiny.chunk_latent_frames(h, w), on_chunk)?
             }
         }
         Ok(())

@@ -28,10 +28,12 @@ use crate::weights::{KeyMap, RandomWeights, WeightFiles};
 use blocks::{conv3x3, conv3x3_no_bias, MemBlock, TimeGrow};
 use config::index;
 
-/// Latent frames decoded together by [`TaehvDecoder::decode`]: 8 latent frames are 29–32 video
-/// frames, a few GB of activations at 832×480 in f32 (the widest layer has 64 channels at full
-/// resolution), and enough frames per conv for the GPU to stay busy.
-pub const DEFAULT_CHUNK_LATENT_FRAMES: usize = 8;
+/// Output pixels (frames × height × width, before trimming) decoded together by
+/// [`TaehvDecoder::decode`]: eight 832×480 frames. The last group runs 3×3 convs of 128 → 64
+/// channels at full resolution, and candle's convs (without cuDNN) unfold their input 9×: at this
+/// budget that buffer is about 7 GB in bf16, while the convs stay large enough to keep a GPU busy.
+/// Small videos decode in one chunk.
+pub const CHUNK_PIXEL_BUDGET: usize = 8 * 832 * 480;
 
 /// One width's group: three MemBlocks, ×2 nearest in space, the temporal grow, the conv to the
 /// next width.
@@ -160,12 +162,21 @@ impl TaehvDecoder {
         self.dtype
     }
 
+    /// Latent frames per chunk for latents of `h × w`: as many as fit [`CHUNK_PIXEL_BUDGET`]
+    /// output pixels, at least one.
+    pub fn chunk_latent_frames(&self, h: usize, w: usize) -> usize {
+        let s = self.config.spatial_upscale();
+        let pixels_per_latent_frame = self.config.temporal_upscale() * (s * h) * (s * w);
+        (CHUNK_PIXEL_BUDGET / pixels_per_latent_frame.max(1)).max(1)
+    }
+
     /// Normalised latents `[B, z, F, h, w]` (as sampled; the same input as the full VAE
     /// decoder) → video `[B, 3, 1 + 4(F − 1), s·h, s·w]` f32 in [−1, 1], decoded
-    /// [`DEFAULT_CHUNK_LATENT_FRAMES`] latent frames at a time.
+    /// [`chunk_latent_frames`](Self::chunk_latent_frames) latent frames at a time.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let (_, _, _, h, w) = latents.dims5()?;
         let mut chunks = Vec::new();
-        self.decode_with_chunks(latents, DEFAULT_CHUNK_LATENT_FRAMES, &mut |chunk| {
+        self.decode_with_chunks(latents, self.chunk_latent_frames(h, w), &mut |chunk| {
             chunks.push(chunk.clone());
             Ok(())
         })?;
