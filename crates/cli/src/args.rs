@@ -12,7 +12,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use rainfusion::DenseSteps;
 use vdit_models::lora::{LoraMode, LoraSpec};
 use vdit_pipeline::options::{
-    AttentionMode, Choice, DTypeChoice, DeviceChoice, StepCacheMode, TokenWindow,
+    AttentionMode, Choice, DTypeChoice, DecoderChoice, DeviceChoice, StepCacheMode, TokenWindow,
 };
 use vdit_pipeline::sampling::SamplerKind;
 use vdit_pipeline::settings::GenerateOptions;
@@ -295,6 +295,17 @@ pub struct GenerateArgs {
     /// will run; other step counts are resampled.
     #[arg(long, value_name = "FILE", help_heading = "Step cache")]
     pub cache_calibrate: Option<PathBuf>,
+
+    /// Which network turns the latents into video. tiny: TAEHV's preview decoder (taew2_1 for
+    /// 16-channel latents, taew2_2 for 48), several times faster than the full VAE at slightly
+    /// lower quality; downloaded from the hub (madebyollin/taehv) unless --tiny-vae is given.
+    #[arg(long, value_parser = choice::<DecoderChoice>(), default_value_t = DecoderChoice::Full)]
+    pub decoder: DecoderChoice,
+
+    /// With --decoder tiny: the TAEHV safetensors file, or a folder holding taew2_1.safetensors
+    /// / taew2_2.safetensors. Its latent channels must be the model's.
+    #[arg(long, value_name = "PATH")]
+    pub tiny_vae: Option<PathBuf>,
 }
 
 fn parse_threshold(s: &str) -> Result<f64, String> {
@@ -384,6 +395,8 @@ impl GenerateArgs {
             cache_max_skips: self.cache_max_skips,
             cache_calibration: self.cache_calibration.clone(),
             cache_calibrate: self.cache_calibrate.clone(),
+            decoder: self.decoder,
+            tiny_vae: self.tiny_vae.clone(),
         }
     }
 
@@ -758,7 +771,9 @@ pub mod bench {
 
     use clap::{Args, Subcommand};
     use rainfusion::DenseSteps;
-    use vdit_pipeline::options::{AttentionMode, DTypeChoice, DeviceChoice, StepCacheMode};
+    use vdit_pipeline::options::{
+        AttentionMode, DTypeChoice, DecoderChoice, DeviceChoice, StepCacheMode,
+    };
 
     use super::{choice, parse_size};
     use vdit_models::lora::{LoraMode, LoraSpec};
@@ -996,6 +1011,10 @@ pub mod bench {
         /// size the latent grid decodes to, encoded to its latent mean. --tiling does not apply.
         #[arg(long, conflicts_with = "tiling")]
         pub encode: bool,
+        /// Also time TAEHV's tiny decoder (taew2_1 for wan2.1, taew2_2 for wan2.2, random weights
+        /// at the published widths) on the same latents, and report both times.
+        #[arg(long, conflicts_with = "encode")]
+        pub tiny: bool,
     }
 
     impl Default for VaeBench {
@@ -1007,6 +1026,7 @@ pub mod bench {
                 tiling: false,
                 base_dim: None,
                 encode: false,
+                tiny: false,
             }
         }
     }
@@ -1090,6 +1110,12 @@ pub mod bench {
         /// A calibration file for the step cache (as `vdit generate --cache-calibration`).
         #[arg(long, value_name = "FILE")]
         pub cache_calibration: Option<PathBuf>,
+        /// The decoder (as `vdit generate --decoder`).
+        #[arg(long, value_parser = super::choice::<DecoderChoice>(), default_value_t = DecoderChoice::Full)]
+        pub decoder: DecoderChoice,
+        /// The TAEHV file or folder for --decoder tiny (as `vdit generate --tiny-vae`).
+        #[arg(long, value_name = "PATH")]
+        pub tiny_vae: Option<PathBuf>,
     }
 
     fn parse_positive(s: &str) -> std::result::Result<usize, String> {

@@ -4,12 +4,14 @@
 //! - [`wan`]: the Wan2.1 diffusion transformer and the Wan VAE.
 //! - [`lora`]: LoRA files in every published form, merged at load or applied per pass.
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
+//! - [`taehv`]: TAEHV, the tiny preview decoder of Wan latents (taew2_1, taew2_2).
 //! - [`clip_vision`]: the CLIP image encoder of Wan2.1 I2V / FLF2V and its preprocessing.
 
 pub mod clip_vision;
 pub mod error;
 pub mod lora;
 pub mod profile;
+pub mod taehv;
 pub mod tokenizer;
 pub mod umt5;
 pub mod wan;

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod clip;
+pub mod decoder;
 pub mod denoise;
 pub mod error;
 pub mod eval;

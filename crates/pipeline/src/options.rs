@@ -207,6 +207,35 @@ impl Choice for StepCacheMode {
 }
 choice_text!(StepCacheMode);
 
+/// Which network decodes the final latents into video (`--decoder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderChoice {
+    /// The model's VAE decoder.
+    Full,
+    /// TAEHV's tiny preview decoder (taew2_1 / taew2_2).
+    Tiny,
+}
+
+impl Choice for DecoderChoice {
+    const ALL: &'static [Self] = &[Self::Full, Self::Tiny];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Tiny => "tiny",
+        }
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Full => "the model's VAE decoder",
+            Self::Tiny => {
+                "TAEHV's tiny preview decoder (taew2_1 for 16-channel latents, taew2_2 for 48): several times faster, slightly lower quality"
+            }
+        })
+    }
+}
+choice_text!(DecoderChoice);
+
 /// `--lora-mode`: how LoRA updates are applied (the type is the models crate's).
 impl Choice for vdit_models::lora::LoraMode {
     const ALL: &'static [Self] = &[Self::Merge, Self::Runtime];

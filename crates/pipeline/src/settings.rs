@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
+use crate::decoder::DecoderSettings;
 use crate::error::{Result, VditError};
 use crate::family::{detect_family, FamilyFlag, GuidanceSource, ModelFamily};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
 use crate::image_cond::{read_image, video_size_for_image, ImageRecord};
 use crate::memory::{human_bytes, human_duration, RunShape, TransformerShape};
 use crate::options::{
-    AttentionMode, Choice, DTypeChoice, DeviceChoice, StepCacheMode, TokenWindow,
+    AttentionMode, Choice, DTypeChoice, DecoderChoice, DeviceChoice, StepCacheMode, TokenWindow,
 };
 use crate::registry::{EntryLora, ModelDefaults, Registry};
 use crate::sampling::SamplerKind;
@@ -100,6 +101,10 @@ pub struct GenerateOptions {
     pub cache_calibration: Option<PathBuf>,
     /// `--cache-calibrate`: run uncached and write the model's magnitude ratios here.
     pub cache_calibrate: Option<PathBuf>,
+    /// `--decoder`: the full VAE or TAEHV's tiny preview decoder.
+    pub decoder: DecoderChoice,
+    /// `--tiny-vae`: the TAEHV file (or a folder holding it); `None`: the hub's.
+    pub tiny_vae: Option<PathBuf>,
 }
 
 impl GenerateOptions {
@@ -157,6 +162,8 @@ impl GenerateOptions {
             cache_max_skips: None,
             cache_calibration: None,
             cache_calibrate: None,
+            decoder: DecoderChoice::Full,
+            tiny_vae: None,
         }
     }
 }
@@ -353,6 +360,8 @@ pub struct GenerateSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_image: Option<ImageRecord>,
     pub step_cache: StepCacheSettings,
+    /// Which network decodes the latents (`--decoder`, `--tiny-vae`).
+    pub decoder: DecoderSettings,
     /// The model's family (from its registry entry; Wan2.1 T2V otherwise). Not in the sidecar:
     /// the model name there already says it.
     #[serde(skip)]
@@ -562,6 +571,12 @@ impl GenerateSettings {
         }
         if self.overwrite {
             lines.push("overwrite    existing outputs are replaced".to_string());
+        }
+        if let DecoderSettings::Tiny { weights } = &self.decoder {
+            lines.push(format!(
+                "decoder      tiny (TAEHV {}; a preview, not the full VAE)",
+                weights.display()
+            ));
         }
         let o = &self.overrides;
         for (flag, path) in [
@@ -1130,6 +1145,12 @@ pub fn resolve(
         image,
         last_image,
         step_cache,
+        decoder: DecoderSettings::resolve(
+            args.decoder,
+            args.tiny_vae.as_deref(),
+            family.latent.channels,
+            &hub,
+        )?,
         family,
         warnings: Vec::new(),
     };

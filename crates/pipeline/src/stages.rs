@@ -42,6 +42,7 @@ use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncode
 use vdit_models::wan::CheckpointKeys;
 use vdit_models::weights::WeightFiles;
 
+use crate::decoder::{check_tiny, DecoderSettings, VideoDecoder};
 use crate::denoise::LoadModel;
 use crate::family::{
     ExpertRule, ImageConditioning, ImageEncoderKind, TextEncoderKind, TransformerKind, VaeKind,
@@ -413,10 +414,10 @@ fn decode_and_write(
     let replace = Replace::for_output(&settings.output, settings.overwrite);
     let mut sink = VideoSink::create_replacing(&settings.output, settings.fps, replace)
         .map_err(video_error)?;
-    let vae = load_vae(settings, files, device)?;
+    let decoder = load_decoder(settings, files, device)?;
     timings.vae_load_s = start.elapsed().as_secs_f64();
-    decode_into_sink(&vae, settings, latents, &mut sink)?;
-    drop(vae);
+    decode_into_sink(&decoder, settings, latents, &mut sink)?;
+    drop(decoder);
     timings.decode_s = start.elapsed().as_secs_f64();
     eprintln!(
         "decode       {:.1} s (load {:.2} s, decode and frames to the encoder {:.2} s)",
@@ -727,6 +728,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
         let vae = vae_files()?;
         check_vae(settings, &vae)?;
         let z_dim = vae_config(settings, &vae)?.z_dim;
+        check_tiny_decoder(settings, z_dim)?;
         return check_saved_latents(settings, path, z_dim);
     }
     if settings.overrides.tokenizer.is_none() {
@@ -767,6 +769,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     // The transformer's latents must be the VAE's: a 48-channel Wan2.2 TI2V model with a
     // 16-channel Wan2.1 VAE (or the reverse) would only fail after sampling.
     let z_dim = vae_config(settings, &vae)?.z_dim;
+    check_tiny_decoder(settings, z_dim)?;
     for (rule, config) in family.experts.iter().zip(&configs) {
         let channels = config
             .as_ref()
@@ -847,6 +850,15 @@ fn check_weights(component: &str, files: &ComponentFiles) -> Result<()> {
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// `--decoder tiny`: the TAEHV file is checked from its header, its latent channels against the
+/// VAE's `z_dim` (the model's latents), before the first step.
+fn check_tiny_decoder(settings: &GenerateSettings, z_dim: usize) -> Result<()> {
+    if let DecoderSettings::Tiny { weights } = &settings.decoder {
+        check_tiny(weights, z_dim)?;
     }
     Ok(())
 }
@@ -1333,18 +1345,33 @@ pub fn decode_with(
     Ok(vae.decode(latents, tiling)?)
 }
 
-/// Decodes with a loaded VAE into `sink`, each decoded chunk pushed as soon as it exists (the
-/// mp4 encoder works while the VAE decodes). The sink is not finished here.
+/// The run's decoder (`--decoder`): the model's VAE decoder (or `--vae`), or the TAEHV file.
+pub fn load_decoder(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<VideoDecoder> {
+    match &settings.decoder {
+        DecoderSettings::Full => Ok(VideoDecoder::Full(Box::new(load_vae(
+            settings, files, device,
+        )?))),
+        DecoderSettings::Tiny { weights } => {
+            VideoDecoder::load_tiny(weights, settings.dtype, device)
+        }
+    }
+}
+
+/// Decodes with a loaded decoder into `sink`, each decoded chunk pushed as soon as it exists
+/// (the mp4 encoder works while the decoder runs). The sink is not finished here.
 pub fn decode_into_sink(
-    vae: &WanVaeDecoder,
+    decoder: &VideoDecoder,
     settings: &GenerateSettings,
     latents: &Tensor,
     sink: &mut VideoSink,
 ) -> Result<()> {
-    let tiling = settings.vae_tiling.then(VaeTiling::default);
     // The writer's own error is kept so it is reported as a video-output error, not as the VAE's.
     let mut sink_error = None;
-    let decoded = vae.decode_with_chunks(latents, tiling, &mut |chunk| {
+    let decoded = decoder.decode_with_chunks(latents, settings.vae_tiling, &mut |chunk| {
         // chunk: [1, 3, t, H, W] in [-1, 1]
         frames_from_tensor(chunk)
             .and_then(|frames| sink.push(frames))
@@ -1357,17 +1384,17 @@ pub fn decode_into_sink(
     if let Some(e) = sink_error {
         return Err(video_error(e));
     }
-    Ok(decoded?)
+    decoded
 }
 
-/// Stage 3: loads the VAE, decodes, frees it.
+/// Stage 3: loads the decoder (`--decoder`), decodes, frees it.
 pub fn decode_latents(
     settings: &GenerateSettings,
     files: &ModelFiles,
     device: &Device,
     latents: &Tensor,
 ) -> Result<Tensor> {
-    decode_with(&load_vae(settings, files, device)?, settings, latents)
+    load_decoder(settings, files, device)?.decode(latents, settings.vae_tiling)
 }
 
 /// Stage 1b (image-to-video): the run's input image(s) → its [`ImageCondition`], as diffusers'

@@ -26,6 +26,7 @@ use rainfusion::{
     block_sparse_attention, dense_self_attention, predict_block_mask, BlockMask, DenseAttention,
     DenseSteps, RainFusionAttention, RainFusionConfig, SelfAttention, Window,
 };
+use vdit_models::taehv::{TaehvConfig, TaehvDecoder};
 use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncoder};
 use vdit_models::wan::WanConfig;
@@ -232,7 +233,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         }
         Some(BenchTarget::Attention(a)) => rows.extend(bench_attention(a, dtype, &timer)?),
         Some(BenchTarget::Transformer(t)) => rows.push(bench_transformer(t, dtype, &timer)?),
-        Some(BenchTarget::Vae(v)) => rows.push(bench_vae(v, dtype, &timer)?),
+        Some(BenchTarget::Vae(v)) => rows.extend(bench_vae(v, dtype, &timer)?),
         None => {
             // The full-size suite takes minutes on a GPU and hours on a CPU: a CPU run must
             // name what to time.
@@ -257,7 +258,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             );
             rows.push(bench_transformer(&sparse, dtype, &timer)?);
             progress(4, "Wan2.1 VAE decode, 81 frames at 832x480");
-            rows.push(bench_vae(&VaeBench::default(), dtype, &timer)?);
+            rows.extend(bench_vae(&VaeBench::default(), dtype, &timer)?);
         }
     }
     let report = BenchReport {
@@ -669,8 +670,9 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
     Ok(row)
 }
 
-/// Times one decode of a random-weight Wan2.1 or Wan2.2 VAE decoder on random latents.
-fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
+/// Times one decode of a random-weight Wan2.1 or Wan2.2 VAE decoder on random latents; with
+/// `--tiny`, then TAEHV's decoder for the same latents (a second row).
+fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>> {
     let device = &timer.device;
     let (mut cfg, default_latent, name) = match v.vae {
         // 81 frames at 832×480
@@ -705,7 +707,14 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     .saturating_mul(v.batch as u128);
     refuse_if_too_big(device, need, "--latent/--batch")?;
     if v.encode {
-        return bench_vae_encode(&cfg, [f, h, w], name, v.batch, dtype, timer);
+        return Ok(vec![bench_vae_encode(
+            &cfg,
+            [f, h, w],
+            name,
+            v.batch,
+            dtype,
+            timer,
+        )?]);
     }
     let decoder = WanVaeDecoder::random(&cfg, dtype, device)?;
     let latents = Tensor::randn(0f32, 1.0, (v.batch, cfg.z_dim, f, h, w), device)?;
@@ -723,7 +732,30 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
         h * scale
     );
     let case = if v.tiling { "tiled" } else { "whole frames" };
-    Ok(timer.row("vae", case.into(), shape, &timing))
+    let full = timer.row("vae", case.into(), shape.clone(), &timing);
+    drop(decoder);
+    if !v.tiny {
+        return Ok(vec![full]);
+    }
+    // TAEHV at its published widths for these latents (random weights: the time does not depend
+    // on the values).
+    let tiny_cfg = TaehvConfig::for_latent_channels(cfg.z_dim).ok_or_else(|| {
+        VditError::InvalidSetting(format!("--tiny: no TAEHV decoder for z {}", cfg.z_dim))
+    })?;
+    let tiny = TaehvDecoder::random(&tiny_cfg, dtype, device)?;
+    let timing = timer.time(|| {
+        tiny.decode(&latents)?;
+        Ok(())
+    })?;
+    let file = TaehvConfig::published_file(cfg.z_dim).unwrap_or("TAEHV");
+    let tiny_row = timer.row("vae", format!("tiny ({file})"), shape, &timing);
+    eprintln!(
+        "tiny decoder: {:.3} s against {:.3} s for the full VAE ({:.1}x faster)",
+        tiny_row.median_s,
+        full.median_s,
+        full.median_s / tiny_row.median_s
+    );
+    Ok(vec![full, tiny_row])
 }
 
 /// Times one encode of a random-weight Wan VAE encoder: the video `[B, 3, F, H, W]` that the
@@ -906,6 +938,8 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         options.step_cache = p.step_cache;
         options.cache_threshold = p.cache_threshold;
         options.cache_calibration = p.cache_calibration.clone();
+        options.decoder = p.decoder;
+        options.tiny_vae = p.tiny_vae.clone();
         options.overwrite = args.overwrite;
 
         eprintln!("== {case}");
@@ -951,6 +985,9 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
                 settings.step_cache.threshold,
                 report.step_cache
             );
+        }
+        if let vdit_pipeline::decoder::DecoderSettings::Tiny { .. } = settings.decoder {
+            attention.push_str(", tiny decoder");
         }
         // The same words as torch_bench.py's pipeline rows, then the attention.
         let shape = format!(
