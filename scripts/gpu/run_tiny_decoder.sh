@@ -9,7 +9,7 @@ set -uo pipefail
 FINAL_OUT="$OUT"; OUT=/tmp/results_tiny; mkdir -p $OUT
 trap 'tar czf "$FINAL_OUT/logs_tiny_decoder.tar.gz" -C $OUT . ; cp $OUT/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
 # shellcheck disable=SC1091
-[ -x /tmp/vdit ] || source scripts/gpu/device_env.sh
+source scripts/gpu/device_env.sh
 t() { echo; echo "== $* ($(date +%T))"; }
 run() {
   local log=$1; shift
