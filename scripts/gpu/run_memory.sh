@@ -10,6 +10,7 @@
 # /work/target-cuda` and put it, stripped and xz-compressed, in .gpu/memory/vdit.xz; .whl holds the trimmed
 # diffusers wheel. GPU run:
 #     STAGED=.gpu/memory bash scripts/gpu/run_memory.sh
+# ONLY=vae runs the VAE rows alone (vdit's, without the profile pass and diffusers).
 # A vdit_before.xz beside it (an earlier build) is run on the same dense forward and decode, for the change.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -34,8 +35,17 @@ step() {
   return 0
 }
 
-big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 1)
 once=(--device cuda --warmup 0 --iters 1)
+vae=(vae --latent 21x90x160)
+if [ "${ONLY:-}" = vae ]; then
+  t "vdit: Wan2.1 VAE decode at 1280x720x81: one cuDNN call per conv, and at most 1 or 2 frames per call"
+  warm=(--device cuda --warmup 1 --iters 1)
+  step vdit_vae 60 /tmp/vdit bench "${warm[@]}" --json $OUT/vdit_vae.json "${vae[@]}"
+  step vdit_vae_frames1 60 env VDIT_VAE_CONV_FRAMES=1 /tmp/vdit bench "${warm[@]}" --json $OUT/vdit_vae_frames1.json "${vae[@]}"
+  step vdit_vae_frames2 60 env VDIT_VAE_CONV_FRAMES=2 /tmp/vdit bench "${warm[@]}" --json $OUT/vdit_vae_frames2.json "${vae[@]}"
+  exit 0
+fi
+big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 1)
 t "vdit: Wan2.1-14B forward, 1280x720x81, batch 1: dense, RainFusion 0.8; dense before the block frees its temporaries"
 step vdit_dense 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense.json transformer "${big[@]}"
 step vdit_rf 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_rf.json transformer "${big[@]}" \
@@ -44,13 +54,12 @@ step vdit_rf 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_rf.json transforme
   --json $OUT/vdit_before_dense.json transformer "${big[@]}"
 t "vdit: the same dense forward, device memory after each stage (VDIT_PROFILE=1)"
 step vdit_dense_stages 90 env VDIT_PROFILE=1 /tmp/vdit bench "${once[@]}" transformer "${big[@]}"
-t "vdit: Wan2.1 VAE decode, 21x90x160 latents -> 81 frames 1280x720 (now, before, with a 256 MiB cuDNN workspace cap)"
-vae=(vae --latent 21x90x160)
+t "vdit: Wan2.1 VAE decode, 21x90x160 latents -> 81 frames 1280x720 (now, before, at most 2 frames per cuDNN call)"
 step vdit_vae 60 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_vae.json "${vae[@]}"
 [ -x /tmp/vdit_before ] && step vdit_before_vae 60 /tmp/vdit_before bench "${once[@]}" \
   --json $OUT/vdit_before_vae.json "${vae[@]}"
-step vdit_vae_cap 60 env VDIT_VAE_CONV_WORKSPACE_MIB=256 /tmp/vdit bench "${once[@]}" \
-  --json $OUT/vdit_vae_cap.json "${vae[@]}"
+step vdit_vae_frames2 60 env VDIT_VAE_CONV_FRAMES=2 /tmp/vdit bench "${once[@]}" \
+  --json $OUT/vdit_vae_frames2.json "${vae[@]}"
 step vdit_vae_stages 60 env VDIT_PROFILE=1 /tmp/vdit bench "${once[@]}" "${vae[@]}"
 t "diffusers: the same forward and decode"
 step torch_memory 200 python3 scripts/gpu/torch_bench.py --memory --width 1280 --height 720 --frames 81 --batch 1 \

@@ -54,8 +54,21 @@ pub fn conv2d_tensor_ops(x: &Tensor, kernel: &Tensor, padding: usize) -> Result<
         )));
     }
     let op = ConvOp { padding };
-    Ok(x.contiguous()?
-        .apply_op2_no_bwd(&kernel.contiguous()?, &op)?)
+    let (x, kernel) = (x.contiguous()?, kernel.contiguous()?);
+    let n = x.dim(0)?;
+    match frames_per_call() {
+        Some(limit) if n > limit => {
+            let parts = (0..n)
+                .step_by(limit)
+                .map(|start| {
+                    x.narrow(0, start, limit.min(n - start))?
+                        .apply_op2_no_bwd(&kernel, &op)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&parts, 0)?)
+        }
+        _ => Ok(x.apply_op2_no_bwd(&kernel, &op)?),
+    }
 }
 
 /// The algorithm chosen per shape (n, c, h, w, o, kh, kw, padding, dtype).
@@ -178,7 +191,7 @@ impl ConvOp {
         let algo = match cached {
             Some(algo) => algo,
             None => {
-                let algo = choose_algorithm(&forward, workspace_cap())?;
+                let algo = forward.pick_algorithm().map_err(cudnn_err)?;
                 algos()
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -220,48 +233,21 @@ impl ConvOp {
     }
 }
 
-/// Environment variable: the most workspace, in MiB, a VAE convolution may take. cuDNN's
-/// heuristic ranks algorithms by speed alone; where its first choice needs more than this, the
-/// implicit-GEMM algorithms (little or no workspace) are taken instead. Unset: no cap.
-pub const WORKSPACE_CAP_ENV: &str = "VDIT_VAE_CONV_WORKSPACE_MIB";
+/// Environment variable: the most images (frames) one cuDNN call convolves; larger batches are
+/// split and the outputs joined. cuDNN's implicit-precomputed GEMM, its pick for every VAE
+/// shape, takes a workspace that grows with the batch: 2.7 GiB for 4 frames at 720p (H100,
+/// 2026-12-07). Unset: one call for the whole batch.
+pub const FRAMES_PER_CALL_ENV: &str = "VDIT_VAE_CONV_FRAMES";
 
-/// The workspace cap in bytes, if [`WORKSPACE_CAP_ENV`] sets one (read once).
-fn workspace_cap() -> Option<usize> {
-    static CAP: OnceLock<Option<usize>> = OnceLock::new();
-    *CAP.get_or_init(|| {
-        std::env::var(WORKSPACE_CAP_ENV)
+/// The frame limit of [`FRAMES_PER_CALL_ENV`], if set to a positive number (read once).
+fn frames_per_call() -> Option<usize> {
+    static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var(FRAMES_PER_CALL_ENV)
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
-            .map(|mib| mib << 20)
+            .filter(|&n| n > 0)
     })
-}
-
-/// cuDNN's fastest algorithm by its heuristic, unless it needs more workspace than `cap`: then the
-/// first of the implicit-GEMM algorithms that fits (they need little or none).
-fn choose_algorithm<T: CudnnDataType>(
-    forward: &ConvForward<'_, T, f32, T>,
-    cap: Option<usize>,
-) -> candle_core::Result<cudnn::sys::cudnnConvolutionFwdAlgo_t> {
-    use cudnn::sys::cudnnConvolutionFwdAlgo_t as Algo;
-    let best = forward.pick_algorithm().map_err(cudnn_err)?;
-    let Some(cap) = cap else {
-        return Ok(best);
-    };
-    let fits = |algo| {
-        forward
-            .get_workspace_size(algo)
-            .is_ok_and(|bytes| bytes <= cap)
-    };
-    if fits(best) {
-        return Ok(best);
-    }
-    Ok([
-        Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-        Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-    ]
-    .into_iter()
-    .find(|&algo| fits(algo))
-    .unwrap_or(best))
 }
 
 /// 1 and 0 in the 16-bit types (cuDNN's alpha and beta are given in the output type).

@@ -441,8 +441,11 @@ impl CausalConv3d {
                 let padded = stream.narrow(1, stream_len - take, take)?;
                 let missing = t + history - take;
                 let keep = history.min(stream_len);
+                // A copy, not a view: a narrowed frame range of [B, T, C, H, W] with B = 1 is
+                // already contiguous, and keeping it as a view would keep the whole stream
+                // (k_t − 1 + T frames) alive per conv until the next chunk.
                 cache.slots[slot] =
-                    CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.contiguous()?);
+                    CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.copy()?);
                 Ok(if missing > 0 {
                     padded.pad_with_zeros(1, missing, 0)?
                 } else {
