@@ -1,11 +1,16 @@
 //! Small building blocks of the Wan transformer: a weight source bound to a checkpoint's key
 //! dialect, a linear layer, and the two norms (computed in f32 whatever the run dtype).
+//!
+//! A linear layer's weight is kept as stored when it is block-quantised (GGUF Q8_0, Q4_K, ...:
+//! candle's quantised matmul reads the blocks) or `float8_e4m3fn` (cast per forward); every
+//! other tensor is cast to the run dtype (or f32) at load.
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Shape, Tensor, D};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Shape, Tensor, D};
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::lora::{LoraMode, LoraSet};
 use crate::weights::{KeyMap, RandomWeights, WeightFiles};
 
@@ -22,7 +27,9 @@ enum Origin {
         files: Arc<WeightFiles>,
         keys: KeyMap,
     },
-    Random,
+    /// Random weights; linear weights whose input width is a whole number of blocks are
+    /// quantised to the given type at load (benchmarks of quantised matmuls).
+    Random { quantize: Option<GgmlDType> },
 }
 
 impl WeightSource {
@@ -42,10 +49,39 @@ impl WeightSource {
 
     /// Every tensor asked for is random (see [`RandomWeights`]).
     pub(crate) fn random(device: Device) -> Self {
+        Self::random_quantized(device, None)
+    }
+
+    /// Random weights, with the linear weights quantised to `quantize` where their input width
+    /// allows it (a whole number of the type's blocks), as GGUF converters do.
+    pub(crate) fn random_quantized(device: Device, quantize: Option<GgmlDType>) -> Self {
         Self {
-            origin: Origin::Random,
+            origin: Origin::Random { quantize },
             device,
             lora: None,
+        }
+    }
+
+    /// The linear weight `key` [output, input] as stored when it stays stored at run time (GGUF
+    /// blocks, fp8): `None` when it is to be cast to the run dtype like any other tensor.
+    fn kept_weight(&self, key: &str, output: usize, input: usize) -> Result<Option<StoredWeight>> {
+        let shape = Shape::from((output, input));
+        match &self.origin {
+            Origin::Checkpoint { files, keys } => {
+                let file_key = keys.map(key);
+                if let Some(q) = files.load_quantized(&file_key, Some(&shape), &self.device)? {
+                    return Ok(Some(StoredWeight::Quantized(Arc::new(q))));
+                }
+                Ok(None)
+            }
+            Origin::Random {
+                quantize: Some(kind),
+            } if input % kind.block_size() == 0 => {
+                let values = RandomWeights::tensor(key, &shape, DType::F32, &Device::Cpu)?;
+                let q = QTensor::quantize_onto(&values, *kind, &self.device)?;
+                Ok(Some(StoredWeight::Quantized(Arc::new(q))))
+            }
+            Origin::Random { .. } => Ok(None),
         }
     }
 
@@ -70,7 +106,7 @@ impl WeightSource {
                 Origin::Checkpoint { files, keys } => {
                     files.load(&keys.map(key), Some(&shape), dtype, &self.device)?
                 }
-                Origin::Random => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
+                Origin::Random { .. } => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
             })
         };
         let patch = self.lora.as_ref().and_then(|l| l.patch(key));
@@ -98,34 +134,83 @@ impl WeightSource {
             .lora
             .as_ref()
             .is_some_and(|l| l.mode() == LoraMode::Runtime);
-        let adapter = match self.lora.as_ref().and_then(|l| l.patch(&weight_key)) {
+        let patch = self.lora.as_ref().and_then(|l| l.patch(&weight_key));
+        let adapter = match patch {
             Some(patch) if runtime => {
                 patch.adapter(&weight_key, output, input, dtype, &self.device)?
             }
             _ => None,
         };
+        let weight = match self.kept_weight(&weight_key, output, input)? {
+            None => LinearWeight::Dense(self.get_patched(
+                &weight_key,
+                &[output, input],
+                dtype,
+                !runtime,
+            )?),
+            Some(StoredWeight::Quantized(q)) => {
+                let delta = patch
+                    .map(|p| p.delta(&weight_key, &Shape::from((output, input)), !runtime, &Device::Cpu))
+                    .transpose()?
+                    .flatten();
+                match delta {
+                    None => LinearWeight::Quantized(q),
+                    // A merged LoRA on blocks: dequantise, add, quantise again to the same type
+                    // (one more rounding of the blocks; `--lora-mode runtime` avoids it).
+                    Some(delta) => {
+                        let merged = (q.dequantize(&Device::Cpu)? + delta)?;
+                        let requantized = QTensor::quantize_onto(&merged, q.dtype(), &self.device)
+                            .map_err(|e| {
+                                ModelError::InvalidInput(format!(
+                                    "merging a LoRA into the {:?} weight `{weight_key}`: {e}",
+                                    q.dtype()
+                                ))
+                            })?;
+                        LinearWeight::Quantized(Arc::new(requantized))
+                    }
+                }
+            }
+        };
         Ok(Linear {
-            weight: self.get_patched(&weight_key, &[output, input], dtype, !runtime)?,
+            weight,
             bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
             adapter,
+            dtype,
         })
     }
 }
 
-/// `y = x·Wᵀ + b` over the last axis, computed in the dtype the weights were loaded in; with a
-/// LoRA kept unmerged, `+ (x·Aᵀ)·Bᵀ`.
+/// A linear weight kept as stored (see [`WeightSource::kept_weight`]).
+enum StoredWeight {
+    Quantized(Arc<QTensor>),
+}
+
+/// The weight of a [`Linear`].
+enum LinearWeight {
+    /// [out, in] in the run dtype.
+    Dense(Tensor),
+    /// [out, in] GGUF blocks, multiplied by candle's quantised matmul.
+    Quantized(Arc<QTensor>),
+}
+
+/// `y = x·Wᵀ + b` over the last axis, computed in the run dtype (a quantised weight: candle's
+/// quantised matmul in f32, the result cast to the run dtype); with a LoRA kept unmerged,
+/// `+ (x·Aᵀ)·Bᵀ`.
 pub(crate) struct Linear {
-    weight: Tensor, // [out, in]
-    bias: Tensor,   // [out]
+    weight: LinearWeight, // [out, in]
+    bias: Tensor,         // [out]
     /// Unmerged LoRA factors (down A [r, in], up B [out, r] with the scale folded in).
     adapter: Option<(Tensor, Tensor)>,
+    /// The run dtype: of the output, the bias and the adapter.
+    dtype: DType,
 }
 
 impl Linear {
     /// Builds a linear layer from an already-shaped weight [out, in] and bias [out].
     pub(crate) fn from_parts(weight: Tensor, bias: Tensor) -> Self {
         Self {
-            weight,
+            dtype: weight.dtype(),
+            weight: LinearWeight::Dense(weight),
             bias,
             adapter: None,
         }
@@ -137,44 +222,55 @@ impl Linear {
     }
 
     /// `x·Wᵀ` without the bias (fused kernels add it later): x [..., in] → [..., out] in the
-    /// weights' dtype, contiguous.
+    /// run dtype, contiguous.
     pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
         // One 2-D matmul over all leading axes: a single large GEMM instead of a batched one.
-        let x2 = x
-            .to_dtype(self.weight.dtype())?
-            .contiguous()?
-            .reshape((rows, input))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let x2 = x.to_dtype(self.dtype)?.contiguous()?.reshape((rows, input))?;
+        let (mut y, output) = match &self.weight {
+            LinearWeight::Dense(w) => (x2.matmul(&w.t()?)?, w.dim(0)?),
+            // f32 in: candle's quantised matmul takes f32 on every backend (its CUDA fallback
+            // kernels take nothing else).
+            LinearWeight::Quantized(q) => {
+                let y = QMatMul::QTensor(q.clone()).forward(&x2.to_dtype(DType::F32)?)?;
+                (y.to_dtype(self.dtype)?, q.shape().dims()[0])
+            }
+        };
         if let Some((down, up)) = &self.adapter {
             y = (y + x2.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
         }
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("x has at least one axis") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("x has at least one axis") = output;
         Ok(y.reshape(out_dims)?)
     }
 
-    /// The weight [out, in], in the run dtype, without any unmerged LoRA (see
-    /// [`Self::has_adapter`]).
+    /// The weight [out, in] in the run dtype, for kernels that read it directly; `None` when they
+    /// must not serve this layer: the weight is kept quantised, or an unmerged LoRA adds to it.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn weight(&self) -> &Tensor {
-        &self.weight
+    pub(crate) fn plain_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) if self.adapter.is_none() => Some(w),
+            _ => None,
+        }
     }
 
-    /// Whether an unmerged LoRA adds to [`Self::weight`]: kernels that read the weight
-    /// directly must not serve this layer.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn has_adapter(&self) -> bool {
-        self.adapter.is_some()
+    /// Whether the weight is kept as stored (GGUF blocks) instead of in the run dtype.
+    #[allow(dead_code)]
+    pub(crate) fn is_quantized(&self) -> bool {
+        matches!(self.weight, LinearWeight::Quantized(_))
     }
+
 
     /// `x·(W + ΔW)ᵀ` in f32 for a few rows x [n, in] (no bias): for folding biases.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn project_f32(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(DType::F32)?;
-        let mut y = x.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?;
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let mut y = match &self.weight {
+            LinearWeight::Dense(w) => x.matmul(&w.to_dtype(DType::F32)?.t()?)?,
+            LinearWeight::Quantized(q) => QMatMul::QTensor(q.clone()).forward(&x)?,
+        };
         if let Some((down, up)) = &self.adapter {
             let (down, up) = (down.to_dtype(DType::F32)?, up.to_dtype(DType::F32)?);
             y = (y + x.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
@@ -182,7 +278,7 @@ impl Linear {
         Ok(y)
     }
 
-    /// The bias [out], in the weights' dtype.
+    /// The bias [out], in the run dtype.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn bias(&self) -> &Tensor {
         &self.bias
