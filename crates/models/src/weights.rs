@@ -71,13 +71,17 @@ pub enum WeightsError {
     #[error("{path} is not a valid safetensors file ({reason}); it may be truncated or of another format")]
     NotSafetensors { path: PathBuf, reason: String },
 
-    #[error("{path} is not a readable GGUF file ({reason}); it may be truncated or of another format")]
+    #[error(
+        "{path} is not a readable GGUF file ({reason}); it may be truncated or of another format"
+    )]
     NotGguf { path: PathBuf, reason: String },
 
     #[error("bad shard index {path}: {reason}")]
     BadIndex { path: PathBuf, reason: String },
 
-    #[error("no weights found in {dir} (looked for *.safetensors, *.safetensors.index.json and *.gguf)")]
+    #[error(
+        "no weights found in {dir} (looked for *.safetensors, *.safetensors.index.json and *.gguf)"
+    )]
     NoWeights { dir: PathBuf },
 
     #[error("missing tensor `{key}`{} in {files}", expected_shape(expected))]
@@ -351,7 +355,10 @@ impl WeightFiles {
             .collect();
         if files.is_empty() {
             // A folder holding a GGUF file (and perhaps its config.json).
-            files = entries.into_iter().filter(|p| gguf::is_gguf(p) && p.is_file()).collect();
+            files = entries
+                .into_iter()
+                .filter(|p| gguf::is_gguf(p) && p.is_file())
+                .collect();
         }
         if files.is_empty() {
             return Err(WeightsError::NoWeights {
@@ -487,7 +494,8 @@ impl WeightFiles {
         let raw = match self.stored(key, expected)?.1 {
             Stored::Plain(raw) => raw,
             Stored::Quantized { kind, shape, bytes } => {
-                let dequantized = qtensor(kind, shape, bytes, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+                let dequantized =
+                    qtensor(kind, shape, bytes, &Device::Cpu)?.dequantize(&Device::Cpu)?;
                 return Ok(dequantized.to_dtype(dtype)?.to_device(device)?);
             }
         };

@@ -150,7 +150,14 @@ impl WeightSource {
             )?),
             Some(StoredWeight::Quantized(q)) => {
                 let delta = patch
-                    .map(|p| p.delta(&weight_key, &Shape::from((output, input)), !runtime, &Device::Cpu))
+                    .map(|p| {
+                        p.delta(
+                            &weight_key,
+                            &Shape::from((output, input)),
+                            !runtime,
+                            &Device::Cpu,
+                        )
+                    })
                     .transpose()?
                     .flatten();
                 match delta {
@@ -228,7 +235,10 @@ impl Linear {
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
         // One 2-D matmul over all leading axes: a single large GEMM instead of a batched one.
-        let x2 = x.to_dtype(self.dtype)?.contiguous()?.reshape((rows, input))?;
+        let x2 = x
+            .to_dtype(self.dtype)?
+            .contiguous()?
+            .reshape((rows, input))?;
         let (mut y, output) = match &self.weight {
             LinearWeight::Dense(w) => (x2.matmul(&w.t()?)?, w.dim(0)?),
             // f32 in: candle's quantised matmul takes f32 on every backend (its CUDA fallback
@@ -261,7 +271,6 @@ impl Linear {
     pub(crate) fn is_quantized(&self) -> bool {
         matches!(self.weight, LinearWeight::Quantized(_))
     }
-
 
     /// `x·(W + ΔW)ᵀ` in f32 for a few rows x [n, in] (no bias): for folding biases.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

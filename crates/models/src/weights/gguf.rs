@@ -156,11 +156,15 @@ impl<'a> Cursor<'a> {
     }
 
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     /// A length or count, refused when it could not fit in the file.
@@ -239,9 +243,7 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
         let kind = c.u32()?;
         match (key.as_str(), c.value(kind)?) {
             ("general.architecture", Value::Text(arch)) => architecture = Some(arch),
-            ("general.alignment", Value::Int(a)) if a > 0 && a <= 1 << 20 => {
-                alignment = a as usize
-            }
+            ("general.alignment", Value::Int(a)) if a > 0 && a <= 1 << 20 => alignment = a as usize,
             _ => {}
         }
     }
