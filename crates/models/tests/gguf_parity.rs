@@ -532,3 +532,45 @@ fn a_truncated_file_is_refused() {
     let err = WeightFiles::open(&path).unwrap_err().to_string();
     assert!(err.contains("header ends early"), "{err}");
 }
+
+/// A LoRA on the Q8_0 file, kept apart (runtime) or merged into the blocks (dequantised, added,
+/// quantised again): both close to diffusers' velocity of the f32 model with the LoRA, within the
+/// Q8_0 bound, and the LoRA must move the output (it is compared against the base too).
+#[test]
+fn lora_on_a_quantised_file_in_both_modes() {
+    use vdit_models::lora::{LoraMode, LoraSet, LoraSpec};
+    use vdit_models::wan::keys::lora_targets;
+    let case = fixture("heads2x32");
+    let cfg = WanConfig::from_json_file(&case.join("config.json")).unwrap();
+    let files = Arc::new(WeightFiles::open(&gguf_fixture("wan_tiny_q8_0.gguf")).unwrap());
+    let io = load_io(&case, &Device::Cpu);
+    let refs = candle_core::safetensors::load(
+        fixtures_root().join("lora/reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let expected = &refs["peft"];
+    let base_err = relative_error(&io["velocity"], expected);
+    let spec = LoraSpec {
+        path: fixtures_root().join("lora/peft.safetensors"),
+        strength: 0.7,
+    };
+    for mode in [LoraMode::Runtime, LoraMode::Merge] {
+        let set = LoraSet::open(&[spec.clone()], &lora_targets(&cfg), mode, false).unwrap();
+        let model = WanTransformer::load_with_lora(
+            &files,
+            &cfg,
+            DType::F32,
+            &Device::Cpu,
+            Some(Arc::new(set)),
+        )
+        .unwrap();
+        let err = relative_error(&forward_on_io(&model, &io, &mut DenseAttention), expected);
+        eprintln!(
+            "Q8_0 + LoRA {}: rel. error {err:.2e} (the LoRA's own effect: {base_err:.2e})",
+            mode.name()
+        );
+        assert!(err <= Q8_0_F32_BOUND, "{}: {err}", mode.name());
+        assert!(base_err > 10.0 * err, "the LoRA must matter: {base_err}");
+    }
+}
