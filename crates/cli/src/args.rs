@@ -942,6 +942,43 @@ pub mod bench {
         /// Text rows of the context (Wan pads every prompt to 512).
         #[arg(long, default_value_t = 512, value_parser = parse_positive)]
         pub text_len: usize,
+        /// How the random linear weights are stored: `dense` (in --dtype) or a GGUF block type
+        /// (quantised at load wherever a row is whole blocks, multiplied by candle's quantised
+        /// matmul; the rest stays in --dtype). --dtype is what is computed in either case.
+        #[arg(long, value_enum, default_value_t = BenchWeights::Dense)]
+        pub weights: BenchWeights,
+    }
+
+    /// Storage of the transformer bench's random weights.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum BenchWeights {
+        /// In the run dtype (--dtype).
+        Dense,
+        #[value(name = "q8_0")]
+        Q8_0,
+        #[value(name = "q6_k")]
+        Q6K,
+        #[value(name = "q5_k")]
+        Q5K,
+        #[value(name = "q4_k")]
+        Q4K,
+        #[value(name = "q4_0")]
+        Q4_0,
+    }
+
+    impl BenchWeights {
+        /// The GGUF block type, `None` for dense weights.
+        pub fn block_type(self) -> Option<candle_core::quantized::GgmlDType> {
+            use candle_core::quantized::GgmlDType;
+            match self {
+                Self::Dense => None,
+                Self::Q8_0 => Some(GgmlDType::Q8_0),
+                Self::Q6K => Some(GgmlDType::Q6K),
+                Self::Q5K => Some(GgmlDType::Q5K),
+                Self::Q4K => Some(GgmlDType::Q4K),
+                Self::Q4_0 => Some(GgmlDType::Q4_0),
+            }
+        }
     }
 
     impl Default for TransformerBench {
@@ -959,6 +996,7 @@ pub mod bench {
                 sparsity: 0.8,
                 block_size: 128,
                 text_len: 512,
+                weights: BenchWeights::Dense,
             }
         }
     }

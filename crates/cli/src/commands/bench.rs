@@ -580,7 +580,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         steps: 1,
     };
     refuse_if_too_big(device, shape.memory().transformer, "--size/--frames")?;
-    let model = WanTransformer::random(&cfg, dtype, device)?;
+    let model = WanTransformer::random_quantized(&cfg, dtype, device, t.weights.block_type())?;
     let latents = Tensor::randn(
         0f32,
         1.0,
@@ -629,10 +629,13 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         )?;
         Ok(())
     })?;
-    let case = match t.attention {
+    let mut case = match t.attention {
         BenchAttention::Dense => "dense".to_string(),
         BenchAttention::Rainfusion => format!("rainfusion {}", t.sparsity),
     };
+    if let Some(kind) = t.weights.block_type() {
+        case.push_str(&format!(", {kind:?} weights"));
+    }
     let tokens = grid[0] / pt * (grid[1] / ph) * (grid[2] / pw);
     // The preset's name ends the shape, so rows of different models differ.
     let shape = format!(

@@ -48,6 +48,7 @@ impl WeightSource {
     }
 
     /// Every tensor asked for is random (see [`RandomWeights`]).
+    #[cfg(test)]
     pub(crate) fn random(device: Device) -> Self {
         Self::random_quantized(device, None)
     }
