@@ -332,7 +332,7 @@ fn storage_type(key: &str, t: &Tensor, recipe: Recipe) -> GgmlDType {
         Some(more) if key.contains("self_attn.v.") || key.contains("ffn.2.") => more,
         _ => recipe.main,
     };
-    if dims[1] % kind.block_size() != 0 {
+    if !dims[1].is_multiple_of(kind.block_size()) {
         return GgmlDType::F16;
     }
     kind
@@ -556,7 +556,13 @@ fn lora_on_a_quantised_file_in_both_modes() {
         strength: 0.7,
     };
     for mode in [LoraMode::Runtime, LoraMode::Merge] {
-        let set = LoraSet::open(&[spec.clone()], &lora_targets(&cfg), mode, false).unwrap();
+        let set = LoraSet::open(
+            std::slice::from_ref(&spec),
+            &lora_targets(&cfg),
+            mode,
+            false,
+        )
+        .unwrap();
         let model = WanTransformer::load_with_lora(
             &files,
             &cfg,

@@ -283,7 +283,7 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
         // Unsupported types have no known size: their extent is checked only when read (never).
         let size = match info.kind {
             GgufType::Known(t) => {
-                if elements % t.block_size() != 0 {
+                if !elements.is_multiple_of(t.block_size()) {
                     return Err(c.bad(format!(
                         "tensor `{}` {:?}: {} elements are not whole {} blocks",
                         info.name,
