@@ -138,7 +138,9 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = choice::<DeviceChoice>(), default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 
-    /// Dtype of the networks' weights and activations.
+    /// Dtype the networks compute in (activations, and weights stored as floats). Weights stored
+    /// quantised (a GGUF --dit: Q8_0, Q4_K, ...; an fp8 file) stay in their stored format in
+    /// memory and are multiplied in this dtype; the file decides what is stored.
     #[arg(long, value_parser = choice::<DTypeChoice>(), default_value_t = DTypeChoice::Auto)]
     pub dtype: DTypeChoice,
 
@@ -153,7 +155,9 @@ pub struct GenerateArgs {
     pub offline: bool,
 
     /// Transformer weights to use instead of the model's (a .safetensors file, a
-    /// *.safetensors.index.json, or a directory with config.json).
+    /// *.safetensors.index.json, or a directory with config.json). Also a GGUF file (ComfyUI-GGUF's
+    /// Wan files, Q8_0 … Q4_K_M: the linear layers stay quantised) or an fp8 safetensors file
+    /// (float8_e4m3fn, ComfyUI's scaled fp8 with scale_weight: the linear layers stay in fp8).
     /// For a two-expert model: the high-noise expert's.
     #[arg(long, value_name = "PATH")]
     pub dit: Option<PathBuf>,

@@ -554,6 +554,23 @@ impl WeightFiles {
         })
     }
 
+    /// The error [`Self::load`] would give for the first GGUF tensor (by name) stored in a type
+    /// candle does not read; `Ok` when there is none (or no GGUF file). Headers only.
+    pub fn check_gguf_types(&self) -> Result<()> {
+        for key in self.keys() {
+            let file = &self.files[self.key_to_file[key]];
+            if let Some(kind @ gguf::GgufType::Unsupported(_)) = file.gguf_type(key) {
+                return Err(gguf::unsupported(key, kind, &file.path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file at `path` is a GGUF file (its first four bytes).
+    pub fn is_gguf_file(path: &Path) -> bool {
+        gguf::has_magic(path)
+    }
+
     /// Whether any of these files is a GGUF file.
     pub fn is_gguf(&self) -> bool {
         self.files.iter().any(|f| matches!(f.index, Index::Gguf(_)))

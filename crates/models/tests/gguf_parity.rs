@@ -581,44 +581,50 @@ fn lora_on_a_quantised_file_in_both_modes() {
     }
 }
 
-/// CPU time of one linear layer of the 1.3B model's feed-forward (x [M, 1536] · W [8960, 1536]ᵀ),
-/// dense f32 against Q8_0 / Q4_K blocks through candle's quantised matmul, alternating the cases
-/// and keeping each one's fastest of several runs (the box is shared). Not a correctness test:
+/// CPU time of linear layers, x [M, k] · W [n, k]ᵀ: the 1.3B model's feed-forward input (n 8960,
+/// k 1536) and attention projection (1536 × 1536), and vdit-tiny's feed-forward (1024 × 256), dense
+/// f32 against Q8_0 / Q4_K blocks through candle's quantised matmul, alternating the cases and
+/// keeping each one's fastest of five runs (the box is shared). Not a correctness test:
 /// `cargo test --release -p vdit-models --test gguf_parity matmul_speed -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn matmul_speed_on_the_cpu() {
     use candle_core::quantized::QMatMul;
     use candle_core::Module;
-    let (n, k) = (8960, 1536);
     let mut rng = Rng(3);
-    let w = rng.tensor(&[n, k], 0.0, 1.0 / (k as f32).sqrt());
-    let q8 = QMatMul::QTensor(Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()));
-    let q4 = QMatMul::QTensor(Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap()));
-    for m in [64, 256, 1024] {
-        let x = rng.tensor(&[m, k], 0.0, 1.0);
-        let wt = w.t().unwrap();
-        let mut best = [f64::INFINITY; 3];
-        for _ in 0..5 {
-            let cases: [&dyn Fn() -> Tensor; 3] = [
-                &|| x.matmul(&wt).unwrap(),
-                &|| q8.forward(&x).unwrap(),
-                &|| q4.forward(&x).unwrap(),
-            ];
-            for (i, case) in cases.iter().enumerate() {
-                let start = std::time::Instant::now();
-                let y = case();
-                let _ = y.sum_all().unwrap().to_scalar::<f32>().unwrap();
-                best[i] = best[i].min(start.elapsed().as_secs_f64());
+    for (n, k, ms) in [
+        (8960, 1536, &[64, 256, 1024][..]),
+        (1536, 1536, &[256, 1024][..]),
+        (1024, 256, &[640][..]),
+    ] {
+        let w = rng.tensor(&[n, k], 0.0, 1.0 / (k as f32).sqrt());
+        let q8 = QMatMul::QTensor(Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()));
+        let q4 = QMatMul::QTensor(Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap()));
+        for &m in ms {
+            let x = rng.tensor(&[m, k], 0.0, 1.0);
+            let wt = w.t().unwrap();
+            let mut best = [f64::INFINITY; 3];
+            for _ in 0..5 {
+                let cases: [&dyn Fn() -> Tensor; 3] = [
+                    &|| x.matmul(&wt).unwrap(),
+                    &|| q8.forward(&x).unwrap(),
+                    &|| q4.forward(&x).unwrap(),
+                ];
+                for (i, case) in cases.iter().enumerate() {
+                    let start = std::time::Instant::now();
+                    let y = case();
+                    let _ = y.sum_all().unwrap().to_scalar::<f32>().unwrap();
+                    best[i] = best[i].min(start.elapsed().as_secs_f64());
+                }
             }
+            eprintln!(
+                "W {n}×{k}, M {m:>4}: f32 {:.2} ms, Q8_0 {:.2} ms ({:.2}× f32), Q4_K {:.2} ms ({:.2}× f32)",
+                best[0] * 1e3,
+                best[1] * 1e3,
+                best[1] / best[0],
+                best[2] * 1e3,
+                best[2] / best[0]
+            );
         }
-        eprintln!(
-            "M {m:>4}: f32 {:.1} ms, Q8_0 {:.1} ms ({:.2}× f32), Q4_K {:.1} ms ({:.2}× f32)",
-            best[0] * 1e3,
-            best[1] * 1e3,
-            best[1] / best[0],
-            best[2] * 1e3,
-            best[2] / best[0]
-        );
     }
 }

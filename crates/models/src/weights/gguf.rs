@@ -323,12 +323,13 @@ pub(super) fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
 
 /// Whether `path` names a GGUF file: by its extension, or by its first four bytes.
 pub(super) fn is_gguf(path: &Path) -> bool {
-    if path
-        .extension()
+    path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        return true;
-    }
+        || has_magic(path)
+}
+
+/// Whether the file at `path` starts with the GGUF magic.
+pub(super) fn has_magic(path: &Path) -> bool {
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
