@@ -156,7 +156,10 @@ impl MappedFile {
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on it not being
         // modified while the process runs.
         let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
-        let index = if mmap.starts_with(gguf::MAGIC) {
+        let named_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let index = if mmap.starts_with(gguf::MAGIC) || named_gguf {
             Index::Gguf(gguf::parse(&mmap, path)?)
         } else {
             let (header_len, metadata) =
