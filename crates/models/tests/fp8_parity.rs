@@ -2,7 +2,7 @@
 //! against torch, and the forward pass against the f32 one. Fixtures: tests/fixtures/fp8, from
 //! scripts/reference/gen_fp8_fixtures.py (the heads2x32 DiT fixture's weights in fp8).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
@@ -53,7 +53,7 @@ fn cfg() -> WanConfig {
     WanConfig::from_json_file(&fixture("heads2x32").join("config.json")).unwrap()
 }
 
-fn error_of(path: &PathBuf, dtype: DType, lora: Option<LoraSet>) -> f64 {
+fn error_of(path: &Path, dtype: DType, lora: Option<LoraSet>) -> f64 {
     let files = Arc::new(WeightFiles::open(path).unwrap());
     let model =
         WanTransformer::load_with_lora(&files, &cfg(), dtype, &Device::Cpu, lora.map(Arc::new))
