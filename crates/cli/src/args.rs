@@ -971,6 +971,18 @@ pub mod bench {
     }
 
     impl BenchWeights {
+        /// The flag's value (`dense`, `q8_0`, `q4_k`, ...).
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Dense => "dense",
+                Self::Q8_0 => "q8_0",
+                Self::Q6K => "q6_k",
+                Self::Q5K => "q5_k",
+                Self::Q4K => "q4_k",
+                Self::Q4_0 => "q4_0",
+            }
+        }
+
         /// The GGUF block type, `None` for dense weights.
         pub fn block_type(self) -> Option<candle_core::quantized::GgmlDType> {
             use candle_core::quantized::GgmlDType;

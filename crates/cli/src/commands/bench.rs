@@ -633,8 +633,8 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         BenchAttention::Dense => "dense".to_string(),
         BenchAttention::Rainfusion => format!("rainfusion {}", t.sparsity),
     };
-    if let Some(kind) = t.weights.block_type() {
-        case.push_str(&format!(", {kind:?} weights"));
+    if t.weights.block_type().is_some() {
+        case.push_str(&format!(", {} weights", t.weights.name()));
     }
     let tokens = grid[0] / pt * (grid[1] / ph) * (grid[2] / pw);
     // The preset's name ends the shape, so rows of different models differ.
