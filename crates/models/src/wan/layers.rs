@@ -301,7 +301,7 @@ impl Linear {
         }
     }
 
-    /// x: [..., in] in any float dtype → [..., out] in the weights' dtype.
+    /// x: [..., in] in any float dtype → [..., out] in the run dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.matmul(x)?.broadcast_add(&self.bias)?)
     }
