@@ -138,7 +138,9 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = choice::<DeviceChoice>(), default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 
-    /// Dtype of the networks' weights and activations.
+    /// Dtype the networks compute in (activations, and weights stored as floats). Weights stored
+    /// quantised (a GGUF --dit: Q8_0, Q4_K, ...; an fp8 file) stay in their stored format in
+    /// memory and are multiplied in this dtype; the file decides what is stored.
     #[arg(long, value_parser = choice::<DTypeChoice>(), default_value_t = DTypeChoice::Auto)]
     pub dtype: DTypeChoice,
 
@@ -153,7 +155,9 @@ pub struct GenerateArgs {
     pub offline: bool,
 
     /// Transformer weights to use instead of the model's (a .safetensors file, a
-    /// *.safetensors.index.json, or a directory with config.json).
+    /// *.safetensors.index.json, or a directory with config.json). Also a GGUF file (ComfyUI-GGUF's
+    /// Wan files, Q8_0 … Q4_K_M: the linear layers stay quantised) or an fp8 safetensors file
+    /// (float8_e4m3fn, ComfyUI's scaled fp8 with scale_weight: the linear layers stay in fp8).
     /// For a two-expert model: the high-noise expert's.
     #[arg(long, value_name = "PATH")]
     pub dit: Option<PathBuf>,
@@ -957,6 +961,55 @@ pub mod bench {
         /// Text rows of the context (Wan pads every prompt to 512).
         #[arg(long, default_value_t = 512, value_parser = parse_positive)]
         pub text_len: usize,
+        /// How the random linear weights are stored: `dense` (in --dtype) or a GGUF block type
+        /// (quantised at load wherever a row is whole blocks, multiplied by candle's quantised
+        /// matmul; the rest stays in --dtype). --dtype is what is computed in either case.
+        #[arg(long, value_enum, default_value_t = BenchWeights::Dense)]
+        pub weights: BenchWeights,
+    }
+
+    /// Storage of the transformer bench's random weights.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum BenchWeights {
+        /// In the run dtype (--dtype).
+        Dense,
+        #[value(name = "q8_0")]
+        Q8_0,
+        #[value(name = "q6_k")]
+        Q6K,
+        #[value(name = "q5_k")]
+        Q5K,
+        #[value(name = "q4_k")]
+        Q4K,
+        #[value(name = "q4_0")]
+        Q4_0,
+    }
+
+    impl BenchWeights {
+        /// The flag's value (`dense`, `q8_0`, `q4_k`, ...).
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Dense => "dense",
+                Self::Q8_0 => "q8_0",
+                Self::Q6K => "q6_k",
+                Self::Q5K => "q5_k",
+                Self::Q4K => "q4_k",
+                Self::Q4_0 => "q4_0",
+            }
+        }
+
+        /// The GGUF block type, `None` for dense weights.
+        pub fn block_type(self) -> Option<candle_core::quantized::GgmlDType> {
+            use candle_core::quantized::GgmlDType;
+            match self {
+                Self::Dense => None,
+                Self::Q8_0 => Some(GgmlDType::Q8_0),
+                Self::Q6K => Some(GgmlDType::Q6K),
+                Self::Q5K => Some(GgmlDType::Q5K),
+                Self::Q4K => Some(GgmlDType::Q4K),
+                Self::Q4_0 => Some(GgmlDType::Q4_0),
+            }
+        }
     }
 
     impl Default for TransformerBench {
@@ -974,6 +1027,7 @@ pub mod bench {
                 sparsity: 0.8,
                 block_size: 128,
                 text_len: 512,
+                weights: BenchWeights::Dense,
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Checkpoint weights: memory-mapped safetensors (one file or shards), key dialects, dtype casts,
-//! and errors that name the key, the shapes and the file.
+//! Checkpoint weights: memory-mapped safetensors (one file or shards) or GGUF files, key dialects,
+//! dtype casts, and errors that name the key, the shapes and the file.
 //!
 //! A [`WeightFiles`] is a set of mmapped safetensors files with a key → file index. A network
 //! reads it through a candle [`VarBuilder`] made by [`WeightFiles::var_builder`], whose prefixes
@@ -11,6 +11,11 @@
 //! ([`host`]) and, on CUDA, stages through pinned buffers with asynchronous uploads and casts on
 //! the GPU ([`upload`]); the plain one (`VDIT_FAST_LOAD=0`) reads one tensor at a time through
 //! candle (copy, cast, move). Both give bit-identical tensors.
+//!
+//! A GGUF file ([`gguf`]) holds some tensors block-quantised (Q8_0, Q4_K, ...): [`WeightFiles::load`]
+//! dequantises them (to any dtype), and [`WeightFiles::load_quantized`] hands them over as candle
+//! [`QTensor`]s for quantised matmuls. Safetensors files may store `float8_e4m3fn` tensors, which
+//! load like the other float types.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,11 +24,13 @@ use std::sync::Arc;
 #[cfg(feature = "cuda")]
 use std::sync::Mutex;
 
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use safetensors::tensor::{Metadata, SafeTensors};
 
+pub mod gguf;
 mod host;
 #[cfg(feature = "cuda")]
 mod upload;
@@ -64,10 +71,17 @@ pub enum WeightsError {
     #[error("{path} is not a valid safetensors file ({reason}); it may be truncated or of another format")]
     NotSafetensors { path: PathBuf, reason: String },
 
+    #[error(
+        "{path} is not a readable GGUF file ({reason}); it may be truncated or of another format"
+    )]
+    NotGguf { path: PathBuf, reason: String },
+
     #[error("bad shard index {path}: {reason}")]
     BadIndex { path: PathBuf, reason: String },
 
-    #[error("no safetensors weights found in {dir} (looked for *.safetensors and *.safetensors.index.json)")]
+    #[error(
+        "no weights found in {dir} (looked for *.safetensors, *.safetensors.index.json and *.gguf)"
+    )]
     NoWeights { dir: PathBuf },
 
     #[error("missing tensor `{key}`{} in {files}", expected_shape(expected))]
@@ -106,12 +120,30 @@ fn expected_shape(expected: &Option<Vec<usize>>) -> String {
     }
 }
 
-/// One mmapped safetensors file with its parsed header.
+/// One mmapped weights file with its parsed header.
 struct MappedFile {
     path: PathBuf,
     mmap: memmap2::Mmap,
-    header_len: usize,
-    metadata: Metadata,
+    index: Index,
+}
+
+/// Where a file's tensors lie.
+enum Index {
+    Safetensors {
+        header_len: usize,
+        metadata: Metadata,
+    },
+    Gguf(gguf::GgufHeader),
+}
+
+/// A stored tensor as found in its file: plain values, or GGUF blocks.
+enum Stored<'a> {
+    Plain(RawTensor<'a>),
+    Quantized {
+        kind: candle_core::quantized::GgmlDType,
+        shape: &'a [usize],
+        bytes: &'a [u8],
+    },
 }
 
 impl MappedFile {
@@ -124,37 +156,91 @@ impl MappedFile {
         // SAFETY: the file is opened read-only; like every mmap-based loader we rely on it not being
         // modified while the process runs.
         let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| WeightsError::NotSafetensors {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let named_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let index = if mmap.starts_with(gguf::MAGIC) || named_gguf {
+            Index::Gguf(gguf::parse(&mmap, path)?)
+        } else {
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| WeightsError::NotSafetensors {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            Index::Safetensors {
+                header_len,
+                metadata,
+            }
+        };
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
-            header_len,
-            metadata,
+            index,
         })
     }
 
     fn names(&self) -> Vec<String> {
-        self.metadata.tensors().into_keys().collect()
+        match &self.index {
+            Index::Safetensors { metadata, .. } => metadata.tensors().into_keys().collect(),
+            Index::Gguf(header) => header.tensors.keys().cloned().collect(),
+        }
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.metadata.info(name).map(|i| i.shape.clone())
+        match &self.index {
+            Index::Safetensors { metadata, .. } => metadata.info(name).map(|i| i.shape.clone()),
+            Index::Gguf(header) => header.tensors.get(name).map(|t| t.shape.clone()),
+        }
     }
 
-    /// Tensor `name`'s dtype, shape and bytes (still in the mmap).
-    fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
-        let info = self
-            .metadata
-            .info(name)
-            .ok_or_else(|| WeightsError::MissingTensor {
-                key: name.to_string(),
-                expected: None,
-                files: self.path.display().to_string(),
-            })?;
+    /// How tensor `name` is stored in a GGUF file (`None` in safetensors or when absent).
+    fn gguf_type(&self, name: &str) -> Option<gguf::GgufType> {
+        match &self.index {
+            Index::Gguf(header) => header.tensors.get(name).map(|t| t.kind),
+            Index::Safetensors { .. } => None,
+        }
+    }
+
+    fn missing(&self, name: &str) -> WeightsError {
+        WeightsError::MissingTensor {
+            key: name.to_string(),
+            expected: None,
+            files: self.path.display().to_string(),
+        }
+    }
+
+    /// Tensor `name`'s storage, shape and bytes (still in the mmap).
+    fn stored(&self, name: &str) -> Result<Stored<'_>> {
+        let (header_len, metadata) = match &self.index {
+            Index::Safetensors {
+                header_len,
+                metadata,
+            } => (*header_len, metadata),
+            Index::Gguf(header) => {
+                let t = header.tensors.get(name).ok_or_else(|| self.missing(name))?;
+                let bytes = &self.mmap[t.start..t.end];
+                return Ok(match t.kind {
+                    gguf::GgufType::Unsupported(_) => {
+                        return Err(gguf::unsupported(name, t.kind, &self.path))
+                    }
+                    gguf::GgufType::Known(kind) if t.kind.is_quantized() => Stored::Quantized {
+                        kind,
+                        shape: &t.shape,
+                        bytes,
+                    },
+                    gguf::GgufType::Known(kind) => Stored::Plain(RawTensor {
+                        dtype: match kind {
+                            candle_core::quantized::GgmlDType::F16 => DType::F16,
+                            candle_core::quantized::GgmlDType::BF16 => DType::BF16,
+                            _ => DType::F32,
+                        },
+                        shape: &t.shape,
+                        bytes,
+                    }),
+                });
+            }
+        };
+        let info = metadata.info(name).ok_or_else(|| self.missing(name))?;
         let dtype = match info.dtype {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
@@ -163,6 +249,7 @@ impl MappedFile {
             safetensors::Dtype::I64 => DType::I64,
             safetensors::Dtype::U32 => DType::U32,
             safetensors::Dtype::U8 => DType::U8,
+            safetensors::Dtype::F8_E4M3 => DType::F8E4M3,
             other => {
                 return Err(WeightsError::UnsupportedDtype {
                     key: name.to_string(),
@@ -171,14 +258,25 @@ impl MappedFile {
                 })
             }
         };
-        let start = 8 + self.header_len + info.data_offsets.0;
-        let end = 8 + self.header_len + info.data_offsets.1;
-        Ok(RawTensor {
+        let start = 8 + header_len + info.data_offsets.0;
+        let end = 8 + header_len + info.data_offsets.1;
+        Ok(Stored::Plain(RawTensor {
             dtype,
             shape: &info.shape,
             bytes: &self.mmap[start..end],
-        })
+        }))
     }
+}
+
+/// GGUF blocks as a candle [`QTensor`] on `device`.
+fn qtensor(
+    kind: candle_core::quantized::GgmlDType,
+    shape: &[usize],
+    bytes: &[u8],
+    device: &Device,
+) -> Result<QTensor> {
+    let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), device, kind)?;
+    Ok(QTensor::new(storage, shape)?)
 }
 
 /// A tensor as stored: its dtype, shape and little-endian bytes inside the mmap.
@@ -215,8 +313,9 @@ impl std::fmt::Debug for WeightFiles {
 }
 
 impl WeightFiles {
-    /// Opens a checkpoint from a path that is a `.safetensors` file, a `*.safetensors.index.json`
-    /// shard index, or a directory holding either (an index wins over single files).
+    /// Opens a checkpoint from a path that is a `.safetensors` or `.gguf` file (recognised by
+    /// its first bytes), a `*.safetensors.index.json` shard index, or a directory holding them
+    /// (an index wins over single files; GGUF files are read when there is no safetensors file).
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_dir() {
             return Self::open_dir(path);
@@ -252,10 +351,18 @@ impl WeightFiles {
         {
             return Self::open_index(index);
         }
-        let files: Vec<PathBuf> = entries
-            .into_iter()
+        let mut files: Vec<PathBuf> = entries
+            .iter()
             .filter(|p| is_named(p, ".safetensors"))
+            .cloned()
             .collect();
+        if files.is_empty() {
+            // A folder holding a GGUF file (and perhaps its config.json).
+            files = entries
+                .into_iter()
+                .filter(|p| gguf::is_gguf(p) && p.is_file())
+                .collect();
+        }
         if files.is_empty() {
             return Err(WeightsError::NoWeights {
                 dir: dir.to_path_buf(),
@@ -350,14 +457,8 @@ impl WeightFiles {
         paths.join(", ")
     }
 
-    /// Loads `key` (a file key, after any renaming), checks its shape, casts and moves it.
-    pub fn load(
-        &self,
-        key: &str,
-        expected: Option<&Shape>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    /// `key`'s storage in its file, after checking that it exists with the shape `expected`.
+    fn stored(&self, key: &str, expected: Option<&Shape>) -> Result<(&MappedFile, Stored<'_>)> {
         let Some(&file_idx) = self.key_to_file.get(key) else {
             return Err(WeightsError::MissingTensor {
                 key: key.to_string(),
@@ -366,17 +467,41 @@ impl WeightFiles {
             });
         };
         let file = &self.files[file_idx];
-        let raw = file.raw(key)?;
+        let stored = file.stored(key)?;
+        let shape = match &stored {
+            Stored::Plain(raw) => raw.shape,
+            Stored::Quantized { shape, .. } => shape,
+        };
         if let Some(expected) = expected {
-            if raw.shape != expected.dims() {
+            if shape != expected.dims() {
                 return Err(WeightsError::ShapeMismatch {
                     key: key.to_string(),
                     expected: expected.dims().to_vec(),
-                    found: raw.shape.to_vec(),
+                    found: shape.to_vec(),
                     file: file.path.clone(),
                 });
             }
         }
+        Ok((file, stored))
+    }
+
+    /// Loads `key` (a file key, after any renaming), checks its shape, casts and moves it. A
+    /// GGUF block-quantised tensor is dequantised (on the CPU, then cast and moved).
+    pub fn load(
+        &self,
+        key: &str,
+        expected: Option<&Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let raw = match self.stored(key, expected)?.1 {
+            Stored::Plain(raw) => raw,
+            Stored::Quantized { kind, shape, bytes } => {
+                let dequantized =
+                    qtensor(kind, shape, bytes, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+                return Ok(dequantized.to_dtype(dtype)?.to_device(device)?);
+            }
+        };
         match (self.method, device) {
             (LoadMethod::Plain, _) => raw.load_plain(dtype, device),
             (LoadMethod::Fast, Device::Cpu) => match host::load(&raw, dtype) {
@@ -384,13 +509,74 @@ impl WeightFiles {
                 // A cast the fast path does not do (integers): candle's own.
                 None => raw.load_plain(dtype, device),
             },
+            // fp8 is cast on the CPU (the staged upload takes the 16/32/64-bit types).
             #[cfg(feature = "cuda")]
-            (LoadMethod::Fast, Device::Cuda(cuda)) => {
+            (LoadMethod::Fast, Device::Cuda(cuda)) if raw.dtype != DType::F8E4M3 => {
                 let mut stager = self.stager.lock().unwrap_or_else(|e| e.into_inner());
                 upload::Stager::for_device(&mut stager, cuda)?.upload(&raw, dtype, cuda)
             }
             (LoadMethod::Fast, _) => raw.load_plain(dtype, device),
         }
+    }
+
+    /// `key` as a candle [`QTensor`] on `device` when it is stored block-quantised (a GGUF
+    /// Q8_0, Q4_K, ... tensor), after checking its shape; `None` when it is stored as plain
+    /// values (read it with [`Self::load`]).
+    pub fn load_quantized(
+        &self,
+        key: &str,
+        expected: Option<&Shape>,
+        device: &Device,
+    ) -> Result<Option<QTensor>> {
+        Ok(match self.stored(key, expected)?.1 {
+            Stored::Plain(_) => None,
+            Stored::Quantized { kind, shape, bytes } => Some(qtensor(kind, shape, bytes, device)?),
+        })
+    }
+
+    /// How `key` is stored when it comes from a GGUF file (`None` in safetensors, or absent).
+    pub fn gguf_type(&self, key: &str) -> Option<gguf::GgufType> {
+        self.files[*self.key_to_file.get(key)?].gguf_type(key)
+    }
+
+    /// The dtype `key` is stored in when it comes from a safetensors file (`None` in GGUF, or
+    /// absent).
+    pub fn stored_dtype(&self, key: &str) -> Option<DType> {
+        match self.files[*self.key_to_file.get(key)?].stored(key).ok()? {
+            Stored::Plain(raw) if self.gguf_type(key).is_none() => Some(raw.dtype),
+            _ => None,
+        }
+    }
+
+    /// The `general.architecture` of the first GGUF file among these (e.g. `wan`); `None` when
+    /// there is no GGUF file or it names no architecture.
+    pub fn gguf_architecture(&self) -> Option<&str> {
+        self.files.iter().find_map(|f| match &f.index {
+            Index::Gguf(header) => header.architecture.as_deref(),
+            Index::Safetensors { .. } => None,
+        })
+    }
+
+    /// The error [`Self::load`] would give for the first GGUF tensor (by name) stored in a type
+    /// candle does not read; `Ok` when there is none (or no GGUF file). Headers only.
+    pub fn check_gguf_types(&self) -> Result<()> {
+        for key in self.keys() {
+            let file = &self.files[self.key_to_file[key]];
+            if let Some(kind @ gguf::GgufType::Unsupported(_)) = file.gguf_type(key) {
+                return Err(gguf::unsupported(key, kind, &file.path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file at `path` is a GGUF file (its first four bytes).
+    pub fn is_gguf_file(path: &Path) -> bool {
+        gguf::has_magic(path)
+    }
+
+    /// Whether any of these files is a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        self.files.iter().any(|f| matches!(f.index, Index::Gguf(_)))
     }
 
     /// Checks that `key` is stored with the shape `expected`, reading only the header: the

@@ -825,14 +825,19 @@ fn check_image_inputs(
 }
 
 /// Dtypes the weight loader reads (safetensors names).
-const LOADABLE_DTYPES: &[&str] = &["F32", "F16", "BF16", "F64", "I64", "U32", "U8"];
+const LOADABLE_DTYPES: &[&str] = &["F32", "F16", "BF16", "F64", "I64", "U32", "U8", "F8_E4M3"];
 
 /// Opens a component's weights as the loader will (headers parsed, each file's length checked
 /// against its header, so a truncated file fails here) and checks every tensor's dtype, without
 /// reading the tensors.
 fn check_weights(component: &str, files: &ComponentFiles) -> Result<()> {
     let weights = WeightFiles::open(&files.weights)?;
+    // GGUF files: every tensor's ggml type must be one candle reads.
+    weights.check_gguf_types()?;
     for path in weights.paths() {
+        if WeightFiles::is_gguf_file(path) {
+            continue;
+        }
         let header = crate::ownership::read_safetensors_header(path).map_err(|reason| {
             VditError::InvalidSetting(format!("{component} weights {}: {reason}", path.display()))
         })?;

@@ -598,7 +598,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         steps: 1,
     };
     refuse_if_too_big(device, shape.memory().transformer, "--size/--frames")?;
-    let model = WanTransformer::random(&cfg, dtype, device)?;
+    let model = WanTransformer::random_quantized(&cfg, dtype, device, t.weights.block_type())?;
     let latents = Tensor::randn(
         0f32,
         1.0,
@@ -647,10 +647,13 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         )?;
         Ok(())
     })?;
-    let case = match t.attention {
+    let mut case = match t.attention {
         BenchAttention::Dense => "dense".to_string(),
         BenchAttention::Rainfusion => format!("rainfusion {}", t.sparsity),
     };
+    if t.weights.block_type().is_some() {
+        case.push_str(&format!(", {} weights", t.weights.name()));
+    }
     let tokens = grid[0] / pt * (grid[1] / ph) * (grid[2] / pw);
     // The preset's name ends the shape, so rows of different models differ.
     let shape = format!(

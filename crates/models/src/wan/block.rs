@@ -583,9 +583,11 @@ impl WanBlock {
             )?)
         })?;
         let u = span("ffn: in + gelu", dev, || {
-            // The epilogue kernel reads the weight itself: not with an unmerged LoRA.
-            if fused::epilogue_gelu_available() && !self.ffn_in.has_adapter() {
-                let (w, bias) = (self.ffn_in.weight(), self.ffn_in.bias());
+            // The epilogue kernel reads the weight itself: not with an unmerged LoRA, nor a
+            // weight kept quantised (`plain_weight` is `None` for both).
+            if let (true, Some(w)) = (fused::epilogue_gelu_available(), self.ffn_in.plain_weight())
+            {
+                let bias = self.ffn_in.bias();
                 match rainfusion::cuda::linear(&h, w, Some(bias), true) {
                     Ok(u) => return Ok(u),
                     Err(e) => fused::epilogue_gelu_failed(&e),

@@ -6,6 +6,7 @@
 //!   `img_emb.proj.{0,1,3,4}`, `img_emb.emb_pos`, `blocks.N.cross_attn.k_img`, ...
 //! - ComfyUI and other single files: original (rarely diffusers) names behind a prefix such as
 //!   `model.diffusion_model.`.
+//! - GGUF files (ComfyUI-GGUF's Wan files): original names without a prefix, architecture `wan`.
 //!
 //! The network asks for diffusers names (the canonical set); [`CheckpointKeys::key_map`] turns
 //! them into the names the file uses, so loading errors name the key as it is stored.
@@ -33,6 +34,8 @@ pub struct CheckpointKeys {
 const PATCH_EMBEDDING: &str = "patch_embedding.weight";
 const DIFFUSERS_MARKER: &str = "condition_embedder.time_embedder.linear_1.weight";
 const ORIGINAL_MARKER: &str = "time_embedding.0.weight";
+/// `general.architecture` of a Wan transformer GGUF file.
+pub const GGUF_ARCHITECTURE: &str = "wan";
 
 impl CheckpointKeys {
     /// Recognises the dialect from the keys of `files`. The prefix is whatever precedes the
@@ -42,6 +45,15 @@ impl CheckpointKeys {
             files: describe(files),
             reason,
         };
+        // GGUF files name their architecture (`wan` for ComfyUI-GGUF's Wan2.1 and Wan2.2 files).
+        if let Some(arch) = files
+            .gguf_architecture()
+            .filter(|a| *a != GGUF_ARCHITECTURE)
+        {
+            return Err(unsupported(format!(
+                "GGUF architecture `{arch}` is not a Wan transformer (`{GGUF_ARCHITECTURE}`)"
+            )));
+        }
         let keys = files.keys();
         let prefix = keys
             .iter()

@@ -1,11 +1,17 @@
 //! Small building blocks of the Wan transformer: a weight source bound to a checkpoint's key
 //! dialect, a linear layer, and the two norms (computed in f32 whatever the run dtype).
+//!
+//! A linear layer's weight is kept as stored when it is block-quantised (GGUF Q8_0, Q4_K, ...:
+//! candle's quantised matmul reads the blocks) or `float8_e4m3fn` (cast to the run dtype and
+//! scaled at each forward, one layer at a time); every other tensor is cast to the run dtype
+//! (or f32) at load, a scaled fp8 one times its `scale_weight`.
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Shape, Tensor, D};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Shape, Tensor, D};
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::lora::{LoraMode, LoraSet};
 use crate::weights::{KeyMap, RandomWeights, WeightFiles};
 
@@ -22,7 +28,9 @@ enum Origin {
         files: Arc<WeightFiles>,
         keys: KeyMap,
     },
-    Random,
+    /// Random weights; linear weights whose input width is a whole number of blocks are
+    /// quantised to the given type at load (benchmarks of quantised matmuls).
+    Random { quantize: Option<GgmlDType> },
 }
 
 impl WeightSource {
@@ -41,11 +49,47 @@ impl WeightSource {
     }
 
     /// Every tensor asked for is random (see [`RandomWeights`]).
+    #[cfg(test)]
     pub(crate) fn random(device: Device) -> Self {
+        Self::random_quantized(device, None)
+    }
+
+    /// Random weights, with the linear weights quantised to `quantize` where their input width
+    /// allows it (a whole number of the type's blocks), as GGUF converters do.
+    pub(crate) fn random_quantized(device: Device, quantize: Option<GgmlDType>) -> Self {
         Self {
-            origin: Origin::Random,
+            origin: Origin::Random { quantize },
             device,
             lora: None,
+        }
+    }
+
+    /// The linear weight `key` [output, input] as stored when it stays stored at run time (GGUF
+    /// blocks, fp8): `None` when it is to be cast to the run dtype like any other tensor.
+    fn kept_weight(&self, key: &str, output: usize, input: usize) -> Result<Option<StoredWeight>> {
+        let shape = Shape::from((output, input));
+        match &self.origin {
+            Origin::Checkpoint { files, keys } => {
+                let file_key = keys.map(key);
+                if let Some(q) = files.load_quantized(&file_key, Some(&shape), &self.device)? {
+                    return Ok(Some(StoredWeight::Quantized(Arc::new(q))));
+                }
+                if files.stored_dtype(&file_key) == Some(DType::F8E4M3) {
+                    let weight =
+                        files.load(&file_key, Some(&shape), DType::F8E4M3, &self.device)?;
+                    let scale = fp8_scale(files, &file_key, output, &self.device)?;
+                    return Ok(Some(StoredWeight::Fp8 { weight, scale }));
+                }
+                Ok(None)
+            }
+            Origin::Random {
+                quantize: Some(kind),
+            } if input.is_multiple_of(kind.block_size()) => {
+                let values = RandomWeights::tensor(key, &shape, DType::F32, &Device::Cpu)?;
+                let q = QTensor::quantize_onto(&values, *kind, &self.device)?;
+                Ok(Some(StoredWeight::Quantized(Arc::new(q))))
+            }
+            Origin::Random { .. } => Ok(None),
         }
     }
 
@@ -68,9 +112,23 @@ impl WeightSource {
         let read = |dtype: DType| -> Result<Tensor> {
             Ok(match &self.origin {
                 Origin::Checkpoint { files, keys } => {
-                    files.load(&keys.map(key), Some(&shape), dtype, &self.device)?
+                    let file_key = keys.map(key);
+                    // A scaled fp8 tensor is its stored values times its `scale_weight`.
+                    let rows = shape.dims().first().copied().unwrap_or(1);
+                    match fp8_scale(files, &file_key, rows, &Device::Cpu)? {
+                        Some(scale) => {
+                            let values =
+                                files.load(&file_key, Some(&shape), DType::F32, &Device::Cpu)?;
+                            let values = values.reshape((rows, ()))?.broadcast_mul(&scale)?;
+                            values
+                                .reshape(&shape)?
+                                .to_dtype(dtype)?
+                                .to_device(&self.device)?
+                        }
+                        None => files.load(&file_key, Some(&shape), dtype, &self.device)?,
+                    }
                 }
-                Origin::Random => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
+                Origin::Random { .. } => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
             })
         };
         let patch = self.lora.as_ref().and_then(|l| l.patch(key));
@@ -98,83 +156,210 @@ impl WeightSource {
             .lora
             .as_ref()
             .is_some_and(|l| l.mode() == LoraMode::Runtime);
-        let adapter = match self.lora.as_ref().and_then(|l| l.patch(&weight_key)) {
+        let patch = self.lora.as_ref().and_then(|l| l.patch(&weight_key));
+        let adapter = match patch {
             Some(patch) if runtime => {
                 patch.adapter(&weight_key, output, input, dtype, &self.device)?
             }
             _ => None,
         };
+        // What a LoRA adds to the weight itself (all of it when merged; full deltas always).
+        let delta = || -> Result<Option<Tensor>> {
+            let shape = Shape::from((output, input));
+            Ok(patch
+                .map(|p| p.delta(&weight_key, &shape, !runtime, &Device::Cpu))
+                .transpose()?
+                .flatten())
+        };
+        let dense = || -> Result<LinearWeight> {
+            Ok(LinearWeight::Dense(self.get_patched(
+                &weight_key,
+                &[output, input],
+                dtype,
+                !runtime,
+            )?))
+        };
+        let weight = match self.kept_weight(&weight_key, output, input)? {
+            None => dense()?,
+            // fp8 with a LoRA update merged into it: the sum is kept in the run dtype.
+            Some(StoredWeight::Fp8 { weight, scale }) => match delta()? {
+                Some(_) => dense()?,
+                None => LinearWeight::Fp8 {
+                    weight,
+                    scale: scale.map(|s| s.to_dtype(dtype)).transpose()?,
+                },
+            },
+            Some(StoredWeight::Quantized(q)) => {
+                match delta()? {
+                    None => LinearWeight::Quantized(q),
+                    // A merged LoRA on blocks: dequantise, add, quantise again to the same type
+                    // (one more rounding of the blocks; `--lora-mode runtime` avoids it).
+                    Some(delta) => {
+                        let merged = (q.dequantize(&Device::Cpu)? + delta)?;
+                        let requantized = QTensor::quantize_onto(&merged, q.dtype(), &self.device)
+                            .map_err(|e| {
+                                ModelError::InvalidInput(format!(
+                                    "merging a LoRA into the {:?} weight `{weight_key}`: {e}",
+                                    q.dtype()
+                                ))
+                            })?;
+                        LinearWeight::Quantized(Arc::new(requantized))
+                    }
+                }
+            }
+        };
         Ok(Linear {
-            weight: self.get_patched(&weight_key, &[output, input], dtype, !runtime)?,
+            weight,
             bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
             adapter,
+            dtype,
         })
     }
 }
 
-/// `y = x·Wᵀ + b` over the last axis, computed in the dtype the weights were loaded in; with a
-/// LoRA kept unmerged, `+ (x·Aᵀ)·Bᵀ`.
+/// A linear weight kept as stored (see [`WeightSource::kept_weight`]).
+enum StoredWeight {
+    Quantized(Arc<QTensor>),
+    /// `float8_e4m3fn` values [out, in] and, for a scaled fp8 file, the scale: [1, 1] per
+    /// tensor or [out, 1] per output row, f32.
+    Fp8 {
+        weight: Tensor,
+        scale: Option<Tensor>,
+    },
+}
+
+/// The weight of a [`Linear`].
+enum LinearWeight {
+    /// [out, in] in the run dtype.
+    Dense(Tensor),
+    /// [out, in] GGUF blocks, multiplied by candle's quantised matmul.
+    Quantized(Arc<QTensor>),
+    /// [out, in] `float8_e4m3fn`, cast to the run dtype (and times the scale, [1, 1] or
+    /// [out, 1] in the run dtype) at each forward: one layer at a time is ever dequantised.
+    Fp8 {
+        weight: Tensor,
+        scale: Option<Tensor>,
+    },
+}
+
+/// The `scale_weight` of a scaled fp8 tensor (ComfyUI's files: `<name>.scale_weight` next to
+/// `<name>.weight`, one value per tensor, some converters one per output row), as [1, 1] or
+/// [rows, 1] f32 on `device`; `None` when `file_key` is not stored as fp8 or has no scale.
+fn fp8_scale(
+    files: &WeightFiles,
+    file_key: &str,
+    rows: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if files.stored_dtype(file_key) != Some(DType::F8E4M3) {
+        return Ok(None);
+    }
+    let Some(scale_key) = file_key
+        .strip_suffix("weight")
+        .map(|stem| format!("{stem}scale_weight"))
+        .filter(|k| files.contains(k))
+    else {
+        return Ok(None);
+    };
+    let scale = files.load(&scale_key, None, DType::F32, &Device::Cpu)?;
+    let scale = match scale.elem_count() {
+        1 => scale.reshape((1, 1))?,
+        n if n == rows => scale.reshape((rows, 1))?,
+        n => {
+            return Err(ModelError::UnsupportedCheckpoint {
+                files: files.files_description(),
+                reason: format!(
+                    "`{scale_key}` has {n} values; a scale per tensor (1) or per row ({rows}) \
+                     was expected"
+                ),
+            })
+        }
+    };
+    Ok(Some(scale.to_device(device)?))
+}
+
+/// `y = x·Wᵀ + b` over the last axis, computed in the run dtype (a quantised weight: candle's
+/// quantised matmul in f32, the result cast to the run dtype); with a LoRA kept unmerged,
+/// `+ (x·Aᵀ)·Bᵀ`.
 pub(crate) struct Linear {
-    weight: Tensor, // [out, in]
-    bias: Tensor,   // [out]
+    weight: LinearWeight, // [out, in]
+    bias: Tensor,         // [out]
     /// Unmerged LoRA factors (down A [r, in], up B [out, r] with the scale folded in).
     adapter: Option<(Tensor, Tensor)>,
+    /// The run dtype: of the output, the bias and the adapter.
+    dtype: DType,
 }
 
 impl Linear {
     /// Builds a linear layer from an already-shaped weight [out, in] and bias [out].
     pub(crate) fn from_parts(weight: Tensor, bias: Tensor) -> Self {
         Self {
-            weight,
+            dtype: weight.dtype(),
+            weight: LinearWeight::Dense(weight),
             bias,
             adapter: None,
         }
     }
 
-    /// x: [..., in] in any float dtype → [..., out] in the weights' dtype.
+    /// x: [..., in] in any float dtype → [..., out] in the run dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.matmul(x)?.broadcast_add(&self.bias)?)
     }
 
     /// `x·Wᵀ` without the bias (fused kernels add it later): x [..., in] → [..., out] in the
-    /// weights' dtype, contiguous.
+    /// run dtype, contiguous.
     pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
         // One 2-D matmul over all leading axes: a single large GEMM instead of a batched one.
         let x2 = x
-            .to_dtype(self.weight.dtype())?
+            .to_dtype(self.dtype)?
             .contiguous()?
             .reshape((rows, input))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let (mut y, output) = match &self.weight {
+            LinearWeight::Dense(w) => (x2.matmul(&w.t()?)?, w.dim(0)?),
+            // f32 in: candle's quantised matmul takes f32 on every backend (its CUDA fallback
+            // kernels take nothing else).
+            LinearWeight::Quantized(q) => {
+                let y = QMatMul::QTensor(q.clone()).forward(&x2.to_dtype(DType::F32)?)?;
+                (y.to_dtype(self.dtype)?, q.shape().dims()[0])
+            }
+            LinearWeight::Fp8 { weight, scale } => {
+                let w = fp8_dequantized(weight, scale.as_ref(), self.dtype)?;
+                (x2.matmul(&w.t()?)?, w.dim(0)?)
+            }
+        };
         if let Some((down, up)) = &self.adapter {
             y = (y + x2.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
         }
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("x has at least one axis") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("x has at least one axis") = output;
         Ok(y.reshape(out_dims)?)
     }
 
-    /// The weight [out, in], in the run dtype, without any unmerged LoRA (see
-    /// [`Self::has_adapter`]).
+    /// The weight [out, in] in the run dtype, for kernels that read it directly; `None` when they
+    /// must not serve this layer: the weight is kept quantised, or an unmerged LoRA adds to it.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    /// Whether an unmerged LoRA adds to [`Self::weight`]: kernels that read the weight
-    /// directly must not serve this layer.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn has_adapter(&self) -> bool {
-        self.adapter.is_some()
+    pub(crate) fn plain_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) if self.adapter.is_none() => Some(w),
+            _ => None,
+        }
     }
 
     /// `x·(W + ΔW)ᵀ` in f32 for a few rows x [n, in] (no bias): for folding biases.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn project_f32(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(DType::F32)?;
-        let mut y = x.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?;
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let mut y = match &self.weight {
+            LinearWeight::Dense(w) => x.matmul(&w.to_dtype(DType::F32)?.t()?)?,
+            LinearWeight::Quantized(q) => QMatMul::QTensor(q.clone()).forward(&x)?,
+            LinearWeight::Fp8 { weight, scale } => {
+                let scale = scale.as_ref().map(|s| s.to_dtype(DType::F32)).transpose()?;
+                x.matmul(&fp8_dequantized(weight, scale.as_ref(), DType::F32)?.t()?)?
+            }
+        };
         if let Some((down, up)) = &self.adapter {
             let (down, up) = (down.to_dtype(DType::F32)?, up.to_dtype(DType::F32)?);
             y = (y + x.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
@@ -182,11 +367,20 @@ impl Linear {
         Ok(y)
     }
 
-    /// The bias [out], in the weights' dtype.
+    /// The bias [out], in the run dtype.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn bias(&self) -> &Tensor {
         &self.bias
     }
+}
+
+/// fp8 values [out, in] cast to `dtype`, times the scale ([1, 1] or [out, 1] in `dtype`) if any.
+fn fp8_dequantized(weight: &Tensor, scale: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
+    let w = weight.to_dtype(dtype)?;
+    Ok(match scale {
+        Some(scale) => w.broadcast_mul(scale)?,
+        None => w,
+    })
 }
 
 /// LayerNorm over the last axis without affine parameters, in f32: (x − mean)/√(var + eps).
@@ -264,6 +458,49 @@ pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Ten
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wan::CheckpointKeys;
+
+    fn fixture_source(file: &str) -> WeightSource {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(file);
+        let files = Arc::new(WeightFiles::open(&path).unwrap());
+        let keys = CheckpointKeys::detect(&files).unwrap().key_map();
+        WeightSource::new(files, keys, Device::Cpu)
+    }
+
+    /// Linear weights stay as stored (GGUF blocks, fp8 with its scale); the rest is dense.
+    #[test]
+    fn quantised_and_fp8_linear_weights_are_kept_as_stored() {
+        let gguf = fixture_source("gguf/wan_tiny_q8_0.gguf");
+        let q = gguf
+            .linear("blocks.0.attn1.to_q", 64, 64, DType::BF16)
+            .unwrap();
+        assert!(matches!(&q.weight, LinearWeight::Quantized(t) if t.dtype() == GgmlDType::Q8_0));
+        assert!(q.plain_weight().is_none());
+        assert_eq!(q.bias().dtype(), DType::BF16);
+        // F16 in the file (time_embedding.*): dense in the asked-for dtype.
+        let t = gguf
+            .linear(
+                "condition_embedder.time_embedder.linear_2",
+                64,
+                64,
+                DType::F32,
+            )
+            .unwrap();
+        assert!(matches!(&t.weight, LinearWeight::Dense(w) if w.dtype() == DType::F32));
+
+        let fp8 = fixture_source("fp8/wan_tiny_fp8_scaled.safetensors");
+        let l = fp8
+            .linear("blocks.1.ffn.net.2", 64, 64, DType::F32)
+            .unwrap();
+        let LinearWeight::Fp8 { weight, scale } = &l.weight else {
+            panic!("not kept in fp8");
+        };
+        assert_eq!(weight.dtype(), DType::F8E4M3);
+        assert_eq!(scale.as_ref().unwrap().dims(), &[1, 1]);
+        assert!(l.plain_weight().is_none());
+    }
 
     #[test]
     fn layer_norm_keeps_precision_under_a_large_offset() {

@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use rainfusion::{SelfAttention, VideoLayout};
 
@@ -73,6 +74,8 @@ impl WanTransformer {
     /// Loads the transformer from a checkpoint in any of the three key dialects (diffusers,
     /// original Wan, ComfyUI-prefixed), detected from the key names. Stored f32/bf16/f16 weights
     /// are cast: matmul weights to `dtype`, norms, tables and the time path and head to f32.
+    /// From a GGUF file, block-quantised linear weights stay quantised (candle's quantised
+    /// matmul, output in `dtype`); every other GGUF tensor is dequantised and cast as above.
     pub fn load(
         files: &Arc<WeightFiles>,
         cfg: &WanConfig,
@@ -131,8 +134,22 @@ impl WanTransformer {
     /// A transformer of `cfg`'s shape with random weights drawn on `device` (see
     /// [`crate::weights::RandomWeights`]): for benchmarks at the real size without a checkpoint.
     pub fn random(cfg: &WanConfig, dtype: DType, device: &Device) -> Result<Self> {
+        Self::random_quantized(cfg, dtype, device, None)
+    }
+
+    /// [`Self::random`] with the linear weights kept as GGUF blocks of `quantize` (quantised on
+    /// the CPU at load, then moved) wherever their input width is a whole number of blocks, as
+    /// a GGUF file of that type would hold them: for benchmarks of quantised matmuls. `None`:
+    /// every weight in `dtype`.
+    pub fn random_quantized(
+        cfg: &WanConfig,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<GgmlDType>,
+    ) -> Result<Self> {
         cfg.validate().map_err(ModelError::InvalidInput)?;
-        Self::build(&WeightSource::random(device.clone()), cfg, dtype, device)
+        let src = WeightSource::random_quantized(device.clone(), quantize);
+        Self::build(&src, cfg, dtype, device)
     }
 
     fn build(src: &WeightSource, cfg: &WanConfig, dtype: DType, device: &Device) -> Result<Self> {
