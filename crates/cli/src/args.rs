@@ -639,6 +639,12 @@ impl FromArgMatches for CompareArgs {
             "vdit compare does not take --cache-calibrate (calibrate with vdit generate)",
         )?;
         let generate = GenerateArgs::from_arg_matches(matches)?;
+        if generate.attention == AttentionMode::Dense {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--attention dense: in vdit compare --attention is the sparse mode of --sparsities and sparsity= (rainfusion or rainfusion-v1); the baseline is dense unless --baseline says otherwise\n",
+            ));
+        }
         let only = CompareOnlyArgs::from_arg_matches(matches)?;
         // The default sparsities apply only when nothing else says what to compare.
         let sparsities = if matches.value_source("sparsities") == Some(ValueSource::CommandLine)
@@ -650,13 +656,22 @@ impl FromArgMatches for CompareArgs {
         } else {
             Vec::new()
         };
-        let baseline = only
-            .baseline
-            .unwrap_or_else(|| SettingSpec::named("dense"));
+        // A `sparsity=` without `attention=` is in --attention's mode, and named after it.
+        let with_mode = |mut spec: SettingSpec| {
+            if spec.sparsity.is_some() && spec.attention.is_none() {
+                spec.attention = Some(generate.attention);
+            }
+            spec
+        };
+        let baseline = with_mode(
+            only.baseline
+                .unwrap_or_else(|| SettingSpec::named("dense")),
+        );
+        let given: Vec<SettingSpec> = only.settings.into_iter().map(with_mode).collect();
         let settings = compare_settings::expand_settings(
             generate.attention,
             &sparsities,
-            &only.settings,
+            &given,
             &only.sweep_sparsities,
             only.sweep_cache,
             &only.sweep_cache_thresholds,

@@ -170,14 +170,15 @@ impl SettingSpec {
         }
         if let Some(mode) = self.cache {
             options.step_cache = mode;
-            if mode == StepCacheMode::None {
-                // `cache=none` turns off the command's cache and its tuning flags with it.
-                options.cache_threshold = None;
-                options.cache_keep_first = None;
-                options.cache_keep_last = None;
-                options.cache_max_skips = None;
-                options.cache_calibration = None;
-            }
+        }
+        if options.step_cache == StepCacheMode::None {
+            // The command's --cache-* flags tune the settings that have a step cache; a setting
+            // without one (`cache=none`, or none given anywhere) leaves them out.
+            options.cache_threshold = None;
+            options.cache_keep_first = None;
+            options.cache_keep_last = None;
+            options.cache_max_skips = None;
+            options.cache_calibration = None;
         }
         let tuning_given = self.threshold.is_some()
             || self.keep_first.is_some()

@@ -329,6 +329,12 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
             .expect("each need has a run");
         let transformers = load_transformers(&first_user.settings, &files, &device)
             .map_err(|e| in_setting(&first_user.name, e))?;
+        let users: Vec<&str> = runs
+            .iter()
+            .filter(|r| r.model == i)
+            .map(|r| r.name.as_str())
+            .collect();
+        eprintln!("transformer  loaded once for {}", users.join(", "));
         warm_up(
             &transformers[0],
             &first_user.settings,
@@ -469,8 +475,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
             && runs[i].settings.steps == runs[0].settings.steps;
         row.speedup = if i == 0 {
             Some(1.0)
-        } else if row.same_work_as_baseline || row.every_block_kept && baseline_density >= ALL_BLOCKS
-        {
+        } else if row.same_work_as_baseline {
             None
         } else {
             Some(baseline_median / row.denoise_s.max(f64::MIN_POSITIVE))
@@ -507,7 +512,9 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
 fn format_speedup(row: &RunRow) -> String {
     match row.speedup {
         Some(x) => format!("{x:.2}×"),
-        None if row.every_block_kept => "none (every block kept)".into(),
+        None if row.same_work_as_baseline && row.every_block_kept => {
+            "none (every block kept)".into()
+        }
         None if row.same_work_as_baseline => "none (the baseline's work)".into(),
         None => "—".into(),
     }

@@ -231,12 +231,15 @@ fn draw(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = canvas.into_drawing_area();
     root.fill(&WHITE)?;
-    let (plot, foot) = root.split_vertically(SIZE.1 - 28);
-    foot.draw(&Text::new(
-        footnote.to_string(),
-        (12, 4),
-        ("sans-serif", 15).into_font().color(&BLACK.mix(0.7)),
-    ))?;
+    let lines = wrap(footnote, FOOTNOTE_CHARS);
+    let (plot, foot) = root.split_vertically(SIZE.1 - 8 - 20 * lines.len() as u32);
+    for (i, line) in lines.iter().enumerate() {
+        foot.draw(&Text::new(
+            line.clone(),
+            (12, 2 + 20 * i as i32),
+            ("sans-serif", 15).into_font().color(&BLACK.mix(0.7)),
+        ))?;
+    }
     let (x_range, y_range) = ranges(points);
     let mut chart = ChartBuilder::on(&plot)
         .caption(title, ("sans-serif", 20))
@@ -260,6 +263,11 @@ fn draw(
             4,
             BLACK.mix(0.4).stroke_width(1),
         ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            "baseline time",
+            (1.0, y_range.end),
+            ("sans-serif", 14).into_font().color(&BLACK.mix(0.6)),
+        )))?;
     }
     let front = pareto_front(points);
     let front_colour = RGBColor(200, 60, 40);
@@ -281,6 +289,24 @@ fn draw(
     }
     root.present()?;
     Ok(())
+}
+
+/// Characters of one footnote line (15 px text across the plot's width).
+const FOOTNOTE_CHARS: usize = 100;
+
+/// `text` broken at spaces into lines of at most `width` characters (a longer word alone).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split(' ') {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 /// Axis ranges around the points, with a margin; speed-up 1 always inside.
@@ -339,6 +365,12 @@ mod tests {
             point("d", 2.0, 31.0),
         ];
         assert_eq!(pareto_front(&points), [0, 1, 3]);
+    }
+
+    #[test]
+    fn footnotes_wrap_at_spaces() {
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        assert_eq!(wrap("abcdefg h", 3), ["abcdefg", "h"]);
     }
 
     #[test]
