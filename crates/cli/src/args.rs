@@ -564,12 +564,12 @@ struct CompareOnlyArgs {
     sparsities: Vec<f64>,
 
     /// A setting to compare with the baseline, as 'NAME: KEY=VALUE ...' (the name and colon may
-    /// be left out: one is made from the keys); repeatable. Keys: attention=dense|rainfusion|
-    /// rainfusion-v1, sparsity=S (with the --attention mode when attention= is left out),
-    /// cache=none|magcache|teacache, threshold=X, keep-first=N, keep-last=N, max-skips=N,
-    /// lora=FILE[:STRENGTH] (repeatable; replaces --lora; lora=none for none). Keys left out
-    /// keep the command's flags. Example: --setting 'fast: sparsity=0.8 cache=magcache
-    /// threshold=0.12'
+    /// be left out: one is made from the keys); repeatable. Keys:
+    /// attention=dense|rainfusion|rainfusion-v1, sparsity=S (with the --attention mode when
+    /// attention= is left out), cache=none|magcache|teacache, threshold=X, keep-first=N,
+    /// keep-last=N, max-skips=N, lora=FILE[:STRENGTH] (repeatable; replaces --lora; lora=none
+    /// for none). Keys left out keep the command's flags. Example:
+    /// --setting 'fast: sparsity=0.8 cache=magcache threshold=0.12'
     #[arg(long = "setting", value_name = "'NAME: KEY=VALUE ...'", value_parser = parse_setting, help_heading = "Settings")]
     settings: Vec<SettingSpec>,
 
@@ -663,10 +663,7 @@ impl FromArgMatches for CompareArgs {
             }
             spec
         };
-        let baseline = with_mode(
-            only.baseline
-                .unwrap_or_else(|| SettingSpec::named("dense")),
-        );
+        let baseline = with_mode(only.baseline.unwrap_or_else(|| SettingSpec::named("dense")));
         let given: Vec<SettingSpec> = only.settings.into_iter().map(with_mode).collect();
         let settings = compare_settings::expand_settings(
             generate.attention,
@@ -677,9 +674,7 @@ impl FromArgMatches for CompareArgs {
             &only.sweep_cache_thresholds,
             &baseline,
         )
-        .map_err(|e| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
-        })?;
+        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")))?;
         Ok(Self {
             generate,
             baseline,

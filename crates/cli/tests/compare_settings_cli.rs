@@ -1,5 +1,5 @@
-//! `vdit compare`'s named settings on the shipped model (models/vdit-tiny) at 64×64, 17 frames,
-//! 6 steps, one timing round, so a run takes seconds: a setting equal to the baseline and a step
+//! `vdit compare`'s named settings on the shipped model (models/vdit-tiny) at 64×64, 9 frames,
+//! 4 steps, one timing round, so a run takes seconds: a setting equal to the baseline and a step
 //! cache at threshold 0 give the baseline's frames exactly, a cached and a sparse setting differ,
 //! a LoRA setting loads its own transformer, the sweep expands to each value alone and every
 //! pair, and compare.html and pareto.png are written and valid. Bad settings are refused in one
@@ -16,7 +16,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A `compare` command line on the shipped model: 64×64, 17 frames = 5 latent frames of 4×4
+/// A `compare` command line on the shipped model: 64×64, 9 frames = 3 latent frames of 4×4
 /// tokens, 16-token blocks with no dense warm-up steps so sparsity skips blocks.
 fn compare_args(out: &Path, extra: &[&str]) -> Vec<String> {
     let model = root().join("models/vdit-tiny");
@@ -29,9 +29,9 @@ fn compare_args(out: &Path, extra: &[&str]) -> Vec<String> {
         "--size",
         "64x64",
         "--frames",
-        "17",
+        "9",
         "--steps",
-        "6",
+        "4",
         "--seed",
         "3",
         "--dtype",
@@ -104,7 +104,7 @@ fn named_settings_sweep_html_and_pareto() {
         ]
     );
     let row = |label: &str| runs.iter().find(|r| r["label"] == label).unwrap();
-    let guided_passes = 2 * 6;
+    let guided_passes = 2 * 4;
     for r in runs {
         let passes = &r["transformer_passes"];
         assert_eq!(passes["total"], guided_passes, "{}", r["label"]);
@@ -148,7 +148,10 @@ fn named_settings_sweep_html_and_pareto() {
     for label in ["blue", "rainfusion 0.8", "magcache 0.5"] {
         let r = row(label);
         assert_eq!(r["vs_baseline"]["identical_frames"], false, "{label}");
-        assert!(r["vs_baseline"]["psnr_db"].as_f64().unwrap() > 0.0, "{label}");
+        assert!(
+            r["vs_baseline"]["psnr_db"].as_f64().unwrap() > 0.0,
+            "{label}"
+        );
     }
     assert_eq!(row("blue")["loras"][0], format!("{}:1", lora.display()));
     assert_eq!(row("dense")["loras"].as_array().unwrap().len(), 0);
@@ -198,7 +201,7 @@ fn named_settings_sweep_html_and_pareto() {
     );
     assert!(!html.contains("src=\"http") && !html.contains("src=\"file"));
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
-    assert!(md.contains("| zero | 1.000 | 12 of 12 |"), "{md}");
+    assert!(md.contains("| zero | 1.000 | 8 of 8 |"), "{md}");
     assert!(md.contains("none (the baseline's work)"), "{md}");
 
     // A later run may replace every file the first wrote.
@@ -261,7 +264,10 @@ fn assert_rejected(extra: &[&str], expected: &[&str]) {
     let error_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(error_lines.len(), 1, "{extra:?}:\n{stderr}");
     for e in expected {
-        assert!(error_lines[0].contains(e), "{extra:?}: no '{e}' in\n{stderr}");
+        assert!(
+            error_lines[0].contains(e),
+            "{extra:?}: no '{e}' in\n{stderr}"
+        );
     }
     assert!(!out.join("compare.json").exists());
 }
@@ -275,25 +281,44 @@ fn bad_settings_are_one_line_errors() {
             "attention, sparsity, cache, threshold, keep-first, keep-last, max-skips, lora",
         ],
     );
-    assert_rejected(&["--setting", "t: sparsity=1.5"], &["sparsity=1.5", "[0, 1)"]);
+    assert_rejected(
+        &["--setting", "t: sparsity=1.5"],
+        &["sparsity=1.5", "[0, 1)"],
+    );
     assert_rejected(&["--setting", "t: cache=fast"], &["cache=fast", "magcache"]);
     assert_rejected(&["--setting", "t: cache"], &["not KEY=VALUE"]);
     assert_rejected(
-        &["--setting", "a: sparsity=0.5", "--setting", "a: sparsity=0.8"],
+        &[
+            "--setting",
+            "a: sparsity=0.5",
+            "--setting",
+            "a: sparsity=0.8",
+        ],
         &["named `a`"],
     );
     assert_rejected(
-        &["--setting", "a b: sparsity=0.5", "--setting", "a-b: sparsity=0.8"],
+        &[
+            "--setting",
+            "a b: sparsity=0.5",
+            "--setting",
+            "a-b: sparsity=0.8",
+        ],
         &["a-b.mp4"],
     );
-    assert_rejected(&["--baseline", "x: threshold=0.1"], &["setting `x`", "cache=magcache"]);
+    assert_rejected(
+        &["--baseline", "x: threshold=0.1"],
+        &["setting `x`", "cache=magcache"],
+    );
     assert_rejected(
         &["--setting", "d: attention=dense sparsity=0.5"],
         &["setting `d`", "attention=dense"],
     );
     assert_rejected(
-        &["--setting", "k: cache=magcache keep-first=5 keep-last=1"],
+        &["--setting", "k: cache=magcache keep-first=3 keep-last=1"],
         &["setting `k`", "--step-cache magcache"],
     );
-    assert_rejected(&["--sweep-cache-thresholds", "0.1", "--sweep-cache", "none"], &["--sweep-cache none"]);
+    assert_rejected(
+        &["--sweep-cache-thresholds", "0.1", "--sweep-cache", "none"],
+        &["--sweep-cache none"],
+    );
 }

@@ -12,8 +12,8 @@ use crate::denoise::{guided_velocity, VelocityModel};
 use crate::error::Result;
 use crate::image_cond::ImageCondition;
 use crate::settings::GenerateSettings;
-use crate::step_cache::CacheStats;
 use crate::stages::{decode_with, sample_latents_with, TextConditioning};
+use crate::step_cache::CacheStats;
 use crate::video::{frames_from_tensor, VideoFrames};
 
 /// One sampled and decoded clip, with what its run measured.

@@ -122,7 +122,11 @@ impl SettingSpec {
             ("max-skips", self.max_skips),
         ] {
             if let Some(v) = value {
-                let _ = write!(cache, "{}{key} {v}", if cache.is_empty() { "" } else { " " });
+                let _ = write!(
+                    cache,
+                    "{}{key} {v}",
+                    if cache.is_empty() { "" } else { " " }
+                );
             }
         }
         if !cache.is_empty() {
@@ -349,10 +353,16 @@ pub fn expand_settings(
         .enumerate()
         .find(|(i, s)| sparsities[..*i].contains(s))
     {
-        return Err(format!("--sparsities: {s} is listed twice (entry {})", i + 1));
+        return Err(format!(
+            "--sparsities: {s} is listed twice (entry {})",
+            i + 1
+        ));
     }
     if !sweep_thresholds.is_empty() && sweep_cache == StepCacheMode::None {
-        return Err("--sweep-cache none: the sweep's thresholds need a step cache (magcache or teacache)".into());
+        return Err(
+            "--sweep-cache none: the sweep's thresholds need a step cache (magcache or teacache)"
+                .into(),
+        );
     }
     let mut all: Vec<SettingSpec> = sparsities
         .iter()
@@ -426,10 +436,16 @@ mod tests {
     #[test]
     fn bad_settings_are_one_line_errors() {
         for (text, expected) in [
-            ("x: vae=tiny", "unknown key `vae` (known keys: attention, sparsity"),
+            (
+                "x: vae=tiny",
+                "unknown key `vae` (known keys: attention, sparsity",
+            ),
             ("x: sparsity=1", "outside [0, 1)"),
             ("x: sparsity=0.5 sparsity=0.8", "sparsity= is given twice"),
-            ("x: attention=sparse", "attention=sparse: `sparse` is not one of"),
+            (
+                "x: attention=sparse",
+                "attention=sparse: `sparse` is not one of",
+            ),
             ("x: cache", "`cache` is not KEY=VALUE"),
             (": cache=magcache", "name before `:` is empty"),
             ("side_by_side: cache=magcache", "taken by another output"),

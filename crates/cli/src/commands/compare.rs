@@ -140,8 +140,8 @@ pub struct CompareReport {
     pub pareto: String,
     /// How the timings were taken.
     pub note: &'static str,
-    /// Whether the host peak of each row is that run's own (the kernel let vdit restart its
-    /// high-water mark before each run), rather than the process's peak so far.
+    /// Whether the host peak of each row is that run's own (a CPU run, and the kernel let vdit
+    /// restart its high-water mark before each run), rather than the process's peak so far.
     pub peak_host_per_setting: bool,
     /// Every file of the output directory this run wrote (names), this report included: what a
     /// later run may replace.
@@ -280,11 +280,9 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         options.output = Some(dir.join(video));
         Ok::<_, VditError>(options)
     };
-    let (baseline_settings, files) = resolve(
-        &options_of(&baseline, &base, &video_names[0])?,
-        registry,
-    )
-    .map_err(|e| in_setting(&baseline.name(), e))?;
+    let (baseline_settings, files) =
+        resolve(&options_of(&baseline, &base, &video_names[0])?, registry)
+            .map_err(|e| in_setting(&baseline.name(), e))?;
     // A drawn seed is drawn once: every setting samples the baseline's noise.
     base.seed = Some(baseline_settings.seed);
     eprintln!("{}", baseline_settings.summary());
@@ -360,7 +358,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let mut reference: Option<Clip> = None;
     let mut strip: Option<VideoFrames> = None;
     let mut frame_strips = Vec::new();
-    let mut peak_host_per_setting = true;
+    let mut peak_host_per_setting = device.is_cpu();
     for run in &runs {
         let settings = &run.settings;
         if device.is_cpu() {
@@ -730,7 +728,13 @@ impl CompareReport {
     fn html(&self, strips: &[html::FrameStrip]) -> String {
         let header = self.header();
         let header: Vec<&str> = header.iter().map(String::as_str).collect();
-        html::page("vdit compare", &self.intro(), &header, &self.table(), strips)
+        html::page(
+            "vdit compare",
+            &self.intro(),
+            &header,
+            &self.table(),
+            strips,
+        )
     }
 
     /// pareto.png: every setting with a speed-up and a finite PSNR.
@@ -738,7 +742,10 @@ impl CompareReport {
         let mut points = Vec::new();
         let mut left_out = Vec::new();
         for row in self.runs.iter().skip(1) {
-            match (row.speedup, row.vs_baseline.as_ref().and_then(|a| a.psnr_db)) {
+            match (
+                row.speedup,
+                row.vs_baseline.as_ref().and_then(|a| a.psnr_db),
+            ) {
                 (Some(speedup), Some(psnr_db)) => points.push(pareto::ParetoPoint {
                     label: row.label.clone(),
                     speedup,
@@ -761,7 +768,10 @@ impl CompareReport {
         let footnote = if left_out.is_empty() {
             "red: the Pareto front (no other setting is both faster and closer)".to_string()
         } else {
-            format!("red: the Pareto front. Not plotted: {}", left_out.join(", "))
+            format!(
+                "red: the Pareto front. Not plotted: {}",
+                left_out.join(", ")
+            )
         };
         pareto::pareto_png(&points, &title, &footnote).map_err(VditError::InvalidSetting)
     }

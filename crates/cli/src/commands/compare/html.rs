@@ -87,11 +87,14 @@ fn shrink(width: u32, height: u32, rgb: &[u8], factor: u32) -> (u32, u32, Vec<u8
 
 /// Standard base64 with padding (RFC 4648).
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -139,7 +142,7 @@ pub fn page(
          th:first-child, td:first-child {{ text-align: left; }}\n\
          .strip {{ display: flex; gap: 4px; align-items: flex-start; }}\n\
          .strip figure {{ margin: 0; font-size: 0.8em; text-align: center; }}\n\
-         img {{ image-rendering: pixelated; }}\n</style>\n</head>\n<body>\n<h1>{}</h1>\n",
+         img {{ min-width: 128px; height: auto; image-rendering: pixelated; }}\n</style>\n</head>\n<body>\n<h1>{}</h1>\n",
         escape(title),
         escape(title)
     );
@@ -214,13 +217,7 @@ mod tests {
 
     #[test]
     fn text_is_escaped() {
-        let html = page(
-            "t",
-            &[],
-            &["a<b"],
-            &[vec!["\"x\" & y".into()]],
-            &[],
-        );
+        let html = page("t", &[], &["a<b"], &[vec!["\"x\" & y".into()]], &[]);
         assert!(html.contains("a&lt;b") && html.contains("&quot;x&quot; &amp; y"));
     }
 }

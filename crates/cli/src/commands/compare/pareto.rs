@@ -122,7 +122,10 @@ impl DrawingBackend for Canvas<'_> {
         style: &TStyle,
     ) -> Result<(u32, u32), DrawingErrorKind<CanvasError>> {
         let (w, h) = text_cell(style.size());
-        Ok(((w * text.chars().count() as f64).ceil() as u32, h.ceil() as u32))
+        Ok((
+            (w * text.chars().count() as f64).ceil() as u32,
+            h.ceil() as u32,
+        ))
     }
 
     /// Each glyph cell scaled to the text size by averaging the cell's pixels under each output
@@ -272,7 +275,9 @@ fn draw(
     let front = pareto_front(points);
     let front_colour = RGBColor(200, 60, 40);
     chart.draw_series(LineSeries::new(
-        front.iter().map(|&i| (points[i].speedup, points[i].psnr_db)),
+        front
+            .iter()
+            .map(|&i| (points[i].speedup, points[i].psnr_db)),
         front_colour.stroke_width(2),
     ))?;
     for (i, p) in points.iter().enumerate() {
@@ -312,9 +317,12 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 /// Axis ranges around the points, with a margin; speed-up 1 always inside.
 fn ranges(points: &[ParetoPoint]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     let fold = |f: fn(&ParetoPoint) -> f64| {
-        points.iter().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        })
+        points
+            .iter()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
     };
     let (x_lo, x_hi) = fold(|p| p.speedup);
     let (y_lo, y_hi) = fold(|p| p.psnr_db);
@@ -387,7 +395,10 @@ mod tests {
 
     #[test]
     fn the_plot_is_a_png_with_ink_on_it() {
-        let points = [point("rainfusion 0.8", 1.25, 38.5), point("magcache 0.12", 2.1, 44.3)];
+        let points = [
+            point("rainfusion 0.8", 1.25, 38.5),
+            point("magcache 0.12", 2.1, 44.3),
+        ];
         let png = pareto_png(&points, "title", "not plotted: none").unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         let decoder = png::Decoder::new(std::io::Cursor::new(png));
@@ -395,7 +406,10 @@ mod tests {
         let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut pixels).unwrap();
         assert_eq!((info.width, info.height), SIZE);
-        let dark = pixels.chunks(3).filter(|p| p.iter().all(|&v| v < 100)).count();
+        let dark = pixels
+            .chunks(3)
+            .filter(|p| p.iter().all(|&v| v < 100))
+            .count();
         assert!(dark > 1000, "{dark} dark pixels");
         // The front's colour is there (the line and the dots).
         assert!(pixels.chunks(3).any(|p| p == [200, 60, 40]));
