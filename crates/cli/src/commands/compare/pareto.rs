@@ -280,21 +280,33 @@ fn draw(
             .map(|&i| (points[i].speedup, points[i].psnr_db)),
         front_colour.stroke_width(2),
     ))?;
+    let right_edge = chart.plotting_area().get_pixel_range().0.end;
     for (i, p) in points.iter().enumerate() {
         let colour = if front.contains(&i) {
             front_colour
         } else {
             RGBColor(40, 80, 180)
         };
+        // A label that would run past the plot's right edge goes to the left of its dot.
+        let label_w = (text_cell(LABEL_SIZE).0 * p.label.chars().count() as f64).ceil() as i32;
+        let (x, _) = chart.backend_coord(&(p.speedup, p.psnr_db));
+        let dx = if x + 8 + label_w > right_edge {
+            -8 - label_w
+        } else {
+            8
+        };
         chart.draw_series(std::iter::once(
             EmptyElement::at((p.speedup, p.psnr_db))
                 + Circle::new((0, 0), 5, colour.filled())
-                + Text::new(p.label.clone(), (8, -18), ("sans-serif", 14)),
+                + Text::new(p.label.clone(), (dx, -18), ("sans-serif", LABEL_SIZE)),
         ))?;
     }
     root.present()?;
     Ok(())
 }
+
+/// Text size of the points' labels.
+const LABEL_SIZE: f64 = 14.0;
 
 /// Characters of one footnote line (15 px text across the plot's width).
 const FOOTNOTE_CHARS: usize = 100;
