@@ -17,6 +17,9 @@ use vdit_pipeline::options::{
 use vdit_pipeline::sampling::SamplerKind;
 use vdit_pipeline::settings::GenerateOptions;
 
+pub mod compare_settings;
+use compare_settings::SettingSpec;
+
 /// vdit: text-to-video inference (Wan2.1) with RainFusion sparse attention, on candle.
 #[derive(Debug, Parser)]
 #[command(name = "vdit", version, about, long_about = None, propagate_version = true)]
@@ -546,13 +549,18 @@ fn parse_dense_steps(s: &str) -> Result<DenseSteps, String> {
 }
 
 /// Arguments of `vdit compare`: every flag of `vdit generate` (model, size, steps, seed, sparse
-/// settings), where `-o` names the output directory, `--attention` picks the sparse mode
-/// (default rainfusion) and `--sparsities` replaces `--sparsity`.
+/// and step-cache tuning, LoRAs), which every setting starts from, where `-o` names the output
+/// directory and `--attention` is the sparse mode of `--sparsities` and of `sparsity=` keys
+/// (default rainfusion). The settings are expanded and checked for duplicate names here.
 #[derive(Debug)]
 pub struct CompareArgs {
     pub generate: GenerateArgs,
-    /// Sparsities to compare against dense, each in [0, 1).
-    pub sparsities: Vec<f64>,
+    /// What every setting is measured against (default: `dense`, the command's flags with dense
+    /// attention).
+    pub baseline: SettingSpec,
+    /// The settings compared with the baseline, in order (see
+    /// [`compare_settings::expand_settings`]).
+    pub settings: Vec<SettingSpec>,
     /// Timed sampling loops per run (the median is reported).
     pub timing_rounds: usize,
 }
@@ -560,21 +568,54 @@ pub struct CompareArgs {
 /// The flags `vdit compare` adds to those of `vdit generate`.
 #[derive(Debug, Args)]
 struct CompareOnlyArgs {
-    /// Sparsities to run against dense, comma-separated, each in [0, 1).
+    /// Shorthand: one setting `rainfusion S` (`sparsity=S`) per value, comma-separated, each in
+    /// [0, 1). Default 0.5,0.8,0.9 when no --setting or --sweep-* is given.
     #[arg(
         long,
         value_delimiter = ',',
         num_args = 1..,
         default_values_t = [0.5, 0.8, 0.9],
         value_parser = parse_sparsity,
-        help_heading = "Sparse attention"
+        help_heading = "Settings"
     )]
     sparsities: Vec<f64>,
+
+    /// A setting to compare with the baseline, as 'NAME: KEY=VALUE ...' (the name and colon may
+    /// be left out: one is made from the keys); repeatable. Keys:
+    /// attention=dense|rainfusion|rainfusion-v1, sparsity=S (with the --attention mode when
+    /// attention= is left out), cache=none|magcache|teacache, threshold=X, keep-first=N,
+    /// keep-last=N, max-skips=N, lora=FILE[:STRENGTH] (repeatable; replaces --lora; lora=none
+    /// for none). Keys left out keep the command's flags. Example:
+    /// --setting 'fast: sparsity=0.8 cache=magcache threshold=0.12'
+    #[arg(long = "setting", value_name = "'NAME: KEY=VALUE ...'", value_parser = parse_setting, help_heading = "Settings")]
+    settings: Vec<SettingSpec>,
+
+    /// The setting every other one is measured against, in the --setting form. Default: dense
+    /// (the command's flags, dense attention, its --step-cache: none unless given).
+    #[arg(long, value_name = "'NAME: KEY=VALUE ...'", value_parser = parse_setting, help_heading = "Settings")]
+    baseline: Option<SettingSpec>,
+
+    /// Sweep for the Pareto plot: these sparsities alone, the --sweep-cache-thresholds alone,
+    /// and every (sparsity, threshold) pair, comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_sparsity, value_name = "S,S,...", help_heading = "Settings")]
+    sweep_sparsities: Vec<f64>,
+
+    /// Sweep for the Pareto plot: step-cache thresholds (of --sweep-cache), comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_threshold, value_name = "X,X,...", help_heading = "Settings")]
+    sweep_cache_thresholds: Vec<f64>,
+
+    /// The step cache of --sweep-cache-thresholds.
+    #[arg(long, value_parser = choice::<StepCacheMode>(), default_value_t = StepCacheMode::MagCache, help_heading = "Settings")]
+    sweep_cache: StepCacheMode,
 
     /// Timed sampling loops per run, the first with the decode and the rest sampling only, in
     /// orders that put each run first in turn; the median is reported.
     #[arg(long, default_value_t = 3, value_parser = parse_positive, value_name = "N")]
     timing_rounds: usize,
+}
+
+fn parse_setting(s: &str) -> Result<SettingSpec, String> {
+    s.parse().map_err(|e| format!("'{s}': {e}"))
 }
 
 /// A clap error for a flag of `vdit generate` that another subcommand does not take.
@@ -615,10 +656,46 @@ impl FromArgMatches for CompareArgs {
             "vdit compare does not take --cache-calibrate (calibrate with vdit generate)",
         )?;
         let generate = GenerateArgs::from_arg_matches(matches)?;
+        if generate.attention == AttentionMode::Dense {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--attention dense: in vdit compare --attention is the sparse mode of --sparsities and sparsity= (rainfusion or rainfusion-v1); the baseline is dense unless --baseline says otherwise\n",
+            ));
+        }
         let only = CompareOnlyArgs::from_arg_matches(matches)?;
+        // The default sparsities apply only when nothing else says what to compare.
+        let sparsities = if matches.value_source("sparsities") == Some(ValueSource::CommandLine)
+            || (only.settings.is_empty()
+                && only.sweep_sparsities.is_empty()
+                && only.sweep_cache_thresholds.is_empty())
+        {
+            only.sparsities
+        } else {
+            Vec::new()
+        };
+        // A `sparsity=` without `attention=` is in --attention's mode, and named after it.
+        let with_mode = |mut spec: SettingSpec| {
+            if spec.sparsity.is_some() && spec.attention.is_none() {
+                spec.attention = Some(generate.attention);
+            }
+            spec
+        };
+        let baseline = with_mode(only.baseline.unwrap_or_else(|| SettingSpec::named("dense")));
+        let given: Vec<SettingSpec> = only.settings.into_iter().map(with_mode).collect();
+        let settings = compare_settings::expand_settings(
+            generate.attention,
+            &sparsities,
+            &given,
+            &only.sweep_sparsities,
+            only.sweep_cache,
+            &only.sweep_cache_thresholds,
+            &baseline,
+        )
+        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")))?;
         Ok(Self {
             generate,
-            sparsities: only.sparsities,
+            baseline,
+            settings,
             timing_rounds: only.timing_rounds,
         })
     }
@@ -640,15 +717,16 @@ impl Args for CompareArgs {
                     .help("Directory for compare.json, compare.md and the videos (created if missing). Default: vdit-compare")
             })
             .mut_arg("attention", |a| {
-                a.default_value("rainfusion")
-                    .help("Sparse mode compared against dense (rainfusion or rainfusion-v1)")
+                a.default_value("rainfusion").help(
+                    "Sparse mode of --sparsities, --sweep-sparsities and of sparsity= keys without attention= (rainfusion or rainfusion-v1)",
+                )
             })
             .mut_arg("sparsity", |a| a.hide(true))
             .mut_arg("latents_out", |a| a.hide(true))
             .mut_arg("latents_in", |a| a.hide(true))
             .mut_arg("cache_calibrate", |a| a.hide(true))
             .mut_arg("step_cache", |a| {
-                a.help("Step caching of every run, the dense one included (see vdit generate --help)")
+                a.help("Step caching of every setting, the baseline included, unless the setting says cache= (see vdit generate --help)")
             })
             .mut_arg("overwrite", |a| {
                 a.help("Replace files in the output directory even if vdit did not write them")

@@ -1,7 +1,9 @@
 //! `vdit compare` on the tiny random-weight fixture model (tests/fixtures/tiny_pipeline). Random
 //! weights show nothing, so these tests check the mechanics: the files written, every JSON field
 //! present and finite, sparsity 0 giving exactly the dense frames and latents, a sparse run really
-//! skipping blocks, and bad flags rejected with a clear message before any work.
+//! skipping blocks, and bad flags rejected with a clear message before any work. `--sparsities`
+//! is the shorthand of one `rainfusion S` setting per value; the named settings are tested on the
+//! shipped model in compare_settings_cli.rs.
 
 mod common;
 
@@ -76,6 +78,8 @@ fn compare_writes_its_report_and_sparsity_zero_equals_dense() {
         "rainfusion-0.mp4",
         "rainfusion-0.8.mp4",
         "side_by_side.mp4",
+        "compare.html",
+        "pareto.png",
     ] {
         assert!(out.join(name).is_file(), "{name} missing");
     }
@@ -123,10 +127,10 @@ fn compare_writes_its_report_and_sparsity_zero_equals_dense() {
     let dense = &runs[0];
     assert_eq!(dense["effective_density"], 1.0);
     assert_eq!(dense["speedup"], 1.0);
-    assert!(dense["vs_dense"].is_null());
+    assert!(dense["vs_baseline"].is_null());
 
     // Sparsity 0 keeps every block: the very same latents and frames as dense, and no speedup.
-    let zero = &runs[1]["vs_dense"];
+    let zero = &runs[1]["vs_baseline"];
     assert_eq!(runs[1]["effective_density"], 1.0);
     assert_eq!(runs[1]["every_block_kept"], true);
     assert!(runs[1]["speedup"].is_null());
@@ -153,7 +157,7 @@ fn compare_writes_its_report_and_sparsity_zero_equals_dense() {
     // Sparsity 0.8 skips blocks and differs from dense, measurably but finitely.
     let sparse = &runs[2];
     assert!(finite(&sparse["effective_density"], "density") < 1.0);
-    let vs = &sparse["vs_dense"];
+    let vs = &sparse["vs_baseline"];
     assert_eq!(vs["identical_frames"], false);
     assert!(finite(&vs["psnr_db"], "psnr") > 0.0);
     let ssim = finite(&vs["ssim"], "ssim");

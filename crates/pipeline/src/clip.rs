@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::image_cond::ImageCondition;
 use crate::settings::GenerateSettings;
 use crate::stages::{decode_with, sample_latents_with, TextConditioning};
+use crate::step_cache::CacheStats;
 use crate::video::{frames_from_tensor, VideoFrames};
 
 /// One sampled and decoded clip, with what its run measured.
@@ -24,6 +25,8 @@ pub struct Clip {
     pub denoise_s: f64,
     pub seconds_per_step: f64,
     pub effective_density: f64,
+    /// Transformer passes asked for and skipped by the step cache.
+    pub step_cache: CacheStats,
 }
 
 /// Samples `settings` on the loaded `transformers` (the family's, in order) and decodes the result with the loaded `vae`
@@ -48,6 +51,7 @@ pub fn generate_clip(
         denoise_s,
         seconds_per_step: sampled.seconds_per_step,
         effective_density: sampled.effective_density,
+        step_cache: sampled.step_cache,
     })
 }
 

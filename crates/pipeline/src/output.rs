@@ -120,6 +120,14 @@ pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
     })
 }
 
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    write_atomic(path, "", |tmp| {
+        tmp.write_all(bytes).map_err(|e| write_error(path, e))
+    })
+}
+
 /// Creates `dir` (and its parents) unless it exists; a clear error if it is a file.
 pub fn create_output_dir(flag: &str, dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {

@@ -792,14 +792,14 @@ fn bench_vae_encode(
 /// Samples the device's used memory (total − free) on a side thread until stopped, keeping the
 /// maximum: candle has no allocator statistics, and the driver's figure is what an out-of-memory
 /// error would be about.
-struct DeviceMemorySampler {
+pub(crate) struct DeviceMemorySampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Option<u64>>,
 }
 
 impl DeviceMemorySampler {
     /// Starts sampling on CUDA devices every `interval`; `None` elsewhere.
-    fn start(device: &Device, interval: Duration) -> Option<Self> {
+    pub(crate) fn start(device: &Device, interval: Duration) -> Option<Self> {
         #[cfg(feature = "cuda")]
         if let Ok(cuda) = device.as_cuda_device() {
             use std::sync::atomic::{AtomicBool, Ordering};
@@ -825,7 +825,7 @@ impl DeviceMemorySampler {
     }
 
     /// The device's used memory now (CUDA), bytes.
-    fn used_now(device: &Device) -> Option<u64> {
+    pub(crate) fn used_now(device: &Device) -> Option<u64> {
         #[cfg(feature = "cuda")]
         if let Ok(cuda) = device.as_cuda_device() {
             let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
@@ -836,7 +836,7 @@ impl DeviceMemorySampler {
     }
 
     /// Stops sampling and returns the peak seen, if any sample succeeded.
-    fn stop(self) -> Option<u64> {
+    pub(crate) fn stop(self) -> Option<u64> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().ok().flatten()
     }
@@ -847,9 +847,9 @@ fn format_gib(bytes: u64) -> String {
 }
 
 /// Restarts the kernel's peak-resident-set count (VmHWM) at the current RSS (Linux: `5` to
-/// /proc/self/clear_refs), so each run's peak is its own; a no-op where that is refused.
-fn reset_peak_resident() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// /proc/self/clear_refs), so each run's peak is its own; a no-op where that is refused (false).
+pub(crate) fn reset_peak_resident() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// When `main` began: the process's start-up as far as it can be timed finely (the kernel's
@@ -1021,7 +1021,7 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
 }
 
 /// The process's peak resident set (VmHWM), where the OS reports it.
-fn peak_resident_bytes() -> Option<u64> {
+pub(crate) fn peak_resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
