@@ -585,7 +585,9 @@ struct CompareOnlyArgs {
     /// attention=dense|rainfusion|rainfusion-v1, sparsity=S (with the --attention mode when
     /// attention= is left out), cache=none|magcache|teacache, threshold=X, keep-first=N,
     /// keep-last=N, max-skips=N, lora=FILE[:STRENGTH] (repeatable; replaces --lora; lora=none
-    /// for none). Keys left out keep the command's flags. Example:
+    /// for none), vae=full|tiny (tiny: TAEHV, from --tiny-vae or the hub), dit=FILE (the
+    /// transformer's weights from this file: safetensors, fp8 or GGUF, to compare weight
+    /// formats). Keys left out keep the command's flags. Example:
     /// --setting 'fast: sparsity=0.8 cache=magcache threshold=0.12'
     #[arg(long = "setting", value_name = "'NAME: KEY=VALUE ...'", value_parser = parse_setting, help_heading = "Settings")]
     settings: Vec<SettingSpec>,

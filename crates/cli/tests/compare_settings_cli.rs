@@ -322,3 +322,46 @@ fn bad_settings_are_one_line_errors() {
         &["--sweep-cache none"],
     );
 }
+
+/// `vae=tiny` decodes the same latents with the TAEHV file of `--tiny-vae` (other frames, the same
+/// latents), and `dit=FILE` loads a transformer of its own from that file (here the model's own
+/// weights: the same frames); both are recorded per row.
+#[test]
+fn decoder_and_weights_file_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    let tiny_vae = root().join("tests/fixtures/taehv/taew2_1_small.safetensors");
+    let dit = root().join("models/vdit-tiny/transformer/diffusion_pytorch_model.safetensors");
+    let same_weights = format!("same weights: dit={}", dit.display());
+    let args = compare_args(
+        &out,
+        &[
+            "--tiny-vae",
+            tiny_vae.to_str().unwrap(),
+            "--setting",
+            "preview: vae=tiny",
+            "--setting",
+            &same_weights,
+        ],
+    );
+    let run = vdit(&args, &tmp.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["dense", "preview", "same weights"]);
+    assert_eq!(runs[0]["decoder"]["kind"], "full");
+    assert_eq!(runs[1]["decoder"]["kind"], "tiny");
+    assert_eq!(runs[1]["vs_baseline"]["identical_frames"], false);
+    let cosine = runs[1]["vs_baseline"]["latent_cosine"].as_f64().unwrap();
+    assert!((cosine - 1.0).abs() < 1e-6, "latent cosine {cosine}");
+    assert_eq!(runs[2]["dit"], dit.display().to_string());
+    assert_eq!(runs[2]["vs_baseline"]["identical_frames"], true);
+    assert_rejected(&["--setting", "x: vae=huge"], &["vae=huge"]);
+    assert_rejected(&["--setting", "x: dit="], &["dit= needs a file"]);
+}

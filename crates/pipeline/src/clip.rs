@@ -6,13 +6,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use rainfusion::DenseAttention;
 use vdit_models::wan::transformer::WanTransformer;
-use vdit_models::wan::vae::WanVaeDecoder;
 
+use crate::decoder::VideoDecoder;
 use crate::denoise::{guided_velocity, VelocityModel};
 use crate::error::Result;
 use crate::image_cond::ImageCondition;
 use crate::settings::GenerateSettings;
-use crate::stages::{decode_with, sample_latents_with, TextConditioning};
+use crate::stages::{sample_latents_with, TextConditioning};
 use crate::step_cache::CacheStats;
 use crate::video::{frames_from_tensor, VideoFrames};
 
@@ -29,12 +29,12 @@ pub struct Clip {
     pub step_cache: CacheStats,
 }
 
-/// Samples `settings` on the loaded `transformers` (the family's, in order) and decodes the result with the loaded `vae`
-/// (`vdit compare` and `vdit eval` load both once for all their runs); an image-to-video run is
-/// conditioned on `image` (encoded once for all runs).
+/// Samples `settings` on the loaded `transformers` (the family's, in order) and decodes the result
+/// with the loaded `decoder` (`vdit compare` and `vdit eval` load both once for all their runs);
+/// an image-to-video run is conditioned on `image` (encoded once for all runs).
 pub fn generate_clip(
     transformers: &[WanTransformer],
-    vae: &WanVaeDecoder,
+    decoder: &VideoDecoder,
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
@@ -44,7 +44,7 @@ pub fn generate_clip(
     let sampled = sample_latents_with(transformers, settings, device, text, image)
         .map_err(|e| e.with_dtype_hint(settings.dtype))?;
     let denoise_s = start.elapsed().as_secs_f64();
-    let video = decode_with(vae, settings, &sampled.latents)?;
+    let video = decoder.decode(&sampled.latents, settings.vae_tiling)?;
     Ok(Clip {
         latents: sampled.latents,
         frames: frames_from_tensor(&video)?,

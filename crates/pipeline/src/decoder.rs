@@ -180,7 +180,9 @@ impl VideoDecoder {
     ) -> Result<()> {
         match self {
             Self::Full(vae) => {
-                let tiling = vae_tiling.then(VaeTiling::default);
+                // Tiles at the VAE's own scale, as `decode` takes them (Wan2.2's ×16 too).
+                let tiling =
+                    vae_tiling.then(|| VaeTiling::for_spatial_scale(vae.spatial_compression()));
                 vae.decode_with_chunks(latents, tiling, on_chunk)?
             }
             Self::Tiny(tiny) => {

@@ -38,7 +38,7 @@ use vdit_models::umt5::{Umt5Config, Umt5Encoder};
 use vdit_models::wan::config::WanConfig;
 use vdit_models::wan::keys::lora_targets;
 use vdit_models::wan::transformer::{BlockCache, WanTransformer};
-use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncoder};
+use vdit_models::wan::vae::{WanVaeConfig, WanVaeDecoder, WanVaeEncoder};
 use vdit_models::wan::CheckpointKeys;
 use vdit_models::weights::WeightFiles;
 
@@ -1335,19 +1335,6 @@ pub fn load_vae(
         settings.dtype,
         device,
     )?)
-}
-
-/// Decodes with a loaded VAE: `[1, z, F', H', W']` → `[1, 3, F, H, W]` in [-1, 1] (z = 16 for
-/// the Wan2.1 VAE, 48 for Wan2.2's). Tiles are sized for the VAE's spatial compression.
-pub fn decode_with(
-    vae: &WanVaeDecoder,
-    settings: &GenerateSettings,
-    latents: &Tensor,
-) -> Result<Tensor> {
-    let tiling = settings
-        .vae_tiling
-        .then(|| VaeTiling::for_spatial_scale(vae.spatial_compression()));
-    Ok(vae.decode(latents, tiling)?)
 }
 
 /// The run's decoder (`--decoder`): the model's VAE decoder (or `--vae`), or the TAEHV file.

@@ -16,7 +16,9 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 
 use vdit_models::lora::LoraSpec;
-use vdit_pipeline::options::{parse_choice, AttentionMode, Choice, StepCacheMode};
+use std::path::PathBuf;
+
+use vdit_pipeline::options::{parse_choice, AttentionMode, Choice, DecoderChoice, StepCacheMode};
 use vdit_pipeline::settings::GenerateOptions;
 
 /// The keys a setting may give, in the order `--help` and errors list them.
@@ -29,6 +31,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "keep-last",
     "max-skips",
     "lora",
+    "vae",
+    "dit",
 ];
 
 /// Names a setting may not take: its video would be named like another output of the folder.
@@ -51,6 +55,11 @@ pub struct SettingSpec {
     /// `Some` when the setting names its own LoRAs (replacing `--lora`); `lora=none` gives an
     /// empty list.
     pub loras: Option<Vec<LoraSpec>>,
+    /// `vae=full|tiny`: the decoder (tiny = TAEHV, from `--tiny-vae` or the hub).
+    pub decoder: Option<DecoderChoice>,
+    /// `dit=FILE`: the transformer's weights from this file (any form `--dit` takes: safetensors,
+    /// fp8 safetensors, GGUF), so that weight formats can be compared on one seed.
+    pub dit: Option<PathBuf>,
 }
 
 impl SettingSpec {
@@ -66,6 +75,8 @@ impl SettingSpec {
             keep_last: None,
             max_skips: None,
             loras: None,
+            decoder: None,
+            dit: None,
         }
     }
 
@@ -140,6 +151,13 @@ impl SettingSpec {
             })),
             None => {}
         }
+        if let Some(dit) = &self.dit {
+            let stem = dit.file_stem().unwrap_or_default().to_string_lossy();
+            parts.push(format!("dit {stem}"));
+        }
+        if let Some(decoder) = self.decoder {
+            parts.push(format!("{} vae", decoder.name()));
+        }
         if parts.is_empty() {
             "dense".into()
         } else {
@@ -208,6 +226,17 @@ impl SettingSpec {
         }
         if let Some(loras) = &self.loras {
             options.loras = loras.clone();
+        }
+        if let Some(decoder) = self.decoder {
+            options.decoder = decoder;
+        }
+        if options.decoder == DecoderChoice::Full {
+            // The command's --tiny-vae names the file of the settings with vae=tiny; a setting
+            // with the full VAE does not read it.
+            options.tiny_vae = None;
+        }
+        if let Some(dit) = &self.dit {
+            options.dit = Some(dit.clone());
         }
         Ok(options)
     }
@@ -322,6 +351,18 @@ impl FromStr for SettingSpec {
                     if value != "none" {
                         list.push(value.parse().map_err(|e| format!("lora={value}: {e}"))?);
                     }
+                }
+                "vae" => {
+                    spec.decoder = Some(
+                        parse_choice::<DecoderChoice>(value)
+                            .map_err(|e| format!("vae={value}: {e}"))?,
+                    )
+                }
+                "dit" => {
+                    if value.is_empty() {
+                        return Err("dit= needs a file (safetensors, fp8 or GGUF)".into());
+                    }
+                    spec.dit = Some(PathBuf::from(value));
                 }
                 _ => {
                     return Err(format!(

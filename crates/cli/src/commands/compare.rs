@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use vdit_models::wan::transformer::WanTransformer;
 use vdit_pipeline::clip::{generate_clip, warm_up, Clip};
+use vdit_pipeline::decoder::{DecoderSettings, VideoDecoder};
 use vdit_pipeline::eval::{parse_caption, Faithfulness};
 use vdit_pipeline::metrics::{cosine_similarity, frame_quality, side_by_side};
 use vdit_pipeline::options::{AttentionMode, Choice, StepCacheMode};
@@ -38,7 +39,7 @@ use vdit_pipeline::settings::{
     dtype_name, resolve, GenerateOptions, GenerateSettings, LoraSettings,
 };
 use vdit_pipeline::stages::{
-    build_attention, encode_images, encode_prompts, load_transformers, load_vae,
+    build_attention, encode_images, encode_prompts, load_decoder, load_transformers,
     sample_latents_with,
 };
 use vdit_pipeline::video::{write_video_replacing, VideoFrames};
@@ -86,6 +87,10 @@ pub struct RunRow {
     pub cache_threshold: Option<f64>,
     /// The LoRAs of the run, `FILE:STRENGTH`.
     pub loras: Vec<String>,
+    /// The transformer weights file given with `dit=` (or `--dit`), if any.
+    pub dit: Option<String>,
+    /// The decoder: `{"kind": "full"}` or `{"kind": "tiny", "weights": FILE}`.
+    pub decoder: DecoderSettings,
     /// Fraction of attention blocks computed, averaged over layers, heads and steps.
     pub effective_density: f64,
     pub transformer_passes: Passes,
@@ -353,13 +358,28 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         }
     }
 
-    let vae = load_vae(&baseline_settings, &files, &device)?;
+    // One decoder per distinct choice (`vae=`), each loaded once; loading a tiny decoder checks
+    // its latent channels, so a wrong file stops the comparison before the first run.
+    let mut decoders: Vec<(DecoderSettings, VideoDecoder)> = Vec::new();
+    let mut decoder_of = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let index = match decoders.iter().position(|(d, _)| *d == run.settings.decoder) {
+            Some(index) => index,
+            None => {
+                let decoder = load_decoder(&run.settings, &files, &device)
+                    .map_err(|e| in_setting(&run.name, e))?;
+                decoders.push((run.settings.decoder.clone(), decoder));
+                decoders.len() - 1
+            }
+        };
+        decoder_of.push(index);
+    }
     let mut rows: Vec<RunRow> = Vec::new();
     let mut reference: Option<Clip> = None;
     let mut strip: Option<VideoFrames> = None;
     let mut frame_strips = Vec::new();
     let mut peak_host_per_setting = device.is_cpu();
-    for run in &runs {
+    for (run, &decoder) in runs.iter().zip(&decoder_of) {
         let settings = &run.settings;
         if device.is_cpu() {
             peak_host_per_setting &= reset_peak_resident();
@@ -367,7 +387,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         let sampler = DeviceMemorySampler::start(&device, Duration::from_millis(2));
         let clip = generate_clip(
             &models[run.model],
-            &vae,
+            &decoders[decoder].1,
             settings,
             &device,
             &text,
@@ -410,6 +430,12 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
             step_cache: settings.step_cache.mode,
             cache_threshold: cached.then_some(settings.step_cache.threshold),
             loras: settings.lora.first.iter().map(|l| l.to_string()).collect(),
+            dit: settings
+                .overrides
+                .dit
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            decoder: settings.decoder.clone(),
             effective_density: clip.effective_density,
             transformer_passes: Passes {
                 total,

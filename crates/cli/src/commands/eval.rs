@@ -22,7 +22,7 @@ use vdit_pipeline::output::{
 use vdit_pipeline::ownership::Replace;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{resolve, GenerateSettings};
-use vdit_pipeline::stages::{build_attention, encode_prompt_list, load_transformers, load_vae};
+use vdit_pipeline::stages::{build_attention, encode_prompt_list, load_decoder, load_transformers};
 use vdit_pipeline::video::write_video_replacing;
 use vdit_pipeline::{Result, VditError};
 
@@ -203,7 +203,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
         first.steps,
     )?;
 
-    let vae = load_vae(&first, &files, &device)?;
+    let vae = load_decoder(&first, &files, &device)?;
     let mut rows = Vec::with_capacity(prompts.len());
     for (i, ((prompt, caption), text)) in prompts.iter().zip(&captions).zip(&texts).enumerate() {
         let mut settings = first.clone();
