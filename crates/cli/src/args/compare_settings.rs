@@ -15,8 +15,8 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
-use vdit_models::lora::LoraSpec;
 use std::path::PathBuf;
+use vdit_models::lora::LoraSpec;
 
 use vdit_pipeline::options::{parse_choice, AttentionMode, Choice, DecoderChoice, StepCacheMode};
 use vdit_pipeline::settings::GenerateOptions;

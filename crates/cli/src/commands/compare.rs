@@ -363,7 +363,10 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     let mut decoders: Vec<(DecoderSettings, VideoDecoder)> = Vec::new();
     let mut decoder_of = Vec::with_capacity(runs.len());
     for run in &runs {
-        let index = match decoders.iter().position(|(d, _)| *d == run.settings.decoder) {
+        let index = match decoders
+            .iter()
+            .position(|(d, _)| *d == run.settings.decoder)
+        {
             Some(index) => index,
             None => {
                 let decoder = load_decoder(&run.settings, &files, &device)

@@ -363,8 +363,8 @@ impl WanBlock {
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
         let dev = &x.device().clone(); // not a borrow of x, which is freed part-way
-        // Modulation rows: [B, 1, dim] per sample, [B, L, dim] per token. Each is made where it is
-        // used, so that per token at most two [B, L, dim] rows are alive at once.
+                                       // Modulation rows: [B, 1, dim] per sample, [B, L, dim] per token. Each is made where it is
+                                       // used, so that per token at most two [B, L, dim] rows are alive at once.
         let m = ctx.time_modulation.with_table(&self.modulation)?;
         let row = |i: usize| m.row(i);
 
