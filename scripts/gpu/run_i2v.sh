@@ -19,20 +19,8 @@ trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table
 source scripts/gpu/device_env.sh
 BUDGET=${BUDGET:-560}
 
-step() {
-  local log=$1 limit=$2; shift 2
-  local left=$(( BUDGET - SECONDS ))
-  if (( left < limit / 2 )); then
-    echo "skipped (budget: ${SECONDS}s used of ${BUDGET}s): $*" | tee -a $OUT/skipped.log
-    return 0
-  fi
-  (( limit > left )) && limit=$left
-  timeout "$limit" "$@" > "$OUT/$log.log" 2>&1
-  local rc=$?
-  grep -v OpenH264 "$OUT/$log.log" | grep -E "^\||^diffusers|^vae|^transformer|relative error|test result|rror|Killed|panicked|colour|motion|count" | tail -12
-  (( rc != 0 )) && echo "exit status $rc (124: timed out): $*"
-  return 0
-}
+# what step (scripts/gpu/device_env.sh) shows of each log
+STEP_SHOW='^\||^diffusers|^vae|^transformer|relative error|test result|rror|Killed|panicked|colour|motion|count'; STEP_LINES=12
 
 t "CUDA: image cross-attention, fused and candle-ops paths against diffusers"
 step cuda_i2v 60 /tmp/i2v_parity image_cross_attention --test-threads 1 --nocapture

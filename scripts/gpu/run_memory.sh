@@ -20,20 +20,8 @@ trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/*.jso
 source scripts/gpu/device_env.sh
 BUDGET=${BUDGET:-560}
 
-step() {
-  local log=$1 limit=$2; shift 2
-  local left=$(( BUDGET - SECONDS ))
-  if (( left < limit / 2 )); then
-    echo "skipped (budget: ${SECONDS}s used of ${BUDGET}s): $*" | tee -a $OUT/skipped.log
-    return 0
-  fi
-  (( limit > left )) && limit=$left
-  timeout "$limit" "$@" > "$OUT/$log.log" 2>&1
-  local rc=$?
-  grep -E "^\||^diffusers|^cuDNN|rror|Killed|panicked" "$OUT/$log.log" | tail -45
-  (( rc != 0 )) && echo "exit status $rc (124: timed out): $*"
-  return 0
-}
+# what step (scripts/gpu/device_env.sh) shows of each log
+STEP_SHOW='^\||^diffusers|^cuDNN|rror|Killed|panicked'; STEP_LINES=45
 
 once=(--device cuda --warmup 0 --iters 1)
 vae=(vae --latent 21x90x160)

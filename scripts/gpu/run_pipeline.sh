@@ -24,20 +24,8 @@ export CUDA_CACHE_PATH=/tmp/jit_cache_fresh; rm -rf "$CUDA_CACHE_PATH"
 
 # step LOG LIMIT CMD...: runs CMD under a timeout of LIMIT seconds or what the budget has left, whichever is
 # less; skipped when less than half of LIMIT is left (the commands are in order of importance).
-step() {
-  local log=$1 limit=$2; shift 2
-  local left=$(( BUDGET - SECONDS ))
-  if (( left < limit / 2 )); then
-    echo "skipped (budget: ${SECONDS}s used of ${BUDGET}s): $*" | tee -a $OUT/skipped.log
-    return 0
-  fi
-  (( limit > left )) && limit=$left
-  timeout "$limit" "$@" > "$OUT/$log.log" 2>&1
-  local rc=$?
-  grep -v OpenH264 "$OUT/$log.log" | grep -E "^\||^diffusers|rror|Killed|panicked" | tail -12
-  (( rc != 0 )) && echo "exit status $rc (124: timed out): $*"
-  return 0
-}
+# what step (scripts/gpu/device_env.sh) shows of each log
+STEP_SHOW='^\||^diffusers|rror|Killed|panicked'; STEP_LINES=12
 
 t "random-weight Wan2.1 1.3B model folder ($MODEL)"
 [ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL

@@ -18,20 +18,8 @@ source scripts/gpu/device_env.sh
 BUDGET=${BUDGET:-540}
 MODEL=/tmp/wan13
 
-step() {
-  local log=$1 limit=$2; shift 2
-  local left=$(( BUDGET - SECONDS ))
-  if (( left < limit / 2 )); then
-    echo "skipped (budget: ${SECONDS}s used of ${BUDGET}s): $*" | tee -a $OUT/skipped.log
-    return 0
-  fi
-  (( limit > left )) && limit=$left
-  timeout "$limit" "$@" > "$OUT/$log.log" 2>&1
-  local rc=$?
-  grep -v OpenH264 "$OUT/$log.log" | grep -E "^\||skipped|rror|Killed|panicked" | tail -8
-  (( rc != 0 )) && echo "exit status $rc (124: timed out): $*"
-  return 0
-}
+# what step (scripts/gpu/device_env.sh) shows of each log
+STEP_SHOW='^\||skipped|rror|Killed|panicked'; STEP_LINES=8
 
 t "random-weight Wan2.1 1.3B model folder ($MODEL), naming the built-in MagCache calibration"
 [ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL
