@@ -275,10 +275,10 @@ fn assert_rejected(extra: &[&str], expected: &[&str]) {
 #[test]
 fn bad_settings_are_one_line_errors() {
     assert_rejected(
-        &["--setting", "t: vae=tiny"],
+        &["--setting", "t: weights=q8_0"],
         &[
-            "unknown key `vae`",
-            "attention, sparsity, cache, threshold, keep-first, keep-last, max-skips, lora",
+            "unknown key `weights`",
+            "attention, sparsity, cache, threshold, keep-first, keep-last, max-skips, lora, vae, dit",
         ],
     );
     assert_rejected(

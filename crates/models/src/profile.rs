@@ -57,8 +57,8 @@ pub fn span<T>(name: &'static str, device: &Device, work: impl FnOnce() -> Resul
     Ok(out)
 }
 
-/// The device's used memory (total − free), bytes: CUDA only.
-fn device_used_bytes(device: &Device) -> Option<u64> {
+/// The device's used memory (total − free), bytes: CUDA only (`None` elsewhere).
+pub fn device_used_bytes(device: &Device) -> Option<u64> {
     #[cfg(feature = "cuda")]
     if let Ok(cuda) = device.as_cuda_device() {
         let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;

@@ -478,9 +478,10 @@ mod tests {
     fn bad_settings_are_one_line_errors() {
         for (text, expected) in [
             (
-                "x: vae=tiny",
-                "unknown key `vae` (known keys: attention, sparsity",
+                "x: weights=q8_0",
+                "unknown key `weights` (known keys: attention, sparsity",
             ),
+            ("x: vae=huge", "vae=huge: `huge` is not one of"),
             ("x: sparsity=1", "outside [0, 1)"),
             ("x: sparsity=0.5 sparsity=0.8", "sparsity= is given twice"),
             (

@@ -826,13 +826,7 @@ impl DeviceMemorySampler {
 
     /// The device's used memory now (CUDA), bytes.
     pub(crate) fn used_now(device: &Device) -> Option<u64> {
-        #[cfg(feature = "cuda")]
-        if let Ok(cuda) = device.as_cuda_device() {
-            let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
-            return Some((total - free) as u64);
-        }
-        let _ = device;
-        None
+        vdit_models::profile::device_used_bytes(device)
     }
 
     /// Stops sampling and returns the peak seen, if any sample succeeded.
