@@ -321,33 +321,8 @@ impl WanTransformer {
         // Time path, all f32: e for the head, e0 for the blocks, per sample or per token.
         let time = self.time_embedding(timesteps, batch, f * h * w)?;
 
-        // Text: [B, Lt, text_dim] → [B, Lt, dim] in the run dtype.
-        let text = self
-            .text_linear_2
-            .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
-
-        // Image tokens: [B or 1, Li, image_dim] → [B, Li, dim] in the run dtype.
-        let image = self.image_tokens(image, batch)?;
-
-        let (rope_cos, rope_sin) = self.rope_tables(grid)?;
-        let ctx = BlockContext {
-            time_modulation: &time.modulation,
-            text: &text,
-            image: image.as_ref(),
-            rope_cos: &rope_cos,
-            rope_sin: &rope_sin,
-            layout: VideoLayout::new(f, h, w),
-        };
-        let mut x = x;
-        for block in &self.blocks {
-            x = block.forward(x, &ctx, attention)?;
-        }
-
-        // Head: modulated LayerNorm with (shift, scale) = head table + e, then a linear to patches.
-        let (shift, scale) = self.head_shift_scale(&time)?;
-        let x = modulate(&layer_norm(&x, self.cfg.eps)?, &shift, &scale)?;
-        let out = self.head.forward(&x)?; // [B, L, out·pt·ph·pw] f32
-        self.unpatchify(&out, grid)
+        let x = self.run_blocks(x, &context, image, batch, grid, &time, attention)?;
+        self.head_output(&x, HeadInputs { time, grid })
     }
 
     /// The projected image tokens [B, Li, dim] (run dtype) for a model with image input, after
@@ -658,28 +633,54 @@ impl WanTransformer {
         let x = match cache.before_blocks(modulation, &input)? {
             Some(residual) => (&input + residual)?,
             None => {
-                let text = self
-                    .text_linear_2
-                    .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
-                let image = self.image_tokens(image, batch)?;
-                let (rope_cos, rope_sin) = self.rope_tables(grid)?;
-                let ctx = BlockContext {
-                    time_modulation: &time.modulation,
-                    text: &text,
-                    image: image.as_ref(),
-                    rope_cos: &rope_cos,
-                    rope_sin: &rope_sin,
-                    layout: VideoLayout::new(f, h, w),
-                };
-                let mut x = input.clone();
-                for block in &self.blocks {
-                    x = block.forward(x, &ctx, attention)?;
-                }
+                let x = self.run_blocks(
+                    input.clone(),
+                    &context,
+                    image,
+                    batch,
+                    grid,
+                    &time,
+                    attention,
+                )?;
                 cache.after_blocks(&(&x - &input)?)?;
                 x
             }
         };
         self.head_output(&x, HeadInputs { time, grid })
+    }
+
+    /// The blocks on the embedded tokens `x` `[B, L, dim]` f32, with the text `context`
+    /// `[B, Lt, text_dim]` projected to `[B, Lt, dim]` and the image tokens (models with image
+    /// input) in the run dtype → `[B, L, dim]` f32.
+    #[allow(clippy::too_many_arguments)]
+    fn run_blocks(
+        &self,
+        x: Tensor,
+        context: &Tensor,
+        image: Option<&Tensor>,
+        batch: usize,
+        [f, h, w]: [usize; 3],
+        time: &TimeEmbedding,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        let text = self
+            .text_linear_2
+            .forward(&self.text_linear_1.forward(context)?.gelu()?)?;
+        let image = self.image_tokens(image, batch)?;
+        let (rope_cos, rope_sin) = self.rope_tables([f, h, w])?;
+        let ctx = BlockContext {
+            time_modulation: &time.modulation,
+            text: &text,
+            image: image.as_ref(),
+            rope_cos: &rope_cos,
+            rope_sin: &rope_sin,
+            layout: VideoLayout::new(f, h, w),
+        };
+        let mut x = x;
+        for block in &self.blocks {
+            x = block.forward(x, &ctx, attention)?;
+        }
+        Ok(x)
     }
 
     /// The head on the blocks' output `x` `[B, L, dim]` f32 → velocity `[B, C', F, H, W]` f32.
