@@ -68,6 +68,62 @@ pub fn device_used_bytes(device: &Device) -> Option<u64> {
     None
 }
 
+/// Samples the device's used memory (total − free) on a side thread until stopped, keeping the
+/// maximum: candle has no allocator statistics, and the driver's figure is what an out-of-memory
+/// error would be about. Other processes on the same device count too.
+pub struct DevicePeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl DevicePeakSampler {
+    /// Starts sampling on CUDA devices every `interval`; `None` elsewhere.
+    pub fn start(device: &Device, interval: std::time::Duration) -> Option<Self> {
+        #[cfg(feature = "cuda")]
+        if let Ok(cuda) = device.as_cuda_device() {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let context = cuda.cuda_stream().context().clone();
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let stopped = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let mut peak = None;
+                loop {
+                    if let Ok((free, total)) = context.mem_get_info() {
+                        peak = peak.max(Some((total - free) as u64));
+                    }
+                    if stopped.load(Ordering::Relaxed) {
+                        return peak;
+                    }
+                    std::thread::sleep(interval);
+                }
+            });
+            return Some(Self { stop, thread });
+        }
+        let _ = (device, interval);
+        None
+    }
+
+    /// Stops sampling and returns the peak seen, if any sample succeeded.
+    pub fn stop(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
+}
+
+/// The process's peak resident set (VmHWM), where the OS reports it (Linux).
+pub fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Restarts the kernel's peak-resident-set count (VmHWM) at the current RSS (Linux: `5` to
+/// /proc/self/clear_refs), so each run's peak is its own; a no-op where that is refused (false).
+pub fn reset_peak_resident() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Clears the table (e.g. after warm-up iterations).
 pub fn reset() {
     table().lock().unwrap_or_else(|e| e.into_inner()).clear();

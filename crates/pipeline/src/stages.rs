@@ -33,6 +33,7 @@ use vdit_models::clip_vision::config::ClipVisionConfig;
 use vdit_models::clip_vision::model::ClipVisionModel;
 use vdit_models::clip_vision::preprocess::preprocess as clip_preprocess;
 use vdit_models::lora::LoraSet;
+use vdit_models::profile::{peak_resident_bytes, DevicePeakSampler};
 use vdit_models::tokenizer::PromptTokenizer;
 use vdit_models::umt5::{Umt5Config, Umt5Encoder};
 use vdit_models::wan::config::WanConfig;
@@ -169,7 +170,39 @@ pub struct Sidecar<'a> {
     pub effective_density: f64,
     /// Transformer passes (one per guidance branch and step) and how many the step cache skipped.
     pub step_cache: CacheStats,
+    pub peak_memory: PeakMemory,
     pub files: Vec<String>,
+}
+
+/// The most memory a run held, as the OS and the driver see it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PeakMemory {
+    /// The device's used memory (total − free) at its highest during the run, sampled every few
+    /// milliseconds on a side thread (CUDA; absent elsewhere). It includes what was in use before
+    /// the run began (`device_bytes_before`), e.g. another process on the same card.
+    pub device_bytes: Option<u64>,
+    pub device_bytes_before: Option<u64>,
+    /// The process's peak resident set (Linux VmHWM): the whole run on a CPU device, and the host
+    /// side (loading, offloaded weights) on a GPU.
+    pub host_bytes: Option<u64>,
+}
+
+impl std::fmt::Display for PeakMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let mut parts = Vec::new();
+        if let Some(device) = self.device_bytes {
+            parts.push(format!("{:.2} GiB on the device", gib(device)));
+        }
+        if let Some(host) = self.host_bytes {
+            parts.push(format!("{:.2} GiB host", gib(host)));
+        }
+        if parts.is_empty() {
+            f.write_str("unknown")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
 }
 
 /// What a finished run reports (printed at the end).
@@ -182,6 +215,7 @@ pub struct RunReport {
     pub timings: StageTimings,
     pub effective_density: f64,
     pub step_cache: CacheStats,
+    pub peak_memory: PeakMemory,
 }
 
 impl std::fmt::Display for RunReport {
@@ -205,7 +239,7 @@ impl std::fmt::Display for RunReport {
         if self.step_cache.skipped > 0 {
             write!(f, "; step cache: {}", self.step_cache)?;
         }
-        Ok(())
+        write!(f, "; peak memory {}", self.peak_memory)
     }
 }
 
@@ -223,6 +257,8 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     let device = settings.device.device()?;
     let mut timings = StageTimings::default();
     preflight(settings, files)?;
+    let device_bytes_before = vdit_models::profile::device_used_bytes(&device);
+    let peak_sampler = DevicePeakSampler::start(&device, std::time::Duration::from_millis(5));
 
     let mut written = Vec::new();
     let mut step_cache = CacheStats::default();
@@ -293,6 +329,11 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
     }
     written.extend(files_written.iter().map(|p| p.display().to_string()));
     timings.total_s = run_start.elapsed().as_secs_f64();
+    let peak_memory = PeakMemory {
+        device_bytes: peak_sampler.and_then(DevicePeakSampler::stop),
+        device_bytes_before,
+        host_bytes: peak_resident_bytes(),
+    };
 
     let sidecar_path = settings.sidecar_path();
     let sidecar = Sidecar {
@@ -302,6 +343,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         timings: &timings,
         effective_density,
         step_cache,
+        peak_memory,
         files: written,
     };
     write_json_atomic(&sidecar_path, &sidecar)?;
@@ -314,6 +356,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         timings,
         effective_density,
         step_cache,
+        peak_memory,
     })
 }
 

@@ -26,6 +26,7 @@ use rainfusion::{
     block_sparse_attention, dense_self_attention, predict_block_mask, BlockMask, DenseAttention,
     DenseSteps, RainFusionAttention, RainFusionConfig, SelfAttention, Window,
 };
+use vdit_models::profile::{peak_resident_bytes, reset_peak_resident, DevicePeakSampler};
 use vdit_models::taehv::{TaehvConfig, TaehvDecoder};
 use vdit_models::wan::transformer::WanTransformer;
 use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncoder};
@@ -347,7 +348,7 @@ impl Timing {
 impl Timer {
     fn time(&self, mut step: impl FnMut() -> Result<()>) -> Result<Timing> {
         self.device.synchronize()?;
-        let resident_device_bytes = DeviceMemorySampler::used_now(&self.device);
+        let resident_device_bytes = vdit_models::profile::device_used_bytes(&self.device);
         for _ in 0..self.warmup {
             step()?;
             self.device.synchronize()?;
@@ -355,7 +356,7 @@ impl Timer {
         // Stage timings (VDIT_PROFILE=1) cover the timed iterations only.
         vdit_models::profile::reset();
         let mut samples = Vec::with_capacity(self.iters);
-        let sampler = DeviceMemorySampler::start(&self.device, Duration::from_micros(200));
+        let sampler = DevicePeakSampler::start(&self.device, Duration::from_micros(200));
         for _ in 0..self.iters {
             // Queued work from before must not be charged to this iteration.
             self.device.synchronize()?;
@@ -374,7 +375,7 @@ impl Timer {
         }
         Ok(Timing {
             samples,
-            peak_device_bytes: sampler.and_then(DeviceMemorySampler::stop),
+            peak_device_bytes: sampler.and_then(DevicePeakSampler::stop),
             resident_device_bytes,
         })
     }
@@ -789,61 +790,8 @@ fn bench_vae_encode(
     Ok(timer.row("vae-encode", "whole frames".into(), shape, &timing))
 }
 
-/// Samples the device's used memory (total − free) on a side thread until stopped, keeping the
-/// maximum: candle has no allocator statistics, and the driver's figure is what an out-of-memory
-/// error would be about.
-pub(crate) struct DeviceMemorySampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Option<u64>>,
-}
-
-impl DeviceMemorySampler {
-    /// Starts sampling on CUDA devices every `interval`; `None` elsewhere.
-    pub(crate) fn start(device: &Device, interval: Duration) -> Option<Self> {
-        #[cfg(feature = "cuda")]
-        if let Ok(cuda) = device.as_cuda_device() {
-            use std::sync::atomic::{AtomicBool, Ordering};
-            let context = cuda.cuda_stream().context().clone();
-            let stop = std::sync::Arc::new(AtomicBool::new(false));
-            let stopped = stop.clone();
-            let thread = std::thread::spawn(move || {
-                let mut peak = None;
-                loop {
-                    if let Ok((free, total)) = context.mem_get_info() {
-                        peak = peak.max(Some((total - free) as u64));
-                    }
-                    if stopped.load(Ordering::Relaxed) {
-                        return peak;
-                    }
-                    std::thread::sleep(interval);
-                }
-            });
-            return Some(Self { stop, thread });
-        }
-        let _ = (device, interval);
-        None
-    }
-
-    /// The device's used memory now (CUDA), bytes.
-    pub(crate) fn used_now(device: &Device) -> Option<u64> {
-        vdit_models::profile::device_used_bytes(device)
-    }
-
-    /// Stops sampling and returns the peak seen, if any sample succeeded.
-    pub(crate) fn stop(self) -> Option<u64> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().ok().flatten()
-    }
-}
-
 fn format_gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
-}
-
-/// Restarts the kernel's peak-resident-set count (VmHWM) at the current RSS (Linux: `5` to
-/// /proc/self/clear_refs), so each run's peak is its own; a no-op where that is refused (false).
-pub(crate) fn reset_peak_resident() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// When `main` began: the process's start-up as far as it can be timed finely (the kernel's
@@ -944,8 +892,8 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         let (settings, files) = settings::resolve(&options, &registry)?;
         let device = settings.device.device()?;
         device.synchronize()?;
-        let baseline = DeviceMemorySampler::used_now(&device);
-        let sampler = DeviceMemorySampler::start(&device, Duration::from_millis(2));
+        let baseline = vdit_models::profile::device_used_bytes(&device);
+        let sampler = DevicePeakSampler::start(&device, Duration::from_millis(2));
         // Where the reset is refused, VmHWM is the process's peak so far (it still bounds the run).
         if device.is_cpu() {
             reset_peak_resident();
@@ -953,7 +901,7 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         let report = stages::generate(&settings, &files)?;
         device.synchronize()?;
         let wall = start.elapsed().as_secs_f64();
-        let peak_device = sampler.and_then(DeviceMemorySampler::stop);
+        let peak_device = sampler.and_then(DevicePeakSampler::stop);
         let imports_s = if run == 0 { startup_s } else { 0.0 };
         let t = &report.timings;
         let stages = PipelineStages {
@@ -1012,14 +960,6 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         });
     }
     Ok(rows)
-}
-
-/// The process's peak resident set (VmHWM), where the OS reports it.
-pub(crate) fn peak_resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 fn format_tflops(t: f64) -> String {

@@ -47,7 +47,7 @@ use vdit_pipeline::{Result, VditError};
 
 use crate::args::compare_settings::SettingSpec;
 use crate::args::CompareArgs;
-use crate::commands::bench::{peak_resident_bytes, reset_peak_resident, DeviceMemorySampler};
+use vdit_models::profile::{peak_resident_bytes, reset_peak_resident, DevicePeakSampler};
 
 /// Output directory when `-o` is absent.
 pub const DEFAULT_DIR: &str = "vdit-compare";
@@ -387,7 +387,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         if device.is_cpu() {
             peak_host_per_setting &= reset_peak_resident();
         }
-        let sampler = DeviceMemorySampler::start(&device, Duration::from_millis(2));
+        let sampler = DevicePeakSampler::start(&device, Duration::from_millis(2));
         let clip = generate_clip(
             &models[run.model],
             &decoders[decoder].1,
@@ -397,7 +397,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
             image.as_ref(),
         )?;
         device.synchronize()?;
-        let peak_gpu_bytes = sampler.and_then(DeviceMemorySampler::stop);
+        let peak_gpu_bytes = sampler.and_then(DevicePeakSampler::stop);
         let peak_host_bytes = device.is_cpu().then(peak_resident_bytes).flatten();
         write_video_replacing(
             &settings.output,
