@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{self, ConvForward, Cudnn, CudnnDataType};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp1, Layout, Shape, Tensor};
 use half::{bf16, f16};
 
 use crate::error::{ModelError, Result};
@@ -133,103 +133,218 @@ impl ConvOp {
     where
         T: CudaDType + DeviceRepr + CudnnDataType + num_one_zero::OneZero,
     {
-        let (n, c, h, w) = x_layout.shape().dims4()?;
+        let (n, _, h, w) = x_layout.shape().dims4()?;
         let (o, _, kh, kw) = k_layout.shape().dims4()?;
-        let p = self.padding;
-        if h + 2 * p < kh || w + 2 * p < kw {
-            candle_core::bail!("convolution kernel {kh}x{kw} larger than the padded input {h}x{w}")
-        }
-        let (ho, wo) = (h + 2 * p - kh + 1, w + 2 * p - kw + 1);
+        let (ho, wo) = output_size(h, w, kh, kw, self.padding)?;
         let dev: CudaDevice = x.device().clone();
-        let i32_of = |v: usize| -> candle_core::Result<i32> {
-            i32::try_from(v)
-                .map_err(|_| candle_core::Error::Msg(format!("{v} exceeds cuDNN's int")))
-        };
-        let key = format!("{:?}", dev.id());
-        let cudnn = HANDLES.with(|handles| -> candle_core::Result<Arc<Cudnn>> {
-            if let Some(h) = handles.borrow().get(&key) {
-                return Ok(h.clone());
-            }
-            let handle = Cudnn::new(dev.cuda_stream()).map_err(cudnn_err)?;
-            handles.borrow_mut().insert(key.clone(), handle.clone());
-            Ok(handle)
-        })?;
-        // Accumulate in f32 (cuDNN's pseudo-16-bit configuration), tensor-core math allowed.
-        let mut conv = cudnn
-            .create_conv2d::<f32>(
-                [i32_of(p)?, i32_of(p)?],
-                [1, 1],
-                [1, 1],
-                cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-            )
-            .map_err(cudnn_err)?;
-        conv.set_math_type(cudnn::sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
-            .map_err(cudnn_err)?;
-        let nchw = cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        let x_desc = cudnn
-            .create_4d_tensor::<T>(nchw, [i32_of(n)?, i32_of(c)?, i32_of(h)?, i32_of(w)?])
-            .map_err(cudnn_err)?;
-        let k_desc = cudnn
-            .create_4d_filter::<T>(nchw, [i32_of(o)?, i32_of(c)?, i32_of(kh)?, i32_of(kw)?])
-            .map_err(cudnn_err)?;
-        let y_desc = cudnn
-            .create_4d_tensor::<T>(nchw, [i32_of(n)?, i32_of(o)?, i32_of(ho)?, i32_of(wo)?])
-            .map_err(cudnn_err)?;
-        let forward = ConvForward {
-            conv: &conv,
-            x: &x_desc,
-            w: &k_desc,
-            y: &y_desc,
-        };
-        let dtype_tag = usize::from(x.dtype() == DType::F16);
-        let key = [n, c, h, w, o, kh, kw, p, dtype_tag];
-        let cached = algos()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .copied();
-        let algo = match cached {
-            Some(algo) => algo,
-            None => {
-                let algo = forward.pick_algorithm().map_err(cudnn_err)?;
-                algos()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, algo);
-                if crate::profile::enabled() {
-                    let bytes = forward.get_workspace_size(algo).map_err(cudnn_err)?;
-                    eprintln!(
-                        "cuDNN conv [n c h w o kh kw pad f16] {key:?}: {algo:?}, workspace {:.1} MiB",
-                        bytes as f64 / (1u64 << 20) as f64
-                    );
-                }
-                algo
-            }
-        };
-        let workspace_size = forward.get_workspace_size(algo).map_err(cudnn_err)?;
-        // SAFETY: scratch memory for cuDNN; nothing reads it before cuDNN writes it.
-        let mut workspace: CudaSlice<u8> = unsafe { dev.alloc::<u8>(workspace_size.max(1))? };
-        let x_view: CudaView<'_, T> = x.as_cuda_slice::<T>()?.slice(x_layout.start_offset()..);
-        let k_view: CudaView<'_, T> = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
         // SAFETY: cuDNN writes every output element (beta = 0).
         let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n * o * ho * wo)? };
-        // SAFETY: the descriptors describe exactly these contiguous buffers.
-        unsafe {
-            forward
-                .launch::<CudaSlice<u8>, _, _, _>(
-                    algo,
-                    Some(&mut workspace),
-                    (T::one(), T::zero()),
-                    &x_view,
-                    &k_view,
-                    &mut out,
-                )
-                .map_err(cudnn_err)?;
-        }
+        convolve::<T, _>(x, x_layout, k, k_layout, self.padding, &mut out, T::zero())?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
             Shape::from((n, o, ho, wo)),
         ))
+    }
+}
+
+/// The "same"-style output size of a stride-1 conv, checked.
+fn output_size(
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    p: usize,
+) -> candle_core::Result<(usize, usize)> {
+    if h + 2 * p < kh || w + 2 * p < kw {
+        candle_core::bail!("convolution kernel {kh}x{kw} larger than the padded input {h}x{w}")
+    }
+    Ok((h + 2 * p - kh + 1, w + 2 * p - kw + 1))
+}
+
+/// `y = conv(x, k) + beta·y` through cuDNN, f32 accumulation with tensor-core math; x
+/// `[N, C, H, W]` and k `[O, C, kh, kw]` contiguous from their layouts' offsets, y the
+/// `[N, O, H', W']` destination.
+fn convolve<T, Dst>(
+    x: &CudaStorage,
+    x_layout: &Layout,
+    k: &CudaStorage,
+    k_layout: &Layout,
+    p: usize,
+    y: &mut Dst,
+    beta: T,
+) -> candle_core::Result<()>
+where
+    T: CudaDType + DeviceRepr + CudnnDataType + num_one_zero::OneZero,
+    Dst: DevicePtrMut<T>,
+{
+    let (n, c, h, w) = x_layout.shape().dims4()?;
+    let (o, _, kh, kw) = k_layout.shape().dims4()?;
+    let (ho, wo) = output_size(h, w, kh, kw, p)?;
+    let dev: CudaDevice = x.device().clone();
+    let i32_of = |v: usize| -> candle_core::Result<i32> {
+        i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{v} exceeds cuDNN's int")))
+    };
+    let key = format!("{:?}", dev.id());
+    let cudnn = HANDLES.with(|handles| -> candle_core::Result<Arc<Cudnn>> {
+        if let Some(h) = handles.borrow().get(&key) {
+            return Ok(h.clone());
+        }
+        let handle = Cudnn::new(dev.cuda_stream()).map_err(cudnn_err)?;
+        handles.borrow_mut().insert(key.clone(), handle.clone());
+        Ok(handle)
+    })?;
+    // Accumulate in f32 (cuDNN's pseudo-16-bit configuration), tensor-core math allowed.
+    let mut conv = cudnn
+        .create_conv2d::<f32>(
+            [i32_of(p)?, i32_of(p)?],
+            [1, 1],
+            [1, 1],
+            cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )
+        .map_err(cudnn_err)?;
+    conv.set_math_type(cudnn::sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
+        .map_err(cudnn_err)?;
+    let nchw = cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let x_desc = cudnn
+        .create_4d_tensor::<T>(nchw, [i32_of(n)?, i32_of(c)?, i32_of(h)?, i32_of(w)?])
+        .map_err(cudnn_err)?;
+    let k_desc = cudnn
+        .create_4d_filter::<T>(nchw, [i32_of(o)?, i32_of(c)?, i32_of(kh)?, i32_of(kw)?])
+        .map_err(cudnn_err)?;
+    let y_desc = cudnn
+        .create_4d_tensor::<T>(nchw, [i32_of(n)?, i32_of(o)?, i32_of(ho)?, i32_of(wo)?])
+        .map_err(cudnn_err)?;
+    let forward = ConvForward {
+        conv: &conv,
+        x: &x_desc,
+        w: &k_desc,
+        y: &y_desc,
+    };
+    let dtype_tag = usize::from(x.dtype() == DType::F16);
+    let key = [n, c, h, w, o, kh, kw, p, dtype_tag];
+    let cached = algos()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .copied();
+    let algo = match cached {
+        Some(algo) => algo,
+        None => {
+            let algo = forward.pick_algorithm().map_err(cudnn_err)?;
+            algos()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, algo);
+            if crate::profile::enabled() {
+                let bytes = forward.get_workspace_size(algo).map_err(cudnn_err)?;
+                eprintln!(
+                    "cuDNN conv [n c h w o kh kw pad f16] {key:?}: {algo:?}, workspace {:.1} MiB",
+                    bytes as f64 / (1u64 << 20) as f64
+                );
+            }
+            algo
+        }
+    };
+    let workspace_size = forward.get_workspace_size(algo).map_err(cudnn_err)?;
+    // SAFETY: scratch memory for cuDNN; nothing reads it before cuDNN writes it.
+    let mut workspace: CudaSlice<u8> = unsafe { dev.alloc::<u8>(workspace_size.max(1))? };
+    let x_view: CudaView<'_, T> = x.as_cuda_slice::<T>()?.slice(x_layout.start_offset()..);
+    let k_view: CudaView<'_, T> = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
+    // SAFETY: the descriptors describe exactly these contiguous buffers; with beta = 0 cuDNN
+    // writes every output element without reading it.
+    unsafe {
+        forward
+            .launch::<CudaSlice<u8>, _, _, _>(
+                algo,
+                Some(&mut workspace),
+                (T::one(), beta),
+                &x_view,
+                &k_view,
+                y,
+            )
+            .map_err(cudnn_err)?;
+    }
+    Ok(())
+}
+
+/// `y += conv(x, kernel)` in place, through the same cuDNN convolution as
+/// [`conv2d_tensor_ops`] (cuDNN's beta = 1): one temporal tap of a causal conv added to the taps
+/// before it, reading the tap's frames where they lie instead of stacking them. y `[N, O, H, W]`
+/// contiguous (a fresh conv output), x `[N, C, H, W]`, kernel `[O, C, kh, kw]`, all in one 16-bit
+/// dtype on CUDA. Each tap's sum is rounded to y's dtype: k_t roundings where the stacked conv
+/// has one.
+pub fn conv2d_tensor_ops_accumulate(
+    y: &Tensor,
+    x: &Tensor,
+    kernel: &Tensor,
+    padding: usize,
+) -> Result<()> {
+    let (n, _, h, w) = x.dims4()?;
+    let (o, _, kh, kw) = kernel.dims4()?;
+    if !y.is_contiguous() || y.dtype() != x.dtype() || kernel.dtype() != x.dtype() {
+        return Err(ModelError::InvalidInput(format!(
+            "accumulating convolution: y {:?} {:?} must be contiguous in x's dtype {:?}",
+            y.dims(),
+            y.dtype(),
+            x.dtype()
+        )));
+    }
+    let (ho, wo) = (h + 2 * padding + 1 - kh, w + 2 * padding + 1 - kw);
+    if y.dims() != [n, o, ho, wo] {
+        return Err(ModelError::InvalidInput(format!(
+            "accumulating convolution: y {:?} is not the output shape {:?}",
+            y.dims(),
+            [n, o, ho, wo]
+        )));
+    }
+    let (x, kernel) = (x.contiguous()?, kernel.contiguous()?);
+    let limit = frames_per_call().unwrap_or(n).max(1);
+    for start in (0..n).step_by(limit) {
+        let len = limit.min(n - start);
+        let op = AccumulateOp {
+            x: x.narrow(0, start, len)?,
+            kernel: kernel.clone(),
+            padding,
+        };
+        // A frame range of a contiguous y is contiguous: cuDNN writes it where it lies.
+        y.narrow(0, start, len)?.inplace_op1(&op)?;
+    }
+    Ok(())
+}
+
+struct AccumulateOp {
+    x: Tensor,
+    kernel: Tensor,
+    padding: usize,
+}
+
+impl InplaceOp1 for AccumulateOp {
+    fn name(&self) -> &'static str {
+        "vdit-cudnn-conv2d-accumulate"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+        candle_core::bail!("the tensor-core convolution runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, y: &mut CudaStorage, y_layout: &Layout) -> candle_core::Result<()> {
+        let (x, x_layout) = self.x.storage_and_layout();
+        let (k, k_layout) = self.kernel.storage_and_layout();
+        let (candle_core::Storage::Cuda(x), candle_core::Storage::Cuda(k)) = (&*x, &*k) else {
+            candle_core::bail!("the tensor-core convolution runs on CUDA tensors only")
+        };
+        let offset = y_layout.start_offset();
+        match y.dtype() {
+            DType::BF16 => {
+                let mut dst = y.as_cuda_slice_mut::<bf16>()?.slice_mut(offset..);
+                convolve::<bf16, _>(x, x_layout, k, k_layout, self.padding, &mut dst, bf16::ONE)
+            }
+            DType::F16 => {
+                let mut dst = y.as_cuda_slice_mut::<f16>()?.slice_mut(offset..);
+                convolve::<f16, _>(x, x_layout, k, k_layout, self.padding, &mut dst, f16::ONE)
+            }
+            other => candle_core::bail!("accumulating convolution: unsupported dtype {other:?}"),
+        }
     }
 }
 

@@ -353,7 +353,7 @@ impl CausalConv3d {
         slots: &mut SlotCounter,
         conv_stage: &'static str,
     ) -> Result<Self> {
-        let stacked = convs_through_cudnn(vb.device());
+        let stacked = convs_through_cudnn(vb.device()) && !taps_in_place();
         Self::with_layout(vb, in_dim, out_dim, kernel, slots, conv_stage, stacked)
     }
 
@@ -477,19 +477,14 @@ impl CausalConv3d {
                         1,
                     )
                 })?; // [B·T, O, H, W], x's dtype or f32
-                if y.dtype() == dtype && fused_channel_kernels(&y) {
-                    if defer_bias {
-                        return Ok((y.reshape((b, t, self.out_dim, h, w))?, Some(&self.bias_f32)));
-                    }
-                    span(stage::CONV_BIAS, dev, || {
-                        add_channel_bias(&y, &self.bias_f32, None)
-                    })?
-                } else {
-                    span(stage::CONV_BIAS, dev, || {
-                        Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
-                            .to_dtype(dtype)?)
-                    })?
-                }
+                return self.add_bias(y, dtype, (b, t, h, w), defer_bias);
+            }
+            TemporalKernel::Taps(taps) if taps_accumulate_in_place(&padded) => {
+                let y = span(self.conv_stage, dev, || {
+                    self.accumulate_taps(&padded, taps, (b, t, c, h, w))
+                })?; // [B·T, O, H, W] in x's dtype, no bias
+                drop(padded);
+                return self.add_bias(y, dtype, (b, t, h, w), defer_bias);
             }
             TemporalKernel::Taps(taps) => span(self.conv_stage, dev, || {
                 // Taps are summed in f32 for half-precision inputs, as a fused Conv3d accumulates;
@@ -512,6 +507,99 @@ impl CausalConv3d {
             })?,
         }; // [B·T, O, H, W]
         Ok((y.reshape((b, t, self.out_dim, h, w))?, None))
+    }
+}
+
+impl CausalConv3d {
+    /// The conv's bias on its output y `[B·T, O, H, W]` (x's dtype or f32) → `[B, T, O, H, W]` in
+    /// the input dtype; left out and returned instead when `defer_bias` and the fused channel
+    /// kernels run (see [`Self::forward_deferring_bias`]).
+    fn add_bias(
+        &self,
+        y: Tensor,
+        out_dtype: DType,
+        (b, t, h, w): (usize, usize, usize, usize),
+        defer_bias: bool,
+    ) -> Result<(Tensor, Option<&Tensor>)> {
+        let dev = y.device().clone();
+        let y = if fused_channel_kernels(&y) && y.dtype() == out_dtype {
+            if defer_bias {
+                return Ok((y.reshape((b, t, self.out_dim, h, w))?, Some(&self.bias_f32)));
+            }
+            span(stage::CONV_BIAS, &dev, || {
+                add_channel_bias(&y, &self.bias_f32, None)
+            })?
+        } else {
+            span(stage::CONV_BIAS, &dev, || {
+                Ok(y.broadcast_add(&self.bias.to_dtype(y.dtype())?)?
+                    .to_dtype(out_dtype)?)
+            })?
+        };
+        Ok((y.reshape((b, t, self.out_dim, h, w))?, None))
+    }
+
+    /// The temporal taps through cuDNN, each reading its frames of `padded` `[B, T + k_t − 1, C,
+    /// H, W]` where they lie (a frame range of a batch-1 stream is contiguous) and adding its conv
+    /// to the output in place → `[B·T, O, H, W]` in the input dtype, without the bias. No stacked
+    /// copy of k_t·C channels, at the cost of k_t roundings of the sum instead of one.
+    #[cfg(feature = "cudnn")]
+    fn accumulate_taps(
+        &self,
+        padded: &Tensor,
+        taps: &[Tensor],
+        (b, t, c, h, w): (usize, usize, usize, usize, usize),
+    ) -> Result<Tensor> {
+        use super::cudnn_conv::{conv2d_tensor_ops, conv2d_tensor_ops_accumulate};
+        let frames = |j: usize| -> Result<Tensor> {
+            Ok(padded
+                .narrow(1, j, t)?
+                .contiguous()?
+                .reshape((b * t, c, h, w))?)
+        };
+        let y = conv2d_tensor_ops(&frames(0)?, &taps[0], self.spatial_padding)?;
+        for (j, tap) in taps.iter().enumerate().skip(1) {
+            conv2d_tensor_ops_accumulate(&y, &frames(j)?, tap, self.spatial_padding)?;
+        }
+        Ok(y)
+    }
+
+    #[cfg(not(feature = "cudnn"))]
+    fn accumulate_taps(
+        &self,
+        _: &Tensor,
+        _: &[Tensor],
+        _: (usize, usize, usize, usize, usize),
+    ) -> Result<Tensor> {
+        unreachable!("taps_accumulate_in_place is false without cuDNN")
+    }
+}
+
+/// Environment variable: `1` makes the causal convs on cuDNN convolve each temporal tap from the
+/// frames where they lie and add the taps in place ([`super::cudnn_conv::conv2d_tensor_ops_accumulate`]),
+/// instead of one conv over a k_t-fold stacked copy of the input. At 720p the stacked copy of the
+/// last level is 4.2 GB for four frames. Under measurement (scripts/gpu/NOTES.md).
+pub const TAPS_IN_PLACE_ENV: &str = "VDIT_VAE_TAPS";
+
+/// Whether [`TAPS_IN_PLACE_ENV`] is `1` (read once).
+fn taps_in_place() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(TAPS_IN_PLACE_ENV).is_ok_and(|v| v.trim() == "1"))
+}
+
+/// Whether a tap conv over `padded` runs as in-place cuDNN accumulation: [`taps_in_place`], a
+/// cuDNN build, a 16-bit CUDA input and the tensor-core path on.
+fn taps_accumulate_in_place(padded: &Tensor) -> bool {
+    #[cfg(feature = "cudnn")]
+    {
+        taps_in_place()
+            && padded.device().is_cuda()
+            && matches!(padded.dtype(), DType::BF16 | DType::F16)
+            && super::cudnn_conv::enabled()
+    }
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = padded;
+        false
     }
 }
 

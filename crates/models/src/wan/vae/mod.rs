@@ -40,7 +40,7 @@ use crate::error::{ModelError, Result};
 use crate::profile::span;
 use crate::weights::{RandomWeights, WeightFiles, WeightsError};
 #[cfg(feature = "cudnn")]
-pub use cudnn_conv::{conv2d_tensor_ops, TENSOR_OPS_ENV};
+pub use cudnn_conv::{conv2d_tensor_ops, conv2d_tensor_ops_accumulate, TENSOR_OPS_ENV};
 use decoder::Decoder3d;
 use layers::{stage, CausalConv3d, FeatureCache, SlotCounter};
 pub use layers::{CONV_ALGO_ENV, FUSED_NORM_ENV};
