@@ -10,7 +10,9 @@
 # /work/target-cuda` and put it, stripped and xz-compressed, in .gpu/memory/vdit.xz; .whl holds the trimmed
 # diffusers wheel. GPU run:
 #     STAGED=.gpu/memory bash scripts/gpu/run_memory.sh
-# ONLY=vae runs the VAE rows alone (vdit's, without the profile pass and diffusers).
+# ONLY=vae runs the VAE rows alone (vdit's, at 720p and 480p, without the profile pass and diffusers): stacked
+# taps, VDIT_VAE_CONV_FRAMES=1, VDIT_VAE_TAPS=1 and both. ONLY=sync runs the dense 14B forward without and with
+# VDIT_BLOCK_SYNC=1.
 # A vdit_before.xz beside it (an earlier build) is run on the same dense forward and decode, for the change.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -25,15 +27,28 @@ STEP_SHOW='^\||^diffusers|^cuDNN|rror|Killed|panicked'; STEP_LINES=45
 
 once=(--device cuda --warmup 0 --iters 1)
 vae=(vae --latent 21x90x160)
+big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 1)
 if [ "${ONLY:-}" = vae ]; then
-  t "vdit: Wan2.1 VAE decode at 1280x720x81: one cuDNN call per conv, and at most 1 or 2 frames per call"
+  t "vdit: Wan2.1 VAE decode at 1280x720x81 and 832x480x81: stacked taps (one cuDNN call per conv), at most 1 frame"
+  t "per call, taps accumulated in place (VDIT_VAE_TAPS=1), and both"
   warm=(--device cuda --warmup 1 --iters 1)
-  step vdit_vae 60 /tmp/vdit bench "${warm[@]}" --json $OUT/vdit_vae.json "${vae[@]}"
-  step vdit_vae_frames1 60 env VDIT_VAE_CONV_FRAMES=1 /tmp/vdit bench "${warm[@]}" --json $OUT/vdit_vae_frames1.json "${vae[@]}"
-  step vdit_vae_frames2 60 env VDIT_VAE_CONV_FRAMES=2 /tmp/vdit bench "${warm[@]}" --json $OUT/vdit_vae_frames2.json "${vae[@]}"
+  for v in "vae:" "vae_frames1:VDIT_VAE_CONV_FRAMES=1" "vae_taps:VDIT_VAE_TAPS=1" \
+    "vae_taps_frames1:VDIT_VAE_TAPS=1 VDIT_VAE_CONV_FRAMES=1"; do
+    name=${v%%:*}; vars=${v#*:}
+    # shellcheck disable=SC2086
+    step "vdit_$name" 50 env $vars /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_$name.json" "${vae[@]}"
+    # shellcheck disable=SC2086
+    step "vdit_${name}_480p" 30 env $vars /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_${name}_480p.json" vae
+  done
   exit 0
 fi
-big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 1)
+if [ "${ONLY:-}" = sync ]; then
+  t "vdit: Wan2.1-14B forward, 1280x720x81, batch 1, dense: as is, and with the queue drained after each block"
+  step vdit_dense 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense.json transformer "${big[@]}"
+  step vdit_dense_sync 90 env VDIT_BLOCK_SYNC=1 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense_sync.json \
+    transformer "${big[@]}"
+  exit 0
+fi
 t "vdit: Wan2.1-14B forward, 1280x720x81, batch 1: dense, RainFusion 0.8; dense before the block frees its temporaries"
 step vdit_dense 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense.json transformer "${big[@]}"
 step vdit_rf 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_rf.json transformer "${big[@]}" \
