@@ -34,7 +34,10 @@ fn model(dtype: DType) -> HunyuanVideo15Transformer {
     HunyuanVideo15Transformer::load(&fixtures().join("transformer"), dtype, &Device::Cpu).unwrap()
 }
 
-fn inputs<'a>(io: &'a HashMap<String, Tensor>, image: Option<&'a Tensor>) -> HunyuanVideo15Inputs<'a> {
+fn inputs<'a>(
+    io: &'a HashMap<String, Tensor>,
+    image: Option<&'a Tensor>,
+) -> HunyuanVideo15Inputs<'a> {
     HunyuanVideo15Inputs {
         latents: &io["latents"],
         timesteps: &io["timestep"],
@@ -60,7 +63,10 @@ fn text_to_video_matches_diffusers_in_f32() {
     for image in [None, Some(&zeros)] {
         let out = model.forward(&inputs(&io, image)).unwrap();
         let err = relative_error(&out, &io["output"]);
-        eprintln!("t2v f32 (image {:?}): relative error {err:.2e}", image.map(|_| "zeros"));
+        eprintln!(
+            "t2v f32 (image {:?}): relative error {err:.2e}",
+            image.map(|_| "zeros")
+        );
         assert!(err <= F32_TOLERANCE, "t2v f32 relative error {err:.3e}");
     }
 }
@@ -103,7 +109,10 @@ fn one_unpadded_sample_matches_diffusers_in_f32() {
         .unwrap();
     let err = relative_error(&out, &io["output_no_padding"]);
     eprintln!("unpadded sample f32: relative error {err:.2e}");
-    assert!(err <= F32_TOLERANCE, "unpadded f32 relative error {err:.3e}");
+    assert!(
+        err <= F32_TOLERANCE,
+        "unpadded f32 relative error {err:.3e}"
+    );
 }
 
 #[test]
@@ -113,15 +122,28 @@ fn padded_text_positions_do_not_reach_the_output() {
     let before = model.forward(&inputs(&io, None)).unwrap();
     // Large values at every padded position of both text streams (valid positions untouched).
     let scramble = |states: &Tensor, mask: &Tensor| -> Tensor {
-        let keep = mask.unsqueeze(2).unwrap().broadcast_as(states.shape()).unwrap();
-        let noise = (Tensor::randn(0f32, 1.0, states.shape(), &Device::Cpu).unwrap() * 100.0).unwrap();
+        let keep = mask
+            .unsqueeze(2)
+            .unwrap()
+            .broadcast_as(states.shape())
+            .unwrap();
+        let noise =
+            (Tensor::randn(0f32, 1.0, states.shape(), &Device::Cpu).unwrap() * 100.0).unwrap();
         let padded = (noise * (1.0 - &keep).unwrap()).unwrap();
         ((states * &keep).unwrap() + padded).unwrap()
     };
     let prompt = scramble(&io["text"], &io["text_mask"]);
     let glyph = scramble(&io["glyph"], &io["glyph_mask"]);
-    let changed = (&prompt - &io["text"]).unwrap().abs().unwrap().max_all().unwrap();
-    assert!(changed.to_scalar::<f32>().unwrap() > 1.0, "the padding was not changed");
+    let changed = (&prompt - &io["text"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(
+        changed.to_scalar::<f32>().unwrap() > 1.0,
+        "the padding was not changed"
+    );
     let after = model
         .forward(&HunyuanVideo15Inputs {
             prompt: &prompt,
@@ -131,7 +153,10 @@ fn padded_text_positions_do_not_reach_the_output() {
         .unwrap();
     let err = relative_error(&after, &before);
     eprintln!("padded positions changed: output relative change {err:.2e}");
-    assert!(err <= 1e-6, "padded text leaks into the output: relative change {err:.3e}");
+    assert!(
+        err <= 1e-6,
+        "padded text leaks into the output: relative change {err:.3e}"
+    );
     // A change at a valid position does move it (the check above can fail).
     let valid_changed = (&io["text"] + 1.0).unwrap();
     let moved = model

@@ -88,13 +88,13 @@ pub(crate) fn key_masked_attention_chunked(
         let len = chunk.min(lq - start);
         let q_chunk = (q.narrow(2, start, len)?.to_dtype(DType::F32)? * scale)?;
         let scores = q_chunk.contiguous()?.matmul(&k_t)?.broadcast_add(&bias)?; // [B, H, len, Lk]
-        // A row with no valid key has max −∞; a finite stand-in makes every exp 0 (not NaN),
-        // and the floor on the sum turns 0/0 into 0.
-        let max = scores
-            .max_keepdim(D::Minus1)?
-            .maximum(f32::MIN as f64)?;
+                                                                                // A row with no valid key has max −∞; a finite stand-in makes every exp 0 (not NaN),
+                                                                                // and the floor on the sum turns 0/0 into 0.
+        let max = scores.max_keepdim(D::Minus1)?.maximum(f32::MIN as f64)?;
         let exp = scores.broadcast_sub(&max)?.exp()?;
-        let sum = exp.sum_keepdim(D::Minus1)?.maximum(f32::MIN_POSITIVE as f64)?;
+        let sum = exp
+            .sum_keepdim(D::Minus1)?
+            .maximum(f32::MIN_POSITIVE as f64)?;
         let out = exp.matmul(&v)?.broadcast_div(&sum)?; // [B, H, len, D]
         outs.push(out.to_dtype(out_dtype)?);
         start += len;
@@ -132,7 +132,7 @@ mod tests {
         };
         let (q, k, v) = (flat(q), flat(k), flat(v));
         let mut out = vec![0f32; b * h * lq * d];
-        for bi in 0..b {
+        for (bi, valid_keys) in valid.iter().enumerate().take(b) {
             for hi in 0..h {
                 let base_q = (bi * h + hi) * lq * d;
                 let base_k = (bi * h + hi) * lk * d;
@@ -140,7 +140,7 @@ mod tests {
                     let qi = &q[base_q + i * d..base_q + (i + 1) * d];
                     let scores: Vec<Option<f64>> = (0..lk)
                         .map(|j| {
-                            valid[bi][j].then(|| {
+                            valid_keys[j].then(|| {
                                 let kj = &k[base_k + j * d..base_k + (j + 1) * d];
                                 qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale
                             })
@@ -191,8 +191,7 @@ mod tests {
         let whole = key_masked_attention(&q, &k, &v, Some(&mask), scale).unwrap();
         assert!(relative_error(&whole, &expected).unwrap() < 1e-6);
         // 2·2·13 scores per query row: a bound of 100 gives one-row chunks.
-        let chunked =
-            key_masked_attention_chunked(&q, &k, &v, Some(&mask), scale, 100).unwrap();
+        let chunked = key_masked_attention_chunked(&q, &k, &v, Some(&mask), scale, 100).unwrap();
         assert!(relative_error(&chunked, &expected).unwrap() < 1e-6);
 
         // Changing padded keys and values changes nothing.
@@ -208,8 +207,8 @@ mod tests {
             let padded_part = (noise.clone() * (1.0 - &keep).unwrap()).unwrap();
             ((x * &keep).unwrap() + padded_part).unwrap()
         };
-        let moved = key_masked_attention(&q, &scramble(&k), &scramble(&v), Some(&mask), scale)
-            .unwrap();
+        let moved =
+            key_masked_attention(&q, &scramble(&k), &scramble(&v), Some(&mask), scale).unwrap();
         assert_eq!(relative_error(&moved, &whole).unwrap(), 0.0);
     }
 

@@ -2,6 +2,6 @@
 //! a 32-channel causal 3D VAE latent, conditioned on Qwen2.5-VL prompt states, ByT5 glyph-text
 //! states and, for image-to-video, SigLIP image tokens.
 //!
-//! - [`transformer`]: [`transformer::HunyuanVideo15Transformer`].
+//! - [`transformer`]: the diffusion transformer, [`transformer::HunyuanVideo15Transformer`].
 
 pub mod transformer;

@@ -78,15 +78,22 @@ impl StreamWeights {
     /// Modulated, normalised stream `n` `[B, L, dim]` → q, k `[B, heads, L, head_dim]` f32
     /// (normalised per head) and v `[B, heads, L, head_dim]` in the run dtype.
     fn qkv(&self, n: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
-        let q = self.norm_q.forward(&split_heads(&self.to_q.forward(n)?, heads)?)?;
-        let k = self.norm_k.forward(&split_heads(&self.to_k.forward(n)?, heads)?)?;
+        let q = self
+            .norm_q
+            .forward(&split_heads(&self.to_q.forward(n)?, heads)?)?;
+        let k = self
+            .norm_k
+            .forward(&split_heads(&self.to_k.forward(n)?, heads)?)?;
         let v = split_heads(&self.to_v.forward(n)?, heads)?;
         Ok((q, k, v))
     }
 
     /// The residual updates after attention: `x + gate_msa·out(o)`, then the gated FFN.
     fn finish(&self, x: &Tensor, attended: &Tensor, m: &Modulation) -> Result<Tensor> {
-        let o = self.to_out.forward(&merge_heads(attended)?)?.to_dtype(DType::F32)?;
+        let o = self
+            .to_out
+            .forward(&merge_heads(attended)?)?
+            .to_dtype(DType::F32)?;
         let x = (x + o.broadcast_mul(&m.gate_msa)?)?;
         let n = modulate(&layer_norm(&x, BLOCK_NORM_EPS)?, &m.shift_mlp, &m.scale_mlp)?;
         let ff = self.ff.forward(&n)?.to_dtype(DType::F32)?;
@@ -102,15 +109,35 @@ pub(crate) struct DualStreamBlock {
 }
 
 impl DualStreamBlock {
-    pub(crate) fn load(src: &WeightSource, i: usize, cfg: &HunyuanVideo15Config, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        src: &WeightSource,
+        i: usize,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+    ) -> Result<Self> {
         let p = format!("transformer_blocks.{i}");
         let (dim, head_dim) = (cfg.dim(), cfg.attention_head_dim);
         let linear = |name: &str| src.linear(&format!("{p}.{name}"), dim, dim, dtype);
-        let norm = |name: &str| RmsNorm::load(src, &format!("{p}.attn.{name}.weight"), head_dim, BLOCK_NORM_EPS);
-        let ff = |name: &str| {
-            FeedForward::load(src, &format!("{p}.{name}"), dim, cfg.mlp_dim(), Activation::GeluTanh, dtype)
+        let norm = |name: &str| {
+            RmsNorm::load(
+                src,
+                &format!("{p}.attn.{name}.weight"),
+                head_dim,
+                BLOCK_NORM_EPS,
+            )
         };
-        let modulation = |name: &str| src.linear(&format!("{p}.{name}.linear"), dim, 6 * dim, DType::F32);
+        let ff = |name: &str| {
+            FeedForward::load(
+                src,
+                &format!("{p}.{name}"),
+                dim,
+                cfg.mlp_dim(),
+                Activation::GeluTanh,
+                dtype,
+            )
+        };
+        let modulation =
+            |name: &str| src.linear(&format!("{p}.{name}.linear"), dim, 6 * dim, DType::F32);
         Ok(Self {
             video: StreamWeights {
                 modulation: modulation("norm1")?,
@@ -137,13 +164,26 @@ impl DualStreamBlock {
     }
 
     /// video `[B, Lv, dim]` f32, text `[B, Lt, dim]` f32 → both updated, f32.
-    pub(crate) fn forward(&self, video: &Tensor, text: &Tensor, ctx: &BlockContext) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn forward(
+        &self,
+        video: &Tensor,
+        text: &Tensor,
+        ctx: &BlockContext,
+    ) -> Result<(Tensor, Tensor)> {
         let video_tokens = video.dim(1)?;
         let text_tokens = text.dim(1)?;
         let mv = self.video.modulation(ctx.temb)?;
         let mt = self.text.modulation(ctx.temb)?;
-        let nv = modulate(&layer_norm(video, BLOCK_NORM_EPS)?, &mv.shift_msa, &mv.scale_msa)?;
-        let nt = modulate(&layer_norm(text, BLOCK_NORM_EPS)?, &mt.shift_msa, &mt.scale_msa)?;
+        let nv = modulate(
+            &layer_norm(video, BLOCK_NORM_EPS)?,
+            &mv.shift_msa,
+            &mv.scale_msa,
+        )?;
+        let nt = modulate(
+            &layer_norm(text, BLOCK_NORM_EPS)?,
+            &mt.shift_msa,
+            &mt.scale_msa,
+        )?;
 
         let (qv, kv, vv) = self.video.qkv(&nv, self.heads)?;
         let qv = HunyuanRope::apply(&qv, ctx.rope_cos, ctx.rope_sin)?;
@@ -152,9 +192,17 @@ impl DualStreamBlock {
         // Attention inputs in the run dtype (the dtype of v), where the fast kernels serve.
         let run_dtype = vv.dtype();
         let joint = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
-            Ok(Tensor::cat(&[&a.to_dtype(run_dtype)?, &b.to_dtype(run_dtype)?], 2)?)
+            Ok(Tensor::cat(
+                &[&a.to_dtype(run_dtype)?, &b.to_dtype(run_dtype)?],
+                2,
+            )?)
         };
-        let attended = masked_attention(&joint(&qv, &qt)?, &joint(&kv, &kt)?, &joint(&vv, &vt)?, ctx.key_valid)?;
+        let attended = masked_attention(
+            &joint(&qv, &qt)?,
+            &joint(&kv, &kt)?,
+            &joint(&vv, &vt)?,
+            ctx.key_valid,
+        )?;
         let video_out = attended.narrow(2, 0, video_tokens)?;
         let text_out = attended.narrow(2, video_tokens, text_tokens)?;
 

@@ -156,7 +156,10 @@ impl HunyuanVideo15Config {
             ));
         }
         if self.mlp_dim() == 0 {
-            return Err(format!("mlp_ratio {} gives no hidden width", self.mlp_ratio));
+            return Err(format!(
+                "mlp_ratio {} gives no hidden width",
+                self.mlp_ratio
+            ));
         }
         Ok(())
     }

@@ -23,11 +23,19 @@ pub(crate) struct PatchEmbedding {
 }
 
 impl PatchEmbedding {
-    pub(crate) fn load(src: &WeightSource, cfg: &HunyuanVideo15Config, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        src: &WeightSource,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+    ) -> Result<Self> {
         let [pt, ph, pw] = cfg.patch();
         let dim = cfg.dim();
         let weight = src
-            .get("x_embedder.proj.weight", &[dim, cfg.in_channels, pt, ph, pw], dtype)?
+            .get(
+                "x_embedder.proj.weight",
+                &[dim, cfg.in_channels, pt, ph, pw],
+                dtype,
+            )?
             .reshape((dim, cfg.patch_in_features()))?;
         let bias = src.get("x_embedder.proj.bias", &[dim], dtype)?;
         Ok(Self {
@@ -64,7 +72,11 @@ pub(crate) fn timestep_features(timesteps: &[f32], device: &Device) -> Result<Te
         out.extend(freqs.iter().map(|f| (t * f).cos()));
         out.extend(freqs.iter().map(|f| (t * f).sin()));
     }
-    Ok(Tensor::from_vec(out, (timesteps.len(), TIMESTEP_FEATURES), device)?)
+    Ok(Tensor::from_vec(
+        out,
+        (timesteps.len(), TIMESTEP_FEATURES),
+        device,
+    )?)
 }
 
 /// A timestep MLP (`TimestepEmbedding`): Linear(256 → dim) · SiLU · Linear(dim → dim), f32.
@@ -76,14 +88,20 @@ pub(crate) struct TimestepMlp {
 impl TimestepMlp {
     pub(crate) fn load(src: &WeightSource, prefix: &str, dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: src.linear(&format!("{prefix}.linear_1"), TIMESTEP_FEATURES, dim, DType::F32)?,
+            linear_1: src.linear(
+                &format!("{prefix}.linear_1"),
+                TIMESTEP_FEATURES,
+                dim,
+                DType::F32,
+            )?,
             linear_2: src.linear(&format!("{prefix}.linear_2"), dim, dim, DType::F32)?,
         })
     }
 
     /// features `[N, 256]` (see [`timestep_features`]) → `[N, dim]` f32.
     pub(crate) fn forward(&self, features: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(features)?.silu()?)
+        self.linear_2
+            .forward(&self.linear_1.forward(features)?.silu()?)
     }
 }
 
@@ -97,7 +115,11 @@ pub(crate) struct GlyphProjection {
 }
 
 impl GlyphProjection {
-    pub(crate) fn load(src: &WeightSource, cfg: &HunyuanVideo15Config, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        src: &WeightSource,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+    ) -> Result<Self> {
         let (input, hidden) = (cfg.text_embed_2_dim, cfg.byt5_projection_dim);
         let p = "context_embedder_2";
         Ok(Self {
@@ -110,7 +132,10 @@ impl GlyphProjection {
 
     /// ByT5 states `[B, L, text_embed_2_dim]` → `[B, L, dim]` f32.
     pub(crate) fn forward(&self, glyph: &Tensor) -> Result<Tensor> {
-        let x = self.linear_1.forward(&self.norm.forward(glyph)?)?.gelu_erf()?;
+        let x = self
+            .linear_1
+            .forward(&self.norm.forward(glyph)?)?
+            .gelu_erf()?;
         let x = self.linear_2.forward(&x)?.gelu_erf()?;
         Ok(self.linear_3.forward(&x)?.to_dtype(DType::F32)?)
     }
@@ -126,20 +151,37 @@ pub(crate) struct ImageProjection {
 }
 
 impl ImageProjection {
-    pub(crate) fn load(src: &WeightSource, cfg: &HunyuanVideo15Config, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        src: &WeightSource,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+    ) -> Result<Self> {
         let (input, dim) = (cfg.image_embed_dim, cfg.dim());
         let p = "image_embedder";
         Ok(Self {
-            norm_in: AffineLayerNorm::load(src, &format!("{p}.norm_in"), input, TORCH_LAYER_NORM_EPS)?,
+            norm_in: AffineLayerNorm::load(
+                src,
+                &format!("{p}.norm_in"),
+                input,
+                TORCH_LAYER_NORM_EPS,
+            )?,
             linear_1: src.linear(&format!("{p}.linear_1"), input, input, dtype)?,
             linear_2: src.linear(&format!("{p}.linear_2"), input, dim, dtype)?,
-            norm_out: AffineLayerNorm::load(src, &format!("{p}.norm_out"), dim, TORCH_LAYER_NORM_EPS)?,
+            norm_out: AffineLayerNorm::load(
+                src,
+                &format!("{p}.norm_out"),
+                dim,
+                TORCH_LAYER_NORM_EPS,
+            )?,
         })
     }
 
     /// image tokens `[B, Li, image_embed_dim]` → `[B, Li, dim]` f32.
     pub(crate) fn forward(&self, image: &Tensor) -> Result<Tensor> {
-        let x = self.linear_1.forward(&self.norm_in.forward(image)?)?.gelu_erf()?;
+        let x = self
+            .linear_1
+            .forward(&self.norm_in.forward(image)?)?
+            .gelu_erf()?;
         self.norm_out.forward(&self.linear_2.forward(&x)?)
     }
 }

@@ -108,10 +108,20 @@ impl HunyuanVideo15Transformer {
     /// A transformer of `cfg`'s shape with random weights drawn on `device` (see
     /// [`crate::weights::RandomWeights`]): for benchmarks at the real size without a checkpoint.
     pub fn random(cfg: &HunyuanVideo15Config, dtype: DType, device: &Device) -> Result<Self> {
-        Self::build(&WeightSource::random_quantized(device.clone(), None), cfg, dtype, device)
+        Self::build(
+            &WeightSource::random_quantized(device.clone(), None),
+            cfg,
+            dtype,
+            device,
+        )
     }
 
-    fn build(src: &WeightSource, cfg: &HunyuanVideo15Config, dtype: DType, device: &Device) -> Result<Self> {
+    fn build(
+        src: &WeightSource,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::InvalidInput(format!(
                 "run dtype {dtype:?} is not supported (use f32, bf16 or f16)"
@@ -126,7 +136,11 @@ impl HunyuanVideo15Transformer {
             ));
         }
         let dim = cfg.dim();
-        let axes = [cfg.rope_axes_dim[0], cfg.rope_axes_dim[1], cfg.rope_axes_dim[2]];
+        let axes = [
+            cfg.rope_axes_dim[0],
+            cfg.rope_axes_dim[1],
+            cfg.rope_axes_dim[2],
+        ];
         Ok(Self {
             cfg: cfg.clone(),
             dtype,
@@ -169,7 +183,9 @@ impl HunyuanVideo15Transformer {
         let mut video = self.patch.forward(&latents, self.dtype)?; // [B, Lv, dim] f32
 
         let t: Vec<f32> = inputs.timesteps.to_dtype(DType::F32)?.to_vec1()?;
-        let t: Vec<f32> = (0..batch).map(|b| t[if t.len() == 1 { 0 } else { b }]).collect();
+        let t: Vec<f32> = (0..batch)
+            .map(|b| t[if t.len() == 1 { 0 } else { b }])
+            .collect();
         let features = timestep_features(&t, dev)?; // [B, 256]
         let temb = self.time.forward(&features)?; // [B, dim]
 
@@ -185,7 +201,9 @@ impl HunyuanVideo15Transformer {
             tokens: &prompt,
             keep: &prompt_keep,
         }])?;
-        let refined = self.refiner.forward(&prompt.tokens, prompt.valid.as_ref(), &features)?;
+        let refined = self
+            .refiner
+            .forward(&prompt.tokens, prompt.valid.as_ref(), &features)?;
         let refined = self.condition_type.tag(&refined, ConditionType::Prompt)?;
 
         let glyph = self.glyph.forward(&inputs.glyph.to_device(dev)?)?;
@@ -193,10 +211,21 @@ impl HunyuanVideo15Transformer {
         let glyph_keep = valid_positions(inputs.glyph_mask)?;
 
         let image = match inputs.image {
-            Some(image) if image.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? != 0.0 => {
+            Some(image)
+                if image
+                    .abs()?
+                    .max_all()?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?
+                    != 0.0 =>
+            {
                 let tokens = self.image.forward(&image.to_device(dev)?)?;
                 let (b, li, dim) = tokens.dims3()?;
-                let tokens = if b == batch { tokens } else { tokens.broadcast_as((batch, li, dim))?.contiguous()? };
+                let tokens = if b == batch {
+                    tokens
+                } else {
+                    tokens.broadcast_as((batch, li, dim))?.contiguous()?
+                };
                 Some(self.condition_type.tag(&tokens, ConditionType::Image)?)
             }
             _ => None,
@@ -206,19 +235,38 @@ impl HunyuanVideo15Transformer {
             None => Vec::new(),
         };
         // The refined prompt is already packed: sample b's valid rows are its first ones.
-        let prompt_rows: Vec<Vec<u32>> = prompt.counts.iter().map(|&c| (0..c as u32).collect()).collect();
+        let prompt_rows: Vec<Vec<u32>> = prompt
+            .counts
+            .iter()
+            .map(|&c| (0..c as u32).collect())
+            .collect();
         let mut streams = Vec::with_capacity(3);
         if let Some(tokens) = &image {
-            streams.push(Rows { tokens, keep: &image_keep });
+            streams.push(Rows {
+                tokens,
+                keep: &image_keep,
+            });
         }
-        streams.push(Rows { tokens: &glyph, keep: &glyph_keep });
-        streams.push(Rows { tokens: &refined, keep: &prompt_rows });
+        streams.push(Rows {
+            tokens: &glyph,
+            keep: &glyph_keep,
+        });
+        streams.push(Rows {
+            tokens: &refined,
+            keep: &prompt_rows,
+        });
         let text = pack(&streams)?;
 
         let key_valid = match &text.valid {
             Some(valid) => {
                 let video_tokens = video.dim(1)?;
-                Some(Tensor::cat(&[&Tensor::ones((batch, video_tokens), DType::F32, dev)?, valid], 1)?)
+                Some(Tensor::cat(
+                    &[
+                        &Tensor::ones((batch, video_tokens), DType::F32, dev)?,
+                        valid,
+                    ],
+                    1,
+                )?)
             }
             None => None,
         };
@@ -305,7 +353,9 @@ impl HunyuanVideo15Transformer {
         }
         let stream = |name: &str, x: &Tensor, mask: &Tensor, width: usize| -> Result<()> {
             match (x.dims3(), mask.dims2()) {
-                (Ok((xb, l, xw)), Ok((mb, ml))) if xb == b && xw == width && mb == b && ml == l => Ok(()),
+                (Ok((xb, l, xw)), Ok((mb, ml))) if xb == b && xw == width && mb == b && ml == l => {
+                    Ok(())
+                }
                 _ => Err(ModelError::InvalidInput(format!(
                     "{name} must be [{b}, L, {width}] with a [{b}, L] mask, got {:?} and {:?}",
                     x.dims(),
@@ -313,11 +363,22 @@ impl HunyuanVideo15Transformer {
                 ))),
             }
         };
-        stream("prompt", inputs.prompt, inputs.prompt_mask, cfg.text_embed_dim)?;
-        stream("glyph", inputs.glyph, inputs.glyph_mask, cfg.text_embed_2_dim)?;
+        stream(
+            "prompt",
+            inputs.prompt,
+            inputs.prompt_mask,
+            cfg.text_embed_dim,
+        )?;
+        stream(
+            "glyph",
+            inputs.glyph,
+            inputs.glyph_mask,
+            cfg.text_embed_2_dim,
+        )?;
         if let Some(image) = inputs.image {
             match image.dims3() {
-                Ok((ib, li, iw)) if (ib == b || ib == 1) && li > 0 && iw == cfg.image_embed_dim => {}
+                Ok((ib, li, iw)) if (ib == b || ib == 1) && li > 0 && iw == cfg.image_embed_dim => {
+                }
                 _ => {
                     return bad(format!(
                         "image must be [{b} or 1, Li, {}], got {:?}",

@@ -100,15 +100,27 @@ mod tests {
     fn valid_rows_go_first_in_stream_order_and_padding_is_masked() {
         let dev = Device::Cpu;
         // Stream a: [2, 3, 1] = values 0..6; stream b: [2, 2, 1] = 10..14.
-        let a = Tensor::arange(0f32, 6.0, &dev).unwrap().reshape((2, 3, 1)).unwrap();
-        let b = Tensor::arange(10f32, 14.0, &dev).unwrap().reshape((2, 2, 1)).unwrap();
+        let a = Tensor::arange(0f32, 6.0, &dev)
+            .unwrap()
+            .reshape((2, 3, 1))
+            .unwrap();
+        let b = Tensor::arange(10f32, 14.0, &dev)
+            .unwrap()
+            .reshape((2, 2, 1))
+            .unwrap();
         let mask_a = Tensor::new(&[[1f32, 0., 1.], [0., 1., 0.]], &dev).unwrap();
         let keep_a = valid_positions(&mask_a).unwrap();
         assert_eq!(keep_a, vec![vec![0, 2], vec![1]]);
         let keep_b = vec![vec![1], vec![]];
         let packed = pack(&[
-            Rows { tokens: &a, keep: &keep_a },
-            Rows { tokens: &b, keep: &keep_b },
+            Rows {
+                tokens: &a,
+                keep: &keep_a,
+            },
+            Rows {
+                tokens: &b,
+                keep: &keep_b,
+            },
         ])
         .unwrap();
         assert_eq!(packed.counts, vec![3, 1]);
@@ -118,7 +130,11 @@ mod tests {
         assert_eq!(valid, vec![vec![1., 1., 1.], vec![1., 0., 0.]]);
 
         let full = vec![vec![0, 1, 2], vec![0, 1, 2]];
-        let unmasked = pack(&[Rows { tokens: &a, keep: &full }]).unwrap();
+        let unmasked = pack(&[Rows {
+            tokens: &a,
+            keep: &full,
+        }])
+        .unwrap();
         assert!(unmasked.valid.is_none());
     }
 }

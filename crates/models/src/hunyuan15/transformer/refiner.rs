@@ -39,7 +39,12 @@ struct RefinerBlock {
 }
 
 impl RefinerBlock {
-    fn load(src: &WeightSource, i: usize, cfg: &HunyuanVideo15Config, dtype: DType) -> Result<Self> {
+    fn load(
+        src: &WeightSource,
+        i: usize,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+    ) -> Result<Self> {
         let p = format!("{PREFIX}.token_refiner.refiner_blocks.{i}");
         let dim = cfg.dim();
         let linear = |name: &str| src.linear(&format!("{p}.attn.{name}"), dim, dim, dtype);
@@ -50,14 +55,26 @@ impl RefinerBlock {
             to_v: linear("to_v")?,
             to_out: linear("to_out.0")?,
             norm2: AffineLayerNorm::load(src, &format!("{p}.norm2"), dim, REFINER_NORM_EPS)?,
-            ff: FeedForward::load(src, &format!("{p}.ff"), dim, cfg.mlp_dim(), Activation::Silu, dtype)?,
+            ff: FeedForward::load(
+                src,
+                &format!("{p}.ff"),
+                dim,
+                cfg.mlp_dim(),
+                Activation::Silu,
+                dtype,
+            )?,
             gates: src.linear(&format!("{p}.norm_out.linear"), dim, 2 * dim, DType::F32)?,
             heads: cfg.num_attention_heads,
         })
     }
 
     /// x `[B, L, dim]` f32, conditioning `[B, dim]` f32, key mask `[B, L]` → `[B, L, dim]` f32.
-    fn forward(&self, x: &Tensor, conditioning: &Tensor, key_valid: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        conditioning: &Tensor,
+        key_valid: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let gates = self.gates.forward(&conditioning.silu()?)?.unsqueeze(1)?; // [B, 1, 2·dim]
         let gate_msa = gates.chunk(2, D::Minus1)?;
         let (gate_msa, gate_mlp) = (&gate_msa[0], &gate_msa[1]);
@@ -67,10 +84,16 @@ impl RefinerBlock {
         let k = split_heads(&self.to_k.forward(&n)?, self.heads)?;
         let v = split_heads(&self.to_v.forward(&n)?, self.heads)?;
         let attn = masked_attention(&q, &k, &v, key_valid)?;
-        let attn = self.to_out.forward(&merge_heads(&attn)?)?.to_dtype(DType::F32)?;
+        let attn = self
+            .to_out
+            .forward(&merge_heads(&attn)?)?
+            .to_dtype(DType::F32)?;
         let x = (x + attn.broadcast_mul(gate_msa)?)?;
 
-        let ff = self.ff.forward(&self.norm2.forward(&x)?)?.to_dtype(DType::F32)?;
+        let ff = self
+            .ff
+            .forward(&self.norm2.forward(&x)?)?
+            .to_dtype(DType::F32)?;
         Ok((&x + ff.broadcast_mul(gate_mlp)?)?)
     }
 }
@@ -86,13 +109,27 @@ pub(crate) struct TokenRefiner {
 }
 
 impl TokenRefiner {
-    pub(crate) fn load(src: &WeightSource, cfg: &HunyuanVideo15Config, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        src: &WeightSource,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+    ) -> Result<Self> {
         let (text_dim, dim) = (cfg.text_embed_dim, cfg.dim());
         let embed = format!("{PREFIX}.time_text_embed");
         Ok(Self {
             timestep_mlp: TimestepMlp::load(src, &format!("{embed}.timestep_embedder"), dim)?,
-            pooled_1: src.linear(&format!("{embed}.text_embedder.linear_1"), text_dim, dim, DType::F32)?,
-            pooled_2: src.linear(&format!("{embed}.text_embedder.linear_2"), dim, dim, DType::F32)?,
+            pooled_1: src.linear(
+                &format!("{embed}.text_embedder.linear_1"),
+                text_dim,
+                dim,
+                DType::F32,
+            )?,
+            pooled_2: src.linear(
+                &format!("{embed}.text_embedder.linear_2"),
+                dim,
+                dim,
+                DType::F32,
+            )?,
             proj_in: src.linear(&format!("{PREFIX}.proj_in"), text_dim, dim, dtype)?,
             blocks: (0..cfg.num_refiner_layers)
                 .map(|i| RefinerBlock::load(src, i, cfg, dtype))
@@ -122,7 +159,9 @@ impl TokenRefiner {
             }
         };
         let conditioning = (self.timestep_mlp.forward(timestep_features)?
-            + self.pooled_2.forward(&self.pooled_1.forward(&pooled)?.silu()?)?)?;
+            + self
+                .pooled_2
+                .forward(&self.pooled_1.forward(&pooled)?.silu()?)?)?;
         let mut x = self.proj_in.forward(prompt)?.to_dtype(DType::F32)?;
         for block in &self.blocks {
             x = block.forward(&x, &conditioning, valid)?;

@@ -29,7 +29,11 @@ impl HunyuanRope {
 
     /// cos and sin tables, each `[frames·height·width, head_dim/2]` f32, for tokens in row-major
     /// (frame, row, column) order; angles in f64, rounded once.
-    pub fn tables(&self, [frames, height, width]: [usize; 3], device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn tables(
+        &self,
+        [frames, height, width]: [usize; 3],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let pairs: usize = self.inv_freq.iter().map(Vec::len).sum();
         let tokens = frames * height * width;
         let mut cos = Vec::with_capacity(tokens * pairs);
