@@ -2,6 +2,7 @@
 //!
 //! - [`weights`]: safetensors (single file or shards), key dialects, dtype casts, clear errors.
 //! - [`wan`]: the Wan2.1 diffusion transformer and the Wan VAE.
+//! - [`hunyuan15`]: the HunyuanVideo 1.5 diffusion transformer.
 //! - [`lora`]: LoRA files in every published form, merged at load or applied per pass.
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
 //! - [`taehv`]: TAEHV, the tiny preview decoder of Wan latents (taew2_1, taew2_2).
@@ -9,6 +10,7 @@
 
 pub mod clip_vision;
 pub mod error;
+pub mod hunyuan15;
 pub mod lora;
 pub mod profile;
 pub mod taehv;

@@ -10,6 +10,8 @@
 //!   ([`layout`]), one block mask per (batch, head) predicted from pooled q and k ([`predict`]),
 //!   block-sparse attention over the kept blocks ([`block_sparse_attention`]), order restored;
 //!   dense warm-up steps, dense layers and mask reuse across steps are its step policy ([`policy`]).
+//! - [`key_masked_attention`]: dense attention with a per-key validity mask (padded text keys of a
+//!   joint video + text sequence), over query chunks.
 //! - [`RainFusionV1Attention`] (RainFusion 1.0): spatial / temporal / textural head patterns,
 //!   picked per head online ([`v1`]).
 //!
@@ -24,6 +26,7 @@ pub mod generic;
 mod inputs;
 pub mod layout;
 pub mod mask;
+mod masked;
 pub mod policy;
 pub mod predict;
 pub mod reference;
@@ -35,6 +38,7 @@ pub use dense::{dense_attention, dense_self_attention, DenseAttention};
 pub use error::{Error, Result};
 pub use layout::{TokenPermutation, Window};
 pub use mask::BlockMask;
+pub use masked::key_masked_attention;
 pub use policy::{DenseSteps, RainFusionAttention, RainFusionConfig};
 pub use predict::predict_block_mask;
 pub use sparse::block_sparse_attention;
