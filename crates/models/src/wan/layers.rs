@@ -151,6 +151,21 @@ impl WeightSource {
         output: usize,
         dtype: DType,
     ) -> Result<Linear> {
+        let mut linear = self.linear_no_bias(prefix, input, output, dtype)?;
+        linear.bias = self.get(&format!("{prefix}.bias"), &[output], dtype)?;
+        Ok(linear)
+    }
+
+    /// A bias-free linear layer `prefix.weight` [out, in] (umT5's projections), computing in
+    /// `dtype`: the weight is kept or cast as in [`Self::linear`]. Its bias is zeros [out], so
+    /// `forward` equals `matmul`; callers use `matmul`.
+    pub(crate) fn linear_no_bias(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        dtype: DType,
+    ) -> Result<Linear> {
         let weight_key = format!("{prefix}.weight");
         let runtime = self
             .lora
@@ -210,7 +225,7 @@ impl WeightSource {
         };
         Ok(Linear {
             weight,
-            bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
+            bias: Tensor::zeros(output, dtype, &self.device)?,
             adapter,
             dtype,
         })
@@ -229,6 +244,7 @@ enum StoredWeight {
 }
 
 /// The weight of a [`Linear`].
+#[derive(Debug, Clone)]
 enum LinearWeight {
     /// [out, in] in the run dtype.
     Dense(Tensor),
@@ -281,6 +297,7 @@ fn fp8_scale(
 /// `y = x·Wᵀ + b` over the last axis, computed in the run dtype (a quantised weight: candle's
 /// quantised matmul in f32, the result cast to the run dtype); with a LoRA kept unmerged,
 /// `+ (x·Aᵀ)·Bᵀ`.
+#[derive(Debug, Clone)]
 pub(crate) struct Linear {
     weight: LinearWeight, // [out, in]
     bias: Tensor,         // [out]
@@ -365,6 +382,14 @@ impl Linear {
             y = (y + x.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
         }
         Ok(y)
+    }
+
+    /// The GGUF block type of the weight when it is kept quantised; `None` otherwise.
+    pub(crate) fn quantized_type(&self) -> Option<GgmlDType> {
+        match &self.weight {
+            LinearWeight::Quantized(q) => Some(q.dtype()),
+            _ => None,
+        }
     }
 
     /// The bias [out], in the run dtype.
