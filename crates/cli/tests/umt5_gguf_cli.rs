@@ -37,7 +37,9 @@ fn write_q8_0_gguf(path: &Path) {
         })
         .collect();
     assert!(tensors.iter().any(|(_, t)| t.dtype() == GgmlDType::Q8_0));
-    assert!(tensors.iter().any(|(k, _)| k == "enc.blk.1.attn_rel_b.weight"));
+    assert!(tensors
+        .iter()
+        .any(|(k, _)| k == "enc.blk.1.attn_rel_b.weight"));
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let arch = gguf_file::Value::String("t5encoder".into());
     let mut file = std::fs::File::create(path).unwrap();

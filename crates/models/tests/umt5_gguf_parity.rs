@@ -8,11 +8,14 @@
 //! Q6_K (every projection and the embedding), with transformers' output in
 //! `umt5_w256_reference.safetensors`.
 //!
-//! Bounds (relative error ‖out − ref‖/‖ref‖ over real-token rows, measured on this fixture):
-//! Q8_0 f32 run 2.5e-2 (measured 5.6e-3), Q8_0 bf16 run 3e-2 (measured 7.2e-3), Q6_K f32 run
-//! 5e-2 (measured 1.1e-2). They are quantisation error, not a loader tolerance: the same
-//! weights unquantised match to 1e-4 (umt5_parity.rs), and candle's quantised matmul also
-//! rounds the activations to 8 bits.
+//! Bounds (relative error ‖out − ref‖/‖ref‖ over real-token rows) against transformers' f32
+//! output: Q8_0 f32 run 3.5e-2 (measured 2.66e-2), Q8_0 bf16 run 4e-2 (measured 2.71e-2), Q6_K
+//! f32 run 7e-2 (measured 4.63e-2). Against transformers run on the weights gguf-py dequantises
+//! from the same file: 2.5e-2 (measured 1.66e-2 and 1.62e-2), which is candle's quantised matmul
+//! rounding the activations to 8 bits; a mapping mistake (ffn_gate and ffn_up swapped) gives
+//! 0.84 and 0.66. These random models amplify rounding (transformers itself, on the dequantised
+//! weights, is 2.2e-2 and 4.6e-2 from its f32 output), so the numbers are the formats' cost
+//! here, not a statement about umT5-XXL's trained weights.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +90,7 @@ fn q8_0_file_matches_transformers() {
     assert_eq!(encoder.dialect(), &Umt5Dialect::Gguf);
     // q, k, v, wi_0, wi_1 of 3 layers stay Q8_0; o and wo (F16 in the file) are cast.
     assert_eq!(encoder.quantized_projections(), (15, vec!["Q8_0".into()]));
+    assert_eq!(encoder.quantized_embedding().as_deref(), Some("Q8_0"));
     let err = batch_error(&encoder, &batch, f32_ref);
     let loader = batch_error(&encoder, &batch, dequantized);
     println!(
@@ -110,10 +114,17 @@ fn q6_k_file_matches_transformers() {
     let encoder = open_encoder(&path, DType::F32);
     let cfg = encoder.config();
     assert_eq!(
-        (cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff, cfg.num_layers),
+        (
+            cfg.d_model,
+            cfg.num_heads,
+            cfg.d_kv,
+            cfg.d_ff,
+            cfg.num_layers
+        ),
         (256, 4, 64, 256, 2)
     );
     assert_eq!(encoder.quantized_projections(), (14, vec!["Q6_K".into()]));
+    assert_eq!(encoder.quantized_embedding().as_deref(), Some("Q6_K"));
     let batch = load(&gguf_dir().join("umt5_w256_reference.safetensors"));
     let err = batch_error(&encoder, &batch, &batch["last_hidden_state"]);
     let loader = batch_error(&encoder, &batch, &batch["last_hidden_state_dequantized"]);
@@ -269,9 +280,12 @@ fn time_f32_against_q8_0() {
             _ => vec![inner, d],
         }
     };
-    let random = |shape: &[usize]| -> Tensor {
+    // q further scaled by 1/√d_kv, as T5's initialisation does (no 1/√d in its attention).
+    let random = |shape: &[usize], is_q: bool| -> Tensor {
         let std = if shape.len() == 1 {
             0.1
+        } else if is_q {
+            1.0 / ((shape[1] * cfg.d_kv) as f64).sqrt()
         } else {
             1.0 / (shape[1] as f64).sqrt()
         };
@@ -292,21 +306,21 @@ fn time_f32_against_q8_0() {
     add(
         "shared.weight".into(),
         "token_embd.weight".into(),
-        random(&[cfg.vocab_size, d]),
+        random(&[cfg.vocab_size, d], false),
     );
     for i in 0..cfg.num_layers {
         for (hf, gguf) in names {
             add(
                 format!("encoder.block.{i}.{hf}"),
                 format!("enc.blk.{i}.{gguf}"),
-                random(&shape_of(hf)),
+                random(&shape_of(hf), hf.ends_with("q.weight")),
             );
         }
     }
     add(
         "encoder.final_layer_norm.weight".into(),
         "enc.output_norm.weight".into(),
-        random(&[d]),
+        random(&[d], false),
     );
     let dir = tempfile::tempdir().unwrap();
     let st = dir.path().join("f32.safetensors");
@@ -326,9 +340,17 @@ fn time_f32_against_q8_0() {
         }
         (start.elapsed().as_secs_f64() / runs as f64, out)
     };
-    let (f32_s, reference) = time(&st, DType::F32);
-    let (bf16_s, _) = time(&st, DType::BF16);
-    let (q8_s, out) = time(&gg, DType::F32);
+    // Alternated twice; the faster of the two rounds is kept.
+    let (mut f32_s, mut bf16_s, mut q8_s) = (f64::MAX, f64::MAX, f64::MAX);
+    let (mut reference, mut out) = (None, None);
+    for _ in 0..2 {
+        let (s, r) = time(&st, DType::F32);
+        (f32_s, reference) = (f32_s.min(s), Some(r));
+        bf16_s = bf16_s.min(time(&st, DType::BF16).0);
+        let (s, o) = time(&gg, DType::F32);
+        (q8_s, out) = (q8_s.min(s), Some(o));
+    }
+    let (reference, out) = (reference.unwrap(), out.unwrap());
     let err = rainfusion::reference::relative_error(&out, &reference).unwrap();
     println!(
         "umT5 1024-wide x2 layers, 128 tokens, {} threads: f32 {:.1} ms, bf16 {:.1} ms, Q8_0 {:.1} ms \

@@ -49,7 +49,8 @@ impl Umt5Dialect {
         // T5 (not umT5) checkpoints hold a bias table in layer 0 only; loading one would fail on
         // layer 1's table with a bare "missing tensor", so say what the file is instead.
         let keys = dialect.key_map();
-        let layer1 = |tail: &str| keys.map(&format!("encoder.block.1.layer.0.SelfAttention.{tail}"));
+        let layer1 =
+            |tail: &str| keys.map(&format!("encoder.block.1.layer.0.SelfAttention.{tail}"));
         if files.contains(&layer1("q.weight"))
             && !files.contains(&layer1("relative_attention_bias.weight"))
         {

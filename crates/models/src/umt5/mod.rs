@@ -9,10 +9,14 @@
 //!   dialects, detected automatically.
 //! - [`layers`]: RMSNorm, relative-bias self-attention, gated-GELU feed-forward.
 //!
+//! - [`embedding`]: the token table, kept in GGUF blocks when it is stored so.
+//!
 //! A GGUF file (city96's `umt5-xxl-encoder-Q8_0.gguf`, ...) keeps its projections quantised
-//! (candle's quantised matmul); its embedding, norms and bias tables are dequantised at load.
+//! (candle's quantised matmul) and its token table in blocks in host memory (only the prompt's
+//! rows are dequantised); its norms and bias tables are dequantised at load.
 
 pub mod config;
+mod embedding;
 pub mod keys;
 pub mod layers;
 
@@ -22,6 +26,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 pub use config::Umt5Config;
+use embedding::TokenEmbedding;
 pub use keys::Umt5Dialect;
 use layers::{position_buckets, EncoderLayer, T5RmsNorm};
 
@@ -69,7 +74,7 @@ fn tensor_shapes(cfg: &Umt5Config) -> Vec<(String, Vec<usize>)> {
 /// The umT5 encoder stack: token embedding, `num_layers` layers, final RMSNorm.
 #[derive(Debug, Clone)]
 pub struct Umt5Encoder {
-    embedding: Tensor, // [vocab_size, d_model] in the weight dtype
+    embedding: TokenEmbedding, // [vocab_size, d_model]
     layers: Vec<EncoderLayer>,
     final_norm: T5RmsNorm,
     config: Umt5Config,
@@ -81,8 +86,9 @@ impl Umt5Encoder {
     /// Loads the encoder from `files` in any key dialect. `dtype` is the dtype the projections
     /// run in: f32 (exact) or bf16 (norms, softmax and the residual stay f32). f16 is refused:
     /// umT5 activations overflow it. Projection weights stored as GGUF blocks stay quantised
-    /// (candle's quantised matmul, in f32, its result cast to `dtype`); everything else is
-    /// dequantised or cast to `dtype` (norms and bias tables to f32).
+    /// (candle's quantised matmul, in f32, its result cast to `dtype`), and so does a GGUF token
+    /// table, in host memory; everything else is dequantised or cast to `dtype` (norms and bias
+    /// tables to f32).
     pub fn load(
         files: &Arc<WeightFiles>,
         cfg: &Umt5Config,
@@ -99,8 +105,15 @@ impl Umt5Encoder {
             )));
         }
         let dialect = Umt5Dialect::detect(files)?;
-        let src = WeightSource::new(files.clone(), dialect.key_map(), device.clone());
-        let embedding = src.get("shared.weight", &[cfg.vocab_size, cfg.d_model], dtype)?;
+        let keys = dialect.key_map();
+        let src = WeightSource::new(files.clone(), keys.clone(), device.clone());
+        let embedding = TokenEmbedding::load(
+            files,
+            &keys.map("shared.weight"),
+            &src,
+            (cfg.vocab_size, cfg.d_model),
+            dtype,
+        )?;
         let layers = (0..cfg.num_layers)
             .map(|i| EncoderLayer::load(&src, &format!("encoder.block.{i}"), cfg, dtype))
             .collect::<Result<Vec<_>>>()?;
@@ -158,6 +171,12 @@ impl Umt5Encoder {
 
     pub fn dialect(&self) -> &Umt5Dialect {
         &self.dialect
+    }
+
+    /// The GGUF type (`Q8_0`, ...) of the token table when it is kept in blocks.
+    pub fn quantized_embedding(&self) -> Option<String> {
+        let kind = self.embedding.quantized_type()?;
+        Some(crate::weights::gguf::GgufType::Known(kind).name())
     }
 
     /// How many of the projections (7 per layer) are kept as GGUF blocks, and of which types
@@ -224,9 +243,8 @@ impl Umt5Encoder {
 
         let mut x = self
             .embedding
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((batch, len, self.config.d_model))?
-            .to_dtype(DType::F32)?;
+            .rows(&ids.flatten_all()?, &self.device)?
+            .reshape((batch, len, self.config.d_model))?;
         // The bucket of each (query, key) pair depends only on L: shared by all layers, while
         // each layer looks the buckets up in its own table.
         let buckets = position_buckets(len, &self.config, &self.device)?;
