@@ -12,7 +12,8 @@
 //! output: Q8_0 f32 run 3.5e-2 (measured 2.66e-2), Q8_0 bf16 run 4e-2 (measured 2.71e-2), Q6_K
 //! f32 run 7e-2 (measured 4.63e-2). Against transformers run on the weights gguf-py dequantises
 //! from the same file: 2.5e-2 (measured 1.66e-2 and 1.62e-2), which is candle's quantised matmul
-//! rounding the activations to 8 bits; a mapping mistake (ffn_gate and ffn_up swapped) gives
+//! rounding the activations to 8 bits (the same files dequantised by the loader to f32 weights
+//! match it to 5.5e-7 and 5.8e-7, bound 1e-4); a mapping mistake (ffn_gate and ffn_up swapped) gives
 //! 0.84 and 0.66. These random models amplify rounding (transformers itself, on the dequantised
 //! weights, is 2.2e-2 and 4.6e-2 from its f32 output), so the numbers are the formats' cost
 //! here, not a statement about umT5-XXL's trained weights.
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
+use vdit_models::umt5::keys::hf_to_gguf_key;
 use vdit_models::umt5::{Umt5Config, Umt5Dialect, Umt5Encoder};
 use vdit_models::weights::WeightFiles;
 
@@ -135,6 +137,76 @@ fn q6_k_file_matches_transformers() {
     assert!(err <= 7e-2, "relative error {err:.3e} > 7e-2");
     assert!(loader <= LOADER_BOUND, "{loader:.3e} > {LOADER_BOUND:.0e}");
     assert!(err > 1e-3, "relative error {err:.3e}: suspiciously exact");
+}
+
+/// Every tensor of each fixture, read by its llama.cpp name and dequantised by the loader, put
+/// back under its transformers name: the encoder on those f32 weights matches transformers on
+/// gguf-py's dequantisation to f32 precision, so the names, the shapes and the decoding are
+/// exact and the quantised runs above differ only by the quantised matmul.
+#[test]
+fn dequantised_fixtures_match_transformers_on_the_same_weights() {
+    let cases = [
+        (
+            "umt5_tiny_q8_0.gguf",
+            load(&fixtures().join("umt5/reference.safetensors")),
+            load(&gguf_dir().join("umt5_tiny_q8_0_dequantized.safetensors")),
+        ),
+        (
+            "umt5_w256_q6_k.gguf",
+            load(&gguf_dir().join("umt5_w256_reference.safetensors")),
+            load(&gguf_dir().join("umt5_w256_reference.safetensors")),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, batch, dequantized) in cases {
+        let gguf = WeightFiles::open(&gguf_dir().join(name)).unwrap();
+        let cfg = Umt5Config::from_weights(&gguf).unwrap();
+        let mut tensors = HashMap::new();
+        let mut canonical = vec!["shared.weight".to_string()];
+        canonical.push("encoder.final_layer_norm.weight".to_string());
+        for key in gguf.keys() {
+            let layer = key.strip_prefix("enc.blk.").and_then(|r| r.split_once('.'));
+            if let Some((i, _)) = layer {
+                for tail in [
+                    "layer.0.layer_norm.weight",
+                    "layer.0.SelfAttention.q.weight",
+                    "layer.0.SelfAttention.k.weight",
+                    "layer.0.SelfAttention.v.weight",
+                    "layer.0.SelfAttention.o.weight",
+                    "layer.0.SelfAttention.relative_attention_bias.weight",
+                    "layer.1.layer_norm.weight",
+                    "layer.1.DenseReluDense.wi_0.weight",
+                    "layer.1.DenseReluDense.wi_1.weight",
+                    "layer.1.DenseReluDense.wo.weight",
+                ] {
+                    canonical.push(format!("encoder.block.{i}.{tail}"));
+                }
+            }
+        }
+        canonical.sort();
+        canonical.dedup();
+        for key in canonical {
+            let stored = hf_to_gguf_key(&key);
+            let t = gguf.load(&stored, None, DType::F32, &Device::Cpu).unwrap();
+            tensors.insert(key, t);
+        }
+        assert_eq!(
+            tensors.len(),
+            gguf.keys().len(),
+            "{name}: every tensor used"
+        );
+        let path = dir.path().join(format!("{name}.safetensors"));
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let files = Arc::new(WeightFiles::open(&path).unwrap());
+        let encoder = Umt5Encoder::load(&files, &cfg, DType::F32, &Device::Cpu).unwrap();
+        let err = batch_error(
+            &encoder,
+            &batch,
+            &dequantized["last_hidden_state_dequantized"],
+        );
+        println!("{name} dequantised by the loader: relative error {err:.3e} vs transformers on gguf-py's dequantisation");
+        assert!(err <= 1e-4, "{name}: relative error {err:.3e} > 1e-4");
+    }
 }
 
 /// The tensors of the Q8_0 fixture, as candle reads them.
