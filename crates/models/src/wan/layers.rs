@@ -151,9 +151,13 @@ impl WeightSource {
         output: usize,
         dtype: DType,
     ) -> Result<Linear> {
-        let mut linear = self.linear_no_bias(prefix, input, output, dtype)?;
-        linear.bias = self.get(&format!("{prefix}.bias"), &[output], dtype)?;
-        Ok(linear)
+        let (weight, adapter) = self.linear_weight(prefix, input, output, dtype)?;
+        Ok(Linear {
+            weight,
+            bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
+            adapter,
+            dtype,
+        })
     }
 
     /// A bias-free linear layer `prefix.weight` [out, in] (umT5's projections), computing in
@@ -166,6 +170,24 @@ impl WeightSource {
         output: usize,
         dtype: DType,
     ) -> Result<Linear> {
+        let (weight, adapter) = self.linear_weight(prefix, input, output, dtype)?;
+        Ok(Linear {
+            weight,
+            bias: Tensor::zeros(output, dtype, &self.device)?,
+            adapter,
+            dtype,
+        })
+    }
+
+    /// The weight `prefix.weight` [out, in] of a linear layer, kept as stored or read in `dtype`
+    /// with any LoRA merged, and the unmerged LoRA factors of a runtime LoRA.
+    fn linear_weight(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        dtype: DType,
+    ) -> Result<(LinearWeight, Option<(Tensor, Tensor)>)> {
         let weight_key = format!("{prefix}.weight");
         let runtime = self
             .lora
@@ -223,12 +245,7 @@ impl WeightSource {
                 }
             }
         };
-        Ok(Linear {
-            weight,
-            bias: Tensor::zeros(output, dtype, &self.device)?,
-            adapter,
-            dtype,
-        })
+        Ok((weight, adapter))
     }
 }
 
