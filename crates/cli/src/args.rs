@@ -175,7 +175,9 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "PATH")]
     pub vae: Option<PathBuf>,
 
-    /// umT5 text-encoder weights to use instead of the model's.
+    /// umT5 text-encoder weights to use instead of the model's (transformers or Wan2.1-original
+    /// keys, safetensors). Also a GGUF file (city96's umt5-xxl-encoder-Q8_0 … Q4_K_M: the
+    /// projections stay quantised, the token table stays in blocks in host memory).
     #[arg(long, value_name = "PATH")]
     pub text_encoder: Option<PathBuf>,
 

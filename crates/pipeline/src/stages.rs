@@ -782,6 +782,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
         settings.overrides.text_encoder.as_deref(),
     )?;
     check_weights(family.text_encoder.component, &text_encoder)?;
+    check_text_encoder(&text_encoder)?;
     let mut configs = Vec::new();
     for rule in family.experts {
         configs.push(expert_config(settings, files, rule)?);
@@ -835,6 +836,18 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The text encoder's weights hold the umT5 encoder its config describes, by the headers: a GGUF
+/// file of another architecture (a transformer given to `--text-encoder`), a T5 rather than umT5
+/// file, a missing tensor or a wrong shape fails here, before the transformer loads.
+fn check_text_encoder(files: &ComponentFiles) -> Result<()> {
+    let weights = WeightFiles::open(&files.weights)?;
+    let config = match &files.config {
+        Some(path) => Umt5Config::from_json_file(path)?,
+        None => Umt5Config::from_weights(&weights)?,
+    };
+    Ok(Umt5Encoder::check(&weights, &config)?)
 }
 
 /// Image-to-video: the images decode, the VAE's weights hold an encoder (a decoder-only VAE

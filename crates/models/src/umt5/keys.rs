@@ -1,4 +1,5 @@
-//! The two key dialects of umT5 encoder checkpoints, detected from the tensor names.
+//! The three key dialects of umT5 encoder checkpoints, detected from the tensor names (and, for
+//! GGUF files, `general.architecture`).
 //!
 //! The network asks for transformers' `UMT5EncoderModel` names (the canonical spelling); a
 //! [`KeyMap`] turns them into the names stored in the file, so a missing tensor is reported under
@@ -17,14 +18,60 @@ pub enum Umt5Dialect {
     /// Wan2.1's `models_t5_umt5-xxl-enc-bf16.pth`, converted to safetensors with its keys kept
     /// (`token_embedding.weight`, `blocks.N.attn.q.weight`, ...).
     WanOriginal,
+    /// A GGUF file in llama.cpp's T5 encoder names (architecture `t5encoder`), as city96's
+    /// `umt5-xxl-encoder-*.gguf` files are: `token_embd.weight`, `enc.blk.N.attn_q.weight`, ...,
+    /// `enc.output_norm.weight`; see [`hf_to_gguf_key`].
+    Gguf,
 }
 
 const HF_PROBE: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
 const WAN_PROBE: &str = "blocks.0.attn.q.weight";
+const GGUF_PROBE: &str = "enc.blk.0.attn_q.weight";
+/// `general.architecture` values of T5-encoder GGUF files: llama.cpp writes `t5encoder` for an
+/// encoder-only model (city96's umT5 files), `t5` for a whole T5.
+pub const GGUF_ARCHITECTURES: [&str; 2] = ["t5encoder", "t5"];
 
 impl Umt5Dialect {
-    /// Recognises the dialect from the stored keys, or says which keys were looked for.
+    /// Recognises the dialect from the stored keys, or says which keys were looked for. A GGUF
+    /// file of another architecture (a Wan transformer's `wan`, ...) is refused by name.
     pub fn detect(files: &WeightFiles) -> Result<Self> {
+        if let Some(arch) = files.gguf_architecture() {
+            if !GGUF_ARCHITECTURES.contains(&arch) {
+                return Err(ModelError::UnsupportedCheckpoint {
+                    files: describe(files),
+                    reason: format!(
+                        "GGUF architecture `{arch}` is not a umT5 text encoder (`t5encoder`)"
+                    ),
+                });
+            }
+        }
+        let dialect = Self::detect_keys(files)?;
+        // T5 (not umT5) checkpoints hold a bias table in layer 0 only; loading one would fail on
+        // layer 1's table with a bare "missing tensor", so say what the file is instead.
+        let keys = dialect.key_map();
+        let layer1 =
+            |tail: &str| keys.map(&format!("encoder.block.1.layer.0.SelfAttention.{tail}"));
+        if files.contains(&layer1("q.weight"))
+            && !files.contains(&layer1("relative_attention_bias.weight"))
+        {
+            return Err(ModelError::UnsupportedCheckpoint {
+                files: describe(files),
+                reason: format!(
+                    "no `{}`: a T5 encoder (one relative-attention table, in layer 0), not umT5 \
+                     (a table in every layer)",
+                    layer1("relative_attention_bias.weight")
+                ),
+            });
+        }
+        Ok(dialect)
+    }
+
+    /// The dialect the probe keys name.
+    fn detect_keys(files: &WeightFiles) -> Result<Self> {
+        // GGUF files normally use llama.cpp's names; one with transformers names reads too.
+        if files.contains(GGUF_PROBE) && files.contains("token_embd.weight") {
+            return Ok(Self::Gguf);
+        }
         if files.contains(HF_PROBE) {
             let embedding_key = ["shared.weight", "encoder.embed_tokens.weight"]
                 .into_iter()
@@ -40,7 +87,10 @@ impl Umt5Dialect {
         Err(ModelError::UnrecognizedCheckpoint {
             model: "umT5 encoder",
             files: describe(files),
-            expected: format!("`{HF_PROBE}` (transformers) or `{WAN_PROBE}` (Wan2.1 original)"),
+            expected: format!(
+                "`{HF_PROBE}` (transformers), `{WAN_PROBE}` (Wan2.1 original) or \
+                 `{GGUF_PROBE}` (GGUF, llama.cpp's T5 encoder names)"
+            ),
         })
     }
 
@@ -55,6 +105,7 @@ impl Umt5Dialect {
                 })
             }
             Self::WanOriginal => KeyMap::new(hf_to_wan_key),
+            Self::Gguf => KeyMap::new(hf_to_gguf_key),
         }
     }
 }
@@ -96,6 +147,38 @@ pub fn hf_to_wan_key(key: &str) -> String {
         _ => return key.to_string(),
     };
     format!("blocks.{layer}.{wan_tail}")
+}
+
+/// transformers key → llama.cpp T5 encoder GGUF name (`llama-arch.cpp`'s `LLM_ARCH_T5ENCODER`
+/// table, which city96's umT5 files follow). Unknown keys pass through.
+pub fn hf_to_gguf_key(key: &str) -> String {
+    match key {
+        "shared.weight" | "encoder.embed_tokens.weight" => return "token_embd.weight".into(),
+        "encoder.final_layer_norm.weight" => return "enc.output_norm.weight".into(),
+        _ => {}
+    }
+    let Some((layer, tail)) = key
+        .strip_prefix("encoder.block.")
+        .and_then(|r| r.split_once('.'))
+    else {
+        return key.to_string();
+    };
+    let gguf_tail = match tail {
+        "layer.0.layer_norm.weight" => "attn_norm.weight",
+        "layer.0.SelfAttention.q.weight" => "attn_q.weight",
+        "layer.0.SelfAttention.k.weight" => "attn_k.weight",
+        "layer.0.SelfAttention.v.weight" => "attn_v.weight",
+        "layer.0.SelfAttention.o.weight" => "attn_o.weight",
+        // umT5 stores a table in every layer; llama.cpp's T5 files only in layer 0.
+        "layer.0.SelfAttention.relative_attention_bias.weight" => "attn_rel_b.weight",
+        "layer.1.layer_norm.weight" => "ffn_norm.weight",
+        // `ffn_gate` is the GELU branch (wi_0), `ffn_up` the linear one (wi_1).
+        "layer.1.DenseReluDense.wi_0.weight" => "ffn_gate.weight",
+        "layer.1.DenseReluDense.wi_1.weight" => "ffn_up.weight",
+        "layer.1.DenseReluDense.wo.weight" => "ffn_down.weight",
+        _ => return key.to_string(),
+    };
+    format!("enc.blk.{layer}.{gguf_tail}")
 }
 
 /// Reads the sizes of an encoder from its tensor shapes, for checkpoints that come without a

@@ -2,13 +2,18 @@
 //! relative-position bias, and the gated-GELU feed-forward.
 //!
 //! The residual stream, norms, attention scores, softmax and the GELU gate are computed in f32
-//! whatever the weight dtype; only the projections run in the weight dtype (bf16 for a bf16 run).
+//! whatever the weight dtype; only the projections run in the run dtype (bf16 for a bf16 run).
+//!
+//! The projections are the Wan transformer's [`Linear`] (bias-free), so a weight stored as GGUF
+//! blocks stays quantised (candle's quantised matmul) and a `float8_e4m3fn` one stays fp8; the
+//! embedding, norms and bias tables are read through the same [`WeightSource`], which
+//! dequantises or casts them.
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
 use crate::umt5::Umt5Config;
+use crate::wan::layers::{Linear, WeightSource};
 
 /// T5 RMSNorm: x · rsqrt(mean(x²) + eps) · weight. No mean subtraction, no bias; weight kept in f32.
 #[derive(Debug, Clone)]
@@ -18,8 +23,9 @@ pub struct T5RmsNorm {
 }
 
 impl T5RmsNorm {
-    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        let weight = vb.to_dtype(DType::F32).get(dim, "weight")?;
+    /// `prefix.weight` [dim].
+    pub(crate) fn load(src: &WeightSource, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = src.get(&format!("{prefix}.weight"), &[dim], DType::F32)?;
         Ok(Self { weight, eps })
     }
 
@@ -31,12 +37,9 @@ impl T5RmsNorm {
     }
 }
 
-/// Runs a bias-free projection in the weight dtype on an f32 activation, returning f32.
+/// Runs a bias-free projection in its run dtype on an f32 activation, returning f32.
 fn project(linear: &Linear, x: &Tensor) -> Result<Tensor> {
-    let weight_dtype = linear.weight().dtype();
-    Ok(linear
-        .forward(&x.to_dtype(weight_dtype)?)?
-        .to_dtype(DType::F32)?)
+    Ok(linear.matmul(x)?.to_dtype(DType::F32)?)
 }
 
 /// Bucket of a relative position `key_pos − query_pos` for bidirectional (encoder) attention.
@@ -89,24 +92,41 @@ pub struct RelativeSelfAttention {
     relative_bias: Tensor, // [num_buckets, num_heads] f32
     num_heads: usize,
     head_dim: usize,
+    /// The run dtype of the projections and of q·kᵀ and probs·v.
+    dtype: DType,
 }
 
 impl RelativeSelfAttention {
-    pub fn load(vb: VarBuilder, cfg: &Umt5Config) -> Result<Self> {
+    /// `prefix` = `encoder.block.{i}.layer.0.SelfAttention`.
+    pub(crate) fn load(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &Umt5Config,
+        dtype: DType,
+    ) -> Result<Self> {
         let inner = cfg.inner_dim();
-        let relative_bias = vb.to_dtype(DType::F32).get(
-            (cfg.relative_attention_num_buckets, cfg.num_heads),
-            "relative_attention_bias.weight",
-        )?;
+        let linear = |name: &str, input: usize, output: usize| {
+            src.linear_no_bias(&format!("{prefix}.{name}"), input, output, dtype)
+        };
         Ok(Self {
-            q: linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
-            k: linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
-            v: linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
-            o: linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
-            relative_bias,
+            q: linear("q", cfg.d_model, inner)?,
+            k: linear("k", cfg.d_model, inner)?,
+            v: linear("v", cfg.d_model, inner)?,
+            o: linear("o", inner, cfg.d_model)?,
+            relative_bias: src.get(
+                &format!("{prefix}.relative_attention_bias.weight"),
+                &[cfg.relative_attention_num_buckets, cfg.num_heads],
+                DType::F32,
+            )?,
             num_heads: cfg.num_heads,
             head_dim: cfg.d_kv,
+            dtype,
         })
+    }
+
+    /// The four projections (q, k, v, o).
+    pub(crate) fn projections(&self) -> [&Linear; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
     }
 
     /// x: [B, L, d_model] f32 (normed); buckets: [L·L] u32 from [`position_buckets`];
@@ -119,12 +139,12 @@ impl RelativeSelfAttention {
         key_bias: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (batch, len, _) = x.dims3()?;
-        let weight_dtype = self.q.weight().dtype();
+        let weight_dtype = self.dtype;
         let x = x.to_dtype(weight_dtype)?;
         let heads = |linear: &Linear| -> Result<Tensor> {
             // [B, L, H·Dk] → [B, H, L, Dk]
             Ok(linear
-                .forward(&x)?
+                .matmul(&x)?
                 .reshape((batch, len, self.num_heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
@@ -148,7 +168,7 @@ impl RelativeSelfAttention {
             .matmul(&v)? // [B, H, L, Dk]
             .transpose(1, 2)?
             .reshape((batch, len, self.num_heads * self.head_dim))?;
-        Ok(self.o.forward(&context)?.to_dtype(DType::F32)?)
+        Ok(self.o.matmul(&context)?.to_dtype(DType::F32)?)
     }
 }
 
@@ -161,12 +181,26 @@ pub struct GatedGeluFeedForward {
 }
 
 impl GatedGeluFeedForward {
-    pub fn load(vb: VarBuilder, cfg: &Umt5Config) -> Result<Self> {
+    /// `prefix` = `encoder.block.{i}.layer.1.DenseReluDense`.
+    pub(crate) fn load(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &Umt5Config,
+        dtype: DType,
+    ) -> Result<Self> {
+        let linear = |name: &str, input: usize, output: usize| {
+            src.linear_no_bias(&format!("{prefix}.{name}"), input, output, dtype)
+        };
         Ok(Self {
-            wi_0: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?,
-            wi_1: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_1"))?,
-            wo: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo"))?,
+            wi_0: linear("wi_0", cfg.d_model, cfg.d_ff)?,
+            wi_1: linear("wi_1", cfg.d_model, cfg.d_ff)?,
+            wo: linear("wo", cfg.d_ff, cfg.d_model)?,
         })
+    }
+
+    /// The three projections (wi_0, wi_1, wo).
+    pub(crate) fn projections(&self) -> [&Linear; 3] {
+        [&self.wi_0, &self.wi_1, &self.wo]
     }
 
     /// x: [B, L, d_model] f32 (normed) → [B, L, d_model] f32
@@ -189,15 +223,34 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    /// `vb` at `encoder.block.{i}`.
-    pub fn load(vb: VarBuilder, cfg: &Umt5Config) -> Result<Self> {
-        let eps = cfg.layer_norm_epsilon;
+    /// `prefix` = `encoder.block.{i}`; projections in `dtype`.
+    pub(crate) fn load(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &Umt5Config,
+        dtype: DType,
+    ) -> Result<Self> {
+        let (dim, eps) = (cfg.d_model, cfg.layer_norm_epsilon);
+        let at = |tail: &str| format!("{prefix}.{tail}");
         Ok(Self {
-            attention_norm: T5RmsNorm::load(vb.pp("layer.0.layer_norm"), cfg.d_model, eps)?,
-            attention: RelativeSelfAttention::load(vb.pp("layer.0.SelfAttention"), cfg)?,
-            feed_forward_norm: T5RmsNorm::load(vb.pp("layer.1.layer_norm"), cfg.d_model, eps)?,
-            feed_forward: GatedGeluFeedForward::load(vb.pp("layer.1.DenseReluDense"), cfg)?,
+            attention_norm: T5RmsNorm::load(src, &at("layer.0.layer_norm"), dim, eps)?,
+            attention: RelativeSelfAttention::load(src, &at("layer.0.SelfAttention"), cfg, dtype)?,
+            feed_forward_norm: T5RmsNorm::load(src, &at("layer.1.layer_norm"), dim, eps)?,
+            feed_forward: GatedGeluFeedForward::load(
+                src,
+                &at("layer.1.DenseReluDense"),
+                cfg,
+                dtype,
+            )?,
         })
+    }
+
+    /// The layer's seven projections.
+    pub(crate) fn projections(&self) -> impl Iterator<Item = &Linear> {
+        self.attention
+            .projections()
+            .into_iter()
+            .chain(self.feed_forward.projections())
     }
 
     /// x: [B, L, d_model] f32 → [B, L, d_model] f32

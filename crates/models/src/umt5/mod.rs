@@ -5,10 +5,18 @@
 //! and reuses it, which silently gives wrong umT5 embeddings), and padding can be masked.
 //!
 //! - [`config`]: `Umt5Config` from transformers' `config.json`, the umT5-XXL preset.
-//! - [`keys`]: the transformers and Wan2.1-original key dialects, detected automatically.
+//! - [`keys`]: the transformers, Wan2.1-original and GGUF (llama.cpp's T5 encoder names) key
+//!   dialects, detected automatically.
 //! - [`layers`]: RMSNorm, relative-bias self-attention, gated-GELU feed-forward.
+//!
+//! - [`embedding`]: the token table, kept in GGUF blocks when it is stored so.
+//!
+//! A GGUF file (city96's `umt5-xxl-encoder-Q8_0.gguf`, ...) keeps its projections quantised
+//! (candle's quantised matmul) and its token table in blocks in host memory (only the prompt's
+//! rows are dequantised); its norms and bias tables are dequantised at load.
 
 pub mod config;
+mod embedding;
 pub mod keys;
 pub mod layers;
 
@@ -18,10 +26,12 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 pub use config::Umt5Config;
+use embedding::TokenEmbedding;
 pub use keys::Umt5Dialect;
 use layers::{position_buckets, EncoderLayer, T5RmsNorm};
 
 use crate::error::{ModelError, Result};
+use crate::wan::layers::WeightSource;
 use crate::weights::WeightFiles;
 
 impl Umt5Config {
@@ -31,10 +41,40 @@ impl Umt5Config {
     }
 }
 
+/// Every tensor of an encoder of `cfg` (canonical names) with its shape, in loading order.
+fn tensor_shapes(cfg: &Umt5Config) -> Vec<(String, Vec<usize>)> {
+    let (d, inner, ff) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff);
+    let mut shapes = vec![("shared.weight".to_string(), vec![cfg.vocab_size, d])];
+    for i in 0..cfg.num_layers {
+        let layer: [(&str, Vec<usize>); 10] = [
+            ("layer.0.layer_norm.weight", vec![d]),
+            ("layer.0.SelfAttention.q.weight", vec![inner, d]),
+            ("layer.0.SelfAttention.k.weight", vec![inner, d]),
+            ("layer.0.SelfAttention.v.weight", vec![inner, d]),
+            ("layer.0.SelfAttention.o.weight", vec![d, inner]),
+            (
+                "layer.0.SelfAttention.relative_attention_bias.weight",
+                vec![cfg.relative_attention_num_buckets, cfg.num_heads],
+            ),
+            ("layer.1.layer_norm.weight", vec![d]),
+            ("layer.1.DenseReluDense.wi_0.weight", vec![ff, d]),
+            ("layer.1.DenseReluDense.wi_1.weight", vec![ff, d]),
+            ("layer.1.DenseReluDense.wo.weight", vec![d, ff]),
+        ];
+        shapes.extend(
+            layer
+                .into_iter()
+                .map(|(tail, shape)| (format!("encoder.block.{i}.{tail}"), shape)),
+        );
+    }
+    shapes.push(("encoder.final_layer_norm.weight".to_string(), vec![d]));
+    shapes
+}
+
 /// The umT5 encoder stack: token embedding, `num_layers` layers, final RMSNorm.
 #[derive(Debug, Clone)]
 pub struct Umt5Encoder {
-    embedding: Tensor, // [vocab_size, d_model] in the weight dtype
+    embedding: TokenEmbedding, // [vocab_size, d_model]
     layers: Vec<EncoderLayer>,
     final_norm: T5RmsNorm,
     config: Umt5Config,
@@ -43,9 +83,12 @@ pub struct Umt5Encoder {
 }
 
 impl Umt5Encoder {
-    /// Loads the encoder from `files` in either key dialect. `dtype` is the weight dtype the
-    /// projections run in: f32 (exact) or bf16 (norms, softmax and the residual stay f32).
-    /// f16 is refused: umT5 activations overflow it.
+    /// Loads the encoder from `files` in any key dialect. `dtype` is the dtype the projections
+    /// run in: f32 (exact) or bf16 (norms, softmax and the residual stay f32). f16 is refused:
+    /// umT5 activations overflow it. Projection weights stored as GGUF blocks stay quantised
+    /// (candle's quantised matmul, in f32, its result cast to `dtype`), and so does a GGUF token
+    /// table, in host memory; everything else is dequantised or cast to `dtype` (norms and bias
+    /// tables to f32).
     pub fn load(
         files: &Arc<WeightFiles>,
         cfg: &Umt5Config,
@@ -62,13 +105,21 @@ impl Umt5Encoder {
             )));
         }
         let dialect = Umt5Dialect::detect(files)?;
-        let vb = files.var_builder(dialect.key_map(), dtype, device);
-        let embedding = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
+        let keys = dialect.key_map();
+        let src = WeightSource::new(files.clone(), keys.clone(), device.clone());
+        let embedding = TokenEmbedding::load(
+            files,
+            &keys.map("shared.weight"),
+            &src,
+            (cfg.vocab_size, cfg.d_model),
+            dtype,
+        )?;
         let layers = (0..cfg.num_layers)
-            .map(|i| EncoderLayer::load(vb.pp(format!("encoder.block.{i}")), cfg))
+            .map(|i| EncoderLayer::load(&src, &format!("encoder.block.{i}"), cfg, dtype))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = T5RmsNorm::load(
-            vb.pp("encoder.final_layer_norm"),
+            &src,
+            "encoder.final_layer_norm",
             cfg.d_model,
             cfg.layer_norm_epsilon,
         )?;
@@ -84,8 +135,8 @@ impl Umt5Encoder {
 
     /// Opens an encoder from a path: a directory (diffusers `text_encoder/`: its `config.json`
     /// when present, sizes inferred from the weights otherwise), or a single `.safetensors` /
-    /// `*.safetensors.index.json` (Wan's converted original, ComfyUI's `umt5_xxl_*`), whose sizes
-    /// are inferred from the weights.
+    /// `*.safetensors.index.json` (Wan's converted original, ComfyUI's `umt5_xxl_*`) or `.gguf`
+    /// (city96's `umt5-xxl-encoder-*.gguf`), whose sizes are inferred from the weights.
     pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let files = Arc::new(WeightFiles::open(path)?);
         let config_path = path.join("config.json");
@@ -97,12 +148,56 @@ impl Umt5Encoder {
         Self::load(&files, &cfg, dtype, device)
     }
 
+    /// Checks, reading only the headers, that `files` hold every tensor an encoder of `cfg`
+    /// loads, with its shape, in a type the loader reads: the errors [`Self::load`] would give
+    /// (an unknown GGUF architecture, a missing tensor named as the file spells it, a wrong
+    /// shape), without the memory or the time of the weights.
+    pub fn check(files: &WeightFiles, cfg: &Umt5Config) -> Result<()> {
+        cfg.validate().map_err(|reason| ModelError::Config {
+            path: "umT5 config".to_string(),
+            reason,
+        })?;
+        let keys = Umt5Dialect::detect(files)?.key_map();
+        for (key, shape) in tensor_shapes(cfg) {
+            files.check(&keys.map(&key), &shape.into())?;
+        }
+        files.check_gguf_types()?;
+        Ok(())
+    }
+
     pub fn config(&self) -> &Umt5Config {
         &self.config
     }
 
     pub fn dialect(&self) -> &Umt5Dialect {
         &self.dialect
+    }
+
+    /// The GGUF type (`Q8_0`, ...) of the token table when it is kept in blocks.
+    pub fn quantized_embedding(&self) -> Option<String> {
+        let kind = self.embedding.quantized_type()?;
+        Some(crate::weights::gguf::GgufType::Known(kind).name())
+    }
+
+    /// How many of the projections (7 per layer) are kept as GGUF blocks, and of which types
+    /// (`Q8_0`, `Q6_K`, ...: llama.cpp's names), sorted; the others run in the load dtype.
+    pub fn quantized_projections(&self) -> (usize, Vec<String>) {
+        let mut types: Vec<String> = Vec::new();
+        let mut count = 0;
+        for kind in self
+            .layers
+            .iter()
+            .flat_map(|l| l.projections())
+            .filter_map(|p| p.quantized_type())
+        {
+            count += 1;
+            let name = crate::weights::gguf::GgufType::Known(kind).name();
+            if !types.contains(&name) {
+                types.push(name);
+            }
+        }
+        types.sort();
+        (count, types)
     }
 
     /// ids [B, L] u32 → hidden [B, L, d_model] f32, every token attending to every token.
@@ -148,9 +243,8 @@ impl Umt5Encoder {
 
         let mut x = self
             .embedding
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((batch, len, self.config.d_model))?
-            .to_dtype(DType::F32)?;
+            .rows(&ids.flatten_all()?, &self.device)?
+            .reshape((batch, len, self.config.d_model))?;
         // The bucket of each (query, key) pair depends only on L: shared by all layers, while
         // each layer looks the buckets up in its own table.
         let buckets = position_buckets(len, &self.config, &self.device)?;

@@ -151,6 +151,43 @@ impl WeightSource {
         output: usize,
         dtype: DType,
     ) -> Result<Linear> {
+        let (weight, adapter) = self.linear_weight(prefix, input, output, dtype)?;
+        Ok(Linear {
+            weight,
+            bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
+            adapter,
+            dtype,
+        })
+    }
+
+    /// A bias-free linear layer `prefix.weight` [out, in] (umT5's projections), computing in
+    /// `dtype`: the weight is kept or cast as in [`Self::linear`]. Its bias is zeros [out], so
+    /// `forward` equals `matmul`; callers use `matmul`.
+    pub(crate) fn linear_no_bias(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        dtype: DType,
+    ) -> Result<Linear> {
+        let (weight, adapter) = self.linear_weight(prefix, input, output, dtype)?;
+        Ok(Linear {
+            weight,
+            bias: Tensor::zeros(output, dtype, &self.device)?,
+            adapter,
+            dtype,
+        })
+    }
+
+    /// The weight `prefix.weight` [out, in] of a linear layer, kept as stored or read in `dtype`
+    /// with any LoRA merged, and the unmerged LoRA factors of a runtime LoRA.
+    fn linear_weight(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+        dtype: DType,
+    ) -> Result<(LinearWeight, Option<(Tensor, Tensor)>)> {
         let weight_key = format!("{prefix}.weight");
         let runtime = self
             .lora
@@ -208,12 +245,7 @@ impl WeightSource {
                 }
             }
         };
-        Ok(Linear {
-            weight,
-            bias: self.get(&format!("{prefix}.bias"), &[output], dtype)?,
-            adapter,
-            dtype,
-        })
+        Ok((weight, adapter))
     }
 }
 
@@ -229,6 +261,7 @@ enum StoredWeight {
 }
 
 /// The weight of a [`Linear`].
+#[derive(Debug, Clone)]
 enum LinearWeight {
     /// [out, in] in the run dtype.
     Dense(Tensor),
@@ -281,6 +314,7 @@ fn fp8_scale(
 /// `y = x·Wᵀ + b` over the last axis, computed in the run dtype (a quantised weight: candle's
 /// quantised matmul in f32, the result cast to the run dtype); with a LoRA kept unmerged,
 /// `+ (x·Aᵀ)·Bᵀ`.
+#[derive(Debug, Clone)]
 pub(crate) struct Linear {
     weight: LinearWeight, // [out, in]
     bias: Tensor,         // [out]
@@ -365,6 +399,14 @@ impl Linear {
             y = (y + x.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
         }
         Ok(y)
+    }
+
+    /// The GGUF block type of the weight when it is kept quantised; `None` otherwise.
+    pub(crate) fn quantized_type(&self) -> Option<GgmlDType> {
+        match &self.weight {
+            LinearWeight::Quantized(q) => Some(q.dtype()),
+            _ => None,
+        }
     }
 
     /// The bias [out], in the run dtype.
