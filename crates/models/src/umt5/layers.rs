@@ -78,8 +78,8 @@ pub fn position_buckets(len: usize, cfg: &Umt5Config, device: &Device) -> Result
     Ok(Tensor::from_vec(buckets, len * len, device)?)
 }
 
-/// Multi-head self-attention without score scaling, with a relative-position bias table of its
-/// own (umT5; classic T5 shares layer 0's table).
+/// Multi-head self-attention without score scaling, adding a relative-position bias table: its
+/// own (umT5) or layer 0's (classic T5, ByT5).
 #[derive(Debug, Clone)]
 pub struct RelativeSelfAttention {
     q: Linear,
@@ -92,12 +92,24 @@ pub struct RelativeSelfAttention {
 }
 
 impl RelativeSelfAttention {
+    /// Loads the projections and this layer's own bias table (umT5).
     pub fn load(vb: VarBuilder, cfg: &Umt5Config) -> Result<Self> {
-        let inner = cfg.inner_dim();
-        let relative_bias = vb.to_dtype(DType::F32).get(
+        let relative_bias = Self::load_bias_table(&vb, cfg)?;
+        Self::load_sharing(vb, cfg, relative_bias)
+    }
+
+    /// The bias table [num_buckets, num_heads] f32 stored under `vb` (at `…SelfAttention`).
+    pub fn load_bias_table(vb: &VarBuilder, cfg: &Umt5Config) -> Result<Tensor> {
+        Ok(vb.to_dtype(DType::F32).get(
             (cfg.relative_attention_num_buckets, cfg.num_heads),
             "relative_attention_bias.weight",
-        )?;
+        )?)
+    }
+
+    /// Loads the projections and applies a bias table read elsewhere: classic T5 (T5 v1.1,
+    /// ByT5) stores one table in layer 0 and every layer adds it.
+    pub fn load_sharing(vb: VarBuilder, cfg: &Umt5Config, relative_bias: Tensor) -> Result<Self> {
+        let inner = cfg.inner_dim();
         Ok(Self {
             q: linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
             k: linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
@@ -189,12 +201,24 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    /// `vb` at `encoder.block.{i}`.
+    /// `vb` at `encoder.block.{i}`; the layer reads its own bias table (umT5).
     pub fn load(vb: VarBuilder, cfg: &Umt5Config) -> Result<Self> {
+        let relative_bias =
+            RelativeSelfAttention::load_bias_table(&vb.pp("layer.0.SelfAttention"), cfg)?;
+        Self::load_sharing(vb, cfg, relative_bias)
+    }
+
+    /// `vb` at `encoder.block.{i}`; the layer adds `relative_bias` [num_buckets, num_heads] f32,
+    /// a table shared with other layers (classic T5).
+    pub fn load_sharing(vb: VarBuilder, cfg: &Umt5Config, relative_bias: Tensor) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Self {
             attention_norm: T5RmsNorm::load(vb.pp("layer.0.layer_norm"), cfg.d_model, eps)?,
-            attention: RelativeSelfAttention::load(vb.pp("layer.0.SelfAttention"), cfg)?,
+            attention: RelativeSelfAttention::load_sharing(
+                vb.pp("layer.0.SelfAttention"),
+                cfg,
+                relative_bias,
+            )?,
             feed_forward_norm: T5RmsNorm::load(vb.pp("layer.1.layer_norm"), cfg.d_model, eps)?,
             feed_forward: GatedGeluFeedForward::load(vb.pp("layer.1.DenseReluDense"), cfg)?,
         })

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use config::Umt5Config;
 pub use keys::Umt5Dialect;
-use layers::{position_buckets, EncoderLayer, T5RmsNorm};
+use layers::{position_buckets, EncoderLayer, RelativeSelfAttention, T5RmsNorm};
 
 use crate::error::{ModelError, Result};
 use crate::weights::WeightFiles;
@@ -29,6 +29,15 @@ impl Umt5Config {
     pub fn from_weights(files: &WeightFiles) -> Result<Self> {
         keys::infer_config(files, &Umt5Dialect::detect(files)?)
     }
+}
+
+/// Which layers own a relative-position bias table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasTables {
+    /// Every layer stores and adds its own table (umT5).
+    PerLayer,
+    /// Layer 0 stores the only table and every layer adds it (T5, T5 v1.1, ByT5).
+    SharedFromFirstLayer,
 }
 
 /// The umT5 encoder stack: token embedding, `num_layers` layers, final RMSNorm.
@@ -52,6 +61,18 @@ impl Umt5Encoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with_bias_tables(files, cfg, dtype, device, BiasTables::PerLayer)
+    }
+
+    /// [`load`](Self::load) for either layout of the relative-position bias: umT5's per-layer
+    /// tables or classic T5's single table in layer 0 (ByT5 is classic T5).
+    pub fn load_with_bias_tables(
+        files: &Arc<WeightFiles>,
+        cfg: &Umt5Config,
+        dtype: DType,
+        device: &Device,
+        tables: BiasTables,
+    ) -> Result<Self> {
         cfg.validate().map_err(|reason| ModelError::Config {
             path: "umT5 config".to_string(),
             reason,
@@ -64,8 +85,21 @@ impl Umt5Encoder {
         let dialect = Umt5Dialect::detect(files)?;
         let vb = files.var_builder(dialect.key_map(), dtype, device);
         let embedding = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
+        let shared_bias = match tables {
+            BiasTables::PerLayer => None,
+            BiasTables::SharedFromFirstLayer => Some(RelativeSelfAttention::load_bias_table(
+                &vb.pp("encoder.block.0.layer.0.SelfAttention"),
+                cfg,
+            )?),
+        };
         let layers = (0..cfg.num_layers)
-            .map(|i| EncoderLayer::load(vb.pp(format!("encoder.block.{i}")), cfg))
+            .map(|i| {
+                let layer_vb = vb.pp(format!("encoder.block.{i}"));
+                match &shared_bias {
+                    None => EncoderLayer::load(layer_vb, cfg),
+                    Some(table) => EncoderLayer::load_sharing(layer_vb, cfg, table.clone()),
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         let final_norm = T5RmsNorm::load(
             vb.pp("encoder.final_layer_norm"),
