@@ -11,8 +11,8 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::Value;
 use vdit_models::byt5::{ByT5Config, ByT5Encoder, ByT5Tokenizer};
 use vdit_models::hunyuan15::text::{
-    chat_text, extract_glyph_text, load_tokenizer, tokenize_prompts, GlyphEncoder,
-    HunyuanTextEncoders, HunyuanTextSettings, QwenPromptEncoder, SYSTEM_MESSAGE,
+    chat_text, extract_glyph_text, load_tokenizer, template_prefix_tokens, tokenize_prompts,
+    GlyphEncoder, HunyuanTextEncoders, HunyuanTextSettings, QwenPromptEncoder, SYSTEM_MESSAGE,
 };
 use vdit_models::qwen25vl_text::{Qwen25VlTextConfig, Qwen25VlTextModel};
 use vdit_models::umt5::{BiasTables, Umt5Encoder};
@@ -91,8 +91,14 @@ fn qwen_model(dtype: DType) -> Qwen25VlTextModel {
 fn system_message_and_chat_text_match_the_pipeline() {
     let json = reference_json();
     assert_eq!(SYSTEM_MESSAGE, json["system_message"].as_str().unwrap());
-    assert_eq!(HunyuanTextSettings::default().system_message, SYSTEM_MESSAGE);
-    for (prompt, expected) in prompts(&json).iter().zip(json["chat_texts"].as_array().unwrap()) {
+    assert_eq!(
+        HunyuanTextSettings::default().system_message,
+        SYSTEM_MESSAGE
+    );
+    for (prompt, expected) in prompts(&json)
+        .iter()
+        .zip(json["chat_texts"].as_array().unwrap())
+    {
         assert_eq!(
             chat_text(prompt, SYSTEM_MESSAGE),
             expected.as_str().unwrap(),
@@ -120,6 +126,11 @@ fn qwen_ids_match_apply_chat_template() {
         let expected: Vec<u32> = expected[..real].iter().map(|&i| i as u32).collect();
         assert_eq!(ids, &expected, "prompt {row}: ids");
     }
+    // The crop is the template before the prompt.
+    assert_eq!(
+        template_prefix_tokens(&tokenizer, SYSTEM_MESSAGE).unwrap(),
+        settings(&json).crop_start
+    );
     // Two prompts are cut at crop_start + max_length, two are padded: both paths are covered.
     let limit = settings(&json).crop_start + settings(&json).max_length;
     assert_eq!(ids.iter().filter(|r| r.len() == limit).count(), 2);
@@ -155,7 +166,10 @@ fn qwen_hidden_states_match_transformers() {
         &real_rows(&reference["qwen_hidden_skip2"], mask),
         &real_rows(&reference["qwen_last_hidden"], mask),
     );
-    assert!(apart > 0.1, "hidden_states[-3] and the last state differ by only {apart:.3e}");
+    assert!(
+        apart > 0.1,
+        "hidden_states[-3] and the last state differ by only {apart:.3e}"
+    );
 }
 
 #[test]
@@ -171,7 +185,9 @@ fn qwen_prompt_embeds_match_the_pipeline() {
     let (embeds, mask) = encoder.encode(&prompt_refs).unwrap();
     let expected = &reference["prompt_embeds"];
     assert_eq!(embeds.dims(), expected.dims());
-    let expected_mask = reference["prompt_embeds_mask"].to_dtype(DType::F32).unwrap();
+    let expected_mask = reference["prompt_embeds_mask"]
+        .to_dtype(DType::F32)
+        .unwrap();
     assert_eq!(
         mask.to_vec2::<f32>().unwrap(),
         expected_mask.to_vec2::<f32>().unwrap(),
@@ -180,7 +196,11 @@ fn qwen_prompt_embeds_match_the_pipeline() {
     let err = relative_error(&real_rows(&embeds, &mask), &real_rows(expected, &mask));
     println!("HunyuanVideo 1.5 Qwen prompt_embeds f32: relative error {err:.3e}");
     assert!(err <= 1e-4, "prompt_embeds: relative error {err:.3e}");
-    assert_eq!(max_abs_outside(&embeds, &mask), 0.0, "padding rows are zero");
+    assert_eq!(
+        max_abs_outside(&embeds, &mask),
+        0.0,
+        "padding rows are zero"
+    );
 
     // One prompt alone gives its rows of the batch: padding does not leak into real tokens.
     let (alone, alone_mask) = encoder.encode(&prompt_refs[1..2]).unwrap();
@@ -212,7 +232,11 @@ fn byt5_tokenizer_ids_match_transformers() {
         assert_eq!(mask, to_u32(&case["mask"]), "mask of {text:?} at {max_len}");
         // Without the added tokens in the text, the default tokenizer agrees.
         if !text.contains("<color-0>") && !text.contains("<en-font-1>") {
-            assert_eq!(default.encode_padded(text, max_len).0, ids, "default, {text:?}");
+            assert_eq!(
+                default.encode_padded(text, max_len).0,
+                ids,
+                "default, {text:?}"
+            );
         }
         compared += 1;
     }
@@ -261,7 +285,11 @@ fn byt5_glyph_embeds_match_the_pipeline() {
     let err = relative_error(&real_rows(&embeds, &mask), &real_rows(expected, &mask));
     println!("HunyuanVideo 1.5 ByT5 prompt_embeds_2 f32: relative error {err:.3e}");
     assert!(err <= 1e-4, "prompt_embeds_2: relative error {err:.3e}");
-    assert_eq!(max_abs_outside(&embeds, &mask), 0.0, "padding rows are zero");
+    assert_eq!(
+        max_abs_outside(&embeds, &mask),
+        0.0,
+        "padding rows are zero"
+    );
     // Prompts without glyph text get exact zeros, as the pipeline gives them.
     let empty_rows = expected.i(0..2).unwrap().abs().unwrap().max_all().unwrap();
     assert_eq!(empty_rows.to_scalar::<f32>().unwrap(), 0.0);
@@ -273,7 +301,8 @@ fn byt5_masked_padded_run_matches_the_pipeline() {
     let json = reference_json();
     let reference = reference();
     let glyph_max = settings(&json).glyph_max_length;
-    let encoder = ByT5Encoder::open(&dir().join("text_encoder_2"), DType::F32, &Device::Cpu).unwrap();
+    let encoder =
+        ByT5Encoder::open(&dir().join("text_encoder_2"), DType::F32, &Device::Cpu).unwrap();
     let tokenizer = ByT5Tokenizer::from_dir(&dir().join("tokenizer_2")).unwrap();
     let text = extract_glyph_text(&prompts(&json)[2]).unwrap();
     let (ids, mask) = tokenizer.encode_padded(&text, glyph_max);
@@ -347,7 +376,10 @@ fn config_reads_both_rope_spellings_and_nested_text_config() {
     let nested = serde_json::json!({"model_type": "qwen2_5_vl", "text_config": old_style.clone()});
     for value in [old_style, nested] {
         let cfg = Qwen25VlTextConfig::from_json_value(&value).unwrap();
-        assert_eq!((cfg.rope_theta, cfg.head_dim(), cfg.num_key_value_heads), (5000.0, 4, 1));
+        assert_eq!(
+            (cfg.rope_theta, cfg.head_dim(), cfg.num_key_value_heads),
+            (5000.0, 4, 1)
+        );
     }
     let bad = serde_json::json!({
         "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
@@ -365,7 +397,10 @@ fn bad_inputs_give_clear_errors() {
     assert!(msg.contains("400") && msg.contains("vocabulary"), "{msg}");
     let ids = Tensor::new(&[[3u32, 4, 1]], &Device::Cpu).unwrap();
     let wrong_mask = Tensor::new(&[[1u32, 1]], &Device::Cpu).unwrap();
-    let msg = model.forward(&ids, Some(&wrong_mask)).unwrap_err().to_string();
+    let msg = model
+        .forward(&ids, Some(&wrong_mask))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("attention mask"), "{msg}");
     let msg = model
         .hidden_state_from_end(&ids, None, 5)
@@ -373,12 +408,19 @@ fn bad_inputs_give_clear_errors() {
         .to_string();
     assert!(msg.contains("skip 5"), "{msg}");
 
-    let partial =
-        Qwen25VlTextModel::open(&dir().join("text_encoder"), DType::F32, &Device::Cpu, Some(2))
-            .unwrap();
+    let partial = Qwen25VlTextModel::open(
+        &dir().join("text_encoder"),
+        DType::F32,
+        &Device::Cpu,
+        Some(2),
+    )
+    .unwrap();
     let msg = partial.forward(&ids, None).unwrap_err().to_string();
     assert!(msg.contains("2 of 4"), "{msg}");
-    let msg = partial.forward_layers(&ids, None, 3).unwrap_err().to_string();
+    let msg = partial
+        .forward_layers(&ids, None, 3)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("3 layers"), "{msg}");
 
     let msg = Qwen25VlTextModel::open(&dir().join("text_encoder"), DType::F16, &Device::Cpu, None)

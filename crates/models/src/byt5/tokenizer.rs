@@ -84,7 +84,7 @@ impl ByT5Tokenizer {
     /// A tokenizer matching `added` tokens (ids and strip flags as given) before splitting bytes.
     pub fn with_added_tokens(mut added: Vec<AddedToken>) -> Self {
         added.retain(|t| !t.content.is_empty());
-        added.sort_by(|a, b| b.content.len().cmp(&a.content.len()));
+        added.sort_by_key(|t| std::cmp::Reverse(t.content.len()));
         Self { added }
     }
 

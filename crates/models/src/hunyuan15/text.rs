@@ -116,6 +116,21 @@ pub fn extract_glyph_text(prompt: &str) -> Option<String> {
     Some(joined)
 }
 
+/// Tokens of the chat template before the prompt: what `crop_start` must be for `tokenizer`
+/// (108 for Qwen2.5-VL's tokenizer, whose count the pipeline hard-codes).
+pub fn template_prefix_tokens(tokenizer: &Tokenizer, system_message: &str) -> Result<usize> {
+    let marker = "\u{0}";
+    let text = chat_text(marker, system_message);
+    let prefix = &text[..text.find(marker).expect("the template contains the prompt")];
+    let encoding = tokenizer
+        .encode(prefix, false)
+        .map_err(|e| ModelError::Tokenizer {
+            path: "Qwen2.5-VL tokenizer".to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(encoding.get_ids().len())
+}
+
 /// The Qwen ids of each prompt's chat text, cut to `crop_start + max_length` (no padding).
 pub fn tokenize_prompts(
     tokenizer: &Tokenizer,
@@ -129,12 +144,13 @@ pub fn tokenize_prompts(
             let text = chat_text(prompt, &settings.system_message);
             // The template carries its special tokens; the tokenizer adds none (as
             // apply_chat_template tokenizes).
-            let encoding = tokenizer
-                .encode(text.as_str(), false)
-                .map_err(|e| ModelError::Tokenizer {
-                    path: "Qwen2.5-VL tokenizer".to_string(),
-                    reason: e.to_string(),
-                })?;
+            let encoding =
+                tokenizer
+                    .encode(text.as_str(), false)
+                    .map_err(|e| ModelError::Tokenizer {
+                        path: "Qwen2.5-VL tokenizer".to_string(),
+                        reason: e.to_string(),
+                    })?;
             let mut ids = encoding.get_ids().to_vec();
             ids.truncate(limit);
             Ok(ids)
@@ -237,7 +253,11 @@ impl QwenPromptEncoder {
         let mut flat_ids = Vec::with_capacity(batch * longest);
         let mut flat_mask = Vec::with_capacity(batch * longest);
         for row in ids {
-            flat_ids.extend(row.iter().copied().chain(std::iter::repeat_n(0, longest - row.len())));
+            flat_ids.extend(
+                row.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, longest - row.len())),
+            );
             flat_mask.extend((0..longest).map(|i| if i < row.len() { 1f32 } else { 0f32 }));
         }
         let ids_tensor = Tensor::from_vec(flat_ids, (batch, longest), &device)?;
@@ -280,7 +300,12 @@ impl GlyphEncoder {
     }
 
     /// Opens `text_encoder_2/` and `tokenizer_2/` of a diffusers folder.
-    pub fn open(model_dir: &Path, max_length: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn open(
+        model_dir: &Path,
+        max_length: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let model = ByT5Encoder::open(&model_dir.join("text_encoder_2"), dtype, device)?;
         let tokenizer = ByT5Tokenizer::from_dir(&model_dir.join("tokenizer_2"))?;
         Ok(Self::new(model, tokenizer, max_length))

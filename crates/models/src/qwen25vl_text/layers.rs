@@ -61,7 +61,12 @@ pub fn rope_tables(
 /// The additive attention bias of a right- or left-padded causal batch: [B, 1, L, L] f32, 0 where
 /// a query may see a key (key ≤ query and key is a real token), f32::MIN elsewhere (transformers'
 /// value). `mask`: [B, L], nonzero = real token; `None`: causal only.
-pub fn causal_bias(mask: Option<&Tensor>, batch: usize, len: usize, device: &Device) -> Result<Tensor> {
+pub fn causal_bias(
+    mask: Option<&Tensor>,
+    batch: usize,
+    len: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let causal: Vec<f32> = (0..len)
         .flat_map(|q| (0..len).map(move |k| if k <= q { 0.0 } else { f32::MIN }))
         .collect();
@@ -133,8 +138,12 @@ impl SelfAttention {
         let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?
             .reshape((batch, self.num_heads, len, len))?
             .broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?
-            .reshape((batch, self.num_kv_heads, group * len, len))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
+            batch,
+            self.num_kv_heads,
+            group * len,
+            len,
+        ))?;
         let context = probs
             .matmul(&v)? // [B, kvH, group·L, Dh]
             .reshape((batch, self.num_heads, len, self.head_dim))?

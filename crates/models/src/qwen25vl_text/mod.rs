@@ -118,7 +118,13 @@ impl Qwen25VlTextModel {
     pub fn open(dir: &Path, dtype: DType, device: &Device, layers: Option<usize>) -> Result<Self> {
         let cfg = Qwen25VlTextConfig::from_json_file(&dir.join("config.json"))?;
         let files = Arc::new(WeightFiles::open(dir)?);
-        Self::load_layers(&files, &cfg, dtype, device, layers.unwrap_or(cfg.num_hidden_layers))
+        Self::load_layers(
+            &files,
+            &cfg,
+            dtype,
+            device,
+            layers.unwrap_or(cfg.num_hidden_layers),
+        )
     }
 
     pub fn config(&self) -> &Qwen25VlTextConfig {

@@ -203,22 +203,28 @@ pub struct EncoderLayer {
 impl EncoderLayer {
     /// `vb` at `encoder.block.{i}`; the layer reads its own bias table (umT5).
     pub fn load(vb: VarBuilder, cfg: &Umt5Config) -> Result<Self> {
-        let relative_bias =
-            RelativeSelfAttention::load_bias_table(&vb.pp("layer.0.SelfAttention"), cfg)?;
-        Self::load_sharing(vb, cfg, relative_bias)
+        Self::load_with(vb, cfg, None)
     }
 
     /// `vb` at `encoder.block.{i}`; the layer adds `relative_bias` [num_buckets, num_heads] f32,
     /// a table shared with other layers (classic T5).
     pub fn load_sharing(vb: VarBuilder, cfg: &Umt5Config, relative_bias: Tensor) -> Result<Self> {
+        Self::load_with(vb, cfg, Some(relative_bias))
+    }
+
+    /// Loads in the order of the stored layer (norm first), so a missing layer is reported by its
+    /// first tensor.
+    fn load_with(vb: VarBuilder, cfg: &Umt5Config, shared_bias: Option<Tensor>) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
+        let attention_norm = T5RmsNorm::load(vb.pp("layer.0.layer_norm"), cfg.d_model, eps)?;
+        let attention_vb = vb.pp("layer.0.SelfAttention");
+        let attention = match shared_bias {
+            None => RelativeSelfAttention::load(attention_vb, cfg)?,
+            Some(table) => RelativeSelfAttention::load_sharing(attention_vb, cfg, table)?,
+        };
         Ok(Self {
-            attention_norm: T5RmsNorm::load(vb.pp("layer.0.layer_norm"), cfg.d_model, eps)?,
-            attention: RelativeSelfAttention::load_sharing(
-                vb.pp("layer.0.SelfAttention"),
-                cfg,
-                relative_bias,
-            )?,
+            attention_norm,
+            attention,
             feed_forward_norm: T5RmsNorm::load(vb.pp("layer.1.layer_norm"), cfg.d_model, eps)?,
             feed_forward: GatedGeluFeedForward::load(vb.pp("layer.1.DenseReluDense"), cfg)?,
         })
