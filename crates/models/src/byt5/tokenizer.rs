@@ -89,11 +89,13 @@ impl ByT5Tokenizer {
     }
 
     /// Reads a saved tokenizer folder (`tokenizer_2/`): its `tokenizer_config.json`'s
-    /// `added_tokens_decoder` when there is one, transformers' defaults otherwise.
+    /// `added_tokens_decoder` when there is one (transformers 4.34 and later write it); else
+    /// transformers' defaults plus the tokens of an `added_tokens.json` (older folders), which
+    /// records no strip flags (none strip).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer_config.json");
         if !path.is_file() {
-            return Ok(Self::default());
+            return Self::with_added_tokens_json(dir);
         }
         let error = |reason: String| ModelError::Tokenizer {
             path: path.display().to_string(),
@@ -103,7 +105,7 @@ impl ByT5Tokenizer {
         let config: TokenizerConfig =
             serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
         let Some(decoder) = config.added_tokens_decoder else {
-            return Ok(Self::default());
+            return Self::with_added_tokens_json(dir);
         };
         let added = decoder
             .into_iter()
@@ -119,6 +121,34 @@ impl ByT5Tokenizer {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        Ok(Self::with_added_tokens(added))
+    }
+
+    /// The defaults, and the tokens of `dir/added_tokens.json` ({"content": id}) if present.
+    fn with_added_tokens_json(dir: &Path) -> Result<Self> {
+        let path = dir.join("added_tokens.json");
+        let defaults = Self::default();
+        if !path.is_file() {
+            return Ok(defaults);
+        }
+        let error = |reason: String| ModelError::Tokenizer {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
+        let extra: std::collections::BTreeMap<String, u32> =
+            serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let mut added = defaults.added;
+        for (content, id) in extra {
+            if !added.iter().any(|t| t.content == content) {
+                added.push(AddedToken {
+                    content,
+                    id,
+                    lstrip: false,
+                    rstrip: false,
+                });
+            }
+        }
         Ok(Self::with_added_tokens(added))
     }
 
