@@ -448,3 +448,40 @@ fn bad_inputs_give_clear_errors() {
         .to_string();
     assert!(msg.contains("embed_tokens.weight"), "{msg}");
 }
+
+/// Whole Qwen2.5-VL checkpoints keep the language model under `model.language_model.`
+/// (transformers 4.52 and later) or `model.` (earlier); both load and give the same numbers.
+#[test]
+fn whole_model_key_prefixes_load() {
+    let reference = reference();
+    let ids = reference["qwen_input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = &reference["qwen_attention_mask"];
+    let cfg = Qwen25VlTextConfig::from_json_file(&dir().join("text_encoder/config.json")).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir().join("text_encoder/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for prefix in ["model.language_model.", "model."] {
+        let mut renamed: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+            .collect();
+        // A vision tower and an LM head beside it are ignored.
+        renamed.insert(
+            "lm_head.weight".to_string(),
+            Tensor::zeros((cfg.vocab_size, cfg.hidden_size), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let path = tmp
+            .path()
+            .join(format!("{}safetensors", prefix.replace('.', "_")));
+        candle_core::safetensors::save(&renamed, &path).unwrap();
+        let files = Arc::new(WeightFiles::open(&path).unwrap());
+        let model = Qwen25VlTextModel::load(&files, &cfg, DType::F32, &Device::Cpu).unwrap();
+        let out = model.hidden_state_from_end(&ids, Some(mask), 2).unwrap();
+        let err = relative_error(
+            &real_rows(&out, mask),
+            &real_rows(&reference["qwen_hidden_skip2"], mask),
+        );
+        assert!(err <= 1e-4, "prefix {prefix}: relative error {err:.3e}");
+    }
+}
