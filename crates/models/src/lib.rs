@@ -7,12 +7,16 @@
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
 //! - [`taehv`]: TAEHV, the tiny preview decoder of Wan latents (taew2_1, taew2_2).
 //! - [`clip_vision`]: the CLIP image encoder of Wan2.1 I2V / FLF2V and its preprocessing.
+//! - [`hunyuan15`]: HunyuanVideo 1.5; its text encoders are [`qwen25vl_text`] (Qwen2.5-VL's
+//!   language model) and [`byt5`] (the glyph encoder and its byte tokenizer).
 
+pub mod byt5;
 pub mod clip_vision;
 pub mod error;
 pub mod hunyuan15;
 pub mod lora;
 pub mod profile;
+pub mod qwen25vl_text;
 pub mod taehv;
 pub mod tokenizer;
 pub mod umt5;

@@ -97,14 +97,21 @@ pub struct RelativeSelfAttention {
 }
 
 impl RelativeSelfAttention {
-    /// `prefix` = `encoder.block.{i}.layer.0.SelfAttention`.
+    /// `prefix` = `encoder.block.{i}.layer.0.SelfAttention`. The layer reads its own bias table
+    /// (umT5), or adds `shared_bias` [num_buckets, num_heads] f32, a table stored in another
+    /// layer (classic T5, T5 v1.1 and ByT5 keep one, in layer 0).
     pub(crate) fn load(
         src: &WeightSource,
         prefix: &str,
         cfg: &Umt5Config,
         dtype: DType,
+        shared_bias: Option<&Tensor>,
     ) -> Result<Self> {
         let inner = cfg.inner_dim();
+        let relative_bias = match shared_bias {
+            Some(table) => table.clone(),
+            None => Self::load_bias_table(src, prefix, cfg)?,
+        };
         let linear = |name: &str, input: usize, output: usize| {
             src.linear_no_bias(&format!("{prefix}.{name}"), input, output, dtype)
         };
@@ -113,15 +120,24 @@ impl RelativeSelfAttention {
             k: linear("k", cfg.d_model, inner)?,
             v: linear("v", cfg.d_model, inner)?,
             o: linear("o", inner, cfg.d_model)?,
-            relative_bias: src.get(
-                &format!("{prefix}.relative_attention_bias.weight"),
-                &[cfg.relative_attention_num_buckets, cfg.num_heads],
-                DType::F32,
-            )?,
+            relative_bias,
             num_heads: cfg.num_heads,
             head_dim: cfg.d_kv,
             dtype,
         })
+    }
+
+    /// The bias table [num_buckets, num_heads] f32 stored at `prefix` (`…SelfAttention`).
+    pub(crate) fn load_bias_table(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &Umt5Config,
+    ) -> Result<Tensor> {
+        src.get(
+            &format!("{prefix}.relative_attention_bias.weight"),
+            &[cfg.relative_attention_num_buckets, cfg.num_heads],
+            DType::F32,
+        )
     }
 
     /// The four projections (q, k, v, o).
@@ -223,18 +239,27 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    /// `prefix` = `encoder.block.{i}`; projections in `dtype`.
+    /// `prefix` = `encoder.block.{i}`; projections in `dtype`; `shared_bias` as in
+    /// [`RelativeSelfAttention::load`]. Loads in the stored order (norm first), so a missing layer
+    /// is reported by its first tensor.
     pub(crate) fn load(
         src: &WeightSource,
         prefix: &str,
         cfg: &Umt5Config,
         dtype: DType,
+        shared_bias: Option<&Tensor>,
     ) -> Result<Self> {
         let (dim, eps) = (cfg.d_model, cfg.layer_norm_epsilon);
         let at = |tail: &str| format!("{prefix}.{tail}");
         Ok(Self {
             attention_norm: T5RmsNorm::load(src, &at("layer.0.layer_norm"), dim, eps)?,
-            attention: RelativeSelfAttention::load(src, &at("layer.0.SelfAttention"), cfg, dtype)?,
+            attention: RelativeSelfAttention::load(
+                src,
+                &at("layer.0.SelfAttention"),
+                cfg,
+                dtype,
+                shared_bias,
+            )?,
             feed_forward_norm: T5RmsNorm::load(src, &at("layer.1.layer_norm"), dim, eps)?,
             feed_forward: GatedGeluFeedForward::load(
                 src,

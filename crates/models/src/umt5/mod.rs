@@ -28,7 +28,7 @@ use candle_core::{DType, Device, Tensor};
 pub use config::Umt5Config;
 use embedding::TokenEmbedding;
 pub use keys::Umt5Dialect;
-use layers::{position_buckets, EncoderLayer, T5RmsNorm};
+use layers::{position_buckets, EncoderLayer, RelativeSelfAttention, T5RmsNorm};
 
 use crate::error::{ModelError, Result};
 use crate::wan::layers::WeightSource;
@@ -71,6 +71,15 @@ fn tensor_shapes(cfg: &Umt5Config) -> Vec<(String, Vec<usize>)> {
     shapes
 }
 
+/// Which layers own a relative-position bias table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasTables {
+    /// Every layer stores and adds its own table (umT5).
+    PerLayer,
+    /// Layer 0 stores the only table and every layer adds it (T5, T5 v1.1, ByT5).
+    SharedFromFirstLayer,
+}
+
 /// The umT5 encoder stack: token embedding, `num_layers` layers, final RMSNorm.
 #[derive(Debug, Clone)]
 pub struct Umt5Encoder {
@@ -95,6 +104,18 @@ impl Umt5Encoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with_bias_tables(files, cfg, dtype, device, BiasTables::PerLayer)
+    }
+
+    /// [`load`](Self::load) for either layout of the relative-position bias: umT5's per-layer
+    /// tables or classic T5's single table in layer 0 (ByT5 is classic T5).
+    pub fn load_with_bias_tables(
+        files: &Arc<WeightFiles>,
+        cfg: &Umt5Config,
+        dtype: DType,
+        device: &Device,
+        tables: BiasTables,
+    ) -> Result<Self> {
         cfg.validate().map_err(|reason| ModelError::Config {
             path: "umT5 config".to_string(),
             reason,
@@ -114,8 +135,19 @@ impl Umt5Encoder {
             (cfg.vocab_size, cfg.d_model),
             dtype,
         )?;
+        let shared_bias = match tables {
+            BiasTables::PerLayer => None,
+            BiasTables::SharedFromFirstLayer => Some(RelativeSelfAttention::load_bias_table(
+                &src,
+                "encoder.block.0.layer.0.SelfAttention",
+                cfg,
+            )?),
+        };
         let layers = (0..cfg.num_layers)
-            .map(|i| EncoderLayer::load(&src, &format!("encoder.block.{i}"), cfg, dtype))
+            .map(|i| {
+                let prefix = format!("encoder.block.{i}");
+                EncoderLayer::load(&src, &prefix, cfg, dtype, shared_bias.as_ref())
+            })
             .collect::<Result<Vec<_>>>()?;
         let final_norm = T5RmsNorm::load(
             &src,
