@@ -5,10 +5,12 @@
 //! - [`lora`]: LoRA files in every published form, merged at load or applied per pass.
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
 //! - [`taehv`]: TAEHV, the tiny preview decoder of Wan latents (taew2_1, taew2_2).
+//! - [`hunyuan15`]: HunyuanVideo 1.5 (its VAE decoder).
 //! - [`clip_vision`]: the CLIP image encoder of Wan2.1 I2V / FLF2V and its preprocessing.
 
 pub mod clip_vision;
 pub mod error;
+pub mod hunyuan15;
 pub mod lora;
 pub mod profile;
 pub mod taehv;

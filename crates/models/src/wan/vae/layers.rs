@@ -320,8 +320,21 @@ enum TemporalKernel {
     Stacked(Tensor),
 }
 
+/// How a [`CausalConv3d`] fills the frames before the stream and the pixels around each frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvPadding {
+    /// Zeros (Wan): in time through missing history, in space through the conv's own padding.
+    #[default]
+    Zeros,
+    /// Copies of the nearest edge value (HunyuanVideo 1.5's `F.pad(mode="replicate")`): the
+    /// stream's first frame repeated in front, each frame's border rows and columns around it.
+    /// The spatial border is one extra copy of the window before the conv, which then pads nothing.
+    Replicate,
+}
+
 /// Wan's CausalConv3d: zero padding `2·p_t` frames in front and none behind, symmetric in space.
-/// With a cache, the previous frames of the stream stand in for the front padding.
+/// With a cache, the previous frames of the stream stand in for the front padding. HunyuanVideo
+/// 1.5's causal conv is the same with [`ConvPadding::Replicate`].
 ///
 /// Computed as conv2d calls on batched frames: a sum over the temporal taps, or where cuDNN runs
 /// the convs, one conv over the taps stacked along channels.
@@ -334,6 +347,7 @@ pub struct CausalConv3d {
     /// The bias as `[O]` f32, for the fused channel kernels (which may add it later).
     bias_f32: Tensor,
     spatial_padding: usize,
+    padding: ConvPadding,
     out_dim: usize,
     /// Cache slot of a temporal conv (k_t > 1); None for k_t = 1, which needs no history.
     slot: Option<usize>,
@@ -395,10 +409,17 @@ impl CausalConv3d {
             bias,
             bias_f32,
             spatial_padding: (ks - 1) / 2,
+            padding: ConvPadding::Zeros,
             out_dim,
             slot,
             conv_stage,
         })
+    }
+
+    /// The same conv with `padding` in time and space instead of zeros.
+    pub fn with_padding(mut self, padding: ConvPadding) -> Self {
+        self.padding = padding;
+        self
     }
 
     /// x `[B, T, C, H, W]` → `[B, T, O, H, W]`, reading and updating this conv's cache slot.
@@ -430,8 +451,10 @@ impl CausalConv3d {
         let padded = match self.slot {
             None => x.clone(),
             Some(slot) => span(stage::FEATURE_CACHE, dev, || {
-                // The stream so far: cached frames, then this chunk; zero frames fill the rest of
-                // the history.
+                // The stream so far: cached frames, then this chunk; zero frames (or copies of
+                // the first frame, replicate padding) fill the rest of the history. History is
+                // missing only while the cache still holds the whole stream, so the first frame
+                // of `padded` is then the stream's first frame.
                 let stream = match cache.previous_frames(slot) {
                     Some(prev) => Tensor::cat(&[prev, x], 1)?,
                     None => x.clone(),
@@ -446,13 +469,24 @@ impl CausalConv3d {
                 // (k_t − 1 + T frames) alive per conv until the next chunk.
                 cache.slots[slot] =
                     CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.copy()?);
-                Ok(if missing > 0 {
-                    padded.pad_with_zeros(1, missing, 0)?
-                } else {
-                    padded
+                Ok(match (missing, self.padding) {
+                    (0, _) => padded,
+                    (_, ConvPadding::Zeros) => padded.pad_with_zeros(1, missing, 0)?,
+                    (_, ConvPadding::Replicate) => padded.pad_with_same(1, missing, 0)?,
                 })
             })?,
         }; // [B, T + k_t − 1, C, H, W]
+        let p = self.spatial_padding;
+        let (padded, conv_padding) = match self.padding {
+            ConvPadding::Replicate if p > 0 => (
+                span(stage::FEATURE_CACHE, dev, || {
+                    Ok(padded.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?)
+                })?,
+                0,
+            ),
+            _ => (padded, p),
+        }; // [B, T + k_t − 1, C, H + 2p, W + 2p] when padded here
+        let (hp, wp) = (padded.dim(3)?, padded.dim(4)?);
         let dtype = x.dtype();
         let y = match &self.kernel {
             TemporalKernel::Stacked(kernel) => {
@@ -471,9 +505,9 @@ impl CausalConv3d {
                 }; // [B, T, k_t·C, H, W]
                 let y = span(self.conv_stage, dev, || {
                     conv2d_grouped(
-                        &windows.reshape((b * t, self.kt * c, h, w))?,
+                        &windows.reshape((b * t, self.kt * c, hp, wp))?,
                         kernel,
-                        self.spatial_padding,
+                        conv_padding,
                         1,
                     )
                 })?; // [B·T, O, H, W], x's dtype or f32
@@ -504,8 +538,8 @@ impl CausalConv3d {
                     let frames = padded
                         .narrow(1, j, t)?
                         .contiguous()?
-                        .reshape((b * t, c, h, w))?;
-                    let y = conv2d_grouped(&frames, tap, self.spatial_padding, 1)?;
+                        .reshape((b * t, c, hp, wp))?;
+                    let y = conv2d_grouped(&frames, tap, conv_padding, 1)?;
                     sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
                 }
                 Ok(sum.to_dtype(dtype)?)
