@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::profile::span;
 use crate::wan::vae::blocks::ResidualBlock;
 use crate::wan::vae::layers::{
-    single_head_attention, stage, CausalConv3d, ChannelRmsNorm, ConvPadding, Conv2d, FeatureCache,
+    single_head_attention, stage, CausalConv3d, ChannelRmsNorm, Conv2d, ConvPadding, FeatureCache,
     SlotCounter,
 };
 
@@ -28,8 +28,10 @@ pub fn causal_conv(
     slots: &mut SlotCounter,
     conv_stage: &'static str,
 ) -> Result<CausalConv3d> {
-    Ok(CausalConv3d::new(vb.pp("conv"), in_dim, out_dim, (3, 3), slots, conv_stage)?
-        .with_padding(ConvPadding::Replicate))
+    Ok(
+        CausalConv3d::new(vb.pp("conv"), in_dim, out_dim, (3, 3), slots, conv_stage)?
+            .with_padding(ConvPadding::Replicate),
+    )
 }
 
 /// norm → SiLU → conv → norm → SiLU → conv, plus the input (through a 1×1×1 conv when the width
@@ -125,9 +127,7 @@ impl CausalAttention {
         let pixels = h * w;
         let frames = x.reshape((b * t, c, h, w))?;
         let qkv = self.to_qkv.forward(&self.norm.forward(&frames)?)?; // [B·T, 3C, H, W]
-        let qkv = qkv
-            .reshape((b, t, 3 * c, pixels))?
-            .to_dtype(DType::F32)?;
+        let qkv = qkv.reshape((b, t, 3 * c, pixels))?.to_dtype(DType::F32)?;
         // tokens are pixels, frame by frame: [B, T, H·W, C]
         let part = |i: usize| -> Result<Tensor> {
             Ok(qkv
@@ -254,10 +254,8 @@ impl DepthToSpaceUpsample {
             if starts_clip {
                 // one frame out of the first: the first `out` of its 2·out channels per pixel
                 let conv = depth_to_space(&h.narrow(1, 0, 1)?, 1)?.narrow(2, 0, self.out_dim)?;
-                let shortcut = repeat_channels(
-                    &depth_to_space(&x.narrow(1, 0, 1)?, 1)?,
-                    self.repeats / 2,
-                )?;
+                let shortcut =
+                    repeat_channels(&depth_to_space(&x.narrow(1, 0, 1)?, 1)?, self.repeats / 2)?;
                 parts.push((conv + shortcut)?);
             }
             if t > first {

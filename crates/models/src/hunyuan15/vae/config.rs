@@ -144,7 +144,11 @@ impl HunyuanVideo15VaeConfig {
 
     /// Video pixels per latent pixel: 2 per upsampler (16 for the published VAE).
     pub fn spatial_scale(&self) -> usize {
-        1 << self.up_blocks().iter().filter(|b| b.upsample.is_some()).count()
+        1 << self
+            .up_blocks()
+            .iter()
+            .filter(|b| b.upsample.is_some())
+            .count()
     }
 
     /// Video frames per latent frame after the first: 2 per temporal upsampler (4).
@@ -179,7 +183,10 @@ impl HunyuanVideo15VaeConfig {
         }
         for (name, ratio) in [
             ("spatial_compression_ratio", self.spatial_compression_ratio),
-            ("temporal_compression_ratio", self.temporal_compression_ratio),
+            (
+                "temporal_compression_ratio",
+                self.temporal_compression_ratio,
+            ),
         ] {
             if !ratio.is_power_of_two() {
                 return Err(format!("{name} must be a power of two, got {ratio}"));

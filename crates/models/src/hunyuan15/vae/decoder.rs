@@ -11,9 +11,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::blocks::{
-    causal_conv, resnet, AttentionHistory, CausalAttention, DepthToSpaceUpsample,
-};
+use super::blocks::{causal_conv, resnet, AttentionHistory, CausalAttention, DepthToSpaceUpsample};
 use super::config::HunyuanVideo15VaeConfig;
 use crate::error::Result;
 use crate::profile::span;
@@ -75,7 +73,11 @@ impl Decoder3d {
             let vb_up = vb.pp(format!("up_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|j| {
-                    let in_dim = if j == 0 { plan.in_channels } else { plan.channels };
+                    let in_dim = if j == 0 {
+                        plan.in_channels
+                    } else {
+                        plan.channels
+                    };
                     resnet(
                         vb_up.pp(format!("resnets.{j}")),
                         in_dim,

@@ -207,7 +207,10 @@ fn blend(previous: &Tensor, next: &Tensor, extent: usize, axis: usize) -> Result
     if e == next_len {
         return Ok(head);
     }
-    Ok(Tensor::cat(&[&head, &next.narrow(axis, e, next_len - e)?], axis)?)
+    Ok(Tensor::cat(
+        &[&head, &next.narrow(axis, e, next_len - e)?],
+        axis,
+    )?)
 }
 
 #[cfg(test)]

@@ -535,10 +535,11 @@ impl CausalConv3d {
                 };
                 let mut sum = self.bias.to_dtype(accumulate)?;
                 for (j, tap) in taps.iter().enumerate() {
-                    let frames = padded
-                        .narrow(1, j, t)?
-                        .contiguous()?
-                        .reshape((b * t, c, hp, wp))?;
+                    let frames =
+                        padded
+                            .narrow(1, j, t)?
+                            .contiguous()?
+                            .reshape((b * t, c, hp, wp))?;
                     let y = conv2d_grouped(&frames, tap, conv_padding, 1)?;
                     sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
                 }
