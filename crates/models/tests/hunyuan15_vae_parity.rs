@@ -222,3 +222,35 @@ fn check_finds_missing_tensors() {
     let err = HunyuanVideo15VaeDecoder::load(tmp.path(), DType::F32, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains(missing), "{err}");
 }
+
+/// The published layout with every width divided by 8 (decoder 128, 128, 64, 32, 16; 32 latent
+/// channels, ×16 space, ×4 time), random weights: the upsampler from 128 to 64 channels in time
+/// repeats its shortcut channels 4 times (2 for the first frame), as the real 1024 → 512 one does,
+/// which the fixture's widths do not cover. Shapes, finiteness and chunk-size agreement.
+#[test]
+fn published_layout_scaled_down_decodes() {
+    let cfg = HunyuanVideo15VaeConfig {
+        block_out_channels: vec![16, 32, 64, 128, 128],
+        ..HunyuanVideo15VaeConfig::default()
+    };
+    let vae = HunyuanVideo15VaeDecoder::random(&cfg, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        (vae.spatial_compression(), vae.temporal_compression()),
+        (16, 4)
+    );
+    let latents = Tensor::randn(0f32, 1.0, (1, 32, 3, 2, 3), &Device::Cpu).unwrap();
+    let video = vae.decode_unclamped(&latents, None).unwrap();
+    assert_eq!(video.dims(), &[1, 3, 9, 32, 48]);
+    let values: Vec<f32> = video.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(values.iter().all(|v| v.is_finite()));
+    let whole_clip = vae
+        .clone()
+        .with_latent_frames_per_chunk(3)
+        .decode_unclamped(&latents, None)
+        .unwrap();
+    let err = relative_error(&whole_clip, &video);
+    assert!(
+        err <= 1e-5,
+        "one chunk vs one latent frame per chunk: {err:.3e}"
+    );
+}

@@ -265,18 +265,19 @@ mod tests {
         assert_eq!((cfg.spatial_scale(), cfg.temporal_scale()), (16, 4));
         assert_eq!(cfg.video_frames(31), 121);
         let blocks = cfg.up_blocks();
-        let summary: Vec<(usize, usize, Option<(usize, bool)>)> = blocks
-            .iter()
-            .map(|b| (b.in_channels, b.channels, b.upsample))
-            .collect();
+        let plan = |in_channels, channels, upsample| UpBlockPlan {
+            in_channels,
+            channels,
+            upsample,
+        };
         assert_eq!(
-            summary,
+            blocks,
             vec![
-                (1024, 1024, Some((1024, true))),
-                (1024, 1024, Some((512, true))),
-                (512, 512, Some((256, false))),
-                (256, 256, Some((128, false))),
-                (128, 128, None),
+                plan(1024, 1024, Some((1024, true))),
+                plan(1024, 1024, Some((512, true))),
+                plan(512, 512, Some((256, false))),
+                plan(256, 256, Some((128, false))),
+                plan(128, 128, None),
             ]
         );
     }
