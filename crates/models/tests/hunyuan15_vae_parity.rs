@@ -114,6 +114,15 @@ fn chunk_sizes_agree() {
     ] {
         for n in [2, 3] {
             let vae = load(DType::F32).with_latent_frames_per_chunk(n);
+            let mut frames = Vec::new();
+            vae.decode_with_chunks(latents, tiling, &mut |c| {
+                frames.push(c.dim(2).unwrap());
+                Ok(())
+            })
+            .unwrap();
+            // the first chunk holds the clip's first latent frame (1 video frame), then 4 each
+            let expected_frames = if n == 2 { vec![5, 4] } else { vec![9] };
+            assert_eq!(frames, expected_frames);
             let video = vae.decode_unclamped(latents, tiling).unwrap();
             let err = relative_error(&video, expected);
             println!(
