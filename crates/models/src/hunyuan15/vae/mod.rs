@@ -15,6 +15,7 @@ pub mod config;
 mod decoder;
 pub mod tiling;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use crate::error::{ModelError, Result};
 use crate::profile::span;
 use crate::wan::vae::layers::stage;
 use crate::weights::{KeyMap, RandomWeights, WeightFiles};
-use decoder::{Decoder3d, DecoderState};
+use decoder::Decoder3d;
 use tiling::TileGrid;
 
 /// The HunyuanVideo 1.5 VAE decoder with the pipeline's latent scaling.
@@ -150,8 +151,9 @@ impl HunyuanVideo15VaeDecoder {
     }
 
     /// [`decode`](Self::decode) handing each decoded chunk `[B, 3, t, H, W]` f32 in [−1, 1] to
-    /// `on_chunk` in frame order as soon as it exists (tiled or not: the tiles of a chunk are
-    /// blended as soon as they are decoded). An error from `on_chunk` stops the decode.
+    /// `on_chunk` in frame order: whole frames as soon as each chunk is decoded (1 frame, then 4
+    /// per latent frame), tiled once every tile is decoded (then joined chunk by chunk, so only
+    /// one joined chunk exists at a time). An error from `on_chunk` stops the decode.
     pub fn decode_with_chunks(
         &self,
         latents: &Tensor,
@@ -231,34 +233,51 @@ impl HunyuanVideo15VaeDecoder {
         })?;
         let (_, frames, _, h, w) = z.dims5()?;
         let grid = TileGrid::new(tiling.as_ref(), h, w, scale);
-        let mut states: Vec<DecoderState> =
-            (0..grid.len()).map(|_| self.decoder.new_state()).collect();
+        let chunk_spans: Vec<(usize, usize)> = (0..frames)
+            .step_by(self.latent_frames_per_chunk)
+            .map(|start| (start, self.latent_frames_per_chunk.min(frames - start)))
+            .collect();
         let total = grid.len() * frames;
-        let mut done = 0;
-        let mut start = 0;
-        while start < frames {
-            let len = self.latent_frames_per_chunk.min(frames - start);
-            let chunk = z.narrow(1, start, len)?;
-            let mut tiles = Vec::with_capacity(grid.len());
-            let cells = grid
-                .rows
-                .iter()
-                .flat_map(|row| grid.cols.iter().map(move |col| (*row, *col)));
-            for (state, ((y0, th), (x0, tw))) in states.iter_mut().zip(cells) {
-                let tile = chunk.narrow(3, y0, th)?.narrow(4, x0, tw)?.contiguous()?;
-                let out = self.decoder.forward_chunk(&tile, state)?; // [B, T, 3, th·s, tw·s]
-                tiles.push(span(stage::POST_PROCESSING, &self.device, || {
+        // One tile at a time through every chunk, so that only one tile's cache is alive (all
+        // tiles' caches together would take more memory than the untiled decode's). Untiled,
+        // each chunk goes out as soon as it is decoded; tiled, each tile's chunks are kept
+        // (f32, channels-first) until the last tile is done, then joined chunk by chunk.
+        let mut decoded: Vec<VecDeque<Tensor>> = Vec::with_capacity(grid.len());
+        let cells = grid
+            .rows
+            .iter()
+            .flat_map(|row| grid.cols.iter().map(move |col| (*row, *col)));
+        for (index, ((y0, th), (x0, tw))) in cells.enumerate() {
+            let tile = z.narrow(3, y0, th)?.narrow(4, x0, tw)?;
+            let mut state = self.decoder.new_state();
+            let mut chunks = VecDeque::with_capacity(chunk_spans.len());
+            for &(start, len) in &chunk_spans {
+                let latents = tile.narrow(1, start, len)?.contiguous()?;
+                let out = self.decoder.forward_chunk(&latents, &mut state)?; // [B, T, 3, th·s, tw·s]
+                let out = span(stage::POST_PROCESSING, &self.device, || {
                     Ok(out
                         .permute((0, 2, 1, 3, 4))?
                         .to_dtype(DType::F32)?
                         .contiguous()?)
-                })?);
-                done += len;
-                progress(done, total);
+                })?; // [B, 3, T, th·s, tw·s]
+                progress(index * frames + start + len, total);
+                if grid.len() == 1 {
+                    on_chunk(&out)?;
+                } else {
+                    chunks.push_back(out);
+                }
             }
-            let video = span(stage::TILE_BLEND, &self.device, || grid.join(tiles))?;
-            on_chunk(&video)?;
-            start += len;
+            decoded.push(chunks);
+        }
+        if grid.len() > 1 {
+            for _ in &chunk_spans {
+                let tiles = decoded
+                    .iter_mut()
+                    .map(|chunks| chunks.pop_front().expect("one chunk per span"))
+                    .collect();
+                let video = span(stage::TILE_BLEND, &self.device, || grid.join(tiles))?;
+                on_chunk(&video)?;
+            }
         }
         Ok(())
     }

@@ -3,10 +3,10 @@
 //! rows are cross-faded with the (already blended) tile above and its left columns with the tile
 //! to its left, and every tile is cropped to the stride before the tiles are joined.
 //!
-//! Blending is per frame, so vdit decodes all tiles chunk by chunk (each tile with its own cache)
-//! and blends each chunk as it comes: the same result as diffusers' tile-by-tile whole-clip
-//! decode, with the output streamed. diffusers 0.42.1 tiles this VAE in space only (no temporal
-//! tiles); vdit's chunked decode bounds the memory in time instead.
+//! vdit decodes each tile through time in chunks (the same as diffusers' whole-clip decode of
+//! the tile) and, blending being per frame, joins the tiles chunk by chunk. diffusers 0.42.1
+//! tiles this VAE in space only (its `blend_t` is never called): no temporal tiles; vdit's chunked
+//! decode bounds the activations in time instead.
 
 use candle_core::{DType, Tensor};
 
