@@ -797,6 +797,59 @@ mod tests {
         }
     }
 
+    /// Replicate padding (HunyuanVideo 1.5): a stream fed in chunks equals a conv without padding
+    /// over the whole stream with its first frame repeated k_t − 1 times in front and every
+    /// frame's border pixels repeated around it; in both kernel layouts.
+    #[test]
+    fn replicate_padding_matches_explicit_padding() {
+        let dev = Device::Cpu;
+        let (o, c, kt, ks) = (3, 2, 3, 3);
+        let weight = Tensor::randn(0f32, 1.0, (o, c, kt, ks, ks), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, o, &dev).unwrap();
+        let stream = Tensor::randn(0f32, 1.0, (1, 4, c, 5, 6), &dev).unwrap(); // [B, T, C, H, W]
+                                                                               // reference: explicit padding, then Σ over taps of a conv2d without padding
+        let padded = stream
+            .pad_with_same(1, kt - 1, 0)
+            .unwrap()
+            .pad_with_same(3, 1, 1)
+            .unwrap()
+            .pad_with_same(4, 1, 1)
+            .unwrap(); // [1, T + 2, C, 7, 8]
+        let mut expected = bias.reshape((1, o, 1, 1)).unwrap();
+        for j in 0..kt {
+            let tap = weight.narrow(2, j, 1).unwrap().squeeze(2).unwrap();
+            let frames = padded.narrow(1, j, 4).unwrap().squeeze(0).unwrap(); // [T, C, 7, 8]
+            let y = frames
+                .contiguous()
+                .unwrap()
+                .conv2d(&tap.contiguous().unwrap(), 0, 1, 1, 1);
+            expected = expected.broadcast_add(&y.unwrap()).unwrap();
+        }
+        let vb = vars(vec![("weight", weight), ("bias", bias)], DType::F32);
+        for stacked in [true, false] {
+            let conv = CausalConv3d::with_layout(
+                vb.clone(),
+                c,
+                o,
+                (kt, ks),
+                &mut SlotCounter::default(),
+                stage::conv3d(0),
+                stacked,
+            )
+            .unwrap()
+            .with_padding(ConvPadding::Replicate);
+            let mut cache = FeatureCache::new(1);
+            let mut outs = Vec::new();
+            for (start, len) in [(0, 1), (1, 2), (3, 1)] {
+                let chunk = stream.narrow(1, start, len).unwrap();
+                outs.push(conv.forward(&chunk, &mut cache).unwrap());
+            }
+            let got = Tensor::cat(&outs, 1).unwrap().squeeze(0).unwrap(); // [T, O, 5, 6]
+            let diff = max_abs_diff(&got, &expected);
+            assert!(diff < 1e-4, "stacked {stacked}: {diff}");
+        }
+    }
+
     /// Every documented value of the algorithm variable parses to its own algorithm; anything
     /// else is an error naming the variable.
     #[test]
