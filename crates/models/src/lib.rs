@@ -6,6 +6,7 @@
 //! - [`lora`]: LoRA files in every published form, merged at load or applied per pass.
 //! - [`umt5`] and [`tokenizer`]: the umT5 text encoder and its prompt tokenizer.
 //! - [`taehv`]: TAEHV, the tiny preview decoder of Wan latents (taew2_1, taew2_2).
+//! - [`hunyuan15`]: HunyuanVideo 1.5 (its VAE decoder).
 //! - [`clip_vision`]: the CLIP image encoder of Wan2.1 I2V / FLF2V and its preprocessing.
 //! - [`hunyuan15`]: HunyuanVideo 1.5; its text encoders are [`qwen25vl_text`] (Qwen2.5-VL's
 //!   language model) and [`byt5`] (the glyph encoder and its byte tokenizer).

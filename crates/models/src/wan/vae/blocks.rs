@@ -56,6 +56,24 @@ impl ResidualBlock {
         })
     }
 
+    /// A block from its layers (HunyuanVideo 1.5's resnets: the same computation, with
+    /// replicate-padded convs stored under other names).
+    pub fn from_parts(
+        norm1: ChannelRmsNorm,
+        conv1: CausalConv3d,
+        norm2: ChannelRmsNorm,
+        conv2: CausalConv3d,
+        shortcut: Option<CausalConv3d>,
+    ) -> Self {
+        Self {
+            norm1,
+            conv1,
+            norm2,
+            conv2,
+            shortcut,
+        }
+    }
+
     /// Where rainfusion's fused channel kernels run (CUDA), each conv's bias rides on the next
     /// pass over its output: conv1's in norm2's kernel (with the SiLU), conv2's in the residual
     /// add; the "rms norm" and "residual add" profile stages then include that work.

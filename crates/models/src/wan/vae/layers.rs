@@ -320,8 +320,21 @@ enum TemporalKernel {
     Stacked(Tensor),
 }
 
+/// How a [`CausalConv3d`] fills the frames before the stream and the pixels around each frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvPadding {
+    /// Zeros (Wan): in time through missing history, in space through the conv's own padding.
+    #[default]
+    Zeros,
+    /// Copies of the nearest edge value (HunyuanVideo 1.5's `F.pad(mode="replicate")`): the
+    /// stream's first frame repeated in front, each frame's border rows and columns around it.
+    /// The spatial border is one extra copy of the window before the conv, which then pads nothing.
+    Replicate,
+}
+
 /// Wan's CausalConv3d: zero padding `2·p_t` frames in front and none behind, symmetric in space.
-/// With a cache, the previous frames of the stream stand in for the front padding.
+/// With a cache, the previous frames of the stream stand in for the front padding. HunyuanVideo
+/// 1.5's causal conv is the same with [`ConvPadding::Replicate`].
 ///
 /// Computed as conv2d calls on batched frames: a sum over the temporal taps, or where cuDNN runs
 /// the convs, one conv over the taps stacked along channels.
@@ -334,6 +347,7 @@ pub struct CausalConv3d {
     /// The bias as `[O]` f32, for the fused channel kernels (which may add it later).
     bias_f32: Tensor,
     spatial_padding: usize,
+    padding: ConvPadding,
     out_dim: usize,
     /// Cache slot of a temporal conv (k_t > 1); None for k_t = 1, which needs no history.
     slot: Option<usize>,
@@ -395,10 +409,17 @@ impl CausalConv3d {
             bias,
             bias_f32,
             spatial_padding: (ks - 1) / 2,
+            padding: ConvPadding::Zeros,
             out_dim,
             slot,
             conv_stage,
         })
+    }
+
+    /// The same conv with `padding` in time and space instead of zeros.
+    pub fn with_padding(mut self, padding: ConvPadding) -> Self {
+        self.padding = padding;
+        self
     }
 
     /// x `[B, T, C, H, W]` → `[B, T, O, H, W]`, reading and updating this conv's cache slot.
@@ -430,8 +451,10 @@ impl CausalConv3d {
         let padded = match self.slot {
             None => x.clone(),
             Some(slot) => span(stage::FEATURE_CACHE, dev, || {
-                // The stream so far: cached frames, then this chunk; zero frames fill the rest of
-                // the history.
+                // The stream so far: cached frames, then this chunk; zero frames (or copies of
+                // the first frame, replicate padding) fill the rest of the history. History is
+                // missing only while the cache still holds the whole stream, so the first frame
+                // of `padded` is then the stream's first frame.
                 let stream = match cache.previous_frames(slot) {
                     Some(prev) => Tensor::cat(&[prev, x], 1)?,
                     None => x.clone(),
@@ -446,13 +469,24 @@ impl CausalConv3d {
                 // (k_t − 1 + T frames) alive per conv until the next chunk.
                 cache.slots[slot] =
                     CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.copy()?);
-                Ok(if missing > 0 {
-                    padded.pad_with_zeros(1, missing, 0)?
-                } else {
-                    padded
+                Ok(match (missing, self.padding) {
+                    (0, _) => padded,
+                    (_, ConvPadding::Zeros) => padded.pad_with_zeros(1, missing, 0)?,
+                    (_, ConvPadding::Replicate) => padded.pad_with_same(1, missing, 0)?,
                 })
             })?,
         }; // [B, T + k_t − 1, C, H, W]
+        let p = self.spatial_padding;
+        let (padded, conv_padding) = match self.padding {
+            ConvPadding::Replicate if p > 0 => (
+                span(stage::FEATURE_CACHE, dev, || {
+                    Ok(padded.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?)
+                })?,
+                0,
+            ),
+            _ => (padded, p),
+        }; // [B, T + k_t − 1, C, H + 2p, W + 2p] when padded here
+        let (hp, wp) = (padded.dim(3)?, padded.dim(4)?);
         let dtype = x.dtype();
         let y = match &self.kernel {
             TemporalKernel::Stacked(kernel) => {
@@ -471,9 +505,9 @@ impl CausalConv3d {
                 }; // [B, T, k_t·C, H, W]
                 let y = span(self.conv_stage, dev, || {
                     conv2d_grouped(
-                        &windows.reshape((b * t, self.kt * c, h, w))?,
+                        &windows.reshape((b * t, self.kt * c, hp, wp))?,
                         kernel,
-                        self.spatial_padding,
+                        conv_padding,
                         1,
                     )
                 })?; // [B·T, O, H, W], x's dtype or f32
@@ -496,11 +530,12 @@ impl CausalConv3d {
                 };
                 let mut sum = self.bias.to_dtype(accumulate)?;
                 for (j, tap) in taps.iter().enumerate() {
-                    let frames = padded
-                        .narrow(1, j, t)?
-                        .contiguous()?
-                        .reshape((b * t, c, h, w))?;
-                    let y = conv2d_grouped(&frames, tap, self.spatial_padding, 1)?;
+                    let frames =
+                        padded
+                            .narrow(1, j, t)?
+                            .contiguous()?
+                            .reshape((b * t, c, hp, wp))?;
+                    let y = conv2d_grouped(&frames, tap, conv_padding, 1)?;
                     sum = sum.broadcast_add(&y.to_dtype(accumulate)?)?;
                 }
                 Ok(sum.to_dtype(dtype)?)
@@ -847,6 +882,59 @@ mod tests {
                 let diff = max_abs_diff(&a, &b);
                 assert!(diff < tol, "{dtype:?} t={t}: {diff}");
             }
+        }
+    }
+
+    /// Replicate padding (HunyuanVideo 1.5): a stream fed in chunks equals a conv without padding
+    /// over the whole stream with its first frame repeated k_t − 1 times in front and every
+    /// frame's border pixels repeated around it; in both kernel layouts.
+    #[test]
+    fn replicate_padding_matches_explicit_padding() {
+        let dev = Device::Cpu;
+        let (o, c, kt, ks) = (3, 2, 3, 3);
+        let weight = Tensor::randn(0f32, 1.0, (o, c, kt, ks, ks), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, o, &dev).unwrap();
+        let stream = Tensor::randn(0f32, 1.0, (1, 4, c, 5, 6), &dev).unwrap(); // [B, T, C, H, W]
+                                                                               // reference: explicit padding, then Σ over taps of a conv2d without padding
+        let padded = stream
+            .pad_with_same(1, kt - 1, 0)
+            .unwrap()
+            .pad_with_same(3, 1, 1)
+            .unwrap()
+            .pad_with_same(4, 1, 1)
+            .unwrap(); // [1, T + 2, C, 7, 8]
+        let mut expected = bias.reshape((1, o, 1, 1)).unwrap();
+        for j in 0..kt {
+            let tap = weight.narrow(2, j, 1).unwrap().squeeze(2).unwrap();
+            let frames = padded.narrow(1, j, 4).unwrap().squeeze(0).unwrap(); // [T, C, 7, 8]
+            let y = frames
+                .contiguous()
+                .unwrap()
+                .conv2d(&tap.contiguous().unwrap(), 0, 1, 1, 1);
+            expected = expected.broadcast_add(&y.unwrap()).unwrap();
+        }
+        let vb = vars(vec![("weight", weight), ("bias", bias)], DType::F32);
+        for stacked in [true, false] {
+            let conv = CausalConv3d::with_layout(
+                vb.clone(),
+                c,
+                o,
+                (kt, ks),
+                &mut SlotCounter::default(),
+                stage::conv3d(0),
+                stacked,
+            )
+            .unwrap()
+            .with_padding(ConvPadding::Replicate);
+            let mut cache = FeatureCache::new(1);
+            let mut outs = Vec::new();
+            for (start, len) in [(0, 1), (1, 2), (3, 1)] {
+                let chunk = stream.narrow(1, start, len).unwrap();
+                outs.push(conv.forward(&chunk, &mut cache).unwrap());
+            }
+            let got = Tensor::cat(&outs, 1).unwrap().squeeze(0).unwrap(); // [T, O, 5, 6]
+            let diff = max_abs_diff(&got, &expected);
+            assert!(diff < 1e-4, "stacked {stacked}: {diff}");
         }
     }
 

@@ -10,7 +10,7 @@
 //! then four at a time, each chunk giving one latent frame. Optional spatial [tiling](VaeTiling)
 //! bounds the decoder's memory at 720p.
 
-mod blocks;
+pub(crate) mod blocks;
 pub mod config;
 #[cfg(feature = "cudnn")]
 mod cudnn_conv;
@@ -19,7 +19,7 @@ mod downsample;
 mod encode;
 mod encoder;
 pub mod keys;
-mod layers;
+pub(crate) mod layers;
 mod patchify;
 mod residual_down;
 mod residual_up;
