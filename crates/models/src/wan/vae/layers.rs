@@ -515,7 +515,7 @@ impl CausalConv3d {
             }
             TemporalKernel::Taps(taps) if taps_accumulate_in_place(&padded) => {
                 let y = span(self.conv_stage, dev, || {
-                    self.accumulate_taps(&padded, taps, (b, t, c, h, w))
+                    self.accumulate_taps(&padded, taps, (b, t, c, hp, wp), conv_padding)
                 })?; // [B·T, O, H, W] in x's dtype, no bias
                 drop(padded);
                 return self.add_bias(y, dtype, (b, t, h, w), defer_bias);
@@ -574,7 +574,7 @@ impl CausalConv3d {
     }
 
     /// The temporal taps through cuDNN, each reading its frames of `padded` `[B, T + k_t − 1, C,
-    /// H, W]` where they lie (a frame range of a batch-1 stream is contiguous) and adding its conv
+    /// H, W]` (spatially padded already when `conv_padding` is 0) where they lie (a frame range of a batch-1 stream is contiguous) and adding its conv
     /// to the output in place → `[B·T, O, H, W]` in the input dtype, without the bias. No stacked
     /// copy of k_t·C channels, at the cost of k_t roundings of the sum instead of one.
     #[cfg(feature = "cudnn")]
@@ -583,6 +583,7 @@ impl CausalConv3d {
         padded: &Tensor,
         taps: &[Tensor],
         (b, t, c, h, w): (usize, usize, usize, usize, usize),
+        conv_padding: usize,
     ) -> Result<Tensor> {
         use super::cudnn_conv::{conv2d_tensor_ops, conv2d_tensor_ops_accumulate};
         let frames = |j: usize| -> Result<Tensor> {
@@ -591,9 +592,9 @@ impl CausalConv3d {
                 .contiguous()?
                 .reshape((b * t, c, h, w))?)
         };
-        let y = conv2d_tensor_ops(&frames(0)?, &taps[0], self.spatial_padding)?;
+        let y = conv2d_tensor_ops(&frames(0)?, &taps[0], conv_padding)?;
         for (j, tap) in taps.iter().enumerate().skip(1) {
-            conv2d_tensor_ops_accumulate(&y, &frames(j)?, tap, self.spatial_padding)?;
+            conv2d_tensor_ops_accumulate(&y, &frames(j)?, tap, conv_padding)?;
         }
         Ok(y)
     }
@@ -604,6 +605,7 @@ impl CausalConv3d {
         _: &Tensor,
         _: &[Tensor],
         _: (usize, usize, usize, usize, usize),
+        _: usize,
     ) -> Result<Tensor> {
         unreachable!("taps_accumulate_in_place is false without cuDNN")
     }
