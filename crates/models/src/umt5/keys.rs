@@ -67,7 +67,7 @@ impl Umt5Dialect {
     }
 
     /// The dialect the probe keys name.
-    fn detect_keys(files: &WeightFiles) -> Result<Self> {
+    pub(crate) fn detect_keys(files: &WeightFiles) -> Result<Self> {
         // GGUF files normally use llama.cpp's names; one with transformers names reads too.
         if files.contains(GGUF_PROBE) && files.contains("token_embd.weight") {
             return Ok(Self::Gguf);

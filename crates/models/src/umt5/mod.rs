@@ -125,7 +125,11 @@ impl Umt5Encoder {
                 "umT5 runs in f32 or bf16, not {dtype:?} (f16 overflows in its feed-forward)"
             )));
         }
-        let dialect = Umt5Dialect::detect(files)?;
+        // `detect` refuses a file with one bias table as "T5, not umT5": right for umT5, not here.
+        let dialect = match tables {
+            BiasTables::PerLayer => Umt5Dialect::detect(files)?,
+            BiasTables::SharedFromFirstLayer => Umt5Dialect::detect_keys(files)?,
+        };
         let keys = dialect.key_map();
         let src = WeightSource::new(files.clone(), keys.clone(), device.clone());
         let embedding = TokenEmbedding::load(
