@@ -955,11 +955,6 @@ pub fn resolve(
             family.takes(FamilyFlag::KeepExpertsLoaded),
             "--keep-experts",
         ),
-        (
-            args.offload == OffloadChoice::Experts,
-            family.experts.len() > 1,
-            "--offload experts",
-        ),
     ] {
         if given && !takes {
             problems.push(format!(
