@@ -169,7 +169,13 @@ fn runtime_lora_streamed_equals_resident() {
         strength: 0.8,
     };
     for mode in [LoraMode::Runtime, LoraMode::Merge] {
-        let set = LoraSet::open(&[spec.clone()], &lora_targets(&cfg), mode, false).unwrap();
+        let set = LoraSet::open(
+            std::slice::from_ref(&spec),
+            &lora_targets(&cfg),
+            mode,
+            false,
+        )
+        .unwrap();
         let label = format!("lora {}", mode.name());
         let with_lora = streamed_equals_resident(
             &label,

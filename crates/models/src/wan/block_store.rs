@@ -69,7 +69,8 @@ pub(crate) struct BlockStore {
 /// freed when this is dropped.
 pub(crate) enum FetchedBlock<'a> {
     Resident(&'a WanBlock),
-    Copied(WanBlock),
+    /// Boxed: a block's handles are large beside a reference.
+    Copied(Box<WanBlock>),
 }
 
 impl Deref for FetchedBlock<'_> {
@@ -111,7 +112,7 @@ impl BlockStore {
             BlockPlacement::Streamed => {
                 let copy = block.to_device(&self.compute)?;
                 self.fetches.fetch_add(1, Ordering::Relaxed);
-                Ok(FetchedBlock::Copied(copy))
+                Ok(FetchedBlock::Copied(Box::new(copy)))
             }
         }
     }
