@@ -25,7 +25,7 @@
 
 use serde::Serialize;
 
-use crate::offload::OffloadMode;
+use crate::options::OffloadMode;
 
 /// The transformer's shape, as its `config.json` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

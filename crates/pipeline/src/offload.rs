@@ -11,103 +11,9 @@
 //! ```
 
 use serde::Serialize;
-use vdit_models::wan::BlockPlacement;
 
 use crate::memory::{human_bytes, RunShape};
-use crate::options::{choice_text, Choice};
-use crate::settings::DeviceKind;
-
-use std::fmt;
-use std::str::FromStr;
-
-/// The `--offload` flag as given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OffloadChoice {
-    Auto,
-    None,
-    Experts,
-    Blocks,
-}
-
-impl Choice for OffloadChoice {
-    const ALL: &'static [Self] = &[Self::Auto, Self::None, Self::Experts, Self::Blocks];
-    fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::None => "none",
-            Self::Experts => "experts",
-            Self::Blocks => "blocks",
-        }
-    }
-    fn help(self) -> Option<&'static str> {
-        Some(match self {
-            Self::Auto => {
-                "on the CPU none (two-expert models: experts); on a GPU the least offload whose transformer stage fits in the free device memory (an estimate; the choice is printed first)"
-            }
-            Self::None => {
-                "every transformer stays on the device for the whole run (two-expert models: both experts, as --keep-experts)"
-            }
-            Self::Experts => {
-                "two-expert models keep only the active expert on the device, the other loads at the switch (one-transformer models: as none)"
-            }
-            Self::Blocks => {
-                "the transformer's blocks stay in host memory and each is copied to the device just before it runs (about one block's weights on the device; slower, needs the weights in host RAM)"
-            }
-        })
-    }
-}
-choice_text!(OffloadChoice);
-
-/// The offload a run uses, resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OffloadMode {
-    None,
-    Experts,
-    Blocks,
-}
-
-impl OffloadMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Experts => "experts",
-            Self::Blocks => "blocks",
-        }
-    }
-
-    /// Whether a two-expert model keeps both experts loaded (no freeing at the switch).
-    pub fn keeps_experts_loaded(self) -> bool {
-        self == Self::None
-    }
-
-    /// Where each transformer's blocks live.
-    pub fn block_placement(self) -> BlockPlacement {
-        match self {
-            Self::Blocks => BlockPlacement::Streamed,
-            Self::None | Self::Experts => BlockPlacement::Resident,
-        }
-    }
-}
-
-impl fmt::Display for OffloadMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for OffloadMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(Self::None),
-            "experts" => Ok(Self::Experts),
-            "blocks" => Ok(Self::Blocks),
-            _ => Err(format!("`{s}` is not one of none, experts, blocks")),
-        }
-    }
-}
+pub use crate::options::{OffloadChoice, OffloadMode};
 
 /// The resolved offload of a run, as the settings print it and the sidecar records it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -177,7 +83,7 @@ pub const AUTO_HEADROOM: f64 = 0.9;
 /// device, a build without CUDA) the behaviour before `--offload`: `experts` for two-expert
 /// models, `none` otherwise. Returns the mode and why, in words.
 pub fn choose_offload(
-    device: DeviceKind,
+    on_cpu: bool,
     free_bytes: Option<u64>,
     two_experts: bool,
     needs: &OffloadNeeds,
@@ -187,7 +93,7 @@ pub fn choose_offload(
     } else {
         OffloadMode::None
     };
-    if device == DeviceKind::Cpu {
+    if on_cpu {
         return (
             lightest_resident,
             "the CPU computes where the weights are: nothing to stream".into(),
@@ -196,7 +102,7 @@ pub fn choose_offload(
     let Some(free) = free_bytes else {
         return (
             lightest_resident,
-            format!("free {} memory unknown", device.name()),
+            "the device's free memory is unknown".into(),
         );
     };
     let budget = (free as f64 * AUTO_HEADROOM) as u128;
@@ -246,43 +152,42 @@ mod tests {
     #[test]
     fn the_cpu_never_streams_blocks() {
         let n = needs(900, 500, 100);
-        let (mode, _) = choose_offload(DeviceKind::Cpu, Some(GB), false, &n);
+        let (mode, _) = choose_offload(true, Some(GB), false, &n);
         assert_eq!(mode, OffloadMode::None);
-        let (mode, _) = choose_offload(DeviceKind::Cpu, Some(GB), true, &n);
+        let (mode, _) = choose_offload(true, Some(GB), true, &n);
         assert_eq!(mode, OffloadMode::Experts);
     }
 
     #[test]
     fn the_least_offload_that_fits_is_chosen() {
         let n = needs(60, 35, 12);
-        let gpu = DeviceKind::Cuda;
         // 80 GB free: everything resident fits (60 ≤ 72).
         assert_eq!(
-            choose_offload(gpu, Some(80 * GB), true, &n).0,
+            choose_offload(false, Some(80 * GB), true, &n).0,
             OffloadMode::None
         );
         // 48 GB free: both experts do not (60 > 43.2), one does.
         assert_eq!(
-            choose_offload(gpu, Some(48 * GB), true, &n).0,
+            choose_offload(false, Some(48 * GB), true, &n).0,
             OffloadMode::Experts
         );
         // 24 GB free: only streaming blocks fits.
         assert_eq!(
-            choose_offload(gpu, Some(24 * GB), true, &n).0,
+            choose_offload(false, Some(24 * GB), true, &n).0,
             OffloadMode::Blocks
         );
         // One transformer: experts is never chosen (it means none there).
         let one = needs(35, 35, 12);
         assert_eq!(
-            choose_offload(gpu, Some(48 * GB), false, &one).0,
+            choose_offload(false, Some(48 * GB), false, &one).0,
             OffloadMode::None
         );
         assert_eq!(
-            choose_offload(gpu, Some(24 * GB), false, &one).0,
+            choose_offload(false, Some(24 * GB), false, &one).0,
             OffloadMode::Blocks
         );
         // Nothing fits: the most offload, and the reason says so.
-        let (mode, why) = choose_offload(gpu, Some(8 * GB), false, &one);
+        let (mode, why) = choose_offload(false, Some(8 * GB), false, &one);
         assert_eq!(mode, OffloadMode::Blocks);
         assert!(why.contains("may not fit"), "{why}");
     }
@@ -291,9 +196,9 @@ mod tests {
     fn the_headroom_is_kept() {
         let n = needs(60, 60, 12);
         // 60 GB needed, 64 GB free: 90 % of it is 57.6 GB, so blocks.
-        let (mode, why) = choose_offload(DeviceKind::Cuda, Some(64 * GB), false, &n);
+        let (mode, why) = choose_offload(false, Some(64 * GB), false, &n);
         assert_eq!(mode, OffloadMode::Blocks, "{why}");
-        let (mode, _) = choose_offload(DeviceKind::Cuda, Some(67 * GB), false, &n);
+        let (mode, _) = choose_offload(false, Some(67 * GB), false, &n);
         assert_eq!(mode, OffloadMode::None);
     }
 
@@ -301,13 +206,10 @@ mod tests {
     fn unknown_free_memory_keeps_the_old_default() {
         let n = needs(60, 35, 12);
         assert_eq!(
-            choose_offload(DeviceKind::Metal, None, true, &n).0,
+            choose_offload(false, None, true, &n).0,
             OffloadMode::Experts
         );
-        assert_eq!(
-            choose_offload(DeviceKind::Cuda, None, false, &n).0,
-            OffloadMode::None
-        );
+        assert_eq!(choose_offload(false, None, false, &n).0, OffloadMode::None);
     }
 
     /// Wan2.1-14B at 1280x720x81, batch 2, bf16: streaming blocks keeps only the non-block
@@ -344,7 +246,7 @@ mod tests {
             "{}",
             gb(weights_saved)
         );
-        let (mode, _) = choose_offload(DeviceKind::Cuda, Some(24 * GB), false, &one);
+        let (mode, _) = choose_offload(false, Some(24 * GB), false, &one);
         assert_eq!(mode, OffloadMode::Blocks);
     }
 }

@@ -1384,7 +1384,8 @@ fn resolve_offload(
                 &run_shape(settings, files, args),
                 settings.family.experts.len() as u64,
             );
-            let (mode, reason) = choose_offload(settings.device, free, two_experts, &needs);
+            let on_cpu = settings.device == DeviceKind::Cpu;
+            let (mode, reason) = choose_offload(on_cpu, free, two_experts, &needs);
             OffloadSettings {
                 mode,
                 auto: true,

@@ -711,13 +711,6 @@ fn bench_offload(
         OffloadChoice::None | OffloadChoice::Experts => OffloadMode::None,
         OffloadChoice::Blocks => OffloadMode::Blocks,
         OffloadChoice::Auto => {
-            let kind = if device.is_cpu() {
-                DeviceKind::Cpu
-            } else if device.is_cuda() {
-                DeviceKind::Cuda
-            } else {
-                DeviceKind::Metal
-            };
             let params = shape
                 .transformer
                 .block_params()
@@ -730,8 +723,12 @@ fn bench_offload(
                 ..*shape
             };
             let needs = OffloadNeeds::of(&with_weights, 1);
-            let (mode, reason) =
-                choose_offload(kind, memory::device_free_bytes(device), false, &needs);
+            let (mode, reason) = choose_offload(
+                device.is_cpu(),
+                memory::device_free_bytes(device),
+                false,
+                &needs,
+            );
             eprintln!("offload      {mode} (auto: {reason})");
             mode
         }
