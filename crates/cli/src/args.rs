@@ -11,6 +11,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use rainfusion::DenseSteps;
 use vdit_models::lora::{LoraMode, LoraSpec};
+use vdit_pipeline::offload::OffloadChoice;
 use vdit_pipeline::options::{
     AttentionMode, Choice, DTypeChoice, DecoderChoice, DeviceChoice, StepCacheMode, TokenWindow,
 };
@@ -193,10 +194,18 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub vae_tiling: bool,
 
-    /// Two-expert models: keep both experts on the device. By default only the active one is:
-    /// the low-noise expert loads when the boundary is crossed and the high-noise one is freed.
+    /// Two-expert models: keep both experts on the device (the same as --offload none). By
+    /// default only the active one is: the low-noise expert loads when the boundary is crossed
+    /// and the high-noise one is freed.
     #[arg(long)]
     pub keep_experts: bool,
+
+    /// How much of the transformer stays on the device. Streaming blocks lets a model larger
+    /// than the GPU run (Wan2.1-14B at 720p in about 22 GiB) at some speed cost; it needs the
+    /// transformer's weights in host RAM. The choice (and, for auto, why) is printed first and
+    /// recorded in the sidecar.
+    #[arg(long, value_parser = choice::<OffloadChoice>(), default_value_t = OffloadChoice::Auto)]
+    pub offload: OffloadChoice,
 
     /// Start from the `noise` tensor of this safetensors file ([1,16,F',H/8,W/8]; Wan2.2
     /// TI2V-5B: [1,48,F',H/16,W/16]) instead of
@@ -380,6 +389,7 @@ impl GenerateArgs {
             t5_cpu: self.t5_cpu,
             vae_tiling: self.vae_tiling,
             keep_experts: self.keep_experts,
+            offload: self.offload,
             noise: self.noise.clone(),
             latents_out: self.latents_out.clone(),
             latents_in: self.latents_in.clone(),
@@ -857,6 +867,7 @@ pub mod bench {
 
     use clap::{Args, Subcommand};
     use rainfusion::DenseSteps;
+    use vdit_pipeline::offload::OffloadChoice;
     use vdit_pipeline::options::{
         AttentionMode, DTypeChoice, DecoderChoice, DeviceChoice, StepCacheMode,
     };
@@ -1043,6 +1054,12 @@ pub mod bench {
         /// Text rows of the context (Wan pads every prompt to 512).
         #[arg(long, default_value_t = 512, value_parser = parse_positive)]
         pub text_len: usize,
+        /// How much of the transformer stays on the device: `blocks` keeps the blocks in host
+        /// memory and copies each to the device just before it runs; `none` and `experts` (one
+        /// transformer here) keep everything resident; `auto` (the default) chooses `none` on the
+        /// CPU and on a GPU whatever fits the free memory by the estimate (the row names it).
+        #[arg(long, value_parser = choice::<OffloadChoice>(), default_value_t = OffloadChoice::Auto)]
+        pub offload: OffloadChoice,
         /// How the random linear weights are stored: `dense` (in --dtype) or a GGUF block type
         /// (quantised at load wherever a row is whole blocks, multiplied by candle's quantised
         /// matmul; the rest stays in --dtype). --dtype is what is computed in either case.
@@ -1109,6 +1126,7 @@ pub mod bench {
                 sparsity: 0.8,
                 block_size: 128,
                 text_len: 512,
+                offload: OffloadChoice::Auto,
                 weights: BenchWeights::Dense,
             }
         }

@@ -139,6 +139,21 @@ fn transformer_bench_runs_dense_and_rainfusion_at_toy_size() {
     assert_eq!(row["density"].as_f64().unwrap(), 1.0);
     assert!(row["shape"].as_str().unwrap().contains("L64"), "{row}");
     assert!(stdout.contains("| transformer | dense |"), "{stdout}");
+    // Auto on the CPU keeps the blocks resident, and the row says so.
+    assert_eq!(row["offload"], "none");
+
+    // Blocks streamed from host memory: the row names it (the bench itself fails unless every
+    // block was copied once per forward).
+    let json = dir.path().join("blocks.json");
+    let (blocks, stdout) = bench_ok(&[&toy[..], &["--offload", "blocks"]].concat(), &json);
+    let row = &rows(&blocks)[0];
+    check_timings(row, 2);
+    assert_eq!(row["offload"], "blocks");
+    assert_eq!(row["case"], "dense, offload blocks");
+    assert!(
+        stdout.contains("| transformer | dense, offload blocks |"),
+        "{stdout}"
+    );
 
     let json = dir.path().join("sparse.json");
     let sparse_args = [

@@ -124,6 +124,19 @@ pub fn reset_peak_resident() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The device's (free, total) memory, bytes, as the driver reports it now: CUDA only (`None` on
+/// the CPU and elsewhere). Free memory counts nothing candle's allocator holds as free: call it
+/// before loading, when the process holds nothing yet.
+pub fn device_free_bytes(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some((free as u64, total as u64));
+    }
+    let _ = device;
+    None
+}
+
 /// Clears the table (e.g. after warm-up iterations).
 pub fn reset() {
     table().lock().unwrap_or_else(|e| e.into_inner()).clear();

@@ -33,6 +33,7 @@ pub mod hub;
 pub mod image_cond;
 pub mod memory;
 pub mod metrics;
+pub mod offload;
 pub mod options;
 pub mod output;
 pub mod ownership;

@@ -7,6 +7,9 @@
 //!
 //! ```text
 //! transformer = weights + batch · tokens · (24·dim + 2·ffn_dim) · bytes     (activations of one block)
+//!   weights with --offload: none  = experts · one transformer's weights (two-expert models: both)
+//!                           experts = one transformer's weights
+//!                           blocks  = its non-block weights + 2 blocks' (the rest on the host)
 //! VAE decode  = 200 · frames · height · width · bytes                        (whole-frame decode)
 //!             = 200 · frames · 256 · 256 · bytes + 12 · frames · height · width  (--vae-tiling)
 //! latents     = 8 · channels · F' · H' · W' · 4                             (solver history, f32)
@@ -21,6 +24,8 @@
 //! Sizes are multiplied in `u128` with saturation, so no product overflows whatever the flags.
 
 use serde::Serialize;
+
+use crate::options::OffloadMode;
 
 /// The transformer's shape, as its `config.json` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,15 +100,64 @@ const VAE_TILE: u64 = 256;
 /// Values the VAE decoder holds per output pixel per frame (see the module docs).
 const VAE_VALUES_PER_PIXEL: u64 = 200;
 
+/// Streamed blocks counted on the device: the one running and the next one being copied (the
+/// synchronous copy holds one at a time; an overlapped copier holds two).
+pub const STREAMED_BLOCKS_ON_DEVICE: u64 = 2;
+
+impl TransformerShape {
+    /// Parameters of one block: q, k, v, o of the self- and cross-attention (8·dim²) and the
+    /// feed-forward (2·dim·ffn); biases and norms are negligible.
+    pub fn block_params(&self) -> u128 {
+        mul(&[8, self.dim, self.dim]).saturating_add(mul(&[2, self.dim, self.ffn_dim]))
+    }
+
+    /// Parameters outside the blocks: the time MLP and projection (256·dim + 7·dim²), the text
+    /// projection (4096·dim + dim², umT5's width), the patch embedding and the head (a few
+    /// hundred·dim).
+    pub fn non_block_params(&self) -> u128 {
+        mul(&[8, self.dim, self.dim]).saturating_add(mul(&[4_500, self.dim]))
+    }
+}
+
 impl RunShape {
+    /// Bytes of the transformer stage on the device under `offload`, for a model of `experts`
+    /// transformers of this shape (the weights as in the module docs, plus one block's
+    /// activations). Without known weights (`weight_bytes` 0) only the activations.
+    pub fn transformer_bytes(&self, offload: OffloadMode, experts: u64) -> u128 {
+        let weights = self.weight_bytes as u128;
+        let t = &self.transformer;
+        let resident_weights = match offload {
+            OffloadMode::None => weights.saturating_mul(experts.max(1) as u128),
+            OffloadMode::Experts => weights,
+            OffloadMode::Blocks => {
+                // The file's bytes split between blocks and the rest by parameter count (a GGUF
+                // or fp8 file's own bytes per parameter carry over).
+                let block = t.block_params();
+                let all = block
+                    .saturating_mul(t.layers as u128)
+                    .saturating_add(t.non_block_params())
+                    .max(1);
+                let on_device = t.non_block_params().saturating_add(
+                    block.saturating_mul(STREAMED_BLOCKS_ON_DEVICE.min(t.layers) as u128),
+                );
+                // weights · on_device / all without overflowing u128 for any flags.
+                ((weights as f64) * (on_device as f64 / all as f64)) as u128
+            }
+        };
+        resident_weights.saturating_add(self.activation_bytes())
+    }
+
+    /// One block's activations: batch · tokens · (24·dim + 2·ffn_dim) · bytes.
+    fn activation_bytes(&self) -> u128 {
+        let t = &self.transformer;
+        let per_token = (24u128 * t.dim as u128).saturating_add(2 * t.ffn_dim as u128);
+        mul(&[self.batch, self.tokens, self.dtype_bytes]).saturating_mul(per_token)
+    }
+
     pub fn memory(&self) -> MemoryEstimate {
         let [c, f, h, w] = self.latent;
         let latents = mul(&[8, c, f, h, w, 4]);
-        let t = &self.transformer;
-        let per_token = (24u128 * t.dim as u128).saturating_add(2 * t.ffn_dim as u128);
-        let transformer = (self.weight_bytes as u128).saturating_add(
-            mul(&[self.batch, self.tokens, self.dtype_bytes]).saturating_mul(per_token),
-        );
+        let transformer = self.transformer_bytes(OffloadMode::Experts, 1);
         let vae_decode = if self.vae_tiling {
             let tile_w = self.width.min(VAE_TILE);
             let tile_h = self.height.min(VAE_TILE);
@@ -172,6 +226,14 @@ pub fn mem_available(meminfo: &str) -> Option<u64> {
 /// device): `None`, so a GPU run is never refused by the estimate; the hook for a CUDA query.
 pub fn device_available_bytes() -> Option<u64> {
     None
+}
+
+/// The free memory of `device` now, bytes: CUDA only (see
+/// [`vdit_models::profile::device_free_bytes`]); `None` on the CPU, on Metal and in a build
+/// without CUDA. `--offload auto` chooses with it; the refusal above does not use it yet, since
+/// the activation term of the estimate is calibrated only at Wan2.1-1.3B sizes.
+pub fn device_free_bytes(device: &candle_core::Device) -> Option<u64> {
+    vdit_models::profile::device_free_bytes(device).map(|(free, _total)| free)
 }
 
 /// `bytes` for people: `1.5 GB`, `23 TB` (decimal units).

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+use vdit_models::wan::BlockPlacement;
 
 /// A closed set of named values: what a command line offers for one flag.
 pub trait Choice: Copy + Sized + Send + Sync + 'static {
@@ -235,6 +236,95 @@ impl Choice for DecoderChoice {
     }
 }
 choice_text!(DecoderChoice);
+
+/// The `--offload` flag as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadChoice {
+    Auto,
+    None,
+    Experts,
+    Blocks,
+}
+
+impl Choice for OffloadChoice {
+    const ALL: &'static [Self] = &[Self::Auto, Self::None, Self::Experts, Self::Blocks];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::None => "none",
+            Self::Experts => "experts",
+            Self::Blocks => "blocks",
+        }
+    }
+    fn help(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Auto => {
+                "on the CPU none (two-expert models: experts); on a GPU the least offload whose transformer stage fits in the free device memory (an estimate; the choice is printed first)"
+            }
+            Self::None => {
+                "every transformer stays on the device for the whole run (two-expert models: both experts, as --keep-experts)"
+            }
+            Self::Experts => {
+                "two-expert models keep only the active expert on the device, the other loads at the switch (one-transformer models: as none)"
+            }
+            Self::Blocks => {
+                "the transformer's blocks stay in host memory and each is copied to the device just before it runs (about one block's weights on the device; slower, needs the weights in host RAM)"
+            }
+        })
+    }
+}
+choice_text!(OffloadChoice);
+
+/// The offload a run uses, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadMode {
+    None,
+    Experts,
+    Blocks,
+}
+
+impl OffloadMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Experts => "experts",
+            Self::Blocks => "blocks",
+        }
+    }
+
+    /// Whether a two-expert model keeps both experts loaded (no freeing at the switch).
+    pub fn keeps_experts_loaded(self) -> bool {
+        self == Self::None
+    }
+
+    /// Where each transformer's blocks live.
+    pub fn block_placement(self) -> BlockPlacement {
+        match self {
+            Self::Blocks => BlockPlacement::Streamed,
+            Self::None | Self::Experts => BlockPlacement::Resident,
+        }
+    }
+}
+
+impl fmt::Display for OffloadMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for OffloadMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "experts" => Ok(Self::Experts),
+            "blocks" => Ok(Self::Blocks),
+            _ => Err(format!("`{s}` is not one of none, experts, blocks")),
+        }
+    }
+}
 
 /// `--lora-mode`: how LoRA updates are applied (the type is the models crate's).
 impl Choice for vdit_models::lora::LoraMode {

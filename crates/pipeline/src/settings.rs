@@ -13,6 +13,7 @@ use crate::family::{detect_family, FamilyFlag, GuidanceSource, ModelFamily};
 use crate::hub::{check_override, HubOptions, ModelFiles, ModelLocation};
 use crate::image_cond::{read_image, video_size_for_image, ImageRecord};
 use crate::memory::{human_bytes, human_duration, RunShape, TransformerShape};
+use crate::offload::{choose_offload, OffloadChoice, OffloadMode, OffloadNeeds, OffloadSettings};
 use crate::options::{
     AttentionMode, Choice, DTypeChoice, DecoderChoice, DeviceChoice, StepCacheMode, TokenWindow,
 };
@@ -61,8 +62,11 @@ pub struct GenerateOptions {
     pub tokenizer: Option<PathBuf>,
     pub t5_cpu: bool,
     pub vae_tiling: bool,
-    /// Two-expert models: keep both experts on the device instead of swapping at the boundary.
+    /// Two-expert models: keep both experts on the device instead of swapping at the boundary
+    /// (the same as `offload: OffloadChoice::None`).
     pub keep_experts: bool,
+    /// `--offload`: how much of the transformer stays on the device.
+    pub offload: OffloadChoice,
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
     /// Decode these saved latents (a `--latents-out` file) instead of sampling.
@@ -138,6 +142,7 @@ impl GenerateOptions {
             t5_cpu: false,
             vae_tiling: false,
             keep_experts: false,
+            offload: OffloadChoice::Auto,
             noise: None,
             latents_out: None,
             latents_in: None,
@@ -341,8 +346,10 @@ pub struct GenerateSettings {
     pub offline: bool,
     pub t5_cpu: bool,
     pub vae_tiling: bool,
-    /// Keep every expert on the device (two-expert models).
+    /// Keep every expert on the device (two-expert models): `offload.mode` is `none`.
     pub keep_experts: bool,
+    /// `--offload`, resolved (auto's choice and why).
+    pub offload: OffloadSettings,
     pub overrides: Overrides,
     pub noise: Option<PathBuf>,
     pub latents_out: Option<PathBuf>,
@@ -503,6 +510,7 @@ impl GenerateSettings {
                 },
                 if self.vae_tiling { ", VAE tiling" } else { "" }
             ),
+            self.offload.summary(),
         ];
         let a = &self.attention;
         lines.push(match a.mode {
@@ -955,6 +963,12 @@ pub fn resolve(
             ));
         }
     }
+    if args.keep_experts && matches!(args.offload, OffloadChoice::Experts | OffloadChoice::Blocks) {
+        problems.push(format!(
+            "--keep-experts is --offload none: it contradicts --offload {}",
+            args.offload.name()
+        ));
+    }
     // The model's own scheduler config is the best guess for a model the registry does not know.
     let shift = match args.shift.or(defaults.shift) {
         Some(s) => s,
@@ -1119,7 +1133,13 @@ pub fn resolve(
         offline: hub.offline,
         t5_cpu: args.t5_cpu,
         vae_tiling: args.vae_tiling,
+        // Decided with the memory estimate below (check_resources).
         keep_experts: args.keep_experts,
+        offload: OffloadSettings {
+            mode: OffloadMode::None,
+            auto: false,
+            reason: None,
+        },
         overrides: Overrides {
             dit: args.dit.clone(),
             dit_2: args.dit_2.clone(),
@@ -1155,6 +1175,8 @@ pub fn resolve(
         warnings: Vec::new(),
     };
     let mut settings = settings;
+    settings.offload = resolve_offload(&settings, &files, args)?;
+    settings.keep_experts = settings.offload.mode.keeps_experts_loaded() && two_experts;
     settings.warnings = check_resources(&settings, &files, args)?;
     settings.warnings.extend(cache_warnings);
     Ok((settings, files))
@@ -1331,14 +1353,50 @@ fn transformer_facts(files: &ModelFiles, args: &GenerateOptions) -> (Transformer
     (shape, weight_bytes)
 }
 
-/// Refuses a run that cannot fit in memory (one line, before anything loads) and returns the
-/// warnings a run should print first: a CPU run that will be slow. See [`crate::memory`].
-fn check_resources(
+/// `--offload` resolved: `--keep-experts` is `none`; `auto` chooses from the device's free
+/// memory and the estimate of each mode (see [`choose_offload`]).
+fn resolve_offload(
     settings: &GenerateSettings,
     files: &ModelFiles,
     args: &GenerateOptions,
-) -> Result<Vec<String>> {
-    let mut warnings = Vec::new();
+) -> Result<OffloadSettings> {
+    let two_experts = settings.family.experts.len() > 1;
+    let given = |mode| OffloadSettings {
+        mode,
+        auto: false,
+        reason: None,
+    };
+    Ok(match args.offload {
+        _ if args.keep_experts => given(OffloadMode::None),
+        OffloadChoice::None => given(OffloadMode::None),
+        // One transformer: keeping "only the active expert" is keeping it.
+        OffloadChoice::Experts if !two_experts => given(OffloadMode::None),
+        OffloadChoice::Experts => given(OffloadMode::Experts),
+        OffloadChoice::Blocks => given(OffloadMode::Blocks),
+        OffloadChoice::Auto => {
+            // The free memory is read only when it can decide something: before anything of
+            // this run is loaded, so it is what the run can have.
+            let free = match settings.device {
+                DeviceKind::Cpu => None,
+                kind => crate::memory::device_free_bytes(&kind.device()?),
+            };
+            let needs = OffloadNeeds::of(
+                &run_shape(settings, files, args),
+                settings.family.experts.len() as u64,
+            );
+            let on_cpu = settings.device == DeviceKind::Cpu;
+            let (mode, reason) = choose_offload(on_cpu, free, two_experts, &needs);
+            OffloadSettings {
+                mode,
+                auto: true,
+                reason: Some(reason),
+            }
+        }
+    })
+}
+
+/// What decides the memory of the run of `settings` (see [`crate::memory`]).
+fn run_shape(settings: &GenerateSettings, files: &ModelFiles, args: &GenerateOptions) -> RunShape {
     let family = settings.family;
     let (transformer, weight_bytes) = transformer_facts(files, args);
     let [_, channels, latent_frames, latent_h, latent_w] =
@@ -1349,7 +1407,7 @@ fn check_resources(
     let tokens = ((latent_frames / pf) as u64)
         .saturating_mul((latent_h / ph) as u64)
         .saturating_mul((latent_w / pw) as u64);
-    let shape = RunShape {
+    RunShape {
         width: settings.width as u64,
         height: settings.height as u64,
         frames: settings.frames as u64,
@@ -1366,8 +1424,27 @@ fn check_resources(
         dtype_bytes: settings.dtype.size_in_bytes() as u64,
         vae_tiling: settings.vae_tiling,
         steps: settings.steps as u64,
-    };
-    let need = shape.memory();
+    }
+}
+
+/// Refuses a run that cannot fit in memory (one line, before anything loads) and returns the
+/// warnings a run should print first: a CPU run that will be slow. See [`crate::memory`].
+fn check_resources(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    args: &GenerateOptions,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let shape = run_shape(settings, files, args);
+    let mut need = shape.memory();
+    // The transformer stage under the run's offload (two-expert models kept both loaded count
+    // both).
+    need.transformer =
+        shape.transformer_bytes(settings.offload.mode, settings.family.experts.len() as u64);
+    need.peak = need
+        .transformer
+        .max(need.vae_decode)
+        .saturating_add(need.latents);
     let available = match settings.device {
         DeviceKind::Cpu => crate::memory::cpu_available_bytes(),
         _ => crate::memory::device_available_bytes(),

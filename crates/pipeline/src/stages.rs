@@ -1113,12 +1113,14 @@ pub fn load_expert(
         .position(|r| std::ptr::eq(r, rule))
         .unwrap_or(0);
     let lora = open_loras(settings, index, &config)?;
-    Ok(WanTransformer::load_with_lora(
+    // `--offload blocks`: the blocks are read into host memory and streamed to `device`.
+    Ok(WanTransformer::load_placed(
         &weights,
         &config,
         settings.dtype,
         device,
         lora,
+        settings.offload.mode.block_placement(),
     )?)
 }
 
@@ -1332,7 +1334,7 @@ pub fn sample_with_experts(
     )?
     .with_image(image.cloned());
     let mut denoiser = denoiser.with_step_cache(&settings.step_cache, settings.steps);
-    denoiser.keep_loaded = settings.keep_experts;
+    denoiser.keep_loaded = settings.offload.mode.keeps_experts_loaded();
     let mut solver = settings.sampler.solver(
         settings.steps,
         settings.shift,

@@ -33,6 +33,7 @@ use vdit_models::wan::vae::{VaeTiling, WanVaeConfig, WanVaeDecoder, WanVaeEncode
 use vdit_models::wan::WanConfig;
 
 use vdit_pipeline::memory::{self, RunShape, TransformerShape};
+use vdit_pipeline::offload::{choose_offload, OffloadChoice, OffloadMode, OffloadNeeds};
 use vdit_pipeline::options::Choice;
 use vdit_pipeline::output::write_json_atomic;
 use vdit_pipeline::registry::Registry;
@@ -75,6 +76,10 @@ pub struct BenchRow {
     /// what the work itself held at its peak.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resident_device_bytes: Option<u64>,
+    /// Transformer rows: where the blocks were (`none`: resident; `blocks`: streamed from the
+    /// host, one copy per block per forward).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload: Option<&'static str>,
     /// Pipeline rows: peak device memory in use during the run above what was in use before it,
     /// bytes (sampled every 2 ms; the key torch_bench.py's rows use).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -393,6 +398,7 @@ impl Timer {
             peak_host_bytes: self.device.is_cpu().then(peak_resident_bytes).flatten(),
             peak_device_bytes: timing.peak_device_bytes,
             resident_device_bytes: timing.resident_device_bytes,
+            offload: None,
             peak_gpu_bytes: None,
             stages: None,
         }
@@ -599,7 +605,14 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         steps: 1,
     };
     refuse_if_too_big(device, shape.memory().transformer, "--size/--frames")?;
-    let model = WanTransformer::random_quantized(&cfg, dtype, device, t.weights.block_type())?;
+    let offload = bench_offload(t, &shape, dtype, device)?;
+    let model = WanTransformer::random_placed(
+        &cfg,
+        dtype,
+        device,
+        t.weights.block_type(),
+        offload.block_placement(),
+    )?;
     let latents = Tensor::randn(
         0f32,
         1.0,
@@ -655,6 +668,17 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
     if t.weights.block_type().is_some() {
         case.push_str(&format!(", {} weights", t.weights.name()));
     }
+    if offload == OffloadMode::Blocks {
+        case.push_str(", offload blocks");
+    }
+    // A streamed model copies every block once per forward: the proof it streamed.
+    let expected_fetches = (timer.warmup + timer.iters) as u64 * cfg.num_layers as u64;
+    if offload == OffloadMode::Blocks && model.block_fetches() != expected_fetches {
+        return Err(VditError::InvalidSetting(format!(
+            "--offload blocks: {} block copies for {expected_fetches} block runs",
+            model.block_fetches()
+        )));
+    }
     let tokens = grid[0] / pt * (grid[1] / ph) * (grid[2] / pw);
     // The preset's name ends the shape, so rows of different models differ.
     let shape = format!(
@@ -671,7 +695,45 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
     );
     let mut row = timer.row("transformer", case, shape, &timing);
     row.density = Some(attention.effective_density());
+    row.offload = Some(offload.name());
     Ok(row)
+}
+
+/// The bench's `--offload`, resolved: one transformer, so `experts` is `none`; `auto` as
+/// `vdit generate` chooses it, with the random weights' bytes (dense in `dtype`; GGUF blocks
+/// counted at the dtype's size, an overestimate) and the device's free memory.
+fn bench_offload(
+    t: &TransformerBench,
+    shape: &RunShape,
+    dtype: DType,
+    device: &Device,
+) -> Result<OffloadMode> {
+    Ok(match t.offload {
+        OffloadChoice::None | OffloadChoice::Experts => OffloadMode::None,
+        OffloadChoice::Blocks => OffloadMode::Blocks,
+        OffloadChoice::Auto => {
+            let params = shape
+                .transformer
+                .block_params()
+                .saturating_mul(shape.transformer.layers as u128)
+                .saturating_add(shape.transformer.non_block_params());
+            let with_weights = RunShape {
+                weight_bytes: params
+                    .saturating_mul(dtype.size_in_bytes() as u128)
+                    .min(u64::MAX as u128) as u64,
+                ..*shape
+            };
+            let needs = OffloadNeeds::of(&with_weights, 1);
+            let (mode, reason) = choose_offload(
+                device.is_cpu(),
+                memory::device_free_bytes(device),
+                false,
+                &needs,
+            );
+            eprintln!("offload      {mode} (auto: {reason})");
+            mode
+        }
+    })
 }
 
 /// Times one decode of a random-weight Wan2.1 or Wan2.2 VAE decoder on random latents; with
@@ -955,6 +1017,7 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
             peak_host_bytes: device.is_cpu().then(peak_resident_bytes).flatten(),
             peak_device_bytes: None,
             resident_device_bytes: baseline,
+            offload: Some(settings.offload.mode.name()),
             peak_gpu_bytes: peak_device.map(|peak| peak.saturating_sub(baseline.unwrap_or(0))),
             stages: Some(stages),
         });

@@ -5,7 +5,7 @@
 //! Precision: the residual stream, norms, modulation and gates are f32; the linear layers run in
 //! the model's run dtype (bf16 in production), as in the original Wan code under autocast.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rainfusion::{dense_attention, SelfAttention, VideoLayout};
 
 use crate::error::Result;
@@ -85,6 +85,22 @@ impl AttentionLayer {
             norm_k: RmsNorm::load(src, &format!("{prefix}.norm_k.weight"), dim, cfg.eps)?,
             num_heads: cfg.num_heads,
             head_dim: cfg.head_dim,
+            folded_out_bias: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// This layer on `device`. The folded output bias is not carried: it is remade from the
+    /// moved weights on first use (one [1, dim] projection).
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            to_q: self.to_q.to_device(device)?,
+            to_k: self.to_k.to_device(device)?,
+            to_v: self.to_v.to_device(device)?,
+            to_out: self.to_out.to_device(device)?,
+            norm_q: self.norm_q.to_device(device)?,
+            norm_k: self.norm_k.to_device(device)?,
+            num_heads: self.num_heads,
+            head_dim: self.head_dim,
             folded_out_bias: std::sync::OnceLock::new(),
         })
     }
@@ -175,6 +191,14 @@ impl ImageKeyValue {
             to_k: src.linear(&format!("{prefix}.add_k_proj"), input, dim, dtype)?,
             to_v: src.linear(&format!("{prefix}.add_v_proj"), input, dim, dtype)?,
             norm_k: RmsNorm::load(src, &format!("{prefix}.norm_added_k.weight"), dim, cfg.eps)?,
+        })
+    }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            to_k: self.to_k.to_device(device)?,
+            to_v: self.to_v.to_device(device)?,
+            norm_k: self.norm_k.to_device(device)?,
         })
     }
 }
@@ -330,6 +354,31 @@ impl WanBlock {
             ffn_out: src.linear(&format!("{p}.ffn.net.2"), cfg.ffn_dim, dim, dtype)?,
             eps: cfg.eps,
             dtype,
+        })
+    }
+
+    /// This block with everything it holds (linear weights as stored, biases, unmerged LoRA
+    /// factors, norms, the modulation table) on `device`: what a streamed block's fetch makes.
+    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            index: self.index,
+            modulation: self.modulation.to_device(device)?,
+            self_attn: self.self_attn.to_device(device)?,
+            cross_norm: self
+                .cross_norm
+                .as_ref()
+                .map(|n| n.to_device(device))
+                .transpose()?,
+            cross_attn: self.cross_attn.to_device(device)?,
+            image_kv: self
+                .image_kv
+                .as_ref()
+                .map(|kv| kv.to_device(device))
+                .transpose()?,
+            ffn_in: self.ffn_in.to_device(device)?,
+            ffn_out: self.ffn_out.to_device(device)?,
+            eps: self.eps,
+            dtype: self.dtype,
         })
     }
 

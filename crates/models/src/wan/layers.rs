@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Shape, Tensor, D};
 
 use crate::error::{ModelError, Result};
@@ -30,7 +30,12 @@ enum Origin {
     },
     /// Random weights; linear weights whose input width is a whole number of blocks are
     /// quantised to the given type at load (benchmarks of quantised matmuls).
-    Random { quantize: Option<GgmlDType> },
+    /// Dense values are drawn on `draw` (the compute device: drawing a 14B model's worth on the
+    /// CPU would take minutes) and then moved to the source's device.
+    Random {
+        quantize: Option<GgmlDType>,
+        draw: Device,
+    },
 }
 
 impl WeightSource {
@@ -48,6 +53,25 @@ impl WeightSource {
         self
     }
 
+    /// The same weights (and LoRA) read onto `device` instead: streamed blocks are loaded
+    /// straight to their home device (the host) with this, never through the compute device.
+    pub(crate) fn on_device(&self, device: &Device) -> Self {
+        Self {
+            origin: match &self.origin {
+                Origin::Checkpoint { files, keys } => Origin::Checkpoint {
+                    files: files.clone(),
+                    keys: keys.clone(),
+                },
+                Origin::Random { quantize, draw } => Origin::Random {
+                    quantize: *quantize,
+                    draw: draw.clone(),
+                },
+            },
+            device: device.clone(),
+            lora: self.lora.clone(),
+        }
+    }
+
     /// Every tensor asked for is random (see [`RandomWeights`]).
     #[cfg(test)]
     pub(crate) fn random(device: Device) -> Self {
@@ -58,7 +82,10 @@ impl WeightSource {
     /// allows it (a whole number of the type's blocks), as GGUF converters do.
     pub(crate) fn random_quantized(device: Device, quantize: Option<GgmlDType>) -> Self {
         Self {
-            origin: Origin::Random { quantize },
+            origin: Origin::Random {
+                quantize,
+                draw: device.clone(),
+            },
             device,
             lora: None,
         }
@@ -84,6 +111,7 @@ impl WeightSource {
             }
             Origin::Random {
                 quantize: Some(kind),
+                ..
             } if input.is_multiple_of(kind.block_size()) => {
                 let values = RandomWeights::tensor(key, &shape, DType::F32, &Device::Cpu)?;
                 let q = QTensor::quantize_onto(&values, *kind, &self.device)?;
@@ -128,7 +156,9 @@ impl WeightSource {
                         None => files.load(&file_key, Some(&shape), dtype, &self.device)?,
                     }
                 }
-                Origin::Random { .. } => RandomWeights::tensor(key, &shape, dtype, &self.device)?,
+                Origin::Random { draw, .. } => {
+                    RandomWeights::tensor(key, &shape, dtype, draw)?.to_device(&self.device)?
+                }
             })
         };
         let patch = self.lora.as_ref().and_then(|l| l.patch(key));
@@ -335,6 +365,34 @@ impl Linear {
         }
     }
 
+    /// This layer with every tensor it holds (weight as stored: dense, GGUF blocks or fp8 with
+    /// its scale; bias; unmerged LoRA factors) on `device`. A copy between devices is a plain
+    /// memcpy: nothing is cast or requantised.
+    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+        let weight = match &self.weight {
+            LinearWeight::Dense(w) => LinearWeight::Dense(w.to_device(device)?),
+            LinearWeight::Quantized(q) => {
+                LinearWeight::Quantized(Arc::new(qtensor_to_device(q, device)?))
+            }
+            LinearWeight::Fp8 { weight, scale } => LinearWeight::Fp8 {
+                weight: weight.to_device(device)?,
+                scale: scale.as_ref().map(|s| s.to_device(device)).transpose()?,
+            },
+        };
+        Ok(Self {
+            weight,
+            bias: self.bias.to_device(device)?,
+            adapter: self
+                .adapter
+                .as_ref()
+                .map(|(down, up)| -> Result<(Tensor, Tensor)> {
+                    Ok((down.to_device(device)?, up.to_device(device)?))
+                })
+                .transpose()?,
+            dtype: self.dtype,
+        })
+    }
+
     /// x: [..., in] in any float dtype → [..., out] in the run dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.matmul(x)?.broadcast_add(&self.bias)?)
@@ -416,6 +474,15 @@ impl Linear {
     }
 }
 
+/// A copy of the GGUF blocks `q` on `device`: candle 0.11 has no `QTensor::to_device`, so the
+/// raw blocks are read back (`QTensor::data`: borrowed on the CPU, a device→host copy on a GPU)
+/// and built into a storage on `device` (`QStorage::from_data`, which on CUDA adds the row
+/// padding its kernels read). The bytes are the same blocks; nothing is requantised.
+fn qtensor_to_device(q: &QTensor, device: &Device) -> Result<QTensor> {
+    let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
+    Ok(QTensor::new(storage, q.shape().clone())?)
+}
+
 /// fp8 values [out, in] cast to `dtype`, times the scale ([1, 1] or [out, 1] in `dtype`) if any.
 fn fp8_dequantized(weight: &Tensor, scale: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
     let w = weight.to_dtype(dtype)?;
@@ -458,6 +525,15 @@ impl AffineLayerNorm {
             .broadcast_add(&self.bias)?)
     }
 
+    /// This norm's tensors on `device`.
+    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_device(device)?,
+            bias: self.bias.to_device(device)?,
+            eps: self.eps,
+        })
+    }
+
     /// (weight [dim] f32, bias [dim] f32, eps), for the fused CUDA kernel.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn parts(&self) -> (&Tensor, &Tensor, f64) {
@@ -483,6 +559,14 @@ impl RmsNorm {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?)
+    }
+
+    /// This norm's weight on `device`.
+    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_device(device)?,
+            eps: self.eps,
+        })
     }
 
     /// (weight [dim] f32, eps), for the fused CUDA kernel.

@@ -5,9 +5,12 @@
 //! - [`keys`]: checkpoint key dialects (diffusers, original, ComfyUI prefix), detected from names.
 //! - [`transformer`]: [`WanTransformer`], latents + timesteps (per sample or per token) + text
 //!   (+ CLIP image tokens for Wan2.1 I2V / FLF2V) → velocity.
+//! - [`block_store`]: [`BlockPlacement`], blocks resident on the compute device or streamed
+//!   from the host one at a time (`--offload blocks`).
 //! - [`rope`]: the 3D rotary position embedding.
 
 mod block;
+pub mod block_store;
 pub mod config;
 mod image_embedding;
 pub mod keys;
@@ -16,6 +19,7 @@ pub mod rope;
 pub mod transformer;
 pub mod vae;
 
+pub use block_store::BlockPlacement;
 pub use config::WanConfig;
 pub use keys::{CheckpointKeys, KeyDialect};
 pub use transformer::WanTransformer;

@@ -20,6 +20,7 @@ use rainfusion::{SelfAttention, VideoLayout};
 use crate::error::{ModelError, Result};
 use crate::lora::LoraSet;
 use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
+use crate::wan::block_store::{BlockPlacement, BlockStore};
 use crate::wan::config::{has_image_embedder, WanConfig};
 use crate::wan::image_embedding::ImageEmbedding;
 use crate::wan::keys::{CheckpointKeys, KeyDialect};
@@ -40,7 +41,8 @@ pub struct WanTransformer {
     text_linear_2: Linear,
     /// Wan2.1 I2V / FLF2V: CLIP image tokens → model width; `None` without image input.
     image_embedding: Option<ImageEmbedding>,
-    blocks: Vec<WanBlock>,
+    /// The blocks, on the compute device or streamed from the host (see [`BlockPlacement`]).
+    blocks: BlockStore,
     /// Head modulation table [1, 2, dim] f32 (shift, scale), added to e (not e0).
     head_modulation: Tensor,
     head: Linear, // f32, dim → out·pt·ph·pw
@@ -66,6 +68,7 @@ impl std::fmt::Debug for WanTransformer {
             .field("cfg", &self.cfg)
             .field("dtype", &self.dtype)
             .field("device", &self.device)
+            .field("blocks", &self.blocks.placement())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +96,20 @@ impl WanTransformer {
         dtype: DType,
         device: &Device,
         lora: Option<Arc<LoraSet>>,
+    ) -> Result<Self> {
+        Self::load_placed(files, cfg, dtype, device, lora, BlockPlacement::Resident)
+    }
+
+    /// [`Self::load_with_lora`] with the blocks placed as `placement` says: streamed, every
+    /// block's weights are read straight into host memory (never to `device` first) and copied
+    /// to `device` one block at a time during the forward pass.
+    pub fn load_placed(
+        files: &Arc<WeightFiles>,
+        cfg: &WanConfig,
+        dtype: DType,
+        device: &Device,
+        lora: Option<Arc<LoraSet>>,
+        placement: BlockPlacement,
     ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::InvalidInput(format!(
@@ -128,7 +145,7 @@ impl WanTransformer {
             _ => {}
         }
         let src = WeightSource::new(files.clone(), keys.key_map(), device.clone()).with_lora(lora);
-        Self::build(&src, cfg, dtype, device)
+        Self::build(&src, cfg, dtype, device, placement)
     }
 
     /// A transformer of `cfg`'s shape with random weights drawn on `device` (see
@@ -147,12 +164,30 @@ impl WanTransformer {
         device: &Device,
         quantize: Option<GgmlDType>,
     ) -> Result<Self> {
-        cfg.validate().map_err(ModelError::InvalidInput)?;
-        let src = WeightSource::random_quantized(device.clone(), quantize);
-        Self::build(&src, cfg, dtype, device)
+        Self::random_placed(cfg, dtype, device, quantize, BlockPlacement::Resident)
     }
 
-    fn build(src: &WeightSource, cfg: &WanConfig, dtype: DType, device: &Device) -> Result<Self> {
+    /// [`Self::random_quantized`] with the blocks placed as `placement` says (streamed: each
+    /// tensor drawn on `device`, then moved to the host, one at a time).
+    pub fn random_placed(
+        cfg: &WanConfig,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<GgmlDType>,
+        placement: BlockPlacement,
+    ) -> Result<Self> {
+        cfg.validate().map_err(ModelError::InvalidInput)?;
+        let src = WeightSource::random_quantized(device.clone(), quantize);
+        Self::build(&src, cfg, dtype, device, placement)
+    }
+
+    fn build(
+        src: &WeightSource,
+        cfg: &WanConfig,
+        dtype: DType,
+        device: &Device,
+        placement: BlockPlacement,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::InvalidInput(format!(
                 "run dtype {dtype:?} is not supported (use f32, bf16 or f16)"
@@ -171,9 +206,13 @@ impl WanTransformer {
             .reshape((dim, cfg.patch_in_features()))?;
         let patch_bias = src.get("patch_embedding.bias", &[dim], dtype)?;
 
+        // Streamed blocks are read onto their home device directly: a 14B model's blocks never
+        // pass through the compute device at load.
+        let block_src = src.on_device(&placement.home_device(device));
         let blocks = (0..cfg.num_layers)
-            .map(|i| WanBlock::load(src, i, cfg, dtype))
+            .map(|i| WanBlock::load(&block_src, i, cfg, dtype))
             .collect::<Result<Vec<_>>>()?;
+        let blocks = BlockStore::new(placement, blocks, device);
         Ok(Self {
             cfg: cfg.clone(),
             dtype,
@@ -256,6 +295,17 @@ impl WanTransformer {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Where the blocks live (see [`BlockPlacement`]).
+    pub fn block_placement(&self) -> BlockPlacement {
+        self.blocks.placement()
+    }
+
+    /// Blocks copied from the host to the compute device since load (0 when resident): one per
+    /// block per forward pass that ran the blocks.
+    pub fn block_fetches(&self) -> u64 {
+        self.blocks.fetches()
     }
 
     /// Latent channels the transformer reads (16 for Wan2.1 and the Wan2.2 A14B experts, 48 for
@@ -678,7 +728,10 @@ impl WanTransformer {
         };
         let mut x = x;
         let sync = sync_between_blocks() && x.device().is_cuda();
-        for block in &self.blocks {
+        for index in 0..self.blocks.len() {
+            // Streamed: the block's copy on the compute device is freed at the end of this
+            // iteration, before the next one is fetched.
+            let block = self.blocks.fetch(index)?;
             x = block.forward(x, &ctx, attention)?;
             if sync {
                 x.device().synchronize()?;
