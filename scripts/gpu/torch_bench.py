@@ -545,9 +545,9 @@ def main():
     p.add_argument("--pipeline", help="time the whole WanPipeline run from this model folder instead")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--width", type=int, help="default 832 (--hunyuan15: 848)")
+    p.add_argument("--height", type=int, help="default 480")
+    p.add_argument("--frames", type=int, help="default 81 (--hunyuan15: 121)")
     p.add_argument("--wan22", action="store_true",
                    help="time the Wan2.2 shapes instead (A14B expert and TI2V-5B forwards, the Wan2.2 VAE)")
     p.add_argument("--i2v", action="store_true",
@@ -570,9 +570,11 @@ def main():
     p.add_argument("--step-list", help="--pipeline: a distilled step list, e.g. 1000,750,500,250 (Euler)")
     p.add_argument("--shift", type=float, default=5.0, help="--pipeline with --step-list: the shift")
     args = p.parse_args()
+    # Unset sizes: HunyuanVideo 1.5's 480p (848x480x121) or Wan's (832x480x81).
+    args.width = args.width or (848 if args.hunyuan15 else 832)
+    args.height = args.height or 480
+    args.frames = args.frames or (121 if args.hunyuan15 else 81)
     if args.hunyuan15:
-        if args.width == 832 and args.height == 480 and args.frames == 81:  # the Wan defaults: use this model's
-            args.width, args.frames = 848, 121
         if args.tiny and args.sizes is None:
             args.sizes = "64x32"
             args.frames = 5
