@@ -13,6 +13,15 @@ imports counted) and once more with the pipeline still loaded; peak GPU memory b
 
 With --i2v it times the image-to-video shapes: the Wan2.1-I2V-14B forward and the Wan2.1 VAE encode (832x480x81).
 
+With --hunyuan15 it times one HunyuanVideo 1.5 transformer forward (the 8.3B text-to-video shape, random weights,
+bf16) at --width x --height x --frames (default 848x480x121; `--size 1280x720` style via --width/--height), batch 1
+(the pipeline runs each guidance branch as its own forward), on the inputs the pipeline hands it: latents, Qwen
+prompt states padded to 1000 rows with --text-len valid, ByT5 states padded to 256 with --glyph-len valid, all-zero
+image tokens (text-to-video). Peak memory as --memory measures it. --tiny runs a one-block toy of it on the CPU, to
+check the script before a GPU run:
+
+    python3 scripts/gpu/torch_bench.py --hunyuan15 --tiny --out /tmp/hy_tiny.json
+
 With --memory it measures the memory rows of the 24 GB issue, three ways each, so that vdit's figure (the device's used
 memory, sampled) has a like-for-like PyTorch figure beside the allocator's own: the Wan2.1-14B forward at
 --width x --height x --frames (batch --batch) and the Wan2.1 VAE decode at the same size.
@@ -133,6 +142,125 @@ def memory_rows(args):
     rows.append(measured("vae", "diffusers bf16", f"B1 latent {lat}x{args.height // 8}x{args.width // 8}", decode,
                          max(1, args.iters - 1)))
     return rows
+
+
+# Pipeline padding of HunyuanVideo 1.5 (diffusers' pipeline_hunyuan_video1_5.py: tokenizer_max_length,
+# tokenizer_2_max_length, vision_num_semantic_tokens).
+HY15_PROMPT_ROWS, HY15_GLYPH_ROWS, HY15_IMAGE_ROWS = 1000, 256, 729
+
+
+def hunyuan15_flops(cfg, video, prompt, glyph):
+    """FLOPs of one forward per sample on the valid tokens, the count `vdit bench transformer --preset
+    hunyuanvideo-1.5` uses (crates/cli/src/commands/bench.rs, hunyuan15_flops): the blocks' linear layers
+    2·N·(4·dim² + 2·dim·mlp) and joint attention 4·N²·dim over N = video + prompt + glyph, per layer; the token
+    refiner, the ByT5 projection, the patch embedding and the output head. diffusers also carries the padding rows
+    (masked), which this count leaves out, so both rows' TFLOP/s are useful work."""
+    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    mlp = int(dim * cfg["mlp_ratio"])
+    per_token = 4 * dim * dim + 2 * dim * mlp
+    n = video + prompt + glyph
+    blocks = cfg["num_layers"] * (2 * n * per_token + 4 * n * n * dim)
+    refiner = 2 * prompt * cfg["text_embed_dim"] * dim + cfg["num_refiner_layers"] * (
+        2 * prompt * per_token + 4 * prompt * prompt * dim)
+    h = 2048  # diffusers' ByT5 projection width (fixed in code)
+    glyph_f = 2 * glyph * (cfg["text_embed_2_dim"] * h + h * h + h * dim)
+    patch = cfg["patch_size_t"] * cfg["patch_size"] ** 2
+    io = 2 * video * dim * (cfg["in_channels"] + cfg["out_channels"]) * patch
+    return float(blocks + refiner + glyph_f + io)
+
+
+def hunyuan15_rows(args):
+    """One HunyuanVideo 1.5 text-to-video forward per size in args.sizes (diffusers'
+    HunyuanVideo15Transformer3DModel, random weights), a warm-up first; an out-of-memory size gives a row that says
+    so (median NaN) and the next size still runs."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    cuda = not args.tiny
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    # The released 480p/720p t2v transformer config (diffusers' defaults are that shape; task_type and
+    # target_size only steer the pipeline). --tiny: one block of 2 heads × 16, RoPE axes 4 + 6 + 6.
+    cfg = dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+               num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm",
+               text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0,
+               rope_axes_dim=(16, 56, 56), target_size=480, task_type="t2v", use_meanflow=False)
+    if args.tiny:
+        cfg.update(num_attention_heads=2, attention_head_dim=16, num_layers=1, rope_axes_dim=(4, 6, 6))
+    torch.manual_seed(0)
+    torch.set_default_dtype(dtype)
+    with torch.device(device):  # drawn where it runs: 8.3B parameters on the host would take minutes
+        model = HunyuanVideo15Transformer3DModel(**cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    b = args.batch
+    layers, heads, hd = cfg["num_layers"], cfg["num_attention_heads"], cfg["attention_head_dim"]
+
+    def valid_prefix(valid, rows):
+        mask = torch.zeros(b, rows, dtype=torch.int64, device=device)
+        mask[:, :valid] = 1
+        return mask
+
+    rows = []
+    for width, height in args.sizes:
+        lat = ((args.frames - 1) // 4 + 1, height // 16, width // 16)
+        video = lat[0] * lat[1] * lat[2]
+        x = torch.randn(b, cfg["in_channels"], *lat, device=device, dtype=dtype)
+        inputs = dict(
+            hidden_states=x, timestep=torch.full((b,), 500.0, device=device),
+            encoder_hidden_states=torch.randn(b, HY15_PROMPT_ROWS, cfg["text_embed_dim"], device=device, dtype=dtype),
+            encoder_attention_mask=valid_prefix(args.text_len, HY15_PROMPT_ROWS),
+            encoder_hidden_states_2=torch.randn(b, HY15_GLYPH_ROWS, cfg["text_embed_2_dim"], device=device,
+                                                dtype=dtype),
+            encoder_attention_mask_2=valid_prefix(args.glyph_len, HY15_GLYPH_ROWS),
+            image_embeds=torch.zeros(b, HY15_IMAGE_ROWS, cfg["image_embed_dim"], device=device, dtype=dtype),
+            return_dict=False)
+        label = (f"{layers}L×{heads}H×{hd}d B{b} {width}x{height}x{args.frames} "
+                 f"(L{video}, text {args.text_len}+{args.glyph_len}) hunyuanvideo-1.5")
+        flops = b * hunyuan15_flops(cfg, video, args.text_len, args.glyph_len)
+
+        @torch.no_grad()
+        def forward():
+            out = model(**inputs)[0]
+            assert out.shape == (b, cfg["out_channels"], *lat), out.shape
+
+        if not cuda:
+            med, s = wall_time(forward, args.warmup, args.iters)
+            rows.append(row("transformer", "diffusers dense", label, med, s, flops / med / 1e12, 1.0))
+            print(f"{label}: {med * 1e3:.1f} ms (CPU toy)", flush=True)
+            continue
+        try:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = device_used()
+            sampler = DeviceUsedSampler()
+            med, s = cuda_time(forward, args.warmup, args.iters)
+            r = row("transformer", "diffusers dense", label, med, s, flops / med / 1e12, 1.0,
+                    peak=torch.cuda.max_memory_allocated())
+            r.update(peak_reserved_bytes=torch.cuda.max_memory_reserved(), peak_device_bytes=sampler.peak(),
+                     resident_device_bytes=before)
+            gib = 2 ** 30
+            print(f"diffusers {label}: {med:.3f} s, {r['tflops']:.1f} TFLOP/s, allocated "
+                  f"{r['peak_gpu_bytes'] / gib:.2f} GiB, reserved {r['peak_reserved_bytes'] / gib:.2f} GiB, device "
+                  f"used {r['peak_device_bytes'] / gib:.2f} GiB ({before / gib:.2f} GiB before)", flush=True)
+        except torch.cuda.OutOfMemoryError as err:
+            sampler.peak()
+            r = row("transformer", "diffusers dense: out of memory", label, float("nan"), [],
+                    peak=torch.cuda.max_memory_allocated())
+            print(f"diffusers {label}: out of memory: {str(err).splitlines()[0]}", flush=True)
+        rows.append(r)
+        del x, inputs
+        torch.cuda.empty_cache()
+    return rows
+
+
+def wall_time(fn, warmup, iters):
+    """cuda_time's counterpart on the CPU (--tiny)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), samples
 
 
 def attention_rows(args):
@@ -417,13 +545,20 @@ def main():
     p.add_argument("--pipeline", help="time the whole WanPipeline run from this model folder instead")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--width", type=int, help="default 832 (--hunyuan15: 848)")
+    p.add_argument("--height", type=int, help="default 480")
+    p.add_argument("--frames", type=int, help="default 81 (--hunyuan15: 121)")
     p.add_argument("--wan22", action="store_true",
                    help="time the Wan2.2 shapes instead (A14B expert and TI2V-5B forwards, the Wan2.2 VAE)")
     p.add_argument("--i2v", action="store_true",
                    help="time the image-to-video shapes instead (I2V-14B forward, the Wan2.1 VAE encode)")
+    p.add_argument("--hunyuan15", action="store_true",
+                   help="time the HunyuanVideo 1.5 transformer forward (8.3B t2v, batch --batch) at each --sizes")
+    p.add_argument("--sizes", default=None,
+                   help="--hunyuan15: comma-separated WIDTHxHEIGHT list (default: --width x --height, 848x480)")
+    p.add_argument("--text-len", type=int, default=256, help="--hunyuan15: valid Qwen prompt tokens of 1000")
+    p.add_argument("--glyph-len", type=int, default=0, help="--hunyuan15: valid ByT5 glyph tokens of 256")
+    p.add_argument("--tiny", action="store_true", help="--hunyuan15: a one-block toy on the CPU (script check)")
     p.add_argument("--memory", action="store_true",
                    help="the memory rows: the Wan2.1-14B forward and the VAE decode at --width/--height/--frames")
     p.add_argument("--batch", type=int, default=1, help="--memory: the forward's batch")
@@ -435,6 +570,19 @@ def main():
     p.add_argument("--step-list", help="--pipeline: a distilled step list, e.g. 1000,750,500,250 (Euler)")
     p.add_argument("--shift", type=float, default=5.0, help="--pipeline with --step-list: the shift")
     args = p.parse_args()
+    # Unset sizes: HunyuanVideo 1.5's 480p (848x480x121) or Wan's (832x480x81).
+    args.width = args.width or (848 if args.hunyuan15 else 832)
+    args.height = args.height or 480
+    args.frames = args.frames or (121 if args.hunyuan15 else 81)
+    if args.hunyuan15:
+        if args.tiny and args.sizes is None:
+            args.sizes = "64x32"
+            args.frames = 5
+        args.sizes = [tuple(int(v) for v in s.split("x")) for s in (args.sizes or f"{args.width}x{args.height}")
+                      .split(",")]
+        rows = hunyuan15_rows(args)
+        json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
+        return
     if args.pipeline or args.wan22 or args.i2v or args.memory:
         rows = (pipeline_rows(args) if args.pipeline else wan22_rows(args) if args.wan22
                 else i2v_rows(args) if args.i2v else memory_rows(args))

@@ -906,7 +906,7 @@ pub mod bench {
     pub enum BenchTarget {
         /// Dense and block-sparse attention kernels at several densities, and mask prediction.
         Attention(AttentionBench),
-        /// One forward of the Wan2.1 transformer with random weights.
+        /// One forward of a transformer (Wan2.1, Wan2.2, HunyuanVideo 1.5) with random weights.
         Transformer(TransformerBench),
         /// One decode of the Wan2.1 or Wan2.2 VAE with random weights.
         Vae(VaeBench),
@@ -975,6 +975,11 @@ pub mod bench {
         I2v14b,
         /// A toy model (2 layers, 2 heads of 16, text width 32) for smoke tests.
         Tiny,
+        /// HunyuanVideo 1.5 T2V 8.3B (54 dual-stream blocks, 16 heads of 128, 65 channels in, ×16
+        /// VAE, joint attention over video and text); default size 848x480x121, batch 1. Dense
+        /// attention only.
+        #[value(name = "hunyuanvideo-1.5")]
+        HunyuanVideo15,
     }
 
     impl PresetArg {
@@ -987,6 +992,7 @@ pub mod bench {
                 Self::Ti2v5b => "ti2v-5b",
                 Self::I2v14b => "i2v-14b",
                 Self::Tiny => "tiny",
+                Self::HunyuanVideo15 => "hunyuanvideo-1.5",
             }
         }
 
@@ -995,14 +1001,16 @@ pub mod bench {
             match self {
                 Self::T2vA14b => ((1280, 720), 81),
                 Self::Ti2v5b => ((1280, 704), 121),
+                Self::HunyuanVideo15 => ((848, 480), 121),
                 _ => ((832, 480), 81),
             }
         }
 
-        /// Video pixels per latent pixel of the model's VAE (Wan2.2's TI2V VAE: 16).
+        /// Video pixels per latent pixel of the model's VAE (Wan2.2's TI2V VAE and HunyuanVideo
+        /// 1.5's: 16).
         pub fn spatial_compression(self) -> usize {
             match self {
-                Self::Ti2v5b => 16,
+                Self::Ti2v5b | Self::HunyuanVideo15 => 16,
                 _ => 8,
             }
         }
@@ -1033,14 +1041,16 @@ pub mod bench {
         /// Override the preset's feed-forward width.
         #[arg(long, value_parser = parse_positive)]
         pub ffn_dim: Option<usize>,
-        /// Batch (2 = the conditional and unconditional halves of classifier-free guidance).
-        #[arg(long, default_value_t = 2, value_parser = parse_positive)]
-        pub batch: usize,
+        /// Batch. Default 2 for the Wan presets (the conditional and unconditional halves of
+        /// classifier-free guidance, run as one batch); 1 for hunyuanvideo-1.5, whose pipeline
+        /// runs each guidance branch as its own forward.
+        #[arg(long, value_parser = parse_positive)]
+        pub batch: Option<usize>,
         /// Video size WIDTHxHEIGHT in pixels (multiples of 16). Default: the preset's (832x480;
-        /// t2v-a14b 1280x720; ti2v-5b 1280x704).
+        /// t2v-a14b 1280x720; ti2v-5b 1280x704; hunyuanvideo-1.5 848x480).
         #[arg(long, value_parser = parse_size)]
         pub size: Option<(u32, u32)>,
-        /// Video frames (4n+1). Default: the preset's (81; ti2v-5b 121).
+        /// Video frames (4n+1). Default: the preset's (81; ti2v-5b and hunyuanvideo-1.5 121).
         #[arg(long, value_parser = parse_frames)]
         pub frames: Option<usize>,
         #[arg(long, value_enum, default_value_t = BenchAttention::Dense)]
@@ -1051,9 +1061,15 @@ pub mod bench {
         /// RainFusion block size.
         #[arg(long, default_value_t = 128, value_parser = parse_block_size)]
         pub block_size: usize,
-        /// Text rows of the context (Wan pads every prompt to 512).
-        #[arg(long, default_value_t = 512, value_parser = parse_positive)]
-        pub text_len: usize,
+        /// Text rows of the context. Wan: every prompt padded to 512 (the default).
+        /// hunyuanvideo-1.5: the valid Qwen2.5-VL prompt tokens of the 1000 the pipeline pads to
+        /// (default 256, a long rewritten prompt).
+        #[arg(long, value_parser = parse_positive)]
+        pub text_len: Option<usize>,
+        /// hunyuanvideo-1.5: valid ByT5 glyph tokens of the 256 the pipeline pads to (default 0:
+        /// the prompt quotes no text, and the pipeline passes an all-padding glyph input).
+        #[arg(long)]
+        pub glyph_len: Option<usize>,
         /// How much of the transformer stays on the device: `blocks` keeps the blocks in host
         /// memory and copies each to the device just before it runs; `none` and `experts` (one
         /// transformer here) keep everything resident; `auto` (the default) chooses `none` on the
@@ -1119,13 +1135,14 @@ pub mod bench {
                 head_dim: None,
                 layers: None,
                 ffn_dim: None,
-                batch: 2,
+                batch: None,
                 size: None,
                 frames: None,
                 attention: BenchAttention::Dense,
                 sparsity: 0.8,
                 block_size: 128,
-                text_len: 512,
+                text_len: None,
+                glyph_len: None,
                 offload: OffloadChoice::Auto,
                 weights: BenchWeights::Dense,
             }

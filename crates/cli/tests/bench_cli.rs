@@ -486,3 +486,79 @@ fn wan22_shapes_run_at_toy_sizes() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("patch size"), "{stderr}");
 }
+
+/// HunyuanVideo 1.5 at a toy width (one block of 2 heads × 16, the released text widths) and a
+/// 64×32×5 video (×16 VAE: a 2×2×4 grid, 16 tokens): the row is written with a TFLOP/s figure
+/// that matches its median; RainFusion is refused in one line before any work.
+#[test]
+fn hunyuan15_transformer_bench_runs_a_toy_and_refuses_rainfusion() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("hy.json");
+    let toy = [
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "transformer",
+        "--preset",
+        "hunyuanvideo-1.5",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--ffn-dim",
+        "64",
+        "--size",
+        "64x32",
+        "--frames",
+        "5",
+        "--text-len",
+        "8",
+        "--glyph-len",
+        "3",
+    ];
+    let (report, stdout) = bench_ok(&toy, &json);
+    let row = &rows(&report)[0];
+    check_timings(row, 1);
+    assert_eq!(row["case"], "dense");
+    let shape = row["shape"].as_str().unwrap();
+    assert!(
+        shape.starts_with("1L×2H×16d B1 64x32x5 (L16, text 8+3)")
+            && shape.ends_with("hunyuanvideo-1.5"),
+        "{row}"
+    );
+    assert!(stdout.contains("hunyuanvideo-1.5"), "{stdout}");
+    // The FLOP count of bench.rs (dim 32, MLP 64, N = 16 + 8 + 3 tokens) over the median.
+    let (dim, mlp, n, video, prompt, glyph) = (32.0, 64.0, 27.0, 16.0, 8.0, 3.0);
+    let per_token = 4.0 * dim * dim + 2.0 * dim * mlp;
+    let blocks = 2.0 * n * per_token + 4.0 * n * n * dim;
+    let refiner = 2.0 * prompt * 3584.0 * dim
+        + 2.0 * (2.0 * prompt * per_token + 4.0 * prompt * prompt * dim);
+    let glyph_flops = 2.0 * glyph * (1472.0 * 2048.0 + 2048.0 * 2048.0 + 2048.0 * dim);
+    let io = 2.0 * video * dim * (65.0 + 32.0);
+    let want = (blocks + refiner + glyph_flops + io) / row["median_s"].as_f64().unwrap() / 1e12;
+    let tflops = row["tflops"].as_f64().unwrap();
+    assert!(
+        (tflops - want).abs() <= 1e-9 * want,
+        "{tflops} against {want}"
+    );
+
+    for (extra, needle) in [
+        (
+            &["--attention", "rainfusion"][..],
+            "not built for hunyuanvideo-1.5",
+        ),
+        (&["--text-len", "1001"][..], "pads to 1000"),
+    ] {
+        let mut args = vec!["--device", "cpu"];
+        args.extend_from_slice(&toy);
+        args.extend_from_slice(extra);
+        let out = vdit(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{extra:?}: {stderr}");
+    }
+}

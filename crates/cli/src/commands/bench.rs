@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! vdit bench attention    q, k, v [B,H,L,D] ─► dense / block-sparse kernel per density, mask prediction
-//! vdit bench transformer  random Wan weights ─► one forward per iteration (dense or RainFusion)
+//! vdit bench transformer  random Wan weights ─► one forward per iteration (dense or RainFusion);
+//!                         --preset hunyuanvideo-1.5: the HunyuanVideo 1.5 8.3B forward (dense)
 //! vdit bench vae          random Wan VAE decoder ─► one decode per iteration
 //! vdit bench pipeline     a model folder ─► the whole `vdit generate` run, --runs times (first, warm)
 //! vdit bench              attention, transformer, vae at their defaults (the issue's benchmark table)
@@ -26,6 +27,9 @@ use rainfusion::{
     block_sparse_attention, dense_self_attention, predict_block_mask, BlockMask, DenseAttention,
     DenseSteps, RainFusionAttention, RainFusionConfig, SelfAttention, Window,
 };
+use vdit_models::hunyuan15::transformer::{
+    HunyuanVideo15Config, HunyuanVideo15Inputs, HunyuanVideo15Transformer,
+};
 use vdit_models::profile::{peak_resident_bytes, reset_peak_resident, DevicePeakSampler};
 use vdit_models::taehv::{TaehvConfig, TaehvDecoder};
 use vdit_models::wan::transformer::WanTransformer;
@@ -44,7 +48,7 @@ use vdit_pipeline::stages;
 use vdit_pipeline::{Result, VditError};
 
 use crate::args::bench::{
-    AttentionBench, BenchArgs, BenchAttention, BenchTarget, PipelineBench, PresetArg,
+    AttentionBench, BenchArgs, BenchAttention, BenchTarget, BenchWeights, PipelineBench, PresetArg,
     TransformerBench, VaeArg, VaeBench,
 };
 
@@ -559,6 +563,19 @@ fn transformer_config(t: &TransformerBench) -> Result<WanConfig> {
 
 /// Times one forward of a random-weight transformer on random latents, timesteps and text.
 fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
+    if t.preset == PresetArg::HunyuanVideo15 {
+        return bench_hunyuan15(t, dtype, timer);
+    }
+    if t.glyph_len.is_some() {
+        return Err(VditError::InvalidSetting(format!(
+            "--glyph-len: {} has no glyph text input (hunyuanvideo-1.5 only)",
+            t.preset.name()
+        )));
+    }
+    // Wan runs the two halves of classifier-free guidance as one batch; every prompt is padded
+    // to 512 text rows.
+    let batch = t.batch.unwrap_or(2);
+    let text_len = t.text_len.unwrap_or(512);
     let device = &timer.device;
     let cfg = transformer_config(t)?;
     let (default_size, default_frames) = t.preset.default_video();
@@ -593,7 +610,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
             grid[2] as u64,
         ],
         tokens: (grid[0] / pt * (grid[1] / ph)) as u64 * (grid[2] / pw) as u64,
-        batch: t.batch as u64,
+        batch: batch as u64,
         transformer: TransformerShape {
             dim: (cfg.num_heads * cfg.head_dim) as u64,
             ffn_dim: cfg.ffn_dim as u64,
@@ -616,11 +633,11 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
     let latents = Tensor::randn(
         0f32,
         1.0,
-        (t.batch, cfg.in_channels, grid[0], grid[1], grid[2]),
+        (batch, cfg.in_channels, grid[0], grid[1], grid[2]),
         device,
     )?;
-    let timesteps = Tensor::full(500f32, t.batch, device)?;
-    let context = Tensor::randn(0f32, 1.0, (t.batch, t.text_len, cfg.text_dim), device)?;
+    let timesteps = Tensor::full(500f32, batch, device)?;
+    let context = Tensor::randn(0f32, 1.0, (batch, text_len, cfg.text_dim), device)?;
     let mut attention: Box<dyn SelfAttention> = match t.attention {
         BenchAttention::Dense => Box::new(DenseAttention),
         BenchAttention::Rainfusion => {
@@ -644,7 +661,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         Some(image_dim) => Some(Tensor::randn(
             0f32,
             1.0,
-            (t.batch, cfg.pos_embed_seq_len.unwrap_or(257), image_dim),
+            (batch, cfg.pos_embed_seq_len.unwrap_or(257), image_dim),
             device,
         )?),
         None => None,
@@ -686,11 +703,11 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         cfg.num_layers,
         cfg.num_heads,
         cfg.head_dim,
-        t.batch,
+        batch,
         width,
         height,
         frames,
-        t.text_len,
+        text_len,
         t.preset.name()
     );
     let mut row = timer.row("transformer", case, shape, &timing);
@@ -734,6 +751,236 @@ fn bench_offload(
             mode
         }
     })
+}
+
+/// Qwen2.5-VL prompt rows diffusers' HunyuanVideo 1.5 pipeline pads every prompt to (after the
+/// template's system part is cut off).
+const HUNYUAN15_PROMPT_ROWS: usize = 1000;
+/// ByT5 glyph rows the pipeline pads to.
+const HUNYUAN15_GLYPH_ROWS: usize = 256;
+/// Valid prompt rows when `--text-len` is not given: a long rewritten prompt (~190 words).
+const HUNYUAN15_DEFAULT_PROMPT_TOKENS: usize = 256;
+
+/// The HunyuanVideo 1.5 config the flags describe: the 8.3B text-to-video shape with any explicit
+/// overrides (`--ffn-dim` sets the MLP ratio; a new head width spreads RoPE over its axes).
+fn hunyuan15_config(t: &TransformerBench) -> Result<HunyuanVideo15Config> {
+    let mut cfg = HunyuanVideo15Config::t2v_8_3b();
+    cfg.num_attention_heads = t.heads.unwrap_or(cfg.num_attention_heads);
+    cfg.num_layers = t.layers.unwrap_or(cfg.num_layers);
+    if let Some(head_dim) = t.head_dim {
+        cfg.attention_head_dim = head_dim;
+        // The released split is 16 + 56 + 56 of 128: about an eighth to time, the rest shared
+        // by rows and columns, every axis even.
+        let mut frames = (head_dim / 8).max(2) & !1;
+        while frames < head_dim && (head_dim - frames) % 4 != 0 {
+            frames += 2;
+        }
+        let side = head_dim.saturating_sub(frames) / 2;
+        cfg.rope_axes_dim = vec![frames, side, side];
+    }
+    if let Some(ffn_dim) = t.ffn_dim {
+        cfg.mlp_ratio = ffn_dim as f64 / cfg.dim() as f64;
+    }
+    cfg.validate()
+        .map_err(|e| VditError::InvalidSetting(format!("transformer flags: {e}")))?;
+    Ok(cfg)
+}
+
+/// Token counts of one HunyuanVideo 1.5 forward per sample: video tokens and the valid prompt
+/// and glyph tokens (the ones vdit attends over; text-to-video has no image tokens).
+#[derive(Debug, Clone, Copy)]
+struct Hunyuan15Tokens {
+    video: usize,
+    prompt: usize,
+    glyph: usize,
+}
+
+/// Floating-point operations of one forward per sample (multiply-adds × 2), counting the work on
+/// valid tokens only (what the model needs; diffusers also carries the padding, masked):
+///
+/// ```text
+/// N = video + prompt + glyph                       (joint sequence of every block)
+/// blocks  = layers · (2·N·(4·dim² + 2·dim·mlp)     (each token's q, k, v, out and MLP, in its
+///                                                   own stream's weights: 2·params·tokens)
+///                     + 4·N²·head_dim·heads)       (joint attention: QKᵀ and PV)
+/// refiner = 2·prompt·text_dim·dim + refiner_layers · (2·prompt·(4·dim² + 2·dim·mlp)
+///                                                     + 4·prompt²·dim)
+/// glyph   = 2·glyph·(text2_dim·h + h² + h·dim)     (h = the ByT5 projection width)
+/// io      = 2·video·dim·(in·p + out·p)             (patch embedding and output head, p = patch volume)
+/// ```
+///
+/// The per-sample modulation and timestep layers (one row each) are left out.
+fn hunyuan15_flops(cfg: &HunyuanVideo15Config, tokens: Hunyuan15Tokens) -> f64 {
+    let dim = cfg.dim() as f64;
+    let mlp = cfg.mlp_dim() as f64;
+    let linear_per_token = 4.0 * dim * dim + 2.0 * dim * mlp;
+    let n = (tokens.video + tokens.prompt + tokens.glyph) as f64;
+    let blocks = cfg.num_layers as f64 * (2.0 * n * linear_per_token + 4.0 * n * n * dim);
+    let lp = tokens.prompt as f64;
+    let refiner = 2.0 * lp * cfg.text_embed_dim as f64 * dim
+        + cfg.num_refiner_layers as f64 * (2.0 * lp * linear_per_token + 4.0 * lp * lp * dim);
+    let h = cfg.byt5_projection_dim as f64;
+    let glyph = 2.0 * tokens.glyph as f64 * (cfg.text_embed_2_dim as f64 * h + h * h + h * dim);
+    let io = 2.0
+        * tokens.video as f64
+        * dim
+        * (cfg.patch_in_features() + cfg.patch_out_features()) as f64;
+    blocks + refiner + glyph + io
+}
+
+/// Parameters of the network, approximately (biases and norms left out): for the memory check.
+fn hunyuan15_parameters(cfg: &HunyuanVideo15Config) -> u64 {
+    let dim = cfg.dim() as u64;
+    let mlp = cfg.mlp_dim() as u64;
+    // Per stream: q, k, v, out, the MLP and the six modulation rows.
+    let stream = 4 * dim * dim + 2 * dim * mlp + 6 * dim * dim;
+    let blocks = cfg.num_layers as u64 * 2 * stream;
+    let refiner = cfg.text_embed_dim as u64 * dim
+        + cfg.num_refiner_layers as u64 * (4 * dim * dim + 2 * dim * mlp + 2 * dim * dim);
+    let h = cfg.byt5_projection_dim as u64;
+    let glyph = cfg.text_embed_2_dim as u64 * h + h * h + h * dim;
+    let image = cfg.image_embed_dim as u64 * (cfg.image_embed_dim as u64 + dim);
+    let io = dim * (cfg.patch_in_features() + cfg.patch_out_features()) as u64 + 4 * dim * dim;
+    blocks + refiner + glyph + image + io
+}
+
+/// Times one forward of a random-weight HunyuanVideo 1.5 transformer (text-to-video) on the
+/// inputs diffusers' pipeline hands it: latents `[B, 65, F, H, W]` (noise, condition latents,
+/// mask), a timestep, Qwen prompt states `[B, 1000, 3584]` with `--text-len` valid rows, ByT5
+/// glyph states `[B, 256, 1472]` with `--glyph-len` valid rows, no image tokens.
+fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
+    let preset = t.preset.name();
+    if t.attention == BenchAttention::Rainfusion {
+        return Err(VditError::InvalidSetting(format!(
+            "--attention rainfusion: not built for {preset} yet (its joint video + text attention \
+             runs dense); use --attention dense"
+        )));
+    }
+    if t.weights != BenchWeights::Dense {
+        return Err(VditError::InvalidSetting(format!(
+            "--weights {}: quantised random weights are not built for {preset} yet; use --weights dense",
+            t.weights.name()
+        )));
+    }
+    let device = &timer.device;
+    let cfg = hunyuan15_config(t)?;
+    // The pipeline runs the conditional and unconditional branches as separate forwards.
+    let batch = t.batch.unwrap_or(1);
+    let prompt_tokens = t.text_len.unwrap_or(HUNYUAN15_DEFAULT_PROMPT_TOKENS);
+    let glyph_tokens = t.glyph_len.unwrap_or(0);
+    if prompt_tokens > HUNYUAN15_PROMPT_ROWS || glyph_tokens > HUNYUAN15_GLYPH_ROWS {
+        return Err(VditError::InvalidSetting(format!(
+            "--text-len {prompt_tokens} / --glyph-len {glyph_tokens}: {preset}'s pipeline pads \
+             to {HUNYUAN15_PROMPT_ROWS} prompt and {HUNYUAN15_GLYPH_ROWS} glyph tokens"
+        )));
+    }
+    let (default_size, default_frames) = t.preset.default_video();
+    let (width, height) = t.size.unwrap_or(default_size);
+    let (width, height) = (width as usize, height as usize);
+    let frames = t.frames.unwrap_or(default_frames);
+    // The VAE compresses 4× in time (plus the first frame) and 16× in space.
+    let scale = t.preset.spatial_compression();
+    if !height.is_multiple_of(scale) || !width.is_multiple_of(scale) {
+        return Err(VditError::InvalidSetting(format!(
+            "--size {width}x{height}: {preset} needs multiples of {scale}"
+        )));
+    }
+    let grid = [(frames - 1) / 4 + 1, height / scale, width / scale];
+    let [pt, ph, pw] = cfg.patch();
+    if !grid[0].is_multiple_of(pt) || !grid[1].is_multiple_of(ph) || !grid[2].is_multiple_of(pw) {
+        return Err(VditError::InvalidSetting(format!(
+            "--size/--frames: latent grid {grid:?} is not a multiple of the patch size {:?}",
+            cfg.patch()
+        )));
+    }
+    let tokens = Hunyuan15Tokens {
+        video: grid[0] / pt * (grid[1] / ph) * (grid[2] / pw),
+        prompt: prompt_tokens,
+        glyph: glyph_tokens,
+    };
+    let need = RunShape {
+        width: width as u64,
+        height: height as u64,
+        frames: frames as u64,
+        latent: [
+            cfg.in_channels as u64,
+            grid[0] as u64,
+            grid[1] as u64,
+            grid[2] as u64,
+        ],
+        tokens: (tokens.video + tokens.prompt + tokens.glyph) as u64,
+        batch: batch as u64,
+        transformer: TransformerShape {
+            dim: cfg.dim() as u64,
+            ffn_dim: cfg.mlp_dim() as u64,
+            layers: cfg.num_layers as u64,
+        },
+        // The 8.3B weights are most of it: counted here, unlike the Wan rows.
+        weight_bytes: hunyuan15_parameters(&cfg).saturating_mul(dtype.size_in_bytes() as u64),
+        dtype_bytes: dtype.size_in_bytes() as u64,
+        vae_tiling: false,
+        steps: 1,
+    }
+    .memory()
+    .transformer;
+    refuse_if_too_big(device, need, "--size/--frames/--layers")?;
+
+    let model = HunyuanVideo15Transformer::random(&cfg, dtype, device)?;
+    let latents = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, cfg.in_channels, grid[0], grid[1], grid[2]),
+        device,
+    )?;
+    let timesteps = Tensor::full(500f32, batch, device)?;
+    // Padded text as the pipeline hands it: the valid rows first, then padding (mask 0).
+    let prompt = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, HUNYUAN15_PROMPT_ROWS, cfg.text_embed_dim),
+        device,
+    )?;
+    let glyph = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, HUNYUAN15_GLYPH_ROWS, cfg.text_embed_2_dim),
+        device,
+    )?;
+    let valid_prefix = |valid: usize, rows: usize| -> Result<Tensor> {
+        let row: Vec<f32> = (0..rows).map(|i| f32::from(u8::from(i < valid))).collect();
+        Ok(Tensor::new(row.as_slice(), device)?
+            .unsqueeze(0)?
+            .repeat((batch, 1))?)
+    };
+    let prompt_mask = valid_prefix(tokens.prompt, HUNYUAN15_PROMPT_ROWS)?;
+    let glyph_mask = valid_prefix(tokens.glyph, HUNYUAN15_GLYPH_ROWS)?;
+    let inputs = HunyuanVideo15Inputs {
+        latents: &latents,
+        timesteps: &timesteps,
+        prompt: &prompt,
+        prompt_mask: &prompt_mask,
+        glyph: &glyph,
+        glyph_mask: &glyph_mask,
+        image: None,
+    };
+    let timing = timer.time(|| {
+        model.forward(&inputs)?;
+        Ok(())
+    })?;
+    // The preset's name ends the shape, as for the Wan rows.
+    let shape = format!(
+        "{}L×{}H×{}d B{batch} {width}x{height}x{frames} (L{}, text {}+{}) {preset}",
+        cfg.num_layers,
+        cfg.num_attention_heads,
+        cfg.attention_head_dim,
+        tokens.video,
+        tokens.prompt,
+        tokens.glyph,
+    );
+    let mut row = timer.row("transformer", "dense".into(), shape, &timing);
+    row.tflops = Some(batch as f64 * hunyuan15_flops(&cfg, tokens) / row.median_s / 1e12);
+    row.density = Some(1.0);
+    Ok(row)
 }
 
 /// Times one decode of a random-weight Wan2.1 or Wan2.2 VAE decoder on random latents; with
