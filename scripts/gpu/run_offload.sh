@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Weight streaming on the 24 GB issue's shape: the Wan2.1-14B forward at 1280x720x81, batch 2, bf16, random weights,
+# all resident (the baseline row), with the blocks streamed from host memory (--offload blocks), and streamed with
+# Q8_0 blocks; peak device memory and time of each (vdit bench's side-thread sampler: device used, total - free).
+#
+# Here: build vdit with `cargo build --release -p vdit --features vdit/cuda,vdit/cudnn --target-dir
+# /work/target-cuda` and stage it (scripts/gpu/stage.sh). GPU run:
+#     STAGED=.gpu/run bash scripts/gpu/run_offload.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+FINAL_OUT="$OUT"; OUT=/tmp/results-offload; mkdir -p $OUT
+trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C $OUT . ; cp $OUT/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
+# shellcheck disable=SC1091
+source scripts/gpu/device_env.sh
+BUDGET=${BUDGET:-300}
+STEP_SHOW='^\||^offload|rror|Killed|panicked'; STEP_LINES=8
+
+once=(--device cuda --warmup 0 --iters 1)
+big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 2)
+t "vdit: Wan2.1-14B forward, 1280x720x81, batch 2: resident, blocks streamed, blocks streamed as Q8_0"
+step resident 100 /tmp/vdit bench "${once[@]}" --json $OUT/offload_none.json transformer "${big[@]}" --offload none
+step blocks 100 /tmp/vdit bench "${once[@]}" --json $OUT/offload_blocks.json transformer "${big[@]}" --offload blocks
+step blocks_q8 100 /tmp/vdit bench "${once[@]}" --json $OUT/offload_blocks_q8.json transformer "${big[@]}" \
+  --offload blocks --weights q8_0
