@@ -32,11 +32,15 @@ if [ "${ONLY:-}" = vae ]; then
   t "vdit: Wan2.1 VAE decode at 1280x720x81 and 832x480x81: stacked taps (one cuDNN call per conv), at most 1 frame"
   t "per call, taps accumulated in place (VDIT_VAE_TAPS=1), and both"
   warm=(--device cuda --warmup 1 --iters 1)
-  for v in "vae:" "vae_frames1:VDIT_VAE_CONV_FRAMES=1" "vae_taps:VDIT_VAE_TAPS=1" \
-    "vae_taps_frames1:VDIT_VAE_TAPS=1 VDIT_VAE_CONV_FRAMES=1"; do
+  variants=("vae:" "vae_taps:VDIT_VAE_TAPS=1" "vae_frames1:VDIT_VAE_CONV_FRAMES=1"
+    "vae_taps_frames1:VDIT_VAE_TAPS=1 VDIT_VAE_CONV_FRAMES=1")
+  for v in "${variants[@]}"; do  # 720p first: the memory target is there
     name=${v%%:*}; vars=${v#*:}
     # shellcheck disable=SC2086
     step "vdit_$name" 50 env $vars /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_$name.json" "${vae[@]}"
+  done
+  for v in "${variants[@]}"; do
+    name=${v%%:*}; vars=${v#*:}
     # shellcheck disable=SC2086
     step "vdit_${name}_480p" 30 env $vars /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_${name}_480p.json" vae
   done
