@@ -228,7 +228,7 @@ fn help_documents_every_flag() {
         "--vae",
         "--text-encoder",
         "--tokenizer",
-        "--t5-cpu",
+        "--text-encoder-cpu",
         "--vae-tiling",
         "--noise",
         "--latents-out",

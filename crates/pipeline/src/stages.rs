@@ -597,7 +597,7 @@ pub struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    /// Loads the model's tokenizer and text encoder (or the overrides). With `--t5-cpu` the
+    /// Loads the model's tokenizer and text encoder (or the overrides). With `--text-encoder-cpu` the
     /// encoder runs on the CPU; umT5 overflows in f16, so f16 runs encode in bf16.
     pub fn load(settings: &GenerateSettings, files: &ModelFiles, device: &Device) -> Result<Self> {
         let spec = &settings.family.text_encoder;
