@@ -221,15 +221,7 @@ fn joint_attention_on(
             }
         }
     }
-    let mask = BlockMask::from_csr(
-        b,
-        h,
-        bs,
-        rows_per_head,
-        rows_per_head,
-        offsets,
-        indices,
-    )?;
+    let mask = BlockMask::from_csr(b, h, bs, rows_per_head, rows_per_head, offsets, indices)?;
 
     let out = match q.device() {
         Device::Cpu if kernel == Kernel::ByDevice => block_sparse_attention_cpu_key_masked(

@@ -49,9 +49,16 @@ pub(crate) fn block_sparse_attention_cpu_tiled(
     crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
     let query_blocks = mask.query_blocks;
-    run(q, k, v, mask.block_size, scale, keys_per_tile, None, |bh, qb| {
-        mask.row_at(bh * query_blocks + qb)
-    })
+    run(
+        q,
+        k,
+        v,
+        mask.block_size,
+        scale,
+        keys_per_tile,
+        None,
+        |bh, qb| mask.row_at(bh * query_blocks + qb),
+    )
 }
 
 /// [`block_sparse_attention_cpu`] where, on top of the block mask, key `j` of sample `b` takes

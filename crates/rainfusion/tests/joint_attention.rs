@@ -171,7 +171,10 @@ fn sparse_joint_attention_matches_the_masked_softmax_reference() {
     );
     let e_drop = relative_error(&no_band, &want).unwrap();
     println!("without the text band: rel err {e_drop:.2e}");
-    assert!(e_drop > 1e-2, "dropping the text band changes only {e_drop}");
+    assert!(
+        e_drop > 1e-2,
+        "dropping the text band changes only {e_drop}"
+    );
     assert!(relative_error(&cpu, &no_band).unwrap() > 1e-2);
 }
 
@@ -353,4 +356,48 @@ fn wrong_shapes_are_errors() {
     let one = q.narrow(0, 0, 1).unwrap();
     assert!(joint_block_sparse_attention(&one, &one, &one, &layout, None, &video, 1.0).is_err());
     assert!(predict_joint_video_mask(&q, &k, &layout, &settings(1.0)).is_err());
+}
+
+#[test]
+fn rows_wider_than_one_cpu_tile_match_the_reference() {
+    // 768 video + 40 text tokens at block 64: dense rows span two 512-key CPU tiles, the text
+    // band (half padded) lands in the second one.
+    let layout = VideoLayout {
+        frames: 3,
+        height: 16,
+        width: 16,
+        text_tokens: 40,
+    };
+    let (b, h, d) = (2, 1, 8);
+    let l = layout.total_tokens();
+    let (q, k, v) = inputs(b, h, l, d, 70);
+    let (valid, flags) = text_flags(&[25, 40], layout.text_tokens);
+    let cfg = JointSparsity {
+        sparsity: 0.5,
+        block_size: 64,
+        window: Window::Tile,
+        first_frame_sink: true,
+    };
+    let (out, video) =
+        joint_rainfusion_attention(&q, &k, &v, &layout, Some(&flags), &cfg, 0.35).unwrap();
+    let generic =
+        joint_block_sparse_attention_generic(&q, &k, &v, &layout, Some(&flags), &video, 0.35)
+            .unwrap();
+    let rule = JointRule {
+        video_tokens: layout.video_tokens(),
+        text_valid: &valid,
+        video: &video,
+        text_band: true,
+    };
+    let want = reference(&q, &k, &v, &rule, 0.35);
+    let (e_cpu, e_generic) = (
+        relative_error(&out, &want).unwrap(),
+        relative_error(&generic, &want).unwrap(),
+    );
+    println!(
+        "768 + 40 tokens, video density {:.3}: cpu {e_cpu:.2e}, generic {e_generic:.2e}",
+        video.density()
+    );
+    assert!(video.density() < 1.0);
+    assert!(e_cpu <= 1e-5 && e_generic <= 1e-5, "{e_cpu} {e_generic}");
 }
