@@ -401,3 +401,51 @@ fn rows_wider_than_one_cpu_tile_match_the_reference() {
     assert!(video.density() < 1.0);
     assert!(e_cpu <= 1e-5 && e_generic <= 1e-5, "{e_cpu} {e_generic}");
 }
+
+#[test]
+fn no_text_and_bf16_inputs_match_the_reference() {
+    let (b, h, d) = (1, 2, 16);
+    // No text at all: the video part alone, sink and sparse blocks as usual.
+    let video_only = VideoLayout::new(3, 8, 8);
+    let l = video_only.total_tokens();
+    let (q, k, v) = inputs(b, h, l, d, 80);
+    let (out, video) =
+        joint_rainfusion_attention(&q, &k, &v, &video_only, None, &settings(0.6), 0.25).unwrap();
+    let rule = JointRule {
+        video_tokens: l,
+        text_valid: &[vec![]],
+        video: &video,
+        text_band: true,
+    };
+    let e = relative_error(&out, &reference(&q, &k, &v, &rule, 0.25)).unwrap();
+    assert!(e <= 1e-5, "video only: {e}");
+
+    // bf16 inputs: the reference sees the same rounded values, so only accumulation and the
+    // output rounding differ.
+    let layout = layout();
+    let l = layout.total_tokens();
+    let (q, k, v) = inputs(b, h, l, d, 90);
+    let (valid, flags) = text_flags(&[7], layout.text_tokens);
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let (q, k, v) = (bf(&q), bf(&k), bf(&v));
+    let (out, video) =
+        joint_rainfusion_attention(&q, &k, &v, &layout, Some(&flags), &settings(0.6), 0.25)
+            .unwrap();
+    assert_eq!(out.dtype(), DType::BF16);
+    let generic =
+        joint_block_sparse_attention_generic(&q, &k, &v, &layout, Some(&flags), &video, 0.25)
+            .unwrap();
+    let rule = JointRule {
+        video_tokens: layout.video_tokens(),
+        text_valid: &valid,
+        video: &video,
+        text_band: true,
+    };
+    let want = reference(&q, &k, &v, &rule, 0.25);
+    let (e_cpu, e_generic) = (
+        relative_error(&out, &want).unwrap(),
+        relative_error(&generic, &want).unwrap(),
+    );
+    println!("bf16: cpu rel err {e_cpu:.2e}, generic {e_generic:.2e}");
+    assert!(e_cpu <= 2e-2 && e_generic <= 2e-2, "{e_cpu} {e_generic}");
+}
