@@ -449,3 +449,76 @@ fn no_text_and_bf16_inputs_match_the_reference() {
     println!("bf16: cpu rel err {e_cpu:.2e}, generic {e_generic:.2e}");
     assert!(e_cpu <= 2e-2 && e_generic <= 2e-2, "{e_cpu} {e_generic}");
 }
+
+/// Wall time of the joint sparse path against dense `key_masked_attention` on one CPU shape
+/// (`cargo test --release -p rainfusion --test joint_attention -- --ignored --nocapture`).
+#[test]
+#[ignore = "timing, not a check"]
+fn joint_sparse_against_dense_timing() {
+    let layout = VideoLayout {
+        frames: 5,
+        height: 32,
+        width: 32,
+        text_tokens: 256,
+    };
+    let (b, h, d) = (1, 4, 64);
+    let l = layout.total_tokens();
+    let (q, k, v) = inputs(b, h, l, d, 100);
+    let (_, flags) = text_flags(&[180], layout.text_tokens);
+    let key_valid = Tensor::cat(
+        &[
+            &Tensor::ones((b, layout.video_tokens()), DType::U8, &Device::Cpu).unwrap(),
+            &flags,
+        ],
+        1,
+    )
+    .unwrap();
+    let cfg = JointSparsity {
+        sparsity: 0.8,
+        block_size: 128,
+        ..Default::default()
+    };
+    let time = |f: &dyn Fn()| {
+        f();
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            f();
+        }
+        start.elapsed().as_secs_f64() / 3.0
+    };
+    let dense = time(&|| {
+        key_masked_attention(&q, &k, &v, Some(&key_valid), 0.125).unwrap();
+    });
+    let video = predict_joint_video_mask(&q, &k, &layout, &cfg).unwrap();
+    let predict = time(&|| {
+        predict_joint_video_mask(&q, &k, &layout, &cfg).unwrap();
+    });
+    let sparse = time(&|| {
+        joint_block_sparse_attention(&q, &k, &v, &layout, Some(&flags), &video, 0.125).unwrap();
+    });
+    // The same kernel with every block kept (the candle-ops dense path above is slower).
+    let all = predict_joint_video_mask(
+        &q,
+        &k,
+        &layout,
+        &JointSparsity {
+            sparsity: 0.0,
+            ..cfg
+        },
+    )
+    .unwrap();
+    let full = time(&|| {
+        joint_block_sparse_attention(&q, &k, &v, &layout, Some(&flags), &all, 0.125).unwrap();
+    });
+    println!(
+        "{l} tokens ({} video + {} text), {h} heads × {d}: dense masked {:.1} ms, joint at \
+         density 1 {:.1} ms, joint sparse {:.1} ms + prediction {:.1} ms at video density {:.3}",
+        layout.video_tokens(),
+        layout.text_tokens,
+        dense * 1e3,
+        full * 1e3,
+        sparse * 1e3,
+        predict * 1e3,
+        video.density()
+    );
+}
