@@ -38,9 +38,30 @@ pub(crate) fn block_sparse_attention_generic_chunked(
     scale: f64,
     max_chunk_elements: usize,
 ) -> Result<Tensor> {
+    block_sparse_attention_generic_key_masked(q, k, v, mask, None, scale, max_chunk_elements)
+}
+
+/// [`block_sparse_attention_generic`] where, on top of the block mask, key `j` of sample `b`
+/// takes part only if `key_valid[b·L + j] != 0` (`[B, L]` flags, row-major; `None` = all valid).
+/// Query rows whose kept keys are all invalid produce zeros.
+pub(crate) fn block_sparse_attention_generic_key_masked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    key_valid: Option<&[u8]>,
+    scale: f64,
+    max_chunk_elements: usize,
+) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
     crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
+    if key_valid.is_some_and(|flags| flags.len() != b * l) {
+        return Err(crate::Error::InvalidConfig(format!(
+            "key validity has {} flags, expected batch {b} × tokens {l}",
+            key_valid.map_or(0, |f| f.len())
+        )));
+    }
     let device = q.device();
     let out_dtype = q.dtype();
     let bs = mask.block_size;
@@ -63,13 +84,24 @@ pub(crate) fn block_sparse_attention_generic_chunked(
     let queries = block_table(q, scale)?;
     let keys = block_table(k, 1.0)?;
     let values = block_table(v, 1.0)?;
-    // [blocks, bs] additive bias per key block: 0 on real tokens, −∞ on the padding past the
-    // last one. Built once on the device; chunks gather rows of it by block index, so only
-    // O(rows · slots) numbers cross from the host per chunk.
-    let token_bias: Vec<f32> = (0..padded)
-        .map(|t| if t < l { 0.0 } else { f32::NEG_INFINITY })
+    // [blocks, bs] (or [B·blocks, bs] with per-sample key flags) additive bias per key block:
+    // 0 on real valid tokens, −∞ on the padding past the last one and on invalid keys. Built
+    // once on the device; chunks gather rows of it by block index, so only O(rows · slots)
+    // numbers cross from the host per chunk.
+    let bias_samples = if key_valid.is_some() { b } else { 1 };
+    let token_bias: Vec<f32> = (0..bias_samples * padded)
+        .map(|i| {
+            let (sample, t) = (i / padded, i % padded);
+            let valid = t < l && key_valid.is_none_or(|flags| flags[sample * l + t] != 0);
+            if valid {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
         .collect();
-    let token_bias = Tensor::from_vec(token_bias, (blocks, bs), device)?;
+    let token_bias = Tensor::from_vec(token_bias, (bias_samples * blocks, bs), device)?;
+    let per_sample_bias = key_valid.is_some();
 
     let mut order: Vec<usize> = (0..rows).collect();
     order.sort_by_key(|&r| mask.row_at(r).len());
@@ -103,6 +135,7 @@ pub(crate) fn block_sparse_attention_generic_chunked(
             &keys,
             &values,
             &token_bias,
+            per_sample_bias,
         )?);
         start = end;
     }
@@ -120,6 +153,8 @@ pub(crate) fn block_sparse_attention_generic_chunked(
 
 /// Attention of the query blocks `chunk` (row ids) over their kept blocks, each padded to
 /// `slots` key blocks → `[chunk.len(), bs, D]` f32.
+// The kernel inputs travel separately: bundling them would only rename them at each use.
+#[allow(clippy::too_many_arguments)]
 fn attend_chunk(
     chunk: &[usize],
     slots: usize,
@@ -128,6 +163,7 @@ fn attend_chunk(
     keys: &Tensor,
     values: &Tensor,
     token_bias: &Tensor,
+    per_sample_bias: bool,
 ) -> Result<Tensor> {
     let (bs, d) = (mask.block_size, queries.dim(2)?);
     let blocks = mask.key_blocks;
@@ -140,6 +176,12 @@ fn attend_chunk(
     let mut slot_bias = Vec::with_capacity(rows * slots);
     for &r in chunk {
         let head_base = (r / mask.query_blocks * blocks) as u32;
+        // Rows of `token_bias` start at this sample's blocks when the flags are per sample.
+        let bias_base = if per_sample_bias {
+            (r / (mask.heads * mask.query_blocks) * blocks) as u32
+        } else {
+            0
+        };
         let kept = mask.row_at(r);
         for slot in 0..slots {
             let (kb, bias) = match kept.get(slot) {
@@ -147,7 +189,7 @@ fn attend_chunk(
                 None => (0, f32::NEG_INFINITY), // any valid block, fully masked
             };
             key_ids.push(head_base + kb);
-            local_ids.push(kb);
+            local_ids.push(bias_base + kb);
             slot_bias.push(bias);
         }
     }
@@ -171,7 +213,17 @@ fn attend_chunk(
         .reshape((rows, slots * bs, d))?;
     let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(&bias)?; // [rows, bs, slots·bs]
     let max = scores.max_keepdim(D::Minus1)?;
+    if !per_sample_bias {
+        let exp = scores.broadcast_sub(&max)?.exp()?;
+        let sum = exp.sum_keepdim(D::Minus1)?;
+        return Ok(exp.matmul(&v)?.broadcast_div(&sum)?);
+    }
+    // With key flags a row can keep only invalid keys (max −∞): a finite stand-in makes every
+    // exp 0 (not NaN) and the floor on the sum turns 0/0 into 0.
+    let max = max.maximum(f32::MIN as f64)?;
     let exp = scores.broadcast_sub(&max)?.exp()?;
-    let sum = exp.sum_keepdim(D::Minus1)?;
+    let sum = exp
+        .sum_keepdim(D::Minus1)?
+        .maximum(f32::MIN_POSITIVE as f64)?;
     Ok(exp.matmul(&v)?.broadcast_div(&sum)?)
 }

@@ -12,6 +12,9 @@
 //!   dense warm-up steps, dense layers and mask reuse across steps are its step policy ([`policy`]).
 //! - [`key_masked_attention`]: dense attention with a per-key validity mask (padded text keys of a
 //!   joint video + text sequence), over query chunks.
+//! - [`joint_rainfusion_attention`] ([`joint`]): RainFusion on a joint `[video; text]` sequence:
+//!   video × video blocks predicted and sparse, the text rows and columns dense (the text band),
+//!   padded text keys excluded per sample.
 //! - [`RainFusionV1Attention`] (RainFusion 1.0): spatial / temporal / textural head patterns,
 //!   picked per head online ([`v1`]).
 //!
@@ -24,6 +27,7 @@ mod dense;
 mod error;
 pub mod generic;
 mod inputs;
+pub mod joint;
 pub mod layout;
 pub mod mask;
 mod masked;
@@ -36,6 +40,10 @@ pub mod v1;
 
 pub use dense::{dense_attention, dense_self_attention, DenseAttention};
 pub use error::{Error, Result};
+pub use joint::{
+    joint_block_sparse_attention, joint_rainfusion_attention, predict_joint_video_mask,
+    JointSparsity, JointVideoMask,
+};
 pub use layout::{TokenPermutation, Window};
 pub use mask::BlockMask;
 pub use masked::key_masked_attention;

@@ -9,7 +9,8 @@
 //!
 //! Without a mask (every key valid) this is [`crate::dense_self_attention`] for self-attention
 //! (the fast CPU and CUDA kernels) and [`crate::dense_attention`] otherwise. A fused CUDA kernel
-//! that reads the mask, and a sparse variant, are not written yet: the masked path is candle ops.
+//! that reads the mask is not written yet: the masked path is candle ops. The sparse variant for
+//! joint video + text sequences (video blocks predicted, text band dense) is [`crate::joint`].
 
 use candle_core::{DType, Tensor, D};
 

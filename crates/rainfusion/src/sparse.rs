@@ -215,6 +215,104 @@ mod tests {
         }
     }
 
+    /// The masked softmax in f64 with both the block mask and per-key flags.
+    fn key_masked_reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &BlockMask,
+        valid: &[u8],
+        scale: f64,
+    ) -> Tensor {
+        let (b, h, l, d) = q.dims4().unwrap();
+        let flat = |t: &Tensor| -> Vec<f64> {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (q, k, v) = (flat(q), flat(k), flat(v));
+        let bs = mask.block_size;
+        let mut out = vec![0f32; b * h * l * d];
+        for bh in 0..b * h {
+            let base = bh * l * d;
+            let flags = &valid[bh / h * l..(bh / h + 1) * l];
+            for i in 0..l {
+                let kept = mask.row(bh / h, bh % h, i / bs);
+                let scores: Vec<Option<f64>> = (0..l)
+                    .map(|j| {
+                        (flags[j] != 0 && kept.contains(&((j / bs) as u32))).then(|| {
+                            (0..d)
+                                .map(|c| q[base + i * d + c] * k[base + j * d + c])
+                                .sum::<f64>()
+                                * scale
+                        })
+                    })
+                    .collect();
+                let max = scores.iter().flatten().cloned().fold(f64::MIN, f64::max);
+                let total: f64 = scores.iter().flatten().map(|s| (s - max).exp()).sum();
+                if total == 0.0 {
+                    continue;
+                }
+                for c in 0..d {
+                    let acc: f64 = scores
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, s)| s.map(|s| (s - max).exp() * v[base + j * d + c]))
+                        .sum();
+                    out[base + i * d + c] = (acc / total) as f32;
+                }
+            }
+        }
+        Tensor::from_vec(out, (b, h, l, d), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn key_flags_exclude_keys_in_both_kernels() {
+        // 16-token blocks, 32-key CPU tiles. Sample 0: block 0 entirely invalid (rows whose first
+        // tile has no valid key), scattered holes; sample 1: only the first 20 keys valid.
+        let (b, h, l, d) = (2, 2, 203, 8);
+        let (q, k, v) = (
+            random((b, h, l, d), 31),
+            random((b, h, l, d), 32),
+            random((b, h, l, d), 33),
+        );
+        let mut valid = vec![1u8; b * l];
+        for j in 0..l {
+            valid[j] = u8::from(j >= 16 && j % 5 != 2);
+            valid[l + j] = u8::from(j < 20);
+        }
+        let mask = random_mask(b, h, 16, 13, 34);
+        let want = key_masked_reference(&q, &k, &v, &mask, &valid, 0.3);
+        let cpu = crate::sparse_cpu::block_sparse_attention_cpu_key_masked(
+            &q, &k, &v, &mask, &valid, 0.3, 32,
+        )
+        .unwrap();
+        let generic = crate::generic::block_sparse_attention_generic_key_masked(
+            &q,
+            &k,
+            &v,
+            &mask,
+            Some(&valid),
+            0.3,
+            20_000,
+        )
+        .unwrap();
+        for (name, out) in [("cpu", &cpu), ("generic", &generic)] {
+            let values = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(values.iter().all(|x| x.is_finite()), "{name}: non-finite");
+            let e = rel_err(out, &want);
+            assert!(e <= 1e-5, "{name} rel err {e}");
+        }
+        let short = vec![1u8; b * l - 1];
+        assert!(crate::sparse_cpu::block_sparse_attention_cpu_key_masked(
+            &q, &k, &v, &mask, &short, 0.3, 32
+        )
+        .is_err());
+    }
+
     #[test]
     fn mismatched_inputs_are_errors_not_panics() {
         let q = random((1, 2, 64, 8), 14);

@@ -49,9 +49,52 @@ pub(crate) fn block_sparse_attention_cpu_tiled(
     crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
     let query_blocks = mask.query_blocks;
-    run(q, k, v, mask.block_size, scale, keys_per_tile, |bh, qb| {
-        mask.row_at(bh * query_blocks + qb)
-    })
+    run(
+        q,
+        k,
+        v,
+        mask.block_size,
+        scale,
+        keys_per_tile,
+        None,
+        |bh, qb| mask.row_at(bh * query_blocks + qb),
+    )
+}
+
+/// [`block_sparse_attention_cpu`] where, on top of the block mask, key `j` of sample `b` takes
+/// part only if `key_valid[b·L + j] != 0` (padded text of a joint sequence, padding tokens that
+/// round a part up to whole blocks). `key_valid`: `[B, L]` flags, row-major.
+///
+/// Query rows whose kept keys are all invalid produce zeros.
+pub(crate) fn block_sparse_attention_cpu_key_masked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    key_valid: &[u8],
+    scale: f64,
+    keys_per_tile: usize,
+) -> Result<Tensor> {
+    let (b, h, l, _) = q.dims4()?;
+    crate::inputs::check_self_attention(q, k, v)?;
+    mask.check_covers(b, h, l)?;
+    if key_valid.len() != b * l {
+        return Err(Error::InvalidConfig(format!(
+            "key validity has {} flags, expected batch {b} × tokens {l}",
+            key_valid.len()
+        )));
+    }
+    let query_blocks = mask.query_blocks;
+    run(
+        q,
+        k,
+        v,
+        mask.block_size,
+        scale,
+        keys_per_tile,
+        Some(key_valid),
+        |bh, qb| mask.row_at(bh * query_blocks + qb),
+    )
 }
 
 /// Dense self-attention with the same kernel (every key block kept).
@@ -68,11 +111,14 @@ pub fn dense_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Re
         DENSE_QUERY_ROWS,
         scale,
         MAX_KEYS_PER_TILE,
+        None,
         |_, _| &all[..],
     )
 }
 
 /// Shared driver: borrows f32 views of q, k, v and runs one task per (batch·head, query block).
+// The kernel inputs travel separately: bundling them would only rename them at each use.
+#[allow(clippy::too_many_arguments)]
 fn run<'m>(
     q: &Tensor,
     k: &Tensor,
@@ -80,6 +126,7 @@ fn run<'m>(
     block_size: usize,
     scale: f64,
     keys_per_tile: usize,
+    key_valid: Option<&[u8]>,
     kept_blocks: impl Fn(usize, usize) -> &'m [u32] + Sync,
 ) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
@@ -114,6 +161,8 @@ fn run<'m>(
             .for_each(|(bh, out_head)| {
                 let head = bh * head_len..(bh + 1) * head_len;
                 let (q_head, k_head, v_head) = (&qs[head.clone()], &ks[head.clone()], &vs[head]);
+                let sample = bh / h;
+                let valid = key_valid.map(|flags| &flags[sample * l..(sample + 1) * l]);
                 out_head
                     .par_chunks_mut(block_size * d)
                     .enumerate()
@@ -126,6 +175,7 @@ fn run<'m>(
                             head_dim: d,
                             block_size,
                             keys_per_tile,
+                            valid,
                         };
                         attend_tile(q_tile, &tile, kept_blocks(bh, qb), scale, out_tile);
                     });
@@ -158,6 +208,8 @@ struct KeyValues<'a> {
     block_size: usize,
     /// Keys scored at once (whole blocks; at least one block).
     keys_per_tile: usize,
+    /// Per-key flags (`[L]`, 0 = excluded); `None` = every key takes part.
+    valid: Option<&'a [u8]>,
 }
 
 /// Attention of one query tile (`rows × D`, row-major) over the kept key blocks → `out` (`rows × D`).
@@ -175,6 +227,7 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
     // block as dense ones).
     let mut gathered_keys = Vec::new();
     let mut gathered_values = Vec::new();
+    let mut excluded = Vec::new();
     for group in kept.chunks(blocks_per_tile) {
         let first = group[0] as usize;
         let adjacent = group.windows(2).all(|w| w[1] == w[0] + 1);
@@ -222,9 +275,32 @@ fn attend_tile(queries: &[f32], kv: &KeyValues<'_>, kept: &[u32], scale: f32, ou
                 gemm::Parallelism::None,
             );
         }
+        if let Some(valid) = kv.valid {
+            // Tile column of every excluded key (the tile holds the group's blocks in order).
+            excluded.clear();
+            let mut column = 0;
+            for &kb in group {
+                for token in block_rows(kb) {
+                    if valid[token] == 0 {
+                        excluded.push(column);
+                    }
+                    column += 1;
+                }
+            }
+            if !excluded.is_empty() {
+                for row in tile_scores.chunks_exact_mut(keys) {
+                    excluded.iter().for_each(|&j| row[j] = f32::NEG_INFINITY);
+                }
+            }
+        }
         for r in 0..rows {
             let row = &mut tile_scores[r * keys..(r + 1) * keys];
             let new_max = row_max[r].max(max_of(row));
+            if new_max == f32::NEG_INFINITY {
+                // No valid key for this row yet: nothing to add (and −∞ − −∞ would be NaN).
+                row.fill(0.0);
+                continue;
+            }
             // exp(−∞) = 0 on the first tile: the empty accumulator is scaled by 0.
             let correction = (row_max[r] - new_max).exp();
             let tile_sum = exp_shifted_in_place(row, new_max);
