@@ -5,7 +5,8 @@
 //! vdit bench attention    q, k, v [B,H,L,D] ─► dense / block-sparse kernel per density, mask prediction
 //! vdit bench transformer  random Wan weights ─► one forward per iteration (dense or RainFusion);
 //!                         --preset hunyuanvideo-1.5: the HunyuanVideo 1.5 8.3B forward (dense)
-//! vdit bench vae          random Wan VAE decoder ─► one decode per iteration
+//! vdit bench vae          random Wan VAE decoder ─► one decode per iteration;
+//!                         --vae hunyuanvideo-1.5: the HunyuanVideo 1.5 VAE decoder
 //! vdit bench pipeline     a model folder ─► the whole `vdit generate` run, --runs times (first, warm)
 //! vdit bench              attention, transformer, vae at their defaults (the issue's benchmark table)
 //! ```
