@@ -22,6 +22,14 @@ check the script before a GPU run:
 
     python3 scripts/gpu/torch_bench.py --hunyuan15 --tiny --out /tmp/hy_tiny.json
 
+With --hunyuan15-vae it times one HunyuanVideo 1.5 VAE decode (diffusers' AutoencoderKLHunyuanVideo15 at its config
+defaults, the released model's VAE: 32 latent channels, ×16 space, ×4 time; random bf16 weights) of random latents
+[1, 32, 31, 30, 53] (848x480x121; --latent FxHxW to change), once whole (the default) and once after enable_tiling()
+(its default 256-pixel tiles), the rows `vdit bench vae --vae hunyuanvideo-1.5 [--tiling]` gives. --tiny runs the
+same two decodes on the CPU with widths /16 (`vdit bench vae --base-dim 8`) at latent 2x2x18, to check the script:
+
+    python3 scripts/gpu/torch_bench.py --hunyuan15-vae --tiny --out /tmp/hy_vae_tiny.json
+
 With --memory it measures the memory rows of the 24 GB issue, three ways each, so that vdit's figure (the device's used
 memory, sampled) has a like-for-like PyTorch figure beside the allocator's own: the Wan2.1-14B forward at
 --width x --height x --frames (batch --batch) and the Wan2.1 VAE decode at the same size.
@@ -247,6 +255,65 @@ def hunyuan15_rows(args):
             print(f"diffusers {label}: out of memory: {str(err).splitlines()[0]}", flush=True)
         rows.append(r)
         del x, inputs
+        torch.cuda.empty_cache()
+    return rows
+
+
+def hunyuan15_vae_rows(args):
+    """One HunyuanVideo 1.5 VAE decode of the same latents whole and with enable_tiling(), a warm-up before each
+    timed decode; an out-of-memory decode gives a row that says so (median NaN) and the next still runs."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    cuda = not args.tiny
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    cfg = {}  # the config defaults are the released VAE (hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v)
+    if args.tiny:  # `vdit bench vae --base-dim 8`: every width × 8/128
+        cfg.update(block_out_channels=(8, 16, 32, 64, 64))
+    torch.manual_seed(0)
+    torch.set_default_dtype(dtype)
+    with torch.device(device):
+        vae = AutoencoderKLHunyuanVideo15(**cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    f, h, w = args.latent
+    z = torch.randn(1, vae.config.latent_channels, f, h, w, device=device, dtype=dtype)
+    frames, scale = 1 + vae.temporal_compression_ratio * (f - 1), vae.spatial_compression_ratio
+    label = f"HunyuanVideo 1.5 B1 latent {f}x{h}x{w} → {frames} frames {w * scale}x{h * scale}"
+
+    @torch.no_grad()
+    def decode():
+        out = vae.decode(z, return_dict=False)[0]
+        assert out.shape == (1, 3, frames, h * scale, w * scale), out.shape
+
+    rows = []
+    for tiled in (False, True):
+        if tiled:
+            vae.enable_tiling()
+        case = "diffusers tiled" if tiled else "diffusers whole frames"
+        if not cuda:
+            med, s = wall_time(decode, args.warmup, args.iters)
+            rows.append(row("vae", case, label, med, s))
+            print(f"{case} {label}: {med * 1e3:.1f} ms (CPU toy)", flush=True)
+            continue
+        sampler = None
+        try:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = device_used()
+            sampler = DeviceUsedSampler()
+            med, s = cuda_time(decode, args.warmup, args.iters)
+            r = row("vae", case, label, med, s, peak=torch.cuda.max_memory_allocated())
+            r.update(peak_reserved_bytes=torch.cuda.max_memory_reserved(), peak_device_bytes=sampler.peak(),
+                     resident_device_bytes=before)
+            gib = 2 ** 30
+            print(f"{case} {label}: {med:.3f} s, allocated {r['peak_gpu_bytes'] / gib:.2f} GiB, reserved "
+                  f"{r['peak_reserved_bytes'] / gib:.2f} GiB, device used {r['peak_device_bytes'] / gib:.2f} GiB "
+                  f"({before / gib:.2f} GiB before)", flush=True)
+        except torch.cuda.OutOfMemoryError as err:
+            if sampler is not None:
+                sampler.peak()
+            r = row("vae", f"{case}: out of memory", label, float("nan"), [], peak=torch.cuda.max_memory_allocated())
+            print(f"{case} {label}: out of memory: {str(err).splitlines()[0]}", flush=True)
+        rows.append(r)
         torch.cuda.empty_cache()
     return rows
 
@@ -554,11 +621,16 @@ def main():
                    help="time the image-to-video shapes instead (I2V-14B forward, the Wan2.1 VAE encode)")
     p.add_argument("--hunyuan15", action="store_true",
                    help="time the HunyuanVideo 1.5 transformer forward (8.3B t2v, batch --batch) at each --sizes")
+    p.add_argument("--hunyuan15-vae", action="store_true",
+                   help="time the HunyuanVideo 1.5 VAE decode of --latent, whole and with enable_tiling()")
+    p.add_argument("--latent", default=None,
+                   help="--hunyuan15-vae: latent FRAMESxHEIGHTxWIDTH (default 31x30x53: 848x480x121; --tiny 2x2x18)")
     p.add_argument("--sizes", default=None,
                    help="--hunyuan15: comma-separated WIDTHxHEIGHT list (default: --width x --height, 848x480)")
     p.add_argument("--text-len", type=int, default=256, help="--hunyuan15: valid Qwen prompt tokens of 1000")
     p.add_argument("--glyph-len", type=int, default=0, help="--hunyuan15: valid ByT5 glyph tokens of 256")
-    p.add_argument("--tiny", action="store_true", help="--hunyuan15: a one-block toy on the CPU (script check)")
+    p.add_argument("--tiny", action="store_true",
+                   help="--hunyuan15: a one-block toy on the CPU; --hunyuan15-vae: widths /16 (script check)")
     p.add_argument("--memory", action="store_true",
                    help="the memory rows: the Wan2.1-14B forward and the VAE decode at --width/--height/--frames")
     p.add_argument("--batch", type=int, default=1, help="--memory: the forward's batch")
@@ -574,6 +646,11 @@ def main():
     args.width = args.width or (848 if args.hunyuan15 else 832)
     args.height = args.height or 480
     args.frames = args.frames or (121 if args.hunyuan15 else 81)
+    if args.hunyuan15_vae:
+        args.latent = [int(v) for v in (args.latent or ("2x2x18" if args.tiny else "31x30x53")).split("x")]
+        rows = hunyuan15_vae_rows(args)
+        json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
+        return
     if args.hunyuan15:
         if args.tiny and args.sizes is None:
             args.sizes = "64x32"

@@ -1159,6 +1159,10 @@ pub mod bench {
         /// Wan2.2's TI2V VAE (z 48, ×16 in space).
         #[value(name = "wan2.2")]
         Wan22,
+        /// HunyuanVideo 1.5's VAE decoder (z 32, ×16 in space, ×4 in time; diffusers'
+        /// `AutoencoderKLHunyuanVideo15` defaults).
+        #[value(name = "hunyuanvideo-1.5")]
+        HunyuanVideo15,
     }
 
     /// `vdit bench vae`.
@@ -1167,16 +1171,19 @@ pub mod bench {
         #[arg(long, value_enum, default_value_t = VaeArg::Wan21)]
         pub vae: VaeArg,
         /// Latent grid FRAMESxHEIGHTxWIDTH. Default: 81 frames at 832×480 for wan2.1
-        /// (21x60x104), 121 frames at 1280×704 for wan2.2 (31x44x80).
+        /// (21x60x104), 121 frames at 1280×704 for wan2.2 (31x44x80), 121 frames at 848×480 for
+        /// hunyuanvideo-1.5 (31x30x53).
         #[arg(long, value_parser = parse_latent)]
         pub latent: Option<[usize; 3]>,
         #[arg(long, default_value_t = 1, value_parser = parse_positive)]
         pub batch: usize,
-        /// Decode in spatial tiles (256×256 pixels, 64 overlap) instead of whole frames.
+        /// Decode in spatial tiles (256×256 pixels, 64 overlap; for hunyuanvideo-1.5 diffusers'
+        /// `enable_tiling()` defaults, the same size) instead of whole frames.
         #[arg(long)]
         pub tiling: bool,
-        /// Channel base of the decoder (default the VAE's: 96 for Wan2.1, 256 for Wan2.2; smaller
-        /// for smoke tests).
+        /// Channel base of the decoder (default the VAE's: 96 for Wan2.1, 256 for Wan2.2, 128 for
+        /// HunyuanVideo 1.5, whose widths 128/256/512/1024/1024 scale with it and need a multiple
+        /// of 4; smaller for smoke tests).
         #[arg(long, value_parser = parse_positive)]
         pub base_dim: Option<usize>,
         /// Time the encoder instead (image-to-video's conditioning): a video of the frames and

@@ -562,3 +562,64 @@ fn hunyuan15_transformer_bench_runs_a_toy_and_refuses_rainfusion() {
         assert_eq!(stderr.trim().lines().count(), 1, "{extra:?}: {stderr}");
     }
 }
+
+/// The HunyuanVideo 1.5 VAE row at toy widths (`--base-dim 8`: every width of the released
+/// 128/256/512/1024/1024 × 8/128, which the full size would take minutes to run on the CPU):
+/// whole frames of a 2×2×2 latent (×16 space, 1 + 4 frames), then diffusers' 16-latent-pixel
+/// tiles over a 17-wide latent (two tiles); encoder, TAEHV and bad widths refused before work.
+#[test]
+fn hunyuan15_vae_bench_decodes_toy_latents_whole_and_tiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let toy = [
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "vae",
+        "--vae",
+        "hunyuanvideo-1.5",
+    ];
+    for (extra, case, shape) in [
+        (
+            &["--latent", "2x2x2"][..],
+            "whole frames",
+            "HunyuanVideo 1.5 B1 latent 2x2x2 → 5 frames 32x32",
+        ),
+        (
+            &["--latent", "2x1x17", "--tiling"][..],
+            "tiled",
+            "HunyuanVideo 1.5 B1 latent 2x1x17 → 5 frames 272x16",
+        ),
+    ] {
+        let json = dir.path().join(format!("hy_vae_{case}.json"));
+        let mut args = toy.to_vec();
+        args.extend_from_slice(&["--base-dim", "8"]);
+        args.extend_from_slice(extra);
+        let (report, stdout) = bench_ok(&args, &json);
+        let row = &rows(&report)[0];
+        check_timings(row, 1);
+        assert_eq!(row["bench"], "vae");
+        assert_eq!(row["case"], case);
+        assert_eq!(row["shape"], shape, "{row}");
+        assert!(stdout.contains(&format!("| vae | {case} |")), "{stdout}");
+    }
+
+    for (extra, needle) in [
+        (
+            &["--encode"][..],
+            "--encode: not built for --vae hunyuanvideo-1.5",
+        ),
+        (&["--tiny"][..], "no TAEHV decoder"),
+        // 6 × 8 = 48 decoder channels at the top: not a multiple of the 32 latent channels.
+        (&["--base-dim", "6"][..], "multiple of latent_channels"),
+    ] {
+        let mut args = vec!["--device", "cpu"];
+        args.extend_from_slice(&toy);
+        args.extend_from_slice(&["--latent", "2x2x2"]);
+        args.extend_from_slice(extra);
+        let out = vdit(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+}

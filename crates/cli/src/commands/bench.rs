@@ -5,7 +5,8 @@
 //! vdit bench attention    q, k, v [B,H,L,D] ─► dense / block-sparse kernel per density, mask prediction
 //! vdit bench transformer  random Wan weights ─► one forward per iteration (dense or RainFusion);
 //!                         --preset hunyuanvideo-1.5: the HunyuanVideo 1.5 8.3B forward (dense)
-//! vdit bench vae          random Wan VAE decoder ─► one decode per iteration
+//! vdit bench vae          random Wan VAE decoder ─► one decode per iteration;
+//!                         --vae hunyuanvideo-1.5: the HunyuanVideo 1.5 VAE decoder
 //! vdit bench pipeline     a model folder ─► the whole `vdit generate` run, --runs times (first, warm)
 //! vdit bench              attention, transformer, vae at their defaults (the issue's benchmark table)
 //! ```
@@ -29,6 +30,9 @@ use rainfusion::{
 };
 use vdit_models::hunyuan15::transformer::{
     HunyuanVideo15Config, HunyuanVideo15Inputs, HunyuanVideo15Transformer,
+};
+use vdit_models::hunyuan15::vae::{
+    HunyuanVaeTiling, HunyuanVideo15VaeConfig, HunyuanVideo15VaeDecoder,
 };
 use vdit_models::profile::{peak_resident_bytes, reset_peak_resident, DevicePeakSampler};
 use vdit_models::taehv::{TaehvConfig, TaehvDecoder};
@@ -984,7 +988,8 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
 }
 
 /// Times one decode of a random-weight Wan2.1 or Wan2.2 VAE decoder on random latents; with
-/// `--tiny`, then TAEHV's decoder for the same latents (a second row).
+/// `--tiny`, then TAEHV's decoder for the same latents (a second row). HunyuanVideo 1.5's VAE:
+/// [`bench_hunyuan15_vae`].
 fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>> {
     let device = &timer.device;
     let (mut cfg, default_latent, name) = match v.vae {
@@ -992,6 +997,7 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>>
         VaeArg::Wan21 => (WanVaeConfig::wan2_1(), [21, 60, 104], "Wan2.1"),
         // 121 frames at 1280×704
         VaeArg::Wan22 => (WanVaeConfig::wan2_2(), [31, 44, 80], "Wan2.2"),
+        VaeArg::HunyuanVideo15 => return Ok(vec![bench_hunyuan15_vae(v, dtype, timer)?]),
     };
     if let Some(base_dim) = v.base_dim {
         cfg.base_dim = base_dim;
@@ -1069,6 +1075,81 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>>
         full.median_s / tiny_row.median_s
     );
     Ok(vec![full, tiny_row])
+}
+
+/// HunyuanVideo 1.5's latent grid at 848×480×121: 1 + 120/4 frames, 480/16 × 848/16.
+const HUNYUAN15_VAE_DEFAULT_LATENT: [usize; 3] = [31, 30, 53];
+
+/// The published VAE's shallowest width; `--base-dim` scales every width by base/this.
+const HUNYUAN15_VAE_BASE: usize = 128;
+
+/// Times one decode of a random-weight HunyuanVideo 1.5 VAE decoder (diffusers'
+/// `AutoencoderKLHunyuanVideo15` defaults, the released model's VAE) on random latents
+/// `[B, 32, f, h, w]`: whole frames, or with `--tiling` diffusers' `enable_tiling()` tiles.
+fn bench_hunyuan15_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
+    let vae = "--vae hunyuanvideo-1.5";
+    if v.encode {
+        return Err(VditError::InvalidSetting(format!(
+            "--encode: not built for {vae} (vdit has its decoder only)"
+        )));
+    }
+    if v.tiny {
+        return Err(VditError::InvalidSetting(format!(
+            "--tiny: vdit has no TAEHV decoder for {vae}'s 32-channel latents"
+        )));
+    }
+    let device = &timer.device;
+    let mut cfg = HunyuanVideo15VaeConfig::default();
+    if let Some(base_dim) = v.base_dim {
+        for width in cfg.block_out_channels.iter_mut() {
+            *width = *width * base_dim / HUNYUAN15_VAE_BASE;
+        }
+    }
+    cfg.validate()
+        .map_err(|e| VditError::InvalidSetting(format!("vae flags: {e}")))?;
+    let [f, h, w] = v.latent.unwrap_or(HUNYUAN15_VAE_DEFAULT_LATENT);
+    let (scale, frames) = (cfg.spatial_scale(), cfg.video_frames(f));
+    // The Wan rows' rough estimate (activations per output pixel and frame), to refuse sizes far
+    // beyond the device before anything is allocated; not a measured bound for this decoder.
+    let need = RunShape {
+        width: (w * scale) as u64,
+        height: (h * scale) as u64,
+        frames: frames as u64,
+        latent: [cfg.latent_channels as u64, f as u64, h as u64, w as u64],
+        tokens: 0,
+        batch: v.batch as u64,
+        transformer: TransformerShape::WAN21_1_3B,
+        weight_bytes: 0,
+        dtype_bytes: dtype.size_in_bytes() as u64,
+        vae_tiling: v.tiling,
+        steps: 0,
+    }
+    .memory()
+    .vae_decode
+    .saturating_mul(v.batch as u128);
+    refuse_if_too_big(device, need, "--latent/--batch")?;
+    let tiling = v.tiling.then(|| HunyuanVaeTiling::for_spatial_scale(scale));
+    if let Some(tiling) = tiling {
+        tiling
+            .validate(scale)
+            .map_err(|e| VditError::InvalidSetting(format!("--tiling with --base-dim: {e}")))?;
+    }
+    let decoder = HunyuanVideo15VaeDecoder::random(&cfg, dtype, device)?;
+    // [B, 32, f, h, w] → [B, 3, 1 + 4(f − 1), 16h, 16w]
+    let latents = Tensor::randn(0f32, 1.0, (v.batch, cfg.latent_channels, f, h, w), device)?
+        .to_dtype(dtype)?;
+    let timing = timer.time(|| {
+        decoder.decode(&latents, tiling)?;
+        Ok(())
+    })?;
+    let shape = format!(
+        "HunyuanVideo 1.5 B{} latent {f}x{h}x{w} → {frames} frames {}x{}",
+        v.batch,
+        w * scale,
+        h * scale
+    );
+    let case = if v.tiling { "tiled" } else { "whole frames" };
+    Ok(timer.row("vae", case.into(), shape, &timing))
 }
 
 /// Times one encode of a random-weight Wan VAE encoder: the video `[B, 3, F, H, W]` that the
