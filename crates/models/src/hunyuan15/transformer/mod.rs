@@ -11,8 +11,9 @@
 //!
 //! Attention is dense: rainfusion's [`rainfusion::key_masked_attention`], chunked over queries,
 //! with a per-key mask when the samples of a batch have different text lengths (no mask, and the
-//! fast self-attention kernels, otherwise). A fused CUDA kernel with the mask and RainFusion's
-//! sparse attention with a text band are not written yet.
+//! fast self-attention kernels, otherwise). A fused CUDA kernel with the mask is not written yet,
+//! and RainFusion's joint attention with a dense text band (`rainfusion::joint`, CPU and generic
+//! paths) is not wired into this model yet.
 
 mod block;
 pub mod config;
