@@ -990,6 +990,29 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
 /// Times one decode of a random-weight Wan2.1 or Wan2.2 VAE decoder on random latents; with
 /// `--tiny`, then TAEHV's decoder for the same latents (a second row). HunyuanVideo 1.5's VAE:
 /// [`bench_hunyuan15_vae`].
+/// The memory estimate of a VAE decode of `latent` `[C, F, H, W]` into `video` (width, height,
+/// frames), times the batch: the Wan VAE's calibration (`memory::RunShape`), activations per output
+/// pixel and frame.
+fn vae_decode_need(v: &VaeBench, dtype: DType, latent: [u64; 4], video: (u64, u64, u64)) -> u128 {
+    let (width, height, frames) = video;
+    RunShape {
+        width,
+        height,
+        frames,
+        latent,
+        tokens: 0,
+        batch: v.batch as u64,
+        transformer: TransformerShape::WAN21_1_3B,
+        weight_bytes: 0,
+        dtype_bytes: dtype.size_in_bytes() as u64,
+        vae_tiling: v.tiling,
+        steps: 0,
+    }
+    .memory()
+    .vae_decode
+    .saturating_mul(v.batch as u128)
+}
+
 fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>> {
     let device = &timer.device;
     let (mut cfg, default_latent, name) = match v.vae {
@@ -1008,23 +1031,17 @@ fn bench_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<Vec<BenchRow>>
     let [f, h, w] = v.latent.unwrap_or(default_latent);
     let scale = cfg.spatial_scale() as u64;
     let frames = (f as u64).saturating_sub(1).saturating_mul(4) + 1;
-    let need = RunShape {
-        width: (w as u64).saturating_mul(scale),
-        height: (h as u64).saturating_mul(scale),
+    let latent = [cfg.z_dim as u64, f as u64, h as u64, w as u64];
+    let video = (
+        (w as u64).saturating_mul(scale),
+        (h as u64).saturating_mul(scale),
         frames,
-        latent: [cfg.z_dim as u64, f as u64, h as u64, w as u64],
-        tokens: 0,
-        batch: v.batch as u64,
-        transformer: TransformerShape::WAN21_1_3B,
-        weight_bytes: 0,
-        dtype_bytes: dtype.size_in_bytes() as u64,
-        vae_tiling: v.tiling,
-        steps: 0,
-    }
-    .memory()
-    .vae_decode
-    .saturating_mul(v.batch as u128);
-    refuse_if_too_big(device, need, "--latent/--batch")?;
+    );
+    refuse_if_too_big(
+        device,
+        vae_decode_need(v, dtype, latent, video),
+        "--latent/--batch",
+    )?;
     if v.encode {
         return Ok(vec![bench_vae_encode(
             &cfg,
@@ -1111,23 +1128,13 @@ fn bench_hunyuan15_vae(v: &VaeBench, dtype: DType, timer: &Timer) -> Result<Benc
     let (scale, frames) = (cfg.spatial_scale(), cfg.video_frames(f));
     // The Wan rows' rough estimate (activations per output pixel and frame), to refuse sizes far
     // beyond the device before anything is allocated; not a measured bound for this decoder.
-    let need = RunShape {
-        width: (w * scale) as u64,
-        height: (h * scale) as u64,
-        frames: frames as u64,
-        latent: [cfg.latent_channels as u64, f as u64, h as u64, w as u64],
-        tokens: 0,
-        batch: v.batch as u64,
-        transformer: TransformerShape::WAN21_1_3B,
-        weight_bytes: 0,
-        dtype_bytes: dtype.size_in_bytes() as u64,
-        vae_tiling: v.tiling,
-        steps: 0,
-    }
-    .memory()
-    .vae_decode
-    .saturating_mul(v.batch as u128);
-    refuse_if_too_big(device, need, "--latent/--batch")?;
+    let latent = [cfg.latent_channels as u64, f as u64, h as u64, w as u64];
+    let video = ((w * scale) as u64, (h * scale) as u64, frames as u64);
+    refuse_if_too_big(
+        device,
+        vae_decode_need(v, dtype, latent, video),
+        "--latent/--batch",
+    )?;
     let tiling = v.tiling.then(|| HunyuanVaeTiling::for_spatial_scale(scale));
     if let Some(tiling) = tiling {
         tiling
