@@ -121,49 +121,9 @@ mod tests {
 
     /// The masked softmax written out in f64, one score row at a time.
     fn naive(q: &Tensor, k: &Tensor, v: &Tensor, valid: &[Vec<bool>], scale: f64) -> Tensor {
-        let (b, h, lq, d) = q.dims4().unwrap();
-        let lk = k.dim(2).unwrap();
-        let flat = |t: &Tensor| -> Vec<f64> {
-            t.to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
-        let (q, k, v) = (flat(q), flat(k), flat(v));
-        let mut out = vec![0f32; b * h * lq * d];
-        for (bi, valid_keys) in valid.iter().enumerate().take(b) {
-            for hi in 0..h {
-                let base_q = (bi * h + hi) * lq * d;
-                let base_k = (bi * h + hi) * lk * d;
-                for i in 0..lq {
-                    let qi = &q[base_q + i * d..base_q + (i + 1) * d];
-                    let scores: Vec<Option<f64>> = (0..lk)
-                        .map(|j| {
-                            valid_keys[j].then(|| {
-                                let kj = &k[base_k + j * d..base_k + (j + 1) * d];
-                                qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale
-                            })
-                        })
-                        .collect();
-                    let max = scores.iter().flatten().cloned().fold(f64::MIN, f64::max);
-                    let total: f64 = scores.iter().flatten().map(|s| (s - max).exp()).sum();
-                    if total == 0.0 {
-                        continue;
-                    }
-                    for c in 0..d {
-                        let acc: f64 = scores
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(j, s)| s.map(|s| (s - max).exp() * v[base_k + j * d + c]))
-                            .sum();
-                        out[base_q + i * d + c] = (acc / total) as f32;
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(out, (b, h, lq, d), &Device::Cpu).unwrap()
+        let h = q.dim(1).unwrap();
+        crate::reference::attention_reference_where(q, k, v, scale, |bh, _, j| valid[bh / h][j])
+            .unwrap()
     }
 
     fn mask_tensor(valid: &[Vec<bool>]) -> Tensor {

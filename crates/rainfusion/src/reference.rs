@@ -18,9 +18,32 @@ pub fn masked_attention_reference(
     mask: &BlockMask,
     scale: f64,
 ) -> Result<Tensor> {
-    let (b, h, l, d) = q.dims4()?;
+    let (b, h, l, _) = q.dims4()?;
     crate::inputs::check_self_attention(q, k, v)?;
     mask.check_covers(b, h, l)?;
+    let bs = mask.block_size;
+    attention_reference_where(q, k, v, scale, |bh, i, j| {
+        mask.row(bh / h, bh % h, i / bs)
+            .binary_search(&((j / bs) as u32))
+            .is_ok()
+    })
+}
+
+/// `softmax(q·kᵀ·scale + M)·v` in f64, where `M` is 0 where `allowed(bh, i, j)` (bh = batch ·
+/// heads + head, i the query, j the key) and −∞ elsewhere: any mask, token by token (block
+/// masks, padded keys, a joint sequence's text band). A query that may see no key gets a zero
+/// output.
+///
+/// q: `[B, H, Lq, D]`, k and v: `[B, H, Lk, D]` (any float dtype) → `[B, H, Lq, D]` f32 on the CPU.
+pub fn attention_reference_where(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    allowed: impl Fn(usize, usize, usize) -> bool,
+) -> Result<Tensor> {
+    let (b, h, lq, d) = q.dims4()?;
+    let lk = k.dim(2)?;
     let flat = |x: &Tensor| -> Result<Vec<f64>> {
         Ok(x.to_device(&Device::Cpu)?
             .to_dtype(DType::F64)?
@@ -28,19 +51,16 @@ pub fn masked_attention_reference(
             .to_vec1::<f64>()?)
     };
     let (q, k, v) = (flat(q)?, flat(k)?, flat(v)?);
-    let bs = mask.block_size;
-    let mut out = vec![0f32; b * h * l * d];
-    let mut weights = vec![0f64; l];
+    let mut out = vec![0f32; b * h * lq * d];
+    let mut weights = vec![0f64; lk];
     for bh in 0..b * h {
-        let base = bh * l * d;
-        for i in 0..l {
-            let kept = mask.row(bh / h, bh % h, i / bs);
-            let allowed = |j: usize| kept.binary_search(&((j / bs) as u32)).is_ok();
-            let qi = &q[base + i * d..base + (i + 1) * d];
+        let (base_q, base_k) = (bh * lq * d, bh * lk * d);
+        for i in 0..lq {
+            let qi = &q[base_q + i * d..base_q + (i + 1) * d];
             let mut max = f64::NEG_INFINITY;
             for (j, w) in weights.iter_mut().enumerate() {
-                *w = if allowed(j) {
-                    let kj = &k[base + j * d..base + (j + 1) * d];
+                *w = if allowed(bh, i, j) {
+                    let kj = &k[base_k + j * d..base_k + (j + 1) * d];
                     qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale
                 } else {
                     f64::NEG_INFINITY
@@ -58,16 +78,19 @@ pub fn masked_attention_reference(
                 }
                 let p = (w - max).exp();
                 total += p;
-                for (a, &vj) in acc.iter_mut().zip(&v[base + j * d..base + (j + 1) * d]) {
+                for (a, &vj) in acc.iter_mut().zip(&v[base_k + j * d..base_k + (j + 1) * d]) {
                     *a += p * vj;
                 }
             }
-            for (o, a) in out[base + i * d..base + (i + 1) * d].iter_mut().zip(&acc) {
+            for (o, a) in out[base_q + i * d..base_q + (i + 1) * d]
+                .iter_mut()
+                .zip(&acc)
+            {
                 *o = (a / total) as f32;
             }
         }
     }
-    Ok(Tensor::from_vec(out, (b, h, l, d), &Device::Cpu)?)
+    Ok(Tensor::from_vec(out, (b, h, lq, d), &Device::Cpu)?)
 }
 
 /// `‖a − b‖ / ‖b‖` over all elements, in f64 on the CPU (any float dtypes, any devices): the

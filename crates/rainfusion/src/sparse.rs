@@ -224,49 +224,15 @@ mod tests {
         valid: &[u8],
         scale: f64,
     ) -> Tensor {
-        let (b, h, l, d) = q.dims4().unwrap();
-        let flat = |t: &Tensor| -> Vec<f64> {
-            t.to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
-        let (q, k, v) = (flat(q), flat(k), flat(v));
+        let (h, l) = (q.dim(1).unwrap(), q.dim(2).unwrap());
         let bs = mask.block_size;
-        let mut out = vec![0f32; b * h * l * d];
-        for bh in 0..b * h {
-            let base = bh * l * d;
-            let flags = &valid[bh / h * l..(bh / h + 1) * l];
-            for i in 0..l {
-                let kept = mask.row(bh / h, bh % h, i / bs);
-                let scores: Vec<Option<f64>> = (0..l)
-                    .map(|j| {
-                        (flags[j] != 0 && kept.contains(&((j / bs) as u32))).then(|| {
-                            (0..d)
-                                .map(|c| q[base + i * d + c] * k[base + j * d + c])
-                                .sum::<f64>()
-                                * scale
-                        })
-                    })
-                    .collect();
-                let max = scores.iter().flatten().cloned().fold(f64::MIN, f64::max);
-                let total: f64 = scores.iter().flatten().map(|s| (s - max).exp()).sum();
-                if total == 0.0 {
-                    continue;
-                }
-                for c in 0..d {
-                    let acc: f64 = scores
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(j, s)| s.map(|s| (s - max).exp() * v[base + j * d + c]))
-                        .sum();
-                    out[base + i * d + c] = (acc / total) as f32;
-                }
-            }
-        }
-        Tensor::from_vec(out, (b, h, l, d), &Device::Cpu).unwrap()
+        crate::reference::attention_reference_where(q, k, v, scale, |bh, i, j| {
+            valid[bh / h * l + j] != 0
+                && mask
+                    .row(bh / h, bh % h, i / bs)
+                    .contains(&((j / bs) as u32))
+        })
+        .unwrap()
     }
 
     #[test]

@@ -29,15 +29,6 @@ fn text_flags(lengths: &[usize], lt: usize) -> (Vec<Vec<bool>>, Tensor) {
     (rows, t)
 }
 
-fn flat64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 /// Which keys a query may see, in original token order.
 struct JointRule<'a> {
     video_tokens: usize,
@@ -65,36 +56,11 @@ impl JointRule<'_> {
 
 /// Masked softmax in f64, one score row at a time.
 fn reference(q: &Tensor, k: &Tensor, v: &Tensor, rule: &JointRule<'_>, scale: f64) -> Tensor {
-    let (b, h, l, d) = q.dims4().unwrap();
-    let (q, k, v) = (flat64(q), flat64(k), flat64(v));
-    let mut out = vec![0f32; b * h * l * d];
-    for bi in 0..b {
-        for hi in 0..h {
-            let base = (bi * h + hi) * l * d;
-            for i in 0..l {
-                let qi = &q[base + i * d..base + (i + 1) * d];
-                let scores: Vec<Option<f64>> = (0..l)
-                    .map(|j| {
-                        rule.allowed(bi, hi, i, j).then(|| {
-                            let kj = &k[base + j * d..base + (j + 1) * d];
-                            qi.iter().zip(kj).map(|(a, c)| a * c).sum::<f64>() * scale
-                        })
-                    })
-                    .collect();
-                let max = scores.iter().flatten().cloned().fold(f64::MIN, f64::max);
-                let total: f64 = scores.iter().flatten().map(|s| (s - max).exp()).sum();
-                for c in 0..d {
-                    let acc: f64 = scores
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(j, s)| s.map(|s| (s - max).exp() * v[base + j * d + c]))
-                        .sum();
-                    out[base + i * d + c] = (acc / total) as f32;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(out, (b, h, l, d), &Device::Cpu).unwrap()
+    let h = q.dim(1).unwrap();
+    rainfusion::reference::attention_reference_where(q, k, v, scale, |bh, i, j| {
+        rule.allowed(bh / h, bh % h, i, j)
+    })
+    .unwrap()
 }
 
 /// 3 frames of 8 × 10 tokens (a ragged width: leftover columns), 13 text tokens.
