@@ -119,66 +119,94 @@ fn describe(files: &WeightFiles) -> String {
     paths.join(", ")
 }
 
+/// How a checkpoint form names the encoder's tensors, against transformers' names.
+struct KeyNames {
+    embedding: &'static str,
+    final_norm: &'static str,
+    /// Layer i's tensors are `{layer_prefix}{i}.{tail}`.
+    layer_prefix: &'static str,
+    /// (transformers' tail after `encoder.block.{i}.`, this form's tail).
+    tails: &'static [(&'static str, &'static str)],
+}
+
+impl KeyNames {
+    /// transformers key → this form's key. Unknown keys pass through.
+    fn rename(&self, key: &str) -> String {
+        match key {
+            "shared.weight" | "encoder.embed_tokens.weight" => return self.embedding.into(),
+            "encoder.final_layer_norm.weight" => return self.final_norm.into(),
+            _ => {}
+        }
+        let Some((layer, tail)) = key
+            .strip_prefix("encoder.block.")
+            .and_then(|r| r.split_once('.'))
+        else {
+            return key.to_string();
+        };
+        match self.tails.iter().find(|(hf, _)| *hf == tail) {
+            Some((_, own)) => format!("{}{layer}.{own}", self.layer_prefix),
+            None => key.to_string(),
+        }
+    }
+}
+
+/// Wan2.1's original names (`wan/modules/t5.py`).
+const WAN_NAMES: KeyNames = KeyNames {
+    embedding: "token_embedding.weight",
+    final_norm: "norm.weight",
+    layer_prefix: "blocks.",
+    tails: &[
+        ("layer.0.layer_norm.weight", "norm1.weight"),
+        ("layer.0.SelfAttention.q.weight", "attn.q.weight"),
+        ("layer.0.SelfAttention.k.weight", "attn.k.weight"),
+        ("layer.0.SelfAttention.v.weight", "attn.v.weight"),
+        ("layer.0.SelfAttention.o.weight", "attn.o.weight"),
+        (
+            "layer.0.SelfAttention.relative_attention_bias.weight",
+            "pos_embedding.embedding.weight",
+        ),
+        ("layer.1.layer_norm.weight", "norm2.weight"),
+        // The GELU branch of the gated FFN is `gate.0` (a Linear inside nn.Sequential with GELU).
+        ("layer.1.DenseReluDense.wi_0.weight", "ffn.gate.0.weight"),
+        ("layer.1.DenseReluDense.wi_1.weight", "ffn.fc1.weight"),
+        ("layer.1.DenseReluDense.wo.weight", "ffn.fc2.weight"),
+    ],
+};
+
+/// llama.cpp's T5 encoder names (`llama-arch.cpp`'s `LLM_ARCH_T5ENCODER` table, which city96's
+/// umT5 files follow).
+const GGUF_NAMES: KeyNames = KeyNames {
+    embedding: "token_embd.weight",
+    final_norm: "enc.output_norm.weight",
+    layer_prefix: "enc.blk.",
+    tails: &[
+        ("layer.0.layer_norm.weight", "attn_norm.weight"),
+        ("layer.0.SelfAttention.q.weight", "attn_q.weight"),
+        ("layer.0.SelfAttention.k.weight", "attn_k.weight"),
+        ("layer.0.SelfAttention.v.weight", "attn_v.weight"),
+        ("layer.0.SelfAttention.o.weight", "attn_o.weight"),
+        // umT5 stores a table in every layer; llama.cpp's T5 files only in layer 0.
+        (
+            "layer.0.SelfAttention.relative_attention_bias.weight",
+            "attn_rel_b.weight",
+        ),
+        ("layer.1.layer_norm.weight", "ffn_norm.weight"),
+        // `ffn_gate` is the GELU branch (wi_0), `ffn_up` the linear one (wi_1).
+        ("layer.1.DenseReluDense.wi_0.weight", "ffn_gate.weight"),
+        ("layer.1.DenseReluDense.wi_1.weight", "ffn_up.weight"),
+        ("layer.1.DenseReluDense.wo.weight", "ffn_down.weight"),
+    ],
+};
+
 /// transformers key → Wan2.1 original key (`wan/modules/t5.py` names). Unknown keys pass through.
 pub fn hf_to_wan_key(key: &str) -> String {
-    match key {
-        "shared.weight" | "encoder.embed_tokens.weight" => return "token_embedding.weight".into(),
-        "encoder.final_layer_norm.weight" => return "norm.weight".into(),
-        _ => {}
-    }
-    let Some((layer, tail)) = key
-        .strip_prefix("encoder.block.")
-        .and_then(|r| r.split_once('.'))
-    else {
-        return key.to_string();
-    };
-    let wan_tail = match tail {
-        "layer.0.layer_norm.weight" => "norm1.weight",
-        "layer.0.SelfAttention.q.weight" => "attn.q.weight",
-        "layer.0.SelfAttention.k.weight" => "attn.k.weight",
-        "layer.0.SelfAttention.v.weight" => "attn.v.weight",
-        "layer.0.SelfAttention.o.weight" => "attn.o.weight",
-        "layer.0.SelfAttention.relative_attention_bias.weight" => "pos_embedding.embedding.weight",
-        "layer.1.layer_norm.weight" => "norm2.weight",
-        // The GELU branch of the gated FFN is `gate.0` (a Linear inside nn.Sequential with GELU).
-        "layer.1.DenseReluDense.wi_0.weight" => "ffn.gate.0.weight",
-        "layer.1.DenseReluDense.wi_1.weight" => "ffn.fc1.weight",
-        "layer.1.DenseReluDense.wo.weight" => "ffn.fc2.weight",
-        _ => return key.to_string(),
-    };
-    format!("blocks.{layer}.{wan_tail}")
+    WAN_NAMES.rename(key)
 }
 
 /// transformers key → llama.cpp T5 encoder GGUF name (`llama-arch.cpp`'s `LLM_ARCH_T5ENCODER`
 /// table, which city96's umT5 files follow). Unknown keys pass through.
 pub fn hf_to_gguf_key(key: &str) -> String {
-    match key {
-        "shared.weight" | "encoder.embed_tokens.weight" => return "token_embd.weight".into(),
-        "encoder.final_layer_norm.weight" => return "enc.output_norm.weight".into(),
-        _ => {}
-    }
-    let Some((layer, tail)) = key
-        .strip_prefix("encoder.block.")
-        .and_then(|r| r.split_once('.'))
-    else {
-        return key.to_string();
-    };
-    let gguf_tail = match tail {
-        "layer.0.layer_norm.weight" => "attn_norm.weight",
-        "layer.0.SelfAttention.q.weight" => "attn_q.weight",
-        "layer.0.SelfAttention.k.weight" => "attn_k.weight",
-        "layer.0.SelfAttention.v.weight" => "attn_v.weight",
-        "layer.0.SelfAttention.o.weight" => "attn_o.weight",
-        // umT5 stores a table in every layer; llama.cpp's T5 files only in layer 0.
-        "layer.0.SelfAttention.relative_attention_bias.weight" => "attn_rel_b.weight",
-        "layer.1.layer_norm.weight" => "ffn_norm.weight",
-        // `ffn_gate` is the GELU branch (wi_0), `ffn_up` the linear one (wi_1).
-        "layer.1.DenseReluDense.wi_0.weight" => "ffn_gate.weight",
-        "layer.1.DenseReluDense.wi_1.weight" => "ffn_up.weight",
-        "layer.1.DenseReluDense.wo.weight" => "ffn_down.weight",
-        _ => return key.to_string(),
-    };
-    format!("enc.blk.{layer}.{gguf_tail}")
+    GGUF_NAMES.rename(key)
 }
 
 /// Reads the sizes of an encoder from its tensor shapes, for checkpoints that come without a
