@@ -289,7 +289,7 @@ pub fn conv2d_tensor_ops_accumulate(
             x.dtype()
         )));
     }
-    let (ho, wo) = (h + 2 * padding + 1 - kh, w + 2 * padding + 1 - kw);
+    let (ho, wo) = output_size(h, w, kh, kw, padding)?;
     if y.dims() != [n, o, ho, wo] {
         return Err(ModelError::InvalidInput(format!(
             "accumulating convolution: y {:?} is not the output shape {:?}",
