@@ -647,7 +647,7 @@ impl WanBlock {
             Ok(u)
         })?;
         drop(h);
-        let o = span("ffn: out", dev, || Ok(self.ffn_out.matmul(&u)?))?;
+        let o = span("ffn: out", dev, || self.ffn_out.matmul(&u))?;
         drop(u);
         span("ffn: gated residual", dev, || {
             Ok(gated_residual(
