@@ -23,7 +23,7 @@ source scripts/gpu/device_env.sh
 BUDGET=${BUDGET:-560}
 
 # what step (scripts/gpu/device_env.sh) shows of each log
-STEP_SHOW='^\||^diffusers|^cuDNN|rror|Killed|panicked'; STEP_LINES=45
+STEP_SHOW='^\||^test |^diffusers|^cuDNN|rror|Killed|panicked'; STEP_LINES=45
 
 once=(--device cuda --warmup 0 --iters 1)
 vae=(vae --latent 21x90x160)
@@ -32,6 +32,8 @@ if [ "${ONLY:-}" = vae ]; then
   t "vdit: Wan2.1 VAE decode at 1280x720x81 and 832x480x81: stacked taps (one cuDNN call per conv), at most 1 frame"
   t "per call, taps accumulated in place (VDIT_VAE_TAPS=1), and both"
   warm=(--device cuda --warmup 1 --iters 1)
+  # the taps-in-place path against diffusers' decode of the vae fixture first (cuda_dit, when staged)
+  [ -x /tmp/cuda_dit ] && step taps_parity 60 env VDIT_VAE_TAPS=1 /tmp/cuda_dit --test-threads=1 vae_decode
   variants=("vae:" "vae_taps:VDIT_VAE_TAPS=1" "vae_frames1:VDIT_VAE_CONV_FRAMES=1"
     "vae_taps_frames1:VDIT_VAE_TAPS=1 VDIT_VAE_CONV_FRAMES=1")
   for v in "${variants[@]}"; do  # 720p first: the memory target is there

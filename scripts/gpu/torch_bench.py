@@ -212,7 +212,7 @@ def hunyuan15_rows(args):
         video = lat[0] * lat[1] * lat[2]
         x = torch.randn(b, cfg["in_channels"], *lat, device=device, dtype=dtype)
         inputs = dict(
-            hidden_states=x, timestep=torch.full((b,), 500.0, device=device),
+            hidden_states=x, timestep=torch.full((b,), 500.0, device=device, dtype=dtype),  # as the pipeline casts it
             encoder_hidden_states=torch.randn(b, HY15_PROMPT_ROWS, cfg["text_embed_dim"], device=device, dtype=dtype),
             encoder_attention_mask=valid_prefix(args.text_len, HY15_PROMPT_ROWS),
             encoder_hidden_states_2=torch.randn(b, HY15_GLYPH_ROWS, cfg["text_embed_2_dim"], device=device,

@@ -373,7 +373,8 @@ fn parse_entry(text: &str, file: &Path, base_dir: &Path) -> Result<ModelEntry> {
     // The folder's own defaults fill in what the TOML leaves out.
     // A local model not downloaded yet has no defaults file either.
     let folder_defaults = match (&raw.defaults_file, &source) {
-        (Some(_), EntrySource::Local(dir)) if !dir.is_dir() => None,
+        // Neither is a folder that holds no model yet (say, a copy of the tree sent without it).
+        (Some(_), EntrySource::Local(dir)) if !dir.join("model_index.json").is_file() => None,
         (Some(file), _) => Some(ModelDefaults::from_json_file(&base_dir.join(file))?),
         (None, EntrySource::Local(dir)) => ModelDefaults::of_folder(dir)?,
         (None, EntrySource::Hub { .. }) => None,
@@ -607,6 +608,27 @@ mod tests {
         std::fs::write(dir.path().join("vdit-tiny/model_index.json"), "{}").unwrap();
         let registry = Registry::load_dir(dir.path()).unwrap();
         assert_eq!(registry.default_model().unwrap().name, "vdit-tiny");
+    }
+
+    #[test]
+    fn a_named_defaults_file_is_read_only_once_the_folder_holds_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.toml"),
+            "name = \"m\"\npath = \"m\"\ndefaults_file = \"m/vdit.json\"\n",
+        )
+        .unwrap();
+        // The folder is there but empty (a copy of the tree without the model): no defaults.
+        std::fs::create_dir_all(dir.path().join("m")).unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        assert_eq!(registry.get("m").unwrap().defaults.steps, None);
+        // Once it holds a model, a missing defaults file is an error that names it.
+        std::fs::write(dir.path().join("m/model_index.json"), "{}").unwrap();
+        let err = Registry::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("vdit.json"), "{err}");
+        std::fs::write(dir.path().join("m/vdit.json"), r#"{"steps": 7}"#).unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        assert_eq!(registry.get("m").unwrap().defaults.steps, Some(7));
     }
 
     #[test]
