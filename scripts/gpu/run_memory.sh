@@ -10,8 +10,9 @@
 # /work/target-cuda` and put it, stripped and xz-compressed, in .gpu/memory/vdit.xz; .whl holds the trimmed
 # diffusers wheel. GPU run:
 #     STAGED=.gpu/memory bash scripts/gpu/run_memory.sh
-# ONLY=vae runs the VAE rows alone (vdit's, at 720p and 480p, without the profile pass and diffusers): stacked
-# taps, VDIT_VAE_CONV_FRAMES=1, VDIT_VAE_TAPS=1 and both. ONLY=sync runs the dense 14B forward without and with
+# ONLY=vae runs the VAE rows alone (vdit's, at 720p and 480p, without the profile pass and diffusers): taps in
+# place (the default), stacked taps (VDIT_VAE_TAPS=0), VDIT_VAE_CONV_FRAMES=1, and stacked with one frame per call.
+# ONLY=sync runs the dense 14B forward without and with
 # VDIT_BLOCK_SYNC=1.
 # A vdit_before.xz beside it (an earlier build) is run on the same dense forward and decode, for the change.
 set -uo pipefail
@@ -29,13 +30,13 @@ once=(--device cuda --warmup 0 --iters 1)
 vae=(vae --latent 21x90x160)
 big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 1)
 if [ "${ONLY:-}" = vae ]; then
-  t "vdit: Wan2.1 VAE decode at 1280x720x81 and 832x480x81: stacked taps (one cuDNN call per conv), at most 1 frame"
-  t "per call, taps accumulated in place (VDIT_VAE_TAPS=1), and both"
+  t "vdit: Wan2.1 VAE decode at 1280x720x81 and 832x480x81: taps accumulated in place (the default), stacked taps"
+  t "(VDIT_VAE_TAPS=0: one cuDNN call per conv), at most 1 frame per call, and stacked with 1 frame per call"
   warm=(--device cuda --warmup 1 --iters 1)
   # the taps-in-place path against diffusers' decode of the vae fixture first (cuda_dit, when staged)
-  [ -x /tmp/cuda_dit ] && step taps_parity 60 env VDIT_VAE_TAPS=1 /tmp/cuda_dit --test-threads=1 vae_decode
-  variants=("vae:" "vae_taps:VDIT_VAE_TAPS=1" "vae_frames1:VDIT_VAE_CONV_FRAMES=1"
-    "vae_taps_frames1:VDIT_VAE_TAPS=1 VDIT_VAE_CONV_FRAMES=1")
+  [ -x /tmp/cuda_dit ] && step taps_parity 60 /tmp/cuda_dit --test-threads=1 vae_decode
+  variants=("vae:" "vae_stacked:VDIT_VAE_TAPS=0" "vae_frames1:VDIT_VAE_CONV_FRAMES=1"
+    "vae_stacked_frames1:VDIT_VAE_TAPS=0 VDIT_VAE_CONV_FRAMES=1")
   for v in "${variants[@]}"; do  # 720p first: the memory target is there
     name=${v%%:*}; vars=${v#*:}
     # shellcheck disable=SC2086

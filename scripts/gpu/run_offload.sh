@@ -15,10 +15,10 @@ source scripts/gpu/device_env.sh
 BUDGET=${BUDGET:-300}
 STEP_SHOW='^\||^offload|rror|Killed|panicked'; STEP_LINES=8
 
-once=(--device cuda --warmup 0 --iters 1)
+once=(--device cuda --warmup 1 --iters 1)
 big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 2)
 t "vdit: Wan2.1-14B forward, 1280x720x81, batch 2: resident, blocks streamed, blocks streamed as Q8_0"
-step resident 100 /tmp/vdit bench "${once[@]}" --json $OUT/offload_none.json transformer "${big[@]}" --offload none
-step blocks 100 /tmp/vdit bench "${once[@]}" --json $OUT/offload_blocks.json transformer "${big[@]}" --offload blocks
-step blocks_q8 100 /tmp/vdit bench "${once[@]}" --json $OUT/offload_blocks_q8.json transformer "${big[@]}" \
+step resident 150 /tmp/vdit bench "${once[@]}" --json $OUT/offload_none.json transformer "${big[@]}" --offload none
+step blocks 150 /tmp/vdit bench "${once[@]}" --json $OUT/offload_blocks.json transformer "${big[@]}" --offload blocks
+step blocks_q8 240 /tmp/vdit bench "${once[@]}" --json $OUT/offload_blocks_q8.json transformer "${big[@]}" \
   --offload blocks --weights q8_0

@@ -17,7 +17,9 @@ test_args=()
 for name in ${STAGE_TESTS:-cuda_dit cuda_kernels cuda_policy dit22_parity cuda_load}; do
   ls crates/*/tests/"$name".rs >/dev/null 2>&1 && test_args+=(--test "$name")
 done
-tests=$(nice cargo test --release -p vdit -p vdit-models -p rainfusion --features "$features" --target-dir "$target" \
+# (no test binary named: none is built; `cargo test --no-run` without --test would build them all)
+tests=""
+(( ${#test_args[@]} )) && tests=$(nice cargo test --release -p vdit -p vdit-models -p rainfusion --features "$features" --target-dir "$target" \
   "${test_args[@]}" --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for line in sys.stdin:
@@ -27,6 +29,7 @@ for line in sys.stdin:
 mkdir -p .gpu/run
 strip -o /tmp/vdit.stripped "$target/release/vdit" && xz -T2 -6 -c /tmp/vdit.stripped > .gpu/run/vdit.xz
 while read -r name exe; do
+  [ -n "$name" ] || continue
   strip -o "/tmp/$name.stripped" "$exe" && xz -T2 -6 -c "/tmp/$name.stripped" > ".gpu/run/$name.xz"
 done <<< "$tests"
 du -ch .gpu/run/* | tail -5

@@ -611,16 +611,19 @@ impl CausalConv3d {
     }
 }
 
-/// Environment variable: `1` makes the causal convs on cuDNN convolve each temporal tap from the
-/// frames where they lie and add the taps in place ([`super::cudnn_conv::conv2d_tensor_ops_accumulate`]),
-/// instead of one conv over a k_t-fold stacked copy of the input. At 720p the stacked copy of the
-/// last level is 4.2 GB for four frames. Under measurement (scripts/gpu/NOTES.md).
+/// Environment variable: `0` turns off the default on cuDNN of convolving each temporal tap of a
+/// causal conv from the frames where they lie and adding the taps in place
+/// ([`super::cudnn_conv::conv2d_tensor_ops_accumulate`]), and goes back to one conv over a
+/// k_t-fold stacked copy of the input (at 720p, 4.2 GB for four frames of the last level).
+/// Measured on the H100 (scripts/gpu/NOTES.md, "Memory, round 2"): the 720p×81 decode peaks at
+/// 22.1 GiB in 4.01 s in place against 26.7 GiB in 4.19 s stacked; at 480p 10.8 against 12.2 GiB
+/// at the same time.
 pub const TAPS_IN_PLACE_ENV: &str = "VDIT_VAE_TAPS";
 
-/// Whether [`TAPS_IN_PLACE_ENV`] is `1` (read once).
+/// Whether the taps are accumulated in place: unless [`TAPS_IN_PLACE_ENV`] is `0` (read once).
 fn taps_in_place() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var(TAPS_IN_PLACE_ENV).is_ok_and(|v| v.trim() == "1"))
+    *ON.get_or_init(|| std::env::var(TAPS_IN_PLACE_ENV).map_or(true, |v| v.trim() != "0"))
 }
 
 /// Whether a tap conv over `padded` runs as in-place cuDNN accumulation: [`taps_in_place`], a
