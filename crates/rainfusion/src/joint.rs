@@ -21,8 +21,12 @@
 //! part to whole blocks keeps the block mask exact: no block mixes video and text tokens, so
 //! the video mask applies to video keys only and the text band is exactly the text columns.
 //!
+//! On CUDA (bf16/f16, a block size the fused kernel takes) each sample runs without its padding
+//! instead: `[permuted video; valid text]` through the fused block-sparse kernel, which needs no
+//! key flags when no padding lies inside the sequence (`joint_attention_cuda`).
+//!
 //! Memory: the CPU kernel holds one score tile per query block, the generic kernel bounded
-//! chunks; nothing `L × L` is built. No CUDA kernel: CUDA tensors take the generic path.
+//! chunks, the CUDA kernel one tile per warp; nothing `L × L` is built.
 
 use candle_core::{Device, Tensor};
 
@@ -105,8 +109,11 @@ pub fn predict_joint_video_mask(
         TokenPermutation::for_layout(&video, settings.window, settings.first_frame_sink)?;
     let qv = permutation.apply(&q.narrow(2, 0, lv)?)?;
     let kv = permutation.apply(&k.narrow(2, 0, lv)?)?;
-    let sink = dense_tail_tokens(&video, settings.first_frame_sink);
-    let mask = predict_block_mask(&qv, &kv, settings.block_size, settings.sparsity, sink)?;
+    // Besides the sink, a partial last video block is forced dense: the CUDA path lays the text
+    // right after the video with no padding between (see `joint_attention_cuda`), so that block
+    // holds text keys there and every row keeps it. Forced on every device: one semantic.
+    let tail = dense_tail_tokens(&video, settings.first_frame_sink).max(lv % settings.block_size);
+    let mask = predict_block_mask(&qv, &kv, settings.block_size, settings.sparsity, tail)?;
     Ok(JointVideoMask { permutation, mask })
 }
 
@@ -180,6 +187,10 @@ fn joint_attention_on(
         }
         None => vec![1; b * lt],
     };
+    #[cfg(feature = "cuda")]
+    if kernel == Kernel::ByDevice && crate::cuda::is_supported(q, bs) {
+        return joint_attention_cuda(q, k, v, lv, &text_flags, video, scale);
+    }
     // [B, padded] key flags: real video tokens, then the valid text tokens.
     let mut key_valid = vec![0u8; b * padded];
     for (sample, flags) in key_valid.chunks_exact_mut(padded).enumerate() {
@@ -246,6 +257,79 @@ fn joint_attention_on(
     let video_out = video.permutation.restore(&out.narrow(2, 0, lv)?)?;
     let text_out = out.narrow(2, pv, lt)?;
     Ok(Tensor::cat(&[&video_out, &text_out], 2)?)
+}
+
+/// The joint attention on CUDA, one sample at a time with its padded text dropped: the sequence
+/// `[permuted video; valid text]` has no padding inside, so the fused block-sparse kernel (which
+/// masks only keys past the end) runs it as is, with no per-key flags. Its blocks: the whole
+/// video blocks first, then the band (the partial last video block, forced dense by
+/// [`predict_joint_video_mask`], and the text). Video rows keep their predicted whole blocks and
+/// the band; band rows keep everything. The text rows, padded ones included (the reference
+/// computes them too), come from the dense cross-attention kernel over the same keys.
+///
+/// q, k, v: `[B, H, Lv + Lt, D]`; `text_flags`: `B × Lt` → `[B, H, Lv + Lt, D]`.
+#[cfg(feature = "cuda")]
+fn joint_attention_cuda(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    lv: usize,
+    text_flags: &[u8],
+    video: &JointVideoMask,
+    scale: f64,
+) -> Result<Tensor> {
+    use crate::cuda::{block_sparse_attention, cross_attention, OutputLayout};
+    let (b, h, l, _) = q.dims4()?;
+    let lt = l - lv;
+    let bs = video.mask.block_size;
+    let whole = lv / bs;
+    let mut outs = Vec::with_capacity(b);
+    for sample in 0..b {
+        let one = |x: &Tensor| x.narrow(0, sample, 1);
+        let (qs, ks, vs) = (one(q)?, one(k)?, one(v)?);
+        let valid: Vec<u32> = (0..lt)
+            .filter(|&j| text_flags[sample * lt + j] != 0)
+            .map(|j| (lv + j) as u32)
+            .collect();
+        let text_index = Tensor::new(valid.as_slice(), q.device())?;
+        // [1, H, Lv + valid, D]
+        let joint = |x: &Tensor| -> Result<Tensor> {
+            let video_part = video.permutation.apply(&x.narrow(2, 0, lv)?)?;
+            if valid.is_empty() {
+                return Ok(video_part.contiguous()?);
+            }
+            let text_part = x.index_select(&text_index, 2)?;
+            Ok(Tensor::cat(&[&video_part, &text_part], 2)?.contiguous()?)
+        };
+        let (qj, kj, vj) = (joint(&qs)?, joint(&ks)?, joint(&vs)?);
+        let blocks = (lv + valid.len()).div_ceil(bs);
+        let mut offsets = Vec::with_capacity(h * blocks + 1);
+        let mut indices = Vec::new();
+        offsets.push(0u32);
+        for head in 0..h {
+            for qb in 0..blocks {
+                if qb < whole {
+                    let row = video.mask.row(sample, head, qb);
+                    indices.extend(row.iter().copied().filter(|&kb| (kb as usize) < whole));
+                    indices.extend(whole as u32..blocks as u32);
+                } else {
+                    indices.extend(0..blocks as u32);
+                }
+                offsets.push(indices.len() as u32);
+            }
+        }
+        let mask = BlockMask::from_csr(1, h, bs, blocks, blocks, offsets, indices)?;
+        let out = block_sparse_attention(&qj, &kj, &vj, &mask, scale)?;
+        let video_out = video.permutation.restore(&out.narrow(2, 0, lv)?)?;
+        if lt == 0 {
+            outs.push(video_out);
+            continue;
+        }
+        let text_out =
+            cross_attention(&qs.narrow(2, lv, lt)?, &kj, &vj, scale, OutputLayout::Bhld)?;
+        outs.push(Tensor::cat(&[&video_out, &text_out], 2)?);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
 }
 
 /// Predicts the video mask ([`predict_joint_video_mask`]) and runs

@@ -8,8 +8,9 @@
 //! one chunk stay under [`MAX_SCORE_ELEMENTS`].
 //!
 //! Without a mask (every key valid) this is [`crate::dense_self_attention`] for self-attention
-//! (the fast CPU and CUDA kernels) and [`crate::dense_attention`] otherwise. A fused CUDA kernel
-//! that reads the mask is not written yet: the masked path is candle ops. The sparse variant for
+//! (the fast CPU and CUDA kernels) and [`crate::dense_attention`] otherwise. With a mask, CUDA
+//! gathers each sample's valid keys and runs the fused cross-attention kernel over them
+//! (`masked_by_gathering`); elsewhere the masked path is candle ops. The sparse variant for
 //! joint video + text sequences (video blocks predicted, text band dense) is [`crate::joint`].
 
 use candle_core::{DType, Tensor, D};
@@ -69,6 +70,10 @@ pub(crate) fn key_masked_attention_chunked(
             key_valid.dims()
         )));
     }
+    #[cfg(feature = "cuda")]
+    if crate::cuda::is_supported(q, 128) {
+        return masked_by_gathering(q, k, v, key_valid, scale);
+    }
     let device = q.device();
     // [B, 1, 1, Lk]: 0 on valid keys, −∞ on padded ones; broadcast over heads and queries.
     let zeros = Tensor::zeros((b, lk), DType::F32, device)?;
@@ -101,6 +106,49 @@ pub(crate) fn key_masked_attention_chunked(
         start += len;
     }
     Ok(Tensor::cat(&outs, 2)?)
+}
+
+/// CUDA: each sample's valid keys gathered into one run and attended by the fused
+/// cross-attention kernel (every query row over the valid keys only): the same softmax over the
+/// same keys as the bias row gives, without the candle-ops chunks. Gathering rather than a flag
+/// argument in the kernel: one copy of a sample's k and v, against a flag read in every variant
+/// of the kernel; the copy is O(Lk·D) per head beside the O(Lq·Lk·D) attention.
+///
+/// q: `[B, H, Lq, D]`; k, v: `[B, H, Lk, D]`; `key_valid`: `[B, Lk]` → `[B, H, Lq, D]`.
+#[cfg(feature = "cuda")]
+fn masked_by_gathering(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_valid: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    use crate::cuda::{cross_attention, OutputLayout};
+    let flags = key_valid
+        .to_device(&candle_core::Device::Cpu)?
+        .ne(0f64)?
+        .to_vec2::<u8>()?;
+    let mut outs = Vec::with_capacity(flags.len());
+    for (sample, row) in flags.iter().enumerate() {
+        let qs = q.narrow(0, sample, 1)?;
+        let valid: Vec<u32> = (0..row.len() as u32)
+            .filter(|&j| row[j as usize] != 0)
+            .collect();
+        if valid.is_empty() {
+            // No key to attend to: zeros, as the bias path gives.
+            outs.push(qs.zeros_like()?);
+            continue;
+        }
+        let (ks, vs) = (k.narrow(0, sample, 1)?, v.narrow(0, sample, 1)?);
+        let (ks, vs) = if valid.len() == row.len() {
+            (ks, vs)
+        } else {
+            let index = Tensor::new(valid.as_slice(), q.device())?;
+            (ks.index_select(&index, 2)?, vs.index_select(&index, 2)?)
+        };
+        outs.push(cross_attention(&qs, &ks, &vs, scale, OutputLayout::Bhld)?);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
 }
 
 #[cfg(test)]

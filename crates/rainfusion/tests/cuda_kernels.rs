@@ -1021,3 +1021,120 @@ fn channel_kernels_reject_bad_inputs() {
         "residual of another shape"
     );
 }
+
+/// `[B, L]` u8 validity flags on the CPU from per-sample rules.
+fn key_flags(rows: &[Vec<bool>]) -> Tensor {
+    let flat: Vec<u8> = rows.iter().flatten().map(|&x| x as u8).collect();
+    Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn key_masked_attention_gathers_valid_keys_on_cuda() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    let (b, h, l, d) = (3, 2, 333, 128);
+    let (q, k, v) = (
+        rounded(&random((b, h, l, d), 31), DType::BF16),
+        rounded(&random((b, h, l, d), 32), DType::BF16),
+        rounded(&random((b, h, l, d), 33), DType::BF16),
+    );
+    // A valid prefix, holes, and a sample with no valid key (zeros out).
+    let rows = vec![
+        (0..l).map(|j| j < 250).collect::<Vec<_>>(),
+        (0..l).map(|j| j % 5 != 2).collect(),
+        vec![false; l],
+    ];
+    let flags = key_flags(&rows);
+    let scale = 1.0 / (d as f64).sqrt();
+    let want = rainfusion::key_masked_attention(&q, &k, &v, Some(&flags), scale).unwrap();
+    let up = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+    let got = rainfusion::key_masked_attention(&up(&q), &up(&k), &up(&v), Some(&flags), scale)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let err = rel_err(&got, &want);
+    println!("key-masked attention, CUDA bf16 vs CPU f32: {err:.2e}");
+    assert!(err < 2e-2, "{err}");
+    let last = got.get(2).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(last.to_scalar::<f32>().unwrap(), 0.0);
+}
+
+#[test]
+fn joint_attention_runs_the_fused_kernel_and_matches_the_cpu_path() {
+    use rainfusion::joint::joint_block_sparse_attention_generic;
+    use rainfusion::{joint_block_sparse_attention, predict_joint_video_mask, JointSparsity};
+    let _lock = same_kernel();
+    let dev = gpu();
+    // 3 frames of 16 × 21 tokens (1008: a partial last block of 64), 77 text tokens.
+    let layout = rainfusion::VideoLayout {
+        frames: 3,
+        height: 16,
+        width: 21,
+        text_tokens: 77,
+    };
+    let (b, h, d) = (2, 2, 128);
+    let l = layout.total_tokens();
+    let (q, k, v) = (
+        rounded(&random((b, h, l, d), 41), DType::BF16),
+        rounded(&random((b, h, l, d), 42), DType::BF16),
+        rounded(&random((b, h, l, d), 43), DType::BF16),
+    );
+    let rows: Vec<Vec<bool>> = [60usize, 13]
+        .iter()
+        .map(|&n| (0..77).map(|j| j < n).collect())
+        .collect();
+    let flags = key_flags(&rows);
+    let scale = 1.0 / (d as f64).sqrt();
+    for first_frame_sink in [true, false] {
+        let settings = JointSparsity {
+            sparsity: 0.7,
+            block_size: 64,
+            first_frame_sink,
+            ..JointSparsity::default()
+        };
+        let video = predict_joint_video_mask(&q, &k, &layout, &settings).unwrap();
+        assert!(video.density() < 0.9, "density {}", video.density());
+        let want =
+            joint_block_sparse_attention(&q, &k, &v, &layout, Some(&flags), &video, scale).unwrap();
+        let up = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+        let got = joint_block_sparse_attention(
+            &up(&q),
+            &up(&k),
+            &up(&v),
+            &layout,
+            Some(&flags),
+            &video,
+            scale,
+        )
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+        let err = rel_err(&got, &want);
+        // The candle-ops path on the GPU (what Metal would run), in f32.
+        let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
+        let generic = joint_block_sparse_attention_generic(
+            &on_gpu(&q),
+            &on_gpu(&k),
+            &on_gpu(&v),
+            &layout,
+            Some(&flags),
+            &video,
+            scale,
+        )
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+        let err_generic = rel_err(&generic, &want);
+        println!(
+            "joint attention (sink {first_frame_sink}, density {:.3}): fused bf16 {err:.2e}, \
+             generic f32 on the GPU {err_generic:.2e}",
+            video.density()
+        );
+        assert!(err < 2e-2, "fused: {err}");
+        assert!(err_generic < 1e-5, "generic: {err_generic}");
+    }
+}
