@@ -99,6 +99,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         "wan2.2-t2v-a14b-4step.toml",
         include_str!("../../../models/wan2.2-t2v-a14b-4step.toml"),
     ),
+    (
+        "hunyuanvideo-1.5-480p.toml",
+        include_str!("../../../models/hunyuanvideo-1.5-480p.toml"),
+    ),
+    (
+        "hunyuanvideo-1.5-720p.toml",
+        include_str!("../../../models/hunyuanvideo-1.5-720p.toml"),
+    ),
 ];
 
 /// The file in a model folder that holds its defaults (the keys of [`ModelDefaults`], as JSON).

@@ -680,9 +680,23 @@ fn scheduler_shift(files: &ModelFiles) -> Option<f64> {
         .ok()??;
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json.get("flow_shift")?
-        .as_f64()
+    // UniPC (Wan's diffusers folders) calls it `flow_shift`, FlowMatchEulerDiscreteScheduler
+    // (HunyuanVideo 1.5's) `shift`.
+    ["flow_shift", "shift"]
+        .iter()
+        .find_map(|key| json.get(*key)?.as_f64())
         .filter(|s| s.is_finite() && *s > 0.0)
+}
+
+/// The guidance scale of the model's diffusers guider (`guider/guider_config.json`, where
+/// HunyuanVideo 1.5's pipeline keeps it), if it has one.
+fn guider_guidance_scale(files: &ModelFiles) -> Option<f64> {
+    let path = files.optional_file("guider/guider_config.json").ok()??;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    json.get("guidance_scale")?
+        .as_f64()
+        .filter(|g| g.is_finite() && *g > 0.0)
 }
 
 /// The model's diffusers `model_index.json`, if it has one that parses.
@@ -907,9 +921,17 @@ pub fn resolve(
     if steps == 0 {
         problems.push("--steps must be at least 1".into());
     }
+    // As the shift below: a model the registry does not know brings its own guider's scale.
     let guidance_scale = args
         .guidance_scale
         .or(defaults.guidance_scale)
+        .or_else(|| {
+            registry
+                .get(&model)
+                .is_none()
+                .then(|| guider_guidance_scale(&files))
+                .flatten()
+        })
         .unwrap_or(family_defaults.guidance_scale);
     let two_experts = family.takes(FamilyFlag::GuidanceScale2);
     let guidance_scale_2 = if two_experts {

@@ -12,10 +12,11 @@
 //!        ─► VAE (channels, compression) ─► frames
 //! ```
 
+pub mod hunyuan15;
 pub mod wan;
 
 use crate::error::{Result, VditError};
-use crate::sampling::SamplerKind;
+use crate::sampling::{SamplerKind, SigmaGrid};
 
 /// The families vdit knows, by the name a registry file gives (`family = "wan2.1-t2v"`).
 pub const FAMILIES: &[&ModelFamily] = &[
@@ -25,6 +26,7 @@ pub const FAMILIES: &[&ModelFamily] = &[
     &wan::WAN22_T2V_A14B,
     &wan::WAN22_I2V_A14B,
     &wan::WAN22_TI2V_5B,
+    &hunyuan15::HUNYUANVIDEO15_T2V,
 ];
 
 /// The family of a model whose registry entry names none (hub ids and directories outside the
@@ -54,6 +56,8 @@ pub fn family_by_name(name: &str) -> Result<&'static ModelFamily> {
 /// - `expand_timesteps` means Wan2.2 TI2V;
 /// - an `image_encoder` or 36 input channels means Wan2.1 image-to-video, first-and-last-frame
 ///   when the transformer has a position embedding for two images (`pos_embed_seq_len`);
+/// - a `HunyuanVideo15Pipeline` (the index's `_class_name`), or without an index a
+///   `HunyuanVideo15Transformer3DModel` transformer for text-to-video, is HunyuanVideo 1.5;
 /// - anything else is Wan2.1 text-to-video.
 pub fn detect_family(
     model_index: Option<&serde_json::Value>,
@@ -69,6 +73,19 @@ pub fn detect_family(
         })
     };
     let index_says = |key: &str| says(model_index, key);
+    let class_name = |json: Option<&serde_json::Value>| {
+        json.and_then(|j| j.get("_class_name")?.as_str().map(String::from))
+    };
+    let hunyuan_t2v_transformer = class_name(transformer_config).as_deref()
+        == Some("HunyuanVideo15Transformer3DModel")
+        && transformer_config
+            .and_then(|c| c.get("task_type")?.as_str())
+            .is_none_or(|task| task == "t2v");
+    match class_name(model_index).as_deref() {
+        Some("HunyuanVideo15Pipeline") => return &hunyuan15::HUNYUANVIDEO15_T2V,
+        None if hunyuan_t2v_transformer => return &hunyuan15::HUNYUANVIDEO15_T2V,
+        _ => {}
+    }
     // diffusers names it `in_channels`, Wan-AI's own config.json `in_dim`.
     let in_channels = ["in_channels", "in_dim"]
         .iter()
@@ -105,6 +122,11 @@ pub const MASKED_VIDEO_IN_CHANNELS: usize = 36;
 pub enum TextEncoderKind {
     /// umT5-XXL encoder (Wan2.1, Wan2.2): prompts padded to `text_len` tokens.
     Umt5,
+    /// HunyuanVideo 1.5's pair: Qwen2.5-VL's language model on the prompt in its chat template
+    /// (`text_encoder/`, `tokenizer/`; at most `text_len` tokens after the template's prefix)
+    /// and ByT5 on the prompt's quoted text (`text_encoder_2/`, `tokenizer_2/`): two masked
+    /// streams.
+    QwenByT5,
 }
 
 /// A text encoder of the family and where its files live in the diffusers layout.
@@ -124,6 +146,9 @@ pub struct TextEncoderSpec {
 pub enum TransformerKind {
     /// The Wan DiT (Wan2.1; Wan2.2 A14B's experts and TI2V-5B share the architecture).
     Wan,
+    /// HunyuanVideo 1.5's dual-stream transformer: latents, condition latents and a mask channel
+    /// in; the prompt and glyph streams with their masks.
+    HunyuanVideo15,
 }
 
 /// The VAE of a family.
@@ -133,6 +158,9 @@ pub enum VaeKind {
     Wan21,
     /// Wan2.2's VAE: 48 channels, 4× in time, 16× in space (TI2V-5B).
     Wan22,
+    /// HunyuanVideo 1.5's causal 3D VAE: 32 channels, 4× in time, 16× in space; the sampled
+    /// latents are the VAE's times its `scaling_factor`.
+    HunyuanVideo15,
 }
 
 /// The latent space the transformer samples in.
@@ -344,6 +372,8 @@ pub struct ModelFamily {
     pub vae_component: &'static str,
     pub latent: LatentSpace,
     pub timesteps: TimestepForm,
+    /// The sigmas the Euler and LCM solvers step through (UniPC builds its own).
+    pub sigma_grid: SigmaGrid,
     pub defaults: FamilyDefaults,
     /// Flags beyond the common ones that this family takes.
     pub flags: &'static [FamilyFlag],
