@@ -11,7 +11,10 @@ Writes tests/fixtures/hunyuan15_pipeline/:
                      guider/ (ClassifierFreeGuidance, scale 4.5). Weights are rounded to float16 and stored so.
   reference.safetensors
                      noise [1, 4, 3, 3, 4] (the initial latents) and, per case, final_latents_<case> [1, 4, 3, 3, 4]:
-                     the pipeline's output_type="latent" from that noise
+                     the pipeline's output_type="latent" from that noise; final_latents_glyph_bf16: the glyph case
+                     with the whole pipeline in bfloat16 (the noise cast to bfloat16);
+                     final_latents_glyph_bf16_timesteps: the glyph case in float32 with the timesteps rounded to
+                     bfloat16 as the bfloat16 pipeline casts them (the float32 reference of a bfloat16 run)
   reference.json     the settings of the runs (prompts, size, frames, steps, guidance, shift, crop_start) and the
                      sampler's timesteps
 
@@ -26,6 +29,7 @@ transformer's config.json, as gen_hunyuan15_transformer.py does.
 
 Run from the repository root:  python3 scripts/reference/gen_hunyuan15_pipeline.py
 """
+import copy
 import json
 import os
 import shutil
@@ -129,7 +133,23 @@ def main():
         for case, texts in CASES.items():
             latents = pipe(**texts, **s, latents=noise.clone(), output_type="latent").frames
             tensors[f"final_latents_{case}"] = latents.contiguous()
-    timesteps = pipe.scheduler.timesteps.tolist()
+        timesteps = pipe.scheduler.timesteps.tolist()
+        # bfloat16: diffusers casts the timestep to the transformer's dtype and keeps the latents in it
+        # (on a copy: the saved weights stay the ones the float32 runs used)
+        pipe_bf16 = copy.deepcopy(pipe).to(torch.bfloat16)
+        latents = pipe_bf16(**CASES["glyph"], **s, latents=noise.clone().to(torch.bfloat16),
+                            output_type="latent").frames
+        tensors["final_latents_glyph_bf16"] = latents.float().contiguous()
+        del pipe_bf16
+        forward = transformer.forward
+
+        def forward_bf16_timestep(*args, timestep, **kwargs):
+            return forward(*args, timestep=timestep.to(torch.bfloat16).float(), **kwargs)
+
+        transformer.forward = forward_bf16_timestep
+        latents = pipe(**CASES["glyph"], **s, latents=noise.clone(), output_type="latent").frames
+        tensors["final_latents_glyph_bf16_timesteps"] = latents.contiguous()
+        transformer.forward = forward
 
     model_dir = os.path.join(OUT, "model")
     if os.path.isdir(model_dir):

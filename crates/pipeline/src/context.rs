@@ -125,7 +125,10 @@ fn cat_streams(a: &TextStream, b: &TextStream) -> Result<TextStream> {
         });
     }
     let length = la.max(lb);
-    let states = Tensor::cat(&[pad_rows(&a.states, length)?, pad_rows(&b.states, length)?], 0)?;
+    let states = Tensor::cat(
+        &[pad_rows(&a.states, length)?, pad_rows(&b.states, length)?],
+        0,
+    )?;
     let mask = Tensor::cat(&[padded_mask(a, length)?, padded_mask(b, length)?], 0)?;
     Ok(TextStream {
         states,
@@ -189,8 +192,14 @@ mod tests {
                     .transpose()?,
             })
         };
-        let first = TextContext::new(vec![stream(2, 1.0, Some(vec![1.0, 0.0]))?, stream(1, 3.0, None)?]);
-        let second = TextContext::new(vec![stream(3, 2.0, Some(vec![1.0, 1.0, 1.0]))?, stream(1, 4.0, None)?]);
+        let first = TextContext::new(vec![
+            stream(2, 1.0, Some(vec![1.0, 0.0]))?,
+            stream(1, 3.0, None)?,
+        ]);
+        let second = TextContext::new(vec![
+            stream(3, 2.0, Some(vec![1.0, 1.0, 1.0]))?,
+            stream(1, 4.0, None)?,
+        ]);
         let batched = TextContext::cat_batch(&first, &second)?;
         let prompt = batched.stream(0, "the prompt")?;
         assert_eq!(values(&prompt.states), [1.0, 1.0, 0.0, 2.0, 2.0, 2.0]);

@@ -571,7 +571,11 @@ mod tests {
         let noise = crate::sampling::seeded_noise(3, &[1, 4, 2, 3, 3], &dev).unwrap();
         let cond = Tensor::full(2.0f32, (1, 5, 8), &dev).unwrap();
         let uncond = Tensor::full(-1.0f32, (1, 5, 8), &dev).unwrap();
-        (noise, TextContext::single(cond), TextContext::single(uncond))
+        (
+            noise,
+            TextContext::single(cond),
+            TextContext::single(uncond),
+        )
     }
 
     #[test]

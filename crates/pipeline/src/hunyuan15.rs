@@ -119,10 +119,8 @@ impl HunyuanPromptEncoder {
 
         let component =
             files.component(spec.component, settings.overrides.text_encoder.as_deref())?;
-        let config = Qwen25VlTextConfig::from_json_file(&required_config(
-            spec.component,
-            &component,
-        )?)?;
+        let config =
+            Qwen25VlTextConfig::from_json_file(&required_config(spec.component, &component)?)?;
         let layers = config
             .num_hidden_layers
             .checked_sub(text_settings.hidden_layers_to_skip)
@@ -204,10 +202,7 @@ pub fn load_transformer(
 }
 
 /// The transformer's config.json.
-pub fn transformer_config(
-    name: &str,
-    component: &ComponentFiles,
-) -> Result<HunyuanVideo15Config> {
+pub fn transformer_config(name: &str, component: &ComponentFiles) -> Result<HunyuanVideo15Config> {
     Ok(HunyuanVideo15Config::from_json_file(&required_config(
         name, component,
     )?)?)
@@ -262,6 +257,12 @@ pub fn check_run(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     if !settings.lora.first.is_empty() || !settings.lora.second.is_empty() {
         problems.push("--lora: LoRAs are not supported for HunyuanVideo 1.5 yet".into());
     }
+    if settings.step_cache.is_active() {
+        problems.push(
+            "--step-cache: the HunyuanVideo 1.5 transformer has no step-cache seam yet; run without it"
+                .into(),
+        );
+    }
     if settings.offload.mode == OffloadMode::Blocks {
         problems.push(
             "--offload blocks: block streaming is Wan-only; HunyuanVideo 1.5 loads its \
@@ -283,7 +284,10 @@ pub fn check_run(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
 }
 
 /// The components preflight opens the headers of, besides the transformer and the VAE.
-pub fn text_components(settings: &GenerateSettings, files: &ModelFiles) -> Result<Vec<(&'static str, ComponentFiles)>> {
+pub fn text_components(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+) -> Result<Vec<(&'static str, ComponentFiles)>> {
     let spec = &settings.family.text_encoder;
     Ok(vec![
         (
@@ -322,12 +326,16 @@ impl VelocityModel for HunyuanVideo15Transformer {
     ) -> Result<Tensor> {
         let (b, c, f, h, w) = latents.dims5()?;
         let in_channels = self.config().in_channels;
-        let condition_channels = in_channels.checked_sub(c).filter(|&n| n > 0).ok_or_else(|| {
-            VditError::InvalidSetting(format!(
+        let condition_channels =
+            in_channels
+                .checked_sub(c)
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    VditError::InvalidSetting(format!(
                 "latents of {c} channels for a HunyuanVideo transformer taking {in_channels} \
                  (noise, condition latents and mask)"
             ))
-        })?;
+                })?;
         let condition = Tensor::zeros(
             (b, condition_channels, f, h, w),
             latents.dtype(),

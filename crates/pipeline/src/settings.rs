@@ -1395,6 +1395,23 @@ fn resolve_offload(
         OffloadChoice::Experts if !two_experts => given(OffloadMode::None),
         OffloadChoice::Experts => given(OffloadMode::Experts),
         OffloadChoice::Blocks => given(OffloadMode::Blocks),
+        // Block streaming is the Wan transformer's; another is loaded whole.
+        OffloadChoice::Auto
+            if settings
+                .family
+                .experts
+                .iter()
+                .any(|e| e.kind != crate::family::TransformerKind::Wan) =>
+        {
+            OffloadSettings {
+                mode: OffloadMode::None,
+                auto: true,
+                reason: Some(format!(
+                    "the {} transformer is loaded whole (no block streaming)",
+                    settings.family.name
+                )),
+            }
+        }
         OffloadChoice::Auto => {
             // The free memory is read only when it can decide something: before anything of
             // this run is loaded, so it is what the run can have.

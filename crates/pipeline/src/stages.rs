@@ -28,8 +28,8 @@ use serde::Serialize;
 
 use crate::context::TextContext;
 use crate::denoise::{denoise, Conditioning, Expert, ExpertDenoiser, VelocityModel};
-use crate::hunyuan15::HunyuanPromptEncoder;
 use crate::error::{Result, VditError};
+use crate::hunyuan15::HunyuanPromptEncoder;
 use crate::options::{AttentionMode, TokenWindow};
 use vdit_models::clip_vision::config::ClipVisionConfig;
 use vdit_models::clip_vision::model::ClipVisionModel;
@@ -1505,9 +1505,9 @@ pub fn load_decoder(
                 settings.family.vae_component,
                 settings.overrides.vae.as_deref(),
             )?;
-            Ok(VideoDecoder::Hunyuan(Box::new(
-                crate::hunyuan15::load_vae(settings, &component, device)?,
-            )))
+            Ok(VideoDecoder::Hunyuan(Box::new(crate::hunyuan15::load_vae(
+                settings, &component, device,
+            )?)))
         }
         DecoderSettings::Full => Ok(VideoDecoder::Full(Box::new(load_vae(
             settings, files, device,

@@ -496,6 +496,39 @@ mod tests {
     }
 
     #[test]
+    fn hunyuan_video_is_found_from_its_pipeline_or_transformer_class() {
+        let none = |_: &str| false;
+        let hy_index = index(
+            r#"{"_class_name": "HunyuanVideo15Pipeline", "transformer": ["diffusers", "HunyuanVideo15Transformer3DModel"], "text_encoder_2": ["transformers", "T5EncoderModel"]}"#,
+        );
+        let family = detect_family(Some(&hy_index), &none, None);
+        assert_eq!(family.name, "hunyuanvideo-1.5-t2v");
+        assert_eq!(family.text_encoder.kind, TextEncoderKind::QwenByT5);
+        assert_eq!(family.vae, VaeKind::HunyuanVideo15);
+        assert_eq!(family.experts[0].kind, TransformerKind::HunyuanVideo15);
+        assert_eq!(family.pixel_multiple(), 16);
+        // Without an index: the transformer's class, text-to-video only.
+        let t2v =
+            index(r#"{"_class_name": "HunyuanVideo15Transformer3DModel", "task_type": "t2v"}"#);
+        let i2v =
+            index(r#"{"_class_name": "HunyuanVideo15Transformer3DModel", "task_type": "i2v"}"#);
+        assert_eq!(
+            detect_family(None, &none, Some(&t2v)).name,
+            "hunyuanvideo-1.5-t2v"
+        );
+        assert_ne!(
+            detect_family(None, &none, Some(&i2v)).name,
+            "hunyuanvideo-1.5-t2v"
+        );
+        // A Wan index is still Wan.
+        let wan = index(r#"{"_class_name": "WanPipeline", "transformer_2": [null, null]}"#);
+        assert_eq!(
+            detect_family(Some(&wan), &none, Some(&t2v)).name,
+            "wan2.1-t2v"
+        );
+    }
+
+    #[test]
     fn two_experts_split_at_the_boundary() {
         let family = &wan::WAN22_T2V_A14B;
         let [high, low] = family.expert_timesteps(None)[..] else {
