@@ -1,14 +1,16 @@
 //! Text to video in three named stages, each of which loads its network, runs it and frees it:
 //!
 //! ```text
-//! encode   prompt, negative prompt ──umT5──► context [1, 512, D] each
+//! encode   prompt, negative prompt ──text encoder(s)──► text context each (crate::context):
+//!          umT5 [1, 512, D]; HunyuanVideo 1.5: Qwen2.5-VL and ByT5 streams with masks
 //!          image(s) (image-to-video) ──VAE encoder, CLIP──► image condition (crate::image_cond)
-//! denoise  noise [1,16,F',H/8,W/8] ──N solver steps, transformer (cond+uncond batched), CFG──► latents
-//! decode   latents ──Wan VAE──► video [1, 3, F, H, W] in [-1, 1] ──► frames ──► file + sidecar JSON
+//! denoise  noise [1,C,F',H/s,W/s] ──N solver steps, transformer (cond+uncond batched), CFG──► latents
+//! decode   latents ──the family's VAE──► video [1, 3, F, H, W] in [-1, 1] ──► frames ──► file + sidecar JSON
 //! ```
 //!
 //! What runs is the model's family ([`crate::family`]): its text encoder, its experts (the
-//! transformers and when each runs) and its VAE. The step loop ([`crate::denoise::denoise`]) asks
+//! transformers and when each runs) and its VAE, each chosen by its kind (the HunyuanVideo 1.5
+//! networks' loading lives in [`crate::hunyuan15`]). The step loop ([`crate::denoise::denoise`]) asks
 //! a [`Denoiser`](crate::denoise::Denoiser) per step, so it is tested with toy models and serves
 //! any flow-matching transformer.
 

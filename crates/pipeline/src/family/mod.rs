@@ -5,9 +5,12 @@
 //! The stages read a [`ModelFamily`] and never a family's name: adding a family means a module
 //! here (a `ModelFamily` value and its [`ExpertRule`]s), a network in vdit-models and a registry
 //! file naming it (`family = "..."`); the step loop, guidance and the video writer stay as they are.
+//! A family whose networks are of a new kind also brings what the stages dispatch to for that kind
+//! (HunyuanVideo 1.5: [`crate::hunyuan15`], its text encoders, transformer and VAE), and passes its
+//! text to the transformer as a [`crate::context::TextContext`] of as many masked streams as it has.
 //!
 //! ```text
-//! family ─► text encoder(s) ─► context
+//! family ─► text encoder(s) ─► text context (one or more [B, L, D] streams, optional masks)
 //!        ─► experts: [(transformer slot, guidance scale, timestep range)] ─► ExpertDenoiser ─► denoise
 //!        ─► VAE (channels, compression) ─► frames
 //! ```
