@@ -593,11 +593,11 @@ pub struct TextConditioning {
     pub uncond: Option<TextContext>,
 }
 
-/// The text encoder(s) of the family's kind.
+/// The text encoder(s) of the family's kind (boxed: a run holds one, and they differ in size).
 enum PromptNetworks {
     Umt5 {
-        tokenizer: PromptTokenizer,
-        encoder: Umt5Encoder,
+        tokenizer: Box<PromptTokenizer>,
+        encoder: Box<Umt5Encoder>,
     },
     QwenByT5(Box<HunyuanPromptEncoder>),
 }
@@ -611,7 +611,8 @@ pub struct PromptEncoder {
 
 impl PromptEncoder {
     /// Loads the model's tokenizer and text encoder (or the overrides). With `--text-encoder-cpu` the
-    /// encoder runs on the CPU; umT5 overflows in f16, so f16 runs encode in bf16.
+    /// encoder runs on the CPU; umT5 overflows in f16, so f16 runs encode in bf16. HunyuanVideo
+    /// 1.5's pair: [`HunyuanPromptEncoder::load`].
     pub fn load(settings: &GenerateSettings, files: &ModelFiles, device: &Device) -> Result<Self> {
         let spec = &settings.family.text_encoder;
         if spec.kind == TextEncoderKind::QwenByT5 {
@@ -645,7 +646,10 @@ impl PromptEncoder {
         };
         let encoder = Umt5Encoder::load(&weights, &config, encoder_dtype, &encoder_device)?;
         Ok(Self {
-            networks: PromptNetworks::Umt5 { tokenizer, encoder },
+            networks: PromptNetworks::Umt5 {
+                tokenizer: Box::new(tokenizer),
+                encoder: Box::new(encoder),
+            },
             output_device: device.clone(),
         })
     }
