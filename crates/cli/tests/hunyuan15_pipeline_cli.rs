@@ -186,3 +186,42 @@ fn sparse_attention_is_refused() {
         "{stderr}"
     );
 }
+
+/// A HunyuanVideo 1.5 folder of another pipeline (image-to-video) is named as such, not taken
+/// for a Wan model.
+#[test]
+fn other_hunyuan_pipelines_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_dir(&fixture().join("model"), &model);
+    let index = model.join("model_index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace(
+        "\"HunyuanVideo15Pipeline\"",
+        "\"HunyuanVideo15ImageToVideoPipeline\"",
+    );
+    std::fs::write(&index, text).unwrap();
+    let mut args = flags("plain", &dir.path().join("clip.mp4"), None);
+    let at = args.iter().position(|a| a == "--model").unwrap();
+    args[at + 1] = model.display().to_string();
+    let run = common::vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("HunyuanVideo15ImageToVideoPipeline")
+            && stderr.contains("text-to-video only"),
+        "{stderr}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

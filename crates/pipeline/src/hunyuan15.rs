@@ -242,9 +242,9 @@ pub fn check_vae(component: &ComponentFiles) -> Result<usize> {
     Ok(config.latent_channels)
 }
 
-/// What preflight checks beyond the weights' headers: the text encoders' configs and the ByT5
-/// tokenizer are there and parse, the transformer's config parses, and the flags the
-/// HunyuanVideo transformer does not take yet are refused (one line each).
+/// What preflight checks beyond the weights' headers: the flags the HunyuanVideo transformer
+/// does not take yet are refused (one line each), and both text encoders' configs and
+/// tokenizers are there and parse.
 pub fn check_run(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
     let mut problems = Vec::new();
     if settings.attention.mode != AttentionMode::Dense {

@@ -847,6 +847,19 @@ pub fn resolve(
         None => detect_model_family(&files, index.as_ref()),
     };
     let family_defaults = &family.defaults;
+    // Other HunyuanVideo 1.5 pipelines (image-to-video, super-resolution) would otherwise be
+    // taken for a Wan model and fail later on its layout.
+    let class = index
+        .as_ref()
+        .and_then(|m| m.get("_class_name")?.as_str().map(String::from));
+    if let Some(class) = class.filter(|c| c.starts_with("HunyuanVideo15")) {
+        if family.name != crate::family::hunyuan15::HUNYUANVIDEO15_T2V.name {
+            problems.push(format!(
+                "model {model}: a {class} folder; vdit runs HunyuanVideo 1.5 text-to-video only \
+                 (HunyuanVideo15Pipeline)"
+            ));
+        }
+    }
 
     let (image, last_image) = resolve_images(args, family, &model, &mut problems);
     let (size_w, size_h) = args.size.unzip();
