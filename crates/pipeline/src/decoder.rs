@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
+use vdit_models::hunyuan15::vae::{HunyuanVaeTiling, HunyuanVideo15VaeDecoder};
 use vdit_models::taehv::{TaehvConfig, TaehvDecoder};
 use vdit_models::wan::vae::{VaeTiling, WanVaeDecoder};
 use vdit_models::weights::WeightFiles;
@@ -129,6 +130,8 @@ pub fn check_tiny(weights: &Path, latent_channels: usize) -> Result<TaehvConfig>
 pub enum VideoDecoder {
     // Boxed: both hold many layers by value, and a run holds one decoder.
     Full(Box<WanVaeDecoder>),
+    /// HunyuanVideo 1.5's VAE decoder (the model's full decoder for that family).
+    Hunyuan(Box<HunyuanVideo15VaeDecoder>),
     Tiny(Box<TaehvDecoder>),
 }
 
@@ -144,7 +147,7 @@ impl VideoDecoder {
     /// `"full"` or `"tiny"`.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Full(_) => "full",
+            Self::Full(_) | Self::Hunyuan(_) => "full",
             Self::Tiny(_) => "tiny",
         }
     }
@@ -153,6 +156,7 @@ impl VideoDecoder {
     pub fn latent_channels(&self) -> usize {
         match self {
             Self::Full(vae) => vae.z_dim(),
+            Self::Hunyuan(vae) => vae.z_dim(),
             Self::Tiny(tiny) => tiny.latent_channels(),
         }
     }
@@ -164,6 +168,12 @@ impl VideoDecoder {
             Self::Full(vae) => {
                 let tiling =
                     vae_tiling.then(|| VaeTiling::for_spatial_scale(vae.spatial_compression()));
+                vae.decode(latents, tiling)?
+            }
+            Self::Hunyuan(vae) => {
+                // diffusers' `enable_tiling` tiles at the VAE's own scale.
+                let tiling = vae_tiling
+                    .then(|| HunyuanVaeTiling::for_spatial_scale(vae.spatial_compression()));
                 vae.decode(latents, tiling)?
             }
             Self::Tiny(tiny) => tiny.decode(latents)?,
@@ -183,6 +193,11 @@ impl VideoDecoder {
                 // Tiles at the VAE's own scale, as `decode` takes them (Wan2.2's ×16 too).
                 let tiling =
                     vae_tiling.then(|| VaeTiling::for_spatial_scale(vae.spatial_compression()));
+                vae.decode_with_chunks(latents, tiling, on_chunk)?
+            }
+            Self::Hunyuan(vae) => {
+                let tiling = vae_tiling
+                    .then(|| HunyuanVaeTiling::for_spatial_scale(vae.spatial_compression()));
                 vae.decode_with_chunks(latents, tiling, on_chunk)?
             }
             Self::Tiny(tiny) => {

@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor};
 use rainfusion::SelfAttention;
 use vdit_models::wan::transformer::BlockCache;
 
+use crate::context::TextContext;
 use crate::error::{Result, VditError};
 use crate::family::{TimestepForm, TimestepRange};
 use crate::image_cond::ImageCondition;
@@ -24,12 +25,13 @@ pub trait VelocityModel {
     fn num_layers(&self) -> usize;
 
     /// latents `[B, C, F, H, W]` f32, timesteps `[B]` (or `[B, L]` per token) f32 in 0..1000,
-    /// context `[B, Lt, D]` → velocity `[B, C, F, H, W]`. Self-attention goes through `attention`.
+    /// the text `context` (each stream `[B, L, D]`) → velocity `[B, C, F, H, W]`. Self-attention
+    /// goes through `attention`.
     fn velocity(
         &self,
         latents: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        context: &TextContext,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor>;
 
@@ -40,7 +42,7 @@ pub trait VelocityModel {
         &self,
         latents: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        context: &TextContext,
         image: &Tensor,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
@@ -58,7 +60,7 @@ pub trait VelocityModel {
         &self,
         latents: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        context: &TextContext,
         image: Option<&Tensor>,
         attention: &mut dyn SelfAttention,
         cache: &mut dyn BlockCache,
@@ -153,15 +155,15 @@ fn all_finite(t: &Tensor) -> Result<bool> {
 
 /// The prompt's context and, when guiding, the negative prompt's.
 pub struct Conditioning<'a> {
-    /// `[1, Lt, D]`
-    pub cond: &'a Tensor,
-    /// `[1, Lt, D]`; `None` runs without classifier-free guidance (one pass per step).
-    pub uncond: Option<&'a Tensor>,
+    /// Batch 1.
+    pub cond: &'a TextContext,
+    /// Batch 1; `None` runs without classifier-free guidance (one pass per step).
+    pub uncond: Option<&'a TextContext>,
 }
 
-/// One model evaluation with classifier-free guidance: with `uncond` (`[2, Lt, D]` = cond then
-/// uncond, built once per run) and a scale ≠ 1, both passes run as one batch of 2 and are
-/// combined in f32; otherwise one pass on `cond` `[1, Lt, D]`. `timesteps` maps a batch size to
+/// One model evaluation with classifier-free guidance: with `batched` (cond then uncond, batch 2,
+/// built once per run) and a scale ≠ 1, both passes run as one batch of 2 and are combined in
+/// f32; otherwise one pass on `cond` (batch 1). `timesteps` maps a batch size to
 /// the model's timestep tensor. `image` `[1, Li, Di]`, when given, reaches both passes (the
 /// negative prompt changes the text only). With `cache`, the pass goes through the model's
 /// step-cache seam (one decision for both branches of the batch).
@@ -170,8 +172,8 @@ pub fn guided_velocity(
     model: &dyn VelocityModel,
     latents: &Tensor,
     timesteps: &dyn Fn(usize) -> Result<Tensor>,
-    cond: &Tensor,
-    batched: Option<&Tensor>,
+    cond: &TextContext,
+    batched: Option<&TextContext>,
     image: Option<&Tensor>,
     guidance_scale: f64,
     attention: &mut dyn SelfAttention,
@@ -179,7 +181,7 @@ pub fn guided_velocity(
 ) -> Result<Tensor> {
     let mut cache = cache;
     let mut pass =
-        |input: &Tensor, t: &Tensor, context: &Tensor| match (cache.as_deref_mut(), image) {
+        |input: &Tensor, t: &Tensor, context: &TextContext| match (cache.as_deref_mut(), image) {
             (Some(cache), image) => {
                 model.velocity_cached(input, t, context, image, attention, cache)
             }
@@ -197,7 +199,7 @@ pub fn guided_velocity(
 }
 
 /// Guidance branches of a pass: 2 when guiding (cond and uncond batched), else 1.
-fn branches(batched: Option<&Tensor>, guidance_scale: f64) -> usize {
+fn branches(batched: Option<&TextContext>, guidance_scale: f64) -> usize {
     if batched.is_some() && guidance_scale != 1.0 {
         2
     } else {
@@ -292,10 +294,10 @@ pub struct ExpertDenoiser<'a> {
     active: Option<usize>,
     /// Keep every expert's model on the device after its steps (more memory, no reloads).
     pub keep_loaded: bool,
-    /// `[1, Lt, D]`
-    cond: Tensor,
-    /// `[2, Lt, D]` cond then uncond, when guiding.
-    batched: Option<Tensor>,
+    /// Batch 1.
+    cond: TextContext,
+    /// Cond then uncond (batch 2), when guiding.
+    batched: Option<TextContext>,
     timestep_form: TimestepForm,
     /// Tokens per sample, for per-token timesteps.
     tokens: usize,
@@ -327,7 +329,7 @@ impl<'a> ExpertDenoiser<'a> {
         build_attention: BuildAttention<'a>,
     ) -> Result<Self> {
         let batched = match conditioning.uncond {
-            Some(uncond) => Some(Tensor::cat(&[conditioning.cond, uncond], 0)?),
+            Some(uncond) => Some(TextContext::cat_batch(conditioning.cond, uncond)?),
             None => None,
         };
         Ok(Self {
@@ -517,9 +519,10 @@ mod tests {
             &self,
             x: &Tensor,
             t: &Tensor,
-            ctx: &Tensor,
+            ctx: &TextContext,
             _: &mut dyn SelfAttention,
         ) -> Result<Tensor> {
+            let ctx = ctx.single_states()?;
             let call = self.calls.get();
             self.calls.set(call + 1);
             assert_eq!(t.dims(), &[x.dim(0)?]);
@@ -543,8 +546,8 @@ mod tests {
         model: &ToyModel,
         solver: &mut dyn FlowSolver,
         noise: &Tensor,
-        cond: &Tensor,
-        uncond: Option<&Tensor>,
+        cond: &TextContext,
+        uncond: Option<&TextContext>,
         guidance_scale: f64,
         on_step: &mut dyn FnMut(StepReport),
     ) -> Result<Tensor> {
@@ -563,12 +566,16 @@ mod tests {
         denoise(&mut denoiser, solver, noise, on_step)
     }
 
-    fn toy_inputs() -> (Tensor, Tensor, Tensor) {
+    fn toy_inputs() -> (Tensor, TextContext, TextContext) {
         let dev = Device::Cpu;
         let noise = crate::sampling::seeded_noise(3, &[1, 4, 2, 3, 3], &dev).unwrap();
         let cond = Tensor::full(2.0f32, (1, 5, 8), &dev).unwrap();
         let uncond = Tensor::full(-1.0f32, (1, 5, 8), &dev).unwrap();
-        (noise, cond, uncond)
+        (
+            noise,
+            TextContext::single(cond),
+            TextContext::single(uncond),
+        )
     }
 
     #[test]
@@ -670,7 +677,7 @@ mod tests {
             &self,
             x: &Tensor,
             t: &Tensor,
-            _: &Tensor,
+            _: &TextContext,
             _: &mut dyn SelfAttention,
         ) -> Result<Tensor> {
             self.calls.borrow_mut().push((x.dim(0)?, t.dims().to_vec()));
@@ -836,7 +843,7 @@ mod tests {
             &self,
             x: &Tensor,
             _: &Tensor,
-            _: &Tensor,
+            _: &TextContext,
             _: &mut dyn SelfAttention,
         ) -> Result<Tensor> {
             Ok(x.zeros_like()?)
@@ -846,7 +853,7 @@ mod tests {
             &self,
             x: &Tensor,
             _: &Tensor,
-            _: &Tensor,
+            _: &TextContext,
             _: Option<&Tensor>,
             _: &mut dyn SelfAttention,
             cache: &mut dyn BlockCache,

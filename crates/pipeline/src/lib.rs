@@ -24,12 +24,14 @@
 //! ```
 
 pub mod clip;
+pub mod context;
 pub mod decoder;
 pub mod denoise;
 pub mod error;
 pub mod eval;
 pub mod family;
 pub mod hub;
+pub mod hunyuan15;
 pub mod image_cond;
 pub mod memory;
 pub mod metrics;

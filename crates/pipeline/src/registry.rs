@@ -99,6 +99,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         "wan2.2-t2v-a14b-4step.toml",
         include_str!("../../../models/wan2.2-t2v-a14b-4step.toml"),
     ),
+    (
+        "hunyuanvideo-1.5-480p.toml",
+        include_str!("../../../models/hunyuanvideo-1.5-480p.toml"),
+    ),
+    (
+        "hunyuanvideo-1.5-720p.toml",
+        include_str!("../../../models/hunyuanvideo-1.5-720p.toml"),
+    ),
 ];
 
 /// The file in a model folder that holds its defaults (the keys of [`ModelDefaults`], as JSON).
@@ -513,6 +521,34 @@ mod tests {
         assert_eq!(small.defaults.frames, Some(81));
         let large = registry.get("wan2.1-t2v-14b").unwrap();
         assert_eq!(large.location(), "Wan-AI/Wan2.1-T2V-14B-Diffusers");
+    }
+
+    #[test]
+    fn hunyuan_entries_name_their_family_hub_repos_and_published_defaults() {
+        let registry = Registry::embedded();
+        for (name, repo, (width, height), shift) in [
+            (
+                "hunyuanvideo-1.5-480p",
+                "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v",
+                (848, 480),
+                5.0,
+            ),
+            (
+                "hunyuanvideo-1.5-720p",
+                "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v",
+                (1280, 720),
+                9.0,
+            ),
+        ] {
+            let entry = registry.get(name).unwrap();
+            assert_eq!(entry.location(), repo);
+            assert_eq!(entry.family.name, "hunyuanvideo-1.5-t2v");
+            let d = &entry.defaults;
+            assert_eq!((d.width, d.height), (Some(width), Some(height)));
+            assert_eq!((d.frames, d.steps), (Some(121), Some(50)));
+            assert_eq!((d.guidance_scale, d.shift), (Some(6.0), Some(shift)));
+            assert_eq!(d.sampler, Some(SamplerKind::Euler));
+        }
     }
 
     #[test]

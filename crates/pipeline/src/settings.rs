@@ -680,9 +680,23 @@ fn scheduler_shift(files: &ModelFiles) -> Option<f64> {
         .ok()??;
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json.get("flow_shift")?
-        .as_f64()
+    // UniPC (Wan's diffusers folders) calls it `flow_shift`, FlowMatchEulerDiscreteScheduler
+    // (HunyuanVideo 1.5's) `shift`.
+    ["flow_shift", "shift"]
+        .iter()
+        .find_map(|key| json.get(*key)?.as_f64())
         .filter(|s| s.is_finite() && *s > 0.0)
+}
+
+/// The guidance scale of the model's diffusers guider (`guider/guider_config.json`, where
+/// HunyuanVideo 1.5's pipeline keeps it), if it has one.
+fn guider_guidance_scale(files: &ModelFiles) -> Option<f64> {
+    let path = files.optional_file("guider/guider_config.json").ok()??;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    json.get("guidance_scale")?
+        .as_f64()
+        .filter(|g| g.is_finite() && *g > 0.0)
 }
 
 /// The model's diffusers `model_index.json`, if it has one that parses.
@@ -833,6 +847,19 @@ pub fn resolve(
         None => detect_model_family(&files, index.as_ref()),
     };
     let family_defaults = &family.defaults;
+    // Other HunyuanVideo 1.5 pipelines (image-to-video, super-resolution) would otherwise be
+    // taken for a Wan model and fail later on its layout.
+    let class = index
+        .as_ref()
+        .and_then(|m| m.get("_class_name")?.as_str().map(String::from));
+    if let Some(class) = class.filter(|c| c.starts_with("HunyuanVideo15")) {
+        if family.name != crate::family::hunyuan15::HUNYUANVIDEO15_T2V.name {
+            problems.push(format!(
+                "model {model}: a {class} folder; vdit runs HunyuanVideo 1.5 text-to-video only \
+                 (HunyuanVideo15Pipeline)"
+            ));
+        }
+    }
 
     let (image, last_image) = resolve_images(args, family, &model, &mut problems);
     let (size_w, size_h) = args.size.unzip();
@@ -907,9 +934,17 @@ pub fn resolve(
     if steps == 0 {
         problems.push("--steps must be at least 1".into());
     }
+    // As the shift below: a model the registry does not know brings its own guider's scale.
     let guidance_scale = args
         .guidance_scale
         .or(defaults.guidance_scale)
+        .or_else(|| {
+            registry
+                .get(&model)
+                .is_none()
+                .then(|| guider_guidance_scale(&files))
+                .flatten()
+        })
         .unwrap_or(family_defaults.guidance_scale);
     let two_experts = family.takes(FamilyFlag::GuidanceScale2);
     let guidance_scale_2 = if two_experts {
@@ -1373,6 +1408,23 @@ fn resolve_offload(
         OffloadChoice::Experts if !two_experts => given(OffloadMode::None),
         OffloadChoice::Experts => given(OffloadMode::Experts),
         OffloadChoice::Blocks => given(OffloadMode::Blocks),
+        // Block streaming is the Wan transformer's; another is loaded whole.
+        OffloadChoice::Auto
+            if settings
+                .family
+                .experts
+                .iter()
+                .any(|e| e.kind != crate::family::TransformerKind::Wan) =>
+        {
+            OffloadSettings {
+                mode: OffloadMode::None,
+                auto: true,
+                reason: Some(format!(
+                    "the {} transformer is loaded whole (no block streaming)",
+                    settings.family.name
+                )),
+            }
+        }
         OffloadChoice::Auto => {
             // The free memory is read only when it can decide something: before anything of
             // this run is loaded, so it is what the run can have.

@@ -1,14 +1,16 @@
 //! Text to video in three named stages, each of which loads its network, runs it and frees it:
 //!
 //! ```text
-//! encode   prompt, negative prompt ──umT5──► context [1, 512, D] each
+//! encode   prompt, negative prompt ──text encoder(s)──► text context each (crate::context):
+//!          umT5 [1, 512, D]; HunyuanVideo 1.5: Qwen2.5-VL and ByT5 streams with masks
 //!          image(s) (image-to-video) ──VAE encoder, CLIP──► image condition (crate::image_cond)
-//! denoise  noise [1,16,F',H/8,W/8] ──N solver steps, transformer (cond+uncond batched), CFG──► latents
-//! decode   latents ──Wan VAE──► video [1, 3, F, H, W] in [-1, 1] ──► frames ──► file + sidecar JSON
+//! denoise  noise [1,C,F',H/s,W/s] ──N solver steps, transformer (cond+uncond batched), CFG──► latents
+//! decode   latents ──the family's VAE──► video [1, 3, F, H, W] in [-1, 1] ──► frames ──► file + sidecar JSON
 //! ```
 //!
 //! What runs is the model's family ([`crate::family`]): its text encoder, its experts (the
-//! transformers and when each runs) and its VAE. The step loop ([`crate::denoise::denoise`]) asks
+//! transformers and when each runs) and its VAE, each chosen by its kind (the HunyuanVideo 1.5
+//! networks' loading lives in [`crate::hunyuan15`]). The step loop ([`crate::denoise::denoise`]) asks
 //! a [`Denoiser`](crate::denoise::Denoiser) per step, so it is tested with toy models and serves
 //! any flow-matching transformer.
 
@@ -26,8 +28,10 @@ use rainfusion::{
 };
 use serde::Serialize;
 
+use crate::context::TextContext;
 use crate::denoise::{denoise, Conditioning, Expert, ExpertDenoiser, VelocityModel};
 use crate::error::{Result, VditError};
+use crate::hunyuan15::HunyuanPromptEncoder;
 use crate::options::{AttentionMode, TokenWindow};
 use vdit_models::clip_vision::config::ClipVisionConfig;
 use vdit_models::clip_vision::model::ClipVisionModel;
@@ -581,27 +585,44 @@ pub fn write_frames(path: &std::path::Path, frames: &VideoFrames, fps: u32) -> R
 /// Text length the transformer's cross-attention sees: Wan2.1 pads every prompt to 512 tokens.
 pub const TEXT_LEN: usize = crate::family::wan::UMT5_TEXT_ENCODER.text_len;
 
-/// Prompt and negative-prompt embeddings, `[1, TEXT_LEN, d_model]` f32 on the run device.
+/// The prompt's and the negative prompt's text contexts (batch 1 each, f32, on the run device):
+/// Wan's `[1, TEXT_LEN, d_model]`, HunyuanVideo's two masked streams.
 pub struct TextConditioning {
-    pub cond: Tensor,
+    pub cond: TextContext,
     /// Absent when guidance is off (scale 1).
-    pub uncond: Option<Tensor>,
+    pub uncond: Option<TextContext>,
 }
 
-/// The tokenizer and umT5 encoder of a model, loaded once for any number of prompts.
+/// The text encoder(s) of the family's kind (boxed: a run holds one, and they differ in size).
+enum PromptNetworks {
+    Umt5 {
+        tokenizer: Box<PromptTokenizer>,
+        encoder: Box<Umt5Encoder>,
+    },
+    QwenByT5(Box<HunyuanPromptEncoder>),
+}
+
+/// The tokenizer(s) and text encoder(s) of a model, loaded once for any number of prompts.
 pub struct PromptEncoder {
-    tokenizer: PromptTokenizer,
-    encoder: Umt5Encoder,
+    networks: PromptNetworks,
     /// Where the embeddings go (the transformer's device).
     output_device: Device,
 }
 
 impl PromptEncoder {
     /// Loads the model's tokenizer and text encoder (or the overrides). With `--text-encoder-cpu` the
-    /// encoder runs on the CPU; umT5 overflows in f16, so f16 runs encode in bf16.
+    /// encoder runs on the CPU; umT5 overflows in f16, so f16 runs encode in bf16. HunyuanVideo
+    /// 1.5's pair: [`HunyuanPromptEncoder::load`].
     pub fn load(settings: &GenerateSettings, files: &ModelFiles, device: &Device) -> Result<Self> {
         let spec = &settings.family.text_encoder;
-        let TextEncoderKind::Umt5 = spec.kind;
+        if spec.kind == TextEncoderKind::QwenByT5 {
+            return Ok(Self {
+                networks: PromptNetworks::QwenByT5(Box::new(HunyuanPromptEncoder::load(
+                    settings, files, device,
+                )?)),
+                output_device: device.clone(),
+            });
+        }
         let tokenizer_path = match &settings.overrides.tokenizer {
             Some(path) => path.clone(),
             None => files.file(settings.family.text_encoder.tokenizer)?,
@@ -625,26 +646,34 @@ impl PromptEncoder {
         };
         let encoder = Umt5Encoder::load(&weights, &config, encoder_dtype, &encoder_device)?;
         Ok(Self {
-            tokenizer,
-            encoder,
+            networks: PromptNetworks::Umt5 {
+                tokenizer: Box::new(tokenizer),
+                encoder: Box::new(encoder),
+            },
             output_device: device.clone(),
         })
     }
 
-    /// One prompt → `[1, TEXT_LEN, d_model]` f32 (real tokens encoded, then zero rows).
-    pub fn encode(&self, prompt: &str) -> Result<Tensor> {
+    /// One prompt → its context, batch 1 (umT5: `[1, TEXT_LEN, d_model]` f32, real tokens
+    /// encoded, then zero rows).
+    pub fn encode(&self, prompt: &str) -> Result<TextContext> {
+        let (tokenizer, encoder) = match &self.networks {
+            PromptNetworks::Umt5 { tokenizer, encoder } => (tokenizer, encoder),
+            PromptNetworks::QwenByT5(encoder) => return encoder.encode(prompt),
+        };
         // Counted whole first, so a prompt longer than the encoder reads is said, not cut silently.
-        let all = self.tokenizer.encode(prompt, usize::MAX)?.len();
+        let all = tokenizer.encode(prompt, usize::MAX)?.len();
         if all > TEXT_LEN {
             eprintln!(
                 "warning: the prompt is {all} tokens long; the text encoder reads the first {TEXT_LEN} and the rest is ignored"
             );
         }
-        let ids = self.tokenizer.encode(prompt, TEXT_LEN)?;
-        Ok(self
-            .encoder
-            .encode_padded(&ids, TEXT_LEN)?
-            .to_device(&self.output_device)?)
+        let ids = tokenizer.encode(prompt, TEXT_LEN)?;
+        Ok(TextContext::single(
+            encoder
+                .encode_padded(&ids, TEXT_LEN)?
+                .to_device(&self.output_device)?,
+        ))
     }
 
     /// The prompt, and the negative prompt when guidance is on.
@@ -664,7 +693,7 @@ impl PromptEncoder {
     }
 }
 
-/// Stage 1: tokenizer and umT5 encoder; the encoder is freed when this returns.
+/// Stage 1: the tokenizer(s) and text encoder(s); the encoders are freed when this returns.
 pub fn encode_prompts(
     settings: &GenerateSettings,
     files: &ModelFiles,
@@ -712,20 +741,21 @@ impl VelocityModel for WanTransformer {
         &self,
         latents: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        context: &TextContext,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
-        Ok(self.forward(latents, timesteps, context, attention)?)
+        Ok(self.forward(latents, timesteps, context.single_states()?, attention)?)
     }
 
     fn velocity_with_image(
         &self,
         latents: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        context: &TextContext,
         image: &Tensor,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
+        let context = context.single_states()?;
         Ok(self.forward_with_image(latents, timesteps, context, Some(image), attention)?)
     }
 
@@ -733,11 +763,12 @@ impl VelocityModel for WanTransformer {
         &self,
         latents: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        context: &TextContext,
         image: Option<&Tensor>,
         attention: &mut dyn SelfAttention,
         cache: &mut dyn BlockCache,
     ) -> Result<Tensor> {
+        let context = context.single_states()?;
         Ok(self.forward_cached(latents, timesteps, context, image, attention, cache)?)
     }
 }
@@ -769,10 +800,12 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     let vae_files = || files.component(family.vae_component, settings.overrides.vae.as_deref());
     if let Some(path) = &settings.latents_in {
         let vae = vae_files()?;
-        check_vae(settings, &vae)?;
-        let z_dim = vae_config(settings, &vae)?.z_dim;
+        let z_dim = check_vae(settings, &vae)?;
         check_tiny_decoder(settings, z_dim)?;
         return check_saved_latents(settings, path, z_dim);
+    }
+    if first_expert(settings).kind == TransformerKind::HunyuanVideo15 {
+        return preflight_hunyuan(settings, files);
     }
     if settings.overrides.tokenizer.is_none() {
         files.file(family.text_encoder.tokenizer)?;
@@ -834,6 +867,36 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
                 }
             )));
         }
+    }
+    Ok(())
+}
+
+/// [`preflight`] for HunyuanVideo 1.5: the flags its transformer takes, the text encoders' and
+/// tokenizers' files, the weights' headers and dtypes, the VAE's decoder tensors, and the
+/// transformer's output channels against the VAE's.
+fn preflight_hunyuan(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
+    crate::hunyuan15::check_run(settings, files)?;
+    for (name, component) in crate::hunyuan15::text_components(settings, files)? {
+        check_weights(name, &component)?;
+    }
+    let rule = first_expert(settings);
+    let component = expert_component(settings, files, rule)?;
+    let config = crate::hunyuan15::transformer_config(rule.component, &component)?;
+    check_weights(rule.component, &component)?;
+    let vae = files.component(
+        settings.family.vae_component,
+        settings.overrides.vae.as_deref(),
+    )?;
+    let z_dim = check_vae(settings, &vae)?;
+    check_tiny_decoder(settings, z_dim)?;
+    if config.out_channels != z_dim {
+        return Err(VditError::InvalidSetting(format!(
+            "{} ({}) gives {}-channel latents, but the VAE {} decodes {z_dim}",
+            rule.component,
+            component.weights.display(),
+            config.out_channels,
+            vae.weights.display()
+        )));
     }
     Ok(())
 }
@@ -926,13 +989,17 @@ fn check_tiny_decoder(settings: &GenerateSettings, z_dim: usize) -> Result<()> {
 
 /// The VAE loads after sampling, so its checkpoint is checked now as the load will read it: the
 /// headers and dtypes ([`check_weights`]), then every tensor the decoder asks for present with
-/// its shape ([`WanVaeDecoder::check`], headers only).
-fn check_vae(settings: &GenerateSettings, vae: &ComponentFiles) -> Result<()> {
+/// its shape ([`WanVaeDecoder::check`], headers only). Returns the VAE's latent channels.
+fn check_vae(settings: &GenerateSettings, vae: &ComponentFiles) -> Result<usize> {
     check_weights("vae", vae)?;
+    if settings.family.vae == VaeKind::HunyuanVideo15 {
+        return crate::hunyuan15::check_vae(vae);
+    }
     let config = vae_config(settings, vae)?;
     let weights = Arc::new(WeightFiles::open(&vae.weights)?);
     WanVaeDecoder::check(&weights, &config)
-        .map_err(|e| VditError::InvalidSetting(format!("vae {}: {e}", vae.weights.display())))
+        .map_err(|e| VditError::InvalidSetting(format!("vae {}: {e}", vae.weights.display())))?;
+    Ok(config.z_dim)
 }
 
 /// The `latents` tensor of a `--latents-in` file must have the shape this run decodes:
@@ -972,9 +1039,15 @@ fn check_saved_latents(settings: &GenerateSettings, path: &Path, z_dim: usize) -
     Ok(())
 }
 
-/// The VAE's config: its config.json, else the family's VAE.
+/// The Wan VAE's config: its config.json, else the family's VAE.
 fn vae_config(settings: &GenerateSettings, vae: &ComponentFiles) -> Result<WanVaeConfig> {
     Ok(match (&vae.config, settings.family.vae) {
+        (_, VaeKind::HunyuanVideo15) => {
+            return Err(VditError::InvalidSetting(format!(
+                "vae {}: a HunyuanVideo 1.5 VAE, not a Wan one (this stage takes Wan VAEs only)",
+                vae.weights.display()
+            )))
+        }
         (Some(path), _) => WanVaeConfig::from_json_file(path)?,
         (None, VaeKind::Wan21) => WanVaeConfig::wan2_1(),
         (None, VaeKind::Wan22) => WanVaeConfig::wan2_2(),
@@ -1098,7 +1171,13 @@ pub fn load_expert(
     device: &Device,
     rule: &ExpertRule,
 ) -> Result<WanTransformer> {
-    let TransformerKind::Wan = rule.kind;
+    if rule.kind != TransformerKind::Wan {
+        return Err(VditError::InvalidSetting(format!(
+            "the {} family's {} is not a Wan transformer: `vdit compare`, `vdit eval` and the \
+             benchmarks load Wan transformers only (use `vdit generate`)",
+            settings.family.name, rule.component
+        )));
+    }
     let component = expert_component(settings, files, rule)?;
     let weights = Arc::new(WeightFiles::open(&component.weights)?);
     let config = match &component.config {
@@ -1236,14 +1315,31 @@ pub fn deferred_experts<'a>(
             let load_seconds = load_seconds.clone();
             let load: LoadModel<'a> = Box::new(move || {
                 let start = Instant::now();
-                let model: Box<dyn VelocityModel> =
-                    Box::new(load_expert(settings, files, device, rule)?);
+                let model = load_velocity_model(settings, files, device, rule)?;
                 load_seconds.set(load_seconds.get() + start.elapsed().as_secs_f64());
                 Ok(model)
             });
             Expert::deferred(rule.component, load, scale, timesteps)
         })
         .collect()
+}
+
+/// One of the family's transformers as the step loop's velocity model, by its kind.
+pub fn load_velocity_model<'a>(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    device: &Device,
+    rule: &ExpertRule,
+) -> Result<Box<dyn VelocityModel + 'a>> {
+    Ok(match rule.kind {
+        TransformerKind::Wan => Box::new(load_expert(settings, files, device, rule)?),
+        TransformerKind::HunyuanVideo15 => {
+            let component = expert_component(settings, files, rule)?;
+            Box::new(crate::hunyuan15::load_transformer(
+                settings, &component, device, rule,
+            )?)
+        }
+    })
 }
 
 /// Stage 2: samples, each transformer loaded for its steps and freed after them (the loads'
@@ -1257,9 +1353,16 @@ pub fn sample_latents(
 ) -> Result<SampledLatents> {
     // The noise has the transformer's output channels (an image-conditioned transformer takes
     // more in: the condition's).
-    let channels = match transformer_config(settings, files)? {
-        Some(config) => config.out_channels,
-        None => settings.family.latent.channels,
+    let rule = first_expert(settings);
+    let channels = match rule.kind {
+        TransformerKind::HunyuanVideo15 => {
+            let component = expert_component(settings, files, rule)?;
+            crate::hunyuan15::transformer_config(rule.component, &component)?.out_channels
+        }
+        TransformerKind::Wan => match transformer_config(settings, files)? {
+            Some(config) => config.out_channels,
+            None => settings.family.latent.channels,
+        },
     };
     let load_seconds = Rc::new(Cell::new(0.0));
     let mut sampled = sample_with_experts(
@@ -1335,7 +1438,8 @@ pub fn sample_with_experts(
     .with_image(image.cloned());
     let mut denoiser = denoiser.with_step_cache(&settings.step_cache, settings.steps);
     denoiser.keep_loaded = settings.offload.mode.keeps_experts_loaded();
-    let mut solver = settings.sampler.solver(
+    let mut solver = settings.sampler.solver_on(
+        settings.family.sigma_grid,
         settings.steps,
         settings.shift,
         settings.timesteps.as_deref(),
@@ -1402,6 +1506,15 @@ pub fn load_decoder(
     device: &Device,
 ) -> Result<VideoDecoder> {
     match &settings.decoder {
+        DecoderSettings::Full if settings.family.vae == VaeKind::HunyuanVideo15 => {
+            let component = files.component(
+                settings.family.vae_component,
+                settings.overrides.vae.as_deref(),
+            )?;
+            Ok(VideoDecoder::Hunyuan(Box::new(crate::hunyuan15::load_vae(
+                settings, &component, device,
+            )?)))
+        }
         DecoderSettings::Full => Ok(VideoDecoder::Full(Box::new(load_vae(
             settings, files, device,
         )?))),

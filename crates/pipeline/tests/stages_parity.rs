@@ -56,9 +56,12 @@ fn every_stage_matches_diffusers_in_f32() {
     let device = Device::Cpu;
 
     let text = encode_prompts(&settings, &files, &device).unwrap();
-    let cond_err = relative_error(&text.cond, &reference["prompt_embeds"]);
+    let cond_err = relative_error(
+        text.cond.single_states().unwrap(),
+        &reference["prompt_embeds"],
+    );
     let uncond_err = relative_error(
-        text.uncond.as_ref().unwrap(),
+        text.uncond.as_ref().unwrap().single_states().unwrap(),
         &reference["negative_prompt_embeds"],
     );
     println!("prompt embeddings: rel err {cond_err:.2e} (cond), {uncond_err:.2e} (uncond)");

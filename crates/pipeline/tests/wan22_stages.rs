@@ -59,9 +59,12 @@ fn check_stages(name: &str) -> &'static str {
     let device = Device::Cpu;
 
     let text = encode_prompts(&settings, &files, &device).unwrap();
-    let cond_err = relative_error(&text.cond, &reference["prompt_embeds"]);
+    let cond_err = relative_error(
+        text.cond.single_states().unwrap(),
+        &reference["prompt_embeds"],
+    );
     let uncond_err = relative_error(
-        text.uncond.as_ref().unwrap(),
+        text.uncond.as_ref().unwrap().single_states().unwrap(),
         &reference["negative_prompt_embeds"],
     );
     let sampled = sample_latents(&settings, &files, &device, &text, None).unwrap();

@@ -5,17 +5,21 @@
 //! The stages read a [`ModelFamily`] and never a family's name: adding a family means a module
 //! here (a `ModelFamily` value and its [`ExpertRule`]s), a network in vdit-models and a registry
 //! file naming it (`family = "..."`); the step loop, guidance and the video writer stay as they are.
+//! A family whose networks are of a new kind also brings what the stages dispatch to for that kind
+//! (HunyuanVideo 1.5: [`crate::hunyuan15`], its text encoders, transformer and VAE), and passes its
+//! text to the transformer as a [`crate::context::TextContext`] of as many masked streams as it has.
 //!
 //! ```text
-//! family ─► text encoder(s) ─► context
+//! family ─► text encoder(s) ─► text context (one or more [B, L, D] streams, optional masks)
 //!        ─► experts: [(transformer slot, guidance scale, timestep range)] ─► ExpertDenoiser ─► denoise
 //!        ─► VAE (channels, compression) ─► frames
 //! ```
 
+pub mod hunyuan15;
 pub mod wan;
 
 use crate::error::{Result, VditError};
-use crate::sampling::SamplerKind;
+use crate::sampling::{SamplerKind, SigmaGrid};
 
 /// The families vdit knows, by the name a registry file gives (`family = "wan2.1-t2v"`).
 pub const FAMILIES: &[&ModelFamily] = &[
@@ -25,6 +29,7 @@ pub const FAMILIES: &[&ModelFamily] = &[
     &wan::WAN22_T2V_A14B,
     &wan::WAN22_I2V_A14B,
     &wan::WAN22_TI2V_5B,
+    &hunyuan15::HUNYUANVIDEO15_T2V,
 ];
 
 /// The family of a model whose registry entry names none (hub ids and directories outside the
@@ -54,6 +59,8 @@ pub fn family_by_name(name: &str) -> Result<&'static ModelFamily> {
 /// - `expand_timesteps` means Wan2.2 TI2V;
 /// - an `image_encoder` or 36 input channels means Wan2.1 image-to-video, first-and-last-frame
 ///   when the transformer has a position embedding for two images (`pos_embed_seq_len`);
+/// - a `HunyuanVideo15Pipeline` (the index's `_class_name`), or without an index a
+///   `HunyuanVideo15Transformer3DModel` transformer for text-to-video, is HunyuanVideo 1.5;
 /// - anything else is Wan2.1 text-to-video.
 pub fn detect_family(
     model_index: Option<&serde_json::Value>,
@@ -69,6 +76,19 @@ pub fn detect_family(
         })
     };
     let index_says = |key: &str| says(model_index, key);
+    let class_name = |json: Option<&serde_json::Value>| {
+        json.and_then(|j| j.get("_class_name")?.as_str().map(String::from))
+    };
+    let hunyuan_t2v_transformer = class_name(transformer_config).as_deref()
+        == Some("HunyuanVideo15Transformer3DModel")
+        && transformer_config
+            .and_then(|c| c.get("task_type")?.as_str())
+            .is_none_or(|task| task == "t2v");
+    match class_name(model_index).as_deref() {
+        Some("HunyuanVideo15Pipeline") => return &hunyuan15::HUNYUANVIDEO15_T2V,
+        None if hunyuan_t2v_transformer => return &hunyuan15::HUNYUANVIDEO15_T2V,
+        _ => {}
+    }
     // diffusers names it `in_channels`, Wan-AI's own config.json `in_dim`.
     let in_channels = ["in_channels", "in_dim"]
         .iter()
@@ -105,6 +125,11 @@ pub const MASKED_VIDEO_IN_CHANNELS: usize = 36;
 pub enum TextEncoderKind {
     /// umT5-XXL encoder (Wan2.1, Wan2.2): prompts padded to `text_len` tokens.
     Umt5,
+    /// HunyuanVideo 1.5's pair: Qwen2.5-VL's language model on the prompt in its chat template
+    /// (`text_encoder/`, `tokenizer/`; at most `text_len` tokens after the template's prefix)
+    /// and ByT5 on the prompt's quoted text (`text_encoder_2/`, `tokenizer_2/`): two masked
+    /// streams.
+    QwenByT5,
 }
 
 /// A text encoder of the family and where its files live in the diffusers layout.
@@ -124,6 +149,9 @@ pub struct TextEncoderSpec {
 pub enum TransformerKind {
     /// The Wan DiT (Wan2.1; Wan2.2 A14B's experts and TI2V-5B share the architecture).
     Wan,
+    /// HunyuanVideo 1.5's dual-stream transformer: latents, condition latents and a mask channel
+    /// in; the prompt and glyph streams with their masks.
+    HunyuanVideo15,
 }
 
 /// The VAE of a family.
@@ -133,6 +161,9 @@ pub enum VaeKind {
     Wan21,
     /// Wan2.2's VAE: 48 channels, 4× in time, 16× in space (TI2V-5B).
     Wan22,
+    /// HunyuanVideo 1.5's causal 3D VAE: 32 channels, 4× in time, 16× in space; the sampled
+    /// latents are the VAE's times its `scaling_factor`.
+    HunyuanVideo15,
 }
 
 /// The latent space the transformer samples in.
@@ -344,6 +375,8 @@ pub struct ModelFamily {
     pub vae_component: &'static str,
     pub latent: LatentSpace,
     pub timesteps: TimestepForm,
+    /// The sigmas the Euler and LCM solvers step through (UniPC builds its own).
+    pub sigma_grid: SigmaGrid,
     pub defaults: FamilyDefaults,
     /// Flags beyond the common ones that this family takes.
     pub flags: &'static [FamilyFlag],
@@ -463,6 +496,39 @@ mod tests {
                 assert_eq!(family.takes(FamilyFlag::LastImage), image.last_image);
             }
         }
+    }
+
+    #[test]
+    fn hunyuan_video_is_found_from_its_pipeline_or_transformer_class() {
+        let none = |_: &str| false;
+        let hy_index = index(
+            r#"{"_class_name": "HunyuanVideo15Pipeline", "transformer": ["diffusers", "HunyuanVideo15Transformer3DModel"], "text_encoder_2": ["transformers", "T5EncoderModel"]}"#,
+        );
+        let family = detect_family(Some(&hy_index), &none, None);
+        assert_eq!(family.name, "hunyuanvideo-1.5-t2v");
+        assert_eq!(family.text_encoder.kind, TextEncoderKind::QwenByT5);
+        assert_eq!(family.vae, VaeKind::HunyuanVideo15);
+        assert_eq!(family.experts[0].kind, TransformerKind::HunyuanVideo15);
+        assert_eq!(family.pixel_multiple(), 16);
+        // Without an index: the transformer's class, text-to-video only.
+        let t2v =
+            index(r#"{"_class_name": "HunyuanVideo15Transformer3DModel", "task_type": "t2v"}"#);
+        let i2v =
+            index(r#"{"_class_name": "HunyuanVideo15Transformer3DModel", "task_type": "i2v"}"#);
+        assert_eq!(
+            detect_family(None, &none, Some(&t2v)).name,
+            "hunyuanvideo-1.5-t2v"
+        );
+        assert_ne!(
+            detect_family(None, &none, Some(&i2v)).name,
+            "hunyuanvideo-1.5-t2v"
+        );
+        // A Wan index is still Wan.
+        let wan = index(r#"{"_class_name": "WanPipeline", "transformer_2": [null, null]}"#);
+        assert_eq!(
+            detect_family(Some(&wan), &none, Some(&t2v)).name,
+            "wan2.1-t2v"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{
     ImageEncoderSpec, ImageFit, ImageInput, LatentSpace, ModelFamily, TextEncoderKind,
     TextEncoderSpec, TimestepForm, TimestepRange, TransformerKind, VaeKind,
 };
-use crate::sampling::SamplerKind;
+use crate::sampling::{SamplerKind, SigmaGrid};
 
 /// Wan2.1's official default negative prompt (its `sample_neg_prompt`), used when neither the
 /// user nor the model's registry entry gives one.
@@ -61,6 +61,7 @@ pub const WAN21_T2V: ModelFamily = ModelFamily {
         patch: (1, 2, 2),
     },
     timesteps: TimestepForm::PerSample,
+    sigma_grid: SigmaGrid::TrainingTable,
     defaults: FamilyDefaults {
         width: wan_defaults::WIDTH,
         height: wan_defaults::HEIGHT,
@@ -115,6 +116,7 @@ pub const WAN22_T2V_A14B: ModelFamily = ModelFamily {
     vae_component: "vae",
     latent: WAN21_T2V.latent,
     timesteps: TimestepForm::PerSample,
+    sigma_grid: SigmaGrid::TrainingTable,
     defaults: FamilyDefaults {
         width: 1280,
         height: 720,
@@ -151,6 +153,7 @@ pub const WAN22_TI2V_5B: ModelFamily = ModelFamily {
         patch: (1, 2, 2),
     },
     timesteps: TimestepForm::PerToken,
+    sigma_grid: SigmaGrid::TrainingTable,
     defaults: FamilyDefaults {
         width: 1280,
         height: 704,
@@ -193,6 +196,7 @@ pub const WAN21_I2V: ModelFamily = ModelFamily {
     vae_component: "vae",
     latent: WAN21_T2V.latent,
     timesteps: TimestepForm::PerSample,
+    sigma_grid: SigmaGrid::TrainingTable,
     defaults: FamilyDefaults {
         width: 832,
         height: 480,

@@ -19,8 +19,8 @@ pub use guidance::{guide, guide_batched};
 pub use lcm::LcmSolver;
 pub use noise::{load_noise, seeded_noise};
 pub use schedule::{
-    check_step_list, distilled_flow_schedule, euler_flow_schedule, shift_sigma,
-    unipc_flow_schedule, FlowSchedule,
+    check_step_list, distilled_flow_schedule, euler_flow_schedule, linear_flow_schedule,
+    shift_sigma, unipc_flow_schedule, FlowSchedule, SigmaGrid,
 };
 pub use unipc::UniPcSolver;
 
@@ -69,7 +69,26 @@ impl SamplerKind {
         step_list: Option<&[f64]>,
         seed: u64,
     ) -> Result<Box<dyn FlowSolver>> {
-        let listed = step_list.map(|list| distilled_flow_schedule(list, shift));
+        self.solver_on(SigmaGrid::TrainingTable, steps, shift, step_list, seed)
+    }
+
+    /// [`Self::solver`] with Euler and LCM stepping through `grid` when no step list is given
+    /// (UniPC builds its own grid whatever `grid` says).
+    pub fn solver_on(
+        self,
+        grid: SigmaGrid,
+        steps: usize,
+        shift: f64,
+        step_list: Option<&[f64]>,
+        seed: u64,
+    ) -> Result<Box<dyn FlowSolver>> {
+        let listed = match (step_list, grid) {
+            (Some(list), _) => Some(distilled_flow_schedule(list, shift)),
+            (None, SigmaGrid::Linear) if self != SamplerKind::Unipc => {
+                Some(linear_flow_schedule(steps, shift))
+            }
+            (None, _) => None,
+        };
         Ok(match (self, listed) {
             (SamplerKind::Unipc, None) => Box::new(UniPcSolver::new(steps, shift)),
             (SamplerKind::Unipc, Some(_)) => {

@@ -113,6 +113,39 @@ pub fn distilled_flow_schedule(step_list: &[f64], shift: f64) -> FlowSchedule {
     FlowSchedule { timesteps, sigmas }
 }
 
+/// Which sigmas a flow-matching Euler (or LCM) run steps through before the shift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigmaGrid {
+    /// diffusers' `FlowMatchEulerDiscreteScheduler` on its own: N values evenly spaced between
+    /// the training table's σ_max and σ_min ([`euler_flow_schedule`]; the Wan families).
+    TrainingTable,
+    /// σ_k = 1 − k/N, k = 0..N, as pipelines that hand the scheduler
+    /// `sigmas = np.linspace(1.0, 0.0, N + 1)[:-1]` get it ([`linear_flow_schedule`];
+    /// HunyuanVideo 1.5).
+    Linear,
+}
+
+/// The schedule of a pipeline that gives diffusers' flow-matching scheduler the sigmas
+/// `np.linspace(1.0, 0.0, N + 1)[:-1]`: each taken to f32 and shifted in f32 as the scheduler
+/// does (`shift·σ / (1 + (shift − 1)·σ)`); the model sees 1000·σ'; σ_N = 0.
+pub fn linear_flow_schedule(steps: usize, shift: f64) -> FlowSchedule {
+    // numpy's linspace: start + k·step with step = (stop − start)/N, in f64.
+    let step = -1.0 / steps.max(1) as f64;
+    let s = shift as f32;
+    let mut sigmas: Vec<f32> = (0..steps)
+        .map(|k| {
+            let sigma = (1.0 + k as f64 * step) as f32;
+            s * sigma / (1.0 + (s - 1.0) * sigma)
+        })
+        .collect();
+    let timesteps = sigmas
+        .iter()
+        .map(|&s| s * NUM_TRAIN_TIMESTEPS as f32)
+        .collect();
+    sigmas.push(0.0);
+    FlowSchedule { timesteps, sigmas }
+}
+
 /// Checks a denoising step list: 1 to 1000 values, each in (0, 1000], strictly decreasing.
 pub fn check_step_list(step_list: &[f64]) -> std::result::Result<(), String> {
     if step_list.is_empty() {
@@ -149,6 +182,16 @@ mod tests {
         // The timesteps diffusers used for tests/fixtures/tiny_pipeline (4 steps, shift 3).
         let schedule = unipc_flow_schedule(4, 3.0);
         assert_eq!(schedule.timesteps, vec![999.0, 900.0, 750.0, 500.0]);
+        assert_eq!(schedule.sigmas.len(), 5);
+        assert_eq!(*schedule.sigmas.last().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn linear_grid_of_the_hunyuan_pipeline() {
+        // The timesteps diffusers' HunyuanVideo15Pipeline used for tests/fixtures/hunyuan15_pipeline
+        // (4 steps, shift 7): σ = 1, 0.75, 0.5, 0.25 shifted by 7σ / (1 + 6σ).
+        let schedule = linear_flow_schedule(4, 7.0);
+        assert_eq!(schedule.timesteps, vec![1000.0, 954.545_4, 875.0, 700.0]);
         assert_eq!(schedule.sigmas.len(), 5);
         assert_eq!(*schedule.sigmas.last().unwrap(), 0.0);
     }

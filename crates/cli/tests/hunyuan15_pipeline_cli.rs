@@ -1,0 +1,227 @@
+//! `vdit generate` on HunyuanVideo 1.5 text-to-video against diffusers' `HunyuanVideo15Pipeline`
+//! (scripts/reference/gen_hunyuan15_pipeline.py): tests/fixtures/hunyuan15_pipeline/model is a
+//! tiny random-weight pipeline folder (Qwen2.5-VL + ByT5 text encoders, patch-1 transformer,
+//! ×16 VAE, FlowMatchEuler scheduler at shift 7, guider at scale 4.5). From the saved noise, 4
+//! steps: the final latents must match diffusers' at f32 relative error ≤ 1e-4, for a prompt
+//! without quoted text (the glyph stream all padding, the default negative prompt "") and one
+//! quoting two texts (with a negative prompt). The family is found from model_index.json, the
+//! shift from the scheduler's config, the guidance from the guider's and the Euler sampler on
+//! σ = 1 − k/N from the family: only the size, frames, steps and prompts are passed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hunyuan15_pipeline")
+}
+
+fn reference_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+        .unwrap()
+}
+
+/// The flags of diffusers' run of `case`, writing `out` (and the final latents to `latents`
+/// when given).
+fn flags(case: &str, out: &Path, latents: Option<&Path>) -> Vec<String> {
+    let json = reference_json();
+    let get = |k: &str| json[k].to_string();
+    let texts = &json["cases"][case];
+    let mut args: Vec<String> = vec![
+        "generate".into(),
+        "-p".into(),
+        texts["prompt"].as_str().unwrap().into(),
+        "--model".into(),
+        fixture().join("model").display().to_string(),
+        "--width".into(),
+        get("width"),
+        "--height".into(),
+        get("height"),
+        "--frames".into(),
+        get("num_frames"),
+        "--steps".into(),
+        get("num_inference_steps"),
+        "--dtype".into(),
+        "f32".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--noise".into(),
+        fixture()
+            .join("reference.safetensors")
+            .display()
+            .to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    if let Some(negative) = texts["negative_prompt"].as_str() {
+        args.extend(["-n".into(), negative.into()]);
+    }
+    if let Some(latents) = latents {
+        args.extend(["--latents-out".into(), latents.display().to_string()]);
+    }
+    args
+}
+
+/// Runs `case`; returns vdit's final latents and its stderr.
+fn final_latents(case: &str, dir: &Path, extra: &[&str]) -> (Tensor, String) {
+    let latents_path = dir.join(format!("{case}.safetensors"));
+    let mut args = flags(case, &dir.join(format!("{case}.mp4")), Some(&latents_path));
+    if extra.contains(&"--dtype") {
+        let at = args.iter().position(|a| a == "--dtype").unwrap();
+        args.drain(at..at + 2);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let run = common::vdit(&args, &dir.join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(run.status.success(), "{case}:\n{stderr}");
+    let latents = candle_core::safetensors::load(&latents_path, &Device::Cpu).unwrap();
+    (latents["latents"].clone(), stderr)
+}
+
+fn reference(name: &str) -> Tensor {
+    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
+        [name]
+        .clone()
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    rainfusion::reference::relative_error(a, b).unwrap()
+}
+
+#[test]
+fn final_latents_match_diffusers_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut results = Vec::new();
+    for case in ["plain", "glyph"] {
+        let (latents, stderr) = final_latents(case, dir.path(), &[]);
+        let expected = reference(&format!("final_latents_{case}"));
+        let err = relative_error(&latents, &expected);
+        println!("HunyuanVideo 1.5 {case}: final latents rel err {err:.2e} vs diffusers");
+        assert!(err <= 1e-4, "{case}: rel err {err}\n{stderr}");
+        // The family's sampler and the model's own scheduler shift and guider scale were used.
+        assert!(
+            stderr.contains("4 steps, euler, shift 7, guidance 4.5"),
+            "{stderr}"
+        );
+        results.push(latents);
+    }
+    // The two prompts lead to different videos (the comparison above can tell them apart).
+    let apart = relative_error(&results[0], &reference("final_latents_glyph"));
+    assert!(apart > 1e-2, "plain vs glyph reference: {apart}");
+}
+
+/// bf16 against diffusers' f32 run with the timesteps rounded to bf16, as both pipelines cast
+/// the timestep to the transformer's dtype (954.5 → 956 here; on this tiny random model that
+/// alone moves diffusers' result 1.2e-1). Also printed: the distance to diffusers' run of the
+/// whole pipeline in bf16, which rounds other intermediates than vdit (it keeps the latents and
+/// the residual streams in bf16, vdit in f32).
+#[test]
+fn bf16_stays_within_bf16_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (latents, _) = final_latents("glyph", dir.path(), &["--dtype", "bf16"]);
+    let err = relative_error(&latents, &reference("final_latents_glyph_bf16_timesteps"));
+    let bf16 = relative_error(&latents, &reference("final_latents_glyph_bf16"));
+    println!(
+        "bf16: final latents rel err {err:.2e} vs diffusers f32 with bf16 timesteps ({bf16:.2e} vs diffusers' bf16 run)"
+    );
+    assert!(err <= 2e-2, "rel err {err}");
+}
+
+/// Guidance matters: another scale moves the result away from diffusers' (so the match above
+/// cannot come from an unguided run).
+#[test]
+fn another_guidance_scale_changes_the_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (latents, _) = final_latents("glyph", dir.path(), &["--guidance-scale", "1.5"]);
+    let err = relative_error(&latents, &reference("final_latents_glyph"));
+    println!("guidance 1.5 instead of the guider's 4.5: rel err {err:.2e}");
+    assert!(err > 1e-3, "{err}");
+}
+
+/// An ordinary run (seeded noise, no latents file) writes an mp4 of the requested size and
+/// frame count through the HunyuanVideo VAE, and its sidecar.
+#[test]
+fn generate_writes_an_mp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    let mut args = flags("plain", &out, None);
+    // No --noise: a seeded run.
+    let at = args.iter().position(|a| a == "--noise").unwrap();
+    args.drain(at..at + 2);
+    args.extend(["--seed".into(), "7".into(), "--steps".into(), "2".into()]);
+    let run = common::vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(run.status.success(), "{stderr}");
+    let video = vdit_pipeline::video::read_video(&out).unwrap();
+    let json = reference_json();
+    assert_eq!(
+        video.video.frames.len() as u64,
+        json["num_frames"].as_u64().unwrap()
+    );
+    assert_eq!(
+        (video.video.width as u64, video.video.height as u64),
+        (
+            json["width"].as_u64().unwrap(),
+            json["height"].as_u64().unwrap()
+        )
+    );
+    assert!(vdit_pipeline::ownership::sidecar_path(&out).is_file());
+}
+
+/// Flags the HunyuanVideo transformer does not take yet are refused before any work, one line
+/// each.
+#[test]
+fn sparse_attention_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = flags("plain", &dir.path().join("clip.mp4"), None);
+    args.extend(["--attention".into(), "rainfusion".into()]);
+    let run = common::vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("--attention rainfusion") && stderr.contains("dense"),
+        "{stderr}"
+    );
+}
+
+/// A HunyuanVideo 1.5 folder of another pipeline (image-to-video) is named as such, not taken
+/// for a Wan model.
+#[test]
+fn other_hunyuan_pipelines_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_dir(&fixture().join("model"), &model);
+    let index = model.join("model_index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace(
+        "\"HunyuanVideo15Pipeline\"",
+        "\"HunyuanVideo15ImageToVideoPipeline\"",
+    );
+    std::fs::write(&index, text).unwrap();
+    let mut args = flags("plain", &dir.path().join("clip.mp4"), None);
+    let at = args.iter().position(|a| a == "--model").unwrap();
+    args[at + 1] = model.display().to_string();
+    let run = common::vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("HunyuanVideo15ImageToVideoPipeline")
+            && stderr.contains("text-to-video only"),
+        "{stderr}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
