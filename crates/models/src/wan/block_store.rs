@@ -105,9 +105,9 @@ impl Deref for FetchedBlock<'_> {
 }
 
 impl BlockStore {
-    /// `blocks` must already be on `placement.home_device(compute)`.
-    /// Streamed onto a CUDA device, this pins the host blocks and creates the copy stream; if
-    /// that fails the store warns and copies synchronously.
+    /// `blocks` must already be on `placement.home_device(compute)`. Streamed onto a CUDA
+    /// device (and unless [`OFFLOAD_SYNC_ENV`] is `1`), this page-locks the host blocks and
+    /// creates the copy stream; if that fails the store says so and copies synchronously.
     pub(crate) fn new(placement: BlockPlacement, blocks: Vec<WanBlock>, compute: &Device) -> Self {
         #[cfg(feature = "cuda")]
         let streamer = match (placement, compute) {
@@ -174,10 +174,14 @@ impl BlockStore {
 
     /// Whether the streamed blocks are copied overlapped, on a second stream (see the module
     /// docs); false when resident or synchronous.
+    #[cfg(feature = "cuda")]
     pub(crate) fn overlapped(&self) -> bool {
-        #[cfg(feature = "cuda")]
-        return self.streamer.is_some();
-        #[cfg(not(feature = "cuda"))]
+        self.streamer.is_some()
+    }
+
+    /// Whether the streamed blocks are copied overlapped: never without the `cuda` feature.
+    #[cfg(not(feature = "cuda"))]
+    pub(crate) fn overlapped(&self) -> bool {
         false
     }
 

@@ -211,13 +211,14 @@ impl CopyPlan<'_> {
         // SAFETY: every element is written by the copy queued for it before the compute stream
         // is let past the `copied` event (see `BlockStreamer::start`).
         let slice = unsafe { self.device.alloc::<T>(src.len()) }?;
-        let (dst, _record) = slice.device_ptr(self.compute);
+        // The second half (an event record, a no-op outside cudarc's multi-stream mode) is
+        // dropped at once: the ordering is the streamer's events.
+        let (dst, _) = slice.device_ptr(self.compute);
         self.copies.push(PendingCopy {
             dst,
             src: src.as_ptr() as usize,
             bytes: std::mem::size_of_val(src),
         });
-        drop(_record);
         let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, self.device.clone()));
         Ok(Tensor::from_storage(
             storage,
