@@ -61,8 +61,7 @@ fn streamed_equals_resident(
 ) -> Tensor {
     let dev = Device::new_cuda(0).expect("this test needs a CUDA device");
     let load = |placement| {
-        WanTransformer::load_placed(files, cfg, DType::BF16, &dev, lora.clone(), placement)
-            .unwrap()
+        WanTransformer::load_placed(files, cfg, DType::BF16, &dev, lora.clone(), placement).unwrap()
     };
     let resident = load(BlockPlacement::Resident);
     std::env::remove_var(OFFLOAD_SYNC_ENV);
@@ -71,8 +70,14 @@ fn streamed_equals_resident(
     let synchronous = load(BlockPlacement::Streamed);
     std::env::remove_var(OFFLOAD_SYNC_ENV);
     assert!(!resident.block_copies_overlapped(), "{label}");
-    assert!(overlapped.block_copies_overlapped(), "{label}: the overlapped copier is on");
-    assert!(!synchronous.block_copies_overlapped(), "{label}: {OFFLOAD_SYNC_ENV}=1 is obeyed");
+    assert!(
+        overlapped.block_copies_overlapped(),
+        "{label}: the overlapped copier is on"
+    );
+    assert!(
+        !synchronous.block_copies_overlapped(),
+        "{label}: {OFFLOAD_SYNC_ENV}=1 is obeyed"
+    );
 
     let run = |model: &WanTransformer| -> Tensor {
         model
@@ -101,7 +106,10 @@ fn streamed_equals_resident(
         last = Some(a);
     }
     let layers = cfg.num_layers as u64;
-    assert!(layers >= 2, "{label}: a fixture with one block proves little");
+    assert!(
+        layers >= 2,
+        "{label}: a fixture with one block proves little"
+    );
     assert_eq!(overlapped.block_fetches(), layers * passes, "{label}");
     assert_eq!(synchronous.block_fetches(), layers * passes, "{label}");
     assert_eq!(resident.block_fetches(), 0, "{label}");
@@ -139,8 +147,14 @@ fn overlapped_streaming_equals_resident() {
         false,
     )
     .unwrap();
-    let with_lora =
-        streamed_equals_resident("runtime lora bf16", &files, &cfg, Some(Arc::new(set)), &io, 1);
+    let with_lora = streamed_equals_resident(
+        "runtime lora bf16",
+        &files,
+        &cfg,
+        Some(Arc::new(set)),
+        &io,
+        1,
+    );
     // The LoRA is in effect: the output moved away from the base model's.
     assert!(relative_error(&with_lora, &out) > 1e-3);
 }

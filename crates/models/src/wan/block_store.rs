@@ -124,7 +124,9 @@ impl BlockStore {
                         Some(streamer)
                     }
                     Err(e) => {
-                        eprintln!("vdit: overlapped block streaming is off ({e}); copying synchronously");
+                        eprintln!(
+                            "vdit: overlapped block streaming is off ({e}); copying synchronously"
+                        );
                         None
                     }
                 }

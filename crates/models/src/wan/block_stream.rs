@@ -52,7 +52,9 @@ use crate::wan::block::WanBlock;
 use crate::wan::tensor_map::{qtensor_to_device, TensorMap};
 
 fn cuda_error(what: &str, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Candle(candle_core::Error::Msg(format!("block streaming: {what}: {e}")))
+    ModelError::Candle(candle_core::Error::Msg(format!(
+        "block streaming: {what}: {e}"
+    )))
 }
 
 /// The next block, copied (or being copied) on the copy stream.
@@ -310,8 +312,9 @@ impl PinnedHost {
         for (start, end) in merged {
             // SAFETY: [start, end) covers pages of live host buffers of `blocks` (rounded out to
             // the pages holding them); they stay allocated until `unregister` runs.
-            let status =
-                unsafe { sys::cuMemHostRegister_v2(start as *mut std::ffi::c_void, end - start, 0) };
+            let status = unsafe {
+                sys::cuMemHostRegister_v2(start as *mut std::ffi::c_void, end - start, 0)
+            };
             match status.result() {
                 Ok(()) => pinned.registered.push(start),
                 Err(_) => pinned.failed_bytes += end - start,
