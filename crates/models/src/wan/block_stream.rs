@@ -161,7 +161,12 @@ impl BlockStreamer {
                 let src = std::slice::from_raw_parts(copy.src as *const u8, copy.bytes);
                 driver::memcpy_htod_async(copy.dst, src, self.copy.cu_stream())
             }
-            .map_err(|e| cuda_error("copy to the device", e))?;
+            .map_err(|e| {
+                // `block` (and its buffers) is dropped on return: the copies already queued
+                // into it must be done first.
+                let _ = self.copy.synchronize();
+                cuda_error("copy to the device", e)
+            })?;
         }
         let copied = context
             .new_event(None)
