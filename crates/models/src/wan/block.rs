@@ -5,7 +5,7 @@
 //! Precision: the residual stream, norms, modulation and gates are f32; the linear layers run in
 //! the model's run dtype (bf16 in production), as in the original Wan code under autocast.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rainfusion::{dense_attention, SelfAttention, VideoLayout};
 
 use crate::error::Result;
@@ -13,6 +13,7 @@ use crate::profile::span;
 use crate::wan::config::WanConfig;
 use crate::wan::layers::{layer_norm, modulate, AffineLayerNorm, Linear, RmsNorm, WeightSource};
 use crate::wan::rope::WanRope;
+use crate::wan::tensor_map::TensorMap;
 
 /// When the block runs through rainfusion's fused CUDA kernels.
 #[cfg(feature = "cuda")]
@@ -89,16 +90,16 @@ impl AttentionLayer {
         })
     }
 
-    /// This layer on `device`. The folded output bias is not carried: it is remade from the
-    /// moved weights on first use (one [1, dim] projection).
-    fn to_device(&self, device: &Device) -> Result<Self> {
+    /// This layer rebuilt from `map` applied to its tensors. The folded output bias is not
+    /// carried: it is remade from the mapped weights on first use (one [1, dim] projection).
+    fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
         Ok(Self {
-            to_q: self.to_q.to_device(device)?,
-            to_k: self.to_k.to_device(device)?,
-            to_v: self.to_v.to_device(device)?,
-            to_out: self.to_out.to_device(device)?,
-            norm_q: self.norm_q.to_device(device)?,
-            norm_k: self.norm_k.to_device(device)?,
+            to_q: self.to_q.map_tensors(map)?,
+            to_k: self.to_k.map_tensors(map)?,
+            to_v: self.to_v.map_tensors(map)?,
+            to_out: self.to_out.map_tensors(map)?,
+            norm_q: self.norm_q.map_tensors(map)?,
+            norm_k: self.norm_k.map_tensors(map)?,
             num_heads: self.num_heads,
             head_dim: self.head_dim,
             folded_out_bias: std::sync::OnceLock::new(),
@@ -194,11 +195,11 @@ impl ImageKeyValue {
         })
     }
 
-    fn to_device(&self, device: &Device) -> Result<Self> {
+    fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
         Ok(Self {
-            to_k: self.to_k.to_device(device)?,
-            to_v: self.to_v.to_device(device)?,
-            norm_k: self.norm_k.to_device(device)?,
+            to_k: self.to_k.map_tensors(map)?,
+            to_v: self.to_v.map_tensors(map)?,
+            norm_k: self.norm_k.map_tensors(map)?,
         })
     }
 }
@@ -357,26 +358,29 @@ impl WanBlock {
         })
     }
 
-    /// This block with everything it holds (linear weights as stored, biases, unmerged LoRA
-    /// factors, norms, the modulation table) on `device`: what a streamed block's fetch makes.
-    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+    /// This block rebuilt from `map` applied to everything it holds (linear weights as stored,
+    /// biases, unmerged LoRA factors, norms, the modulation table): with [`ToDevice`], the copy
+    /// a streamed block's synchronous fetch makes.
+    ///
+    /// [`ToDevice`]: crate::wan::tensor_map::ToDevice
+    pub(crate) fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
         Ok(Self {
             index: self.index,
-            modulation: self.modulation.to_device(device)?,
-            self_attn: self.self_attn.to_device(device)?,
+            modulation: map.tensor(&self.modulation)?,
+            self_attn: self.self_attn.map_tensors(map)?,
             cross_norm: self
                 .cross_norm
                 .as_ref()
-                .map(|n| n.to_device(device))
+                .map(|n| n.map_tensors(map))
                 .transpose()?,
-            cross_attn: self.cross_attn.to_device(device)?,
+            cross_attn: self.cross_attn.map_tensors(map)?,
             image_kv: self
                 .image_kv
                 .as_ref()
-                .map(|kv| kv.to_device(device))
+                .map(|kv| kv.map_tensors(map))
                 .transpose()?,
-            ffn_in: self.ffn_in.to_device(device)?,
-            ffn_out: self.ffn_out.to_device(device)?,
+            ffn_in: self.ffn_in.map_tensors(map)?,
+            ffn_out: self.ffn_out.map_tensors(map)?,
             eps: self.eps,
             dtype: self.dtype,
         })

@@ -13,9 +13,14 @@
 //! compute (GPU):   [block 0] → run → drop, [block 1] → run → drop, ...
 //! ```
 //!
-//! `fetch` is the one seam between the loop and the copy: today it copies synchronously on the
-//! compute device's stream; a copier that keeps the host blocks in pinned memory and copies
-//! block i+1 on a second stream while block i runs replaces only the inside of `fetch`.
+//! `fetch` is the one seam between the loop and the copy. Two copiers sit behind it:
+//! - overlapped (CUDA compute device): the host blocks are page-locked at load and block i+1 is
+//!   copied on a second stream while block i runs (`block_stream`); at most two blocks' copies
+//!   are on the GPU, the running one and the next;
+//! - synchronous (the CPU, other devices, and CUDA with `VDIT_OFFLOAD_SYNC=1`): block i is
+//!   copied with candle's copies on the compute device's stream when it is fetched.
+//!
+//! [`OFFLOAD_SYNC_ENV`] keeps the synchronous copy on a GPU so that both can be measured.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,16 @@ use candle_core::Device;
 
 use crate::error::Result;
 use crate::wan::block::WanBlock;
+#[cfg(feature = "cuda")]
+use crate::wan::block_stream::BlockStreamer;
+use crate::wan::tensor_map::ToDevice;
+
+/// Environment variable: `1` keeps the synchronous block copy of `--offload blocks` on a CUDA
+/// device (each block copied on candle's stream just before it runs, from pageable memory)
+/// instead of the overlapped one (pinned host blocks, block i+1 copied on a second stream while
+/// block i runs). Read once, when a streamed transformer is loaded. For measuring one against
+/// the other (scripts/gpu/NOTES.md, "Streaming, overlapped"), and a fallback.
+pub const OFFLOAD_SYNC_ENV: &str = "VDIT_OFFLOAD_SYNC";
 
 /// Where a [`crate::wan::WanTransformer`]'s blocks live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +78,11 @@ pub(crate) struct BlockStore {
     /// Blocks copied to the compute device so far (streamed only): the proof that streaming
     /// happened, for tests and benchmarks.
     fetches: AtomicU64,
+    /// The overlapped copier (streamed onto a CUDA device, unless [`OFFLOAD_SYNC_ENV`] is `1`).
+    /// It holds the host blocks' pinning and reads them until dropped: `Drop` drops it before
+    /// `blocks`.
+    #[cfg(feature = "cuda")]
+    streamer: Option<BlockStreamer>,
 }
 
 /// One block ready to run on the compute device: the resident block itself, or a copy that is
@@ -85,13 +105,41 @@ impl Deref for FetchedBlock<'_> {
 }
 
 impl BlockStore {
-    /// `blocks` must already be on `placement.home_device(compute)`.
+    /// `blocks` must already be on `placement.home_device(compute)`. Streamed onto a CUDA
+    /// device (and unless [`OFFLOAD_SYNC_ENV`] is `1`), this page-locks the host blocks and
+    /// creates the copy stream; if that fails the store says so and copies synchronously.
     pub(crate) fn new(placement: BlockPlacement, blocks: Vec<WanBlock>, compute: &Device) -> Self {
+        #[cfg(feature = "cuda")]
+        let streamer = match (placement, compute) {
+            (BlockPlacement::Streamed, Device::Cuda(cuda)) if !sync_copy_asked() => {
+                match BlockStreamer::new(&blocks, cuda) {
+                    Ok(streamer) => {
+                        if streamer.unpinned_bytes() > 0 {
+                            eprintln!(
+                                "vdit: {} MiB of the streamed blocks could not be page-locked; \
+                                 their copies are not overlapped",
+                                streamer.unpinned_bytes() >> 20
+                            );
+                        }
+                        Some(streamer)
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "vdit: overlapped block streaming is off ({e}); copying synchronously"
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Self {
             placement,
             blocks,
             compute: compute.clone(),
             fetches: AtomicU64::new(0),
+            #[cfg(feature = "cuda")]
+            streamer,
         }
     }
 
@@ -103,22 +151,59 @@ impl BlockStore {
         self.placement
     }
 
-    /// Block `index` on the compute device. Streamed: a copy of every tensor it holds, made now
-    /// (the caller drops it after the block has run).
+    /// Block `index` on the compute device. Streamed: a copy of every tensor it holds (the
+    /// caller drops it after the block has run), made now (synchronous) or earlier on the copy
+    /// stream and ordered before the block's kernels (overlapped, which then starts the copy of
+    /// block `index + 1`). The block loop must drop block i-1's copy before fetching block i:
+    /// that keeps two blocks' copies on the device at most.
     pub(crate) fn fetch(&self, index: usize) -> Result<FetchedBlock<'_>> {
         let block = &self.blocks[index];
         match self.placement {
             BlockPlacement::Resident => Ok(FetchedBlock::Resident(block)),
             BlockPlacement::Streamed => {
-                let copy = block.to_device(&self.compute)?;
+                #[cfg(feature = "cuda")]
+                let copy = match &self.streamer {
+                    Some(streamer) => streamer.fetch(&self.blocks, index)?,
+                    None => block.map_tensors(&mut ToDevice(&self.compute))?,
+                };
+                #[cfg(not(feature = "cuda"))]
+                let copy = block.map_tensors(&mut ToDevice(&self.compute))?;
                 self.fetches.fetch_add(1, Ordering::Relaxed);
                 Ok(FetchedBlock::Copied(Box::new(copy)))
             }
         }
     }
 
+    /// Whether the streamed blocks are copied overlapped, on a second stream (see the module
+    /// docs); false when resident or synchronous.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn overlapped(&self) -> bool {
+        self.streamer.is_some()
+    }
+
+    /// Whether the streamed blocks are copied overlapped: never without the `cuda` feature.
+    #[cfg(not(feature = "cuda"))]
+    pub(crate) fn overlapped(&self) -> bool {
+        false
+    }
+
     /// Blocks copied to the compute device since load.
     pub(crate) fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
     }
+}
+
+#[cfg(feature = "cuda")]
+impl Drop for BlockStore {
+    /// The streamer first: it waits for the copies reading the host blocks and unpins them
+    /// while they are still allocated.
+    fn drop(&mut self) {
+        self.streamer.take();
+    }
+}
+
+/// Whether [`OFFLOAD_SYNC_ENV`] is `1`.
+#[cfg(feature = "cuda")]
+fn sync_copy_asked() -> bool {
+    std::env::var(OFFLOAD_SYNC_ENV).is_ok_and(|v| v == "1")
 }

@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Shape, Tensor, D};
 
 use crate::error::{ModelError, Result};
 use crate::lora::{LoraMode, LoraSet};
+use crate::wan::tensor_map::TensorMap;
 use crate::weights::{KeyMap, RandomWeights, WeightFiles};
 
 /// Reads tensors by canonical (diffusers) name from a checkpoint, in a requested dtype; or draws
@@ -365,30 +366,27 @@ impl Linear {
         }
     }
 
-    /// This layer with every tensor it holds (weight as stored: dense, GGUF blocks or fp8 with
-    /// its scale; bias; unmerged LoRA factors) on `device`. A copy between devices is a plain
-    /// memcpy: nothing is cast or requantised.
-    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+    /// This layer rebuilt from `map` applied to every tensor it holds (weight as stored: dense,
+    /// GGUF blocks or fp8 with its scale; bias; unmerged LoRA factors). A copy between devices
+    /// is a plain memcpy: nothing is cast or requantised.
+    pub(crate) fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
         let weight = match &self.weight {
-            LinearWeight::Dense(w) => LinearWeight::Dense(w.to_device(device)?),
-            LinearWeight::Quantized(q) => {
-                LinearWeight::Quantized(Arc::new(qtensor_to_device(q, device)?))
-            }
+            LinearWeight::Dense(w) => LinearWeight::Dense(map.tensor(w)?),
+            LinearWeight::Quantized(q) => LinearWeight::Quantized(map.quantized(q)?),
             LinearWeight::Fp8 { weight, scale } => LinearWeight::Fp8 {
-                weight: weight.to_device(device)?,
-                scale: scale.as_ref().map(|s| s.to_device(device)).transpose()?,
+                weight: map.tensor(weight)?,
+                scale: scale.as_ref().map(|s| map.tensor(s)).transpose()?,
             },
+        };
+        let bias = map.tensor(&self.bias)?;
+        let adapter = match &self.adapter {
+            Some((down, up)) => Some((map.tensor(down)?, map.tensor(up)?)),
+            None => None,
         };
         Ok(Self {
             weight,
-            bias: self.bias.to_device(device)?,
-            adapter: self
-                .adapter
-                .as_ref()
-                .map(|(down, up)| -> Result<(Tensor, Tensor)> {
-                    Ok((down.to_device(device)?, up.to_device(device)?))
-                })
-                .transpose()?,
+            bias,
+            adapter,
             dtype: self.dtype,
         })
     }
@@ -474,15 +472,6 @@ impl Linear {
     }
 }
 
-/// A copy of the GGUF blocks `q` on `device`: candle 0.11 has no `QTensor::to_device`, so the
-/// raw blocks are read back (`QTensor::data`: borrowed on the CPU, a device→host copy on a GPU)
-/// and built into a storage on `device` (`QStorage::from_data`, which on CUDA adds the row
-/// padding its kernels read). The bytes are the same blocks; nothing is requantised.
-fn qtensor_to_device(q: &QTensor, device: &Device) -> Result<QTensor> {
-    let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
-    Ok(QTensor::new(storage, q.shape().clone())?)
-}
-
 /// fp8 values [out, in] cast to `dtype`, times the scale ([1, 1] or [out, 1] in `dtype`) if any.
 fn fp8_dequantized(weight: &Tensor, scale: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
     let w = weight.to_dtype(dtype)?;
@@ -525,11 +514,11 @@ impl AffineLayerNorm {
             .broadcast_add(&self.bias)?)
     }
 
-    /// This norm's tensors on `device`.
-    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+    /// This norm rebuilt from `map` applied to its tensors.
+    pub(crate) fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
         Ok(Self {
-            weight: self.weight.to_device(device)?,
-            bias: self.bias.to_device(device)?,
+            weight: map.tensor(&self.weight)?,
+            bias: map.tensor(&self.bias)?,
             eps: self.eps,
         })
     }
@@ -561,10 +550,10 @@ impl RmsNorm {
         Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)?)
     }
 
-    /// This norm's weight on `device`.
-    pub(crate) fn to_device(&self, device: &Device) -> Result<Self> {
+    /// This norm rebuilt from `map` applied to its weight.
+    pub(crate) fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
         Ok(Self {
-            weight: self.weight.to_device(device)?,
+            weight: map.tensor(&self.weight)?,
             eps: self.eps,
         })
     }

@@ -11,11 +11,14 @@
 
 mod block;
 pub mod block_store;
+#[cfg(feature = "cuda")]
+mod block_stream;
 pub mod config;
 mod image_embedding;
 pub mod keys;
 pub(crate) mod layers;
 pub mod rope;
+mod tensor_map;
 pub mod transformer;
 pub mod vae;
 

@@ -308,6 +308,12 @@ impl WanTransformer {
         self.blocks.fetches()
     }
 
+    /// Whether streamed blocks are copied on a second CUDA stream, overlapped with the previous
+    /// block's compute (false when resident, on the CPU, or with `VDIT_OFFLOAD_SYNC=1`).
+    pub fn block_copies_overlapped(&self) -> bool {
+        self.blocks.overlapped()
+    }
+
     /// Latent channels the transformer reads (16 for Wan2.1 and the Wan2.2 A14B experts, 48 for
     /// Wan2.2 TI2V-5B): a pipeline checks its VAE against this.
     pub fn in_channels(&self) -> usize {

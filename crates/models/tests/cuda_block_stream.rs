@@ -1,0 +1,160 @@
+//! Block streaming on CUDA (feature `cuda`, needs a GPU; compiles to nothing without the
+//! feature): a transformer whose blocks live in pinned host memory and are copied on a second
+//! stream, block i+1 while block i runs, gives bit for bit the output of the all-resident one
+//! (only copies differ), for dense bf16 blocks, GGUF Q8_0 blocks (pinned, copied on candle's
+//! stream), scaled fp8 blocks and unmerged LoRA factors; and so does the synchronous copy that
+//! `VDIT_OFFLOAD_SYNC=1` keeps.
+//!
+//! A file of its own: the cases toggle `VDIT_OFFLOAD_SYNC` (read when a model is loaded), and
+//! cuda_dit.rs toggles `VDIT_NO_FUSED` (read at every block) from tests that run in parallel
+//! with each other; in one process the two would race. All cases here run in one test, in order.
+//!
+//! Run on a GPU machine:
+//! `cargo test --release -p vdit-models --features cuda --test cuda_block_stream -- --nocapture`
+#![cfg(feature = "cuda")]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use rainfusion::DenseAttention;
+use vdit_models::lora::{LoraMode, LoraSet, LoraSpec};
+use vdit_models::wan::block_store::OFFLOAD_SYNC_ENV;
+use vdit_models::wan::keys::lora_targets;
+use vdit_models::wan::{BlockPlacement, WanConfig, WanTransformer};
+use vdit_models::weights::WeightFiles;
+
+mod common;
+use common::{fixture, fixtures_root, load_io, relative_error};
+
+const BF16_TOLERANCE: f64 = 2e-2;
+
+/// The number of values of `a` and `b` (same shape) whose bits differ.
+fn differing_values(a: &Tensor, b: &Tensor) -> usize {
+    assert_eq!(a.dims(), b.dims());
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    };
+    let (a, b) = (bits(a), bits(b));
+    a.iter().zip(&b).filter(|(x, y)| x != y).count()
+}
+
+/// Loads `files` resident and streamed (overlapped, then synchronous) on the GPU, runs `passes`
+/// forwards of each on the inputs `io` and checks that the three agree bit for bit, that the
+/// streamed ones fetched every block of every pass, and which copier each used. Returns the
+/// resident output of the last pass.
+fn streamed_equals_resident(
+    label: &str,
+    files: &Arc<WeightFiles>,
+    cfg: &WanConfig,
+    lora: Option<Arc<LoraSet>>,
+    io: &HashMap<String, Tensor>,
+    passes: u64,
+) -> Tensor {
+    let dev = Device::new_cuda(0).expect("this test needs a CUDA device");
+    let load = |placement| {
+        WanTransformer::load_placed(files, cfg, DType::BF16, &dev, lora.clone(), placement).unwrap()
+    };
+    let resident = load(BlockPlacement::Resident);
+    std::env::remove_var(OFFLOAD_SYNC_ENV);
+    let overlapped = load(BlockPlacement::Streamed);
+    std::env::set_var(OFFLOAD_SYNC_ENV, "1");
+    let synchronous = load(BlockPlacement::Streamed);
+    std::env::remove_var(OFFLOAD_SYNC_ENV);
+    assert!(!resident.block_copies_overlapped(), "{label}");
+    assert!(
+        overlapped.block_copies_overlapped(),
+        "{label}: the overlapped copier is on"
+    );
+    assert!(
+        !synchronous.block_copies_overlapped(),
+        "{label}: {OFFLOAD_SYNC_ENV}=1 is obeyed"
+    );
+
+    let run = |model: &WanTransformer| -> Tensor {
+        model
+            .forward_with_image(
+                &io["latents"],
+                &io["timesteps"],
+                &io["context"],
+                io.get("image"),
+                &mut DenseAttention,
+            )
+            .unwrap()
+    };
+    let mut last = None;
+    for pass in 0..passes {
+        let a = run(&resident);
+        let b = run(&overlapped);
+        let c = run(&synchronous);
+        let (ab, ac) = (differing_values(&a, &b), differing_values(&a, &c));
+        eprintln!(
+            "{label}, pass {pass}: {ab} values differ overlapped vs resident, {ac} synchronous \
+             vs resident (of {})",
+            a.elem_count()
+        );
+        assert_eq!(ab, 0, "{label}, pass {pass}: overlapped");
+        assert_eq!(ac, 0, "{label}, pass {pass}: synchronous");
+        last = Some(a);
+    }
+    let layers = cfg.num_layers as u64;
+    assert!(
+        layers >= 2,
+        "{label}: a fixture with one block proves little"
+    );
+    assert_eq!(overlapped.block_fetches(), layers * passes, "{label}");
+    assert_eq!(synchronous.block_fetches(), layers * passes, "{label}");
+    assert_eq!(resident.block_fetches(), 0, "{label}");
+    last.unwrap()
+}
+
+#[test]
+fn overlapped_streaming_equals_resident() {
+    let dir = fixture("heads2x32");
+    let files = Arc::new(WeightFiles::open(&dir).unwrap());
+    let cfg = WanConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let io = load_io(&dir, &Device::Cpu);
+
+    // Dense bf16, three passes: the prefetch crosses from one forward to the next.
+    let out = streamed_equals_resident("dense bf16", &files, &cfg, None, &io, 3);
+    let err = relative_error(&out, &io["velocity"]);
+    assert!(err <= BF16_TOLERANCE, "dense bf16 vs diffusers: {err:.3e}");
+
+    let gguf =
+        Arc::new(WeightFiles::open(&fixtures_root().join("gguf/wan_tiny_q8_0.gguf")).unwrap());
+    streamed_equals_resident("gguf q8_0 bf16", &gguf, &cfg, None, &io, 2);
+
+    let fp8 = fixtures_root().join("fp8/wan_tiny_fp8_scaled.safetensors");
+    let fp8 = Arc::new(WeightFiles::open(&fp8).unwrap());
+    streamed_equals_resident("fp8 scaled bf16", &fp8, &cfg, None, &io, 1);
+
+    let spec = LoraSpec {
+        path: fixtures_root().join("lora/peft.safetensors"),
+        strength: 0.8,
+    };
+    let set = LoraSet::open(
+        std::slice::from_ref(&spec),
+        &lora_targets(&cfg),
+        LoraMode::Runtime,
+        false,
+    )
+    .unwrap();
+    let with_lora = streamed_equals_resident(
+        "runtime lora bf16",
+        &files,
+        &cfg,
+        Some(Arc::new(set)),
+        &io,
+        1,
+    );
+    // The LoRA is in effect: the output moved away from the base model's.
+    assert!(relative_error(&with_lora, &out) > 1e-3);
+}
