@@ -79,7 +79,9 @@ fn streamed_equals_resident(
         "{label}: {OFFLOAD_SYNC_ENV}=1 is obeyed"
     );
 
-    let run = |model: &WanTransformer| -> Tensor {
+    // Named in the failure: the fp8 case once failed on the H100 with CUDA_ERROR_NOT_FOUND (a
+    // kernel symbol missing) without saying which model's forward it was.
+    let run = |model: &WanTransformer, which: &str| -> Tensor {
         model
             .forward_with_image(
                 &io["latents"],
@@ -88,13 +90,13 @@ fn streamed_equals_resident(
                 io.get("image"),
                 &mut DenseAttention,
             )
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{label}, {which} forward: {e}"))
     };
     let mut last = None;
     for pass in 0..passes {
-        let a = run(&resident);
-        let b = run(&overlapped);
-        let c = run(&synchronous);
+        let a = run(&resident, "resident");
+        let b = run(&overlapped, "overlapped");
+        let c = run(&synchronous, "synchronous");
         let (ab, ac) = (differing_values(&a, &b), differing_values(&a, &c));
         eprintln!(
             "{label}, pass {pass}: {ab} values differ overlapped vs resident, {ac} synchronous \
