@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The HunyuanVideo 1.5 transformer rows (issue 21), ours against diffusers in the same GPU run, random weights at the
-# real size (8.3B text-to-video: 54 dual-stream blocks, 16 heads × 128), dense, batch 1 (the pipeline runs each
+# real size (8.3B text-to-video: 54 dual-stream blocks, 16 heads × 128), dense and (vdit) RainFusion 0.8, batch 1 (the pipeline runs each
 # guidance branch as its own forward), one timed forward after a warm-up:
 #   848x480x121  (latent 31×30×53: 49,290 video tokens)
 #   1280x720x121 (latent 31×45×80: 111,600 video tokens)
@@ -38,10 +38,16 @@ if [ "${ONLY:-}" != vae ]; then
   step vdit_480p 120 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_480p.json" "${hy[@]}" --size 848x480 --frames 121
   t "vdit: HunyuanVideo 1.5 forward, 1280x720x121, dense"
   step vdit_720p 200 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_720p.json" "${hy[@]}" --size 1280x720 --frames 121
+  t "vdit: the same forwards with RainFusion 0.8 (video blocks sparse, text band dense)"
+  step vdit_480p_rf 120 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_480p_rf.json" "${hy[@]}" --size 848x480 \
+    --frames 121 --attention rainfusion --sparsity 0.8
+  step vdit_720p_rf 150 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_720p_rf.json" "${hy[@]}" --size 1280x720 \
+    --frames 121 --attention rainfusion --sparsity 0.8
   t "diffusers: the same forwards (an out-of-memory size gives a row that says so)"
   step torch_hy15 240 python3 scripts/gpu/torch_bench.py --hunyuan15 --sizes 848x480,1280x720 --frames 121 \
     --warmup 1 --iters 1 --out "$OUT/torch_hy15.json"
-  files+=("$OUT/vdit_480p.json" "$OUT/vdit_720p.json" "$OUT/torch_hy15.json")
+  files+=("$OUT/vdit_480p.json" "$OUT/vdit_720p.json" "$OUT/vdit_480p_rf.json" "$OUT/vdit_720p_rf.json"
+    "$OUT/torch_hy15.json")
 fi
 
 if [ "${ONLY:-}" != transformer ]; then

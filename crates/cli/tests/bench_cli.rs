@@ -489,9 +489,10 @@ fn wan22_shapes_run_at_toy_sizes() {
 
 /// HunyuanVideo 1.5 at a toy width (one block of 2 heads × 16, the released text widths) and a
 /// 64×32×5 video (×16 VAE: a 2×2×4 grid, 16 tokens): the row is written with a TFLOP/s figure
-/// that matches its median; RainFusion is refused in one line before any work.
+/// that matches its median; a RainFusion row on a larger toy grid skips blocks; bad text lengths
+/// are refused in one line before any work.
 #[test]
-fn hunyuan15_transformer_bench_runs_a_toy_and_refuses_rainfusion() {
+fn hunyuan15_transformer_bench_runs_a_toy_dense_and_with_rainfusion() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("hy.json");
     let toy = [
@@ -545,13 +546,27 @@ fn hunyuan15_transformer_bench_runs_a_toy_and_refuses_rainfusion() {
         "{tflops} against {want}"
     );
 
-    for (extra, needle) in [
-        (
-            &["--attention", "rainfusion"][..],
-            "not built for hunyuanvideo-1.5",
-        ),
-        (&["--text-len", "1001"][..], "pads to 1000"),
-    ] {
+    // 128×64×9: a 3×4×8 grid (96 video tokens, 6 blocks of 16, frame 0 a dense sink).
+    let mut sparse = toy.to_vec();
+    sparse.extend([
+        "--size",
+        "128x64",
+        "--frames",
+        "9",
+        "--attention",
+        "rainfusion",
+        "--sparsity",
+        "0.75",
+        "--block-size",
+        "16",
+    ]);
+    let (report, _) = bench_ok(&sparse, &json);
+    let row = &rows(&report)[0];
+    assert_eq!(row["case"], "rainfusion 0.75", "{row}");
+    let density = row["density"].as_f64().unwrap();
+    assert!(density > 0.0 && density < 1.0, "{row}");
+
+    for (extra, needle) in [(&["--text-len", "1001"][..], "pads to 1000")] {
         let mut args = vec!["--device", "cpu"];
         args.extend_from_slice(&toy);
         args.extend_from_slice(extra);

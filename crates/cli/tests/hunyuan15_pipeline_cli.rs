@@ -171,20 +171,43 @@ fn generate_writes_an_mp4() {
     assert!(vdit_pipeline::ownership::sidecar_path(&out).is_file());
 }
 
-/// Flags the HunyuanVideo transformer does not take yet are refused before any work, one line
-/// each.
+/// RainFusion runs each block's joint attention: at sparsity 0 the run is the dense one exactly
+/// (the two samples of the guidance batch have different text lengths: the padded joint path),
+/// and at 0.75 in blocks of 16 it skips blocks and stays near it; RainFusion 1.0's head
+/// patterns are refused with one line.
 #[test]
-fn sparse_attention_is_refused() {
+fn rainfusion_runs_the_joint_attention_and_v1_is_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let (dense, _) = final_latents("glyph", dir.path(), &[]);
+    let rf = [
+        "--attention",
+        "rainfusion",
+        "--block-size",
+        "16",
+        "--dense-steps",
+        "1",
+    ];
+    let (none_skipped, _) = final_latents(
+        "glyph",
+        dir.path(),
+        &[&rf[..], &["--sparsity", "0"]].concat(),
+    );
+    assert_eq!(relative_error(&none_skipped, &dense), 0.0);
+    let (sparse, stderr) = final_latents(
+        "glyph",
+        dir.path(),
+        &[&rf[..], &["--sparsity", "0.75"]].concat(),
+    );
+    let err = relative_error(&sparse, &dense);
+    println!("RainFusion 0.75 (blocks of 16, one dense step): final latents {err:.2e} from dense");
+    assert!(err > 0.0 && err < 0.5, "{err}\n{stderr}");
+
     let mut args = flags("plain", &dir.path().join("clip.mp4"), None);
-    args.extend(["--attention".into(), "rainfusion".into()]);
+    args.extend(["--attention".into(), "rainfusion-v1".into()]);
     let run = common::vdit(&args, &dir.path().join("cache"));
     let stderr = String::from_utf8_lossy(&run.stderr).to_string();
     assert!(!run.status.success());
-    assert!(
-        stderr.contains("--attention rainfusion") && stderr.contains("dense"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--attention rainfusion-v1"), "{stderr}");
 }
 
 /// A HunyuanVideo 1.5 folder of another pipeline (image-to-video) is named as such, not taken

@@ -246,3 +246,46 @@ fn released_widths_run_with_random_weights() {
         .unwrap();
     assert!(finite.is_finite());
 }
+
+#[test]
+fn rainfusion_runs_each_blocks_joint_attention() {
+    use rainfusion::{DenseSteps, RainFusionAttention, RainFusionConfig, SelfAttention, Window};
+    let io = io();
+    let model = model(DType::F32);
+    let inputs = inputs(&io, None);
+    let dense = model.forward(&inputs).unwrap();
+    let layers = model.config().num_layers;
+    let policy = |sparsity: f64| {
+        let config = RainFusionConfig {
+            sparsity,
+            block_size: 16,
+            window: Window::Tile,
+            dense_steps: DenseSteps::Count(0),
+            mask_refresh: 1,
+            dense_layers: 0,
+            first_frame_sink: true,
+        };
+        let mut policy = RainFusionAttention::new(config, layers).unwrap();
+        policy.begin_step(0, 1);
+        policy
+    };
+    // Nothing skipped: the dense forward exactly (the text of the two samples is padded
+    // differently, so this is the masked joint path).
+    let mut none_skipped = policy(0.0);
+    let out = model
+        .forward_with_attention(&inputs, &mut none_skipped)
+        .unwrap();
+    assert_eq!(relative_error(&out, &dense), 0.0);
+    // Sparse: 3 frames of 8 × 8 tokens in blocks of 16, frame 0 a dense sink.
+    let mut sparse = policy(0.75);
+    let out = model.forward_with_attention(&inputs, &mut sparse).unwrap();
+    let err = relative_error(&out, &dense);
+    eprintln!(
+        "RainFusion 0.75: density {:.3}, {} masks predicted, relative change {err:.2e}",
+        sparse.effective_density(),
+        sparse.mask_predictions()
+    );
+    assert!(sparse.effective_density() < 1.0);
+    assert_eq!(sparse.mask_predictions(), layers as u64);
+    assert!(err > 0.0 && err < 0.5, "sparse output change {err}");
+}

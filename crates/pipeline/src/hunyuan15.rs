@@ -247,10 +247,10 @@ pub fn check_vae(component: &ComponentFiles) -> Result<usize> {
 /// tokenizers are there and parse.
 pub fn check_run(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> {
     let mut problems = Vec::new();
-    if settings.attention.mode != AttentionMode::Dense {
+    if settings.attention.mode == AttentionMode::RainfusionV1 {
         problems.push(format!(
-            "--attention {}: the HunyuanVideo 1.5 transformer runs its own dense joint attention \
-             (no sparse attention seam yet); use --attention dense",
+            "--attention {}: RainFusion 1.0's head patterns are not built for the joint video + \
+             text attention of HunyuanVideo 1.5; use --attention rainfusion or dense",
             settings.attention.mode.name()
         ));
     }
@@ -310,8 +310,8 @@ pub fn text_components(
 /// the Qwen2.5-VL prompt states and the ByT5 glyph states, each with its mask. No image tokens
 /// (the pipeline's zero image embeddings are padding the transformer drops).
 ///
-/// Self-attention is the transformer's own dense joint attention: it has no attention-policy
-/// seam yet, so `attention` is not consulted (preflight refuses sparse modes).
+/// Each block's joint attention goes to `attention` (`SelfAttention::attend_joint`): dense, or
+/// RainFusion's sparse video blocks with the text band dense.
 impl VelocityModel for HunyuanVideo15Transformer {
     fn num_layers(&self) -> usize {
         self.config().num_layers
@@ -322,7 +322,7 @@ impl VelocityModel for HunyuanVideo15Transformer {
         latents: &Tensor,
         timesteps: &Tensor,
         context: &TextContext,
-        _attention: &mut dyn SelfAttention,
+        attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
         let (b, c, f, h, w) = latents.dims5()?;
         let in_channels = self.config().in_channels;
@@ -355,7 +355,7 @@ impl VelocityModel for HunyuanVideo15Transformer {
             })
         };
         let (prompt_mask, glyph_mask) = (mask(prompt)?, mask(glyph)?);
-        Ok(self.forward(&HunyuanVideo15Inputs {
+        let inputs = HunyuanVideo15Inputs {
             latents: &input,
             timesteps: &timesteps,
             prompt: &prompt.states,
@@ -363,6 +363,7 @@ impl VelocityModel for HunyuanVideo15Transformer {
             glyph: &glyph.states,
             glyph_mask: &glyph_mask,
             image: None,
-        })?)
+        };
+        Ok(self.forward_with_attention(&inputs, attention)?)
     }
 }

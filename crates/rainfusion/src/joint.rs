@@ -28,7 +28,7 @@
 //! Memory: the CPU kernel holds one score tile per query block, the generic kernel bounded
 //! chunks, the CUDA kernel one tile per warp; nothing `L × L` is built.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::generic::block_sparse_attention_generic_key_masked;
 use crate::layout::{dense_tail_tokens, TokenPermutation, Window};
@@ -330,6 +330,31 @@ fn joint_attention_cuda(
         outs.push(Tensor::cat(&[&video_out, &text_out], 2)?);
     }
     Ok(Tensor::cat(&outs, 0)?)
+}
+
+/// Dense joint attention with padded text: every video key and the valid text keys, through
+/// [`crate::key_masked_attention`] (on CUDA, each sample's valid keys gathered into the fused
+/// kernel). q, k, v: `[B, H, Lv + Lt, D]`; `text_valid`: `[B, Lt]` → `[B, H, Lv + Lt, D]`.
+pub fn dense_joint_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: &VideoLayout,
+    text_valid: &Tensor,
+) -> Result<Tensor> {
+    let (b, _, l, d) = q.dims4()?;
+    if l != layout.total_tokens() || text_valid.dims() != [b, layout.text_tokens] {
+        return Err(Error::InvalidConfig(format!(
+            "joint attention: {l} tokens and a text mask {:?} for a layout of {} video and {} \
+             text tokens",
+            text_valid.dims(),
+            layout.video_tokens(),
+            layout.text_tokens
+        )));
+    }
+    let video = Tensor::ones((b, layout.video_tokens()), DType::F32, text_valid.device())?;
+    let key_valid = Tensor::cat(&[&video, &text_valid.to_dtype(DType::F32)?], 1)?;
+    crate::key_masked_attention(q, k, v, Some(&key_valid), 1.0 / (d as f64).sqrt())
 }
 
 /// Predicts the video mask ([`predict_joint_video_mask`]) and runs

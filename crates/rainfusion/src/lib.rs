@@ -123,6 +123,29 @@ pub trait SelfAttention {
             .contiguous()?)
     }
 
+    /// Joint attention over `[video; text]` (`layout.text_tokens` text tokens after the video),
+    /// with the text of each sample padded: `text_valid` `[B, Lt]` (any dtype, non-zero = a
+    /// real token) or `None` when every text token is real. Padded text keys get no weight;
+    /// every query row (padded ones too) is computed. `[B, H, Lv + Lt, D]` in, same out.
+    ///
+    /// Without padding this is [`attend`](Self::attend) (the text is the dense tail of the
+    /// sequence). With padding the default is dense ([`key_masked_attention`]); a sparse policy
+    /// overrides it ([`joint`]).
+    fn attend_joint(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+        text_valid: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match text_valid {
+            None => self.attend(layer, q, k, v, layout),
+            Some(text_valid) => joint::dense_joint_attention(q, k, v, layout, text_valid),
+        }
+    }
+
     /// Called by the sampler before each denoising step (0-based, of `num_steps`), so a policy
     /// can switch between dense warm-up and sparse steps and decide when to refresh its masks.
     fn begin_step(&mut self, _step: usize, _num_steps: usize) {}

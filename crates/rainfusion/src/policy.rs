@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
+use crate::joint::{
+    dense_joint_attention, joint_block_sparse_attention, predict_joint_video_mask, JointSparsity,
+    JointVideoMask,
+};
 use crate::layout::{dense_tail_tokens, TokenPermutation, Window};
 use crate::predict::predict_block_mask;
 use crate::{
@@ -281,6 +285,9 @@ impl StepSchedule {
 pub(crate) struct MaskCache {
     masks: HashMap<(usize, usize), (VideoLayout, Arc<BlockMask>)>,
     permutations: HashMap<VideoLayout, Arc<TokenPermutation>>,
+    /// Video masks of joint `[video; padded text]` calls ([`SelfAttention::attend_joint`]),
+    /// with the layout, batch and heads they were predicted for.
+    joint: HashMap<(usize, usize), (VideoLayout, usize, usize, Arc<JointVideoMask>)>,
     /// Masks predicted and kept on the GPU, with their density.
     #[cfg(feature = "cuda")]
     device_masks: HashMap<(usize, usize), (VideoLayout, Arc<crate::cuda::DeviceBlockMask>, f64)>,
@@ -400,6 +407,64 @@ impl SelfAttention for RainFusionAttention {
         layout: &VideoLayout,
     ) -> Result<Tensor> {
         self.attend_in(layer, q, k, v, layout, true)
+    }
+
+    /// Without padding, the text is the dense tail of [`attend`](SelfAttention::attend). With
+    /// padding: the same schedule (dense warm-up, refresh, dense layers) over
+    /// [`crate::joint`]: video × video blocks predicted (one mask per layer and pass, reused
+    /// like the others), the text band dense, padded text keys excluded.
+    fn attend_joint(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+        text_valid: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let Some(text_valid) = text_valid else {
+            return self.attend_in(layer, q, k, v, layout, false);
+        };
+        let (batch, heads, _, head_dim) = check_inputs(q, k, v, layout)?;
+        let plan = self.schedule.plan(layer)?;
+        let (slot, refresh) = match plan {
+            Plan::Sparse { slot, refresh } if self.config.sparsity > 0.0 => (slot, refresh),
+            _ => {
+                self.schedule.record(1.0);
+                return dense_joint_attention(q, k, v, layout, text_valid);
+            }
+        };
+        let cfg = &self.config;
+        let cached = self
+            .cache
+            .joint
+            .get(&slot)
+            .filter(|(l, b, h, _)| !refresh && l == layout && *b == batch && *h == heads)
+            .map(|(.., mask)| mask.clone());
+        let video = match cached {
+            Some(mask) => mask,
+            None => {
+                let settings = JointSparsity {
+                    sparsity: cfg.sparsity,
+                    block_size: cfg.block_size,
+                    window: cfg.window,
+                    first_frame_sink: cfg.first_frame_sink,
+                };
+                let mask = Arc::new(predict_joint_video_mask(q, k, layout, &settings)?);
+                self.cache
+                    .joint
+                    .insert(slot, (*layout, batch, heads, mask.clone()));
+                self.schedule.mark_predicted(slot);
+                mask
+            }
+        };
+        let density = video.density();
+        self.schedule.record(density);
+        if density >= 1.0 {
+            return dense_joint_attention(q, k, v, layout, text_valid);
+        }
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        joint_block_sparse_attention(q, k, v, layout, Some(text_valid), &video, scale)
     }
 
     fn begin_step(&mut self, step: usize, num_steps: usize) {

@@ -488,3 +488,72 @@ fn joint_sparse_against_dense_timing() {
         video.density()
     );
 }
+
+#[test]
+fn policies_attend_to_padded_joint_sequences() {
+    use rainfusion::{
+        DenseAttention, DenseSteps, RainFusionAttention, RainFusionConfig, SelfAttention,
+    };
+    let layout = layout();
+    let (b, h, d) = (2, 2, 8);
+    let l = layout.total_tokens();
+    let (q, k, v) = inputs(b, h, l, d, 21);
+    let (_, flags) = text_flags(&[9, 3], layout.text_tokens);
+    let scale = 1.0 / (d as f64).sqrt();
+
+    // Dense: the padded text keys excluded, exactly key_masked_attention's.
+    let ones = Tensor::ones((b, layout.video_tokens()), DType::U8, &Device::Cpu).unwrap();
+    let key_valid = Tensor::cat(&[&ones, &flags], 1).unwrap();
+    let want = key_masked_attention(&q, &k, &v, Some(&key_valid), scale).unwrap();
+    let got = DenseAttention
+        .attend_joint(0, &q, &k, &v, &layout, Some(&flags))
+        .unwrap();
+    assert_eq!(relative_error(&got, &want).unwrap(), 0.0);
+    // Without padding it is the plain call.
+    let plain = DenseAttention.attend(0, &q, &k, &v, &layout).unwrap();
+    let joint = DenseAttention
+        .attend_joint(0, &q, &k, &v, &layout, None)
+        .unwrap();
+    assert_eq!(relative_error(&joint, &plain).unwrap(), 0.0);
+
+    // RainFusion: the joint path with the mask it predicts, reused on the next step.
+    let config = RainFusionConfig {
+        sparsity: 0.7,
+        block_size: 16,
+        window: Window::Tile,
+        dense_steps: DenseSteps::Count(1),
+        mask_refresh: 5,
+        dense_layers: 0,
+        first_frame_sink: true,
+    };
+    let mut policy = RainFusionAttention::new(config, 1).unwrap();
+    policy.begin_step(0, 3);
+    let warm_up = policy
+        .attend_joint(0, &q, &k, &v, &layout, Some(&flags))
+        .unwrap();
+    assert_eq!(
+        relative_error(&warm_up, &want).unwrap(),
+        0.0,
+        "dense warm-up step"
+    );
+    let video = predict_joint_video_mask(&q, &k, &layout, &settings(0.7)).unwrap();
+    let sparse =
+        joint_block_sparse_attention(&q, &k, &v, &layout, Some(&flags), &video, scale).unwrap();
+    for step in 1..3 {
+        policy.begin_step(step, 3);
+        let got = policy
+            .attend_joint(0, &q, &k, &v, &layout, Some(&flags))
+            .unwrap();
+        assert_eq!(relative_error(&got, &sparse).unwrap(), 0.0, "step {step}");
+    }
+    assert_eq!(
+        policy.mask_predictions(),
+        1,
+        "the mask is reused after its prediction"
+    );
+    assert!(policy.effective_density() < 1.0);
+    assert!(
+        relative_error(&sparse, &want).unwrap() > 1e-3,
+        "the sparse call skips blocks"
+    );
+}

@@ -4,7 +4,7 @@
 //! ```text
 //! vdit bench attention    q, k, v [B,H,L,D] ─► dense / block-sparse kernel per density, mask prediction
 //! vdit bench transformer  random Wan weights ─► one forward per iteration (dense or RainFusion);
-//!                         --preset hunyuanvideo-1.5: the HunyuanVideo 1.5 8.3B forward (dense)
+//!                         --preset hunyuanvideo-1.5: the HunyuanVideo 1.5 8.3B forward
 //! vdit bench vae          random Wan VAE decoder ─► one decode per iteration;
 //!                         --vae hunyuanvideo-1.5: the HunyuanVideo 1.5 VAE decoder
 //! vdit bench pipeline     a model folder ─► the whole `vdit generate` run, --runs times (first, warm)
@@ -642,24 +642,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
     )?;
     let timesteps = Tensor::full(500f32, batch, device)?;
     let context = Tensor::randn(0f32, 1.0, (batch, text_len, cfg.text_dim), device)?;
-    let mut attention: Box<dyn SelfAttention> = match t.attention {
-        BenchAttention::Dense => Box::new(DenseAttention),
-        BenchAttention::Rainfusion => {
-            let config = RainFusionConfig {
-                sparsity: t.sparsity,
-                block_size: t.block_size,
-                window: Window::Tile,
-                dense_steps: DenseSteps::Count(0),
-                mask_refresh: 1,
-                dense_layers: 0,
-                first_frame_sink: true,
-            };
-            let invalid =
-                |e: rainfusion::Error| VditError::InvalidSetting(format!("rainfusion flags: {e}"));
-            config.validate().map_err(invalid)?;
-            Box::new(RainFusionAttention::new(config, cfg.num_layers).map_err(invalid)?)
-        }
-    };
+    let mut attention = transformer_attention(t, cfg.num_layers)?;
     // Image-to-video models also attend to the CLIP image tokens: [B, 257 (FLF2V 514), 1280].
     let image = match cfg.image_dim {
         Some(image_dim) => Some(Tensor::randn(
@@ -682,10 +665,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         )?;
         Ok(())
     })?;
-    let mut case = match t.attention {
-        BenchAttention::Dense => "dense".to_string(),
-        BenchAttention::Rainfusion => format!("rainfusion {}", t.sparsity),
-    };
+    let mut case = attention_case(t);
     if t.weights.block_type().is_some() {
         case.push_str(&format!(", {} weights", t.weights.name()));
     }
@@ -852,14 +832,39 @@ fn hunyuan15_parameters(cfg: &HunyuanVideo15Config) -> u64 {
 /// inputs diffusers' pipeline hands it: latents `[B, 65, F, H, W]` (noise, condition latents,
 /// mask), a timestep, Qwen prompt states `[B, 1000, 3584]` with `--text-len` valid rows, ByT5
 /// glyph states `[B, 256, 1472]` with `--glyph-len` valid rows, no image tokens.
+/// The self-attention policy of a transformer row: dense, or RainFusion at `--sparsity` in
+/// blocks of `--block-size`, every forward a fresh sparse step (masks predicted, not reused).
+fn transformer_attention(t: &TransformerBench, layers: usize) -> Result<Box<dyn SelfAttention>> {
+    Ok(match t.attention {
+        BenchAttention::Dense => Box::new(DenseAttention),
+        BenchAttention::Rainfusion => {
+            let config = RainFusionConfig {
+                sparsity: t.sparsity,
+                block_size: t.block_size,
+                window: Window::Tile,
+                dense_steps: DenseSteps::Count(0),
+                mask_refresh: 1,
+                dense_layers: 0,
+                first_frame_sink: true,
+            };
+            let invalid =
+                |e: rainfusion::Error| VditError::InvalidSetting(format!("rainfusion flags: {e}"));
+            config.validate().map_err(invalid)?;
+            Box::new(RainFusionAttention::new(config, layers).map_err(invalid)?)
+        }
+    })
+}
+
+/// The row's case: `dense` or `rainfusion S`.
+fn attention_case(t: &TransformerBench) -> String {
+    match t.attention {
+        BenchAttention::Dense => "dense".to_string(),
+        BenchAttention::Rainfusion => format!("rainfusion {}", t.sparsity),
+    }
+}
+
 fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<BenchRow> {
     let preset = t.preset.name();
-    if t.attention == BenchAttention::Rainfusion {
-        return Err(VditError::InvalidSetting(format!(
-            "--attention rainfusion: not built for {preset} yet (its joint video + text attention \
-             runs dense); use --attention dense"
-        )));
-    }
     if t.weights != BenchWeights::Dense {
         return Err(VditError::InvalidSetting(format!(
             "--weights {}: quantised random weights are not built for {preset} yet; use --weights dense",
@@ -967,8 +972,10 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
         glyph_mask: &glyph_mask,
         image: None,
     };
+    let mut attention = transformer_attention(t, cfg.num_layers)?;
     let timing = timer.time(|| {
-        model.forward(&inputs)?;
+        attention.begin_step(0, 1);
+        model.forward_with_attention(&inputs, attention.as_mut())?;
         Ok(())
     })?;
     // The preset's name ends the shape, as for the Wan rows.
@@ -981,9 +988,10 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
         tokens.prompt,
         tokens.glyph,
     );
-    let mut row = timer.row("transformer", "dense".into(), shape, &timing);
+    let mut row = timer.row("transformer", attention_case(t), shape, &timing);
+    // The dense forward's FLOPs: a sparse row's TFLOP/s is its effective (dense-equivalent) rate.
     row.tflops = Some(batch as f64 * hunyuan15_flops(&cfg, tokens) / row.median_s / 1e12);
-    row.density = Some(1.0);
+    row.density = Some(attention.effective_density());
     Ok(row)
 }
 

@@ -18,9 +18,9 @@ use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
 use crate::hunyuan15::transformer::config::HunyuanVideo15Config;
-use crate::hunyuan15::transformer::layers::{
-    masked_attention, merge_heads, split_heads, Activation, FeedForward,
-};
+use rainfusion::{SelfAttention, VideoLayout};
+
+use crate::hunyuan15::transformer::layers::{merge_heads, split_heads, Activation, FeedForward};
 use crate::hunyuan15::transformer::rope::HunyuanRope;
 use crate::wan::layers::{layer_norm, modulate, Linear, RmsNorm, WeightSource};
 
@@ -34,8 +34,10 @@ pub(crate) struct BlockContext<'a> {
     /// RoPE tables of the video tokens, `[Lv, head_dim/2]` f32 each.
     pub rope_cos: &'a Tensor,
     pub rope_sin: &'a Tensor,
-    /// Validity of the joint keys `[B, Lv + Lt]` f32 (video always valid); `None`: all valid.
-    pub key_valid: Option<&'a Tensor>,
+    /// The video grid (frames × height × width tokens, raster order) and the text tokens after it.
+    pub layout: VideoLayout,
+    /// Validity of the text tokens `[B, Lt]` f32 (1 real, 0 padding); `None`: all real.
+    pub text_valid: Option<&'a Tensor>,
 }
 
 /// One stream's half of a block: modulation, q/k/v with their norms, output projection, FFN.
@@ -163,12 +165,15 @@ impl DualStreamBlock {
         })
     }
 
-    /// video `[B, Lv, dim]` f32, text `[B, Lt, dim]` f32 → both updated, f32.
+    /// video `[B, Lv, dim]` f32, text `[B, Lt, dim]` f32 → both updated, f32. The joint
+    /// attention is `attention`'s ([`SelfAttention::attend_joint`]) as block `layer`.
     pub(crate) fn forward(
         &self,
         video: &Tensor,
         text: &Tensor,
         ctx: &BlockContext,
+        layer: usize,
+        attention: &mut dyn SelfAttention,
     ) -> Result<(Tensor, Tensor)> {
         let video_tokens = video.dim(1)?;
         let text_tokens = text.dim(1)?;
@@ -197,11 +202,13 @@ impl DualStreamBlock {
                 2,
             )?)
         };
-        let attended = masked_attention(
+        let attended = attention.attend_joint(
+            layer,
             &joint(&qv, &qt)?,
             &joint(&kv, &kt)?,
             &joint(&vv, &vt)?,
-            ctx.key_valid,
+            &ctx.layout,
+            ctx.text_valid,
         )?;
         let video_out = attended.narrow(2, 0, video_tokens)?;
         let text_out = attended.narrow(2, video_tokens, text_tokens)?;

@@ -9,11 +9,11 @@
 //! - `packing`: each sample's valid text tokens first, padding masked (or dropped).
 //! - [`model`]: [`HunyuanVideo15Transformer`] and its [`HunyuanVideo15Inputs`].
 //!
-//! Attention is dense: rainfusion's [`rainfusion::key_masked_attention`], chunked over queries,
-//! with a per-key mask when the samples of a batch have different text lengths (no mask, and the
-//! fast self-attention kernels, otherwise). A fused CUDA kernel with the mask is not written yet,
-//! and RainFusion's joint attention with a dense text band (`rainfusion::joint`, CPU and generic
-//! paths) is not wired into this model yet.
+//! Each block's joint attention over `[video; text]` goes to a [`rainfusion::SelfAttention`]
+//! policy (`attend_joint`, block index = layer): dense by default ([`rainfusion::DenseAttention`]:
+//! the fast self-attention kernels when every text token is real, a per-key mask when the samples
+//! of a batch have different text lengths), or RainFusion (`rainfusion::joint`: video × video
+//! blocks predicted, the text band dense, padded text excluded; fused kernels on CUDA).
 
 mod block;
 pub mod config;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, D};
+use rainfusion::{DenseAttention, SelfAttention, VideoLayout};
 
 use crate::error::{ModelError, Result};
 use crate::hunyuan15::transformer::block::{BlockContext, DualStreamBlock};
@@ -174,9 +175,19 @@ impl HunyuanVideo15Transformer {
         &self.device
     }
 
-    /// One pass → velocity `[B, out_channels, F, H, W]` f32. Attention is dense (joint over
-    /// video and valid text tokens, see [`crate::hunyuan15::transformer`]).
+    /// One pass → velocity `[B, out_channels, F, H, W]` f32, with dense joint attention over the
+    /// video and the valid text tokens (see [`crate::hunyuan15::transformer`]).
     pub fn forward(&self, inputs: &HunyuanVideo15Inputs) -> Result<Tensor> {
+        self.forward_with_attention(inputs, &mut DenseAttention)
+    }
+
+    /// [`forward`](Self::forward) with each block's joint attention delegated to `attention`
+    /// (RainFusion's policy: sparse video blocks, dense text band, padded text excluded).
+    pub fn forward_with_attention(
+        &self,
+        inputs: &HunyuanVideo15Inputs,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
         let (batch, grid) = self.check_inputs(inputs)?;
         let dev = &self.device;
         let latents = inputs.latents.to_device(dev)?;
@@ -257,29 +268,20 @@ impl HunyuanVideo15Transformer {
         });
         let text = pack(&streams)?;
 
-        let key_valid = match &text.valid {
-            Some(valid) => {
-                let video_tokens = video.dim(1)?;
-                Some(Tensor::cat(
-                    &[
-                        &Tensor::ones((batch, video_tokens), DType::F32, dev)?,
-                        valid,
-                    ],
-                    1,
-                )?)
-            }
-            None => None,
-        };
         let (rope_cos, rope_sin) = self.rope_tables(grid)?;
         let ctx = BlockContext {
             temb: &temb,
             rope_cos: &rope_cos,
             rope_sin: &rope_sin,
-            key_valid: key_valid.as_ref(),
+            layout: VideoLayout {
+                text_tokens: text.tokens.dim(1)?,
+                ..VideoLayout::new(grid[0], grid[1], grid[2])
+            },
+            text_valid: text.valid.as_ref(),
         };
         let mut text_tokens = text.tokens;
-        for block in &self.blocks {
-            let (v, t) = block.forward(&video, &text_tokens, &ctx)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let (v, t) = block.forward(&video, &text_tokens, &ctx, layer, attention)?;
             video = v;
             text_tokens = t;
         }
