@@ -280,6 +280,9 @@ impl StepSchedule {
     }
 }
 
+/// A joint call's video mask with the layout, batch and heads it was predicted for.
+type CachedJointMask = (VideoLayout, usize, usize, Arc<JointVideoMask>);
+
 /// Masks cached per (layer, pass) slot, with the shape they were predicted for.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MaskCache {
@@ -287,7 +290,7 @@ pub(crate) struct MaskCache {
     permutations: HashMap<VideoLayout, Arc<TokenPermutation>>,
     /// Video masks of joint `[video; padded text]` calls ([`SelfAttention::attend_joint`]),
     /// with the layout, batch and heads they were predicted for.
-    joint: HashMap<(usize, usize), (VideoLayout, usize, usize, Arc<JointVideoMask>)>,
+    joint: HashMap<(usize, usize), CachedJointMask>,
     /// Masks predicted and kept on the GPU, with their density.
     #[cfg(feature = "cuda")]
     device_masks: HashMap<(usize, usize), (VideoLayout, Arc<crate::cuda::DeviceBlockMask>, f64)>,
