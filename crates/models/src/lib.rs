@@ -14,6 +14,7 @@
 pub mod byt5;
 pub mod clip_vision;
 pub mod error;
+mod fp8;
 pub mod hunyuan15;
 pub mod lora;
 pub mod profile;

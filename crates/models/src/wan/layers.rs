@@ -474,7 +474,7 @@ impl Linear {
 
 /// fp8 values [out, in] cast to `dtype`, times the scale ([1, 1] or [out, 1] in `dtype`) if any.
 fn fp8_dequantized(weight: &Tensor, scale: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
-    let w = weight.to_dtype(dtype)?;
+    let w = crate::fp8::cast(weight, dtype)?;
     Ok(match scale {
         Some(scale) => w.broadcast_mul(scale)?,
         None => w,
