@@ -97,13 +97,18 @@ pub fn euler_flow_schedule(steps: usize, shift: f64) -> FlowSchedule {
 /// `WanStepDistillScheduler` and diffusers' flow-matching schedulers given `sigmas=[t/1000]`
 /// compute them (in f32); the model sees 1000·σ'; σ_N = 0.
 pub fn distilled_flow_schedule(step_list: &[f64], shift: f64) -> FlowSchedule {
+    shifted_schedule(
+        step_list.iter().map(|&t| (t / NUM_TRAIN_TIMESTEPS) as f32),
+        shift,
+    )
+}
+
+/// Sigmas (f32, before the shift) shifted in f32 as diffusers' flow-matching schedulers do
+/// (`shift·σ / (1 + (shift − 1)·σ)`); the model sees 1000·σ'; σ_N = 0 is appended.
+fn shifted_schedule(sigmas: impl Iterator<Item = f32>, shift: f64) -> FlowSchedule {
     let s = shift as f32;
-    let mut sigmas: Vec<f32> = step_list
-        .iter()
-        .map(|&t| {
-            let sigma = (t / NUM_TRAIN_TIMESTEPS) as f32;
-            s * sigma / (1.0 + (s - 1.0) * sigma)
-        })
+    let mut sigmas: Vec<f32> = sigmas
+        .map(|sigma| s * sigma / (1.0 + (s - 1.0) * sigma))
         .collect();
     let timesteps = sigmas
         .iter()
@@ -131,19 +136,7 @@ pub enum SigmaGrid {
 pub fn linear_flow_schedule(steps: usize, shift: f64) -> FlowSchedule {
     // numpy's linspace: start + k·step with step = (stop − start)/N, in f64.
     let step = -1.0 / steps.max(1) as f64;
-    let s = shift as f32;
-    let mut sigmas: Vec<f32> = (0..steps)
-        .map(|k| {
-            let sigma = (1.0 + k as f64 * step) as f32;
-            s * sigma / (1.0 + (s - 1.0) * sigma)
-        })
-        .collect();
-    let timesteps = sigmas
-        .iter()
-        .map(|&s| s * NUM_TRAIN_TIMESTEPS as f32)
-        .collect();
-    sigmas.push(0.0);
-    FlowSchedule { timesteps, sigmas }
+    shifted_schedule((0..steps).map(|k| (1.0 + k as f64 * step) as f32), shift)
 }
 
 /// Checks a denoising step list: 1 to 1000 values, each in (0, 1000], strictly decreasing.
