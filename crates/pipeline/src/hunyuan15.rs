@@ -47,14 +47,6 @@ fn text_dtype(settings: &GenerateSettings) -> DType {
     }
 }
 
-/// The Qwen2.5-VL tokenizer: `--tokenizer`, else the model's `tokenizer/tokenizer.json`.
-fn qwen_tokenizer_path(settings: &GenerateSettings, files: &ModelFiles) -> Result<PathBuf> {
-    match &settings.overrides.tokenizer {
-        Some(path) => Ok(path.clone()),
-        None => files.file(settings.family.text_encoder.tokenizer),
-    }
-}
-
 /// The folder of the ByT5 tokenizer: its `tokenizer_config.json` (transformers 4.34 and later)
 /// or `added_tokens.json` (older saves), fetched first from the hub when the model is there.
 fn glyph_tokenizer_dir(files: &ModelFiles) -> Result<PathBuf> {
@@ -109,7 +101,7 @@ impl HunyuanPromptEncoder {
             device.clone()
         };
         let dtype = text_dtype(settings);
-        let tokenizer = load_tokenizer(&qwen_tokenizer_path(settings, files)?)?;
+        let tokenizer = load_tokenizer(&settings.tokenizer_file(files)?)?;
         let defaults = HunyuanTextSettings::default();
         let text_settings = HunyuanTextSettings {
             crop_start: template_prefix_tokens(&tokenizer, &defaults.system_message)?,
@@ -273,12 +265,10 @@ pub fn check_run(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     if !problems.is_empty() {
         return Err(VditError::InvalidSetting(problems.join("\n")));
     }
-    let spec = &settings.family.text_encoder;
-    let qwen = files.component(spec.component, settings.overrides.text_encoder.as_deref())?;
-    Qwen25VlTextConfig::from_json_file(&required_config(spec.component, &qwen)?)?;
-    load_tokenizer(&qwen_tokenizer_path(settings, files)?)?;
-    let glyph = files.component(GLYPH_ENCODER_COMPONENT, None)?;
-    ByT5Config::from_json_file(&required_config(GLYPH_ENCODER_COMPONENT, &glyph)?)?;
+    let [(qwen_name, qwen), (glyph_name, glyph)] = text_components(settings, files)?;
+    Qwen25VlTextConfig::from_json_file(&required_config(qwen_name, &qwen)?)?;
+    load_tokenizer(&settings.tokenizer_file(files)?)?;
+    ByT5Config::from_json_file(&required_config(glyph_name, &glyph)?)?;
     ByT5Tokenizer::from_dir(&glyph_tokenizer_dir(files)?)?;
     Ok(())
 }
@@ -287,9 +277,9 @@ pub fn check_run(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
 pub fn text_components(
     settings: &GenerateSettings,
     files: &ModelFiles,
-) -> Result<Vec<(&'static str, ComponentFiles)>> {
+) -> Result<[(&'static str, ComponentFiles); 2]> {
     let spec = &settings.family.text_encoder;
-    Ok(vec![
+    Ok([
         (
             spec.component,
             files.component(spec.component, settings.overrides.text_encoder.as_deref())?,

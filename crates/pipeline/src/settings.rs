@@ -397,6 +397,14 @@ fn serialize_dtype<S: serde::Serializer>(
 }
 
 impl GenerateSettings {
+    /// The text encoder's tokenizer file: `--tokenizer`, else the model's (the family names it).
+    pub fn tokenizer_file(&self, files: &ModelFiles) -> Result<PathBuf> {
+        match &self.overrides.tokenizer {
+            Some(path) => Ok(path.clone()),
+            None => files.file(self.family.text_encoder.tokenizer),
+        }
+    }
+
     /// Latent frames: the VAE maps 1 + 4(F'−1) frames to F' latent frames (Wan: 4).
     pub fn latent_frames(&self) -> usize {
         self.family.latent.latent_frames(self.frames)

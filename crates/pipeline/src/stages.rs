@@ -623,11 +623,7 @@ impl PromptEncoder {
                 output_device: device.clone(),
             });
         }
-        let tokenizer_path = match &settings.overrides.tokenizer {
-            Some(path) => path.clone(),
-            None => files.file(settings.family.text_encoder.tokenizer)?,
-        };
-        let tokenizer = PromptTokenizer::from_file(&tokenizer_path)?;
+        let tokenizer = PromptTokenizer::from_file(&settings.tokenizer_file(files)?)?;
         let component =
             files.component(spec.component, settings.overrides.text_encoder.as_deref())?;
         let weights = Arc::new(WeightFiles::open(&component.weights)?);
@@ -807,9 +803,7 @@ pub fn preflight(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     if first_expert(settings).kind == TransformerKind::HunyuanVideo15 {
         return preflight_hunyuan(settings, files);
     }
-    if settings.overrides.tokenizer.is_none() {
-        files.file(family.text_encoder.tokenizer)?;
-    }
+    settings.tokenizer_file(files)?;
     let text_encoder = files.component(
         family.text_encoder.component,
         settings.overrides.text_encoder.as_deref(),
