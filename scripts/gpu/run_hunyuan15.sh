@@ -15,6 +15,7 @@
 # Here: bash scripts/gpu/stage.sh (→ .gpu/run/vdit.xz, built with cuda + cudnn), the trimmed diffusers wheel in
 # .whl. Device call:
 #     run(command="bash scripts/gpu/run_hunyuan15.sh", carry=[".gpu/run", ".whl"])
+# NO_TORCH=1 leaves out diffusers' VAE rows (when they were measured in an earlier call).
 # ONLY=transformer or ONLY=vae runs those rows alone (all of them may not fit one command's BUDGET: a step that
 # would get less than half its limit is skipped and says so).
 # Each command has its own limit, all inside BUDGET (default 560 s). The table comes back as table.md, the JSON
@@ -57,7 +58,7 @@ if [ "${ONLY:-}" != transformer ]; then
   t "vdit: the same decode with diffusers' default tiles"
   step vdit_vae_tiled 120 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_vae_tiled.json" "${vae[@]}" --tiling
   t "diffusers: the same decodes, whole then enable_tiling() (an out-of-memory decode gives a row that says so)"
-  step torch_hy15_vae 200 python3 scripts/gpu/torch_bench.py --hunyuan15-vae --latent 31x30x53 \
+  [ -n "${NO_TORCH:-}" ] || step torch_hy15_vae 200 python3 scripts/gpu/torch_bench.py --hunyuan15-vae --latent 31x30x53 \
     --warmup 1 --iters 1 --out "$OUT/torch_hy15_vae.json"
   files+=("$OUT/vdit_vae.json" "$OUT/vdit_vae_tiled.json" "$OUT/torch_hy15_vae.json")
 fi

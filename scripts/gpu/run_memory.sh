@@ -12,6 +12,9 @@
 #     STAGED=.gpu/memory bash scripts/gpu/run_memory.sh
 # ONLY=vae runs the VAE rows alone (vdit's, at 720p and 480p, without the profile pass and diffusers): taps in
 # place (the default), stacked taps (VDIT_VAE_TAPS=0), VDIT_VAE_CONV_FRAMES=1, and stacked with one frame per call.
+# ONLY=vaeprobe: the 720p decode as is, with the joined cache stream (VDIT_VAE_SPLIT_TAPS=0), with VDIT_VAE_TRIM=1 and profiled (VDIT_PROFILE=1), then 480p; every row
+# with the memory pool's allocated and reserved peaks.
+# ONLY=small: the whole 1.3B run at 480p (4 steps) with umT5 on the GPU, then with --text-encoder-cpu; peak memory.
 # ONLY=sync runs the dense 14B forward without and with
 # VDIT_BLOCK_SYNC=1.
 # A vdit_before.xz beside it (an earlier build) is run on the same dense forward and decode, for the change.
@@ -47,6 +50,29 @@ if [ "${ONLY:-}" = vae ]; then
     # shellcheck disable=SC2086
     step "vdit_${name}_480p" 30 env $vars /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_${name}_480p.json" vae
   done
+  exit 0
+fi
+if [ "${ONLY:-}" = vaeprobe ]; then
+  t "vdit: Wan2.1 VAE decode at 1280x720x81: as is, queue drained after each chunk (VDIT_VAE_TRIM=1), and with the"
+  t "device memory after each stage (VDIT_PROFILE=1); then 832x480x81. Rows show the pool's allocated and reserved peaks"
+  warm=(--device cuda --warmup 1 --iters 1)
+  step vdit_vae 50 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae.json" "${vae[@]}"
+  step vdit_vae_joined 50 env VDIT_VAE_SPLIT_TAPS=0 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae_joined.json" \
+    "${vae[@]}"
+  step vdit_vae_trim 50 env VDIT_VAE_TRIM=1 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae_trim.json" "${vae[@]}"
+  step vdit_vae_stages 60 env VDIT_PROFILE=1 /tmp/vdit bench "${once[@]}" "${vae[@]}"
+  step vdit_vae_480p 30 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae_480p.json" vae
+  exit 0
+fi
+if [ "${ONLY:-}" = small ]; then
+  t "vdit: the whole Wan2.1-1.3B run at 832x480x81 (random full-size folder, 4 steps, guidance 5): peak device memory"
+  t "with umT5-XXL on the GPU (the default) and with --text-encoder-cpu (the issue's <= 8 GiB case)"
+  MODEL=/tmp/wan13
+  [ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL
+  run=(-m $MODEL --device cuda --size 832x480 --frames 81 --seed 0 --steps 4 --guidance-scale 5 --runs 1)
+  step small_gpu_te 120 /tmp/vdit bench pipeline "${run[@]}" -o /tmp/videos/small --json "$OUT/small.json"
+  step small_cpu_te 180 /tmp/vdit bench pipeline "${run[@]}" --text-encoder-cpu -o /tmp/videos/small_cpu \
+    --json "$OUT/small_cpu.json"
   exit 0
 fi
 if [ "${ONLY:-}" = sync ]; then

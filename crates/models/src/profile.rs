@@ -68,6 +68,90 @@ pub fn device_used_bytes(device: &Device) -> Option<u64> {
     None
 }
 
+/// The peaks of the stream-ordered memory pool that candle's CUDA allocations come from
+/// (`cuMemAllocAsync`), bytes: what PyTorch calls `max_memory_allocated` and
+/// `max_memory_reserved`. The device's used memory (what [`DevicePeakSampler`] sees) is the
+/// reserved figure plus the context, the libraries' own allocations and other processes; the
+/// gap between allocated and reserved is memory the pool kept (freed, not yet handed back, or
+/// fragmented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPeaks {
+    /// The most bytes held by live allocations at once.
+    pub allocated: u64,
+    /// The most bytes the pool held from the device at once.
+    pub reserved: u64,
+}
+
+/// The current device's memory pool (CUDA only).
+#[cfg(feature = "cuda")]
+fn memory_pool(
+    device: &Device,
+) -> Option<candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let cuda = device.as_cuda_device().ok()?;
+    let context = cuda.cuda_stream().context().clone();
+    context.bind_to_thread().ok()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: a valid device ordinal of a live context, and an out-pointer to write.
+    let status = unsafe { sys::cuDeviceGetMemPool(&mut pool, context.cu_device()) };
+    (status == sys::CUresult::CUDA_SUCCESS && !pool.is_null()).then_some(pool)
+}
+
+/// The pool's allocated and reserved peaks since the last [`reset_pool_peaks`]: CUDA only
+/// (`None` elsewhere, or when the driver does not answer).
+pub fn pool_peaks(device: &Device) -> Option<PoolPeaks> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let pool = memory_pool(device)?;
+        let read = |attr: sys::CUmemPool_attribute| -> Option<u64> {
+            let mut value: u64 = 0;
+            // SAFETY: both attributes are cuuint64_t values written through the pointer.
+            let status =
+                unsafe { sys::cuMemPoolGetAttribute(pool, attr, &mut value as *mut u64 as *mut _) };
+            (status == sys::CUresult::CUDA_SUCCESS).then_some(value)
+        };
+        Some(PoolPeaks {
+            allocated: read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+            reserved: read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+        })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        None
+    }
+}
+
+/// Restarts the pool's peaks at their current values (the driver resets a high-water mark by
+/// writing 0 to it); false where there is no pool or the driver refuses.
+pub fn reset_pool_peaks(device: &Device) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let Some(pool) = memory_pool(device) else {
+            return false;
+        };
+        [
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+        ]
+        .into_iter()
+        .all(|attr| {
+            let mut zero: u64 = 0;
+            // SAFETY: the high-water marks take a cuuint64_t 0 to reset.
+            let status =
+                unsafe { sys::cuMemPoolSetAttribute(pool, attr, &mut zero as *mut u64 as *mut _) };
+            status == sys::CUresult::CUDA_SUCCESS
+        })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// Samples the device's used memory (total − free) on a side thread until stopped, keeping the
 /// maximum: candle has no allocator statistics, and the driver's figure is what an out-of-memory
 /// error would be about. Other processes on the same device count too.

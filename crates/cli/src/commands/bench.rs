@@ -84,6 +84,15 @@ pub struct BenchRow {
     /// what the work itself held at its peak.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resident_device_bytes: Option<u64>,
+    /// CUDA runs: the peak bytes held by live allocations of candle's memory pool during the
+    /// timed iterations (PyTorch's `max_memory_allocated`; weights included, the context and
+    /// the libraries' own allocations not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_allocated_peak_bytes: Option<u64>,
+    /// CUDA runs: the peak bytes the pool held from the device over the same iterations
+    /// (PyTorch's `max_memory_reserved`): above the allocated peak by what the pool kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_reserved_peak_bytes: Option<u64>,
     /// Transformer rows: where the blocks were (`none`: resident; `blocks`: streamed from the
     /// host, one copy per block per forward).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,14 +169,26 @@ impl BenchReport {
                 row.tflops.map_or("-".into(), format_tflops),
                 row.density.map_or("-".into(), |d| format!("{d:.3}")),
                 match (row.peak_device_bytes, row.peak_host_bytes) {
-                    (Some(bytes), _) => match row.resident_device_bytes {
-                        Some(before) => format!(
-                            "{} device ({} before)",
-                            format_gib(bytes),
-                            format_gib(before)
-                        ),
-                        None => format!("{} device", format_gib(bytes)),
-                    },
+                    (Some(bytes), _) => {
+                        let mut notes = Vec::new();
+                        if let Some(before) = row.resident_device_bytes {
+                            notes.push(format!("{} before", format_gib(before)));
+                        }
+                        if let (Some(a), Some(r)) =
+                            (row.pool_allocated_peak_bytes, row.pool_reserved_peak_bytes)
+                        {
+                            notes.push(format!(
+                                "pool: {} allocated, {} reserved",
+                                format_gib(a),
+                                format_gib(r)
+                            ));
+                        }
+                        if notes.is_empty() {
+                            format!("{} device", format_gib(bytes))
+                        } else {
+                            format!("{} device ({})", format_gib(bytes), notes.join("; "))
+                        }
+                    }
                     (None, Some(bytes)) => format!("{} host", format_gib(bytes)),
                     (None, None) => "-".into(),
                 },
@@ -339,6 +360,7 @@ struct Timing {
     samples: Vec<f64>,
     peak_device_bytes: Option<u64>,
     resident_device_bytes: Option<u64>,
+    pool_peaks: Option<vdit_models::profile::PoolPeaks>,
 }
 
 impl Timing {
@@ -370,6 +392,7 @@ impl Timer {
         vdit_models::profile::reset();
         let mut samples = Vec::with_capacity(self.iters);
         let sampler = DevicePeakSampler::start(&self.device, Duration::from_micros(200));
+        let pool_reset = vdit_models::profile::reset_pool_peaks(&self.device);
         for _ in 0..self.iters {
             // Queued work from before must not be charged to this iteration.
             self.device.synchronize()?;
@@ -390,6 +413,9 @@ impl Timer {
             samples,
             peak_device_bytes: sampler.and_then(DevicePeakSampler::stop),
             resident_device_bytes,
+            pool_peaks: pool_reset
+                .then(|| vdit_models::profile::pool_peaks(&self.device))
+                .flatten(),
         })
     }
 
@@ -406,6 +432,8 @@ impl Timer {
             peak_host_bytes: self.device.is_cpu().then(peak_resident_bytes).flatten(),
             peak_device_bytes: timing.peak_device_bytes,
             resident_device_bytes: timing.resident_device_bytes,
+            pool_allocated_peak_bytes: timing.pool_peaks.map(|p| p.allocated),
+            pool_reserved_peak_bytes: timing.pool_peaks.map(|p| p.reserved),
             offload: None,
             peak_gpu_bytes: None,
             stages: None,
@@ -1360,6 +1388,8 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
             peak_host_bytes: device.is_cpu().then(peak_resident_bytes).flatten(),
             peak_device_bytes: None,
             resident_device_bytes: baseline,
+            pool_allocated_peak_bytes: None,
+            pool_reserved_peak_bytes: None,
             offload: Some(settings.offload.mode.name()),
             peak_gpu_bytes: peak_device.map(|peak| peak.saturating_sub(baseline.unwrap_or(0))),
             stages: Some(stages),
@@ -1415,6 +1445,8 @@ mod tests {
             samples: vec![3.0, 1.0, 2.0],
             peak_device_bytes: None,
             resident_device_bytes: None,
+            pool_allocated_peak_bytes: None,
+            pool_reserved_peak_bytes: None,
         };
         assert!(process_age_s().is_some_and(|age| age >= 0.0));
         assert_eq!((odd.median(), odd.min()), (2.0, 1.0));
@@ -1422,6 +1454,8 @@ mod tests {
             samples: vec![4.0, 1.0, 2.0, 3.0],
             peak_device_bytes: None,
             resident_device_bytes: None,
+            pool_allocated_peak_bytes: None,
+            pool_reserved_peak_bytes: None,
         };
         assert_eq!(even.median(), 2.5);
     }

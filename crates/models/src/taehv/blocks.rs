@@ -67,7 +67,11 @@ impl MemBlock {
         } else {
             first_past
         };
-        let last = x5.narrow(1, frames - 1, 1)?.squeeze(1)?.copy()?; // a copy: a view keeps all of x5
+        // a compact copy: a view (or `Tensor::copy`, which clones the buffer) keeps all of x5
+        let last = x5
+            .narrow(1, frames - 1, 1)?
+            .squeeze(1)?
+            .force_contiguous()?;
         let joined = Tensor::cat(&[&x5, &past], 2)?.reshape((bt, 2 * c, h, w))?;
         let y = self.conv_a.forward(&joined)?.relu()?;
         let y = self.conv_b.forward(&y)?.relu()?;

@@ -249,7 +249,12 @@ impl TensorMap for CopyPlan<'_> {
                         CpuStorage::BF16(v) => return self.planned(&v[start..end], shape),
                         CpuStorage::F16(v) => return self.planned(&v[start..end], shape),
                         CpuStorage::F32(v) => return self.planned(&v[start..end], shape),
-                        CpuStorage::F8E4M3(v) => return self.planned(&v[start..end], shape),
+                        // fp8 weights take candle's copy on the compute stream (below): the
+                        // H100 run of cuda_block_stream (2026-12-07) gave an overlapped fp8
+                        // block that differed from the resident one in every output value,
+                        // while candle's copy of the same host tensors matched bit for bit.
+                        // The cause is not found yet; until it is, fp8 blocks are not overlapped.
+                        CpuStorage::F8E4M3(_) => {}
                         CpuStorage::U8(v) => return self.planned(&v[start..end], shape),
                         CpuStorage::U32(v) => return self.planned(&v[start..end], shape),
                         CpuStorage::I64(v) => return self.planned(&v[start..end], shape),

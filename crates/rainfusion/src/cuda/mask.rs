@@ -159,7 +159,7 @@ pub fn predict_block_mask(
         query_blocks: blocks,
         key_blocks: blocks,
         // Own storage for the offsets, so that the attention op never read-locks one tensor twice.
-        offsets: csr.narrow(0, 0, rows + 1)?.copy()?,
+        offsets: csr.narrow(0, 0, rows + 1)?.force_contiguous()?,
         indices: csr.narrow(0, rows + 1, rows * blocks)?,
     })
 }

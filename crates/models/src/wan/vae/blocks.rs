@@ -235,11 +235,11 @@ impl Upsample {
         }
         let (b, t, c, h, w) = x.dims5()?;
         let frames = x.reshape((b * t, c, h, w))?;
-        // nearest 2× ("nearest-exact" equals plain duplication at factor 2)
-        let up = span(stage::UPSAMPLE_SPATIAL, frames.device(), || {
-            Ok(frames.upsample_nearest2d(2 * h, 2 * w)?)
-        })?;
-        let y = span(self.conv_stage, up.device(), || self.conv.forward(&up))?;
+        drop(x);
+        // nearest 2× ("nearest-exact" equals plain duplication at factor 2), then the conv
+        let y = self
+            .conv
+            .forward_nearest_2x(&frames, stage::UPSAMPLE_SPATIAL, self.conv_stage)?;
         Ok(y.reshape((b, t, self.out_dim, 2 * h, 2 * w))?)
     }
 }

@@ -115,8 +115,9 @@ impl Downsample {
         let Some((time_conv, slot)) = &self.time_conv else {
             return Ok(y);
         };
-        // A copy: a contiguous view would keep all of y alive as this slot's history.
-        let last = y.narrow(1, t - 1, 1)?.copy()?;
+        // A compact copy: a contiguous view (or `Tensor::copy`, which clones the whole buffer)
+        // would keep all of y alive as this slot's history.
+        let last = y.narrow(1, t - 1, 1)?.force_contiguous()?;
         let out = match cache.previous_frames(*slot) {
             // the first chunk passes through whole (its single frame stays one latent frame);
             // its last frame is the next chunk's history

@@ -308,6 +308,69 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// [`forward`](Self::forward) of x `[N, C, H, W]` upsampled 2× (nearest) → `[N, O, 2H, 2W]`.
+    /// Where the in-place cuDNN convolution runs, one frame at a time: each frame is upsampled
+    /// and convolved into its place in the output, so only one frame's upsampled copy and one
+    /// frame's workspace exist at once (at the 720p upsampler: 0.33 GiB and 0.5 GiB, against
+    /// 1.32 and 2.0 GiB for four frames in one call). `up_stage` and `conv_stage` name the two
+    /// halves in profiles.
+    pub fn forward_nearest_2x(
+        &self,
+        x: &Tensor,
+        up_stage: &'static str,
+        conv_stage: &'static str,
+    ) -> Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
+        let dev = x.device();
+        if n == 1 || self.stride != 1 || !taps_accumulate_in_place(x) {
+            let up = span(up_stage, dev, || Ok(x.upsample_nearest2d(2 * h, 2 * w)?))?;
+            return span(conv_stage, dev, || self.forward(&up));
+        }
+        self.forward_nearest_2x_by_frame(x, up_stage, conv_stage)
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn forward_nearest_2x_by_frame(
+        &self,
+        x: &Tensor,
+        up_stage: &'static str,
+        conv_stage: &'static str,
+    ) -> Result<Tensor> {
+        use super::cudnn_conv::conv2d_tensor_ops_accumulate;
+        let (n, _, h, w) = x.dims4()?;
+        let o = self.weight.dim(0)?;
+        let dev = x.device();
+        // zeros, then each frame's conv added in place (cuDNN beta = 1 over zeros)
+        let y = Tensor::zeros((n, o, 2 * h, 2 * w), x.dtype(), dev)?;
+        for i in 0..n {
+            let up = span(up_stage, dev, || {
+                Ok(x.narrow(0, i, 1)?.upsample_nearest2d(2 * h, 2 * w)?)
+            })?;
+            span(conv_stage, dev, || {
+                conv2d_tensor_ops_accumulate(&y.narrow(0, i, 1)?, &up, &self.weight, self.padding)
+            })?;
+        }
+        span(conv_stage, dev, || {
+            if fused_channel_kernels(&y) {
+                add_channel_bias(&y, &self.bias_f32, None)
+            } else {
+                Ok(y.broadcast_add(&self.bias)?)
+            }
+        })
+    }
+
+    #[cfg(not(feature = "cudnn"))]
+    fn forward_nearest_2x_by_frame(
+        &self,
+        _: &Tensor,
+        _: &'static str,
+        _: &'static str,
+    ) -> Result<Tensor> {
+        unreachable!("taps_accumulate_in_place is false without cuDNN")
+    }
+}
+
 /// The kernel of a [`CausalConv3d`], laid out for the way its temporal taps are computed.
 #[derive(Debug, Clone)]
 enum TemporalKernel {
@@ -448,6 +511,16 @@ impl CausalConv3d {
         let (b, t, c, h, w) = x.dims5()?;
         let dev = x.device();
         let history = self.kt - 1;
+        if let (TemporalKernel::Taps(taps), Some(slot)) = (&self.kernel, self.slot) {
+            if b == 1
+                && self.padding == ConvPadding::Zeros
+                && taps_accumulate_in_place(x)
+                && taps_over_cache()
+            {
+                let y = self.taps_over_cache_and_chunk(x, taps, slot, cache)?;
+                return self.add_bias(y, x.dtype(), (b, t, h, w), defer_bias);
+            }
+        }
         let padded = match self.slot {
             None => x.clone(),
             Some(slot) => span(stage::FEATURE_CACHE, dev, || {
@@ -464,11 +537,15 @@ impl CausalConv3d {
                 let padded = stream.narrow(1, stream_len - take, take)?;
                 let missing = t + history - take;
                 let keep = history.min(stream_len);
-                // A copy, not a view: a narrowed frame range of [B, T, C, H, W] with B = 1 is
-                // already contiguous, and keeping it as a view would keep the whole stream
-                // (k_t − 1 + T frames) alive per conv until the next chunk.
-                cache.slots[slot] =
-                    CacheSlot::Frames(stream.narrow(1, stream_len - keep, keep)?.copy()?);
+                // A compact copy, not a view: a narrowed frame range of [B, T, C, H, W] with
+                // B = 1 is already contiguous, and keeping it as a view would keep the whole
+                // stream (k_t − 1 + T frames) alive per conv until the next chunk. Not
+                // `Tensor::copy`, which clones the whole buffer under the view (candle 0.11).
+                cache.slots[slot] = CacheSlot::Frames(
+                    stream
+                        .narrow(1, stream_len - keep, keep)?
+                        .force_contiguous()?,
+                );
                 Ok(match (missing, self.padding) {
                     (0, _) => padded,
                     (_, ConvPadding::Zeros) => padded.pad_with_zeros(1, missing, 0)?,
@@ -573,6 +650,97 @@ impl CausalConv3d {
         Ok((y.reshape((b, t, self.out_dim, h, w))?, None))
     }
 
+    /// The temporal taps of a batch-1 chunk x `[1, T, C, H, W]` through cuDNN without joining the
+    /// cached frames and the chunk: each tap convolves the frames it needs where they lie (a
+    /// range of the cache, a range of the chunk, or both as two calls) and adds the result into
+    /// the matching output frames in place; frames of the zero padding in front are skipped.
+    /// The last tap reads exactly the chunk's frames, so it writes the whole output first.
+    /// Updates `slot` with the stream's last k_t − 1 frames (a copy). → `[T, O, H, W]` in x's
+    /// dtype, without the bias. At 720p this saves the (k_t − 1 + T)-frame joined stream per conv
+    /// (1 GB for four frames of the last level) and the pass that wrote it.
+    #[cfg(feature = "cudnn")]
+    fn taps_over_cache_and_chunk(
+        &self,
+        x: &Tensor,
+        taps: &[Tensor],
+        slot: usize,
+        cache: &mut FeatureCache,
+    ) -> Result<Tensor> {
+        use super::cudnn_conv::{conv2d_tensor_ops, conv2d_tensor_ops_accumulate};
+        let (_, t, c, h, w) = x.dims5()?;
+        let dev = x.device();
+        let history = self.kt - 1;
+        let padding = self.spatial_padding;
+        // the cached frames that count: at most the last k_t − 1; zeros stand in for the rest
+        let prev = match cache.previous_frames(slot) {
+            Some(p) => {
+                let n = p.dim(1)?;
+                let keep = n.min(history);
+                Some(p.narrow(1, n - keep, keep)?)
+            }
+            None => None,
+        };
+        let cached = prev.as_ref().map_or(Ok(0), |p| p.dim(1))?;
+        let missing = history - cached;
+        // frames [start, start + len) of a batch-1 stream part as a batch of images
+        let frames = |part: &Tensor, start: usize, len: usize| -> Result<Tensor> {
+            Ok(part.narrow(1, start, len)?.reshape((len, c, h, w))?)
+        };
+        let y = span(self.conv_stage, dev, || {
+            let y = conv2d_tensor_ops(&frames(x, 0, t)?, &taps[history], padding)?;
+            // Output frame i reads frame i + j of [zeros (missing), cached, chunk] through tap j.
+            for (j, tap) in taps.iter().enumerate().take(history) {
+                if let Some(prev) = &prev {
+                    let (lo, hi) = (j.max(missing), (j + t).min(history));
+                    if lo < hi {
+                        let out = y.narrow(0, lo - j, hi - lo)?;
+                        conv2d_tensor_ops_accumulate(
+                            &out,
+                            &frames(prev, lo - missing, hi - lo)?,
+                            tap,
+                            padding,
+                        )?;
+                    }
+                }
+                let (lo, hi) = (history, j + t);
+                if lo < hi {
+                    let out = y.narrow(0, lo - j, hi - lo)?;
+                    conv2d_tensor_ops_accumulate(
+                        &out,
+                        &frames(x, lo - history, hi - lo)?,
+                        tap,
+                        padding,
+                    )?;
+                }
+            }
+            Ok(y)
+        })?; // [T, O, H, W]
+        span(stage::FEATURE_CACHE, dev, || {
+            let keep = history.min(cached + t);
+            let kept = if t >= keep {
+                // compact: `Tensor::copy` would clone all of x's buffer (candle 0.11)
+                x.narrow(1, t - keep, keep)?.force_contiguous()?
+            } else {
+                let prev = prev.as_ref().expect("keep > t means cached frames exist");
+                Tensor::cat(&[&prev.narrow(1, cached - (keep - t), keep - t)?, x], 1)?
+            };
+            cache.slots[slot] = CacheSlot::Frames(kept);
+            Ok(())
+        })?;
+        Ok(y)
+    }
+
+    #[cfg(not(feature = "cudnn"))]
+    fn taps_over_cache_and_chunk(
+        &self,
+        _: &Tensor,
+        _: &[Tensor],
+        _: usize,
+        _: &mut FeatureCache,
+    ) -> Result<Tensor> {
+        unreachable!("taps_accumulate_in_place is false without cuDNN")
+    }
+
     /// The temporal taps through cuDNN, each reading its frames of `padded` `[B, T + k_t − 1, C,
     /// H, W]` (spatially padded already when `conv_padding` is 0) where they lie (a frame range of a batch-1 stream is contiguous) and adding its conv
     /// to the output in place → `[B·T, O, H, W]` in the input dtype, without the bias. No stacked
@@ -624,6 +792,17 @@ pub const TAPS_IN_PLACE_ENV: &str = "VDIT_VAE_TAPS";
 fn taps_in_place() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var(TAPS_IN_PLACE_ENV).map_or(true, |v| v.trim() != "0"))
+}
+
+/// Environment variable: `0` makes the in-place taps read a joined copy of the cached frames and
+/// the chunk, as before, instead of each tap reading its frames where they lie
+/// ([`CausalConv3d::taps_over_cache_and_chunk`]); for measuring the two side by side.
+pub const TAPS_OVER_CACHE_ENV: &str = "VDIT_VAE_SPLIT_TAPS";
+
+/// Unless [`TAPS_OVER_CACHE_ENV`] is `0` (read once).
+fn taps_over_cache() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(TAPS_OVER_CACHE_ENV).map_or(true, |v| v.trim() != "0"))
 }
 
 /// Whether a tap conv over `padded` runs as in-place cuDNN accumulation: [`taps_in_place`], a
@@ -846,6 +1025,53 @@ mod tests {
 
     /// The cuDNN layout (taps stacked along channels, one conv) must compute the same causal
     /// conv as the per-tap sum, chunk after chunk through the cache.
+    #[test]
+    fn cache_slots_hold_only_their_frames() {
+        // A slot keeps k_t − 1 frames of history in a buffer of exactly that size: a view, or
+        // candle's `Tensor::copy` of a view (which clones the whole buffer under it), would keep
+        // the chunk's or the joined stream's buffer alive until the next chunk.
+        let dev = Device::Cpu;
+        let (o, c, kt, ks) = (3, 2, 3, 3);
+        let vb = vars(
+            vec![
+                (
+                    "weight",
+                    Tensor::randn(0f32, 1.0, (o, c, kt, ks, ks), &dev).unwrap(),
+                ),
+                ("bias", Tensor::zeros(o, DType::F32, &dev).unwrap()),
+            ],
+            DType::F32,
+        );
+        let conv = CausalConv3d::new(
+            vb,
+            c,
+            o,
+            (kt, ks),
+            &mut SlotCounter::default(),
+            stage::conv3d(0),
+        )
+        .unwrap();
+        let mut cache = FeatureCache::new(1);
+        for (t, history) in [(1, 1), (4, 2), (4, 2)] {
+            let x = Tensor::randn(0f32, 1.0, (1, t, c, 5, 6), &dev).unwrap();
+            conv.forward(&x, &mut cache).unwrap();
+            let kept = cache
+                .previous_frames(0)
+                .expect("a temporal conv keeps history");
+            assert_eq!(kept.dim(1).unwrap(), history, "t={t}");
+            let (storage, _) = kept.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else {
+                unreachable!("a CPU tensor")
+            };
+            let held = cpu.as_slice::<f32>().unwrap().len();
+            assert_eq!(
+                held,
+                kept.elem_count(),
+                "t={t}: the slot's buffer holds only its frames"
+            );
+        }
+    }
+
     #[test]
     fn stacked_taps_match_per_tap_sum() {
         let dev = Device::Cpu;

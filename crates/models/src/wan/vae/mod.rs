@@ -45,6 +45,17 @@ use decoder::Decoder3d;
 use layers::{stage, CausalConv3d, FeatureCache, SlotCounter};
 pub use layers::{CONV_ALGO_ENV, FUSED_NORM_ENV};
 
+/// Environment variable: `1` drains the device queue after each decoded chunk, so that candle's
+/// stream-ordered memory pool returns the chunk's freed buffers to the device before the next
+/// chunk allocates (a memory experiment; off by default).
+pub const TRIM_AFTER_CHUNK_ENV: &str = "VDIT_VAE_TRIM";
+
+/// Whether [`TRIM_AFTER_CHUNK_ENV`] is `1` (read once).
+fn trim_after_chunk() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(TRIM_AFTER_CHUNK_ENV).is_ok_and(|v| v.trim() == "1"))
+}
+
 /// What [`WanVaeDecoder::decode_with_chunks`] hands each decoded chunk to.
 type ChunkConsumer<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
 
@@ -401,6 +412,10 @@ impl WanVaeDecoder {
             })?;
             on_chunk(&chunk)?;
             frame_done(i + 1);
+            if trim_after_chunk() {
+                // drained, the stream-ordered pool hands the chunk's freed buffers back
+                self.device.synchronize()?;
+            }
         }
         Ok(())
     }
