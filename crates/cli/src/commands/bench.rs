@@ -1445,8 +1445,7 @@ mod tests {
             samples: vec![3.0, 1.0, 2.0],
             peak_device_bytes: None,
             resident_device_bytes: None,
-            pool_allocated_peak_bytes: None,
-            pool_reserved_peak_bytes: None,
+            pool_peaks: None,
         };
         assert!(process_age_s().is_some_and(|age| age >= 0.0));
         assert_eq!((odd.median(), odd.min()), (2.0, 1.0));
@@ -1454,8 +1453,7 @@ mod tests {
             samples: vec![4.0, 1.0, 2.0, 3.0],
             peak_device_bytes: None,
             resident_device_bytes: None,
-            pool_allocated_peak_bytes: None,
-            pool_reserved_peak_bytes: None,
+            pool_peaks: None,
         };
         assert_eq!(even.median(), 2.5);
     }
