@@ -14,6 +14,7 @@
 # place (the default), stacked taps (VDIT_VAE_TAPS=0), VDIT_VAE_CONV_FRAMES=1, and stacked with one frame per call.
 # ONLY=vaeprobe: the 720p decode as is, with the joined cache stream (VDIT_VAE_SPLIT_TAPS=0), with VDIT_VAE_TRIM=1 and profiled (VDIT_PROFILE=1), then 480p; every row
 # with the memory pool's allocated and reserved peaks.
+# ONLY=vaevs: the Wan2.1 VAE decode at 720p and 480p, vdit then diffusers, time and memory.
 # ONLY=small: the whole 1.3B run at 480p (4 steps) with umT5 on the GPU, then with --text-encoder-cpu; peak memory.
 # ONLY=sync runs the dense 14B forward without and with
 # VDIT_BLOCK_SYNC=1.
@@ -62,6 +63,15 @@ if [ "${ONLY:-}" = vaeprobe ]; then
   step vdit_vae_trim 50 env VDIT_VAE_TRIM=1 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae_trim.json" "${vae[@]}"
   step vdit_vae_stages 60 env VDIT_PROFILE=1 /tmp/vdit bench "${once[@]}" "${vae[@]}"
   step vdit_vae_480p 30 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae_480p.json" vae
+  exit 0
+fi
+if [ "${ONLY:-}" = vaevs ]; then
+  t "Wan2.1 VAE decode, 81 frames at 1280x720 and 832x480: vdit (one warm-up, 3 timed) then diffusers (the same)"
+  warm=(--device cuda --warmup 1 --iters 3)
+  step vdit_vae_720p 60 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae_720p.json" "${vae[@]}"
+  step vdit_vae_480p 40 /tmp/vdit bench "${warm[@]}" --json "$OUT/vdit_vae_480p.json" vae
+  step torch_vae 150 python3 scripts/gpu/torch_bench.py --wan-vae 1280x720,832x480 --iters 3 \
+    --out "$OUT/torch_vae.json"
   exit 0
 fi
 if [ "${ONLY:-}" = small ]; then

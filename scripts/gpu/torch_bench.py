@@ -421,6 +421,44 @@ def vae_rows(args):
     return [row("vae", "diffusers bf16", "B1 latent 21x60x104 → 81 frames 832x480", med, s, peak=peak)]
 
 
+def wan_vae_size_rows(args):
+    """diffusers' Wan2.1 VAE decode (bf16, random weights, whole frames) at each WxH of --wan-vae, 81 frames by
+    default: time (one warm-up, --iters timed) and peak memory three ways (allocated, reserved, device used)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
+    frames = args.frames or 81
+    lat = (frames - 1) // 4 + 1
+    rows = []
+    for size in args.wan_vae.split(","):
+        width, height = (int(v) for v in size.split("x"))
+        z = torch.randn(1, 16, lat, height // 8, width // 8, device="cuda", dtype=torch.bfloat16)
+
+        @torch.no_grad()
+        def run():
+            vae.decode(z, return_dict=False)
+
+        run()  # warm-up, outside the peaks
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = device_used()
+        sampler = DeviceUsedSampler()
+        med, s = cuda_time(run, 0, args.iters)
+        r = row("vae", "diffusers bf16", f"Wan2.1 B1 latent {lat}x{height // 8}x{width // 8} → {frames} frames "
+                f"{width}x{height}", med, s, peak=torch.cuda.max_memory_allocated())
+        r.update(peak_reserved_bytes=torch.cuda.max_memory_reserved(), peak_device_bytes=sampler.peak(),
+                 resident_device_bytes=before)
+        gib = 2 ** 30
+        print(f"diffusers Wan2.1 VAE {width}x{height}x{frames}: {med:.3f} s, allocated "
+              f"{r['peak_gpu_bytes'] / gib:.2f} GiB, reserved {r['peak_reserved_bytes'] / gib:.2f} GiB, device used "
+              f"{r['peak_device_bytes'] / gib:.2f} GiB ({before / gib:.2f} GiB before)", flush=True)
+        rows.append(r)
+        del z
+        torch.cuda.empty_cache()
+    return rows
+
+
 # Wan2.2 shapes (diffusers configs of Wan-AI/Wan2.2-T2V-A14B-Diffusers and Wan2.2-TI2V-5B-Diffusers).
 WAN22_TRANSFORMERS = {
     "a14b expert": (dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
@@ -621,6 +659,8 @@ def main():
                    help="time the image-to-video shapes instead (I2V-14B forward, the Wan2.1 VAE encode)")
     p.add_argument("--hunyuan15", action="store_true",
                    help="time the HunyuanVideo 1.5 transformer forward (8.3B t2v, batch --batch) at each --sizes")
+    p.add_argument("--wan-vae", metavar="WxH[,WxH...]",
+                   help="diffusers' Wan2.1 VAE decode alone at these sizes (--frames frames), time and peak memory")
     p.add_argument("--hunyuan15-vae", action="store_true",
                    help="time the HunyuanVideo 1.5 VAE decode of --latent, whole and with enable_tiling()")
     p.add_argument("--latent", default=None,
@@ -646,6 +686,10 @@ def main():
     args.width = args.width or (848 if args.hunyuan15 else 832)
     args.height = args.height or 480
     args.frames = args.frames or (121 if args.hunyuan15 else 81)
+    if args.wan_vae:
+        rows = wan_vae_size_rows(args)
+        json.dump(dict(impl="pytorch", torch=torch.__version__, rows=rows), open(args.out, "w"), indent=1)
+        return
     if args.hunyuan15_vae:
         args.latent = [int(v) for v in (args.latent or ("2x2x18" if args.tiny else "31x30x53")).split("x")]
         rows = hunyuan15_vae_rows(args)

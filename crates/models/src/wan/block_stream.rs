@@ -33,9 +33,10 @@
 //!   stream before it unpins, and it is dropped before the host blocks.
 //!
 //! What is overlapped: every dense tensor of a block (run-dtype weights, biases, norms, the
-//! modulation table, fp8 values and scales, unmerged LoRA factors). GGUF blocks are pinned but
-//! still copied on the compute stream (`QStorage::from_data`): candle 0.11 has no public way to
-//! build a CUDA `QStorage` around a buffer filled elsewhere.
+//! modulation table, unmerged LoRA factors). GGUF blocks are copied on the compute stream
+//! (`QStorage::from_data`), unpinned: candle 0.11 has no public way to build a CUDA `QStorage`
+//! around a buffer filled elsewhere. fp8 blocks are cast to the run dtype at load
+//! (`WeightSource::casting_fp8`).
 
 use std::sync::{Arc, Mutex};
 
@@ -49,6 +50,7 @@ use candle_core::{CpuStorage, Device, Shape, Storage, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::wan::block::WanBlock;
+use crate::wan::host_pages::{interior, page_pieces};
 use crate::wan::tensor_map::{qtensor_to_device, TensorMap};
 
 fn cuda_error(what: &str, e: impl std::fmt::Display) -> ModelError {
@@ -152,14 +154,18 @@ impl BlockStreamer {
         self.copy
             .wait(&allocated)
             .map_err(|e| cuda_error("wait for the allocations", e))?;
-        for copy in &plan.copies {
+        let pieces = plan.copies.iter().flat_map(|copy| {
+            page_pieces(copy.src, copy.bytes)
+                .map(move |(src, bytes)| (copy.dst + (src - copy.src) as u64, src, bytes))
+        });
+        for (dst, src, bytes) in pieces {
             // SAFETY: `src` points into a host block's storage, alive until the streamer is
-            // dropped (which synchronises this stream first); `dst` is a fresh buffer of at
-            // least `bytes` bytes, owned by `block`, not read before `copied` completes and
-            // freed on the compute stream after that.
+            // dropped (which synchronises this stream first); `dst` lies in a fresh buffer of
+            // at least the copy's bytes, owned by `block`, not read before `copied` completes
+            // and freed on the compute stream after that.
             unsafe {
-                let src = std::slice::from_raw_parts(copy.src as *const u8, copy.bytes);
-                driver::memcpy_htod_async(copy.dst, src, self.copy.cu_stream())
+                let src = std::slice::from_raw_parts(src as *const u8, bytes);
+                driver::memcpy_htod_async(dst, src, self.copy.cu_stream())
             }
             .map_err(|e| {
                 // `block` (and its buffers) is dropped on return: the copies already queued
@@ -249,11 +255,9 @@ impl TensorMap for CopyPlan<'_> {
                         CpuStorage::BF16(v) => return self.planned(&v[start..end], shape),
                         CpuStorage::F16(v) => return self.planned(&v[start..end], shape),
                         CpuStorage::F32(v) => return self.planned(&v[start..end], shape),
-                        // fp8 weights take candle's copy on the compute stream (below): the
-                        // H100 run of cuda_block_stream (2026-12-07) gave an overlapped fp8
-                        // block that differed from the resident one in every output value,
-                        // while candle's copy of the same host tensors matched bit for bit.
-                        // The cause is not found yet; until it is, fp8 blocks are not overlapped.
+                        // fp8 blocks are cast to the run dtype at load when streamed onto
+                        // CUDA (`WeightSource::casting_fp8`: the H100 runs of cuda_block_stream
+                        // failed for them); any other fp8 tensor takes candle's copy below.
                         CpuStorage::F8E4M3(_) => {}
                         CpuStorage::U8(v) => return self.planned(&v[start..end], shape),
                         CpuStorage::U32(v) => return self.planned(&v[start..end], shape),
@@ -263,8 +267,8 @@ impl TensorMap for CopyPlan<'_> {
                 }
             }
         }
-        // Anything else (not on the host, strided, empty, a dtype without a CUDA slice type):
-        // candle's copy, on the compute stream.
+        // Anything else (not on the host, strided, empty, a dtype without a CUDA slice type,
+        // fp8): candle's copy, on the compute stream.
         Ok(t.to_device(&Device::Cuda(self.device.clone()))?)
     }
 
@@ -284,29 +288,24 @@ struct PinnedHost {
     context: Arc<CudaContext>,
 }
 
-/// Registration works on whole pages and refuses a page already registered, so buffers are
-/// rounded out to this granularity and those that share a page are registered as one range.
-/// 4 KiB, x86-64's page: on a system with larger pages a registration may still fail, and the
-/// bytes stay pageable (counted in `failed_bytes`; copies from them are correct, not overlapped).
-const PAGE: usize = 4096;
-
 impl PinnedHost {
     fn register(blocks: &[WanBlock], context: Arc<CudaContext>) -> Result<Self> {
         let mut collect = HostRanges::default();
         for block in blocks {
             block.map_tensors(&mut collect)?;
         }
+        // each buffer's interior: the pages wholly inside it (see `PAGE`)
         let mut ranges: Vec<(usize, usize)> = collect
             .ranges
             .into_iter()
-            .map(|(start, len)| (start / PAGE * PAGE, (start + len).div_ceil(PAGE) * PAGE))
+            .filter_map(|(start, len)| interior(start, len))
             .collect();
         ranges.sort_unstable();
         let mut merged: Vec<(usize, usize)> = Vec::new();
         for (start, end) in ranges {
             match merged.last_mut() {
-                // Overlapping (a shared page), not merely adjacent: two separate mappings are
-                // never joined into one registration.
+                // The same buffer seen through two tensors; distinct buffers' interiors never
+                // overlap, and adjacent ones are not joined (they may be separate mappings).
                 Some((_, last_end)) if start < *last_end => *last_end = (*last_end).max(end),
                 _ => merged.push((start, end)),
             }
@@ -381,12 +380,8 @@ impl TensorMap for HostRanges {
     }
 
     fn quantized(&mut self, q: &Arc<QTensor>) -> Result<Arc<QTensor>> {
-        // On the host the GGUF blocks are borrowed from the tensor's own buffer.
-        if let std::borrow::Cow::Borrowed(bytes) = q.data()? {
-            if !bytes.is_empty() {
-                self.ranges.push((bytes.as_ptr() as usize, bytes.len()));
-            }
-        }
+        // Not pinned: candle copies GGUF blocks into a padded buffer of its own before the
+        // upload (`QStorage::from_data`), so the copy engine never reads these bytes.
         Ok(q.clone())
     }
 }

@@ -22,6 +22,9 @@ pub(crate) struct WeightSource {
     origin: Origin,
     device: Device,
     lora: Option<Arc<LoraSet>>,
+    /// Whether fp8 linear weights stay fp8 (cast at each forward); false: cast at load, like
+    /// any other tensor (see [`Self::casting_fp8`]).
+    keep_fp8: bool,
 }
 
 enum Origin {
@@ -45,6 +48,7 @@ impl WeightSource {
             origin: Origin::Checkpoint { files, keys },
             device,
             lora: None,
+            keep_fp8: true,
         }
     }
 
@@ -70,7 +74,19 @@ impl WeightSource {
             },
             device: device.clone(),
             lora: self.lora.clone(),
+            keep_fp8: self.keep_fp8,
         }
+    }
+
+    /// The same source with fp8 linear weights cast to the run dtype (times their scale) at
+    /// load instead of kept as fp8. For blocks streamed onto a CUDA device: the H100 runs of
+    /// `cuda_block_stream` (2026-12-07) gave wrong values for overlapped fp8 blocks and then a
+    /// driver error for synchronously copied ones, while bf16 blocks streamed bit-identically.
+    /// Until that is understood, such blocks stream in the run dtype (twice the host memory
+    /// and copy of fp8, which the overlapped copy hides).
+    pub(crate) fn casting_fp8(mut self) -> Self {
+        self.keep_fp8 = false;
+        self
     }
 
     /// Every tensor asked for is random (see [`RandomWeights`]).
@@ -89,6 +105,7 @@ impl WeightSource {
             },
             device,
             lora: None,
+            keep_fp8: true,
         }
     }
 
@@ -102,7 +119,7 @@ impl WeightSource {
                 if let Some(q) = files.load_quantized(&file_key, Some(&shape), &self.device)? {
                     return Ok(Some(StoredWeight::Quantized(Arc::new(q))));
                 }
-                if files.stored_dtype(&file_key) == Some(DType::F8E4M3) {
+                if self.keep_fp8 && files.stored_dtype(&file_key) == Some(DType::F8E4M3) {
                     let weight =
                         files.load(&file_key, Some(&shape), DType::F8E4M3, &self.device)?;
                     let scale = fp8_scale(files, &file_key, output, &self.device)?;

@@ -14,6 +14,8 @@ pub mod block_store;
 #[cfg(feature = "cuda")]
 mod block_stream;
 pub mod config;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod host_pages;
 mod image_embedding;
 pub mod keys;
 pub(crate) mod layers;
