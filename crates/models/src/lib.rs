@@ -17,6 +17,7 @@ pub mod error;
 mod fp8;
 pub mod hunyuan15;
 pub mod lora;
+pub mod parallel;
 pub mod profile;
 pub mod qwen25vl_text;
 pub mod taehv;
