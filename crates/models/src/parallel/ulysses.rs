@@ -7,6 +7,7 @@
 //! tensor.
 
 use candle_core::Tensor;
+use rainfusion::{SelfAttention, VideoLayout};
 
 use super::split::{HeadSplit, SequenceSplit};
 use super::Communicator;
@@ -79,6 +80,73 @@ pub fn ulysses_attention(
     );
     let out = attend(&q, &k, &v)?;
     heads_to_tokens(comm, &out, split)
+}
+
+/// A [`SelfAttention`] policy run under Ulysses: the transformer's blocks hand it this rank's
+/// tokens (q, k, v `[B, H, L_r, D]`); it trades them for the whole sequence of this rank's
+/// heads, lets `inner` attend over the whole `layout` (RainFusion predicts its masks there, per
+/// head, as on one device), and trades back.
+pub struct UlyssesAttention<'a> {
+    inner: &'a mut dyn SelfAttention,
+    comm: &'a dyn Communicator,
+    split: SequenceSplit,
+}
+
+impl<'a> UlyssesAttention<'a> {
+    pub fn new(
+        inner: &'a mut dyn SelfAttention,
+        comm: &'a dyn Communicator,
+        split: SequenceSplit,
+    ) -> Self {
+        Self { inner, comm, split }
+    }
+}
+
+/// A model error as an attention error (the trait's error type).
+fn attention_error(e: ModelError) -> rainfusion::Error {
+    match e {
+        ModelError::Candle(e) => rainfusion::Error::Candle(e),
+        other => rainfusion::Error::InvalidConfig(other.to_string()),
+    }
+}
+
+impl SelfAttention for UlyssesAttention<'_> {
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layout: &VideoLayout,
+    ) -> rainfusion::Result<Tensor> {
+        let inner = &mut *self.inner;
+        ulysses_attention(self.comm, &self.split, q, k, v, |q, k, v| {
+            Ok(inner.attend(layer, q, k, v, layout)?)
+        })
+        .map_err(attention_error)
+    }
+
+    fn attend_joint(
+        &mut self,
+        _: usize,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &VideoLayout,
+        _: Option<&Tensor>,
+    ) -> rainfusion::Result<Tensor> {
+        Err(rainfusion::Error::InvalidConfig(
+            "sequence parallelism does not split joint text-and-video attention yet".into(),
+        ))
+    }
+
+    fn begin_step(&mut self, step: usize, num_steps: usize) {
+        self.inner.begin_step(step, num_steps);
+    }
+
+    fn effective_density(&self) -> f64 {
+        self.inner.effective_density()
+    }
 }
 
 #[cfg(test)]

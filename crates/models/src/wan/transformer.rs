@@ -19,6 +19,9 @@ use rainfusion::{SelfAttention, VideoLayout};
 
 use crate::error::{ModelError, Result};
 use crate::lora::LoraSet;
+use crate::parallel::split::{HeadSplit, SequenceSplit};
+use crate::parallel::ulysses::UlyssesAttention;
+use crate::parallel::Communicator;
 use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
 use crate::wan::block_store::{BlockPlacement, BlockStore};
 use crate::wan::config::{has_image_embedder, WanConfig};
@@ -390,6 +393,72 @@ impl WanTransformer {
         let time = self.time_embedding(timesteps, batch, f * h * w)?;
 
         let x = self.run_blocks(x, &context, image, batch, grid, &time, attention)?;
+        self.head_output(&x, HeadInputs { time, grid })
+    }
+
+    /// [`Self::forward_with_image`] as one rank of a sequence-parallel group (Ulysses): every
+    /// rank embeds the whole latent, keeps its range of the tokens through the blocks (with its
+    /// rows of the RoPE tables), attends through [`UlyssesAttention`] around `attention`, and
+    /// gathers the tokens again for the head. Every rank returns the whole velocity
+    /// `[B, C', F, H, W]` f32; it equals the one-device forward up to the order of float sums.
+    /// `comm.size()` must divide the heads; one timestep per sample (per-token timesteps,
+    /// Wan2.2 TI2V, are not split yet).
+    pub fn forward_sequence_parallel(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        image: Option<&Tensor>,
+        attention: &mut dyn SelfAttention,
+        comm: &dyn Communicator,
+    ) -> Result<Tensor> {
+        let (batch, grid) = self.check_inputs(latents, timesteps, context)?;
+        let [f, h, w] = grid;
+        let tokens = f * h * w;
+        HeadSplit::new(self.cfg.num_heads, comm.size())?;
+        let split = SequenceSplit::new(tokens, comm.size())?;
+        let (start, len) = split.range(comm.rank());
+        let latents = latents.to_device(&self.device)?;
+        let context = context.to_device(&self.device)?;
+
+        let patches = self.patchify(&latents.to_dtype(self.dtype)?, grid)?;
+        let x = self
+            .patch_embedding
+            .forward(&patches)?
+            .to_dtype(DType::F32)?
+            .narrow(1, start, len)?; // [B, L_r, dim]
+        let time = self.time_embedding(timesteps, batch, tokens)?;
+        if matches!(time.modulation, TimeModulation::PerToken { .. }) {
+            return Err(ModelError::InvalidInput(
+                "sequence parallelism takes one timestep per sample; per-token timesteps \
+                 (Wan2.2 TI2V) are not split yet"
+                    .into(),
+            ));
+        }
+        let text = self
+            .text_linear_2
+            .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
+        let image = self.image_tokens(image, batch)?;
+        let (rope_cos, rope_sin) = self.rope_tables(grid)?;
+        let (rope_cos, rope_sin) = (
+            rope_cos.narrow(0, start, len)?,
+            rope_sin.narrow(0, start, len)?,
+        );
+        let ctx = BlockContext {
+            time_modulation: &time.modulation,
+            text: &text,
+            image: image.as_ref(),
+            rope_cos: &rope_cos,
+            rope_sin: &rope_sin,
+            layout: VideoLayout::new(f, h, w),
+        };
+        let mut ulysses = UlyssesAttention::new(attention, comm, split);
+        let mut x = x;
+        for index in 0..self.blocks.len() {
+            let block = self.blocks.fetch(index)?;
+            x = block.forward(x, &ctx, &mut ulysses)?;
+        }
+        let x = Tensor::cat(&comm.all_gather(&x)?, 1)?; // [B, L, dim]
         self.head_output(&x, HeadInputs { time, grid })
     }
 
