@@ -30,6 +30,7 @@ pub mod denoise;
 pub mod error;
 pub mod eval;
 pub mod family;
+pub mod guidance_parallel;
 pub mod hub;
 pub mod hunyuan15;
 pub mod image_cond;

@@ -2,10 +2,7 @@
 //! guidance branch (0: conditional, 1: unconditional; one group when guidance is not split)
 //! and s is the rank inside the sequence group. 8 GPUs = 2 (guidance) × 4 (sequence).
 
-use candle_core::Tensor;
-
 use super::split::HeadSplit;
-use super::Communicator;
 use crate::error::{ModelError, Result};
 
 /// How a run is spread over devices.
@@ -73,27 +70,9 @@ impl ParallelMesh {
     }
 }
 
-/// Classifier-free guidance across a guidance group of two ranks (rank 0 of `pair` ran the
-/// conditional pass, rank 1 the unconditional one): both get `uncond + scale · (cond − uncond)`
-/// from their own velocity and the other's.
-pub fn guided_velocity(pair: &dyn Communicator, mine: &Tensor, scale: f64) -> Result<Tensor> {
-    if pair.size() != 2 {
-        return Err(ModelError::InvalidInput(format!(
-            "guidance-parallel needs a group of 2, got {}",
-            pair.size()
-        )));
-    }
-    let both = pair.all_gather(mine)?;
-    let (cond, uncond) = (&both[0], &both[1]);
-    Ok((uncond + ((cond - uncond)? * scale)?)?)
-}
-
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
-
     use super::*;
-    use crate::parallel::LocalGroup;
 
     #[test]
     fn devices_become_guidance_times_sequence() {
@@ -119,38 +98,5 @@ mod tests {
             .to_string()
             .contains("12 attention heads"));
         assert!(ParallelMesh::new(0, false, 12).is_err());
-    }
-
-    #[test]
-    fn guided_velocity_matches_the_single_device_formula() {
-        let dev = Device::Cpu;
-        let cond = Tensor::randn(0f32, 1.0, (1, 4, 3), &dev).unwrap();
-        let uncond = Tensor::randn(0f32, 1.0, (1, 4, 3), &dev).unwrap();
-        let expected = (&uncond + ((&cond - &uncond).unwrap() * 5.0).unwrap()).unwrap();
-        let results: Vec<Tensor> = std::thread::scope(|scope| {
-            let handles: Vec<_> = LocalGroup::members(2)
-                .into_iter()
-                .map(|comm| {
-                    let mine = if comm.rank() == 0 {
-                        cond.clone()
-                    } else {
-                        uncond.clone()
-                    };
-                    scope.spawn(move || guided_velocity(&comm, &mine, 5.0).unwrap())
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for r in results {
-            let diff = (r - &expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
-        }
     }
 }
