@@ -1079,7 +1079,9 @@ pub mod bench {
         pub offload: OffloadChoice,
         /// How the random linear weights are stored: `dense` (in --dtype) or a GGUF block type
         /// (quantised at load wherever a row is whole blocks, multiplied by candle's quantised
-        /// matmul; the rest stays in --dtype). --dtype is what is computed in either case.
+        /// matmul; the rest stays in --dtype; one random tensor is quantised per shape and
+        /// copied to every layer of that shape, which keeps a 14B load short). --dtype is what
+        /// is computed in either case.
         #[arg(long, value_enum, default_value_t = BenchWeights::Dense)]
         pub weights: BenchWeights,
     }

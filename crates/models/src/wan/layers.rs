@@ -131,9 +131,14 @@ impl WeightSource {
                 quantize: Some(kind),
                 ..
             } if input.is_multiple_of(kind.block_size()) => {
-                let values = RandomWeights::tensor(key, &shape, DType::F32, &Device::Cpu)?;
-                let q = QTensor::quantize_onto(&values, *kind, &self.device)?;
-                Ok(Some(StoredWeight::Quantized(Arc::new(q))))
+                // Every layer of a shape gets its own copy of one quantised random tensor:
+                // quantising a 14B model's worth on the CPU took minutes per load (the H100
+                // Q8_0 streaming row timed out at 240 s), and timings do not depend on the
+                // values. The copy is made on the target device, as a load's would be.
+                let q = quantized_random(&shape, *kind)?;
+                Ok(Some(StoredWeight::Quantized(Arc::new(
+                    crate::wan::tensor_map::qtensor_to_device(&q, &self.device)?,
+                ))))
             }
             Origin::Random { .. } => Ok(None),
         }
@@ -321,6 +326,26 @@ enum LinearWeight {
         weight: Tensor,
         scale: Option<Tensor>,
     },
+}
+
+/// A random `[out, in]` weight quantised to `kind` on the CPU, drawn and quantised once per
+/// shape and type for the process (see its use in `kept_weight`).
+fn quantized_random(shape: &Shape, kind: GgmlDType) -> Result<Arc<QTensor>> {
+    type Cache = std::collections::HashMap<(Vec<usize>, String), Arc<QTensor>>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+    let key = (shape.dims().to_vec(), format!("{kind:?}"));
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(q) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(q.clone());
+    }
+    let name = format!("quantized.{}x{}", shape.dims()[0], shape.dims()[1]);
+    let values = RandomWeights::tensor(&name, shape, DType::F32, &Device::Cpu)?;
+    let q = Arc::new(QTensor::quantize_onto(&values, kind, &Device::Cpu)?);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, q.clone());
+    Ok(q)
 }
 
 /// The `scale_weight` of a scaled fp8 tensor (ComfyUI's files: `<name>.scale_weight` next to
