@@ -210,6 +210,87 @@ fn rainfusion_runs_the_joint_attention_and_v1_is_refused() {
     assert!(stderr.contains("--attention rainfusion-v1"), "{stderr}");
 }
 
+/// `vdit compare` runs on the HunyuanVideo family: its dense clip is `vdit generate`'s clip of
+/// the same seed frame for frame (the same networks and sampler, loaded once), and a sparse
+/// setting skips blocks of the joint attention and is reported against it.
+#[test]
+fn compare_runs_hunyuan_and_its_baseline_is_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = reference_json();
+    let texts = &json["cases"]["glyph"];
+    let common_flags = |command: &str| -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            command.into(),
+            "-p".into(),
+            texts["prompt"].as_str().unwrap().into(),
+            "-n".into(),
+            texts["negative_prompt"].as_str().unwrap().into(),
+            "--model".into(),
+            fixture().join("model").display().to_string(),
+            "--width".into(),
+            json["width"].to_string(),
+            "--height".into(),
+            json["height"].to_string(),
+            "--frames".into(),
+            json["num_frames"].to_string(),
+            "--steps".into(),
+            "3".into(),
+            "--seed".into(),
+            "7".into(),
+            "--dtype".into(),
+            "f32".into(),
+            "--device".into(),
+            "cpu".into(),
+        ];
+        if command == "compare" {
+            args.extend(
+                [
+                    "--sparsities",
+                    "0.75",
+                    "--block-size",
+                    "16",
+                    "--dense-steps",
+                    "1",
+                ]
+                .map(String::from),
+            );
+        }
+        args
+    };
+    let report_dir = dir.path().join("report");
+    let mut args = common_flags("compare");
+    args.extend(["-o".into(), report_dir.display().to_string()]);
+    let run = common::vdit(&args, &dir.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(run.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("compare.json")).unwrap())
+            .unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["dense", "rainfusion 0.75"]);
+    let density = runs[1]["effective_density"].as_f64().unwrap();
+    assert!(density > 0.0 && density < 1.0, "{density}\n{stderr}");
+    assert!(runs[1]["vs_baseline"]["latent_cosine"].as_f64().unwrap() > 0.5);
+
+    let generated = dir.path().join("generated.mp4");
+    let mut args = common_flags("generate");
+    args.extend(["-o".into(), generated.display().to_string()]);
+    let run = common::vdit(&args, &dir.path().join("cache"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let a = vdit_pipeline::video::read_video(&report_dir.join("dense.mp4")).unwrap();
+    let b = vdit_pipeline::video::read_video(&generated).unwrap();
+    assert_eq!(a.video.frames.len(), b.video.frames.len());
+    assert!(
+        a.video.frames == b.video.frames,
+        "compare's dense clip differs from generate's of the same seed"
+    );
+}
+
 /// A HunyuanVideo 1.5 folder of another pipeline (image-to-video) is named as such, not taken
 /// for a Wan model.
 #[test]

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use rainfusion::DenseAttention;
-use vdit_models::wan::transformer::WanTransformer;
 
 use crate::decoder::VideoDecoder;
 use crate::denoise::{guided_velocity, VelocityModel};
@@ -32,8 +31,8 @@ pub struct Clip {
 /// Samples `settings` on the loaded `transformers` (the family's, in order) and decodes the result
 /// with the loaded `decoder` (`vdit compare` and `vdit eval` load both once for all their runs);
 /// an image-to-video run is conditioned on `image` (encoded once for all runs).
-pub fn generate_clip(
-    transformers: &[WanTransformer],
+pub fn generate_clip<M: VelocityModel>(
+    transformers: &[M],
     decoder: &VideoDecoder,
     settings: &GenerateSettings,
     device: &Device,
@@ -59,13 +58,15 @@ pub fn generate_clip(
 /// does not pay one-off costs (allocator growth, thread-pool start, GPU kernel loading) and the
 /// speedups are not inflated by them.
 pub fn warm_up(
-    transformer: &WanTransformer,
+    transformer: &dyn VelocityModel,
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
     image: Option<&ImageCondition>,
 ) -> Result<()> {
-    let channels = transformer.config().out_channels;
+    let channels = transformer
+        .out_channels()
+        .unwrap_or(settings.family.latent.channels);
     let (b, c, f, h, w) = settings.latent_shape(channels);
     let latents = Tensor::zeros((b, c, f, h, w), DType::F32, device)?;
     let input = match image {
@@ -77,9 +78,8 @@ pub fn warm_up(
         crate::family::TimestepForm::PerSample => Tensor::full(500f32, b, device)?,
         crate::family::TimestepForm::PerToken => Tensor::full(500f32, (b, tokens), device)?,
     };
-    let model: &dyn VelocityModel = transformer;
     guided_velocity(
-        model,
+        transformer,
         &input,
         &|_| Ok(timesteps.clone()),
         &text.cond,

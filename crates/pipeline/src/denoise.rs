@@ -24,6 +24,12 @@ pub trait VelocityModel {
     /// Transformer layers, so an attention policy can keep per-layer state.
     fn num_layers(&self) -> usize;
 
+    /// Channels of the velocity (and of the noise a run starts from), when the model knows
+    /// them; `None` leaves it to the family's latent channels.
+    fn out_channels(&self) -> Option<usize> {
+        None
+    }
+
     /// latents `[B, C, F, H, W]` f32, timesteps `[B]` (or `[B, L]` per token) f32 in 0..1000,
     /// the text `context` (each stream `[B, L, D]`) → velocity `[B, C, F, H, W]`. Self-attention
     /// goes through `attention`.
@@ -70,6 +76,51 @@ pub trait VelocityModel {
             None => self.velocity(latents, timesteps, context, attention),
             Some(image) => self.velocity_with_image(latents, timesteps, context, image, attention),
         }
+    }
+}
+
+/// A boxed model is the model (`vdit compare` and `vdit eval` hold the family's transformers
+/// as `Box<dyn VelocityModel>`).
+impl<T: VelocityModel + ?Sized> VelocityModel for Box<T> {
+    fn num_layers(&self) -> usize {
+        (**self).num_layers()
+    }
+
+    fn out_channels(&self) -> Option<usize> {
+        (**self).out_channels()
+    }
+
+    fn velocity(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &TextContext,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        (**self).velocity(latents, timesteps, context, attention)
+    }
+
+    fn velocity_with_image(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &TextContext,
+        image: &Tensor,
+        attention: &mut dyn SelfAttention,
+    ) -> Result<Tensor> {
+        (**self).velocity_with_image(latents, timesteps, context, image, attention)
+    }
+
+    fn velocity_cached(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        context: &TextContext,
+        image: Option<&Tensor>,
+        attention: &mut dyn SelfAttention,
+        cache: &mut dyn BlockCache,
+    ) -> Result<Tensor> {
+        (**self).velocity_cached(latents, timesteps, context, image, attention, cache)
     }
 }
 

@@ -307,6 +307,10 @@ impl VelocityModel for HunyuanVideo15Transformer {
         self.config().num_layers
     }
 
+    fn out_channels(&self) -> Option<usize> {
+        Some(self.config().out_channels)
+    }
+
     fn velocity(
         &self,
         latents: &Tensor,

@@ -733,6 +733,10 @@ impl VelocityModel for WanTransformer {
         self.config().num_layers
     }
 
+    fn out_channels(&self) -> Option<usize> {
+        Some(self.config().out_channels)
+    }
+
     fn velocity(
         &self,
         latents: &Tensor,
@@ -1265,10 +1269,25 @@ pub fn load_transformers(
         .collect()
 }
 
-/// The run's experts on models the caller holds (one per family transformer, in its order).
-pub fn shared_experts<'a>(
+/// Every transformer of the family as the step loop's velocity models, loaded, in the family's
+/// order: what `vdit compare` and `vdit eval` keep for many runs, for any family.
+pub fn load_velocity_models<'a>(
     settings: &GenerateSettings,
-    models: &'a [WanTransformer],
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<Vec<Box<dyn VelocityModel + 'a>>> {
+    settings
+        .family
+        .experts
+        .iter()
+        .map(|rule| load_velocity_model(settings, files, device, rule))
+        .collect()
+}
+
+/// The run's experts on models the caller holds (one per family transformer, in its order).
+pub fn shared_experts<'a, M: VelocityModel + 'a>(
+    settings: &GenerateSettings,
+    models: &'a [M],
 ) -> Vec<Expert<'a>> {
     let scales = settings.expert_guidance_scales();
     settings
@@ -1281,7 +1300,7 @@ pub fn shared_experts<'a>(
         .map(|(((rule, model), scale), timesteps)| {
             Expert::shared(
                 rule.component,
-                model as &dyn VelocityModel,
+                model as &'a dyn VelocityModel,
                 scale,
                 timesteps,
             )
@@ -1387,14 +1406,16 @@ pub fn initial_noise(
 
 /// Stage 2 on already loaded transformers (`vdit compare` and `vdit eval` load them once for
 /// many runs; `models` in the family's order).
-pub fn sample_latents_with(
-    models: &[WanTransformer],
+pub fn sample_latents_with<M: VelocityModel>(
+    models: &[M],
     settings: &GenerateSettings,
     device: &Device,
     text: &TextConditioning,
     image: Option<&ImageCondition>,
 ) -> Result<SampledLatents> {
-    let channels = models[0].config().out_channels;
+    let channels = models[0]
+        .out_channels()
+        .unwrap_or(settings.family.latent.channels);
     sample_with_experts(
         shared_experts(settings, models),
         channels,

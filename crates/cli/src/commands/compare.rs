@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use vdit_models::wan::transformer::WanTransformer;
 use vdit_pipeline::clip::{generate_clip, warm_up, Clip};
 use vdit_pipeline::decoder::{DecoderSettings, VideoDecoder};
+use vdit_pipeline::denoise::VelocityModel;
 use vdit_pipeline::eval::{parse_caption, Faithfulness};
 use vdit_pipeline::metrics::{cosine_similarity, frame_quality, side_by_side};
 use vdit_pipeline::options::{AttentionMode, Choice, StepCacheMode};
@@ -39,7 +39,7 @@ use vdit_pipeline::settings::{
     dtype_name, resolve, GenerateOptions, GenerateSettings, LoraSettings,
 };
 use vdit_pipeline::stages::{
-    build_attention, encode_images, encode_prompts, load_decoder, load_transformers,
+    build_attention, encode_images, encode_prompts, load_decoder, load_velocity_models,
     sample_latents_with,
 };
 use vdit_pipeline::video::{write_video_replacing, VideoFrames};
@@ -324,13 +324,13 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
     // Image-to-video: the image is encoded once; every run is conditioned on it.
     let image = encode_images(&baseline_settings, &files, &device)?;
     // Each transformer the settings need, loaded once (with the LoRAs of its first user).
-    let mut models: Vec<Vec<WanTransformer>> = Vec::new();
+    let mut models: Vec<Vec<Box<dyn VelocityModel>>> = Vec::new();
     for (i, _) in needs.iter().enumerate() {
         let first_user = runs
             .iter()
             .find(|r| r.model == i)
             .expect("each need has a run");
-        let transformers = load_transformers(&first_user.settings, &files, &device)
+        let transformers = load_velocity_models(&first_user.settings, &files, &device)
             .map_err(|e| in_setting(&first_user.name, e))?;
         let users: Vec<&str> = runs
             .iter()
@@ -339,7 +339,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
             .collect();
         eprintln!("transformer  loaded once for {}", users.join(", "));
         warm_up(
-            &transformers[0],
+            transformers[0].as_ref(),
             &first_user.settings,
             &device,
             &text,
@@ -351,7 +351,7 @@ pub fn run(args: CompareArgs, registry: &Registry) -> Result<CompareReport> {
         if run.settings.attention.mode != AttentionMode::Dense {
             build_attention(
                 &run.settings.attention,
-                models[run.model][0].config().num_layers,
+                models[run.model][0].num_layers(),
                 run.settings.steps,
             )
             .map_err(|e| in_setting(&run.name, e))?;

@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use vdit_pipeline::clip::generate_clip;
+use vdit_pipeline::denoise::VelocityModel;
 use vdit_pipeline::eval::{accuracy, parse_caption, Caption, Faithfulness, Score};
 use vdit_pipeline::options::{AttentionMode, Choice};
 use vdit_pipeline::output::{
@@ -22,7 +23,9 @@ use vdit_pipeline::output::{
 use vdit_pipeline::ownership::Replace;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{resolve, GenerateSettings};
-use vdit_pipeline::stages::{build_attention, encode_prompt_list, load_decoder, load_transformers};
+use vdit_pipeline::stages::{
+    build_attention, encode_prompt_list, load_decoder, load_velocity_models,
+};
 use vdit_pipeline::video::write_video_replacing;
 use vdit_pipeline::{Result, VditError};
 
@@ -195,13 +198,9 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<EvalReport> {
     let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let texts = encode_prompt_list(&first, &files, &device, &prompt_refs)?;
     eprintln!("encode       {:.1} s", start.elapsed().as_secs_f64());
-    let transformers = load_transformers(&first, &files, &device)?;
+    let transformers: Vec<Box<dyn VelocityModel>> = load_velocity_models(&first, &files, &device)?;
     // Bad sparse settings fail here, before the first run.
-    build_attention(
-        &first.attention,
-        transformers[0].config().num_layers,
-        first.steps,
-    )?;
+    build_attention(&first.attention, transformers[0].num_layers(), first.steps)?;
 
     let vae = load_decoder(&first, &files, &device)?;
     let mut rows = Vec::with_capacity(prompts.len());
