@@ -210,6 +210,17 @@ fn rainfusion_runs_the_joint_attention_and_v1_is_refused() {
     assert!(stderr.contains("--attention rainfusion-v1"), "{stderr}");
 }
 
+/// `--offload blocks` streams the dual-stream blocks from host memory: the same final latents
+/// bit for bit, and the settings say so.
+#[test]
+fn offload_blocks_streams_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resident, _) = final_latents("plain", dir.path(), &[]);
+    let (streamed, stderr) = final_latents("plain", dir.path(), &["--offload", "blocks"]);
+    assert_eq!(relative_error(&streamed, &resident), 0.0);
+    assert!(stderr.contains("offload      blocks"), "{stderr}");
+}
+
 /// `vdit compare` runs on the HunyuanVideo family: its dense clip is `vdit generate`'s clip of
 /// the same seed frame for frame (the same networks and sampler, loaded once), and a sparse
 /// setting skips blocks of the joint attention and is reported against it.

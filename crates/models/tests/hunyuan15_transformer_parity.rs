@@ -71,6 +71,41 @@ fn text_to_video_matches_diffusers_in_f32() {
     }
 }
 
+/// `--offload blocks`: the dual-stream blocks on the host, each copied in just before it runs,
+/// give the resident model's output bit for bit, and every block of every pass is fetched.
+#[test]
+fn streamed_blocks_equal_resident_ones() {
+    use std::sync::Arc;
+    use vdit_models::wan::BlockPlacement;
+    use vdit_models::weights::WeightFiles;
+    let io = io();
+    let dir = fixtures().join("transformer");
+    let cfg = HunyuanVideo15Config::from_json_file(&dir.join("config.json")).unwrap();
+    let files = Arc::new(WeightFiles::open(&dir).unwrap());
+    for dtype in [DType::F32, DType::BF16] {
+        let load = |placement| {
+            HunyuanVideo15Transformer::load_placed(&files, &cfg, dtype, &Device::Cpu, placement)
+                .unwrap()
+        };
+        let (resident, streamed) = (
+            load(BlockPlacement::Resident),
+            load(BlockPlacement::Streamed),
+        );
+        assert_eq!(streamed.block_placement(), BlockPlacement::Streamed);
+        for _ in 0..2 {
+            let a = resident.forward(&inputs(&io, None)).unwrap();
+            let b = streamed.forward(&inputs(&io, None)).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            assert!(bits(&a) == bits(&b), "{dtype:?}: streamed output differs");
+        }
+        assert_eq!(streamed.block_fetches(), 2 * cfg.num_layers as u64);
+        assert_eq!(resident.block_fetches(), 0);
+    }
+}
+
 #[test]
 fn image_to_video_matches_diffusers_in_f32() {
     let io = io();

@@ -35,7 +35,7 @@ use crate::error::{Result, VditError};
 use crate::family::hunyuan15::{GLYPH_ENCODER_COMPONENT, GLYPH_TOKENIZER_COMPONENT};
 use crate::family::ExpertRule;
 use crate::hub::{ComponentFiles, ModelFiles};
-use crate::options::{AttentionMode, Choice, OffloadMode};
+use crate::options::{AttentionMode, Choice};
 use crate::settings::GenerateSettings;
 
 /// The dtype the text encoders run in: the run's, except f16, which neither Qwen2.5-VL nor ByT5
@@ -185,11 +185,13 @@ pub fn load_transformer(
 ) -> Result<HunyuanVideo15Transformer> {
     let config = transformer_config(rule.component, component)?;
     let weights = Arc::new(WeightFiles::open(&component.weights)?);
-    Ok(HunyuanVideo15Transformer::load_files(
+    // `--offload blocks`: the dual-stream blocks are read into host memory and streamed.
+    Ok(HunyuanVideo15Transformer::load_placed(
         &weights,
         &config,
         settings.dtype,
         device,
+        settings.offload.mode.block_placement(),
     )?)
 }
 
@@ -252,13 +254,6 @@ pub fn check_run(settings: &GenerateSettings, files: &ModelFiles) -> Result<()> 
     if settings.step_cache.is_active() {
         problems.push(
             "--step-cache: the HunyuanVideo 1.5 transformer has no step-cache seam yet; run without it"
-                .into(),
-        );
-    }
-    if settings.offload.mode == OffloadMode::Blocks {
-        problems.push(
-            "--offload blocks: block streaming is Wan-only; HunyuanVideo 1.5 loads its \
-             transformer whole (use --offload none or experts)"
                 .into(),
         );
     }

@@ -1416,7 +1416,8 @@ fn resolve_offload(
         OffloadChoice::Experts if !two_experts => given(OffloadMode::None),
         OffloadChoice::Experts => given(OffloadMode::Experts),
         OffloadChoice::Blocks => given(OffloadMode::Blocks),
-        // Block streaming is the Wan transformer's; another is loaded whole.
+        // `auto` estimates the Wan transformers' memory only; another family is loaded whole
+        // unless `--offload blocks` is given.
         OffloadChoice::Auto
             if settings
                 .family
@@ -1428,7 +1429,8 @@ fn resolve_offload(
                 mode: OffloadMode::None,
                 auto: true,
                 reason: Some(format!(
-                    "the {} transformer is loaded whole (no block streaming)",
+                    "the {} transformer is loaded whole (auto estimates Wan models only; \
+                     --offload blocks streams its blocks)",
                     settings.family.name
                 )),
             }

@@ -664,6 +664,12 @@ impl WanBlock {
     }
 }
 
+impl crate::wan::tensor_map::StreamedBlock for WanBlock {
+    fn map_block(&self, map: &mut dyn TensorMap) -> Result<Self> {
+        self.map_tensors(map)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;

@@ -31,7 +31,8 @@ use crate::error::Result;
 use crate::wan::block::WanBlock;
 #[cfg(feature = "cuda")]
 use crate::wan::block_stream::BlockStreamer;
-use crate::wan::tensor_map::ToDevice;
+use crate::wan::layers::WeightSource;
+use crate::wan::tensor_map::{StreamedBlock, ToDevice};
 
 /// Environment variable: `1` keeps the synchronous block copy of `--offload blocks` on a CUDA
 /// device (each block copied on candle's stream just before it runs, from pageable memory)
@@ -39,6 +40,30 @@ use crate::wan::tensor_map::ToDevice;
 /// block i runs). Read once, when a streamed transformer is loaded. For measuring one against
 /// the other (scripts/gpu/NOTES.md, "Streaming, overlapped"), and a fallback.
 pub const OFFLOAD_SYNC_ENV: &str = "VDIT_OFFLOAD_SYNC";
+
+/// Environment variable: `0` keeps fp8 block weights in fp8 when they are streamed onto a CUDA
+/// device (`--offload blocks`), instead of casting them to the run dtype at load (the default
+/// until a GPU run shows fp8 blocks streaming correctly in every order; `cuda_block_stream`
+/// runs both).
+pub const STREAM_FP8_ENV: &str = "VDIT_STREAM_FP8";
+
+/// Where a transformer's blocks are read from for `placement`: `src` on the blocks' home
+/// device (the host when streamed, so a 14B model's blocks never pass through the compute
+/// device), with fp8 weights cast at load when they stream onto CUDA (see
+/// [`WeightSource::casting_fp8`] and [`STREAM_FP8_ENV`]).
+pub(crate) fn block_source(
+    src: &WeightSource,
+    placement: BlockPlacement,
+    compute: &Device,
+) -> WeightSource {
+    let block_src = src.on_device(&placement.home_device(compute));
+    let keep_fp8 = std::env::var(STREAM_FP8_ENV).is_ok_and(|v| v.trim() == "0");
+    if placement == BlockPlacement::Streamed && compute.is_cuda() && !keep_fp8 {
+        block_src.casting_fp8()
+    } else {
+        block_src
+    }
+}
 
 /// Where a [`crate::wan::WanTransformer`]'s blocks live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,10 +95,10 @@ impl BlockPlacement {
 }
 
 /// The blocks of one transformer, in order, and how they reach the compute device.
-pub(crate) struct BlockStore {
+pub(crate) struct BlockStore<B: StreamedBlock = WanBlock> {
     placement: BlockPlacement,
     /// On the compute device (resident) or on the home device (streamed).
-    blocks: Vec<WanBlock>,
+    blocks: Vec<B>,
     compute: Device,
     /// Blocks copied to the compute device so far (streamed only): the proof that streaming
     /// happened, for tests and benchmarks.
@@ -82,21 +107,21 @@ pub(crate) struct BlockStore {
     /// It holds the host blocks' pinning and reads them until dropped: `Drop` drops it before
     /// `blocks`.
     #[cfg(feature = "cuda")]
-    streamer: Option<BlockStreamer>,
+    streamer: Option<BlockStreamer<B>>,
 }
 
 /// One block ready to run on the compute device: the resident block itself, or a copy that is
 /// freed when this is dropped.
-pub(crate) enum FetchedBlock<'a> {
-    Resident(&'a WanBlock),
+pub(crate) enum FetchedBlock<'a, B = WanBlock> {
+    Resident(&'a B),
     /// Boxed: a block's handles are large beside a reference.
-    Copied(Box<WanBlock>),
+    Copied(Box<B>),
 }
 
-impl Deref for FetchedBlock<'_> {
-    type Target = WanBlock;
+impl<B> Deref for FetchedBlock<'_, B> {
+    type Target = B;
 
-    fn deref(&self) -> &WanBlock {
+    fn deref(&self) -> &B {
         match self {
             Self::Resident(block) => block,
             Self::Copied(block) => block,
@@ -104,11 +129,11 @@ impl Deref for FetchedBlock<'_> {
     }
 }
 
-impl BlockStore {
+impl<B: StreamedBlock> BlockStore<B> {
     /// `blocks` must already be on `placement.home_device(compute)`. Streamed onto a CUDA
     /// device (and unless [`OFFLOAD_SYNC_ENV`] is `1`), this page-locks the host blocks and
     /// creates the copy stream; if that fails the store says so and copies synchronously.
-    pub(crate) fn new(placement: BlockPlacement, blocks: Vec<WanBlock>, compute: &Device) -> Self {
+    pub(crate) fn new(placement: BlockPlacement, blocks: Vec<B>, compute: &Device) -> Self {
         #[cfg(feature = "cuda")]
         let streamer = match (placement, compute) {
             (BlockPlacement::Streamed, Device::Cuda(cuda)) if !sync_copy_asked() => {
@@ -156,7 +181,7 @@ impl BlockStore {
     /// stream and ordered before the block's kernels (overlapped, which then starts the copy of
     /// block `index + 1`). The block loop must drop block i-1's copy before fetching block i:
     /// that keeps two blocks' copies on the device at most.
-    pub(crate) fn fetch(&self, index: usize) -> Result<FetchedBlock<'_>> {
+    pub(crate) fn fetch(&self, index: usize) -> Result<FetchedBlock<'_, B>> {
         let block = &self.blocks[index];
         match self.placement {
             BlockPlacement::Resident => Ok(FetchedBlock::Resident(block)),
@@ -164,10 +189,10 @@ impl BlockStore {
                 #[cfg(feature = "cuda")]
                 let copy = match &self.streamer {
                     Some(streamer) => streamer.fetch(&self.blocks, index)?,
-                    None => block.map_tensors(&mut ToDevice(&self.compute))?,
+                    None => block.map_block(&mut ToDevice(&self.compute))?,
                 };
                 #[cfg(not(feature = "cuda"))]
-                let copy = block.map_tensors(&mut ToDevice(&self.compute))?;
+                let copy = block.map_block(&mut ToDevice(&self.compute))?;
                 self.fetches.fetch_add(1, Ordering::Relaxed);
                 Ok(FetchedBlock::Copied(Box::new(copy)))
             }
@@ -194,7 +219,7 @@ impl BlockStore {
 }
 
 #[cfg(feature = "cuda")]
-impl Drop for BlockStore {
+impl<B: StreamedBlock> Drop for BlockStore<B> {
     /// The streamer first: it waits for the copies reading the host blocks and unpins them
     /// while they are still allocated.
     fn drop(&mut self) {

@@ -49,9 +49,8 @@ use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, Device, Shape, Storage, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::wan::block::WanBlock;
 use crate::wan::host_pages::{interior, page_pieces};
-use crate::wan::tensor_map::{qtensor_to_device, TensorMap};
+use crate::wan::tensor_map::{qtensor_to_device, StreamedBlock, TensorMap};
 
 fn cuda_error(what: &str, e: impl std::fmt::Display) -> ModelError {
     ModelError::Candle(candle_core::Error::Msg(format!(
@@ -60,15 +59,15 @@ fn cuda_error(what: &str, e: impl std::fmt::Display) -> ModelError {
 }
 
 /// The next block, copied (or being copied) on the copy stream.
-struct Prefetched {
+struct Prefetched<B> {
     index: usize,
-    block: WanBlock,
+    block: B,
     /// Recorded on the copy stream after the block's last copy.
     copied: CudaEvent,
 }
 
 /// The copy stream, the pinned host blocks and the block being prefetched.
-pub(crate) struct BlockStreamer {
+pub(crate) struct BlockStreamer<B> {
     device: CudaDevice,
     /// candle's stream: every kernel of the run.
     compute: Arc<CudaStream>,
@@ -76,13 +75,13 @@ pub(crate) struct BlockStreamer {
     copy: Arc<CudaStream>,
     pinned: PinnedHost,
     /// At most one: with the block the loop is running, two blocks' copies on the GPU.
-    next: Mutex<Option<Prefetched>>,
+    next: Mutex<Option<Prefetched<B>>>,
 }
 
-impl BlockStreamer {
+impl<B: StreamedBlock> BlockStreamer<B> {
     /// Pins the host blocks and creates the copy stream. `blocks` must outlive the streamer
     /// (the store drops the streamer first).
-    pub(crate) fn new(blocks: &[WanBlock], device: &CudaDevice) -> Result<Self> {
+    pub(crate) fn new(blocks: &[B], device: &CudaDevice) -> Result<Self> {
         let compute = device.cuda_stream();
         let context = compute.context().clone();
         context
@@ -111,7 +110,7 @@ impl BlockStreamer {
 
     /// Block `index` on the compute device, ordered before any kernel queued after this returns;
     /// starts the copy of block `index + 1` (when there is one) on the copy stream.
-    pub(crate) fn fetch(&self, blocks: &[WanBlock], index: usize) -> Result<WanBlock> {
+    pub(crate) fn fetch(&self, blocks: &[B], index: usize) -> Result<B> {
         let mut next = self.next.lock().expect("block prefetch lock");
         let ready = match next.take() {
             Some(prefetched) if prefetched.index == index => prefetched,
@@ -137,13 +136,13 @@ impl BlockStreamer {
 
     /// Allocates block `index`'s buffers on the compute stream and queues its copies on the copy
     /// stream.
-    fn start(&self, block: &WanBlock, index: usize) -> Result<Prefetched> {
+    fn start(&self, block: &B, index: usize) -> Result<Prefetched<B>> {
         let mut plan = CopyPlan {
             device: &self.device,
             compute: &self.compute,
             copies: Vec::new(),
         };
-        let block = block.map_tensors(&mut plan)?;
+        let block = block.map_block(&mut plan)?;
         let context = self.compute.context();
         let allocated = context
             .new_event(None)
@@ -188,7 +187,7 @@ impl BlockStreamer {
     }
 }
 
-impl Drop for BlockStreamer {
+impl<B> Drop for BlockStreamer<B> {
     fn drop(&mut self) {
         // The copy stream reads the pinned host blocks until its last copy is done.
         let _ = self.copy.synchronize();
@@ -289,10 +288,10 @@ struct PinnedHost {
 }
 
 impl PinnedHost {
-    fn register(blocks: &[WanBlock], context: Arc<CudaContext>) -> Result<Self> {
+    fn register<B: StreamedBlock>(blocks: &[B], context: Arc<CudaContext>) -> Result<Self> {
         let mut collect = HostRanges::default();
         for block in blocks {
-            block.map_tensors(&mut collect)?;
+            block.map_block(&mut collect)?;
         }
         // each buffer's interior: the pages wholly inside it (see `PAGE`)
         let mut ranges: Vec<(usize, usize)> = collect

@@ -20,7 +20,7 @@ mod image_embedding;
 pub mod keys;
 pub(crate) mod layers;
 pub mod rope;
-mod tensor_map;
+pub(crate) mod tensor_map;
 pub mod transformer;
 pub mod vae;
 

@@ -20,6 +20,13 @@ pub(crate) trait TensorMap {
     fn quantized(&mut self, q: &Arc<QTensor>) -> Result<Arc<QTensor>>;
 }
 
+/// A transformer block that can be streamed: rebuilt from `map` applied to every tensor it
+/// holds ([`crate::wan::block_store::BlockStore`] keeps any such block; Wan's and HunyuanVideo
+/// 1.5's blocks are).
+pub(crate) trait StreamedBlock: Sized {
+    fn map_block(&self, map: &mut dyn TensorMap) -> Result<Self>;
+}
+
 /// Every tensor copied to a device with candle's own copies (on the device's stream, in order
 /// with the kernels that later read them): the synchronous streamed fetch.
 pub(crate) struct ToDevice<'a>(pub(crate) &'a Device);

@@ -23,7 +23,7 @@ use crate::parallel::split::{HeadSplit, SequenceSplit};
 use crate::parallel::ulysses::UlyssesAttention;
 use crate::parallel::Communicator;
 use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
-use crate::wan::block_store::{BlockPlacement, BlockStore};
+use crate::wan::block_store::{block_source, BlockPlacement, BlockStore};
 use crate::wan::config::{has_image_embedder, WanConfig};
 use crate::wan::image_embedding::ImageEmbedding;
 use crate::wan::keys::{CheckpointKeys, KeyDialect};
@@ -31,10 +31,7 @@ use crate::wan::layers::{layer_norm, modulate, Linear, WeightSource};
 use crate::wan::rope::WanRope;
 use crate::weights::WeightFiles;
 
-/// Environment variable: `0` keeps fp8 block weights in fp8 when they are streamed onto a CUDA
-/// device (`--offload blocks`), instead of casting them to the run dtype at load (the default
-/// until a GPU run shows fp8 blocks streaming correctly; `cuda_block_stream` runs both).
-pub const STREAM_FP8_ENV: &str = "VDIT_STREAM_FP8";
+pub use crate::wan::block_store::STREAM_FP8_ENV;
 
 pub struct WanTransformer {
     cfg: WanConfig,
@@ -216,14 +213,7 @@ impl WanTransformer {
 
         // Streamed blocks are read onto their home device directly: a 14B model's blocks never
         // pass through the compute device at load.
-        let mut block_src = src.on_device(&placement.home_device(device));
-        if placement == BlockPlacement::Streamed
-            && device.is_cuda()
-            && std::env::var(STREAM_FP8_ENV).map_or(true, |v| v.trim() != "0")
-        {
-            // fp8 blocks have not streamed correctly on CUDA yet (see `casting_fp8`)
-            block_src = block_src.casting_fp8();
-        }
+        let block_src = block_source(src, placement, device);
         let blocks = (0..cfg.num_layers)
             .map(|i| WanBlock::load(&block_src, i, cfg, dtype))
             .collect::<Result<Vec<_>>>()?;

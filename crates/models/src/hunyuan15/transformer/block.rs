@@ -23,6 +23,7 @@ use rainfusion::{SelfAttention, VideoLayout};
 use crate::hunyuan15::transformer::layers::{merge_heads, split_heads, Activation, FeedForward};
 use crate::hunyuan15::transformer::rope::HunyuanRope;
 use crate::wan::layers::{layer_norm, modulate, Linear, RmsNorm, WeightSource};
+use crate::wan::tensor_map::{StreamedBlock, TensorMap};
 
 /// Epsilon of the blocks' LayerNorms and of the q/k RMSNorms.
 const BLOCK_NORM_EPS: f64 = 1e-6;
@@ -63,6 +64,19 @@ struct Modulation {
 }
 
 impl StreamWeights {
+    fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
+        Ok(Self {
+            modulation: self.modulation.map_tensors(map)?,
+            to_q: self.to_q.map_tensors(map)?,
+            to_k: self.to_k.map_tensors(map)?,
+            to_v: self.to_v.map_tensors(map)?,
+            norm_q: self.norm_q.map_tensors(map)?,
+            norm_k: self.norm_k.map_tensors(map)?,
+            to_out: self.to_out.map_tensors(map)?,
+            ff: self.ff.map_tensors(map)?,
+        })
+    }
+
     fn modulation(&self, temb: &Tensor) -> Result<Modulation> {
         let m = self.modulation.forward(&temb.silu()?)?.unsqueeze(1)?; // [B, 1, 6·dim]
         let mut parts = m.chunk(6, D::Minus1)?.into_iter();
@@ -216,5 +230,16 @@ impl DualStreamBlock {
         let video = self.video.finish(video, &video_out, &mv)?;
         let text = self.text.finish(text, &text_out, &mt)?;
         Ok((video, text))
+    }
+}
+
+/// Streamed (`--offload blocks`): both streams' weights, in field order.
+impl StreamedBlock for DualStreamBlock {
+    fn map_block(&self, map: &mut dyn TensorMap) -> Result<Self> {
+        Ok(Self {
+            video: self.video.map_tensors(map)?,
+            text: self.text.map_tensors(map)?,
+            heads: self.heads,
+        })
     }
 }

@@ -5,6 +5,7 @@ use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 use crate::wan::layers::{Linear, WeightSource};
+use crate::wan::tensor_map::TensorMap;
 
 /// `[B, L, heads·head_dim]` → `[B, heads, L, head_dim]` (contiguous).
 pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
@@ -68,6 +69,15 @@ impl FeedForward {
             proj_in: src.linear(&format!("{prefix}.net.0.proj"), dim, hidden, dtype)?,
             proj_out: src.linear(&format!("{prefix}.net.2"), hidden, dim, dtype)?,
             activation,
+        })
+    }
+
+    /// This feed-forward rebuilt from `map` applied to its tensors (block streaming).
+    pub(crate) fn map_tensors(&self, map: &mut dyn TensorMap) -> Result<Self> {
+        Ok(Self {
+            proj_in: self.proj_in.map_tensors(map)?,
+            proj_out: self.proj_out.map_tensors(map)?,
+            activation: self.activation,
         })
     }
 

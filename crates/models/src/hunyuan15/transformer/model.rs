@@ -17,6 +17,7 @@ use crate::hunyuan15::transformer::embeddings::{
 use crate::hunyuan15::transformer::packing::{pack, valid_positions, Rows};
 use crate::hunyuan15::transformer::refiner::TokenRefiner;
 use crate::hunyuan15::transformer::rope::HunyuanRope;
+use crate::wan::block_store::{block_source, BlockPlacement, BlockStore};
 use crate::wan::layers::{layer_norm, modulate, Linear, WeightSource};
 use crate::weights::{KeyMap, WeightFiles};
 
@@ -66,7 +67,8 @@ pub struct HunyuanVideo15Transformer {
     glyph: GlyphProjection,
     image: ImageProjection,
     condition_type: ConditionTypeEmbedding,
-    blocks: Vec<DualStreamBlock>,
+    /// On the device, or on the host and copied in one at a time (`--offload blocks`).
+    blocks: BlockStore<DualStreamBlock>,
     /// `norm_out.linear`: SiLU(temb) → (scale, shift), f32.
     head_modulation: Linear,
     proj_out: Linear, // f32
@@ -102,8 +104,31 @@ impl HunyuanVideo15Transformer {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_placed(files, cfg, dtype, device, BlockPlacement::Resident)
+    }
+
+    /// [`Self::load_files`] with the dual-stream blocks placed as `placement` says: streamed,
+    /// they are read into host memory and each is copied to `device` just before it runs
+    /// (as the Wan transformer's, see [`crate::wan::block_store`]).
+    pub fn load_placed(
+        files: &Arc<WeightFiles>,
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+        device: &Device,
+        placement: BlockPlacement,
+    ) -> Result<Self> {
         let src = WeightSource::new(files.clone(), KeyMap::identity(), device.clone());
-        Self::build(&src, cfg, dtype, device)
+        Self::build(&src, cfg, dtype, device, placement)
+    }
+
+    /// Where the dual-stream blocks live.
+    pub fn block_placement(&self) -> BlockPlacement {
+        self.blocks.placement()
+    }
+
+    /// Blocks copied to the compute device since load (streamed placement only).
+    pub fn block_fetches(&self) -> u64 {
+        self.blocks.fetches()
     }
 
     /// A transformer of `cfg`'s shape with random weights drawn on `device` (see
@@ -114,6 +139,7 @@ impl HunyuanVideo15Transformer {
             cfg,
             dtype,
             device,
+            BlockPlacement::Resident,
         )
     }
 
@@ -122,6 +148,7 @@ impl HunyuanVideo15Transformer {
         cfg: &HunyuanVideo15Config,
         dtype: DType,
         device: &Device,
+        placement: BlockPlacement,
     ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::InvalidInput(format!(
@@ -152,9 +179,14 @@ impl HunyuanVideo15Transformer {
             glyph: GlyphProjection::load(src, cfg, dtype)?,
             image: ImageProjection::load(src, cfg, dtype)?,
             condition_type: ConditionTypeEmbedding::load(src, dim)?,
-            blocks: (0..cfg.num_layers)
-                .map(|i| DualStreamBlock::load(src, i, cfg, dtype))
-                .collect::<Result<_>>()?,
+            blocks: {
+                // streamed blocks are read onto the host directly, never through the device
+                let block_src = block_source(src, placement, device);
+                let blocks = (0..cfg.num_layers)
+                    .map(|i| DualStreamBlock::load(&block_src, i, cfg, dtype))
+                    .collect::<Result<_>>()?;
+                BlockStore::new(placement, blocks, device)
+            },
             head_modulation: src.linear("norm_out.linear", dim, 2 * dim, DType::F32)?,
             proj_out: src.linear("proj_out", dim, cfg.patch_out_features(), DType::F32)?,
             rope: HunyuanRope::new(axes, cfg.rope_theta),
@@ -280,7 +312,9 @@ impl HunyuanVideo15Transformer {
             text_valid: text.valid.as_ref(),
         };
         let mut text_tokens = text.tokens;
-        for (layer, block) in self.blocks.iter().enumerate() {
+        for layer in 0..self.blocks.len() {
+            // streamed: this block's copy is freed at the end of the iteration
+            let block = self.blocks.fetch(layer)?;
             let (v, t) = block.forward(&video, &text_tokens, &ctx, layer, attention)?;
             video = v;
             text_tokens = t;
