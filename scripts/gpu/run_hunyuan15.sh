@@ -44,11 +44,16 @@ if [ "${ONLY:-}" != vae ]; then
     --frames 121 --attention rainfusion --sparsity 0.8
   step vdit_720p_rf 150 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_720p_rf.json" "${hy[@]}" --size 1280x720 \
     --frames 121 --attention rainfusion --sparsity 0.8
+  t "vdit: the dense forwards with the blocks streamed from host memory (--offload blocks)"
+  step vdit_480p_blocks 120 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_480p_blocks.json" "${hy[@]}" \
+    --size 848x480 --frames 121 --offload blocks
+  step vdit_720p_blocks 200 /tmp/vdit bench "${once[@]}" --json "$OUT/vdit_720p_blocks.json" "${hy[@]}" \
+    --size 1280x720 --frames 121 --offload blocks
   t "diffusers: the same forwards (an out-of-memory size gives a row that says so)"
   step torch_hy15 240 python3 scripts/gpu/torch_bench.py --hunyuan15 --sizes 848x480,1280x720 --frames 121 \
     --warmup 1 --iters 1 --out "$OUT/torch_hy15.json"
   files+=("$OUT/vdit_480p.json" "$OUT/vdit_720p.json" "$OUT/vdit_480p_rf.json" "$OUT/vdit_720p_rf.json"
-    "$OUT/torch_hy15.json")
+    "$OUT/vdit_480p_blocks.json" "$OUT/vdit_720p_blocks.json" "$OUT/torch_hy15.json")
 fi
 
 if [ "${ONLY:-}" != transformer ]; then

@@ -546,6 +546,14 @@ fn hunyuan15_transformer_bench_runs_a_toy_dense_and_with_rainfusion() {
         "{tflops} against {want}"
     );
 
+    // Streamed blocks (`--offload blocks`): the row says so, and every block was copied in.
+    let mut streamed = toy.to_vec();
+    streamed.extend(["--offload", "blocks", "--layers", "2"]);
+    let (report, _) = bench_ok(&streamed, &json);
+    let row = &rows(&report)[0];
+    assert_eq!(row["case"], "dense, offload blocks", "{row}");
+    assert_eq!(row["offload"], "blocks", "{row}");
+
     // 128×64×9: a 3×4×8 grid (96 video tokens, 6 blocks of 16, frame 0 a dense sink).
     let mut sparse = toy.to_vec();
     sparse.extend([

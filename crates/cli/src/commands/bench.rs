@@ -930,6 +930,11 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
             cfg.patch()
         )));
     }
+    // `auto` loads it whole, as `vdit generate` does for this family.
+    let offload = match t.offload {
+        OffloadChoice::Blocks => OffloadMode::Blocks,
+        _ => OffloadMode::None,
+    };
     let tokens = Hunyuan15Tokens {
         video: grid[0] / pt * (grid[1] / ph) * (grid[2] / pw),
         prompt: prompt_tokens,
@@ -952,8 +957,13 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
             ffn_dim: cfg.mlp_dim() as u64,
             layers: cfg.num_layers as u64,
         },
-        // The 8.3B weights are most of it: counted here, unlike the Wan rows.
-        weight_bytes: hunyuan15_parameters(&cfg).saturating_mul(dtype.size_in_bytes() as u64),
+        // The 8.3B weights are most of it: counted here, unlike the Wan rows (streamed: about
+        // two blocks' worth on the device).
+        weight_bytes: match offload {
+            OffloadMode::Blocks => hunyuan15_parameters(&cfg) / cfg.num_layers.max(1) as u64 * 2,
+            _ => hunyuan15_parameters(&cfg),
+        }
+        .saturating_mul(dtype.size_in_bytes() as u64),
         dtype_bytes: dtype.size_in_bytes() as u64,
         vae_tiling: false,
         steps: 1,
@@ -962,7 +972,8 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
     .transformer;
     refuse_if_too_big(device, need, "--size/--frames/--layers")?;
 
-    let model = HunyuanVideo15Transformer::random(&cfg, dtype, device)?;
+    let model =
+        HunyuanVideo15Transformer::random_placed(&cfg, dtype, device, offload.block_placement())?;
     let latents = Tensor::randn(
         0f32,
         1.0,
@@ -1016,7 +1027,20 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
         tokens.prompt,
         tokens.glyph,
     );
-    let mut row = timer.row("transformer", attention_case(t), shape, &timing);
+    let mut case = attention_case(t);
+    if offload == OffloadMode::Blocks {
+        // A streamed model copies every block once per forward: the proof it streamed.
+        let expected = (timer.warmup + timer.iters) as u64 * cfg.num_layers as u64;
+        if model.block_fetches() != expected {
+            return Err(VditError::InvalidSetting(format!(
+                "--offload blocks: {} block copies for {expected} block runs",
+                model.block_fetches()
+            )));
+        }
+        case.push_str(", offload blocks");
+    }
+    let mut row = timer.row("transformer", case, shape, &timing);
+    row.offload = Some(offload.name());
     // The dense forward's FLOPs: a sparse row's TFLOP/s is its effective (dense-equivalent) rate.
     row.tflops = Some(batch as f64 * hunyuan15_flops(&cfg, tokens) / row.median_s / 1e12);
     row.density = Some(attention.effective_density());

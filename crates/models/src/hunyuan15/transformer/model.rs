@@ -134,12 +134,22 @@ impl HunyuanVideo15Transformer {
     /// A transformer of `cfg`'s shape with random weights drawn on `device` (see
     /// [`crate::weights::RandomWeights`]): for benchmarks at the real size without a checkpoint.
     pub fn random(cfg: &HunyuanVideo15Config, dtype: DType, device: &Device) -> Result<Self> {
+        Self::random_placed(cfg, dtype, device, BlockPlacement::Resident)
+    }
+
+    /// [`Self::random`] with the blocks placed as `placement` says (streamed: on the host).
+    pub fn random_placed(
+        cfg: &HunyuanVideo15Config,
+        dtype: DType,
+        device: &Device,
+        placement: BlockPlacement,
+    ) -> Result<Self> {
         Self::build(
             &WeightSource::random_quantized(device.clone(), None),
             cfg,
             dtype,
             device,
-            BlockPlacement::Resident,
+            placement,
         )
     }
 
