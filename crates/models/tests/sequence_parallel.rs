@@ -4,6 +4,7 @@
 //! NCCL communicator and the GPU runs are not written yet (issue 22); this checks the token
 //! split, the RoPE rows, the all-to-alls around attention and the final gather.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -14,6 +15,22 @@ use vdit_models::weights::WeightFiles;
 
 mod common;
 use common::{fixture, load_io, relative_error};
+
+/// The fixture's forward as one rank of `comm`'s group, dense attention.
+fn forward_as_rank(
+    model: &WanTransformer,
+    io: &HashMap<String, Tensor>,
+    comm: &dyn Communicator,
+) -> vdit_models::error::Result<Tensor> {
+    model.forward_sequence_parallel(
+        &io["latents"],
+        &io["timesteps"],
+        &io["context"],
+        None,
+        &mut DenseAttention,
+        comm,
+    )
+}
 
 #[test]
 fn two_ranks_give_the_one_device_forward() {
@@ -31,26 +48,9 @@ fn two_ranks_give_the_one_device_forward() {
         )
         .unwrap();
     for world in [1, 2] {
-        let outputs: Vec<Tensor> = std::thread::scope(|scope| {
-            let handles: Vec<_> = LocalGroup::members(world)
-                .into_iter()
-                .map(|comm| {
-                    let (model, io) = (&model, &io);
-                    scope.spawn(move || {
-                        model
-                            .forward_sequence_parallel(
-                                &io["latents"],
-                                &io["timesteps"],
-                                &io["context"],
-                                None,
-                                &mut DenseAttention,
-                                &comm,
-                            )
-                            .unwrap_or_else(|e| panic!("rank {}: {e}", comm.rank()))
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let outputs = LocalGroup::run(world, |comm| {
+            forward_as_rank(&model, &io, &comm)
+                .unwrap_or_else(|e| panic!("rank {}: {e}", comm.rank()))
         });
         for (rank, out) in outputs.iter().enumerate() {
             let err = relative_error(out, &one);
@@ -74,27 +74,8 @@ fn heads_that_do_not_divide_are_refused_before_any_work() {
     let cfg = WanConfig::from_json_file(&dir.join("config.json")).unwrap();
     let io = load_io(&dir, &Device::Cpu);
     let model = WanTransformer::load(&files, &cfg, DType::F32, &Device::Cpu).unwrap();
-    let errors: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = LocalGroup::members(3)
-            .into_iter()
-            .map(|comm| {
-                let (model, io) = (&model, &io);
-                scope.spawn(move || {
-                    model
-                        .forward_sequence_parallel(
-                            &io["latents"],
-                            &io["timesteps"],
-                            &io["context"],
-                            None,
-                            &mut DenseAttention,
-                            &comm,
-                        )
-                        .unwrap_err()
-                        .to_string()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let errors = LocalGroup::run(3, |comm| {
+        forward_as_rank(&model, &io, &comm).unwrap_err().to_string()
     });
     for e in errors {
         assert!(

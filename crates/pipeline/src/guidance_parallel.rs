@@ -125,28 +125,13 @@ mod tests {
             denoise(&mut denoiser, &mut solver, &noise, &mut |_| {}).unwrap()
         };
 
-        let ranks: Vec<Tensor> = std::thread::scope(|scope| {
-            let handles: Vec<_> = LocalGroup::members(2)
-                .into_iter()
-                .map(|comm| {
-                    let (noise, cond, uncond) = (&noise, &cond, &uncond);
-                    scope.spawn(move || {
-                        let context = if comm.rank() == 0 { cond } else { uncond };
-                        let mut attention = DenseAttention;
-                        let mut denoiser = GuidanceParallelDenoiser::new(
-                            &Toy,
-                            context,
-                            scale,
-                            &mut attention,
-                            &comm,
-                        )
-                        .unwrap();
-                        let mut solver = EulerSolver::new(steps, shift);
-                        denoise(&mut denoiser, &mut solver, noise, &mut |_| {}).unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let ranks = LocalGroup::run(2, |comm| {
+            let context = if comm.rank() == 0 { &cond } else { &uncond };
+            let mut attention = DenseAttention;
+            let mut denoiser =
+                GuidanceParallelDenoiser::new(&Toy, context, scale, &mut attention, &comm).unwrap();
+            let mut solver = EulerSolver::new(steps, shift);
+            denoise(&mut denoiser, &mut solver, &noise, &mut |_| {}).unwrap()
         });
         for (rank, latents) in ranks.iter().enumerate() {
             let diff = (latents - &one_device)

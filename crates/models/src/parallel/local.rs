@@ -36,6 +36,24 @@ impl LocalGroup {
     }
 }
 
+impl LocalGroup {
+    /// Runs `work` once per rank of a new group of `size`, each on its own thread, and returns
+    /// the results in rank order (a panicking rank panics the caller).
+    pub fn run<T: Send>(size: usize, work: impl Fn(LocalComm) -> T + Sync) -> Vec<T> {
+        std::thread::scope(|scope| {
+            let work = &work;
+            let handles: Vec<_> = Self::members(size)
+                .into_iter()
+                .map(|comm| scope.spawn(move || work(comm)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+}
+
 /// One rank of a [`LocalGroup`].
 pub struct LocalComm {
     rank: usize,

@@ -167,32 +167,16 @@ mod tests {
     /// ranks' outputs joined along the tokens.
     fn parallel_attention(q: &Tensor, k: &Tensor, v: &Tensor, world: usize) -> Tensor {
         let split = SequenceSplit::new(q.dim(2).unwrap(), world).unwrap();
-        let outputs: Vec<Tensor> = std::thread::scope(|scope| {
-            let handles: Vec<_> = LocalGroup::members(world)
-                .into_iter()
-                .map(|comm| {
-                    scope.spawn(move || {
-                        let (start, len) = split.range(comm.rank());
-                        let local = |t: &Tensor| t.narrow(2, start, len).unwrap();
-                        ulysses_attention(
-                            &comm,
-                            &split,
-                            &local(q),
-                            &local(k),
-                            &local(v),
-                            |q, k, v| {
-                                // every head of the whole sequence is here, and only this
-                                // rank's heads
-                                assert_eq!(q.dim(2)?, split.total);
-                                assert_eq!(q.dim(1)?, 6 / world);
-                                reference_attention(q, k, v)
-                            },
-                        )
-                        .unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let outputs = LocalGroup::run(world, |comm| {
+            let (start, len) = split.range(comm.rank());
+            let local = |t: &Tensor| t.narrow(2, start, len).unwrap();
+            ulysses_attention(&comm, &split, &local(q), &local(k), &local(v), |q, k, v| {
+                // every token of the whole sequence is here, and only this rank's heads
+                assert_eq!(q.dim(2)?, split.total);
+                assert_eq!(q.dim(1)?, 6 / world);
+                reference_attention(q, k, v)
+            })
+            .unwrap()
         });
         Tensor::cat(&outputs, 2).unwrap()
     }
@@ -236,20 +220,10 @@ mod tests {
         };
         let whole = sparse(&q, &k, &v).unwrap();
         let split = SequenceSplit::new(64, 2).unwrap();
-        let outputs: Vec<Tensor> = std::thread::scope(|scope| {
-            let handles: Vec<_> = LocalGroup::members(2)
-                .into_iter()
-                .map(|comm| {
-                    let (q, k, v) = (&q, &k, &v);
-                    scope.spawn(move || {
-                        let (start, len) = split.range(comm.rank());
-                        let local = |t: &Tensor| t.narrow(2, start, len).unwrap();
-                        ulysses_attention(&comm, &split, &local(q), &local(k), &local(v), sparse)
-                            .unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let outputs = LocalGroup::run(2, |comm| {
+            let (start, len) = split.range(comm.rank());
+            let local = |t: &Tensor| t.narrow(2, start, len).unwrap();
+            ulysses_attention(&comm, &split, &local(&q), &local(&k), &local(&v), sparse).unwrap()
         });
         let joined = Tensor::cat(&outputs, 2).unwrap();
         let diff = (joined - &whole)
@@ -273,32 +247,16 @@ mod tests {
             .reshape((2, 4, 7, 3))
             .unwrap();
         let split = SequenceSplit::new(7, 2).unwrap();
-        std::thread::scope(|scope| {
-            for comm in LocalGroup::members(2) {
-                let x = &x;
-                scope.spawn(move || {
-                    let (start, len) = split.range(comm.rank());
-                    let mine = x.narrow(2, start, len).unwrap();
-                    let by_heads = tokens_to_heads(&comm, &mine).unwrap();
-                    // every token, this rank's two heads
-                    let expected = x.narrow(1, 2 * comm.rank(), 2).unwrap();
-                    assert_eq!(
-                        by_heads
-                            .to_dtype(DType::F32)
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .to_vec1::<f32>()
-                            .unwrap(),
-                        expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-                    );
-                    let back = heads_to_tokens(&comm, &by_heads, &split).unwrap();
-                    assert_eq!(
-                        back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                        mine.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-                    );
-                });
-            }
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        LocalGroup::run(2, |comm| {
+            let (start, len) = split.range(comm.rank());
+            let mine = x.narrow(2, start, len).unwrap();
+            let by_heads = tokens_to_heads(&comm, &mine).unwrap();
+            // every token, this rank's two heads
+            let expected = x.narrow(1, 2 * comm.rank(), 2).unwrap();
+            assert_eq!(flat(&by_heads), flat(&expected));
+            let back = heads_to_tokens(&comm, &by_heads, &split).unwrap();
+            assert_eq!(flat(&back), flat(&mine));
         });
     }
 
@@ -306,19 +264,10 @@ mod tests {
     fn heads_that_do_not_divide_are_refused() {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 6, 8, 4), DType::F32, &dev).unwrap();
-        let errors: Vec<String> = std::thread::scope(|scope| {
-            let handles: Vec<_> = LocalGroup::members(4)
-                .into_iter()
-                .map(|comm| {
-                    let x = &x;
-                    scope.spawn(move || {
-                        tokens_to_heads(&comm, &x.narrow(2, 2 * comm.rank(), 2).unwrap())
-                            .unwrap_err()
-                            .to_string()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let errors = LocalGroup::run(4, |comm| {
+            tokens_to_heads(&comm, &x.narrow(2, 2 * comm.rank(), 2).unwrap())
+                .unwrap_err()
+                .to_string()
         });
         assert!(
             errors.iter().all(|e| e.contains("6 attention heads")),

@@ -369,21 +369,24 @@ impl WanTransformer {
     ) -> Result<Tensor> {
         let (batch, grid) = self.check_inputs(latents, timesteps, context)?;
         let [f, h, w] = grid;
-        let latents = latents.to_device(&self.device)?;
         let context = context.to_device(&self.device)?;
-
-        // Patch embedding: [B, C, F, H, W] → [B, L, dim] f32.
-        let patches = self.patchify(&latents.to_dtype(self.dtype)?, grid)?;
-        let x = self
-            .patch_embedding
-            .forward(&patches)?
-            .to_dtype(DType::F32)?;
+        let x = self.embed_patches(latents, grid)?;
 
         // Time path, all f32: e for the head, e0 for the blocks, per sample or per token.
         let time = self.time_embedding(timesteps, batch, f * h * w)?;
 
-        let x = self.run_blocks(x, &context, image, batch, grid, &time, attention)?;
+        let x = self.run_blocks(x, &context, image, batch, grid, &time, attention, None)?;
         self.head_output(&x, HeadInputs { time, grid })
+    }
+
+    /// Patch embedding: latents `[B, C, F, H, W]` (any device) → tokens `[B, L, dim]` f32.
+    fn embed_patches(&self, latents: &Tensor, grid: [usize; 3]) -> Result<Tensor> {
+        let latents = latents.to_device(&self.device)?;
+        let patches = self.patchify(&latents.to_dtype(self.dtype)?, grid)?;
+        Ok(self
+            .patch_embedding
+            .forward(&patches)?
+            .to_dtype(DType::F32)?)
     }
 
     /// [`Self::forward_with_image`] as one rank of a sequence-parallel group (Ulysses): every
@@ -408,15 +411,8 @@ impl WanTransformer {
         HeadSplit::new(self.cfg.num_heads, comm.size())?;
         let split = SequenceSplit::new(tokens, comm.size())?;
         let (start, len) = split.range(comm.rank());
-        let latents = latents.to_device(&self.device)?;
         let context = context.to_device(&self.device)?;
-
-        let patches = self.patchify(&latents.to_dtype(self.dtype)?, grid)?;
-        let x = self
-            .patch_embedding
-            .forward(&patches)?
-            .to_dtype(DType::F32)?
-            .narrow(1, start, len)?; // [B, L_r, dim]
+        let x = self.embed_patches(latents, grid)?.narrow(1, start, len)?; // [B, L_r, dim]
         let time = self.time_embedding(timesteps, batch, tokens)?;
         if matches!(time.modulation, TimeModulation::PerToken { .. }) {
             return Err(ModelError::InvalidInput(
@@ -425,29 +421,17 @@ impl WanTransformer {
                     .into(),
             ));
         }
-        let text = self
-            .text_linear_2
-            .forward(&self.text_linear_1.forward(&context)?.gelu()?)?;
-        let image = self.image_tokens(image, batch)?;
-        let (rope_cos, rope_sin) = self.rope_tables(grid)?;
-        let (rope_cos, rope_sin) = (
-            rope_cos.narrow(0, start, len)?,
-            rope_sin.narrow(0, start, len)?,
-        );
-        let ctx = BlockContext {
-            time_modulation: &time.modulation,
-            text: &text,
-            image: image.as_ref(),
-            rope_cos: &rope_cos,
-            rope_sin: &rope_sin,
-            layout: VideoLayout::new(f, h, w),
-        };
         let mut ulysses = UlyssesAttention::new(attention, comm, split);
-        let mut x = x;
-        for index in 0..self.blocks.len() {
-            let block = self.blocks.fetch(index)?;
-            x = block.forward(x, &ctx, &mut ulysses)?;
-        }
+        let x = self.run_blocks(
+            x,
+            &context,
+            image,
+            batch,
+            grid,
+            &time,
+            &mut ulysses,
+            Some((start, len)),
+        )?;
         let x = Tensor::cat(&comm.all_gather(&x)?, 1)?; // [B, L, dim]
         self.head_output(&x, HeadInputs { time, grid })
     }
@@ -745,13 +729,8 @@ impl WanTransformer {
     ) -> Result<Tensor> {
         let (batch, grid) = self.check_inputs(latents, timesteps, context)?;
         let [f, h, w] = grid;
-        let latents = latents.to_device(&self.device)?;
         let context = context.to_device(&self.device)?;
-        let patches = self.patchify(&latents.to_dtype(self.dtype)?, grid)?;
-        let input = self
-            .patch_embedding
-            .forward(&patches)?
-            .to_dtype(DType::F32)?; // [B, L, dim]
+        let input = self.embed_patches(latents, grid)?; // [B, L, dim]
         let time = self.time_embedding(timesteps, batch, f * h * w)?;
         let modulation = match &time.modulation {
             TimeModulation::PerSample(e0) => e0,
@@ -768,6 +747,7 @@ impl WanTransformer {
                     grid,
                     &time,
                     attention,
+                    None,
                 )?;
                 cache.after_blocks(&(&x - &input)?)?;
                 x
@@ -778,7 +758,8 @@ impl WanTransformer {
 
     /// The blocks on the embedded tokens `x` `[B, L, dim]` f32, with the text `context`
     /// `[B, Lt, text_dim]` projected to `[B, Lt, dim]` and the image tokens (models with image
-    /// input) in the run dtype → `[B, L, dim]` f32.
+    /// input) in the run dtype → `[B, L, dim]` f32. With `tokens` = (start, len), `x` holds only
+    /// that range of the grid's tokens (a sequence-parallel rank's) and gets those RoPE rows.
     #[allow(clippy::too_many_arguments)]
     fn run_blocks(
         &self,
@@ -789,12 +770,20 @@ impl WanTransformer {
         [f, h, w]: [usize; 3],
         time: &TimeEmbedding,
         attention: &mut dyn SelfAttention,
+        tokens: Option<(usize, usize)>,
     ) -> Result<Tensor> {
         let text = self
             .text_linear_2
             .forward(&self.text_linear_1.forward(context)?.gelu()?)?;
         let image = self.image_tokens(image, batch)?;
         let (rope_cos, rope_sin) = self.rope_tables([f, h, w])?;
+        let (rope_cos, rope_sin) = match tokens {
+            Some((start, len)) => (
+                rope_cos.narrow(0, start, len)?,
+                rope_sin.narrow(0, start, len)?,
+            ),
+            None => (rope_cos, rope_sin),
+        };
         let ctx = BlockContext {
             time_modulation: &time.modulation,
             text: &text,
