@@ -67,6 +67,7 @@ impl Denoiser for GuidanceParallelDenoiser<'_> {
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
+    use rainfusion::reference::max_abs_diff;
     use rainfusion::DenseAttention;
     use vdit_models::parallel::LocalGroup;
 
@@ -134,16 +135,7 @@ mod tests {
             denoise(&mut denoiser, &mut solver, &noise, &mut |_| {}).unwrap()
         });
         for (rank, latents) in ranks.iter().enumerate() {
-            let diff = (latents - &one_device)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(latents, &one_device).unwrap();
             assert!(diff < 1e-5, "rank {rank}: {diff}");
         }
         // guidance did something: the result is not the conditional-only run's
@@ -160,22 +152,8 @@ mod tests {
         .unwrap();
         let mut solver = EulerSolver::new(steps, shift);
         let unguided = denoise(&mut cond_only, &mut solver, &noise, &mut |_| {}).unwrap();
-        let moved = (&ranks[0] - unguided)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_keepdim(0)
-            .unwrap();
-        assert!(
-            moved
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                > 1e-3
-        );
+        let moved = max_abs_diff(&ranks[0], &unguided).unwrap();
+        assert!(moved > 1e-3, "guidance changed nothing: {moved}");
     }
 
     #[test]

@@ -93,6 +93,25 @@ pub fn attention_reference_where(
     Ok(Tensor::from_vec(out, (b, h, lq, d), &Device::Cpu)?)
 }
 
+/// `max |a − b|` over all elements, in f64 on the CPU (any float dtypes, any devices); tensors
+/// of different shapes are an error. For checks that state an absolute bound.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.dims() != b.dims() {
+        return Err(crate::Error::InvalidConfig(format!(
+            "max_abs_diff: shapes {:?} and {:?} differ",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let on_cpu =
+        |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?) };
+    Ok((on_cpu(a)? - on_cpu(b)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?)
+}
+
 /// `‖a − b‖ / ‖b‖` over all elements, in f64 on the CPU (any float dtypes, any devices): the
 /// error measure every parity test and kernel check of the workspace states its tolerance in.
 /// Tensors of different shapes are an error.

@@ -155,6 +155,7 @@ mod tests {
 
     use super::*;
     use crate::parallel::LocalGroup;
+    use rainfusion::reference::max_abs_diff;
 
     /// softmax(q·kᵀ/√d)·v in f32, q, k, v `[B, H, L, D]`.
     fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -190,16 +191,7 @@ mod tests {
         let full = reference_attention(&q, &k, &v).unwrap();
         for world in [1, 2, 3, 6] {
             let got = parallel_attention(&q, &k, &v, world);
-            let diff = (got - &full)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &full).unwrap();
             assert!(diff < 1e-5, "{world} ranks: {diff}");
         }
     }
@@ -226,16 +218,7 @@ mod tests {
             ulysses_attention(&comm, &split, &local(&q), &local(&k), &local(&v), sparse).unwrap()
         });
         let joined = Tensor::cat(&outputs, 2).unwrap();
-        let diff = (joined - &whole)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&joined, &whole).unwrap();
         assert!(diff < 1e-6, "{diff}");
     }
 

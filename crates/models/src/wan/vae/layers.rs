@@ -1002,17 +1002,8 @@ mod tests {
 
     use super::*;
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        rainfusion::reference::max_abs_diff(a, b).unwrap()
     }
 
     fn vars(tensors: Vec<(&str, Tensor)>, dtype: DType) -> VarBuilder<'static> {
