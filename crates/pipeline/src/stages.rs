@@ -1171,8 +1171,8 @@ pub fn load_expert(
 ) -> Result<WanTransformer> {
     if rule.kind != TransformerKind::Wan {
         return Err(VditError::InvalidSetting(format!(
-            "the {} family's {} is not a Wan transformer: `vdit compare`, `vdit eval` and the \
-             benchmarks load Wan transformers only (use `vdit generate`)",
+            "the {} family's {} is not a Wan transformer (`load_velocity_models` loads any \
+             family's)",
             settings.family.name, rule.component
         )));
     }
