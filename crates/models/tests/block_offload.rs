@@ -19,29 +19,16 @@ use vdit_models::wan::{BlockPlacement, WanConfig, WanTransformer};
 use vdit_models::weights::WeightFiles;
 
 mod common;
-use common::{fixture, fixtures_root, load_io, relative_error};
+use common::{differing_values, fixture, fixtures_root, load_io, relative_error};
 
 /// Exactly equal, value by value (as bits: -0.0 and NaN are not waved through).
 fn assert_bit_identical(label: &str, a: &Tensor, b: &Tensor) {
-    assert_eq!(a.dims(), b.dims(), "{label}: shapes");
-    let flat = |t: &Tensor| -> Vec<u32> {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f32::to_bits)
-            .collect()
-    };
-    let (a, b) = (flat(a), flat(b));
-    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    let differing = differing_values(a, b);
     assert_eq!(
         differing,
         0,
         "{label}: {differing} of {} values differ",
-        a.len()
+        a.elem_count()
     );
 }
 

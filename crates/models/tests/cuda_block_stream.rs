@@ -27,27 +27,9 @@ use vdit_models::wan::{BlockPlacement, WanConfig, WanTransformer};
 use vdit_models::weights::WeightFiles;
 
 mod common;
-use common::{fixture, fixtures_root, load_io, relative_error};
+use common::{differing_values, fixture, fixtures_root, load_io, relative_error};
 
 const BF16_TOLERANCE: f64 = 2e-2;
-
-/// The number of values of `a` and `b` (same shape) whose bits differ.
-fn differing_values(a: &Tensor, b: &Tensor) -> usize {
-    assert_eq!(a.dims(), b.dims());
-    let bits = |t: &Tensor| -> Vec<u32> {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f32::to_bits)
-            .collect()
-    };
-    let (a, b) = (bits(a), bits(b));
-    a.iter().zip(&b).filter(|(x, y)| x != y).count()
-}
 
 /// How a streamed model's output must compare with the resident one's.
 #[derive(Clone, Copy)]

@@ -331,9 +331,9 @@ enum LinearWeight {
 /// A random `[out, in]` weight quantised to `kind` on the CPU, drawn and quantised once per
 /// shape and type for the process (see its use in `kept_weight`).
 fn quantized_random(shape: &Shape, kind: GgmlDType) -> Result<Arc<QTensor>> {
-    type Cache = std::collections::HashMap<(Vec<usize>, String), Arc<QTensor>>;
+    type Cache = std::collections::HashMap<(Vec<usize>, GgmlDType), Arc<QTensor>>;
     static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
-    let key = (shape.dims().to_vec(), format!("{kind:?}"));
+    let key = (shape.dims().to_vec(), kind);
     let cache = CACHE.get_or_init(Default::default);
     if let Some(q) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(q.clone());

@@ -61,3 +61,22 @@ pub fn forward_on_io(
         .forward(&io["latents"], &io["timesteps"], &io["context"], attention)
         .unwrap()
 }
+
+/// The number of values of `a` and `b` (same shape, any float dtype) whose bits differ as f32:
+/// -0.0 against 0.0 and NaNs count, for checks that two paths give exactly the same output.
+pub fn differing_values(a: &Tensor, b: &Tensor) -> usize {
+    assert_eq!(a.dims(), b.dims());
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    };
+    let (a, b) = (bits(a), bits(b));
+    a.iter().zip(&b).filter(|(x, y)| x != y).count()
+}
