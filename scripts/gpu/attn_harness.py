@@ -98,8 +98,7 @@ class WgmmaKernels:
     byte offsets are arguments so that both readings of the MN-major layout can be tried."""
 
     def __init__(self, path, prefix="wgmma"):
-        stages = 3 if prefix == "wgmmapipe" else 2
-        self.SMEM = (128 * 128 + 2 * stages * 64 * 128) * 2 + 1024
+        self.SMEM = (128 * 128 + 2 * 2 * 64 * 128) * 2 + 1024
         self.prefix = prefix
         self.module = cp.RawModule(path=path)
         self.fns = {}
@@ -111,7 +110,9 @@ class WgmmaKernels:
     def launch(self, dtype_name, q, k, v, o, offsets, indices, block_size, scale, lbo, sbo):
         b, h, l, d = q.shape
         assert d == 128 and block_size % 128 == 0
-        args = kernel_args(q, k, v, o, offsets, indices, block_size, scale) + (np.uint32(lbo), np.uint32(sbo))
+        args = kernel_args(q, k, v, o, offsets, indices, block_size, scale)
+        # the Hopper entries take `order` after `indices` (null: natural order) and V's descriptor offsets last
+        args = args[:6] + (np.uint64(0),) + args[6:] + (np.uint32(lbo), np.uint32(sbo))
         self.fns[dtype_name](((l + 127) // 128, h, b), (256,), args, shared_mem=self.SMEM)
 
 
@@ -161,7 +162,7 @@ def predict_mask_gpu(mod, q, k, block_size, keep, first_forced):
         name = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}[x.dtype]
         mod.get_function(f"rf_block_means_{name}")(
             (nb, h, b), (min(d, 256),),
-            (np.uint64(x.data_ptr()), np.uint64(out.data_ptr()), np.int64(x.stride(0)), np.int64(x.stride(1)),
+            (np.uint64(x.data_ptr()), np.uint64(out.data_ptr()), np.uint64(0), np.int64(x.stride(0)), np.int64(x.stride(1)),
              np.int64(x.stride(2)), np.int32(h), np.int32(l), np.int32(block_size), np.int32(nb), np.int32(d)))
         means.append(out)
     scores = (means[0] @ means[1].transpose(-1, -2) / math.sqrt(d)).reshape(b * h * nb, nb).contiguous()
@@ -317,7 +318,7 @@ def main():
     ap.add_argument("--ptx80", default=None)
     ap.add_argument("--mask-module", default=None, help="compiled kernels/mask.cu")
     ap.add_argument("--wgmma", default=None, help="sm_90a cubin holding the wgmma variants")
-    ap.add_argument("--wgmma-kernels", default="wgmma,wgmma1,wgmmapipe")
+    ap.add_argument("--wgmma-kernels", default="wgmma,wgmma1")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--passes", type=int, default=1, help="time our kernels this many times (spread)")

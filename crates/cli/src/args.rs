@@ -1264,6 +1264,10 @@ pub mod bench {
         /// Run the text encoder(s) on the CPU (`--t5-cpu` is the older name).
         #[arg(long = "text-encoder-cpu", alias = "t5-cpu")]
         pub t5_cpu: bool,
+        /// How much of the transformer stays on the device (as `vdit generate --offload`):
+        /// `none`, `experts`, `blocks` (streamed from host memory) or `auto`.
+        #[arg(long, value_parser = super::choice::<OffloadChoice>(), default_value_t = OffloadChoice::Auto)]
+        pub offload: OffloadChoice,
         /// Decode the video in spatial tiles.
         #[arg(long)]
         pub vae_tiling: bool,

@@ -537,28 +537,49 @@ __device__ __forceinline__ uint32_t sw128(int row, int chunk) {
   return (chunk >> 3) * (ROWS * 128) + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
 }
 
-template <typename T, int D, int ROWS, int NTHREADS>
+// GATHER: position p of the sequence the kernel walks is token order[p] of the tensor (the
+// RainFusion window order read straight from the natural order, with no permuted copy);
+// otherwise position p is token p and `order` is unused.
+template <typename T, int D, int ROWS, int NTHREADS, bool GATHER>
 __device__ __forceinline__ void load_tile_sw128(uint32_t tile_addr, const T* base, int64_t token_stride,
-                                                int row0, int seq_len, int tid) {
+                                                const uint32_t* __restrict__ order, int row0,
+                                                int seq_len, int tid) {
   constexpr int CHUNKS_PER_ROW = D / 8;
   constexpr int STEP = NTHREADS / CHUNKS_PER_ROW;
   static_assert(STEP % 8 == 0 && ROWS % STEP == 0, "rows per step must keep row % 8 fixed");
   const int first_row = tid / CHUNKS_PER_ROW;
   const int chunk = tid % CHUNKS_PER_ROW;
   const uint32_t dst = tile_addr + sw128<ROWS>(first_row, chunk);
-  const T* src = base + (int64_t)(row0 + first_row) * token_stride + chunk * 8;
+  if constexpr (GATHER) {
+    // Every row's token first, so that the index loads are in flight together.
+    uint32_t token[ROWS / STEP];
 #pragma unroll
-  for (int i = 0; i < ROWS / STEP; ++i) {
-    const bool valid = row0 + first_row + i * STEP < seq_len;
-    cp_async_16(dst + i * STEP * 128, valid ? src + (int64_t)i * STEP * token_stride : base,
-                valid ? 16 : 0);
+    for (int i = 0; i < ROWS / STEP; ++i) {
+      const int pos = row0 + first_row + i * STEP;
+      token[i] = pos < seq_len ? __ldg(order + pos) : 0u;
+    }
+#pragma unroll
+    for (int i = 0; i < ROWS / STEP; ++i) {
+      const bool valid = row0 + first_row + i * STEP < seq_len;
+      cp_async_16(dst + i * STEP * 128, base + (int64_t)token[i] * token_stride + chunk * 8,
+                  valid ? 16 : 0);
+    }
+  } else {
+    const T* src = base + (int64_t)(row0 + first_row) * token_stride + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < ROWS / STEP; ++i) {
+      const bool valid = row0 + first_row + i * STEP < seq_len;
+      cp_async_16(dst + i * STEP * 128, valid ? src + (int64_t)i * STEP * token_stride : base,
+                  valid ? 16 : 0);
+    }
   }
 }
 
-template <typename T>
+template <typename T, bool GATHER>
 __device__ __forceinline__ void attention_fwd_wgmma(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices, int64_t q_sb,
+    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices,
+    const uint32_t* __restrict__ order, int64_t q_sb,
     int64_t q_sh, int64_t q_sl, int64_t kv_sb, int64_t kv_sh, int64_t kv_sl, int64_t out_sb,
     int64_t out_sh, int64_t out_sl, int heads, int q_len, int kv_len, int block_size,
     int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
@@ -600,11 +621,12 @@ __device__ __forceinline__ void attention_fwd_wgmma(
   };
   auto load_kv = [&](int stage, int key_start) {
     const uint32_t k_addr = s_kv + stage * 2 * KV_BYTES;
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr, k_base, kv_sl, key_start, kv_len, tid);
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr + KV_BYTES, v_base, kv_sl, key_start, kv_len, tid);
+    load_tile_sw128<T, D, BN, NTHREADS, GATHER>(k_addr, k_base, kv_sl, order, key_start, kv_len, tid);
+    load_tile_sw128<T, D, BN, NTHREADS, GATHER>(k_addr + KV_BYTES, v_base, kv_sl, order, key_start,
+                                                kv_len, tid);
   };
 
-  load_tile_sw128<T, D, BM, NTHREADS>(s_q, q_base, q_sl, q_start, q_len, tid);
+  load_tile_sw128<T, D, BM, NTHREADS, GATHER>(s_q, q_base, q_sl, order, q_start, q_len, tid);
   int key_start = n_tiles > 0 ? next_key_start() : 0;
   if (n_tiles > 0) load_kv(0, key_start);
   cp_async_commit();
@@ -708,7 +730,9 @@ __device__ __forceinline__ void attention_fwd_wgmma(
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int token = q_start + warp * 16 + (lane >> 2) + r * 8;
     if (token < q_len) {
-      T* dst = o_base + (int64_t)token * out_sl + (lane & 3) * 2;
+      // With GATHER the row goes back to its token's place: the output is in natural order.
+      const int64_t out_row = GATHER ? static_cast<int64_t>(__ldg(order + token)) : token;
+      T* dst = o_base + out_row * out_sl + (lane & 3) * 2;
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt)
         *reinterpret_cast<uint32_t*>(dst + dt * 8) = Mma<T>::pack(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv);
@@ -716,220 +740,39 @@ __device__ __forceinline__ void attention_fwd_wgmma(
   }
 }
 
-
-// Pipelined form (FlashAttention-3's intra-warpgroup overlap): while a warpgroup runs the
-// softmax of tile j, its Q·K_{j+1}ᵀ wgmma is already in flight. Needs tile j+1 resident during
-// iteration j, hence three K/V stages (j, j+1 resident, j+2 loading) and two score buffers.
-template <typename T>
-__device__ __forceinline__ void attention_fwd_wgmma_pipelined(
-    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
-    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices, int64_t q_sb,
-    int64_t q_sh, int64_t q_sl, int64_t kv_sb, int64_t kv_sh, int64_t kv_sl, int64_t out_sb,
-    int64_t out_sh, int64_t out_sl, int heads, int q_len, int kv_len, int block_size,
-    int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {
-  constexpr int D = 128, BM = 128, BN = 64, NTHREADS = 256, STAGES = 3;
-  constexpr int NT = BN / 8, DT = D / 8;
-  constexpr uint32_t Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
-
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t smem_base = (smem_addr(smem_raw) + 1023) & ~1023u;
-  const uint32_t s_q = smem_base;
-  const uint32_t s_kv = s_q + Q_BYTES;  // stage s: K at s_kv + 2·s·KV_BYTES, V right after
-
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int warpgroup = warp / 4;
-  const int q_start = blockIdx.x * BM, head = blockIdx.y, batch = blockIdx.z;
-  const T* q_base = q + batch * q_sb + head * q_sh;
-  const int64_t kv_offset = batch * kv_sb + head * kv_sh;
-  const T* k_base = k + kv_offset;
-  const T* v_base = v + kv_offset;
-
-  // Dense (no CSR): every key tile of 0..kv_len, consecutively.
-  const bool dense = offsets == nullptr;
-  const int row = (batch * heads + head) * query_blocks + q_start / block_size;
-  const uint32_t row_begin = dense ? 0u : offsets[row];
-  const int tiles_per_block = block_size / BN;
-  const int n_tiles = dense ? (kv_len + BN - 1) / BN
-                            : static_cast<int>(offsets[row + 1] - row_begin) * tiles_per_block;
-  const uint32_t* next_block = dense ? nullptr : indices + row_begin;
-  int block_counter = 0, sub_tile = 0, block_start = 0;
-  auto next_key_start = [&]() {
-    if (sub_tile == 0) {
-      block_start = (dense ? block_counter : static_cast<int>(next_block[block_counter])) * block_size;
-      ++block_counter;
-    }
-    const int start = block_start + sub_tile * BN;
-    if (++sub_tile == tiles_per_block) sub_tile = 0;
-    return start;
-  };
-  auto load_kv = [&](int stage, int key_start) {
-    const uint32_t k_addr = s_kv + stage * 2 * KV_BYTES;
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr, k_base, kv_sl, key_start, kv_len, tid);
-    load_tile_sw128<T, D, BN, NTHREADS>(k_addr + KV_BYTES, v_base, kv_sl, key_start, kv_len, tid);
-  };
-  auto issue_scores = [&](float* scores, int stage) {
-    const uint32_t s_k = s_kv + stage * 2 * KV_BYTES;
-#pragma unroll
-    for (int kd = 0; kd < D / 16; ++kd) {
-      const uint32_t col = kd >> 2, within = (kd & 3) * 32;
-      const uint64_t da = smem_desc(s_q + col * (BM * 128) + warpgroup * 64 * 128 + within, 16, 1024);
-      const uint64_t db = smem_desc(s_k + col * (BN * 128) + within, 16, 1024);
-      wgmma_m64n64k16_ss(scores, da, db, kd > 0 ? 1 : 0, T{});
-    }
-  };
-
-  // Key starts of the tiles in flight: [0] = tile j, [1] = tile j+1, [2] = tile j+2.
-  int tile_start[3] = {0, 0, 0};
-  load_tile_sw128<T, D, BM, NTHREADS>(s_q, q_base, q_sl, q_start, q_len, tid);
-  if (n_tiles > 0) {
-    tile_start[0] = next_key_start();
-    load_kv(0, tile_start[0]);
-  }
-  cp_async_commit();
-  if (n_tiles > 1) {
-    tile_start[1] = next_key_start();
-    load_kv(1, tile_start[1]);
-  }
-  cp_async_commit();
-
-  float acc[DT][4];
-  float s_cur[NT][4], s_next[NT][4];
-#pragma unroll
-  for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};
-
-  if (n_tiles > 0) {
-    cp_async_wait_all();
-    fence_proxy_async();
-    __syncthreads();
-    wgmma_fence();
-    issue_scores(&s_cur[0][0], 0);
-    wgmma_commit();
-    wgmma_wait_all();
-  }
-
-  for (int j = 0; j < n_tiles; ++j) {
-    const int stage = j % STAGES;
-    const uint32_t s_v = s_kv + stage * 2 * KV_BYTES + KV_BYTES;
-    cp_async_wait_all();   // tile j+1 resident
-    fence_proxy_async();
-    __syncthreads();       // every warpgroup is done with tile j-1: its stage takes tile j+2
-    if (j + 2 < n_tiles) {
-      tile_start[2] = next_key_start();
-      load_kv((j + 2) % STAGES, tile_start[2]);
-    }
-    cp_async_commit();
-    if (j + 1 < n_tiles) {
-      wgmma_fence();
-      issue_scores(&s_next[0][0], (j + 1) % STAGES);
-      wgmma_commit();
-    }
-
-    const int this_key_start = tile_start[0];
-    if (this_key_start + BN > kv_len) {
-      const int col0 = this_key_start + (lane & 3) * 2;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (col0 + nt * 8 + (e & 1) >= kv_len) s_cur[nt][e] = -INFINITY;
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s_cur[nt][2 * r], s_cur[nt][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-      const float alpha = fast_exp2(row_max[r] * scale_log2 - m_scaled);
-      row_max[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float p = fast_exp2(fmaf(s_cur[nt][2 * r + e], scale_log2, -m_scaled));
-          s_cur[nt][2 * r + e] = p;
-          sum += p;
-        }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        acc[dt][2 * r] *= alpha;
-        acc[dt][2 * r + 1] *= alpha;
-      }
-    }
-    uint32_t p[BN / 16][4];
-#pragma unroll
-    for (int kn = 0; kn < BN / 16; ++kn) {
-      p[kn][0] = Mma<T>::pack(s_cur[2 * kn][0], s_cur[2 * kn][1]);
-      p[kn][1] = Mma<T>::pack(s_cur[2 * kn][2], s_cur[2 * kn][3]);
-      p[kn][2] = Mma<T>::pack(s_cur[2 * kn + 1][0], s_cur[2 * kn + 1][1]);
-      p[kn][3] = Mma<T>::pack(s_cur[2 * kn + 1][2], s_cur[2 * kn + 1][3]);
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int kn = 0; kn < BN / 16; ++kn)
-      wgmma_m64n128k16_rs_tnspb(&acc[0][0], p[kn], smem_desc(s_v + kn * 16 * 128, v_lbo, v_sbo), T{});
-    wgmma_commit();
-    wgmma_wait_all();  // S_{j+1} and P·V_j done
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s_cur[nt][e] = s_next[nt][e];
-    tile_start[0] = tile_start[1];
-    tile_start[1] = tile_start[2];
-  }
-  cp_async_wait_all();
-
-  T* o_base = o + batch * out_sb + head * out_sh;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffff, l, 1);
-    l += __shfl_xor_sync(0xffffffff, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int token = q_start + warp * 16 + (lane >> 2) + r * 8;
-    if (token < q_len) {
-      T* dst = o_base + (int64_t)token * out_sl + (lane & 3) * 2;
-#pragma unroll
-      for (int dt = 0; dt < DT; ++dt)
-        *reinterpret_cast<uint32_t*>(dst + dt * 8) = Mma<T>::pack(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv);
-    }
-  }
-}
 
 }  // namespace hopper
 }  // namespace rf
 
-// Hopper entry points: same arguments as rf_attention_fwd_* plus the V descriptor's two byte
-// offsets (leading, stride); launch 256 threads, (BM·D + 4·BN·D)·2 + 1024 bytes of dynamic
-// shared memory (the extra 1024 align the tiles).
-#define RF_ATTENTION_WGMMA_ENTRY(NAME, T, MINB, IMPL)                                                    \
+// Hopper entry points: the arguments of rf_attention_fwd_* with `order` after `indices` (u32
+// [q_len]: the token at each position of the walked sequence, read by the _gather entries only;
+// self-attention, kv_len == q_len) and the V descriptor's two byte offsets (leading, stride)
+// last; launch 256 threads, (BM·D + 4·BN·D)·2 + 1024 bytes of dynamic shared memory (the extra
+// 1024 align the tiles).
+#define RF_ATTENTION_WGMMA_ENTRY(NAME, T, MINB, GATHER)                                                  \
   extern "C" __global__ void __launch_bounds__(256, MINB)                                          \
       NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* offsets,                      \
-           const uint32_t* indices, int64_t q_sb, int64_t q_sh, int64_t q_sl, int64_t kv_sb,        \
-           int64_t kv_sh, int64_t kv_sl, int64_t out_sb, int64_t out_sh, int64_t out_sl,            \
-           int heads, int q_len, int kv_len, int block_size, int query_blocks, float scale_log2,    \
-           uint32_t v_lbo, uint32_t v_sbo) {                                                       \
-    rf::hopper::IMPL<T>(q, k, v, o, offsets, indices, q_sb, q_sh, q_sl, kv_sb, kv_sh, kv_sl,       \
-                        out_sb, out_sh, out_sl, heads, q_len, kv_len, block_size, query_blocks,    \
-                        scale_log2, v_lbo, v_sbo);                                                 \
+           const uint32_t* indices, const uint32_t* order, int64_t q_sb, int64_t q_sh,             \
+           int64_t q_sl, int64_t kv_sb, int64_t kv_sh, int64_t kv_sl, int64_t out_sb,               \
+           int64_t out_sh, int64_t out_sl, int heads, int q_len, int kv_len, int block_size,        \
+           int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {                   \
+    rf::hopper::attention_fwd_wgmma<T, GATHER>(q, k, v, o, offsets, indices, order, q_sb, q_sh,    \
+                                               q_sl, kv_sb, kv_sh, kv_sl, out_sb, out_sh, out_sl,  \
+                                               heads, q_len, kv_len, block_size, query_blocks,     \
+                                               scale_log2, v_lbo, v_sbo);                          \
   }
 // Library kernel: two CTAs per SM (registers capped at 128, 8 bytes of spill outside the loop),
 // so four warpgroups interleave their softmax with each other's wgmma (NOTES.md v4: +15 %).
-RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_bf16_d128, __nv_bfloat16, 2, attention_fwd_wgmma)
-RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_f16_d128, __half, 2, attention_fwd_wgmma)
+// The _gather entries read q, k, v and write o through `order` (RainFusion's window order with
+// no permuted copies; NOTES.md, "Gathered window order").
+RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_bf16_d128, __nv_bfloat16, 2, false)
+RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_f16_d128, __half, 2, false)
+RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_gather_bf16_d128, __nv_bfloat16, 2, true)
+RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_gather_f16_d128, __half, 2, true)
 #ifndef RF_ATTENTION_LIBRARY_ONLY
-// Measured alternatives: one CTA per SM (149 registers), and the pipelined form (S_{j+1} in
-// flight during softmax_j; 3 K/V stages, (BM·D + 6·BN·D)·2 + 1024 bytes, 178 registers).
-RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma1_bf16_d128, __nv_bfloat16, 1, attention_fwd_wgmma)
-RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma1_f16_d128, __half, 1, attention_fwd_wgmma)
-RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmmapipe_bf16_d128, __nv_bfloat16, 1, attention_fwd_wgmma_pipelined)
-RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmmapipe_f16_d128, __half, 1, attention_fwd_wgmma_pipelined)
+// Measured alternative: one CTA per SM (149 registers). The pipelined form (S_{j+1} in flight
+// during softmax_j, 3 K/V stages, 178 registers) was slower and is recorded in NOTES.md only.
+RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma1_bf16_d128, __nv_bfloat16, 1, false)
+RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma1_f16_d128, __half, 1, false)
 #endif
 #endif  // sm_90a

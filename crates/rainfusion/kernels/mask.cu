@@ -16,29 +16,74 @@ __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 
-// x: [B, H, L, D] with strides (sb, sh, sl) in elements, last dim contiguous.
-// out: [B, H, blocks, D] f32 contiguous; a trailing partial block is averaged over its real
-// tokens. Grid (blocks, heads, batch); each thread owns head-dim columns tid, tid + blockDim...
+// x: [B, H, L, D] with strides (sb, sh, sl) in elements, last dim contiguous; order: null, or
+// u32 [L] with the token at each position (the block means of the window order, read from the
+// natural order with no permuted copy). out: [B, H, blocks, D] f32 contiguous; a trailing
+// partial block is averaged over its real tokens. Grid (blocks, heads, batch).
+__device__ __forceinline__ int64_t token_at(const uint32_t* __restrict__ order, int pos) {
+  return order == nullptr ? static_cast<int64_t>(pos) : static_cast<int64_t>(__ldg(order + pos));
+}
+
+// Any dtype and layout: each thread owns head-dim columns tid, tid + blockDim...
 template <typename T>
-__device__ void block_means(const T* __restrict__ x, float* __restrict__ out, int64_t sb,
-                            int64_t sh, int64_t sl, int heads, int seq_len, int block_size,
-                            int blocks, int head_dim) {
+__device__ void block_means(const T* __restrict__ x, float* __restrict__ out,
+                            const uint32_t* __restrict__ order, int64_t sb, int64_t sh, int64_t sl,
+                            int heads, int seq_len, int block_size, int blocks, int head_dim) {
   const int blk = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
   const int start = blk * block_size;
   const int end = min(start + block_size, seq_len);
-  const T* base = x + batch * sb + head * sh + (int64_t)start * sl;
+  const T* base = x + batch * sb + head * sh;
   const float inv = 1.f / static_cast<float>(end - start);
   float* dst = out + (((int64_t)batch * heads + head) * blocks + blk) * head_dim;
   for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
     // Four independent partial sums keep several loads in flight.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    int t = 0;
-    for (; t + 4 <= end - start; t += 4) {
+    int t = start;
+    for (; t + 4 <= end; t += 4) {
 #pragma unroll
-      for (int u = 0; u < 4; ++u) acc[u] += to_float(base[(int64_t)(t + u) * sl + c]);
+      for (int u = 0; u < 4; ++u) acc[u] += to_float(base[token_at(order, t + u) * sl + c]);
     }
-    for (; t < end - start; ++t) acc[0] += to_float(base[(int64_t)t * sl + c]);
+    for (; t < end; ++t) acc[0] += to_float(base[token_at(order, t) * sl + c]);
     dst[c] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * inv;
+  }
+}
+
+constexpr int MEANS_THREADS = 256;
+
+// 16-bit dtypes, head_dim a power of two from 8 to 2048 with 16-byte aligned rows: each thread
+// reads 8 columns (16 bytes) of every (MEANS_THREADS·8 / head_dim)-th row, then the row lanes
+// are summed in shared memory. One 16-byte load per thread and row instead of eight 2-byte ones.
+template <typename T>
+__device__ void block_means_vec16(const T* __restrict__ x, float* __restrict__ out,
+                                  const uint32_t* __restrict__ order, int64_t sb, int64_t sh,
+                                  int64_t sl, int heads, int seq_len, int block_size, int blocks,
+                                  int head_dim) {
+  static_assert(sizeof(T) == 2, "8 elements per 16-byte load");
+  __shared__ float partial[MEANS_THREADS * 8];  // [row lane][head_dim]
+  const int blk = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+  const int start = blk * block_size;
+  const int end = min(start + block_size, seq_len);
+  const T* base = x + batch * sb + head * sh;
+  const int lanes_per_row = head_dim / 8;
+  const int row_lanes = MEANS_THREADS / lanes_per_row;
+  const int lane = threadIdx.x % lanes_per_row, row_lane = threadIdx.x / lanes_per_row;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+  for (int t = start + row_lane; t < end; t += row_lanes) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(base + token_at(order, t) * sl + lane * 8));
+    const T* vals = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] += to_float(vals[e]);
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) partial[row_lane * head_dim + lane * 8 + e] = acc[e];
+  __syncthreads();
+  const float inv = 1.f / static_cast<float>(end - start);
+  float* dst = out + (((int64_t)batch * heads + head) * blocks + blk) * head_dim;
+  for (int c = threadIdx.x; c < head_dim; c += MEANS_THREADS) {
+    float sum = 0.f;
+    for (int r = 0; r < row_lanes; ++r) sum += partial[r * head_dim + c];
+    dst[c] = sum * inv;
   }
 }
 
@@ -72,21 +117,20 @@ __device__ __forceinline__ int block_inclusive_scan(int value, int* warp_sums) {
 
 }  // namespace rf
 
-extern "C" __global__ void rf_block_means_bf16(const __nv_bfloat16* x, float* out, int64_t sb,
-                                               int64_t sh, int64_t sl, int heads, int seq_len,
-                                               int block_size, int blocks, int head_dim) {
-  rf::block_means(x, out, sb, sh, sl, heads, seq_len, block_size, blocks, head_dim);
-}
-extern "C" __global__ void rf_block_means_f16(const __half* x, float* out, int64_t sb, int64_t sh,
-                                              int64_t sl, int heads, int seq_len, int block_size,
-                                              int blocks, int head_dim) {
-  rf::block_means(x, out, sb, sh, sl, heads, seq_len, block_size, blocks, head_dim);
-}
-extern "C" __global__ void rf_block_means_f32(const float* x, float* out, int64_t sb, int64_t sh,
-                                              int64_t sl, int heads, int seq_len, int block_size,
-                                              int blocks, int head_dim) {
-  rf::block_means(x, out, sb, sh, sl, heads, seq_len, block_size, blocks, head_dim);
-}
+// Entry points: launch grid (blocks, heads, batch); rf_block_means_* with min(head_dim, 256)
+// threads, rf_block_means_vec16_* with MEANS_THREADS threads (16-bit dtypes, head_dim a power
+// of two in 8..2048, sb, sh, sl and x 16-byte aligned).
+#define RF_BLOCK_MEANS_ENTRY(NAME, T, IMPL)                                                       \
+  extern "C" __global__ void NAME(const T* x, float* out, const uint32_t* order, int64_t sb,   \
+                                  int64_t sh, int64_t sl, int heads, int seq_len,              \
+                                  int block_size, int blocks, int head_dim) {                  \
+    rf::IMPL(x, out, order, sb, sh, sl, heads, seq_len, block_size, blocks, head_dim);         \
+  }
+RF_BLOCK_MEANS_ENTRY(rf_block_means_bf16, __nv_bfloat16, block_means)
+RF_BLOCK_MEANS_ENTRY(rf_block_means_f16, __half, block_means)
+RF_BLOCK_MEANS_ENTRY(rf_block_means_f32, float, block_means)
+RF_BLOCK_MEANS_ENTRY(rf_block_means_vec16_bf16, __nv_bfloat16, block_means_vec16)
+RF_BLOCK_MEANS_ENTRY(rf_block_means_vec16_f16, __half, block_means_vec16)
 
 // scores: [rows, blocks] f32 (rows = B·H·blocks, row r has query block r % blocks).
 // Writes counts[r] and the kept key blocks, ascending, to padded[r·blocks ..].

@@ -294,6 +294,9 @@ pub(crate) struct MaskCache {
     /// Masks predicted and kept on the GPU, with their density.
     #[cfg(feature = "cuda")]
     device_masks: HashMap<(usize, usize), (VideoLayout, Arc<crate::cuda::DeviceBlockMask>, f64)>,
+    /// The permutations on the GPU, per layout.
+    #[cfg(feature = "cuda")]
+    device_orders: HashMap<VideoLayout, Arc<crate::cuda::DeviceTokenOrder>>,
 }
 
 impl MaskCache {
@@ -333,6 +336,26 @@ impl MaskCache {
         let p = Arc::new(TokenPermutation::for_layout(layout, window, sink)?);
         self.permutations.insert(*layout, p.clone());
         Ok(p)
+    }
+
+    /// `permutation` (the one of `layout`) on `device`, uploaded once per layout.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn device_order(
+        &mut self,
+        layout: &VideoLayout,
+        permutation: &TokenPermutation,
+        device: &candle_core::Device,
+    ) -> Result<Arc<crate::cuda::DeviceTokenOrder>> {
+        if let Some(order) = self
+            .device_orders
+            .get(layout)
+            .filter(|o| o.len() == permutation.len() && o.is_on(device))
+        {
+            return Ok(order.clone());
+        }
+        let order = Arc::new(crate::cuda::DeviceTokenOrder::upload(permutation, device)?);
+        self.device_orders.insert(*layout, order.clone());
+        Ok(order)
     }
 }
 
@@ -513,6 +536,53 @@ impl RainFusionAttention {
         let permutation = self
             .cache
             .permutation(layout, cfg.window, cfg.first_frame_sink)?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::is_supported(q, cfg.block_size) && gather_in_place() {
+            // The kernels walk q, k, v in window order where they lie and write the output
+            // in natural order: no permuted copies (NOTES.md, "Gathered window order").
+            let order = self.cache.device_order(layout, &permutation, q.device())?;
+            let cached = self
+                .cache
+                .device_masks
+                .get(&slot)
+                .filter(|(l, m, _)| !refresh && l == layout && m.batch == batch && m.heads == heads)
+                .map(|(_, m, density)| (m.clone(), *density));
+            let (mask, density) = match cached {
+                Some(found) => found,
+                None => {
+                    let tail = dense_tail_tokens(layout, cfg.first_frame_sink);
+                    let mask = crate::cuda::predict_block_mask_in_order(
+                        q,
+                        k,
+                        Some(&order),
+                        cfg.block_size,
+                        cfg.sparsity,
+                        tail,
+                    )?;
+                    let density = mask.density()?;
+                    let mask = Arc::new(mask);
+                    self.cache
+                        .device_masks
+                        .insert(slot, (*layout, mask.clone(), density));
+                    self.schedule.mark_predicted(slot);
+                    (mask, density)
+                }
+            };
+            self.schedule.record(density);
+            if density >= 1.0 {
+                return dense(q, k, v);
+            }
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let out_layout = if tokens_major {
+                crate::cuda::OutputLayout::Blhd
+            } else {
+                crate::cuda::OutputLayout::Bhld
+            };
+            // [B, L, H, D] contiguous when tokens_major, else [B, H, L, D].
+            return crate::cuda::block_sparse_attention_in_order(
+                q, k, v, &mask, &order, scale, out_layout,
+            );
+        }
         let (qp, kp) = (permutation.apply(q)?, permutation.apply(k)?);
         #[cfg(feature = "cuda")]
         if crate::cuda::is_supported(&qp, cfg.block_size) {
@@ -603,6 +673,17 @@ impl RainFusionAttention {
         }
         Ok(out)
     }
+}
+
+/// Environment variable that turns the in-place window order off on CUDA
+/// (`RAINFUSION_CUDA_NO_GATHER=1`): q, k and v are then permuted into copies and the output
+/// restored, as on the CPU. For comparisons.
+#[cfg(feature = "cuda")]
+pub const NO_GATHER_ENV: &str = "RAINFUSION_CUDA_NO_GATHER";
+
+#[cfg(feature = "cuda")]
+fn gather_in_place() -> bool {
+    std::env::var_os(NO_GATHER_ENV).is_none_or(|v| v.is_empty() || v == "0")
 }
 
 #[cfg(test)]

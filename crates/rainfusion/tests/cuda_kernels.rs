@@ -444,6 +444,126 @@ fn block_means_match_cpu() {
     assert!(rel_err(&got, &want) < 1e-6);
 }
 
+#[test]
+fn block_means_with_16_byte_loads_match_cpu() {
+    // bf16, head_dim 128 and 64, aligned rows: the vec16 kernel; a [B, L, H, D] view too.
+    let dev = gpu();
+    for (d, seed) in [(128, 40), (64, 41)] {
+        let x = rounded(&random((1, 4, 515, d), seed), DType::BF16);
+        let on_gpu = x.to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+        let got = cuda::block_means(&on_gpu, 128).unwrap();
+        let parts: Vec<Tensor> = (0..5)
+            .map(|blk| {
+                let len = 128.min(515 - blk * 128);
+                x.narrow(2, blk * 128, len)
+                    .unwrap()
+                    .mean_keepdim(2)
+                    .unwrap()
+            })
+            .collect();
+        let want = Tensor::cat(&parts, 2).unwrap();
+        assert!(rel_err(&got, &want) < 1e-6, "head_dim {d}");
+        let (view, reference) = blhd_view(&dev, (1, 4, 515, d), DType::BF16, seed + 10);
+        let got = cuda::block_means(&view, 128).unwrap();
+        let want = cuda::block_means(&reference.to_device(&dev).unwrap(), 128).unwrap();
+        assert!(rel_err(&got, &want) < 1e-6, "head_dim {d}, strided view");
+    }
+}
+
+/// A window permutation of a small video (first-frame sink, text tail), for the in-order tests.
+fn window_permutation(
+    frames: usize,
+    height: usize,
+    width: usize,
+    text: usize,
+) -> rainfusion::TokenPermutation {
+    let layout = rainfusion::VideoLayout {
+        frames,
+        height,
+        width,
+        text_tokens: text,
+    };
+    let perm =
+        rainfusion::TokenPermutation::for_layout(&layout, rainfusion::Window::Tile, true).unwrap();
+    assert!(!perm.is_identity());
+    perm
+}
+
+#[test]
+fn block_means_in_order_equal_those_of_the_permuted_copy() {
+    let dev = gpu();
+    let perm = window_permutation(5, 16, 24, 60); // 1980 tokens
+    let order = cuda::DeviceTokenOrder::upload(&perm, &dev).unwrap();
+    let index = Tensor::new(perm.forward.as_slice(), &dev).unwrap();
+    for (dtype, d) in [(DType::BF16, 128), (DType::F16, 64), (DType::F32, 64)] {
+        let (view, _) = blhd_view(&dev, (2, 3, perm.len(), d), dtype, 42);
+        let copy = view.index_select(&index, 2).unwrap();
+        let got = cuda::block_means_in_order(&view, 128, Some(&order)).unwrap();
+        let want = cuda::block_means(&copy, 128).unwrap();
+        assert_bit_equal(&got, &want, &format!("{dtype:?} head_dim {d}"));
+    }
+    // An order of another length is refused.
+    let short = cuda::DeviceTokenOrder::upload(&window_permutation(2, 8, 8, 0), &dev).unwrap();
+    let (view, _) = blhd_view(&dev, (1, 1, perm.len(), 64), DType::BF16, 43);
+    assert!(cuda::block_means_in_order(&view, 128, Some(&short)).is_err());
+}
+
+#[test]
+fn attention_in_order_equals_permute_then_restore() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    let perm = window_permutation(5, 16, 24, 60); // 1980 tokens, 16 blocks of 128
+    let order = cuda::DeviceTokenOrder::upload(&perm, &dev).unwrap();
+    let forward = Tensor::new(perm.forward.as_slice(), &dev).unwrap();
+    let inverse = Tensor::new(perm.inverse.as_slice(), &dev).unwrap();
+    let shape = (2, 3, perm.len(), 128);
+    let (q, _) = blhd_view(&dev, shape, DType::BF16, 44);
+    let (k, _) = blhd_view(&dev, shape, DType::BF16, 45);
+    let (v, _) = blhd_view(&dev, shape, DType::BF16, 46);
+    let tail = 60 + 16 * 24; // text and the first frame (the sink) stay dense
+    let mask_in_order =
+        cuda::predict_block_mask_in_order(&q, &k, Some(&order), 128, 0.7, tail).unwrap();
+    let permuted = |t: &Tensor| t.index_select(&forward, 2).unwrap();
+    let (qp, kp, vp) = (permuted(&q), permuted(&k), permuted(&v));
+    let mask = cuda::predict_block_mask(&qp, &kp, 128, 0.7, tail).unwrap();
+    assert_eq!(
+        mask_in_order.to_host().unwrap(),
+        mask.to_host().unwrap(),
+        "the mask of the sequence in order"
+    );
+    assert!(mask.density().unwrap() < 0.9);
+    let scale = 1.0 / 128f64.sqrt();
+    let want = cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale)
+        .unwrap()
+        .index_select(&inverse, 2)
+        .unwrap();
+    let run = |layout| {
+        cuda::block_sparse_attention_in_order(&q, &k, &v, &mask_in_order, &order, scale, layout)
+            .unwrap()
+    };
+    assert_bit_equal(
+        &run(OutputLayout::Bhld),
+        &want,
+        "in order, [B, H, L, D] out",
+    );
+    let tokens_major = run(OutputLayout::Blhd);
+    assert_eq!(tokens_major.dims4().unwrap(), (2, perm.len(), 3, 128));
+    assert_bit_equal(
+        &tokens_major.transpose(1, 2).unwrap(),
+        &want,
+        "in order, [B, L, H, D] out",
+    );
+    // The portable kernel (no gather: permuted copies inside) gives the same result.
+    std::env::set_var(cuda::NO_WGMMA_ENV, "1");
+    let portable = run(OutputLayout::Bhld);
+    let portable_want = cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale)
+        .unwrap()
+        .index_select(&inverse, 2)
+        .unwrap();
+    std::env::remove_var(cuda::NO_WGMMA_ENV);
+    assert_bit_equal(&portable, &portable_want, "portable kernel, in order");
+}
+
 /// Selection rule on the host from the same scores: keep-th largest, ties kept, forced tail.
 fn select_on_host(
     scores: &[Vec<f32>],

@@ -1329,6 +1329,7 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         options.model = Some(p.model.clone());
         options.offline = p.offline;
         options.t5_cpu = p.t5_cpu;
+        options.offload = p.offload;
         options.vae_tiling = p.vae_tiling;
         options.attention = p.attention;
         options.sparsity = p.sparsity;

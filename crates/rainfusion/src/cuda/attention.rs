@@ -8,6 +8,7 @@ use half::{bf16, f16};
 
 use super::mask::DeviceBlockMask;
 use super::module::{self, ATTENTION};
+use super::order::DeviceTokenOrder;
 use crate::{BlockMask, Error, Result};
 
 /// Memory order of the attention output.
@@ -89,6 +90,7 @@ fn dense(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, layout: OutputLayout) -
         scale: scale as f32,
         block_size: 128,
         csr: None,
+        order: None,
         layout,
     };
     Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
@@ -142,7 +144,21 @@ pub fn block_sparse_attention_device_with_layout(
     scale: f64,
     layout: OutputLayout,
 ) -> Result<Tensor> {
-    let (b, h, l, _) = check_inputs(q, k, v)?;
+    check_inputs(q, k, v)?;
+    sparse(q, k, v, mask, scale, layout, None)
+}
+
+/// The kernel over a checked mask; `order`: u32 `[L]` gathered through (Hopper kernel only).
+fn sparse(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &DeviceBlockMask,
+    scale: f64,
+    layout: OutputLayout,
+    order: Option<Tensor>,
+) -> Result<Tensor> {
+    let (b, h, l, _) = q.dims4()?;
     let blocks = l.div_ceil(mask.block_size.max(1));
     if (mask.batch, mask.heads, mask.query_blocks, mask.key_blocks) != (b, h, blocks, blocks) {
         return Err(Error::InvalidConfig(format!(
@@ -157,9 +173,43 @@ pub fn block_sparse_attention_device_with_layout(
         scale: scale as f32,
         block_size: mask.block_size,
         csr: Some((mask.offsets.contiguous()?, mask.indices.contiguous()?)),
+        order,
         layout,
     };
     Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
+}
+
+/// Block-sparse attention of the sequence taken in `order`, with q, k, v read where they lie and
+/// the output written in natural order: equal to restoring the output of
+/// [`block_sparse_attention_device_with_layout`] over the permuted copies of q, k and v, without
+/// making those copies (on Hopper the kernel gathers the rows through `order`; elsewhere the
+/// copies are made here). `mask` is over the permuted sequence's blocks.
+///
+/// q, k, v: `[B, H, L, D]` → `[B, H, L, D]` or `[B, L, H, D]` by `layout`.
+#[allow(clippy::too_many_arguments)]
+pub fn block_sparse_attention_in_order(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &DeviceBlockMask,
+    order: &DeviceTokenOrder,
+    scale: f64,
+    layout: OutputLayout,
+) -> Result<Tensor> {
+    let (_, _, l, d) = check_inputs(q, k, v)?;
+    let gather = order.for_sequence(l, q.device())?.clone();
+    let major = module::compute_major(q.device().as_cuda_device()?)?;
+    if !use_wgmma(major, d, mask.block_size) {
+        let (qp, kp, vp) = (order.apply(q)?, order.apply(k)?, order.apply(v)?);
+        let out = block_sparse_attention_device(&qp, &kp, &vp, mask, scale)?;
+        drop((qp, kp, vp));
+        let out = order.restore(&out)?;
+        return Ok(match layout {
+            OutputLayout::Bhld => out,
+            OutputLayout::Blhd => out.transpose(1, 2)?.contiguous()?,
+        });
+    }
+    sparse(q, k, v, mask, scale, layout, Some(gather))
 }
 
 /// Whether the CUDA kernels handle this query tensor with masks of `block_size` tokens: a CUDA
@@ -303,6 +353,9 @@ struct AttentionOp {
     block_size: usize,
     /// `(offsets, indices)` u32 on the device; `None` = dense (any key length).
     csr: Option<(Tensor, Tensor)>,
+    /// u32 `[L]`: the token at each position of the walked sequence (Hopper kernel only; the
+    /// output goes back to natural order); `None` = natural order.
+    order: Option<Tensor>,
     /// Memory order of the output.
     layout: OutputLayout,
 }
@@ -369,9 +422,15 @@ impl AttentionOp {
         let major =
             module::compute_major(&dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let wgmma = use_wgmma(major, d, self.block_size);
+        if self.order.is_some() && !wgmma {
+            candle_core::bail!(
+                "rainfusion attention: only the Hopper kernel gathers through an order"
+            )
+        }
         let (name, bm, threads, smem) = if wgmma {
+            let gather = if self.order.is_some() { "gather_" } else { "" };
             (
-                format!("rf_attention_fwd_wgmma_{dtype_name}_d128"),
+                format!("rf_attention_fwd_wgmma_{gather}{dtype_name}_d128"),
                 WGMMA_BM,
                 WGMMA_THREADS,
                 WGMMA_SMEM,
@@ -431,6 +490,21 @@ impl AttentionOp {
             None => None,
         };
 
+        let order_guard = self.order.as_ref().map(|o| o.storage_and_layout());
+        let order_slice = match &order_guard {
+            Some((storage, order_layout)) => {
+                let Storage::Cuda(order) = &**storage else {
+                    candle_core::bail!("the token order must be on the CUDA device")
+                };
+                Some(
+                    order
+                        .as_cuda_slice::<u32>()?
+                        .slice(order_layout.start_offset()..),
+                )
+            }
+            None => None,
+        };
+
         let stream = dev.cuda_stream();
         let mut builder = stream.launch_builder(&func);
         builder.arg(&q_slice).arg(&k_slice).arg(&v_slice).arg(&out);
@@ -441,6 +515,12 @@ impl AttentionOp {
             None => {
                 builder.arg(&null_ptr).arg(&null_ptr);
             }
+        }
+        if wgmma {
+            match &order_slice {
+                Some(order) => builder.arg(order),
+                None => builder.arg(&null_ptr),
+            };
         }
         builder
             .arg(&q_sb)

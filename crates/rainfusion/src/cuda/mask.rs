@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use half::{bf16, f16};
 
 use super::module::{self, MASK};
+use super::order::DeviceTokenOrder;
 use crate::predict::{forced_from_block, kept_per_row};
 use crate::{BlockMask, Error, Result};
 
@@ -93,18 +94,32 @@ impl DeviceBlockMask {
 /// last dimension) → `[B, H, ceil(L / block_size), D]` f32; a trailing partial block is averaged
 /// over its real tokens.
 pub fn block_means(x: &Tensor, block_size: usize) -> Result<Tensor> {
+    block_means_in_order(x, block_size, None)
+}
+
+/// [`block_means`] of the tokens taken in `order` (position p is token `forward[p]` of the
+/// permutation), read from x in place: equal to the block means of the permuted copy, without
+/// making it.
+pub fn block_means_in_order(
+    x: &Tensor,
+    block_size: usize,
+    order: Option<&DeviceTokenOrder>,
+) -> Result<Tensor> {
     let (_, _, l, _) = x.dims4()?;
     if block_size == 0 || l == 0 {
         return Err(Error::InvalidConfig(format!(
             "cannot pool {l} tokens into blocks of {block_size}"
         )));
     }
+    let order = order
+        .map(|o| o.for_sequence(l, x.device()).cloned())
+        .transpose()?;
     let x = if x.stride()[3] == 1 {
         x.clone()
     } else {
         x.contiguous()?
     };
-    Ok(x.apply_op1_no_bwd(&BlockMeansOp { block_size })?)
+    Ok(x.apply_op1_no_bwd(&BlockMeansOp { block_size, order })?)
 }
 
 /// Predicts the RainFusion block mask of self-attention over (permuted) q and k on the GPU.
@@ -114,6 +129,19 @@ pub fn block_means(x: &Tensor, block_size: usize) -> Result<Tensor> {
 pub fn predict_block_mask(
     q: &Tensor,
     k: &Tensor,
+    block_size: usize,
+    sparsity: f64,
+    dense_tail_tokens: usize,
+) -> Result<DeviceBlockMask> {
+    predict_block_mask_in_order(q, k, None, block_size, sparsity, dense_tail_tokens)
+}
+
+/// [`predict_block_mask`] over the tokens of q and k taken in `order` (see
+/// [`block_means_in_order`]): the mask of the permuted sequence, with q and k read in place.
+pub fn predict_block_mask_in_order(
+    q: &Tensor,
+    k: &Tensor,
+    order: Option<&DeviceTokenOrder>,
     block_size: usize,
     sparsity: f64,
     dense_tail_tokens: usize,
@@ -142,8 +170,8 @@ pub fn predict_block_mask(
             "{blocks} blocks per row exceed the GPU top-k limit of {MAX_BLOCKS}; use a larger block"
         )));
     }
-    let q_means = block_means(q, block_size)?; // [B,H,nb,D] f32
-    let k_means = block_means(k, block_size)?;
+    let q_means = block_means_in_order(q, block_size, order)?; // [B,H,nb,D] f32
+    let k_means = block_means_in_order(k, block_size, order)?;
     let scores = (q_means.matmul(&k_means.t()?)? / (d as f64).sqrt())?; // [B,H,nb,nb] (cuBLAS)
     let scores = scores.reshape((b * h * blocks, blocks))?.contiguous()?;
     let op = TopkOp {
@@ -170,7 +198,12 @@ fn msg(e: Error) -> candle_core::Error {
 
 struct BlockMeansOp {
     block_size: usize,
+    /// u32 `[L]`: the token at each position, or `None` for the natural order.
+    order: Option<Tensor>,
 }
+
+/// Threads of the 16-byte-load block-means kernel (`MEANS_THREADS` in mask.cu).
+const MEANS_THREADS: usize = 256;
 
 impl CustomOp1 for BlockMeansOp {
     fn name(&self) -> &'static str {
@@ -199,20 +232,47 @@ impl CustomOp1 for BlockMeansOp {
             blocks as i32,
             d as i32,
         );
+        // 16-byte loads where every row starts 16-byte aligned and head_dim splits into a
+        // power-of-two count of 8-element lanes that divides the thread count.
+        let vec16 = x.dtype().size_in_bytes() == 2
+            && d.is_power_of_two()
+            && (8..=MEANS_THREADS * 8).contains(&d)
+            && [layout.start_offset(), stride[0], stride[1], stride[2]]
+                .iter()
+                .all(|v| v % 8 == 0);
+        let threads = if vec16 { MEANS_THREADS } else { d.min(256) };
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, h as u32, b as u32),
-            block_dim: (d.min(256) as u32, 1, 1),
+            block_dim: (threads as u32, 1, 1),
             shared_mem_bytes: 0,
         };
+        let order_guard = self.order.as_ref().map(|o| o.storage_and_layout());
+        let order_slice = match &order_guard {
+            Some((storage, order_layout)) => {
+                let candle_core::Storage::Cuda(order) = &**storage else {
+                    candle_core::bail!("block_means: the token order must be on the CUDA device")
+                };
+                Some(
+                    order
+                        .as_cuda_slice::<u32>()?
+                        .slice(order_layout.start_offset()..),
+                )
+            }
+            None => None,
+        };
+        let null_ptr: u64 = 0;
         macro_rules! run {
-            ($t:ty, $name:literal) => {{
+            ($t:ty, $name:expr) => {{
                 let func = module::load(&dev, &MASK, $name, 0).map_err(msg)?;
                 let src = x.as_cuda_slice::<$t>()?.slice(layout.start_offset()..);
                 let stream = dev.cuda_stream();
                 let mut builder = stream.launch_builder(&func);
+                builder.arg(&src).arg(&out);
+                match &order_slice {
+                    Some(order) => builder.arg(order),
+                    None => builder.arg(&null_ptr),
+                };
                 builder
-                    .arg(&src)
-                    .arg(&out)
                     .arg(&sb)
                     .arg(&sh)
                     .arg(&sl)
@@ -221,15 +281,18 @@ impl CustomOp1 for BlockMeansOp {
                     .arg(&block_size)
                     .arg(&nblocks)
                     .arg(&head_dim);
-                // SAFETY: arguments match rf_block_means_* in kernels/mask.cu.
+                // SAFETY: arguments match rf_block_means_* in kernels/mask.cu; the order (when
+                // given) was checked to hold L entries, each a token of x (a permutation).
                 unsafe { builder.launch(cfg) }.w()?;
             }};
         }
-        match x.dtype() {
-            DType::BF16 => run!(bf16, "rf_block_means_bf16"),
-            DType::F16 => run!(f16, "rf_block_means_f16"),
-            DType::F32 => run!(f32, "rf_block_means_f32"),
-            other => candle_core::bail!("block_means: unsupported dtype {other:?}"),
+        match (x.dtype(), vec16) {
+            (DType::BF16, true) => run!(bf16, "rf_block_means_vec16_bf16"),
+            (DType::F16, true) => run!(f16, "rf_block_means_vec16_f16"),
+            (DType::BF16, false) => run!(bf16, "rf_block_means_bf16"),
+            (DType::F16, false) => run!(f16, "rf_block_means_f16"),
+            (DType::F32, _) => run!(f32, "rf_block_means_f32"),
+            (other, _) => candle_core::bail!("block_means: unsupported dtype {other:?}"),
         }
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),

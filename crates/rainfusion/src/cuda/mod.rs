@@ -13,6 +13,9 @@
 //! - [`DeviceBlockMask`] + [`predict_block_mask`]: the mask built on the GPU (pooling, block
 //!   scores, top-k, CSR) with no host round trip, consumed by
 //!   [`block_sparse_attention_device`].
+//! - [`DeviceTokenOrder`]: RainFusion's window order on the device; [`predict_block_mask_in_order`]
+//!   and [`block_sparse_attention_in_order`] walk q, k, v in that order where they lie, and write
+//!   the output in natural order, so no permuted copies are made.
 //! - [`fused`]: the elementwise work around attention in a DiT block (LayerNorm + modulation,
 //!   q/k RMSNorm + RoPE, gated residual, bias + gelu), one kernel each.
 
@@ -21,11 +24,17 @@ pub mod fused;
 mod linear;
 mod mask;
 mod module;
+mod order;
 
 pub use attention::{
     block_sparse_attention, block_sparse_attention_device,
-    block_sparse_attention_device_with_layout, block_sparse_attention_with_layout, cross_attention,
-    flash_attention, flash_attention_with_layout, is_supported, OutputLayout, NO_WGMMA_ENV,
+    block_sparse_attention_device_with_layout, block_sparse_attention_in_order,
+    block_sparse_attention_with_layout, cross_attention, flash_attention,
+    flash_attention_with_layout, is_supported, OutputLayout, NO_WGMMA_ENV,
 };
 pub use linear::linear;
-pub use mask::{block_means, predict_block_mask, DeviceBlockMask};
+pub use mask::{
+    block_means, block_means_in_order, predict_block_mask, predict_block_mask_in_order,
+    DeviceBlockMask,
+};
+pub use order::DeviceTokenOrder;
