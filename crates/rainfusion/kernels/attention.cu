@@ -575,6 +575,33 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile_addr, const T* bas
   }
 }
 
+// The K and V tiles of one key range through `order`: each row's token is read once for both.
+template <typename T, int D, int ROWS, int NTHREADS>
+__device__ __forceinline__ void gather_kv_sw128(uint32_t k_tile, uint32_t v_tile, const T* k_base,
+                                                const T* v_base, int64_t token_stride,
+                                                const uint32_t* __restrict__ order, int row0,
+                                                int seq_len, int tid) {
+  constexpr int CHUNKS_PER_ROW = D / 8;
+  constexpr int STEP = NTHREADS / CHUNKS_PER_ROW;
+  static_assert(STEP % 8 == 0 && ROWS % STEP == 0, "rows per step must keep row % 8 fixed");
+  const int first_row = tid / CHUNKS_PER_ROW;
+  const int chunk = tid % CHUNKS_PER_ROW;
+  const uint32_t offset = sw128<ROWS>(first_row, chunk);
+  uint32_t token[ROWS / STEP];
+#pragma unroll
+  for (int i = 0; i < ROWS / STEP; ++i) {
+    const int pos = row0 + first_row + i * STEP;
+    token[i] = pos < seq_len ? __ldg(order + pos) : 0u;
+  }
+#pragma unroll
+  for (int i = 0; i < ROWS / STEP; ++i) {
+    const int bytes = row0 + first_row + i * STEP < seq_len ? 16 : 0;
+    const int64_t at = (int64_t)token[i] * token_stride + chunk * 8;
+    cp_async_16(k_tile + offset + i * STEP * 128, k_base + at, bytes);
+    cp_async_16(v_tile + offset + i * STEP * 128, v_base + at, bytes);
+  }
+}
+
 template <typename T, bool GATHER>
 __device__ __forceinline__ void attention_fwd_wgmma(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
@@ -621,9 +648,14 @@ __device__ __forceinline__ void attention_fwd_wgmma(
   };
   auto load_kv = [&](int stage, int key_start) {
     const uint32_t k_addr = s_kv + stage * 2 * KV_BYTES;
-    load_tile_sw128<T, D, BN, NTHREADS, GATHER>(k_addr, k_base, kv_sl, order, key_start, kv_len, tid);
-    load_tile_sw128<T, D, BN, NTHREADS, GATHER>(k_addr + KV_BYTES, v_base, kv_sl, order, key_start,
-                                                kv_len, tid);
+    if constexpr (GATHER) {
+      gather_kv_sw128<T, D, BN, NTHREADS>(k_addr, k_addr + KV_BYTES, k_base, v_base, kv_sl, order,
+                                          key_start, kv_len, tid);
+    } else {
+      load_tile_sw128<T, D, BN, NTHREADS, false>(k_addr, k_base, kv_sl, order, key_start, kv_len, tid);
+      load_tile_sw128<T, D, BN, NTHREADS, false>(k_addr + KV_BYTES, v_base, kv_sl, order, key_start,
+                                                 kv_len, tid);
+    }
   };
 
   load_tile_sw128<T, D, BM, NTHREADS, GATHER>(s_q, q_base, q_sl, order, q_start, q_len, tid);
