@@ -15,7 +15,7 @@ FINAL_OUT="$OUT"; OUT=/tmp/results-gather; mkdir -p $OUT
 trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C $OUT . ; cp $OUT/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
 # shellcheck disable=SC1091
 source scripts/gpu/device_env.sh
-BUDGET=${BUDGET:-560}
+BUDGET=${BUDGET:-540}
 STEP_SHOW='^\||^test |test result|rror|Killed|panicked'; STEP_LINES=30
 
 t "CUDA tests"
@@ -35,10 +35,10 @@ once=(--device cuda --warmup 0 --iters 1)
 big=(--preset t2v-14b --size 1280x720 --frames 81 --batch 1)
 t "Wan2.1-14B forward, 1280x720x81, batch 1: peak memory"
 step big_dense 90 /tmp/vdit bench "${once[@]}" --json $OUT/big_dense.json transformer "${big[@]}"
-step big_dense_sync 90 env VDIT_BLOCK_SYNC=1 /tmp/vdit bench "${once[@]}" --json $OUT/big_dense_sync.json \
-  transformer "${big[@]}"
 step big_rf 70 /tmp/vdit bench "${once[@]}" --json $OUT/big_rf.json transformer "${big[@]}" --attention rainfusion \
   --sparsity 0.8
+step big_dense_sync 90 env VDIT_BLOCK_SYNC=1 /tmp/vdit bench "${once[@]}" --json $OUT/big_dense_sync.json \
+  transformer "${big[@]}"
 step big_rf_copies 70 env RAINFUSION_CUDA_NO_GATHER=1 /tmp/vdit bench "${once[@]}" --json $OUT/big_rf_copies.json \
   transformer "${big[@]}" --attention rainfusion --sparsity 0.8
 step big_rf_sync 70 env VDIT_BLOCK_SYNC=1 /tmp/vdit bench "${once[@]}" --json $OUT/big_rf_sync.json transformer \
