@@ -15,7 +15,7 @@ FINAL_OUT="$OUT"; OUT=/tmp/results-gather; mkdir -p $OUT
 trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C $OUT . ; cp $OUT/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
 # shellcheck disable=SC1091
 source scripts/gpu/device_env.sh
-BUDGET=${BUDGET:-540}
+BUDGET=${BUDGET:-450}
 STEP_SHOW='^\||^test |test result|rror|Killed|panicked'; STEP_LINES=30
 
 t "CUDA tests"

@@ -169,18 +169,21 @@ impl TokenPermutation {
         }
         // index_select works on every candle backend; the index upload is L·4 bytes.
         let index = Tensor::from_slice(positions, positions.len(), x.device())?;
-        if x.rank() == 4 && x.transpose(1, 2)?.is_contiguous() {
-            // A [B, H, L, D] view of [B, L, H, D] memory (what the fused DiT block hands over):
-            // gather whole tokens in that memory and return the same kind of view, one copy
-            // instead of two (the attention kernels read such views in place).
-            return Ok(x
-                .transpose(1, 2)?
-                .index_select(&index, 1)?
-                .transpose(1, 2)?);
-        }
-        // (candle's index_select needs a contiguous source)
-        Ok(x.contiguous()?.index_select(&index, 2)?)
+        select_tokens(x, &index)
     }
+}
+
+/// `out[:, :, p, :] = x[:, :, index[p], :]` for x `[B, H, L, D]` on any device; index: u32 `[L]`
+/// on x's device.
+pub(crate) fn select_tokens(x: &Tensor, index: &Tensor) -> Result<Tensor> {
+    if x.rank() == 4 && x.transpose(1, 2)?.is_contiguous() {
+        // A [B, H, L, D] view of [B, L, H, D] memory (what the fused DiT block hands over):
+        // gather whole tokens in that memory and return the same kind of view, one copy
+        // instead of two (the attention kernels read such views in place).
+        return Ok(x.transpose(1, 2)?.index_select(index, 1)?.transpose(1, 2)?);
+    }
+    // (candle's index_select needs a contiguous source)
+    Ok(x.contiguous()?.index_select(index, 2)?)
 }
 
 /// `out[b, h, p, :] = x[b, h, positions[p], :]` for a CPU tensor `[B, H, L, D]`.

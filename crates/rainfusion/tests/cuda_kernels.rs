@@ -494,10 +494,9 @@ fn block_means_in_order_equal_those_of_the_permuted_copy() {
     let dev = gpu();
     let perm = window_permutation(5, 16, 24, 60); // 1980 tokens
     let order = cuda::DeviceTokenOrder::upload(&perm, &dev).unwrap();
-    let index = Tensor::new(perm.forward.as_slice(), &dev).unwrap();
     for (dtype, d) in [(DType::BF16, 128), (DType::F16, 64), (DType::F32, 64)] {
         let (view, _) = blhd_view(&dev, (2, 3, perm.len(), d), dtype, 42);
-        let copy = view.index_select(&index, 2).unwrap();
+        let copy = perm.apply(&view).unwrap();
         let got = cuda::block_means_in_order(&view, 128, Some(&order)).unwrap();
         let want = cuda::block_means(&copy, 128).unwrap();
         assert_bit_equal(&got, &want, &format!("{dtype:?} head_dim {d}"));
@@ -514,8 +513,6 @@ fn attention_in_order_equals_permute_then_restore() {
     let dev = gpu();
     let perm = window_permutation(5, 16, 24, 60); // 1980 tokens, 16 blocks of 128
     let order = cuda::DeviceTokenOrder::upload(&perm, &dev).unwrap();
-    let forward = Tensor::new(perm.forward.as_slice(), &dev).unwrap();
-    let inverse = Tensor::new(perm.inverse.as_slice(), &dev).unwrap();
     let shape = (2, 3, perm.len(), 128);
     let (q, _) = blhd_view(&dev, shape, DType::BF16, 44);
     let (k, _) = blhd_view(&dev, shape, DType::BF16, 45);
@@ -523,7 +520,7 @@ fn attention_in_order_equals_permute_then_restore() {
     let tail = 60 + 16 * 24; // text and the first frame (the sink) stay dense
     let mask_in_order =
         cuda::predict_block_mask_in_order(&q, &k, Some(&order), 128, 0.7, tail).unwrap();
-    let permuted = |t: &Tensor| t.index_select(&forward, 2).unwrap();
+    let permuted = |t: &Tensor| perm.apply(t).unwrap();
     let (qp, kp, vp) = (permuted(&q), permuted(&k), permuted(&v));
     let mask = cuda::predict_block_mask(&qp, &kp, 128, 0.7, tail).unwrap();
     assert_eq!(
@@ -533,9 +530,8 @@ fn attention_in_order_equals_permute_then_restore() {
     );
     assert!(mask.density().unwrap() < 0.9);
     let scale = 1.0 / 128f64.sqrt();
-    let want = cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale)
-        .unwrap()
-        .index_select(&inverse, 2)
+    let want = perm
+        .restore(&cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale).unwrap())
         .unwrap();
     let run = |layout| {
         cuda::block_sparse_attention_in_order(&q, &k, &v, &mask_in_order, &order, scale, layout)
@@ -556,9 +552,8 @@ fn attention_in_order_equals_permute_then_restore() {
     // The portable kernel (no gather: permuted copies inside) gives the same result.
     std::env::set_var(cuda::NO_WGMMA_ENV, "1");
     let portable = run(OutputLayout::Bhld);
-    let portable_want = cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale)
-        .unwrap()
-        .index_select(&inverse, 2)
+    let portable_want = perm
+        .restore(&cuda::block_sparse_attention_device(&qp, &kp, &vp, &mask, scale).unwrap())
         .unwrap();
     std::env::remove_var(cuda::NO_WGMMA_ENV);
     assert_bit_equal(&portable, &portable_want, "portable kernel, in order");

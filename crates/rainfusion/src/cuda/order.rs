@@ -2,6 +2,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::layout::select_tokens;
 use crate::{Error, Result, TokenPermutation};
 
 /// The positions of a [`TokenPermutation`] on a CUDA device: u32 `[L]`, position `p` holding
@@ -54,11 +55,11 @@ impl DeviceTokenOrder {
 
     /// Dimension 2 of `x` (`[B, H, L, D]`) in this order: a permuted copy.
     pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.index_select(&self.forward, 2)?)
+        select_tokens(x, &self.forward)
     }
 
     /// Undoes [`apply`](Self::apply).
     pub(crate) fn restore(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.index_select(&self.inverse, 2)?)
+        select_tokens(x, &self.inverse)
     }
 }
