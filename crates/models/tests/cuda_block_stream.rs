@@ -173,17 +173,7 @@ fn overlapped_streaming_equals_resident() {
     // (2026-12-07: wrong values, then CUDA_ERROR_INVALID_VALUE at a later copy or load).
     let fp8 = fixtures_root().join("fp8/wan_tiny_fp8_scaled.safetensors");
     let fp8 = Arc::new(WeightFiles::open(&fp8).unwrap());
-    streamed_equals_resident(
-        "fp8 scaled bf16, cast at load when streamed",
-        &fp8,
-        &cfg,
-        None,
-        &io,
-        1,
-        AgainstResident::Within(BF16_TOLERANCE),
-    );
-    // Kept in fp8 when streamed: then only the copies differ.
-    std::env::set_var(STREAM_FP8_ENV, "0");
+    // Streamed as fp8 (the default): only the copies differ from resident.
     streamed_equals_resident(
         "fp8 scaled bf16, streamed as fp8",
         &fp8,
@@ -192,6 +182,17 @@ fn overlapped_streaming_equals_resident() {
         &io,
         2,
         Exact,
+    );
+    // Cast to the run dtype at load (VDIT_STREAM_FP8=0).
+    std::env::set_var(STREAM_FP8_ENV, "0");
+    streamed_equals_resident(
+        "fp8 scaled bf16, cast at load when streamed",
+        &fp8,
+        &cfg,
+        None,
+        &io,
+        1,
+        AgainstResident::Within(BF16_TOLERANCE),
     );
     std::env::remove_var(STREAM_FP8_ENV);
 }

@@ -551,6 +551,7 @@ impl RainFusionAttention {
                 Some(found) => found,
                 None => {
                     let tail = dense_tail_tokens(layout, cfg.first_frame_sink);
+                    // Cached for later steps: only the kept entries are kept.
                     let mask = crate::cuda::predict_block_mask_in_order(
                         q,
                         k,
@@ -558,7 +559,8 @@ impl RainFusionAttention {
                         cfg.block_size,
                         cfg.sparsity,
                         tail,
-                    )?;
+                    )?
+                    .compacted()?;
                     let density = mask.density()?;
                     let mask = Arc::new(mask);
                     self.cache
@@ -603,7 +605,8 @@ impl RainFusionAttention {
                         cfg.block_size,
                         cfg.sparsity,
                         tail,
-                    )?;
+                    )?
+                    .compacted()?;
                     let density = mask.density()?;
                     let mask = Arc::new(mask);
                     self.cache

@@ -644,6 +644,12 @@ fn device_mask_drives_attention_like_its_host_copy() {
     let a = cuda::block_sparse_attention_device(&q, &k, &v, &device_mask, 0.088).unwrap();
     let b = cuda::block_sparse_attention(&q, &k, &v, &host_mask, 0.088).unwrap();
     assert_eq!(rel_err(&a, &b), 0.0);
+    // Compacted: only the kept entries, the same mask and the same attention.
+    let compact = device_mask.compacted().unwrap();
+    assert_eq!(compact.indices.dim(0).unwrap(), host_mask.indices.len());
+    assert_eq!(compact.to_host().unwrap(), host_mask);
+    let c = cuda::block_sparse_attention_device(&q, &k, &v, &compact, 0.088).unwrap();
+    assert_bit_equal(&c, &a, "compacted mask");
 }
 
 #[test]

@@ -41,24 +41,26 @@ use crate::wan::tensor_map::{StreamedBlock, ToDevice};
 /// the other (scripts/gpu/NOTES.md, "Streaming, overlapped"), and a fallback.
 pub const OFFLOAD_SYNC_ENV: &str = "VDIT_OFFLOAD_SYNC";
 
-/// Environment variable: `0` keeps fp8 block weights in fp8 when they are streamed onto a CUDA
-/// device (`--offload blocks`), instead of casting them to the run dtype at load (the default
-/// until a GPU run shows fp8 blocks streaming correctly in every order; `cuda_block_stream`
-/// runs both).
+/// Environment variable: `0` casts fp8 block weights to the run dtype at load when they are
+/// streamed onto a CUDA device (`--offload blocks`), instead of streaming them as fp8 and casting
+/// each layer just before its matmul (the default since the H100 run of 2026-12-07, in which
+/// `cuda_block_stream` passed with the fp8 case after the GGUF one, the order that had failed
+/// before the pinning fix). Casting at load doubles the host memory and the bytes copied per
+/// block.
 pub const STREAM_FP8_ENV: &str = "VDIT_STREAM_FP8";
 
 /// Where a transformer's blocks are read from for `placement`: `src` on the blocks' home
 /// device (the host when streamed, so a 14B model's blocks never pass through the compute
-/// device), with fp8 weights cast at load when they stream onto CUDA (see
-/// [`WeightSource::casting_fp8`] and [`STREAM_FP8_ENV`]).
+/// device), with fp8 weights cast at load when [`STREAM_FP8_ENV`] is `0` and they stream onto
+/// CUDA (see [`WeightSource::casting_fp8`]).
 pub(crate) fn block_source(
     src: &WeightSource,
     placement: BlockPlacement,
     compute: &Device,
 ) -> WeightSource {
     let block_src = src.on_device(&placement.home_device(compute));
-    let keep_fp8 = std::env::var(STREAM_FP8_ENV).is_ok_and(|v| v.trim() == "0");
-    if placement == BlockPlacement::Streamed && compute.is_cuda() && !keep_fp8 {
+    let cast_fp8 = std::env::var(STREAM_FP8_ENV).is_ok_and(|v| v.trim() == "0");
+    if placement == BlockPlacement::Streamed && compute.is_cuda() && cast_fp8 {
         block_src.casting_fp8()
     } else {
         block_src

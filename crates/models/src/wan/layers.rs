@@ -79,11 +79,9 @@ impl WeightSource {
     }
 
     /// The same source with fp8 linear weights cast to the run dtype (times their scale) at
-    /// load instead of kept as fp8. For blocks streamed onto a CUDA device: the H100 runs of
-    /// `cuda_block_stream` (2026-12-07) gave wrong values for overlapped fp8 blocks and then a
-    /// driver error for synchronously copied ones, while bf16 blocks streamed bit-identically.
-    /// Until that is understood, such blocks stream in the run dtype (twice the host memory
-    /// and copy of fp8, which the overlapped copy hides).
+    /// load instead of kept as fp8: streamed blocks with `VDIT_STREAM_FP8=0` (twice the host
+    /// memory and copy of fp8). Streaming them as fp8 failed on the H100 until the pinning of
+    /// partial host pages was fixed (scripts/gpu/NOTES.md, "Pinning, fixed").
     pub(crate) fn casting_fp8(mut self) -> Self {
         self.keep_fp8 = false;
         self
