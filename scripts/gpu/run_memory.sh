@@ -86,8 +86,8 @@ if [ "${ONLY:-}" = small ]; then
   exit 0
 fi
 if [ "${ONLY:-}" = sync ]; then
-  t "vdit: Wan2.1-14B forward, 1280x720x81, batch 1, dense: as is, and with the queue drained after each block"
-  step vdit_dense 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense.json transformer "${big[@]}"
+  t "vdit: Wan2.1-14B forward, 1280x720x81, batch 1, dense: without and with the queue drained after each block"
+  step vdit_dense 90 env VDIT_BLOCK_SYNC=0 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense.json transformer "${big[@]}"
   step vdit_dense_sync 90 env VDIT_BLOCK_SYNC=1 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense_sync.json \
     transformer "${big[@]}"
   exit 0
