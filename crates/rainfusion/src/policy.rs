@@ -503,6 +503,38 @@ impl SelfAttention for RainFusionAttention {
 }
 
 impl RainFusionAttention {
+    /// The device mask of `slot`: the cached one when it was predicted for this layout, batch
+    /// and heads and no refresh is due; otherwise `predict(dense_tail_tokens)`'s, cut to its kept
+    /// entries and cached for later steps. With its density.
+    #[cfg(feature = "cuda")]
+    fn device_mask(
+        &mut self,
+        slot: (usize, usize),
+        layout: &VideoLayout,
+        (batch, heads): (usize, usize),
+        refresh: bool,
+        predict: impl FnOnce(usize) -> Result<crate::cuda::DeviceBlockMask>,
+    ) -> Result<(Arc<crate::cuda::DeviceBlockMask>, f64)> {
+        let cached = self
+            .cache
+            .device_masks
+            .get(&slot)
+            .filter(|(l, m, _)| !refresh && l == layout && m.batch == batch && m.heads == heads)
+            .map(|(_, m, density)| (m.clone(), *density));
+        if let Some(found) = cached {
+            return Ok(found);
+        }
+        let tail = dense_tail_tokens(layout, self.config.first_frame_sink);
+        let mask = predict(tail)?.compacted()?;
+        let density = mask.density()?;
+        let mask = Arc::new(mask);
+        self.cache
+            .device_masks
+            .insert(slot, (*layout, mask.clone(), density));
+        self.schedule.mark_predicted(slot);
+        Ok((mask, density))
+    }
+
     /// The sparse (or, by plan, dense) attention; the output is `[B, H, L, D]`, or contiguous
     /// `[B, L, H, D]` when `tokens_major` (see [`SelfAttention::attend_tokens`]).
     fn attend_in(
@@ -532,7 +564,7 @@ impl RainFusionAttention {
             self.schedule.record(1.0);
             return dense(q, k, v);
         }
-        let cfg = &self.config;
+        let cfg = self.config.clone();
         let permutation = self
             .cache
             .permutation(layout, cfg.window, cfg.first_frame_sink)?;
@@ -541,35 +573,17 @@ impl RainFusionAttention {
             // The kernels walk q, k, v in window order where they lie and write the output
             // in natural order: no permuted copies (NOTES.md, "Gathered window order").
             let order = self.cache.device_order(layout, &permutation, q.device())?;
-            let cached = self
-                .cache
-                .device_masks
-                .get(&slot)
-                .filter(|(l, m, _)| !refresh && l == layout && m.batch == batch && m.heads == heads)
-                .map(|(_, m, density)| (m.clone(), *density));
-            let (mask, density) = match cached {
-                Some(found) => found,
-                None => {
-                    let tail = dense_tail_tokens(layout, cfg.first_frame_sink);
-                    // Cached for later steps: only the kept entries are kept.
-                    let mask = crate::cuda::predict_block_mask_in_order(
+            let (mask, density) =
+                self.device_mask(slot, layout, (batch, heads), refresh, |tail| {
+                    crate::cuda::predict_block_mask_in_order(
                         q,
                         k,
                         Some(&order),
                         cfg.block_size,
                         cfg.sparsity,
                         tail,
-                    )?
-                    .compacted()?;
-                    let density = mask.density()?;
-                    let mask = Arc::new(mask);
-                    self.cache
-                        .device_masks
-                        .insert(slot, (*layout, mask.clone(), density));
-                    self.schedule.mark_predicted(slot);
-                    (mask, density)
-                }
-            };
+                    )
+                })?;
             self.schedule.record(density);
             if density >= 1.0 {
                 return dense(q, k, v);
@@ -589,33 +603,10 @@ impl RainFusionAttention {
         #[cfg(feature = "cuda")]
         if crate::cuda::is_supported(&qp, cfg.block_size) {
             // Mask predicted and kept on the GPU: no block-score matrix crosses to the host.
-            let cached = self
-                .cache
-                .device_masks
-                .get(&slot)
-                .filter(|(l, m, _)| !refresh && l == layout && m.batch == batch && m.heads == heads)
-                .map(|(_, m, density)| (m.clone(), *density));
-            let (mask, density) = match cached {
-                Some(found) => found,
-                None => {
-                    let tail = dense_tail_tokens(layout, cfg.first_frame_sink);
-                    let mask = crate::cuda::predict_block_mask(
-                        &qp,
-                        &kp,
-                        cfg.block_size,
-                        cfg.sparsity,
-                        tail,
-                    )?
-                    .compacted()?;
-                    let density = mask.density()?;
-                    let mask = Arc::new(mask);
-                    self.cache
-                        .device_masks
-                        .insert(slot, (*layout, mask.clone(), density));
-                    self.schedule.mark_predicted(slot);
-                    (mask, density)
-                }
-            };
+            let (mask, density) =
+                self.device_mask(slot, layout, (batch, heads), refresh, |tail| {
+                    crate::cuda::predict_block_mask(&qp, &kp, cfg.block_size, cfg.sparsity, tail)
+                })?;
             self.schedule.record(density);
             if density >= 1.0 {
                 return dense(q, k, v);

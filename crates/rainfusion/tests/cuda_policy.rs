@@ -15,6 +15,16 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     rainfusion::reference::relative_error(a, b).unwrap()
 }
 
+/// Every value as f32, in memory order of the logical layout (bit comparisons).
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn cuda_policy_matches_reference_and_sparsity_zero_is_dense() {
     let Ok(gpu) = Device::new_cuda(0) else {
@@ -117,14 +127,6 @@ fn cuda_policy_matches_reference_and_sparsity_zero_is_dense() {
         .unwrap();
         let a = zero.attend(0, &qg, &kg, &vg, &layout).unwrap();
         let b = DenseAttention.attend(0, &qg, &kg, &vg, &layout).unwrap();
-        let flat = |t: &Tensor| {
-            t.to_dtype(DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
         assert_eq!(flat(&a), flat(&b));
     }
 }
@@ -170,14 +172,6 @@ fn window_order_in_place_equals_permuted_copies() {
             attention.attend(0, &q, &k, &v, &layout).unwrap()
         };
         (out, attention.effective_density())
-    };
-    let flat = |t: &Tensor| {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
     };
     let in_place = (run(false), run(true));
     std::env::set_var(rainfusion::policy::NO_GATHER_ENV, "1");
