@@ -1077,11 +1077,13 @@ pub mod bench {
         /// CPU and on a GPU whatever fits the free memory by the estimate (the row names it).
         #[arg(long, value_parser = choice::<OffloadChoice>(), default_value_t = OffloadChoice::Auto)]
         pub offload: OffloadChoice,
-        /// How the random linear weights are stored: `dense` (in --dtype) or a GGUF block type
-        /// (quantised at load wherever a row is whole blocks, multiplied by candle's quantised
-        /// matmul; the rest stays in --dtype; one random tensor is quantised per shape and
-        /// copied to every layer of that shape, which keeps a 14B load short). --dtype is what
-        /// is computed in either case.
+        /// How the random linear weights are stored: `dense` (in --dtype), a GGUF block type
+        /// (quantised at load wherever a row is whole blocks; on a GPU each layer is
+        /// dequantised just before its GEMM, on the CPU candle's quantised matmul reads the
+        /// blocks), or `fp8` (float8_e4m3fn with a per-tensor scale, as ComfyUI's scaled fp8
+        /// files; cast at each layer). The rest stays in --dtype, and one random tensor is made
+        /// per shape and copied to every layer of that shape, which keeps a 14B load short.
+        /// --dtype is what is computed in every case.
         #[arg(long, value_enum, default_value_t = BenchWeights::Dense)]
         pub weights: BenchWeights,
     }
@@ -1101,6 +1103,9 @@ pub mod bench {
         Q4K,
         #[value(name = "q4_0")]
         Q4_0,
+        /// float8_e4m3fn with a per-tensor scale.
+        #[value(name = "fp8")]
+        Fp8,
     }
 
     impl BenchWeights {
@@ -1113,19 +1118,22 @@ pub mod bench {
                 Self::Q5K => "q5_k",
                 Self::Q4K => "q4_k",
                 Self::Q4_0 => "q4_0",
+                Self::Fp8 => "fp8",
             }
         }
 
-        /// The GGUF block type, `None` for dense weights.
-        pub fn block_type(self) -> Option<candle_core::quantized::GgmlDType> {
+        /// How the random model stores its linear weights.
+        pub fn format(self) -> vdit_models::weights::RandomWeightFormat {
             use candle_core::quantized::GgmlDType;
+            use vdit_models::weights::RandomWeightFormat as F;
             match self {
-                Self::Dense => None,
-                Self::Q8_0 => Some(GgmlDType::Q8_0),
-                Self::Q6K => Some(GgmlDType::Q6K),
-                Self::Q5K => Some(GgmlDType::Q5K),
-                Self::Q4K => Some(GgmlDType::Q4K),
-                Self::Q4_0 => Some(GgmlDType::Q4_0),
+                Self::Dense => F::RunDtype,
+                Self::Q8_0 => F::Gguf(GgmlDType::Q8_0),
+                Self::Q6K => F::Gguf(GgmlDType::Q6K),
+                Self::Q5K => F::Gguf(GgmlDType::Q5K),
+                Self::Q4K => F::Gguf(GgmlDType::Q4K),
+                Self::Q4_0 => F::Gguf(GgmlDType::Q4_0),
+                Self::Fp8 => F::Fp8Scaled,
             }
         }
     }

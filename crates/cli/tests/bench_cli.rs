@@ -155,6 +155,19 @@ fn transformer_bench_runs_dense_and_rainfusion_at_toy_size() {
         "{stdout}"
     );
 
+    // Stored weight formats, streamed: the row names the format.
+    for (weights, case) in [
+        ("q8_0", "dense, q8_0 weights, offload blocks"),
+        ("fp8", "dense, fp8 weights, offload blocks"),
+    ] {
+        let json = dir.path().join(format!("{weights}.json"));
+        let args = [&toy[..], &["--offload", "blocks", "--weights", weights]].concat();
+        let (report, _) = bench_ok(&args, &json);
+        let row = &rows(&report)[0];
+        check_timings(row, 2);
+        assert_eq!(row["case"], case);
+    }
+
     let json = dir.path().join("sparse.json");
     let sparse_args = [
         &toy[..],

@@ -743,6 +743,21 @@ impl SimpleBackend for HeaderCheck {
     }
 }
 
+/// How a random model's linear weights are stored (benchmarks of each weight format at the
+/// real size, without a checkpoint). What is computed is the run dtype in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RandomWeightFormat {
+    /// In the run dtype, like every other tensor.
+    #[default]
+    RunDtype,
+    /// GGUF blocks of this type wherever a row is a whole number of blocks (as GGUF converters
+    /// do); the rest in the run dtype.
+    Gguf(candle_core::quantized::GgmlDType),
+    /// `float8_e4m3fn` values with a per-tensor `scale_weight`, as ComfyUI's scaled fp8 files
+    /// store them; the rest in the run dtype.
+    Fp8Scaled,
+}
+
 /// Random weights in place of a checkpoint, for benchmarks at the real model size: every tensor a
 /// network asks for is drawn on its device when asked for, so nothing is read from disk.
 ///

@@ -194,7 +194,9 @@ fn image_cross_attention_streamed_equals_resident() {
 }
 
 #[test]
-fn random_weights_can_be_streamed() {
+fn random_weights_can_be_streamed_in_every_format() {
+    use candle_core::quantized::GgmlDType;
+    use vdit_models::weights::RandomWeightFormat;
     let cfg = WanConfig {
         num_heads: 2,
         head_dim: 16,
@@ -203,20 +205,29 @@ fn random_weights_can_be_streamed() {
         text_dim: 32,
         ..WanConfig::t2v_1_3b()
     };
-    let model = WanTransformer::random_placed(
-        &cfg,
-        DType::F32,
-        &Device::Cpu,
-        None,
-        BlockPlacement::Streamed,
-    )
-    .unwrap();
-    let latents = Tensor::zeros((1, 16, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
-    let timesteps = Tensor::new(&[500f32], &Device::Cpu).unwrap();
-    let context = Tensor::zeros((1, 3, 32), DType::F32, &Device::Cpu).unwrap();
-    let out = model
-        .forward(&latents, &timesteps, &context, &mut DenseAttention)
+    let formats = [
+        RandomWeightFormat::RunDtype,
+        RandomWeightFormat::Gguf(GgmlDType::Q8_0),
+        RandomWeightFormat::Fp8Scaled,
+    ];
+    for format in formats {
+        let model = WanTransformer::random_placed(
+            &cfg,
+            DType::F32,
+            &Device::Cpu,
+            format,
+            BlockPlacement::Streamed,
+        )
         .unwrap();
-    assert_eq!(out.dims(), &[1, 16, 1, 4, 4]);
-    assert_eq!(model.block_fetches(), 3);
+        let latents = Tensor::ones((1, 16, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let timesteps = Tensor::new(&[500f32], &Device::Cpu).unwrap();
+        let context = Tensor::ones((1, 3, 32), DType::F32, &Device::Cpu).unwrap();
+        let out = model
+            .forward(&latents, &timesteps, &context, &mut DenseAttention)
+            .unwrap();
+        assert_eq!(out.dims(), &[1, 16, 1, 4, 4], "{format:?}");
+        let values: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()), "{format:?}");
+        assert_eq!(model.block_fetches(), 3, "{format:?}");
+    }
 }

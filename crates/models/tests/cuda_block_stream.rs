@@ -30,6 +30,9 @@ mod common;
 use common::{differing_values, fixture, fixtures_root, load_io, relative_error};
 
 const BF16_TOLERANCE: f64 = 2e-2;
+/// The Q8_0 fixture's bf16 forward against the f32 one: gguf_parity.rs's bound (the CPU, whose
+/// quantised matmul also rounds the activations to Q8_0, measured 1.22e-2).
+const Q8_0_BF16_BOUND: f64 = 3e-2;
 
 /// How a streamed model's output must compare with the resident one's.
 #[derive(Clone, Copy)]
@@ -167,7 +170,12 @@ fn overlapped_streaming_equals_resident() {
 
     let gguf =
         Arc::new(WeightFiles::open(&fixtures_root().join("gguf/wan_tiny_q8_0.gguf")).unwrap());
-    streamed_equals_resident("gguf q8_0 bf16", &gguf, &cfg, None, &io, 2, Exact);
+    let q8_out = streamed_equals_resident("gguf q8_0 bf16", &gguf, &cfg, None, &io, 2, Exact);
+    // Layers of 16 rows or more dequantise the blocks on the device for a bf16 GEMM; the text
+    // rows go through candle's quantised matmul.
+    let err = relative_error(&q8_out, &io["velocity"]);
+    eprintln!("gguf q8_0 bf16 on CUDA vs diffusers' f32 velocity: {err:.3e}");
+    assert!(err <= Q8_0_BF16_BOUND, "gguf q8_0 bf16 vs diffusers: {err:.3e}");
 
     // fp8 after GGUF: with the host pages pinned rounded out, this order failed on the H100
     // (2026-12-07: wrong values, then CUDA_ERROR_INVALID_VALUE at a later copy or load).

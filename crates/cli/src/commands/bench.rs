@@ -659,7 +659,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         &cfg,
         dtype,
         device,
-        t.weights.block_type(),
+        t.weights.format(),
         offload.block_placement(),
     )?;
     let latents = Tensor::randn(
@@ -694,7 +694,7 @@ fn bench_transformer(t: &TransformerBench, dtype: DType, timer: &Timer) -> Resul
         Ok(())
     })?;
     let mut case = attention_case(t);
-    if t.weights.block_type().is_some() {
+    if t.weights != BenchWeights::Dense {
         case.push_str(&format!(", {} weights", t.weights.name()));
     }
     if offload == OffloadMode::Blocks {

@@ -2,7 +2,8 @@
 //! dialect, a linear layer, and the two norms (computed in f32 whatever the run dtype).
 //!
 //! A linear layer's weight is kept as stored when it is block-quantised (GGUF Q8_0, Q4_K, ...:
-//! candle's quantised matmul reads the blocks) or `float8_e4m3fn` (cast to the run dtype and
+//! candle's quantised matmul reads the blocks; on a GPU, a layer with many rows is dequantised
+//! on the device just before its GEMM) or `float8_e4m3fn` (cast to the run dtype and
 //! scaled at each forward, one layer at a time); every other tensor is cast to the run dtype
 //! (or f32) at load, a scaled fp8 one times its `scale_weight`.
 
@@ -14,7 +15,7 @@ use candle_core::{DType, Device, Module, Shape, Tensor, D};
 use crate::error::{ModelError, Result};
 use crate::lora::{LoraMode, LoraSet};
 use crate::wan::tensor_map::TensorMap;
-use crate::weights::{KeyMap, RandomWeights, WeightFiles};
+use crate::weights::{KeyMap, RandomWeightFormat, RandomWeights, WeightFiles};
 
 /// Reads tensors by canonical (diffusers) name from a checkpoint, in a requested dtype; or draws
 /// them at random (benchmarks at the real size without a checkpoint); with LoRA updates applied.
@@ -32,12 +33,11 @@ enum Origin {
         files: Arc<WeightFiles>,
         keys: KeyMap,
     },
-    /// Random weights; linear weights whose input width is a whole number of blocks are
-    /// quantised to the given type at load (benchmarks of quantised matmuls).
-    /// Dense values are drawn on `draw` (the compute device: drawing a 14B model's worth on the
-    /// CPU would take minutes) and then moved to the source's device.
+    /// Random weights, the linear ones stored as `format` says (benchmarks of each weight
+    /// format). Dense values are drawn on `draw` (the compute device: drawing a 14B model's
+    /// worth on the CPU would take minutes) and then moved to the source's device.
     Random {
-        quantize: Option<GgmlDType>,
+        format: RandomWeightFormat,
         draw: Device,
     },
 }
@@ -67,8 +67,8 @@ impl WeightSource {
                     files: files.clone(),
                     keys: keys.clone(),
                 },
-                Origin::Random { quantize, draw } => Origin::Random {
-                    quantize: *quantize,
+                Origin::Random { format, draw } => Origin::Random {
+                    format: *format,
                     draw: draw.clone(),
                 },
             },
@@ -88,17 +88,15 @@ impl WeightSource {
     }
 
     /// Every tensor asked for is random (see [`RandomWeights`]).
-    #[cfg(test)]
     pub(crate) fn random(device: Device) -> Self {
-        Self::random_quantized(device, None)
+        Self::random_stored(device, RandomWeightFormat::RunDtype)
     }
 
-    /// Random weights, with the linear weights quantised to `quantize` where their input width
-    /// allows it (a whole number of the type's blocks), as GGUF converters do.
-    pub(crate) fn random_quantized(device: Device, quantize: Option<GgmlDType>) -> Self {
+    /// Random weights, the linear ones stored as `format` says.
+    pub(crate) fn random_stored(device: Device, format: RandomWeightFormat) -> Self {
         Self {
             origin: Origin::Random {
-                quantize,
+                format,
                 draw: device.clone(),
             },
             device,
@@ -126,7 +124,7 @@ impl WeightSource {
                 Ok(None)
             }
             Origin::Random {
-                quantize: Some(kind),
+                format: RandomWeightFormat::Gguf(kind),
                 ..
             } if input.is_multiple_of(kind.block_size()) => {
                 // Every layer of a shape gets its own copy of one quantised random tensor:
@@ -137,6 +135,25 @@ impl WeightSource {
                 Ok(Some(StoredWeight::Quantized(Arc::new(
                     crate::wan::tensor_map::qtensor_to_device(&q, &self.device)?,
                 ))))
+            }
+            Origin::Random {
+                format: RandomWeightFormat::Fp8Scaled,
+                ..
+            } if self.keep_fp8 => {
+                // One fp8 tensor per shape, copied to every layer, as for GGUF blocks above.
+                let values = fp8_random(&shape)?;
+                let weight = if self.device.is_cpu() {
+                    values.copy()?
+                } else {
+                    values.to_device(&self.device)?
+                };
+                // The values are N(0, 1); the scale brings them to the fan-in scaling of
+                // `RandomWeights`, as a scaled fp8 file's `scale_weight` does.
+                let scale = Tensor::full((input as f32).sqrt().recip(), (1, 1), &self.device)?;
+                Ok(Some(StoredWeight::Fp8 {
+                    weight,
+                    scale: Some(scale),
+                }))
             }
             Origin::Random { .. } => Ok(None),
         }
@@ -326,6 +343,23 @@ enum LinearWeight {
     },
 }
 
+/// A random `[out, in]` `float8_e4m3fn` tensor of N(0, 1) values on the CPU, drawn and cast
+/// once per shape for the process (see its use in `kept_weight`).
+fn fp8_random(shape: &Shape) -> Result<Tensor> {
+    type Cache = std::collections::HashMap<Vec<usize>, Tensor>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(t) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(shape.dims()) {
+        return Ok(t.clone());
+    }
+    let values = Tensor::randn(0f32, 1.0, shape.clone(), &Device::Cpu)?.to_dtype(DType::F8E4M3)?;
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(shape.dims().to_vec(), values.clone());
+    Ok(values)
+}
+
 /// A random `[out, in]` weight quantised to `kind` on the CPU, drawn and quantised once per
 /// shape and type for the process (see its use in `kept_weight`).
 fn quantized_random(shape: &Shape, kind: GgmlDType) -> Result<Arc<QTensor>> {
@@ -449,6 +483,15 @@ impl Linear {
             .reshape((rows, input))?;
         let (mut y, output) = match &self.weight {
             LinearWeight::Dense(w) => (x2.matmul(&w.t()?)?, w.dim(0)?),
+            // Many rows on a GPU: the blocks are dequantised on the device (one layer at a time,
+            // freed after its GEMM) and multiplied on the tensor cores in the run dtype. candle's
+            // quantised matmul takes the rows in f32 there and multiplies without tensor cores:
+            // the 14B at 720p, batch 2, ran 1.75x slower than bf16, with 8.4 GB f32 activations
+            // in the feed-forward (scripts/gpu/NOTES.md, "Compacted masks").
+            LinearWeight::Quantized(q) if dequantize_for_gemm(x2.device(), rows) => {
+                let w = q.dequantize(x2.device())?.to_dtype(self.dtype)?;
+                (x2.matmul(&w.t()?)?, w.dim(0)?)
+            }
             // f32 in: candle's quantised matmul takes f32 on every backend (its CUDA fallback
             // kernels take nothing else).
             LinearWeight::Quantized(q) => {
@@ -510,6 +553,19 @@ impl Linear {
     pub(crate) fn bias(&self) -> &Tensor {
         &self.bias
     }
+}
+
+/// Rows from which a GGUF layer on a GPU is dequantised for a tensor-core GEMM instead of
+/// multiplied by candle's quantised kernels. Those serve a few rows (the time embedder's batch
+/// rows) well: they read about one byte a weight, where the dequantised copy writes and reads
+/// ten more. The crossover has not been measured; the layers that matter have thousands of
+/// rows (tokens) or at most a few (batch).
+const DEQUANTIZED_GEMM_MIN_ROWS: usize = 16;
+
+/// Whether a GGUF layer multiplying `rows` rows on `device` is dequantised first (CUDA only:
+/// the CPU's quantised matmul is faster than f32, and Metal's has not been measured).
+fn dequantize_for_gemm(device: &Device, rows: usize) -> bool {
+    device.is_cuda() && rows >= DEQUANTIZED_GEMM_MIN_ROWS
 }
 
 /// fp8 values [out, in] cast to `dtype`, times the scale ([1, 1] or [out, 1] in `dtype`) if any.

@@ -13,7 +13,6 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use rainfusion::{SelfAttention, VideoLayout};
 
@@ -29,7 +28,7 @@ use crate::wan::image_embedding::ImageEmbedding;
 use crate::wan::keys::{CheckpointKeys, KeyDialect};
 use crate::wan::layers::{layer_norm, modulate, Linear, WeightSource};
 use crate::wan::rope::WanRope;
-use crate::weights::WeightFiles;
+use crate::weights::{RandomWeightFormat, WeightFiles};
 
 pub use crate::wan::block_store::STREAM_FP8_ENV;
 
@@ -156,33 +155,27 @@ impl WanTransformer {
     /// A transformer of `cfg`'s shape with random weights drawn on `device` (see
     /// [`crate::weights::RandomWeights`]): for benchmarks at the real size without a checkpoint.
     pub fn random(cfg: &WanConfig, dtype: DType, device: &Device) -> Result<Self> {
-        Self::random_quantized(cfg, dtype, device, None)
+        Self::random_placed(
+            cfg,
+            dtype,
+            device,
+            RandomWeightFormat::RunDtype,
+            BlockPlacement::Resident,
+        )
     }
 
-    /// [`Self::random`] with the linear weights kept as GGUF blocks of `quantize` (quantised on
-    /// the CPU at load, then moved) wherever their input width is a whole number of blocks, as
-    /// a GGUF file of that type would hold them: for benchmarks of quantised matmuls. `None`:
-    /// every weight in `dtype`.
-    pub fn random_quantized(
-        cfg: &WanConfig,
-        dtype: DType,
-        device: &Device,
-        quantize: Option<GgmlDType>,
-    ) -> Result<Self> {
-        Self::random_placed(cfg, dtype, device, quantize, BlockPlacement::Resident)
-    }
-
-    /// [`Self::random_quantized`] with the blocks placed as `placement` says (streamed: each
-    /// tensor drawn on `device`, then moved to the host, one at a time).
+    /// [`Self::random`] with the linear weights stored as `format` says and the blocks placed
+    /// as `placement` says (streamed: each tensor drawn on `device`, then moved to the host, one
+    /// at a time): for benchmarks of each weight format and of block streaming.
     pub fn random_placed(
         cfg: &WanConfig,
         dtype: DType,
         device: &Device,
-        quantize: Option<GgmlDType>,
+        format: RandomWeightFormat,
         placement: BlockPlacement,
     ) -> Result<Self> {
         cfg.validate().map_err(ModelError::InvalidInput)?;
-        let src = WeightSource::random_quantized(device.clone(), quantize);
+        let src = WeightSource::random_stored(device.clone(), format);
         Self::build(&src, cfg, dtype, device, placement)
     }
 

@@ -145,7 +145,7 @@ impl HunyuanVideo15Transformer {
         placement: BlockPlacement,
     ) -> Result<Self> {
         Self::build(
-            &WeightSource::random_quantized(device.clone(), None),
+            &WeightSource::random(device.clone()),
             cfg,
             dtype,
             device,
