@@ -20,6 +20,7 @@ pub mod lora;
 pub mod parallel;
 pub mod profile;
 pub mod qwen25vl_text;
+pub mod queue_drain;
 pub mod taehv;
 pub mod tokenizer;
 pub mod umt5;

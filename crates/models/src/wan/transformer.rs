@@ -21,6 +21,7 @@ use crate::lora::LoraSet;
 use crate::parallel::split::{HeadSplit, SequenceSplit};
 use crate::parallel::ulysses::UlyssesAttention;
 use crate::parallel::Communicator;
+use crate::queue_drain::drain_between_blocks;
 use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
 use crate::wan::block_store::{block_source, BlockPlacement, BlockStore};
 use crate::wan::config::{has_image_embedder, WanConfig};
@@ -786,7 +787,7 @@ impl WanTransformer {
             layout: VideoLayout::new(f, h, w),
         };
         let mut x = x;
-        let sync = x.device().is_cuda() && sync_between_blocks(x.elem_count() * 4);
+        let sync = drain_between_blocks(&x);
         for index in 0..self.blocks.len() {
             // Streamed: the block's copy on the compute device is freed at the end of this
             // iteration, before the next one is fetched.
@@ -808,26 +809,3 @@ impl WanTransformer {
     }
 }
 
-/// Environment variable: `1` drains the device queue after every transformer block, `0` never;
-/// unset, it is drained when the residual stream is at least [`BLOCK_SYNC_MIN_STREAM_BYTES`].
-/// candle allocates from CUDA's stream-ordered pool, which hands freed memory back to the device
-/// only at a synchronisation; without one per block the pool's reserved peak stays above what a
-/// block needs. Wan2.1-14B at 1280×720×81, batch 1, H100, two runs with the same figures
-/// (scripts/gpu/NOTES.md, "Compacted masks"): dense 38.18 → 36.30 GiB of device memory in use
-/// at +1.3 % time; RainFusion 0.8 37.71 → 37.40 GiB at +3.7 %.
-pub const BLOCK_SYNC_ENV: &str = "VDIT_BLOCK_SYNC";
-
-/// The residual stream's size from which the queue is drained after each block by default:
-/// 1 GiB (f32), e.g. a 14B model at 720p; the 1.3B at 480p, batch 2 (0.4 GB) runs without.
-pub const BLOCK_SYNC_MIN_STREAM_BYTES: usize = 1 << 30;
-
-/// Whether to drain the queue after each block for a residual stream of `stream_bytes`.
-fn sync_between_blocks(stream_bytes: usize) -> bool {
-    static CHOICE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let choice = CHOICE.get_or_init(|| match std::env::var(BLOCK_SYNC_ENV) {
-        Ok(v) if v.trim() == "1" => Some(true),
-        Ok(v) if v.trim() == "0" => Some(false),
-        _ => None,
-    });
-    choice.unwrap_or(stream_bytes >= BLOCK_SYNC_MIN_STREAM_BYTES)
-}

@@ -17,6 +17,7 @@ use crate::hunyuan15::transformer::embeddings::{
 use crate::hunyuan15::transformer::packing::{pack, valid_positions, Rows};
 use crate::hunyuan15::transformer::refiner::TokenRefiner;
 use crate::hunyuan15::transformer::rope::HunyuanRope;
+use crate::queue_drain::drain_between_blocks;
 use crate::wan::block_store::{block_source, BlockPlacement, BlockStore};
 use crate::wan::layers::{layer_norm, modulate, Linear, WeightSource};
 use crate::weights::{KeyMap, WeightFiles};
@@ -322,12 +323,16 @@ impl HunyuanVideo15Transformer {
             text_valid: text.valid.as_ref(),
         };
         let mut text_tokens = text.tokens;
+        let drain = drain_between_blocks(&video);
         for layer in 0..self.blocks.len() {
             // streamed: this block's copy is freed at the end of the iteration
             let block = self.blocks.fetch(layer)?;
             let (v, t) = block.forward(&video, &text_tokens, &ctx, layer, attention)?;
             video = v;
             text_tokens = t;
+            if drain {
+                video.device().synchronize()?;
+            }
         }
 
         // Output head: AdaLN (scale first, then shift) and the projection.
