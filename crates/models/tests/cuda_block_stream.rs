@@ -175,7 +175,10 @@ fn overlapped_streaming_equals_resident() {
     // rows go through candle's quantised matmul.
     let err = relative_error(&q8_out, &io["velocity"]);
     eprintln!("gguf q8_0 bf16 on CUDA vs diffusers' f32 velocity: {err:.3e}");
-    assert!(err <= Q8_0_BF16_BOUND, "gguf q8_0 bf16 vs diffusers: {err:.3e}");
+    assert!(
+        err <= Q8_0_BF16_BOUND,
+        "gguf q8_0 bf16 vs diffusers: {err:.3e}"
+    );
 
     // fp8 after GGUF: with the host pages pinned rounded out, this order failed on the H100
     // (2026-12-07: wrong values, then CUDA_ERROR_INVALID_VALUE at a later copy or load).

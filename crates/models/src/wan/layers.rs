@@ -349,7 +349,11 @@ fn fp8_random(shape: &Shape) -> Result<Tensor> {
     type Cache = std::collections::HashMap<Vec<usize>, Tensor>;
     static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(t) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(shape.dims()) {
+    if let Some(t) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(shape.dims())
+    {
         return Ok(t.clone());
     }
     let values = Tensor::randn(0f32, 1.0, shape.clone(), &Device::Cpu)?.to_dtype(DType::F8E4M3)?;

@@ -808,4 +808,3 @@ impl WanTransformer {
         self.unpatchify(&out, head.grid)
     }
 }
-

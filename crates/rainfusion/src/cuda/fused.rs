@@ -15,10 +15,10 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
-use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, Layout, Shape, Storage, Tensor};
-use half::{bf16, f16};
+use candle_core::{DType, Layout, Shape, Storage, Tensor};
 
-use super::module::{self, FUSED};
+use super::launch::{kernel, CudaOnly, Floats, KernelFloat, TypedInplaceOp, TypedOp};
+use super::module::FUSED;
 use crate::{Error, Result};
 
 /// Threads per CTA of every fused kernel (`THREADS` in fused.cu).
@@ -67,7 +67,7 @@ pub fn layer_norm_affine(
         eps: eps as f32,
         dtype,
     };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
 }
 
 /// `RoPE(RMSNorm(x + bias)·weight)`: the q/k path of Wan attention. RMS over the whole row (all
@@ -126,7 +126,7 @@ pub fn rms_norm_rope(
         tokens: l,
         eps: eps as f32,
     };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
 }
 
 /// `x + (y + bias)·gate`: a block's residual update. x: `[B, L, dim]` f32; y: `[B, L, dim]`
@@ -174,7 +174,7 @@ pub fn gated_residual(
         bias,
         gate,
     };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
 }
 
 /// `gelu_tanh(y + bias)` in place. y: `[..., n]` bf16/f16, contiguous (a fresh matmul output);
@@ -198,7 +198,7 @@ pub fn bias_gelu_inplace(y: &Tensor, bias: Option<&Tensor>) -> Result<()> {
         }
         None => None,
     };
-    Ok(y.inplace_op1(&BiasGeluOp { bias })?)
+    Ok(y.inplace_op1(&CudaOnly(BiasGeluOp { bias }))?)
 }
 
 /// Shared memory of one [`channel_rms_norm`] CTA for its `[C, tile]` slab of x; the tile shrinks
@@ -250,7 +250,7 @@ pub fn channel_rms_norm(
         norm_floor: norm_floor as f32,
         silu,
     };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
 }
 
 /// `x + bias[c]` (plus `residual`, when given) in one pass: a conv's per-channel bias, and the
@@ -281,7 +281,7 @@ pub fn channel_bias_add(x: &Tensor, bias: &Tensor, residual: Option<&Tensor>) ->
         bias: bias.contiguous()?,
         residual,
     };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
 }
 
 /// (images N, channels C, pixels) of a `[N, C, ...]` activation for the channel kernels.
@@ -320,14 +320,6 @@ fn channel_norm_tile(channels: usize, elem_bytes: usize) -> Option<usize> {
         tile /= 2;
     }
     None
-}
-
-/// Suffix of the channel kernels' entry points (bf16, f16 or f32).
-fn channel_suffix(dtype: DType) -> candle_core::Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        other => suffix(other),
-    }
 }
 
 /// CTAs for `rows` independent pieces of `tiles` CTAs each, on the grid's x axis (no 65535 limit).
@@ -396,19 +388,6 @@ fn check_vector(t: &Tensor, n: usize, dtype: DType, what: &str) -> Result<()> {
     }
 }
 
-fn msg(e: Error) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
-}
-
-/// Suffix of the kernel entry points for a 16-bit dtype.
-fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
-    match dtype {
-        DType::BF16 => Ok("bf16"),
-        DType::F16 => Ok("f16"),
-        other => candle_core::bail!("fused kernels take bf16 or f16, not {other:?}"),
-    }
-}
-
 /// Device pointer of a small side tensor (weights, tables, gates): the kernels read them through
 /// plain pointers. `None` is passed as a null pointer.
 fn side_ptr<T: CudaDType + DeviceRepr>(t: Option<&Tensor>) -> candle_core::Result<u64> {
@@ -447,30 +426,15 @@ struct LnAffineOp {
     dtype: DType,
 }
 
-impl CustomOp1 for LnAffineOp {
-    fn name(&self) -> &'static str {
-        "rainfusion-layer-norm-affine"
+impl TypedOp for LnAffineOp {
+    const NAME: &'static str = "layer_norm_affine";
+    const FLOATS: Floats = Floats::Half;
+
+    fn dtype(&self, _: &CudaStorage) -> DType {
+        self.dtype
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("layer_norm_affine runs on CUDA tensors only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match self.dtype {
-            DType::BF16 => self.launch::<bf16>(x, layout),
-            DType::F16 => self.launch::<f16>(x, layout),
-            other => candle_core::bail!("layer_norm_affine: unsupported output {other:?}"),
-        }
-    }
-}
-
-impl LnAffineOp {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn run<T: KernelFloat>(
         &self,
         x: &CudaStorage,
         layout: &Layout,
@@ -479,8 +443,7 @@ impl LnAffineOp {
         let rows = b * l;
         check_rows(rows)?;
         let dev = x.device().clone();
-        let name = format!("rf_ln_affine_{}", suffix(self.dtype)?);
-        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let func = kernel::<T>(&dev, &FUSED, "rf_ln_affine", 0)?;
         let x_view = x.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (one CTA per row, every column).
         let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * dim)? };
@@ -516,30 +479,11 @@ struct RmsRopeOp {
     eps: f32,
 }
 
-impl CustomOp1 for RmsRopeOp {
-    fn name(&self) -> &'static str {
-        "rainfusion-rms-norm-rope"
-    }
+impl TypedOp for RmsRopeOp {
+    const NAME: &'static str = "rms_norm_rope";
+    const FLOATS: Floats = Floats::Half;
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("rms_norm_rope runs on CUDA tensors only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match x.dtype() {
-            DType::BF16 => self.launch::<bf16>(x, layout),
-            DType::F16 => self.launch::<f16>(x, layout),
-            other => candle_core::bail!("rms_norm_rope: unsupported dtype {other:?}"),
-        }
-    }
-}
-
-impl RmsRopeOp {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn run<T: KernelFloat>(
         &self,
         x: &CudaStorage,
         layout: &Layout,
@@ -548,8 +492,7 @@ impl RmsRopeOp {
         let rows = b * l;
         check_rows(rows)?;
         let dev = x.device().clone();
-        let name = format!("rf_rms_rope_{}", suffix(x.dtype())?);
-        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let func = kernel::<T>(&dev, &FUSED, "rf_rms_rope", 0)?;
         let x_view = x.as_cuda_slice::<T>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (one CTA per row, every pair).
         let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * dim)? };
@@ -586,30 +529,15 @@ struct GatedResidualOp {
     gate: Option<Tensor>,
 }
 
-impl CustomOp1 for GatedResidualOp {
-    fn name(&self) -> &'static str {
-        "rainfusion-gated-residual"
+impl TypedOp for GatedResidualOp {
+    const NAME: &'static str = "gated_residual";
+    const FLOATS: Floats = Floats::Half;
+
+    fn dtype(&self, _: &CudaStorage) -> DType {
+        self.y.dtype()
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("gated_residual runs on CUDA tensors only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match self.y.dtype() {
-            DType::BF16 => self.launch::<bf16>(x, layout),
-            DType::F16 => self.launch::<f16>(x, layout),
-            other => candle_core::bail!("gated_residual: unsupported dtype {other:?}"),
-        }
-    }
-}
-
-impl GatedResidualOp {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn run<T: KernelFloat>(
         &self,
         x: &CudaStorage,
         layout: &Layout,
@@ -618,8 +546,7 @@ impl GatedResidualOp {
         let rows = b * l;
         check_rows(rows)?;
         let dev = x.device().clone();
-        let name = format!("rf_gated_residual_{}", suffix(self.y.dtype())?);
-        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let func = kernel::<T>(&dev, &FUSED, "rf_gated_residual", 0)?;
         let x_view = x.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (one CTA per row, every column).
         let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(rows * dim)? };
@@ -650,37 +577,17 @@ struct BiasGeluOp {
     bias: Option<Tensor>,
 }
 
-impl InplaceOp1 for BiasGeluOp {
-    fn name(&self) -> &'static str {
-        "rainfusion-bias-gelu"
-    }
+impl TypedInplaceOp for BiasGeluOp {
+    const NAME: &'static str = "bias_gelu";
+    const FLOATS: Floats = Floats::Half;
 
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
-        candle_core::bail!("bias_gelu runs on CUDA tensors only")
-    }
-
-    fn cuda_fwd(&self, y: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
-        match y.dtype() {
-            DType::BF16 => self.launch::<bf16>(y, layout),
-            DType::F16 => self.launch::<f16>(y, layout),
-            other => candle_core::bail!("bias_gelu: unsupported dtype {other:?}"),
-        }
-    }
-}
-
-impl BiasGeluOp {
-    fn launch<T: CudaDType + DeviceRepr>(
-        &self,
-        y: &mut CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<()> {
+    fn run<T: KernelFloat>(&self, y: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
         let dims = layout.shape().dims();
         let n = *dims.last().unwrap_or(&1);
         let rows = layout.shape().elem_count() / n.max(1);
         check_rows(rows)?;
         let dev = y.device().clone();
-        let name = format!("rf_bias_gelu_{}", suffix(y.dtype())?);
-        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let func = kernel::<T>(&dev, &FUSED, "rf_bias_gelu", 0)?;
         let bias = side_ptr::<T>(self.bias.as_ref())?;
         let start = layout.start_offset();
         let slice = y.as_cuda_slice_mut::<T>()?;
@@ -704,31 +611,11 @@ struct ChannelNormOp {
     silu: bool,
 }
 
-impl CustomOp1 for ChannelNormOp {
-    fn name(&self) -> &'static str {
-        "rainfusion-channel-rms-norm"
-    }
+impl TypedOp for ChannelNormOp {
+    const NAME: &'static str = "channel_rms_norm";
+    const FLOATS: Floats = Floats::HalfAndF32;
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("channel_rms_norm runs on CUDA tensors only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match x.dtype() {
-            DType::BF16 => self.launch::<bf16>(x, layout),
-            DType::F16 => self.launch::<f16>(x, layout),
-            DType::F32 => self.launch::<f32>(x, layout),
-            other => candle_core::bail!("channel_rms_norm: unsupported dtype {other:?}"),
-        }
-    }
-}
-
-impl ChannelNormOp {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn run<T: KernelFloat>(
         &self,
         x: &CudaStorage,
         layout: &Layout,
@@ -745,8 +632,7 @@ impl ChannelNormOp {
         let smem = CHANNEL_THREADS * 4 + channels * tile * elem;
         let cfg = channel_launch(images, tiles, smem)?;
         let dev = x.device().clone();
-        let name = format!("rf_channel_norm_{}", channel_suffix(x.dtype())?);
-        let func = module::load(&dev, &FUSED, &name, smem as u32).map_err(msg)?;
+        let func = kernel::<T>(&dev, &FUSED, "rf_channel_norm", smem as u32)?;
         let x_view = x.as_cuda_slice::<T>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (every pixel of every tile, every channel).
         let out: CudaSlice<T> = unsafe { dev.alloc::<T>(shape.elem_count())? };
@@ -784,31 +670,11 @@ struct ChannelBiasOp {
     residual: Option<Tensor>,
 }
 
-impl CustomOp1 for ChannelBiasOp {
-    fn name(&self) -> &'static str {
-        "rainfusion-channel-bias-add"
-    }
+impl TypedOp for ChannelBiasOp {
+    const NAME: &'static str = "channel_bias_add";
+    const FLOATS: Floats = Floats::HalfAndF32;
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("channel_bias_add runs on CUDA tensors only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match x.dtype() {
-            DType::BF16 => self.launch::<bf16>(x, layout),
-            DType::F16 => self.launch::<f16>(x, layout),
-            DType::F32 => self.launch::<f32>(x, layout),
-            other => candle_core::bail!("channel_bias_add: unsupported dtype {other:?}"),
-        }
-    }
-}
-
-impl ChannelBiasOp {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn run<T: KernelFloat>(
         &self,
         x: &CudaStorage,
         layout: &Layout,
@@ -820,8 +686,7 @@ impl ChannelBiasOp {
         let tiles = pixels.div_ceil(BIAS_TILE);
         let cfg = channel_launch(images * channels, tiles, 0)?;
         let dev = x.device().clone();
-        let name = format!("rf_channel_bias_{}", channel_suffix(x.dtype())?);
-        let func = module::load(&dev, &FUSED, &name, 0).map_err(msg)?;
+        let func = kernel::<T>(&dev, &FUSED, "rf_channel_bias", 0)?;
         let x_view = x.as_cuda_slice::<T>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (every pixel of every row).
         let out: CudaSlice<T> = unsafe { dev.alloc::<T>(shape.elem_count())? };

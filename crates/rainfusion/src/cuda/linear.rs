@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
-use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
-use half::{bf16, f16};
+use candle_core::cuda_backend::cudarc::cublaslt::{Activation, CudaBlasLT, MatmulConfig};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::{DType, Layout, Shape, Storage, Tensor};
 
+use super::launch::{CudaOnly, Floats, KernelFloat, TypedOp};
 use crate::{Error, Result};
 
 /// `x·Wᵀ + bias`, then gelu (tanh form) when `gelu`, in one cuBLASLt call.
@@ -54,7 +54,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) ->
         bias: bias.map(|b| b.contiguous()).transpose()?,
         gelu,
     };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
 }
 
 /// One cuBLASLt handle (and its workspace) per device, on candle's stream.
@@ -82,38 +82,15 @@ struct LinearOp {
     gelu: bool,
 }
 
-impl CustomOp1 for LinearOp {
-    fn name(&self) -> &'static str {
-        "rainfusion-cublaslt-linear"
-    }
+impl TypedOp for LinearOp {
+    const NAME: &'static str = "cuBLASLt linear";
+    const FLOATS: Floats = Floats::Half;
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("the cuBLASLt linear runs on CUDA tensors only")
-    }
-
-    fn cuda_fwd(
+    fn run<T: KernelFloat>(
         &self,
         x: &CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        match x.dtype() {
-            DType::BF16 => self.launch::<bf16>(x, layout),
-            DType::F16 => self.launch::<f16>(x, layout),
-            other => candle_core::bail!("cuBLASLt linear: unsupported dtype {other:?}"),
-        }
-    }
-}
-
-impl LinearOp {
-    fn launch<T>(
-        &self,
-        x: &CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)>
-    where
-        T: CudaDType + DeviceRepr,
-        CudaBlasLT: Matmul<T>,
-    {
         let dims = layout.shape().dims().to_vec();
         let input = *dims.last().unwrap_or(&1);
         let rows = layout.shape().elem_count() / input.max(1);
@@ -168,15 +145,15 @@ impl LinearOp {
         // SAFETY: the views hold [out, in] weights, [rows, in] inputs and [out] bias (checked by
         // `linear`); the output holds rows·out elements.
         unsafe {
-            lt.matmul(
+            T::lt_matmul(
+                &lt,
                 cfg,
                 &w_view,
                 &x_view,
                 &mut out,
                 bias_view.as_ref(),
                 act.as_ref(),
-            )
-            .map_err(|e| candle_core::Error::Msg(format!("cuBLASLt matmul: {e:?}")))?;
+            )?;
         }
         let mut out_dims = dims;
         *out_dims.last_mut().expect("at least one axis") = out_features;

@@ -21,6 +21,7 @@
 
 mod attention;
 pub mod fused;
+mod launch;
 mod linear;
 mod mask;
 mod module;
