@@ -16,6 +16,7 @@
 # with the memory pool's allocated and reserved peaks.
 # ONLY=vaevs: the Wan2.1 VAE decode at 720p and 480p, vdit then diffusers, time and memory.
 # ONLY=small: the whole 1.3B run at 480p (4 steps) with umT5 on the GPU, then with --text-encoder-cpu; peak memory.
+# ONLY=pair: vdit's 14B forward (dense, RainFusion 0.8) and 720p decode as they are by default, then diffusers' same two.
 # ONLY=sync runs the dense 14B forward without and with
 # VDIT_BLOCK_SYNC=1.
 # A vdit_before.xz beside it (an earlier build) is run on the same dense forward and decode, for the change.
@@ -83,6 +84,16 @@ if [ "${ONLY:-}" = small ]; then
   step small_gpu_te 120 /tmp/vdit bench pipeline "${run[@]}" -o /tmp/videos/small --json "$OUT/small.json"
   step small_cpu_te 180 /tmp/vdit bench pipeline "${run[@]}" --text-encoder-cpu -o /tmp/videos/small_cpu \
     --json "$OUT/small_cpu.json"
+  exit 0
+fi
+if [ "${ONLY:-}" = pair ]; then
+  t "vdit then diffusers: Wan2.1-14B forward, 1280x720x81, batch 1 (dense, RainFusion 0.8), VAE decode at 720p"
+  step vdit_dense 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_dense.json transformer "${big[@]}"
+  step vdit_rf 90 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_rf.json transformer "${big[@]}" \
+    --attention rainfusion --sparsity 0.8
+  step vdit_vae 60 /tmp/vdit bench "${once[@]}" --json $OUT/vdit_vae.json "${vae[@]}"
+  step torch_memory 200 python3 scripts/gpu/torch_bench.py --memory --width 1280 --height 720 --frames 81 \
+    --batch 1 --iters 1 --out $OUT/torch_memory.json
   exit 0
 fi
 if [ "${ONLY:-}" = sync ]; then

@@ -21,7 +21,7 @@ use crate::lora::LoraSet;
 use crate::parallel::split::{HeadSplit, SequenceSplit};
 use crate::parallel::ulysses::UlyssesAttention;
 use crate::parallel::Communicator;
-use crate::queue_drain::drain_between_blocks;
+use crate::queue_drain::{drain_between_blocks, DrainDefault, BLOCK_SYNC_MIN_STREAM_BYTES};
 use crate::wan::block::{BlockContext, TimeModulation, WanBlock};
 use crate::wan::block_store::{block_source, BlockPlacement, BlockStore};
 use crate::wan::config::{has_image_embedder, WanConfig};
@@ -787,7 +787,10 @@ impl WanTransformer {
             layout: VideoLayout::new(f, h, w),
         };
         let mut x = x;
-        let sync = drain_between_blocks(&x);
+        let sync = drain_between_blocks(
+            &x,
+            DrainDefault::FromStreamBytes(BLOCK_SYNC_MIN_STREAM_BYTES),
+        );
         for index in 0..self.blocks.len() {
             // Streamed: the block's copy on the compute device is freed at the end of this
             // iteration, before the next one is fetched.

@@ -17,7 +17,7 @@ use crate::hunyuan15::transformer::embeddings::{
 use crate::hunyuan15::transformer::packing::{pack, valid_positions, Rows};
 use crate::hunyuan15::transformer::refiner::TokenRefiner;
 use crate::hunyuan15::transformer::rope::HunyuanRope;
-use crate::queue_drain::drain_between_blocks;
+use crate::queue_drain::{drain_between_blocks, DrainDefault};
 use crate::wan::block_store::{block_source, BlockPlacement, BlockStore};
 use crate::wan::layers::{layer_norm, modulate, Linear, WeightSource};
 use crate::weights::{KeyMap, WeightFiles};
@@ -323,7 +323,10 @@ impl HunyuanVideo15Transformer {
             text_valid: text.valid.as_ref(),
         };
         let mut text_tokens = text.tokens;
-        let drain = drain_between_blocks(&video);
+        // Off unless VDIT_BLOCK_SYNC=1: at 1280×720×121, batch 1, on the H100 it kept the same peak
+        // (37.27 → 37.36 GiB of device memory in use) and cost time (17.9 → 20.2 s a forward;
+        // scripts/gpu/NOTES.md, "Stored weights dequantised on the device").
+        let drain = drain_between_blocks(&video, DrainDefault::Off);
         for layer in 0..self.blocks.len() {
             // streamed: this block's copy is freed at the end of the iteration
             let block = self.blocks.fetch(layer)?;
