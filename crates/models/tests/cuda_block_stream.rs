@@ -3,8 +3,9 @@
 //! stream, block i+1 while block i runs, gives bit for bit the output of the all-resident one
 //! (only copies differ), for dense bf16 blocks, GGUF Q8_0 blocks (pinned, copied on candle's
 //! stream) and unmerged LoRA factors; and so does the synchronous copy that
-//! `VDIT_OFFLOAD_SYNC=1` keeps. Scaled fp8 blocks are cast to bf16 at load when streamed onto
-//! CUDA, so they match the resident fp8 model within the bf16 bound, and each other exactly.
+//! `VDIT_OFFLOAD_SYNC=1` keeps. Scaled fp8 blocks stream as fp8 (exact), or are cast to bf16 at
+//! load with `VDIT_STREAM_FP8=0` (within the bf16 bound). Last, the resident fp8 model on
+//! cuBLASLt's fp8 GEMM (`VDIT_FP8_GEMM=1`) against diffusers.
 //!
 //! A file of its own: the cases toggle `VDIT_OFFLOAD_SYNC` (read when a model is loaded), and
 //! cuda_dit.rs toggles `VDIT_NO_FUSED` (read at every block) from tests that run in parallel
@@ -23,7 +24,7 @@ use vdit_models::lora::{LoraMode, LoraSet, LoraSpec};
 use vdit_models::wan::block_store::OFFLOAD_SYNC_ENV;
 use vdit_models::wan::keys::lora_targets;
 use vdit_models::wan::transformer::STREAM_FP8_ENV;
-use vdit_models::wan::{BlockPlacement, WanConfig, WanTransformer};
+use vdit_models::wan::{BlockPlacement, WanConfig, WanTransformer, FP8_GEMM_ENV};
 use vdit_models::weights::WeightFiles;
 
 mod common;
@@ -33,6 +34,9 @@ const BF16_TOLERANCE: f64 = 2e-2;
 /// The Q8_0 fixture's bf16 forward against the f32 one: gguf_parity.rs's bound (the CPU, whose
 /// quantised matmul also rounds the activations to Q8_0, measured 1.22e-2).
 const Q8_0_BF16_BOUND: f64 = 3e-2;
+/// The scaled-fp8 fixture on cuBLASLt's fp8 GEMM against diffusers' f32 velocity: the weights'
+/// own rounding (4.3e-2 when they are cast to bf16) plus the activations' e4m3 rounding.
+const FP8_GEMM_BOUND: f64 = 1e-1;
 
 /// How a streamed model's output must compare with the resident one's.
 #[derive(Clone, Copy)]
@@ -206,4 +210,45 @@ fn overlapped_streaming_equals_resident() {
         AgainstResident::Within(BF16_TOLERANCE),
     );
     std::env::remove_var(STREAM_FP8_ENV);
+
+    // cuBLASLt's fp8 GEMM (VDIT_FP8_GEMM=1, read at each layer): the activations are rounded to
+    // e4m3 too, so the output moves, within a bound that still catches a scale left out.
+    let dev = Device::new_cuda(0).unwrap();
+    let model = WanTransformer::load_placed(
+        &fp8,
+        &cfg,
+        DType::BF16,
+        &dev,
+        None,
+        BlockPlacement::Resident,
+    )
+    .unwrap();
+    let forward = || {
+        model
+            .forward_with_image(
+                &io["latents"],
+                &io["timesteps"],
+                &io["context"],
+                io.get("image"),
+                &mut DenseAttention,
+            )
+            .unwrap()
+    };
+    let cast = forward();
+    std::env::set_var(FP8_GEMM_ENV, "1");
+    let gemm = forward();
+    std::env::remove_var(FP8_GEMM_ENV);
+    let (err_cast, err_gemm) = (
+        relative_error(&cast, &io["velocity"]),
+        relative_error(&gemm, &io["velocity"]),
+    );
+    eprintln!(
+        "fp8 scaled bf16 vs diffusers' f32 velocity: weights cast {err_cast:.3e}, fp8 GEMM \
+         {err_gemm:.3e}"
+    );
+    assert!(differing_values(&gemm, &cast) > 0, "the fp8 GEMM ran");
+    assert!(
+        err_gemm <= FP8_GEMM_BOUND,
+        "fp8 GEMM vs diffusers: {err_gemm:.3e}"
+    );
 }

@@ -20,8 +20,13 @@
 //                       One read of x, one write of y: a CTA stages a [C, tile] slab of x in
 //                       shared memory (threads along pixels, coalesced; loop over channels).
 //   rf_channel_bias_*   out = x + bias[c] (+ residual)                (a conv's bias add)
+//
+// Activations into float8_e4m3fn for cuBLASLt's fp8 GEMM (bf16 or f16 in), grid-stride loops:
+//   rf_absmax_*         amax[0] = max(amax[0], max |x|)               (amax zeroed by the caller)
+//   rf_to_fp8_*         out = e4m3(x / s), s = max(amax[0], 1e-12) / 448; scale[0] = s
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 
 namespace rf_fused {
@@ -319,3 +324,52 @@ RF_CHANNEL_ENTRIES(f32, float)
 
 RF_FUSED_ENTRIES(bf16, __nv_bfloat16)
 RF_FUSED_ENTRIES(f16, __half)
+
+namespace rf_fused {
+
+// Largest finite float8_e4m3fn value.
+constexpr float FP8_E4M3_MAX = 448.f;
+
+template <typename T>
+__device__ void absmax(const T* x, int64_t n, float* amax) {
+  float m = 0.f;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    m = fmaxf(m, fabsf(to_f32(x[i])));
+  for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  __shared__ float warp_max[THREADS / 32];
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    m = threadIdx.x < THREADS / 32 ? warp_max[threadIdx.x] : 0.f;
+    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    // Non-negative floats order as their bit patterns do.
+    if (threadIdx.x == 0) atomicMax(reinterpret_cast<int*>(amax), __float_as_int(m));
+  }
+}
+
+template <typename T>
+__device__ void to_fp8(const T* x, const float* amax, __nv_fp8_e4m3* out, float* scale, int64_t n) {
+  const float s = fmaxf(amax[0], 1e-12f) / FP8_E4M3_MAX;
+  const float inv = 1.f / s;
+  if (blockIdx.x == 0 && threadIdx.x == 0) scale[0] = s;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = __nv_fp8_e4m3(to_f32(x[i]) * inv);  // saturates to ±448
+}
+
+}  // namespace rf_fused
+
+#define RF_FP8_ENTRIES(SUFFIX, T)                                                                  \
+  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS)                                  \
+      rf_absmax_##SUFFIX(const T* x, int64_t n, float* amax) {                                     \
+    rf_fused::absmax<T>(x, n, amax);                                                               \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS)                                  \
+      rf_to_fp8_##SUFFIX(const T* x, const float* amax, __nv_fp8_e4m3* out, float* scale,          \
+                         int64_t n) {                                                              \
+    rf_fused::to_fp8<T>(x, amax, out, scale, n);                                                   \
+  }
+
+RF_FP8_ENTRIES(bf16, __nv_bfloat16)
+RF_FP8_ENTRIES(f16, __half)

@@ -1258,3 +1258,57 @@ fn joint_attention_runs_the_fused_kernel_and_matches_the_cpu_path() {
         assert!(err_generic < 1e-5, "generic: {err_generic}");
     }
 }
+
+/// cuBLASLt's fp8 GEMM (`cuda::linear_fp8`): the activations rounded to e4m3 by their absolute
+/// maximum, the weight fp8 with a per-tensor scale, against the f32 product of the same fp8
+/// weight and the unrounded activations. The bound is the activations' rounding: e4m3 keeps 3
+/// mantissa bits (relative steps up to 2⁻⁴), so the product's relative error is a few percent.
+#[test]
+fn fp8_linear_matches_the_f32_product() {
+    let dev = gpu();
+    let (rows, input, out) = (300, 256, 96);
+    let x = random((1, 1, rows, input), 11)
+        .reshape((rows, input))
+        .unwrap();
+    let w = random((1, 1, out, input), 12)
+        .reshape((out, input))
+        .unwrap()
+        .to_dtype(DType::F8E4M3)
+        .unwrap();
+    let scale = 0.05f32;
+    let w_f32 = (w.to_dtype(DType::F32).unwrap() * scale as f64).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let x_in = rounded(&x, dtype);
+        let want = x_in.matmul(&w_f32.t().unwrap()).unwrap();
+        let x_gpu = x_in.to_dtype(dtype).unwrap().to_device(&dev).unwrap();
+        let w_gpu = w.to_device(&dev).unwrap();
+        let s_gpu = Tensor::new(&[scale], &dev).unwrap();
+        let got = cuda::linear_fp8(&x_gpu, &w_gpu, Some(&s_gpu)).unwrap();
+        assert_eq!(got.dims(), &[rows, out]);
+        assert_eq!(got.dtype(), dtype);
+        let got = got
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("fp8 linear {dtype:?}: relative error {err:.3e} against the f32 product");
+        assert!(err < 4e-2, "{dtype:?}: {err:.3e}");
+        // Without a scale the product is 1/scale times larger: the scale is applied.
+        let unscaled = cuda::linear_fp8(&x_gpu, &w_gpu, None).unwrap();
+        let unscaled = (unscaled.to_dtype(DType::F32).unwrap() * scale as f64)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        let err = rel_err(&unscaled, &want);
+        assert!(err < 4e-2, "{dtype:?} without a scale: {err:.3e}");
+    }
+    // Bad inputs are errors: a bf16 weight, widths that are not multiples of 16, f32 rows.
+    let x_gpu = x.to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+    let w_bf16 = w.to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+    assert!(cuda::linear_fp8(&x_gpu, &w_bf16, None).is_err());
+    let w_odd = w.narrow(0, 0, 90).unwrap().to_device(&dev).unwrap();
+    assert!(cuda::linear_fp8(&x_gpu, &w_odd, None).is_err());
+    let x_f32 = x.to_device(&dev).unwrap();
+    assert!(cuda::linear_fp8(&x_f32, &w.to_device(&dev).unwrap(), None).is_err());
+}

@@ -502,10 +502,13 @@ impl Linear {
                 let y = QMatMul::QTensor(q.clone()).forward(&x2.to_dtype(DType::F32)?)?;
                 (y.to_dtype(self.dtype)?, q.shape().dims()[0])
             }
-            LinearWeight::Fp8 { weight, scale } => {
-                let w = fp8_dequantized(weight, scale.as_ref(), self.dtype)?;
-                (x2.matmul(&w.t()?)?, w.dim(0)?)
-            }
+            LinearWeight::Fp8 { weight, scale } => match fp8_gemm(&x2, weight, scale.as_ref())? {
+                Some(y) => (y, weight.dim(0)?),
+                None => {
+                    let w = fp8_dequantized(weight, scale.as_ref(), self.dtype)?;
+                    (x2.matmul(&w.t()?)?, w.dim(0)?)
+                }
+            },
         };
         if let Some((down, up)) = &self.adapter {
             y = (y + x2.matmul(&down.t()?)?.matmul(&up.t()?)?)?;
@@ -570,6 +573,36 @@ const DEQUANTIZED_GEMM_MIN_ROWS: usize = 16;
 /// the CPU's quantised matmul is faster than f32, and Metal's has not been measured).
 fn dequantize_for_gemm(device: &Device, rows: usize) -> bool {
     device.is_cuda() && rows >= DEQUANTIZED_GEMM_MIN_ROWS
+}
+
+/// Environment variable: `1` multiplies fp8 layers on cuBLASLt's fp8 GEMM (CUDA, Hopper or Ada),
+/// with the activations rounded to e4m3 by a per-call scale, instead of casting each layer's
+/// weight to the run dtype for a GEMM in it (the default). Opt-in: it rounds the activations to
+/// 3 mantissa bits (see docs/quantised-weights.md for its error and speed).
+pub const FP8_GEMM_ENV: &str = "VDIT_FP8_GEMM";
+
+/// `x2·Wᵀ` [rows, out] on the fp8 GEMM when [`FP8_GEMM_ENV`] asks for it and the layer fits it
+/// (CUDA, bf16/f16 rows, 16 rows or more, widths a multiple of 16, one scale per tensor);
+/// `None`: the caller casts the weight instead.
+fn fp8_gemm(x2: &Tensor, weight: &Tensor, scale: Option<&Tensor>) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        let (rows, input) = x2.dims2()?;
+        let output = weight.dim(0)?;
+        let chosen = std::env::var(FP8_GEMM_ENV).is_ok_and(|v| v.trim() == "1");
+        let fits = x2.device().is_cuda()
+            && matches!(x2.dtype(), DType::BF16 | DType::F16)
+            && rows >= DEQUANTIZED_GEMM_MIN_ROWS
+            && input % 16 == 0
+            && output % 16 == 0
+            && scale.is_none_or(|s| s.elem_count() == 1);
+        if chosen && fits {
+            return Ok(Some(rainfusion::cuda::linear_fp8(x2, weight, scale)?));
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (x2, weight, scale);
+    Ok(None)
 }
 
 /// fp8 values [out, in] cast to `dtype`, times the scale ([1, 1] or [out, 1] in `dtype`) if any.

@@ -58,7 +58,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) ->
 }
 
 /// One cuBLASLt handle (and its workspace) per device, on candle's stream.
-fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<CudaBlasLT>> {
+pub(super) fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<CudaBlasLT>> {
     static HANDLES: OnceLock<Mutex<HashMap<String, Arc<CudaBlasLT>>>> = OnceLock::new();
     let key = format!("{:?}", dev.id());
     let mut handles = HANDLES

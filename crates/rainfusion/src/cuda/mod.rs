@@ -16,6 +16,7 @@
 //! - [`DeviceTokenOrder`]: RainFusion's window order on the device; [`predict_block_mask_in_order`]
 //!   and [`block_sparse_attention_in_order`] walk q, k, v in that order where they lie, and write
 //!   the output in natural order, so no permuted copies are made.
+//! - [`linear`] and [`linear_fp8`]: cuBLASLt GEMMs (bias + gelu epilogue; fp8 operands).
 //! - [`fused`]: the elementwise work around attention in a DiT block (LayerNorm + modulation,
 //!   q/k RMSNorm + RoPE, gated residual, bias + gelu), one kernel each.
 
@@ -23,6 +24,7 @@ mod attention;
 pub mod fused;
 mod launch;
 mod linear;
+mod linear_fp8;
 mod mask;
 mod module;
 mod order;
@@ -34,6 +36,7 @@ pub use attention::{
     flash_attention_with_layout, is_supported, OutputLayout, NO_WGMMA_ENV,
 };
 pub use linear::linear;
+pub use linear_fp8::linear_fp8;
 pub use mask::{
     block_means, block_means_in_order, predict_block_mask, predict_block_mask_in_order,
     DeviceBlockMask,
