@@ -19,17 +19,7 @@ use crate::{Error, Result};
 /// x: `[..., in]` bf16/f16 on CUDA; weight: `[out, in]` and bias: `[out]` in x's dtype.
 /// → `[..., out]`, contiguous, in x's dtype. f32 accumulation.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
-    if !x.device().is_cuda() || !matches!(x.dtype(), DType::BF16 | DType::F16) {
-        return Err(Error::InvalidConfig(format!(
-            "cuBLASLt linear takes bf16/f16 CUDA tensors, got {:?} on {:?}",
-            x.dtype(),
-            x.device().location()
-        )));
-    }
-    let input = *x
-        .dims()
-        .last()
-        .ok_or_else(|| Error::InvalidConfig("linear input needs an axis".into()))?;
+    let input = input_width(x, "cuBLASLt linear")?;
     let (out, w_in) = weight.dims2()?;
     if w_in != input || weight.dtype() != x.dtype() {
         return Err(Error::InvalidConfig(format!(
@@ -55,6 +45,22 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) ->
         gelu,
     };
     Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
+}
+
+/// The input width of `x` [..., in], which must be bf16 or f16 on CUDA (the cuBLASLt linears'
+/// activations); `what` names the caller in the error.
+pub(super) fn input_width(x: &Tensor, what: &str) -> Result<usize> {
+    if !x.device().is_cuda() || !matches!(x.dtype(), DType::BF16 | DType::F16) {
+        return Err(Error::InvalidConfig(format!(
+            "{what} takes bf16/f16 CUDA activations, got {:?} on {:?}",
+            x.dtype(),
+            x.device().location()
+        )));
+    }
+    x.dims()
+        .last()
+        .copied()
+        .ok_or_else(|| Error::InvalidConfig(format!("{what}: the input needs an axis")))
 }
 
 /// One cuBLASLt handle (and its workspace) per device, on candle's stream.

@@ -21,7 +21,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice, WrapE
 use candle_core::{DType, Layout, Shape, Storage, Tensor};
 
 use super::launch::{kernel, CudaOnly, Floats, KernelFloat, TypedOp};
-use super::linear::handle;
+use super::linear::{handle, input_width};
 use super::module::FUSED;
 use crate::{Error, Result};
 
@@ -31,17 +31,7 @@ use crate::{Error, Result};
 /// x: `[..., in]` bf16/f16 on CUDA → `[..., out]` in x's dtype, contiguous. `in` and `out` must
 /// be multiples of 16 (cuBLASLt's fp8 alignment). f32 accumulation.
 pub fn linear_fp8(x: &Tensor, weight: &Tensor, weight_scale: Option<&Tensor>) -> Result<Tensor> {
-    if !x.device().is_cuda() || !matches!(x.dtype(), DType::BF16 | DType::F16) {
-        return Err(Error::InvalidConfig(format!(
-            "fp8 linear takes bf16/f16 CUDA activations, got {:?} on {:?}",
-            x.dtype(),
-            x.device().location()
-        )));
-    }
-    let input = *x
-        .dims()
-        .last()
-        .ok_or_else(|| Error::InvalidConfig("fp8 linear input needs an axis".into()))?;
+    let input = input_width(x, "fp8 linear")?;
     let (out, w_in) = weight.dims2()?;
     if w_in != input || weight.dtype() != DType::F8E4M3 {
         return Err(Error::InvalidConfig(format!(
