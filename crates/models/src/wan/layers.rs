@@ -578,7 +578,7 @@ fn dequantize_for_gemm(device: &Device, rows: usize) -> bool {
 /// Environment variable: `1` multiplies fp8 layers on cuBLASLt's fp8 GEMM (CUDA, Hopper or Ada),
 /// with the activations rounded to e4m3 by a per-call scale, instead of casting each layer's
 /// weight to the run dtype for a GEMM in it (the default). Opt-in: it rounds the activations to
-/// 3 mantissa bits (see docs/quantised-weights.md for its error and speed).
+/// 3 mantissa bits. Not yet run on a GPU (scripts/gpu/NOTES.md, "cuBLASLt fp8 GEMM").
 pub const FP8_GEMM_ENV: &str = "VDIT_FP8_GEMM";
 
 /// `x2·Wᵀ` [rows, out] on the fp8 GEMM when [`FP8_GEMM_ENV`] asks for it and the layer fits it
