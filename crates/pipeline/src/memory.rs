@@ -45,13 +45,21 @@ impl TransformerShape {
         layers: 30,
     };
 
-    /// The shape in a diffusers `transformer/config.json`, if it names one.
+    /// The shape in a diffusers `transformer/config.json`, if it names one: Wan's `ffn_dim`, or
+    /// HunyuanVideo 1.5's `mlp_ratio` times the width.
     pub fn from_config_json(json: &serde_json::Value) -> Option<Self> {
         let get = |key: &str| json.get(key).and_then(|v| v.as_u64());
         let dim = get("num_attention_heads")?.checked_mul(get("attention_head_dim")?)?;
+        let ffn_dim = match get("ffn_dim") {
+            Some(ffn) => ffn,
+            None => {
+                let ratio = json.get("mlp_ratio")?.as_f64()?;
+                (ratio.is_finite() && ratio > 0.0).then(|| (ratio * dim as f64).round() as u64)?
+            }
+        };
         Some(Self {
             dim,
-            ffn_dim: get("ffn_dim")?,
+            ffn_dim,
             layers: get("num_layers")?,
         })
     }
@@ -287,6 +295,46 @@ mod tests {
             vae_tiling: false,
             steps: 50,
         }
+    }
+
+    /// HunyuanVideo 1.5's config names `mlp_ratio`, not `ffn_dim`; its activations at
+    /// 1280×720×121, batch 1, bf16 were measured on the H100 at 15.94 GiB above what was in use
+    /// before the forward (37.27 − 21.33 GiB; scripts/gpu/results/h100-2026-12-07-drain/).
+    #[test]
+    fn a_hunyuan_config_reads_and_its_activations_are_near_the_measured_ones() {
+        let json = serde_json::json!({
+            "num_attention_heads": 16, "attention_head_dim": 128, "mlp_ratio": 4.0, "num_layers": 54
+        });
+        let shape = TransformerShape::from_config_json(&json).unwrap();
+        let want = TransformerShape {
+            dim: 2048,
+            ffn_dim: 8192,
+            layers: 54,
+        };
+        assert_eq!(shape, want);
+        let run = RunShape {
+            width: 1280,
+            height: 720,
+            frames: 121,
+            latent: [32, 31, 45, 80],
+            tokens: 31 * 45 * 80,
+            batch: 1,
+            transformer: shape,
+            weight_bytes: 0,
+            dtype_bytes: 2,
+            vae_tiling: false,
+            steps: 50,
+        };
+        let estimate = run.transformer_bytes(OffloadMode::Blocks, 1) as f64;
+        let measured = 15.94 * (1u64 << 30) as f64;
+        let ratio = estimate / measured;
+        assert!(
+            (0.75..1.25).contains(&ratio),
+            "estimate / measured = {ratio:.2}"
+        );
+        // Neither key: no shape.
+        let json = serde_json::json!({"num_attention_heads": 16, "attention_head_dim": 128, "num_layers": 54});
+        assert_eq!(TransformerShape::from_config_json(&json), None);
     }
 
     #[test]

@@ -1416,25 +1416,6 @@ fn resolve_offload(
         OffloadChoice::Experts if !two_experts => given(OffloadMode::None),
         OffloadChoice::Experts => given(OffloadMode::Experts),
         OffloadChoice::Blocks => given(OffloadMode::Blocks),
-        // `auto` estimates the Wan transformers' memory only; another family is loaded whole
-        // unless `--offload blocks` is given.
-        OffloadChoice::Auto
-            if settings
-                .family
-                .experts
-                .iter()
-                .any(|e| e.kind != crate::family::TransformerKind::Wan) =>
-        {
-            OffloadSettings {
-                mode: OffloadMode::None,
-                auto: true,
-                reason: Some(format!(
-                    "the {} transformer is loaded whole (auto estimates Wan models only; \
-                     --offload blocks streams its blocks)",
-                    settings.family.name
-                )),
-            }
-        }
         OffloadChoice::Auto => {
             // The free memory is read only when it can decide something: before anything of
             // this run is loaded, so it is what the run can have.

@@ -930,7 +930,8 @@ fn bench_hunyuan15(t: &TransformerBench, dtype: DType, timer: &Timer) -> Result<
             cfg.patch()
         )));
     }
-    // `auto` loads it whole, as `vdit generate` does for this family.
+    // `auto` loads it whole here: the bench times the residency asked for (`vdit generate`
+    // estimates this family's memory for `auto`).
     let offload = match t.offload {
         OffloadChoice::Blocks => OffloadMode::Blocks,
         _ => OffloadMode::None,
