@@ -168,6 +168,19 @@ impl ModelFiles {
         &self.location
     }
 
+    /// The folder of `component` (e.g. `transformer`) where it can be read without the network:
+    /// in a local model, or in the hub cache's snapshot once its `config.json` is cached; `None`
+    /// for a hub model not downloaded yet. For estimates made before any download.
+    pub fn cached_component_dir(&self, component: &str) -> Option<PathBuf> {
+        match &self.location {
+            ModelLocation::Local(dir) => Some(dir.join(component)),
+            ModelLocation::Hub { repo_id, revision } => self
+                .cache_repo(repo_id, revision)
+                .get(&format!("{component}/config.json"))
+                .and_then(|config| config.parent().map(Path::to_path_buf)),
+        }
+    }
+
     fn cache_repo(&self, repo_id: &str, revision: &str) -> hf_hub::CacheRepo {
         Cache::new(self.hub.cache_dir.clone()).repo(Repo::with_revision(
             repo_id.to_string(),
@@ -439,6 +452,29 @@ mod tests {
                 cache_dir: cache.to_path_buf(),
             },
         )
+    }
+
+    #[test]
+    fn a_cached_component_folder_is_found_without_the_network() {
+        let cache = fake_cache(&[
+            ("transformer/config.json", "{}"),
+            ("transformer/diffusion_pytorch_model.safetensors", "0123"),
+        ]);
+        let files = offline_files(cache.path());
+        let dir = files.cached_component_dir("transformer").unwrap();
+        assert!(dir.join("diffusion_pytorch_model.safetensors").is_file());
+        assert_eq!(files.cached_component_dir("vae"), None);
+        let local = ModelFiles::new(
+            ModelLocation::Local(PathBuf::from("/models/m")),
+            HubOptions {
+                offline: true,
+                cache_dir: cache.path().to_path_buf(),
+            },
+        );
+        assert_eq!(
+            local.cached_component_dir("vae"),
+            Some(PathBuf::from("/models/m/vae"))
+        );
     }
 
     #[test]

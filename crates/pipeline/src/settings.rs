@@ -1369,11 +1369,11 @@ fn resolve_step_cache(
 /// The transformer's shape and weight bytes of a local model (its `transformer/config.json` and
 /// weight files, or `--dit`'s), else those of Wan2.1-1.3B and unknown weights.
 fn transformer_facts(files: &ModelFiles, args: &GenerateOptions) -> (TransformerShape, u64) {
-    let dir = match (&args.dit, files.location()) {
-        (Some(dit), _) if dit.is_dir() => Some(dit.clone()),
-        (Some(_), _) => None,
-        (None, ModelLocation::Local(dir)) => Some(dir.join("transformer")),
-        (None, ModelLocation::Hub { .. }) => None,
+    let dir = match &args.dit {
+        Some(dit) if dit.is_dir() => Some(dit.clone()),
+        Some(_) => None,
+        // A hub model counts once it is in the cache (nothing is downloaded for an estimate).
+        None => files.cached_component_dir("transformer"),
     };
     let shape = dir
         .as_ref()
