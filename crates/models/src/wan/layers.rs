@@ -343,45 +343,49 @@ enum LinearWeight {
     },
 }
 
-/// A random `[out, in]` `float8_e4m3fn` tensor of N(0, 1) values on the CPU, drawn and cast
-/// once per shape for the process (see its use in `kept_weight`).
-fn fp8_random(shape: &Shape) -> Result<Tensor> {
-    type Cache = std::collections::HashMap<Vec<usize>, Tensor>;
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(t) = cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(shape.dims())
-    {
-        return Ok(t.clone());
+/// Random stored weights made once per key for the process and cloned after (see their use in
+/// `kept_weight`): a process draws each shape's tensor once however many layers share it.
+struct OncePerKey<K, V>(std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<K, V>>>);
+
+impl<K: std::hash::Hash + Eq, V: Clone> OncePerKey<K, V> {
+    const fn new() -> Self {
+        Self(std::sync::OnceLock::new())
     }
-    let values = Tensor::randn(0f32, 1.0, shape.clone(), &Device::Cpu)?.to_dtype(DType::F8E4M3)?;
-    cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(shape.dims().to_vec(), values.clone());
-    Ok(values)
+
+    /// The value kept for `key`, made by `make` the first time.
+    fn get(&self, key: K, make: impl FnOnce() -> Result<V>) -> Result<V> {
+        let map = self.0.get_or_init(Default::default);
+        if let Some(v) = map.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(v.clone());
+        }
+        let v = make()?;
+        map.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, v.clone());
+        Ok(v)
+    }
 }
 
-/// A random `[out, in]` weight quantised to `kind` on the CPU, drawn and quantised once per
-/// shape and type for the process (see its use in `kept_weight`).
+/// A random `[out, in]` `float8_e4m3fn` tensor of N(0, 1) values on the CPU, one per shape.
+fn fp8_random(shape: &Shape) -> Result<Tensor> {
+    static MADE: OncePerKey<Vec<usize>, Tensor> = OncePerKey::new();
+    MADE.get(shape.dims().to_vec(), || {
+        Ok(Tensor::randn(0f32, 1.0, shape.clone(), &Device::Cpu)?.to_dtype(DType::F8E4M3)?)
+    })
+}
+
+/// A random `[out, in]` weight quantised to `kind` on the CPU, one per shape and type.
 fn quantized_random(shape: &Shape, kind: GgmlDType) -> Result<Arc<QTensor>> {
-    type Cache = std::collections::HashMap<(Vec<usize>, GgmlDType), Arc<QTensor>>;
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
-    let key = (shape.dims().to_vec(), kind);
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(q) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(q.clone());
-    }
-    let name = format!("quantized.{}x{}", shape.dims()[0], shape.dims()[1]);
-    let values = RandomWeights::tensor(&name, shape, DType::F32, &Device::Cpu)?;
-    let q = Arc::new(QTensor::quantize_onto(&values, kind, &Device::Cpu)?);
-    cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, q.clone());
-    Ok(q)
+    static MADE: OncePerKey<(Vec<usize>, GgmlDType), Arc<QTensor>> = OncePerKey::new();
+    MADE.get((shape.dims().to_vec(), kind), || {
+        let name = format!("quantized.{}x{}", shape.dims()[0], shape.dims()[1]);
+        let values = RandomWeights::tensor(&name, shape, DType::F32, &Device::Cpu)?;
+        Ok(Arc::new(QTensor::quantize_onto(
+            &values,
+            kind,
+            &Device::Cpu,
+        )?))
+    })
 }
 
 /// The `scale_weight` of a scaled fp8 tensor (ComfyUI's files: `<name>.scale_weight` next to
