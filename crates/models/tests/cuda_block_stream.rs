@@ -38,6 +38,21 @@ const Q8_0_BF16_BOUND: f64 = 3e-2;
 /// own rounding (4.3e-2 when they are cast to bf16) plus the activations' e4m3 rounding.
 const FP8_GEMM_BOUND: f64 = 1e-1;
 
+/// `model`'s dense forward on the fixture inputs `io`. A failure names `what`: the fp8 case once
+/// failed on the H100 with CUDA_ERROR_NOT_FOUND (a kernel symbol missing) without saying which
+/// model's forward it was.
+fn dense_forward(model: &WanTransformer, io: &HashMap<String, Tensor>, what: &str) -> Tensor {
+    model
+        .forward_with_image(
+            &io["latents"],
+            &io["timesteps"],
+            &io["context"],
+            io.get("image"),
+            &mut DenseAttention,
+        )
+        .unwrap_or_else(|e| panic!("{what} forward: {e}"))
+}
+
 /// How a streamed model's output must compare with the resident one's.
 #[derive(Clone, Copy)]
 enum AgainstResident {
@@ -83,18 +98,8 @@ fn streamed_equals_resident(
         "{label}: {OFFLOAD_SYNC_ENV}=1 is obeyed"
     );
 
-    // Named in the failure: the fp8 case once failed on the H100 with CUDA_ERROR_NOT_FOUND (a
-    // kernel symbol missing) without saying which model's forward it was.
     let run = |model: &WanTransformer, which: &str| -> Tensor {
-        model
-            .forward_with_image(
-                &io["latents"],
-                &io["timesteps"],
-                &io["context"],
-                io.get("image"),
-                &mut DenseAttention,
-            )
-            .unwrap_or_else(|e| panic!("{label}, {which} forward: {e}"))
+        dense_forward(model, io, &format!("{label}, {which}"))
     };
     let mut last = None;
     for pass in 0..passes {
@@ -223,20 +228,9 @@ fn overlapped_streaming_equals_resident() {
         BlockPlacement::Resident,
     )
     .unwrap();
-    let forward = || {
-        model
-            .forward_with_image(
-                &io["latents"],
-                &io["timesteps"],
-                &io["context"],
-                io.get("image"),
-                &mut DenseAttention,
-            )
-            .unwrap()
-    };
-    let cast = forward();
+    let cast = dense_forward(&model, &io, "fp8 scaled bf16, weights cast");
     std::env::set_var(FP8_GEMM_ENV, "1");
-    let gemm = forward();
+    let gemm = dense_forward(&model, &io, "fp8 scaled bf16, fp8 GEMM");
     std::env::remove_var(FP8_GEMM_ENV);
     let (err_cast, err_gemm) = (
         relative_error(&cast, &io["velocity"]),
