@@ -579,28 +579,48 @@ fn dequantize_for_gemm(device: &Device, rows: usize) -> bool {
     device.is_cuda() && rows >= DEQUANTIZED_GEMM_MIN_ROWS
 }
 
-/// Environment variable: `1` multiplies fp8 layers on cuBLASLt's fp8 GEMM (CUDA, Hopper or Ada),
-/// with the activations rounded to e4m3 by a per-call scale, instead of casting each layer's
-/// weight to the run dtype for a GEMM in it (the default). Opt-in: it rounds the activations to
-/// 3 mantissa bits. Not yet run on a GPU (scripts/gpu/NOTES.md, "cuBLASLt fp8 GEMM").
+/// Environment variable: `1` multiplies every fitting fp8 layer on cuBLASLt's fp8 GEMM (CUDA,
+/// Hopper), with the activations rounded to e4m3 by a per-call scale; `0` casts each layer's
+/// weight to the run dtype for a GEMM in it. Unset: the fp8 GEMM for layers at least
+/// [`FP8_GEMM_MIN_WIDTH`] wide on both sides, the cast for the rest.
 pub const FP8_GEMM_ENV: &str = "VDIT_FP8_GEMM";
 
-/// `x2·Wᵀ` [rows, out] on the fp8 GEMM when [`FP8_GEMM_ENV`] asks for it and the layer fits it
-/// (CUDA, bf16/f16 rows, 16 rows or more, widths a multiple of 16, one scale per tensor);
-/// `None`: the caller casts the weight instead.
+/// Narrowest layer (inputs and outputs) that takes the fp8 GEMM by default. Measured on an H100
+/// (scripts/gpu/NOTES.md, "cuBLASLt fp8 GEMM"): the 14B's 5120- and 13,824-wide layers ran the
+/// 720p forward 6 % faster on it (batch 1, resident; 1.7 % with the blocks streamed at batch 2),
+/// while the 1.3B's 1536-wide layers ran 1.2 % slower, the two passes that quantise the
+/// activations weighing more against a narrower GEMM. Widths in between are not measured.
+pub const FP8_GEMM_MIN_WIDTH: usize = 4096;
+
+/// Whether an fp8 layer `input` → `output` wide takes the fp8 GEMM: as [`FP8_GEMM_ENV`] forces,
+/// else by [`FP8_GEMM_MIN_WIDTH`]. Read at each call, so that a test can switch it.
+#[cfg(feature = "cuda")]
+fn fp8_gemm_wanted(input: usize, output: usize) -> bool {
+    match std::env::var(FP8_GEMM_ENV).ok().as_deref().map(str::trim) {
+        Some("1") => true,
+        Some("0") => false,
+        _ => input.min(output) >= FP8_GEMM_MIN_WIDTH,
+    }
+}
+
+/// `x2·Wᵀ` [rows, out] on the fp8 GEMM when [`fp8_gemm_wanted`] and the layer fits it (a Hopper
+/// GPU, bf16/f16 rows, 16 rows or more, widths a multiple of 16, one scale per tensor); `None`:
+/// the caller casts the weight instead.
 fn fp8_gemm(x2: &Tensor, weight: &Tensor, scale: Option<&Tensor>) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
         let (rows, input) = x2.dims2()?;
         let output = weight.dim(0)?;
-        let chosen = std::env::var(FP8_GEMM_ENV).is_ok_and(|v| v.trim() == "1");
         let fits = x2.device().is_cuda()
             && matches!(x2.dtype(), DType::BF16 | DType::F16)
             && rows >= DEQUANTIZED_GEMM_MIN_ROWS
             && input % 16 == 0
             && output % 16 == 0
             && scale.is_none_or(|s| s.elem_count() == 1);
-        if chosen && fits {
+        if fits
+            && fp8_gemm_wanted(input, output)
+            && rainfusion::cuda::fp8_gemm_available(x2.device())
+        {
             return Ok(Some(rainfusion::cuda::linear_fp8(x2, weight, scale)?));
         }
     }

@@ -27,5 +27,5 @@ pub mod vae;
 pub use block_store::BlockPlacement;
 pub use config::WanConfig;
 pub use keys::{CheckpointKeys, KeyDialect};
-pub use layers::FP8_GEMM_ENV;
+pub use layers::{FP8_GEMM_ENV, FP8_GEMM_MIN_WIDTH};
 pub use transformer::WanTransformer;

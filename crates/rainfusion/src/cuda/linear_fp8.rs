@@ -62,6 +62,15 @@ pub fn linear_fp8(x: &Tensor, weight: &Tensor, weight_scale: Option<&Tensor>) ->
     Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
 }
 
+/// Whether [`linear_fp8`] runs on `device`: a CUDA device of compute capability 9.0 or newer.
+/// (Ada, 8.9, has fp8 GEMMs too, but they have not run here.)
+pub fn fp8_gemm_available(device: &candle_core::Device) -> bool {
+    match device {
+        candle_core::Device::Cuda(dev) => super::module::compute_major(dev).is_ok_and(|m| m >= 9),
+        _ => false,
+    }
+}
+
 struct LinearFp8Op {
     weight: Tensor, // [out, in] float8_e4m3fn
     scale: Tensor,  // [1] f32

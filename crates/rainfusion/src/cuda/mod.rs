@@ -36,7 +36,7 @@ pub use attention::{
     flash_attention_with_layout, is_supported, OutputLayout, NO_WGMMA_ENV,
 };
 pub use linear::linear;
-pub use linear_fp8::linear_fp8;
+pub use linear_fp8::{fp8_gemm_available, linear_fp8};
 pub use mask::{
     block_means, block_means_in_order, predict_block_mask, predict_block_mask_in_order,
     DeviceBlockMask,
