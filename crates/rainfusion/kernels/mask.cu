@@ -1,6 +1,8 @@
-// RainFusion 2.0 mask prediction on the GPU: block-mean pooling, top-k selection per query
-// block, and the CSR (offsets + indices) the attention kernel reads, all without a host round
-// trip. The block scores between them are one batched matrix product (cuBLAS, through candle).
+// RainFusion 2.0 mask prediction on the GPU: block-mean pooling (q and k in one launch), top-k
+// selection per query block, and the CSR (offsets + indices) the attention kernel reads, all
+// without a host round trip. The block scores between them are one batched matrix product
+// (cuBLAS, through candle), left unscaled: the selection only compares scores of one row, and
+// 1/sqrt(d) does not change their order.
 //
 // Selection rule (same as the CPU `predict` module): row (b, h, qb) keeps every key block whose
 // score is >= the keep-th largest score of the row (ties kept), plus every key block at or after
@@ -53,14 +55,14 @@ constexpr int MEANS_THREADS = 256;
 // 16-bit dtypes, head_dim a power of two from 8 to 2048 with 16-byte aligned rows: each thread
 // reads 8 columns (16 bytes) of every (MEANS_THREADS·8 / head_dim)-th row, then the row lanes
 // are summed in shared memory. One 16-byte load per thread and row instead of eight 2-byte ones.
+// Block (blk, head, batch) of x; out as in block_means.
 template <typename T>
-__device__ void block_means_vec16(const T* __restrict__ x, float* __restrict__ out,
-                                  const uint32_t* __restrict__ order, int64_t sb, int64_t sh,
-                                  int64_t sl, int heads, int seq_len, int block_size, int blocks,
-                                  int head_dim) {
+__device__ void block_means_vec16_at(const T* __restrict__ x, float* __restrict__ out,
+                                     const uint32_t* __restrict__ order, int64_t sb, int64_t sh,
+                                     int64_t sl, int heads, int seq_len, int block_size,
+                                     int blocks, int head_dim, int blk, int head, int batch) {
   static_assert(sizeof(T) == 2, "8 elements per 16-byte load");
   __shared__ float partial[MEANS_THREADS * 8];  // [row lane][head_dim]
-  const int blk = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
   const int start = blk * block_size;
   const int end = min(start + block_size, seq_len);
   const T* base = x + batch * sb + head * sh;
@@ -87,10 +89,49 @@ __device__ void block_means_vec16(const T* __restrict__ x, float* __restrict__ o
   }
 }
 
-constexpr int TOPK_THREADS = 512;
-constexpr int TOPK_MAX_BLOCKS = 4096;
+template <typename T>
+__device__ void block_means_vec16(const T* __restrict__ x, float* __restrict__ out,
+                                  const uint32_t* __restrict__ order, int64_t sb, int64_t sh,
+                                  int64_t sl, int heads, int seq_len, int block_size, int blocks,
+                                  int head_dim) {
+  block_means_vec16_at(x, out, order, sb, sh, sl, heads, seq_len, block_size, blocks, head_dim,
+                       blockIdx.x, blockIdx.y, blockIdx.z);
+}
 
-// Inclusive block-wide prefix sum of one value per thread (TOPK_THREADS threads).
+// q and k in one launch: grid (blocks, heads, 2·batch), z = 2·batch + (0 for q, 1 for k); out
+// [2, B, H, blocks, D] f32, q's means first. Strides (sb, sh, sl) are q's, (kb, kh, kl) k's.
+template <typename T>
+__device__ void block_means_pair_vec16(const T* __restrict__ q, const T* __restrict__ k,
+                                       float* __restrict__ out, const uint32_t* __restrict__ order,
+                                       int64_t sb, int64_t sh, int64_t sl, int64_t kb, int64_t kh,
+                                       int64_t kl, int heads, int seq_len, int block_size,
+                                       int blocks, int head_dim) {
+  const int batch = blockIdx.z >> 1;
+  const bool is_k = blockIdx.z & 1;
+  const int64_t half = (int64_t)(gridDim.z >> 1) * heads * blocks * head_dim;
+  if (is_k)
+    block_means_vec16_at(k, out + half, order, kb, kh, kl, heads, seq_len, block_size, blocks,
+                         head_dim, blockIdx.x, blockIdx.y, batch);
+  else
+    block_means_vec16_at(q, out, order, sb, sh, sl, heads, seq_len, block_size, blocks, head_dim,
+                         blockIdx.x, blockIdx.y, batch);
+}
+
+// Order-preserving key of a float: a < b (as floats, no NaN) iff key(a) < key(b) as unsigned,
+// except that -0 sorts just below +0.
+__device__ __forceinline__ uint32_t order_key(float x) {
+  const uint32_t bits = __float_as_uint(x);
+  return bits ^ ((bits >> 31) ? 0xffffffffu : 0x80000000u);
+}
+__device__ __forceinline__ float from_order_key(uint32_t key) {
+  return __uint_as_float(key ^ ((key >> 31) ? 0x80000000u : 0xffffffffu));
+}
+
+constexpr int SELECT_WARPS = 4;
+
+constexpr int SCAN_THREADS = 512;
+
+// Inclusive block-wide prefix sum of one value per thread (SCAN_THREADS threads).
 __device__ __forceinline__ int block_inclusive_scan(int value, int* warp_sums) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -101,13 +142,13 @@ __device__ __forceinline__ int block_inclusive_scan(int value, int* warp_sums) {
   if (lane == 31) warp_sums[warp] = value;
   __syncthreads();
   if (warp == 0) {
-    int w = lane < TOPK_THREADS / 32 ? warp_sums[lane] : 0;
+    int w = lane < SCAN_THREADS / 32 ? warp_sums[lane] : 0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       int n = __shfl_up_sync(0xffffffff, w, o);
       if (lane >= o) w += n;
     }
-    if (lane < TOPK_THREADS / 32) warp_sums[lane] = w;
+    if (lane < SCAN_THREADS / 32) warp_sums[lane] = w;
   }
   __syncthreads();
   const int result = value + (warp > 0 ? warp_sums[warp - 1] : 0);
@@ -132,68 +173,69 @@ RF_BLOCK_MEANS_ENTRY(rf_block_means_f32, float, block_means)
 RF_BLOCK_MEANS_ENTRY(rf_block_means_vec16_bf16, __nv_bfloat16, block_means_vec16)
 RF_BLOCK_MEANS_ENTRY(rf_block_means_vec16_f16, __half, block_means_vec16)
 
+// rf_block_means_pair_vec16_*: q and k together (see block_means_pair_vec16); grid (blocks,
+// heads, 2·batch), MEANS_THREADS threads, the vec16 conditions on both.
+#define RF_BLOCK_MEANS_PAIR_ENTRY(NAME, T)                                                         \
+  extern "C" __global__ void NAME(const T* q, const T* k, float* out, const uint32_t* order,     \
+                                  int64_t sb, int64_t sh, int64_t sl, int64_t kb, int64_t kh,    \
+                                  int64_t kl, int heads, int seq_len, int block_size, int blocks, \
+                                  int head_dim) {                                                \
+    rf::block_means_pair_vec16(q, k, out, order, sb, sh, sl, kb, kh, kl, heads, seq_len,         \
+                               block_size, blocks, head_dim);                                    \
+  }
+RF_BLOCK_MEANS_PAIR_ENTRY(rf_block_means_pair_vec16_bf16, __nv_bfloat16)
+RF_BLOCK_MEANS_PAIR_ENTRY(rf_block_means_pair_vec16_f16, __half)
+
 // scores: [rows, blocks] f32 (rows = B·H·blocks, row r has query block r % blocks).
 // Writes counts[r] and the kept key blocks, ascending, to padded[r·blocks ..].
-// Grid (rows), TOPK_THREADS threads, blocks <= TOPK_MAX_BLOCKS.
-extern "C" __global__ void __launch_bounds__(rf::TOPK_THREADS)
-    rf_block_topk(const float* __restrict__ scores, uint32_t* __restrict__ counts,
-                  uint32_t* __restrict__ padded, int blocks, int keep, int first_forced) {
-  __shared__ float sorted[rf::TOPK_MAX_BLOCKS];
-  __shared__ int warp_sums[rf::TOPK_THREADS / 32];
-  __shared__ float threshold_s;
-  const int row = blockIdx.x;
-  const int tid = threadIdx.x;
+// One warp a row: the keep-th largest score is found exactly by a bitwise search over the
+// scores' order keys (32 rounds, each a count of the keys at or above a candidate), then one
+// ballot per 32 key blocks writes the kept ones in order. Grid (ceil(rows / SELECT_WARPS)),
+// SELECT_WARPS·32 threads, SELECT_WARPS·blocks·4 bytes of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(rf::SELECT_WARPS * 32)
+    rf_block_select(const float* __restrict__ scores, uint32_t* __restrict__ counts,
+                    uint32_t* __restrict__ padded, int rows, int blocks, int keep,
+                    int first_forced) {
+  extern __shared__ uint32_t row_keys[];  // [SELECT_WARPS][blocks]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int row = blockIdx.x * rf::SELECT_WARPS + warp;
+  if (row >= rows) return;  // whole warps only: the rest synchronise per warp
   const float* s = scores + (int64_t)row * blocks;
   const bool forced_row = (row % blocks) >= first_forced;
-
+  float threshold = -INFINITY;
   if (!forced_row) {
-    // Bitonic sort (descending) of the row padded to a power of two with -inf.
-    int n = 1;
-    while (n < blocks) n <<= 1;
-    for (int i = tid; i < n; i += rf::TOPK_THREADS) sorted[i] = i < blocks ? s[i] : -INFINITY;
-    __syncthreads();
-    for (int size = 2; size <= n; size <<= 1) {
-      for (int stride = size >> 1; stride > 0; stride >>= 1) {
-        for (int i = tid; i < n; i += rf::TOPK_THREADS) {
-          const int partner = i ^ stride;
-          if (partner > i) {
-            const bool descending = (i & size) == 0;
-            const float a = sorted[i], b = sorted[partner];
-            if (descending ? (a < b) : (a > b)) {
-              sorted[i] = b;
-              sorted[partner] = a;
-            }
-          }
-        }
-        __syncthreads();
-      }
+    uint32_t* keys = row_keys + warp * blocks;
+    for (int j = lane; j < blocks; j += 32) keys[j] = rf::order_key(s[j]);
+    __syncwarp();
+    // The largest key t with at least `keep` keys >= t is the keep-th largest.
+    uint32_t t = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+      const uint32_t candidate = t | (1u << bit);
+      int mine = 0;
+      for (int j = lane; j < blocks; j += 32) mine += keys[j] >= candidate;
+      if (__reduce_add_sync(0xffffffffu, mine) >= keep) t = candidate;
     }
-    if (tid == 0) threshold_s = sorted[keep - 1];
-    __syncthreads();
+    threshold = rf::from_order_key(t);
   }
-  const float threshold = forced_row ? -INFINITY : threshold_s;
-
-  // Each thread takes a contiguous run of key blocks so the scan keeps them in order.
-  const int per_thread = (blocks + rf::TOPK_THREADS - 1) / rf::TOPK_THREADS;
-  const int begin = min(tid * per_thread, blocks);
-  const int end = min(begin + per_thread, blocks);
-  int mine = 0;
-  for (int j = begin; j < end; ++j) mine += (forced_row || j >= first_forced || s[j] >= threshold);
-  const int inclusive = rf::block_inclusive_scan(mine, warp_sums);
-  int pos = inclusive - mine;
   uint32_t* dst = padded + (int64_t)row * blocks;
-  for (int j = begin; j < end; ++j)
-    if (forced_row || j >= first_forced || s[j] >= threshold) dst[pos++] = j;
-  if (tid == rf::TOPK_THREADS - 1) counts[row] = inclusive;
+  int written = 0;
+  for (int j0 = 0; j0 < blocks; j0 += 32) {
+    const int j = j0 + lane;
+    const bool kept = j < blocks && (forced_row || j >= first_forced || s[j] >= threshold);
+    const uint32_t ballot = __ballot_sync(0xffffffffu, kept);
+    if (kept) dst[written + __popc(ballot & ((1u << lane) - 1u))] = j;
+    written += __popc(ballot);
+  }
+  if (lane == 0) counts[row] = written;
 }
 
-// offsets[0] = 0, offsets[r + 1] = counts[0] + ... + counts[r]. One CTA of TOPK_THREADS threads.
-extern "C" __global__ void __launch_bounds__(rf::TOPK_THREADS)
+// offsets[0] = 0, offsets[r + 1] = counts[0] + ... + counts[r]. One CTA of SCAN_THREADS threads.
+extern "C" __global__ void __launch_bounds__(rf::SCAN_THREADS)
     rf_counts_to_offsets(const uint32_t* __restrict__ counts, uint32_t* __restrict__ offsets,
                          int rows) {
-  __shared__ int warp_sums[rf::TOPK_THREADS / 32];
+  __shared__ int warp_sums[rf::SCAN_THREADS / 32];
   const int tid = threadIdx.x;
-  const int per_thread = (rows + rf::TOPK_THREADS - 1) / rf::TOPK_THREADS;
+  const int per_thread = (rows + rf::SCAN_THREADS - 1) / rf::SCAN_THREADS;
   const int begin = min(tid * per_thread, rows);
   const int end = min(begin + per_thread, rows);
   int mine = 0;
@@ -216,4 +258,64 @@ extern "C" __global__ void rf_compact_rows(const uint32_t* __restrict__ padded,
   const int count = static_cast<int>(offsets[row + 1] - start);
   const uint32_t* src = padded + (int64_t)row * blocks;
   for (int i = threadIdx.x; i < count; i += blockDim.x) indices[start + i] = src[i];
+}
+
+// A CSR mask as one bit per block pair, for the masks kept between steps: bits [rows, words] u32
+// (key block j of row r is bit j % 32 of word r·words + j / 32), zeroed before. Grid (rows), 128
+// threads.
+extern "C" __global__ void rf_csr_to_bits(const uint32_t* __restrict__ offsets,
+                                          const uint32_t* __restrict__ indices,
+                                          uint32_t* __restrict__ bits, int words) {
+  const int row = blockIdx.x;
+  const uint32_t end = offsets[row + 1];
+  uint32_t* dst = bits + (int64_t)row * words;
+  for (uint32_t i = offsets[row] + threadIdx.x; i < end; i += blockDim.x) {
+    const uint32_t j = indices[i];
+    atomicOr(dst + (j >> 5), 1u << (j & 31));
+  }
+}
+
+// counts[r] = the set bits of row r. One warp a row: grid (ceil(rows / SELECT_WARPS)),
+// SELECT_WARPS·32 threads.
+extern "C" __global__ void __launch_bounds__(rf::SELECT_WARPS * 32)
+    rf_bits_count(const uint32_t* __restrict__ bits, uint32_t* __restrict__ counts, int rows,
+                  int words) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * rf::SELECT_WARPS + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const uint32_t* src = bits + (int64_t)row * words;
+  int mine = 0;
+  for (int w = lane; w < words; w += 32) mine += __popc(src[w]);
+  const int total = __reduce_add_sync(0xffffffffu, mine);
+  if (lane == 0) counts[row] = total;
+}
+
+// The set bits of each row, ascending, at indices[offsets[r] ..] (offsets from
+// rf_counts_to_offsets over rf_bits_count's counts). One warp a row, as rf_bits_count.
+extern "C" __global__ void __launch_bounds__(rf::SELECT_WARPS * 32)
+    rf_bits_to_indices(const uint32_t* __restrict__ bits, const uint32_t* __restrict__ offsets,
+                       uint32_t* __restrict__ indices, int rows, int words) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * rf::SELECT_WARPS + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const uint32_t* src = bits + (int64_t)row * words;
+  uint32_t at = offsets[row];
+  for (int w0 = 0; w0 < words; w0 += 32) {
+    const int w = w0 + lane;
+    uint32_t word = w < words ? src[w] : 0u;
+    const int n = __popc(word);
+    int before = n;  // inclusive scan of the lanes' counts
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int up = __shfl_up_sync(0xffffffffu, before, o);
+      if (lane >= o) before += up;
+    }
+    uint32_t pos = at + before - n;
+    while (word != 0u) {
+      const int b = __ffs(word) - 1;
+      indices[pos++] = static_cast<uint32_t>(w * 32 + b);
+      word &= word - 1u;
+    }
+    at += __shfl_sync(0xffffffffu, before, 31);
+  }
 }

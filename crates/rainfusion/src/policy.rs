@@ -291,9 +291,9 @@ pub(crate) struct MaskCache {
     /// Video masks of joint `[video; padded text]` calls ([`SelfAttention::attend_joint`]),
     /// with the layout, batch and heads they were predicted for.
     joint: HashMap<(usize, usize), CachedJointMask>,
-    /// Masks predicted and kept on the GPU, with their density.
+    /// Masks predicted and kept on the GPU, one bit per block pair, with their density.
     #[cfg(feature = "cuda")]
-    device_masks: HashMap<(usize, usize), (VideoLayout, Arc<crate::cuda::DeviceBlockMask>, f64)>,
+    device_masks: HashMap<(usize, usize), (VideoLayout, crate::cuda::PackedDeviceMask, f64)>,
     /// The permutations on the GPU, per layout.
     #[cfg(feature = "cuda")]
     device_orders: HashMap<VideoLayout, Arc<crate::cuda::DeviceTokenOrder>>,
@@ -503,9 +503,9 @@ impl SelfAttention for RainFusionAttention {
 }
 
 impl RainFusionAttention {
-    /// The device mask of `slot`: the cached one when it was predicted for this layout, batch
-    /// and heads and no refresh is due; otherwise `predict(dense_tail_tokens)`'s, cut to its kept
-    /// entries and cached for later steps. With its density.
+    /// The device mask of `slot`: the cached one (unpacked from its bits) when it was predicted
+    /// for this layout, batch and heads and no refresh is due; otherwise
+    /// `predict(dense_tail_tokens)`'s, cached as bits for later steps. With its density.
     #[cfg(feature = "cuda")]
     fn device_mask(
         &mut self,
@@ -520,17 +520,17 @@ impl RainFusionAttention {
             .device_masks
             .get(&slot)
             .filter(|(l, m, _)| !refresh && l == layout && m.batch == batch && m.heads == heads)
-            .map(|(_, m, density)| (m.clone(), *density));
-        if let Some(found) = cached {
-            return Ok(found);
+            .map(|(_, m, density)| (m, *density));
+        if let Some((packed, density)) = cached {
+            return Ok((Arc::new(packed.unpacked()?), density));
         }
         let tail = dense_tail_tokens(layout, self.config.first_frame_sink);
-        let mask = predict(tail)?.compacted()?;
+        let mask = predict(tail)?;
         let density = mask.density()?;
-        let mask = Arc::new(mask);
         self.cache
             .device_masks
-            .insert(slot, (*layout, mask.clone(), density));
+            .insert(slot, (*layout, mask.packed()?, density));
+        let mask = Arc::new(mask);
         self.schedule.mark_predicted(slot);
         Ok((mask, density))
     }

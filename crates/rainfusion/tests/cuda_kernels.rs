@@ -507,6 +507,30 @@ fn block_means_in_order_equal_those_of_the_permuted_copy() {
 }
 
 #[test]
+fn block_means_of_q_and_k_in_one_launch_equal_each_alone() {
+    // q contiguous, k a [B, L, H, D] view (other strides); natural order and window order.
+    let dev = gpu();
+    let perm = window_permutation(5, 16, 24, 60); // 1980 tokens
+    let order = cuda::DeviceTokenOrder::upload(&perm, &dev).unwrap();
+    for (dtype, d) in [(DType::BF16, 128), (DType::F16, 64)] {
+        let q = random((2, 3, perm.len(), d), 44)
+            .to_dtype(dtype)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let (k, _) = blhd_view(&dev, (2, 3, perm.len(), d), dtype, 45);
+        for order in [None, Some(&order)] {
+            let (qm, km) = cuda::block_means_pair(&q, &k, 128, order).unwrap();
+            let what = format!("{dtype:?} head_dim {d}, order {}", order.is_some());
+            let q_alone = cuda::block_means_in_order(&q, 128, order).unwrap();
+            let k_alone = cuda::block_means_in_order(&k, 128, order).unwrap();
+            assert_bit_equal(&qm, &q_alone, &format!("q, {what}"));
+            assert_bit_equal(&km, &k_alone, &format!("k, {what}"));
+        }
+    }
+}
+
+#[test]
 fn attention_in_order_equals_permute_then_restore() {
     let _lock = same_kernel();
     let dev = gpu();
@@ -583,44 +607,56 @@ fn select_on_host(
         .collect()
 }
 
+/// The device mask of q and k against [`select_on_host`] over the same (unscaled) block scores.
+fn check_selection_rule(q: &Tensor, k: &Tensor, bs: usize, sparsity: f64, tail: usize) {
+    let (b, h, l, _) = q.dims4().unwrap();
+    let blocks = l.div_ceil(bs);
+    let mask = cuda::predict_block_mask(q, k, bs, sparsity, tail)
+        .unwrap()
+        .to_host()
+        .unwrap();
+    // The same scores the device used (block means + cuBLAS), selected on the host.
+    let qm = cuda::block_means(q, bs).unwrap();
+    let km = cuda::block_means(k, bs).unwrap();
+    let scores = qm.matmul(&km.t().unwrap()).unwrap();
+    let scores = scores
+        .reshape((b * h * blocks, blocks))
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let keep = ((blocks as f64 * (1.0 - sparsity) - 1e-9).ceil().max(1.0) as usize).min(blocks);
+    let first_forced = if tail == 0 { blocks } else { (l - tail) / bs };
+    let want = select_on_host(&scores, blocks, keep, first_forced);
+    let expected = BlockMask::from_rows(b, h, bs, blocks, blocks, &want).unwrap();
+    assert_eq!(mask, expected, "L {l}, sparsity {sparsity}, tail {tail}");
+    if sparsity == 0.0 {
+        assert_eq!(mask.density(), 1.0);
+    }
+}
+
 #[test]
 fn device_mask_prediction_follows_the_selection_rule() {
     let dev = gpu();
-    let (b, h, l, d, bs) = (2, 3, 2000, 64, 128);
-    let q = random((b, h, l, d), 15)
-        .to_dtype(DType::BF16)
-        .unwrap()
-        .to_device(&dev)
-        .unwrap();
-    let k = random((b, h, l, d), 16)
-        .to_dtype(DType::BF16)
-        .unwrap()
-        .to_device(&dev)
-        .unwrap();
-    let blocks = l.div_ceil(bs); // 16
-    for (sparsity, tail) in [(0.75, 0), (0.8, 300), (0.0, 0)] {
-        let mask = cuda::predict_block_mask(&q, &k, bs, sparsity, tail)
+    let up = |shape, seed| {
+        random(shape, seed)
+            .to_dtype(DType::BF16)
             .unwrap()
-            .to_host()
-            .unwrap();
-        // The same scores the device used (block means + cuBLAS), selected on the host.
-        let qm = cuda::block_means(&q, bs).unwrap();
-        let km = cuda::block_means(&k, bs).unwrap();
-        let scores = (qm.matmul(&km.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
-        let scores = scores
-            .reshape((b * h * blocks, blocks))
+            .to_device(&dev)
             .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let keep = ((blocks as f64 * (1.0 - sparsity) - 1e-9).ceil().max(1.0) as usize).min(blocks);
-        let first_forced = if tail == 0 { blocks } else { (l - tail) / bs };
-        let want = select_on_host(&scores, blocks, keep, first_forced);
-        let expected = BlockMask::from_rows(b, h, bs, blocks, blocks, &want).unwrap();
-        assert_eq!(mask, expected, "sparsity {sparsity}, tail {tail}");
-        if sparsity == 0.0 {
-            assert_eq!(mask.density(), 1.0);
+    };
+    // 16 blocks a row, then 587 (a 14B-like row: 19 rounds of 32 key blocks per warp).
+    for (shape, bs) in [((2, 3, 2000, 64), 128), ((1, 2, 75_100, 128), 128)] {
+        let (q, k) = (up(shape, 15), up(shape, 16));
+        for (sparsity, tail) in [(0.75, 0), (0.8, 300), (0.0, 0)] {
+            check_selection_rule(&q, &k, bs, sparsity, tail);
         }
     }
+    // Ties: k's blocks all alike, so every score of a row is the same and each row keeps all.
+    let q = up((1, 2, 2000, 64), 17);
+    let k = Tensor::ones((1, 2, 2000, 64), DType::BF16, &dev).unwrap();
+    check_selection_rule(&q, &k, 128, 0.8, 0);
+    let mask = cuda::predict_block_mask(&q, &k, 128, 0.8, 0).unwrap();
+    assert_eq!(mask.density().unwrap(), 1.0, "ties are kept");
 }
 
 #[test]
@@ -644,11 +680,30 @@ fn device_mask_drives_attention_like_its_host_copy() {
     let b = cuda::block_sparse_attention(&q, &k, &v, &host_mask, 0.088).unwrap();
     assert_eq!(rel_err(&a, &b), 0.0);
     // Compacted: only the kept entries, the same mask and the same attention.
-    let compact = device_mask.compacted().unwrap();
+    let compact = device_mask.clone().compacted().unwrap();
     assert_eq!(compact.indices.dim(0).unwrap(), host_mask.indices.len());
     assert_eq!(compact.to_host().unwrap(), host_mask);
     let c = cuda::block_sparse_attention_device(&q, &k, &v, &compact, 0.088).unwrap();
     assert_bit_equal(&c, &a, "compacted mask");
+    // Packed to bits and back (the form cached between steps): the same mask and attention.
+    let unpacked = device_mask.packed().unwrap().unpacked().unwrap();
+    assert_eq!(unpacked.to_host().unwrap(), host_mask);
+    let u = cuda::block_sparse_attention_device(&q, &k, &v, &unpacked, 0.088).unwrap();
+    assert_bit_equal(&u, &a, "mask packed and unpacked");
+}
+
+#[test]
+fn masks_packed_to_bits_unpack_to_the_same_csr() {
+    let dev = gpu();
+    // Rows of 70 key blocks (three words, the last partly used), empty rows, and full ones.
+    for (blocks, keep, seed) in [(70, 20, 60), (70, 70, 61), (33, 5, 62), (591, 160, 63)] {
+        let mask = random_mask(2, 3, 64, blocks, keep, seed);
+        let device = cuda::DeviceBlockMask::upload(&mask, &dev).unwrap();
+        let packed = device.packed().unwrap();
+        assert_eq!(packed.bits.dims(), &[2 * 3 * blocks, blocks.div_ceil(32)]);
+        let back = packed.unpacked().unwrap().to_host().unwrap();
+        assert_eq!(back, mask, "{blocks} key blocks, keep {keep}");
+    }
 }
 
 #[test]

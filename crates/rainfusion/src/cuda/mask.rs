@@ -6,9 +6,9 @@
 //! dense tail (the last `dense_tail_tokens` tokens: first-frame sink, text) is forced on.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use half::{bf16, f16};
 
 use super::module::{self, MASK};
@@ -16,10 +16,12 @@ use super::order::DeviceTokenOrder;
 use crate::predict::{forced_from_block, kept_per_row};
 use crate::{BlockMask, Error, Result};
 
-/// Most key blocks one row may have (the top-k kernel sorts a row in shared memory).
+/// Most key blocks one row may have (the selection keeps a row's scores in shared memory).
 const MAX_BLOCKS: usize = 4096;
-/// Threads of the top-k and scan kernels (`TOPK_THREADS` in mask.cu).
-const TOPK_THREADS: u32 = 512;
+/// Threads of the scan kernel (`SCAN_THREADS` in mask.cu).
+const SCAN_THREADS: u32 = 512;
+/// Rows (one warp each) per CTA of the selection kernel (`SELECT_WARPS` in mask.cu).
+const SELECT_WARPS: usize = 4;
 
 /// A [`BlockMask`] whose CSR lives on a CUDA device.
 ///
@@ -137,6 +139,35 @@ pub fn block_means_in_order(
     Ok(x.apply_op1_no_bwd(&BlockMeansOp { block_size, order })?)
 }
 
+/// The block means of q and of k (`[B, H, L, D]` each, taken in `order`), as
+/// [`block_means_in_order`] computes them: in one launch where both fit the 16-byte-load kernel
+/// with the same dtype and shape, else one launch each.
+pub fn block_means_pair(
+    q: &Tensor,
+    k: &Tensor,
+    block_size: usize,
+    order: Option<&DeviceTokenOrder>,
+) -> Result<(Tensor, Tensor)> {
+    let (_, _, l, _) = q.dims4()?;
+    let together = q.dims() == k.dims()
+        && q.dtype() == k.dtype()
+        && block_size > 0
+        && l > 0
+        && vec16_fits(q.dtype(), q.layout())
+        && vec16_fits(k.dtype(), k.layout());
+    if !together {
+        return Ok((
+            block_means_in_order(q, block_size, order)?,
+            block_means_in_order(k, block_size, order)?,
+        ));
+    }
+    let order = order
+        .map(|o| o.for_sequence(l, q.device()).cloned())
+        .transpose()?;
+    let both = q.apply_op2_no_bwd(k, &BlockMeansPairOp { block_size, order })?; // [2,B,H,nb,D]
+    Ok((both.get(0)?, both.get(1)?))
+}
+
 /// Predicts the RainFusion block mask of self-attention over (permuted) q and k on the GPU.
 ///
 /// q, k: `[B, H, L, D]` on a CUDA device. `sparsity` in [0, 1); the last `dense_tail_tokens`
@@ -185,25 +216,26 @@ pub fn predict_block_mask_in_order(
             "{blocks} blocks per row exceed the GPU top-k limit of {MAX_BLOCKS}; use a larger block"
         )));
     }
-    let q_means = block_means_in_order(q, block_size, order)?; // [B,H,nb,D] f32
-    let k_means = block_means_in_order(k, block_size, order)?;
-    let scores = (q_means.matmul(&k_means.t()?)? / (d as f64).sqrt())?; // [B,H,nb,nb] (cuBLAS)
+    let (q_means, k_means) = block_means_pair(q, k, block_size, order)?; // [B,H,nb,D] f32 each
+                                                                         // [B,H,nb,nb] (cuBLAS). Not divided by √d: the selection compares the scores of a row, and
+                                                                         // a positive factor keeps their order (the CPU predictor scales; its ties are the same
+                                                                         // unless the division rounds two scores onto one value).
+    let scores = q_means.matmul(&k_means.t()?)?;
     let scores = scores.reshape((b * h * blocks, blocks))?.contiguous()?;
     let op = TopkOp {
         keep: kept_per_row(blocks, sparsity),
         first_forced: forced_from_block(l, block_size, dense_tail_tokens),
     };
     let csr = scores.apply_op1_no_bwd(&op)?; // [rows + 1 + rows·blocks] u32: offsets, then indices
-    let rows = b * h * blocks;
+    let (offsets, indices) = split_csr(&csr, b * h * blocks)?;
     Ok(DeviceBlockMask {
         batch: b,
         heads: h,
         block_size,
         query_blocks: blocks,
         key_blocks: blocks,
-        // Own storage for the offsets, so that the attention op never read-locks one tensor twice.
-        offsets: csr.narrow(0, 0, rows + 1)?.force_contiguous()?,
-        indices: csr.narrow(0, rows + 1, rows * blocks)?,
+        offsets,
+        indices,
     })
 }
 
@@ -219,6 +251,43 @@ struct BlockMeansOp {
 
 /// Threads of the 16-byte-load block-means kernel (`MEANS_THREADS` in mask.cu).
 const MEANS_THREADS: usize = 256;
+
+/// Whether x `[B, H, L, D]` fits the 16-byte-load kernel: a 16-bit dtype, every row starting
+/// 16-byte aligned, and a head_dim that splits into a power-of-two count of 8-element lanes that
+/// divides the thread count.
+fn vec16_fits(dtype: DType, layout: &Layout) -> bool {
+    let (d, stride) = (layout.dims()[3], layout.stride());
+    dtype.size_in_bytes() == 2
+        && stride[3] == 1
+        && d.is_power_of_two()
+        && (8..=MEANS_THREADS * 8).contains(&d)
+        && [layout.start_offset(), stride[0], stride[1], stride[2]]
+            .iter()
+            .all(|v| v % 8 == 0)
+}
+
+/// The u32 token order's device view, when there is one.
+fn order_view<'a, G: std::ops::Deref<Target = candle_core::Storage>>(
+    guard: &'a Option<(G, &Layout)>,
+) -> candle_core::Result<Option<CudaView<'a, u32>>> {
+    match guard {
+        Some((storage, layout)) => {
+            let candle_core::Storage::Cuda(order) = &**storage else {
+                candle_core::bail!("block_means: the token order must be on the CUDA device")
+            };
+            Ok(Some(
+                order.as_cuda_slice::<u32>()?.slice(layout.start_offset()..),
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The (sb, sh, sl) element strides of x `[B, H, L, D]`.
+fn strides3(layout: &Layout) -> (i64, i64, i64) {
+    let s = layout.stride();
+    (s[0] as i64, s[1] as i64, s[2] as i64)
+}
 
 impl CustomOp1 for BlockMeansOp {
     fn name(&self) -> &'static str {
@@ -237,9 +306,9 @@ impl CustomOp1 for BlockMeansOp {
         let (b, h, l, d) = layout.shape().dims4()?;
         let blocks = l.div_ceil(self.block_size);
         let dev = x.device().clone();
-        let out = dev.alloc_zeros::<f32>(b * h * blocks * d)?;
-        let stride = layout.stride();
-        let (sb, sh, sl) = (stride[0] as i64, stride[1] as i64, stride[2] as i64);
+        // SAFETY: the kernel writes every element (each block's every column).
+        let out = unsafe { dev.alloc::<f32>(b * h * blocks * d)? };
+        let (sb, sh, sl) = strides3(layout);
         let (heads, seq_len, block_size, nblocks, head_dim) = (
             h as i32,
             l as i32,
@@ -247,14 +316,7 @@ impl CustomOp1 for BlockMeansOp {
             blocks as i32,
             d as i32,
         );
-        // 16-byte loads where every row starts 16-byte aligned and head_dim splits into a
-        // power-of-two count of 8-element lanes that divides the thread count.
-        let vec16 = x.dtype().size_in_bytes() == 2
-            && d.is_power_of_two()
-            && (8..=MEANS_THREADS * 8).contains(&d)
-            && [layout.start_offset(), stride[0], stride[1], stride[2]]
-                .iter()
-                .all(|v| v % 8 == 0);
+        let vec16 = vec16_fits(x.dtype(), layout);
         let threads = if vec16 { MEANS_THREADS } else { d.min(256) };
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, h as u32, b as u32),
@@ -262,19 +324,7 @@ impl CustomOp1 for BlockMeansOp {
             shared_mem_bytes: 0,
         };
         let order_guard = self.order.as_ref().map(|o| o.storage_and_layout());
-        let order_slice = match &order_guard {
-            Some((storage, order_layout)) => {
-                let candle_core::Storage::Cuda(order) = &**storage else {
-                    candle_core::bail!("block_means: the token order must be on the CUDA device")
-                };
-                Some(
-                    order
-                        .as_cuda_slice::<u32>()?
-                        .slice(order_layout.start_offset()..),
-                )
-            }
-            None => None,
-        };
+        let order_slice = order_view(&order_guard)?;
         let null_ptr: u64 = 0;
         macro_rules! run {
             ($t:ty, $name:expr) => {{
@@ -316,6 +366,107 @@ impl CustomOp1 for BlockMeansOp {
     }
 }
 
+/// q and k (same shape and 16-bit dtype, both fitting [`vec16_fits`]) → their block means
+/// `[2, B, H, blocks, D]` f32 in one launch, q's first.
+struct BlockMeansPairOp {
+    block_size: usize,
+    /// u32 `[L]`: the token at each position, or `None` for the natural order.
+    order: Option<Tensor>,
+}
+
+impl CustomOp2 for BlockMeansPairOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-block-means-pair"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("rainfusion::cuda::block_means_pair runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        q_layout: &Layout,
+        k: &CudaStorage,
+        k_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, h, l, d) = q_layout.shape().dims4()?;
+        if k_layout.shape().dims4()? != (b, h, l, d)
+            || !vec16_fits(q.dtype(), q_layout)
+            || !vec16_fits(k.dtype(), k_layout)
+            || q.dtype() != k.dtype()
+        {
+            candle_core::bail!("block_means_pair: q and k must match and fit 16-byte loads");
+        }
+        let blocks = l.div_ceil(self.block_size);
+        let dev = q.device().clone();
+        // SAFETY: the kernel writes every element (each tensor's every block and column).
+        let out = unsafe { dev.alloc::<f32>(2 * b * h * blocks * d)? };
+        let (sb, sh, sl) = strides3(q_layout);
+        let (kb, kh, kl) = strides3(k_layout);
+        let (heads, seq_len, block_size, nblocks, head_dim) = (
+            h as i32,
+            l as i32,
+            self.block_size as i32,
+            blocks as i32,
+            d as i32,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, h as u32, 2 * b as u32),
+            block_dim: (MEANS_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let order_guard = self.order.as_ref().map(|o| o.storage_and_layout());
+        let order_slice = order_view(&order_guard)?;
+        let null_ptr: u64 = 0;
+        macro_rules! run {
+            ($t:ty, $name:expr) => {{
+                let func = module::load(&dev, &MASK, $name, 0).map_err(msg)?;
+                let q_src = q.as_cuda_slice::<$t>()?.slice(q_layout.start_offset()..);
+                let k_src = k.as_cuda_slice::<$t>()?.slice(k_layout.start_offset()..);
+                let stream = dev.cuda_stream();
+                let mut builder = stream.launch_builder(&func);
+                builder.arg(&q_src).arg(&k_src).arg(&out);
+                match &order_slice {
+                    Some(order) => builder.arg(order),
+                    None => builder.arg(&null_ptr),
+                };
+                builder
+                    .arg(&sb)
+                    .arg(&sh)
+                    .arg(&sl)
+                    .arg(&kb)
+                    .arg(&kh)
+                    .arg(&kl)
+                    .arg(&heads)
+                    .arg(&seq_len)
+                    .arg(&block_size)
+                    .arg(&nblocks)
+                    .arg(&head_dim);
+                // SAFETY: arguments match rf_block_means_pair_vec16_* in kernels/mask.cu (both
+                // inputs checked against vec16_fits above); the order (when given) holds L
+                // entries, each a token (a permutation).
+                unsafe { builder.launch(cfg) }.w()?;
+            }};
+        }
+        match q.dtype() {
+            DType::BF16 => run!(bf16, "rf_block_means_pair_vec16_bf16"),
+            DType::F16 => run!(f16, "rf_block_means_pair_vec16_f16"),
+            other => candle_core::bail!("block_means_pair: unsupported dtype {other:?}"),
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((2, b, h, blocks, d)),
+        ))
+    }
+}
+
 /// Scores `[rows, blocks]` f32 → one u32 buffer: offsets `[rows + 1]` then indices
 /// `[rows·blocks]` (CSR with upper-bound capacity).
 struct TopkOp {
@@ -343,9 +494,12 @@ impl CustomOp1 for TopkOp {
         }
         let dev = s.device().clone();
         let scores = s.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
-        let counts = dev.alloc_zeros::<u32>(rows)?;
-        let padded = dev.alloc_zeros::<u32>(rows * blocks)?;
-        let mut csr = dev.alloc_zeros::<u32>(rows + 1 + rows * blocks)?;
+        // SAFETY (all three): the select kernel writes every count and each row's first
+        // `count` padded entries, which are all the compaction reads; the scan writes every
+        // offset and the compaction the first offsets[rows] indices, all a reader takes.
+        let counts = unsafe { dev.alloc::<u32>(rows)? };
+        let padded = unsafe { dev.alloc::<u32>(rows * blocks)? };
+        let mut csr = unsafe { dev.alloc::<u32>(rows + 1 + rows * blocks)? };
         let (nblocks, keep, first_forced, nrows) = (
             blocks as i32,
             self.keep as i32,
@@ -353,38 +507,28 @@ impl CustomOp1 for TopkOp {
             rows as i32,
         );
 
-        let topk = module::load(&dev, &MASK, "rf_block_topk", 0).map_err(msg)?;
+        let smem = (SELECT_WARPS * blocks * 4) as u32;
+        let select = module::load(&dev, &MASK, "rf_block_select", smem).map_err(msg)?;
         let stream = dev.cuda_stream();
-        let mut builder = stream.launch_builder(&topk);
+        let mut builder = stream.launch_builder(&select);
         builder
             .arg(&scores)
             .arg(&counts)
             .arg(&padded)
+            .arg(&nrows)
             .arg(&nblocks)
             .arg(&keep)
             .arg(&first_forced);
         let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (TOPK_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: (rows.div_ceil(SELECT_WARPS) as u32, 1, 1),
+            block_dim: (SELECT_WARPS as u32 * 32, 1, 1),
+            shared_mem_bytes: smem,
         };
-        // SAFETY: arguments match rf_block_topk; blocks <= MAX_BLOCKS was checked by the caller.
+        // SAFETY: arguments match rf_block_select; blocks <= MAX_BLOCKS was checked by the
+        // caller, so the shared memory (SELECT_WARPS rows of keys) is at most 64 KiB.
         unsafe { builder.launch(cfg) }.w()?;
 
-        {
-            let mut offsets = csr.slice_mut(0..rows + 1);
-            let scan = module::load(&dev, &MASK, "rf_counts_to_offsets", 0).map_err(msg)?;
-            let stream = dev.cuda_stream();
-            let mut builder = stream.launch_builder(&scan);
-            builder.arg(&counts).arg(&mut offsets).arg(&nrows);
-            let cfg = LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (TOPK_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: arguments match rf_counts_to_offsets.
-            unsafe { builder.launch(cfg) }.w()?;
-        }
+        scan_counts(&dev, &counts, &mut csr, rows)?;
         {
             let (mut offsets, mut indices) = csr.split_at_mut(rows + 1);
             let compact = module::load(&dev, &MASK, "rf_compact_rows", 0).map_err(msg)?;
@@ -404,6 +548,221 @@ impl CustomOp1 for TopkOp {
             unsafe { builder.launch(cfg) }.w()?;
         }
         let len = rows + 1 + rows * blocks;
+        Ok((CudaStorage::wrap_cuda_slice(csr, dev), Shape::from(len)))
+    }
+}
+
+/// `csr[0..=rows]` = the offsets of `counts` (u32 `[rows]`): 0, then the running sums.
+fn scan_counts(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    counts: &CudaSlice<u32>,
+    csr: &mut CudaSlice<u32>,
+    rows: usize,
+) -> candle_core::Result<()> {
+    let mut offsets = csr.slice_mut(0..rows + 1);
+    let nrows = rows as i32;
+    let scan = module::load(dev, &MASK, "rf_counts_to_offsets", 0).map_err(msg)?;
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&scan);
+    builder.arg(counts).arg(&mut offsets).arg(&nrows);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (SCAN_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match rf_counts_to_offsets: rows counts in, rows + 1 offsets out.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(())
+}
+
+/// Splits one u32 buffer of `rows + 1` offsets then indices into the mask's two tensors.
+fn split_csr(csr: &Tensor, rows: usize) -> Result<(Tensor, Tensor)> {
+    let capacity = csr.dim(0)? - (rows + 1);
+    Ok((
+        // Own storage for the offsets, so that the attention op never read-locks one tensor twice.
+        csr.narrow(0, 0, rows + 1)?.force_contiguous()?,
+        csr.narrow(0, rows + 1, capacity)?,
+    ))
+}
+
+/// A [`DeviceBlockMask`] kept as one bit per block pair, the form RainFusion caches between the
+/// steps that reuse a mask. At 1280×720×81 on Wan2.1-14B (40 heads, 591 blocks a row) that is
+/// 1.7 MB a layer, against 15.6 MB of u32 indices for the 28 % of pairs RainFusion 0.8 keeps:
+/// the 40 cached masks of a run took 0.6 GB as indices.
+#[derive(Debug, Clone)]
+pub struct PackedDeviceMask {
+    pub batch: usize,
+    pub heads: usize,
+    pub block_size: usize,
+    pub query_blocks: usize,
+    pub key_blocks: usize,
+    /// u32 `[batch·heads·query_blocks, ceil(key_blocks / 32)]`: key block j of row r is bit
+    /// j % 32 of word j / 32.
+    pub bits: Tensor,
+}
+
+impl DeviceBlockMask {
+    /// The mask as one bit per block pair (no host round trip).
+    pub fn packed(&self) -> Result<PackedDeviceMask> {
+        let rows = self.batch * self.heads * self.query_blocks;
+        let op = PackOp {
+            rows,
+            words: self.key_blocks.div_ceil(32),
+        };
+        let bits = self.offsets.apply_op2_no_bwd(&self.indices, &op)?;
+        Ok(PackedDeviceMask {
+            batch: self.batch,
+            heads: self.heads,
+            block_size: self.block_size,
+            query_blocks: self.query_blocks,
+            key_blocks: self.key_blocks,
+            bits,
+        })
+    }
+}
+
+impl PackedDeviceMask {
+    /// The CSR mask again (no host round trip; its indices keep room for every block pair, as a
+    /// freshly predicted mask's do).
+    pub fn unpacked(&self) -> Result<DeviceBlockMask> {
+        let rows = self.batch * self.heads * self.query_blocks;
+        let op = UnpackOp {
+            key_blocks: self.key_blocks,
+        };
+        let csr = self.bits.apply_op1_no_bwd(&op)?;
+        let (offsets, indices) = split_csr(&csr, rows)?;
+        Ok(DeviceBlockMask {
+            batch: self.batch,
+            heads: self.heads,
+            block_size: self.block_size,
+            query_blocks: self.query_blocks,
+            key_blocks: self.key_blocks,
+            offsets,
+            indices,
+        })
+    }
+}
+
+/// CSR offsets `[rows + 1]` and indices (u32) → bits `[rows, words]` u32.
+struct PackOp {
+    rows: usize,
+    words: usize,
+}
+
+impl CustomOp2 for PackOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-mask-pack"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("rainfusion::cuda mask packing runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        offsets: &CudaStorage,
+        offsets_layout: &Layout,
+        indices: &CudaStorage,
+        indices_layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        if offsets_layout.shape().dims1()? != self.rows + 1
+            || !offsets_layout.is_contiguous()
+            || !indices_layout.is_contiguous()
+        {
+            candle_core::bail!("mask packing: contiguous offsets [rows + 1] and indices wanted");
+        }
+        let dev = offsets.device().clone();
+        let bits = dev.alloc_zeros::<u32>(self.rows * self.words)?;
+        let offsets = offsets
+            .as_cuda_slice::<u32>()?
+            .slice(offsets_layout.start_offset()..);
+        let indices = indices
+            .as_cuda_slice::<u32>()?
+            .slice(indices_layout.start_offset()..);
+        let words = self.words as i32;
+        let func = module::load(&dev, &MASK, "rf_csr_to_bits", 0).map_err(msg)?;
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&offsets).arg(&indices).arg(&bits).arg(&words);
+        let cfg = LaunchConfig {
+            grid_dim: (self.rows as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match rf_csr_to_bits; every index is a key block (< words·32) of a
+        // well-formed mask, and bits holds rows·words zeroed words.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(bits, dev),
+            Shape::from((self.rows, self.words)),
+        ))
+    }
+}
+
+/// Bits `[rows, words]` u32 → one u32 buffer: offsets `[rows + 1]`, then indices
+/// `[rows·key_blocks]` (CSR with upper-bound capacity).
+struct UnpackOp {
+    key_blocks: usize,
+}
+
+impl CustomOp1 for UnpackOp {
+    fn name(&self) -> &'static str {
+        "rainfusion-mask-unpack"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("rainfusion::cuda mask unpacking runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        bits: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, words) = layout.shape().dims2()?;
+        if !layout.is_contiguous() {
+            candle_core::bail!("mask unpacking: contiguous bits wanted");
+        }
+        let dev = bits.device().clone();
+        let bits = bits.as_cuda_slice::<u32>()?.slice(layout.start_offset()..);
+        // SAFETY: rf_bits_count writes every count; the scan every offset; rf_bits_to_indices
+        // the first offsets[rows] indices, all a reader takes.
+        let counts = unsafe { dev.alloc::<u32>(rows)? };
+        let len = rows + 1 + rows * self.key_blocks;
+        let mut csr = unsafe { dev.alloc::<u32>(len)? };
+        let (nrows, nwords) = (rows as i32, words as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(SELECT_WARPS) as u32, 1, 1),
+            block_dim: (SELECT_WARPS as u32 * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let count = module::load(&dev, &MASK, "rf_bits_count", 0).map_err(msg)?;
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&count);
+        builder.arg(&bits).arg(&counts).arg(&nrows).arg(&nwords);
+        // SAFETY: arguments match rf_bits_count: rows·words words in, rows counts out.
+        unsafe { builder.launch(cfg) }.w()?;
+        scan_counts(&dev, &counts, &mut csr, rows)?;
+        {
+            let (mut offsets, mut indices) = csr.split_at_mut(rows + 1);
+            let unpack = module::load(&dev, &MASK, "rf_bits_to_indices", 0).map_err(msg)?;
+            let mut builder = stream.launch_builder(&unpack);
+            builder
+                .arg(&bits)
+                .arg(&mut offsets)
+                .arg(&mut indices)
+                .arg(&nrows)
+                .arg(&nwords);
+            // SAFETY: arguments match rf_bits_to_indices; each row writes its count of indices
+            // from its offset, within the rows·key_blocks capacity.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
         Ok((CudaStorage::wrap_cuda_slice(csr, dev), Shape::from(len)))
     }
 }

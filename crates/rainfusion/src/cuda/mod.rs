@@ -38,7 +38,7 @@ pub use attention::{
 pub use linear::linear;
 pub use linear_fp8::{fp8_gemm_available, linear_fp8};
 pub use mask::{
-    block_means, block_means_in_order, predict_block_mask, predict_block_mask_in_order,
-    DeviceBlockMask,
+    block_means, block_means_in_order, block_means_pair, predict_block_mask,
+    predict_block_mask_in_order, DeviceBlockMask, PackedDeviceMask,
 };
 pub use order::DeviceTokenOrder;
