@@ -110,9 +110,41 @@ fn loaded() -> &'static ModuleCache {
     LOADED.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Functions already loaded, by device, module, name and dynamic shared memory allowed.
+type FunctionCache = Mutex<HashMap<(DeviceId, &'static str, String, u32), CudaFunction>>;
+
+fn functions() -> &'static FunctionCache {
+    static FUNCTIONS: OnceLock<FunctionCache> = OnceLock::new();
+    FUNCTIONS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
 /// Loads `function` from `module` (the module once per device) and allows it `dynamic_smem`
-/// bytes of dynamic shared memory (above the 48 KiB default).
+/// bytes of dynamic shared memory (above the 48 KiB default). The function is looked up once
+/// per device: later calls skip the driver's queries (compute capability, function lookup,
+/// attribute), which every launch paid before.
 pub(crate) fn load(
+    dev: &CudaDevice,
+    module: &KernelModule,
+    function: &str,
+    dynamic_smem: u32,
+) -> Result<CudaFunction> {
+    let key = (dev.id(), module.name, function.to_string(), dynamic_smem);
+    if let Some(f) = functions()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
+        return Ok(f.clone());
+    }
+    let func = load_uncached(dev, module, function, dynamic_smem)?;
+    functions()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, func.clone());
+    Ok(func)
+}
+
+fn load_uncached(
     dev: &CudaDevice,
     module: &KernelModule,
     function: &str,
