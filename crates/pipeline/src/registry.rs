@@ -136,6 +136,20 @@ pub struct ModelDefaults {
     pub cache_calibration: Option<String>,
 }
 
+/// What an entry says of its published transformer (one expert of a two-expert model): enough
+/// to estimate a run's memory before the files are downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedTransformer {
+    /// Width (heads × head dim).
+    pub dim: u64,
+    /// Feed-forward width.
+    pub ffn_dim: u64,
+    pub layers: u64,
+    /// Parameters of one transformer.
+    pub params: u64,
+}
+
 /// A LoRA that an entry applies (a recipe: base model + LoRA + sampling settings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,6 +305,8 @@ pub struct ModelEntry {
     pub loras: Vec<EntryLora>,
     /// The family the TOML names (Wan2.1 T2V when it names none).
     pub family: &'static ModelFamily,
+    /// The transformer's size as published (`[transformer]` in the TOML), if the entry says.
+    pub transformer: Option<PublishedTransformer>,
     /// The TOML it came from (or `<embedded>/<file>`).
     pub file: PathBuf,
 }
@@ -339,6 +355,7 @@ struct EntryFile {
     defaults: ModelDefaults,
     #[serde(default)]
     lora: Vec<EntryLora>,
+    transformer: Option<PublishedTransformer>,
 }
 
 /// Parses one entry; `base_dir` resolves a relative `path`.
@@ -398,6 +415,7 @@ fn parse_entry(text: &str, file: &Path, base_dir: &Path) -> Result<ModelEntry> {
         defaults,
         loras: raw.lora,
         family,
+        transformer: raw.transformer,
         file: file.to_path_buf(),
     })
 }

@@ -17,7 +17,7 @@ use crate::offload::{choose_offload, OffloadChoice, OffloadMode, OffloadNeeds, O
 use crate::options::{
     AttentionMode, Choice, DTypeChoice, DecoderChoice, DeviceChoice, StepCacheMode, TokenWindow,
 };
-use crate::registry::{EntryLora, ModelDefaults, Registry};
+use crate::registry::{EntryLora, ModelDefaults, PublishedTransformer, Registry};
 use crate::sampling::SamplerKind;
 use crate::step_cache::{Calibration, StepCacheSettings};
 use crate::video::VideoFormat;
@@ -373,6 +373,10 @@ pub struct GenerateSettings {
     /// the model name there already says it.
     #[serde(skip)]
     pub family: &'static ModelFamily,
+    /// The transformer's published size from the model's registry entry: the memory estimate's
+    /// fallback before the files are downloaded. Not in the sidecar.
+    #[serde(skip)]
+    pub published_transformer: Option<PublishedTransformer>,
     /// What the user should know before the run starts (a slow CPU run, a prompt longer than the
     /// text encoder reads), one line each; the CLI prints them as warnings.
     #[serde(skip)]
@@ -1151,6 +1155,7 @@ pub fn resolve(
         loras.first = first;
         loras.second = second;
     }
+    let published_transformer = registry.get(&model).and_then(|e| e.transformer);
     let settings = GenerateSettings {
         prompt: args.prompt.clone(),
         negative_prompt,
@@ -1215,6 +1220,7 @@ pub fn resolve(
             &hub,
         )?,
         family,
+        published_transformer,
         warnings: Vec::new(),
     };
     let mut settings = settings;
@@ -1366,22 +1372,37 @@ fn resolve_step_cache(
     settings
 }
 
-/// The transformer's shape and weight bytes of a local model (its `transformer/config.json` and
-/// weight files, or `--dit`'s), else those of Wan2.1-1.3B and unknown weights.
-fn transformer_facts(files: &ModelFiles, args: &GenerateOptions) -> (TransformerShape, u64) {
+/// The transformer's shape and weight bytes as loaded in `dtype_bytes` a value: read from the
+/// model's files where they are here (a local folder, a cached hub model: its
+/// `transformer/config.json` and weight files, or `--dit`'s), else from the registry entry's
+/// published size (a hub model not downloaded yet), else Wan2.1-1.3B's shape and unknown
+/// weights. A file wider than the run dtype (fp32 published, bf16 run) counts at the run dtype
+/// when the published parameter count is known; a GGUF or fp8 file keeps its own bytes.
+fn transformer_facts(
+    files: &ModelFiles,
+    args: &GenerateOptions,
+    published: Option<&PublishedTransformer>,
+    dtype_bytes: u64,
+) -> (TransformerShape, u64) {
     let dir = match &args.dit {
         Some(dit) if dit.is_dir() => Some(dit.clone()),
         Some(_) => None,
         // A hub model counts once it is in the cache (nothing is downloaded for an estimate).
         None => files.cached_component_dir("transformer"),
     };
+    let published_shape = published.map(|p| TransformerShape {
+        dim: p.dim,
+        ffn_dim: p.ffn_dim,
+        layers: p.layers,
+    });
     let shape = dir
         .as_ref()
         .and_then(|d| std::fs::read_to_string(d.join("config.json")).ok())
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .and_then(|json| TransformerShape::from_config_json(&json))
+        .or(published_shape)
         .unwrap_or(TransformerShape::WAN21_1_3B);
-    let weight_bytes = match (&args.dit, &dir) {
+    let file_bytes = match (&args.dit, &dir) {
         (Some(file), _) if file.is_file() => file.metadata().map_or(0, |m| m.len()),
         (_, Some(dir)) => std::fs::read_dir(dir).map_or(0, |entries| {
             entries
@@ -1392,6 +1413,12 @@ fn transformer_facts(files: &ModelFiles, args: &GenerateOptions) -> (Transformer
                 .fold(0u64, u64::saturating_add)
         }),
         _ => 0,
+    };
+    let published_bytes = published.map(|p| p.params.saturating_mul(dtype_bytes));
+    let weight_bytes = match (file_bytes, published_bytes) {
+        (0, Some(bytes)) => bytes,
+        (file, Some(bytes)) => file.min(bytes),
+        (file, None) => file,
     };
     (shape, weight_bytes)
 }
@@ -1441,7 +1468,12 @@ fn resolve_offload(
 /// What decides the memory of the run of `settings` (see [`crate::memory`]).
 fn run_shape(settings: &GenerateSettings, files: &ModelFiles, args: &GenerateOptions) -> RunShape {
     let family = settings.family;
-    let (transformer, weight_bytes) = transformer_facts(files, args);
+    let (transformer, weight_bytes) = transformer_facts(
+        files,
+        args,
+        settings.published_transformer.as_ref(),
+        settings.dtype.size_in_bytes() as u64,
+    );
     let [_, channels, latent_frames, latent_h, latent_w] =
         family
             .latent
@@ -1549,6 +1581,98 @@ mod seed_tests {
             let seed = random_seed();
             assert!(seed < 1 << 53, "seed {seed} is not exact as a double");
             assert_eq!(seed as f64 as u64, seed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod estimate_tests {
+    use super::*;
+
+    const WAN14B: PublishedTransformer = PublishedTransformer {
+        dim: 5120,
+        ffn_dim: 13_824,
+        layers: 40,
+        params: 14_290_000_000,
+    };
+
+    fn hub_not_downloaded(cache: &Path) -> ModelFiles {
+        ModelFiles::new(
+            ModelLocation::Hub {
+                repo_id: "owner/not-here".into(),
+                revision: "main".into(),
+            },
+            HubOptions {
+                offline: true,
+                cache_dir: cache.to_path_buf(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_hub_model_not_downloaded_is_estimated_from_its_registry_entry() {
+        let cache = tempfile::tempdir().unwrap();
+        let files = hub_not_downloaded(cache.path());
+        let args = GenerateOptions::new("p");
+        let (shape, bytes) = transformer_facts(&files, &args, Some(&WAN14B), 2);
+        assert_eq!((shape.dim, shape.ffn_dim, shape.layers), (5120, 13_824, 40));
+        assert_eq!(bytes, 28_580_000_000);
+        // Without an entry's facts: the 1.3B's shape and unknown weights, as before.
+        let (shape, bytes) = transformer_facts(&files, &args, None, 2);
+        assert_eq!(shape, TransformerShape::WAN21_1_3B);
+        assert_eq!(bytes, 0);
+    }
+
+    #[test]
+    fn a_file_wider_than_the_run_dtype_counts_as_loaded_and_a_quantised_one_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        // An fp32 checkpoint of the 14B (4 bytes a parameter), as a sparse file.
+        let fp32 = dir.path().join("fp32.safetensors");
+        std::fs::File::create(&fp32)
+            .unwrap()
+            .set_len(4 * WAN14B.params)
+            .unwrap();
+        let mut args = GenerateOptions::new("p");
+        args.dit = Some(fp32);
+        let files = hub_not_downloaded(dir.path());
+        let (_, bytes) = transformer_facts(&files, &args, Some(&WAN14B), 2);
+        assert_eq!(bytes, 2 * WAN14B.params, "loaded in bf16");
+        // A Q8_0 file (about 1.06 bytes a parameter) stays quantised on the device.
+        let q8 = dir.path().join("q8_0.gguf");
+        std::fs::File::create(&q8)
+            .unwrap()
+            .set_len(15_200_000_000)
+            .unwrap();
+        args.dit = Some(q8);
+        let (_, bytes) = transformer_facts(&files, &args, Some(&WAN14B), 2);
+        assert_eq!(bytes, 15_200_000_000);
+    }
+
+    #[test]
+    fn every_hub_entry_states_a_transformer_size_its_shape_accounts_for() {
+        let registry = Registry::embedded();
+        for entry in registry.entries() {
+            if !matches!(entry.source, crate::registry::EntrySource::Hub { .. }) {
+                continue;
+            }
+            let t = entry
+                .transformer
+                .unwrap_or_else(|| panic!("{}: no [transformer] size", entry.name));
+            let shape = TransformerShape {
+                dim: t.dim,
+                ffn_dim: t.ffn_dim,
+                layers: t.layers,
+            };
+            let counted = shape.block_params() * t.layers as u128 + shape.non_block_params();
+            let ratio = t.params as f64 / counted as f64;
+            // Wan's blocks are counted whole; HunyuanVideo 1.5's dual-stream blocks hold about
+            // twice what a Wan block of the same width does (two streams, their modulations).
+            let bound = if entry.family.name.starts_with("hunyuan") {
+                1.5..3.0
+            } else {
+                0.97..1.2
+            };
+            assert!(bound.contains(&ratio), "{}: ratio {ratio:.3}", entry.name);
         }
     }
 }
