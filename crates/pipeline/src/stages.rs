@@ -136,6 +136,12 @@ pub struct StageTimings {
     pub transformer_load_s: f64,
     /// VAE load (part of `decode_s`).
     pub vae_load_s: f64,
+    /// The decoded chunks turned into frame bytes on the host, with the wait for each chunk's
+    /// device work that this read includes (part of `decode_s`).
+    pub decode_to_bytes_s: f64,
+    /// Waiting for the video writer to take a chunk: the mp4 encoder behind the decode (part of
+    /// `decode_s`).
+    pub decode_push_s: f64,
     /// From the start of the run (preflight) to the end of the first sampling step: what the
     /// user waits before the progress bar moves.
     pub first_step_s: f64,
@@ -463,14 +469,19 @@ fn decode_and_write(
         .map_err(video_error)?;
     let decoder = load_decoder(settings, files, device)?;
     timings.vae_load_s = start.elapsed().as_secs_f64();
-    decode_into_sink(&decoder, settings, latents, &mut sink)?;
+    let chunks = decode_into_sink(&decoder, settings, latents, &mut sink)?;
     drop(decoder);
     timings.decode_s = start.elapsed().as_secs_f64();
+    timings.decode_to_bytes_s = chunks.to_bytes_s;
+    timings.decode_push_s = chunks.push_s;
     eprintln!(
-        "decode       {:.1} s (load {:.2} s, decode and frames to the encoder {:.2} s)",
+        "decode       {:.1} s (load {:.2} s, decode and frames to the encoder {:.2} s: frames to \
+         bytes {:.2} s with the device's wait, the encoder's wait {:.2} s)",
         timings.decode_s,
         timings.vae_load_s,
-        timings.decode_compute_s()
+        timings.decode_compute_s(),
+        chunks.to_bytes_s,
+        chunks.push_s,
     );
 
     let start = Instant::now();
@@ -1539,6 +1550,15 @@ pub fn load_decoder(
     }
 }
 
+/// Where the decode's chunk callback spent its time, seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChunkTimes {
+    /// Chunks to frame bytes on the host, with the wait for the device work behind them.
+    pub to_bytes_s: f64,
+    /// Waiting for the writer to take a chunk.
+    pub push_s: f64,
+}
+
 /// Decodes with a loaded decoder into `sink`, each decoded chunk pushed as soon as it exists
 /// (the mp4 encoder works while the decoder runs). The sink is not finished here.
 pub fn decode_into_sink(
@@ -1546,14 +1566,19 @@ pub fn decode_into_sink(
     settings: &GenerateSettings,
     latents: &Tensor,
     sink: &mut VideoSink,
-) -> Result<()> {
+) -> Result<ChunkTimes> {
     // The writer's own error is kept so it is reported as a video-output error, not as the VAE's.
     let mut sink_error = None;
+    let mut times = ChunkTimes::default();
     let decoded = decoder.decode_with_chunks(latents, settings.vae_tiling, &mut |chunk| {
         // chunk: [1, 3, t, H, W] in [-1, 1]
-        frames_from_tensor(chunk)
-            .and_then(|frames| sink.push(frames))
-            .map_err(|e| {
+        let start = Instant::now();
+        let frames = frames_from_tensor(chunk);
+        let converted = Instant::now();
+        times.to_bytes_s += (converted - start).as_secs_f64();
+        let pushed = frames.and_then(|frames| sink.push(frames));
+        times.push_s += converted.elapsed().as_secs_f64();
+        pushed.map_err(|e| {
                 let message = format!("video output: {e}");
                 sink_error = Some(e);
                 vdit_models::ModelError::InvalidInput(message)
@@ -1562,7 +1587,7 @@ pub fn decode_into_sink(
     if let Some(e) = sink_error {
         return Err(video_error(e));
     }
-    decoded
+    decoded.map(|()| times)
 }
 
 /// Stage 3: loads the decoder (`--decoder`), decodes, frees it.

@@ -133,6 +133,11 @@ pub struct PipelineStages {
     pub first_step_s: f64,
     /// Mean of the sampling steps.
     pub seconds_per_step: f64,
+    /// Part of `decode_s`: the decoded chunks turned into frame bytes, with the wait for the
+    /// device work behind each.
+    pub decode_to_bytes_s: f64,
+    /// Part of `decode_s`: waiting for the mp4 encoder to take a chunk.
+    pub decode_push_s: f64,
 }
 
 /// The whole run: settings and one row per case.
@@ -1376,6 +1381,8 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
             vae_load_s: t.vae_load_s,
             first_step_s: t.first_step_s,
             seconds_per_step: t.seconds_per_step,
+            decode_to_bytes_s: t.decode_to_bytes_s,
+            decode_push_s: t.decode_push_s,
         };
         let mut attention = settings.attention.mode.name().to_string();
         if settings.attention.mode != vdit_pipeline::options::AttentionMode::Dense {
