@@ -1579,10 +1579,10 @@ pub fn decode_into_sink(
         let pushed = frames.and_then(|frames| sink.push(frames));
         times.push_s += converted.elapsed().as_secs_f64();
         pushed.map_err(|e| {
-                let message = format!("video output: {e}");
-                sink_error = Some(e);
-                vdit_models::ModelError::InvalidInput(message)
-            })
+            let message = format!("video output: {e}");
+            sink_error = Some(e);
+            vdit_models::ModelError::InvalidInput(message)
+        })
     });
     if let Some(e) = sink_error {
         return Err(video_error(e));

@@ -6,7 +6,9 @@
 //! dense tail (the last `dense_tail_tokens` tokens: first-frame sink, text) is forced on.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use half::{bf16, f16};
@@ -494,12 +496,10 @@ impl CustomOp1 for TopkOp {
         }
         let dev = s.device().clone();
         let scores = s.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
-        // SAFETY (all three): the select kernel writes every count and each row's first
-        // `count` padded entries, which are all the compaction reads; the scan writes every
-        // offset and the compaction the first offsets[rows] indices, all a reader takes.
+        // SAFETY (both): the select kernel writes every count and each row's first `count`
+        // padded entries, which are all the compaction reads.
         let counts = unsafe { dev.alloc::<u32>(rows)? };
         let padded = unsafe { dev.alloc::<u32>(rows * blocks)? };
-        let mut csr = unsafe { dev.alloc::<u32>(rows + 1 + rows * blocks)? };
         let (nblocks, keep, first_forced, nrows) = (
             blocks as i32,
             self.keep as i32,
@@ -528,17 +528,10 @@ impl CustomOp1 for TopkOp {
         // caller, so the shared memory (SELECT_WARPS rows of keys) is at most 64 KiB.
         unsafe { builder.launch(cfg) }.w()?;
 
-        scan_counts(&dev, &counts, &mut csr, rows)?;
-        {
-            let (mut offsets, mut indices) = csr.split_at_mut(rows + 1);
+        assemble_csr(&dev, &counts, rows, blocks, |offsets, indices| {
             let compact = module::load(&dev, &MASK, "rf_compact_rows", 0).map_err(msg)?;
-            let stream = dev.cuda_stream();
             let mut builder = stream.launch_builder(&compact);
-            builder
-                .arg(&padded)
-                .arg(&mut offsets)
-                .arg(&mut indices)
-                .arg(&nblocks);
+            builder.arg(&padded).arg(offsets).arg(indices).arg(&nblocks);
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
                 block_dim: (128, 1, 1),
@@ -546,10 +539,34 @@ impl CustomOp1 for TopkOp {
             };
             // SAFETY: arguments match rf_compact_rows; indices has rows·blocks capacity.
             unsafe { builder.launch(cfg) }.w()?;
-        }
-        let len = rows + 1 + rows * blocks;
-        Ok((CudaStorage::wrap_cuda_slice(csr, dev), Shape::from(len)))
+            Ok(())
+        })
     }
+}
+
+/// One u32 buffer, the CSR of a mask: `rows + 1` offsets (the running sums of `counts`, u32
+/// `[rows]`), then room for `rows·row_capacity` indices, which `fill(offsets, indices)` writes.
+/// Returned as a custom op's storage and shape.
+fn assemble_csr(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    counts: &CudaSlice<u32>,
+    rows: usize,
+    row_capacity: usize,
+    fill: impl FnOnce(&mut CudaViewMut<'_, u32>, &mut CudaViewMut<'_, u32>) -> candle_core::Result<()>,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let len = rows + 1 + rows * row_capacity;
+    // SAFETY: the scan writes every offset and `fill` the first offsets[rows] indices, all that a
+    // reader takes.
+    let mut csr = unsafe { dev.alloc::<u32>(len)? };
+    scan_counts(dev, counts, &mut csr, rows)?;
+    {
+        let (mut offsets, mut indices) = csr.split_at_mut(rows + 1);
+        fill(&mut offsets, &mut indices)?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(csr, dev.clone()),
+        Shape::from(len),
+    ))
 }
 
 /// `csr[0..=rows]` = the offsets of `counts` (u32 `[rows]`): 0, then the running sums.
@@ -731,11 +748,8 @@ impl CustomOp1 for UnpackOp {
         }
         let dev = bits.device().clone();
         let bits = bits.as_cuda_slice::<u32>()?.slice(layout.start_offset()..);
-        // SAFETY: rf_bits_count writes every count; the scan every offset; rf_bits_to_indices
-        // the first offsets[rows] indices, all a reader takes.
+        // SAFETY: rf_bits_count writes every count.
         let counts = unsafe { dev.alloc::<u32>(rows)? };
-        let len = rows + 1 + rows * self.key_blocks;
-        let mut csr = unsafe { dev.alloc::<u32>(len)? };
         let (nrows, nwords) = (rows as i32, words as i32);
         let cfg = LaunchConfig {
             grid_dim: (rows.div_ceil(SELECT_WARPS) as u32, 1, 1),
@@ -748,21 +762,19 @@ impl CustomOp1 for UnpackOp {
         builder.arg(&bits).arg(&counts).arg(&nrows).arg(&nwords);
         // SAFETY: arguments match rf_bits_count: rows·words words in, rows counts out.
         unsafe { builder.launch(cfg) }.w()?;
-        scan_counts(&dev, &counts, &mut csr, rows)?;
-        {
-            let (mut offsets, mut indices) = csr.split_at_mut(rows + 1);
+        assemble_csr(&dev, &counts, rows, self.key_blocks, |offsets, indices| {
             let unpack = module::load(&dev, &MASK, "rf_bits_to_indices", 0).map_err(msg)?;
             let mut builder = stream.launch_builder(&unpack);
             builder
                 .arg(&bits)
-                .arg(&mut offsets)
-                .arg(&mut indices)
+                .arg(offsets)
+                .arg(indices)
                 .arg(&nrows)
                 .arg(&nwords);
             // SAFETY: arguments match rf_bits_to_indices; each row writes its count of indices
             // from its offset, within the rows·key_blocks capacity.
             unsafe { builder.launch(cfg) }.w()?;
-        }
-        Ok((CudaStorage::wrap_cuda_slice(csr, dev), Shape::from(len)))
+            Ok(())
+        })
     }
 }
