@@ -144,7 +144,9 @@ pub struct GenerateArgs {
 
     /// Dtype the networks compute in (activations, and weights stored as floats). Weights stored
     /// quantised (a GGUF --dit: Q8_0, Q4_K, ...; an fp8 file) stay in their stored format in
-    /// memory and are multiplied in this dtype; the file decides what is stored.
+    /// memory and are multiplied in this dtype; the file decides what is stored. On Hopper GPUs,
+    /// fp8 layers 4096 wide or more (the 14B models) multiply in fp8 on cuBLASLt instead, with the
+    /// activations rounded to e4m3 (VDIT_FP8_GEMM=0 keeps them in this dtype).
     #[arg(long, value_parser = choice::<DTypeChoice>(), default_value_t = DTypeChoice::Auto)]
     pub dtype: DTypeChoice,
 
