@@ -1367,3 +1367,47 @@ fn fp8_linear_matches_the_f32_product() {
     let x_f32 = x.to_device(&dev).unwrap();
     assert!(cuda::linear_fp8(&x_f32, &w.to_device(&dev).unwrap(), None).is_err());
 }
+
+/// The generic path (mask prediction and block-sparse attention from candle ops only: what
+/// Metal runs) on CUDA tensors, against the CPU: the same mask as the host predictor of the same
+/// inputs on the CPU, and attention within f32 (and bf16) bounds of the CPU reference.
+#[test]
+fn the_candle_ops_path_runs_on_the_gpu_like_the_cpu() {
+    let dev = gpu();
+    let (b, h, l, d, bs) = (1, 3, 1500, 64, 128);
+    let (q, k, v) = (
+        random((b, h, l, d), 70),
+        random((b, h, l, d), 71),
+        random((b, h, l, d), 72),
+    );
+    let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
+    let (qg, kg, vg) = (on_gpu(&q), on_gpu(&k), on_gpu(&v));
+    let cpu_mask = rainfusion::predict_block_mask(&q, &k, bs, 0.7, 200).unwrap();
+    let gpu_mask = rainfusion::predict_block_mask(&qg, &kg, bs, 0.7, 200).unwrap();
+    assert_eq!(gpu_mask, cpu_mask, "mask predicted by candle ops on CUDA");
+    let scale = 1.0 / (d as f64).sqrt();
+    let want = sparse_reference(&q, &k, &v, &cpu_mask, scale);
+    let got = rainfusion::generic::block_sparse_attention_generic(&qg, &kg, &vg, &gpu_mask, scale)
+        .unwrap();
+    let err = rel_err(&got.to_device(&Device::Cpu).unwrap(), &want);
+    eprintln!("generic block-sparse attention, f32 on CUDA: relative error {err:.2e}");
+    assert!(err < 1e-5, "f32: {err}");
+    let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let got = rainfusion::generic::block_sparse_attention_generic(
+        &bf16(&qg),
+        &bf16(&kg),
+        &bf16(&vg),
+        &gpu_mask,
+        scale,
+    )
+    .unwrap();
+    let err = rel_err(
+        &got.to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap(),
+        &want,
+    );
+    eprintln!("generic block-sparse attention, bf16 on CUDA: relative error {err:.2e}");
+    assert!(err < 2e-2, "bf16: {err}");
+}
