@@ -18,13 +18,17 @@ t "random-weight Wan2.1 1.3B model folder ($MODEL)"
 [ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL
 t "VAE decode alone, 480p"
 step vae 60 /tmp/vdit bench --device cuda --warmup 1 --iters 3 --json $OUT/vae.json vae
-t "whole run, 4 steps, guidance 1: first and warm"
-step pipeline_4g1 90 /tmp/vdit bench pipeline -m $MODEL --device cuda --size 832x480 --frames 81 --seed 0 --runs 2 \
-  --steps 4 --guidance-scale 1 -o /tmp/videos/4g1 --json $OUT/pipeline_4g1.json
-python3 - $OUT/pipeline_4g1.json <<'PY'
+run4=(-m $MODEL --device cuda --size 832x480 --frames 81 --seed 0 --runs 2 --steps 4 --guidance-scale 1)
+t "whole run, 4 steps, guidance 1: first and warm; the mp4's groups encoded in parallel (default), then one at a time"
+step pipeline_4g1 90 /tmp/vdit bench pipeline "${run4[@]}" -o /tmp/videos/4g1 --json $OUT/pipeline_4g1.json
+step pipeline_4g1_serial 90 env VDIT_MP4_THREADS=1 /tmp/vdit bench pipeline "${run4[@]}" -o /tmp/videos/4g1s \
+  --json $OUT/pipeline_4g1_serial.json
+python3 - $OUT/pipeline_4g1.json $OUT/pipeline_4g1_serial.json <<'PY'
 import json, sys
-for r in json.load(open(sys.argv[1]))["rows"]:
+for f in sys.argv[1:]:
+  print(f)
+  for r in json.load(open(f))["rows"]:
     s = r["stages"]
-    print(r["case"], {k: round(s[k], 3) for k in ("total_s", "load_s", "denoise_s", "decode_s", "decode_to_bytes_s",
+    print(" ", r["case"], {k: round(s[k], 3) for k in ("total_s", "load_s", "denoise_s", "decode_s", "decode_to_bytes_s",
                                                   "decode_push_s", "write_s")})
 PY

@@ -103,8 +103,10 @@ fn mp4_demuxer_reads_the_sample_table() {
     assert_eq!(track.samples.len(), 40);
     assert_eq!(track.timescale, 10_000);
     assert!(track.sample_durations.iter().all(|&d| d == 1000));
-    // The first frame is an IDR picture; the encoder inserts one every 4 s (40 frames at 10 fps).
-    assert!(track.keyframes[0]);
+    // Each group of pictures (2 s: 20 frames at 10 fps) starts with an IDR picture, and only
+    // those are keyframes.
+    let keyframes: Vec<usize> = (0..40).filter(|&i| track.keyframes[i]).collect();
+    assert_eq!(keyframes, vec![0, 20]);
     assert_eq!(track.sps[0] & 0x1f, 7);
     assert_eq!(track.pps[0] & 0x1f, 8);
     assert!((track.fps() - 10.0).abs() < 1e-9);

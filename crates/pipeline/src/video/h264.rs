@@ -308,16 +308,22 @@ fn i420_to_rgb(yuv: &impl YUVSource, width: usize, height: usize) -> Vec<u8> {
 /// Sends this process's stderr to /dev/null while alive (unix only; elsewhere a no-op).
 ///
 /// openh264 prints a warning from inside its C initialisation; its trace-level option cannot
-/// reach it because the crate applies that option only after initialising.
+/// reach it because the crate applies that option only after initialising. One at a time in the
+/// process (the groups of an mp4 start their encoders on several threads): a second one would
+/// save the first's /dev/null as "stderr" and restore it.
 struct QuietStderr {
     #[cfg(unix)]
     saved: Option<libc::c_int>,
+    #[cfg(unix)]
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
 impl QuietStderr {
     fn new() -> Self {
         #[cfg(unix)]
         {
+            static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let guard = ONE.lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: plain descriptor calls; every descriptor opened here is closed or kept in
             // `saved` and restored by `drop`.
             unsafe {
@@ -325,7 +331,10 @@ impl QuietStderr {
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
                 if saved >= 0 && null >= 0 && libc::dup2(null, 2) >= 0 {
                     libc::close(null);
-                    return Self { saved: Some(saved) };
+                    return Self {
+                        saved: Some(saved),
+                        _one_at_a_time: guard,
+                    };
                 }
                 if saved >= 0 {
                     libc::close(saved);
@@ -334,7 +343,10 @@ impl QuietStderr {
                     libc::close(null);
                 }
             }
-            Self { saved: None }
+            Self {
+                saved: None,
+                _one_at_a_time: guard,
+            }
         }
         #[cfg(not(unix))]
         Self {}

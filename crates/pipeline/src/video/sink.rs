@@ -1,23 +1,29 @@
 //! A video writer that takes frames in chunks while they are produced (the VAE decodes a few frames
 //! at a time) and encodes them on a background thread, so the H.264 encode overlaps the decode.
 //!
-//! mp4 streams: each pushed chunk goes over a bounded channel to the encoder thread, which encodes it
-//! and appends the samples to a temporary file in the destination directory. gif buffers the frames
+//! mp4 streams: each pushed chunk goes over a bounded channel to the encoder thread. That thread
+//! hands the frames to group encoders: each run of [`GOP_SECONDS`] of frames (an IDR picture and
+//! the P pictures after it) is encoded by an encoder of its own on a thread of its own, so several
+//! groups encode at once, and the encoded groups are appended, in order, to a temporary file in
+//! the destination directory. One H.264 encoder takes about 15-40 ms a frame at 832x480, more than
+//! the GPU decode's ≈ 18 ms: with one encoder the whole run waited ≈ 0.8 s for it after the decode
+//! (scripts/gpu/NOTES.md, "The decode stage, split"). gif buffers the frames
 //! and encodes them at [`VideoSink::finish`]; png encodes each frame into a temporary folder as it
 //! comes. Whatever the format, the output appears only at `finish`, by renames; a sink dropped (or
 //! failed) before that removes its temporary file or folder and leaves whatever was at the path
 //! untouched. A file at the path that vdit did not write is refused at `create` (see [`Replace`]).
 
+use std::collections::VecDeque;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tempfile::NamedTempFile;
 
-use super::h264::H264Encoder;
+use super::h264::{H264Encoder, H264Sample};
 use super::mp4::Mp4Muxer;
 use super::png_seq::PngSequenceWriter;
 use super::{
@@ -29,6 +35,27 @@ use crate::ownership::{remove_stale_temps, temp_prefix, Replace};
 /// Chunks queued for the encoder before `push` waits: at most 4 chunks of up to 4 frames are held
 /// (about 19 MB at 832x480), and a producer faster than the encoder is slowed down, not buffered.
 const QUEUED_CHUNKS: usize = 4;
+
+/// Seconds of frames per group of pictures: each group starts with an IDR picture and is encoded
+/// by an encoder of its own, in parallel with the other groups.
+pub const GOP_SECONDS: u32 = 2;
+
+/// Environment variable: the most groups encoded at once (default: the CPU's threads less one,
+/// at most 8). `1` encodes one group at a time.
+pub const MP4_THREADS_ENV: &str = "VDIT_MP4_THREADS";
+
+/// Groups encoded at once: [`MP4_THREADS_ENV`], else the CPU's threads less one (1 to 8).
+fn parallel_groups() -> usize {
+    let from_env = std::env::var(MP4_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0);
+    from_env.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .clamp(1, 8)
+    })
+}
 
 /// Buffer between the muxer and the temporary file: samples arrive in ~1 s chunks, the sample table
 /// as many small writes.
@@ -290,7 +317,7 @@ impl EncoderThread {
         let handle = std::thread::Builder::new()
             .name("vdit-mp4-encoder".into())
             .spawn(move || {
-                let mut stream = Mp4Stream::new(&out_path, temp, fps)?;
+                let mut stream = Mp4Stream::new(&out_path, temp, fps, cancelled.clone())?;
                 for message in from_sink {
                     match message {
                         ToEncoder::Frames {
@@ -298,7 +325,7 @@ impl EncoderThread {
                             height,
                             frames,
                         } => {
-                            for frame in &frames {
+                            for frame in frames {
                                 if cancelled.load(Ordering::Relaxed) {
                                     return Err(VideoError::Codec("cancelled".into()));
                                 }
@@ -337,47 +364,165 @@ impl EncoderThread {
     }
 }
 
-/// The encoder thread's state: H.264 encoder (created with the first frame, whose size it takes)
-/// and the MP4 muxer writing into the temporary file.
+/// The encoder thread's state: the group encoders at work, oldest first, and the MP4 muxer
+/// writing the finished groups into the temporary file.
 struct Mp4Stream {
     path: PathBuf,
     fps: u32,
-    encoder: Option<H264Encoder>,
+    /// Frames per group.
+    group_frames: usize,
+    /// Groups encoded at once at most.
+    parallel: usize,
+    frames_seen: usize,
+    groups: VecDeque<GroupEncoder>,
+    /// The first group's SPS and PPS, which the track holds; every group must produce the same.
+    parameter_sets: Option<(Vec<u8>, Vec<u8>)>,
+    cancel: Arc<AtomicBool>,
     muxer: Mp4Muxer<BufWriter<NamedTempFile>>,
 }
 
+/// One group of pictures being encoded on its own thread.
+struct GroupEncoder {
+    /// Frames to the group's thread; `None` once the group has all its frames.
+    frames: Option<Sender<Vec<u8>>>,
+    handle: JoinHandle<Result<EncodedGroup>>,
+}
+
+/// A group's samples, in order, and the parameter sets its encoder produced.
+struct EncodedGroup {
+    samples: Vec<H264Sample>,
+    sps: Vec<u8>,
+    pps: Vec<u8>,
+    coded_size: (u32, u32),
+}
+
+impl GroupEncoder {
+    /// A thread that encodes the `width`x`height` frames it is sent, from an IDR picture on.
+    fn spawn(width: u32, height: u32, fps: u32, cancel: Arc<AtomicBool>) -> Result<Self> {
+        let (frames, received) = channel::<Vec<u8>>();
+        let handle = std::thread::Builder::new()
+            .name("vdit-mp4-group".into())
+            .spawn(move || {
+                let mut encoder = H264Encoder::new(width, height, fps)?;
+                let mut samples = Vec::new();
+                for frame in received {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(VideoError::Codec("cancelled".into()));
+                    }
+                    samples.push(encoder.encode_frame(&frame)?);
+                }
+                let (sps, pps) = encoder
+                    .parameter_sets()
+                    .ok_or_else(|| VideoError::Codec("the encoder produced no SPS/PPS".into()))?;
+                Ok(EncodedGroup {
+                    sps: sps.to_vec(),
+                    pps: pps.to_vec(),
+                    coded_size: encoder.coded_size(),
+                    samples,
+                })
+            })
+            .map_err(|e| VideoError::Codec(format!("cannot start an encoder thread: {e}")))?;
+        Ok(Self {
+            frames: Some(frames),
+            handle,
+        })
+    }
+
+    /// Waits for the group (its frames all sent) and returns it.
+    fn join(mut self) -> Result<EncodedGroup> {
+        self.frames = None;
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(VideoError::Codec("an encoder thread panicked".into())))
+    }
+}
+
 impl Mp4Stream {
-    fn new(path: &Path, temp: NamedTempFile, fps: u32) -> Result<Self> {
+    fn new(path: &Path, temp: NamedTempFile, fps: u32, cancel: Arc<AtomicBool>) -> Result<Self> {
         let out = BufWriter::with_capacity(FILE_BUFFER, temp);
         Ok(Self {
             path: path.to_path_buf(),
             fps,
-            encoder: None,
+            group_frames: (fps * GOP_SECONDS).max(1) as usize,
+            parallel: parallel_groups(),
+            frames_seen: 0,
+            groups: VecDeque::new(),
+            parameter_sets: None,
+            cancel,
             muxer: Mp4Muxer::new(out, fps).map_err(|e| with_path(e, path))?,
         })
     }
 
-    /// Encodes and muxes one `width`x`height` frame; the first one sets the encoder's size (the sink
-    /// has checked that every chunk has the same).
-    fn encode(&mut self, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
-        if self.encoder.is_none() {
-            self.encoder = Some(H264Encoder::new(width, height, self.fps)?);
+    /// Hands one `width`x`height` frame to its group's encoder (the sink has checked that every
+    /// chunk has the same size), starting a group every `group_frames` frames, and muxes the
+    /// groups that are done.
+    fn encode(&mut self, width: u32, height: u32, rgb: Vec<u8>) -> Result<()> {
+        if self.frames_seen.is_multiple_of(self.group_frames) {
+            if let Some(last) = self.groups.back_mut() {
+                last.frames = None;
+            }
+            while self.groups.len() >= self.parallel {
+                self.mux_oldest()?;
+            }
+            let group = GroupEncoder::spawn(width, height, self.fps, self.cancel.clone())?;
+            self.groups.push_back(group);
         }
-        let encoder = self.encoder.as_mut().expect("created above");
-        let sample = encoder.encode_frame(rgb)?;
-        if !self.muxer.has_track() {
-            let (width, height) = encoder.coded_size();
-            let (sps, pps) = encoder
-                .parameter_sets()
-                .ok_or_else(|| VideoError::Codec("the encoder produced no SPS/PPS".into()))?;
-            self.muxer.add_h264_track(width, height, sps, pps)?;
+        self.frames_seen += 1;
+        let sent = self
+            .groups
+            .back()
+            .and_then(|g| g.frames.as_ref())
+            .is_some_and(|frames| frames.send(rgb).is_ok());
+        if !sent {
+            // The group's thread has stopped: its error comes out of the groups in order.
+            while !self.groups.is_empty() {
+                self.mux_oldest()?;
+            }
+            return Err(VideoError::Codec("an encoder stopped early".into()));
         }
-        self.muxer
-            .write_sample(&sample)
-            .map_err(|e| with_path(e, &self.path))
+        while self
+            .groups
+            .front()
+            .is_some_and(|g| g.frames.is_none() && g.handle.is_finished())
+        {
+            self.mux_oldest()?;
+        }
+        Ok(())
     }
 
-    fn finish(self) -> Result<NamedTempFile> {
+    /// Waits for the oldest group and appends its samples (the first group's parameter sets
+    /// start the track).
+    fn mux_oldest(&mut self) -> Result<()> {
+        let Some(group) = self.groups.pop_front() else {
+            return Ok(());
+        };
+        let group = group.join()?;
+        match &self.parameter_sets {
+            None => {
+                let (width, height) = group.coded_size;
+                self.muxer
+                    .add_h264_track(width, height, &group.sps, &group.pps)?;
+                self.parameter_sets = Some((group.sps, group.pps));
+            }
+            Some((sps, pps)) if *sps != group.sps || *pps != group.pps => {
+                return Err(VideoError::Codec(
+                    "the group encoders produced different parameter sets".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+        for sample in &group.samples {
+            self.muxer
+                .write_sample(sample)
+                .map_err(|e| with_path(e, &self.path))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<NamedTempFile> {
+        while !self.groups.is_empty() {
+            self.mux_oldest()?;
+        }
         let io = |source| VideoError::Io {
             path: self.path.clone(),
             source,
@@ -407,4 +552,60 @@ fn create_temp(path: &Path) -> Result<NamedTempFile> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 40 frames of a moving gradient at `width`x`height`.
+    fn frames(width: usize, height: usize) -> Vec<Vec<u8>> {
+        (0..40)
+            .map(|t| {
+                (0..width * height)
+                    .flat_map(|i| {
+                        let (x, y) = (i % width, i / width);
+                        [(x * 4 + t * 3) as u8, (y * 5) as u8, (x + y + t) as u8]
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The bytes of an mp4 of `frames` at 4 fps (groups of 8 frames) with `parallel` groups
+    /// encoded at once.
+    fn encoded(frames: &[Vec<u8>], parallel: usize) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups.mp4");
+        let temp = create_temp(&path).unwrap();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut stream = Mp4Stream::new(&path, temp, 4, cancel).unwrap();
+        stream.parallel = parallel;
+        for frame in frames {
+            stream.encode(48, 32, frame.clone()).unwrap();
+        }
+        let temp = stream.finish().unwrap();
+        std::fs::read(temp.path()).unwrap()
+    }
+
+    #[test]
+    fn groups_encoded_at_once_make_the_same_file_as_one_at_a_time() {
+        let frames = frames(48, 32);
+        let one = encoded(&frames, 1);
+        let three = encoded(&frames, 3);
+        assert!(
+            one == three,
+            "the file depends on how many groups encode at once"
+        );
+        let track = super::super::mp4::demux(&three).unwrap();
+        assert_eq!(track.samples.len(), 40);
+        let keyframes: Vec<usize> = (0..40).filter(|&i| track.keyframes[i]).collect();
+        assert_eq!(
+            keyframes,
+            vec![0, 8, 16, 24, 32],
+            "an IDR picture opens each group"
+        );
+        let back = super::super::h264::decode(&track.sps, &track.pps, &track.samples).unwrap();
+        assert_eq!(back.frame_count(), 40);
+    }
 }
