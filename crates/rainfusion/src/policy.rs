@@ -514,7 +514,7 @@ impl RainFusionAttention {
         (batch, heads): (usize, usize),
         refresh: bool,
         predict: impl FnOnce(usize) -> Result<crate::cuda::DeviceBlockMask>,
-    ) -> Result<(Arc<crate::cuda::DeviceBlockMask>, f64)> {
+    ) -> Result<(crate::cuda::DeviceBlockMask, f64)> {
         let cached = self
             .cache
             .device_masks
@@ -522,7 +522,7 @@ impl RainFusionAttention {
             .filter(|(l, m, _)| !refresh && l == layout && m.batch == batch && m.heads == heads)
             .map(|(_, m, density)| (m, *density));
         if let Some((packed, density)) = cached {
-            return Ok((Arc::new(packed.unpacked()?), density));
+            return Ok((packed.unpacked()?, density));
         }
         let tail = dense_tail_tokens(layout, self.config.first_frame_sink);
         let mask = predict(tail)?;
@@ -530,7 +530,6 @@ impl RainFusionAttention {
         self.cache
             .device_masks
             .insert(slot, (*layout, mask.packed()?, density));
-        let mask = Arc::new(mask);
         self.schedule.mark_predicted(slot);
         Ok((mask, density))
     }
