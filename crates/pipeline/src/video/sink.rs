@@ -351,17 +351,20 @@ impl EncoderThread {
 
     fn join(self) -> Result<NamedTempFile> {
         drop(self.to_encoder);
-        self.handle.join().unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(VideoError::Codec(format!(
-                "the encoder thread panicked: {message}"
-            )))
-        })
+        join_thread(self.handle, "the encoder thread")
     }
+}
+
+/// The result of a finished thread of ours; a panic becomes an error that carries its message.
+fn join_thread<T>(handle: JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    handle.join().unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(VideoError::Codec(format!("{what} panicked: {message}")))
+    })
 }
 
 /// The encoder thread's state: the group encoders at work, oldest first, and the MP4 muxer
@@ -431,9 +434,7 @@ impl GroupEncoder {
     /// Waits for the group (its frames all sent) and returns it.
     fn join(mut self) -> Result<EncodedGroup> {
         self.frames = None;
-        self.handle
-            .join()
-            .unwrap_or_else(|_| Err(VideoError::Codec("an encoder thread panicked".into())))
+        join_thread(self.handle, "a group's encoder thread")
     }
 }
 
