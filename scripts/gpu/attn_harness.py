@@ -98,7 +98,11 @@ class WgmmaKernels:
     byte offsets are arguments so that both readings of the MN-major layout can be tried."""
 
     def __init__(self, path, prefix="wgmma"):
-        self.SMEM = (128 * 128 + 2 * 2 * 64 * 128) * 2 + 1024
+        # "ws": the warp-specialised kernel (384 threads, 128-key tiles, V's leading offset 128·128)
+        bn = 128 if prefix.startswith("ws") else 64
+        self.threads = 384 if prefix.startswith("ws") else 256
+        self.lbo = bn * 128
+        self.SMEM = (128 * 128 + 2 * 2 * bn * 128) * 2 + 1024
         self.prefix = prefix
         self.module = cp.RawModule(path=path)
         self.fns = {}
@@ -113,13 +117,13 @@ class WgmmaKernels:
         args = kernel_args(q, k, v, o, offsets, indices, block_size, scale)
         # the Hopper entries take `order` after `indices` (null: natural order) and V's descriptor offsets last
         args = args[:6] + (np.uint64(0),) + args[6:] + (np.uint32(lbo), np.uint32(sbo))
-        self.fns[dtype_name](((l + 127) // 128, h, b), (256,), args, shared_mem=self.SMEM)
+        self.fns[dtype_name](((l + 127) // 128, h, b), (self.threads,), args, shared_mem=self.SMEM)
 
 
-def check_wgmma(wk, gen, log, combos=((8192, 1024),)):
+def check_wgmma(wk, gen, log, combos=None):
     """Returns the (lbo, sbo) pairs that pass every check."""
     good = []
-    for lbo, sbo in combos:
+    for lbo, sbo in combos or ((wk.lbo, 1024),):
         ok_all = True
         for dtype_name, dt in DTYPES.items():
             for b, h, l, kind in ((2, 3, 1000, "dense"), (1, 2, 777, "sparse"), (2, 2, 640, "nocsr")):
@@ -380,7 +384,7 @@ def main():
     for rep in range(args.passes):
         for wk, ok in hopper:
             for name, (offsets, indices, _) in masks.items():
-                ms = time_fn(lambda: wk.launch("bf16", q, k, v, o, offsets, indices, bs, scale, 8192, 1024))
+                ms = time_fn(lambda: wk.launch("bf16", q, k, v, o, offsets, indices, bs, scale, wk.lbo, 1024))
                 label = f"ours {wk.prefix}{'' if ok else ' (FAILED CHECKS)'} {name}"
                 add(label + (f" (pass {rep + 1})" if args.passes > 1 else ""), ms, densities[name])
     if mask_mod is not None:
@@ -427,7 +431,7 @@ def main():
         print(f"  full-size dense {suffix} vs cuDNN: rel_err {err:.2e} finite {bool(torch.isfinite(o).all())}")
     for wk, _ in hopper:
         o.fill_(float("nan"))
-        wk.launch("bf16", q, k, v, o, None, None, bs, scale, 8192, 1024)
+        wk.launch("bf16", q, k, v, o, None, None, bs, scale, wk.lbo, 1024)
         torch.cuda.synchronize()
         err = ((o.float() - ref.float()).norm() / ref.float().norm()).item()
         print(f"  full-size dense {wk.prefix} vs cuDNN: rel_err {err:.2e} finite {bool(torch.isfinite(o).all())}")

@@ -519,6 +519,26 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_tnspb(float* d, const uint32
 }
 
 
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float* d, uint64_t desc_a, uint64_t desc_b,
+                                                     int accumulate, __nv_bfloat16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float* d, uint64_t desc_a, uint64_t desc_b,
+                                                     int accumulate, __half) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
@@ -773,6 +793,299 @@ __device__ __forceinline__ void attention_fwd_wgmma(
 }
 
 
+// ---- The warp-specialised kernel (FlashAttention-3's scheme, without TMA).
+// Three warpgroups, one CTA per SM: warpgroup 0 only loads (cp.async into the 128-byte-swizzle
+// tiles, 56 registers: fewer spill), warpgroups 1 and 2 only compute (224), each owning 64 of the
+// tile's 128 query rows. Key tiles are BN = 128 wide, in two K stages and two V stages, each
+// guarded by a "full" and an "empty" mbarrier. Within a consumer, S_j = Q·K_jᵀ and
+// O += P_{j-1}·V_{j-1} are issued together and the softmax of S_j runs while P_{j-1}·V_{j-1}
+// is still on the tensor cores; between the two consumers, two named barriers take turns
+// ("ping-pong"), so that one issues its matrix work while the other does its softmax.
+// Cp.async is kept (not TMA) because the gathered window order reads rows one token at a time.
+
+__device__ __forceinline__ void wgmma_wait_one() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
+
+// Pins registers after a wgmma wait: the compiler may not move their reads above it.
+template <int N>
+__device__ __forceinline__ void fence_regs(float* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_regs(uint32_t* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar)
+               : "memory");
+}
+// Waits until the phase of the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+template <typename T, bool GATHER>
+__device__ __forceinline__ void attention_fwd_ws(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+    const uint32_t* __restrict__ offsets, const uint32_t* __restrict__ indices,
+    const uint32_t* __restrict__ order, int64_t q_sb, int64_t q_sh, int64_t q_sl, int64_t kv_sb,
+    int64_t kv_sh, int64_t kv_sl, int64_t out_sb, int64_t out_sh, int64_t out_sl, int heads,
+    int q_len, int kv_len, int block_size, int query_blocks, float scale_log2, uint32_t v_lbo,
+    uint32_t v_sbo) {
+  constexpr int D = 128, BM = 128, BN = 128, NT = BN / 8, DT = D / 8;
+  constexpr uint32_t Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+  // mbarriers: Q full, K full ×2, V full ×2, K empty ×2, V empty ×2.
+  __shared__ __align__(8) uint64_t bars[9];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t smem_base = (smem_addr(smem_raw) + 1023) & ~1023u;
+  const uint32_t s_q = smem_base;
+  const uint32_t s_kv = s_q + Q_BYTES;  // stage s: K at s_kv + 2·s·KV_BYTES, V right after
+  const uint32_t bar_q = smem_addr(&bars[0]);
+  auto full_k = [&](int s) { return smem_addr(&bars[1 + s]); };
+  auto full_v = [&](int s) { return smem_addr(&bars[3 + s]); };
+  auto empty_k = [&](int s) { return smem_addr(&bars[5 + s]); };
+  auto empty_v = [&](int s) { return smem_addr(&bars[7 + s]); };
+
+  const int tid = threadIdx.x, warpgroup = tid / 128, wg_tid = tid % 128;
+  if (tid == 0) {
+    mbar_init(bar_q, 128);
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(full_k(s), 128);
+      mbar_init(full_v(s), 128);
+      mbar_init(empty_k(s), 8);  // lane 0 of each consumer warp
+      mbar_init(empty_v(s), 8);
+    }
+  }
+  __syncthreads();
+
+  const int q_start = blockIdx.x * BM, head = blockIdx.y, batch = blockIdx.z;
+  const int64_t kv_offset = batch * kv_sb + head * kv_sh;
+  const bool dense = offsets == nullptr;
+  const int row = (batch * heads + head) * query_blocks + q_start / block_size;
+  const uint32_t row_begin = dense ? 0u : offsets[row];
+  const int tiles_per_block = block_size / BN;
+  const int n_tiles = dense ? (kv_len + BN - 1) / BN
+                            : static_cast<int>(offsets[row + 1] - row_begin) * tiles_per_block;
+  const uint32_t* next_block = dense ? nullptr : indices + row_begin;
+  int block_counter = 0, sub_tile = 0, block_start = 0;
+  auto next_key_start = [&]() {
+    if (sub_tile == 0) {
+      block_start = (dense ? block_counter : static_cast<int>(next_block[block_counter])) * block_size;
+      ++block_counter;
+    }
+    const int start = block_start + sub_tile * BN;
+    if (++sub_tile == tiles_per_block) sub_tile = 0;
+    return start;
+  };
+
+  if (warpgroup == 0) {
+    // ---- producer: Q once, then K_j and V_j into stage j % 2 as the consumers free them. Each
+    // thread waits for its own copies and fences them into the async proxy before it arrives.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+    const T* k_base = k + kv_offset;
+    const T* v_base = v + kv_offset;
+    load_tile_sw128<T, D, BM, 128, GATHER>(s_q, q + batch * q_sb + head * q_sh, q_sl, order, q_start,
+                                          q_len, wg_tid);
+    cp_async_commit();
+    cp_async_wait_all();
+    fence_proxy_async();
+    mbar_arrive(bar_q);
+    for (int j = 0; j < n_tiles; ++j) {
+      const int stage = j & 1;
+      const uint32_t round = (j >> 1) & 1;
+      const int key_start = next_key_start();
+      const uint32_t k_addr = s_kv + stage * 2 * KV_BYTES;
+      // K_j is announced before V_j is waited for: S_j needs K_j one iteration before P_j·V_j
+      // needs V_j, and V_j's stage frees later (after P_{j-2}·V_{j-2}).
+      mbar_wait(empty_k(stage), round ^ 1);
+      load_tile_sw128<T, D, BN, 128, GATHER>(k_addr, k_base, kv_sl, order, key_start, kv_len, wg_tid);
+      cp_async_commit();
+      cp_async_wait_all();
+      fence_proxy_async();
+      mbar_arrive(full_k(stage));
+      mbar_wait(empty_v(stage), round ^ 1);
+      load_tile_sw128<T, D, BN, 128, GATHER>(k_addr + KV_BYTES, v_base, kv_sl, order, key_start, kv_len,
+                                            wg_tid);
+      cp_async_commit();
+      cp_async_wait_all();
+      fence_proxy_async();
+      mbar_arrive(full_v(stage));
+    }
+    return;
+  }
+
+  // ---- consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+  const int cw = warpgroup - 1;  // 64 query rows each
+  const int warp = tid / 32 - 4, lane = tid % 32;  // warp 0..7 over both consumers
+  const bool releases = lane == 0;
+
+  float acc[DT][4];
+  float s[NT][4];
+  uint32_t p[BN / 16][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+  float alpha[2];
+
+  // S_j = Q·K_jᵀ, issued and committed (not waited for).
+  auto issue_s = [&](int j) {
+    const int stage = j & 1;
+    mbar_wait(full_k(stage), (j >> 1) & 1);
+    const uint32_t s_k = s_kv + stage * 2 * KV_BYTES;
+#pragma unroll
+    for (int kd = 0; kd < D / 16; ++kd) {
+      const uint32_t col = kd >> 2, within = (kd & 3) * 32;
+      const uint64_t da = smem_desc(s_q + col * (BM * 128) + cw * 64 * 128 + within, 16, 1024);
+      const uint64_t db = smem_desc(s_k + col * (BN * 128) + within, 16, 1024);
+      wgmma_m64n128k16_ss(&s[0][0], da, db, kd > 0 ? 1 : 0, T{});
+    }
+    wgmma_commit();
+  };
+  // O += P_j·V_j, issued and committed.
+  auto issue_pv = [&](int j) {
+    const int stage = j & 1;
+    mbar_wait(full_v(stage), (j >> 1) & 1);
+    const uint32_t s_v = s_kv + stage * 2 * KV_BYTES + KV_BYTES;
+#pragma unroll
+    for (int kn = 0; kn < BN / 16; ++kn) {
+      const uint64_t db = smem_desc(s_v + kn * 16 * 128, v_lbo, v_sbo);
+      wgmma_m64n128k16_rs_tnspb(&acc[0][0], p[kn], db, T{});
+    }
+    wgmma_commit();
+  };
+  // After S_j has landed: frees K_j, then the online softmax of S_j in place (alpha = the
+  // factor the running output must take).
+  auto softmax = [&](int j, int key_start) {
+    fence_regs<NT * 4>(&s[0][0]);
+    if (releases) mbar_arrive(empty_k(j & 1));
+    if (key_start + BN > kv_len) {
+      const int col0 = key_start + (lane & 3) * 2;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (col0 + nt * 8 + (e & 1) >= kv_len) s[nt][e] = -INFINITY;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+      alpha[r] = fast_exp2(row_max[r] * scale_log2 - m_scaled);
+      row_max[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pe = fast_exp2(fmaf(s[nt][2 * r + e], scale_log2, -m_scaled));
+          s[nt][2 * r + e] = pe;
+          sum += pe;
+        }
+      row_sum[r] = row_sum[r] * alpha[r] + sum;
+    }
+  };
+  // After P_{j-1}·V_{j-1} has landed: frees V_{j-1}.
+  auto pv_done = [&](int j) {
+    fence_regs<DT * 4>(&acc[0][0]);
+    fence_regs<BN / 16 * 4>(&p[0][0]);
+    if (releases) mbar_arrive(empty_v(j & 1));
+  };
+  // The running output takes alpha; S_j becomes P_j.
+  auto rescale_and_pack = [&]() {
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      acc[dt][0] *= alpha[0];
+      acc[dt][1] *= alpha[0];
+      acc[dt][2] *= alpha[1];
+      acc[dt][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kn = 0; kn < BN / 16; ++kn) {
+      p[kn][0] = Mma<T>::pack(s[2 * kn][0], s[2 * kn][1]);
+      p[kn][1] = Mma<T>::pack(s[2 * kn][2], s[2 * kn][3]);
+      p[kn][2] = Mma<T>::pack(s[2 * kn + 1][0], s[2 * kn + 1][1]);
+      p[kn][3] = Mma<T>::pack(s[2 * kn + 1][2], s[2 * kn + 1][3]);
+    }
+  };
+
+  mbar_wait(bar_q, 0);
+  if (n_tiles > 0) {
+    // Ping-pong: consumer cw issues its matrix work after named barrier 1 + cw, then lets the
+    // other go; consumer 0 goes first, and consumer 1 skips its last arrive, so that both
+    // barriers end balanced (n_tiles + 1 turns each).
+    if (cw == 1) named_arrive(1, 256);
+    int key_start = next_key_start();
+    named_sync(1 + cw, 256);
+    wgmma_fence();
+    issue_s(0);
+    named_arrive(1 + (cw ^ 1), 256);
+    wgmma_wait_all();
+    softmax(0, key_start);
+    rescale_and_pack();
+    for (int j = 1; j < n_tiles; ++j) {
+      key_start = next_key_start();
+      named_sync(1 + cw, 256);
+      wgmma_fence();
+      issue_s(j);
+      issue_pv(j - 1);
+      named_arrive(1 + (cw ^ 1), 256);
+      wgmma_wait_one();
+      softmax(j, key_start);
+      wgmma_wait_all();
+      pv_done(j - 1);
+      rescale_and_pack();
+    }
+    named_sync(1 + cw, 256);
+    wgmma_fence();
+    issue_pv(n_tiles - 1);
+    if (cw == 0) named_arrive(2, 256);
+    wgmma_wait_all();
+    pv_done(n_tiles - 1);
+  }
+
+  T* o_base = o + batch * out_sb + head * out_sh;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffff, l, 1);
+    l += __shfl_xor_sync(0xffffffff, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int token = q_start + warp * 16 + (lane >> 2) + r * 8;
+    if (token < q_len) {
+      const int64_t out_row = GATHER ? static_cast<int64_t>(__ldg(order + token)) : token;
+      T* dst = o_base + out_row * out_sl + (lane & 3) * 2;
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt)
+        *reinterpret_cast<uint32_t*>(dst + dt * 8) = Mma<T>::pack(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv);
+    }
+  }
+}
+
+
 }  // namespace hopper
 }  // namespace rf
 
@@ -801,6 +1114,25 @@ RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_bf16_d128, __nv_bfloat16, 2, fal
 RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_f16_d128, __half, 2, false)
 RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_gather_bf16_d128, __nv_bfloat16, 2, true)
 RF_ATTENTION_WGMMA_ENTRY(rf_attention_fwd_wgmma_gather_f16_d128, __half, 2, true)
+// The warp-specialised kernel: 384 threads (a loading warpgroup and two computing ones), one CTA
+// per SM, (BM·D + 4·BN·D)·2 + 1024 bytes of dynamic shared memory with BN = 128, the same
+// arguments as the entries above (V's leading byte offset is BN·128 = 16384).
+#define RF_ATTENTION_WS_ENTRY(NAME, T, GATHER)                                                      \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                             \
+      NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* offsets,                      \
+           const uint32_t* indices, const uint32_t* order, int64_t q_sb, int64_t q_sh,             \
+           int64_t q_sl, int64_t kv_sb, int64_t kv_sh, int64_t kv_sl, int64_t out_sb,               \
+           int64_t out_sh, int64_t out_sl, int heads, int q_len, int kv_len, int block_size,        \
+           int query_blocks, float scale_log2, uint32_t v_lbo, uint32_t v_sbo) {                   \
+    rf::hopper::attention_fwd_ws<T, GATHER>(q, k, v, o, offsets, indices, order, q_sb, q_sh, q_sl,  \
+                                            kv_sb, kv_sh, kv_sl, out_sb, out_sh, out_sl, heads,     \
+                                            q_len, kv_len, block_size, query_blocks, scale_log2,    \
+                                            v_lbo, v_sbo);                                          \
+  }
+RF_ATTENTION_WS_ENTRY(rf_attention_fwd_ws_bf16_d128, __nv_bfloat16, false)
+RF_ATTENTION_WS_ENTRY(rf_attention_fwd_ws_f16_d128, __half, false)
+RF_ATTENTION_WS_ENTRY(rf_attention_fwd_ws_gather_bf16_d128, __nv_bfloat16, true)
+RF_ATTENTION_WS_ENTRY(rf_attention_fwd_ws_gather_f16_d128, __half, true)
 #ifndef RF_ATTENTION_LIBRARY_ONLY
 // Measured alternative: one CTA per SM (149 registers). The pipelined form (S_{j+1} in flight
 // during softmax_j, 3 K/V stages, 178 registers) was slower and is recorded in NOTES.md only.

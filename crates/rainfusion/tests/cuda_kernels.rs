@@ -406,6 +406,87 @@ fn hopper_and_portable_kernels_agree_for_cross_attention() {
     }
 }
 
+/// Both Hopper kernels (two CTAs of two warpgroups, and the warp-specialised one) agree with each
+/// other and with the CPU reference: dense with a ragged length, block-sparse with empty rows,
+/// cross-attention, and the gathered window order. Two calls of the warp-specialised kernel are
+/// bit-equal (its ping-pong schedule does not change the arithmetic).
+#[test]
+fn both_hopper_kernels_agree_with_the_reference() {
+    let _lock = same_kernel();
+    let dev = gpu();
+    let with = |kernel: &str, f: &dyn Fn() -> Tensor| {
+        std::env::set_var(cuda::HOPPER_KERNEL_ENV, kernel);
+        let out = f();
+        std::env::remove_var(cuda::HOPPER_KERNEL_ENV);
+        out
+    };
+    let (q, q_ref) = blhd_view(&dev, (2, 3, 1000, 128), DType::BF16, 80);
+    let (k, k_ref) = blhd_view(&dev, (2, 3, 1000, 128), DType::BF16, 81);
+    let (v, v_ref) = blhd_view(&dev, (2, 3, 1000, 128), DType::BF16, 82);
+    let mask = random_mask(2, 3, 128, 8, 3, 83);
+    type Case<'a> = (&'a str, Box<dyn Fn() -> Tensor + 'a>, Tensor);
+    let cases: Vec<Case> = vec![
+        (
+            "dense",
+            Box::new(|| cuda::flash_attention(&q, &k, &v, 0.088).unwrap()),
+            dense_attention(&q_ref, &k_ref, &v_ref, 0.088).unwrap(),
+        ),
+        (
+            "block-sparse",
+            Box::new(|| cuda::block_sparse_attention(&q, &k, &v, &mask, 0.088).unwrap()),
+            sparse_reference(&q_ref, &k_ref, &v_ref, &mask, 0.088),
+        ),
+        (
+            "cross, 77 keys",
+            Box::new(|| {
+                cuda::cross_attention(
+                    &q,
+                    &k.narrow(2, 0, 77).unwrap(),
+                    &v.narrow(2, 0, 77).unwrap(),
+                    0.088,
+                    OutputLayout::Bhld,
+                )
+                .unwrap()
+            }),
+            dense_attention(
+                &q_ref,
+                &k_ref.narrow(2, 0, 77).unwrap().contiguous().unwrap(),
+                &v_ref.narrow(2, 0, 77).unwrap().contiguous().unwrap(),
+                0.088,
+            )
+            .unwrap(),
+        ),
+    ];
+    for (what, run, want) in &cases {
+        let ws = with("ws", run.as_ref());
+        let ws_again = with("ws", run.as_ref());
+        let wgmma = with("wgmma", run.as_ref());
+        assert_bit_equal(&ws, &ws_again, &format!("{what}: warp-specialised, twice"));
+        let err = rel_err(&ws, &wgmma);
+        assert!(err < 1e-2, "{what}: warp-specialised vs wgmma: {err}");
+        let err = rel_err(&ws, want);
+        assert!(err < 2e-2, "{what}: warp-specialised vs CPU: {err}");
+    }
+
+    // The gathered window order: the warp-specialised kernel reads through `order` as well.
+    let perm = window_permutation(5, 16, 24, 60);
+    let order = cuda::DeviceTokenOrder::upload(&perm, &dev).unwrap();
+    let shape = (1, 2, perm.len(), 128);
+    let (q, _) = blhd_view(&dev, shape, DType::BF16, 84);
+    let (k, _) = blhd_view(&dev, shape, DType::BF16, 85);
+    let (v, _) = blhd_view(&dev, shape, DType::BF16, 86);
+    let mask = cuda::predict_block_mask_in_order(&q, &k, Some(&order), 128, 0.7, 60 + 16 * 24)
+        .unwrap();
+    let gathered = || {
+        cuda::block_sparse_attention_in_order(&q, &k, &v, &mask, &order, 0.088, OutputLayout::Blhd)
+            .unwrap()
+    };
+    let ws = with("ws", &gathered);
+    let wgmma = with("wgmma", &gathered);
+    let err = rel_err(&ws, &wgmma);
+    assert!(err < 1e-2, "in order: warp-specialised vs wgmma: {err}");
+}
+
 #[test]
 fn dense_mask_equals_no_mask() {
     let _lock = same_kernel();

@@ -334,6 +334,39 @@ const WGMMA_SMEM: u32 = ((128 * 128 + 4 * 64 * 128) * 2 + 1024) as u32;
 const WGMMA_V_LBO: u32 = 64 * 128;
 const WGMMA_V_SBO: u32 = 1024;
 
+/// The warp-specialised Hopper kernel (`attention_fwd_ws` in kernels/attention.cu): 384 threads
+/// (one loading warpgroup, two computing ones), 128-key tiles in two stages, one CTA per SM.
+const WS_THREADS: u32 = 384;
+const WS_SMEM: u32 = ((128 * 128 + 4 * 128 * 128) * 2 + 1024) as u32;
+const WS_V_LBO: u32 = 128 * 128;
+
+/// Which Hopper kernel runs: `ws` (the warp-specialised one) or `wgmma` (two CTAs of two
+/// warpgroups per SM); unset means [`default_hopper_kernel`].
+pub const HOPPER_KERNEL_ENV: &str = "RAINFUSION_CUDA_HOPPER_KERNEL";
+
+/// The two Hopper attention kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HopperKernel {
+    /// Two CTAs per SM, each two warpgroups that load and compute, 64-key tiles.
+    Wgmma,
+    /// One CTA per SM: a loading warpgroup and two computing ones in ping-pong, 128-key tiles.
+    WarpSpecialized,
+}
+
+/// The Hopper kernel used when [`HOPPER_KERNEL_ENV`] is unset.
+pub fn default_hopper_kernel() -> HopperKernel {
+    HopperKernel::Wgmma
+}
+
+/// The Hopper kernel this process runs: [`HOPPER_KERNEL_ENV`] if it names one, else the default.
+pub fn hopper_kernel() -> HopperKernel {
+    match std::env::var(HOPPER_KERNEL_ENV).as_deref() {
+        Ok("ws") => HopperKernel::WarpSpecialized,
+        Ok("wgmma") => HopperKernel::Wgmma,
+        _ => default_hopper_kernel(),
+    }
+}
+
 /// Environment variable that turns the Hopper kernel off (the portable mma.sync kernel runs
 /// instead): for comparisons, and as a way around a driver that rejects sm_90a PTX.
 pub const NO_WGMMA_ENV: &str = "RAINFUSION_CUDA_NO_WGMMA";
@@ -427,13 +460,18 @@ impl AttentionOp {
                 "rainfusion attention: only the Hopper kernel gathers through an order"
             )
         }
+        let hopper = hopper_kernel();
         let (name, bm, threads, smem) = if wgmma {
             let gather = if self.order.is_some() { "gather_" } else { "" };
+            let (prefix, threads, smem) = match hopper {
+                HopperKernel::Wgmma => ("wgmma", WGMMA_THREADS, WGMMA_SMEM),
+                HopperKernel::WarpSpecialized => ("ws", WS_THREADS, WS_SMEM),
+            };
             (
-                format!("rf_attention_fwd_wgmma_{gather}{dtype_name}_d128"),
+                format!("rf_attention_fwd_{prefix}_{gather}{dtype_name}_d128"),
                 WGMMA_BM,
-                WGMMA_THREADS,
-                WGMMA_SMEM,
+                threads,
+                smem,
             )
         } else {
             let (suffix, bm, bn, warps, stages) =
@@ -538,7 +576,11 @@ impl AttentionOp {
             .arg(&block_size)
             .arg(&query_blocks)
             .arg(&scale_log2);
-        let (v_lbo, v_sbo) = (WGMMA_V_LBO, WGMMA_V_SBO);
+        let v_lbo = match hopper {
+            HopperKernel::Wgmma => WGMMA_V_LBO,
+            HopperKernel::WarpSpecialized => WS_V_LBO,
+        };
+        let v_sbo = WGMMA_V_SBO;
         if wgmma {
             builder.arg(&v_lbo).arg(&v_sbo);
         }
