@@ -72,7 +72,7 @@ fn compile(nvcc: &Path, source: &Path, out_dir: &Path, kernel: &str, arch: &str,
         ),
     };
     let status = Command::new(nvcc)
-        .args(["-O3", "-std=c++17", flag, "-DRF_ATTENTION_LIBRARY_ONLY"])
+        .args(["-O3", "-std=c++17", flag])
         .arg(&target)
         .arg("-o")
         .arg(out_dir.join(file))

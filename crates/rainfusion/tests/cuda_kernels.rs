@@ -406,18 +406,24 @@ fn hopper_and_portable_kernels_agree_for_cross_attention() {
     }
 }
 
-/// Both Hopper kernels (two CTAs of two warpgroups, and the warp-specialised one) agree with each
-/// other and with the CPU reference: dense with a ragged length, block-sparse with empty rows,
-/// cross-attention, and the gathered window order. Two calls of the warp-specialised kernel are
-/// bit-equal (its ping-pong schedule does not change the arithmetic).
+/// On Hopper, the kernel's two ways of loading q, k and v (TMA, the default where rows are not
+/// gathered, and cp.async) agree with each other and with the CPU reference: dense with a ragged
+/// length, block-sparse with empty rows, cross-attention over 77 keys. Two calls are bit-equal
+/// (the ping-pong schedule does not change the arithmetic). The gathered window order (always
+/// cp.async) agrees with its permuted copies.
 #[test]
-fn both_hopper_kernels_agree_with_the_reference() {
+fn tma_and_cp_async_loads_agree_with_the_reference() {
     let _lock = same_kernel();
     let dev = gpu();
-    let with = |kernel: &str, f: &dyn Fn() -> Tensor| {
-        std::env::set_var(cuda::HOPPER_KERNEL_ENV, kernel);
+    // (The setting the process started with comes back after each call.)
+    let before = std::env::var_os(cuda::TMA_ENV);
+    let with_cp_async = |f: &dyn Fn() -> Tensor| {
+        std::env::set_var(cuda::TMA_ENV, "0");
         let out = f();
-        std::env::remove_var(cuda::HOPPER_KERNEL_ENV);
+        match &before {
+            Some(value) => std::env::set_var(cuda::TMA_ENV, value),
+            None => std::env::remove_var(cuda::TMA_ENV),
+        }
         out
     };
     let (q, q_ref) = blhd_view(&dev, (2, 3, 1000, 128), DType::BF16, 80);
@@ -458,14 +464,18 @@ fn both_hopper_kernels_agree_with_the_reference() {
         ),
     ];
     for (what, run, want) in &cases {
-        let ws = with("ws", run.as_ref());
-        let ws_again = with("ws", run.as_ref());
-        let wgmma = with("wgmma", run.as_ref());
-        assert_bit_equal(&ws, &ws_again, &format!("{what}: warp-specialised, twice"));
-        let err = rel_err(&ws, &wgmma);
-        assert!(err < 1e-2, "{what}: warp-specialised vs wgmma: {err}");
-        let err = rel_err(&ws, want);
-        assert!(err < 2e-2, "{what}: warp-specialised vs CPU: {err}");
+        let tma = run();
+        assert_bit_equal(&tma, &run(), &format!("{what}: TMA, twice"));
+        let cp_async = with_cp_async(run.as_ref());
+        assert_bit_equal(
+            &cp_async,
+            &with_cp_async(run.as_ref()),
+            &format!("{what}: cp.async, twice"),
+        );
+        // The same arithmetic on the same tiles: only the loads differ.
+        assert_bit_equal(&tma, &cp_async, &format!("{what}: TMA vs cp.async"));
+        let err = rel_err(&tma, want);
+        assert!(err < 2e-2, "{what}: vs CPU: {err}");
     }
 
     // The gathered window order: the warp-specialised kernel reads through `order` as well.
@@ -475,16 +485,29 @@ fn both_hopper_kernels_agree_with_the_reference() {
     let (q, _) = blhd_view(&dev, shape, DType::BF16, 84);
     let (k, _) = blhd_view(&dev, shape, DType::BF16, 85);
     let (v, _) = blhd_view(&dev, shape, DType::BF16, 86);
-    let mask = cuda::predict_block_mask_in_order(&q, &k, Some(&order), 128, 0.7, 60 + 16 * 24)
+    let mask =
+        cuda::predict_block_mask_in_order(&q, &k, Some(&order), 128, 0.7, 60 + 16 * 24).unwrap();
+    let gathered =
+        cuda::block_sparse_attention_in_order(&q, &k, &v, &mask, &order, 0.088, OutputLayout::Bhld)
+            .unwrap();
+    let permuted = |t: &Tensor| perm.apply(t).unwrap();
+    let copies = perm
+        .restore(
+            &cuda::block_sparse_attention_device(
+                &permuted(&q),
+                &permuted(&k),
+                &permuted(&v),
+                &mask,
+                0.088,
+            )
+            .unwrap(),
+        )
         .unwrap();
-    let gathered = || {
-        cuda::block_sparse_attention_in_order(&q, &k, &v, &mask, &order, 0.088, OutputLayout::Blhd)
-            .unwrap()
-    };
-    let ws = with("ws", &gathered);
-    let wgmma = with("wgmma", &gathered);
-    let err = rel_err(&ws, &wgmma);
-    assert!(err < 1e-2, "in order: warp-specialised vs wgmma: {err}");
+    assert_bit_equal(
+        &gathered,
+        &copies,
+        "gathered (cp.async) vs permuted copies (TMA)",
+    );
 }
 
 #[test]

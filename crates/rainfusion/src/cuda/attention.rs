@@ -1,7 +1,7 @@
 //! Flash attention over block lists on CUDA (`kernels/attention.cu`), as a candle custom op.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use half::{bf16, f16};
@@ -9,6 +9,7 @@ use half::{bf16, f16};
 use super::mask::DeviceBlockMask;
 use super::module::{self, ATTENTION};
 use super::order::DeviceTokenOrder;
+use super::tensor_map;
 use crate::{BlockMask, Error, Result};
 
 /// Memory order of the attention output.
@@ -324,47 +325,23 @@ fn variant(
     })
 }
 
-/// The Hopper (wgmma) kernel's fixed tiling: 128 query rows, 64-key tiles, 2 warpgroups; its
-/// dynamic shared memory = Q + 2 stages of K and V + 1 KiB to align the tiles to 1024 bytes.
-const WGMMA_BM: usize = 128;
-const WGMMA_THREADS: u32 = 256;
-const WGMMA_SMEM: u32 = ((128 * 128 + 4 * 64 * 128) * 2 + 1024) as u32;
+/// The Hopper kernel (`attention_fwd_ws` in kernels/attention.cu): 128 query rows, 384 threads
+/// (one loading warpgroup, two computing ones), 128-key tiles in two K/V stages, one CTA per SM;
+/// its dynamic shared memory = Q + the K and V stages + 1 KiB to align the tiles to 1024 bytes.
+const HOPPER_BM: usize = 128;
+const HOPPER_THREADS: u32 = 384;
+const HOPPER_SMEM: u32 = ((128 * 128 + 2 * 2 * 128 * 128) * 2 + 1024) as u32;
 /// V's descriptor byte offsets (MN-major operand): between the two 64-wide halves of head_dim
-/// (64 keys × 128 bytes), and between 8-key row groups. Found on the device (NOTES.md, v3).
-const WGMMA_V_LBO: u32 = 64 * 128;
-const WGMMA_V_SBO: u32 = 1024;
+/// (128 keys × 128 bytes), and between 8-key row groups (NOTES.md, v3).
+const HOPPER_V_LBO: u32 = 128 * 128;
+const HOPPER_V_SBO: u32 = 1024;
 
-/// The warp-specialised Hopper kernel (`attention_fwd_ws` in kernels/attention.cu): 384 threads
-/// (one loading warpgroup, two computing ones), 128-key tiles in two stages, one CTA per SM.
-const WS_THREADS: u32 = 384;
-const WS_SMEM: u32 = ((128 * 128 + 4 * 128 * 128) * 2 + 1024) as u32;
-const WS_V_LBO: u32 = 128 * 128;
+/// `0` makes the Hopper kernel load q, k, v with cp.async where it would use TMA (dense,
+/// cross-attention, block-sparse rows not gathered through a token order): for comparisons.
+pub const TMA_ENV: &str = "RAINFUSION_CUDA_TMA";
 
-/// Which Hopper kernel runs: `ws` (the warp-specialised one) or `wgmma` (two CTAs of two
-/// warpgroups per SM); unset means [`default_hopper_kernel`].
-pub const HOPPER_KERNEL_ENV: &str = "RAINFUSION_CUDA_HOPPER_KERNEL";
-
-/// The two Hopper attention kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HopperKernel {
-    /// Two CTAs per SM, each two warpgroups that load and compute, 64-key tiles.
-    Wgmma,
-    /// One CTA per SM: a loading warpgroup and two computing ones in ping-pong, 128-key tiles.
-    WarpSpecialized,
-}
-
-/// The Hopper kernel used when [`HOPPER_KERNEL_ENV`] is unset.
-pub fn default_hopper_kernel() -> HopperKernel {
-    HopperKernel::Wgmma
-}
-
-/// The Hopper kernel this process runs: [`HOPPER_KERNEL_ENV`] if it names one, else the default.
-pub fn hopper_kernel() -> HopperKernel {
-    match std::env::var(HOPPER_KERNEL_ENV).as_deref() {
-        Ok("ws") => HopperKernel::WarpSpecialized,
-        Ok("wgmma") => HopperKernel::Wgmma,
-        _ => default_hopper_kernel(),
-    }
+fn tma_allowed() -> bool {
+    std::env::var_os(TMA_ENV).is_none_or(|v| v != "0")
 }
 
 /// Environment variable that turns the Hopper kernel off (the portable mma.sync kernel runs
@@ -460,18 +437,14 @@ impl AttentionOp {
                 "rainfusion attention: only the Hopper kernel gathers through an order"
             )
         }
-        let hopper = hopper_kernel();
+        let gathered = self.order.is_some();
         let (name, bm, threads, smem) = if wgmma {
-            let gather = if self.order.is_some() { "gather_" } else { "" };
-            let (prefix, threads, smem) = match hopper {
-                HopperKernel::Wgmma => ("wgmma", WGMMA_THREADS, WGMMA_SMEM),
-                HopperKernel::WarpSpecialized => ("ws", WS_THREADS, WS_SMEM),
-            };
+            let gather = if gathered { "gather_" } else { "" };
             (
-                format!("rf_attention_fwd_{prefix}_{gather}{dtype_name}_d128"),
-                WGMMA_BM,
-                threads,
-                smem,
+                format!("rf_attention_fwd_ws_{gather}{dtype_name}_d128"),
+                HOPPER_BM,
+                HOPPER_THREADS,
+                HOPPER_SMEM,
             )
         } else {
             let (suffix, bm, bn, warps, stages) =
@@ -484,8 +457,6 @@ impl AttentionOp {
                 smem,
             )
         };
-        let func = module::load(&dev, &ATTENTION, &name, smem)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
 
         let q_slice = q.as_cuda_slice::<T>()?.slice(q_layout.start_offset()..);
         let k_slice = k.as_cuda_slice::<T>()?.slice(k_layout.start_offset()..);
@@ -544,8 +515,40 @@ impl AttentionOp {
         };
 
         let stream = dev.cuda_stream();
+        // TMA: the three tensor maps take the place of q, k, v, `order` and their strides.
+        let (q_ptr, _q_sync) = q_slice.device_ptr(&stream);
+        let (k_ptr, _k_sync) = k_slice.device_ptr(&stream);
+        let (v_ptr, _v_sync) = v_slice.device_ptr(&stream);
+        let tma = wgmma
+            && !gathered
+            && tma_allowed()
+            && tensor_map::fits_tma(q_ptr, (q_sb, q_sh, q_sl))
+            && tensor_map::fits_tma(k_ptr, (kv_sb, kv_sh, kv_sl))
+            && tensor_map::fits_tma(v_ptr, (kv_sb, kv_sh, kv_sl));
+        let maps = if tma {
+            let bf16 = dtype_name == "bf16";
+            let map = |ptr, dims, strides| {
+                tensor_map::qkv_tile_map(ptr, bf16, dims, strides).map_err(candle_core::Error::Msg)
+            };
+            Some((
+                map(q_ptr, (b, h, l, d), (q_sb, q_sh, q_sl))?,
+                map(k_ptr, (b, h, lk, d), (kv_sb, kv_sh, kv_sl))?,
+                map(v_ptr, (b, h, lk, d), (kv_sb, kv_sh, kv_sl))?,
+            ))
+        } else {
+            None
+        };
+        let name = match maps {
+            Some(_) => name.replacen("_ws", "_wst", 1),
+            None => name,
+        };
+        let func = module::load(&dev, &ATTENTION, &name, smem)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut builder = stream.launch_builder(&func);
-        builder.arg(&q_slice).arg(&k_slice).arg(&v_slice).arg(&out);
+        match &maps {
+            Some((tm_q, tm_k, tm_v)) => builder.arg(tm_q).arg(tm_k).arg(tm_v).arg(&out),
+            None => builder.arg(&q_slice).arg(&k_slice).arg(&v_slice).arg(&out),
+        };
         match &csr_slices {
             Some((offsets, indices)) => {
                 builder.arg(offsets).arg(indices);
@@ -554,19 +557,28 @@ impl AttentionOp {
                 builder.arg(&null_ptr).arg(&null_ptr);
             }
         }
-        if wgmma {
+        if wgmma && maps.is_none() {
             match &order_slice {
                 Some(order) => builder.arg(order),
                 None => builder.arg(&null_ptr),
             };
+            builder
+                .arg(&q_sb)
+                .arg(&q_sh)
+                .arg(&q_sl)
+                .arg(&kv_sb)
+                .arg(&kv_sh)
+                .arg(&kv_sl);
+        } else if !wgmma {
+            builder
+                .arg(&q_sb)
+                .arg(&q_sh)
+                .arg(&q_sl)
+                .arg(&kv_sb)
+                .arg(&kv_sh)
+                .arg(&kv_sl);
         }
         builder
-            .arg(&q_sb)
-            .arg(&q_sh)
-            .arg(&q_sl)
-            .arg(&kv_sb)
-            .arg(&kv_sh)
-            .arg(&kv_sl)
             .arg(&out_sb)
             .arg(&out_sh)
             .arg(&out_sl)
@@ -576,11 +588,7 @@ impl AttentionOp {
             .arg(&block_size)
             .arg(&query_blocks)
             .arg(&scale_log2);
-        let v_lbo = match hopper {
-            HopperKernel::Wgmma => WGMMA_V_LBO,
-            HopperKernel::WarpSpecialized => WS_V_LBO,
-        };
-        let v_sbo = WGMMA_V_SBO;
+        let (v_lbo, v_sbo) = (HOPPER_V_LBO, HOPPER_V_SBO);
         if wgmma {
             builder.arg(&v_lbo).arg(&v_sbo);
         }

@@ -28,13 +28,13 @@ mod linear_fp8;
 mod mask;
 mod module;
 mod order;
+mod tensor_map;
 
 pub use attention::{
     block_sparse_attention, block_sparse_attention_device,
     block_sparse_attention_device_with_layout, block_sparse_attention_in_order,
     block_sparse_attention_with_layout, cross_attention, flash_attention,
-    flash_attention_with_layout, hopper_kernel, is_supported, HopperKernel, OutputLayout,
-    HOPPER_KERNEL_ENV, NO_WGMMA_ENV,
+    flash_attention_with_layout, is_supported, OutputLayout, NO_WGMMA_ENV, TMA_ENV,
 };
 pub use linear::linear;
 pub use linear_fp8::{fp8_gemm_available, linear_fp8};

@@ -92,10 +92,25 @@ pub(crate) const FUSED: KernelModule = KernelModule {
 
 /// Compute capability major of the device (8 for Ampere/Ada, 9 for Hopper).
 pub(crate) fn compute_major(dev: &CudaDevice) -> Result<i32> {
+    // Asked of the driver once per device: every attention launch and fp8 layer asks.
+    static MAJORS: OnceLock<Mutex<HashMap<DeviceId, i32>>> = OnceLock::new();
+    let majors = MAJORS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(major) = majors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&dev.id())
+    {
+        return Ok(*major);
+    }
     let ctx = dev.cuda_stream().context().clone();
-    Ok(ctx
+    let major = ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-        .w()?)
+        .w()?;
+    majors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dev.id(), major);
+    Ok(major)
 }
 
 fn env_flag(name: &str) -> Option<bool> {
