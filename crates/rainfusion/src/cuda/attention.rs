@@ -557,19 +557,14 @@ impl AttentionOp {
                 builder.arg(&null_ptr).arg(&null_ptr);
             }
         }
-        if wgmma && maps.is_none() {
-            match &order_slice {
-                Some(order) => builder.arg(order),
-                None => builder.arg(&null_ptr),
-            };
-            builder
-                .arg(&q_sb)
-                .arg(&q_sh)
-                .arg(&q_sl)
-                .arg(&kv_sb)
-                .arg(&kv_sh)
-                .arg(&kv_sl);
-        } else if !wgmma {
+        // Without tensor maps: the Hopper kernel's `order`, then q's and k/v's strides.
+        if maps.is_none() {
+            if wgmma {
+                match &order_slice {
+                    Some(order) => builder.arg(order),
+                    None => builder.arg(&null_ptr),
+                };
+            }
             builder
                 .arg(&q_sb)
                 .arg(&q_sh)
