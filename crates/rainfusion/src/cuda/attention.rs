@@ -525,16 +525,18 @@ impl AttentionOp {
             && tensor_map::fits_tma(q_ptr, (q_sb, q_sh, q_sl))
             && tensor_map::fits_tma(k_ptr, (kv_sb, kv_sh, kv_sl))
             && tensor_map::fits_tma(v_ptr, (kv_sb, kv_sh, kv_sl));
+        // A layout the driver will not encode falls back to cp.async loads (same arithmetic).
         let maps = if tma {
             let bf16 = dtype_name == "bf16";
-            let map = |ptr, dims, strides| {
-                tensor_map::qkv_tile_map(ptr, bf16, dims, strides).map_err(candle_core::Error::Msg)
-            };
-            Some((
-                map(q_ptr, (b, h, l, d), (q_sb, q_sh, q_sl))?,
-                map(k_ptr, (b, h, lk, d), (kv_sb, kv_sh, kv_sl))?,
-                map(v_ptr, (b, h, lk, d), (kv_sb, kv_sh, kv_sl))?,
-            ))
+            let map = |ptr, dims, strides| tensor_map::qkv_tile_map(ptr, bf16, dims, strides);
+            match (
+                map(q_ptr, (b, h, l, d), (q_sb, q_sh, q_sl)),
+                map(k_ptr, (b, h, lk, d), (kv_sb, kv_sh, kv_sl)),
+                map(v_ptr, (b, h, lk, d), (kv_sb, kv_sh, kv_sl)),
+            ) {
+                (Ok(q_map), Ok(k_map), Ok(v_map)) => Some((q_map, k_map, v_map)),
+                _ => None,
+            }
         } else {
             None
         };
