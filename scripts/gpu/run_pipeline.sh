@@ -9,11 +9,12 @@
 #     run(command="bash scripts/gpu/run_pipeline.sh", carry=[".gpu/run", ".whl"])
 # About 9 minutes on an H100: every command has its own timeout, and a command is skipped when the
 # budget (BUDGET seconds, default 540) is nearly spent; skipped ones are named in skipped.log and the output.
-# The table comes back as table.md, the JSON files beside it, the logs in logs.tar.gz.
+# The table comes back as table.md, the logs and the JSON files in logs.tar.gz.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 FINAL_OUT="$OUT"; OUT=/tmp/results; mkdir -p $OUT /tmp/videos
-trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md /tmp/results/*.json "$FINAL_OUT/" 2>/dev/null' EXIT
+# The device returns at most 8 files: the table, and the logs with every JSON in one archive.
+trap 'tar czf "$FINAL_OUT/logs.tar.gz" -C /tmp/results . ; cp /tmp/results/table.md "$FINAL_OUT/" 2>/dev/null' EXIT
 # shellcheck disable=SC1091
 source scripts/gpu/device_env.sh
 BUDGET=${BUDGET:-540}
