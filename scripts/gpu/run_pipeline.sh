@@ -2,7 +2,8 @@
 # The whole run a user waits for, ours against diffusers, on the full-size Wan2.1 1.3B with random weights
 # (scripts/gpu/make_random_model.py; umT5-XXL, DiT and VAE at their real sizes): `vdit bench pipeline` (a first
 # run from a fresh process and a warm run, stage by stage: loads, encode, denoise, decode, write wait, peak GPU
-# memory) and `torch_bench.py --pipeline` (diffusers' WanPipeline, the same stages) at 832x480x81,
+# memory; the warm run keeps the networks the first loaded, `--keep-loaded`, as diffusers' warm run keeps its
+# pipeline) and `torch_bench.py --pipeline` (diffusers' WanPipeline, the same stages) at 832x480x81,
 # 50 steps with guidance 5 (dense, and RainFusion 0.8 once), and 4 steps with guidance 5 and 1.
 #
 # Here: bash scripts/gpu/stage.sh (→ .gpu/run/vdit.xz), the trimmed diffusers wheel in .whl. Device call:
@@ -33,15 +34,15 @@ t "random-weight Wan2.1 1.3B model folder ($MODEL)"
 
 common=(-m $MODEL --device cuda --size 832x480 --frames 81 --seed 0)
 t "vdit: 50 steps, guidance 5, dense (first and warm run)"
-step vdit_dense50 240 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --steps 50 --guidance-scale 5 \
+step vdit_dense50 240 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 50 --guidance-scale 5 \
   -o /tmp/videos/dense50 --json $OUT/vdit_dense50.json
 t "diffusers: 50 steps, guidance 5 (first and warm run)"
 step torch_dense50 260 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 50 --guidance 5 \
   --out $OUT/torch_dense50.json
 t "vdit: 4 steps, guidance 5 and 1 (first and warm run each)"
-step vdit_4g5 90 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --steps 4 --guidance-scale 5 \
+step vdit_4g5 90 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 4 --guidance-scale 5 \
   -o /tmp/videos/4g5 --json $OUT/vdit_4g5.json
-step vdit_4g1 80 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --steps 4 --guidance-scale 1 \
+step vdit_4g1 80 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 4 --guidance-scale 1 \
   -o /tmp/videos/4g1 --json $OUT/vdit_4g1.json
 t "diffusers: 4 steps, guidance 5 and 1"
 step torch_4g5 110 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 5 --out $OUT/torch_4g5.json

@@ -1233,6 +1233,12 @@ pub mod bench {
         /// are warm.
         #[arg(long, default_value_t = 2, value_parser = parse_positive)]
         pub runs: usize,
+        /// Keep the text encoder, the transformer and the decoder loaded from one run to the next,
+        /// as a pipeline kept in memory does (diffusers' warm runs): the warm runs then skip their
+        /// loads, and every run holds all three networks at once. Ignored with --offload and for
+        /// two-expert models, which load less at once.
+        #[arg(long)]
+        pub keep_loaded: bool,
         /// Folder for the videos (and sidecars) of the runs. Default: a temporary folder, removed
         /// at the end.
         #[arg(short = 'o', long, value_name = "DIR")]

@@ -41,6 +41,7 @@ pub mod options;
 pub mod output;
 pub mod ownership;
 pub mod registry;
+pub mod resident;
 pub mod sampling;
 pub mod settings;
 pub mod stages;

@@ -56,6 +56,7 @@ use crate::hub::{ComponentFiles, ModelFiles};
 use crate::image_cond::{fit_image, image_tensor, read_image, ImageCondition, LatentCondition};
 use crate::output::{load_latents, save_latents, write_json_atomic};
 use crate::ownership::{exists, foreign_file, is_vdit_latents, record_lists, Replace};
+use crate::resident::LoadedStages;
 use crate::sampling::{load_noise, seeded_noise};
 use crate::settings::{AttentionSettings, GenerateSettings};
 use crate::step_cache::{recorded_ratios, CacheStats, CalibrationFile, MagRatios};
@@ -262,6 +263,35 @@ impl std::fmt::Display for RunReport {
 /// else [`GenerateSettings::fallback_latents_path`]) and the error is
 /// [`VditError::AfterSampling`], naming the file to resume from.
 pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunReport> {
+    generate_in(settings, files, None)
+}
+
+/// The networks a process keeps between runs ([`generate_keeping`]).
+pub type KeptNetworks = LoadedStages<PromptEncoder>;
+
+/// [`generate`], keeping the networks loaded in `kept` for the next run of the same model and load
+/// settings (and using those a previous run kept), where the run may keep them
+/// ([`crate::resident::may_keep`]); otherwise the same as [`generate`].
+pub fn generate_keeping(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    kept: &mut KeptNetworks,
+) -> Result<RunReport> {
+    if crate::resident::may_keep(settings) {
+        kept.prepare(settings, files);
+        generate_in(settings, files, Some(kept))
+    } else {
+        // Nothing stays loaded beside a run that holds less at once.
+        *kept = KeptNetworks::default();
+        generate_in(settings, files, None)
+    }
+}
+
+fn generate_in(
+    settings: &GenerateSettings,
+    files: &ModelFiles,
+    mut kept: Option<&mut KeptNetworks>,
+) -> Result<RunReport> {
     let run_start = Instant::now();
     check_outputs(settings)?;
     let device = settings.device.device()?;
@@ -284,7 +314,14 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
             (latents, f64::NAN)
         }
         None => {
-            let sampled = encode_and_sample(settings, files, &device, run_start, &mut timings)?;
+            let sampled = encode_and_sample(
+                settings,
+                files,
+                &device,
+                run_start,
+                &mut timings,
+                kept.as_deref_mut(),
+            )?;
             step_cache = sampled.step_cache;
             if let (Some(path), Some(ratios)) =
                 (&settings.step_cache.calibrate, sampled.calibration)
@@ -313,7 +350,7 @@ pub fn generate(settings: &GenerateSettings, files: &ModelFiles) -> Result<RunRe
         }
     }
 
-    let decoded = decode_and_write(settings, files, &device, &latents, &mut timings);
+    let decoded = decode_and_write(settings, files, &device, &latents, &mut timings, kept);
     let files_written = match decoded {
         Ok(files_written) => files_written,
         Err(error) if settings.latents_in.is_none() => {
@@ -394,16 +431,34 @@ fn encode_and_sample(
     device: &Device,
     run_start: Instant,
     timings: &mut StageTimings,
+    mut kept: Option<&mut KeptNetworks>,
 ) -> Result<SampledLatents> {
     let start = Instant::now();
-    let encoder = PromptEncoder::load(settings, files, device)?;
-    timings.text_encoder_load_s = start.elapsed().as_secs_f64();
-    let text = encoder.conditioning(
-        &settings.prompt,
-        &settings.negative_prompt,
-        settings.uses_guidance(),
-    )?;
-    drop(encoder);
+    let load = || PromptEncoder::load(settings, files, device);
+    let text = match kept.as_deref_mut() {
+        Some(kept) => {
+            let (encoder, loaded) = kept.encoder(load)?;
+            timings.text_encoder_load_s = if loaded {
+                start.elapsed().as_secs_f64()
+            } else {
+                0.0
+            };
+            encoder.conditioning(
+                &settings.prompt,
+                &settings.negative_prompt,
+                settings.uses_guidance(),
+            )?
+        }
+        None => {
+            let encoder = load()?;
+            timings.text_encoder_load_s = start.elapsed().as_secs_f64();
+            encoder.conditioning(
+                &settings.prompt,
+                &settings.negative_prompt,
+                settings.uses_guidance(),
+            )?
+        }
+    };
     timings.encode_s = start.elapsed().as_secs_f64();
     eprintln!(
         "encode       {:.1} s (load {:.2} s, compute {:.2} s)",
@@ -428,8 +483,23 @@ fn encode_and_sample(
     }
 
     let start = Instant::now();
-    let sampled = sample_latents(settings, files, device, &text, image.as_ref())
-        .map_err(|e| e.with_dtype_hint(settings.dtype))?;
+    let sampled = match kept {
+        Some(kept) => {
+            let (models, loaded) =
+                kept.transformers(|| load_velocity_models(settings, files, device))?;
+            let model_load_s = if loaded {
+                start.elapsed().as_secs_f64()
+            } else {
+                0.0
+            };
+            sample_latents_with(models, settings, device, &text, image.as_ref()).map(|mut s| {
+                s.model_load_s = model_load_s;
+                s
+            })
+        }
+        None => sample_latents(settings, files, device, &text, image.as_ref()),
+    }
+    .map_err(|e| e.with_dtype_hint(settings.dtype))?;
     timings.denoise_s = start.elapsed().as_secs_f64();
     timings.seconds_per_step = sampled.seconds_per_step;
     timings.transformer_load_s = sampled.model_load_s;
@@ -460,6 +530,7 @@ fn decode_and_write(
     device: &Device,
     latents: &Tensor,
     timings: &mut StageTimings,
+    kept: Option<&mut KeptNetworks>,
 ) -> Result<Vec<std::path::PathBuf>> {
     // The video is encoded while the VAE decodes: the sink takes each decoded chunk, and its
     // file appears only at `finish` (a failure drops the sink, which removes its temporary file).
@@ -467,10 +538,23 @@ fn decode_and_write(
     let replace = Replace::for_output(&settings.output, settings.overwrite);
     let mut sink = VideoSink::create_replacing(&settings.output, settings.fps, replace)
         .map_err(video_error)?;
-    let decoder = load_decoder(settings, files, device)?;
-    timings.vae_load_s = start.elapsed().as_secs_f64();
-    let chunks = decode_into_sink(&decoder, settings, latents, &mut sink)?;
-    drop(decoder);
+    let load = || load_decoder(settings, files, device);
+    let chunks = match kept {
+        Some(kept) => {
+            let (decoder, loaded) = kept.decoder(load)?;
+            timings.vae_load_s = if loaded {
+                start.elapsed().as_secs_f64()
+            } else {
+                0.0
+            };
+            decode_into_sink(decoder, settings, latents, &mut sink)?
+        }
+        None => {
+            let decoder = load()?;
+            timings.vae_load_s = start.elapsed().as_secs_f64();
+            decode_into_sink(&decoder, settings, latents, &mut sink)?
+        }
+    };
     timings.decode_s = start.elapsed().as_secs_f64();
     timings.decode_to_bytes_s = chunks.to_bytes_s;
     timings.decode_push_s = chunks.push_s;

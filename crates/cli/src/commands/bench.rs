@@ -1315,11 +1315,14 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         .map_or(0.0, |t| t.elapsed().as_secs_f64());
     let startup_s = process_age_s().unwrap_or(0.0).max(since_main);
     let mut rows = Vec::with_capacity(p.runs);
+    // With --keep-loaded, the networks of one run serve the next.
+    let mut kept = stages::KeptNetworks::default();
     for run in 0..p.runs {
+        let kept_note = if p.keep_loaded { ", networks kept" } else { "" };
         let case = match run {
             0 => "vdit first run".to_string(),
-            1 => "vdit warm run".to_string(),
-            n => format!("vdit warm run {n}"),
+            1 => format!("vdit warm run{kept_note}"),
+            n => format!("vdit warm run {n}{kept_note}"),
         };
         let mut options = GenerateOptions::new(p.prompt.clone());
         options.negative_prompt = p.negative_prompt.clone();
@@ -1362,7 +1365,11 @@ fn bench_pipeline(p: &PipelineBench, args: &BenchArgs) -> Result<Vec<BenchRow>> 
         if device.is_cpu() {
             reset_peak_resident();
         }
-        let report = stages::generate(&settings, &files)?;
+        let report = if p.keep_loaded {
+            stages::generate_keeping(&settings, &files, &mut kept)?
+        } else {
+            stages::generate(&settings, &files)?
+        };
         device.synchronize()?;
         let wall = start.elapsed().as_secs_f64();
         let peak_device = sampler.and_then(DevicePeakSampler::stop);
