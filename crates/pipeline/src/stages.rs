@@ -424,6 +424,15 @@ fn write_calibration(settings: &GenerateSettings, path: &Path, ratios: MagRatios
     write_json_atomic(path, &file)
 }
 
+/// A kept network's load time: the time since `start` if this run loaded it, else none.
+fn load_seconds(start: Instant, loaded: bool) -> f64 {
+    if loaded {
+        start.elapsed().as_secs_f64()
+    } else {
+        0.0
+    }
+}
+
 /// Stages 1 and 2, with their timings and one line each on stderr.
 fn encode_and_sample(
     settings: &GenerateSettings,
@@ -438,11 +447,7 @@ fn encode_and_sample(
     let text = match kept.as_deref_mut() {
         Some(kept) => {
             let (encoder, loaded) = kept.encoder(load)?;
-            timings.text_encoder_load_s = if loaded {
-                start.elapsed().as_secs_f64()
-            } else {
-                0.0
-            };
+            timings.text_encoder_load_s = load_seconds(start, loaded);
             encoder.conditioning(
                 &settings.prompt,
                 &settings.negative_prompt,
@@ -487,11 +492,7 @@ fn encode_and_sample(
         Some(kept) => {
             let (models, loaded) =
                 kept.transformers(|| load_velocity_models(settings, files, device))?;
-            let model_load_s = if loaded {
-                start.elapsed().as_secs_f64()
-            } else {
-                0.0
-            };
+            let model_load_s = load_seconds(start, loaded);
             sample_latents_with(models, settings, device, &text, image.as_ref()).map(|mut s| {
                 s.model_load_s = model_load_s;
                 s
@@ -542,11 +543,7 @@ fn decode_and_write(
     let chunks = match kept {
         Some(kept) => {
             let (decoder, loaded) = kept.decoder(load)?;
-            timings.vae_load_s = if loaded {
-                start.elapsed().as_secs_f64()
-            } else {
-                0.0
-            };
+            timings.vae_load_s = load_seconds(start, loaded);
             decode_into_sink(decoder, settings, latents, &mut sink)?
         }
         None => {
