@@ -438,20 +438,15 @@ impl AttentionOp {
             )
         }
         let gathered = self.order.is_some();
-        let (name, bm, threads, smem) = if wgmma {
-            let gather = if gathered { "gather_" } else { "" };
-            (
-                format!("rf_attention_fwd_ws_{gather}{dtype_name}_d128"),
-                HOPPER_BM,
-                HOPPER_THREADS,
-                HOPPER_SMEM,
-            )
+        // The portable kernel's name here; the Hopper kernel's once its loads are chosen.
+        let (portable, bm, threads, smem) = if wgmma {
+            (None, HOPPER_BM, HOPPER_THREADS, HOPPER_SMEM)
         } else {
             let (suffix, bm, bn, warps, stages) =
                 variant(d, self.block_size).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let smem = ((bm + 2 * bn * stages) * d * 2) as u32;
             (
-                format!("rf_attention_fwd_{dtype_name}_{suffix}"),
+                Some(format!("rf_attention_fwd_{dtype_name}_{suffix}")),
                 bm,
                 (warps * 32) as u32,
                 smem,
@@ -540,10 +535,11 @@ impl AttentionOp {
         } else {
             None
         };
-        let name = match maps {
-            Some(_) => name.replacen("_ws", "_wst", 1),
-            None => name,
-        };
+        let name = portable.unwrap_or_else(|| {
+            let loads = if maps.is_some() { "wst" } else { "ws" };
+            let gather = if gathered { "gather_" } else { "" };
+            format!("rf_attention_fwd_{loads}_{gather}{dtype_name}_d128")
+        });
         let func = module::load(&dev, &ATTENTION, &name, smem)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut builder = stream.launch_builder(&func);
