@@ -444,26 +444,19 @@ fn encode_and_sample(
 ) -> Result<SampledLatents> {
     let start = Instant::now();
     let load = || PromptEncoder::load(settings, files, device);
-    let text = match kept.as_deref_mut() {
-        Some(kept) => {
-            let (encoder, loaded) = kept.encoder(load)?;
-            timings.text_encoder_load_s = load_seconds(start, loaded);
-            encoder.conditioning(
-                &settings.prompt,
-                &settings.negative_prompt,
-                settings.uses_guidance(),
-            )?
-        }
-        None => {
-            let encoder = load()?;
-            timings.text_encoder_load_s = start.elapsed().as_secs_f64();
-            encoder.conditioning(
-                &settings.prompt,
-                &settings.negative_prompt,
-                settings.uses_guidance(),
-            )?
-        }
+    // This run's own encoder, freed before sampling, unless `kept` holds one for later runs.
+    let mut own = None;
+    let (encoder, loaded) = match kept.as_deref_mut() {
+        Some(kept) => kept.encoder(load)?,
+        None => (&*own.insert(load()?), true),
     };
+    timings.text_encoder_load_s = load_seconds(start, loaded);
+    let text = encoder.conditioning(
+        &settings.prompt,
+        &settings.negative_prompt,
+        settings.uses_guidance(),
+    )?;
+    drop(own);
     timings.encode_s = start.elapsed().as_secs_f64();
     eprintln!(
         "encode       {:.1} s (load {:.2} s, compute {:.2} s)",
@@ -540,18 +533,15 @@ fn decode_and_write(
     let mut sink = VideoSink::create_replacing(&settings.output, settings.fps, replace)
         .map_err(video_error)?;
     let load = || load_decoder(settings, files, device);
-    let chunks = match kept {
-        Some(kept) => {
-            let (decoder, loaded) = kept.decoder(load)?;
-            timings.vae_load_s = load_seconds(start, loaded);
-            decode_into_sink(decoder, settings, latents, &mut sink)?
-        }
-        None => {
-            let decoder = load()?;
-            timings.vae_load_s = start.elapsed().as_secs_f64();
-            decode_into_sink(&decoder, settings, latents, &mut sink)?
-        }
+    // This run's own decoder, freed after the decode, unless `kept` holds one for later runs.
+    let mut own = None;
+    let (decoder, loaded) = match kept {
+        Some(kept) => kept.decoder(load)?,
+        None => (&*own.insert(load()?), true),
     };
+    timings.vae_load_s = load_seconds(start, loaded);
+    let chunks = decode_into_sink(decoder, settings, latents, &mut sink)?;
+    drop(own);
     timings.decode_s = start.elapsed().as_secs_f64();
     timings.decode_to_bytes_s = chunks.to_bytes_s;
     timings.decode_push_s = chunks.push_s;
