@@ -118,19 +118,12 @@ class WgmmaKernels:
 
 
 class TmaKernels(WgmmaKernels):
-    """The warp-specialised kernel loading q, k, v through TMA ("wst", "wst3"): the arguments are
-    three tensor maps encoded with the driver's cuTensorMapEncodeTiled (through ctypes) in place of
-    q, k, v, `order` and their strides."""
+    """The same kernel loading q, k, v through TMA ("wst"): the arguments are three tensor maps
+    encoded with the driver's cuTensorMapEncodeTiled (through ctypes) in place of q, k, v, `order`
+    and their strides."""
 
-    def __init__(self, path, prefix):
-        super().__init__(path, prefix.replace("wst", "ws"))
-        self.prefix = prefix
-        self.fns = {}
-        module = cp.RawModule(path=path)
-        for name in DTYPES:
-            fn = module.get_function(f"rf_attention_fwd_{prefix}_{name}_d128")
-            fn.max_dynamic_shared_size_bytes = self.SMEM
-            self.fns[name] = fn
+    def __init__(self, path, prefix="wst"):
+        super().__init__(path, prefix)
         import ctypes
 
         self.ctypes = ctypes
