@@ -19,6 +19,8 @@ use commands::{bench, compare, eval, generate, models};
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // A helper process that compiles one of candle's CUDA modules exits here.
+    vdit_models::kernel_cache::serve_helper_or_enable();
     bench::mark_main_started();
     let matches = Cli::command().version(version_line()).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

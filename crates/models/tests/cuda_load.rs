@@ -80,3 +80,43 @@ fn fixtures_match_in_bf16_and_f32() {
         }
     }
 }
+
+/// The overlapped read-back (`vdit_models::readback`, the decode stage's path to the video
+/// encoder) gives each tensor's bytes, one push late, through its two pinned buffers: chunks
+/// of several sizes (a buffer grows), a strided view, and work queued behind each copy.
+#[test]
+fn readback_gives_every_tensor_in_order() {
+    use candle_core::Tensor;
+    use vdit_models::readback::Readback;
+    let device = cuda();
+    let mut readback = Readback::new();
+    let mut expected = Vec::new();
+    let mut got = Vec::new();
+    for (i, len) in [3usize, 1 << 20, 5_000_001, 7, 1 << 22]
+        .into_iter()
+        .enumerate()
+    {
+        let values = Tensor::arange(0u32, len as u32, &device)
+            .unwrap()
+            .affine(1.0, i as f64)
+            .unwrap()
+            .to_dtype(DType::U8)
+            .unwrap();
+        // every other tensor a transposed view: [2, len/2]ᵀ
+        let tensor = if i % 2 == 1 && len % 2 == 0 {
+            values.reshape((2, len / 2)).unwrap().t().unwrap()
+        } else {
+            values
+        };
+        expected.push((i, tensor.flatten_all().unwrap().to_vec1::<u8>().unwrap()));
+        got.extend(readback.push(i, &tensor).unwrap());
+        // later work on the stream does not disturb the copy in flight
+        let _busy = (tensor.to_dtype(DType::F32).unwrap() * 2.0).unwrap();
+    }
+    got.extend(readback.finish().unwrap());
+    assert_eq!(got.len(), expected.len());
+    for ((i, bytes), (j, want)) in got.iter().zip(&expected) {
+        assert_eq!(i, j);
+        assert!(bytes == want, "tensor {i}: bytes differ");
+    }
+}

@@ -207,12 +207,26 @@ impl DeviceKind {
         }
     }
 
+    /// The device, opened. On a machine's first CUDA run this waits for candle's kernels to be
+    /// compiled into the driver's cache, all at once ([`vdit_models::kernel_cache`]).
     pub fn device(self) -> Result<Device> {
-        Ok(match self {
+        let device = match self {
             DeviceKind::Cpu => Device::Cpu,
             DeviceKind::Cuda => Device::new_cuda(0)?,
             DeviceKind::Metal => Device::new_metal(0)?,
-        })
+        };
+        if let Some(warm) = vdit_models::kernel_cache::warm_up(&device) {
+            let failed = if warm.failed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} left to compile on first use)", warm.failed.join(", "))
+            };
+            eprintln!(
+                "kernels      {:.1} s to compile {} modules{failed}",
+                warm.seconds, warm.modules
+            );
+        }
+        Ok(device)
     }
 }
 

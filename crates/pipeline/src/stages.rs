@@ -38,6 +38,7 @@ use vdit_models::clip_vision::model::ClipVisionModel;
 use vdit_models::clip_vision::preprocess::preprocess as clip_preprocess;
 use vdit_models::lora::LoraSet;
 use vdit_models::profile::{peak_resident_bytes, DevicePeakSampler};
+use vdit_models::readback::{ReadBytes, Readback};
 use vdit_models::tokenizer::PromptTokenizer;
 use vdit_models::umt5::{Umt5Config, Umt5Encoder};
 use vdit_models::wan::config::WanConfig;
@@ -60,7 +61,9 @@ use crate::resident::LoadedStages;
 use crate::sampling::{load_noise, seeded_noise};
 use crate::settings::{AttentionSettings, GenerateSettings};
 use crate::step_cache::{recorded_ratios, CacheStats, CalibrationFile, MagRatios};
-use crate::video::{frames_from_tensor, write_video, VideoFrames, VideoSink};
+use crate::video::{
+    frames_from_bytes, frames_from_tensor, rgb_bytes_tensor, write_video, VideoFrames, VideoSink,
+};
 
 /// The self-attention policy the flags ask for, for a transformer of `num_layers` layers
 /// sampled in `num_steps` steps. Out-of-range settings give rainfusion's error.
@@ -1641,19 +1644,37 @@ pub fn decode_into_sink(
     // The writer's own error is kept so it is reported as a video-output error, not as the VAE's.
     let mut sink_error = None;
     let mut times = ChunkTimes::default();
-    let decoded = decoder.decode_with_chunks(latents, settings.vae_tiling, &mut |chunk| {
-        // chunk: [1, 3, t, H, W] in [-1, 1]
+    // Each chunk's bytes are read back while the next chunk decodes (on a GPU: an asynchronous
+    // copy; the queue is never drained for them), so a chunk reaches the sink one chunk late.
+    let mut readback = Readback::<(u32, u32)>::new();
+    let mut to_sink = |read: Option<ReadBytes<(u32, u32)>>, times: &mut ChunkTimes| {
+        let Some(((width, height), bytes)) = read else {
+            return Ok(());
+        };
         let start = Instant::now();
-        let frames = frames_from_tensor(chunk);
-        let converted = Instant::now();
-        times.to_bytes_s += (converted - start).as_secs_f64();
-        let pushed = frames.and_then(|frames| sink.push(frames));
-        times.push_s += converted.elapsed().as_secs_f64();
+        let pushed = frames_from_bytes(width, height, &bytes).and_then(|f| sink.push(f));
+        times.push_s += start.elapsed().as_secs_f64();
         pushed.map_err(|e| {
             let message = format!("video output: {e}");
             sink_error = Some(e);
             vdit_models::ModelError::InvalidInput(message)
         })
+    };
+    let decoded = decoder.decode_with_chunks(latents, settings.vae_tiling, &mut |chunk| {
+        // chunk: [1, 3, t, H, W] in [-1, 1] → u8 [t, H, W, 3] where it is
+        let start = Instant::now();
+        let bytes = rgb_bytes_tensor(chunk)
+            .map_err(|e| vdit_models::ModelError::InvalidInput(format!("decoded chunk: {e}")))?;
+        let (_, h, w, _) = bytes.dims4()?;
+        let previous = readback.push((w as u32, h as u32), &bytes)?;
+        times.to_bytes_s += start.elapsed().as_secs_f64();
+        to_sink(previous, &mut times)
+    });
+    let decoded = decoded.and_then(|()| {
+        let start = Instant::now();
+        let last = readback.finish()?;
+        times.to_bytes_s += start.elapsed().as_secs_f64();
+        Ok(to_sink(last, &mut times)?)
     });
     if let Some(e) = sink_error {
         return Err(video_error(e));

@@ -292,6 +292,19 @@ pub fn read_video(path: &Path) -> Result<ReadVideo> {
 /// `video` as produced by the VAE, `[3, T, H, W]` (or `[1, 3, T, H, W]`) in [-1, 1], to RGB24 frames:
 /// `round((x + 1) / 2 * 255)` clamped to 0..=255 (NaN becomes 0).
 pub fn frames_from_tensor(video: &Tensor) -> Result<VideoFrames> {
+    let bytes = rgb_bytes_tensor(video)?;
+    let (_, h, w, _) = bytes.dims4()?;
+    let bytes = bytes
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    frames_from_bytes(w as u32, h as u32, &bytes)
+}
+
+/// [`frames_from_tensor`]'s bytes as a u8 tensor `[T, H, W, 3]` on the video's device (computed
+/// there: a quarter of the bytes then cross to the host), for a caller that reads them back
+/// itself (the decode stage, which overlaps the copy with the next chunk's decode).
+pub fn rgb_bytes_tensor(video: &Tensor) -> Result<Tensor> {
     let video = match video.dims() {
         [1, 3, _, _, _] => video.squeeze(0)?,
         [3, _, _, _] => video.clone(),
@@ -308,14 +321,25 @@ pub fn frames_from_tensor(video: &Tensor) -> Result<VideoFrames> {
             video.dims()
         )));
     }
-    let bytes = if video.device().is_cpu() {
-        rgb_bytes_on_host(&video)?
+    if video.device().is_cpu() {
+        let bytes = rgb_bytes_on_host(&video)?;
+        Ok(Tensor::from_vec(bytes, (t, h, w, 3), &Device::Cpu)?)
     } else {
-        rgb_bytes_on_device(&video)?
-    };
-    let frame_len = h * w * 3;
+        rgb_bytes_on_device(&video)
+    }
+}
+
+/// RGB24 frames of `width`×`height` from their bytes, `[T, H, W, 3]` order.
+pub fn frames_from_bytes(width: u32, height: u32, bytes: &[u8]) -> Result<VideoFrames> {
+    let frame_len = width as usize * height as usize * 3;
+    if frame_len == 0 || !bytes.len().is_multiple_of(frame_len) {
+        return Err(VideoError::Tensor(format!(
+            "{} bytes are not whole {width}x{height} RGB frames",
+            bytes.len()
+        )));
+    }
     let frames = bytes.chunks_exact(frame_len).map(<[u8]>::to_vec).collect();
-    VideoFrames::new(w as u32, h as u32, frames)
+    VideoFrames::new(width, height, frames)
 }
 
 /// `[3, T, H, W]` → the RGB24 bytes of its frames, `[T, H, W, 3]` order, on the host.
@@ -330,21 +354,17 @@ fn rgb_bytes_on_host(video: &Tensor) -> Result<Vec<u8>> {
     Ok(values.into_iter().map(to_byte).collect())
 }
 
-/// [`rgb_bytes_on_host`] computed where the video is (a GPU), so that a quarter of the bytes
-/// cross to the host and the host does no per-value work while the decoder waits for it (each
-/// decoded chunk passes through here before the next is decoded). The same operations in the
-/// same order (`x + 1`, `· 0.5`, `· 255`, clamp, round), so the same bytes; the clamp sends
-/// NaN to 0 (candle's maximum is fmax), as the cast on the host does.
-fn rgb_bytes_on_device(video: &Tensor) -> Result<Vec<u8>> {
+/// [`rgb_bytes_on_host`] computed where the video is (a GPU): u8 `[T, H, W, 3]` there, so that
+/// the host does no per-value work. The same operations in the same order (`x + 1`, `· 0.5`,
+/// `· 255`, clamp, round), so the same bytes; the clamp sends NaN to 0 (candle's maximum is
+/// fmax), as the cast on the host does.
+fn rgb_bytes_on_device(video: &Tensor) -> Result<Tensor> {
     Ok((((video.to_dtype(DType::F32)? + 1.0)? * 0.5)? * 255.0)?
         .clamp(0f32, 255f32)?
         .round()?
         .to_dtype(DType::U8)?
         .permute((1, 2, 3, 0))?
-        .contiguous()?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<u8>()?)
+        .contiguous()?)
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -395,12 +415,17 @@ mod byte_tests {
         let t = values.len() / (3 * 5 * 7);
         let video = Tensor::from_vec(values, (3, t, 5, 7), &Device::Cpu).unwrap();
         let host = rgb_bytes_on_host(&video).unwrap();
-        let device = rgb_bytes_on_device(&video).unwrap();
+        let device = device_bytes(&video);
         assert_eq!(host.len(), device.len());
         let differing = host.iter().zip(&device).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "of {} bytes", host.len());
         // NaN is 0 on both
         let nan = Tensor::full(f32::NAN, (3, 1, 1, 1), &Device::Cpu).unwrap();
-        assert_eq!(rgb_bytes_on_device(&nan).unwrap(), vec![0, 0, 0]);
+        assert_eq!(device_bytes(&nan), vec![0, 0, 0]);
+    }
+
+    fn device_bytes(video: &Tensor) -> Vec<u8> {
+        let bytes = rgb_bytes_on_device(video).unwrap();
+        bytes.flatten_all().unwrap().to_vec1::<u8>().unwrap()
     }
 }
