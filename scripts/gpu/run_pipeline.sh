@@ -36,6 +36,8 @@ t "random-weight Wan2.1 1.3B model folder ($MODEL)"
 [ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL
 
 common=(-m $MODEL --device cuda --size 832x480 --frames 81 --seed 0)
+# PART=short runs the 4-step rows only, PART=long the 50-step rows only (two device runs on one warm machine).
+if [ "${PART:-all}" != long ]; then
 t "vdit: 4 steps, guidance 1 (first run with an empty JIT cache, then warm); candle's kernels compiled by helpers"
 step vdit_4g1 90 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 4 --guidance-scale 1 \
   -o /tmp/videos/4g1 --json $OUT/vdit_4g1.json
@@ -53,6 +55,8 @@ step vdit_4g5 90 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded 
 t "diffusers: 4 steps, guidance 1 and 5"
 step torch_4g1 100 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 1 --out $OUT/torch_4g1.json
 step torch_4g5 110 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 5 --out $OUT/torch_4g5.json
+fi
+if [ "${PART:-all}" != short ]; then
 t "vdit: 50 steps, guidance 5, dense (first and warm run)"
 step vdit_dense50 200 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 50 --guidance-scale 5 \
   -o /tmp/videos/dense50 --json $OUT/vdit_dense50.json
@@ -62,6 +66,7 @@ step torch_dense50 240 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --st
 t "vdit: 50 steps, guidance 5, RainFusion 0.8 (one run: the first)"
 step vdit_rf50 80 /tmp/vdit bench pipeline "${common[@]}" --runs 1 --steps 50 --guidance-scale 5 \
   --attention rainfusion --sparsity 0.8 -o /tmp/videos/rf50 --json $OUT/vdit_rf50.json
+fi
 
 t "one table (${SECONDS}s)"
 REPORT_LABEL_FILES=1 python3 scripts/gpu/report.py $OUT/vdit_dense50.json $OUT/torch_dense50.json $OUT/vdit_rf50.json \
