@@ -7,7 +7,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
@@ -291,6 +291,41 @@ fn strides3(layout: &Layout) -> (i64, i64, i64) {
     (s[0] as i64, s[1] as i64, s[2] as i64)
 }
 
+/// The trailing scalar arguments of both block-means kernels: `heads, seq_len, block_size,
+/// nblocks, head_dim` (i32, in that order).
+struct MeansGeometry([i32; 5]);
+
+impl MeansGeometry {
+    /// For x `[B, H, L, D]` in blocks of `block_size`: the geometry and the block count.
+    fn new(layout: &Layout, block_size: usize) -> candle_core::Result<(Self, usize)> {
+        let (_, h, l, d) = layout.shape().dims4()?;
+        let blocks = l.div_ceil(block_size);
+        let args = [h, l, block_size, blocks, d].map(|v| v as i32);
+        Ok((Self(args), blocks))
+    }
+
+    /// Appends the token order (or a null pointer for the natural order), the strides of each
+    /// input, then the geometry to a launch's arguments.
+    fn push<'a>(
+        &'a self,
+        builder: &mut LaunchArgs<'a>,
+        order: &'a Option<CudaView<'a, u32>>,
+        null: &'a u64,
+        strides: &'a [(i64, i64, i64)],
+    ) {
+        match order {
+            Some(order) => builder.arg(order),
+            None => builder.arg(null),
+        };
+        for (sb, sh, sl) in strides {
+            builder.arg(sb).arg(sh).arg(sl);
+        }
+        for value in &self.0 {
+            builder.arg(value);
+        }
+    }
+}
+
 impl CustomOp1 for BlockMeansOp {
     fn name(&self) -> &'static str {
         "rainfusion-block-means"
@@ -305,19 +340,12 @@ impl CustomOp1 for BlockMeansOp {
         x: &CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (b, h, l, d) = layout.shape().dims4()?;
-        let blocks = l.div_ceil(self.block_size);
+        let (b, h, _, d) = layout.shape().dims4()?;
+        let (geometry, blocks) = MeansGeometry::new(layout, self.block_size)?;
         let dev = x.device().clone();
         // SAFETY: the kernel writes every element (each block's every column).
         let out = unsafe { dev.alloc::<f32>(b * h * blocks * d)? };
-        let (sb, sh, sl) = strides3(layout);
-        let (heads, seq_len, block_size, nblocks, head_dim) = (
-            h as i32,
-            l as i32,
-            self.block_size as i32,
-            blocks as i32,
-            d as i32,
-        );
+        let strides = [strides3(layout)];
         let vec16 = vec16_fits(x.dtype(), layout);
         let threads = if vec16 { MEANS_THREADS } else { d.min(256) };
         let cfg = LaunchConfig {
@@ -335,19 +363,7 @@ impl CustomOp1 for BlockMeansOp {
                 let stream = dev.cuda_stream();
                 let mut builder = stream.launch_builder(&func);
                 builder.arg(&src).arg(&out);
-                match &order_slice {
-                    Some(order) => builder.arg(order),
-                    None => builder.arg(&null_ptr),
-                };
-                builder
-                    .arg(&sb)
-                    .arg(&sh)
-                    .arg(&sl)
-                    .arg(&heads)
-                    .arg(&seq_len)
-                    .arg(&block_size)
-                    .arg(&nblocks)
-                    .arg(&head_dim);
+                geometry.push(&mut builder, &order_slice, &null_ptr, &strides);
                 // SAFETY: arguments match rf_block_means_* in kernels/mask.cu; the order (when
                 // given) was checked to hold L entries, each a token of x (a permutation).
                 unsafe { builder.launch(cfg) }.w()?;
@@ -406,19 +422,11 @@ impl CustomOp2 for BlockMeansPairOp {
         {
             candle_core::bail!("block_means_pair: q and k must match and fit 16-byte loads");
         }
-        let blocks = l.div_ceil(self.block_size);
+        let (geometry, blocks) = MeansGeometry::new(q_layout, self.block_size)?;
         let dev = q.device().clone();
         // SAFETY: the kernel writes every element (each tensor's every block and column).
         let out = unsafe { dev.alloc::<f32>(2 * b * h * blocks * d)? };
-        let (sb, sh, sl) = strides3(q_layout);
-        let (kb, kh, kl) = strides3(k_layout);
-        let (heads, seq_len, block_size, nblocks, head_dim) = (
-            h as i32,
-            l as i32,
-            self.block_size as i32,
-            blocks as i32,
-            d as i32,
-        );
+        let strides = [strides3(q_layout), strides3(k_layout)];
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, h as u32, 2 * b as u32),
             block_dim: (MEANS_THREADS as u32, 1, 1),
@@ -435,22 +443,7 @@ impl CustomOp2 for BlockMeansPairOp {
                 let stream = dev.cuda_stream();
                 let mut builder = stream.launch_builder(&func);
                 builder.arg(&q_src).arg(&k_src).arg(&out);
-                match &order_slice {
-                    Some(order) => builder.arg(order),
-                    None => builder.arg(&null_ptr),
-                };
-                builder
-                    .arg(&sb)
-                    .arg(&sh)
-                    .arg(&sl)
-                    .arg(&kb)
-                    .arg(&kh)
-                    .arg(&kl)
-                    .arg(&heads)
-                    .arg(&seq_len)
-                    .arg(&block_size)
-                    .arg(&nblocks)
-                    .arg(&head_dim);
+                geometry.push(&mut builder, &order_slice, &null_ptr, &strides);
                 // SAFETY: arguments match rf_block_means_pair_vec16_* in kernels/mask.cu (both
                 // inputs checked against vec16_fits above); the order (when given) holds L
                 // entries, each a token (a permutation).
