@@ -30,7 +30,7 @@ export CUDA_CACHE_PATH=/tmp/jit_cache_fresh; rm -rf "$CUDA_CACHE_PATH"
 # step LOG LIMIT CMD...: runs CMD under a timeout of LIMIT seconds or what the budget has left, whichever is
 # less; skipped when less than half of LIMIT is left (the commands are in order of importance).
 # what step (scripts/gpu/device_env.sh) shows of each log
-STEP_SHOW='^\||^diffusers|rror|Killed|panicked'; STEP_LINES=12
+STEP_SHOW='^\||^diffusers|rror|Killed|panicked|test result|FAILED'; STEP_LINES=12
 
 t "random-weight Wan2.1 1.3B model folder ($MODEL)"
 [ -f $MODEL/model_index.json ] || step make_model 150 python3 scripts/gpu/make_random_model.py $MODEL
@@ -60,6 +60,17 @@ if [ "${PART:-all}" != short ]; then
 t "vdit: 50 steps, guidance 5, dense (first and warm run)"
 step vdit_dense50 200 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 50 --guidance-scale 5 \
   -o /tmp/videos/dense50 --json $OUT/vdit_dense50.json
+if [ "${READBACK:-0}" = 1 ]; then
+  # READBACK=1: the read-back's own check, then 4 steps with it and without (VDIT_ASYNC_READBACK=0), the JIT cache
+  # filled; the four videos must be byte-identical.
+  t "read-back: cuda_load's test; 4 steps, guidance 1, overlapped and synchronous (warm runs)"
+  [ -x /tmp/cuda_load ] && step tests_load 90 /tmp/cuda_load --test-threads=1 readback
+  step vdit_4g1_async 50 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 4 --guidance-scale 1 \
+    -o /tmp/videos/rb_async --json $OUT/vdit_4g1_async.json
+  step vdit_4g1_sync2 50 env VDIT_ASYNC_READBACK=0 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded \
+    --steps 4 --guidance-scale 1 -o /tmp/videos/rb_sync --json $OUT/vdit_4g1_sync2.json
+  md5sum /tmp/videos/rb_*/*.mp4 | tee $OUT/videos_readback.md5
+fi
 t "diffusers: 50 steps, guidance 5 (first and warm run)"
 step torch_dense50 240 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 50 --guidance 5 \
   --out $OUT/torch_dense50.json
@@ -71,4 +82,4 @@ fi
 t "one table (${SECONDS}s)"
 REPORT_LABEL_FILES=1 python3 scripts/gpu/report.py $OUT/vdit_dense50.json $OUT/torch_dense50.json $OUT/vdit_rf50.json \
   $OUT/vdit_4g5.json $OUT/torch_4g5.json $OUT/vdit_4g1.json $OUT/vdit_4g1_nowarm.json $OUT/vdit_4g1_sync.json \
-  $OUT/torch_4g1.json | tee $OUT/table.md
+  $OUT/torch_4g1.json $OUT/vdit_4g1_async.json $OUT/vdit_4g1_sync2.json | tee $OUT/table.md

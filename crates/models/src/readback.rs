@@ -114,7 +114,9 @@ fn read_now(bytes: &Tensor) -> Result<Vec<u8>> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::PinnedHostSlice;
+    use candle_core::cuda_backend::cudarc::driver::{
+        result as driver, CudaEvent, DevicePtr, PinnedHostSlice,
+    };
     use candle_core::cuda_backend::CudaDevice;
     use candle_core::{Storage, Tensor};
 
@@ -132,11 +134,28 @@ mod cuda {
         _source: Tensor,
     }
 
+    /// One pinned buffer and the event recorded after the last copy into it. The event is ours:
+    /// cudarc records a pinned buffer's own event only where it manages several streams, which
+    /// candle's one stream does not, so waiting on that one would not wait for the copy.
+    struct Slot {
+        buffer: PinnedHostSlice<u8>,
+        copied: CudaEvent,
+    }
+
     /// Two pinned buffers, used in turn: while the host reads one, the next copy fills the other.
     #[derive(Default)]
     pub(super) struct PinnedPair {
-        buffers: [Option<PinnedHostSlice<u8>>; 2],
+        slots: [Option<Slot>; 2],
         next: usize,
+    }
+
+    impl Drop for PinnedPair {
+        /// A buffer is freed only after the copy into it is done.
+        fn drop(&mut self) {
+            for slot in self.slots.iter().flatten() {
+                let _ = slot.copied.synchronize();
+            }
+        }
     }
 
     impl PinnedPair {
@@ -144,20 +163,26 @@ mod cuda {
         pub(super) fn start(&mut self, device: &CudaDevice, bytes: &Tensor) -> Result<Copy> {
             let bytes = bytes.contiguous()?;
             let len = bytes.elem_count();
-            let slot = self.next;
+            let index = self.next;
             self.next = 1 - self.next;
             let stream = device.cuda_stream();
-            let buffer = &mut self.buffers[slot];
-            if buffer.as_ref().is_none_or(|b| b.len() < len) {
-                // Plain (cached) pinned memory: the host reads it back, which write-combined
-                // memory makes slow. The old buffer is dropped first (it waits for its copy).
-                *buffer = None;
-                // SAFETY: the buffer is only read after a copy into it has completed (`wait`).
-                let fresh = unsafe { stream.context().alloc_pinned_with_flags::<u8>(len, 0) }
-                    .map_err(cuda_error)?;
-                *buffer = Some(fresh);
+            let slot = &mut self.slots[index];
+            if let Some(old) = slot.as_ref() {
+                // The copy that last filled this buffer must be over before it is refilled or
+                // freed (it was waited for, unless that push failed).
+                old.copied.synchronize().map_err(cuda_error)?;
             }
-            let buffer = buffer.as_mut().expect("buffer was just made");
+            if slot.as_ref().is_none_or(|s| s.buffer.len() < len) {
+                let context = stream.context();
+                // Plain (cached) pinned memory: the host reads it back, which write-combined
+                // memory makes slow.
+                // SAFETY: the buffer is only read after a copy into it has completed (`wait`).
+                let buffer = unsafe { context.alloc_pinned_with_flags::<u8>(len, 0) }
+                    .map_err(cuda_error)?;
+                let copied = context.new_event(None).map_err(cuda_error)?;
+                *slot = Some(Slot { buffer, copied });
+            }
+            let slot = slot.as_mut().expect("the slot was just filled");
             {
                 let (storage, layout) = bytes.storage_and_layout();
                 let Storage::Cuda(storage) = &*storage else {
@@ -165,12 +190,17 @@ mod cuda {
                 };
                 let start = layout.start_offset();
                 let source = storage.as_cuda_slice::<u8>()?.slice(start..start + len);
-                // Asynchronous: the copy is queued behind the kernels that write `bytes`, and
-                // the buffer's event records its end.
-                stream.memcpy_dtoh(&source, buffer).map_err(cuda_error)?;
+                let (source_ptr, _read) = source.device_ptr(&stream);
+                let host = &mut slot.buffer.as_mut_slice().map_err(cuda_error)?[..len];
+                // SAFETY: `host` is pinned and `len` bytes long, as is the source range, which
+                // lies in `bytes`'s storage; `bytes` is kept alive (in `Copy`) until the copy is
+                // waited for, and the buffer is not touched before `copied` has fired.
+                unsafe { driver::memcpy_dtoh_async(host, source_ptr, stream.cu_stream()) }
+                    .map_err(cuda_error)?;
             }
+            slot.copied.record(&stream).map_err(cuda_error)?;
             Ok(Copy {
-                slot,
+                slot: index,
                 len,
                 _source: bytes,
             })
@@ -178,11 +208,11 @@ mod cuda {
 
         /// Waits for `copy` and returns its bytes.
         pub(super) fn wait(&self, copy: Copy) -> Result<Vec<u8>> {
-            let buffer = self.buffers[copy.slot]
+            let slot = self.slots[copy.slot]
                 .as_ref()
                 .expect("a copy's buffer exists until it is waited for");
-            // `as_slice` waits for the buffer's event, recorded after the copy.
-            let host = buffer.as_slice().map_err(cuda_error)?;
+            slot.copied.synchronize().map_err(cuda_error)?;
+            let host = slot.buffer.as_slice().map_err(cuda_error)?;
             Ok(host[..copy.len].to_vec())
         }
     }
