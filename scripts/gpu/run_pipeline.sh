@@ -57,9 +57,6 @@ step torch_4g1 100 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 
 step torch_4g5 110 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 4 --guidance 5 --out $OUT/torch_4g5.json
 fi
 if [ "${PART:-all}" != short ]; then
-t "vdit: 50 steps, guidance 5, dense (first and warm run)"
-step vdit_dense50 200 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 50 --guidance-scale 5 \
-  -o /tmp/videos/dense50 --json $OUT/vdit_dense50.json
 if [ "${READBACK:-0}" = 1 ]; then
   # READBACK=1: the read-back's own check, then 4 steps with it and without (VDIT_ASYNC_READBACK=0), the JIT cache
   # filled; the four videos must be byte-identical.
@@ -71,6 +68,9 @@ if [ "${READBACK:-0}" = 1 ]; then
     --steps 4 --guidance-scale 1 -o /tmp/videos/rb_sync --json $OUT/vdit_4g1_sync2.json
   md5sum /tmp/videos/rb_*/*.mp4 | tee $OUT/videos_readback.md5
 fi
+t "vdit: 50 steps, guidance 5, dense (first and warm run)"
+step vdit_dense50 200 /tmp/vdit bench pipeline "${common[@]}" --runs 2 --keep-loaded --steps 50 --guidance-scale 5 \
+  -o /tmp/videos/dense50 --json $OUT/vdit_dense50.json
 t "diffusers: 50 steps, guidance 5 (first and warm run)"
 step torch_dense50 240 python3 scripts/gpu/torch_bench.py --pipeline $MODEL --steps 50 --guidance 5 \
   --out $OUT/torch_dense50.json
