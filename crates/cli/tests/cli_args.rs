@@ -400,3 +400,20 @@ fn dense_layers_beyond_the_model_depth_fail_before_any_work() {
         "the text encoder ran first:\n{stderr}"
     );
 }
+
+/// A kernel-compiling helper process (`VDIT_KERNEL_CACHE_MODULE`, started by vdit itself on a
+/// machine's first CUDA run) compiles its module and exits: whatever else its command line
+/// says is never run. Without CUDA (or for a name that is no candle module) it fails at once,
+/// silently, and writes nothing.
+#[test]
+fn a_kernel_cache_helper_runs_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args(generate_args(dir.path(), &[]))
+        .env(vdit_models::kernel_cache::HELPER_ENV, "no-such-module")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

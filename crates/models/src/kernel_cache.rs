@@ -179,3 +179,11 @@ mod imp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_helper_is_started_for_a_cpu() {
+        assert!(super::warm_up(&candle_core::Device::Cpu).is_none());
+    }
+}

@@ -177,8 +177,8 @@ mod cuda {
                 // Plain (cached) pinned memory: the host reads it back, which write-combined
                 // memory makes slow.
                 // SAFETY: the buffer is only read after a copy into it has completed (`wait`).
-                let buffer = unsafe { context.alloc_pinned_with_flags::<u8>(len, 0) }
-                    .map_err(cuda_error)?;
+                let buffer =
+                    unsafe { context.alloc_pinned_with_flags::<u8>(len, 0) }.map_err(cuda_error)?;
                 let copied = context.new_event(None).map_err(cuda_error)?;
                 *slot = Some(Slot { buffer, copied });
             }
