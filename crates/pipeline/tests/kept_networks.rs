@@ -3,12 +3,15 @@
 //! nothing and makes the same video as a fresh run; other load settings load again; runs that
 //! offload keep nothing.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use vdit_pipeline::options::{DeviceChoice, OffloadMode};
+use std::path::Path;
+
+use common::shipped_model_options;
+use vdit_pipeline::options::OffloadMode;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::resident::may_keep;
-use vdit_pipeline::settings::{resolve, GenerateOptions, GenerateSettings};
+use vdit_pipeline::settings::{resolve, GenerateSettings};
 use vdit_pipeline::stages::{generate, generate_keeping, KeptNetworks, RunReport};
 
 fn settings(
@@ -16,16 +19,7 @@ fn settings(
     name: &str,
     seed: u64,
 ) -> (GenerateSettings, vdit_pipeline::hub::ModelFiles) {
-    let mut options = GenerateOptions::new("a red circle moving right");
-    options.model = Some(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/vdit-tiny")
-            .display()
-            .to_string(),
-    );
-    options.output = Some(dir.join(name));
-    options.device = DeviceChoice::Cpu;
-    options.seed = Some(seed);
+    let mut options = shipped_model_options(dir, name, seed);
     options.size = Some((64, 64));
     options.frames = Some(5);
     options.steps = Some(2);

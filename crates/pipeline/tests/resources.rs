@@ -1,25 +1,15 @@
 //! The memory and time a run needs, estimated before anything loads (`vdit_pipeline::memory`):
 //! an impossible size is one error line, a slow CPU run a warning, an ordinary run neither.
 
-use std::path::PathBuf;
+mod common;
 
-use vdit_pipeline::options::DeviceChoice;
+use common::shipped_model_options;
 use vdit_pipeline::registry::Registry;
 use vdit_pipeline::settings::{resolve, GenerateOptions};
 use vdit_pipeline::VditError;
 
 fn options(dir: &std::path::Path) -> GenerateOptions {
-    let mut options = GenerateOptions::new("a red circle moving right");
-    options.model = Some(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/vdit-tiny")
-            .display()
-            .to_string(),
-    );
-    options.output = Some(dir.join("x.mp4"));
-    options.device = DeviceChoice::Cpu;
-    options.seed = Some(1);
-    options
+    shipped_model_options(dir, "x.mp4", 1)
 }
 
 #[test]

@@ -7,9 +7,12 @@
 //! - At a positive threshold they skip passes and stay close (latent cosine printed).
 //! - Settings problems (no calibration, nothing left to skip, ignored flags) are one line each.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use common::shipped_model;
 use vdit_pipeline::metrics::cosine_similarity;
 use vdit_pipeline::options::{DTypeChoice, DeviceChoice, StepCacheMode};
 use vdit_pipeline::registry::Registry;
@@ -20,10 +23,6 @@ use vdit_pipeline::stages::{
 use vdit_pipeline::step_cache::CalibrationFile;
 
 const STEPS: usize = 12;
-
-fn shipped_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/vdit-tiny")
-}
 
 fn options(out: &Path) -> GenerateOptions {
     let mut options = GenerateOptions::new("a red circle moving right on a blue background");
