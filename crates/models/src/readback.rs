@@ -104,8 +104,9 @@ impl<Tag> Readback<Tag> {
     }
 }
 
-/// The bytes of a u8 tensor, read synchronously.
-fn read_now(bytes: &Tensor) -> Result<Vec<u8>> {
+/// The bytes of a u8 tensor in row-major order, read synchronously (where it lies on a GPU, this
+/// waits for everything queued before it).
+pub fn read_now(bytes: &Tensor) -> Result<Vec<u8>> {
     Ok(bytes
         .to_device(&Device::Cpu)?
         .flatten_all()?

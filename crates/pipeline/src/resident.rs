@@ -84,10 +84,7 @@ impl<Encoder> LoadedStages<Encoder> {
 
     /// The kept text encoder, loading it first if there is none; `true` when this call loaded it.
     pub fn encoder(&mut self, load: impl FnOnce() -> Result<Encoder>) -> Result<(&Encoder, bool)> {
-        match self.encoder {
-            Some(ref encoder) => Ok((encoder, false)),
-            None => Ok((self.encoder.insert(load()?), true)),
-        }
+        kept_or_loaded(&mut self.encoder, load)
     }
 
     /// The kept transformers, loading them first if there are none; `true` when this call loaded
@@ -108,9 +105,14 @@ impl<Encoder> LoadedStages<Encoder> {
         &mut self,
         load: impl FnOnce() -> Result<VideoDecoder>,
     ) -> Result<(&VideoDecoder, bool)> {
-        match self.decoder {
-            Some(ref decoder) => Ok((decoder, false)),
-            None => Ok((self.decoder.insert(load()?), true)),
-        }
+        kept_or_loaded(&mut self.decoder, load)
+    }
+}
+
+/// The network in `slot`, loaded into it first if there is none; `true` when this call loaded it.
+fn kept_or_loaded<T>(slot: &mut Option<T>, load: impl FnOnce() -> Result<T>) -> Result<(&T, bool)> {
+    match slot {
+        Some(network) => Ok((network, false)),
+        None => Ok((slot.insert(load()?), true)),
     }
 }

@@ -294,10 +294,8 @@ pub fn read_video(path: &Path) -> Result<ReadVideo> {
 pub fn frames_from_tensor(video: &Tensor) -> Result<VideoFrames> {
     let bytes = rgb_bytes_tensor(video)?;
     let (_, h, w, _) = bytes.dims4()?;
-    let bytes = bytes
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
+    let bytes = vdit_models::readback::read_now(&bytes)
+        .map_err(|e| VideoError::Tensor(format!("reading the frames back: {e}")))?;
     frames_from_bytes(w as u32, h as u32, &bytes)
 }
 
