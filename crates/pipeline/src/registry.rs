@@ -251,7 +251,16 @@ impl ModelDefaults {
     /// Parses a model folder's defaults file (JSON, unknown keys refused); `path` names it in
     /// errors, which are one line.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        // One line, whatever the file holds: serde echoes names from the file, which may hold
+        // line breaks and other control characters; those are written escaped.
         let bad = |reason: String| {
+            let reason: String = reason
+                .chars()
+                .map(|c| match c.is_control() {
+                    true => c.escape_default().to_string(),
+                    false => c.to_string(),
+                })
+                .collect();
             VditError::InvalidSetting(format!("model defaults {}: {reason}", path.display()))
         };
         let defaults: ModelDefaults = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
@@ -522,6 +531,19 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_defaults_file_error_is_one_line_whatever_the_file_holds() {
+        // serde names the unknown field as written, line break included
+        let text = r#"{"guid\n_scale": 5}"#;
+        let err = ModelDefaults::from_json_str(text, Path::new("vdit.json")).unwrap_err();
+        let line = err.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("vdit.json") && line.contains("guid\\n_scale"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn embedded_entries_parse_and_name_the_diffusers_repos() {
