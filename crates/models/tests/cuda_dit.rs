@@ -141,7 +141,7 @@ fn layer_norm_ref(x: &Tensor, eps: f64) -> Tensor {
 #[test]
 fn layer_norm_affine_matches_reference_per_batch_and_per_channel() {
     let dev = gpu();
-    for dim in [256, 1536, 5120, 100] {
+    for dim in [256, 1536, 5120, 100, 102] {
         let (b, l) = (2, 37);
         // A large common offset: the two-pass variance must keep its precision.
         let x = (random(&[b, l, dim], 1, &dev) + 50.0).unwrap();
@@ -283,6 +283,120 @@ fn gated_residual_and_bias_gelu_match_candle_ops() {
     assert!(err < 5e-3, "bias + gelu: {err:.3e}");
 }
 
+/// `t` moved one element off its allocation's start (same values, a contiguous view with a
+/// start offset): the row kernels then fall back to element-wide accesses.
+fn one_element_off(t: &Tensor) -> Tensor {
+    let flat = t.flatten_all().unwrap();
+    let pad = Tensor::zeros(1, t.dtype(), t.device()).unwrap();
+    Tensor::cat(&[&pad, &flat], 0)
+        .unwrap()
+        .narrow(0, 1, flat.dim(0).unwrap())
+        .unwrap()
+        .reshape(t.dims())
+        .unwrap()
+}
+
+/// The gated residual with the next LayerNorm in one pass, at the widths of the Wan models
+/// (1,536 one warp a row, 3,072 two, 5,120 four) and one that is not a multiple of 4, with aligned and
+/// misaligned inputs (16-byte against element-wide accesses): the stream within f32 rounding
+/// of the reference, the norm within bf16's, and each equal to the separate kernels.
+#[test]
+fn gated_residual_norm_matches_reference_at_every_access_width() {
+    let dev = gpu();
+    let cpu = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
+    for dim in [1536, 3072, 5120, 102] {
+        let (b, l) = (2, 37);
+        let x = (random(&[b, l, dim], 21, &dev) + 50.0).unwrap();
+        let y = random(&[b, l, dim], 22, &dev)
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let bias = random(&[dim], 23, &dev).to_dtype(DType::BF16).unwrap();
+        let gate = random(&[b, dim], 24, &dev);
+        let (scale, shift) = (random(&[b, dim], 25, &dev), random(&[b, dim], 26, &dev));
+        let u = cpu(&y).broadcast_add(&cpu(&bias)).unwrap();
+        let v_ref =
+            (cpu(&x) + u.broadcast_mul(&cpu(&gate).unsqueeze(1).unwrap()).unwrap()).unwrap();
+        let h_ref = layer_norm_ref(&v_ref, 1e-6)
+            .broadcast_mul(&cpu(&scale).unsqueeze(1).unwrap())
+            .unwrap()
+            .broadcast_add(&cpu(&shift).unsqueeze(1).unwrap())
+            .unwrap();
+        for misaligned in [false, true] {
+            let x = if misaligned {
+                one_element_off(&x)
+            } else {
+                x.clone()
+            };
+            let case = format!("dim {dim}, misaligned {misaligned}");
+            let (v, h) = fused::gated_residual_norm(
+                &x,
+                &y,
+                Some(&bias),
+                Some(&gate),
+                &scale,
+                &shift,
+                1e-6,
+                DType::BF16,
+            )
+            .unwrap();
+            assert_eq!((v.dims(), v.dtype()), ([b, l, dim].as_slice(), DType::F32));
+            assert_eq!((h.dims(), h.dtype()), ([b, l, dim].as_slice(), DType::BF16));
+            let err = relative_error(&v, &v_ref);
+            assert!(err < 1e-6, "{case}: stream {err:.3e}");
+            let err = relative_error(&h, &h_ref);
+            assert!(err < 5e-3, "{case}: norm {err:.3e}");
+            // The same arithmetic as the two kernels one after the other.
+            let v_alone = fused::gated_residual(&x, &y, Some(&bias), Some(&gate)).unwrap();
+            let h_alone =
+                fused::layer_norm_affine(&v_alone, &scale, &shift, 1e-6, DType::BF16).unwrap();
+            assert_eq!(common::differing_values(&v, &v_alone), 0, "{case}: stream");
+            assert_eq!(common::differing_values(&h, &h_alone), 0, "{case}: norm");
+        }
+    }
+}
+
+/// The q/k RMSNorm + RoPE through its element-pair accesses (a misaligned input) gives the
+/// reference as the 8-byte accesses do.
+#[test]
+fn rms_norm_rope_matches_reference_when_misaligned() {
+    let dev = gpu();
+    let (heads, head_dim) = (12, 128);
+    let (b, f, h, w) = (2, 3, 4, 5);
+    let (l, dim) = (f * h * w, heads * head_dim);
+    let x = random(&[b, l, dim], 27, &dev)
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let weight = random(&[dim], 28, &dev);
+    let (cos, sin) = WanRope::new(head_dim, 10_000.0)
+        .tables(f, h, w, &dev)
+        .unwrap();
+    let rope = Some((&cos, &sin));
+    let aligned = fused::rms_norm_rope(&x, None, &weight, rope, head_dim, 1e-6).unwrap();
+    let off =
+        fused::rms_norm_rope(&one_element_off(&x), None, &weight, rope, head_dim, 1e-6).unwrap();
+    let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32).unwrap(), &weight, 1e-6)
+        .unwrap()
+        .reshape((b, l, heads, head_dim))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+    let expected = WanRope::apply(&normed, &cos, &sin)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, l, dim))
+        .unwrap();
+    for (out, what) in [(&aligned, "aligned"), (&off, "misaligned")] {
+        let err = relative_error(out, &expected);
+        assert!(err < 5e-3, "{what}: {err:.3e}");
+    }
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let dev = gpu();
@@ -411,6 +525,19 @@ fn bench_fused_kernels() {
     });
     time("gated_residual (f32 + bf16 → f32)", n * 10.0, &|| {
         fused::gated_residual(&x, &y16, Some(&vec16), Some(&per_batch)).unwrap();
+    });
+    time("gated_residual_norm (→ f32 and bf16)", n * 12.0, &|| {
+        fused::gated_residual_norm(
+            &x,
+            &y16,
+            Some(&vec16),
+            Some(&per_batch),
+            &per_batch,
+            &per_batch,
+            1e-6,
+            DType::BF16,
+        )
+        .unwrap();
     });
     let nu = (b * l * ffn) as f64;
     time("bias_gelu in place (FFN width)", nu * 4.0, &|| {

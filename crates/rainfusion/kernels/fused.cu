@@ -2,16 +2,17 @@
 // replaces a chain of candle ops that read and wrote the full [rows, dim] activation several
 // times in f32. All arithmetic is f32; 16-bit tensors are read and written as bf16 or f16.
 //
-//   rf_ln_affine_*      y = LayerNorm(x) · a[batch] + c[batch]       (x f32 → y 16-bit)
-//                       modulation: a = 1 + scale, c = shift (per batch); affine norm: a = weight,
-//                       c = bias (batch stride 0). Two-pass mean/variance over the row.
+//   rf_residual_norm_*  v = x + (y + bias) · gate[batch] (or v = x); out = v (f32);
+//                       h = LayerNorm(v) · a[batch] + c[batch] (16-bit), each part optional:
+//                       a gated residual update and the next LayerNorm in one read of the
+//                       stream. Modulation: a = 1 + scale, c = shift (per batch); affine norm:
+//                       a = weight, c = bias (batch stride 0). Two-pass mean/variance.
 //   rf_rms_rope_*       y = RoPE(RMSNorm(x + bias) · weight)          (x 16-bit → y 16-bit)
 //                       RMS over the full row (all heads), RoPE per head on interleaved pairs
 //                       with cos/sin [tokens, head_dim/2] indexed by row % tokens; no tables = no RoPE.
-//   rf_gated_residual_* out = x + (y + bias) · gate[batch]            (x f32, y 16-bit → out f32)
-//                       bias and gate optional (null).
-// One CTA of 256 threads per row everywhere (rows = batch · tokens).
-//   rf_bias_gelu_*      y = gelu_tanh(y + bias), in place             (y 16-bit)
+// These two keep a row in registers: a group of 1–8 warps per row, 16-byte (f32) or 8-byte
+// (16-bit) accesses (suffix v4; v1/v2 take any width and alignment, element by element).
+//   rf_bias_gelu_*      y = gelu_tanh(y + bias), in place             (y 16-bit; a CTA per row)
 //
 // Channel-axis kernels of the VAE decoder, on [images, C, pixels] memory (pixels contiguous),
 // for bf16, f16 and f32 (suffix _f32); f32 arithmetic throughout:
@@ -41,127 +42,207 @@ template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; 
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 
 constexpr int THREADS = 256;
-// Values of one row each thread keeps in registers: rows up to THREADS · MAX_PER_THREAD wide.
-constexpr int MAX_PER_THREAD = 24;
+constexpr int WARPS = THREADS / 32;
+// Values of one row each lane keeps in registers. A row is read by a group of 1, 2, 4 or 8
+// warps, so rows up to WARPS · 32 · LANE_VALUES = 12,288 wide fit.
+constexpr int LANE_VALUES = 48;
 
-// Sum over the block; every thread gets the result. `scratch` holds THREADS/32 floats.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// VEC consecutive elements, read or written as one access of VEC · sizeof(T) bytes.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_f32(const T* p, float* out) {
+  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) out[i] = to_f32<T>(pk.v[i]);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_f32(T* p, const float* in) {
+  Pack<T, VEC> pk;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) pk.v[i] = from_f32<T>(in[i]);
+  *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
+}
+
+// Where a thread sits among the rows: a CTA holds WARPS / group rows, each read by `group`
+// consecutive warps. Lane `lane` of the group's warp `warp` owns the VEC-wide pieces
+// k = 0 .. LANE_VALUES / VEC − 1 at column ((k · group + warp) · 32 + lane) · VEC, so each warp
+// reads one contiguous stretch per piece. `valid` is false on the last CTA's rows past the end:
+// those threads take part in the barriers and touch no memory.
+struct RowPlace {
+  int64_t row;
+  bool valid;
+  int group, warp, lane, first_warp;
+
+  __device__ RowPlace(int64_t rows, int group_warps) {
+    const int w = threadIdx.x / 32;
+    group = group_warps;
+    lane = threadIdx.x % 32;
+    warp = w % group;
+    first_warp = w - warp;
+    row = static_cast<int64_t>(blockIdx.x) * (WARPS / group) + w / group;
+    valid = row < rows;
+  }
+
+  template <int VEC>
+  __device__ __forceinline__ int column(int k) const {
+    return ((k * group + warp) * 32 + lane) * VEC;
+  }
+};
+
+// Sum over the row's group of warps; every thread of the group gets it. `scratch` holds WARPS
+// floats. `group` is the same in the whole CTA, so the barriers are uniform.
+__device__ __forceinline__ float group_sum(float v, float* scratch, const RowPlace& p) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (p.group == 1) return v;
   __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
+  if (p.lane == 0) scratch[threadIdx.x / 32] = v;
   __syncthreads();
   float total = 0.f;
-#pragma unroll
-  for (int w = 0; w < THREADS / 32; ++w) total += scratch[w];
+  for (int w = 0; w < p.group; ++w) total += scratch[p.first_warp + w];
   return total;
 }
 
-// One CTA per row. x: [rows, dim] f32 contiguous; a, c: f32, row r uses a + (r / rows_per_batch)
-// · ac_batch_stride; y: [rows, dim] 16-bit.
-template <typename T>
-__device__ void ln_affine(const float* __restrict__ x, const float* __restrict__ a,
-                          const float* __restrict__ c, T* __restrict__ y, int dim,
-                          int rows_per_batch, int64_t ac_batch_stride, float eps) {
-  __shared__ float scratch[THREADS / 32];
-  const int64_t row = blockIdx.x;
-  const float* xr = x + row * dim;
-  float v[MAX_PER_THREAD];
+// One pass over rows of the residual stream (all [rows, dim], row-major):
+//   v = x + (y + bias) · gate[batch]     when y is given (bias, gate optional), else v = x;
+//   out = v                              when out is given (f32);
+//   h = LayerNorm(v) · a[batch] + c[batch]  when h is given (16-bit; two-pass mean/variance).
+// x f32; y, bias, h 16-bit; gate, a, c f32 with the batch of row r = r / rows_per_batch (a, c
+// advance by ac_batch_stride per batch: 0 for an affine norm's weight and bias, dim for a
+// modulation). A gated residual update, a LayerNorm, or both with one read of the stream.
+template <typename T, int VEC>
+__device__ void residual_norm(const float* __restrict__ x, const T* __restrict__ y,
+                              const T* __restrict__ bias, const float* __restrict__ gate,
+                              float* __restrict__ out, const float* __restrict__ a,
+                              const float* __restrict__ c, int64_t ac_batch_stride,
+                              T* __restrict__ h, int64_t rows, int dim, int rows_per_batch,
+                              int group, float eps) {
+  __shared__ float scratch[WARPS];
+  constexpr int PIECES = LANE_VALUES / VEC;
+  const RowPlace p(rows, group);
+  const int64_t base = p.row * dim;
+  const int64_t batch = p.row / rows_per_batch;
+  const float* gr = gate != nullptr ? gate + batch * dim : nullptr;
+  float v[PIECES][VEC];
   float sum = 0.f;
 #pragma unroll
-  for (int i = 0; i < MAX_PER_THREAD; ++i) {
-    const int col = threadIdx.x + i * THREADS;
-    v[i] = col < dim ? xr[col] : 0.f;
-    sum += v[i];
+  for (int k = 0; k < PIECES; ++k) {
+    const int col = p.column<VEC>(k);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[k][i] = 0.f;
+    if (!p.valid || col >= dim) continue;
+    load_f32<float, VEC>(x + base + col, v[k]);
+    if (y != nullptr) {
+      float u[VEC];
+      load_f32<T, VEC>(y + base + col, u);
+      if (bias != nullptr) {
+        float b[VEC];
+        load_f32<T, VEC>(bias + col, b);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) u[i] += b[i];
+      }
+      if (gr != nullptr) {
+        float g[VEC];
+        load_f32<float, VEC>(gr + col, g);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) u[i] *= g[i];
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[k][i] += u[i];
+    }
+    if (out != nullptr) store_f32<float, VEC>(out + base + col, v[k]);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) sum += v[k][i];
   }
-  const float mean = block_sum(sum, scratch) / dim;
+  if (h == nullptr) return;  // a kernel argument: the same in every thread
+  const float mean = group_sum(sum, scratch, p) / dim;
   float sq = 0.f;
 #pragma unroll
-  for (int i = 0; i < MAX_PER_THREAD; ++i) {
-    const int col = threadIdx.x + i * THREADS;
-    const float d = col < dim ? v[i] - mean : 0.f;
-    sq += d * d;
+  for (int k = 0; k < PIECES; ++k) {
+    if (!p.valid || p.column<VEC>(k) >= dim) continue;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const float d = v[k][i] - mean;
+      sq += d * d;
+    }
   }
-  const float rstd = rsqrtf(block_sum(sq, scratch) / dim + eps);
-  const int64_t batch = row / rows_per_batch;
+  const float rstd = rsqrtf(group_sum(sq, scratch, p) / dim + eps);
+  if (!p.valid) return;  // no barrier follows
   const float* ar = a + batch * ac_batch_stride;
   const float* cr = c + batch * ac_batch_stride;
-  T* yr = y + row * dim;
 #pragma unroll
-  for (int i = 0; i < MAX_PER_THREAD; ++i) {
-    const int col = threadIdx.x + i * THREADS;
-    if (col < dim) yr[col] = from_f32<T>((v[i] - mean) * rstd * ar[col] + cr[col]);
+  for (int k = 0; k < PIECES; ++k) {
+    const int col = p.column<VEC>(k);
+    if (col >= dim) continue;
+    float av[VEC], cv[VEC], o[VEC];
+    load_f32<float, VEC>(ar + col, av);
+    load_f32<float, VEC>(cr + col, cv);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) o[i] = (v[k][i] - mean) * rstd * av[i] + cv[i];
+    store_f32<T, VEC>(h + base + col, o);
   }
 }
 
-// One CTA per row; each thread owns interleaved pairs (2p, 2p+1). x: [rows, dim] 16-bit
-// contiguous; bias: [dim] 16-bit or null; weight: [dim] f32; cos, sin: [tokens, head_dim/2] f32
-// or null; y: [rows, dim] 16-bit.
-template <typename T>
+// y = RoPE(RMSNorm(x + bias) · weight) over rows of [rows, dim] (rows in the RowPlace groups).
+// x, bias, y 16-bit; weight f32 [dim]; cos, sin f32 [tokens, head_dim/2], token = row % tokens,
+// or null (no RoPE). RMS over the full row (all heads); RoPE per head on interleaved pairs
+// (2j, 2j+1): VEC is even, so a piece holds whole pairs.
+template <typename T, int VEC>
 __device__ void rms_rope(const T* __restrict__ x, const T* __restrict__ bias,
                          const float* __restrict__ weight, const float* __restrict__ cos_t,
-                         const float* __restrict__ sin_t, T* __restrict__ y, int dim, int head_dim,
-                         int tokens, float eps) {
-  __shared__ float scratch[THREADS / 32];
-  constexpr int MAX_PAIRS = MAX_PER_THREAD / 2;
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * dim;
-  const int pairs = dim / 2;
-  float v0[MAX_PAIRS], v1[MAX_PAIRS];
+                         const float* __restrict__ sin_t, T* __restrict__ y, int64_t rows,
+                         int dim, int head_dim, int tokens, int group, float eps) {
+  static_assert(VEC % 2 == 0, "pieces hold whole RoPE pairs");
+  __shared__ float scratch[WARPS];
+  constexpr int PIECES = LANE_VALUES / VEC;
+  const RowPlace p(rows, group);
+  const int64_t base = p.row * dim;
+  float v[PIECES][VEC];
   float sq = 0.f;
 #pragma unroll
-  for (int i = 0; i < MAX_PAIRS; ++i) {
-    const int p = threadIdx.x + i * THREADS;
-    v0[i] = v1[i] = 0.f;
-    if (p < pairs) {
-      v0[i] = to_f32<T>(xr[2 * p]);
-      v1[i] = to_f32<T>(xr[2 * p + 1]);
-      if (bias != nullptr) {
-        v0[i] += to_f32<T>(bias[2 * p]);
-        v1[i] += to_f32<T>(bias[2 * p + 1]);
+  for (int k = 0; k < PIECES; ++k) {
+    const int col = p.column<VEC>(k);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[k][i] = 0.f;
+    if (!p.valid || col >= dim) continue;
+    load_f32<T, VEC>(x + base + col, v[k]);
+    if (bias != nullptr) {
+      float b[VEC];
+      load_f32<T, VEC>(bias + col, b);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[k][i] += b[i];
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) sq += v[k][i] * v[k][i];
+  }
+  const float rstd = rsqrtf(group_sum(sq, scratch, p) / dim + eps);
+  if (!p.valid) return;  // no barrier follows
+  const int half_head = head_dim / 2;
+  const int64_t token_row = (p.row % tokens) * half_head;
+#pragma unroll
+  for (int k = 0; k < PIECES; ++k) {
+    const int col = p.column<VEC>(k);
+    if (col >= dim) continue;
+    float w[VEC], o[VEC];
+    load_f32<float, VEC>(weight + col, w);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) o[i] = v[k][i] * rstd * w[i];
+    if (cos_t != nullptr) {
+#pragma unroll
+      for (int j = 0; j < VEC / 2; ++j) {
+        const int64_t t = token_row + (col / 2 + j) % half_head;
+        const float cs = cos_t[t], sn = sin_t[t];
+        const float a = o[2 * j], b = o[2 * j + 1];
+        o[2 * j] = a * cs - b * sn;
+        o[2 * j + 1] = a * sn + b * cs;
       }
     }
-    sq += v0[i] * v0[i] + v1[i] * v1[i];
-  }
-  const float rstd = rsqrtf(block_sum(sq, scratch) / dim + eps);
-  const int half_head = head_dim / 2;
-  const int64_t token = row % tokens;
-  T* yr = y + row * dim;
-#pragma unroll
-  for (int i = 0; i < MAX_PAIRS; ++i) {
-    const int p = threadIdx.x + i * THREADS;
-    if (p >= pairs) continue;
-    float a = v0[i] * rstd * weight[2 * p];
-    float b = v1[i] * rstd * weight[2 * p + 1];
-    if (cos_t != nullptr) {
-      const int64_t t = token * half_head + p % half_head;
-      const float cs = cos_t[t], sn = sin_t[t];
-      const float ra = a * cs - b * sn;
-      const float rb = a * sn + b * cs;
-      a = ra;
-      b = rb;
-    }
-    yr[2 * p] = from_f32<T>(a);
-    yr[2 * p + 1] = from_f32<T>(b);
-  }
-}
-
-// One CTA per row, threads striding over the columns. x, out: [rows, dim] f32; y: [rows, dim]
-// 16-bit; bias: [dim] 16-bit or null; gate: f32 [batches, dim] (row r in batch r / rows_per_batch)
-// or null.
-template <typename T>
-__device__ void gated_residual(const float* __restrict__ x, const T* __restrict__ y,
-                               const T* __restrict__ bias, const float* __restrict__ gate,
-                               float* __restrict__ out, int dim, int rows_per_batch) {
-  const int64_t row = blockIdx.x;
-  const int64_t base = row * dim;
-  const float* gr = gate != nullptr ? gate + (row / rows_per_batch) * dim : nullptr;
-  for (int col = threadIdx.x; col < dim; col += blockDim.x) {
-    float u = to_f32<T>(y[base + col]);
-    if (bias != nullptr) u += to_f32<T>(bias[col]);
-    if (gr != nullptr) u *= gr[col];
-    out[base + col] = x[base + col] + u;
+    store_f32<T, VEC>(y + base + col, o);
   }
 }
 
@@ -301,23 +382,26 @@ RF_CHANNEL_ENTRIES(bf16, __nv_bfloat16)
 RF_CHANNEL_ENTRIES(f16, __half)
 RF_CHANNEL_ENTRIES(f32, float)
 
+// The row kernels in two access widths each: VEC elements per access where the row width and
+// the pointers allow it (4), else single elements (pairs for RoPE).
+#define RF_ROW_ENTRIES(SUFFIX, T, VEC, RMS_VEC)                                                   \
+  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS) rf_residual_norm_v##VEC##_##SUFFIX( \
+      const float* x, const T* y, const T* bias, const float* gate, float* out, const float* a,  \
+      const float* c, int64_t ac_batch_stride, T* h, int64_t rows, int dim, int rows_per_batch,   \
+      int group, float eps) {                                                                     \
+    rf_fused::residual_norm<T, VEC>(x, y, bias, gate, out, a, c, ac_batch_stride, h, rows, dim,   \
+                                    rows_per_batch, group, eps);                                  \
+  }                                                                                               \
+  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS) rf_rms_rope_v##RMS_VEC##_##SUFFIX( \
+      const T* x, const T* bias, const float* weight, const float* cos_t, const float* sin_t,    \
+      T* y, int64_t rows, int dim, int head_dim, int tokens, int group, float eps) {              \
+    rf_fused::rms_rope<T, RMS_VEC>(x, bias, weight, cos_t, sin_t, y, rows, dim, head_dim, tokens, \
+                                   group, eps);                                                   \
+  }
+
 #define RF_FUSED_ENTRIES(SUFFIX, T)                                                                \
-  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS)                                  \
-      rf_ln_affine_##SUFFIX(const float* x, const float* a, const float* c, T* y, int dim,         \
-                            int rows_per_batch, int64_t ac_batch_stride, float eps) {              \
-    rf_fused::ln_affine<T>(x, a, c, y, dim, rows_per_batch, ac_batch_stride, eps);                 \
-  }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS)                                  \
-      rf_rms_rope_##SUFFIX(const T* x, const T* bias, const float* weight, const float* cos_t,     \
-                           const float* sin_t, T* y, int dim, int head_dim, int tokens,            \
-                           float eps) {                                                            \
-    rf_fused::rms_rope<T>(x, bias, weight, cos_t, sin_t, y, dim, head_dim, tokens, eps);           \
-  }                                                                                                \
-  extern "C" __global__ void rf_gated_residual_##SUFFIX(const float* x, const T* y, const T* bias, \
-                                                        const float* gate, float* out, int dim,    \
-                                                        int rows_per_batch) {                      \
-    rf_fused::gated_residual<T>(x, y, bias, gate, out, dim, rows_per_batch);                       \
-  }                                                                                                \
+  RF_ROW_ENTRIES(SUFFIX, T, 4, 4)                                                                  \
+  RF_ROW_ENTRIES(SUFFIX, T, 1, 2)                                                                  \
   extern "C" __global__ void rf_bias_gelu_##SUFFIX(T* y, const T* bias, int dim) {                 \
     rf_fused::bias_gelu<T>(y, bias, dim);                                                          \
   }

@@ -504,9 +504,10 @@ impl WanBlock {
     }
 
     /// The block through rainfusion's fused CUDA kernels (bf16/f16 on CUDA): LayerNorm with the
-    /// modulation, q/k RMSNorm with RoPE, and bias + gate + residual each in one pass, with q, k
-    /// and v kept in the `[B, L, heads, head_dim]` memory the projections write (the attention
-    /// kernels read it in place). Same arithmetic as [`Self::forward_ops`] in f32, except that
+    /// modulation, q/k RMSNorm with RoPE, and bias + gate + residual each in one pass (the
+    /// residual updates after self- and cross-attention also write the next sub-block's norm),
+    /// with q, k and v kept in the `[B, L, heads, head_dim]` memory the projections write (the
+    /// attention kernels read it in place). Same arithmetic as [`Self::forward_ops`] in f32, except that
     /// the linear layers' biases are added in f32 before rounding instead of after.
     /// `e0` is the per-sample time projection [B, 6, dim] f32.
     #[cfg(feature = "cuda")]
@@ -517,7 +518,9 @@ impl WanBlock {
         ctx: &BlockContext<'_>,
         attention: &mut dyn SelfAttention,
     ) -> Result<Tensor> {
-        use rainfusion::cuda::fused::{bias_gelu_inplace, gated_residual, layer_norm_affine};
+        use rainfusion::cuda::fused::{
+            bias_gelu_inplace, gated_residual, gated_residual_norm, layer_norm_affine,
+        };
         use rainfusion::cuda::OutputLayout;
         let dev = &x.device().clone(); // not a borrow of x, which is freed part-way
         let (b, l, dim) = x.dims3()?;
@@ -553,29 +556,35 @@ impl WanBlock {
             Ok(y.reshape((b, l, dim))?)
         })?;
         drop((q, k, v));
-        let next = span("self: out + gated residual", dev, || {
+        // The updated stream and the cross-attention's input, its norm taken in the same pass.
+        let (next, h) = span("self: out + gated residual + cross norm", dev, || {
             let o = self.self_attn.to_out.matmul(&y)?;
             let bias = self.self_attn.folded_out_bias()?;
-            Ok(gated_residual(&x, &o, Some(bias), Some(&gate_sa))?)
+            Ok(match &self.cross_norm {
+                Some(norm) => {
+                    let (w, norm_bias, eps) = norm.parts();
+                    let (a, c) = (w, norm_bias);
+                    gated_residual_norm(&x, &o, Some(bias), Some(&gate_sa), a, c, eps, self.dtype)?
+                }
+                None => {
+                    let next = gated_residual(&x, &o, Some(bias), Some(&gate_sa))?;
+                    let h = next.to_dtype(self.dtype)?;
+                    (next, h)
+                }
+            })
         })?;
         drop(y);
         drop(x); // the incoming stream, shadowed below, would otherwise live on
         let x = next;
 
-        let (q, k, v) = span("cross: norm + qkv", dev, || {
-            let h = match &self.cross_norm {
-                Some(norm) => {
-                    let (w, bias, eps) = norm.parts();
-                    layer_norm_affine(&x, w, bias, eps, self.dtype)?
-                }
-                None => x.to_dtype(self.dtype)?,
-            };
+        let (q, k, v) = span("cross: qkv", dev, || {
             let ca = &self.cross_attn;
             let text_len = ctx.text.dim(1)?;
             let (q, k) = ca.fused_qk(&h, ctx.text, None)?;
             let v = ca.to_v.matmul(ctx.text)?; // bias folded into the output projection's
             Ok((split(&q, l)?, split(&k, text_len)?, split(&v, text_len)?))
         })?;
+        drop(h);
         let y = span("cross: attention", dev, || {
             let scale = 1.0 / (head_dim as f64).sqrt();
             if rainfusion::cuda::is_supported(&q, 128) {
@@ -621,20 +630,26 @@ impl WanBlock {
             })?,
         };
         drop((q, k, v));
-        let next = span("cross: out + residual", dev, || {
+        // The updated stream and the feed-forward's modulated norm, in one pass.
+        let (next, h) = span("cross: out + residual + ffn norm", dev, || {
             let o = self.cross_attn.to_out.matmul(&y)?;
             let bias = self.cross_attn.folded_out_bias()?;
-            Ok(gated_residual(&x, &o, Some(bias), None)?)
+            let (a, c) = (&scale_ff, &shift_ff);
+            Ok(gated_residual_norm(
+                &x,
+                &o,
+                Some(bias),
+                None,
+                a,
+                c,
+                self.eps,
+                self.dtype,
+            )?)
         })?;
         drop(y);
         drop(x); // the incoming stream, shadowed below, would otherwise live on
         let x = next;
 
-        let h = span("ffn: norm + modulate", dev, || {
-            Ok(layer_norm_affine(
-                &x, &scale_ff, &shift_ff, self.eps, self.dtype,
-            )?)
-        })?;
         let u = span("ffn: in + gelu", dev, || {
             // The epilogue kernel reads the weight itself: not with an unmerged LoRA, nor a
             // weight kept quantised (`plain_weight` is `None` for both).

@@ -18,9 +18,11 @@
 //!   the output in natural order, so no permuted copies are made.
 //! - [`linear`] and [`linear_fp8`]: cuBLASLt GEMMs (bias + gelu epilogue; fp8 operands).
 //! - [`fused`]: the elementwise work around attention in a DiT block (LayerNorm + modulation,
-//!   q/k RMSNorm + RoPE, gated residual, bias + gelu), one kernel each.
+//!   q/k RMSNorm + RoPE, gated residual, bias + gelu), one kernel each, and the gated residual
+//!   with the next LayerNorm in one.
 
 mod attention;
+mod checks;
 pub mod fused;
 mod launch;
 mod linear;
@@ -28,6 +30,7 @@ mod linear_fp8;
 mod mask;
 mod module;
 mod order;
+mod rows;
 mod tensor_map;
 
 pub use attention::{
