@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The row kernels of the DiT block (kernels/fused.cu `rf_residual_norm_*`, `rf_rms_rope_*`: a row in registers,
 # 16-byte accesses; the gated residual and the next LayerNorm in one pass) against the build before them, in one run:
-#   1. the CUDA tests: cuda_dit (the row kernels at every access width), cuda_kernels with TMA and with cp.async
-#      loads, cuda_policy;
+#   1. cuda_dit's tests (the row kernels at every access width among them);
 #   2. the fused kernels' bandwidths (cuda_dit bench_fused_kernels);
 #   3. the Wan2.1-1.3B forward, batch 2, 832x480x81, dense and RainFusion 0.8: this build and the one before
 #      (.gpu/base/vdit.xz) taking turns, then one profiled forward of this build;
-#   4. PyTorch on the same shapes (torch_bench.py: cuDNN/FA2/Flex attention and diffusers' forward);
-#   5. the full-size transformer parity against diffusers (bf16, ≤ 5e-3).
+#   4. the full-size transformer parity against diffusers (bf16, ≤ 5e-3);
+#   5. PyTorch on the same shapes (torch_bench.py: cuDNN/FA2/Flex attention and diffusers' forward);
+#   6. cuda_kernels with TMA and with cp.async loads, and cuda_policy, as the budget allows.
 #
 # Here: keep the previous build's .gpu/run/vdit.xz as .gpu/base/vdit.xz, then
 #     STAGE_TESTS="cuda_dit cuda_kernels cuda_policy" bash scripts/gpu/stage.sh
@@ -23,11 +23,8 @@ xz -dc .gpu/base/vdit.xz > /tmp/vdit-base && chmod +x /tmp/vdit-base
 BUDGET=${BUDGET:-560}
 STEP_SHOW='^\||^fused|test result|FAILED|failed|rror|Killed|panicked|relative error'; STEP_LINES=30
 
-t "CUDA tests: cuda_dit; cuda_kernels with TMA loads, then cp.async loads; cuda_policy"
+t "CUDA tests: cuda_dit"
 step tests_dit 150 /tmp/cuda_dit --test-threads=1
-step tests_tma 150 /tmp/cuda_kernels --test-threads=1
-step tests_cp_async 120 env RAINFUSION_CUDA_TMA=0 /tmp/cuda_kernels --test-threads=1
-[ -x /tmp/cuda_policy ] && step tests_policy 120 /tmp/cuda_policy --test-threads=1
 t "fused kernels, [2, 32760, 1536]"
 step fused 60 /tmp/cuda_dit --ignored --nocapture bench_fused
 t "the 1.3B forward, batch 2, 832x480x81: before (vdit-base) and after (vdit), taking turns"
@@ -42,11 +39,15 @@ step dense_base2 60 /tmp/vdit-base bench "${warm[@]}" transformer
 step attention 60 /tmp/vdit bench --device cuda attention
 t "one profiled forward of this build (device synchronised around every stage)"
 step profile 60 env VDIT_PROFILE=1 /tmp/vdit bench --device cuda --warmup 1 --iters 1 transformer
-t "PyTorch on the same shapes"
-step torch 150 python3 scripts/gpu/torch_bench.py --skip-vae --out $OUT/torch.json
 t "full-size transformer parity against diffusers"
 step parity_model 150 python3 scripts/gpu/full_parity.py /tmp/wan_full
 step parity 90 env VDIT_FULL_DIR=/tmp/wan_full /tmp/cuda_dit --ignored --nocapture full_size
+t "PyTorch on the same shapes"
+step torch 150 python3 scripts/gpu/torch_bench.py --skip-vae --out $OUT/torch.json
+t "CUDA tests of the attention kernels: TMA loads, then cp.async loads; cuda_policy"
+step tests_tma 150 /tmp/cuda_kernels --test-threads=1
+step tests_cp_async 120 env RAINFUSION_CUDA_TMA=0 /tmp/cuda_kernels --test-threads=1
+[ -x /tmp/cuda_policy ] && step tests_policy 120 /tmp/cuda_policy --test-threads=1
 { echo "# row kernels, $(nvidia-smi --query-gpu=name --format=csv,noheader)"
   grep -h "^| transformer\|^| attention\|^| mask" $OUT/dense_*.log $OUT/rf_*.log $OUT/attention.log 2>/dev/null
   grep -h "^fused" $OUT/fused.log; grep -h "transformer \|attention \|flex" $OUT/torch.log
