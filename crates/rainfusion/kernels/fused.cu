@@ -11,7 +11,8 @@
 //                       RMS over the full row (all heads), RoPE per head on interleaved pairs
 //                       with cos/sin [tokens, head_dim/2] indexed by row % tokens; no tables = no RoPE.
 // These two keep a row in registers: a group of 1–8 warps per row, 16-byte (f32) or 8-byte
-// (16-bit) accesses (suffix v4; v1/v2 take any width and alignment, element by element).
+// (16-bit) accesses (suffix v4; v1 and v2 take any width and alignment, element by element,
+// v2 keeping RoPE's pairs in one thread).
 //   rf_bias_gelu_*      y = gelu_tanh(y + bias), in place             (y 16-bit; a CTA per row)
 //
 // Channel-axis kernels of the VAE decoder, on [images, C, pixels] memory (pixels contiguous),
@@ -47,25 +48,40 @@ constexpr int WARPS = THREADS / 32;
 // warps, so rows up to WARPS · 32 · LANE_VALUES = 12,288 wide fit.
 constexpr int LANE_VALUES = 48;
 
-// VEC consecutive elements, read or written as one access of VEC · sizeof(T) bytes.
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
+// Elements per access of the wide row kernels: 16 bytes of f32, 8 of a 16-bit type. The
+// narrow ones (VEC 1 or 2) access element by element, so they take any alignment.
+constexpr int WIDE = 4;
+
+// WIDE consecutive elements, read or written as one access of WIDE · sizeof(T) bytes.
+template <typename T>
+struct alignas(sizeof(T) * WIDE) Pack {
+  T v[WIDE];
 };
 
+// VEC consecutive elements at p, as f32: one access when VEC is WIDE (p aligned to it).
 template <typename T, int VEC>
 __device__ __forceinline__ void load_f32(const T* p, float* out) {
-  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
+  if constexpr (VEC == WIDE) {
+    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p);
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) out[i] = to_f32<T>(pk.v[i]);
+    for (int i = 0; i < VEC; ++i) out[i] = to_f32<T>(pk.v[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = to_f32<T>(p[i]);
+  }
 }
 
 template <typename T, int VEC>
 __device__ __forceinline__ void store_f32(T* p, const float* in) {
-  Pack<T, VEC> pk;
+  if constexpr (VEC == WIDE) {
+    Pack<T> pk;
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) pk.v[i] = from_f32<T>(in[i]);
-  *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
+    for (int i = 0; i < VEC; ++i) pk.v[i] = from_f32<T>(in[i]);
+    *reinterpret_cast<Pack<T>*>(p) = pk;
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) p[i] = from_f32<T>(in[i]);
+  }
 }
 
 // Where a thread sits among the rows: a CTA holds WARPS / group rows, each read by `group`
@@ -382,8 +398,8 @@ RF_CHANNEL_ENTRIES(bf16, __nv_bfloat16)
 RF_CHANNEL_ENTRIES(f16, __half)
 RF_CHANNEL_ENTRIES(f32, float)
 
-// The row kernels in two access widths each: VEC elements per access where the row width and
-// the pointers allow it (4), else single elements (pairs for RoPE).
+// The row kernels in two forms each: 4 elements per access where the row width and the pointers
+// allow it, else element by element (in pairs for RoPE).
 #define RF_ROW_ENTRIES(SUFFIX, T, VEC, RMS_VEC)                                                   \
   extern "C" __global__ void __launch_bounds__(rf_fused::THREADS) rf_residual_norm_v##VEC##_##SUFFIX( \
       const float* x, const T* y, const T* bias, const float* gate, float* out, const float* a,  \
