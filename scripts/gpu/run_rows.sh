@@ -34,14 +34,14 @@ step dense_base 60 /tmp/vdit-base bench "${warm[@]}" transformer
 step dense_new 60 /tmp/vdit bench "${warm[@]}" transformer
 step rf_base 60 /tmp/vdit-base bench "${warm[@]}" transformer "${rf[@]}"
 step rf_new 60 /tmp/vdit bench "${warm[@]}" transformer "${rf[@]}"
-step dense_new2 60 /tmp/vdit bench "${warm[@]}" transformer
-step dense_base2 60 /tmp/vdit-base bench "${warm[@]}" transformer
-step attention 60 /tmp/vdit bench --device cuda attention
-t "one profiled forward of this build (device synchronised around every stage)"
-step profile 60 env VDIT_PROFILE=1 /tmp/vdit bench --device cuda --warmup 1 --iters 1 transformer
 t "full-size transformer parity against diffusers"
 step parity_model 150 python3 scripts/gpu/full_parity.py /tmp/wan_full
 step parity 90 env VDIT_FULL_DIR=/tmp/wan_full /tmp/cuda_dit --ignored --nocapture full_size
+t "the forwards again, in the other order; attention and mask prediction; one profiled forward"
+step dense_new2 60 /tmp/vdit bench "${warm[@]}" transformer
+step dense_base2 60 /tmp/vdit-base bench "${warm[@]}" transformer
+step attention 60 /tmp/vdit bench --device cuda attention
+step profile 60 env VDIT_PROFILE=1 /tmp/vdit bench --device cuda --warmup 1 --iters 1 transformer
 t "PyTorch on the same shapes"
 step torch 150 python3 scripts/gpu/torch_bench.py --skip-vae --out $OUT/torch.json
 t "CUDA tests of the attention kernels: TMA loads, then cp.async loads; cuda_policy"
