@@ -138,8 +138,24 @@ fn layer_norm_ref(x: &Tensor, eps: f64) -> Tensor {
         .unwrap()
 }
 
+/// Runs `check` with the CTA-per-row kernels (the default) and again with the warp-per-row
+/// ones (`RAINFUSION_CUDA_ROW_KERNELS=1`). The variable is process-wide: the scripts run this
+/// file's tests in one thread.
+fn each_row_form(check: fn()) {
+    for value in ["0", "1"] {
+        std::env::set_var(rainfusion::cuda::ROW_KERNELS_ENV, value);
+        eprintln!("{}={value}", rainfusion::cuda::ROW_KERNELS_ENV);
+        check();
+    }
+    std::env::remove_var(rainfusion::cuda::ROW_KERNELS_ENV);
+}
+
 #[test]
 fn layer_norm_affine_matches_reference_per_batch_and_per_channel() {
+    each_row_form(layer_norm_affine_matches_reference_per_batch_and_per_channel_in);
+}
+
+fn layer_norm_affine_matches_reference_per_batch_and_per_channel_in() {
     let dev = gpu();
     for dim in [256, 1536, 5120, 100, 102] {
         let (b, l) = (2, 37);
@@ -194,6 +210,10 @@ fn layer_norm_affine_matches_reference_per_batch_and_per_channel() {
 
 #[test]
 fn rms_norm_rope_matches_candle_ops() {
+    each_row_form(rms_norm_rope_matches_candle_ops_in);
+}
+
+fn rms_norm_rope_matches_candle_ops_in() {
     let dev = gpu();
     for (heads, head_dim) in [(12, 128), (4, 64), (2, 32)] {
         let (b, f, h, w) = (2, 3, 4, 5);
@@ -244,6 +264,10 @@ fn rms_norm_rope_matches_candle_ops() {
 
 #[test]
 fn gated_residual_and_bias_gelu_match_candle_ops() {
+    each_row_form(gated_residual_and_bias_gelu_match_candle_ops_in);
+}
+
+fn gated_residual_and_bias_gelu_match_candle_ops_in() {
     let dev = gpu();
     let (b, l, dim) = (2, 50, 384);
     let x = random(&[b, l, dim], 9, &dev);
@@ -302,6 +326,10 @@ fn one_element_off(t: &Tensor) -> Tensor {
 /// of the reference, the norm within bf16's, and each equal to the separate kernels.
 #[test]
 fn gated_residual_norm_matches_reference_at_every_access_width() {
+    each_row_form(gated_residual_norm_matches_reference_at_every_access_width_in);
+}
+
+fn gated_residual_norm_matches_reference_at_every_access_width_in() {
     let dev = gpu();
     let cpu = |t: &Tensor| {
         t.to_device(&Device::Cpu)
@@ -364,6 +392,10 @@ fn gated_residual_norm_matches_reference_at_every_access_width() {
 /// reference as the 8-byte accesses do.
 #[test]
 fn rms_norm_rope_matches_reference_when_misaligned() {
+    each_row_form(rms_norm_rope_matches_reference_when_misaligned_in);
+}
+
+fn rms_norm_rope_matches_reference_when_misaligned_in() {
     let dev = gpu();
     let (heads, head_dim) = (12, 128);
     let (b, f, h, w) = (2, 3, 4, 5);
@@ -509,36 +541,50 @@ fn bench_fused_kernels() {
     };
     let n = (b * l * dim) as f64;
     let _ = heads;
-    time("layer_norm_affine (f32→bf16)", n * 6.0, &|| {
-        fused::layer_norm_affine(&x, &per_batch, &per_batch, 1e-6, DType::BF16).unwrap();
-    });
-    time("rms_norm_rope (bf16, RoPE)", n * 4.0, &|| {
-        fused::rms_norm_rope(
-            &y16,
-            Some(&vec16),
-            &vec32,
-            Some((&cos, &sin)),
-            head_dim,
-            1e-6,
-        )
-        .unwrap();
-    });
-    time("gated_residual (f32 + bf16 → f32)", n * 10.0, &|| {
-        fused::gated_residual(&x, &y16, Some(&vec16), Some(&per_batch)).unwrap();
-    });
-    time("gated_residual_norm (→ f32 and bf16)", n * 12.0, &|| {
-        fused::gated_residual_norm(
-            &x,
-            &y16,
-            Some(&vec16),
-            Some(&per_batch),
-            &per_batch,
-            &per_batch,
-            1e-6,
-            DType::BF16,
-        )
-        .unwrap();
-    });
+    // The row kernels in both forms: CTA per row (the default), then warp per row.
+    for (form, value) in [("cta", "0"), ("warp", "1")] {
+        std::env::set_var(rainfusion::cuda::ROW_KERNELS_ENV, value);
+        let name = |what: &str| format!("{what} [{form}]");
+        time(&name("layer_norm_affine (f32→bf16)"), n * 6.0, &|| {
+            fused::layer_norm_affine(&x, &per_batch, &per_batch, 1e-6, DType::BF16).unwrap();
+        });
+        time(&name("rms_norm_rope (bf16, RoPE)"), n * 4.0, &|| {
+            fused::rms_norm_rope(
+                &y16,
+                Some(&vec16),
+                &vec32,
+                Some((&cos, &sin)),
+                head_dim,
+                1e-6,
+            )
+            .unwrap();
+        });
+        time(
+            &name("gated_residual (f32 + bf16 → f32)"),
+            n * 10.0,
+            &|| {
+                fused::gated_residual(&x, &y16, Some(&vec16), Some(&per_batch)).unwrap();
+            },
+        );
+        time(
+            &name("gated_residual_norm (→ f32 and bf16)"),
+            n * 12.0,
+            &|| {
+                fused::gated_residual_norm(
+                    &x,
+                    &y16,
+                    Some(&vec16),
+                    Some(&per_batch),
+                    &per_batch,
+                    &per_batch,
+                    1e-6,
+                    DType::BF16,
+                )
+                .unwrap();
+            },
+        );
+    }
+    std::env::remove_var(rainfusion::cuda::ROW_KERNELS_ENV);
     let nu = (b * l * ffn) as f64;
     time("bias_gelu in place (FFN width)", nu * 4.0, &|| {
         fused::bias_gelu_inplace(&u, Some(&ub)).unwrap();

@@ -262,6 +262,133 @@ __device__ void rms_rope(const T* __restrict__ x, const T* __restrict__ bias,
   }
 }
 
+// ---- The CTA-per-row forms (the default until the row kernels above have run on a GPU; see
+// RAINFUSION_CUDA_ROW_KERNELS in cuda/rows.rs): one CTA of 256 threads per row, element accesses.
+
+// Values of one row each thread keeps in registers: rows up to THREADS · MAX_PER_THREAD wide.
+constexpr int MAX_PER_THREAD = 24;
+
+// Sum over the block; every thread gets the result. `scratch` holds THREADS/32 floats.
+__device__ __forceinline__ float cta_sum(float v, float* scratch) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < THREADS / 32; ++w) total += scratch[w];
+  return total;
+}
+
+// One CTA per row. x: [rows, dim] f32 contiguous; a, c: f32, row r uses a + (r / rows_per_batch)
+// · ac_batch_stride; y: [rows, dim] 16-bit.
+template <typename T>
+__device__ void ln_affine_cta(const float* __restrict__ x, const float* __restrict__ a,
+                          const float* __restrict__ c, T* __restrict__ y, int dim,
+                          int rows_per_batch, int64_t ac_batch_stride, float eps) {
+  __shared__ float scratch[THREADS / 32];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * dim;
+  float v[MAX_PER_THREAD];
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < MAX_PER_THREAD; ++i) {
+    const int col = threadIdx.x + i * THREADS;
+    v[i] = col < dim ? xr[col] : 0.f;
+    sum += v[i];
+  }
+  const float mean = cta_sum(sum, scratch) / dim;
+  float sq = 0.f;
+#pragma unroll
+  for (int i = 0; i < MAX_PER_THREAD; ++i) {
+    const int col = threadIdx.x + i * THREADS;
+    const float d = col < dim ? v[i] - mean : 0.f;
+    sq += d * d;
+  }
+  const float rstd = rsqrtf(cta_sum(sq, scratch) / dim + eps);
+  const int64_t batch = row / rows_per_batch;
+  const float* ar = a + batch * ac_batch_stride;
+  const float* cr = c + batch * ac_batch_stride;
+  T* yr = y + row * dim;
+#pragma unroll
+  for (int i = 0; i < MAX_PER_THREAD; ++i) {
+    const int col = threadIdx.x + i * THREADS;
+    if (col < dim) yr[col] = from_f32<T>((v[i] - mean) * rstd * ar[col] + cr[col]);
+  }
+}
+
+// One CTA per row; each thread owns interleaved pairs (2p, 2p+1). x: [rows, dim] 16-bit
+// contiguous; bias: [dim] 16-bit or null; weight: [dim] f32; cos, sin: [tokens, head_dim/2] f32
+// or null; y: [rows, dim] 16-bit.
+template <typename T>
+__device__ void rms_rope_cta(const T* __restrict__ x, const T* __restrict__ bias,
+                         const float* __restrict__ weight, const float* __restrict__ cos_t,
+                         const float* __restrict__ sin_t, T* __restrict__ y, int dim, int head_dim,
+                         int tokens, float eps) {
+  __shared__ float scratch[THREADS / 32];
+  constexpr int MAX_PAIRS = MAX_PER_THREAD / 2;
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * dim;
+  const int pairs = dim / 2;
+  float v0[MAX_PAIRS], v1[MAX_PAIRS];
+  float sq = 0.f;
+#pragma unroll
+  for (int i = 0; i < MAX_PAIRS; ++i) {
+    const int p = threadIdx.x + i * THREADS;
+    v0[i] = v1[i] = 0.f;
+    if (p < pairs) {
+      v0[i] = to_f32<T>(xr[2 * p]);
+      v1[i] = to_f32<T>(xr[2 * p + 1]);
+      if (bias != nullptr) {
+        v0[i] += to_f32<T>(bias[2 * p]);
+        v1[i] += to_f32<T>(bias[2 * p + 1]);
+      }
+    }
+    sq += v0[i] * v0[i] + v1[i] * v1[i];
+  }
+  const float rstd = rsqrtf(cta_sum(sq, scratch) / dim + eps);
+  const int half_head = head_dim / 2;
+  const int64_t token = row % tokens;
+  T* yr = y + row * dim;
+#pragma unroll
+  for (int i = 0; i < MAX_PAIRS; ++i) {
+    const int p = threadIdx.x + i * THREADS;
+    if (p >= pairs) continue;
+    float a = v0[i] * rstd * weight[2 * p];
+    float b = v1[i] * rstd * weight[2 * p + 1];
+    if (cos_t != nullptr) {
+      const int64_t t = token * half_head + p % half_head;
+      const float cs = cos_t[t], sn = sin_t[t];
+      const float ra = a * cs - b * sn;
+      const float rb = a * sn + b * cs;
+      a = ra;
+      b = rb;
+    }
+    yr[2 * p] = from_f32<T>(a);
+    yr[2 * p + 1] = from_f32<T>(b);
+  }
+}
+
+// One CTA per row, threads striding over the columns. x, out: [rows, dim] f32; y: [rows, dim]
+// 16-bit; bias: [dim] 16-bit or null; gate: f32 [batches, dim] (row r in batch r / rows_per_batch)
+// or null.
+template <typename T>
+__device__ void gated_residual_cta(const float* __restrict__ x, const T* __restrict__ y,
+                               const T* __restrict__ bias, const float* __restrict__ gate,
+                               float* __restrict__ out, int dim, int rows_per_batch) {
+  const int64_t row = blockIdx.x;
+  const int64_t base = row * dim;
+  const float* gr = gate != nullptr ? gate + (row / rows_per_batch) * dim : nullptr;
+  for (int col = threadIdx.x; col < dim; col += blockDim.x) {
+    float u = to_f32<T>(y[base + col]);
+    if (bias != nullptr) u += to_f32<T>(bias[col]);
+    if (gr != nullptr) u *= gr[col];
+    out[base + col] = x[base + col] + u;
+  }
+}
+
 __device__ __forceinline__ float gelu_tanh(float v) {
   const float k = 0.7978845608028654f;  // sqrt(2/pi)
   return 0.5f * v * (1.f + tanhf(k * (v + 0.044715f * v * v * v)));
@@ -415,7 +542,26 @@ RF_CHANNEL_ENTRIES(f32, float)
                                    group, eps);                                                   \
   }
 
+#define RF_CTA_ROW_ENTRIES(SUFFIX, T)                                                                \
+  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS)                                  \
+      rf_ln_affine_##SUFFIX(const float* x, const float* a, const float* c, T* y, int dim,         \
+                            int rows_per_batch, int64_t ac_batch_stride, float eps) {              \
+    rf_fused::ln_affine_cta<T>(x, a, c, y, dim, rows_per_batch, ac_batch_stride, eps);                 \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(rf_fused::THREADS)                                  \
+      rf_rms_rope_##SUFFIX(const T* x, const T* bias, const float* weight, const float* cos_t,     \
+                           const float* sin_t, T* y, int dim, int head_dim, int tokens,            \
+                           float eps) {                                                            \
+    rf_fused::rms_rope_cta<T>(x, bias, weight, cos_t, sin_t, y, dim, head_dim, tokens, eps);           \
+  }                                                                                                \
+  extern "C" __global__ void rf_gated_residual_##SUFFIX(const float* x, const T* y, const T* bias, \
+                                                        const float* gate, float* out, int dim,    \
+                                                        int rows_per_batch) {                      \
+    rf_fused::gated_residual_cta<T>(x, y, bias, gate, out, dim, rows_per_batch);                       \
+  }
+
 #define RF_FUSED_ENTRIES(SUFFIX, T)                                                                \
+  RF_CTA_ROW_ENTRIES(SUFFIX, T)                                                                    \
   RF_ROW_ENTRIES(SUFFIX, T, 4, 4)                                                                  \
   RF_ROW_ENTRIES(SUFFIX, T, 1, 2)                                                                  \
   extern "C" __global__ void rf_bias_gelu_##SUFFIX(T* y, const T* bias, int dim) {                 \

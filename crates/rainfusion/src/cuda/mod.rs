@@ -31,6 +31,7 @@ mod mask;
 mod module;
 mod order;
 mod rows;
+mod rows_cta;
 mod tensor_map;
 
 pub use attention::{
@@ -46,3 +47,4 @@ pub use mask::{
     predict_block_mask_in_order, DeviceBlockMask, PackedDeviceMask,
 };
 pub use order::DeviceTokenOrder;
+pub use rows::ROW_KERNELS_ENV;

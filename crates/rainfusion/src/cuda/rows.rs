@@ -4,6 +4,10 @@
 //! Each row (`dim` channels of one token) is held in the registers of a group of 1, 2, 4 or 8
 //! warps, read with 16-byte (f32) or 8-byte (16-bit) accesses where the width and pointers
 //! allow, and reduced with warp shuffles. Re-exported from [`super::fused`].
+//!
+//! These warp-per-row forms have not yet run on a GPU, so they are opt-in:
+//! `RAINFUSION_CUDA_ROW_KERNELS=1` selects them, and otherwise the CTA-per-row kernels of
+//! [`super::rows_cta`] run (the fused residual-and-norm then as its two kernels).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -17,7 +21,18 @@ use super::checks::{
 };
 use super::launch::{kernel, CudaOnly, Floats, KernelFloat, TypedOp};
 use super::module::FUSED;
+use super::rows_cta;
 use crate::{Error, Result};
+
+/// Environment variable: `1` runs the warp-per-row kernels of this module instead of the
+/// CTA-per-row ones (until a GPU run has checked them and made them the default).
+pub const ROW_KERNELS_ENV: &str = "RAINFUSION_CUDA_ROW_KERNELS";
+
+/// Whether [`ROW_KERNELS_ENV`] selects the warp-per-row kernels (read at every call, so a test
+/// or benchmark can compare both in one process).
+fn warp_rows() -> bool {
+    std::env::var(ROW_KERNELS_ENV).is_ok_and(|v| v.trim() == "1")
+}
 
 /// Threads per CTA (`THREADS` in fused.cu).
 const THREADS: usize = 256;
@@ -39,9 +54,20 @@ pub fn layer_norm_affine(
     dtype: DType,
 ) -> Result<Tensor> {
     check_stream(x, "layer_norm_affine")?;
+    let norm = Norm::new(x, a, c, eps, dtype)?;
+    if !warp_rows() {
+        let Norm {
+            a,
+            c,
+            ac_batch_stride,
+            eps,
+            dtype,
+        } = norm;
+        return rows_cta::layer_norm_affine(x, a, c, ac_batch_stride, eps, dtype);
+    }
     let op = ResidualNormOp {
         residual: None,
-        norm: Some(Norm::new(x, a, c, eps, dtype)?),
+        norm: Some(norm),
         h: None,
     };
     Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
@@ -57,8 +83,13 @@ pub fn gated_residual(
     gate: Option<&Tensor>,
 ) -> Result<Tensor> {
     check_stream(x, "gated_residual")?;
+    let residual = Residual::new(x, y, bias, gate)?;
+    if !warp_rows() {
+        let Residual { y, bias, gate } = residual;
+        return rows_cta::gated_residual(x, y, bias, gate);
+    }
     let op = ResidualNormOp {
-        residual: Some(Residual::new(x, y, bias, gate)?),
+        residual: Some(residual),
         norm: None,
         h: None,
     };
@@ -89,6 +120,11 @@ pub fn gated_residual_norm(
             "gated_residual_norm: y is {:?} but the norm's output is asked as {dtype:?}",
             y.dtype()
         )));
+    }
+    if !warp_rows() {
+        let v = gated_residual(x, y, bias, gate)?;
+        let h = layer_norm_affine(&v, a, c, eps, dtype)?;
+        return Ok((v, h));
     }
     let x = x.contiguous()?;
     // SAFETY: the kernel writes every element of h (every column of every row) before anything
@@ -151,9 +187,13 @@ pub fn rms_norm_rope(
         }
         None => None,
     };
+    let weight = weight.contiguous()?;
+    if !warp_rows() {
+        return rows_cta::rms_norm_rope(x, bias, weight, rope, head_dim, eps as f32);
+    }
     let op = RmsRopeOp {
         bias,
-        weight: weight.contiguous()?,
+        weight,
         rope,
         head_dim,
         tokens: l,
@@ -171,9 +211,14 @@ fn check_stream(x: &Tensor, what: &str) -> Result<()> {
 }
 
 fn check_width(dim: usize) -> Result<()> {
-    if dim == 0 || dim > MAX_ROW {
+    let widest = if warp_rows() {
+        MAX_ROW
+    } else {
+        rows_cta::MAX_ROW
+    };
+    if dim == 0 || dim > widest {
         Err(Error::InvalidConfig(format!(
-            "fused norm kernels take rows of 1..={MAX_ROW} channels, got {dim}"
+            "fused norm kernels take rows of 1..={widest} channels, got {dim}"
         )))
     } else {
         Ok(())
