@@ -82,7 +82,10 @@ pub fn gated_residual(
     bias: Option<&Tensor>,
     gate: Option<&Tensor>,
 ) -> Result<Tensor> {
-    check_stream(x, "gated_residual")?;
+    x.dims3()?;
+    check_cuda(x, "gated_residual")?;
+    check_dtype(x, DType::F32, "gated_residual x")?;
+    check_width(x.dim(2)?, true)?;
     let residual = Residual::new(x, y, bias, gate)?;
     if !warp_rows() {
         let Residual { y, bias, gate } = residual;
@@ -157,7 +160,7 @@ pub fn rms_norm_rope(
     let (_, l, dim) = x.dims3()?;
     check_cuda(x, "rms_norm_rope")?;
     check_16bit(x.dtype(), "rms_norm_rope input")?;
-    check_width(dim)?;
+    check_width(dim, false)?;
     if head_dim == 0 || !head_dim.is_multiple_of(2) || !dim.is_multiple_of(head_dim) {
         return Err(Error::InvalidConfig(format!(
             "rms_norm_rope: head_dim {head_dim} must be even and divide the width {dim}"
@@ -207,12 +210,16 @@ fn check_stream(x: &Tensor, what: &str) -> Result<()> {
     x.dims3()?;
     check_cuda(x, what)?;
     check_dtype(x, DType::F32, &format!("{what} x"))?;
-    check_width(x.dim(2)?)
+    check_width(x.dim(2)?, false)
 }
 
-fn check_width(dim: usize) -> Result<()> {
+/// `dim` within the reach of the kernels in use: those that hold a row in registers have a
+/// widest row; the CTA-per-row residual update (`strides_over_row`) has none.
+fn check_width(dim: usize, strides_over_row: bool) -> Result<()> {
     let widest = if warp_rows() {
         MAX_ROW
+    } else if strides_over_row {
+        usize::MAX
     } else {
         rows_cta::MAX_ROW
     };
