@@ -562,9 +562,17 @@ impl WanBlock {
             let bias = self.self_attn.folded_out_bias()?;
             Ok(match &self.cross_norm {
                 Some(norm) => {
-                    let (w, norm_bias, eps) = norm.parts();
-                    let (a, c) = (w, norm_bias);
-                    gated_residual_norm(&x, &o, Some(bias), Some(&gate_sa), a, c, eps, self.dtype)?
+                    let (weight, norm_bias, eps) = norm.parts();
+                    gated_residual_norm(
+                        &x,
+                        &o,
+                        Some(bias),
+                        Some(&gate_sa),
+                        weight,
+                        norm_bias,
+                        eps,
+                        self.dtype,
+                    )?
                 }
                 None => {
                     let next = gated_residual(&x, &o, Some(bias), Some(&gate_sa))?;
@@ -634,14 +642,13 @@ impl WanBlock {
         let (next, h) = span("cross: out + residual + ffn norm", dev, || {
             let o = self.cross_attn.to_out.matmul(&y)?;
             let bias = self.cross_attn.folded_out_bias()?;
-            let (a, c) = (&scale_ff, &shift_ff);
             Ok(gated_residual_norm(
                 &x,
                 &o,
                 Some(bias),
                 None,
-                a,
-                c,
+                &scale_ff,
+                &shift_ff,
                 self.eps,
                 self.dtype,
             )?)

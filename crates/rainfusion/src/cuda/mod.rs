@@ -30,6 +30,7 @@ mod linear_fp8;
 mod mask;
 mod module;
 mod order;
+mod row_args;
 mod rows;
 mod rows_cta;
 mod tensor_map;

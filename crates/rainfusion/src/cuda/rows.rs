@@ -16,11 +16,10 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape, Tensor};
 
-use super::checks::{
-    check_16bit, check_cuda, check_dtype, check_rows, check_vector, side_ptr, storage_ptr,
-};
+use super::checks::{check_16bit, check_cuda, check_dtype, check_rows, side_ptr, storage_ptr};
 use super::launch::{kernel, CudaOnly, Floats, KernelFloat, TypedOp};
 use super::module::FUSED;
+use super::row_args::{Norm, Residual, RmsRope};
 use super::rows_cta;
 use crate::{Error, Result};
 
@@ -53,17 +52,10 @@ pub fn layer_norm_affine(
     eps: f64,
     dtype: DType,
 ) -> Result<Tensor> {
-    check_stream(x, "layer_norm_affine")?;
+    check_stream(x, "layer_norm_affine", false)?;
     let norm = Norm::new(x, a, c, eps, dtype)?;
     if !warp_rows() {
-        let Norm {
-            a,
-            c,
-            ac_batch_stride,
-            eps,
-            dtype,
-        } = norm;
-        return rows_cta::layer_norm_affine(x, a, c, ac_batch_stride, eps, dtype);
+        return rows_cta::layer_norm_affine(x, norm);
     }
     let op = ResidualNormOp {
         residual: None,
@@ -82,14 +74,11 @@ pub fn gated_residual(
     bias: Option<&Tensor>,
     gate: Option<&Tensor>,
 ) -> Result<Tensor> {
-    x.dims3()?;
-    check_cuda(x, "gated_residual")?;
-    check_dtype(x, DType::F32, "gated_residual x")?;
-    check_width(x.dim(2)?, true)?;
+    // The CTA-per-row update strides over its row: any width.
+    check_stream(x, "gated_residual", true)?;
     let residual = Residual::new(x, y, bias, gate)?;
     if !warp_rows() {
-        let Residual { y, bias, gate } = residual;
-        return rows_cta::gated_residual(x, y, bias, gate);
+        return rows_cta::gated_residual(x, residual);
     }
     let op = ResidualNormOp {
         residual: Some(residual),
@@ -115,7 +104,7 @@ pub fn gated_residual_norm(
     eps: f64,
     dtype: DType,
 ) -> Result<(Tensor, Tensor)> {
-    check_stream(x, "gated_residual_norm")?;
+    check_stream(x, "gated_residual_norm", false)?;
     let residual = Residual::new(x, y, bias, gate)?;
     let norm = Norm::new(x, a, c, eps, dtype)?;
     if y.dtype() != dtype {
@@ -125,8 +114,8 @@ pub fn gated_residual_norm(
         )));
     }
     if !warp_rows() {
-        let v = gated_residual(x, y, bias, gate)?;
-        let h = layer_norm_affine(&v, a, c, eps, dtype)?;
+        let v = rows_cta::gated_residual(x, residual)?;
+        let h = rows_cta::layer_norm_affine(&v, norm)?;
         return Ok((v, h));
     }
     let x = x.contiguous()?;
@@ -157,60 +146,25 @@ pub fn rms_norm_rope(
     head_dim: usize,
     eps: f64,
 ) -> Result<Tensor> {
-    let (_, l, dim) = x.dims3()?;
+    let dim = x.dims3()?.2;
     check_cuda(x, "rms_norm_rope")?;
     check_16bit(x.dtype(), "rms_norm_rope input")?;
     check_width(dim, false)?;
-    if head_dim == 0 || !head_dim.is_multiple_of(2) || !dim.is_multiple_of(head_dim) {
-        return Err(Error::InvalidConfig(format!(
-            "rms_norm_rope: head_dim {head_dim} must be even and divide the width {dim}"
-        )));
-    }
-    check_vector(weight, dim, DType::F32, "weight")?;
-    let bias = match bias {
-        Some(bias) => {
-            check_vector(bias, dim, x.dtype(), "bias")?;
-            Some(bias.contiguous()?)
-        }
-        None => None,
-    };
-    let rope = match rope {
-        Some((cos, sin)) => {
-            for (t, name) in [(cos, "cos"), (sin, "sin")] {
-                check_dtype(t, DType::F32, name)?;
-                if t.dims() != [l, head_dim / 2] {
-                    return Err(Error::InvalidConfig(format!(
-                        "rms_norm_rope: {name} must be [{l}, {}], got {:?}",
-                        head_dim / 2,
-                        t.dims()
-                    )));
-                }
-            }
-            Some((cos.contiguous()?, sin.contiguous()?))
-        }
-        None => None,
-    };
-    let weight = weight.contiguous()?;
+    let rope = RmsRope::new(x, bias, weight, rope, head_dim, eps)?;
     if !warp_rows() {
-        return rows_cta::rms_norm_rope(x, bias, weight, rope, head_dim, eps as f32);
+        return rows_cta::rms_norm_rope(x, rope);
     }
-    let op = RmsRopeOp {
-        bias,
-        weight,
-        rope,
-        head_dim,
-        tokens: l,
-        eps: eps as f32,
-    };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
+    Ok(x.contiguous()?
+        .apply_op1_no_bwd(&CudaOnly(RmsRopeOp(rope)))?)
 }
 
-/// x must be a `[B, L, dim]` f32 residual stream on CUDA, `dim` within the kernels' reach.
-fn check_stream(x: &Tensor, what: &str) -> Result<()> {
+/// x must be a `[B, L, dim]` f32 residual stream on CUDA, `dim` within the kernels' reach (see
+/// [`check_width`]).
+fn check_stream(x: &Tensor, what: &str, strides_over_row: bool) -> Result<()> {
     x.dims3()?;
     check_cuda(x, what)?;
     check_dtype(x, DType::F32, &format!("{what} x"))?;
-    check_width(x.dim(2)?, false)
+    check_width(x.dim(2)?, strides_over_row)
 }
 
 /// `dim` within the reach of the kernels in use: those that hold a row in registers have a
@@ -229,93 +183,6 @@ fn check_width(dim: usize, strides_over_row: bool) -> Result<()> {
         )))
     } else {
         Ok(())
-    }
-}
-
-/// The residual part of [`ResidualNormOp`]: `(y + bias)·gate` added to the stream.
-struct Residual {
-    y: Tensor,
-    bias: Option<Tensor>,
-    gate: Option<Tensor>,
-}
-
-impl Residual {
-    fn new(x: &Tensor, y: &Tensor, bias: Option<&Tensor>, gate: Option<&Tensor>) -> Result<Self> {
-        let (b, _, dim) = x.dims3()?;
-        check_16bit(y.dtype(), "gated_residual y")?;
-        if y.dims() != x.dims() {
-            return Err(Error::InvalidConfig(format!(
-                "gated_residual: y {:?} must have x's shape {:?}",
-                y.dims(),
-                x.dims()
-            )));
-        }
-        let bias = match bias {
-            Some(bias) => {
-                check_vector(bias, dim, y.dtype(), "bias")?;
-                Some(bias.contiguous()?)
-            }
-            None => None,
-        };
-        let gate = match gate {
-            Some(gate) => {
-                check_dtype(gate, DType::F32, "gate")?;
-                if gate.dims() != [b, dim] {
-                    return Err(Error::InvalidConfig(format!(
-                        "gated_residual: gate must be [{b}, {dim}], got {:?}",
-                        gate.dims()
-                    )));
-                }
-                Some(gate.contiguous()?)
-            }
-            None => None,
-        };
-        Ok(Self {
-            y: y.contiguous()?,
-            bias,
-            gate,
-        })
-    }
-}
-
-/// The norm part of [`ResidualNormOp`]: `LayerNorm(v)·a + c` in `dtype`.
-struct Norm {
-    a: Tensor,
-    c: Tensor,
-    /// 0 when a and c are `[dim]`, dim when they are `[B, dim]`.
-    ac_batch_stride: i64,
-    eps: f32,
-    dtype: DType,
-}
-
-impl Norm {
-    fn new(x: &Tensor, a: &Tensor, c: &Tensor, eps: f64, dtype: DType) -> Result<Self> {
-        let (b, _, dim) = x.dims3()?;
-        check_16bit(dtype, "layer_norm_affine output")?;
-        let per_batch = |t: &Tensor, name: &str| -> Result<(Tensor, i64)> {
-            check_dtype(t, DType::F32, name)?;
-            match t.dims() {
-                [d] if *d == dim => Ok((t.contiguous()?, 0)),
-                [bb, d] if *bb == b && *d == dim => Ok((t.contiguous()?, dim as i64)),
-                other => Err(Error::InvalidConfig(format!(
-                    "layer_norm_affine: {name} must be [{b}, {dim}] or [{dim}], got {other:?}"
-                ))),
-            }
-        };
-        let (a, a_stride) = per_batch(a, "a (scale)")?;
-        let (c, c_stride) = per_batch(c, "c (shift)")?;
-        if a_stride != c_stride {
-            return Err(Error::InvalidConfig(
-                "layer_norm_affine: a and c must both be per batch or both per channel".into(),
-            ));
-        }
-        Ok(Self {
-            a,
-            c,
-            ac_batch_stride: a_stride,
-            eps: eps as f32,
-            dtype,
-        })
     }
 }
 
@@ -446,14 +313,8 @@ impl TypedOp for ResidualNormOp {
     }
 }
 
-struct RmsRopeOp {
-    bias: Option<Tensor>,
-    weight: Tensor,
-    rope: Option<(Tensor, Tensor)>,
-    head_dim: usize,
-    tokens: usize,
-    eps: f32,
-}
+/// [`rms_norm_rope`] (`rf_rms_rope_v*`).
+struct RmsRopeOp(RmsRope);
 
 impl TypedOp for RmsRopeOp {
     const NAME: &'static str = "rms_norm_rope";
@@ -470,15 +331,15 @@ impl TypedOp for RmsRopeOp {
         let dev = x.device().clone();
         let x_ptr = storage_ptr::<T>(x, layout)?;
         let (storage, out) = output::<T>(&dev, rows * dim)?;
-        let bias = side_ptr::<T>(self.bias.as_ref())?;
-        let weight = side_ptr::<f32>(Some(&self.weight))?;
-        let cos = side_ptr::<f32>(self.rope.as_ref().map(|r| &r.0))?;
-        let sin = side_ptr::<f32>(self.rope.as_ref().map(|r| &r.1))?;
+        let bias = side_ptr::<T>(self.0.bias.as_ref())?;
+        let weight = side_ptr::<f32>(Some(&self.0.weight))?;
+        let cos = side_ptr::<f32>(self.0.rope.as_ref().map(|r| &r.0))?;
+        let sin = side_ptr::<f32>(self.0.rope.as_ref().map(|r| &r.1))?;
         // RoPE pairs stay whole in either width (dim and head_dim are even).
         let width = access_width(dim, &[x_ptr, bias, weight, out], 2);
         let func = kernel::<T>(&dev, &FUSED, &format!("rf_rms_rope_v{width}"), 0)?;
         let rows_i = rows as i64;
-        let (dim_i, head_dim, tokens) = (dim as i32, self.head_dim as i32, self.tokens as i32);
+        let (dim_i, head_dim, tokens) = (dim as i32, self.0.head_dim as i32, self.0.tokens as i32);
         let stream = dev.cuda_stream();
         let mut builder = stream.launch_builder(&func);
         builder
@@ -493,7 +354,7 @@ impl TypedOp for RmsRopeOp {
             .arg(&head_dim)
             .arg(&tokens)
             .arg(&group)
-            .arg(&self.eps);
+            .arg(&self.0.eps);
         // SAFETY: arguments match rf_rms_rope_v* in fused.cu; x and out hold [rows, dim], the
         // tables [tokens, head_dim/2]; the access width divides dim and every pointer is
         // aligned for it.

@@ -11,6 +11,7 @@ use candle_core::{DType, Layout, Shape, Tensor};
 use super::checks::{check_rows, side_ptr};
 use super::launch::{kernel, CudaOnly, Floats, KernelFloat, TypedOp};
 use super::module::FUSED;
+use super::row_args::{Norm, Residual, RmsRope};
 use crate::Result;
 
 /// Threads per CTA (`THREADS` in fused.cu).
@@ -18,56 +19,22 @@ const THREADS: u32 = 256;
 /// Widest row these forms take (`THREADS · MAX_PER_THREAD` in fused.cu).
 pub(super) const MAX_ROW: usize = 256 * 24;
 
-/// `LayerNorm(x)·a + c` (see [`super::fused::layer_norm_affine`]); a, c `[dim]` or `[B, dim]` f32
-/// with `ac_batch_stride` 0 or dim.
-pub(super) fn layer_norm_affine(
-    x: &Tensor,
-    a: Tensor,
-    c: Tensor,
-    ac_batch_stride: i64,
-    eps: f32,
-    dtype: DType,
-) -> Result<Tensor> {
-    let op = LnAffineOp {
-        a,
-        c,
-        ac_batch_stride,
-        eps,
-        dtype,
-    };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
+/// `LayerNorm(x)·a + c` (see [`super::fused::layer_norm_affine`]).
+pub(super) fn layer_norm_affine(x: &Tensor, norm: Norm) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op1_no_bwd(&CudaOnly(LnAffineOp(norm)))?)
 }
 
 /// `RoPE(RMSNorm(x + bias)·weight)` (see [`super::fused::rms_norm_rope`]).
-pub(super) fn rms_norm_rope(
-    x: &Tensor,
-    bias: Option<Tensor>,
-    weight: Tensor,
-    rope: Option<(Tensor, Tensor)>,
-    head_dim: usize,
-    eps: f32,
-) -> Result<Tensor> {
-    let tokens = x.dim(1)?;
-    let op = RmsRopeOp {
-        bias,
-        weight,
-        rope,
-        head_dim,
-        tokens,
-        eps,
-    };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
+pub(super) fn rms_norm_rope(x: &Tensor, rope: RmsRope) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op1_no_bwd(&CudaOnly(RmsRopeOp(rope)))?)
 }
 
 /// `x + (y + bias)·gate` (see [`super::fused::gated_residual`]).
-pub(super) fn gated_residual(
-    x: &Tensor,
-    y: Tensor,
-    bias: Option<Tensor>,
-    gate: Option<Tensor>,
-) -> Result<Tensor> {
-    let op = GatedResidualOp { y, bias, gate };
-    Ok(x.contiguous()?.apply_op1_no_bwd(&CudaOnly(op))?)
+pub(super) fn gated_residual(x: &Tensor, residual: Residual) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op1_no_bwd(&CudaOnly(GatedResidualOp(residual)))?)
 }
 
 fn cta_launch(rows: usize) -> LaunchConfig {
@@ -78,20 +45,14 @@ fn cta_launch(rows: usize) -> LaunchConfig {
     }
 }
 
-struct LnAffineOp {
-    a: Tensor,
-    c: Tensor,
-    ac_batch_stride: i64,
-    eps: f32,
-    dtype: DType,
-}
+struct LnAffineOp(Norm);
 
 impl TypedOp for LnAffineOp {
     const NAME: &'static str = "layer_norm_affine";
     const FLOATS: Floats = Floats::Half;
 
     fn dtype(&self, _: &CudaStorage) -> DType {
-        self.dtype
+        self.0.dtype
     }
 
     fn run<T: KernelFloat>(
@@ -107,8 +68,8 @@ impl TypedOp for LnAffineOp {
         let x_view = x.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (one CTA per row, every column).
         let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * dim)? };
-        let a = side_ptr::<f32>(Some(&self.a))?;
-        let c = side_ptr::<f32>(Some(&self.c))?;
+        let a = side_ptr::<f32>(Some(&self.0.a))?;
+        let c = side_ptr::<f32>(Some(&self.0.c))?;
         let (dim_i, per_batch) = (dim as i32, l as i32);
         let stream = dev.cuda_stream();
         let mut builder = stream.launch_builder(&func);
@@ -119,8 +80,8 @@ impl TypedOp for LnAffineOp {
             .arg(&out)
             .arg(&dim_i)
             .arg(&per_batch)
-            .arg(&self.ac_batch_stride)
-            .arg(&self.eps);
+            .arg(&self.0.ac_batch_stride)
+            .arg(&self.0.eps);
         // SAFETY: arguments match rf_ln_affine_* in fused.cu; a and c hold [B or 1, dim] floats.
         unsafe { builder.launch(cta_launch(rows)) }.w()?;
         Ok((
@@ -130,14 +91,7 @@ impl TypedOp for LnAffineOp {
     }
 }
 
-struct RmsRopeOp {
-    bias: Option<Tensor>,
-    weight: Tensor,
-    rope: Option<(Tensor, Tensor)>,
-    head_dim: usize,
-    tokens: usize,
-    eps: f32,
-}
+struct RmsRopeOp(RmsRope);
 
 impl TypedOp for RmsRopeOp {
     const NAME: &'static str = "rms_norm_rope";
@@ -156,11 +110,11 @@ impl TypedOp for RmsRopeOp {
         let x_view = x.as_cuda_slice::<T>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (one CTA per row, every pair).
         let out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * dim)? };
-        let bias = side_ptr::<T>(self.bias.as_ref())?;
-        let weight = side_ptr::<f32>(Some(&self.weight))?;
-        let cos = side_ptr::<f32>(self.rope.as_ref().map(|r| &r.0))?;
-        let sin = side_ptr::<f32>(self.rope.as_ref().map(|r| &r.1))?;
-        let (dim_i, head_dim, tokens) = (dim as i32, self.head_dim as i32, self.tokens as i32);
+        let bias = side_ptr::<T>(self.0.bias.as_ref())?;
+        let weight = side_ptr::<f32>(Some(&self.0.weight))?;
+        let cos = side_ptr::<f32>(self.0.rope.as_ref().map(|r| &r.0))?;
+        let sin = side_ptr::<f32>(self.0.rope.as_ref().map(|r| &r.1))?;
+        let (dim_i, head_dim, tokens) = (dim as i32, self.0.head_dim as i32, self.0.tokens as i32);
         let stream = dev.cuda_stream();
         let mut builder = stream.launch_builder(&func);
         builder
@@ -173,7 +127,7 @@ impl TypedOp for RmsRopeOp {
             .arg(&dim_i)
             .arg(&head_dim)
             .arg(&tokens)
-            .arg(&self.eps);
+            .arg(&self.0.eps);
         // SAFETY: arguments match rf_rms_rope_* in fused.cu; the tables are [tokens, head_dim/2].
         unsafe { builder.launch(cta_launch(rows)) }.w()?;
         Ok((
@@ -183,18 +137,14 @@ impl TypedOp for RmsRopeOp {
     }
 }
 
-struct GatedResidualOp {
-    y: Tensor,
-    bias: Option<Tensor>,
-    gate: Option<Tensor>,
-}
+struct GatedResidualOp(Residual);
 
 impl TypedOp for GatedResidualOp {
     const NAME: &'static str = "gated_residual";
     const FLOATS: Floats = Floats::Half;
 
     fn dtype(&self, _: &CudaStorage) -> DType {
-        self.y.dtype()
+        self.0.y.dtype()
     }
 
     fn run<T: KernelFloat>(
@@ -210,9 +160,9 @@ impl TypedOp for GatedResidualOp {
         let x_view = x.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
         // SAFETY: the kernel writes every element (one CTA per row, every column).
         let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(rows * dim)? };
-        let y = side_ptr::<T>(Some(&self.y))?;
-        let bias = side_ptr::<T>(self.bias.as_ref())?;
-        let gate = side_ptr::<f32>(self.gate.as_ref())?;
+        let y = side_ptr::<T>(Some(&self.0.y))?;
+        let bias = side_ptr::<T>(self.0.bias.as_ref())?;
+        let gate = side_ptr::<f32>(self.0.gate.as_ref())?;
         let (dim_i, per_batch) = (dim as i32, l as i32);
         let stream = dev.cuda_stream();
         let mut builder = stream.launch_builder(&func);
